@@ -1,0 +1,5 @@
+import sys
+
+from dsm.cli import main
+
+sys.exit(main())
