@@ -10,6 +10,9 @@ import sys
 #: subcommand name -> module that defines ``register(subparsers)`` and sets ``func`` on its parser
 SUBCOMMAND_MODULES = {
     "doctor": "dsm.doctor",
+    "directory": "dsm.commands.directory",
+    "agent": "dsm.commands.agent",
+    "run": "dsm.commands.run",
 }
 
 

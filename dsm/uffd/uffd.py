@@ -277,8 +277,20 @@ class Uffd:
         )
 
     # --- events ----------------------------------------------------------------------------------
+    def _require_nonblocking(self) -> None:
+        # poll(2) of a uffd without O_NONBLOCK always answers POLLERR and read(2) then blocks
+        # until an event comes: a timeout cannot be honoured, so refuse instead of hanging.
+        if os.get_blocking(self.fileno()):
+            raise UffdError(
+                errno.EINVAL,
+                "cannot wait with a timeout on a uffd opened without O_NONBLOCK "
+                "(poll reports POLLERR, read blocks): open it with nonblocking=True, "
+                "or read with timeout_s=None",
+            )
+
     def wait_readable(self, timeout_s: float | None) -> bool:
         """Poll until an event can be read; False at the deadline."""
+        self._require_nonblocking()
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self.fileno(), select.POLLIN)
@@ -287,7 +299,10 @@ class Uffd:
 
     def read_events(self, max_events: int = DEFAULT_READ_BATCH, timeout_s: float | None = 0) -> list[Event]:
         """Read up to ``max_events`` events, waiting at most ``timeout_s`` (None: forever) for the
-        first. Returns [] at the deadline. Fork events carry their new uffd as a ``Uffd``."""
+        first. Returns [] at the deadline. Fork events carry their new uffd as a ``Uffd``.
+        A uffd opened without O_NONBLOCK only supports ``timeout_s=None`` (a blocking read)."""
+        if timeout_s is not None:
+            self._require_nonblocking()
         if timeout_s != 0 and not self.wait_readable(timeout_s):
             return []
         try:

@@ -1,0 +1,61 @@
+"""Starting a node agent as a child process and waiting, with a deadline, until it serves."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import tempfile
+
+from dsm.errors import DsmError
+
+#: how long a starting agent may take to join the directory and listen
+AGENT_START_TIMEOUT_S = 10.0
+#: how long a stopping agent may take to hand its pages back
+AGENT_STOP_TIMEOUT_S = 10.0
+
+
+class AgentStartError(DsmError):
+    """The node agent did not start (the directory unreachable, a bad flag, ...)."""
+
+
+def start_agent(directory: str, node_name: str, socket_path: str | None = None,
+                trace_path: str | None = None) -> tuple[str, subprocess.Popen]:
+    """Start ``dsm agent``; returns its socket path once it is ready."""
+    path = socket_path or os.path.join(tempfile.mkdtemp(prefix="dsm-"), "agent.sock")
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "dsm", "agent", "--directory", directory, "--node", node_name,
+           "--socket", path, "--ready-fd", str(write_fd)]
+    if trace_path:
+        cmd += ["--trace", trace_path]
+    proc = subprocess.Popen(cmd, pass_fds=[write_fd])
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], AGENT_START_TIMEOUT_S)
+        line = os.read(read_fd, 64) if ready else b""
+        if not line.startswith(b"ready"):
+            code = proc.poll()
+            why = f"exited with status {code}" if code is not None else "did not become ready"
+            raise AgentStartError(
+                f"the node agent for directory {directory} {why} within {AGENT_START_TIMEOUT_S} s"
+            )
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(read_fd)
+    return path, proc
+
+
+def stop_agent(proc: subprocess.Popen) -> int:
+    """SIGTERM: the agent hands every page back, then exits; killed if it takes too long."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(AGENT_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,44 @@
+"""A node's counters and its fault-latency histogram (what ``node.stats()`` returns)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+#: histogram buckets: upper bounds in microseconds, powers of two up to ~1 s
+LATENCY_BUCKETS_US = [2**i for i in range(21)]
+
+
+class NodeStats:
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS_US) + 1)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def record_fault_latency(self, seconds: float) -> None:
+        us = seconds * 1e6
+        for i, bound in enumerate(LATENCY_BUCKETS_US):
+            if us <= bound:
+                self._latency_counts[i] += 1
+                return
+        self._latency_counts[-1] += 1
+
+    def median_fault_latency_us(self) -> float | None:
+        total = sum(self._latency_counts)
+        if not total:
+            return None
+        seen = 0
+        for i, n in enumerate(self._latency_counts):
+            seen += n
+            if seen * 2 >= total:
+                return float(LATENCY_BUCKETS_US[min(i, len(LATENCY_BUCKETS_US) - 1)])
+        return None
+
+    def snapshot(self) -> dict:
+        return {
+            "counters": dict(self.counters),
+            "latency_buckets_us": LATENCY_BUCKETS_US,
+            "latency_counts": list(self._latency_counts),
+            "median_fault_latency_us": self.median_fault_latency_us(),
+        }

@@ -1,0 +1,38 @@
+"""``dsm agent``: run a node agent (``dsm run`` starts one for you)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+from dsm.agent.service import run_agent
+
+DIRECTORY_ENV = "DSM_DIRECTORY"
+NODE_ENV = "DSM_NODE"
+
+
+def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--directory", default=os.environ.get(DIRECTORY_ENV),
+                        required=DIRECTORY_ENV not in os.environ,
+                        help=f"the directory's ZeroMQ endpoint (env {DIRECTORY_ENV})")
+    parser.add_argument("--node", default=os.environ.get(NODE_ENV),
+                        help=f"this node's name (env {NODE_ENV}; default host-pid)")
+    parser.add_argument("--trace", help="write this node's protocol trace (JSON lines) to this file")
+
+
+def default_node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("agent", help="run a node agent")
+    add_directory_arguments(parser)
+    parser.add_argument("--socket", required=True, help="Unix socket path workloads attach to")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_agent(args.directory, args.node or default_node_name(), args.socket, args.trace,
+                     args.ready_fd)

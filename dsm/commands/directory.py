@@ -1,0 +1,30 @@
+"""``dsm directory``: run the owner directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from dsm.directory.service import run_directory
+from dsm.layout import DEFAULT_BASE_ADDRESS, DEFAULT_REGION_BYTES, Layout
+
+LISTEN_ENV = "DSM_LISTEN"
+DEFAULT_LISTEN = "tcp://0.0.0.0:7400"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("directory", help="run the owner directory of a cluster")
+    parser.add_argument("--listen", default=os.environ.get(LISTEN_ENV, DEFAULT_LISTEN),
+                        help=f"ZeroMQ endpoint to bind (env {LISTEN_ENV}, default {DEFAULT_LISTEN})")
+    parser.add_argument("--region-size", type=int, default=DEFAULT_REGION_BYTES,
+                        help="bytes of shared region (default 1 GiB)")
+    parser.add_argument("--base", type=lambda s: int(s, 0), default=DEFAULT_BASE_ADDRESS,
+                        help=f"cluster-wide base address (default {DEFAULT_BASE_ADDRESS:#x})")
+    parser.add_argument("--trace", help="write the protocol trace (JSON lines) to this file")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    layout = Layout(args.base, args.region_size)
+    return run_directory(args.listen, layout, args.trace, args.ready_fd)

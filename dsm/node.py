@@ -1,0 +1,199 @@
+"""The workload API: ``dsm.attach()`` and ``Node``.
+
+Attaching receives the node's memfd from the agent, maps it at the cluster-wide base address,
+registers it MISSING|WP on a uffd of this process and hands the uffd to the agent, which from then
+on serves every fault of this process (and of its forked children) in its own process: plain numpy
+and memoryview code on the region just works (see DESIGN.md on why the handler cannot live here).
+
+This process keeps its own reference to the uffd: were the agent to die, a closed last reference
+would make faults read zero pages; with ours open they block instead, and the watchdog process
+that ``attach`` starts kills this process loudly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+from typing import Any
+
+import numpy as np
+
+from dsm import libc, local
+from dsm.agent.launch import start_agent, stop_agent
+from dsm.errors import ConfigError, DsmError
+from dsm.layout import AddressError, Layout
+from dsm.uffd import Feature, RegisterMode, Uffd
+
+#: what a workload's uffd needs: every event the agent follows, WP faults, and thread ids
+WORKLOAD_FEATURES = (
+    Feature.PAGEFAULT_FLAG_WP
+    | Feature.EVENT_FORK
+    | Feature.EVENT_REMAP
+    | Feature.EVENT_REMOVE
+    | Feature.EVENT_UNMAP
+    | Feature.THREAD_ID
+    | Feature.MISSING_SHMEM
+    | Feature.WP_HUGETLBFS_SHMEM
+)
+#: how long attach waits for the agent at each step
+ATTACH_TIMEOUT_S = 10.0
+#: how long a request to the agent (allocation, stats) may take
+REQUEST_TIMEOUT_S = 15.0
+
+
+class AttachError(DsmError):
+    """This process could not attach to a node agent."""
+
+
+class Node:
+    """This process's view of the shared region."""
+
+    def __init__(self, sock: socket.socket, layout: Layout, node_name: str, memfd: int,
+                 uffd: Uffd, agent_proc: subprocess.Popen | None):
+        self._sock = sock
+        self.layout = layout
+        self.name = node_name
+        self._memfd = memfd
+        self._uffd = uffd
+        self._agent_proc = agent_proc
+        self._next_req = 1
+        self._buffer = (ctypes.c_char * layout.size).from_address(layout.base)
+        self._closed = False
+
+    # --- the region ------------------------------------------------------------------------------
+    @property
+    def base(self) -> int:
+        return self.layout.base
+
+    def memoryview(self) -> memoryview:
+        """The whole region as a writable memoryview (touching it faults pages in)."""
+        return memoryview(self._buffer).cast("B")
+
+    def array(self, name: str, shape: Any, dtype: Any = np.float64) -> np.ndarray:
+        """The cluster-wide array ``name``: created zero-filled by the first caller anywhere,
+        the same memory for every later caller. Another shape or dtype is an error."""
+        dt = np.dtype(dtype)
+        shape = tuple(int(s) for s in (shape if np.iterable(shape) else (shape,)))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        meta = {"shape": list(shape), "dtype": dt.str}
+        reply = self._request({"type": "alloc", "name": name, "nbytes": max(nbytes, 1), "meta": meta})
+        offset = int(reply["offset"])
+        self.layout.check_offset(offset, nbytes)
+        return np.ndarray(shape, dtype=dt, buffer=self.memoryview(), offset=offset)
+
+    def address_of(self, array: np.ndarray) -> int:
+        return array.__array_interface__["data"][0]
+
+    def stats(self) -> dict:
+        """This node's counters and fault-latency histogram."""
+        reply = self._request({"type": "stats"})
+        reply.pop("type", None)
+        reply.pop("req", None)
+        return reply
+
+    # --- talking to the agent --------------------------------------------------------------------
+    def _request(self, message: dict) -> dict:
+        if self._closed:
+            raise DsmError("this node is detached")
+        req = self._next_req
+        self._next_req += 1
+        local.send(self._sock, {**message, "req": req})
+        self._sock.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            reply, fds = local.recv(self._sock)
+        except socket.timeout:
+            raise local.AgentGone(
+                f"the node agent did not answer a {message['type']} request within "
+                f"{REQUEST_TIMEOUT_S} s"
+            ) from None
+        for fd in fds:
+            os.close(fd)
+        if reply.get("type") == "error":
+            raise DsmError(reply.get("message", "the agent reported an error"))
+        return reply
+
+    # --- detaching -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Detach: unmapping the region lets the agent give this process's pages back."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer = None
+        try:
+            local.send(self._sock, {"type": "detach"})
+        except OSError:
+            pass
+        libc.munmap(self.layout.base, self.layout.size)
+        self._uffd.close()
+        os.close(self._memfd)
+        self._sock.close()
+        if self._agent_proc is not None:
+            stop_agent(self._agent_proc)
+
+    def __enter__(self) -> "Node":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def attach(directory: str | None = None, *, socket_path: str | None = None,
+           node_name: str | None = None) -> Node:
+    """Attach this process to its node agent: the one named by ``socket_path`` or by
+    ``$DSM_AGENT_SOCKET`` (set by ``dsm run``), or, given ``directory``, one started for this
+    process as a child process."""
+    agent_proc = None
+    path = socket_path or os.environ.get(local.AGENT_SOCKET_ENV)
+    if path is None:
+        if directory is None:
+            raise ConfigError(
+                f"no node agent: run under `dsm run`, set ${local.AGENT_SOCKET_ENV}, "
+                "or pass directory=ENDPOINT to start an agent for this process"
+            )
+        name = node_name or f"{socket.gethostname()}-{os.getpid()}"
+        path, agent_proc = start_agent(directory, name)
+    try:
+        return _attach_to(path, agent_proc)
+    except BaseException:
+        if agent_proc is not None:
+            agent_proc.kill()
+            agent_proc.wait()
+        raise
+
+
+def _attach_to(path: str, agent_proc: subprocess.Popen | None) -> Node:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(ATTACH_TIMEOUT_S)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise AttachError(f"cannot reach the node agent at {path}: {exc}") from None
+    try:
+        message, fds = local.recv(sock)
+        base, size, page_size, node_name = local.expect(message, "base", "size", "page_size", "node")
+        if message["type"] != "layout" or len(fds) != 1:
+            raise AttachError(f"expected the layout and the memfd from the agent, got {message}")
+        layout = Layout(base, size, page_size)
+        memfd = fds[0]
+        try:
+            libc.mmap_at(layout.base, layout.size, libc.PROT_READ | libc.PROT_WRITE,
+                         libc.MAP_SHARED | libc.MAP_FIXED_NOREPLACE, memfd)
+        except OSError as exc:
+            os.close(memfd)
+            raise AddressError(
+                f"cannot map the shared region at {layout.base:#x}+{layout.size:#x} in this "
+                f"process: {exc.strerror} (the address range is already taken)"
+            ) from None
+        uffd = Uffd.open(features=WORKLOAD_FEATURES)
+        uffd.register(layout.base, layout.size, RegisterMode.MISSING | RegisterMode.WP)
+        local.send(sock, {"type": "register", "pid": os.getpid()}, [uffd.fileno()])
+        reply, _ = local.recv(sock)
+        if reply.get("type") != "ready":
+            raise AttachError(f"the agent refused this process: {reply.get('message', reply)}")
+    except socket.timeout:
+        sock.close()
+        raise AttachError(f"the node agent at {path} did not answer within {ATTACH_TIMEOUT_S} s") from None
+    return Node(sock, layout, node_name, memfd, uffd, agent_proc)

@@ -1,0 +1,274 @@
+"""Every message between the directory and the node agents: types, fields, encoding, validation.
+
+Wire layout (ZeroMQ multipart; the directory is a ROUTER, each agent a DEALER whose identity is its
+node name, so the directory's sends to a node and its replies share one FIFO pipe):
+
+    frame 0: header, msgpack array [msg_type, field1, field2, ...]
+    frame 1: page bytes (only for messages with ``carries_page`` and a DATA payload)
+
+Page bytes travel as their own frame, never inside msgpack, and are sent and received without
+copies. ``decode`` validates the message type, the field count and types, and the page frame's
+length, and raises ``ProtocolError`` naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from dsm.errors import ProtocolError
+
+
+class MsgType(enum.IntEnum):
+    # node -> directory
+    HELLO = 1
+    ACQUIRE = 2
+    FETCHED = 3
+    INVALIDATED = 4
+    WRITEBACK = 5
+    DROP = 6
+    DISCARD = 7
+    ALLOC = 8
+    HEARTBEAT = 9
+    BYE = 10
+    # directory -> node
+    WELCOME = 20
+    GRANT = 21
+    FETCH = 22
+    INVALIDATE = 23
+    ALLOCATED = 24
+    ERROR = 25
+
+
+class Payload(enum.IntEnum):
+    """What a page-carrying message carries."""
+
+    NONE = 0  #: no bytes: the receiver already has the current contents
+    ZERO = 1  #: the page is all zeros (never written, or discarded): no frame is sent
+    DATA = 2  #: the page bytes follow in frame 1
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[MsgType]
+    #: whether a DATA payload's page frame may follow the header
+    CARRIES_PAGE: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """A node joins: its name and the endpoint where it can be reached (informational)."""
+
+    TYPE = MsgType.HELLO
+    node: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """The directory's answer to Hello: the region layout."""
+
+    TYPE = MsgType.WELCOME
+    base: int
+    size: int
+    page_size: int
+
+
+@dataclass(frozen=True)
+class Acquire(Message):
+    """Ask for a page: read access (a copy) or write access (exclusive ownership).
+    ``have_copy``: the node holds a read copy and only needs the upgrade."""
+
+    TYPE = MsgType.ACQUIRE
+    page: int
+    write: bool
+    have_copy: bool
+
+
+@dataclass(frozen=True)
+class Grant(Message):
+    """Access granted to ``page``; the payload is the page's contents (or NONE for an upgrade)."""
+
+    TYPE = MsgType.GRANT
+    CARRIES_PAGE = True
+    page: int
+    write: bool
+    payload: int
+
+
+@dataclass(frozen=True)
+class Fetch(Message):
+    """Directory to owner: send the page; keep a read copy (``keep_copy``) or give it up."""
+
+    TYPE = MsgType.FETCH
+    txn: int
+    page: int
+    keep_copy: bool
+
+
+@dataclass(frozen=True)
+class Fetched(Message):
+    """Owner to directory: the page (payload DATA/ZERO), or NONE when the node no longer held it."""
+
+    TYPE = MsgType.FETCHED
+    CARRIES_PAGE = True
+    txn: int
+    page: int
+    payload: int
+
+
+@dataclass(frozen=True)
+class Invalidate(Message):
+    TYPE = MsgType.INVALIDATE
+    txn: int
+    page: int
+
+
+@dataclass(frozen=True)
+class Invalidated(Message):
+    TYPE = MsgType.INVALIDATED
+    txn: int
+    page: int
+
+
+@dataclass(frozen=True)
+class Writeback(Message):
+    """A node gives an owned page back with its contents (unmap, leave)."""
+
+    TYPE = MsgType.WRITEBACK
+    CARRIES_PAGE = True
+    page: int
+    payload: int
+
+
+@dataclass(frozen=True)
+class Drop(Message):
+    """A node gives up a read copy."""
+
+    TYPE = MsgType.DROP
+    page: int
+
+
+@dataclass(frozen=True)
+class Discard(Message):
+    """A node discarded pages (MADV_REMOVE): they become zero everywhere."""
+
+    TYPE = MsgType.DISCARD
+    pages: list
+
+
+@dataclass(frozen=True)
+class Alloc(Message):
+    """Find or create the named allocation; ``meta`` describes it (shape, dtype) and must match."""
+
+    TYPE = MsgType.ALLOC
+    req: int
+    name: str
+    nbytes: int
+    meta: dict
+
+
+@dataclass(frozen=True)
+class Allocated(Message):
+    TYPE = MsgType.ALLOCATED
+    req: int
+    offset: int
+    nbytes: int
+    meta: dict
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """The request ``req`` (0 when there is none) failed; ``message`` says why."""
+
+    TYPE = MsgType.ERROR
+    req: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    TYPE = MsgType.HEARTBEAT
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    """A node leaves: it has already given back everything it held."""
+
+    TYPE = MsgType.BYE
+
+
+MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
+        Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye,
+    )
+}
+
+_FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in MESSAGE_CLASSES.values()
+}
+_FIELD_TYPES: dict[type[Message], tuple[type, ...]] = {
+    cls: tuple(
+        {"int": int, "bool": bool, "str": str, "list": list, "dict": dict}[f.type]
+        for f in fields(cls)
+    )
+    for cls in MESSAGE_CLASSES.values()
+}
+
+
+_PAYLOAD_VALUES = frozenset(p.value for p in Payload)
+
+
+def encode(msg: Message, page: Any = None) -> list[Any]:
+    """The frames of ``msg``; ``page`` (a buffer) goes in its own frame for a DATA payload."""
+    cls = type(msg)
+    header = msgpack.packb([cls.TYPE, *(getattr(msg, n) for n in _FIELD_NAMES[cls])])
+    if page is not None:
+        return [header, page]
+    return [header]
+
+
+def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
+    """Parse and validate frames into (message, page buffer or None)."""
+    if not frames:
+        raise ProtocolError("empty message: expected a header frame")
+    try:
+        header = msgpack.unpackb(bytes(frames[0]) if not isinstance(frames[0], bytes) else frames[0])
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise ProtocolError(f"header is not valid msgpack: {exc}") from None
+    if not isinstance(header, list) or not header:
+        raise ProtocolError(f"header must be a non-empty array, got {type(header).__name__}")
+    try:
+        cls = MESSAGE_CLASSES[MsgType(header[0])]
+    except (ValueError, TypeError):
+        raise ProtocolError(f"unknown message type {header[0]!r}") from None
+    names, types = _FIELD_NAMES[cls], _FIELD_TYPES[cls]
+    if len(header) - 1 != len(names):
+        raise ProtocolError(
+            f"{cls.__name__} needs {len(names)} fields ({', '.join(names)}), got {len(header) - 1}"
+        )
+    for name, expected, value in zip(names, types, header[1:]):
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if not ok:
+            raise ProtocolError(
+                f"{cls.__name__}.{name} must be {expected.__name__}, got {type(value).__name__}"
+            )
+    msg = cls(*header[1:])
+    if cls.CARRIES_PAGE and getattr(msg, "payload") not in _PAYLOAD_VALUES:
+        raise ProtocolError(f"{cls.__name__}.payload {getattr(msg, 'payload')} is not a Payload")
+    page = None
+    if cls.CARRIES_PAGE and getattr(msg, "payload") == Payload.DATA:
+        if len(frames) != 2:
+            raise ProtocolError(f"{cls.__name__} with DATA needs 2 frames, got {len(frames)}")
+        page = frames[1]
+        length = len(page.buffer if hasattr(page, "buffer") else page)
+        if length != page_size:
+            raise ProtocolError(f"{cls.__name__} page frame is {length} bytes, expected {page_size}")
+    elif len(frames) != 1:
+        raise ProtocolError(f"{cls.__name__} needs 1 frame, got {len(frames)}")
+    return msg, page
