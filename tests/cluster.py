@@ -1,0 +1,115 @@
+"""Test harness for real clusters: a directory process and node processes, each started with a
+deadline, each killed in teardown, with their logs printed when a test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKER = str(Path(__file__).with_name("node_worker.py"))
+START_TIMEOUT_S = 15.0
+#: default deadline of one snippet run on a node
+RUN_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+
+
+class ClusterProcessError(AssertionError):
+    pass
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float, what: str) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    if not ready:
+        raise ClusterProcessError(f"{what}: no answer within {timeout_s} s")
+    line = proc.stdout.readline()
+    if not line:
+        raise ClusterProcessError(f"{what}: process exited with status {proc.wait(5)}")
+    return line
+
+
+class Directory:
+    def __init__(self, tmp_path: Path, transport: str = "tcp", region_bytes: int = 64 << 20,
+                 extra: list[str] = ()):
+        self.log_path = tmp_path / "directory.log"
+        listen = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/directory.ipc"
+        self.trace_path = tmp_path / "directory.trace"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dsm", "--log-level", "INFO", "directory", "--listen", listen,
+             "--region-size", str(region_bytes), "--trace", str(self.trace_path), *extra],
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+        )
+        line = _read_line(self.proc, START_TIMEOUT_S, "directory start")
+        self.endpoint = line.strip().rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
+
+    def kill(self) -> None:
+        """SIGTERM first, so that the trace is flushed; SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+class NodeProcess:
+    """A workload process attached to its own agent (started by ``dsm.attach(directory=...)``)."""
+
+    def __init__(self, directory: str, name: str, tmp_path: Path):
+        self.name = name
+        self.log_path = tmp_path / f"node-{name}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, WORKER, directory, name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            start_new_session=True,
+        )
+        reply = json.loads(_read_line(self.proc, START_TIMEOUT_S, f"node {name} attach"))
+        assert reply["ok"], reply
+
+    def send(self, code: str, result: str | None = None) -> None:
+        """Start a snippet without waiting for it (collect with ``wait``)."""
+        self.proc.stdin.write(json.dumps({"code": code, "result": result}) + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout_s: float = RUN_TIMEOUT_S):
+        reply = json.loads(_read_line(self.proc, timeout_s, f"node {self.name}"))
+        if not reply["ok"]:
+            raise ClusterProcessError(f"node {self.name} failed:\n{reply['error']}")
+        return reply["value"]
+
+    def run(self, code: str, result: str | None = None, timeout_s: float = RUN_TIMEOUT_S):
+        self.send(code, result)
+        return self.wait(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout_s)
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)  # the node's agent is in its session
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.log.close()
+
+
+def dump_logs(tmp_path: Path) -> str:
+    parts = []
+    for path in sorted(tmp_path.glob("*.log")):
+        parts.append(f"----- {path.name} -----\n{path.read_text()[-4000:]}")
+    return "\n".join(parts)

@@ -1,0 +1,47 @@
+"""Coherence across real nodes: a directory and node processes over tcp loopback and ipc."""
+
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(params=["tcp", "ipc"])
+def transport(request):
+    return request.param
+
+
+def test_read_sharing_then_one_write_invalidates_every_copy(make_node):
+    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    a.run("x = node.array('x', (4096,), np.int64); x[:] = np.arange(4096)")
+    for reader in (b, c):
+        total = reader.run("x = node.array('x', (4096,), np.int64)", "int(x.sum())")
+        assert total == 4096 * 4095 // 2
+    a.run("x[:] = 7")
+    for reader in (b, c):
+        assert reader.run("", "int(x.sum())") == 7 * 4096
+        stats = reader.run("", "node.stats()")
+        assert stats["counters"].get("invalidations", 0) >= 1
+
+
+def test_ping_pong_writes_to_one_page(make_node):
+    a, b = make_node("a"), make_node("b")
+    for n in (a, b):
+        n.run("c = node.array('c', (1,), np.int64)")
+    for i in range(50):
+        for n in (a, b):
+            n.run("c[0] += 1")
+    assert a.run("", "int(c[0])") == 100
+    assert b.run("", "int(c[0])") == 100
+
+
+def test_false_sharing_loses_no_write(make_node):
+    a, b = make_node("a"), make_node("b")
+    for n in (a, b):
+        n.run("w = node.array('w', (2,), np.int64)")
+    # both nodes hammer different words of the same page at the same time
+    a.send("for i in range(300): w[0] += 1")
+    b.send("for i in range(300): w[1] += 1")
+    a.wait(60)
+    b.wait(60)
+    assert a.run("", "w.tolist()") == [300, 300]
+    assert b.run("", "w.tolist()") == [300, 300]
