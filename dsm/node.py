@@ -16,6 +16,7 @@ import ctypes
 import os
 import socket
 import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ WORKLOAD_FEATURES = (
 )
 #: how long attach waits for the agent at each step
 ATTACH_TIMEOUT_S = 10.0
+#: the watchdog that kills this process loudly if the agent dies (run by path: it starts fast)
+WATCHDOG = os.path.join(os.path.dirname(__file__), "watchdog.py")
 #: how long a request to the agent (allocation, stats) may take
 REQUEST_TIMEOUT_S = 15.0
 
@@ -51,13 +54,15 @@ class Node:
     """This process's view of the shared region."""
 
     def __init__(self, sock: socket.socket, layout: Layout, node_name: str, memfd: int,
-                 uffd: Uffd, agent_proc: subprocess.Popen | None):
+                 uffd: Uffd, agent_proc: subprocess.Popen | None,
+                 watchdog: subprocess.Popen | None = None):
         self._sock = sock
         self.layout = layout
         self.name = node_name
         self._memfd = memfd
         self._uffd = uffd
         self._agent_proc = agent_proc
+        self._watchdog = watchdog
         self._next_req = 1
         self._buffer = (ctypes.c_char * layout.size).from_address(layout.base)
         self._closed = False
@@ -125,6 +130,9 @@ class Node:
             local.send(self._sock, {"type": "detach"})
         except OSError:
             pass
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
         libc.munmap(self.layout.base, self.layout.size)
         self._uffd.close()
         os.close(self._memfd)
@@ -196,4 +204,23 @@ def _attach_to(path: str, agent_proc: subprocess.Popen | None) -> Node:
     except socket.timeout:
         sock.close()
         raise AttachError(f"the node agent at {path} did not answer within {ATTACH_TIMEOUT_S} s") from None
-    return Node(sock, layout, node_name, memfd, uffd, agent_proc)
+    watchdog = _start_watchdog(path)
+    return Node(sock, layout, node_name, memfd, uffd, agent_proc, watchdog)
+
+
+def _start_watchdog(agent_socket: str) -> subprocess.Popen:
+    """Start the watchdog and wait until it watches the agent."""
+    import select
+
+    watchdog = subprocess.Popen(
+        [sys.executable, "-I", WATCHDOG, agent_socket, str(os.getpid())],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    )
+    ready, _, _ = select.select([watchdog.stdout], [], [], ATTACH_TIMEOUT_S)
+    line = watchdog.stdout.readline() if ready else b""
+    watchdog.stdout.close()
+    if line.strip() != b"watching":
+        watchdog.kill()
+        watchdog.wait()
+        raise AttachError(f"the watchdog could not watch the node agent at {agent_socket}")
+    return watchdog

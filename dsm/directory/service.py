@@ -84,7 +84,7 @@ class DirectoryService:
             self.socket.close(0)
 
     def _handle(self, frames: list[Any]) -> None:
-        node = frames[0].bytes.decode(errors="replace")
+        node = frames[0].bytes.decode(errors="surrogateescape")  # exact round trip for any identity
         try:
             msg, data = p.decode(frames[1:], self.layout.page_size)
             self._last_seen[node] = time.monotonic()
@@ -101,7 +101,7 @@ class DirectoryService:
             self._send(send)
 
     def _send(self, send: Send) -> None:
-        frames = [send.node.encode(), *p.encode(send.message, send.page)]
+        frames = [send.node.encode(errors="surrogateescape"), *p.encode(send.message, send.page)]
         self.socket.send_multipart(frames, copy=False)
 
     def _on_hello(self, node: str, msg: p.Hello, _: Any) -> list[Send]:

@@ -1,0 +1,151 @@
+"""Bad input and failure: clear errors within bounded time, services that stay up."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from dsm import libc, protocol
+from dsm.layout import DEFAULT_BASE_ADDRESS
+from tests.cluster import NodeProcess, _read_line
+
+pytestmark = pytest.mark.timeout(60)
+
+#: an endpoint on which nothing listens
+DEAD_ENDPOINT = "tcp://127.0.0.1:9"
+
+
+def test_dsm_run_with_unreachable_directory_fails_fast_naming_it():
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "dsm", "run", "--directory", DEAD_ENDPOINT, "--", "true"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    assert DEAD_ENDPOINT in result.stderr + result.stdout
+    assert time.monotonic() - t0 < 15
+
+
+def test_attach_with_unreachable_directory_raises(tmp_path):
+    code = (
+        "import dsm\n"
+        f"try:\n    dsm.attach(directory={DEAD_ENDPOINT!r})\n"
+        "except dsm.DsmError as e:\n    print('ERROR', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "ERROR" in result.stdout and DEAD_ENDPOINT in result.stdout
+
+
+def test_attach_outside_dsm_run_without_directory_is_a_clear_error():
+    code = "import dsm\ntry:\n    dsm.attach()\nexcept dsm.ConfigError as e:\n    print('ERROR', e)\n"
+    env = {k: v for k, v in os.environ.items() if k != "DSM_AGENT_SOCKET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, env=env)
+    assert "ERROR" in result.stdout and "DSM_AGENT_SOCKET" in result.stdout
+
+
+def test_base_address_taken_is_a_clear_error(directory):
+    code = (
+        "import dsm\nfrom dsm import libc\n"
+        f"libc.mmap_at({DEFAULT_BASE_ADDRESS}, 4096, libc.PROT_READ, "
+        "libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_FIXED_NOREPLACE)\n"
+        f"try:\n    dsm.attach(directory={directory.endpoint!r})\n"
+        "except dsm.DsmError as e:\n    print('ERROR', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "ERROR" in result.stdout and "already taken" in result.stdout, result
+
+
+def test_array_clash_and_region_too_small_name_what_was_wrong(make_node):
+    a = make_node("a")
+    a.run("x = node.array('x', (10,), np.int64)")
+    err = a.run(
+        "try:\n    node.array('x', (20,), np.float32)\n    msg = None\n"
+        "except dsm.DsmError as e:\n    msg = str(e)\n", "msg")
+    assert "'x'" in err and "int64" not in err or "<i8" in err
+    assert "[10]" in err and "[20]" in err
+    err = a.run(
+        "try:\n    node.array('huge', (1 << 40,), np.uint8)\n    msg = None\n"
+        "except dsm.DsmError as e:\n    msg = str(e)\n", "msg")
+    assert "huge" in err and "free" in err
+
+
+def test_malformed_messages_to_the_directory_get_errors_and_it_stays_up(directory):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(directory.endpoint)
+    try:
+        bad = [
+            [b"\xc1not msgpack"],
+            [msgpack.packb([999])],
+            [msgpack.packb([int(protocol.MsgType.ACQUIRE), "page", True, False])],
+            [msgpack.packb([int(protocol.MsgType.ACQUIRE), 1 << 40, True, False])],
+            [msgpack.packb([int(protocol.MsgType.WRITEBACK), 0, 2]), b"short page"],
+        ]
+        for frames in bad:
+            sock.send_multipart(frames)
+            assert sock.poll(5000), f"no answer to {frames!r}"
+            msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+            assert isinstance(msg, protocol.Error), msg
+        sock.send_multipart(protocol.encode(protocol.Hello("probe", 1)))
+        assert sock.poll(5000)
+        msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+        assert isinstance(msg, protocol.Welcome)
+    finally:
+        sock.close()
+
+
+def test_malformed_local_message_to_an_agent_keeps_it_up(make_node, tmp_path):
+    a = make_node("a")
+    path = a.run("", "node._sock.getpeername()")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect(path)
+    _, fds, _, _ = socket.recv_fds(s, 65536, 4)
+    for fd in fds:
+        os.close(fd)
+    s.send(b"\xc1garbage")
+    reply = msgpack.unpackb(s.recv(65536))
+    assert reply["type"] == "error"
+    s.send(msgpack.packb({"type": "no-such-thing"}))
+    assert msgpack.unpackb(s.recv(65536))["type"] == "error"
+    s.close()
+    assert a.run("x = node.array('ok', (4,), np.int64); x[:] = 1", "int(x.sum())") == 4
+
+
+def test_workload_exit_is_noticed_and_the_node_stays_healthy(make_node):
+    a = make_node("a")
+    a.run("y = node.array('y', (512,), np.int64); y[:] = 3")
+    # a forked child faults (so the agent learns its pid), then exits without detaching
+    a.run(
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    y[0] += 1\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    assert a.run("", "int(y[0])") == 4
+    assert a.run("", "node.stats()['counters'].get('faults_wp_write', 0) + 1") >= 1
+
+
+def test_agent_death_kills_the_workload_loudly_instead_of_reading_zeros(directory, tmp_path):
+    node = NodeProcess(directory.endpoint, "victim", tmp_path)
+    try:
+        node.run("x = node.array('v', (4 * 512,), np.int64); x[:] = 1")
+        agent_pid = node.run("", "node._agent_proc.pid")
+        os.kill(agent_pid, signal.SIGKILL)
+        # touching a page the node never had would need the (dead) agent
+        node.send("v = int(np.frombuffer(node.memoryview(), np.uint8, count=1, offset=32 << 20)[0])")
+        with pytest.raises(AssertionError):
+            node.wait(20)
+        assert node.proc.wait(20) == -signal.SIGKILL
+        assert "node agent" in node.log_path.read_text()
+    finally:
+        node.kill()
