@@ -333,6 +333,27 @@ def test_blocking_uffd_refuses_timeouts():
             uffd.wait_readable(0.1)
 
 
+def test_blocking_uffd_serves_a_fault_with_a_blocking_read():
+    """Without O_NONBLOCK, read_event(timeout_s=None) is the one way: it blocks until the fault
+    (a thread inside ctypes.memmove, which drops the GIL) arrives."""
+    addr = _anon(PAGE)
+    out = ctypes.create_string_buffer(8)
+    uffd = Uffd.open(nonblocking=False)
+    reader = threading.Thread(target=ctypes.memmove, args=(out, addr, 8), daemon=True)
+    try:
+        uffd.register(addr, PAGE)
+        reader.start()
+        event = uffd.read_event(timeout_s=None)
+        assert isinstance(event, Pagefault) and event.addr == addr
+        uffd.copy(addr, _pattern(0x5B), PAGE)
+        reader.join(WAIT_S)
+        assert not reader.is_alive() and out.raw == _pattern(0x5B, 8)
+    finally:
+        uffd.close()  # releases a reader still blocked (the range unregisters)
+        reader.join(WAIT_S)
+        libc.munmap(addr, PAGE)
+
+
 # --- registration ----------------------------------------------------------------------------------
 
 
@@ -414,15 +435,14 @@ def test_missing_faults_served_by_zeropage(spawn, mem):
     child = spawn(mem=mem)
     child.request("write", off=2 * PAGE + 8, byte=0x5A, len=4)
     fault = _fault(child.uffd)
-    assert (fault.kind, fault.rw, fault.addr) == (FaultKind.MISSING, Access.WRITE, child.base + 2 * PAGE)
-    assert fault.thread_id == 0  # no THREAD_ID feature
+    assert fault == Pagefault(FaultKind.MISSING, Access.WRITE, child.base + 2 * PAGE, 0)
     assert child.uffd.zeropage(fault.addr, PAGE) == PAGE
     child.response()
     assert child.read(2 * PAGE) == bytes(8) + b"\x5a" * 4 + bytes(PAGE - 12)
 
     child.request("read", off=3 * PAGE + 100, len=10)
     fault = _fault(child.uffd)
-    assert (fault.kind, fault.rw, fault.addr) == (FaultKind.MISSING, Access.READ, child.base + 3 * PAGE)
+    assert fault == Pagefault(FaultKind.MISSING, Access.READ, child.base + 3 * PAGE, 0)
     assert child.uffd.zeropage(fault.addr, PAGE) == PAGE
     assert bytes.fromhex(child.response()["hex"]) == bytes(10)
 
@@ -518,7 +538,7 @@ def test_fork_event_and_faults_of_the_forked_child(spawn):
         assert grandchild_uffd.fileno() != child.uffd.fileno()
         # page 0 was present at fork time: copied; page 1 faults on the new uffd
         fault = _fault(grandchild_uffd)
-        assert (fault.kind, fault.rw, fault.addr) == (FaultKind.MISSING, Access.READ, child.base + PAGE)
+        assert fault == Pagefault(FaultKind.MISSING, Access.READ, child.base + PAGE, 0)
         grandchild_uffd.copy(fault.addr, _pattern(0x42), PAGE)
         reply = child.response()
         assert reply["status"] == 0

@@ -25,13 +25,30 @@ process until the test resolves it, which is exactly what the test wants.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
 import os
 import socket
 import sys
+import types
 
-from dsm import libc
-from dsm.uffd import Feature, RegisterMode, Uffd
+
+def _import_the_binding_alone() -> None:
+    """Let ``import dsm.uffd`` skip ``dsm/__init__.py``: the package's top level pulls in the whole
+    node (numpy, zmq), a tenth of a second or more per child, and one child starts per test. The
+    binding itself needs only dsm.errors, dsm.libc and dsm.uffd.*."""
+    spec = importlib.util.find_spec("dsm")
+    if spec is None or spec.submodule_search_locations is None or "dsm" in sys.modules:
+        return
+    package = types.ModuleType("dsm", "the dsm package, without its top-level imports")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["dsm"] = package
+
+
+_import_the_binding_alone()
+
+from dsm import libc  # noqa: E402
+from dsm.uffd import Feature, RegisterMode, Uffd  # noqa: E402
 
 PAGE = libc.PAGE_SIZE
 RW = libc.PROT_READ | libc.PROT_WRITE
@@ -101,7 +118,8 @@ class Workload:
             chunks.append(chunk)
         os.close(r)
         _, status = os.waitpid(pid, 0)
-        return {"pid": pid, "hex": b"".join(chunks).hex(), "status": os.waitstatus_to_exitcode(status)}
+        status = os.waitstatus_to_exitcode(status)
+        return {"pid": pid, "hex": b"".join(chunks).hex(), "status": status}
 
 
 def main() -> None:

@@ -290,7 +290,8 @@ class Uffd:
 
     def wait_readable(self, timeout_s: float | None) -> bool:
         """Poll until an event can be read; False at the deadline."""
-        self._require_nonblocking()
+        if timeout_s is not None:
+            self._require_nonblocking()
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self.fileno(), select.POLLIN)
