@@ -1,0 +1,455 @@
+"""``dsm bench fault``: what one page fault costs, beside the bare network round trip.
+
+One run starts a directory, a bare ZeroMQ echo server and three nodes (A, B, C), each node a
+worker process attached with ``dsm.attach`` (so with its own agent). Every measurement times one
+plain numpy access per page *in the faulting process*, one fault per page, on its own set of
+pages prepared beforehand:
+
+=============  ==========================================================================
+round trip     the baseline: a bare pyzmq DEALER (this process) / ROUTER (an echo child)
+               round trip of a 4 KiB message, over the same transport
+home read      B reads a page that A wrote and C then read: the directory holds the home
+               copy and grants it at once
+owned read     B reads a page A wrote and still owns: the directory fetches it from A
+write upgrade  A writes a page it holds a read copy of, as do B and C: the directory
+               invalidates B's and C's copies before it grants
+write miss     A writes a page it does not hold, of which B and C hold read copies: the
+               same two invalidations, and the page from home
+local fault    a forked child of C writes a page C owns, through a write-protect marker
+               left from an earlier read copy: the agent alone serves it, no network
+resident read  B reads a page it holds: no fault, the timing loop's own cost
+=============  ==========================================================================
+
+The measurements are interleaved in rounds (a share of every measurement per round) so that a
+noisy stretch of the machine touches them all alike; each fault time is reported as a ratio to
+the round trip's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from dsm.bench.procs import BenchProcessError, Processes, Worker, cpu_ns
+
+#: targets, as a ratio of the fault's median to the round trip's median (later issues lower
+#: the home read's to 1.2x and set targets for the other rows)
+TARGETS: dict[str, float] = {"home_read": 1.3}
+
+DEFAULT_PAGES = 1000
+DEFAULT_ROUNDS = 10
+DEFAULT_MESSAGE_BYTES = 4096
+WARMUP_PAGES = 50
+#: pages per written set read back at the end to check that the writes landed
+VERIFY_PAGES = 200
+WARMUP_ROUND_TRIPS = 200
+#: a worker command's deadline: this much, plus PER_PAGE_TIMEOUT_S for each page it touches
+BASE_TIMEOUT_S = 30.0
+PER_PAGE_TIMEOUT_S = 0.02
+#: the values written into each set's pages (a page holds value + its page number)
+VALUE = {"home": 1 << 20, "owned": 2 << 20, "upgrade": 3 << 20, "miss": 4 << 20, "local": 5 << 20}
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    samples_ns: list[int] = field(default_factory=list)
+    #: what the faulting node's counters should grow by, per access
+    expect_counters: dict[str, int] = field(default_factory=dict)
+    counter_deltas: dict[str, int] = field(default_factory=dict)
+    #: CPU time each process spent during this row's accesses, in ns
+    cpu_ns: dict[str, int] = field(default_factory=dict)
+    #: the median of each round's share, in µs
+    round_medians_us: list[float] = field(default_factory=list)
+
+    def add_samples(self, samples_ns: list[int]) -> None:
+        self.samples_ns += samples_ns
+        if samples_ns:
+            self.round_medians_us.append(float(np.median(samples_ns)) / 1e3)
+
+    def add_cpu(self, before: dict[str, int], after: dict[str, int]) -> None:
+        for name, t in after.items():
+            self.cpu_ns[name] = self.cpu_ns.get(name, 0) + t - before.get(name, t)
+
+    def stats(self) -> dict[str, float]:
+        a = np.asarray(self.samples_ns, dtype=np.float64) / 1e3
+        if not len(a):
+            return {"n": 0, "median_us": float("nan"), "p90_us": float("nan"), "p99_us": float("nan")}
+        p50, p90, p99 = np.percentile(a, [50, 90, 99])
+        return {"n": len(a), "median_us": float(p50), "p90_us": float(p90), "p99_us": float(p99)}
+
+
+ROWS = [
+    ("rtt", "zmq DEALER/ROUTER round trip ({size})", {}),
+    ("home_read", "read fault, page at home (directory)", {"requests": 1, "pages_in": 1}),
+    ("owned_read", "read fault, page owned by another node", {"requests": 1, "pages_in": 1}),
+    ("write_upgrade", "write fault, upgrade, invalidates 2 copies", {"requests": 1, "upgrades": 1}),
+    ("write_miss", "write fault, missing, invalidates 2 copies", {"requests": 1, "pages_in": 1}),
+    ("local_fault", "local WP fault, agent only (no network)", {"faults_local": 1}),
+    ("resident_read", "resident read, no fault (loop overhead)", {}),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pages", type=int, default=DEFAULT_PAGES,
+                        help=f"pages (one fault each) per measurement (default {DEFAULT_PAGES})")
+    parser.add_argument("--round-trips", type=int,
+                        help="bare round trips measured (default: as many as --pages)")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                        help=f"interleaved rounds the measurements are split into "
+                             f"(default {DEFAULT_ROUNDS})")
+    parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
+                        help="ZeroMQ transport of the directory and of the baseline (default tcp "
+                             "loopback)")
+    parser.add_argument("--message-bytes", type=int, default=DEFAULT_MESSAGE_BYTES,
+                        help=f"size of the baseline's message (default {DEFAULT_MESSAGE_BYTES}, "
+                             "one page)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the page order (pages are visited in random order)")
+    parser.add_argument("--json", metavar="FILE", help="write the raw samples and the summary here")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the processes' logs (their directory is printed)")
+    parser.add_argument("--fail-on-target", action="store_true",
+                        help="exit with status 3 when a row misses its target")
+
+
+def run(args: argparse.Namespace) -> int:
+    round_trips = args.round_trips if args.round_trips is not None else args.pages
+    if min(args.pages, args.rounds, args.message_bytes, round_trips) < 1:
+        print("dsm bench fault: --pages, --round-trips, --rounds and --message-bytes must be "
+              "positive", file=sys.stderr)
+        return 2
+    rounds = min(args.rounds, args.pages, round_trips)
+    log_dir = Path(tempfile.mkdtemp(prefix="dsm-bench-"))
+    procs = Processes(log_dir)
+    progress = Progress()
+    ok = False
+    try:
+        bench = FaultBench(procs, args.pages, round_trips, rounds, args.transport,
+                           args.message_bytes, args.seed, progress)
+        result = bench.run()
+        ok = True
+    except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:
+        print(f"dsm bench fault: error: {exc}", file=sys.stderr)
+        print(procs.logs(), file=sys.stderr)
+        return 1
+    finally:
+        progress("stopping the processes")
+        procs.close()
+        if args.keep_logs or not ok:
+            print(f"dsm bench fault: logs in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    print(format_table(result))
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f)
+        progress(f"raw samples written to {args.json}")
+    if args.fail_on_target and any(r["meets_target"] is False for r in result["rows"]):
+        return 3
+    return 0
+
+
+class BenchError(RuntimeError):
+    """The benchmark saw something wrong (a page read back wrong, a node's counters off)."""
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+
+class FaultBench:
+    def __init__(self, procs: Processes, pages: int, round_trips: int, rounds: int,
+                 transport: str, message_bytes: int, seed: int, progress: Progress):
+        self.procs = procs
+        self.pages = pages
+        self.round_trips = round_trips
+        self.rounds = rounds
+        self.transport = transport
+        self.message_bytes = message_bytes
+        self.progress = progress
+        self.rows = {key: Row(key, label.format(size=_size(message_bytes)), expect_counters=dict(c))
+                     for key, label, c in ROWS}
+        self.warnings: list[str] = []
+        rng = random.Random(seed)
+        # one set of pages per measurement, each visited in random order; warm-up pages last
+        self.sets: dict[str, list[int]] = {}
+        for i, name in enumerate(VALUE):
+            pages_of_set = list(range(i * pages, (i + 1) * pages))
+            rng.shuffle(pages_of_set)
+            self.sets[name] = pages_of_set
+        self.warm = list(range(len(VALUE) * pages, len(VALUE) * pages + WARMUP_PAGES))
+        self.total_pages = len(VALUE) * pages + WARMUP_PAGES
+        self.nodes: dict[str, Worker] = {}
+        #: the processes whose CPU time is accounted, by name
+        self.pids: dict[str, int | None] = {}
+
+    def _endpoint(self, name: str) -> str:
+        if self.transport == "tcp":
+            return "tcp://127.0.0.1:*"
+        return f"ipc://{self.procs.log_dir}/{name}.ipc"
+
+    def _call(self, node: str, op: str, n_pages: int = 0, **args: Any) -> dict:
+        return self.nodes[node].call(op, BASE_TIMEOUT_S + PER_PAGE_TIMEOUT_S * n_pages, **args)
+
+    def _touch(self, node: str, pages: list[int], write: bool = False, value: int = 0,
+               expect: int | None = None) -> None:
+        reply = self._call(node, "touch", len(pages), pages=pages, write=write, value=value,
+                           expect=expect)
+        if reply["n_bad"]:
+            raise BenchError(f"node {node} read {reply['n_bad']} pages wrong "
+                             f"([page, value] expected {expect} + page: {reply['bad']})")
+
+    # --- the run -----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        p = self.progress
+        page_bytes = os.sysconf("SC_PAGE_SIZE")
+        region = max(self.total_pages * page_bytes + (16 << 20), 64 << 20)
+        region = (region + (1 << 20) - 1) >> 20 << 20
+        p(f"starting a directory ({self.transport}), an echo server and nodes a, b, c")
+        directory = self.procs.start_directory(self._endpoint("directory"), region)
+        echo = self.procs.start_echo(self._endpoint("echo"))
+        self.nodes = self.procs.start_workers(directory, ["a", "b", "c"])
+        for name in self.nodes:
+            self._call(name, "array", name="bench", pages=self.total_pages)
+        self.pids = {"bench": os.getpid(), "echo": self.procs.echo.proc.pid,
+                     "directory": self.procs.directory.proc.pid}
+        for name, w in self.nodes.items():
+            self.pids[f"agent {name}"] = w.agent_pid
+            self.pids[f"workload {name}"] = w.proc.pid
+        p(f"nodes attached; preparing {len(VALUE)} sets of {self.pages} pages")
+        self._prepare()
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            dealer.connect(echo)
+            payload = os.urandom(self.message_bytes)
+            self._round_trips(dealer, payload, WARMUP_ROUND_TRIPS)
+            for r in range(self.rounds):
+                p(f"round {r + 1}/{self.rounds}")
+                self._round(r, dealer, payload)
+        finally:
+            dealer.close(0)
+            ctx.term()
+        p("checking what the writes left")
+        self._verify()
+        return self._result()
+
+    def _prepare(self) -> None:
+        s, v = self.sets, VALUE
+        # warm-up: every path once, untimed (first faults of a process run cold code)
+        self._touch("a", self.warm, write=True, value=7)
+        self._touch("c", self.warm, expect=7)
+        self._touch("b", self.warm, expect=7)
+        self._touch("a", self.warm, write=True, value=8)
+        # home: A writes, C reads (the directory fetches it and keeps the home copy)
+        self._touch("a", s["home"], write=True, value=v["home"])
+        self._touch("c", s["home"], expect=v["home"])
+        # owned: A writes and keeps it
+        self._touch("a", s["owned"], write=True, value=v["owned"])
+        # upgrade: A writes, B and C read: all three hold read copies
+        self._touch("a", s["upgrade"], write=True, value=v["upgrade"])
+        self._touch("b", s["upgrade"], expect=v["upgrade"])
+        self._touch("c", s["upgrade"], expect=v["upgrade"])
+        # miss: C writes, B reads: B and C hold read copies, the directory the home copy
+        self._touch("c", s["miss"], write=True, value=v["miss"])
+        self._touch("b", s["miss"], expect=v["miss"])
+        # local: C reads a page A wrote (a read copy, write-protected in C's processes), forks a
+        # child (which inherits the protection), A writes it again (C's copy is invalidated; the
+        # protection marker stays in the child), C's parent writes it (C owns it now): the
+        # child's first write hits the stale marker, which the agent clears without the network
+        self._touch("a", s["local"], write=True, value=v["local"])
+        self._touch("c", s["local"], expect=v["local"])
+        self.pids["workload c child"] = self._call("c", "spawn")["child_pid"]
+        self._touch("a", s["local"], write=True, value=v["local"] + 1)
+        self._touch("c", s["local"], write=True, value=v["local"] + 2)
+
+    def _chunk(self, pages: list[int], r: int) -> list[int]:
+        n = len(pages)
+        return pages[r * n // self.rounds:(r + 1) * n // self.rounds]
+
+    def _round(self, r: int, dealer: zmq.Socket, payload: bytes) -> None:
+        s, v = self.sets, VALUE
+        n_rtt = (r + 1) * self.round_trips // self.rounds - r * self.round_trips // self.rounds
+        cpu_before = self._cpu()
+        rtt = self._round_trips(dealer, payload, n_rtt)
+        self.rows["rtt"].add_cpu(cpu_before, self._cpu())
+        self.rows["rtt"].add_samples(rtt)
+        self._timed("home_read", "b", self._chunk(s["home"], r), expect=v["home"])
+        self._timed("owned_read", "b", self._chunk(s["owned"], r), expect=v["owned"])
+        self._timed("write_upgrade", "a", self._chunk(s["upgrade"], r), write=True,
+                    value=v["upgrade"] + 1)
+        self._timed("write_miss", "a", self._chunk(s["miss"], r), write=True, value=v["miss"] + 1)
+        self._timed("local_fault", "c", self._chunk(s["local"], r), write=True,
+                    value=v["local"] + 3, in_child=True)
+        self._timed("resident_read", "b", self._chunk(s["home"], r), expect=v["home"])
+
+    def _timed(self, key: str, node: str, pages: list[int], write: bool = False, value: int = 0,
+               expect: int | None = None, in_child: bool = False) -> None:
+        if not pages:
+            return
+        row = self.rows[key]
+        before = self._counters(node)
+        command = {"pages": pages, "write": write, "value": value, "expect": expect}
+        cpu_before = self._cpu()
+        if in_child:
+            reply = self._call(node, "child", len(pages), command={"op": "time", **command},
+                               timeout_s=BASE_TIMEOUT_S + PER_PAGE_TIMEOUT_S * len(pages))
+        else:
+            reply = self._call(node, "time", len(pages), **command)
+        row.add_cpu(cpu_before, self._cpu())
+        after = self._counters(node)
+        if reply["n_bad"]:
+            raise BenchError(f"{row.label}: node {node} read {reply['n_bad']} pages wrong "
+                             f"([page, value], expected {expect} + page: {reply['bad']})")
+        row.add_samples(reply["samples_ns"])
+        for name in set(before) | set(after):
+            row.counter_deltas[name] = row.counter_deltas.get(name, 0) + after.get(name, 0) - before.get(name, 0)
+
+    def _cpu(self) -> dict[str, int]:
+        return {name: cpu_ns(pid) for name, pid in self.pids.items()}
+
+    def _counters(self, node: str) -> dict[str, int]:
+        return self._call(node, "stats")["stats"]["counters"]
+
+    def _round_trips(self, dealer: zmq.Socket, payload: bytes, n: int) -> list[int]:
+        pc = time.perf_counter_ns
+        out = [0] * n
+        timeout_ms = int(BASE_TIMEOUT_S * 1000)
+        for i in range(n):
+            t0 = pc()
+            dealer.send(payload)
+            if not dealer.poll(timeout_ms):
+                raise BenchError(f"the echo server did not answer within {BASE_TIMEOUT_S} s")
+            reply = dealer.recv(copy=False)
+            t1 = pc()
+            out[i] = t1 - t0
+            if len(reply) != len(payload):
+                raise BenchError(f"the echo server sent {len(reply)} bytes back, not {len(payload)}")
+        return out
+
+    def _verify(self) -> None:
+        """The writes landed: B reads back (a sample of) what A and C's child wrote last."""
+        s, v = self.sets, VALUE
+        self._touch("b", s["upgrade"][:VERIFY_PAGES], expect=v["upgrade"] + 1)
+        self._touch("b", s["miss"][:VERIFY_PAGES], expect=v["miss"] + 1)
+        self._touch("b", s["local"][:VERIFY_PAGES], expect=v["local"] + 3)
+
+    # --- the result --------------------------------------------------------------------------------
+    def _result(self) -> dict:
+        base = self.rows["rtt"].stats()["median_us"]
+        rows = []
+        for row in self.rows.values():
+            st = row.stats()
+            target = TARGETS.get(row.key)
+            ratio = st["median_us"] / base if base else float("nan")
+            n = st["n"]
+            rtt_rounds = self.rows["rtt"].round_medians_us
+            per_round = [m / b for m, b in zip(row.round_medians_us, rtt_rounds) if b]
+            rows.append({
+                "key": row.key, "label": row.label, **st, "ratio": ratio, "target": target,
+                "meets_target": (ratio <= target) if target is not None else None,
+                "counters": row.counter_deltas,
+                "round_medians_us": row.round_medians_us,
+                #: each round's median over that round's round-trip median, and their median:
+                #: less sensitive to the machine's load drifting during the run
+                "round_ratios": per_round,
+                "median_round_ratio": float(np.median(per_round)) if per_round else float("nan"),
+                "cpu_us_per_access": {
+                    name: t / n / 1e3 for name, t in sorted(row.cpu_ns.items()) if n
+                },
+            })
+            n = st["n"]
+            for name, per_access in row.expect_counters.items():
+                got = row.counter_deltas.get(name, 0)
+                if got != per_access * n:
+                    self.warnings.append(
+                        f"{row.label}: the node counted {name} {got} times for {n} accesses "
+                        f"(expected {per_access * n}): not every access was the intended fault"
+                    )
+        return {
+            "benchmark": "fault",
+            "config": {"pages": self.pages, "round_trips": self.round_trips,
+                       "rounds": self.rounds, "transport": self.transport,
+                       "message_bytes": self.message_bytes},
+            "environment": environment(),
+            "rows": rows,
+            "samples_ns": {row.key: row.samples_ns for row in self.rows.values()},
+            "warnings": self.warnings,
+        }
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+        "numpy": np.__version__,
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes // 1024} KiB" if nbytes % 1024 == 0 else f"{nbytes} B"
+
+
+def format_table(result: dict) -> str:
+    cfg = result["config"]
+    header = ["measurement", "n", "median µs", "p90 µs", "p99 µs", "ratio", "target"]
+    lines = []
+    for r in result["rows"]:
+        if r["target"] is None:
+            target = "-"
+        else:
+            target = f"<={r['target']:.1f}x " + ("ok" if r["meets_target"] else "MISSED")
+        lines.append([r["label"], str(r["n"]), f"{r['median_us']:.1f}", f"{r['p90_us']:.1f}",
+                      f"{r['p99_us']:.1f}", f"{r['ratio']:.2f}x", target])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) if i < 6 else c
+                         for i, c in enumerate(cells)).rstrip()
+
+    env = result["environment"]
+    title = (f"dsm bench fault: transport {cfg['transport']}, {cfg['pages']} pages per fault row, "
+             f"{cfg['round_trips']} round trips, {cfg['rounds']} rounds; ratio = median / round-"
+             f"trip median (pyzmq {env['pyzmq']}, libzmq {env['libzmq']}, {env['cpus']} cpus)")
+    out = [title, fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(line) for line in lines]
+    medians = result["rows"][0]["round_medians_us"]
+    if len(medians) > 1:
+        out.append("round-trip median per round (µs): " + ", ".join(f"{m:.1f}" for m in medians))
+        out.append("median of the per-round ratios (robust to load drifting during the run): "
+                   + ", ".join(f"{r['key']} {r['median_round_ratio']:.2f}x"
+                               for r in result["rows"][1:-1]))
+    out.append("")
+    out.append("CPU µs per access, by process (all threads; includes the bench's own bookkeeping):")
+    for r in result["rows"]:
+        busy = sorted(((t, name) for name, t in r["cpu_us_per_access"].items() if t >= 0.5),
+                      reverse=True)
+        cells = ", ".join(f"{name} {t:.1f}" for t, name in busy) or "-"
+        out.append(f"  {r['label'].ljust(widths[0])}  {cells}")
+    return "\n".join(out)

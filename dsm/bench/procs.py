@@ -1,0 +1,200 @@
+"""The processes of a benchmark: a directory, an echo server, node workers. Every start and
+every answer waits with a deadline; ``Processes.close()`` kills whatever is still alive."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT_S = 20.0
+#: deadline of one worker command unless the caller gives one
+COMMAND_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 5.0
+
+
+class BenchProcessError(RuntimeError):
+    pass
+
+
+class Child:
+    """A child process in its own session (so that its own children, a node's agent, die with
+    it), its stderr in a log file."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, stdin: bool = False):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=self._log, start_new_session=True,
+        )
+        self._buf = b""
+
+    def line(self, timeout_s: float, what: str | None = None) -> str:
+        """The next line of the child's stdout, within ``timeout_s``."""
+        what = what or self.name
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0))
+            if not ready:
+                raise BenchProcessError(f"{what}: no answer within {timeout_s:.0f} s")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                code = self.proc.poll()
+                raise BenchProcessError(f"{what}: the process closed its output (exit status {code})")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole session, reap the child, close our ends."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the session: the node's agent too
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self._log.close()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text()[-chars:]
+        except OSError:
+            return ""
+
+
+class Worker(Child):
+    """A node process running ``dsm.bench.worker``."""
+
+    def __init__(self, directory: str, name: str, log_dir: Path):
+        super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory, name],
+                         log_dir, stdin=True)
+        self.node = name
+        self.agent_pid: int | None = None
+
+    def wait_attached(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        reply = json.loads(self.line(timeout_s, f"node {self.node} attach"))
+        if not reply.get("ok"):
+            raise BenchProcessError(f"node {self.node} could not attach:\n{reply.get('error')}")
+        self.agent_pid = find_child(self.proc.pid, "agent")
+
+
+    def send(self, op: str, **args: Any) -> None:
+        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout_s: float = COMMAND_TIMEOUT_S) -> dict:
+        reply = json.loads(self.line(timeout_s, f"node {self.node}"))
+        if not reply.pop("ok"):
+            raise BenchProcessError(f"node {self.node} failed:\n{reply.get('error')}")
+        return reply
+
+    def call(self, op: str, deadline_s: float = COMMAND_TIMEOUT_S, **args: Any) -> dict:
+        """Run one command; its answer must come within ``deadline_s``."""
+        self.send(op, **args)
+        return self.wait(deadline_s)
+
+
+def find_child(pid: int, word: str) -> int | None:
+    """The child of ``pid`` whose command line holds ``word`` (``dsm agent``: the node's agent)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return None
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if word.encode() in argv:
+            return child
+    return None
+
+
+def cpu_ns(pid: int | None) -> int:
+    """CPU time used so far by every thread of ``pid`` (libzmq's I/O threads too), in ns."""
+    if pid is None:
+        return 0
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class Processes:
+    """Every child of one benchmark run; ``close()`` in a ``finally``."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self.directory: Child | None = None
+        self.echo: Child | None = None
+
+    def start_directory(self, listen: str, region_bytes: int) -> str:
+        child = Child("directory", [sys.executable, "-m", "dsm", "directory", "--listen", listen,
+                                    "--region-size", str(region_bytes)], self.log_dir)
+        self.children.append(child)
+        self.directory = child
+        line = child.line(START_TIMEOUT_S, "directory start")
+        if not line.startswith("directory listening on "):
+            raise BenchProcessError(f"unexpected first line from the directory: {line!r}")
+        return line.rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
+
+    def start_echo(self, listen: str) -> str:
+        child = Child("echo", [sys.executable, "-m", "dsm.bench.echo", listen], self.log_dir)
+        self.children.append(child)
+        self.echo = child
+        line = child.line(START_TIMEOUT_S, "echo server start")
+        if not line.startswith("echo listening on "):
+            raise BenchProcessError(f"unexpected first line from the echo server: {line!r}")
+        return line.rsplit(" ", 1)[-1]
+
+    def start_workers(self, directory: str, names: list[str]) -> dict[str, Worker]:
+        """Start the nodes together (their agents start in parallel), then wait for each."""
+        workers = {}
+        for name in names:
+            w = Worker(directory, name, self.log_dir)
+            self.children.append(w)
+            workers[name] = w
+        for w in workers.values():
+            w.wait_attached()
+        return workers
+
+    def close(self) -> None:
+        """Kill every child with its session (a node's agent and watchdog too): a benchmark's
+        pages need no orderly give-back, and the agents' would take seconds."""
+        for child in reversed(self.children):
+            try:
+                child.kill()
+            except Exception:  # keep killing the others
+                pass
+
+    def logs(self) -> str:
+        return "\n".join(f"----- {c.log_path.name} -----\n{c.log_tail()}" for c in self.children)

@@ -1,0 +1,231 @@
+"""A node process driven by a benchmark: ``python -m dsm.bench.worker DIRECTORY NODE_NAME``.
+
+It attaches with ``dsm.attach(directory=..., node_name=...)`` (which starts the node's agent as a
+child process), then answers commands, one JSON object a line on stdin, one JSON reply a line on
+stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
+
+    {"op": "array", "name": N, "pages": P}    map the int64 array N of P pages
+    {"op": "touch", "pages": [...], "write": bool, "value": V}
+                                              untimed: read (or write V + page) one word per page
+    {"op": "time", "pages": [...], "write": bool, "value": V}
+                                              time one access per page, in ns
+    {"op": "stats"}                           the node's counters (``node.stats()``)
+    {"op": "spawn"}                           fork a second local process of this node: a child
+                                              that serves the same commands over a pipe
+    {"op": "child", "command": {...}}         run a command in that child
+    {"op": "reap"}                            end the child
+
+Reads check the word they read against ``expect + page`` (``expect`` given in the command): a
+page served wrong (say, zero) is reported, never silently timed.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import sys
+import time
+import traceback
+
+import numpy as np
+
+import dsm
+
+#: how long a forked child may take to answer a command
+FORK_TIMEOUT_S = 60.0
+
+
+class Worker:
+    def __init__(self, node: dsm.Node):
+        self.node = node
+        self.words_per_page = node.layout.page_size // np.dtype(np.int64).itemsize
+        self.arr: np.ndarray | None = None
+
+    def op_array(self, name: str, pages: int) -> dict:
+        self.arr = self.node.array(name, (pages * self.words_per_page,), np.int64)
+        return {"page_size": self.node.layout.page_size, "base": self.node.address_of(self.arr)}
+
+    def op_touch(self, pages: list[int], write: bool = False, value: int = 0,
+                 expect: int | None = None) -> dict:
+        arr, wpp = self.arr, self.words_per_page
+        bad = []
+        for pg in pages:
+            if write:
+                arr[pg * wpp] = value + pg
+            else:
+                x = int(arr[pg * wpp])
+                if expect is not None and x != expect + pg:
+                    bad.append([pg, x])
+        return {"bad": bad[:10], "n_bad": len(bad)}
+
+    def _timed(self, pages: list[int], write: bool, value: int, expect: int | None) -> dict:
+        arr, wpp = self.arr, self.words_per_page
+        pc = time.perf_counter_ns
+        samples = [0] * len(pages)
+        seen = [0] * len(pages)
+        gc.disable()
+        try:
+            if write:
+                for k, pg in enumerate(pages):
+                    i = pg * wpp
+                    v = value + pg
+                    t0 = pc()
+                    arr[i] = v
+                    t1 = pc()
+                    samples[k] = t1 - t0
+            else:
+                for k, pg in enumerate(pages):
+                    i = pg * wpp
+                    t0 = pc()
+                    x = arr[i]
+                    t1 = pc()
+                    samples[k] = t1 - t0
+                    seen[k] = x
+        finally:
+            gc.enable()
+        bad = []
+        if not write and expect is not None:
+            bad = [[pg, int(x)] for pg, x in zip(pages, seen) if int(x) != expect + pg]
+        return {"samples_ns": samples, "bad": bad[:10], "n_bad": len(bad)}
+
+    def op_time(self, pages: list[int], write: bool = False, value: int = 0,
+                expect: int | None = None) -> dict:
+        return self._timed(pages, write, value, expect)
+
+    def op_stats(self) -> dict:
+        return {"stats": self.node.stats()}
+
+    # --- a second local process: a forked child that serves commands over a pipe ----------------
+    _child: "ChildProcess | None" = None
+
+    def op_spawn(self) -> dict:
+        if self._child is not None:
+            raise RuntimeError("a child is running already")
+        self._child = ChildProcess.fork(self)
+        return {"child_pid": self._child.pid}
+
+    def op_child(self, command: dict, timeout_s: float = FORK_TIMEOUT_S) -> dict:
+        if self._child is None:
+            raise RuntimeError("no child: spawn one first")
+        return self._child.call(command, timeout_s)
+
+    def op_reap(self) -> dict:
+        if self._child is not None:
+            self._child.close()
+            self._child = None
+        return {}
+
+
+class ChildProcess:
+    """A forked child of the worker: the same array, served by the same agent (which adopted the
+    child's uffd from the Fork event). Commands go down one pipe, replies come up another."""
+
+    def __init__(self, pid: int, to_child: int, from_child: int):
+        self.pid, self._to, self._from = pid, to_child, from_child
+        self._buf = b""
+
+    @classmethod
+    def fork(cls, worker: Worker) -> "ChildProcess":
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                os.close(down_w)
+                os.close(up_r)
+                worker._child = None
+                _child_loop(worker, down_r, up_w)
+                status = 0
+            finally:
+                os._exit(status)  # never the parent's cleanup: that would stop the node's agent
+        os.close(down_r)
+        os.close(up_w)
+        return cls(pid, down_w, up_r)
+
+    def call(self, command: dict, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        os.write(self._to, json.dumps(command).encode() + b"\n")
+        while b"\n" not in self._buf:
+            ready, _, _ = select.select([self._from], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                self.close()
+                raise TimeoutError(f"the forked child did not answer within {timeout_s} s")
+            chunk = os.read(self._from, 1 << 20)
+            if not chunk:
+                raise RuntimeError("the forked child exited")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        reply = json.loads(line)
+        if not reply.pop("ok"):
+            raise RuntimeError(f"the forked child failed:\n{reply.get('error')}")
+        return reply
+
+    def close(self) -> None:
+        for fd in (self._to, self._from):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _reap(self.pid, time.monotonic() + 5.0)
+
+
+def _child_loop(worker: Worker, commands: int, replies: int) -> None:
+    with os.fdopen(commands, "rb") as inp, os.fdopen(replies, "wb", buffering=0) as out:
+        for line in inp:
+            request = json.loads(line)
+            op = request.pop("op")
+            try:
+                # not stats: the agent socket is the parent's
+                if op not in ("touch", "time"):
+                    raise ValueError(f"a child runs touch and time, not {op!r}")
+                reply = {"ok": True, **getattr(worker, f"op_{op}")(**request)}
+            except Exception:
+                reply = {"ok": False, "error": traceback.format_exc()}
+            out.write(json.dumps(reply).encode() + b"\n")
+
+
+def _reap(pid: int, deadline: float) -> None:
+    while True:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return
+        time.sleep(0.001)
+
+
+def main(argv: list[str] | None = None) -> int:
+    directory, name = (argv or sys.argv[1:])[:2]
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything printed by accident goes to the log, not to the protocol
+    try:
+        node = dsm.attach(directory=directory, node_name=name)
+    except Exception:
+        out.write(json.dumps({"ok": False, "error": traceback.format_exc()}) + "\n")
+        return 1
+    worker = Worker(node)
+    out.write(json.dumps({"ok": True, "pid": os.getpid(), "node": node.name}) + "\n")
+    try:
+        for line in sys.stdin:
+            request = json.loads(line)
+            op = request.pop("op")
+            if op == "quit":
+                break
+            try:
+                reply = getattr(worker, f"op_{op}")(**request)
+                out.write(json.dumps({"ok": True, **reply}) + "\n")
+            except Exception:
+                out.write(json.dumps({"ok": False, "error": traceback.format_exc()}) + "\n")
+    finally:
+        worker.op_reap()
+        node.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
