@@ -12,6 +12,8 @@ from dsm.errors import DsmError
 
 #: how long a starting agent may take to join the directory and listen
 AGENT_START_TIMEOUT_S = 10.0
+#: how long a failed agent may take to exit after closing its ready pipe
+AGENT_EXIT_GRACE_S = 2.0
 #: how long a stopping agent may take to hand its pages back
 AGENT_STOP_TIMEOUT_S = 10.0
 
@@ -35,7 +37,10 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
         ready, _, _ = select.select([read_fd], [], [], AGENT_START_TIMEOUT_S)
         line = os.read(read_fd, 64) if ready else b""
         if not line.startswith(b"ready"):
-            code = proc.poll()
+            try:  # an agent that failed closes the pipe as it exits: collect its status
+                code = proc.wait(AGENT_EXIT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                code = None
             why = f"exited with status {code}" if code is not None else "did not become ready"
             raise AgentStartError(
                 f"the node agent for directory {directory} {why} within {AGENT_START_TIMEOUT_S} s"

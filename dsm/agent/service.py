@@ -27,7 +27,7 @@ from dsm import libc, local
 from dsm import protocol as p
 from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
 from dsm.agent.stats import NodeStats
-from dsm.errors import DsmError, ProtocolError
+from dsm.errors import ConfigError, DsmError, ProtocolError
 from dsm.layout import Layout
 from dsm.trace import Tracer
 from dsm.uffd import (
@@ -55,6 +55,8 @@ POLL_INTERVAL_MS = 100
 #: how long to watch a Remove event's pages for MADV_REMOVE's hole punch (DONTNEED never punches)
 REMOVE_SETTLE_S = 0.02
 REMOVE_POLL_S = 0.0002
+#: sun_path holds 108 bytes including the terminating NUL
+MAX_UNIX_PATH_BYTES = 107
 #: an ioctl that keeps finding events pending is given up after this many rounds
 MAX_EVENT_PENDING_RETRIES = 100
 
@@ -120,6 +122,11 @@ class Agent:
         self._last_send = 0.0
         self._running = True
         self._leaving_pending_exit = False
+        if len(os.fsencode(socket_path)) > MAX_UNIX_PATH_BYTES:
+            raise ConfigError(
+                f"agent socket path {socket_path!r} is {len(os.fsencode(socket_path))} bytes; "
+                f"a Unix socket path holds at most {MAX_UNIX_PATH_BYTES}"
+            )
         if os.path.exists(socket_path):
             os.unlink(socket_path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -606,7 +613,7 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
               ready_fd: int | None = None) -> int:
     try:
         agent = Agent(directory, node, socket_path, trace_path)
-    except DirectoryUnreachable as exc:
+    except DsmError as exc:
         log.error("%s", exc)
         print(f"dsm agent: {exc}", flush=True)
         return 2
