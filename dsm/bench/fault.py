@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -134,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
               "positive", file=sys.stderr)
         return 2
     rounds = min(args.rounds, args.pages, round_trips)
+    # SIGTERM unwinds like Ctrl-C, so that the finally below kills every child
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     log_dir = Path(tempfile.mkdtemp(prefix="dsm-bench-"))
     procs = Processes(log_dir)
     progress = Progress()
