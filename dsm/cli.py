@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = {
     "agent": "dsm.commands.agent",
     "run": "dsm.commands.run",
     "bench": "dsm.commands.bench",
+    "demo": "dsm.commands.demo",
 }
 
 

@@ -1,0 +1,123 @@
+"""``dsm demo``: a directory and N nodes on this machine, a shared computation checked against
+numpy, a table per node, a verdict and an exit status that says it."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dsm.commands import demo
+from nodes import demo_workload as w
+
+#: a table row: the node's name, seven counters and the median fault latency
+ROW = r"^{name}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(≤\d+|>\d+|-)\s*$"
+
+
+def run_demo(tmp_path, *args: str, timeout: float = 150.0, cwd=None):
+    # TMPDIR: the demo's work directory (kept when a run fails) goes into this test's tmp_path
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("DSM_AGENT_SOCKET", None)
+    return subprocess.run([sys.executable, "-m", "dsm", "demo", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def counters_of(stdout: str, name: str) -> list[int]:
+    match = re.search(ROW.format(name=name), stdout, re.MULTILINE)
+    assert match, f"no table row for {name} in:\n{stdout}"
+    return [int(v) for v in match.groups()[:-1]]
+
+
+@pytest.mark.timeout(180)
+def test_three_nodes_over_tcp_match_numpy(tmp_path):
+    # run from elsewhere than the checkout: the workload module must still be found
+    result = run_demo(tmp_path, "--nodes", "3", cwd=tmp_path)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert re.search(r"^result: MATCH \(3 nodes, .*checked against numpy", out, re.MULTILINE), out
+    assert "MISMATCH" not in out
+    header = next(line for line in out.splitlines() if line.startswith("node "))
+    for column in ("missing rd", "missing wr", "wp wr", "pages in", "pages out", "invalidations",
+                   "median fault µs"):
+        assert column in header
+    for k in range(3):
+        missing_rd, missing_wr, wp_wr, requests, pages_in, pages_out, invalidations = \
+            counters_of(out, f"node{k}")
+        # every node read pages others wrote, was asked for pages it wrote, and lost copies
+        assert missing_rd > 0 and wp_wr > 0
+        assert pages_in > 0 and pages_out > 0 and invalidations > 0
+        assert requests >= pages_in
+    assert counters_of(out, "all")[0] > 0
+    assert not re.search(r"^node3\s", out, re.MULTILINE)
+
+
+@pytest.mark.timeout(180)
+def test_two_nodes_over_ipc_write_traces(tmp_path):
+    traces = tmp_path / "traces"
+    result = run_demo(tmp_path, "--nodes", "2", "--transport", "ipc", "--size", "24",
+                      "--rounds", "3", "--trace", str(traces))
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "over ipc" in out
+    assert re.search(r"^result: MATCH \(2 nodes", out, re.MULTILINE), out
+    for name in ("node0", "node1"):
+        counters_of(out, name)
+    assert not re.search(r"^node2\s", out, re.MULTILINE)
+    assert sorted(p.name for p in traces.iterdir()) == ["directory.trace", "node0.trace",
+                                                         "node1.trace"]
+    for path in traces.iterdir():
+        lines = path.read_text().splitlines()
+        assert lines, f"{path.name} is empty"
+        events = {json.loads(line)["event"] for line in lines}
+        if path.name.startswith("node"):
+            assert {"ACQUIRE", "GRANT"} <= events, events
+
+
+@pytest.mark.timeout(120)
+def test_a_run_that_does_not_finish_is_a_mismatch_and_leaves_no_process(tmp_path):
+    result = run_demo(tmp_path, "--size", "4000", "--rounds", "500", "--timeout", "6", timeout=60)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert re.search(r"^result: MISMATCH", out, re.MULTILINE), out
+    assert "did not finish in time" in result.stderr, result.stderr
+    endpoint = re.search(r"directory on (\S+),", out)
+    assert endpoint, out
+    leftovers = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and endpoint.group(1) in cmdline:
+            leftovers.append(cmdline)
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("args", [["--nodes", "0"], ["--nodes", "4", "--size", "3"],
+                                  ["--rounds", "0"]])
+def test_bad_arguments_are_refused(tmp_path, args):
+    result = run_demo(tmp_path, *args, timeout=30)
+    assert result.returncode == 2, result.stdout + result.stderr
+
+
+def test_the_reference_does_not_depend_on_how_rows_are_split():
+    one, hist1 = w.reference(1, 20, 4)
+    three, hist3 = w.reference(3, 20, 4)
+    assert np.array_equal(one, three)
+    assert np.array_equal(hist1.sum(axis=0), hist3.sum(axis=0))
+    assert hist3.shape == (3, w.BINS) and (hist3 > 0).any(axis=1).all()
+    # the block boundaries fall inside pages: neighbouring nodes write the same page
+    lo, hi = w.block(1, 3, 20)
+    assert (lo * w.COLUMNS * 8) % 4096 != 0
+
+
+def test_demo_defaults_are_the_workloads():
+    assert (demo.DEFAULT_SIZE, demo.DEFAULT_ROUNDS) == (w.DEFAULT_SIZE, w.DEFAULT_ROUNDS)
