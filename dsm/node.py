@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dsm import libc, local
-from dsm.agent.launch import start_agent, stop_agent
+from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError
 from dsm.layout import AddressError, Layout
 from dsm.uffd import Feature, RegisterMode, Uffd
@@ -54,7 +54,7 @@ class Node:
     """This process's view of the shared region."""
 
     def __init__(self, sock: socket.socket, layout: Layout, node_name: str, memfd: int,
-                 uffd: Uffd, agent_proc: subprocess.Popen | None,
+                 uffd: Uffd, agent_proc: StartedAgent | None,
                  watchdog: subprocess.Popen | None = None):
         self._sock = sock
         self.layout = layout
@@ -138,7 +138,7 @@ class Node:
         os.close(self._memfd)
         self._sock.close()
         if self._agent_proc is not None:
-            stop_agent(self._agent_proc)
+            self._agent_proc.stop()
 
     def __enter__(self) -> "Node":
         return self
@@ -161,17 +161,17 @@ def attach(directory: str | None = None, *, socket_path: str | None = None,
                 "or pass directory=ENDPOINT to start an agent for this process"
             )
         name = node_name or f"{socket.gethostname()}-{os.getpid()}"
-        path, agent_proc = start_agent(directory, name)
+        agent_proc = start_agent(directory, name)
+        path = agent_proc.socket_path
     try:
         return _attach_to(path, agent_proc)
     except BaseException:
         if agent_proc is not None:
-            agent_proc.kill()
-            agent_proc.wait()
+            agent_proc.stop()
         raise
 
 
-def _attach_to(path: str, agent_proc: subprocess.Popen | None) -> Node:
+def _attach_to(path: str, agent_proc: StartedAgent | None) -> Node:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.settimeout(ATTACH_TIMEOUT_S)
     try:

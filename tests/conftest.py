@@ -35,4 +35,4 @@ def make_node(tmp_path, directory):
 
     yield make
     for node in nodes:
-        node.kill()
+        node.close()  # detach and stop the agent; killed if it does not finish in time

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 
 from dsm.errors import DsmError
 
@@ -22,10 +24,36 @@ class AgentStartError(DsmError):
     """The node agent did not start (the directory unreachable, a bad flag, ...)."""
 
 
+@dataclass
+class StartedAgent:
+    proc: subprocess.Popen
+    socket_path: str
+    #: the private directory made for the socket, removed on stop
+    tmpdir: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> int:
+        """SIGTERM: the agent hands every page back, then exits; killed if it takes too long."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(AGENT_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        return self.proc.returncode
+
+
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
-                trace_path: str | None = None) -> tuple[str, subprocess.Popen]:
-    """Start ``dsm agent``; returns its socket path once it is ready."""
-    path = socket_path or os.path.join(tempfile.mkdtemp(prefix="dsm-"), "agent.sock")
+                trace_path: str | None = None) -> StartedAgent:
+    """Start ``dsm agent`` and return once it is ready to serve."""
+    tmpdir = None if socket_path else tempfile.mkdtemp(prefix="dsm-")
+    path = socket_path or os.path.join(tmpdir, "agent.sock")
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "dsm", "agent", "--directory", directory, "--node", node_name,
            "--socket", path, "--ready-fd", str(write_fd)]
@@ -48,19 +76,9 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
     except BaseException:
         proc.kill()
         proc.wait()
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     finally:
         os.close(read_fd)
-    return path, proc
-
-
-def stop_agent(proc: subprocess.Popen) -> int:
-    """SIGTERM: the agent hands every page back, then exits; killed if it takes too long."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(AGENT_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return StartedAgent(proc, path, tmpdir)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from dsm import local
-from dsm.agent.launch import AgentStartError, start_agent, stop_agent
+from dsm.agent.launch import AgentStartError, start_agent
 from dsm.commands.agent import add_directory_arguments, default_node_name
 
 
@@ -27,18 +27,18 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        path, agent = start_agent(args.directory, args.node or default_node_name(),
-                                  trace_path=args.trace)
+        agent = start_agent(args.directory, args.node or default_node_name(),
+                            trace_path=args.trace)
     except AgentStartError as exc:
         print(f"dsm run: {exc}", file=sys.stderr)
         return 2
     try:
-        env = {**os.environ, local.AGENT_SOCKET_ENV: path}
+        env = {**os.environ, local.AGENT_SOCKET_ENV: agent.socket_path}
         try:
             status = subprocess.call(command, env=env)
         except OSError as exc:
             print(f"dsm run: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
             status = 127
     finally:
-        stop_agent(agent)
+        agent.stop()
     return status if status >= 0 else 128 - status
