@@ -238,7 +238,7 @@ def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
     if not frames:
         raise ProtocolError("empty message: expected a header frame")
     try:
-        header = msgpack.unpackb(bytes(frames[0]) if not isinstance(frames[0], bytes) else frames[0])
+        header = msgpack.unpackb(frames[0])
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, list) or not header:

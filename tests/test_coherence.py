@@ -45,3 +45,19 @@ def test_false_sharing_loses_no_write(make_node):
     b.wait(60)
     assert a.run("", "w.tolist()") == [300, 300]
     assert b.run("", "w.tolist()") == [300, 300]
+
+
+def test_a_process_attaching_late_cannot_write_a_read_copy_silently(make_node, tmp_path):
+    a, b = make_node("a"), make_node("b")
+    a.run("x = node.array('late', (512,), np.int64); x[0] = 1")
+    b.run("x = node.array('late', (512,), np.int64)")
+    assert b.run("", "int(x[0])") == 1  # b holds a read copy now
+    # a second process attaches to b's agent and writes the page b only has a copy of
+    b.run(
+        "import subprocess, sys\n"
+        "code = ('import dsm, numpy as np; n = dsm.attach(socket_path=%r); '\n"
+        "        'y = n.array(\"late\", (512,), np.int64); y[0] = 2; n.close()')\n"
+        "subprocess.run([sys.executable, '-c', code % node._sock.getpeername()], check=True, timeout=30)\n"
+    )
+    assert a.run("", "int(x[0])") == 2
+    assert b.run("", "int(x[0])") == 2

@@ -222,7 +222,7 @@ class Agent:
     def _drain_directory(self) -> None:
         while True:
             try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -237,25 +237,27 @@ class Agent:
         old = self.state.get(page)
         new = PageState.EXCLUSIVE if msg.write else PageState.SHARED
         waiters = pend.waiters if pend else []
+        installed_by = None
         if msg.payload == p.Payload.NONE:
             if msg.write:
                 self.stats.count("upgrades")
                 self._protect_everywhere(page, wp=False)
         else:
             self.stats.count("pages_in")
-            src = data.buffer if data is not None else self.zero_page
-            self._install(page, src, writable=msg.write, waiters=waiters)
+            src = data if data is not None else self.zero_page
+            installed_by = self._install(page, src, writable=msg.write, waiters=waiters)
         self.state[page] = new
         self.tracer(page, "GRANT", self.node, _name(old), new.value)
         now = time.monotonic()
         for w in waiters:
-            self._wake(w.proc, w.addr)
+            if not (installed_by is not None and w.proc is installed_by.proc and w.addr == installed_by.addr):
+                self._wake(w.proc, w.addr)  # UFFDIO_COPY woke the installer's own waiters
             self.stats.record_fault_latency(now - w.t0)
 
-    def _install(self, page: int, src: Any, writable: bool, waiters: list[Waiter]) -> None:
-        """Put a page's contents into the memfd, through one waiting process's uffd if any.
-        A read copy is write-protected on every other local uffd *before* it appears, so that no
-        local process can write it without a fault."""
+    def _install(self, page: int, src: Any, writable: bool, waiters: list[Waiter]) -> Waiter | None:
+        """Put a page's contents into the memfd, through one waiting process's uffd if any
+        (returned: its UFFDIO_COPY also woke it). A read copy is write-protected on every other
+        local uffd *before* it appears, so that no local process can write it without a fault."""
         offset = page * self.page_size
         installer = next((w for w in waiters if w.proc.uffd.fileno() in self.procs), None)
         if not writable:
@@ -266,13 +268,14 @@ class Agent:
             proc = installer.proc
             try:
                 self._retry(proc, lambda: proc.uffd.copy(installer.addr, src, self.page_size, wp=not writable))
-                return
+                return installer
             except PageExists:
                 pass  # a stale fault: the page is there already; overwrite it below
             except ProcessGone:
                 self._forget_process(proc, give_back=False)
         # no waiting process (or it is gone): write through the memfd
         os.pwrite(self.memfd, src, offset)
+        return None
 
     def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
         page = self.layout.check_page(msg.page)
@@ -479,6 +482,21 @@ class Agent:
                 self._forget_process(proc, give_back=False)
                 return
 
+    def _protect_read_copies(self, proc: WorkloadProcess) -> None:
+        """A process that attaches late must not write the node's read copies without a fault:
+        write-protect them on its uffd (unpopulated entries get markers), one ioctl per run."""
+        shared = sorted(pg for pg, st in self.state.items() if st is PageState.SHARED)
+        run_start = None
+        for i, pg in enumerate(shared):
+            if run_start is None:
+                run_start = pg
+            if i + 1 == len(shared) or shared[i + 1] != pg + 1:
+                offset = run_start * self.page_size
+                length = (pg + 1 - run_start) * self.page_size
+                for addr, n in proc.addresses_of(offset, length):
+                    self._retry(proc, lambda: proc.uffd.writeprotect(addr, n, wp=True))
+                run_start = None
+
     def _protect_everywhere(self, page: int, wp: bool) -> None:
         for proc in list(self.procs.values()):
             self._writeprotect(proc, page * self.page_size, wp)
@@ -564,6 +582,7 @@ class Agent:
                 proc = WorkloadProcess(Uffd(fds[0]), int(pid), [Mapping(self.layout.base, self.layout.size, 0)])
                 client.proc = proc
                 self._add_process(proc)
+                self._protect_read_copies(proc)
                 self._reply(client, {"type": "ready"})
             elif kind == "alloc":
                 req, name, nbytes, meta = local.expect(message, "req", "name", "nbytes", "meta")

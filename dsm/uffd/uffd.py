@@ -61,6 +61,7 @@ class Uffd:
         #: how the fd came to be: "device", "syscall" or "inherited"
         self.opened_by = opened_by
         self._poller: select.poll | None = None
+        self._blocking: bool | None = None
 
     # --- life cycle ------------------------------------------------------------------------------
     @classmethod
@@ -280,7 +281,10 @@ class Uffd:
     def _require_nonblocking(self) -> None:
         # poll(2) of a uffd without O_NONBLOCK always answers POLLERR and read(2) then blocks
         # until an event comes: a timeout cannot be honoured, so refuse instead of hanging.
-        if os.get_blocking(self.fileno()):
+        # (Asked once: the flag does not change under us, and this is on the fault path.)
+        if self._blocking is None:
+            self._blocking = os.get_blocking(self.fileno())
+        if self._blocking:
             raise UffdError(
                 errno.EINVAL,
                 "cannot wait with a timeout on a uffd opened without O_NONBLOCK "
