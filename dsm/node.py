@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from dsm import libc, local
 from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError
 from dsm.layout import AddressError, Layout
+from dsm.sync import Barrier, Lock
 from dsm.uffd import Feature, RegisterMode, Uffd
 
 #: what a workload's uffd needs: every event the agent follows, WP faults, and thread ids
@@ -57,6 +59,11 @@ class Node:
                  uffd: Uffd, agent_proc: StartedAgent | None,
                  watchdog: subprocess.Popen | None = None):
         self._sock = sock
+        self._agent_path = sock.getpeername()
+        self._connections: dict[tuple[int, int], socket.socket] = {
+            (os.getpid(), threading.get_ident()): sock
+        }
+        self._req_lock = threading.Lock()
         self.layout = layout
         self.name = node_name
         self._memfd = memfd
@@ -99,25 +106,56 @@ class Node:
         return reply
 
     # --- talking to the agent --------------------------------------------------------------------
-    def _request(self, message: dict) -> dict:
+    def _connection(self) -> socket.socket:
+        """This thread's own connection to the agent (answers of concurrent requests from
+        several threads, or from a forked child, must not cross)."""
+        key = (os.getpid(), threading.get_ident())
+        sock = self._connections.get(key)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.settimeout(ATTACH_TIMEOUT_S)
+            try:
+                sock.connect(self._agent_path)
+                _, fds = local.recv(sock)  # every connection is greeted with the layout
+            except (OSError, socket.timeout) as exc:
+                sock.close()
+                raise local.AgentGone(f"cannot reach the node agent at {self._agent_path}: {exc}") from None
+            for fd in fds:
+                os.close(fd)
+            self._connections[key] = sock
+        return sock
+
+    def _request(self, message: dict, timeout_s: float | None = REQUEST_TIMEOUT_S) -> dict:
+        """Send a request to the agent and wait for its answer (``timeout_s=None``: as long as
+        it takes, for lock and barrier waits; the agent's death still ends the wait)."""
         if self._closed:
             raise DsmError("this node is detached")
-        req = self._next_req
-        self._next_req += 1
-        local.send(self._sock, {**message, "req": req})
-        self._sock.settimeout(REQUEST_TIMEOUT_S)
+        sock = self._connection()
+        with self._req_lock:
+            req = self._next_req
+            self._next_req += 1
+        local.send(sock, {**message, "req": req, "pid": os.getpid(), "tid": threading.get_ident()})
+        sock.settimeout(timeout_s)
         try:
-            reply, fds = local.recv(self._sock)
+            reply, fds = local.recv(sock)
         except socket.timeout:
             raise local.AgentGone(
-                f"the node agent did not answer a {message['type']} request within "
-                f"{REQUEST_TIMEOUT_S} s"
+                f"the node agent did not answer a {message['type']} request within {timeout_s} s"
             ) from None
         for fd in fds:
             os.close(fd)
         if reply.get("type") == "error":
             raise DsmError(reply.get("message", "the agent reported an error"))
         return reply
+
+    # --- synchronization -------------------------------------------------------------------------
+    def lock(self, name: str) -> "Lock":
+        """The cluster-wide mutual-exclusion lock ``name`` (FIFO, not reentrant)."""
+        return Lock(self, name)
+
+    def barrier(self, name: str, parties: int) -> "Barrier":
+        """The cluster-wide barrier ``name`` of ``parties`` (reusable)."""
+        return Barrier(self, name, parties)
 
     # --- detaching -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -136,7 +174,8 @@ class Node:
         libc.munmap(self.layout.base, self.layout.size)
         self._uffd.close()
         os.close(self._memfd)
-        self._sock.close()
+        for conn in self._connections.values():
+            conn.close()
         if self._agent_proc is not None:
             self._agent_proc.stop()
 

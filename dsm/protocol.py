@@ -34,6 +34,11 @@ class MsgType(enum.IntEnum):
     ALLOC = 8
     HEARTBEAT = 9
     BYE = 10
+    LOCK_ACQUIRE = 11
+    LOCK_RELEASE = 12
+    BARRIER_JOIN = 13
+    BARRIER_WAIT = 14
+    DEPARTED = 15
     # directory -> node
     WELCOME = 20
     GRANT = 21
@@ -41,6 +46,7 @@ class MsgType(enum.IntEnum):
     INVALIDATE = 23
     ALLOCATED = 24
     ERROR = 25
+    SYNC_REPLY = 26
 
 
 class Payload(enum.IntEnum):
@@ -201,11 +207,71 @@ class Bye(Message):
     TYPE = MsgType.BYE
 
 
+@dataclass(frozen=True)
+class LockAcquire(Message):
+    """Ask for lock ``name`` for ``holder`` ("node:pid:thread"); give up after ``timeout_ms``
+    (negative: wait forever)."""
+
+    TYPE = MsgType.LOCK_ACQUIRE
+    req: int
+    name: str
+    holder: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class LockRelease(Message):
+    TYPE = MsgType.LOCK_RELEASE
+    req: int
+    name: str
+    holder: str
+
+
+@dataclass(frozen=True)
+class BarrierJoin(Message):
+    """Register ``holder`` as a member of barrier ``name`` of ``parties``."""
+
+    TYPE = MsgType.BARRIER_JOIN
+    req: int
+    name: str
+    parties: int
+    holder: str
+
+
+@dataclass(frozen=True)
+class BarrierWait(Message):
+    TYPE = MsgType.BARRIER_WAIT
+    req: int
+    name: str
+    parties: int
+    holder: str
+
+
+@dataclass(frozen=True)
+class Departed(Message):
+    """A process ("node:pid") of the sender's node is gone: release its locks, break its
+    barriers."""
+
+    TYPE = MsgType.DEPARTED
+    prefix: str
+
+
+@dataclass(frozen=True)
+class SyncReply(Message):
+    """The answer to a lock or barrier request: a ``SyncStatus`` and a detail text."""
+
+    TYPE = MsgType.SYNC_REPLY
+    req: int
+    status: int
+    detail: str
+
+
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
-        Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye,
+        Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
+        BarrierJoin, BarrierWait, Departed, SyncReply,
     )
 }
 

@@ -25,6 +25,7 @@ import zmq
 
 from dsm import libc, local
 from dsm import protocol as p
+from dsm.agent.forwarding import Forwarder
 from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
 from dsm.agent.stats import NodeStats
 from dsm.errors import ConfigError, DsmError, ProtocolError
@@ -116,9 +117,9 @@ class Agent:
         self.procs: dict[int, WorkloadProcess] = {}  # uffd fd -> process
         self._pidfds: dict[int, WorkloadProcess] = {}
         self.clients: dict[int, Client] = {}
-        self._alloc_waiters: dict[int, Client] = {}
-        self._alloc_requests: dict[int, int] = {}  # agent req -> client req
-        self._next_req = 1
+        self.forwarder = Forwarder(node, self._send, self._reply, self._watch_departures)
+        #: pidfds of processes that used locks or barriers: their exit is told to the directory
+        self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
         self._running = True
         self._leaving_pending_exit = False
@@ -139,8 +140,9 @@ class Agent:
             p.Grant: self._on_grant,
             p.Fetch: self._on_fetch,
             p.Invalidate: self._on_invalidate,
-            p.Allocated: self._on_allocated,
-            p.Error: self._on_error,
+            p.Allocated: self._on_answer,
+            p.SyncReply: self._on_answer,
+            p.Error: self._on_answer,
             p.Welcome: lambda m, d: None,
         }
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
@@ -209,6 +211,11 @@ class Agent:
             self._accept()
         elif item in self.clients:
             self._on_client(self.clients[item])
+        elif item in self._departure_pidfds:
+            pid = self._departure_pidfds.pop(item)
+            self.poller.unregister(item)
+            os.close(item)
+            self._send(p.Departed(f"{self.node}:{pid}"))
         elif item in self._pidfds:
             proc = self._pidfds[item]
             log.info("workload process %s exited", proc.pid)
@@ -311,19 +318,8 @@ class Agent:
         self._send(p.Invalidated(msg.txn, page))
         self.tracer(page, "INVALIDATE", self.node, _name(old), "invalid")
 
-    def _on_allocated(self, msg: p.Allocated, _: Any) -> None:
-        client = self._alloc_waiters.pop(msg.req, None)
-        client_req = self._alloc_requests.pop(msg.req, 0)
-        if client is not None:
-            self._reply(client, {"type": "allocated", "req": client_req, "offset": msg.offset,
-                                 "nbytes": msg.nbytes, "meta": msg.meta})
-
-    def _on_error(self, msg: p.Error, _: Any) -> None:
-        client = self._alloc_waiters.pop(msg.req, None)
-        client_req = self._alloc_requests.pop(msg.req, 0)
-        if client is not None:
-            self._reply(client, {"type": "error", "req": client_req, "message": msg.message})
-        else:
+    def _on_answer(self, msg: Any, _: Any) -> None:
+        if not self.forwarder.answer(msg) and isinstance(msg, p.Error):
             log.error("directory reported: %s", msg.message)
 
     # --- uffd events -------------------------------------------------------------------------------
@@ -547,7 +543,19 @@ class Agent:
         local.send(sock, {"type": "layout", "base": lay.base, "size": lay.size,
                           "page_size": lay.page_size, "node": self.node}, [self.memfd])
 
+    def _watch_departures(self, pid: int) -> None:
+        if pid in self._departure_pidfds.values():
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._send(p.Departed(f"{self.node}:{pid}"))
+            return
+        self._departure_pidfds[pidfd] = pid
+        self.poller.register(pidfd, zmq.POLLIN)
+
     def _drop_client(self, client: Client) -> None:
+        self.forwarder.forget_client(client)
         fd = client.sock.fileno()
         if fd in self.clients:
             self.poller.unregister(fd)
@@ -584,13 +592,8 @@ class Agent:
                 self._add_process(proc)
                 self._protect_read_copies(proc)
                 self._reply(client, {"type": "ready"})
-            elif kind == "alloc":
-                req, name, nbytes, meta = local.expect(message, "req", "name", "nbytes", "meta")
-                agent_req = self._next_req
-                self._next_req += 1
-                self._alloc_waiters[agent_req] = client
-                self._alloc_requests[agent_req] = req
-                self._send(p.Alloc(agent_req, str(name), int(nbytes), dict(meta)))
+            elif self.forwarder.handles(kind):
+                self.forwarder.forward(client, message)
             elif kind == "stats":
                 (req,) = local.expect(message, "req")
                 self._reply(client, {"type": "stats", "req": req, "node": self.node,

@@ -18,6 +18,7 @@ import zmq
 from dsm import protocol as p
 from dsm.directory.allocations import AllocationError, Allocations
 from dsm.directory.pages import PageDirectory, Send
+from dsm.directory.sync import Reply, SyncTable, node_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.layout import Layout
 from dsm.trace import Tracer
@@ -37,6 +38,7 @@ class DirectoryService:
         self.tracer = Tracer(trace_path, "directory")
         self.pages = PageDirectory(layout, self.tracer)
         self.allocations = Allocations(layout)
+        self.sync = SyncTable()
         self.node_timeout_s = node_timeout_s
         self._last_seen: dict[str, float] = {}
         self._ctx = zmq.Context.instance()
@@ -58,6 +60,15 @@ class DirectoryService:
             p.Alloc: self._on_alloc,
             p.Heartbeat: lambda n, m, d: [],
             p.Bye: self._on_bye,
+            p.LockAcquire: self._on_lock_acquire,
+            p.LockRelease: lambda n, m, d: self._replies(
+                self.sync.release(n, m.req, m.name, self._holder(n, m.holder))),
+            p.BarrierJoin: lambda n, m, d: self._replies(
+                self.sync.join(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
+            p.BarrierWait: lambda n, m, d: self._replies(
+                self.sync.wait(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
+            p.Departed: lambda n, m, d: self._replies(
+                self.sync.depart(self._holder(n, m.prefix))),
         }
 
     def stop(self, *_: Any) -> None:
@@ -70,7 +81,7 @@ class DirectoryService:
         poller.register(self.socket, zmq.POLLIN)
         try:
             while self._running:
-                if poller.poll(POLL_INTERVAL_MS):
+                if poller.poll(self._poll_timeout_ms()):
                     # drain what is queued before looking at the clock again
                     for _ in range(1000):
                         try:
@@ -79,6 +90,8 @@ class DirectoryService:
                             break
                         self._handle(frames)
                 self._expire_silent_nodes()
+                for send in self._replies(self.sync.expire(time.monotonic())):
+                    self._send(send)
         finally:
             self.tracer.close()
             self.socket.close(0)
@@ -104,6 +117,32 @@ class DirectoryService:
         frames = [send.node.encode(errors="surrogateescape"), *p.encode(send.message, send.page)]
         self.socket.send_multipart(frames, copy=False)
 
+    def _poll_timeout_ms(self) -> int:
+        """Wake for the next lock deadline, or at the latest after POLL_INTERVAL_MS."""
+        deadline = self.sync.next_deadline()
+        if deadline is None:
+            return POLL_INTERVAL_MS
+        return max(0, min(POLL_INTERVAL_MS, int((deadline - time.monotonic()) * 1000) + 1))
+
+    @staticmethod
+    def _holder(node: str, holder: str) -> str:
+        """Holders are named under the node that speaks for them: a node cannot act for another."""
+        if node_of(holder) != node:
+            raise ProtocolError(f"holder {holder!r} does not belong to node {node!r}")
+        return holder
+
+    @staticmethod
+    def _replies(replies: list[Reply]) -> list[Send]:
+        return [Send(r.node, p.SyncReply(r.req, int(r.status), r.detail)) for r in replies]
+
+    def _on_lock_acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
+        deadline = None if msg.timeout_ms < 0 else time.monotonic() + msg.timeout_ms / 1000
+        holder = self._holder(node, msg.holder)
+        return self._replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
+
+    def _node_gone(self, node: str) -> list[Send]:
+        return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
+
     def _on_hello(self, node: str, msg: p.Hello, _: Any) -> list[Send]:
         log.info("node %s joined (pid %d)", node, msg.pid)
         self.pages.node_joined(node)
@@ -113,7 +152,7 @@ class DirectoryService:
     def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
         log.info("node %s left", node)
         self._last_seen.pop(node, None)
-        return self.pages.node_lost(node)
+        return self._node_gone(node)
 
     def _on_discard(self, node: str, msg: p.Discard, _: Any) -> list[Send]:
         out: list[Send] = []
@@ -136,7 +175,7 @@ class DirectoryService:
             if now - seen > self.node_timeout_s:
                 log.error("node %s silent for %.1f s: declared dead", node, now - seen)
                 del self._last_seen[node]
-                for send in self.pages.node_lost(node):
+                for send in self._node_gone(node):
                     self._send(send)
 
 

@@ -1,0 +1,172 @@
+"""Cluster-wide locks and barriers, served by the directory: a state machine with no sockets.
+
+Holders are strings ``"node:pid:thread"``; a departed process (``"node:pid"``) or node (``"node"``)
+is a prefix of its holders. Every method returns the replies to send as ``Reply(node, req, ...)``.
+
+Locks are granted in FIFO order. A lock whose holder departs passes to the next waiter with
+``broken=True``, so that it learns the protected data may be half-updated. A waiter may give a
+deadline: ``expire(now)`` answers TIMEOUT to those whose deadline passed.
+
+A barrier knows its members from their ``join``: when a member departs, the barrier breaks for
+everyone waiting and for every later ``wait``, instead of leaving them waiting forever.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from dsm.errors import DsmError
+
+
+class SyncError(DsmError):
+    """A lock or barrier was used wrongly (release of a lock not held, parties mismatch, ...)."""
+
+
+class SyncStatus(enum.IntEnum):
+    GRANTED = 1  #: the lock is yours
+    GRANTED_BROKEN = 2  #: the lock is yours; its previous holder died while holding it
+    TIMEOUT = 3  #: the deadline passed before the lock was granted
+    RELEASED = 4  #: the release is done
+    JOINED = 5  #: registered as a member of the barrier
+    PASSED = 6  #: every party arrived
+    BROKEN = 7  #: a member of the barrier departed: it will never complete
+
+
+class Reply(NamedTuple):
+    node: str
+    req: int
+    status: SyncStatus
+    detail: str = ""
+
+
+def node_of(holder: str) -> str:
+    return holder.split(":", 1)[0]
+
+
+def departed(holder: str, prefix: str) -> bool:
+    return holder == prefix or holder.startswith(prefix + ":")
+
+
+@dataclass
+class Waiter:
+    node: str
+    req: int
+    holder: str
+    deadline: float | None
+
+
+@dataclass
+class LockState:
+    holder: str | None = None
+    queue: deque[Waiter] = field(default_factory=deque)
+
+
+@dataclass
+class BarrierState:
+    parties: int
+    members: set[str] = field(default_factory=set)
+    arrived: list[Waiter] = field(default_factory=list)
+    generation: int = 0
+    broken_by: str | None = None
+
+
+class SyncTable:
+    def __init__(self) -> None:
+        self.locks: dict[str, LockState] = {}
+        self.barriers: dict[str, BarrierState] = {}
+
+    # --- locks -------------------------------------------------------------------------------------
+    def acquire(self, node: str, req: int, name: str, holder: str,
+                deadline: float | None) -> list[Reply]:
+        lock = self.locks.setdefault(name, LockState())
+        if lock.holder == holder:
+            raise SyncError(f"lock {name!r} is already held by {holder}: it is not reentrant")
+        if lock.holder is None and not lock.queue:
+            lock.holder = holder
+            return [Reply(node, req, SyncStatus.GRANTED)]
+        lock.queue.append(Waiter(node, req, holder, deadline))
+        return []
+
+    def release(self, node: str, req: int, name: str, holder: str) -> list[Reply]:
+        lock = self.locks.get(name)
+        if lock is None or lock.holder != holder:
+            owner = lock.holder if lock else None
+            raise SyncError(
+                f"release of lock {name!r} by {holder}, which does not hold it "
+                f"(held by {owner or 'nobody'})"
+            )
+        return [Reply(node, req, SyncStatus.RELEASED)] + self._pass_on(lock, broken=False)
+
+    def _pass_on(self, lock: LockState, broken: bool) -> list[Reply]:
+        lock.holder = None
+        if not lock.queue:
+            return []
+        nxt = lock.queue.popleft()
+        lock.holder = nxt.holder
+        status = SyncStatus.GRANTED_BROKEN if broken else SyncStatus.GRANTED
+        return [Reply(nxt.node, nxt.req, status)]
+
+    def expire(self, now: float) -> list[Reply]:
+        out = []
+        for name, lock in self.locks.items():
+            expired = [w for w in lock.queue if w.deadline is not None and w.deadline <= now]
+            for w in expired:
+                lock.queue.remove(w)
+                out.append(Reply(w.node, w.req, SyncStatus.TIMEOUT, f"lock {name!r}"))
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [w.deadline for lock in self.locks.values() for w in lock.queue
+                     if w.deadline is not None]
+        return min(deadlines, default=None)
+
+    # --- barriers ----------------------------------------------------------------------------------
+    def _barrier(self, name: str, parties: int) -> BarrierState:
+        if parties < 1:
+            raise SyncError(f"barrier {name!r} needs at least 1 party, got {parties}")
+        barrier = self.barriers.setdefault(name, BarrierState(parties))
+        if barrier.parties != parties:
+            raise SyncError(
+                f"barrier {name!r} exists with {barrier.parties} parties; asked for {parties}"
+            )
+        return barrier
+
+    def join(self, node: str, req: int, name: str, parties: int, holder: str) -> list[Reply]:
+        barrier = self._barrier(name, parties)
+        barrier.members.add(holder)
+        return [Reply(node, req, SyncStatus.JOINED)]
+
+    def wait(self, node: str, req: int, name: str, parties: int, holder: str) -> list[Reply]:
+        barrier = self._barrier(name, parties)
+        barrier.members.add(holder)
+        if barrier.broken_by is not None:
+            return [Reply(node, req, SyncStatus.BROKEN, barrier.broken_by)]
+        barrier.arrived.append(Waiter(node, req, holder, None))
+        if len(barrier.arrived) < barrier.parties:
+            return []
+        arrived, barrier.arrived = barrier.arrived, []
+        barrier.generation += 1
+        return [Reply(w.node, w.req, SyncStatus.PASSED, str(barrier.generation)) for w in arrived]
+
+    # --- departures --------------------------------------------------------------------------------
+    def depart(self, prefix: str) -> list[Reply]:
+        """A process (``node:pid``) or a node (``node``) is gone: release what it held, drop what
+        it waited for, break the barriers it belonged to."""
+        out: list[Reply] = []
+        for lock in self.locks.values():
+            lock.queue = deque(w for w in lock.queue if not departed(w.holder, prefix))
+            if lock.holder is not None and departed(lock.holder, prefix):
+                out += self._pass_on(lock, broken=True)
+        for name, barrier in self.barriers.items():
+            gone = {m for m in barrier.members if departed(m, prefix)}
+            if not gone:
+                continue
+            barrier.members -= gone
+            barrier.broken_by = f"barrier {name!r} is broken: party {sorted(gone)[0]} departed"
+            waiting = [w for w in barrier.arrived if not departed(w.holder, prefix)]
+            barrier.arrived = []
+            out += [Reply(w.node, w.req, SyncStatus.BROKEN, barrier.broken_by) for w in waiting]
+        return out

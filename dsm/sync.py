@@ -1,0 +1,92 @@
+"""Cluster-wide locks and barriers for workloads (``node.lock(name)``, ``node.barrier(name, n)``).
+
+The directory serves them (``dsm/directory/sync.py``); these classes are the workload's handles.
+Memory ordering: pages are sequentially consistent, so everything written before a release or
+before arriving at a barrier is visible to whoever acquires next or leaves the barrier.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from dsm.directory.sync import SyncStatus
+from dsm.errors import DsmError
+
+if TYPE_CHECKING:
+    from dsm.node import Node
+
+log = logging.getLogger(__name__)
+
+#: how the agent is told "wait forever"
+NO_TIMEOUT_MS = -1
+
+
+class BarrierBroken(DsmError):
+    """A party of the barrier departed (died or left): the barrier will never complete."""
+
+
+class Lock:
+    """A FIFO mutual-exclusion lock shared by every process of the cluster. Not reentrant; owned
+    by the thread that acquired it. After ``acquire``, ``previous_holder_died`` tells whether the
+    lock came from a holder that died holding it (the data it protects may be half-updated)."""
+
+    def __init__(self, node: "Node", name: str):
+        if not name:
+            raise DsmError("a lock needs a non-empty name")
+        self._node = node
+        self.name = name
+        self.previous_holder_died = False
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Wait for the lock; False if ``timeout`` seconds pass first (``blocking=False``: do
+        not wait at all)."""
+        if not blocking:
+            timeout = 0.0
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        timeout_ms = NO_TIMEOUT_MS if timeout is None else int(timeout * 1000)
+        reply = self._node._request(
+            {"type": "lock", "name": self.name, "timeout_ms": timeout_ms}, timeout_s=None
+        )
+        status = SyncStatus(reply["status"])
+        if status is SyncStatus.TIMEOUT:
+            return False
+        self.previous_holder_died = status is SyncStatus.GRANTED_BROKEN
+        if self.previous_holder_died:
+            log.warning("lock %r: its previous holder died while holding it", self.name)
+        return True
+
+    def release(self) -> None:
+        """Release the lock; releasing a lock this thread does not hold is an error."""
+        self._node._request({"type": "unlock", "name": self.name})
+
+    def __enter__(self) -> "Lock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Barrier:
+    """A reusable barrier of ``parties``: ``wait()`` returns when all have arrived. Creating it
+    registers this thread as a party, so that its death breaks the barrier for the others."""
+
+    def __init__(self, node: "Node", name: str, parties: int):
+        if parties < 1:
+            raise DsmError(f"barrier {name!r} needs at least 1 party, got {parties}")
+        self._node = node
+        self.name = name
+        self.parties = parties
+        self._node._request({"type": "barrier_join", "name": name, "parties": parties})
+
+    def wait(self) -> int:
+        """Block until every party has arrived; returns the barrier's generation number.
+        Raises BarrierBroken if a party departed."""
+        reply = self._node._request(
+            {"type": "barrier_wait", "name": self.name, "parties": self.parties}, timeout_s=None
+        )
+        if SyncStatus(reply["status"]) is SyncStatus.BROKEN:
+            raise BarrierBroken(reply.get("detail") or f"barrier {self.name!r} is broken")
+        return int(reply["detail"])

@@ -1,0 +1,139 @@
+"""Locks and barriers across real nodes and processes."""
+
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+NODES = 3
+INCREMENTS = 40
+
+COUNT_UNDER_LOCK = """
+counter = node.array('counter', (1,), np.int64)
+lock = node.lock('counter')
+def work():
+    for _ in range({n}):
+        with lock:
+            counter[0] += 1
+pid = os.fork()
+if pid == 0:
+    try:
+        work()
+        os._exit(0)
+    except BaseException:
+        os._exit(1)
+work()
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+"""
+
+
+def test_lock_gives_mutual_exclusion_across_nodes_and_processes(make_node):
+    nodes = [make_node(f"n{i}") for i in range(NODES)]
+    for n in nodes:
+        n.send(COUNT_UNDER_LOCK.format(n=INCREMENTS))
+    for n in nodes:
+        n.wait(100)
+    assert nodes[0].run("", "int(counter[0])") == NODES * 2 * INCREMENTS
+
+
+def test_lock_is_granted_in_fifo_order(make_node):
+    holder, *waiters = [make_node(f"n{i}") for i in range(4)]
+    holder.run("order = node.array('order', (8,), np.int64); lk = node.lock('fifo'); lk.acquire()")
+    for i, w in enumerate(waiters):
+        w.send(
+            "order = node.array('order', (8,), np.int64)\n"
+            "with node.lock('fifo'):\n"
+            f"    order[order[7]] = {i + 1}; order[7] += 1\n"
+        )
+        time.sleep(0.5)  # orders the requests (not a readiness check): each is queued before the next
+    holder.run("lk.release()")
+    for w in waiters:
+        w.wait(30)
+    assert holder.run("", "order[:3].tolist()") == [1, 2, 3]
+
+
+def test_acquire_with_timeout_returns_false_at_the_deadline(make_node):
+    a, b = make_node("a"), make_node("b")
+    a.run("lk = node.lock('t'); lk.acquire()")
+    took = b.run(
+        "import time\nt0 = time.monotonic()\ngot = node.lock('t').acquire(timeout=0.5)\n"
+        "took = time.monotonic() - t0", "[got, took]")
+    assert took[0] is False and 0.4 < took[1] < 5
+    assert b.run("", "node.lock('t').acquire(blocking=False)") is False
+    a.run("lk.release()")
+    assert b.run("", "node.lock('t').acquire(timeout=5)") is True
+
+
+def test_release_of_a_lock_not_held_is_an_error(make_node):
+    a, b = make_node("a"), make_node("b")
+    a.run("lk = node.lock('r'); lk.acquire()")
+    err = b.run("try:\n    node.lock('r').release()\n    e = None\n"
+                "except dsm.DsmError as x:\n    e = str(x)\n", "e")
+    assert "does not hold it" in err and "r" in err
+
+
+def test_holder_killed_with_sigkill_releases_the_lock_to_the_next(make_node):
+    a, b = make_node("a"), make_node("b")
+    a.run(
+        "import signal, time\n"
+        "flag = node.array('held', (1,), np.int64)\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    node.lock('k').acquire(); flag[0] = 1\n"
+        "    time.sleep(600)\n"
+        "    os._exit(0)\n"
+        "deadline = time.monotonic() + 20\n"
+        "while flag[0] != 1 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "assert flag[0] == 1\n"
+    )
+    b.send("lk = node.lock('k'); lk.acquire()", "lk.previous_holder_died")
+    time.sleep(0.3)  # b's request is queued behind the child
+    a.run("os.kill(child, signal.SIGKILL); os.waitpid(child, 0)")
+    assert b.wait(20) is True
+
+
+def test_barrier_is_reusable_and_orders_memory(make_node):
+    nodes = [make_node(f"n{i}") for i in range(NODES)]
+    for i, n in enumerate(nodes):
+        n.send(
+            f"slots = node.array('bslots', ({NODES},), np.int64)\n"
+            f"bar = node.barrier('iter', {NODES})\n"
+            "for it in range(1, 21):\n"
+            f"    slots[{i}] = it\n"
+            "    bar.wait()\n"
+            "    assert slots.tolist() == [it] * %d, (it, slots.tolist())\n"
+            "    bar.wait()\n" % NODES
+        )
+    for n in nodes:
+        n.wait(100)
+
+
+def test_a_killed_party_breaks_the_barrier_for_the_others(make_node):
+    a, b = make_node("a"), make_node("b")
+    # a forked child of a joins the barrier, publishes its pid in shared memory, then idles
+    a.run(
+        "import time\n"
+        "ready = node.array('ready', (2,), np.int64)\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    node.barrier('broken', 3); ready[1] = os.getpid(); ready[0] = 1\n"
+        "    time.sleep(600)\n"
+        "    os._exit(0)\n"
+        "deadline = time.monotonic() + 20\n"
+        "while ready[0] != 1 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "assert ready[0] == 1\n"
+    )
+    child = b.run("ready = node.array('ready', (2,), np.int64)", "int(ready[1])")
+    code = ("try:\n    node.barrier('broken', 3).wait()\n    r = 'passed'\n"
+            "except dsm.sync.BarrierBroken as e:\n    r = str(e)\n")
+    b.send(code, "r")
+    a.send(code, "r")
+    os.kill(child, signal.SIGKILL)
+    assert "broken" in b.wait(20)
+    assert "broken" in a.wait(20)

@@ -1,0 +1,74 @@
+"""The directory's lock and barrier state machine on its own."""
+
+import pytest
+
+from dsm.directory.sync import SyncError, SyncStatus, SyncTable
+
+S = SyncStatus
+
+
+def test_locks_are_granted_in_fifo_order():
+    t = SyncTable()
+    assert t.acquire("a", 1, "L", "a:1:1", None) == [("a", 1, S.GRANTED, "")]
+    assert t.acquire("b", 2, "L", "b:2:1", None) == []
+    assert t.acquire("c", 3, "L", "c:3:1", None) == []
+    out = t.release("a", 4, "L", "a:1:1")
+    assert out == [("a", 4, S.RELEASED, ""), ("b", 2, S.GRANTED, "")]
+    assert t.release("b", 5, "L", "b:2:1")[1] == ("c", 3, S.GRANTED, "")
+
+
+def test_release_of_a_lock_not_held_is_an_error_naming_the_holder():
+    t = SyncTable()
+    t.acquire("a", 1, "L", "a:1:1", None)
+    with pytest.raises(SyncError, match="b:2:1, which does not hold it .held by a:1:1"):
+        t.release("b", 2, "L", "b:2:1")
+    with pytest.raises(SyncError, match="not reentrant"):
+        t.acquire("a", 3, "L", "a:1:1", None)
+
+
+def test_waiters_time_out_at_their_deadline():
+    t = SyncTable()
+    t.acquire("a", 1, "L", "a:1:1", None)
+    t.acquire("b", 2, "L", "b:1:1", deadline=10.0)
+    assert t.next_deadline() == 10.0
+    assert t.expire(9.0) == []
+    assert [r.status for r in t.expire(10.0)] == [S.TIMEOUT]
+    assert t.release("a", 3, "L", "a:1:1") == [("a", 3, S.RELEASED, "")]
+
+
+def test_a_departed_holder_passes_the_lock_on_marked_broken():
+    t = SyncTable()
+    t.acquire("a", 1, "L", "a:7:1", None)
+    t.acquire("b", 2, "L", "b:1:1", None)
+    t.acquire("a", 3, "L", "a:8:1", None)
+    assert t.depart("a:7") == [("b", 2, S.GRANTED_BROKEN, "")]
+    assert t.locks["L"].holder == "b:1:1"
+    assert t.depart("a") == []  # the other waiter of node a is dropped
+    assert not t.locks["L"].queue
+
+
+def test_barrier_completes_and_is_reusable():
+    t = SyncTable()
+    for gen in (1, 2):
+        assert t.wait("a", 1, "B", 3, "a:1:1") == []
+        assert t.wait("b", 2, "B", 3, "b:1:1") == []
+        out = t.wait("c", 3, "B", 3, "c:1:1")
+        assert sorted((r.node, r.status, r.detail) for r in out) == [
+            ("a", S.PASSED, str(gen)), ("b", S.PASSED, str(gen)), ("c", S.PASSED, str(gen))]
+
+
+def test_a_departed_member_breaks_the_barrier_now_and_later():
+    t = SyncTable()
+    t.join("c", 9, "B", 3, "c:1:1")
+    t.wait("a", 1, "B", 3, "a:1:1")
+    out = t.depart("c")
+    assert [(r.node, r.status) for r in out] == [("a", S.BROKEN)]
+    assert "c:1:1" in out[0].detail
+    assert t.wait("b", 2, "B", 3, "b:1:1")[0].status is S.BROKEN
+
+
+def test_barrier_parties_mismatch_names_both():
+    t = SyncTable()
+    t.join("a", 1, "B", 3, "a:1:1")
+    with pytest.raises(SyncError, match="3 parties; asked for 4"):
+        t.wait("b", 2, "B", 4, "b:1:1")
