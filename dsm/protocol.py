@@ -22,6 +22,10 @@ import msgpack
 from dsm.errors import ProtocolError
 
 
+#: the most pages one message may carry or name (4 MiB of 4 KiB pages)
+MAX_BATCH_PAGES = 1024
+
+
 class MsgType(enum.IntEnum):
     # node -> directory
     HELLO = 1
@@ -85,45 +89,55 @@ class Welcome(Message):
 
 @dataclass(frozen=True)
 class Acquire(Message):
-    """Ask for a page: read access (a copy) or write access (exclusive ownership).
-    ``have_copy``: the node holds a read copy and only needs the upgrade."""
+    """Ask for ``page``, read access (a copy) or write access (exclusive ownership), and, as
+    read-ahead, for up to ``count - 1`` pages after it that the directory can add without waiting.
+    ``have_copy``: the node holds a read copy of ``page`` and only needs the upgrade."""
 
     TYPE = MsgType.ACQUIRE
     page: int
+    count: int
     write: bool
     have_copy: bool
 
 
 @dataclass(frozen=True)
 class Grant(Message):
-    """Access granted to ``page``; the payload is the page's contents (or NONE for an upgrade)."""
+    """Access granted to ``count`` pages from ``page``; the payload is their contents (or NONE
+    for an upgrade)."""
 
     TYPE = MsgType.GRANT
     CARRIES_PAGE = True
     page: int
+    count: int
     write: bool
     payload: int
 
 
 @dataclass(frozen=True)
 class Fetch(Message):
-    """Directory to owner: send the page; keep a read copy (``keep_copy``) or give it up."""
+    """Directory to owner: send ``count`` pages from ``page``; keep read copies (``keep_copy``)
+    or give them up."""
 
     TYPE = MsgType.FETCH
     txn: int
     page: int
+    count: int
     keep_copy: bool
 
 
 @dataclass(frozen=True)
 class Fetched(Message):
-    """Owner to directory: the page (payload DATA/ZERO), or NONE when the node no longer held it."""
+    """Owner to directory: the pages (payload DATA), or NONE when the node held none of them.
+    ``not_held`` lists the pages it no longer held (a Writeback crossed the Fetch): their bytes
+    in the frame are meaningless."""
 
     TYPE = MsgType.FETCHED
     CARRIES_PAGE = True
     txn: int
     page: int
+    count: int
     payload: int
+    not_held: list
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,7 @@ class Invalidate(Message):
     TYPE = MsgType.INVALIDATE
     txn: int
     page: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -138,24 +153,27 @@ class Invalidated(Message):
     TYPE = MsgType.INVALIDATED
     txn: int
     page: int
+    count: int
 
 
 @dataclass(frozen=True)
 class Writeback(Message):
-    """A node gives an owned page back with its contents (unmap, leave)."""
+    """A node gives ``count`` owned pages back with their contents (unmap, leave)."""
 
     TYPE = MsgType.WRITEBACK
     CARRIES_PAGE = True
     page: int
+    count: int
     payload: int
 
 
 @dataclass(frozen=True)
 class Drop(Message):
-    """A node gives up a read copy."""
+    """A node gives up its read copies of ``count`` pages from ``page``."""
 
     TYPE = MsgType.DROP
     page: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -325,6 +343,9 @@ def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
                 f"{cls.__name__}.{name} must be {expected.__name__}, got {type(value).__name__}"
             )
     msg = cls(*header[1:])
+    count = getattr(msg, "count", 1)
+    if not 1 <= count <= MAX_BATCH_PAGES:
+        raise ProtocolError(f"{cls.__name__}.count {count} is outside 1..{MAX_BATCH_PAGES}")
     if cls.CARRIES_PAGE and getattr(msg, "payload") not in _PAYLOAD_VALUES:
         raise ProtocolError(f"{cls.__name__}.payload {getattr(msg, 'payload')} is not a Payload")
     page = None
@@ -333,8 +354,12 @@ def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
             raise ProtocolError(f"{cls.__name__} with DATA needs 2 frames, got {len(frames)}")
         page = frames[1]
         length = len(page.buffer if hasattr(page, "buffer") else page)
-        if length != page_size:
-            raise ProtocolError(f"{cls.__name__} page frame is {length} bytes, expected {page_size}")
+        expected = msg.count * page_size
+        if length != expected:
+            raise ProtocolError(
+                f"{cls.__name__} page frame is {length} bytes, expected {expected} "
+                f"({msg.count} pages of {page_size})"
+            )
     elif len(frames) != 1:
         raise ProtocolError(f"{cls.__name__} needs 1 frame, got {len(frames)}")
     return msg, page

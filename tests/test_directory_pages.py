@@ -24,49 +24,49 @@ def d():
 
 
 def test_untouched_page_is_granted_as_zero(d):
-    assert only(d.acquire("a", 0, False, False), "a") == Grant(0, False, Payload.ZERO)
+    assert only(d.acquire("a", 0, 1, False, False), "a") == Grant(0, 1, False, Payload.ZERO)
     assert d.entry(0).copyset == {"a"}
 
 
 def test_write_invalidates_every_reader_and_waits_for_all_acks(d):
     for n in "abc":
-        d.acquire(n, 3, False, False)
-    sends = d.acquire("a", 3, True, True)
+        d.acquire(n, 3, 1, False, False)
+    sends = d.acquire("a", 3, 1, True, True)
     assert sorted(s.node for s in sends) == ["b", "c"]
     assert all(isinstance(s.message, Invalidate) for s in sends)
     txn = sends[0].message.txn
-    assert d.invalidated("b", txn, 3) == []  # not yet: c has not acknowledged
-    grant = only(d.invalidated("c", txn, 3), "a")
-    assert grant == Grant(3, True, Payload.NONE)  # a had a current copy: an upgrade
+    assert d.invalidated("b", txn, 3, 1) == []  # not yet: c has not acknowledged
+    grant = only(d.invalidated("c", txn, 3, 1), "a")
+    assert grant == Grant(3, 1, True, Payload.NONE)  # a had a current copy: an upgrade
     assert d.entry(3).owner == "a" and not d.entry(3).copyset
 
 
 def test_read_of_an_owned_page_fetches_from_the_owner_and_shares_it(d):
-    d.acquire("a", 1, True, False)
-    fetch = only(d.acquire("b", 1, False, False), "a")
+    d.acquire("a", 1, 1, True, False)
+    fetch = only(d.acquire("b", 1, 1, False, False), "a")
     assert isinstance(fetch, Fetch) and fetch.keep_copy
     page = b"x" * PAGE
-    send = d.fetched("a", fetch.txn, 1, Payload.DATA, page)[0]
-    assert send.node == "b" and send.message == Grant(1, False, Payload.DATA) and send.page == page
+    send = d.fetched("a", fetch.txn, 1, 1, Payload.DATA, page, [])[0]
+    assert send.node == "b" and send.message == Grant(1, 1, False, Payload.DATA) and send.page == page
     assert d.entry(1).owner is None and d.entry(1).copyset == {"a", "b"}
-    assert d.home_copy(1) == page
+    assert d.home.get(1, 1) == (Payload.DATA, page)
 
 
 def test_write_of_an_owned_page_moves_ownership_with_the_data(d):
-    d.acquire("a", 2, True, False)
-    fetch = only(d.acquire("b", 2, True, False), "a")
+    d.acquire("a", 2, 1, True, False)
+    fetch = only(d.acquire("b", 2, 1, True, False), "a")
     assert not fetch.keep_copy
-    send = d.fetched("a", fetch.txn, 2, Payload.DATA, b"y" * PAGE)[0]
-    assert send.message == Grant(2, True, Payload.DATA) and send.page == b"y" * PAGE
+    send = d.fetched("a", fetch.txn, 2, 1, Payload.DATA, b"y" * PAGE, [])[0]
+    assert send.message == Grant(2, 1, True, Payload.DATA) and send.page == b"y" * PAGE
     assert d.entry(2).owner == "b"
 
 
 def test_conflicting_requests_for_one_page_queue_and_other_pages_go_on(d):
-    d.acquire("a", 0, True, False)
-    fetch = only(d.acquire("b", 0, False, False), "a")
-    assert d.acquire("c", 0, True, False) == []  # queued behind b's read
-    assert only(d.acquire("c", 5, True, False), "c") == Grant(5, True, Payload.ZERO)
-    sends = d.fetched("a", fetch.txn, 0, Payload.DATA, b"z" * PAGE)
+    d.acquire("a", 0, 1, True, False)
+    fetch = only(d.acquire("b", 0, 1, False, False), "a")
+    assert d.acquire("c", 0, 1, True, False) == []  # queued behind b's read
+    assert only(d.acquire("c", 5, 1, True, False), "c") == Grant(5, 1, True, Payload.ZERO)
+    sends = d.fetched("a", fetch.txn, 0, 1, Payload.DATA, b"z" * PAGE, [])
     # b's read is granted, then c's write starts by invalidating a and b
     assert sends[0].node == "b" and isinstance(sends[0].message, Grant)
     assert sorted((s.node, type(s.message).__name__) for s in sends[1:]) == [
@@ -74,42 +74,42 @@ def test_conflicting_requests_for_one_page_queue_and_other_pages_go_on(d):
 
 
 def test_writeback_crossing_a_fetch_uses_the_written_back_contents(d):
-    d.acquire("a", 4, True, False)
-    fetch = only(d.acquire("b", 4, False, False), "a")
-    d.writeback("a", 4, Payload.DATA, b"w" * PAGE)  # a gave it back before it saw the fetch
-    send = d.fetched("a", fetch.txn, 4, Payload.NONE, None)[0]
+    d.acquire("a", 4, 1, True, False)
+    fetch = only(d.acquire("b", 4, 1, False, False), "a")
+    d.writeback("a", 4, 1, Payload.DATA, b"w" * PAGE)  # a gave it back before it saw the fetch
+    send = d.fetched("a", fetch.txn, 4, 1, Payload.NONE, None, [])[0]
     assert send.node == "b" and send.page == b"w" * PAGE
     assert d.entry(4).copyset == {"b"}
 
 
 def test_discard_invalidates_all_holders_and_zeroes_the_page(d):
-    d.acquire("a", 6, True, False)
-    d.writeback("a", 6, Payload.DATA, b"q" * PAGE)
-    d.acquire("b", 6, False, False)
-    d.acquire("a", 6, False, False)
+    d.acquire("a", 6, 1, True, False)
+    d.writeback("a", 6, 1, Payload.DATA, b"q" * PAGE)
+    d.acquire("b", 6, 1, False, False)
+    d.acquire("a", 6, 1, False, False)
     inv = only(d.discard("a", 6), "b")
-    assert d.invalidated("b", inv.txn, 6) == []
-    assert only(d.acquire("c", 6, False, False)) == Grant(6, False, Payload.ZERO)
+    assert d.invalidated("b", inv.txn, 6, 1) == []
+    assert only(d.acquire("c", 6, 1, False, False)) == Grant(6, 1, False, Payload.ZERO)
 
 
 def test_a_lost_node_releases_the_transactions_waiting_for_it(d):
-    d.acquire("a", 7, False, False)
-    d.acquire("b", 7, False, False)
-    sends = d.acquire("c", 7, True, False)
+    d.acquire("a", 7, 1, False, False)
+    d.acquire("b", 7, 1, False, False)
+    sends = d.acquire("c", 7, 1, True, False)
     assert len(sends) == 2
-    d.invalidated("a", sends[0].message.txn, 7)
+    d.invalidated("a", sends[0].message.txn, 7, 1)
     grant = only(d.node_lost("b"), "c")
     assert grant.write
 
 
 def test_answers_for_unknown_transactions_are_ignored(d):
-    assert d.invalidated("a", 999, 0) == []
-    assert d.fetched("a", 999, 0, Payload.DATA, b"") == []
+    assert d.invalidated("a", 999, 0, 1) == []
+    assert d.fetched("a", 999, 0, 1, Payload.DATA, b"", []) == []
 
 
 def test_out_of_range_page_is_an_address_error(d):
     with pytest.raises(AddressError, match="outside the region"):
-        d.acquire("a", 64, False, False)
+        d.acquire("a", 64, 1, False, False)
 
 
 def test_allocations_find_or_create_and_report_clashes():
@@ -131,3 +131,35 @@ def test_layout_rejects_bad_geometry():
         Layout(0, PAGE + 1)
     with pytest.raises(AddressError, match="outside the region"):
         LAYOUT.check_offset(63 * PAGE, 2 * PAGE)
+
+
+def test_read_ahead_adds_the_following_free_pages_and_stops_at_a_different_one(d):
+    d.acquire("a", 10, 1, True, False)  # page 10 owned by a: a read-ahead from 8 stops there
+    grant = only(d.acquire("b", 8, 6, False, False), "b")
+    assert grant == Grant(8, 2, False, Payload.ZERO)
+    fetch = only(d.acquire("b", 10, 4, False, False), "a")
+    assert (fetch.page, fetch.count) == (10, 1)  # 11.. are at home: not fetched from a
+
+
+def test_a_run_owned_by_one_node_is_fetched_in_one_message(d):
+    grant = only(d.acquire("a", 0, 8, True, False), "a")
+    assert grant == Grant(0, 8, True, Payload.ZERO)
+    fetch = only(d.acquire("b", 0, 8, False, False), "a")
+    assert (fetch.page, fetch.count, fetch.keep_copy) == (0, 8, True)
+    data = bytes(range(8)) * (PAGE // 8) * 8
+    (send,) = d.fetched("a", fetch.txn, 0, 8, Payload.DATA, data, [3])
+    assert send.message == Grant(0, 8, False, Payload.DATA)
+    # page 3 was not held by a any more (written back before): its bytes come from home (zero)
+    assert send.page[3 * PAGE : 4 * PAGE] == bytes(PAGE)
+    assert send.page[:PAGE] == data[:PAGE]
+    assert d.entry(2).copyset == {"a", "b"} and d.entry(3).copyset == {"b"}
+
+
+def test_a_write_batch_invalidates_a_run_of_shared_pages_at_once(d):
+    for n in "bc":
+        d.acquire(n, 20, 4, False, False)
+    sends = d.acquire("a", 20, 4, True, False)
+    assert sorted((s.node, s.message.count) for s in sends) == [("b", 4), ("c", 4)]
+    for s in sends:
+        out = d.invalidated(s.node, s.message.txn, 20, 4)
+    assert only(out, "a") == Grant(20, 4, True, Payload.ZERO)

@@ -85,9 +85,9 @@ def test_malformed_messages_to_the_directory_get_errors_and_it_stays_up(director
         bad = [
             [b"\xc1not msgpack"],
             [msgpack.packb([999])],
-            [msgpack.packb([int(protocol.MsgType.ACQUIRE), "page", True, False])],
-            [msgpack.packb([int(protocol.MsgType.ACQUIRE), 1 << 40, True, False])],
-            [msgpack.packb([int(protocol.MsgType.WRITEBACK), 0, 2]), b"short page"],
+            [msgpack.packb([int(protocol.MsgType.ACQUIRE), "page", 1, True, False])],
+            [msgpack.packb([int(protocol.MsgType.ACQUIRE), 1 << 40, 1, True, False])],
+            [msgpack.packb([int(protocol.MsgType.WRITEBACK), 0, 1, 2]), b"short page"],
         ]
         for frames in bad:
             sock.send_multipart(frames)

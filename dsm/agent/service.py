@@ -26,6 +26,7 @@ import zmq
 from dsm import libc, local
 from dsm import protocol as p
 from dsm.agent.forwarding import Forwarder
+from dsm.agent.readahead import ReadAhead
 from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
 from dsm.agent.stats import NodeStats
 from dsm.errors import ConfigError, DsmError, ProtocolError
@@ -38,6 +39,7 @@ from dsm.uffd import (
     Fork,
     PageExists,
     Pagefault,
+    PartiallyCopied,
     ProcessGone,
     Remap,
     Remove,
@@ -56,6 +58,9 @@ POLL_INTERVAL_MS = 100
 #: how long to watch a Remove event's pages for MADV_REMOVE's hole punch (DONTNEED never punches)
 REMOVE_SETTLE_S = 0.02
 REMOVE_POLL_S = 0.0002
+#: the largest read-ahead window, and how far ahead of its faults a sequential stream may ask
+READAHEAD_MAX_PAGES = 256
+READAHEAD_AHEAD_PAGES = 1024
 #: sun_path holds 108 bytes including the terminating NUL
 MAX_UNIX_PATH_BYTES = 107
 #: an ioctl that keeps finding events pending is given up after this many rounds
@@ -75,15 +80,33 @@ class PageState(enum.Enum):
 class Waiter:
     proc: WorkloadProcess
     addr: int  #: page-aligned address in ``proc``
+    page: int
+    write: bool
     thread_id: int
     t0: float
 
 
 @dataclass
 class Pending:
+    """One request to the directory, for ``count`` pages from ``first``."""
+
+    first: int
+    count: int
     write: bool
     sent_at: float
+    stream: Any  #: the read-ahead stream it belongs to
     waiters: list[Waiter] = field(default_factory=list)
+
+
+def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
+    """Sorted pages as (first, count) runs of consecutive pages, at most ``max_len`` long."""
+    out: list[tuple[int, int]] = []
+    for pg in sorted(pages):
+        if out and out[-1][0] + out[-1][1] == pg and out[-1][1] < max_len:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((pg, 1))
+    return out
 
 
 @dataclass
@@ -106,7 +129,9 @@ class Agent:
         self.dealer.connect(directory)
         self.layout = self._join()
         self.page_size = self.layout.page_size
-        self.zero_page = bytes(self.page_size)
+        #: zeros for ZERO grants of up to a whole batch
+        self._zeros = bytes(p.MAX_BATCH_PAGES * self.page_size)
+        self.readahead = ReadAhead(READAHEAD_MAX_PAGES, READAHEAD_AHEAD_PAGES)
         self.memfd = os.memfd_create(f"dsm-{node}", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, self.layout.size)
         # a read-only view of the memfd used only for mincore (never touched: touching a hole
@@ -239,84 +264,120 @@ class Agent:
                 log.warning("malformed message from the directory: %s", exc)
 
     def _on_grant(self, msg: p.Grant, data: Any) -> None:
-        page = self.layout.check_page(msg.page)
-        pend = self.pending.pop(page, None)
-        old = self.state.get(page)
+        first, count = msg.page, msg.count
+        self.layout.check_page(first + count - 1)
+        pend = self.pending.get(first)
+        if pend is None or pend.first != first:
+            log.warning("grant of pages %d+%d that were not asked for: installed anyway", first, count)
+            pend = Pending(first, count, msg.write, time.monotonic(), None)
+        for q in range(pend.first, pend.first + pend.count):
+            if self.pending.get(q) is pend:
+                del self.pending[q]
+        if pend.stream is not None:
+            self.readahead.granted(pend.stream, first, count)
+        granted = range(first, first + count)
         new = PageState.EXCLUSIVE if msg.write else PageState.SHARED
-        waiters = pend.waiters if pend else []
         installed_by = None
         if msg.payload == p.Payload.NONE:
             if msg.write:
                 self.stats.count("upgrades")
-                self._protect_everywhere(page, wp=False)
+                self._protect_everywhere(first, count, wp=False)
         else:
-            self.stats.count("pages_in")
-            src = data if data is not None else self.zero_page
-            installed_by = self._install(page, src, writable=msg.write, waiters=waiters)
-        self.state[page] = new
-        self.tracer(page, "GRANT", self.node, _name(old), new.value)
+            self.stats.count("pages_in", count)
+            src = data if data is not None else self._zeros[: count * self.page_size]
+            installed_by = self._install(first, count, src, msg.write, pend.waiters)
+        old = self.state.get(first)
+        for q in granted:
+            self.state[q] = new
+        self.tracer(first, "GRANT", self.node, _name(old), new.value, count=count)
         now = time.monotonic()
-        for w in waiters:
-            if not (installed_by is not None and w.proc is installed_by.proc and w.addr == installed_by.addr):
+        refault: dict[int, list[Waiter]] = {}
+        for w in pend.waiters:
+            if w.page not in granted:
+                refault.setdefault(w.page, []).append(w)  # read-ahead the directory did not add
+                continue
+            if installed_by is None or w.proc is not installed_by.proc or w.addr != installed_by.addr:
                 self._wake(w.proc, w.addr)  # UFFDIO_COPY woke the installer's own waiters
             self.stats.record_fault_latency(now - w.t0)
+        for page, waiters in refault.items():
+            self._request(page, 1, pend.write and any(w.write for w in waiters), waiters, None)
+        self._request_ahead(pend.stream)
 
-    def _install(self, page: int, src: Any, writable: bool, waiters: list[Waiter]) -> Waiter | None:
-        """Put a page's contents into the memfd, through one waiting process's uffd if any
-        (returned: its UFFDIO_COPY also woke it). A read copy is write-protected on every other
-        local uffd *before* it appears, so that no local process can write it without a fault."""
-        offset = page * self.page_size
-        installer = next((w for w in waiters if w.proc.uffd.fileno() in self.procs), None)
+    def _install(self, first: int, count: int, src: Any, writable: bool,
+                 waiters: list[Waiter]) -> Waiter | None:
+        """Put pages into the memfd, through the uffd of the process that faulted on the first
+        one if it maps them contiguously (its UFFDIO_COPY also wakes it: returned), else through
+        the memfd itself. A read copy is write-protected on every other local uffd *before* it
+        appears, so that no local process can write it without a fault."""
+        offset, length = first * self.page_size, count * self.page_size
+        installer = next((w for w in waiters if w.page == first and not w.proc.uffd.closed), None)
+        if installer is not None and installer.proc.addresses_of(offset, length) != [(installer.addr, length)]:
+            installer = None
         if not writable:
             for proc in list(self.procs.values()):
                 if installer is None or proc is not installer.proc:
-                    self._writeprotect(proc, offset, wp=True)
+                    self._writeprotect(proc, offset, length, wp=True)
+        view = memoryview(src)
+        done = 0
         if installer is not None:
             proc = installer.proc
             try:
-                self._retry(proc, lambda: proc.uffd.copy(installer.addr, src, self.page_size, wp=not writable))
-                return installer
+                while done < length:
+                    try:
+                        done += proc.uffd.copy(installer.addr + done, view[done:], length - done,
+                                               wp=not writable)
+                    except PartiallyCopied as exc:
+                        done += exc.done
+                        proc.events.extend(proc.uffd.read_events())
+                    except EventPending:
+                        proc.events.extend(proc.uffd.read_events())
             except PageExists:
-                pass  # a stale fault: the page is there already; overwrite it below
+                pass  # a page of the run is there already (a stale fault): write the rest below
             except ProcessGone:
                 self._forget_process(proc, give_back=False)
-        # no waiting process (or it is gone): write through the memfd
-        os.pwrite(self.memfd, src, offset)
-        return None
+                installer = None
+        if done < length:
+            os.pwrite(self.memfd, view[done:], offset + done)
+        return installer if installer is not None and done > 0 else None
 
     def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
-        page = self.layout.check_page(msg.page)
-        st = self.state.get(page)
-        if st is not PageState.EXCLUSIVE:
-            # the page was given back (a Writeback crossed this Fetch): say so
-            self._send(p.Fetched(msg.txn, page, p.Payload.NONE))
+        first, count = msg.page, msg.count
+        self.layout.check_page(first + count - 1)
+        pages = range(first, first + count)
+        held = [q for q in pages if self.state.get(q) is PageState.EXCLUSIVE]
+        if not held:
+            # every page was given back (a Writeback crossed this Fetch): say so
+            self._send(p.Fetched(msg.txn, first, count, p.Payload.NONE, []))
             return
-        offset = page * self.page_size
-        # stop local writers first, so that what is sent is what stays
-        self._protect_everywhere(page, wp=True)
-        if self._resident(page):
-            data = os.pread(self.memfd, self.page_size, offset)
-            self._send(p.Fetched(msg.txn, page, p.Payload.DATA), data)
-        else:  # discarded locally (MADV_REMOVE): its contents are zero
-            self._send(p.Fetched(msg.txn, page, p.Payload.ZERO))
-        self.stats.count("pages_out")
+        not_held = [q for q in pages if self.state.get(q) is not PageState.EXCLUSIVE]
+        offset, length = first * self.page_size, count * self.page_size
+        # stop local writers first, so that what is sent is what stays; a page discarded locally
+        # (MADV_REMOVE) is a hole, and a hole reads as zeros
+        self._protect_everywhere(first, count, wp=True)
+        data = os.pread(self.memfd, length, offset)
+        self._send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held), data)
+        self.stats.count("pages_out", len(held))
         if msg.keep_copy:
-            self.state[page] = PageState.SHARED
-            self.stats.count("downgrades")
+            for q in held:
+                self.state[q] = PageState.SHARED
+            self.stats.count("downgrades", len(held))
         else:
-            del self.state[page]
-            libc.punch_hole(self.memfd, offset, self.page_size)
-            self.stats.count("invalidations")
-        self.tracer(page, "FETCH", self.node, st.value, _name(self.state.get(page)))
+            for q in held:
+                del self.state[q]
+            libc.punch_hole(self.memfd, offset, length)
+            self.stats.count("invalidations", len(held))
+        self.tracer(first, "FETCH", self.node, "exclusive", _name(self.state.get(first)), count=count)
 
     def _on_invalidate(self, msg: p.Invalidate, _: Any) -> None:
-        page = self.layout.check_page(msg.page)
-        old = self.state.pop(page, None)
-        if old is not None:
-            libc.punch_hole(self.memfd, page * self.page_size, self.page_size)
-            self.stats.count("invalidations")
-        self._send(p.Invalidated(msg.txn, page))
-        self.tracer(page, "INVALIDATE", self.node, _name(old), "invalid")
+        first, count = msg.page, msg.count
+        self.layout.check_page(first + count - 1)
+        dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
+        if dropped:
+            libc.punch_hole(self.memfd, first * self.page_size, count * self.page_size)
+            self.stats.count("invalidations", len(dropped))
+        self._send(p.Invalidated(msg.txn, first, count))
+        self.tracer(first, "INVALIDATE", self.node, "shared" if dropped else "invalid", "invalid",
+                    count=count)
 
     def _on_answer(self, msg: Any, _: Any) -> None:
         if not self.forwarder.answer(msg) and isinstance(msg, p.Error):
@@ -352,7 +413,7 @@ class Agent:
         self.stats.count(f"faults_{ev.kind.value}_{ev.rw.value}")
         st = self.state.get(page)
         if ev.kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
-            self._writeprotect(proc, offset, wp=False)  # a stale marker on a page we own
+            self._writeprotect(proc, offset, self.page_size, wp=False)  # a stale marker
             self.stats.count("faults_local")
             self.stats.record_fault_latency(time.monotonic() - now)
             return
@@ -369,18 +430,48 @@ class Agent:
         if ev.kind is FaultKind.WRITE_PROTECTED and st is PageState.SHARED and not write:
             self._wake(proc, page_addr)
             return
-        waiter = Waiter(proc, page_addr, ev.thread_id, now)
+        waiter = Waiter(proc, page_addr, page, write, ev.thread_id, now)
         pend = self.pending.get(page)
         if pend is not None:
             # a request for this page is on its way: wait for it (a writer behind a read request
             # refaults on the read copy and asks for the upgrade then)
             pend.waiters.append(waiter)
             return
-        self.pending[page] = Pending(write, now, [waiter])
-        have_copy = st is PageState.SHARED
+        if st is PageState.SHARED:  # an upgrade: only this page
+            self._request(page, 1, True, [waiter], None)
+            return
+        stream = (proc, write)
+        window = self.readahead.on_fault(stream, page)
+        self._request(page, window, write, [waiter], stream)
+        self._request_ahead(stream)
+
+    def _request(self, page: int, window: int, write: bool, waiters: list[Waiter],
+                 stream: Any) -> None:
+        """Ask for ``page`` and up to ``window - 1`` following pages this node neither holds nor
+        awaits."""
+        count = 1
+        limit = min(window, p.MAX_BATCH_PAGES, self.layout.num_pages - page)
+        while count < limit and page + count not in self.state and page + count not in self.pending:
+            count += 1
+        pend = Pending(page, count, write, time.monotonic(), stream, waiters)
+        for q in range(page, page + count):
+            self.pending[q] = pend
+        have_copy = self.state.get(page) is PageState.SHARED
         self.stats.count("requests")
-        self._send(p.Acquire(page, write, have_copy))
-        self.tracer(page, "ACQUIRE", self.node, _name(st), "write" if write else "read")
+        self._send(p.Acquire(page, count, write, have_copy))
+        self.tracer(page, "ACQUIRE", self.node, _name(self.state.get(page)),
+                    "write" if write else "read", count=count)
+
+    def _request_ahead(self, stream: Any) -> None:
+        """Keep a sequential stream's requests ahead of its faults."""
+        if stream is None:
+            return
+        while (ahead := self.readahead.next_ahead(stream)) is not None:
+            page, window = ahead
+            if page >= self.layout.num_pages or page in self.state or page in self.pending:
+                return
+            self.stats.count("readahead_requests")
+            self._request(page, window, stream[1], [], stream)
 
     def _on_fork(self, proc: WorkloadProcess, ev: Fork) -> None:
         child = proc.forked(ev.uffd)
@@ -417,7 +508,7 @@ class Agent:
             time.sleep(REMOVE_POLL_S)
         for pg in pages:  # DONTNEED: the pages stay; keep read copies protected
             if self.state.get(pg) is PageState.SHARED:
-                self._writeprotect(proc, pg * self.page_size, wp=True)
+                self._writeprotect(proc, pg * self.page_size, self.page_size, wp=True)
 
     # --- giving pages back -------------------------------------------------------------------------
     def _discard(self, pages: list[int]) -> None:
@@ -440,24 +531,26 @@ class Agent:
         self._give_back(unmapped)
 
     def _give_back(self, pages: list[int]) -> None:
+        """Hand pages back: owned ones with their contents, read copies as a drop."""
+        by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
         for page in pages:
-            if page in self.pending:
-                continue
-            st = self.state.pop(page, None)
-            offset = page * self.page_size
-            if st is PageState.EXCLUSIVE:
-                if self._resident(page):
-                    data = os.pread(self.memfd, self.page_size, offset)
-                    self._send(p.Writeback(page, p.Payload.DATA), data)
+            st = self.state.get(page)
+            if st is not None and page not in self.pending:
+                by_state[st].append(page)
+        for st, group in by_state.items():
+            for first, count in runs(group, p.MAX_BATCH_PAGES):
+                offset, length = first * self.page_size, count * self.page_size
+                if st is PageState.EXCLUSIVE:
+                    # a hole (discarded locally) reads as zeros
+                    data = os.pread(self.memfd, length, offset)
+                    self._send(p.Writeback(first, count, p.Payload.DATA), data)
+                    self.stats.count("writebacks", count)
                 else:
-                    self._send(p.Writeback(page, p.Payload.ZERO))
-                self.stats.count("writebacks")
-            elif st is PageState.SHARED:
-                self._send(p.Drop(page))
-            else:
-                continue
-            libc.punch_hole(self.memfd, offset, self.page_size)
-            self.tracer(page, "GIVEBACK", self.node, st.value, "invalid")
+                    self._send(p.Drop(first, count))
+                for q in range(first, first + count):
+                    del self.state[q]
+                libc.punch_hole(self.memfd, offset, length)
+                self.tracer(first, "GIVEBACK", self.node, st.value, "invalid", count=count)
 
     # --- uffd operations ---------------------------------------------------------------------------
     def _retry(self, proc: WorkloadProcess, op: Callable[[], Any]) -> Any:
@@ -470,10 +563,10 @@ class Agent:
                 proc.events.extend(proc.uffd.read_events(timeout_s=0.001))
         raise UffdError(errno.EAGAIN, f"events kept arriving on the uffd of pid {proc.pid}")
 
-    def _writeprotect(self, proc: WorkloadProcess, offset: int, wp: bool) -> None:
-        for addr, length in proc.addresses_of(offset, self.page_size):
+    def _writeprotect(self, proc: WorkloadProcess, offset: int, length: int, wp: bool) -> None:
+        for addr, n in proc.addresses_of(offset, length):
             try:
-                self._retry(proc, lambda: proc.uffd.writeprotect(addr, length, wp=wp))
+                self._retry(proc, lambda: proc.uffd.writeprotect(addr, n, wp=wp))
             except ProcessGone:
                 self._forget_process(proc, give_back=False)
                 return
@@ -481,21 +574,13 @@ class Agent:
     def _protect_read_copies(self, proc: WorkloadProcess) -> None:
         """A process that attaches late must not write the node's read copies without a fault:
         write-protect them on its uffd (unpopulated entries get markers), one ioctl per run."""
-        shared = sorted(pg for pg, st in self.state.items() if st is PageState.SHARED)
-        run_start = None
-        for i, pg in enumerate(shared):
-            if run_start is None:
-                run_start = pg
-            if i + 1 == len(shared) or shared[i + 1] != pg + 1:
-                offset = run_start * self.page_size
-                length = (pg + 1 - run_start) * self.page_size
-                for addr, n in proc.addresses_of(offset, length):
-                    self._retry(proc, lambda: proc.uffd.writeprotect(addr, n, wp=True))
-                run_start = None
+        shared = [pg for pg, st in self.state.items() if st is PageState.SHARED]
+        for first, count in runs(shared, self.layout.num_pages):
+            self._writeprotect(proc, first * self.page_size, count * self.page_size, wp=True)
 
-    def _protect_everywhere(self, page: int, wp: bool) -> None:
+    def _protect_everywhere(self, first: int, count: int, wp: bool) -> None:
         for proc in list(self.procs.values()):
-            self._writeprotect(proc, page * self.page_size, wp)
+            self._writeprotect(proc, first * self.page_size, count * self.page_size, wp)
 
     def _wake(self, proc: WorkloadProcess, addr: int) -> None:
         if proc.uffd.closed:
@@ -609,16 +694,18 @@ class Agent:
 
     # --- failure -----------------------------------------------------------------------------------
     def _fail_overdue_requests(self, now: float) -> None:
-        for page, pend in list(self.pending.items()):
-            if now - pend.sent_at < REQUEST_TIMEOUT_S:
-                continue
-            del self.pending[page]
+        overdue = {id(pend): pend for pend in self.pending.values()
+                   if now - pend.sent_at >= REQUEST_TIMEOUT_S}
+        for pend in overdue.values():
+            for q in range(pend.first, pend.first + pend.count):
+                if self.pending.get(q) is pend:
+                    del self.pending[q]
             for w in pend.waiters:
                 pid = w.proc.pid or thread_group_of(w.thread_id)
                 log.error(
                     "directory %s did not answer the request for page %d within %.0f s: "
                     "killing pid %s, which waits for it (SIGBUS)",
-                    self.directory_endpoint, page, REQUEST_TIMEOUT_S, pid,
+                    self.directory_endpoint, w.page, REQUEST_TIMEOUT_S, pid,
                 )
                 if pid:
                     try:

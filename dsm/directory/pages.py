@@ -6,6 +6,11 @@ are serialized: while a transaction on a page waits for a node (a fetch from the
 invalidation acknowledgements), later requests for that page queue behind it; other pages go on.
 A write is granted only after every read copy has acknowledged its invalidation.
 
+A request names the page that faulted and, as read-ahead, how many pages after it the node would
+also like. The directory adds the following pages that are in the same situation as the first
+(same owner to fetch from, or at home with the same copies to invalidate) and not busy, so that a
+sequential scan moves many pages per message; a page it cannot add is simply not granted.
+
 Every method takes one input and returns the messages to send, as ``Send(node, message, page)``;
 the ZeroMQ loop around it (``service.py``) only moves bytes.
 """
@@ -18,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+from dsm.directory.home import HomeStore
 from dsm.layout import Layout
 from dsm.protocol import Fetch, Grant, Invalidate, Message, Payload
 
@@ -40,18 +46,19 @@ class Kind(enum.Enum):
 class Request:
     kind: Kind
     node: str
+    page: int
+    count: int = 1  #: pages wanted from ``page``; only ``page`` itself is required
     have_copy: bool = False
 
 
 @dataclass
 class Txn:
     id: int
-    page: int
     request: Request
+    count: int  #: pages covered, from request.page
     waiting: set[str]
-    #: the fetched contents, when the owner sent them (None: use the home copy)
-    data: Any = None
-    fetched_payload: int = Payload.NONE
+    source: str | None = None  #: the owner the pages are fetched from
+    fetched: tuple[int, Any, frozenset] | None = None  #: (payload, data, pages not held)
 
 
 @dataclass
@@ -67,21 +74,23 @@ class PageEntry:
         return "home{" + ",".join(sorted(self.copyset)) + "}"
 
 
-#: a tracer receives (page, event, node, old state, new state)
-Tracer = Callable[[int, str, str, str, str], None]
+_FREE = PageEntry()  # what a page never asked for looks like (never modified)
+
+#: a tracer receives (page, event, node, old state, new state, **extra)
+Tracer = Callable[..., None]
 
 
 class PageDirectory:
     def __init__(self, layout: Layout, tracer: Tracer | None = None):
         self.layout = layout
         self._entries: dict[int, PageEntry] = {}
-        #: home copies of pages no node owns; absent means all zeros
-        self._home: dict[int, Any] = {}
+        self.home = HomeStore(layout)
         self._txns: dict[int, Txn] = {}
         self._next_txn = 1
         self._dead: set[str] = set()
-        self._trace = tracer or (lambda *a: None)
-        self.counters = {"grants": 0, "fetches": 0, "invalidations": 0, "writebacks": 0, "queued": 0}
+        self._trace = tracer or (lambda *a, **k: None)
+        self.counters = {"grants": 0, "pages_granted": 0, "fetches": 0, "invalidations": 0,
+                         "writebacks": 0, "queued": 0}
 
     # --- queries (tests, stats) --------------------------------------------------------------------
     def entry(self, page: int) -> PageEntry:
@@ -91,57 +100,65 @@ class PageDirectory:
             e = self._entries[page] = PageEntry()
         return e
 
-    def home_copy(self, page: int) -> Any:
-        return self._home.get(page)
+    def _peek(self, page: int) -> PageEntry:
+        return self._entries.get(page, _FREE)
 
     def pending_transactions(self) -> int:
         return len(self._txns)
 
     # --- inputs ------------------------------------------------------------------------------------
-    def acquire(self, node: str, page: int, write: bool, have_copy: bool) -> list[Send]:
+    def acquire(self, node: str, page: int, count: int, write: bool, have_copy: bool) -> list[Send]:
         kind = Kind.WRITE if write else Kind.READ
-        return self._submit(page, Request(kind, node, have_copy))
+        return self._submit(Request(kind, node, page, max(1, count), have_copy))
 
     def discard(self, node: str, page: int) -> list[Send]:
-        return self._submit(page, Request(Kind.DISCARD, node))
+        return self._submit(Request(Kind.DISCARD, node, page))
 
-    def fetched(self, node: str, txn_id: int, page: int, payload: int, data: Any) -> list[Send]:
+    def fetched(self, node: str, txn_id: int, page: int, count: int, payload: int, data: Any,
+                not_held: list[int]) -> list[Send]:
         txn = self._txn_waiting_for(txn_id, page, node)
         if txn is None:
             return []
-        if payload != Payload.NONE:
-            txn.data = data
-            txn.fetched_payload = payload
+        if count != txn.count:
+            log.warning("fetch answer from %s covers %d pages, asked %d: ignored", node, count, txn.count)
+            return []
+        txn.fetched = (payload, data, frozenset(not_held))
         txn.waiting.discard(node)
         return self._maybe_finish(txn)
 
-    def invalidated(self, node: str, txn_id: int, page: int) -> list[Send]:
+    def invalidated(self, node: str, txn_id: int, page: int, count: int) -> list[Send]:
         txn = self._txn_waiting_for(txn_id, page, node)
         if txn is None:
             return []
         txn.waiting.discard(node)
         return self._maybe_finish(txn)
 
-    def writeback(self, node: str, page: int, payload: int, data: Any) -> list[Send]:
-        """The owner gives the page back. Applied at once, even while a transaction on the page
-        waits: the owner's answer to that transaction's fetch will say it no longer holds it."""
-        e = self.entry(page)
-        if e.owner != node:
-            log.warning("writeback of page %d from %s, which does not own it (%s): ignored",
-                        page, node, e.describe())
-            return []
-        old = e.describe()
-        self._set_home(page, payload, data)
-        e.owner = None
-        self.counters["writebacks"] += 1
-        self._trace(page, "WRITEBACK", node, old, e.describe())
+    def writeback(self, node: str, page: int, count: int, payload: int, data: Any) -> list[Send]:
+        """The owner gives pages back. Applied at once, even while a transaction on them waits:
+        the owner's answer to that transaction's fetch will list them as not held."""
+        self.layout.check_page(page + count - 1)
+        view = memoryview(data) if data is not None else None
+        size = self.layout.page_size
+        for i in range(count):
+            q = page + i
+            e = self.entry(q)
+            if e.owner != node:
+                log.warning("writeback of page %d from %s, which does not own it (%s): ignored",
+                            q, node, e.describe())
+                continue
+            self.home.put(q, 1, payload, view[i * size : (i + 1) * size] if view is not None else None)
+            e.owner = None
+        self.counters["writebacks"] += count
+        self._trace(page, "WRITEBACK", node, f"owned:{node}", "home{}", count=count)
         return []
 
-    def drop(self, node: str, page: int) -> list[Send]:
-        e = self.entry(page)
-        old = e.describe()
-        e.copyset.discard(node)
-        self._trace(page, "DROP", node, old, e.describe())
+    def drop(self, node: str, page: int, count: int) -> list[Send]:
+        self.layout.check_page(page + count - 1)
+        for q in range(page, page + count):
+            e = self._entries.get(q)
+            if e is not None:
+                e.copyset.discard(node)
+        self._trace(page, "DROP", node, "", "", count=count)
         return []
 
     def node_lost(self, node: str) -> list[Send]:
@@ -149,12 +166,16 @@ class PageDirectory:
         Pages it owned fall back to their last home copy: their newest contents are lost."""
         self._dead.add(node)
         out: list[Send] = []
+        lost = []
         for page, e in self._entries.items():
             e.copyset.discard(node)
             if e.owner == node:
-                log.error("node %s left owning page %d: its latest contents are lost", node, page)
+                lost.append(page)
                 e.owner = None
             e.queue = deque(r for r in e.queue if r.node != node)
+        if lost:
+            log.error("node %s left owning %d pages (first %d): their latest contents are lost",
+                      node, len(lost), lost[0])
         for txn in list(self._txns.values()):
             if node in txn.waiting:
                 txn.waiting.discard(node)
@@ -165,55 +186,71 @@ class PageDirectory:
         self._dead.discard(node)
 
     # --- transactions ------------------------------------------------------------------------------
-    def _submit(self, page: int, request: Request) -> list[Send]:
-        e = self.entry(page)
+    def _submit(self, request: Request) -> list[Send]:
+        self.layout.check_page(request.page)
+        e = self.entry(request.page)
         if e.busy is not None:
             e.queue.append(request)
             self.counters["queued"] += 1
             return []
-        return self._start(page, e, request)
+        return self._start(request)
 
-    def _start(self, page: int, e: PageEntry, request: Request) -> list[Send]:
-        node = request.node
-        if request.kind is Kind.READ:
-            if e.owner is None or e.owner == node:
-                return self._finish_read(page, e, request)
-            return self._begin(page, e, request, [Fetch(0, page, True)], {e.owner})
-        if request.kind is Kind.WRITE:
-            if e.owner == node:
-                return self._finish_write(page, e, request, None)
-            if e.owner is not None:
-                return self._begin(page, e, request, [Fetch(0, page, False)], {e.owner})
-            others = e.copyset - {node}
-            if not others:
-                return self._finish_write(page, e, request, None)
-            return self._begin(page, e, request, [Invalidate(0, page)], others)
-        # DISCARD: everyone else drops the page; its contents become zero
-        holders = (e.copyset | ({e.owner} if e.owner else set())) - {node}
-        if not holders:
-            return self._finish_discard(page, e, request)
-        return self._begin(page, e, request, [Invalidate(0, page)], holders)
+    def _extend(self, req: Request, fits: Callable[[PageEntry], bool]) -> int:
+        """How many pages from req.page the request covers: the first, plus the following pages
+        that are free (not busy, nobody queued) and ``fits``."""
+        n = 1
+        limit = min(req.count, self.layout.num_pages - req.page)
+        while n < limit:
+            e = self._peek(req.page + n)
+            if e.busy is not None or e.queue or not fits(e):
+                break
+            n += 1
+        return n
 
-    def _begin(
-        self, page: int, e: PageEntry, request: Request, templates: list[Message], nodes: set[str]
-    ) -> list[Send]:
-        txn = Txn(self._next_txn, page, request, set(nodes))
+    def _start(self, req: Request) -> list[Send]:
+        e = self.entry(req.page)
+        node, owner = req.node, e.owner
+        if req.kind is Kind.DISCARD:
+            holders = (e.copyset | ({owner} if owner else set())) - {node}
+            if not holders:
+                return self._finish(Txn(0, req, 1, set()))
+            return self._begin(req, 1, holders, Invalidate(0, req.page, 1))
+        if owner == node:  # the requester owns it already: nothing moves
+            return [Send(node, Grant(req.page, 1, True, Payload.NONE))]
+        if owner is not None:
+            n = self._extend(req, lambda q: q.owner == owner)
+            fetch = Fetch(0, req.page, n, req.kind is Kind.READ)
+            return self._begin(req, n, {owner}, fetch, source=owner)
+        if req.kind is Kind.READ:
+            n = self._extend(req, lambda q: q.owner is None)
+            return self._finish(Txn(0, req, n, set()))
+        others = e.copyset - {node}
+        if req.have_copy and node in e.copyset:
+            n = 1  # an upgrade: the node has the contents, it needs only the others gone
+        else:
+            n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset
+                             and node not in q.copyset)
+        if not others:
+            return self._finish(Txn(0, req, n, set()))
+        return self._begin(req, n, others, Invalidate(0, req.page, n))
+
+    def _begin(self, req: Request, n: int, nodes: set[str], template: Message,
+               source: str | None = None) -> list[Send]:
+        txn = Txn(self._next_txn, req, n, set(nodes), source)
         self._next_txn += 1
         self._txns[txn.id] = txn
-        e.busy = txn
-        out = []
-        for target in sorted(nodes):
-            for template in templates:
-                msg = type(template)(**{**template.__dict__, "txn": txn.id})
-                kind = "fetches" if isinstance(msg, Fetch) else "invalidations"
-                self.counters[kind] += 1
-                out.append(Send(target, msg))
-        self._trace(page, request.kind.name, request.node, e.describe(), "busy")
-        return out
+        for q in range(req.page, req.page + n):
+            self.entry(q).busy = txn
+        msg = type(template)(**{**template.__dict__, "txn": txn.id})
+        kind = "fetches" if isinstance(msg, Fetch) else "invalidations"
+        self.counters[kind] += len(nodes)
+        self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
+                    count=n)
+        return [Send(target, msg) for target in sorted(nodes)]
 
     def _txn_waiting_for(self, txn_id: int, page: int, node: str) -> Txn | None:
         txn = self._txns.get(txn_id)
-        if txn is None or txn.page != page or node not in txn.waiting:
+        if txn is None or txn.request.page != page or node not in txn.waiting:
             log.warning("unexpected answer from %s for txn %d page %d: ignored", node, txn_id, page)
             return None
         return txn
@@ -222,84 +259,63 @@ class PageDirectory:
         if txn.waiting:
             return []
         del self._txns[txn.id]
-        e = self._entries[txn.page]
-        e.busy = None
-        req = txn.request
-        if req.kind is Kind.READ:
-            out = self._finish_read(txn.page, e, req, txn)
-        elif req.kind is Kind.WRITE:
-            out = self._finish_write(txn.page, e, req, txn)
-        else:
-            out = self._finish_discard(txn.page, e, req)
-        return out + self._drain_queue(txn.page, e)
-
-    def _drain_queue(self, page: int, e: PageEntry) -> list[Send]:
-        out: list[Send] = []
-        while e.queue and e.busy is None:
-            out += self._start(page, e, e.queue.popleft())
+        first = txn.request.page
+        for q in range(first, first + txn.count):
+            self._entries[q].busy = None
+        out = self._finish(txn)
+        for q in range(first, first + txn.count):
+            out += self._drain_queue(q)
         return out
 
-    def _finish_read(self, page: int, e: PageEntry, req: Request, txn: Txn | None = None) -> list[Send]:
-        old = "busy" if txn else e.describe()
-        if txn is not None:
-            # the owner answered: it keeps a read copy if it still had the page
-            previous_owner = e.owner
-            if txn.fetched_payload != Payload.NONE:
-                self._set_home(page, txn.fetched_payload, txn.data)
-                if previous_owner is not None:
-                    e.copyset.add(previous_owner)
-            e.owner = None
-        if e.owner == req.node:  # the requester owns it already: nothing moves
-            self._trace(page, "READ", req.node, old, e.describe())
-            return [Send(req.node, Grant(page, True, Payload.NONE))]
-        if req.node in self._dead:
-            self._trace(page, "READ", req.node, old, e.describe())
-            return []
-        e.copyset.add(req.node)
-        self.counters["grants"] += 1
-        self._trace(page, "READ", req.node, old, e.describe())
-        return [self._grant_from_home(req.node, page, write=False)]
+    def _drain_queue(self, page: int) -> list[Send]:
+        e = self._entries[page]
+        out: list[Send] = []
+        while e.queue and e.busy is None:
+            out += self._start(e.queue.popleft())
+        return out
 
-    def _finish_write(self, page: int, e: PageEntry, req: Request, txn: Txn | None) -> list[Send]:
-        old = "busy" if txn else e.describe()
-        node = req.node
-        if txn is not None and txn.fetched_payload != Payload.NONE:
-            self._set_home(page, txn.fetched_payload, txn.data)
-        if e.owner is not None and e.owner != node and txn is not None:
-            e.owner = None  # the fetch took the page from its owner
-        already_current = e.owner == node or (req.have_copy and node in e.copyset)
+    def _finish(self, txn: Txn) -> list[Send]:
+        req, n = txn.request, txn.count
+        first, node = req.page, req.node
+        old = self._peek(first).describe() if not txn.id else "busy"
+        held: frozenset = frozenset()
+        if txn.fetched is not None:  # the owner's contents become the home copy
+            payload, data, not_held = txn.fetched
+            self.home.put(first, n, payload, data, skip=not_held)
+            held = frozenset(range(first, first + n)) - not_held if payload != Payload.NONE else held
+        entries = [self.entry(q) for q in range(first, first + n)]
+        if req.kind is Kind.DISCARD:
+            for e in entries:
+                e.owner = None
+                e.copyset.clear()
+            self.home.clear(first, n)
+            self._trace(first, "DISCARD", node, old, entries[0].describe())
+            return []
+        write = req.kind is Kind.WRITE
+        already_current = write and n == 1 and req.have_copy and node in entries[0].copyset
+        for q, e in zip(range(first, first + n), entries):
+            if txn.source is not None:
+                e.owner = None
+                if not write and q in held:
+                    e.copyset.add(txn.source)  # the old owner keeps a read copy
+            if node in self._dead:
+                continue
+            if write:
+                e.owner = node
+                e.copyset.clear()
+            else:
+                e.copyset.add(node)
         if node in self._dead:
-            e.copyset.discard(node)
-            self._trace(page, "WRITE", node, old, e.describe())
+            self._trace(first, req.kind.name, node, old, "requester gone", count=n)
             return []
-        e.copyset.clear()
-        e.owner = node
         self.counters["grants"] += 1
+        self.counters["pages_granted"] += n
         if already_current:
-            grant = Send(node, Grant(page, True, Payload.NONE))
+            grant = Send(node, Grant(first, 1, True, Payload.NONE))
         else:
-            grant = self._grant_from_home(node, page, write=True)
-        # the node's copy is now the only current one: the home copy is stale from here on
-        self._home.pop(page, None)
-        self._trace(page, "WRITE", node, old, e.describe())
+            payload, data = self.home.get(first, n)
+            grant = Send(node, Grant(first, n, write, payload), data)
+        if write:  # the node's copy is the only current one: the home copy is stale from here on
+            self.home.clear(first, n)
+        self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)
         return [grant]
-
-    def _finish_discard(self, page: int, e: PageEntry, req: Request) -> list[Send]:
-        old = "busy" if e.busy else e.describe()
-        e.owner = None
-        e.copyset.clear()
-        self._home.pop(page, None)
-        self._trace(page, "DISCARD", req.node, old, e.describe())
-        return []
-
-    def _grant_from_home(self, node: str, page: int, write: bool) -> Send:
-        data = self._home.get(page)
-        if data is None:
-            return Send(node, Grant(page, write, Payload.ZERO))
-        return Send(node, Grant(page, write, Payload.DATA), data)
-
-    def _set_home(self, page: int, payload: int, data: Any) -> None:
-        if payload == Payload.DATA:
-            self._home[page] = data
-        else:
-            self._home.pop(page, None)

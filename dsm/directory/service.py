@@ -51,11 +51,12 @@ class DirectoryService:
         self._running = True
         self._handlers: dict[type, Callable[[str, Any, Any], list[Send]]] = {
             p.Hello: self._on_hello,
-            p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.write, m.have_copy),
-            p.Fetched: lambda n, m, d: self.pages.fetched(n, m.txn, m.page, m.payload, d),
-            p.Invalidated: lambda n, m, d: self.pages.invalidated(n, m.txn, m.page),
-            p.Writeback: lambda n, m, d: self.pages.writeback(n, m.page, m.payload, d),
-            p.Drop: lambda n, m, d: self.pages.drop(n, m.page),
+            p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
+            p.Fetched: lambda n, m, d: self.pages.fetched(
+                n, m.txn, m.page, m.count, m.payload, d, m.not_held),
+            p.Invalidated: lambda n, m, d: self.pages.invalidated(n, m.txn, m.page, m.count),
+            p.Writeback: lambda n, m, d: self.pages.writeback(n, m.page, m.count, m.payload, d),
+            p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
             p.Heartbeat: lambda n, m, d: [],

@@ -1,0 +1,61 @@
+"""The directory's home copies: the contents of every page no node owns.
+
+One anonymous mapping the size of the region (pages never written cost nothing) and a bitmap of
+the pages that hold data, so that a run of pages is sent as one contiguous slice and a run that
+never held data is sent as "zero" without any bytes.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+
+from dsm.layout import Layout
+from dsm.protocol import Payload
+
+
+class HomeStore:
+    def __init__(self, layout: Layout):
+        self.page_size = layout.page_size
+        self._memory = mmap.mmap(-1, layout.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._view = memoryview(self._memory)
+        self._has_data = np.zeros(layout.num_pages, dtype=bool)
+
+    def has_data(self, page: int) -> bool:
+        return bool(self._has_data[page])
+
+    def get(self, page: int, count: int) -> tuple[Payload, Any]:
+        """The contents of ``count`` pages: (ZERO, None) when none holds data, else (DATA,
+        bytes) — a copy, so that a later write here cannot change a message being sent."""
+        if not self._has_data[page : page + count].any():
+            return Payload.ZERO, None
+        start = page * self.page_size
+        return Payload.DATA, bytes(self._view[start : start + count * self.page_size])
+
+    def put(self, page: int, count: int, payload: int, data: Any, skip: frozenset = frozenset()) -> None:
+        """Store ``count`` pages from a DATA buffer, or zero them (ZERO); pages in ``skip`` keep
+        what they had."""
+        if payload == Payload.NONE:
+            return
+        if skip:
+            for i in range(count):
+                if page + i not in skip:
+                    self.put(page + i, 1, payload, None if data is None else
+                             memoryview(data)[i * self.page_size : (i + 1) * self.page_size])
+            return
+        start = page * self.page_size
+        end = start + count * self.page_size
+        if payload == Payload.DATA:
+            self._view[start:end] = data
+            self._has_data[page : page + count] = True
+        else:
+            self.clear(page, count)
+
+    def clear(self, page: int, count: int) -> None:
+        """Forget ``count`` pages: they read as zero again and their memory is returned."""
+        if not self._has_data[page : page + count].any():
+            return
+        self._memory.madvise(mmap.MADV_DONTNEED, page * self.page_size, count * self.page_size)
+        self._has_data[page : page + count] = False
