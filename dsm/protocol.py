@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import msgpack
+import zmq
 
 from dsm.errors import ProtocolError
 
@@ -321,8 +322,9 @@ def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
     """Parse and validate frames into (message, page buffer or None)."""
     if not frames:
         raise ProtocolError("empty message: expected a header frame")
+    first = frames[0]
     try:
-        header = msgpack.unpackb(frames[0])
+        header = msgpack.unpackb(first.bytes if isinstance(first, zmq.Frame) else first)
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, list) or not header:
@@ -353,7 +355,9 @@ def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
         if len(frames) != 2:
             raise ProtocolError(f"{cls.__name__} with DATA needs 2 frames, got {len(frames)}")
         page = frames[1]
-        length = len(page.buffer if hasattr(page, "buffer") else page)
+        if isinstance(page, zmq.Frame):  # received without a copy: hand out its buffer
+            page = page.buffer
+        length = len(page)
         expected = msg.count * page_size
         if length != expected:
             raise ProtocolError(

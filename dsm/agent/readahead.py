@@ -35,12 +35,6 @@ class ReadAhead:
         s.next_page = page + s.window
         return s.window
 
-    def granted(self, key: Hashable, first: int, count: int) -> None:
-        """The directory granted ``count`` pages from ``first``: the stream continues there."""
-        s = self._streams.get(key)
-        if s is not None and s.next_page > first:
-            s.next_page = min(s.next_page, first + count)
-
     def next_ahead(self, key: Hashable) -> tuple[int, int] | None:
         """The (page, count) to request ahead of the faults now, or None when the stream is not
         sequential or already far enough ahead."""
@@ -48,6 +42,7 @@ class ReadAhead:
         if s is None or s.window < 2 or s.next_page - s.last_fault >= self.max_ahead:
             return None
         first = s.next_page
+        s.window = min(s.window * 2, self.max_window)  # the stream holds: widen, as on a fault
         s.next_page += s.window
         return first, s.window
 

@@ -254,7 +254,7 @@ class Agent:
     def _drain_directory(self) -> None:
         while True:
             try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
+                frames = self.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
@@ -273,8 +273,6 @@ class Agent:
         for q in range(pend.first, pend.first + pend.count):
             if self.pending.get(q) is pend:
                 del self.pending[q]
-        if pend.stream is not None:
-            self.readahead.granted(pend.stream, first, count)
         granted = range(first, first + count)
         new = PageState.EXCLUSIVE if msg.write else PageState.SHARED
         installed_by = None

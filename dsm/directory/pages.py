@@ -312,6 +312,9 @@ class PageDirectory:
         self.counters["pages_granted"] += n
         if already_current:
             grant = Send(node, Grant(first, 1, True, Payload.NONE))
+        elif txn.fetched is not None and txn.fetched[0] == Payload.DATA and not txn.fetched[2]:
+            # the owner's buffer is the grant as it is: no copy
+            grant = Send(node, Grant(first, n, write, Payload.DATA), txn.fetched[1])
         else:
             payload, data = self.home.get(first, n)
             grant = Send(node, Grant(first, n, write, payload), data)

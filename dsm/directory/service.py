@@ -86,7 +86,7 @@ class DirectoryService:
                     # drain what is queued before looking at the clock again
                     for _ in range(1000):
                         try:
-                            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
                         self._handle(frames)
@@ -98,7 +98,7 @@ class DirectoryService:
             self.socket.close(0)
 
     def _handle(self, frames: list[Any]) -> None:
-        node = frames[0].decode(errors="surrogateescape")  # exact round trip for any identity
+        node = frames[0].bytes.decode(errors="surrogateescape")  # exact round trip for any identity
         try:
             msg, data = p.decode(frames[1:], self.layout.page_size)
             self._last_seen[node] = time.monotonic()
