@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from dsm import libc
-from dsm.uffd import Feature, FeatureUnavailable, Ioctl, RegisterMode, Uffd, UffdError, abi
+from dsm.needs import REGION_REGISTER_MODE, REQUIRED_RANGE_IOCTLS, WORKLOAD_FEATURES
+from dsm.uffd import Feature, FeatureUnavailable, Ioctl, Uffd, UffdError, abi
 
 #: write-protect faults (PAGEFAULT_FLAG_WP) arrived in Linux 5.7
 MIN_KERNEL = (5, 7)
@@ -36,20 +37,9 @@ DEVICE_KERNEL = (6, 1)
 #: bit of CAP_SYS_PTRACE in the capability sets (<linux/capability.h>)
 CAP_SYS_PTRACE = 19
 
-#: what a node's handshake asks for (see DESIGN.md)
-REQUIRED_FEATURES = (
-    Feature.PAGEFAULT_FLAG_WP
-    | Feature.EVENT_FORK
-    | Feature.EVENT_REMAP
-    | Feature.EVENT_REMOVE
-    | Feature.EVENT_UNMAP
-    | Feature.THREAD_ID
-    | Feature.MISSING_SHMEM
-    | Feature.WP_HUGETLBFS_SHMEM
-)
-#: how a node registers its region, and what the registered range must then allow
-NODE_REGISTER_MODE = RegisterMode.MISSING | RegisterMode.WP
-REQUIRED_RANGE_IOCTLS = Ioctl.COPY | Ioctl.WRITEPROTECT
+#: what a node's handshake asks for and how it registers (see dsm/needs.py)
+REQUIRED_FEATURES = WORKLOAD_FEATURES
+NODE_REGISTER_MODE = REGION_REGISTER_MODE
 
 SYSCTL_PATH = "/proc/sys/vm/unprivileged_userfaultfd"
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")

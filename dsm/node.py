@@ -27,19 +27,9 @@ from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError
 from dsm.layout import AddressError, Layout
 from dsm.sync import Barrier, Lock
-from dsm.uffd import Feature, RegisterMode, Uffd
+from dsm.needs import REGION_REGISTER_MODE, WORKLOAD_FEATURES
+from dsm.uffd import Uffd
 
-#: what a workload's uffd needs: every event the agent follows, WP faults, and thread ids
-WORKLOAD_FEATURES = (
-    Feature.PAGEFAULT_FLAG_WP
-    | Feature.EVENT_FORK
-    | Feature.EVENT_REMAP
-    | Feature.EVENT_REMOVE
-    | Feature.EVENT_UNMAP
-    | Feature.THREAD_ID
-    | Feature.MISSING_SHMEM
-    | Feature.WP_HUGETLBFS_SHMEM
-)
 #: how long attach waits for the agent at each step
 ATTACH_TIMEOUT_S = 10.0
 #: the watchdog that kills this process loudly if the agent dies (run by path: it starts fast)
@@ -235,7 +225,7 @@ def _attach_to(path: str, agent_proc: StartedAgent | None) -> Node:
                 f"process: {exc.strerror} (the address range is already taken)"
             ) from None
         uffd = Uffd.open(features=WORKLOAD_FEATURES)
-        uffd.register(layout.base, layout.size, RegisterMode.MISSING | RegisterMode.WP)
+        uffd.register(layout.base, layout.size, REGION_REGISTER_MODE)
         local.send(sock, {"type": "register", "pid": os.getpid()}, [uffd.fileno()])
         reply, _ = local.recv(sock)
         if reply.get("type") != "ready":

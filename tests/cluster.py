@@ -8,7 +8,6 @@ import os
 import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 WORKER = str(Path(__file__).with_name("node_worker.py"))

@@ -11,9 +11,9 @@ import msgpack
 import pytest
 import zmq
 
-from dsm import libc, protocol
+from dsm import protocol
 from dsm.layout import DEFAULT_BASE_ADDRESS
-from tests.cluster import NodeProcess, _read_line
+from tests.cluster import NodeProcess
 
 pytestmark = pytest.mark.timeout(60)
 
