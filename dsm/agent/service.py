@@ -252,11 +252,9 @@ class Agent:
 
     # --- the directory's messages ------------------------------------------------------------------
     def _drain_directory(self) -> None:
-        while True:
-            try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
+        while self.dealer.get(zmq.EVENTS) & zmq.POLLIN:
+            frames = self.dealer.recv_multipart(copy=False)
             try:
                 msg, data = p.decode(frames, self.page_size)
                 self._dir_handlers[type(msg)](msg, data)
