@@ -49,6 +49,9 @@ from dsm.uffd import (
 
 log = logging.getLogger(__name__)
 
+#: as a plain int: pyzmq's flag enums are slow on a hot path
+_POLLIN = int(zmq.POLLIN)
+
 #: how long the directory may take to answer Hello before the agent gives up
 CONNECT_TIMEOUT_S = 5.0
 #: how long a page request may stay unanswered before the waiting processes are failed
@@ -253,7 +256,7 @@ class Agent:
     # --- the directory's messages ------------------------------------------------------------------
     def _drain_directory(self) -> None:
         # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
-        while self.dealer.get(zmq.EVENTS) & zmq.POLLIN:
+        while self.dealer.get(zmq.EVENTS) & _POLLIN:
             frames = self.dealer.recv_multipart(copy=False)
             try:
                 msg, data = p.decode(frames, self.page_size)

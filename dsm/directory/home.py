@@ -29,7 +29,7 @@ class HomeStore:
     def get(self, page: int, count: int) -> tuple[Payload, Any]:
         """The contents of ``count`` pages: (ZERO, None) when none holds data, else (DATA,
         bytes) — a copy, so that a later write here cannot change a message being sent."""
-        if not self._has_data[page : page + count].any():
+        if not (self._has_data[page] if count == 1 else self._has_data[page : page + count].any()):
             return Payload.ZERO, None
         start = page * self.page_size
         return Payload.DATA, bytes(self._view[start : start + count * self.page_size])

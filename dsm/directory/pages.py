@@ -89,6 +89,8 @@ class PageDirectory:
         self._next_txn = 1
         self._dead: set[str] = set()
         self._trace = tracer or (lambda *a, **k: None)
+        #: describing states costs: only when someone reads the trace
+        self._tracing = bool(getattr(tracer, "enabled", tracer is not None))
         self.counters = {"grants": 0, "pages_granted": 0, "fetches": 0, "invalidations": 0,
                          "writebacks": 0, "queued": 0}
 
@@ -149,7 +151,8 @@ class PageDirectory:
             self.home.put(q, 1, payload, view[i * size : (i + 1) * size] if view is not None else None)
             e.owner = None
         self.counters["writebacks"] += count
-        self._trace(page, "WRITEBACK", node, f"owned:{node}", "home{}", count=count)
+        if self._tracing:
+            self._trace(page, "WRITEBACK", node, f"owned:{node}", "home{}", count=count)
         return []
 
     def drop(self, node: str, page: int, count: int) -> list[Send]:
@@ -158,7 +161,8 @@ class PageDirectory:
             e = self._entries.get(q)
             if e is not None:
                 e.copyset.discard(node)
-        self._trace(page, "DROP", node, "", "", count=count)
+        if self._tracing:
+            self._trace(page, "DROP", node, "", "", count=count)
         return []
 
     def node_lost(self, node: str) -> list[Send]:
@@ -244,7 +248,8 @@ class PageDirectory:
         msg = type(template)(**{**template.__dict__, "txn": txn.id})
         kind = "fetches" if isinstance(msg, Fetch) else "invalidations"
         self.counters[kind] += len(nodes)
-        self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
+        if self._tracing:
+            self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
                     count=n)
         return [Send(target, msg) for target in sorted(nodes)]
 
@@ -277,7 +282,7 @@ class PageDirectory:
     def _finish(self, txn: Txn) -> list[Send]:
         req, n = txn.request, txn.count
         first, node = req.page, req.node
-        old = self._peek(first).describe() if not txn.id else "busy"
+        old = ("busy" if txn.id else self._peek(first).describe()) if self._tracing else ""
         held: frozenset = frozenset()
         if txn.fetched is not None:  # the owner's contents become the home copy
             payload, data, not_held = txn.fetched
@@ -289,7 +294,8 @@ class PageDirectory:
                 e.owner = None
                 e.copyset.clear()
             self.home.clear(first, n)
-            self._trace(first, "DISCARD", node, old, entries[0].describe())
+            if self._tracing:
+                self._trace(first, "DISCARD", node, old, entries[0].describe())
             return []
         write = req.kind is Kind.WRITE
         already_current = write and n == 1 and req.have_copy and node in entries[0].copyset
@@ -306,7 +312,8 @@ class PageDirectory:
             else:
                 e.copyset.add(node)
         if node in self._dead:
-            self._trace(first, req.kind.name, node, old, "requester gone", count=n)
+            if self._tracing:
+                self._trace(first, req.kind.name, node, old, "requester gone", count=n)
             return []
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
@@ -320,5 +327,6 @@ class PageDirectory:
             grant = Send(node, Grant(first, n, write, payload), data)
         if write:  # the node's copy is the only current one: the home copy is stale from here on
             self.home.clear(first, n)
-        self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)
+        if self._tracing:
+            self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)
         return [grant]

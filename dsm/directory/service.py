@@ -25,6 +25,9 @@ from dsm.trace import Tracer
 
 log = logging.getLogger(__name__)
 
+#: as a plain int: pyzmq's flag enums are slow on a hot path
+_POLLIN = int(zmq.POLLIN)
+
 HEARTBEAT_INTERVAL_S = 0.5
 #: a node silent this long is declared dead
 NODE_TIMEOUT_S = 5.0
@@ -88,7 +91,7 @@ class DirectoryService:
                     # drain what is queued before looking at the clock again
                     # (ZMQ_EVENTS is cheaper than a receive that raises Again)
                     for _ in range(MAX_MESSAGES_PER_WAKEUP):
-                        if not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+                        if not self.socket.get(zmq.EVENTS) & _POLLIN:
                             break
                         self._handle(self.socket.recv_multipart(copy=False))
                 self._expire_silent_nodes()
