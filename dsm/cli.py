@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = {
     "directory": "dsm.commands.directory",
     "agent": "dsm.commands.agent",
     "run": "dsm.commands.run",
+    "trace": "dsm.commands.trace",
     "bench": "dsm.commands.bench",
     "demo": "dsm.commands.demo",
 }

@@ -1,0 +1,29 @@
+"""The protocol trace: every step of a page's life, merged across the directory and the agents."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsm.commands.trace import involves
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_directory_trace_records_each_step_of_a_page(make_node, directory):
+    a, b = make_node("a"), make_node("b")
+    a.run("x = node.array('t', (512,), np.int64); x[0] = 1")
+    b.run("x = node.array('t', (512,), np.int64); v = int(x[0])")
+    a.run("x[0] = 2")
+    directory.kill()  # flushes the trace
+    records = [json.loads(line) for line in open(directory.trace_path)]
+    page0 = [r for r in records if involves(r, 0, None)]
+    steps = [(r["event"], r["node"], r["new"]) for r in page0 if r["new"] != "busy"]
+    assert steps[:3] == [("WRITE", "a", "owned:a"), ("READ", "b", "home{a,b}"),
+                         ("WRITE", "a", "owned:a")]
+    for r in records:
+        assert {"t", "who", "node", "page", "event", "old", "new"} <= r.keys()
+    out = subprocess.run([sys.executable, "-m", "dsm", "trace", str(directory.trace_path),
+                          "--page", "0"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "READ" in out.stdout and "owned:a" in out.stdout
