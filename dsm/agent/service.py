@@ -11,8 +11,6 @@ EXCLUSIVE (owned, writable). The data lives in the memfd, so every local process
 
 from __future__ import annotations
 
-import enum
-import errno
 import logging
 import os
 import signal
@@ -23,9 +21,10 @@ from typing import Any, Callable
 
 import zmq
 
-from dsm import libc, local
+from dsm import local
 from dsm import protocol as p
 from dsm.agent.forwarding import Forwarder
+from dsm.agent.memory import NodeMemory, PageState
 from dsm.agent.readahead import ReadAhead
 from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
 from dsm.agent.stats import NodeStats
@@ -34,12 +33,9 @@ from dsm.layout import Layout
 from dsm.trace import Tracer
 from dsm.uffd import (
     Access,
-    EventPending,
     FaultKind,
     Fork,
-    PageExists,
     Pagefault,
-    PartiallyCopied,
     ProcessGone,
     Remap,
     Remove,
@@ -66,17 +62,10 @@ READAHEAD_MAX_PAGES = 256
 READAHEAD_AHEAD_PAGES = 1024
 #: sun_path holds 108 bytes including the terminating NUL
 MAX_UNIX_PATH_BYTES = 107
-#: an ioctl that keeps finding events pending is given up after this many rounds
-MAX_EVENT_PENDING_RETRIES = 100
 
 
 class DirectoryUnreachable(DsmError):
     """The directory did not answer within the deadline."""
-
-
-class PageState(enum.Enum):
-    SHARED = "shared"
-    EXCLUSIVE = "exclusive"
 
 
 @dataclass
@@ -101,17 +90,6 @@ class Pending:
     waiters: list[Waiter] = field(default_factory=list)
 
 
-def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
-    """Sorted pages as (first, count) runs of consecutive pages, at most ``max_len`` long."""
-    out: list[tuple[int, int]] = []
-    for pg in sorted(pages):
-        if out and out[-1][0] + out[-1][1] == pg and out[-1][1] < max_len:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((pg, 1))
-    return out
-
-
 @dataclass
 class Client:
     sock: socket.socket
@@ -132,17 +110,12 @@ class Agent:
         self.dealer.connect(directory)
         self.layout = self._join()
         self.page_size = self.layout.page_size
-        #: zeros for ZERO grants of up to a whole batch
-        self._zeros = bytes(p.MAX_BATCH_PAGES * self.page_size)
         self.readahead = ReadAhead(READAHEAD_MAX_PAGES, READAHEAD_AHEAD_PAGES)
-        self.memfd = os.memfd_create(f"dsm-{node}", os.MFD_CLOEXEC)
-        os.ftruncate(self.memfd, self.layout.size)
-        # a read-only view of the memfd used only for mincore (never touched: touching a hole
-        # would allocate a page behind userfaultfd's back)
-        self._probe_base = libc.mmap_at(0, self.layout.size, libc.PROT_READ, libc.MAP_SHARED, self.memfd)
-        self.state: dict[int, PageState] = {}
         self.pending: dict[int, Pending] = {}
         self.procs: dict[int, WorkloadProcess] = {}  # uffd fd -> process
+        self.memory = NodeMemory(node, self.layout, self.procs,
+                                 lambda proc: self._forget_process(proc, give_back=False))
+        self.state = self.memory.state  # page -> PageState, for the pages this node holds
         self._pidfds: dict[int, WorkloadProcess] = {}
         self.clients: dict[int, Client] = {}
         self.forwarder = Forwarder(node, self._send, self._reply, self._watch_departures)
@@ -209,8 +182,7 @@ class Agent:
             os.unlink(self.socket_path)
         except OSError:
             pass
-        libc.munmap(self._probe_base, self.layout.size)
-        os.close(self.memfd)
+        self.memory.close()
         self.tracer.close()
         self.dealer.close()
 
@@ -275,20 +247,19 @@ class Agent:
             if self.pending.get(q) is pend:
                 del self.pending[q]
         granted = range(first, first + count)
-        new = PageState.EXCLUSIVE if msg.write else PageState.SHARED
+        old = self.state.get(first)
         installed_by = None
-        if msg.payload == p.Payload.NONE:
-            if msg.write:
-                self.stats.count("upgrades")
-                self._protect_everywhere(first, count, wp=False)
+        if msg.payload == p.Payload.NONE:  # an upgrade, or a page the node owns already
+            self.stats.count("upgrades")
+            self.memory.upgrade(first, count)
         else:
             self.stats.count("pages_in", count)
-            src = data if data is not None else self._zeros[: count * self.page_size]
-            installed_by = self._install(first, count, src, msg.write, pend.waiters)
-        old = self.state.get(first)
-        for q in granted:
-            self.state[q] = new
-        self.tracer(first, "GRANT", self.node, _name(old), new.value, count=count)
+            src = data if data is not None else self.memory.zeros[: count * self.page_size]
+            installed_by = next((w for w in pend.waiters if w.page == first), None)
+            installer = (installed_by.proc, installed_by.addr) if installed_by else None
+            if not self.memory.install(first, count, src, msg.write, installer):
+                installed_by = None
+        self.tracer(first, "GRANT", self.node, _name(old), _name(self.state.get(first)), count=count)
         now = time.monotonic()
         refault: dict[int, list[Waiter]] = {}
         for w in pend.waiters:
@@ -296,86 +267,32 @@ class Agent:
                 refault.setdefault(w.page, []).append(w)  # read-ahead the directory did not add
                 continue
             if installed_by is None or w.proc is not installed_by.proc or w.addr != installed_by.addr:
-                self._wake(w.proc, w.addr)  # UFFDIO_COPY woke the installer's own waiters
+                self.memory.wake(w.proc, w.addr)  # UFFDIO_COPY woke the installer's own waiters
             self.stats.record_fault_latency(now - w.t0)
         for page, waiters in refault.items():
             self._request(page, 1, pend.write and any(w.write for w in waiters), waiters, None)
         self._request_ahead(pend.stream)
 
-    def _install(self, first: int, count: int, src: Any, writable: bool,
-                 waiters: list[Waiter]) -> Waiter | None:
-        """Put pages into the memfd, through the uffd of the process that faulted on the first
-        one if it maps them contiguously (its UFFDIO_COPY also wakes it: returned), else through
-        the memfd itself. A read copy is write-protected on every other local uffd *before* it
-        appears, so that no local process can write it without a fault."""
-        offset, length = first * self.page_size, count * self.page_size
-        installer = next((w for w in waiters if w.page == first and not w.proc.uffd.closed), None)
-        if installer is not None and installer.proc.addresses_of(offset, length) != [(installer.addr, length)]:
-            installer = None
-        if not writable:
-            for proc in list(self.procs.values()):
-                if installer is None or proc is not installer.proc:
-                    self._writeprotect(proc, offset, length, wp=True)
-        view = memoryview(src)
-        done = 0
-        if installer is not None:
-            proc = installer.proc
-            try:
-                while done < length:
-                    try:
-                        done += proc.uffd.copy(installer.addr + done, view[done:], length - done,
-                                               wp=not writable)
-                    except PartiallyCopied as exc:
-                        done += exc.done
-                        proc.events.extend(proc.uffd.read_events())
-                    except EventPending:
-                        proc.events.extend(proc.uffd.read_events())
-            except PageExists:
-                pass  # a page of the run is there already (a stale fault): write the rest below
-            except ProcessGone:
-                self._forget_process(proc, give_back=False)
-                installer = None
-        if done < length:
-            os.pwrite(self.memfd, view[done:], offset + done)
-        return installer if installer is not None and done > 0 else None
-
     def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
         first, count = msg.page, msg.count
         self.layout.check_page(first + count - 1)
-        pages = range(first, first + count)
-        held = [q for q in pages if self.state.get(q) is PageState.EXCLUSIVE]
+        data, held, not_held = self.memory.read_owned(first, count, msg.keep_copy)
         if not held:
             # every page was given back (a Writeback crossed this Fetch): say so
             self._send(p.Fetched(msg.txn, first, count, p.Payload.NONE, []))
             return
-        not_held = [q for q in pages if self.state.get(q) is not PageState.EXCLUSIVE]
-        offset, length = first * self.page_size, count * self.page_size
-        # stop local writers first, so that what is sent is what stays; a page discarded locally
-        # (MADV_REMOVE) is a hole, and a hole reads as zeros
-        self._protect_everywhere(first, count, wp=True)
-        data = os.pread(self.memfd, length, offset)
         self._send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held), data)
         self.stats.count("pages_out", len(held))
-        if msg.keep_copy:
-            for q in held:
-                self.state[q] = PageState.SHARED
-            self.stats.count("downgrades", len(held))
-        else:
-            for q in held:
-                del self.state[q]
-            libc.punch_hole(self.memfd, offset, length)
-            self.stats.count("invalidations", len(held))
+        self.stats.count("downgrades" if msg.keep_copy else "invalidations", len(held))
         self.tracer(first, "FETCH", self.node, "exclusive", _name(self.state.get(first)), count=count)
 
     def _on_invalidate(self, msg: p.Invalidate, _: Any) -> None:
         first, count = msg.page, msg.count
         self.layout.check_page(first + count - 1)
-        dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
-        if dropped:
-            libc.punch_hole(self.memfd, first * self.page_size, count * self.page_size)
-            self.stats.count("invalidations", len(dropped))
+        dropped = self.memory.invalidate(first, count)
+        self.stats.count("invalidations", dropped)
         self._send(p.Invalidated(msg.txn, first, count))
-        self.tracer(first, "INVALIDATE", self.node, "shared" if dropped else "invalid", "invalid",
+        self.tracer(first, "INVALIDATE", self.node, "held" if dropped else "invalid", "invalid",
                     count=count)
 
     def _on_answer(self, msg: Any, _: Any) -> None:
@@ -405,21 +322,21 @@ class Agent:
         offset = proc.offset_of(page_addr)
         if offset is None:
             log.error("fault at %#x in pid %s outside the region: waking it", ev.addr, proc.pid)
-            self._wake(proc, page_addr)
+            self.memory.wake(proc, page_addr)
             return
         page = offset // self.page_size
         write = ev.rw is Access.WRITE
         self.stats.count(f"faults_{ev.kind.value}_{ev.rw.value}")
         st = self.state.get(page)
         if ev.kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
-            self._writeprotect(proc, offset, self.page_size, wp=False)  # a stale marker
+            self.memory.writeprotect(proc, offset, self.page_size, wp=False)  # a stale marker
             self.stats.count("faults_local")
             self.stats.record_fault_latency(time.monotonic() - now)
             return
         if ev.kind is FaultKind.MISSING and st is not None and page not in self.pending:
-            if self._resident(page):
+            if self.memory.resident(page):
                 if not write or st is PageState.EXCLUSIVE:
-                    self._wake(proc, page_addr)  # raised before the page arrived
+                    self.memory.wake(proc, page_addr)  # raised before the page arrived
                     self.stats.count("faults_local")
                     return
             else:
@@ -427,7 +344,7 @@ class Agent:
                 self._discard([page])
                 st = None
         if ev.kind is FaultKind.WRITE_PROTECTED and st is PageState.SHARED and not write:
-            self._wake(proc, page_addr)
+            self.memory.wake(proc, page_addr)
             return
         waiter = Waiter(proc, page_addr, page, write, ev.thread_id, now)
         pend = self.pending.get(page)
@@ -498,7 +415,7 @@ class Agent:
             pages.update(pg for pg in range(first, last + 1) if pg in self.state)
         deadline = time.monotonic() + REMOVE_SETTLE_S
         while pages and time.monotonic() < deadline:
-            gone = [pg for pg in pages if not self._resident(pg)]
+            gone = [pg for pg in pages if not self.memory.resident(pg)]
             if gone:
                 self._discard(gone)
                 pages.difference_update(gone)
@@ -507,7 +424,7 @@ class Agent:
             time.sleep(REMOVE_POLL_S)
         for pg in pages:  # DONTNEED: the pages stay; keep read copies protected
             if self.state.get(pg) is PageState.SHARED:
-                self._writeprotect(proc, pg * self.page_size, self.page_size, wp=True)
+                self.memory.writeprotect(proc, pg * self.page_size, self.page_size, wp=True)
 
     # --- giving pages back -------------------------------------------------------------------------
     def _discard(self, pages: list[int]) -> None:
@@ -530,68 +447,12 @@ class Agent:
         self._give_back(unmapped)
 
     def _give_back(self, pages: list[int]) -> None:
-        """Hand pages back: owned ones with their contents, read copies as a drop."""
-        by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
-        for page in pages:
-            st = self.state.get(page)
-            if st is not None and page not in self.pending:
-                by_state[st].append(page)
-        for st, group in by_state.items():
-            for first, count in runs(group, p.MAX_BATCH_PAGES):
-                offset, length = first * self.page_size, count * self.page_size
-                if st is PageState.EXCLUSIVE:
-                    # a hole (discarded locally) reads as zeros
-                    data = os.pread(self.memfd, length, offset)
-                    self._send(p.Writeback(first, count, p.Payload.DATA), data)
-                    self.stats.count("writebacks", count)
-                else:
-                    self._send(p.Drop(first, count))
-                for q in range(first, first + count):
-                    del self.state[q]
-                libc.punch_hole(self.memfd, offset, length)
-                self.tracer(first, "GIVEBACK", self.node, st.value, "invalid", count=count)
-
-    # --- uffd operations ---------------------------------------------------------------------------
-    def _retry(self, proc: WorkloadProcess, op: Callable[[], Any]) -> Any:
-        """Run a uffd ioctl; EAGAIN means events are pending on that uffd: read them (they are
-        handled after the current one, in order) and try again."""
-        for _ in range(MAX_EVENT_PENDING_RETRIES):
-            try:
-                return op()
-            except EventPending:
-                proc.events.extend(proc.uffd.read_events(timeout_s=0.001))
-        raise UffdError(errno.EAGAIN, f"events kept arriving on the uffd of pid {proc.pid}")
-
-    def _writeprotect(self, proc: WorkloadProcess, offset: int, length: int, wp: bool) -> None:
-        for addr, n in proc.addresses_of(offset, length):
-            try:
-                self._retry(proc, lambda: proc.uffd.writeprotect(addr, n, wp=wp))
-            except ProcessGone:
-                self._forget_process(proc, give_back=False)
-                return
-
-    def _protect_read_copies(self, proc: WorkloadProcess) -> None:
-        """A process that attaches late must not write the node's read copies without a fault:
-        write-protect them on its uffd (unpopulated entries get markers), one ioctl per run."""
-        shared = [pg for pg, st in self.state.items() if st is PageState.SHARED]
-        for first, count in runs(shared, self.layout.num_pages):
-            self._writeprotect(proc, first * self.page_size, count * self.page_size, wp=True)
-
-    def _protect_everywhere(self, first: int, count: int, wp: bool) -> None:
-        for proc in list(self.procs.values()):
-            self._writeprotect(proc, first * self.page_size, count * self.page_size, wp)
-
-    def _wake(self, proc: WorkloadProcess, addr: int) -> None:
-        if proc.uffd.closed:
-            return
-        try:
-            proc.uffd.wake(addr, self.page_size)
-        except ProcessGone:
-            self._forget_process(proc, give_back=False)
-
-    def _resident(self, page: int) -> bool:
-        vec = libc.resident_pages(self._probe_base + page * self.page_size, self.page_size)
-        return bool(vec[0] & 1)
+        """Hand pages back (not those a request is out for): owned ones with their contents."""
+        for msg, data in self.memory.give_back([pg for pg in pages if pg not in self.pending]):
+            self._send(msg, data)
+            if isinstance(msg, p.Writeback):
+                self.stats.count("writebacks", msg.count)
+            self.tracer(msg.page, "GIVEBACK", self.node, "held", "invalid", count=msg.count)
 
     # --- workload processes ------------------------------------------------------------------------
     def _add_process(self, proc: WorkloadProcess) -> None:
@@ -625,7 +486,7 @@ class Agent:
         self.poller.register(sock.fileno(), zmq.POLLIN)
         lay = self.layout
         local.send(sock, {"type": "layout", "base": lay.base, "size": lay.size,
-                          "page_size": lay.page_size, "node": self.node}, [self.memfd])
+                          "page_size": lay.page_size, "node": self.node}, [self.memory.memfd])
 
     def _watch_departures(self, pid: int) -> None:
         if pid in self._departure_pidfds.values():
@@ -674,7 +535,7 @@ class Agent:
                 proc = WorkloadProcess(Uffd(fds[0]), int(pid), [Mapping(self.layout.base, self.layout.size, 0)])
                 client.proc = proc
                 self._add_process(proc)
-                self._protect_read_copies(proc)
+                self.memory.protect_read_copies(proc)
                 self._reply(client, {"type": "ready"})
             elif self.forwarder.handles(kind):
                 self.forwarder.forward(client, message)
