@@ -14,21 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
 
-from dsm import local
 from dsm import protocol as p
+from dsm.agent.clients import ClientHub
 from dsm.agent.forwarding import Forwarder
 from dsm.agent.memory import NodeMemory, PageState
 from dsm.agent.readahead import ReadAhead
 from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
 from dsm.agent.stats import NodeStats
-from dsm.errors import ConfigError, DsmError, ProtocolError
+from dsm.errors import DsmError, ProtocolError
 from dsm.layout import Layout
 from dsm.trace import Tracer
 from dsm.uffd import (
@@ -40,6 +39,7 @@ from dsm.uffd import (
     Remap,
     Remove,
     UffdError,
+    Uffd,
     Unmap,
 )
 
@@ -60,8 +60,6 @@ REMOVE_POLL_S = 0.0002
 #: the largest read-ahead window, and how far ahead of its faults a sequential stream may ask
 READAHEAD_MAX_PAGES = 256
 READAHEAD_AHEAD_PAGES = 1024
-#: sun_path holds 108 bytes including the terminating NUL
-MAX_UNIX_PATH_BYTES = 107
 
 
 class DirectoryUnreachable(DsmError):
@@ -90,12 +88,6 @@ class Pending:
     waiters: list[Waiter] = field(default_factory=list)
 
 
-@dataclass
-class Client:
-    sock: socket.socket
-    proc: WorkloadProcess | None = None
-
-
 class Agent:
     def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None):
         self.node = node
@@ -117,26 +109,17 @@ class Agent:
                                  lambda proc: self._forget_process(proc, give_back=False))
         self.state = self.memory.state  # page -> PageState, for the pages this node holds
         self._pidfds: dict[int, WorkloadProcess] = {}
-        self.clients: dict[int, Client] = {}
-        self.forwarder = Forwarder(node, self._send, self._reply, self._watch_departures)
+        self.poller = zmq.Poller()
+        self.poller.register(self.dealer, zmq.POLLIN)
+        self.forwarder = Forwarder(node, self._send, lambda c, m: self.clients.reply(c, m),
+                                   self._watch_departures)
+        self.clients = ClientHub(socket_path, node, self.layout, self.memory.memfd, self.poller,
+                                 self.forwarder, self._register,
+                                 lambda: {"node": node, **self.stats.snapshot()})
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
         self._running = True
-        self._leaving_pending_exit = False
-        if len(os.fsencode(socket_path)) > MAX_UNIX_PATH_BYTES:
-            raise ConfigError(
-                f"agent socket path {socket_path!r} is {len(os.fsencode(socket_path))} bytes; "
-                f"a Unix socket path holds at most {MAX_UNIX_PATH_BYTES}"
-            )
-        if os.path.exists(socket_path):
-            os.unlink(socket_path)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(socket_path)
-        self.listener.listen(64)
-        self.poller = zmq.Poller()
-        self.poller.register(self.dealer, zmq.POLLIN)
-        self.poller.register(self.listener.fileno(), zmq.POLLIN)
         self._dir_handlers: dict[type, Callable[[Any, Any], None]] = {
             p.Grant: self._on_grant,
             p.Fetch: self._on_fetch,
@@ -175,13 +158,7 @@ class Agent:
         self._send(p.Bye())
         for proc in list(self.procs.values()):
             self._forget_process(proc, give_back=False)
-        for client in list(self.clients.values()):
-            client.sock.close()
-        self.listener.close()
-        try:
-            os.unlink(self.socket_path)
-        except OSError:
-            pass
+        self.clients.close()
         self.memory.close()
         self.tracer.close()
         self.dealer.close()
@@ -207,10 +184,8 @@ class Agent:
             except UffdError as exc:
                 log.warning("reading events of pid %s failed: %s", proc.pid, exc)
             self._handle_events(proc)
-        elif item == self.listener.fileno():
-            self._accept()
-        elif item in self.clients:
-            self._on_client(self.clients[item])
+        elif self.clients.owns(item):
+            self.clients.handle(item)
         elif item in self._departure_pidfds:
             pid = self._departure_pidfds.pop(item)
             self.poller.unregister(item)
@@ -478,16 +453,6 @@ class Agent:
         if give_back:
             self._give_back_unmapped(ranges)
 
-    def _accept(self) -> None:
-        sock, _ = self.listener.accept()
-        sock.settimeout(CONNECT_TIMEOUT_S)
-        client = Client(sock)
-        self.clients[sock.fileno()] = client
-        self.poller.register(sock.fileno(), zmq.POLLIN)
-        lay = self.layout
-        local.send(sock, {"type": "layout", "base": lay.base, "size": lay.size,
-                          "page_size": lay.page_size, "node": self.node}, [self.memory.memfd])
-
     def _watch_departures(self, pid: int) -> None:
         if pid in self._departure_pidfds.values():
             return
@@ -499,58 +464,11 @@ class Agent:
         self._departure_pidfds[pidfd] = pid
         self.poller.register(pidfd, zmq.POLLIN)
 
-    def _drop_client(self, client: Client) -> None:
-        self.forwarder.forget_client(client)
-        fd = client.sock.fileno()
-        if fd in self.clients:
-            self.poller.unregister(fd)
-            del self.clients[fd]
-        client.sock.close()
-
-    def _reply(self, client: Client, message: dict) -> None:
-        try:
-            local.send(client.sock, message)
-        except OSError as exc:
-            log.warning("could not answer a workload: %s", exc)
-            self._drop_client(client)
-
-    def _on_client(self, client: Client) -> None:
-        try:
-            message, fds = local.recv(client.sock)
-        except (local.AgentGone, OSError):
-            self._drop_client(client)
-            return
-        except ProtocolError as exc:
-            log.warning("malformed message from a workload: %s", exc)
-            self._reply(client, {"type": "error", "req": 0, "message": str(exc)})
-            return
-        kind = message["type"]
-        try:
-            if kind == "register":
-                (pid,) = local.expect(message, "pid")
-                if len(fds) != 1:
-                    raise ProtocolError(f"register needs exactly one uffd, got {len(fds)} fds")
-                from dsm.uffd import Uffd
-
-                proc = WorkloadProcess(Uffd(fds[0]), int(pid), [Mapping(self.layout.base, self.layout.size, 0)])
-                client.proc = proc
-                self._add_process(proc)
-                self.memory.protect_read_copies(proc)
-                self._reply(client, {"type": "ready"})
-            elif self.forwarder.handles(kind):
-                self.forwarder.forward(client, message)
-            elif kind == "stats":
-                (req,) = local.expect(message, "req")
-                self._reply(client, {"type": "stats", "req": req, "node": self.node,
-                                     **self.stats.snapshot()})
-            elif kind == "detach":
-                self._drop_client(client)
-            else:
-                raise ProtocolError(f"unknown local message type {kind!r}")
-        except (ProtocolError, ValueError, TypeError) as exc:
-            for fd in fds:
-                os.close(fd)
-            self._reply(client, {"type": "error", "req": message.get("req", 0), "message": str(exc)})
+    def _register(self, pid: int, uffd: Uffd) -> None:
+        """A workload process attached: serve its faults; it maps the whole region at the base."""
+        proc = WorkloadProcess(uffd, pid, [Mapping(self.layout.base, self.layout.size, 0)])
+        self._add_process(proc)
+        self.memory.protect_read_copies(proc)
 
     # --- failure -----------------------------------------------------------------------------------
     def _fail_overdue_requests(self, now: float) -> None:
