@@ -28,8 +28,8 @@ import traceback
 
 import numpy as np
 
-#: the prefix of the one line of stdout the workload writes
-RESULT_PREFIX = "DSM-DEMO-RESULT "
+from nodes.common import RESULT_PREFIX, Workload
+
 #: int64 words per row: 3 KiB rows, so that rows straddle 4 KiB pages
 COLUMNS = 384
 #: histogram bins per node
@@ -169,7 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, required=True, help="how many nodes take part")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
                         help=f"rows of the arrays (default {DEFAULT_SIZE})")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+    parser.add_argument("--rounds", "--iterations", dest="rounds", type=int, default=DEFAULT_ROUNDS,
                         help=f"rounds (default {DEFAULT_ROUNDS})")
     parser.add_argument("--barrier-timeout", type=float, default=DEFAULT_BARRIER_TIMEOUT_S,
                         help=f"seconds a barrier may wait (default {DEFAULT_BARRIER_TIMEOUT_S:g})")
@@ -181,6 +181,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
+
+
+#: what ``dsm demo --workload rows`` (the default) needs to know of this workload
+WORKLOAD = Workload(
+    name="rows",
+    module="nodes.demo_workload",
+    summary="row blocks computed from all rows, a falsely shared histogram, barriers in shared memory",
+    default_size=DEFAULT_SIZE,
+    default_iterations=DEFAULT_ROUNDS,
+    size_help=f"rows of the shared arrays, {COLUMNS * 8 // 1024} KiB each",
+    iterations_help="rounds of the computation",
+    min_size=lambda nodes: nodes,
+    region_bytes=lambda nodes, size, rounds: 3 * size * COLUMNS * 8 + (nodes + 4) * 4096,
+    describe=lambda nodes, size, rounds: (f"{size} rows x {COLUMNS} int64 "
+                                          f"({size * COLUMNS * 8 // 1024} KiB) per array, "
+                                          f"{rounds} rounds"),
+    reference=lambda nodes, size, rounds: dict(zip(("final", "hist"),
+                                                   reference(nodes, size, rounds))),
+    takes_expect=False,
+    node_args=lambda timeout_s: ["--barrier-timeout", str(max(5.0, timeout_s))],
+)
 
 
 def main(argv: list[str] | None = None) -> int:

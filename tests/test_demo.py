@@ -49,7 +49,8 @@ def test_three_nodes_over_tcp_match_numpy(tmp_path):
         # every node read pages others wrote, was asked for pages it wrote, and lost copies
         assert missing_rd > 0 and wp_wr > 0
         assert pages_in > 0 and pages_out > 0 and invalidations > 0
-        assert requests >= pages_in
+        # a request may bring several pages (read-ahead batches), but every node made some
+        assert requests > 0
     assert counters_of(out, "all")[0] > 0
     assert not re.search(r"^node3\s", out, re.MULTILINE)
 

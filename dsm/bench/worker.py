@@ -10,6 +10,10 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
     {"op": "time", "pages": [...], "write": bool, "value": V}
                                               time one access per page, in ns
     {"op": "stats"}                           the node's counters (``node.stats()``)
+    {"op": "lock", "name": L, "n": K, "parties": P, "counter": C}
+                                              time K acquire/release pairs of lock L (P workers
+                                              start together; C: a shared counter incremented in
+                                              each critical section)
     {"op": "spawn"}                           fork a second local process of this node: a child
                                               that serves the same commands over a pipe
     {"op": "child", "command": {...}}         run a command in that child
@@ -96,6 +100,39 @@ class Worker:
 
     def op_stats(self) -> dict:
         return {"stats": self.node.stats()}
+
+    def op_lock(self, name: str, n: int, parties: int = 1, counter: str | None = None) -> dict:
+        """Time ``n`` acquire/release pairs of the lock ``name``, the ``parties`` workers that
+        run this together starting at a barrier; with ``counter``, each critical section
+        increments that shared int64 (so the lock's holder also takes the counter's page)."""
+        lock = self.node.lock(name)
+        count = self.node.array(counter, (1,), np.int64) if counter else None
+        if parties > 1:
+            self.node.barrier(f"{name}.start", parties).wait()
+        pc = time.perf_counter_ns
+        acquire = [0] * n
+        release = [0] * n
+        gc.disable()
+        try:
+            t_start = pc()
+            for i in range(n):
+                t0 = pc()
+                lock.acquire()
+                t1 = pc()
+                if count is not None:
+                    count[0] += 1
+                t2 = pc()
+                lock.release()
+                t3 = pc()
+                acquire[i] = t1 - t0
+                release[i] = t3 - t2
+            wall = pc() - t_start
+        finally:
+            gc.enable()
+        if parties > 1:
+            self.node.barrier(f"{name}.end", parties).wait()
+        value = int(count[0]) if count is not None else None
+        return {"acquire_ns": acquire, "release_ns": release, "wall_ns": wall, "counter": value}
 
     # --- a second local process: a forked child that serves commands over a pipe ----------------
     _child: "ChildProcess | None" = None

@@ -1,16 +1,23 @@
-"""``dsm demo``: a whole cluster on this machine, a workload that shares pages, and a verdict.
+"""``dsm demo``: a whole cluster on this machine, a parallel program on shared pages, a verdict.
 
-Starts ``dsm directory`` and N nodes (``dsm run ... -- python -m nodes.demo_workload``), each a
-separate set of processes talking over tcp loopback (or ipc). The nodes compute rows of shared
-arrays from rows the other nodes wrote, and write words of a page the other nodes write too
-(see ``nodes/demo_workload.py``). This process computes the same thing with plain numpy and
-compares; it prints a table of each node's counters and a line saying whether the results
-matched. The exit status is 0 if and only if they matched.
+Starts ``dsm directory`` and N nodes (``dsm run ... -- python -m nodes.WORKLOAD``), each a
+separate set of processes talking over tcp loopback (or ipc), runs one of the workloads of
+``nodes/`` on them, computes the same thing with plain numpy in this one process and compares:
+it prints a table of each node's counters and a line saying whether the results matched. The
+exit status is 0 if and only if they matched.
+
+Workloads (``--workload``):
+  rows     (default) row blocks computed from every row, a falsely shared histogram
+  jacobi   Jacobi relaxation of a 2-D grid, a band of rows per node, a barrier per iteration
+  matmul   blocked C = A·B, A and B written by one node and read by all
+  sort     bucket sort of integer keys, a shared histogram updated under locks
+  counter  N nodes x M increments of shared counters under locks
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import select
@@ -40,10 +47,30 @@ class DemoError(Exception):
     """The cluster could not be started or did not finish."""
 
 
-#: the workload's defaults (nodes/demo_workload.py; not imported here: every `dsm` command
-#: builds this parser, and the workload module imports numpy)
+#: the default workload's defaults (nodes/demo_workload.py; not imported here: every `dsm`
+#: command builds this parser, and the workload modules import numpy)
 DEFAULT_SIZE = 96
 DEFAULT_ROUNDS = 6
+#: workload name -> the module run on each node (it defines ``WORKLOAD``, a nodes.common.Workload)
+WORKLOADS = {
+    "rows": "nodes.demo_workload",
+    "jacobi": "nodes.jacobi",
+    "matmul": "nodes.matmul",
+    "sort": "nodes.sort",
+    "counter": "nodes.counter",
+}
+DEFAULT_WORKLOAD = "rows"
+#: one thread per node process (and in the numpy reference): BLAS threads would only fight over
+#: the cores the nodes share
+SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def load_workload(name: str):
+    """The ``nodes.common.Workload`` of ``name`` (the checkout's root is made importable)."""
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(WORKLOADS[name]).WORKLOAD
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,12 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="run a directory and N nodes on this machine and check a shared computation",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--workload", choices=list(WORKLOADS), default=DEFAULT_WORKLOAD,
+                        help=f"the program the nodes run (default {DEFAULT_WORKLOAD})")
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES,
                         help=f"how many nodes (default {DEFAULT_NODES})")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
-                        help=f"rows of the shared arrays, 3 KiB each (default {DEFAULT_SIZE})")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
-                        help=f"rounds of the computation (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--size", type=int, default=None,
+                        help="the problem's size: rows of the arrays, grid or matrix side, keys, "
+                             f"increments per node (default: the workload's; rows: {DEFAULT_SIZE})")
+    parser.add_argument("--rounds", "--iterations", dest="rounds", type=int, default=None,
+                        metavar="N",
+                        help="rounds or iterations of the computation (default: the workload's; "
+                             f"rows: {DEFAULT_ROUNDS})")
     parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                         help="how the nodes reach the directory: tcp loopback or ipc (default tcp)")
     parser.add_argument("--trace", metavar="DIR",
@@ -185,7 +217,7 @@ def _collect(nodes: list[Child], deadline: float) -> None:
 
 
 def _result_of(child: Child) -> dict | None:
-    from nodes.demo_workload import RESULT_PREFIX
+    from nodes.common import RESULT_PREFIX
 
     for line in reversed(child.out):
         if line.startswith(RESULT_PREFIX):
@@ -266,92 +298,81 @@ def _tail(path: Path, n: int = 30) -> str:
     return "\n".join(lines[-n:])
 
 
-# --- the command --------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> int:
-    from nodes.demo_workload import COLUMNS as ROW_WORDS
-    from nodes.demo_workload import digest, reference
+# --- a cluster on this machine -----------------------------------------------------------------
+def region_bytes_for(spec, nodes: int, size: int, iterations: int) -> int:
+    """The shared region a run needs: the workload's arrays with room to spare, in whole MiB."""
+    need = spec.region_bytes(nodes, size, iterations) + (nodes + 64) * 4096 + (1 << 20)
+    return max(MIN_REGION_BYTES, need // (1 << 20) * (1 << 20) + (1 << 20))
 
-    if args.nodes < 1:
-        print("dsm demo: --nodes must be at least 1", file=sys.stderr)
-        return 2
-    if args.size < args.nodes:
-        print(f"dsm demo: --size must be at least --nodes ({args.nodes})", file=sys.stderr)
-        return 2
-    if args.rounds < 1:
-        print("dsm demo: --rounds must be at least 1", file=sys.stderr)
-        return 2
 
-    t0 = time.monotonic()
-    deadline = t0 + args.timeout
-    nodes_text = f"{args.nodes} node{'s' if args.nodes != 1 else ''}"
-    workdir = Path(tempfile.mkdtemp(prefix="dsm-demo-"))
-    trace_dir = Path(args.trace).resolve() if args.trace else None
-    if trace_dir is not None:
-        trace_dir.mkdir(parents=True, exist_ok=True)
-    children: list[Child] = []
-    extra_dirs: list[Path] = []
-    ok = False
+class LocalCluster:
+    """A directory and N ``dsm run`` nodes on this machine, each child in a session of its own
+    (one killpg reaches a node's agent and workload too). ``stop()`` in a ``finally``."""
 
-    def on_sigterm(signum, frame):  # stop the children on `kill` as on Ctrl-C
-        raise KeyboardInterrupt
-
-    old_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    env = dict(os.environ)
-    env.pop("DSM_AGENT_SOCKET", None)
-    # the workload module lives next to the dsm package: make it importable from any directory
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    try:
-        array_bytes = args.size * ROW_WORDS * 8
-        region = max(MIN_REGION_BYTES, (3 * array_bytes + (args.nodes + 4) * 4096 + (1 << 20))
-                     // (1 << 20) * (1 << 20) + (1 << 20))
+    def __init__(self, workdir: Path, env: dict, transport: str = "tcp",
+                 trace_dir: Path | None = None):
+        self.workdir = workdir
+        self.env = dict(env)
+        self.env.pop("DSM_AGENT_SOCKET", None)
+        # the workload modules live next to the dsm package: importable from any directory
+        root = str(Path(__file__).resolve().parents[2])
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
+        self.transport = transport
+        self.trace_dir = trace_dir
+        self.children: list[Child] = []
+        self.nodes: list[Child] = []
+        self.endpoint: str | None = None
+        self._extra_dirs: list[Path] = []
         # Unix socket paths (the agents' sockets, an ipc endpoint) must fit in 108 bytes
-        sock_dir = workdir
+        self.sock_dir = workdir
         if len(str(workdir)) > SOCKET_DIR_MAX:
-            sock_dir = Path(tempfile.mkdtemp(prefix="dsm-", dir="/tmp"))
-            extra_dirs.append(sock_dir)
-        if args.transport == "tcp":
+            self.sock_dir = Path(tempfile.mkdtemp(prefix="dsm-", dir="/tmp"))
+            self._extra_dirs.append(self.sock_dir)
+
+    def start_directory(self, region_bytes: int, timeout_s: float) -> str:
+        if self.transport == "tcp":
             listen = "tcp://127.0.0.1:*"
         else:
-            listen = f"ipc://{sock_dir}/directory.ipc"
+            listen = f"ipc://{self.sock_dir}/directory.ipc"
         cmd = [*_python(), "-m", "dsm", "--log-level", "INFO", "directory", "--listen", listen,
-               "--region-size", str(region)]
-        if trace_dir is not None:
-            cmd += ["--trace", str(trace_dir / "directory.trace")]
-        directory = _start("directory", cmd, workdir, env)
-        children.append(directory)
-        line = _read_first_line(directory, min(DIRECTORY_START_TIMEOUT_S, args.timeout))
+               "--region-size", str(region_bytes)]
+        if self.trace_dir is not None:
+            cmd += ["--trace", str(self.trace_dir / "directory.trace")]
+        directory = _start("directory", cmd, self.workdir, self.env)
+        self.children.append(directory)
+        line = _read_first_line(directory, min(DIRECTORY_START_TIMEOUT_S, timeout_s))
         if not line.startswith("directory listening on "):
             raise DemoError(f"unexpected first line from the directory: {line!r}")
-        endpoint = line.rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
-        print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}; "
-              f"{args.size} rows x {ROW_WORDS} int64 ({array_bytes // 1024} KiB) per array, "
-              f"{args.rounds} rounds", flush=True)
+        self.endpoint = line.rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
+        return self.endpoint
 
-        nodes: list[Child] = []
-        for k in range(args.nodes):
+    def start_nodes(self, spec, nodes: int, size: int, iterations: int, timeout_s: float,
+                    expect: str | None = None) -> None:
+        """``dsm run`` one node per rank, each running the workload's module."""
+        for k in range(nodes):
             name = f"node{k}"
-            cmd = [*_python(), "-m", "dsm", "run", "--directory", endpoint, "--node", name]
-            if trace_dir is not None:
-                cmd += ["--trace", str(trace_dir / f"{name}.trace")]
-            cmd += ["--", *_python(), "-m", "nodes.demo_workload", "--rank", str(k),
-                    "--nodes", str(args.nodes), "--size", str(args.size),
-                    "--rounds", str(args.rounds),
-                    "--barrier-timeout", str(max(5.0, args.timeout))]
-            # TMPDIR: `dsm run` makes its agent's socket directory there, removed below
-            child = _start(name, cmd, workdir, {**env, "TMPDIR": str(sock_dir)})
-            children.append(child)
-            nodes.append(child)
+            cmd = [*_python(), "-m", "dsm", "run", "--directory", self.endpoint, "--node", name]
+            if self.trace_dir is not None:
+                cmd += ["--trace", str(self.trace_dir / f"{name}.trace")]
+            cmd += ["--", *_python(), "-m", spec.module, "--rank", str(k), "--nodes", str(nodes),
+                    "--size", str(size), "--iterations", str(iterations)]
+            if expect is not None and spec.takes_expect:
+                cmd += ["--expect", expect]
+            if spec.node_args is not None:
+                cmd += spec.node_args(timeout_s)
+            # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop()
+            child = _start(name, cmd, self.workdir, {**self.env, "TMPDIR": str(self.sock_dir)})
+            self.children.append(child)
+            self.nodes.append(child)
 
-        _collect(nodes, deadline)
-        elapsed = time.monotonic() - t0
-        # the same computation with plain numpy in this one process
-        want_final, want_hist = reference(args.nodes, args.size, args.rounds)
-        want = digest(want_final, want_hist)
+    def collect(self, deadline: float) -> None:
+        _collect(self.nodes, deadline)
 
+    def results(self, want: str) -> tuple[list[dict], list[str]]:
+        """Each node's result (a stand-in for a node without one) and what went wrong."""
         results = []
         problems = []
-        for child in nodes:
+        for child in self.nodes:
             res = _result_of(child)
             if res is None:
                 status = child.proc.poll()
@@ -362,28 +383,117 @@ def run(args: argparse.Namespace) -> int:
             elif "error" in res:
                 problems.append(f"{child.name}: {res['error']}")
             elif res.get("digest") != want or not res.get("match"):
-                problems.append(f"{child.name}: {res.get('mismatches', '?')} of "
-                                f"{res.get('values', '?')} values differ from numpy")
+                problems.append(f"{child.name}: " + (
+                    f"{res['mismatches']} of {res.get('values', '?')} values differ from numpy"
+                    if "mismatches" in res else
+                    f"read digest {res.get('digest')}, numpy's is {want}"))
             elif child.proc.returncode != 0:
                 problems.append(f"{child.name}: exit status {child.proc.returncode}")
             res.setdefault("node", child.name)
             results.append(res)
+        return results, problems
+
+    def stop(self) -> None:
+        """The nodes first (their agents hand pages back to the directory), then the directory."""
+        _stop_all(self.children[1:])
+        _stop_all(self.children[:1])
+        for d in self._extra_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def log_tails(self) -> str:
+        parts = []
+        for child in self.children:
+            tail = _tail(child.log_path)
+            if tail:
+                parts.append(f"----- {child.name} ({child.log_path}) -----\n{tail}")
+        return "\n".join(parts)
+
+
+# --- the command --------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    spec = load_workload(args.workload)
+    size = spec.default_size if args.size is None else args.size
+    iterations = spec.default_iterations if args.rounds is None else args.rounds
+    if args.nodes < 1:
+        print("dsm demo: --nodes must be at least 1", file=sys.stderr)
+        return 2
+    if size < spec.min_size(args.nodes):
+        print(f"dsm demo: --size must be at least {spec.min_size(args.nodes)} for {args.workload} "
+              f"on {args.nodes} nodes", file=sys.stderr)
+        return 2
+    if iterations < 1:
+        print("dsm demo: --rounds/--iterations must be at least 1", file=sys.stderr)
+        return 2
+
+    from nodes.common import digest, values_of
+
+    t0 = time.monotonic()
+    deadline = t0 + args.timeout
+    nodes_text = f"{args.nodes} node{'s' if args.nodes != 1 else ''}"
+    what = spec.describe(args.nodes, size, iterations)
+    workdir = Path(tempfile.mkdtemp(prefix="dsm-demo-"))
+    trace_dir = Path(args.trace).resolve() if args.trace else None
+    if trace_dir is not None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+    ok = False
+
+    def on_sigterm(signum, frame):  # stop the children on `kill` as on Ctrl-C
+        raise KeyboardInterrupt
+
+    old_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    env = {**SINGLE_THREAD_ENV, **os.environ}
+    cluster = LocalCluster(workdir, env, args.transport, trace_dir)
+    try:
+        endpoint = cluster.start_directory(region_bytes_for(spec, args.nodes, size, iterations),
+                                           args.timeout)
+        if args.workload == "rows":
+            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}; "
+                  f"{what}", flush=True)
+        else:
+            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}; "
+                  f"workload {spec.name} ({spec.summary}): {what}", flush=True)
+        want = want_values = None
+        numpy_s = None
+        if spec.takes_expect:
+            # the nodes compare what they read with numpy's digest, computed here in one process
+            t_ref = time.perf_counter()
+            reference = spec.reference(args.nodes, size, iterations)
+            numpy_s = time.perf_counter() - t_ref
+            want, want_values = digest(reference), values_of(reference)
+        cluster.start_nodes(spec, args.nodes, size, iterations, args.timeout, expect=want)
+        cluster.collect(deadline)
+        elapsed = time.monotonic() - t0
+        if want is None:
+            # the same computation with plain numpy in this one process
+            t_ref = time.perf_counter()
+            reference = spec.reference(args.nodes, size, iterations)
+            numpy_s = time.perf_counter() - t_ref
+            want, want_values = digest(reference), values_of(reference)
+        results, problems = cluster.results(want)
 
         print()
         print(format_table(results))
         print()
+        if spec.takes_expect:
+            print("counters: the run phase of each node (initialization and computation), "
+                  "not the final check")
         seconds = [r["seconds"] for r in results if "seconds" in r]
         if seconds:
-            print(f"compute {max(s['compute'] for s in seconds):.2f} s, "
+            print(f"compute {max(s['compute'] for s in seconds):.2f} s (slowest node), "
                   f"verify {max(s['verify'] for s in seconds):.2f} s, "
-                  f"whole run {elapsed:.2f} s")
+                  f"numpy in one process {numpy_s:.2f} s, whole run {elapsed:.2f} s")
         if trace_dir is not None:
             print(f"traces in {trace_dir}")
-        values = want_final.size + want_hist.size
+        remark = next((r["remark"] for r in results if r.get("remark")), None)
         if not problems:
             ok = True
-            print(f"result: MATCH ({nodes_text}, {values} values after {args.rounds} rounds "
-                  f"checked against numpy in one process: digest {want})")
+            if args.workload == "rows":
+                print(f"result: MATCH ({nodes_text}, {want_values} values after {iterations} "
+                      f"rounds checked against numpy in one process: digest {want})")
+            else:
+                print(f"result: MATCH ({nodes_text}, {spec.name}, {want_values} values "
+                      f"checked against numpy in one process: digest {want}"
+                      + (f"; {remark}" if remark else "") + ")")
         else:
             print(f"result: MISMATCH ({'; '.join(problems)})")
     except DemoError as exc:
@@ -393,20 +503,14 @@ def run(args: argparse.Namespace) -> int:
         print("dsm demo: interrupted, stopping every process", file=sys.stderr)
         ok = False
     finally:
-        # the nodes first (their agents hand pages back to the directory), then the directory
-        _stop_all(children[1:])
-        _stop_all(children[:1])
+        cluster.stop()
         signal.signal(signal.SIGTERM, old_handler)
-        for d in extra_dirs:
-            shutil.rmtree(d, ignore_errors=True)
         if ok and not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             if not ok:
-                for child in children:
-                    tail = _tail(child.log_path)
-                    if tail:
-                        print(f"----- {child.name} ({child.log_path}) -----\n{tail}",
-                              file=sys.stderr)
+                tails = cluster.log_tails()
+                if tails:
+                    print(tails, file=sys.stderr)
             print(f"dsm demo: logs in {workdir}", file=sys.stderr)
     return 0 if ok else 1

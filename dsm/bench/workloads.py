@@ -1,0 +1,273 @@
+"""``dsm bench workloads``: the parallel programs of ``nodes/`` on 1, 2 and 3 nodes, beside plain
+numpy in one process, with the DSM traffic they caused.
+
+For each workload (jacobi, matmul, sort, counter) and each node count, a fresh cluster on this
+machine (a directory and N ``dsm run`` nodes, as ``dsm demo`` starts them) runs the program at a
+size that takes seconds. The time reported is the run phase of the slowest node: from the barrier
+at which every node is attached to the barrier after the last iteration, initialization included
+(the data has to reach the nodes: that is what a DSM costs). The baseline is the same computation
+with plain numpy in one process (``python -m nodes.NAME --reference``), timed in the same run with
+the same single-threaded BLAS; its digest is what every node's result must match.
+
+The traffic columns add up every node's ``node.stats()`` over the run phase: faults (missing read,
+missing write, write-protect), pages in, pages out and invalidations.
+
+All processes share this machine's cores: on a 2-core machine, 3 nodes (each a workload and an
+agent) and the directory compete for 2 cores, so the times show the protocol's cost, not a
+cluster's speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dsm.bench.fault import Progress, environment
+
+#: size and iterations of each workload in the benchmark: each run takes seconds
+BENCH_PROBLEMS: dict[str, tuple[int, int]] = {
+    "jacobi": (1024, 20),
+    "matmul": (512, 2),
+    "sort": (1 << 20, 2),
+    "counter": (200, 2),
+}
+DEFAULT_NODES = "1,2,3"
+RUN_TIMEOUT_S = 180.0
+REFERENCE_TIMEOUT_S = 300.0
+FAULT_KEYS = ("faults_missing_read", "faults_missing_write", "faults_wp_write")
+TRAFFIC_KEYS = ("pages_in", "pages_out", "invalidations")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"node counts must be at least 1, got {text!r}")
+    return values
+
+
+def _problem(text: str) -> tuple[str, int, int | None]:
+    """``NAME=SIZE`` or ``NAME=SIZE:ITERATIONS``."""
+    try:
+        name, value = text.split("=", 1)
+        size, _, iterations = value.partition(":")
+        return name, int(size), int(iterations) if iterations else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE[:ITERATIONS], got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workloads", default=",".join(BENCH_PROBLEMS),
+                        help=f"which, separated by commas (default {','.join(BENCH_PROBLEMS)})")
+    parser.add_argument("--nodes", type=_int_list, default=_int_list(DEFAULT_NODES),
+                        help=f"node counts, separated by commas (default {DEFAULT_NODES})")
+    parser.add_argument("--problem", type=_problem, action="append", default=[],
+                        metavar="NAME=SIZE[:ITERATIONS]",
+                        help="another size (and iterations) for a workload; defaults: " + ", ".join(
+                            f"{k}={s}:{i}" for k, (s, i) in BENCH_PROBLEMS.items()))
+    parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
+                        help="how the nodes reach the directory (default tcp)")
+    parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S,
+                        help=f"seconds one cluster run may take (default {RUN_TIMEOUT_S:g})")
+    parser.add_argument("--json", metavar="FILE", help="write every run's results as JSON")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dsm.commands.demo import WORKLOADS
+
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in names if w not in BENCH_PROBLEMS]
+    if unknown or not names:
+        print(f"dsm bench workloads: unknown workload(s) {unknown} (choose from "
+              f"{', '.join(BENCH_PROBLEMS)})", file=sys.stderr)
+        return 2
+    problems = {w: BENCH_PROBLEMS[w] for w in names}
+    for name, size, iterations in args.problem:
+        if name not in WORKLOADS or name == "rows":
+            print(f"dsm bench workloads: --problem: unknown workload {name!r}", file=sys.stderr)
+            return 2
+        problems[name] = (size, iterations if iterations is not None else problems.get(
+            name, BENCH_PROBLEMS.get(name, (0, 1)))[1])
+    progress = Progress()
+    log_dir = Path(tempfile.mkdtemp(prefix="dsm-bench-workloads-"))
+    ok = False
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        result = WorkloadBench(names, problems, args.nodes, args.transport, args.timeout,
+                               log_dir, progress).run()
+        ok = all(r["match"] for r in result["runs"])
+    except BenchError as exc:
+        print(f"dsm bench workloads: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dsm bench workloads: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if args.keep_logs or not ok:
+            print(f"dsm bench workloads: logs in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f)
+        progress(f"results written to {args.json}")
+    return 0 if ok else 1
+
+
+class WorkloadBench:
+    def __init__(self, names: list[str], problems: dict[str, tuple[int, int]], nodes: list[int],
+                 transport: str, timeout_s: float, log_dir: Path, progress: Progress):
+        from dsm.commands.demo import SINGLE_THREAD_ENV
+
+        self.names = names
+        self.problems = problems
+        self.node_counts = nodes
+        self.transport = transport
+        self.timeout_s = timeout_s
+        self.log_dir = log_dir
+        self.progress = progress
+        # one BLAS thread everywhere, the baseline included
+        self.env = {**os.environ, **SINGLE_THREAD_ENV}
+        self.env.pop("DSM_AGENT_SOCKET", None)
+        root = str(Path(__file__).resolve().parents[2])
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
+
+    def run(self) -> dict:
+        from dsm.commands.demo import load_workload
+
+        runs = []
+        for name in self.names:
+            spec = load_workload(name)
+            size, iterations = self.problems[name]
+            if size < spec.min_size(max(self.node_counts)) or iterations < 1:
+                raise BenchError(f"{name}: size {size} / iterations {iterations} too small")
+            for n in self.node_counts:
+                what = spec.describe(n, size, iterations)
+                self.progress(f"{name} ({what}): plain numpy in one process, as for {n} node(s)")
+                ref = self._reference(spec, n, size, iterations)
+                self.progress(f"{name}: {ref['seconds']['compute']:.2f} s; now on {n} node(s)")
+                runs.append(self._cluster(spec, n, size, iterations, ref))
+                r = runs[-1]
+                self.progress(f"{name} on {n} node(s): {r['seconds']:.2f} s, "
+                              f"{'MATCH' if r['match'] else 'MISMATCH'}")
+        return {"benchmark": "workloads", "config": {"transport": self.transport,
+                                                      "nodes": self.node_counts},
+                "environment": environment(), "runs": runs}
+
+    def _reference(self, spec, nodes: int, size: int, iterations: int) -> dict:
+        from nodes.common import RESULT_PREFIX
+
+        cmd = [sys.executable, "-m", spec.module, "--reference", "--nodes", str(nodes),
+               "--size", str(size), "--iterations", str(iterations)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
+                                  timeout=REFERENCE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{spec.name}: the numpy reference took over {REFERENCE_TIMEOUT_S} s")
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+        if proc.returncode != 0 or not lines:
+            raise BenchError(f"{spec.name}: the numpy reference failed (status "
+                             f"{proc.returncode}):\n{proc.stderr[-3000:]}")
+        return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+    def _cluster(self, spec, nodes: int, size: int, iterations: int, ref: dict) -> dict:
+        from dsm.commands.demo import DemoError, LocalCluster, region_bytes_for
+
+        workdir = Path(tempfile.mkdtemp(prefix=f"{spec.name}-{nodes}-", dir=self.log_dir))
+        cluster = LocalCluster(workdir, self.env, self.transport)
+        t0 = time.monotonic()
+        error = None
+        results: list[dict] = []
+        problems: list[str] = []
+        try:
+            cluster.start_directory(region_bytes_for(spec, nodes, size, iterations),
+                                    self.timeout_s)
+            cluster.start_nodes(spec, nodes, size, iterations, self.timeout_s,
+                                expect=ref["digest"])
+            cluster.collect(t0 + self.timeout_s)
+            results, problems = cluster.results(ref["digest"])
+        except DemoError as exc:
+            error = str(exc)
+        finally:
+            cluster.stop()
+        if error or problems:
+            self.progress(f"{spec.name} on {nodes} node(s) failed: {error or '; '.join(problems)}"
+                          f"\n{cluster.log_tails()}")
+        totals = {k: 0 for k in FAULT_KEYS + TRAFFIC_KEYS + ("requests",)}
+        for res in results:
+            counters = res.get("stats", {}).get("counters", {})
+            for k in totals:
+                totals[k] += counters.get(k, 0)
+        seconds = [r["seconds"]["compute"] for r in results if "seconds" in r]
+        return {
+            "workload": spec.name, "problem": spec.describe(nodes, size, iterations),
+            "size": size, "iterations": iterations, "nodes": nodes,
+            "seconds": max(seconds) if len(seconds) == nodes else float("nan"),
+            "numpy_seconds": ref["seconds"]["compute"],
+            "match": not error and not problems and len(results) == nodes,
+            "problems": ([error] if error else []) + problems,
+            "faults": sum(totals[k] for k in FAULT_KEYS),
+            **totals,
+            "whole_run_seconds": round(time.monotonic() - t0, 3),
+            "node_results": results,
+        }
+
+
+def format_table(result: dict) -> str:
+    header = ["workload", "problem", "nodes", "time s", "numpy s", "ratio", "vs 1 node",
+              "faults", "pages in", "pages out", "invalidations", "result"]
+    lines = []
+    one_node: dict[str, float] = {}
+    for r in result["runs"]:
+        if r["nodes"] == 1:
+            one_node[r["workload"]] = r["seconds"]
+    previous = None
+    for r in result["runs"]:
+        first = r["workload"] != previous
+        previous = r["workload"]
+        t1 = one_node.get(r["workload"])
+        speedup = f"{t1 / r['seconds']:.2f}x" if t1 and r["seconds"] == r["seconds"] else "-"
+        ratio = r["seconds"] / r["numpy_seconds"] if r["numpy_seconds"] else float("nan")
+        lines.append([r["workload"] if first else "", r["problem"] if first else "",
+                      str(r["nodes"]), f"{r['seconds']:.2f}", f"{r['numpy_seconds']:.4f}",
+                      f"{ratio:.1f}x", speedup, str(r["faults"]), str(r["pages_in"]),
+                      str(r["pages_out"]), str(r["invalidations"]),
+                      "MATCH" if r["match"] else "MISMATCH"])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i])
+                         for i, c in enumerate(cells)).rstrip()
+
+    env = result["environment"]
+    out = [f"dsm bench workloads: transport {result['config']['transport']}, {env['cpus']} cpus; "
+           "time = run phase (initialization + computation) of the slowest node; numpy = the "
+           "same computation in one process; ratio = time / numpy; vs 1 node = speed-up over "
+           "the 1-node run; traffic summed over the nodes' run phase",
+           fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(line) for line in lines]
+    failed = [r for r in result["runs"] if not r["match"]]
+    for r in failed:
+        out.append(f"{r['workload']} on {r['nodes']} node(s): {'; '.join(r['problems'])}")
+    return "\n".join(out)
