@@ -22,6 +22,7 @@ import zmq
 
 from dsm import protocol as p
 from dsm.agent.clients import ClientHub
+from dsm.agent.extents import Extents
 from dsm.agent.forwarding import Forwarder
 from dsm.agent.memory import NodeMemory, PageState
 from dsm.agent.readahead import ReadAhead
@@ -57,9 +58,8 @@ POLL_INTERVAL_MS = 100
 #: how long to watch a Remove event's pages for MADV_REMOVE's hole punch (DONTNEED never punches)
 REMOVE_SETTLE_S = 0.02
 REMOVE_POLL_S = 0.0002
-#: the largest read-ahead window, and how far ahead of its faults a sequential stream may ask
+#: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
-READAHEAD_AHEAD_PAGES = 1024
 
 
 class DirectoryUnreachable(DsmError):
@@ -102,7 +102,8 @@ class Agent:
         self.dealer.connect(directory)
         self.layout = self._join()
         self.page_size = self.layout.page_size
-        self.readahead = ReadAhead(READAHEAD_MAX_PAGES, READAHEAD_AHEAD_PAGES)
+        self.readahead = ReadAhead(READAHEAD_MAX_PAGES)
+        self.extents = Extents(self.page_size)
         self.pending: dict[int, Pending] = {}
         self.procs: dict[int, WorkloadProcess] = {}  # uffd fd -> process
         self.memory = NodeMemory(node, self.layout, self.procs,
@@ -271,6 +272,8 @@ class Agent:
                     count=count)
 
     def _on_answer(self, msg: Any, _: Any) -> None:
+        if isinstance(msg, p.Allocated):
+            self.extents.add(msg.offset, msg.nbytes)
         if not self.forwarder.answer(msg) and isinstance(msg, p.Error):
             log.error("directory reported: %s", msg.message)
 
@@ -341,7 +344,8 @@ class Agent:
         """Ask for ``page`` and up to ``window - 1`` following pages this node neither holds nor
         awaits."""
         count = 1
-        limit = min(window, p.MAX_BATCH_PAGES, self.layout.num_pages - page)
+        end = self.extents.end_of(page) or self.layout.num_pages  # not past the array's end
+        limit = min(window, p.MAX_BATCH_PAGES, end - page)
         while count < limit and page + count not in self.state and page + count not in self.pending:
             count += 1
         pend = Pending(page, count, write, time.monotonic(), stream, waiters)
@@ -359,7 +363,9 @@ class Agent:
             return
         while (ahead := self.readahead.next_ahead(stream)) is not None:
             page, window = ahead
-            if page >= self.layout.num_pages or page in self.state or page in self.pending:
+            # not past the end of the array the stream faults in
+            end = self.extents.end_of(self.readahead.last_fault(stream)) or self.layout.num_pages
+            if page >= end or page in self.state or page in self.pending:
                 return
             self.stats.count("readahead_requests")
             self._request(page, window, stream[1], [], stream)
@@ -513,4 +519,8 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
         agent.serve_forever()
     finally:
         agent.close()
+        # Let ZeroMQ finish sending what close() queued (the pages handed back) while its buffers
+        # are alive: frames over pyzmq's copy threshold (64 KiB) are sent without a copy, and the
+        # interpreter's exit would free them under libzmq's I/O thread (EFAULT: abort, SIGSEGV).
+        zmq.Context.instance().destroy(linger=1000)
     return 0
