@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = {
     "trace": "dsm.commands.trace",
     "bench": "dsm.commands.bench",
     "demo": "dsm.commands.demo",
+    "hosts": "dsm.commands.hosts",
 }
 
 

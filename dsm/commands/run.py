@@ -1,16 +1,26 @@
 """``dsm run --directory ENDPOINT -- COMMAND...``: start this node's agent and run COMMAND
-attached to it; the exit status is COMMAND's."""
+attached to it; the exit status is COMMAND's.
+
+``SIGTERM`` (``docker stop``) or ``SIGINT`` means *leave the cluster*: COMMAND gets ``SIGTERM``
+(and ``SIGKILL`` after ``COMMAND_STOP_TIMEOUT_S``), then the agent hands every page it holds
+back to the directory, owned pages with their contents, and the exit status is 0 if it did.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
 from dsm import local
-from dsm.agent.launch import AgentStartError, start_agent
+from dsm.agent.launch import AgentStartError, StartedAgent, start_agent
 from dsm.commands.agent import add_directory_arguments, default_node_name
+
+#: how long the command may take to exit after the SIGTERM of a leave
+COMMAND_STOP_TIMEOUT_S = 10.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,25 +30,95 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+class Departure:
+    """While active, SIGTERM and SIGINT do not kill this process: they ask it to leave (and
+    are passed on to the command, once there is one, as SIGTERM)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None  #: the signal that asked to leave
+        self.child: subprocess.Popen | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "Departure":
+        self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.requested = signum
+        self.terminate_child()
+
+    def terminate_child(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            try:
+                self.child.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def start(self, command: list[str], **popen: Any) -> subprocess.Popen:
+        self.child = subprocess.Popen(command, **popen)
+        if self.requested is not None:  # the signal came while the command was starting
+            self.terminate_child()
+        return self.child
+
+    def wait_child(self) -> int:
+        """The command's exit status (``128 + N`` for a signal N, as a shell says), bounded by
+        ``COMMAND_STOP_TIMEOUT_S`` once a leave was asked for."""
+        child = self.child
+        while True:
+            try:
+                status = child.wait(COMMAND_STOP_TIMEOUT_S if self.requested else None)
+                break
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return status if status >= 0 else 128 - status
+
+
+def run_attached(agent: StartedAgent, command: list[str], leave: Departure, prog: str,
+                 env: dict[str, str] | None = None) -> int:
+    """Run ``command`` attached to ``agent``, then stop the agent (it hands its pages back).
+    The command's status; 0 after a clean leave (the agent exited 0), 1 otherwise."""
+    status = 0
+    try:
+        if leave.requested is None:
+            child_env = {**(env if env is not None else os.environ),
+                         local.AGENT_SOCKET_ENV: agent.socket_path}
+            try:
+                leave.start(command, env=child_env)
+            except OSError as exc:
+                print(f"{prog}: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+                return 127
+            status = leave.wait_child()
+    finally:
+        agent_status = agent.stop()
+    if leave.requested is not None:
+        how = signal.Signals(leave.requested).name
+        if agent_status == 0:
+            print(f"{prog}: left the cluster on {how}: every page handed back to the directory",
+                  file=sys.stderr, flush=True)
+            return 0
+        print(f"{prog}: the node agent exited with status {agent_status} while leaving on {how}",
+              file=sys.stderr, flush=True)
+        return 1
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("dsm run: no command given (dsm run --directory ENDPOINT -- COMMAND...)",
               file=sys.stderr)
         return 2
-    try:
-        agent = start_agent(args.directory, args.node or default_node_name(),
-                            trace_path=args.trace)
-    except AgentStartError as exc:
-        print(f"dsm run: {exc}", file=sys.stderr)
-        return 2
-    try:
-        env = {**os.environ, local.AGENT_SOCKET_ENV: agent.socket_path}
+    with Departure() as leave:
         try:
-            status = subprocess.call(command, env=env)
-        except OSError as exc:
-            print(f"dsm run: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
-            status = 127
-    finally:
-        agent.stop()
-    return status if status >= 0 else 128 - status
+            agent = start_agent(args.directory, args.node or default_node_name(),
+                                trace_path=args.trace)
+        except AgentStartError as exc:
+            print(f"dsm run: {exc}", file=sys.stderr)
+            return 0 if leave.requested is not None else 2
+        return run_attached(agent, command, leave, "dsm run")

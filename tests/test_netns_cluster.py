@@ -1,0 +1,209 @@
+"""Clusters on namespace hosts, started from the project's own docker-compose.yml by the runner
+(``dsm/hosts``): the compose file's commands and environment are what runs, one network
+namespace per service replica, joined by a bridge. Skipped, with the reason, where network
+namespaces cannot be made (not root, no iproute2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dsm.hosts import network
+from dsm.hosts.compose import load
+from dsm.hosts.runner import Cluster, Instance
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+RESULT_PREFIX = "DSM-DEMO-RESULT "
+#: the directory declares a silent node dead after this long (dsm/directory/service.py)
+NODE_TIMEOUT_S = 5.0
+#: the agent fails a page request unanswered for this long (dsm/agent/service.py)
+REQUEST_TIMEOUT_S = 10.0
+
+
+def _namespaces_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    name = f"{network.PREFIX}{os.getpid()}xprobe-probe"
+    try:
+        network.ip("netns", "add", name)
+    except network.NetworkError as exc:
+        return f"cannot create a network namespace: {exc}"
+    network.delete_namespace(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def namespaces():
+    why = _namespaces_unavailable()
+    if why:
+        print(f"skipping namespace-host cluster tests: {why}")
+        pytest.skip(why)
+    network.sweep_stale()  # runs left by test processes that were killed
+
+
+def _root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+@pytest.fixture
+def hosts(namespaces, tmp_path):
+    """``start(env, scale)``: the compose project on namespace hosts; torn down after the test,
+    which then checks that nothing of the run is left."""
+    clusters: list[Cluster] = []
+    links_before = _root_links()
+
+    def start(env: dict[str, str], scale: dict[str, int]) -> Cluster:
+        project = load(COMPOSE_FILE, {**os.environ, **env}, scale)
+        cluster = Cluster(project, log_dir=tmp_path / "hosts")
+        clusters.append(cluster)
+        cluster.up()
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.down()
+        run_id = cluster.network.run_id
+        assert network.list_runs().get(run_id) is None, f"namespaces of run {run_id} left"
+        assert cluster.network.leftover == [], "processes survived the teardown"
+        for inst in cluster.instances.values():
+            assert inst.proc.poll() is not None, f"{inst.name} still runs"
+            assert network.pids_in(inst.host.namespace) == []
+    assert _root_links() == links_before, "links were added to the root namespace"
+
+
+def result_of(inst: Instance) -> dict:
+    for line in reversed(inst.lines):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    raise AssertionError(f"{inst.name} printed no result line:\n" + "\n".join(inst.lines[-30:]))
+
+
+def output_of(inst: Instance) -> str:
+    return "\n".join(inst.lines)
+
+
+@pytest.mark.timeout(90)
+def test_three_nodes_on_four_hosts_compute_together(hosts):
+    # the compose file's default workload (jacobi): every node reads rows its neighbours wrote
+    cluster = hosts({"DSM_NODES": "3"}, {"node": 3})
+    (directory,) = cluster.replicas("directory")
+    nodes = cluster.replicas("node")
+    assert len({i.host.address for i in [directory, *nodes]}) == 4
+    codes = cluster.wait_all(nodes, 60)
+    assert codes == {"node-1": 0, "node-2": 0, "node-3": 0}
+    results = [result_of(n) for n in nodes]
+    assert sorted(r["rank"] for r in results) == [0, 1, 2]
+    assert all(r["match"] for r in results), results
+    assert len({r["digest"] for r in results}) == 1
+    assert all(r["digest"] == r["expected"] for r in results)
+    # data written on other hosts came over the network
+    assert all(r["stats"]["counters"].get("pages_in", 0) > 0 for r in results)
+    for n in nodes:
+        assert "verdict: OK" in output_of(n)  # the entrypoint ran dsm doctor first
+
+
+GATHER = {"DSM_NODES": "3", "DSM_WORKLOAD": "gather",
+          "DSM_WORKLOAD_ARGS": "--pages 4 --wait-timeout 60"}
+
+
+@pytest.mark.timeout(90)
+def test_node_joining_late_reads_what_was_written_before(hosts):
+    cluster = hosts(GATHER, {"node": 2})
+    early = cluster.replicas("node")
+    for n in early:
+        cluster.wait_for_line(n, r"gather: rank \d wrote its block", 30)
+    late = cluster.add("node")
+    assert late.name == "node-3"
+    codes = cluster.wait_all([*early, late], 60)
+    assert set(codes.values()) == {0}, codes
+    results = {n.name: result_of(n) for n in [*early, late]}
+    assert results["node-3"]["rank"] == 2
+    assert all(r["match"] and r["bad_blocks"] == [] for r in results.values()), results
+    # the late node got the early nodes' blocks (2 x 4 pages) from them or the directory
+    assert results["node-3"]["stats"]["counters"].get("pages_in", 0) >= 8
+
+
+@pytest.mark.timeout(90)
+def test_node_leaving_on_sigterm_hands_its_pages_back(hosts):
+    cluster = hosts(GATHER, {"node": 2})
+    leaver, stayer = cluster.replicas("node")
+    for n in (leaver, stayer):
+        cluster.wait_for_line(n, r"gather: rank \d wrote its block", 30)
+    t0 = time.monotonic()
+    assert cluster.stop(leaver, timeout_s=20) == 0  # docker stop: SIGTERM, then exit 0
+    assert time.monotonic() - t0 < 15
+    assert "left the cluster on SIGTERM" in output_of(leaver)
+    # the leaver's block now lives only in the directory: both others read it after it left
+    late = cluster.add("node")
+    codes = cluster.wait_all([stayer, late], 60)
+    assert codes == {stayer.name: 0, late.name: 0}, codes
+    for n in (stayer, late):
+        r = result_of(n)
+        assert r["match"] and r["bad_blocks"] == [], r
+    (directory,) = cluster.replicas("directory")
+    assert "lost" not in output_of(directory), output_of(directory)
+
+
+@pytest.mark.timeout(60)
+def test_link_cut_fails_the_cut_node_and_the_others_carry_on(hosts):
+    cluster = hosts({"DSM_NODES": "3", "DSM_WORKLOAD": "stream",
+                     "DSM_WORKLOAD_ARGS": "--rounds 200 --interval 0.05"}, {"node": 3})
+    nodes = cluster.replicas("node")
+    for n in nodes:
+        cluster.wait_for_line(n, r"stream: rank \d started", 30)
+    cut_node, others = nodes[-1], nodes[:-1]
+    t_cut_wall, t_cut = time.time(), time.monotonic()
+    cluster.cut(cut_node)
+
+    # the cut node's workload fails within a bound instead of hanging
+    code = cluster.wait(cut_node, REQUEST_TIMEOUT_S + 10)
+    elapsed = time.monotonic() - t_cut
+    assert code != 0
+    assert elapsed < REQUEST_TIMEOUT_S + 8, elapsed
+    assert "SIGBUS" in output_of(cut_node), output_of(cut_node)
+
+    # the others keep working past the moment the directory gives the cut node up
+    codes = cluster.wait_all(others, 30)
+    assert set(codes.values()) == {0}, codes
+    for n in others:
+        r = result_of(n)
+        assert r["match"] and r["rounds"] == 200, r
+        assert r["finished_at"] > t_cut_wall + NODE_TIMEOUT_S, (r["finished_at"], t_cut_wall)
+    (directory,) = cluster.replicas("directory")
+    cluster.wait_for_line(directory, r"node node-3-\d+ silent for .* declared dead", 5)
+
+
+@pytest.mark.timeout(90)
+def test_scripts_start_and_tear_down_namespace_hosts(namespaces, tmp_path):
+    state = tmp_path / "netns"
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("DSM_AGENT_SOCKET", None)
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ROOT / "scripts" / args[0]), *args[1:]], capture_output=True,
+                              text=True, timeout=60, env=env)
+
+    up = script("netns-cluster-up", "-n", "2", "-w", "stream", "-s", str(state),
+                "--", "--rounds", "100000")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        run_id = json.loads((state / "hosts.json").read_text())["run_id"]
+        assert len(network.list_runs()[run_id]) == 4  # directory, 2 nodes, the switch
+        deadline = time.monotonic() + 30
+        while not all("started" in (state / f"node-{k}.log").read_text() for k in (1, 2)):
+            assert time.monotonic() < deadline, "the nodes did not start"
+            time.sleep(0.1)
+    finally:
+        down = script("cluster-down", "-s", str(state))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert run_id not in network.list_runs()
+    for k in (1, 2):
+        assert "left the cluster on SIGTERM" in (state / f"node-{k}.log").read_text()
