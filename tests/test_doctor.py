@@ -9,11 +9,11 @@ lives where ``nobody`` cannot reach it (e.g. under /root/.pyenv) a system python
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -252,10 +252,10 @@ def test_fix_texts_follow_the_probes():
         release="6.18.0", version=(6, 18), container=None, seccomp=0, user_namespace=False,
         uid=65534, cap_eff=0, sysctl=0, sysctl_error="",
     )
-    device = doctor.OpenProbe("device", False, False, doctor.errno.EACCES, "EACCES")
-    refused = doctor.OpenProbe("syscall", False, False, doctor.errno.EPERM, "EPERM")
+    device = doctor.OpenProbe("device", False, False, errno.EACCES, "EACCES")
+    refused = doctor.OpenProbe("syscall", False, False, errno.EPERM, "EPERM")
     umo_ok = doctor.OpenProbe("syscall", True, True)
-    umo_refused = doctor.OpenProbe("syscall", True, False, doctor.errno.EPERM, "EPERM")
+    umo_refused = doctor.OpenProbe("syscall", True, False, errno.EPERM, "EPERM")
 
     row = doctor.check_open(host, device, refused, umo_ok)
     assert not row.ok

@@ -1,49 +1,30 @@
-"""``dsm doctor``: the preflight a user runs first, on a host or in a container.
-
-Every row comes from a real probe of this process on this kernel: the kernel release, the
-container markers, ``CapEff`` in ``/proc/self/status``, ``vm.unprivileged_userfaultfd``, opening
-``/dev/userfaultfd`` and calling ``userfaultfd(2)``, the UFFDIO_API handshake, asking for
-``EVENT_FORK``, and registering a memfd ``MAP_SHARED`` region ``MISSING|WP`` (then resolving one
-page of it with ``UFFDIO_COPY`` and lifting its write protection, without ever touching the mapping,
-so no fault can block the doctor).
-
-``run_checks()`` returns the rows; ``render_text()`` / ``render_json()`` print them. The exit status
-is 0 when a node can run here, 1 otherwise, and each failed row carries the concrete fix.
-"""
+"""The doctor's checks: one row each, from a real probe, with the concrete fix when it fails."""
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
-import re
-import shutil
-import stat
-import textwrap
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 from dsm import libc
 from dsm.needs import REGION_REGISTER_MODE, REQUIRED_RANGE_IOCTLS, WORKLOAD_FEATURES
-from dsm.uffd import Feature, FeatureUnavailable, Ioctl, Uffd, UffdError, abi
-
-#: write-protect faults (PAGEFAULT_FLAG_WP) arrived in Linux 5.7
-MIN_KERNEL = (5, 7)
-#: write-protect on shmem (WP_HUGETLBFS_SHMEM) arrived in Linux 5.19
-SHMEM_WP_KERNEL = (5, 19)
-#: /dev/userfaultfd arrived in Linux 6.1
-DEVICE_KERNEL = (6, 1)
-#: bit of CAP_SYS_PTRACE in the capability sets (<linux/capability.h>)
-CAP_SYS_PTRACE = 19
+from dsm.uffd import Feature, FeatureUnavailable, Ioctl, Uffd, UffdError
+from dsm.doctor.facts import (
+    DEVICE_KERNEL,
+    MIN_KERNEL,
+    SHMEM_WP_KERNEL,
+    HostFacts,
+    OpenProbe,
+    gather_facts,
+    probe_device,
+    probe_syscall,
+    syscall_refusal,
+)
 
 #: what a node's handshake asks for and how it registers (see dsm/needs.py)
 REQUIRED_FEATURES = WORKLOAD_FEATURES
 NODE_REGISTER_MODE = REGION_REGISTER_MODE
-
-SYSCTL_PATH = "/proc/sys/vm/unprivileged_userfaultfd"
-CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
-_CGROUP_CONTAINER_WORDS = ("docker", "kubepods", "containerd", "libpod", "podman", "lxc", "garden")
 
 COMPOSE_FIX = (
     "add to the compose service: cap_add: [SYS_PTRACE], "
@@ -67,6 +48,8 @@ CHECK_NAMES = (
 )
 
 
+# --- facts about this process and host ----------------------------------------------------------
+
 @dataclass(frozen=True)
 class CheckResult:
     """One row of the doctor's table. ``fix`` is empty when ``ok``."""
@@ -77,175 +60,6 @@ class CheckResult:
     fix: str = ""
 
 
-# --- facts about this process and host ----------------------------------------------------------
-@dataclass(frozen=True)
-class HostFacts:
-    release: str
-    version: tuple[int, int] | None
-    container: str | None  #: the evidence that this runs in a container, or None
-    seccomp: int | None  #: 0 none, 1 strict, 2 filter (``Seccomp:`` of /proc/self/status)
-    user_namespace: bool  #: not in the initial user namespace
-    uid: int
-    cap_eff: int | None
-    sysctl: int | None  #: vm.unprivileged_userfaultfd, None where the file is absent
-    sysctl_error: str
-
-    @property
-    def has_ptrace(self) -> bool:
-        return self.cap_eff is not None and bool(self.cap_eff >> CAP_SYS_PTRACE & 1)
-
-
-def kernel_version(release: str) -> tuple[int, int] | None:
-    """(major, minor) of a ``uname -r`` string, None if it does not start with digits."""
-    match = re.match(r"(\d+)\.(\d+)", release)
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _status_field(status: str | None, field: str) -> str | None:
-    for line in (status or "").splitlines():
-        key, _, value = line.partition(":")
-        if key == field:
-            return value.strip()
-    return None
-
-
-def detect_container() -> str | None:
-    """The evidence that this process runs in a container: a marker file or a /proc/1/cgroup
-    entry naming a container runtime; None on a plain host."""
-    for marker in CONTAINER_MARKERS:
-        if os.path.exists(marker):
-            return marker
-    cgroup = _read("/proc/1/cgroup") or ""
-    for line in cgroup.splitlines():
-        path = line.split(":", 2)[-1]
-        for word in _CGROUP_CONTAINER_WORDS:
-            if word in path:
-                return f"/proc/1/cgroup: {path}"
-    return None
-
-
-def gather_facts() -> HostFacts:
-    release = os.uname().release
-    status = _read("/proc/self/status")
-    cap = _status_field(status, "CapEff")
-    seccomp = _status_field(status, "Seccomp")
-    uid_map = (_read("/proc/self/uid_map") or "").split()
-    initial_ns = uid_map[:3] == ["0", "0", "4294967295"]
-    sysctl: int | None = None
-    sysctl_error = ""
-    try:
-        with open(SYSCTL_PATH, encoding="ascii") as f:
-            sysctl = int(f.read().strip())
-    except (OSError, ValueError) as exc:
-        sysctl_error = str(exc)
-    return HostFacts(
-        release=release,
-        version=kernel_version(release),
-        container=detect_container(),
-        seccomp=int(seccomp) if seccomp and seccomp.isdigit() else None,
-        user_namespace=bool(uid_map) and not initial_ns,
-        uid=os.getuid(),
-        cap_eff=int(cap, 16) if cap else None,
-        sysctl=sysctl,
-        sysctl_error=sysctl_error,
-    )
-
-
-# --- opening a uffd -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OpenProbe:
-    """What one way of opening a uffd answered."""
-
-    how: str  #: "device" or "syscall"
-    user_mode_only: bool
-    ok: bool
-    errno: int | None = None
-    reason: str = ""
-
-    @property
-    def label(self) -> str:
-        name = "/dev/userfaultfd" if self.how == "device" else "userfaultfd(2)"
-        return name + (" with UFFD_USER_MODE_ONLY" if self.user_mode_only else "")
-
-
-def _errname(err: int | None) -> str:
-    return errno.errorcode.get(err, str(err)) if err is not None else "?"
-
-
-def _device_refusal(err: int, facts: HostFacts) -> str:
-    path = abi.USERFAULTFD_DEVICE
-    if err == errno.ENOENT:
-        if facts.version is not None and facts.version < DEVICE_KERNEL:
-            return f"ENOENT: no {path} (it arrived in Linux 6.1)"
-        if facts.container:
-            return f"ENOENT: {path} is not passed into this container"
-        return f"ENOENT: no {path} on this host"
-    if err in (errno.EACCES, errno.EPERM):
-        try:
-            st = os.stat(path)
-            mode = f"mode {stat.filemode(st.st_mode)} uid {st.st_uid} gid {st.st_gid}"
-        except OSError:
-            mode = "mode unknown"
-        if err == errno.EPERM and facts.container:
-            return f"EPERM: the container's device policy refuses {path} ({mode})"
-        return f"{_errname(err)}: {path} is {mode}; this process runs as uid {facts.uid}"
-    return f"{_errname(err)}: {os.strerror(err)}"
-
-
-def probe_device(facts: HostFacts) -> OpenProbe:
-    """Open /dev/userfaultfd (its file mode is the access control), then USERFAULTFD_IOC_NEW."""
-    try:
-        dev = os.open(abi.USERFAULTFD_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return OpenProbe("device", False, False, exc.errno, _device_refusal(exc.errno, facts))
-    os.close(dev)
-    try:
-        with Uffd.open(how="device", api=False):
-            pass
-    except UffdError as exc:
-        return OpenProbe("device", False, False, exc.errno, f"USERFAULTFD_IOC_NEW: {exc}")
-    return OpenProbe("device", False, True)
-
-
-def probe_syscall(user_mode_only: bool) -> OpenProbe:
-    """Call userfaultfd(2), with or without UFFD_USER_MODE_ONLY."""
-    try:
-        with Uffd.open(how="syscall", api=False, user_mode_only=user_mode_only):
-            pass
-    except UffdError as exc:
-        return OpenProbe("syscall", user_mode_only, False, exc.errno, str(exc))
-    return OpenProbe("syscall", user_mode_only, True)
-
-
-def _syscall_refusal(probe: OpenProbe, umo: OpenProbe | None, facts: HostFacts) -> str:
-    """Why userfaultfd(2) without UFFD_USER_MODE_ONLY was refused."""
-    if probe.errno == errno.EPERM:
-        if umo is not None and not umo.ok:
-            if facts.seccomp == 2:
-                return "EPERM even with UFFD_USER_MODE_ONLY: a seccomp filter blocks the syscall"
-            return "EPERM even with UFFD_USER_MODE_ONLY: a security module refuses the syscall"
-        if facts.has_ptrace and facts.user_namespace:
-            return (
-                "EPERM: CAP_SYS_PTRACE is held only inside a user namespace, the kernel wants it "
-                "in the initial one"
-            )
-        if not facts.has_ptrace:
-            return f"EPERM: vm.unprivileged_userfaultfd={facts.sysctl} and no CAP_SYS_PTRACE"
-        return "EPERM"
-    if probe.errno == errno.ENOSYS:
-        return "ENOSYS: no userfaultfd in this kernel (CONFIG_USERFAULTFD), or a seccomp filter"
-    return probe.reason
-
-
-# --- the checks ---------------------------------------------------------------------------------
 def check_kernel(facts: HostFacts) -> CheckResult:
     if facts.version is None:
         return CheckResult(
@@ -345,7 +159,7 @@ def check_open(
     ways = [p.how for p in (device, syscall) if p.ok]
     parts = [
         "device: yes" if device.ok else f"device: no ({device.reason})",
-        "syscall: yes" if syscall.ok else f"syscall: no ({_syscall_refusal(syscall, umo, facts)})",
+        "syscall: yes" if syscall.ok else f"syscall: no ({syscall_refusal(syscall, umo, facts)})",
     ]
     if ways:
         return CheckResult(CHECK_OPEN, True, "; ".join(parts))
@@ -519,72 +333,3 @@ def run_checks() -> list[CheckResult]:
 
 
 # --- output -------------------------------------------------------------------------------------
-def verdict(results: list[CheckResult]) -> str:
-    """The one verdict line: ``verdict: OK ...`` or ``verdict: FAIL ...``."""
-    failed = [r.name for r in results if not r.ok]
-    if not failed:
-        return f"verdict: OK - this host can run a dsm node (all {len(results)} checks passed)"
-    return (
-        f"verdict: FAIL - this host cannot run a dsm node: {len(failed)} of {len(results)} checks "
-        f"failed ({', '.join(failed)}); apply the fixes listed"
-    )
-
-
-def render_text(results: list[CheckResult], width: int | None = None) -> str:
-    width = width or max(80, shutil.get_terminal_size((120, 24)).columns)
-    name_w = max(len("check"), *(len(r.name) for r in results))
-    result_w = len("result")
-    indent = name_w + result_w + 4
-    detail_w = max(30, width - indent)
-    lines = [f"{'check':<{name_w}}  {'result':<{result_w}}  detail", "-" * min(width, 100)]
-    for r in results:
-        wrapped = textwrap.wrap(r.detail, detail_w) or [""]
-        lines.append(f"{r.name:<{name_w}}  {'ok' if r.ok else 'FAIL':<{result_w}}  {wrapped[0]}")
-        lines += [" " * indent + more for more in wrapped[1:]]
-    fixes: dict[str, list[str]] = {}
-    for r in results:
-        if not r.ok and r.fix:
-            fixes.setdefault(r.fix, []).append(r.name)
-    if fixes:
-        lines.append("")
-        lines.append("to fix:")
-        for fix, names in fixes.items():
-            lines += textwrap.wrap(
-                f"[{', '.join(names)}] {fix}", width - 2, initial_indent="- ",
-                subsequent_indent="    ",
-            )
-    lines.append("")
-    lines.append(verdict(results))
-    return "\n".join(lines)
-
-
-def render_json(results: list[CheckResult]) -> str:
-    return json.dumps(
-        {
-            "ok": all(r.ok for r in results),
-            "verdict": verdict(results),
-            "checks": [asdict(r) for r in results],
-        },
-        indent=2,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    results = run_checks()
-    print(render_json(results) if args.json else render_text(results), flush=True)
-    return 0 if all(r.ok for r in results) else 1
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="check that this host (or container) can run a dsm node",
-        description=(
-            "Probe this host: kernel, how a userfaultfd can be opened, the features and ioctls "
-            "the kernel reports, EVENT_FORK (CAP_SYS_PTRACE), vm.unprivileged_userfaultfd, and "
-            "a memfd region registered MISSING|WP. Exit status 0 when a node can run here; "
-            "otherwise 1, with the fix for each failed check."
-        ),
-    )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.set_defaults(func=main)
