@@ -44,6 +44,7 @@ class MsgType(enum.IntEnum):
     BARRIER_JOIN = 13
     BARRIER_WAIT = 14
     DEPARTED = 15
+    LOCK_STATUS = 16
     # directory -> node
     WELCOME = 20
     GRANT = 21
@@ -52,6 +53,7 @@ class MsgType(enum.IntEnum):
     ALLOCATED = 24
     ERROR = 25
     SYNC_REPLY = 26
+    LOCK_INFO = 27
 
 
 class Payload(enum.IntEnum):
@@ -276,6 +278,24 @@ class Departed(Message):
 
 
 @dataclass(frozen=True)
+class LockStatus(Message):
+    """Who holds lock ``name`` and who waits for it, in order (to watch it, or to wait in a
+    test until a request is queued)."""
+
+    TYPE = MsgType.LOCK_STATUS
+    req: int
+    name: str
+
+
+@dataclass(frozen=True)
+class LockInfo(Message):
+    TYPE = MsgType.LOCK_INFO
+    req: int
+    holder: str
+    waiting: list
+
+
+@dataclass(frozen=True)
 class SyncReply(Message):
     """The answer to a lock or barrier request: a ``SyncStatus`` and a detail text."""
 
@@ -290,7 +310,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     for cls in (
         Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
         Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
-        BarrierJoin, BarrierWait, Departed, SyncReply,
+        BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo,
     )
 }
 

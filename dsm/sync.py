@@ -61,6 +61,11 @@ class Lock:
         """Release the lock; releasing a lock this thread does not hold is an error."""
         self._node._request({"type": "unlock", "name": self.name})
 
+    def status(self) -> tuple[str | None, list[str]]:
+        """(holder, waiters in the order they will get it); holders are "node:pid:thread"."""
+        reply = self._node._request({"type": "lock_status", "name": self.name})
+        return reply["holder"] or None, list(reply["waiting"])
+
     def __enter__(self) -> "Lock":
         self.acquire()
         return self

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 
 import pytest
 
@@ -40,6 +39,17 @@ def test_lock_gives_mutual_exclusion_across_nodes_and_processes(make_node):
     assert nodes[0].run("", "int(counter[0])") == NODES * 2 * INCREMENTS
 
 
+def wait_for_waiters(node, name, count, timeout_s=20):
+    """Wait until ``count`` requests are queued for lock ``name`` (asked through ``node``)."""
+    node.run(
+        "import time\n"
+        f"deadline = time.monotonic() + {timeout_s}\n"
+        f"while len(node.lock({name!r}).status()[1]) < {count}:\n"
+        "    assert time.monotonic() < deadline, 'the lock requests did not arrive'\n"
+        "    time.sleep(0.01)\n"
+    )
+
+
 def test_lock_is_granted_in_fifo_order(make_node):
     holder, *waiters = [make_node(f"n{i}") for i in range(4)]
     holder.run("order = node.array('order', (8,), np.int64); lk = node.lock('fifo'); lk.acquire()")
@@ -49,7 +59,8 @@ def test_lock_is_granted_in_fifo_order(make_node):
             "with node.lock('fifo'):\n"
             f"    order[order[7]] = {i + 1}; order[7] += 1\n"
         )
-        time.sleep(0.5)  # orders the requests (not a readiness check): each is queued before the next
+        wait_for_waiters(holder, "fifo", i + 1)  # each request is queued before the next is sent
+    assert [h.split(":")[0] for h in holder.run("", "lk.status()[1]")] == ["n1", "n2", "n3"]
     holder.run("lk.release()")
     for w in waiters:
         w.wait(30)
@@ -92,7 +103,7 @@ def test_holder_killed_with_sigkill_releases_the_lock_to_the_next(make_node):
         "assert flag[0] == 1\n"
     )
     b.send("lk = node.lock('k'); lk.acquire()", "lk.previous_holder_died")
-    time.sleep(0.3)  # b's request is queued behind the child
+    wait_for_waiters(a, "k", 1)  # b's request is queued behind the child
     a.run("os.kill(child, signal.SIGKILL); os.waitpid(child, 0)")
     assert b.wait(20) is True
 

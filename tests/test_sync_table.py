@@ -72,3 +72,12 @@ def test_barrier_parties_mismatch_names_both():
     t.join("a", 1, "B", 3, "a:1:1")
     with pytest.raises(SyncError, match="3 parties; asked for 4"):
         t.wait("b", 2, "B", 4, "b:1:1")
+
+
+def test_status_lists_the_holder_and_the_waiters_in_grant_order():
+    t = SyncTable()
+    assert t.status("L") == ("", [])
+    t.acquire("a", 1, "L", "a:1:1", None)
+    t.acquire("b", 2, "L", "b:1:1", None)
+    t.acquire("c", 3, "L", "c:1:1", None)
+    assert t.status("L") == ("a:1:1", ["b:1:1", "c:1:1"])

@@ -4,10 +4,12 @@ forwards them under a request id of its own and routes the answer back to the as
 Local request -> directory message:
     alloc          {name, nbytes, meta}           -> Alloc
     lock           {name, pid, tid, timeout_ms}   -> LockAcquire
+    lock_status    {name}                         -> LockStatus
     unlock         {name, pid, tid}               -> LockRelease
     barrier_join   {name, parties, pid, tid}      -> BarrierJoin
     barrier_wait   {name, parties, pid, tid}      -> BarrierWait
-Answers: Allocated -> "allocated", SyncReply -> "sync", Error -> "error".
+Answers: Allocated -> "allocated", SyncReply -> "sync", LockInfo -> "lock_info",
+Error -> "error".
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Forwarder:
             "alloc": self._alloc,
             "lock": self._lock,
             "unlock": self._unlock,
+            "lock_status": lambda req, m: p.LockStatus(req, str(local.expect(m, "name")[0])),
             "barrier_join": self._barrier(p.BarrierJoin),
             "barrier_wait": self._barrier(p.BarrierWait),
         }
@@ -62,6 +65,8 @@ class Forwarder:
         if isinstance(msg, p.Allocated):
             body = {"type": "allocated", "offset": msg.offset, "nbytes": msg.nbytes,
                     "meta": msg.meta}
+        elif isinstance(msg, p.LockInfo):
+            body = {"type": "lock_info", "holder": msg.holder, "waiting": msg.waiting}
         elif isinstance(msg, p.SyncReply):
             body = {"type": "sync", "status": msg.status, "detail": msg.detail}
         else:

@@ -127,6 +127,7 @@ class Agent:
             p.Invalidate: self._on_invalidate,
             p.Allocated: self._on_answer,
             p.SyncReply: self._on_answer,
+            p.LockInfo: self._on_answer,
             p.Error: self._on_answer,
             p.Welcome: lambda m, d: None,
         }

@@ -73,6 +73,7 @@ class DirectoryService:
                 self.sync.join(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
             p.BarrierWait: lambda n, m, d: self._replies(
                 self.sync.wait(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
+            p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *self.sync.status(m.name)))],
             p.Departed: lambda n, m, d: self._replies(
                 self.sync.depart(self._holder(n, m.prefix))),
         }

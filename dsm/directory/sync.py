@@ -109,6 +109,13 @@ class SyncTable:
         status = SyncStatus.GRANTED_BROKEN if broken else SyncStatus.GRANTED
         return [Reply(nxt.node, nxt.req, status)]
 
+    def status(self, name: str) -> tuple[str, list[str]]:
+        """(holder or "", waiting holders in grant order) of lock ``name``."""
+        lock = self.locks.get(name)
+        if lock is None:
+            return "", []
+        return lock.holder or "", [w.holder for w in lock.queue]
+
     def expire(self, now: float) -> list[Reply]:
         out = []
         for name, lock in self.locks.items():
