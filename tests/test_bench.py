@@ -119,3 +119,98 @@ def test_bench_lock_and_workloads_reject_bad_arguments():
         proc = subprocess.run([sys.executable, "-m", "dsm", "bench", *args],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+
+
+# --- scan, directory, jacobi and the whole suite, at tiny sizes ---------------------------------
+def summary_lines(stdout, labels):
+    """The table's lines that start with each label, in order (the test fails on a missing one)."""
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("measurement"))
+    for column in ("n", "median", "p90", "p99", "unit", "ratio", "target", "verdict"):
+        assert column in lines[header], lines[header]
+    found = []
+    for label in labels:
+        match = [line for line in lines[header + 2:] if line.startswith(label)]
+        assert match, (label, stdout)
+        found.append(match[0])
+    return found
+
+
+def test_bench_scan_streams_scans_and_reads_at_random(tmp_path):
+    out = tmp_path / "scan.json"
+    proc = run_dsm_bench("scan", "--mib", "4", "--repeats", "2", "--random-pages", "30",
+                         "--round-trips", "30", "--json", str(out))
+    stream, scan, one, rand = summary_lines(proc.stdout, [
+        "zmq PUSH/PULL stream", "sequential read of 4 MiB", "1 page per 4 KiB round trip",
+        "random 4 KiB reads"])
+    assert "MB/s" in stream and "baseline" in stream
+    assert re.search(r"\d+\.\d\dx\s+>=0.4x\s+(ok|MISSED)$", scan), scan
+    assert "pages/s" in rand and re.search(r"\d+\.\d\dx", rand), rand
+    assert "repeat 2/2" in proc.stderr  # progress goes to stderr
+    result = json.loads(out.read_text())
+    s = result["samples"]
+    assert len(s["stream_mbps"]) == len(s["scan_mbps"]) == 2
+    assert len(s["random_ns"]) == 30 and len(s["rtt_ns"]) == 30
+    assert result["scan_counters"]["pages_in"] >= 2 * 4 * 256  # every page came in
+    assert result["scan_ratio"] > 0 and result["random_ratio"] > 0
+
+
+def test_bench_directory_counts_requests_per_second(tmp_path):
+    out = tmp_path / "directory.json"
+    proc = run_dsm_bench("directory", "--clients", "2", "--requests", "100", "--rounds", "2",
+                         "--in-flight", "4", "--json", str(out))
+    rate, latency = summary_lines(proc.stdout, ["directory page requests (2 clients x 4",
+                                                "directory request latency"])
+    assert "req/s" in rate and ">=20,000" in rate
+    result = json.loads(out.read_text())
+    assert len(result["samples"]["requests_per_s"]) == 2
+    assert len(result["samples"]["latency_ns"]) == 2 * 2 * 100
+    assert all(t > 0 for t in result["samples"]["latency_ns"])
+
+
+def test_bench_jacobi_times_each_iteration_beside_numpy(tmp_path):
+    out = tmp_path / "jacobi.json"
+    proc = run_dsm_bench("jacobi", "--size", "48", "--iterations", "3", "--json", str(out))
+    numpy_row, dsm_row = summary_lines(proc.stdout, ["jacobi 48x48 iteration, plain numpy",
+                                                     "jacobi 48x48 iteration, 2 nodes"])
+    assert re.search(r"\d+\.\d\dx", dsm_row), dsm_row
+    assert "MATCH" in proc.stdout
+    result = json.loads(out.read_text())
+    assert len(result["samples"]["iteration_s"]) == 3
+    assert len(result["samples"]["numpy_iteration_s"]) == 3
+    assert [len(t) for t in result["samples"]["per_node_iteration_s"]] == [3, 3]
+
+
+def test_bench_suite_runs_everything_into_one_table_json_and_png(tmp_path):
+    from dsm.bench.suite import NAMES
+
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = run_dsm_bench("--quick", "--json", str(out), "--plot", str(png))
+    summary_lines(proc.stdout, ["zmq DEALER/ROUTER round trip (4 KiB)", "read fault, page at home",
+                                "uncontended acquire", "sequential read of 8 MiB",
+                                "random 4 KiB reads", "directory page requests",
+                                "jacobi on 2 node(s)", "counter on 2 node(s)",
+                                "jacobi 64x64 iteration, 2 nodes"])
+    for name in NAMES:
+        assert f"=== {name} " in proc.stderr, name  # progress, benchmark by benchmark
+    result = json.loads(out.read_text())
+    assert result["failures"] == {}
+    assert list(result["benchmarks"]) == NAMES
+    assert {"python", "pyzmq", "libzmq", "numpy", "kernel", "cpus"} <= set(result["environment"])
+    assert result["benchmarks"]["fault"]["samples_ns"]["home_read"]
+    assert result["benchmarks"]["scan"]["samples"]["scan_mbps"]
+    keys = {(r["bench"], r["key"]) for r in result["summary"]}
+    assert {("fault", "home_read"), ("scan", "scan"), ("directory", "directory_rate"),
+            ("jacobi", "jacobi_dsm"), ("workloads", "jacobi_2")} <= keys
+    for row in result["summary"]:
+        assert row["verdict"] in ("ok", "MISSED", "report", "baseline"), row
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_new_benchmarks_reject_bad_arguments():
+    for args in (["scan", "--mib", "0"], ["scan", "--random-pages", "0"],
+                 ["directory", "--clients", "0"], ["jacobi", "--size", "2"],
+                 ["--only", "nosuch"], ["all", "--skip", "fault,lock,scan,directory,workloads,jacobi"]):
+        proc = subprocess.run([sys.executable, "-m", "dsm", "bench", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)

@@ -1,7 +1,16 @@
 """Benchmarks of the DSM, each measured beside its baseline in the same run (``dsm bench``).
 
-- ``worker``: a node process driven by the benchmark (attaches, then runs page commands).
-- ``echo``: a bare pyzmq ROUTER echo server, the round-trip baseline.
-- ``procs``: starting and stopping the directory, echo and worker processes with deadlines.
-- ``fault``: the fault-latency benchmark, ``dsm bench fault``.
+The shared harness:
+
+- ``common``: progress lines, the environment, sessions (log directory, SIGTERM), the rows and
+  format of the combined table, ``--json``/``--plot`` output.
+- ``procs``: starting and stopping the directory, the baselines' servers, node workers and other
+  driven children, with deadlines.
+- ``worker``: a node process driven by a benchmark (attaches, then runs page commands).
+- ``echo``: the bare pyzmq baselines' far end: a ROUTER echo (round trips) or a PULL (streams).
+- ``dirclient``: a client that speaks the node protocol straight to a directory.
+- ``plot``: the PNG (matplotlib, imported only there).
+
+One module per benchmark: ``fault``, ``lock``, ``scan``, ``directory``, ``workloads``, ``jacobi``;
+``suite`` runs them all (``dsm bench``).
 """

@@ -28,15 +28,9 @@ the round trip's median.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
-import shutil
-import signal
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +38,13 @@ from typing import Any
 import numpy as np
 import zmq
 
+from dsm.bench import common
+from dsm.bench.common import BenchError, Progress, environment
 from dsm.bench.procs import BenchProcessError, Processes, Worker, cpu_ns
 
-#: targets, as a ratio of the fault's median to the round trip's median (later issues lower
-#: the home read's to 1.2x and set targets for the other rows)
-TARGETS: dict[str, float] = {"home_read": 1.3}
+#: targets, as a ratio of the fault's median to the round trip's median (issue 6's table)
+TARGETS: dict[str, float] = {"home_read": 1.2, "owned_read": 1.8, "write_upgrade": 2.0,
+                             "write_miss": 2.0}
 
 DEFAULT_PAGES = 1000
 DEFAULT_ROUNDS = 10
@@ -121,64 +117,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "one page)")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the page order (pages are visited in random order)")
-    parser.add_argument("--json", metavar="FILE", help="write the raw samples and the summary here")
-    parser.add_argument("--keep-logs", action="store_true",
-                        help="keep the processes' logs (their directory is printed)")
+    common.add_output_arguments(parser)
     parser.add_argument("--fail-on-target", action="store_true",
                         help="exit with status 3 when a row misses its target")
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, or None."""
     round_trips = args.round_trips if args.round_trips is not None else args.pages
     if min(args.pages, args.rounds, args.message_bytes, round_trips) < 1:
-        print("dsm bench fault: --pages, --round-trips, --rounds and --message-bytes must be "
-              "positive", file=sys.stderr)
-        return 2
+        return "--pages, --round-trips, --rounds and --message-bytes must be positive"
+    return None
+
+
+def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
+    """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
+    round_trips = args.round_trips if args.round_trips is not None else args.pages
     rounds = min(args.rounds, args.pages, round_trips)
-    # SIGTERM unwinds like Ctrl-C, so that the finally below kills every child
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    log_dir = Path(tempfile.mkdtemp(prefix="dsm-bench-"))
     procs = Processes(log_dir)
-    progress = Progress()
-    ok = False
     try:
         bench = FaultBench(procs, args.pages, round_trips, rounds, args.transport,
                            args.message_bytes, args.seed, progress)
-        result = bench.run()
-        ok = True
+        return bench.run()
     except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:
-        print(f"dsm bench fault: error: {exc}", file=sys.stderr)
-        print(procs.logs(), file=sys.stderr)
-        return 1
+        raise BenchError(f"{exc}\n{procs.logs()}") from None
     finally:
         progress("stopping the processes")
         procs.close()
-        if args.keep_logs or not ok:
-            print(f"dsm bench fault: logs in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = check_arguments(args)
+    if problem:
+        print(f"dsm bench fault: {problem}", file=sys.stderr)
+        return 2
+    progress = Progress()
+    try:
+        with common.terminable(), common.LogDirectory("fault", args.keep_logs) as logs:
+            result = measure(args, progress, logs.path)
+    except BenchError as exc:
+        print(f"dsm bench fault: error: {exc}", file=sys.stderr)
+        return 1
+    except (common.Interrupted, KeyboardInterrupt):
+        print("dsm bench fault: interrupted", file=sys.stderr)
+        return 130
     print(format_table(result))
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f)
-        progress(f"raw samples written to {args.json}")
+    common.write_outputs(result, args, progress)
     if args.fail_on_target and any(r["meets_target"] is False for r in result["rows"]):
         return 3
     return 0
-
-
-class BenchError(RuntimeError):
-    """The benchmark saw something wrong (a page read back wrong, a node's counters off)."""
-
-
-class Progress:
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-
-    def __call__(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.t0:6.1f} s] {text}", file=sys.stderr, flush=True)
 
 
 class FaultBench:
@@ -337,20 +326,7 @@ class FaultBench:
         return self._call(node, "stats")["stats"]["counters"]
 
     def _round_trips(self, dealer: zmq.Socket, payload: bytes, n: int) -> list[int]:
-        pc = time.perf_counter_ns
-        out = [0] * n
-        timeout_ms = int(BASE_TIMEOUT_S * 1000)
-        for i in range(n):
-            t0 = pc()
-            dealer.send(payload)
-            if not dealer.poll(timeout_ms):
-                raise BenchError(f"the echo server did not answer within {BASE_TIMEOUT_S} s")
-            reply = dealer.recv(copy=False)
-            t1 = pc()
-            out[i] = t1 - t0
-            if len(reply) != len(payload):
-                raise BenchError(f"the echo server sent {len(reply)} bytes back, not {len(payload)}")
-        return out
+        return common.round_trips(dealer, payload, n, BASE_TIMEOUT_S)
 
     def _verify(self) -> None:
         """The writes landed: B reads back (a sample of) what A and C's child wrote last."""
@@ -403,18 +379,6 @@ class FaultBench:
         }
 
 
-def environment() -> dict:
-    return {
-        "python": platform.python_version(),
-        "pyzmq": zmq.pyzmq_version(),
-        "libzmq": zmq.zmq_version(),
-        "numpy": np.__version__,
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-
-
 def _size(nbytes: int) -> str:
     return f"{nbytes // 1024} KiB" if nbytes % 1024 == 0 else f"{nbytes} B"
 
@@ -456,3 +420,18 @@ def format_table(result: dict) -> str:
         cells = ", ".join(f"{name} {t:.1f}" for t, name in busy) or "-"
         out.append(f"  {r['label'].ljust(widths[0])}  {cells}")
     return "\n".join(out)
+
+
+def summary(result: dict) -> list[dict]:
+    """The combined table's rows (``dsm bench``): every fault against the round trip."""
+    rows = []
+    for r in result["rows"]:
+        samples = np.asarray(result["samples_ns"][r["key"]], dtype=np.float64) / common.NS_PER_US
+        if r["key"] == "rtt":
+            rows.append(common.summary_row("fault", r["key"], r["label"], "µs", samples,
+                                           is_baseline=True))
+        else:
+            rows.append(common.summary_row("fault", r["key"], r["label"], "µs", samples,
+                                           ratio=r["ratio"], baseline="rtt",
+                                           at_most=TARGETS.get(r["key"])))
+    return rows

@@ -27,20 +27,16 @@ trip's median. The counter must end at exactly the number of increments made.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zmq
 
-from dsm.bench.fault import Progress, environment
+from dsm.bench import common
+from dsm.bench.common import BenchError, Progress, environment
 from dsm.bench.procs import BenchProcessError, Processes, Worker
 
 DEFAULT_ACQUIRES = 2000
@@ -53,10 +49,6 @@ WARMUP_ACQUIRES = 50
 #: a worker command's deadline: this much, plus PER_ACQUIRE_TIMEOUT_S for each acquisition
 BASE_TIMEOUT_S = 30.0
 PER_ACQUIRE_TIMEOUT_S = 0.05
-
-
-class BenchError(RuntimeError):
-    """The benchmark saw something wrong (a counter off: the lock let two holders in)."""
 
 
 @dataclass
@@ -110,52 +102,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how nodes reach the directory, and the round trip's transport")
     parser.add_argument("--message-bytes", type=int, default=DEFAULT_MESSAGE_BYTES,
                         help=f"round-trip message size (default {DEFAULT_MESSAGE_BYTES})")
-    parser.add_argument("--json", metavar="FILE", help="write every sample and the table as JSON")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    common.add_output_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, or None."""
     for name in ("acquires", "contended", "rounds", "nodes", "message_bytes"):
         if getattr(args, name) < 1:
-            print(f"dsm bench lock: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
+            return f"--{name.replace('_', '-')} must be at least 1"
     if args.nodes < 2:
-        print("dsm bench lock: --nodes must be at least 2 (contention needs two)", file=sys.stderr)
-        return 2
+        return "--nodes must be at least 2 (contention needs two)"
+    return None
+
+
+def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
+    """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
     round_trips = args.round_trips if args.round_trips is not None else args.acquires
-    progress = Progress()
-    log_dir = Path(tempfile.mkdtemp(prefix="dsm-bench-lock-"))
     procs = Processes(log_dir)
-    ok = False
-
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         bench = LockBench(procs, args.nodes, args.acquires, args.contended, round_trips,
                           args.rounds, args.transport, args.message_bytes, progress)
-        result = bench.run()
-        ok = True
-    except (BenchProcessError, BenchError) as exc:
+        return bench.run()
+    except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:
+        raise BenchError(f"{exc}\n{procs.logs()}") from None
+    finally:
+        procs.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = check_arguments(args)
+    if problem:
+        print(f"dsm bench lock: {problem}", file=sys.stderr)
+        return 2
+    progress = Progress()
+    try:
+        with common.terminable(), common.LogDirectory("lock", args.keep_logs) as logs:
+            result = measure(args, progress, logs.path)
+    except BenchError as exc:
         print(f"dsm bench lock: {exc}", file=sys.stderr)
-        print(procs.logs(), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (common.Interrupted, KeyboardInterrupt):
         print("dsm bench lock: interrupted", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, old)
-        procs.close()
-        if args.keep_logs or not ok:
-            print(f"dsm bench lock: logs in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f)
-        progress(f"raw samples written to {args.json}")
+    common.write_outputs(result, args, progress)
     return 0
 
 
@@ -272,19 +262,7 @@ class LockBench:
 
 
 def _round_trips(dealer: zmq.Socket, payload: bytes, n: int) -> list[int]:
-    pc = time.perf_counter_ns
-    out = [0] * n
-    timeout_ms = int(BASE_TIMEOUT_S * 1000)
-    for i in range(n):
-        t0 = pc()
-        dealer.send(payload)
-        if not dealer.poll(timeout_ms):
-            raise BenchError(f"the echo server did not answer within {BASE_TIMEOUT_S} s")
-        reply = dealer.recv(copy=False)
-        out[i] = pc() - t0
-        if len(reply) != len(payload):
-            raise BenchError(f"the echo server sent {len(reply)} bytes back, not {len(payload)}")
-    return out
+    return common.round_trips(dealer, payload, n, BASE_TIMEOUT_S)
 
 
 def format_table(result: dict) -> str:
@@ -318,3 +296,18 @@ def format_table(result: dict) -> str:
                                for r in result["rows"][1:]))
     out.append(f"shared counter: {result['counter']} increments under the lock, none lost")
     return "\n".join(out)
+
+
+def summary(result: dict) -> list[dict]:
+    """The combined table's rows (``dsm bench``): every lock measurement against the round
+    trip, reported (no targets)."""
+    rows = []
+    for r in result["rows"]:
+        samples = np.asarray(result["samples_ns"][r["key"]], dtype=np.float64) / common.NS_PER_US
+        if r["key"] == "rtt":
+            rows.append(common.summary_row("lock", "lock_rtt", r["label"], "µs", samples,
+                                           is_baseline=True))
+            continue
+        rows.append(common.summary_row("lock", r["key"], r["label"], "µs", samples,
+                                       ratio=r["ratio"], baseline="lock_rtt", n=r["n"]))
+    return rows

@@ -1,5 +1,6 @@
-"""The processes of a benchmark: a directory, an echo server, node workers. Every start and
-every answer waits with a deadline; ``Processes.close()`` kills whatever is still alive."""
+"""The processes of a benchmark: a directory, the baselines' servers (echo, pull), node workers.
+Every start and every answer waits with a deadline; ``Processes.close()`` kills whatever is still
+alive."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class Child:
             stderr=self._log, start_new_session=True,
         )
         self._buf = b""
+        #: where a baseline server listens (set once it said so)
+        self.endpoint: str | None = None
 
     def line(self, timeout_s: float, what: str | None = None) -> str:
         """The next line of the child's stdout, within ``timeout_s``."""
@@ -80,12 +83,35 @@ class Child:
             return ""
 
 
-class Worker(Child):
+class Driven(Child):
+    """A child that answers commands: one JSON object a line on its stdin, one JSON reply a
+    line on its stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``)."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path):
+        super().__init__(name, cmd, log_dir, stdin=True)
+
+    def send(self, op: str, **args: Any) -> None:
+        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout_s: float = COMMAND_TIMEOUT_S) -> dict:
+        reply = json.loads(self.line(timeout_s, self.name))
+        if not reply.pop("ok"):
+            raise BenchProcessError(f"{self.name} failed:\n{reply.get('error')}")
+        return reply
+
+    def call(self, op: str, deadline_s: float = COMMAND_TIMEOUT_S, **args: Any) -> dict:
+        """Run one command; its answer must come within ``deadline_s``."""
+        self.send(op, **args)
+        return self.wait(deadline_s)
+
+
+class Worker(Driven):
     """A node process running ``dsm.bench.worker``."""
 
     def __init__(self, directory: str, name: str, log_dir: Path):
-        super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory, name],
-                         log_dir, stdin=True)
+        super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory,
+                                          name], log_dir)
         self.node = name
         self.agent_pid: int | None = None
 
@@ -94,22 +120,6 @@ class Worker(Child):
         if not reply.get("ok"):
             raise BenchProcessError(f"node {self.node} could not attach:\n{reply.get('error')}")
         self.agent_pid = find_child(self.proc.pid, "agent")
-
-
-    def send(self, op: str, **args: Any) -> None:
-        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def wait(self, timeout_s: float = COMMAND_TIMEOUT_S) -> dict:
-        reply = json.loads(self.line(timeout_s, f"node {self.node}"))
-        if not reply.pop("ok"):
-            raise BenchProcessError(f"node {self.node} failed:\n{reply.get('error')}")
-        return reply
-
-    def call(self, op: str, deadline_s: float = COMMAND_TIMEOUT_S, **args: Any) -> dict:
-        """Run one command; its answer must come within ``deadline_s``."""
-        self.send(op, **args)
-        return self.wait(deadline_s)
 
 
 def find_child(pid: int, word: str) -> int | None:
@@ -156,6 +166,7 @@ class Processes:
         self.children: list[Child] = []
         self.directory: Child | None = None
         self.echo: Child | None = None
+        self.pull: Child | None = None
 
     def start_directory(self, listen: str, region_bytes: int) -> str:
         child = Child("directory", [sys.executable, "-m", "dsm", "directory", "--listen", listen,
@@ -168,13 +179,24 @@ class Processes:
         return line.rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
 
     def start_echo(self, listen: str) -> str:
-        child = Child("echo", [sys.executable, "-m", "dsm.bench.echo", listen], self.log_dir)
+        """The round-trip baseline's ROUTER echo server; its bound endpoint."""
+        self.echo = self._start_baseline("echo", [], listen)
+        return self.echo.endpoint
+
+    def start_pull(self, listen: str) -> str:
+        """The streaming baseline's PULL end (``self.pull``: its per-stream reports come as
+        lines, read with ``self.pull.line(timeout)``); its bound endpoint."""
+        self.pull = self._start_baseline("pull", ["--pull"], listen)
+        return self.pull.endpoint
+
+    def _start_baseline(self, kind: str, flags: list[str], listen: str) -> Child:
+        child = Child(kind, [sys.executable, "-m", "dsm.bench.echo", *flags, listen], self.log_dir)
         self.children.append(child)
-        self.echo = child
-        line = child.line(START_TIMEOUT_S, "echo server start")
-        if not line.startswith("echo listening on "):
-            raise BenchProcessError(f"unexpected first line from the echo server: {line!r}")
-        return line.rsplit(" ", 1)[-1]
+        line = child.line(START_TIMEOUT_S, f"{kind} server start")
+        if not line.startswith(f"{kind} listening on "):
+            raise BenchProcessError(f"unexpected first line from the {kind} server: {line!r}")
+        child.endpoint = line.rsplit(" ", 1)[-1]
+        return child
 
     def start_workers(self, directory: str, names: list[str]) -> dict[str, Worker]:
         """Start the nodes together (their agents start in parallel), then wait for each."""
@@ -186,6 +208,12 @@ class Processes:
         for w in workers.values():
             w.wait_attached()
         return workers
+
+    def start_driven(self, name: str, cmd: list[str]) -> Driven:
+        """Another child that answers commands (see ``Driven``)."""
+        child = Driven(name, cmd, self.log_dir)
+        self.children.append(child)
+        return child
 
     def close(self) -> None:
         """Kill every child with its session (a node's agent and watchdog too): a benchmark's

@@ -9,6 +9,9 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
                                               untimed: read (or write V + page) one word per page
     {"op": "time", "pages": [...], "write": bool, "value": V}
                                               time one access per page, in ns
+    {"op": "fill", "value": V}                write the whole array in order, word i = V + i
+    {"op": "scan", "value": V}                time one numpy pass over the whole array
+                                              (``arr.sum()``), then check it held V + i
     {"op": "stats"}                           the node's counters (``node.stats()``)
     {"op": "lock", "name": L, "n": K, "parties": P, "counter": C}
                                               time K acquire/release pairs of lock L (P workers
@@ -19,8 +22,9 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
     {"op": "child", "command": {...}}         run a command in that child
     {"op": "reap"}                            end the child
 
-Reads check the word they read against ``expect + page`` (``expect`` given in the command): a
-page served wrong (say, zero) is reported, never silently timed.
+Reads check the word they read against ``expect + page * stride`` (``expect`` and ``stride``,
+default 1, given in the command; ``stride`` = words per page for an array ``fill`` wrote): a page
+served wrong (say, zero) is reported, never silently timed.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import dsm
 
 #: how long a forked child may take to answer a command
 FORK_TIMEOUT_S = 60.0
+#: words written per numpy call by ``fill`` (8 MiB of int64: fast, and no array-sized temporary)
+FILL_CHUNK_WORDS = 1 << 20
 
 
 class Worker:
@@ -52,7 +58,7 @@ class Worker:
         return {"page_size": self.node.layout.page_size, "base": self.node.address_of(self.arr)}
 
     def op_touch(self, pages: list[int], write: bool = False, value: int = 0,
-                 expect: int | None = None) -> dict:
+                 expect: int | None = None, stride: int = 1) -> dict:
         arr, wpp = self.arr, self.words_per_page
         bad = []
         for pg in pages:
@@ -60,11 +66,12 @@ class Worker:
                 arr[pg * wpp] = value + pg
             else:
                 x = int(arr[pg * wpp])
-                if expect is not None and x != expect + pg:
+                if expect is not None and x != expect + pg * stride:
                     bad.append([pg, x])
         return {"bad": bad[:10], "n_bad": len(bad)}
 
-    def _timed(self, pages: list[int], write: bool, value: int, expect: int | None) -> dict:
+    def _timed(self, pages: list[int], write: bool, value: int, expect: int | None,
+               stride: int = 1) -> dict:
         arr, wpp = self.arr, self.words_per_page
         pc = time.perf_counter_ns
         samples = [0] * len(pages)
@@ -91,12 +98,38 @@ class Worker:
             gc.enable()
         bad = []
         if not write and expect is not None:
-            bad = [[pg, int(x)] for pg, x in zip(pages, seen) if int(x) != expect + pg]
+            bad = [[pg, int(x)] for pg, x in zip(pages, seen) if int(x) != expect + pg * stride]
         return {"samples_ns": samples, "bad": bad[:10], "n_bad": len(bad)}
 
     def op_time(self, pages: list[int], write: bool = False, value: int = 0,
-                expect: int | None = None) -> dict:
-        return self._timed(pages, write, value, expect)
+                expect: int | None = None, stride: int = 1) -> dict:
+        return self._timed(pages, write, value, expect, stride)
+
+    def op_fill(self, value: int) -> dict:
+        """Write the whole array in order (word i holds ``value + i``), a chunk per numpy call."""
+        arr = self.arr
+        t0 = time.perf_counter_ns()
+        for lo in range(0, len(arr), FILL_CHUNK_WORDS):
+            hi = min(lo + FILL_CHUNK_WORDS, len(arr))
+            arr[lo:hi] = np.arange(lo + value, hi + value, dtype=np.int64)
+        return {"ns": time.perf_counter_ns() - t0}
+
+    def op_scan(self, value: int) -> dict:
+        """Time one sequential numpy pass over the whole array (``arr.sum()``), then check what it
+        read: the sum, and (untimed) the first word of every page, against ``fill(value)``."""
+        arr, wpp = self.arr, self.words_per_page
+        gc.disable()
+        try:
+            t0 = time.perf_counter_ns()
+            total = int(arr.sum())
+            ns = time.perf_counter_ns() - t0
+        finally:
+            gc.enable()
+        n = len(arr)
+        firsts = np.asarray(arr[::wpp])
+        wrong = np.flatnonzero(firsts != value + np.arange(0, n, wpp, dtype=np.int64))
+        return {"ns": ns, "sum_ok": total == value * n + n * (n - 1) // 2,
+                "bad": [[int(pg), int(firsts[pg])] for pg in wrong[:10]], "n_bad": len(wrong)}
 
     def op_stats(self) -> dict:
         return {"stats": self.node.stats()}

@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dsm.bench.fault import Progress, environment
+from dsm.bench import common
+from dsm.bench.common import BenchError, Progress, environment
 
 #: size and iterations of each workload in the benchmark: each run takes seconds
 BENCH_PROBLEMS: dict[str, tuple[int, int]] = {
@@ -44,10 +43,6 @@ RUN_TIMEOUT_S = 180.0
 REFERENCE_TIMEOUT_S = 300.0
 FAULT_KEYS = ("faults_missing_read", "faults_missing_write", "faults_wp_write")
 TRAFFIC_KEYS = ("pages_in", "pages_out", "invalidations")
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 def _int_list(text: str) -> list[int]:
@@ -83,55 +78,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the nodes reach the directory (default tcp)")
     parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S,
                         help=f"seconds one cluster run may take (default {RUN_TIMEOUT_S:g})")
-    parser.add_argument("--json", metavar="FILE", help="write every run's results as JSON")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    common.add_output_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def problems_of(args: argparse.Namespace) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """The workloads asked for and each one's (size, iterations); raises ValueError."""
     from dsm.commands.demo import WORKLOADS
 
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in names if w not in BENCH_PROBLEMS]
     if unknown or not names:
-        print(f"dsm bench workloads: unknown workload(s) {unknown} (choose from "
-              f"{', '.join(BENCH_PROBLEMS)})", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown workload(s) {unknown} (choose from {', '.join(BENCH_PROBLEMS)})")
     problems = {w: BENCH_PROBLEMS[w] for w in names}
     for name, size, iterations in args.problem:
         if name not in WORKLOADS or name == "rows":
-            print(f"dsm bench workloads: --problem: unknown workload {name!r}", file=sys.stderr)
-            return 2
+            raise ValueError(f"--problem: unknown workload {name!r}")
         problems[name] = (size, iterations if iterations is not None else problems.get(
             name, BENCH_PROBLEMS.get(name, (0, 1)))[1])
-    progress = Progress()
-    log_dir = Path(tempfile.mkdtemp(prefix="dsm-bench-workloads-"))
-    ok = False
+    return names, problems
 
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_sigterm)
+def check_arguments(args: argparse.Namespace) -> str | None:
     try:
-        result = WorkloadBench(names, problems, args.nodes, args.transport, args.timeout,
-                               log_dir, progress).run()
-        ok = all(r["match"] for r in result["runs"])
+        problems_of(args)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
+    """Run every workload on every node count (clusters under ``log_dir``); the result (a run
+    that failed is in it with ``match`` false). Raises BenchError."""
+    names, problems = problems_of(args)
+    return WorkloadBench(names, problems, args.nodes, args.transport, args.timeout,
+                         log_dir, progress).run()
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = check_arguments(args)
+    if problem:
+        print(f"dsm bench workloads: {problem}", file=sys.stderr)
+        return 2
+    progress = Progress()
+    try:
+        with common.terminable(), common.LogDirectory("workloads", args.keep_logs) as logs:
+            result = measure(args, progress, logs.path)
+            ok = all(r["match"] for r in result["runs"])
+            logs.keep |= not ok  # the failed runs' logs
     except BenchError as exc:
         print(f"dsm bench workloads: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (common.Interrupted, KeyboardInterrupt):
         print("dsm bench workloads: interrupted", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, old)
-        if args.keep_logs or not ok:
-            print(f"dsm bench workloads: logs in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f)
-        progress(f"results written to {args.json}")
+    common.write_outputs(result, args, progress)
     return 0 if ok else 1
 
 
@@ -271,3 +272,32 @@ def format_table(result: dict) -> str:
     for r in failed:
         out.append(f"{r['workload']} on {r['nodes']} node(s): {'; '.join(r['problems'])}")
     return "\n".join(out)
+
+
+def summary(result: dict) -> list[dict]:
+    """The combined table's rows (``dsm bench``): per workload, plain numpy in one process (the
+    baseline), then each node count's run phase against it; reported (no targets)."""
+    rows = []
+    seen = set()
+    for r in result["runs"]:
+        base_key = f"{r['workload']}_numpy"
+        if base_key not in seen:  # numpy was timed before each node count's run
+            seen.add(base_key)
+            rows.append(common.summary_row(
+                "workloads", base_key, f"{r['workload']} {r['problem']}: plain numpy", "s",
+                [x["numpy_seconds"] for x in result["runs"] if x["workload"] == r["workload"]],
+                is_baseline=True))
+        ratio = r["seconds"] / r["numpy_seconds"] if r["numpy_seconds"] else float("nan")
+        verdict_label = "" if r["match"] else " MISMATCH"
+        rows.append(common.summary_row("workloads", f"{r['workload']}_{r['nodes']}",
+                                       f"{r['workload']} on {r['nodes']} node(s){verdict_label}",
+                                       "s", [r["seconds"]], ratio=ratio, baseline=base_key))
+    return rows
+
+
+def traffic_lines(result: dict) -> list[str]:
+    """The DSM traffic of each run, one line each (the combined table has no room for it)."""
+    return [f"{r['workload']} on {r['nodes']} node(s): {r['faults']} faults, "
+            f"{r['pages_in']} pages in, {r['pages_out']} out, {r['invalidations']} invalidations, "
+            f"{r['requests']} requests{'' if r['match'] else ' (MISMATCH)'}"
+            for r in result["runs"]]

@@ -1,44 +1,53 @@
 """``dsm bench``: benchmarks, each measured beside its baseline in the same run.
 
-    dsm bench fault [--pages N] [--transport tcp|ipc] [--json FILE] ...
-    dsm bench lock [--acquires N] [--contended N] [--nodes N] [--json FILE] ...
-    dsm bench workloads [--workloads jacobi,matmul,sort,counter] [--nodes 1,2,3] [--json FILE] ...
+    dsm bench [--json FILE] [--plot FILE] [--transport tcp|ipc] [--quick] ...   (all: one table)
+    dsm bench all ...                                       (the same)
+    dsm bench fault [--pages N] [--transport tcp|ipc] [--json FILE] [--plot FILE] ...
+    dsm bench lock [--acquires N] [--contended N] [--nodes N] ...
+    dsm bench scan [--mib N] [--repeats N] [--random-pages N] ...
+    dsm bench directory [--clients N] [--in-flight N] [--requests N] ...
+    dsm bench workloads [--workloads jacobi,matmul,sort,counter] [--nodes 1,2,3] ...
+    dsm bench jacobi [--size N] [--iterations N] [--nodes N] ...
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dsm.bench import fault, lock, workloads
+from dsm.bench import directory, fault, jacobi, lock, scan, suite, workloads
+
+#: name -> (module, one line of help); the module's docstring is the description
+BENCHMARKS = {
+    "fault": (fault, "page-fault latency (read from home, from an owner, write invalidating "
+                     "copies, local) beside a bare ZeroMQ round trip"),
+    "lock": (lock, "lock acquire/release round trips, uncontended and contended, beside a bare "
+                   "ZeroMQ round trip"),
+    "scan": (scan, "sequential read of a large array written by another node beside a bare "
+                   "ZeroMQ stream, and random page reads beside one page per round trip"),
+    "directory": (directory, "page requests per second one directory serves to clients with "
+                             "requests in flight"),
+    "workloads": (workloads, "the parallel programs of nodes/ on 1, 2 and 3 nodes beside plain "
+                             "numpy in one process, with the DSM traffic they caused"),
+    "jacobi": (jacobi, "one Jacobi iteration (1024x1024 float64) on 2 nodes beside plain numpy"),
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench", help="measure the DSM against its baselines (ratios, not bare times)"
+        "bench", help="measure the DSM against its baselines (ratios, not bare times)",
+        description=suite.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    fault_parser = benches.add_parser(
-        "fault",
-        help="page-fault latency (read from home, from an owner, write invalidating copies, "
-             "local) beside a bare ZeroMQ round trip",
-        description="What one page fault costs, beside a bare ZeroMQ round trip measured in the "
-                    "same run: each row as a ratio to the round trip.",
-    )
-    fault.add_arguments(fault_parser)
-    fault_parser.set_defaults(func=fault.run)
-    lock_parser = benches.add_parser(
-        "lock",
-        help="lock acquire/release round trips, uncontended and contended, beside a bare ZeroMQ "
-             "round trip",
-        description=lock.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    lock.add_arguments(lock_parser)
-    lock_parser.set_defaults(func=lock.run)
-    workloads_parser = benches.add_parser(
-        "workloads",
-        help="the parallel programs of nodes/ on 1, 2 and 3 nodes beside plain numpy in one "
-             "process, with the DSM traffic they caused",
-        description=workloads.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    workloads.add_arguments(workloads_parser)
-    workloads_parser.set_defaults(func=workloads.run)
+    # no benchmark named: the whole suite, with the suite's options
+    suite.add_arguments(parser)
+    parser.set_defaults(func=suite.run)
+    benches = parser.add_subparsers(dest="bench", metavar="BENCHMARK")
+    all_parser = benches.add_parser("all", help="every benchmark in sequence, one table",
+                                    description=suite.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    suite.add_arguments(all_parser)
+    all_parser.set_defaults(func=suite.run)
+    for name, (module, text) in BENCHMARKS.items():
+        sub = benches.add_parser(name, help=text, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run)

@@ -1,0 +1,200 @@
+"""``dsm bench directory``: how many page requests per second one directory serves.
+
+One run starts a directory and ``--clients`` client processes (``dsm.bench.dirclient``, default
+4) that speak the node protocol straight to it over ZeroMQ, with no agent: each says Hello, then
+asks for read copies of pages nobody has touched (``Acquire(page, 1, write=False,
+have_copy=False)``), one page per request, keeping ``--in-flight`` requests outstanding (default
+16), and reads every Grant. The directory's whole work per request is the real one: decode,
+look the page up, record the new copy holder, encode and send the Grant (of a zero page: no page
+bytes travel).
+
+In each of ``--rounds`` rounds every client sends ``--requests`` requests for pages of its own
+that nobody asked for before; the round's throughput is all the clients' requests over the time
+from the first send to the last answer (the clients' clocks are the same CLOCK_MONOTONIC). The
+target is at least 20,000 requests per second. Every request's latency (send to Grant, with the
+others in flight) is reported too.
+
+The clients and the directory share this machine's cores: on 2 cores, 4 clients in Python take
+part of the CPU the directory would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dsm.bench import common
+from dsm.bench.common import NS_PER_S, NS_PER_US, BenchError, Progress
+from dsm.bench.procs import BenchProcessError, Driven, Processes, cpu_ns
+
+DEFAULT_CLIENTS = 4
+DEFAULT_IN_FLIGHT = 16
+DEFAULT_REQUESTS = 5000
+DEFAULT_ROUNDS = 5
+#: target: page requests per second served
+TARGET_PER_S = 20_000
+#: requests per client before the timed rounds (every code path warm)
+WARMUP_REQUESTS = 500
+#: deadlines: a client's start, and a round: this much plus so much per request
+START_TIMEOUT_S = 20.0
+BASE_TIMEOUT_S = 30.0
+PER_REQUEST_TIMEOUT_S = 0.005
+#: region room beyond the pages the rounds ask for
+REGION_SPARE_PAGES = 1024
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = {"clients": DEFAULT_CLIENTS, "in_flight": DEFAULT_IN_FLIGHT,
+         "requests": DEFAULT_REQUESTS, "rounds": DEFAULT_ROUNDS}
+    parser.add_argument("--clients", type=int, default=d["clients"],
+                        help=f"client processes (default {d['clients']})")
+    parser.add_argument("--in-flight", type=int, default=d["in_flight"],
+                        help=f"requests each client keeps outstanding (default {d['in_flight']})")
+    parser.add_argument("--requests", type=int, default=d["requests"],
+                        help=f"requests per client per round (default {d['requests']})")
+    parser.add_argument("--rounds", type=int, default=d["rounds"],
+                        help=f"timed rounds (default {d['rounds']})")
+
+    common.add_transport_argument(parser)
+    common.add_output_arguments(parser)
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    for name in ("clients", "in_flight", "requests", "rounds"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1"
+    return None
+
+
+def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
+    """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
+    procs = Processes(log_dir)
+    try:
+        return DirectoryBench(procs, args, progress).run()
+    except (BenchProcessError, BenchError, OSError) as exc:
+        raise BenchError(f"{exc}\n{procs.logs()}") from None
+    finally:
+        progress("stopping the processes")
+        procs.close()
+
+
+class DirectoryBench:
+    def __init__(self, procs: Processes, args: argparse.Namespace, progress: Progress):
+        self.procs = procs
+        self.n_clients = args.clients
+        self.in_flight = args.in_flight
+        self.requests = args.requests
+        self.rounds = args.rounds
+        self.transport = args.transport
+        self.progress = progress
+        self.clients: list[Driven] = []
+
+    def run(self) -> dict:
+        p = self.progress
+        page_bytes = os.sysconf("SC_PAGE_SIZE")
+        pages = self.n_clients * (WARMUP_REQUESTS + self.rounds * self.requests)
+        region = (pages + REGION_SPARE_PAGES) * page_bytes
+        p(f"starting a directory ({self.transport}) and {self.n_clients} clients")
+        directory = self.procs.start_directory(
+            common.endpoint(self.transport, self.procs.log_dir, "dir"), region)
+        names = [f"client{k}" for k in range(self.n_clients)]
+        self.clients = [self.procs.start_driven(
+            name, [sys.executable, "-m", "dsm.bench.dirclient", directory, name]) for name in names]
+        for c in self.clients:
+            c.wait(START_TIMEOUT_S)
+        next_page = 0
+        p(f"warming up ({WARMUP_REQUESTS} requests per client)")
+        self._round(next_page, WARMUP_REQUESTS)
+        next_page += self.n_clients * WARMUP_REQUESTS
+        rates: list[float] = []
+        latency: list[int] = []
+        cpu = {"directory": 0, "clients": 0}
+        wall_ns = 0
+        for r in range(self.rounds):
+            cpu0 = self._cpu()
+            replies = self._round(next_page, self.requests)
+            for k, v in self._cpu().items():
+                cpu[k] += v - cpu0[k]
+            next_page += self.n_clients * self.requests
+            span = max(x["end_ns"] for x in replies) - min(x["start_ns"] for x in replies)
+            wall_ns += span
+            rates.append(self.n_clients * self.requests / (span / NS_PER_S))
+            for x in replies:
+                latency += x["latency_ns"]
+            p(f"round {r + 1}/{self.rounds}: {rates[-1]:,.0f} requests/s")
+        return {
+            "benchmark": "directory",
+            "config": {"clients": self.n_clients, "in_flight": self.in_flight,
+                       "requests": self.requests, "rounds": self.rounds,
+                       "transport": self.transport},
+            "environment": common.environment(),
+            "target_per_s": TARGET_PER_S,
+            "requests_per_s": float(np.median(rates)),
+            #: CPU time (all threads) per request of the directory and of the clients together,
+            #: and how many cores each kept busy
+            "cpu_us_per_request": {k: v / NS_PER_US / (self.rounds * self.n_clients * self.requests)
+                                   for k, v in cpu.items()},
+            "cpu_cores": {k: v / wall_ns if wall_ns else float("nan") for k, v in cpu.items()},
+            "samples": {"requests_per_s": rates, "latency_ns": latency},
+        }
+
+    def _cpu(self) -> dict[str, int]:
+        return {"directory": cpu_ns(self.procs.directory.proc.pid),
+                "clients": sum(cpu_ns(c.proc.pid) for c in self.clients)}
+
+    def _round(self, first: int, requests: int) -> list[dict]:
+        """Every client asks for ``requests`` pages of its own at once; their replies."""
+        timeout_s = BASE_TIMEOUT_S + PER_REQUEST_TIMEOUT_S * requests * self.n_clients
+        for k, c in enumerate(self.clients):
+            c.send("acquire", first=first + k * requests, count=requests,
+                   in_flight=self.in_flight)
+        return [c.wait(timeout_s) for c in self.clients]
+
+
+def summary(result: dict) -> list[dict]:
+    """The combined table's rows (``dsm bench``)."""
+    cfg, s = result["config"], result["samples"]
+    who = f"{cfg['clients']} clients x {cfg['in_flight']} in flight"
+    return [
+        common.summary_row("directory", "directory_rate", f"directory page requests ({who})",
+                           "req/s", s["requests_per_s"], at_least=result["target_per_s"]),
+        common.summary_row("directory", "directory_latency",
+                           f"directory request latency ({who})", "µs",
+                           np.asarray(s["latency_ns"], dtype=np.float64) / NS_PER_US),
+    ]
+
+
+def format_table(result: dict) -> str:
+    cfg, env = result["config"], result["environment"]
+    title = (f"dsm bench directory: transport {cfg['transport']}, {cfg['clients']} clients x "
+             f"{cfg['requests']} requests per round x {cfg['rounds']} rounds, {cfg['in_flight']} "
+             f"in flight each (pyzmq {env['pyzmq']}, libzmq {env['libzmq']}, {env['cpus']} cpus)")
+    return "\n".join([
+        common.format_summary(summary(result), title),
+        "CPU per request (all threads): " + ", ".join(
+            f"{k} {v:.1f} µs ({result['cpu_cores'][k]:.2f} cores busy)"
+            for k, v in result["cpu_us_per_request"].items()),
+    ])
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = check_arguments(args)
+    if problem:
+        print(f"dsm bench directory: {problem}", file=sys.stderr)
+        return 2
+    progress = Progress()
+    try:
+        with common.terminable(), common.LogDirectory("directory", args.keep_logs) as logs:
+            result = measure(args, progress, logs.path)
+    except BenchError as exc:
+        print(f"dsm bench directory: error: {exc}", file=sys.stderr)
+        return 1
+    except (common.Interrupted, KeyboardInterrupt):
+        print("dsm bench directory: interrupted", file=sys.stderr)
+        return 130
+    print(format_table(result))
+    common.write_outputs(result, args, progress)
+    return 0
