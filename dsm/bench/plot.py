@@ -160,7 +160,8 @@ def _workloads_panel(ax, workloads: dict | None) -> None:
     ax.set_xticklabels(names)
     ax.set_ylabel("seconds, run phase (log scale)")
     ax.set_title("Workloads: DSM on N nodes vs plain numpy")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(counts) + 1,
+              frameon=False)
     ax.grid(True, axis="y", which="both", alpha=0.3)
 
 
