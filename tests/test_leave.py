@@ -94,3 +94,37 @@ def test_node_program_hands_pages_back_on_sigterm(directory, make_node, tmp_path
         "d = node.array('gather.2x0.data', (2, w), np.int64)\n",
         "bool((d[0] == pattern(0, w)).all())")
     assert ok is True
+
+
+CYCLER = (
+    "import numpy as np, dsm\n"
+    "for i in range(150):\n"
+    "    node = dsm.attach()\n"
+    "    a = node.array('cycle.x', (64, 512), np.int64)\n"
+    "    a[:, 0] += 1\n"
+    "    node.close()\n"
+    "print('cycled', flush=True)\n"
+)
+
+
+def test_process_detaching_while_its_pages_are_fetched(directory, make_node, tmp_path):
+    """A process unmaps the region (detaches) while another node fetches the pages it wrote:
+    the agent's write protection then finds the range gone (ENOENT), which must not kill it."""
+    other = make_node("other")
+    other.run("a = node.array('cycle.x', (64, 512), np.int64)\nimport time")
+    log_path = tmp_path / "cycler.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
+             "--node", "cycler", "--", sys.executable, "-c", CYCLER],
+            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+        )
+    try:
+        other.send("t = time.monotonic()\nwhile time.monotonic() - t < 8:\n    a[:, 1] += 1\n")
+        assert proc.wait(60) == 0, log_path.read_text()[-3000:]
+        assert b"cycled" in proc.stdout.read()
+        other.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -32,7 +32,10 @@ def _alive(pid: int) -> bool:
 @pytest.mark.timeout(120)
 def test_local_cluster_runs_a_workload_and_tears_down(tmp_path):
     state = tmp_path / "local"
-    done = script("local-cluster-up", "-n", "2", "-s", str(state), "--wait")
+    try:
+        done = script("local-cluster-up", "-n", "2", "-s", str(state), "--wait")
+    finally:
+        script("cluster-down", "-s", str(state))
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("node-")]
     assert len(lines) == 2 and all("MATCH numpy" in ln for ln in lines), done.stdout
@@ -43,10 +46,10 @@ def test_local_cluster_runs_a_workload_and_tears_down(tmp_path):
 def test_local_cluster_down_makes_the_nodes_leave(tmp_path):
     state = tmp_path / "local"
     up = script("local-cluster-up", "-n", "2", "-w", "stream", "-s", str(state),
-                "--", "--rounds", "100000")
-    assert up.returncode == 0, up.stdout + up.stderr
+                "--", "--rounds", "20000")
     pids = [int(p.read_text()) for p in state.glob("*.pid")]
     try:
+        assert up.returncode == 0, up.stdout + up.stderr
         deadline = time.monotonic() + 30
         while not all("started" in (state / f"node-{k}.log").read_text() for k in (1, 2)):
             assert time.monotonic() < deadline, "the nodes did not start"
@@ -56,6 +59,7 @@ def test_local_cluster_down_makes_the_nodes_leave(tmp_path):
             assert "left the cluster on SIGTERM" in (state / f"node-{k}.log").read_text()
         assert not any(_alive(pid) for pid in pids)
     finally:
+        script("cluster-down", "-s", str(state))
         for pid in pids:
             try:
                 os.killpg(pid, 9)

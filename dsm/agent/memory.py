@@ -83,6 +83,11 @@ class NodeMemory:
             except ProcessGone:
                 self._on_process_gone(proc)
                 return
+            except UffdError as exc:
+                # ENOENT: the process unmapped the range meanwhile (its Unmap or Remap event, read
+                # while retrying, is queued behind this operation): nothing is left to protect
+                if exc.errno != errno.ENOENT:
+                    raise
 
     def protect_everywhere(self, first: int, count: int, wp: bool) -> None:
         for proc in list(self.procs.values()):
