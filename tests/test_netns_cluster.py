@@ -16,7 +16,7 @@ import pytest
 
 from dsm.hosts import network
 from dsm.hosts.compose import load
-from dsm.hosts.runner import Cluster, Instance
+from dsm.hosts.runner import HOSTEXEC, Cluster, Instance
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -28,14 +28,23 @@ REQUEST_TIMEOUT_S = 10.0
 
 
 def _namespaces_unavailable() -> str | None:
+    """Why namespace hosts cannot be made here (None: they can): one host is made, given an
+    /etc/hosts, and runs a command the way the runner starts every replica."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     name = f"{network.PREFIX}{os.getpid()}xprobe-probe"
     try:
         network.ip("netns", "add", name)
-    except network.NetworkError as exc:
-        return f"cannot create a network namespace: {exc}"
-    network.delete_namespace(name)
+        (network.ETC_NETNS / name).mkdir(parents=True, exist_ok=True)
+        (network.ETC_NETNS / name / "hosts").write_text("127.0.0.1\tlocalhost\n")
+        done = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-I", HOSTEXEC,
+                               "probe", "true"], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            return f"cannot run a command in a namespace host: {done.stderr.strip()}"
+    except (network.NetworkError, OSError) as exc:
+        return f"cannot create a namespace host: {exc}"
+    finally:
+        network.delete_namespace(name)
     return None
 
 
