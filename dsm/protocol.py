@@ -73,7 +73,7 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """A node joins: its name and the endpoint where it can be reached (informational)."""
+    """A node joins: its name and its agent's pid (for the logs)."""
 
     TYPE = MsgType.HELLO
     node: str
@@ -218,12 +218,16 @@ class Error(Message):
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
+    """Node to directory every HEARTBEAT_INTERVAL_S; the directory answers each one, so that
+    both sides notice the other's silence."""
+
     TYPE = MsgType.HEARTBEAT
 
 
 @dataclass(frozen=True)
 class Bye(Message):
-    """A node leaves: it has already given back everything it held."""
+    """A node leaves: it has already given back everything it held. The directory answers with
+    a Bye of its own once it has processed everything the node sent before."""
 
     TYPE = MsgType.BYE
 

@@ -149,3 +149,25 @@ def test_agent_death_kills_the_workload_loudly_instead_of_reading_zeros(director
         assert "node agent" in node.log_path.read_text()
     finally:
         node.kill()
+
+
+def test_a_node_cut_off_from_the_directory_fails_its_lock_waits_instead_of_hanging(directory, tmp_path):
+    a = NodeProcess(directory.endpoint, "a", tmp_path)
+    b = NodeProcess(directory.endpoint, "b", tmp_path)
+    try:
+        a.run("lk = node.lock('cut'); lk.acquire()")
+        b.send("t0 = __import__('time').monotonic()\n"
+               "try:\n    node.lock('cut').acquire()\n    r = 'acquired'\n"
+               "except dsm.DsmError as e:\n    r = str(e)\n")
+        t0 = time.monotonic()
+        directory.proc.send_signal(signal.SIGSTOP)  # the directory falls silent
+        try:
+            with pytest.raises(AssertionError):  # b is failed loudly (its agent kills it)
+                b.wait(20)
+            assert time.monotonic() - t0 < 15
+            assert "cut off" in b.log_path.read_text()
+        finally:
+            directory.proc.send_signal(signal.SIGCONT)
+    finally:
+        a.kill()
+        b.kill()

@@ -74,6 +74,12 @@ class Forwarder:
         self._reply(client, {**body, "req": client_req})
         return True
 
+    def fail_all(self, message: str) -> None:
+        """Answer every request still waiting with an error (the directory is gone)."""
+        waiting, self._waiting = self._waiting, {}
+        for client, client_req in waiting.values():
+            self._reply(client, {"type": "error", "req": client_req, "message": message})
+
     def forget_client(self, client: Any) -> None:
         self._waiting = {r: w for r, w in self._waiting.items() if w[0] is not client}
 

@@ -53,6 +53,11 @@ _POLLIN = int(zmq.POLLIN)
 CONNECT_TIMEOUT_S = 5.0
 #: how long a page request may stay unanswered before the waiting processes are failed
 REQUEST_TIMEOUT_S = 10.0
+#: the directory answers every heartbeat; silent this long, it has declared this node dead
+#: (dsm.directory.service.NODE_TIMEOUT_S), so the node stops
+DIRECTORY_TIMEOUT_S = 5.0
+#: how long leaving may wait for requests in flight and for the directory's acknowledgement
+LEAVE_TIMEOUT_S = 5.0
 HEARTBEAT_INTERVAL_S = 0.5
 POLL_INTERVAL_MS = 100
 #: how long to watch a Remove event's pages for MADV_REMOVE's hole punch (DONTNEED never punches)
@@ -60,6 +65,11 @@ REMOVE_SETTLE_S = 0.02
 REMOVE_POLL_S = 0.0002
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
+
+
+#: exit statuses of an agent that could not leave cleanly
+EXIT_CUT_OFF = 3
+EXIT_LEAVE_UNACKNOWLEDGED = 4
 
 
 class DirectoryUnreachable(DsmError):
@@ -120,6 +130,8 @@ class Agent:
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
+        self._last_heard = time.monotonic()
+        self._directory_alive = True
         self._running = True
         self._dir_handlers: dict[type, Callable[[Any, Any], None]] = {
             p.Grant: self._on_grant,
@@ -130,6 +142,7 @@ class Agent:
             p.LockInfo: self._on_answer,
             p.Error: self._on_answer,
             p.Welcome: lambda m, d: None,
+            p.Heartbeat: lambda m, d: None,  # the directory is alive: _drain_directory noted it
         }
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
             Pagefault: self._on_pagefault,
@@ -154,16 +167,30 @@ class Agent:
     def stop(self, *_: Any) -> None:
         self._running = False
 
-    def close(self) -> None:
-        """Leave: hand every page back (owned ones with their contents), say Bye, release all."""
+    def close(self) -> bool:
+        """Leave: let the requests in flight land, hand every page back (owned ones with their
+        contents), say Bye and wait for the directory to acknowledge it (it answers in order, so
+        the acknowledgement means every page handed back has arrived). False if it did not."""
+        deadline = time.monotonic() + LEAVE_TIMEOUT_S
+        while self.pending and time.monotonic() < deadline and self._directory_alive:
+            if self.dealer.poll(POLL_INTERVAL_MS):
+                self._drain_directory()
         self._give_back(list(self.state))
         self._send(p.Bye())
+        acknowledged = False
+        while not acknowledged and time.monotonic() < deadline and self._directory_alive:
+            if self.dealer.poll(POLL_INTERVAL_MS):
+                acknowledged = self._drain_directory(until=p.Bye)
+        if not acknowledged:
+            log.error("the directory %s did not acknowledge this node's leave: pages it handed "
+                      "back may be lost", self.directory_endpoint)
         for proc in list(self.procs.values()):
             self._forget_process(proc, give_back=False)
         self.clients.close()
         self.memory.close()
         self.tracer.close()
         self.dealer.close()
+        return acknowledged
 
     # --- the loop ----------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -174,6 +201,9 @@ class Agent:
             now = time.monotonic()
             if now - self._last_send > HEARTBEAT_INTERVAL_S:
                 self._send(p.Heartbeat())
+            if now - self._last_heard > DIRECTORY_TIMEOUT_S:
+                self._directory_lost(now - self._last_heard)
+                return
             self._fail_overdue_requests(now)
 
     def _dispatch(self, item: Any) -> None:
@@ -203,15 +233,38 @@ class Agent:
         self._last_send = time.monotonic()
 
     # --- the directory's messages ------------------------------------------------------------------
-    def _drain_directory(self) -> None:
+    def _drain_directory(self, until: type | None = None) -> bool:
+        """Handle what the directory sent; True as soon as a message of type ``until`` came."""
+        self._last_heard = time.monotonic()
         # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
         while self.dealer.get(zmq.EVENTS) & _POLLIN:
             frames = self.dealer.recv_multipart(copy=False)
             try:
                 msg, data = p.decode(frames, self.page_size)
+                if until is not None and isinstance(msg, until):
+                    return True
                 self._dir_handlers[type(msg)](msg, data)
             except ProtocolError as exc:
                 log.warning("malformed message from the directory: %s", exc)
+        return False
+
+    def _directory_lost(self, silent_s: float) -> None:
+        """The directory has been silent longer than it waits before declaring a node dead: it
+        has given this node's pages up, so nothing here can go on coherently. Fail loudly: every
+        request waiting for it gets an error, every local workload process is killed."""
+        self._directory_alive = False
+        log.error("directory %s silent for %.1f s: this node is cut off; failing its requests "
+                  "and stopping its workload processes (SIGBUS)", self.directory_endpoint, silent_s)
+        self.forwarder.fail_all(f"the directory {self.directory_endpoint} has not answered for "
+                                f"{silent_s:.1f} s: this node is cut off from the cluster")
+        for proc in list(self.procs.values()):
+            if proc.pid:
+                try:
+                    os.kill(proc.pid, signal.SIGBUS)
+                except ProcessLookupError:
+                    pass
+        self.pending.clear()
+        self.state.clear()  # the directory has reassigned these pages: nothing to hand back
 
     def _on_grant(self, msg: p.Grant, data: Any) -> None:
         first, count = msg.page, msg.count
@@ -516,12 +569,15 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
+    acknowledged = False
     try:
         agent.serve_forever()
     finally:
-        agent.close()
+        acknowledged = agent.close()
         # Let ZeroMQ finish sending what close() queued (the pages handed back) while its buffers
         # are alive: frames over pyzmq's copy threshold (64 KiB) are sent without a copy, and the
         # interpreter's exit would free them under libzmq's I/O thread (EFAULT: abort, SIGSEGV).
         zmq.Context.instance().destroy(linger=1000)
-    return 0
+    if not agent._directory_alive:
+        return EXIT_CUT_OFF
+    return 0 if acknowledged else EXIT_LEAVE_UNACKNOWLEDGED

@@ -77,6 +77,8 @@ class Client:
                                    f"({answered} of {count} answered)") from None
             now = pc()
             msg, _ = p.decode(frames, page_size)
+            if isinstance(msg, p.Heartbeat):  # the directory answers our heartbeats
+                continue
             i = getattr(msg, "page", -1) - first
             if (not isinstance(msg, p.Grant) or msg.write or msg.count != 1
                     or not 0 <= i < sent or latency[i]):

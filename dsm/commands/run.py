@@ -105,6 +105,10 @@ def run_attached(agent: StartedAgent, command: list[str], leave: Departure, prog
         print(f"{prog}: the node agent exited with status {agent_status} while leaving on {how}",
               file=sys.stderr, flush=True)
         return 1
+    if agent_status != 0:  # the command ended, but the node could not leave cleanly
+        print(f"{prog}: the node agent exited with status {agent_status}: the directory did not "
+              "confirm this node's leave (see the agent's log)", file=sys.stderr, flush=True)
+        return status or 1
     return status
 
 

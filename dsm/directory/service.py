@@ -64,7 +64,7 @@ class DirectoryService:
             p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
-            p.Heartbeat: lambda n, m, d: [],
+            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat())],  # the node knows we live
             p.Bye: self._on_bye,
             p.LockAcquire: self._on_lock_acquire,
             p.LockRelease: lambda n, m, d: self._replies(
@@ -158,7 +158,8 @@ class DirectoryService:
     def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
         log.info("node %s left", node)
         self._last_seen.pop(node, None)
-        return self._node_gone(node)
+        # the acknowledgement comes after everything the node sent before: all it handed back
+        return self._node_gone(node) + [Send(node, p.Bye())]
 
     def _on_discard(self, node: str, msg: p.Discard, _: Any) -> list[Send]:
         out: list[Send] = []
