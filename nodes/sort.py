@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from nodes.common import Context, Workload, block, main as common_main
+from nodes.common import Context, Workload, main as common_main
 
 DEFAULT_SIZE = 1 << 16
 DEFAULT_ITERATIONS = 2

@@ -107,6 +107,9 @@ class NodeMemory:
             proc.uffd.wake(addr, self.page_size)
         except ProcessGone:
             self._on_process_gone(proc)
+        except UffdError as exc:
+            if exc.errno != errno.ENOENT:  # ENOENT: the range was unmapped meanwhile
+                raise
 
     # --- pages in ----------------------------------------------------------------------------------
     def install(self, first: int, count: int, src: Any, writable: bool,
@@ -143,6 +146,10 @@ class NodeMemory:
             except ProcessGone:
                 self._on_process_gone(proc)
                 installer = None
+            except UffdError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                installer = None  # the process unmapped the range meanwhile: write it below
         if done < length:
             os.pwrite(self.memfd, view[done:], offset + done)
         new = PageState.EXCLUSIVE if writable else PageState.SHARED

@@ -296,7 +296,7 @@ class Cluster:
     def _tail(self, inst: Instance, n: int = 20) -> str:
         with self._cond:
             lines = inst.lines[-n:]
-        return "" if not lines else f"; its last output:\n  " + "\n  ".join(lines)
+        return "" if not lines else "; its last output:\n  " + "\n  ".join(lines)
 
     def wait_for_line(self, inst: Instance | str, pattern: str, timeout_s: float) -> re.Match:
         """The first line of the replica's output matching ``pattern`` (a regex)."""
