@@ -326,6 +326,35 @@ def reference_run(spec: Workload, args: argparse.Namespace) -> dict:
             "seconds": {"compute": round(seconds, 4)}}
 
 
+def attach_and_report(name: str, rank: int, body: Callable[["Node"], dict],
+                      human: Callable[[dict], str] | None = None) -> int:
+    """Attach to this node's agent, run ``body(node)`` and print its result line (on an error,
+    a failed result with the error and the node's counters); exit status 0 iff it matched."""
+    import dsm
+
+    node = None
+    try:
+        node = dsm.attach()
+        result = body(node)
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"workload": name, "rank": rank, "match": False,
+                  "error": f"{type(exc).__name__}: {exc}"}
+        if node is not None:
+            result["node"] = node.name
+            try:
+                result["stats"] = node.stats()
+            except Exception:  # the agent may be what failed
+                pass
+    finally:
+        if node is not None:
+            node.close()
+    if human is not None:
+        print(human(result), flush=True)
+    print(RESULT_PREFIX + json.dumps(result, separators=(",", ":")), flush=True)
+    return 0 if result.get("match") else 1
+
+
 def main(spec: Workload, argv: list[str] | None = None) -> int:
     args = parse_args(spec, argv)
     if args.reference:
@@ -335,25 +364,5 @@ def main(spec: Workload, argv: list[str] | None = None) -> int:
               f"{result['seconds']['compute']:.3f} s (digest {result['digest']})")
         print(RESULT_PREFIX + json.dumps(result, separators=(",", ":")), flush=True)
         return 0
-    import dsm
-
-    node = None
-    try:
-        node = dsm.attach()
-        result = execute(spec, node, args)
-    except Exception as exc:
-        traceback.print_exc()
-        result = {"workload": spec.name, "rank": args.rank, "match": False,
-                  "error": f"{type(exc).__name__}: {exc}"}
-        if node is not None:
-            result["node"] = node.name
-            try:
-                result["stats"] = node.stats()
-            except Exception:
-                pass
-    finally:
-        if node is not None:
-            node.close()
-    print(human_line(spec, args, result), flush=True)
-    print(RESULT_PREFIX + json.dumps(result, separators=(",", ":")), flush=True)
-    return 0 if result.get("match") else 1
+    return attach_and_report(spec.name, args.rank, lambda node: execute(spec, node, args),
+                             lambda result: human_line(spec, args, result))

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
-import traceback
 
 import numpy as np
 
-from nodes.common import RESULT_PREFIX, Workload
+from nodes.common import Workload, attach_and_report
 
 #: int64 words per row: 3 KiB rows, so that rows straddle 4 KiB pages
 COLUMNS = 384
@@ -206,26 +204,9 @@ WORKLOAD = Workload(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import dsm
 
-    node = None
-    try:
-        node = dsm.attach()
-        result = run(node, args.rank, args.nodes, args.size, args.rounds, args.barrier_timeout)
-    except Exception as exc:
-        traceback.print_exc()
-        result = {"rank": args.rank, "match": False, "error": f"{type(exc).__name__}: {exc}"}
-        if node is not None:
-            result["node"] = node.name
-            try:
-                result["stats"] = node.stats()
-            except Exception:
-                pass
-    finally:
-        if node is not None:
-            node.close()
-    print(RESULT_PREFIX + json.dumps(result, separators=(",", ":")), flush=True)
-    return 0 if result.get("match") else 1
+    return attach_and_report("rows", args.rank, lambda node: run(
+        node, args.rank, args.nodes, args.size, args.rounds, args.barrier_timeout))
 
 
 if __name__ == "__main__":

@@ -17,16 +17,14 @@ Each node prints ``gather: rank R wrote its block`` once written, then one ``DSM
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
 
-RESULT_PREFIX = "DSM-DEMO-RESULT "
-RUN_ENV = "DSM_RUN"
+from nodes.common import RUN_ENV, attach_and_report
+
 DEFAULT_PAGES = 4
 DEFAULT_WAIT_TIMEOUT_S = 60.0
 POLL_S = 0.002
@@ -90,22 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import dsm
-
     prefix = f"gather.{os.environ.get(RUN_ENV, 'default')}."
-    node = None
-    try:
-        node = dsm.attach()
-        result = run(node, args.rank, args.nodes, args.pages, args.wait_timeout, prefix)
-    except Exception as exc:
-        traceback.print_exc()
-        result = {"workload": "gather", "rank": args.rank, "match": False,
-                  "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        if node is not None:
-            node.close()
-    print(RESULT_PREFIX + json.dumps(result, separators=(",", ":")), flush=True)
-    return 0 if result.get("match") else 1
+    return attach_and_report("gather", args.rank, lambda node: run(node, args.rank, args.nodes, args.pages, args.wait_timeout, prefix))
 
 
 if __name__ == "__main__":

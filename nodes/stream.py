@@ -16,16 +16,14 @@ from the others was wrong; ``finished_at`` is the wall-clock time of its last ro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
 
-RESULT_PREFIX = "DSM-DEMO-RESULT "
-RUN_ENV = "DSM_RUN"
+from nodes.common import RUN_ENV, attach_and_report
+
 DEFAULT_ROUNDS = 200
 DEFAULT_INTERVAL_S = 0.05
 
@@ -95,22 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import dsm
-
     prefix = f"stream.{os.environ.get(RUN_ENV, 'default')}."
-    node = None
-    try:
-        node = dsm.attach()
-        result = run(node, args.rank, args.nodes, args.rounds, args.interval, prefix)
-    except Exception as exc:
-        traceback.print_exc()
-        result = {"workload": "stream", "rank": args.rank, "match": False,
-                  "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        if node is not None:
-            node.close()
-    print(RESULT_PREFIX + json.dumps(result, separators=(",", ":")), flush=True)
-    return 0 if result.get("match") else 1
+    return attach_and_report("stream", args.rank, lambda node: run(node, args.rank, args.nodes, args.rounds, args.interval, prefix))
 
 
 if __name__ == "__main__":
