@@ -24,7 +24,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -238,3 +238,41 @@ def write_outputs(result: dict, args: argparse.Namespace, progress: Progress) ->
 
         plot(result, args.plot)
         progress(f"plot drawn to {args.plot}")
+
+
+def run_benchmark(name: str, args: argparse.Namespace,
+                  check_arguments: Callable[[argparse.Namespace], str | None],
+                  measure: Callable[[argparse.Namespace, Progress, Path], dict],
+                  format_table: Callable[[dict], str],
+                  failed: Callable[[dict], bool] | None = None) -> int:
+    """The command around one benchmark: check its flags (2 on a bad one), measure with progress
+    under a log directory (kept on failure or with --keep-logs), print its table, write --json and
+    --plot. 1 when it failed (``failed(result)``, or an error), 130 when interrupted, 3 with
+    --fail-on-target when a target was missed, else 0."""
+    prog = f"dsm bench {name}"
+    problem = check_arguments(args)
+    if problem:
+        print(f"{prog}: {problem}", file=sys.stderr)
+        return 2
+    progress = Progress()
+    try:
+        with terminable(), LogDirectory(name, args.keep_logs) as logs:
+            result = measure(args, progress, logs.path)
+            bad = failed is not None and failed(result)
+            logs.keep |= bad  # the failed runs' logs
+    except BenchError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except (Interrupted, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    print(format_table(result))
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    write_outputs(result, args, progress)
+    if bad:
+        return 1
+    rows: list[dict[str, Any]] = result.get("rows", [])
+    if getattr(args, "fail_on_target", False) and any(r.get("meets_target") is False for r in rows):
+        return 3
+    return 0

@@ -181,20 +181,5 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = check_arguments(args)
-    if problem:
-        print(f"dsm bench directory: {problem}", file=sys.stderr)
-        return 2
-    progress = Progress()
-    try:
-        with common.terminable(), common.LogDirectory("directory", args.keep_logs) as logs:
-            result = measure(args, progress, logs.path)
-    except BenchError as exc:
-        print(f"dsm bench directory: error: {exc}", file=sys.stderr)
-        return 1
-    except (common.Interrupted, KeyboardInterrupt):
-        print("dsm bench directory: interrupted", file=sys.stderr)
-        return 130
-    print(format_table(result))
-    common.write_outputs(result, args, progress)
-    return 0
+    return common.run_benchmark("directory", args, check_arguments, measure, format_table)
+

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,27 +146,7 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = check_arguments(args)
-    if problem:
-        print(f"dsm bench fault: {problem}", file=sys.stderr)
-        return 2
-    progress = Progress()
-    try:
-        with common.terminable(), common.LogDirectory("fault", args.keep_logs) as logs:
-            result = measure(args, progress, logs.path)
-    except BenchError as exc:
-        print(f"dsm bench fault: error: {exc}", file=sys.stderr)
-        return 1
-    except (common.Interrupted, KeyboardInterrupt):
-        print("dsm bench fault: interrupted", file=sys.stderr)
-        return 130
-    print(format_table(result))
-    for warning in result["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    common.write_outputs(result, args, progress)
-    if args.fail_on_target and any(r["meets_target"] is False for r in result["rows"]):
-        return 3
-    return 0
+    return common.run_benchmark("fault", args, check_arguments, measure, format_table)
 
 
 class FaultBench:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -145,20 +144,5 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = check_arguments(args)
-    if problem:
-        print(f"dsm bench jacobi: {problem}", file=sys.stderr)
-        return 2
-    progress = Progress()
-    try:
-        with common.terminable(), common.LogDirectory("jacobi", args.keep_logs) as logs:
-            result = measure(args, progress, logs.path)
-    except BenchError as exc:
-        print(f"dsm bench jacobi: error: {exc}", file=sys.stderr)
-        return 1
-    except (common.Interrupted, KeyboardInterrupt):
-        print("dsm bench jacobi: interrupted", file=sys.stderr)
-        return 130
-    print(format_table(result))
-    common.write_outputs(result, args, progress)
-    return 0
+    return common.run_benchmark("jacobi", args, check_arguments, measure, format_table)
+

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,23 +129,7 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = check_arguments(args)
-    if problem:
-        print(f"dsm bench lock: {problem}", file=sys.stderr)
-        return 2
-    progress = Progress()
-    try:
-        with common.terminable(), common.LogDirectory("lock", args.keep_logs) as logs:
-            result = measure(args, progress, logs.path)
-    except BenchError as exc:
-        print(f"dsm bench lock: {exc}", file=sys.stderr)
-        return 1
-    except (common.Interrupted, KeyboardInterrupt):
-        print("dsm bench lock: interrupted", file=sys.stderr)
-        return 130
-    print(format_table(result))
-    common.write_outputs(result, args, progress)
-    return 0
+    return common.run_benchmark("lock", args, check_arguments, measure, format_table)
 
 
 class LockBench:

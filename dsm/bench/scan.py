@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -301,20 +300,5 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = check_arguments(args)
-    if problem:
-        print(f"dsm bench scan: {problem}", file=sys.stderr)
-        return 2
-    progress = Progress()
-    try:
-        with common.terminable(), common.LogDirectory("scan", args.keep_logs) as logs:
-            result = measure(args, progress, logs.path)
-    except BenchError as exc:
-        print(f"dsm bench scan: error: {exc}", file=sys.stderr)
-        return 1
-    except (common.Interrupted, KeyboardInterrupt):
-        print("dsm bench scan: interrupted", file=sys.stderr)
-        return 130
-    print(format_table(result))
-    common.write_outputs(result, args, progress)
-    return 0
+    return common.run_benchmark("scan", args, check_arguments, measure, format_table)
+

@@ -115,25 +115,8 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = check_arguments(args)
-    if problem:
-        print(f"dsm bench workloads: {problem}", file=sys.stderr)
-        return 2
-    progress = Progress()
-    try:
-        with common.terminable(), common.LogDirectory("workloads", args.keep_logs) as logs:
-            result = measure(args, progress, logs.path)
-            ok = all(r["match"] for r in result["runs"])
-            logs.keep |= not ok  # the failed runs' logs
-    except BenchError as exc:
-        print(f"dsm bench workloads: {exc}", file=sys.stderr)
-        return 1
-    except (common.Interrupted, KeyboardInterrupt):
-        print("dsm bench workloads: interrupted", file=sys.stderr)
-        return 130
-    print(format_table(result))
-    common.write_outputs(result, args, progress)
-    return 0 if ok else 1
+    return common.run_benchmark("workloads", args, check_arguments, measure, format_table,
+                                failed=lambda result: not all(r["match"] for r in result["runs"]))
 
 
 class WorkloadBench:
