@@ -42,6 +42,7 @@ from dsm.uffd import (
     Remove,
     Uffd,
     UffdError,
+    UffdOpenError,
     Unmap,
     probe_features,
 )
@@ -777,3 +778,24 @@ def test_poison_raises_sigbus_in_the_faulting_process(spawn):
     fault = _fault(child.uffd)
     assert child.uffd.poison(fault.addr, PAGE) == PAGE
     assert child.proc.wait(timeout=WAIT_S) == -signal.SIGBUS
+
+
+def test_open_failure_reports_the_refusal_not_a_missing_syscall(monkeypatch):
+    """When every way of opening fails, the error's errno is the refusal (EACCES/EPERM) that
+    tells the user what to fix, and the message names each way and what it answered."""
+    import errno as errno_mod
+
+    from dsm.uffd import uffd as uffd_module
+
+    def refuse(flags):
+        raise PermissionError(errno_mod.EACCES, "Permission denied: '/dev/userfaultfd'")
+
+    def absent(flags):
+        raise OSError(errno_mod.ENOSYS, "Function not implemented")
+
+    monkeypatch.setitem(uffd_module._OPENERS, "device", refuse)
+    monkeypatch.setitem(uffd_module._OPENERS, "syscall", absent)
+    with pytest.raises(UffdOpenError) as info:
+        Uffd.open()
+    assert info.value.errno == errno_mod.EACCES
+    assert "device:" in str(info.value) and "syscall:" in str(info.value)

@@ -80,7 +80,8 @@ class Uffd:
         flags = (os.O_NONBLOCK if nonblocking else 0) | (os.O_CLOEXEC if cloexec else 0)
         flags |= abi.UFFD_USER_MODE_ONLY if user_mode_only else 0
         order = ["device", "syscall"] if how == "auto" else [how]
-        failures = []
+        failures: list[str] = []
+        errnos: list[int] = []
         for name in order:
             try:
                 fd = _OPENERS[name](flags)
@@ -88,6 +89,7 @@ class Uffd:
                 raise ValueError(f"how must be 'auto', 'device' or 'syscall', not {how!r}") from None
             except (OSError, LookupError) as exc:
                 failures.append(f"{name}: {exc}")
+                errnos.append(getattr(exc, "errno", None) or errno.ENOSYS)
                 continue
             uffd = cls(fd, opened_by=name)
             if api:
@@ -97,7 +99,9 @@ class Uffd:
                     uffd.close()
                     raise
             return uffd
-        err = errno.EPERM if any("EPERM" in f or "not permitted" in f for f in failures) else errno.ENOSYS
+        # a refusal (EPERM, EACCES) says more than "not there" (ENOENT, ENOSYS): report it first
+        refusals = [e for e in errnos if e in (errno.EPERM, errno.EACCES)]
+        err = (refusals or errnos or [errno.ENOSYS])[0]
         raise UffdOpenError(err, "cannot open a userfaultfd: " + "; ".join(failures))
 
     def fileno(self) -> int:
