@@ -799,3 +799,14 @@ def test_open_failure_reports_the_refusal_not_a_missing_syscall(monkeypatch):
         Uffd.open()
     assert info.value.errno == errno_mod.EACCES
     assert "device:" in str(info.value) and "syscall:" in str(info.value)
+
+
+def test_api_with_required_features_enables_optional_ones_where_offered():
+    unknown = Feature(1 << 40)
+    with Uffd.open(api=False) as u:
+        info = u.api(Feature.THREAD_ID | unknown, required=Feature.THREAD_ID)
+        assert info.features & Feature.THREAD_ID
+    with Uffd.open(api=False) as u:
+        with pytest.raises(FeatureUnavailable) as exc:
+            u.api(Feature.THREAD_ID, required=Feature.THREAD_ID | unknown)
+        assert exc.value.missing == int(unknown)

@@ -158,8 +158,20 @@ class Uffd:
 
     # --- handshake and registration --------------------------------------------------------------
     def api(self, features: Feature = Feature(0), *, required: Feature | None = None) -> ApiInfo:
-        """UFFDIO_API: enable ``features``. Features the kernel lacks raise FeatureUnavailable
-        naming the missing ones and listing what the kernel offers."""
+        """UFFDIO_API: enable ``features``. By default all of them are required: one the kernel
+        lacks raises FeatureUnavailable naming it and listing what the kernel offers. With
+        ``required``, only those are; the other requested features are enabled where the kernel
+        offers them (see ``ApiInfo.features`` for what was)."""
+        if required is not None:
+            offered = probe_features()
+            missing = Feature(int(required) & ~int(offered))
+            if missing:
+                raise FeatureUnavailable(
+                    int(missing), int(offered),
+                    f"UFFDIO_API: the kernel does not offer the required {missing!r}; "
+                    f"it offers {offered!r}",
+                )
+            features = Feature(int(features | required) & int(offered))
         buf = bytearray(abi.STRUCT_UFFDIO_API.pack(abi.UFFD_API, int(features), 0))
         try:
             fcntl.ioctl(self.fileno(), abi.UFFDIO_API, buf, True)
