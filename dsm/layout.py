@@ -56,10 +56,3 @@ class Layout:
             raise AddressError(
                 f"range {offset:#x}+{length:#x} is outside the region of {self.size:#x} bytes"
             )
-
-    def to_dict(self) -> dict:
-        return {"base": self.base, "size": self.size, "page_size": self.page_size}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Layout":
-        return cls(int(d["base"]), int(d["size"]), int(d["page_size"]))

@@ -23,9 +23,6 @@ class HomeStore:
         self._view = memoryview(self._memory)
         self._has_data = np.zeros(layout.num_pages, dtype=bool)
 
-    def has_data(self, page: int) -> bool:
-        return bool(self._has_data[page])
-
     def get(self, page: int, count: int) -> tuple[Payload, Any]:
         """The contents of ``count`` pages: (ZERO, None) when none holds data, else (DATA,
         bytes) — a copy, so that a later write here cannot change a message being sent."""

@@ -105,9 +105,6 @@ class PageDirectory:
     def _peek(self, page: int) -> PageEntry:
         return self._entries.get(page, _FREE)
 
-    def pending_transactions(self) -> int:
-        return len(self._txns)
-
     # --- inputs ------------------------------------------------------------------------------------
     def acquire(self, node: str, page: int, count: int, write: bool, have_copy: bool) -> list[Send]:
         kind = Kind.WRITE if write else Kind.READ
