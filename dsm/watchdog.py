@@ -20,19 +20,25 @@ import sys
 CONNECT_TIMEOUT_S = 10.0
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children first found through /proc)."""
-    children: dict[int, list[int]] = {}
+def process_stats():
+    """(pid, the fields of /proc/PID/stat after the command name) of every process: field 0 is
+    the state, 1 the parent, 2 the process group."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        yield int(entry), stat.rsplit(")", 1)[-1].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children first found through /proc)."""
+    children: dict[int, list[int]] = {}
+    for child, fields in process_stats():
+        children.setdefault(int(fields[1]), []).append(child)
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

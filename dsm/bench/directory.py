@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from dsm.bench import common
-from dsm.bench.common import NS_PER_S, NS_PER_US, BenchError, Progress
-from dsm.bench.procs import BenchProcessError, Driven, Processes, cpu_ns
+from dsm.bench.common import NS_PER_S, NS_PER_US, Progress
+from dsm.bench.procs import Driven, Processes, cpu_ns, run_with_processes
 
 DEFAULT_CLIENTS = 4
 DEFAULT_IN_FLIGHT = 16
@@ -71,14 +71,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 
 def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
     """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
-    procs = Processes(log_dir)
-    try:
-        return DirectoryBench(procs, args, progress).run()
-    except (BenchProcessError, BenchError, OSError) as exc:
-        raise BenchError(f"{exc}\n{procs.logs()}") from None
-    finally:
-        progress("stopping the processes")
-        procs.close()
+    return run_with_processes(log_dir, progress,
+                              lambda procs: DirectoryBench(procs, args, progress).run())
 
 
 class DirectoryBench:

@@ -39,7 +39,7 @@ import zmq
 
 from dsm.bench import common
 from dsm.bench.common import BenchError, Progress, environment
-from dsm.bench.procs import BenchProcessError, Processes, Worker, cpu_ns
+from dsm.bench.procs import Processes, Worker, cpu_ns, run_with_processes
 
 #: targets, as a ratio of the fault's median to the round trip's median (issue 6's table)
 TARGETS: dict[str, float] = {"home_read": 1.2, "owned_read": 1.8, "write_upgrade": 2.0,
@@ -133,16 +133,9 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
     """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
     round_trips = args.round_trips if args.round_trips is not None else args.pages
     rounds = min(args.rounds, args.pages, round_trips)
-    procs = Processes(log_dir)
-    try:
-        bench = FaultBench(procs, args.pages, round_trips, rounds, args.transport,
-                           args.message_bytes, args.seed, progress)
-        return bench.run()
-    except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:
-        raise BenchError(f"{exc}\n{procs.logs()}") from None
-    finally:
-        progress("stopping the processes")
-        procs.close()
+    return run_with_processes(log_dir, progress, lambda procs: FaultBench(
+        procs, args.pages, round_trips, rounds, args.transport, args.message_bytes, args.seed,
+        progress).run())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ import zmq
 
 from dsm.bench import common
 from dsm.bench.common import BenchError, Progress, environment
-from dsm.bench.procs import BenchProcessError, Processes, Worker
+from dsm.bench.procs import Processes, Worker, run_with_processes
 
 DEFAULT_ACQUIRES = 2000
 DEFAULT_CONTENDED = 300
@@ -117,15 +117,9 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
     """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
     round_trips = args.round_trips if args.round_trips is not None else args.acquires
-    procs = Processes(log_dir)
-    try:
-        bench = LockBench(procs, args.nodes, args.acquires, args.contended, round_trips,
-                          args.rounds, args.transport, args.message_bytes, progress)
-        return bench.run()
-    except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:
-        raise BenchError(f"{exc}\n{procs.logs()}") from None
-    finally:
-        procs.close()
+    return run_with_processes(log_dir, progress, lambda procs: LockBench(
+        procs, args.nodes, args.acquires, args.contended, round_trips, args.rounds,
+        args.transport, args.message_bytes, progress).run())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import zmq
 
 START_TIMEOUT_S = 20.0
 #: deadline of one worker command unless the caller gives one
@@ -226,3 +228,19 @@ class Processes:
 
     def logs(self) -> str:
         return "\n".join(f"----- {c.log_path.name} -----\n{c.log_tail()}" for c in self.children)
+
+
+def run_with_processes(log_dir: Path, progress: Callable[[str], None],
+                       bench: Callable[["Processes"], dict]) -> dict:
+    """Run ``bench(procs)`` with child processes that log into ``log_dir``: any failure becomes
+    a BenchError carrying their logs, and every child is stopped at the end."""
+    from dsm.bench.common import BenchError
+
+    procs = Processes(log_dir)
+    try:
+        return bench(procs)
+    except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:
+        raise BenchError(f"{exc}\n{procs.logs()}") from None
+    finally:
+        progress("stopping the processes")
+        procs.close()

@@ -35,7 +35,7 @@ import zmq
 from dsm.bench import common
 from dsm.bench.common import (BYTES_PER_MB, BYTES_PER_MIB, NS_PER_S, NS_PER_US, US_PER_S,
                               BenchError, Progress)
-from dsm.bench.procs import BenchProcessError, Processes, Worker, cpu_ns
+from dsm.bench.procs import Processes, Worker, cpu_ns, run_with_processes
 
 DEFAULT_MIB = 256
 DEFAULT_REPEATS = 3
@@ -90,14 +90,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 
 def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
     """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
-    procs = Processes(log_dir)
-    try:
-        return ScanBench(procs, args, progress).run()
-    except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:
-        raise BenchError(f"{exc}\n{procs.logs()}") from None
-    finally:
-        progress("stopping the processes")
-        procs.close()
+    return run_with_processes(log_dir, progress,
+                              lambda procs: ScanBench(procs, args, progress).run())
 
 
 class ScanBench:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from dsm.watchdog import process_stats
+
 #: how long the directory may take to print its endpoint
 DIRECTORY_START_TIMEOUT_S = 15.0
 DEFAULT_TIMEOUT_S = 120.0
@@ -145,19 +147,8 @@ def _read_first_line(child: Child, timeout_s: float) -> str:
 def _live_members(pgid: int) -> list[int]:
     """The processes of a process group that have not exited (zombies do not count: an agent
     orphaned by its `dsm run` may wait a while for a reaper)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, fields in process_stats()
+            if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid]
 
 
 def _signal_group(child: Child, sig: int) -> None:
