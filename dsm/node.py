@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError
 from dsm.layout import AddressError, Layout
 from dsm.sync import Barrier, Lock
-from dsm.needs import REGION_REGISTER_MODE, WORKLOAD_FEATURES
+from dsm.needs import OPTIONAL_WORKLOAD_FEATURES, REGION_REGISTER_MODE, WORKLOAD_FEATURES
 from dsm.uffd import Uffd
 
 #: how long attach waits for the agent at each step
@@ -36,6 +36,21 @@ ATTACH_TIMEOUT_S = 10.0
 WATCHDOG = os.path.join(os.path.dirname(__file__), "watchdog.py")
 #: how long a request to the agent (allocation, stats) may take
 REQUEST_TIMEOUT_S = 15.0
+
+
+class LostRange(NamedTuple):
+    """Bytes [start, end) of an array, lost when node ``dead_node`` died."""
+
+    start: int
+    end: int
+    dead_node: str
+
+
+def _lost_ranges(ranges: list) -> dict[str, list[LostRange]]:
+    out: dict[str, list[LostRange]] = {}
+    for name, start, end, dead in ranges:
+        out.setdefault(name, []).append(LostRange(int(start), int(end), str(dead)))
+    return out
 
 
 class AttachError(DsmError):
@@ -94,6 +109,18 @@ class Node:
         reply.pop("type", None)
         reply.pop("req", None)
         return reply
+
+    # --- lost pages (see the README: when a node dies) -----------------------------------------
+    def lost(self) -> dict[str, list[LostRange]]:
+        """The lost ranges of every array: pages whose newest contents died with a node. Every
+        access to them fails (SIGBUS) until ``forget_lost``. Arrays without lost pages are not
+        listed; pages outside every array are listed under ""."""
+        return _lost_ranges(self._request({"type": "lost"})["ranges"])
+
+    def forget_lost(self, name: str) -> list[LostRange]:
+        """Give up the lost pages of array ``name``: from now on they read as zeros, on every
+        node. Returns the ranges that were lost."""
+        return _lost_ranges(self._request({"type": "forget_lost", "name": name})["ranges"]).get(name, [])
 
     # --- talking to the agent --------------------------------------------------------------------
     def _connection(self) -> socket.socket:
@@ -224,7 +251,8 @@ def _attach_to(path: str, agent_proc: StartedAgent | None) -> Node:
                 f"cannot map the shared region at {layout.base:#x}+{layout.size:#x} in this "
                 f"process: {exc.strerror} (the address range is already taken)"
             ) from None
-        uffd = Uffd.open(features=WORKLOAD_FEATURES)
+        uffd = Uffd.open(features=WORKLOAD_FEATURES | OPTIONAL_WORKLOAD_FEATURES,
+                         required=WORKLOAD_FEATURES)
         uffd.register(layout.base, layout.size, REGION_REGISTER_MODE)
         local.send(sock, {"type": "register", "pid": os.getpid()}, [uffd.fileno()])
         reply, _ = local.recv(sock)

@@ -45,6 +45,8 @@ class MsgType(enum.IntEnum):
     BARRIER_WAIT = 14
     DEPARTED = 15
     LOCK_STATUS = 16
+    LOST_QUERY = 17
+    FORGET_LOST = 18
     # directory -> node
     WELCOME = 20
     GRANT = 21
@@ -54,6 +56,9 @@ class MsgType(enum.IntEnum):
     ERROR = 25
     SYNC_REPLY = 26
     LOCK_INFO = 27
+    LOST = 28
+    FENCED = 29
+    LOST_REPORT = 30
 
 
 class Payload(enum.IntEnum):
@@ -73,11 +78,14 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """A node joins: its name and its agent's pid (for the logs)."""
+    """A node joins: its name, its agent's pid (for the logs) and its incarnation, a number
+    drawn at random when the agent starts (its ZeroMQ identity is ``identity(node,
+    incarnation)``), so that a restarted agent is told apart from its predecessor."""
 
     TYPE = MsgType.HELLO
     node: str
     pid: int
+    incarnation: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Welcome(Message):
     base: int
     size: int
     page_size: int
+    epoch: int  #: drawn at random when the directory starts: a restart changes it
 
 
 @dataclass(frozen=True)
@@ -309,12 +318,66 @@ class SyncReply(Message):
     detail: str
 
 
+@dataclass(frozen=True)
+class Lost(Message):
+    """Directory to a node that asked for ``count`` pages from ``page``: they are lost, their
+    newest contents died with node ``dead_node``. ``array`` names the allocation they belong
+    to ("" if none) and ``array_page`` is the index of ``page`` within it (for the log line).
+    Every access to them fails until the program calls ``node.forget_lost``."""
+
+    TYPE = MsgType.LOST
+    page: int
+    count: int
+    dead_node: str
+    array: str
+    array_page: int
+
+
+@dataclass(frozen=True)
+class Fenced(Message):
+    """Directory to a peer it will not serve: declared dead, joined an earlier directory (its
+    ``epoch`` differs), or a second live node under a name in use. ``reason`` says which."""
+
+    TYPE = MsgType.FENCED
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class LostQuery(Message):
+    """Which pages are lost, per array (answered by a LostReport)."""
+
+    TYPE = MsgType.LOST_QUERY
+    req: int
+
+
+@dataclass(frozen=True)
+class ForgetLost(Message):
+    """The program gives up the lost pages of array ``name``: they read as zeros from now on
+    (answered by a LostReport of the ranges forgotten)."""
+
+    TYPE = MsgType.FORGET_LOST
+    req: int
+    name: str
+
+
+@dataclass(frozen=True)
+class LostReport(Message):
+    """Lost ranges: ``ranges`` holds ``[array, start_byte, end_byte, dead_node]`` lists, the
+    bytes counted from the array's start."""
+
+    TYPE = MsgType.LOST_REPORT
+    req: int
+    ranges: list
+
+
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
         Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
-        BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo,
+        BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
+        LostQuery, ForgetLost, LostReport,
     )
 }
 
@@ -328,6 +391,11 @@ _FIELD_TYPES: dict[type[Message], tuple[type, ...]] = {
     )
     for cls in MESSAGE_CLASSES.values()
 }
+
+
+def identity(node: str, incarnation: int) -> bytes:
+    """The ZeroMQ identity of incarnation ``incarnation`` of node ``node``."""
+    return f"{node}#{incarnation:x}".encode(errors="surrogateescape")
 
 
 _PAYLOAD_VALUES = frozenset(p.value for p in Payload)

@@ -33,10 +33,10 @@ def _read_line(proc: subprocess.Popen, timeout_s: float, what: str) -> str:
 
 class Directory:
     def __init__(self, tmp_path: Path, transport: str = "tcp", region_bytes: int = 64 << 20,
-                 extra: list[str] = ()):
-        self.log_path = tmp_path / "directory.log"
+                 extra: list[str] = (), name: str = "directory"):
+        self.log_path = tmp_path / f"{name}.log"
         listen = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/directory.ipc"
-        self.trace_path = tmp_path / "directory.trace"
+        self.trace_path = tmp_path / f"{name}.trace"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dsm", "--log-level", "INFO", "directory", "--listen", listen,

@@ -82,6 +82,15 @@ def test_malformed_messages_to_the_directory_get_errors_and_it_stays_up(director
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(directory.endpoint)
     try:
+        # a well-formed request from a peer that never said Hello is refused, not served
+        sock.send_multipart(protocol.encode(protocol.Acquire(0, 1, True, False)))
+        assert sock.poll(5000)
+        msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+        assert isinstance(msg, protocol.Fenced) and "no session" in msg.reason, msg
+        sock.send_multipart(protocol.encode(protocol.Hello("probe", 1, 1)))
+        assert sock.poll(5000)
+        msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+        assert isinstance(msg, protocol.Welcome)
         bad = [
             [b"\xc1not msgpack"],
             [msgpack.packb([999])],
@@ -94,7 +103,7 @@ def test_malformed_messages_to_the_directory_get_errors_and_it_stays_up(director
             assert sock.poll(5000), f"no answer to {frames!r}"
             msg, _ = protocol.decode(sock.recv_multipart(), 4096)
             assert isinstance(msg, protocol.Error), msg
-        sock.send_multipart(protocol.encode(protocol.Hello("probe", 1)))
+        sock.send_multipart(protocol.encode(protocol.Hello("probe", 1, 1)))
         assert sock.poll(5000)
         msg, _ = protocol.decode(sock.recv_multipart(), 4096)
         assert isinstance(msg, protocol.Welcome)

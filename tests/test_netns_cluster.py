@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,15 +181,20 @@ def test_link_cut_fails_the_cut_node_and_the_others_carry_on(hosts):
     assert elapsed < REQUEST_TIMEOUT_S + 8, elapsed
     assert "SIGBUS" in output_of(cut_node), output_of(cut_node)
 
-    # the others keep working past the moment the directory gives the cut node up
+    # the others are not held up by the cut node: each keeps working past the moment the
+    # directory gives it up, except that a page the cut node wrote and nobody read before the
+    # cut is lost with it, and a node that reads one fails loudly, naming it (never zeros)
     codes = cluster.wait_all(others, 30)
-    assert set(codes.values()) == {0}, codes
     for n in others:
-        r = result_of(n)
-        assert r["match"] and r["rounds"] == 200, r
-        assert r["finished_at"] > t_cut_wall + NODE_TIMEOUT_S, (r["finished_at"], t_cut_wall)
+        if codes[n.name] == 0:
+            r = result_of(n)
+            assert r["match"] and r["rounds"] == 200, r
+            assert r["finished_at"] > t_cut_wall + NODE_TIMEOUT_S, (r["finished_at"], t_cut_wall)
+        else:
+            out = output_of(n)
+            assert re.search(r"are LOST: their newest contents died with node node-3-", out), out
     (directory,) = cluster.replicas("directory")
-    cluster.wait_for_line(directory, r"node node-3-\d+ silent for .* declared dead", 5)
+    cluster.wait_for_line(directory, r"node node-3-\d+ declared dead", 5)
 
 
 @pytest.mark.timeout(90)

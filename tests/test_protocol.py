@@ -10,8 +10,13 @@ PAGE = 4096
 
 
 @pytest.mark.parametrize("msg,page", [
-    (p.Hello("n1", 42), None),
-    (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE), None),
+    (p.Hello("n1", 42, 7), None),
+    (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE, 5), None),
+    (p.Lost(3, 2, "b", "x", 1), None),
+    (p.Fenced(5, "declared dead"), None),
+    (p.LostQuery(1), None),
+    (p.ForgetLost(1, "x"), None),
+    (p.LostReport(1, [["x", 0, 4096, "b"]]), None),
     (p.Acquire(7, 1, True, False), None),
     (p.Grant(7, 2, False, p.Payload.DATA), b"a" * 2 * PAGE),
     (p.Grant(7, 1, True, p.Payload.ZERO), None),

@@ -8,8 +8,10 @@ Local request -> directory message:
     unlock         {name, pid, tid}               -> LockRelease
     barrier_join   {name, parties, pid, tid}      -> BarrierJoin
     barrier_wait   {name, parties, pid, tid}      -> BarrierWait
+    lost           {}                             -> LostQuery
+    forget_lost    {name}                         -> ForgetLost
 Answers: Allocated -> "allocated", SyncReply -> "sync", LockInfo -> "lock_info",
-Error -> "error".
+LostReport -> "lost", Error -> "error".
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Forwarder:
             "lock_status": lambda req, m: p.LockStatus(req, str(local.expect(m, "name")[0])),
             "barrier_join": self._barrier(p.BarrierJoin),
             "barrier_wait": self._barrier(p.BarrierWait),
+            "lost": lambda req, m: p.LostQuery(req),
+            "forget_lost": lambda req, m: p.ForgetLost(req, str(local.expect(m, "name")[0])),
         }
 
     def handles(self, kind: str) -> bool:
@@ -69,6 +73,8 @@ class Forwarder:
             body = {"type": "lock_info", "holder": msg.holder, "waiting": msg.waiting}
         elif isinstance(msg, p.SyncReply):
             body = {"type": "sync", "status": msg.status, "detail": msg.detail}
+        elif isinstance(msg, p.LostReport):
+            body = {"type": "lost", "ranges": msg.ranges}
         else:
             body = {"type": "error", "message": msg.message}
         self._reply(client, {**body, "req": client_req})

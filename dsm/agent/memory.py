@@ -12,10 +12,11 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import signal
 from typing import Any, Callable
 
 from dsm import libc
-from dsm.agent.processes import WorkloadProcess
+from dsm.agent.processes import WorkloadProcess, thread_group_of
 from dsm.layout import Layout
 from dsm.protocol import MAX_BATCH_PAGES, Drop, Message, Payload, Writeback
 from dsm.uffd import EventPending, PageExists, PartiallyCopied, ProcessGone, UffdError
@@ -110,6 +111,30 @@ class NodeMemory:
         except UffdError as exc:
             if exc.errno != errno.ENOENT:  # ENOENT: the range was unmapped meanwhile
                 raise
+
+    def poison(self, proc: WorkloadProcess, addr: int, thread_id: int) -> None:
+        """Make the page at ``addr`` fail in ``proc``: UFFDIO_POISON installs a marker that
+        raises SIGBUS at the access (and wakes the faulting thread to take it). Where the
+        kernel or the uffd lacks it (EINVAL: Linux < 6.6, or the feature was not enabled), the
+        process is killed with SIGBUS instead: either way it never reads what is not there."""
+        if proc.uffd.closed:
+            return
+        try:
+            self.retry(proc, lambda: proc.uffd.poison(addr, self.page_size))
+            return
+        except ProcessGone:
+            self._on_process_gone(proc)
+            return
+        except UffdError as exc:
+            if exc.errno == errno.ENOENT:  # the range was unmapped meanwhile: nothing to fail
+                return
+            # EINVAL (no POISON here), EEXIST (a page is there after all): kill it instead
+        pid = proc.pid or thread_group_of(thread_id)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGBUS)
+            except ProcessLookupError:
+                pass
 
     # --- pages in ----------------------------------------------------------------------------------
     def install(self, first: int, count: int, src: Any, writable: bool,

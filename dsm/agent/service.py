@@ -28,8 +28,10 @@ from dsm.agent.memory import NodeMemory, PageState
 from dsm.agent.readahead import ReadAhead
 from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
 from dsm.agent.stats import NodeStats
+from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
 from dsm.layout import Layout
+from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.trace import Tracer
 from dsm.uffd import (
     Access,
@@ -53,12 +55,8 @@ _POLLIN = int(zmq.POLLIN)
 CONNECT_TIMEOUT_S = 5.0
 #: how long a page request may stay unanswered before the waiting processes are failed
 REQUEST_TIMEOUT_S = 10.0
-#: the directory answers every heartbeat; silent this long, it has declared this node dead
-#: (dsm.directory.service.NODE_TIMEOUT_S), so the node stops
-DIRECTORY_TIMEOUT_S = 5.0
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
-HEARTBEAT_INTERVAL_S = 0.5
 POLL_INTERVAL_MS = 100
 #: how long to watch a Remove event's pages for MADV_REMOVE's hole punch (DONTNEED never punches)
 REMOVE_SETTLE_S = 0.02
@@ -74,6 +72,10 @@ EXIT_LEAVE_UNACKNOWLEDGED = 4
 
 class DirectoryUnreachable(DsmError):
     """The directory did not answer within the deadline."""
+
+
+class DirectoryRefused(DsmError):
+    """The directory will not serve this node (a name clash, or it fenced this incarnation)."""
 
 
 @dataclass
@@ -105,10 +107,13 @@ class Agent:
         self.socket_path = socket_path
         self.stats = NodeStats()
         self.tracer = Tracer(trace_path, node)
+        #: tells this run of the agent from an earlier one under the same name
+        self.incarnation = new_random_id()
+        self.epoch = 0  #: the directory's, from its Welcome
         self._ctx = zmq.Context.instance()
         self.dealer = self._ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 1000)
-        self.dealer.setsockopt(zmq.IDENTITY, node.encode())
+        self.dealer.setsockopt(zmq.IDENTITY, p.identity(node, self.incarnation))
         self.dealer.connect(directory)
         self.layout = self._join()
         self.page_size = self.layout.page_size
@@ -140,7 +145,11 @@ class Agent:
             p.Allocated: self._on_answer,
             p.SyncReply: self._on_answer,
             p.LockInfo: self._on_answer,
+            p.LostReport: self._on_answer,
             p.Error: self._on_answer,
+            p.Lost: self._on_lost,
+            p.Fenced: lambda m, d: self._cut_off(
+                f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
             p.Heartbeat: lambda m, d: None,  # the directory is alive: _drain_directory noted it
         }
@@ -154,14 +163,20 @@ class Agent:
 
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
-        self._send(p.Hello(self.node, os.getpid()))
+        self._send(p.Hello(self.node, os.getpid(), self.incarnation))
         if not self.dealer.poll(int(CONNECT_TIMEOUT_S * 1000)):
             raise DirectoryUnreachable(
                 f"directory {self.directory_endpoint} did not answer within {CONNECT_TIMEOUT_S} s"
             )
         msg, _ = p.decode(self.dealer.recv_multipart(), 0)
+        if isinstance(msg, p.Fenced):
+            raise DirectoryRefused(f"the directory {self.directory_endpoint} refused node "
+                                   f"{self.node!r}: {msg.reason}")
         if not isinstance(msg, p.Welcome):
             raise ProtocolError(f"expected Welcome from the directory, got {type(msg).__name__}")
+        self.epoch = msg.epoch
+        log.info("node %s joined directory %s (epoch %x) as incarnation %x", self.node,
+                 self.directory_endpoint, msg.epoch, self.incarnation)
         return Layout(msg.base, msg.size, msg.page_size)
 
     def stop(self, *_: Any) -> None:
@@ -201,8 +216,11 @@ class Agent:
             now = time.monotonic()
             if now - self._last_send > HEARTBEAT_INTERVAL_S:
                 self._send(p.Heartbeat())
-            if now - self._last_heard > DIRECTORY_TIMEOUT_S:
-                self._directory_lost(now - self._last_heard)
+            if now - self._last_heard > NODE_CUT_OFF_S:
+                silent_s = now - self._last_heard
+                self._cut_off(f"the directory {self.directory_endpoint} has not answered for "
+                              f"{silent_s:.1f} s: this node is cut off from the cluster")
+            if not self._directory_alive:
                 return
             self._fail_overdue_requests(now)
 
@@ -248,15 +266,18 @@ class Agent:
                 log.warning("malformed message from the directory: %s", exc)
         return False
 
-    def _directory_lost(self, silent_s: float) -> None:
-        """The directory has been silent longer than it waits before declaring a node dead: it
-        has given this node's pages up, so nothing here can go on coherently. Fail loudly: every
-        request waiting for it gets an error, every local workload process is killed."""
+    def _cut_off(self, why: str) -> None:
+        """The directory no longer serves this node: it fell silent for longer than this node
+        may go on (``dsm.liveness``: the directory is about to hand this node's pages on), or it
+        fenced it (declared dead, restarted). Nothing here can go on coherently. Fail loudly:
+        every request waiting for it gets an error, every local workload process is killed."""
+        if not self._directory_alive:
+            return
         self._directory_alive = False
-        log.error("directory %s silent for %.1f s: this node is cut off; failing its requests "
-                  "and stopping its workload processes (SIGBUS)", self.directory_endpoint, silent_s)
-        self.forwarder.fail_all(f"the directory {self.directory_endpoint} has not answered for "
-                                f"{silent_s:.1f} s: this node is cut off from the cluster")
+        self._running = False
+        log.error("%s; failing this node's requests and stopping its workload processes "
+                  "(SIGBUS)", why)
+        self.forwarder.fail_all(why)
         for proc in list(self.procs.values()):
             if proc.pid:
                 try:
@@ -302,6 +323,37 @@ class Agent:
         for page, waiters in refault.items():
             self._request(page, 1, pend.write and any(w.write for w in waiters), waiters, None)
         self._request_ahead(pend.stream)
+
+    def _on_lost(self, msg: p.Lost, _: Any) -> None:
+        """The pages asked for are lost (their newest contents died with a node): every process
+        waiting on one of them gets SIGBUS, after a log line that says what was lost."""
+        first, count = msg.page, msg.count
+        self.layout.check_page(first + count - 1)
+        pend = self.pending.get(first)
+        if pend is None or pend.first != first:
+            log.warning("lost answer for pages %d+%d that were not asked for: ignored", first, count)
+            return
+        for q in range(pend.first, pend.first + pend.count):
+            if self.pending.get(q) is pend:
+                del self.pending[q]
+        lost = range(first, first + count)
+        victims = [w for w in pend.waiters if w.page in lost]
+        self.stats.count("lost_faults", len(victims))
+        self.tracer(first, "LOST", self.node, "invalid", "lost", count=count)
+        array = repr(msg.array) if msg.array else "(outside every array)"
+        log.error(
+            "pages %d-%d of array %s are LOST: their newest contents died with node %s; "
+            "%d process(es) touching them get SIGBUS (node.lost() lists the lost ranges, "
+            "node.forget_lost(name) zero-fills them)", msg.array_page, msg.array_page + count - 1,
+            array, msg.dead_node, len({w.proc.pid for w in victims}))
+        refault: dict[int, list[Waiter]] = {}
+        for w in pend.waiters:
+            if w.page in lost:
+                self.memory.poison(w.proc, w.addr, w.thread_id)
+            else:
+                refault.setdefault(w.page, []).append(w)  # read-ahead: ask for it alone
+        for page, waiters in refault.items():
+            self._request(page, 1, any(w.write for w in waiters), waiters, None)
 
     def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
         first, count = msg.page, msg.count

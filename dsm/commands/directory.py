@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from dsm.directory.pages import OnLoss
 from dsm.directory.service import run_directory
 from dsm.layout import DEFAULT_BASE_ADDRESS, DEFAULT_REGION_BYTES, Layout
 
@@ -21,10 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base", type=lambda s: int(s, 0), default=DEFAULT_BASE_ADDRESS,
                         help=f"cluster-wide base address (default {DEFAULT_BASE_ADDRESS:#x})")
     parser.add_argument("--trace", help="write the protocol trace (JSON lines) to this file")
+    parser.add_argument(
+        "--on-loss", choices=[m.value for m in OnLoss], default=OnLoss.POISON.value,
+        help="pages whose newest contents died with a node: 'poison' (default) makes every "
+             "access fail loudly until the program calls node.forget_lost; 'last-copy' serves "
+             "their last home copy again (older data; every fallback is logged and counted)")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     layout = Layout(args.base, args.region_size)
-    return run_directory(args.listen, layout, args.trace, args.ready_fd)
+    return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss))
