@@ -6,7 +6,9 @@ Each test is data (LITMUS_TESTS): its variables, each thread's code (stores of c
 loads into registers) and which node runs each thread, and its forbidden outcome. A run does
 many rounds; round k uses fresh variables (row k of an array, each variable on a page of its
 own, never touched before: zero, with no reset to race with), and every thread waits on one
-cluster barrier before each round so that the threads start the round together. A second thread
+cluster barrier before each round so that the threads start the round together (then each waits
+a random moment, so that their relative timing varies). The variables start either on untouched
+pages or on pages every node holds a read copy of (MODES). A second thread
 on a node is a forked process (two Python threads would share one GIL, and a thread stuck in a
 page fault holds it). Every outcome observed must be one that some interleaving of the threads
 allows (sequential consistency), the forbidden one in particular never.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from collections import Counter
 from typing import NamedTuple
 
@@ -26,7 +29,16 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 #: rounds of each litmus test: enough for a few hundred chances, a few seconds per test
-ROUNDS = 250
+ROUNDS = 120
+#: how the round's variables start: "cold", on pages no node has touched (every access faults
+#: and goes to the directory), or "warm", every thread having read every variable before the
+#: round (each node holds read copies: a store upgrades and must invalidate the others' copies,
+#: a load of a copy still held does not fault at all)
+MODES = ("cold", "warm")
+#: before its code, each thread waits a random time up to this, drawn anew each round, so that
+#: the threads' relative timing (a local load takes nanoseconds, a remote store milliseconds)
+#: varies and the rounds explore many interleavings, as litmus7's random delays do
+MAX_JITTER_S = 0.003
 #: a run that shows a single outcome had its threads in one fixed order every round: it tested
 #: no interleaving at all (the observed runs show three or more)
 MIN_DISTINCT_OUTCOMES = 2
@@ -144,13 +156,20 @@ def forbidden_key(test: Litmus) -> tuple:
 # --- what a node runs ----------------------------------------------------------------------------
 
 RUNNER = """
-import json, os
+import json, os, random, time
 litmus = node.array({array!r}, ({rounds}, {nvars}, {words}), np.int64)
-def run_thread(code, path):
+def run_thread(code, path, seed):
+    rng = random.Random(seed)
     bar = node.barrier({barrier!r}, {parties})
     results = []
     for k in range({rounds}):
-        bar.wait()  # the threads start each round together, on variables never touched
+        if {warm}:
+            for var in range({nvars}):
+                int(litmus[k, var, 0])
+        bar.wait()  # the threads start each round together
+        until = time.monotonic() + rng.uniform(0, {jitter})
+        while time.monotonic() < until:  # a busy wait: a sleep would be far coarser
+            pass
         regs = {{}}
         for op, var, arg in code:
             if op == 'st':
@@ -162,11 +181,11 @@ def run_thread(code, path):
         json.dump(results, f)
 threads = json.loads({threads_json!r})
 children = []
-for code, path in threads[1:]:
+for code, path, seed in threads[1:]:
     pid = os.fork()
     if pid == 0:
         try:
-            run_thread(code, path)
+            run_thread(code, path, seed)
             os._exit(0)
         except BaseException:
             import traceback; traceback.print_exc()
@@ -179,19 +198,21 @@ for pid in children:
 """
 
 
-def run_litmus(test: Litmus, nodes, tmp_path, rounds: int = ROUNDS) -> Counter:
-    """Run ``rounds`` rounds of ``test`` on ``nodes`` (all started before any is waited for)
-    and return the histogram of outcomes."""
+def run_litmus(test: Litmus, nodes, tmp_path, mode: str, rounds: int = ROUNDS) -> Counter:
+    """Run ``rounds`` rounds of ``test`` on ``nodes`` (all started before any is waited for),
+    its variables ``mode`` (see MODES), and return the histogram of outcomes."""
+    assert mode in MODES, mode
     var_index = {v: i for i, v in enumerate(test.variables)}
+    rng = random.Random()
     paths = [str(tmp_path / f"{test.name}-thread{t}.json") for t in range(len(test.threads))]
     busy = []
     for n, node in enumerate(nodes):
-        mine = [([(op, var_index[var], arg) for op, var, arg in code], paths[t])
+        mine = [([(op, var_index[var], arg) for op, var, arg in code], paths[t], rng.random())
                 for t, code in enumerate(test.threads) if test.placement[t] == n]
         if not mine:
             continue
         node.send(RUNNER.format(
-            array=f"litmus-{test.name}", rounds=rounds, nvars=len(test.variables),
+            array=f"litmus-{test.name}", rounds=rounds, warm=mode == "warm", jitter=MAX_JITTER_S, nvars=len(test.variables),
             words=WORDS_PER_PAGE, barrier=f"litmus-{test.name}", parties=len(test.threads),
             threads_json=json.dumps(mine),
         ))
@@ -208,9 +229,9 @@ def run_litmus(test: Litmus, nodes, tmp_path, rounds: int = ROUNDS) -> Counter:
     return histogram
 
 
-def format_histogram(test: Litmus, histogram: Counter) -> str:
+def format_histogram(test: Litmus, histogram: Counter, mode: str = "") -> str:
     allowed = sc_outcomes(test)
-    lines = [f"{test.name} ({test.description}), {sum(histogram.values())} rounds:"]
+    lines = [f"{test.name} {mode} ({test.description}), {sum(histogram.values())} rounds:"]
     for outcome, count in sorted(histogram.items()):
         text = " ".join(f"{r}={v}" for r, v in outcome)
         verdict = ("FORBIDDEN" if outcome == forbidden_key(test)
@@ -219,11 +240,12 @@ def format_histogram(test: Litmus, histogram: Counter) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("test", LITMUS_TESTS, ids=lambda t: t.name)
-def test_litmus_outcomes_across_nodes_are_sequentially_consistent(test, make_node, tmp_path):
+def test_litmus_outcomes_across_nodes_are_sequentially_consistent(test, mode, make_node, tmp_path):
     nodes = [make_node(f"n{i}") for i in range(max(test.placement) + 1)]
-    histogram = run_litmus(test, nodes, tmp_path)
-    report = format_histogram(test, histogram)
+    histogram = run_litmus(test, nodes, tmp_path, mode)
+    report = format_histogram(test, histogram, mode)
     print("\n" + report)
     assert sum(histogram.values()) == ROUNDS
     assert histogram[forbidden_key(test)] == 0, report
