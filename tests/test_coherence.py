@@ -29,10 +29,13 @@ def test_read_sharing_then_one_write_invalidates_every_copy(make_node):
 WRITER_NODES = 3
 ROUNDS = 20
 INCREMENTS_PER_ROUND = 10
+WORDS_PER_PAGE = 4096 // 8
 #: the word of the page that holds the counter shared by all nodes, under a lock
-SHARED_WORD = 511
+SHARED_WORD = WORDS_PER_PAGE - 1
+#: the deadline of one node's share of the concurrent writes
+WRITERS_TIMEOUT_S = 60.0
 WRITERS = """
-words = node.array('pingpong', (512,), np.int64)   # one page: every word below shares it
+words = node.array('pingpong', ({words},), np.int64)   # one page: every word below shares it
 bar = node.barrier('pingpong', {nodes})
 lock = node.lock('pingpong')
 violations = []
@@ -60,9 +63,9 @@ def test_concurrent_writers_on_one_page_lose_no_write(make_node):
     # every node gets its work before any is waited for: they write the page at the same time
     for me, n in enumerate(nodes):
         n.send(WRITERS.format(nodes=WRITER_NODES, rounds=ROUNDS, inc=INCREMENTS_PER_ROUND,
-                              shared=SHARED_WORD, me=me))
+                              words=WORDS_PER_PAGE, shared=SHARED_WORD, me=me))
     for n in nodes:
-        n.wait(60)
+        n.wait(WRITERS_TIMEOUT_S)
     for n in nodes:
         assert n.run("", "violations") == []
     expected_own = ROUNDS * INCREMENTS_PER_ROUND

@@ -38,6 +38,8 @@ SHARED_WRITE_FRACTION = 0.5
 VALUE_STRIDE = 1_000_000
 #: a short pause between operations, so that the actors interleave at fine grain
 THINK_TIME_S = 0.0002
+#: the deadline of one node's share of the run
+RUN_TIMEOUT_S = 150.0
 #: the process id of the test's own final reads in the history
 FINAL_READER = "final"
 
@@ -115,7 +117,7 @@ def test_every_words_history_is_linearizable(write_fraction, make_node, tmp_path
             child_actor=child, child_seed=random.randrange(1 << 30), child_path=paths[child],
         ))
     for node in nodes:
-        node.wait(150)
+        node.wait(RUN_TIMEOUT_S)
     logs = [json.load(open(p)) for p in paths]
     assert sum(len(log) for log in logs) == ACTORS * OPS_PER_PROC
     # had the harness run the nodes one after another, this history would prove little
