@@ -28,7 +28,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(60)
 
-#: rounds of each litmus test: enough for a few hundred chances, a few seconds per test
+#: rounds of each litmus test in each mode: a few seconds per test, the file well under a minute
 ROUNDS = 100
 #: how the round's variables start: "cold", on pages no node has touched (every access faults
 #: and goes to the directory), or "warm", every thread having read every variable before the
