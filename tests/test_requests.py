@@ -33,12 +33,14 @@ def wait_until_stopped(pid: int) -> None:
             state = f.read().rsplit(")", 1)[-1].split()[0]
         if state in ("T", "t"):
             return
-        assert time.monotonic() < deadline, f"pid {pid} not stopped after {STOP_SEEN_TIMEOUT_S} s (state {state})"
+        assert time.monotonic() < deadline, \
+            f"pid {pid} not stopped {STOP_SEEN_TIMEOUT_S} s after SIGSTOP (its state: {state})"
         time.sleep(STOP_POLL_S)
 
 
 def offset_of(node, name: str, words: int) -> int:
-    return node.run(f"x = node.array({name!r}, ({words},), np.int64)", "node.address_of(x) - node.base")
+    return node.run(f"x = node.array({name!r}, ({words},), np.int64)",
+                    "node.address_of(x) - node.base")
 
 
 def test_a_late_answer_is_not_taken_for_the_next_requests(directory, make_node):
