@@ -30,6 +30,10 @@ class AgentGone(DsmError):
     """The node agent closed the connection or did not answer in time."""
 
 
+class NoAnswer(AgentGone):
+    """The node agent did not answer a request before its deadline (a late answer is dropped)."""
+
+
 def send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
     data = msgpack.packb(message)
     if fds:

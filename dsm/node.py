@@ -13,11 +13,13 @@ that ``attach`` starts kills this process loudly.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,6 +31,8 @@ from dsm.layout import AddressError, Layout
 from dsm.sync import Barrier, Lock
 from dsm.needs import OPTIONAL_WORKLOAD_FEATURES, REGION_REGISTER_MODE, WORKLOAD_FEATURES
 from dsm.uffd import Uffd
+
+log = logging.getLogger(__name__)
 
 #: how long attach waits for the agent at each step
 ATTACH_TIMEOUT_S = 10.0
@@ -144,7 +148,11 @@ class Node:
 
     def _request(self, message: dict, timeout_s: float | None = REQUEST_TIMEOUT_S) -> dict:
         """Send a request to the agent and wait for its answer (``timeout_s=None``: as long as
-        it takes, for lock and barrier waits; the agent's death still ends the wait)."""
+        it takes, for lock and barrier waits; the agent's death still ends the wait).
+
+        Only the answer carrying this request's id is taken: an earlier request on this
+        connection that timed out may still be answered later, and that late answer (another
+        array's offset, say) is dropped here instead of being taken for this one's."""
         if self._closed:
             raise DsmError("this node is detached")
         sock = self._connection()
@@ -152,18 +160,33 @@ class Node:
             req = self._next_req
             self._next_req += 1
         local.send(sock, {**message, "req": req, "pid": os.getpid(), "tid": threading.get_ident()})
-        sock.settimeout(timeout_s)
-        try:
-            reply, fds = local.recv(sock)
-        except socket.timeout:
-            raise local.AgentGone(
-                f"the node agent did not answer a {message['type']} request within {timeout_s} s"
-            ) from None
-        for fd in fds:
-            os.close(fd)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:  # settimeout(0) would mean "non-blocking"
+                raise self._no_answer(message, timeout_s)
+            sock.settimeout(left)
+            try:
+                reply, fds = local.recv(sock)
+            except socket.timeout:
+                raise self._no_answer(message, timeout_s) from None
+            for fd in fds:
+                os.close(fd)
+            answers = reply.get("req")
+            # an error without an id answers a message the agent could not read: this one
+            if answers == req or (not answers and reply.get("type") == "error"):
+                break
+            log.debug("dropped a late %r answer to request %s while waiting for request %s (%s)",
+                      reply.get("type"), answers, req, message["type"])
         if reply.get("type") == "error":
             raise DsmError(reply.get("message", "the agent reported an error"))
         return reply
+
+    @staticmethod
+    def _no_answer(message: dict, timeout_s: float | None) -> local.NoAnswer:
+        return local.NoAnswer(
+            f"the node agent did not answer a {message['type']} request within {timeout_s} s"
+        )
 
     # --- synchronization -------------------------------------------------------------------------
     def lock(self, name: str) -> "Lock":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from dsm import local
 from dsm.directory.sync import SyncStatus
 from dsm.errors import DsmError
 
@@ -20,10 +21,19 @@ log = logging.getLogger(__name__)
 
 #: how the agent is told "wait forever"
 NO_TIMEOUT_MS = -1
+#: how much longer than a timed acquire's own timeout the workload waits for the answer: the
+#: directory answers TIMEOUT at the timeout, so this only has to cover the answer's way back
+#: through the agent on a loaded machine; past it, the agent or the directory is stuck
+LOCK_ANSWER_MARGIN_S = 2.0
 
 
 class BarrierBroken(DsmError):
     """A party of the barrier departed (died or left): the barrier will never complete."""
+
+
+class LockUnanswered(DsmError):
+    """A timed acquire got no answer, not even its timeout, from the agent and the directory
+    within the timeout plus ``LOCK_ANSWER_MARGIN_S``: whether the lock is held is unknown."""
 
 
 class Lock:
@@ -46,9 +56,20 @@ class Lock:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         timeout_ms = NO_TIMEOUT_MS if timeout is None else int(timeout * 1000)
-        reply = self._node._request(
-            {"type": "lock", "name": self.name, "timeout_ms": timeout_ms}, timeout_s=None
-        )
+        # the directory's deadline fires first and answers TIMEOUT; this one is the workload's
+        # own, for an agent or a directory that does not answer at all
+        wait_s = None if timeout is None else timeout + LOCK_ANSWER_MARGIN_S
+        try:
+            reply = self._node._request(
+                {"type": "lock", "name": self.name, "timeout_ms": timeout_ms}, timeout_s=wait_s
+            )
+        except local.NoAnswer:
+            raise LockUnanswered(
+                f"lock {self.name!r}: acquire(timeout={timeout:g}) expected the directory's "
+                f"answer (granted, or timed out at {timeout:g} s) but got none within "
+                f"{wait_s:g} s ({LOCK_ANSWER_MARGIN_S:g} s of margin): the node agent or the "
+                "directory is stuck, and whether this thread holds the lock is unknown"
+            ) from None
         status = SyncStatus(reply["status"])
         if status is SyncStatus.TIMEOUT:
             return False

@@ -100,7 +100,7 @@ class NodeProcess:
     def kill(self) -> None:
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, 9)  # the node's agent is in its session
+                os.killpg(self.proc.pid, 9)  # its agent exits with it (--parent-pid)
             except ProcessLookupError:
                 pass
         self.proc.wait()

@@ -28,7 +28,9 @@ NOTICE_DEADLINE_S = 20.0
 
 
 def _kill_whole_node(node: NodeProcess) -> None:
-    """SIGKILL the node: workload, agent, watchdog (one session)."""
+    """SIGKILL the node: its agent (a session of its own), then the workload and its watchdog."""
+    agent_pid = node.run("", "node._agent_proc.pid")
+    os.kill(agent_pid, signal.SIGKILL)
     os.killpg(node.proc.pid, signal.SIGKILL)
     node.proc.wait(10)
 
@@ -189,3 +191,47 @@ def test_a_node_declared_dead_is_fenced_and_stops_loudly(directory, tmp_path):
         assert ("refuses this node" in log and "declared dead" in log) or "cut off" in log, log
     finally:
         node.kill()
+
+
+def test_a_node_that_leaves_a_fetch_unanswered_is_declared_dead_not_waited_for(directory, tmp_path):
+    """A peer that keeps its heartbeats going but never answers a Fetch: the page must not stay
+    busy forever. The directory declares it dead at the transaction's deadline."""
+    import zmq
+
+    from dsm import protocol as p
+    from dsm.liveness import HEARTBEAT_INTERVAL_S
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, p.identity("mute", 1))
+    sock.connect(directory.endpoint)
+    reader = None
+
+    def answer(expected):
+        assert sock.poll(10_000), f"no {expected.__name__} from the directory"
+        msg, _ = p.decode(sock.recv_multipart(), 4096)
+        assert isinstance(msg, expected), msg
+        return msg
+
+    try:
+        sock.send_multipart(p.encode(p.Hello("mute", os.getpid(), 1)))
+        answer(p.Welcome)
+        sock.send_multipart(p.encode(p.Alloc(1, "mute.x", 4096, {"shape": [512], "dtype": "<i8"})))
+        page = answer(p.Allocated).offset // 4096
+        sock.send_multipart(p.encode(p.Acquire(page, 1, True, False)))
+        answer(p.Grant)
+        reader = NodeProcess(directory.endpoint, "reader", tmp_path)
+        reader.send("x = node.array('mute.x', (512,), np.int64)", "int(x[0])")
+        deadline = time.monotonic() + NOTICE_DEADLINE_S
+        while reader.proc.poll() is None:  # stay alive for the directory, answer no Fetch
+            assert time.monotonic() < deadline, "the reader is still waiting for the page"
+            sock.send_multipart(p.encode(p.Heartbeat()))
+            while sock.poll(int(HEARTBEAT_INTERVAL_S * 1000)):
+                sock.recv_multipart()
+        assert reader.proc.returncode == -signal.SIGBUS
+        assert "died with node mute" in reader.log_path.read_text()
+        assert "unanswered for over" in directory.log_path.read_text()
+    finally:
+        sock.close()
+        if reader is not None:
+            reader.kill()

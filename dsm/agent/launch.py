@@ -51,15 +51,21 @@ class StartedAgent:
 
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
                 trace_path: str | None = None) -> StartedAgent:
-    """Start ``dsm agent`` and return once it is ready to serve."""
+    """Start ``dsm agent`` and return once it is ready to serve.
+
+    The agent runs in a session of its own, so that no signal meant for the workload reaches
+    it: a terminal's Ctrl-C (SIGINT to its foreground process group), ``kill -- -PGID`` of the
+    workload's group. Whoever started it stops it with ``StartedAgent.stop()``, after the
+    workload (``dsm run`` does). It exits when this process dies (``--parent-pid``): a killpg
+    of this process's group, or a SIGKILL of this process alone, leaves no agent behind."""
     tmpdir = None if socket_path else tempfile.mkdtemp(prefix="dsm-")
     path = socket_path or os.path.join(tmpdir, "agent.sock")
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "dsm", "agent", "--directory", directory, "--node", node_name,
-           "--socket", path, "--ready-fd", str(write_fd)]
+           "--socket", path, "--ready-fd", str(write_fd), "--parent-pid", str(os.getpid())]
     if trace_path:
         cmd += ["--trace", trace_path]
-    proc = subprocess.Popen(cmd, pass_fds=[write_fd])
+    proc = subprocess.Popen(cmd, pass_fds=[write_fd], start_new_session=True)
     os.close(write_fd)
     try:
         ready, _, _ = select.select([read_fd], [], [], AGENT_START_TIMEOUT_S)

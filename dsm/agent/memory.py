@@ -220,7 +220,9 @@ class NodeMemory:
 
     def give_back(self, pages: list[int]) -> list[tuple[Message, Any]]:
         """Let pages go: the messages that hand them back (owned ones with their contents, read
-        copies as a drop), one per run."""
+        copies as a drop), one per run. Local writers of an owned run are stopped first (write
+        protection on every local uffd), as for a fetch: a write between the read and the hole
+        punch would otherwise be lost; a writer faults instead, and waits for its agent."""
         by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
         for page in pages:
             st = self.state.get(page)
@@ -231,6 +233,7 @@ class NodeMemory:
             for first, count in runs(group, MAX_BATCH_PAGES):
                 offset, length = first * self.page_size, count * self.page_size
                 if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
+                    self.protect_everywhere(first, count, wp=True)
                     out.append((Writeback(first, count, Payload.DATA), os.pread(self.memfd, length, offset)))
                 else:
                     out.append((Drop(first, count), None))

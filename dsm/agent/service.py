@@ -68,6 +68,8 @@ READAHEAD_MAX_PAGES = 256
 #: exit statuses of an agent that could not leave cleanly
 EXIT_CUT_OFF = 3
 EXIT_LEAVE_UNACKNOWLEDGED = 4
+#: ... or did not try: the process it belongs to (``--parent-pid``) died, so it died with it
+EXIT_PARENT_GONE = 5
 
 
 class DirectoryUnreachable(DsmError):
@@ -76,6 +78,25 @@ class DirectoryUnreachable(DsmError):
 
 class DirectoryRefused(DsmError):
     """The directory will not serve this node (a name clash, or it fenced this incarnation)."""
+
+
+class ParentGone(DsmError):
+    """The process this agent belongs to (``--parent-pid``) has exited."""
+
+
+def watch_parent(pid: int) -> int:
+    """A pidfd of ``pid``, this process's parent; ParentGone if the parent is no longer that
+    process. The parent is checked after the pidfd is opened: were the parent already dead, its
+    pid could be another process's by then."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ParentGone(f"the agent's parent, pid {pid}, exited before it started") from None
+    if os.getppid() != pid:
+        os.close(pidfd)
+        raise ParentGone(f"expected to be a child of pid {pid}, but the parent is pid "
+                         f"{os.getppid()}: pid {pid} exited before the agent started")
+    return pidfd
 
 
 @dataclass
@@ -101,7 +122,13 @@ class Pending:
 
 
 class Agent:
-    def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None):
+    def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None,
+                 parent_pid: int | None = None):
+        #: the process this agent belongs to: when it exits, the agent stops as if killed with it
+        #: (a pidfd rather than PR_SET_PDEATHSIG, which follows the *thread* that forked us)
+        self._parent_pidfd = watch_parent(parent_pid) if parent_pid is not None else None
+        #: the parent died: the agent stops without leaving
+        self.orphaned = False
         self.node = node
         self.directory_endpoint = directory
         self.socket_path = socket_path
@@ -127,11 +154,14 @@ class Agent:
         self._pidfds: dict[int, WorkloadProcess] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
+        if self._parent_pidfd is not None:
+            self.poller.register(self._parent_pidfd, zmq.POLLIN)
         self.forwarder = Forwarder(node, self._send, lambda c, m: self.clients.reply(c, m),
                                    self._watch_departures)
         self.clients = ClientHub(socket_path, node, self.layout, self.memory.memfd, self.poller,
                                  self.forwarder, self._register,
-                                 lambda: {"node": node, **self.stats.snapshot()})
+                                 lambda: {"node": node, "processes": len(self.procs),
+                                          **self.stats.snapshot()})
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
@@ -199,13 +229,24 @@ class Agent:
         if not acknowledged:
             log.error("the directory %s did not acknowledge this node's leave: pages it handed "
                       "back may be lost", self.directory_endpoint)
+        self._release()
+        return acknowledged
+
+    def abandon(self) -> None:
+        """Stop without leaving, as a killed agent would: nothing is handed back, no Bye (the
+        directory declares the node dead); the workload processes' watchdogs kill them."""
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self._release()
+
+    def _release(self) -> None:
         for proc in list(self.procs.values()):
             self._forget_process(proc, give_back=False)
         self.clients.close()
         self.memory.close()
         self.tracer.close()
         self.dealer.close()
-        return acknowledged
+        if self._parent_pidfd is not None:
+            os.close(self._parent_pidfd)
 
     # --- the loop ----------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -245,6 +286,11 @@ class Agent:
             proc = self._pidfds[item]
             log.info("workload process %s exited", proc.pid)
             self._forget_process(proc, give_back=True)
+        elif item == self._parent_pidfd:
+            log.error("the process this agent belongs to exited without stopping it: stopping "
+                      "as if killed with it (no leave; the directory declares the node dead)")
+            self.orphaned = True
+            self._running = False
 
     def _send(self, msg: p.Message, page: Any = None) -> None:
         self.dealer.send_multipart(p.encode(msg, page), copy=False)
@@ -609,9 +655,9 @@ def _name(state: PageState | None) -> str:
 
 
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
-              ready_fd: int | None = None) -> int:
+              ready_fd: int | None = None, parent_pid: int | None = None) -> int:
     try:
-        agent = Agent(directory, node, socket_path, trace_path)
+        agent = Agent(directory, node, socket_path, trace_path, parent_pid)
     except DsmError as exc:
         log.error("%s", exc)
         print(f"dsm agent: {exc}", flush=True)
@@ -625,11 +671,16 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
     try:
         agent.serve_forever()
     finally:
-        acknowledged = agent.close()
+        if agent.orphaned:
+            agent.abandon()
+        else:
+            acknowledged = agent.close()
         # Let ZeroMQ finish sending what close() queued (the pages handed back) while its buffers
         # are alive: frames over pyzmq's copy threshold (64 KiB) are sent without a copy, and the
         # interpreter's exit would free them under libzmq's I/O thread (EFAULT: abort, SIGSEGV).
         zmq.Context.instance().destroy(linger=1000)
+    if agent.orphaned:
+        return EXIT_PARENT_GONE
     if not agent._directory_alive:
         return EXIT_CUT_OFF
     return 0 if acknowledged else EXIT_LEAVE_UNACKNOWLEDGED

@@ -63,7 +63,7 @@ class Child:
     def kill(self) -> None:
         """SIGKILL the child's whole session, reap the child, close our ends."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the session: the node's agent too
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the session; a node's agent exits with it
         except (ProcessLookupError, PermissionError):
             pass
         try:

@@ -30,9 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_directory_arguments(parser)
     parser.add_argument("--socket", required=True, help="Unix socket path workloads attach to")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int,
+                        help="exit, as if killed, when the process PID exits (it must be this "
+                             "agent's parent; dsm run passes its own)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     return run_agent(args.directory, args.node or default_node_name(), args.socket, args.trace,
-                     args.ready_fd)
+                     args.ready_fd, args.parent_pid)

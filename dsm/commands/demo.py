@@ -118,8 +118,9 @@ def _python() -> list[str]:
 def _start(name: str, cmd: list[str], workdir: Path, env: dict) -> Child:
     log_path = workdir / f"{name}.log"
     log = open(log_path, "w")
-    # a session of its own: one killpg reaches the node's agent and workload too, and a Ctrl-C in
-    # the terminal reaches only this process, which then stops every child
+    # a session of its own: one killpg reaches the node's workload too (its agent, in a session
+    # of its own, exits with its `dsm run`), and a Ctrl-C in the terminal reaches only this
+    # process, which then stops every child
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                             text=True, env=env, start_new_session=True)
     return Child(name, proc, log_path, log)
@@ -298,7 +299,8 @@ def region_bytes_for(spec, nodes: int, size: int, iterations: int) -> int:
 
 class LocalCluster:
     """A directory and N ``dsm run`` nodes on this machine, each child in a session of its own
-    (one killpg reaches a node's agent and workload too). ``stop()`` in a ``finally``."""
+    (one killpg reaches a node's workload too; its agent exits with its ``dsm run``). ``stop()``
+    in a ``finally``."""
 
     def __init__(self, workdir: Path, env: dict, transport: str = "tcp",
                  trace_dir: Path | None = None):
