@@ -232,3 +232,20 @@ def test_lost_pages_are_located_in_their_array():
     d.node_lost("b")
     assert only(d.acquire("c", 4, 1, False, False)) == Lost(4, 1, "b", "second", 1)
     assert allocs.locate_page(40) == ("", 40)
+
+
+def test_a_write_for_a_node_that_died_meanwhile_leaves_no_stale_copy_set(d):
+    """Found by the simulator: the invalidations done for a requester that died before its grant
+    must still empty the copy set, or a later upgrade of an invalidated copy is granted as if
+    that node still had the page (it has a hole: zeros)."""
+    d.home.put(2, 1, Payload.DATA, b"v" * PAGE)
+    d.acquire("a", 2, 1, False, False)
+    d.acquire("b", 2, 1, False, False)
+    sends = d.acquire("c", 2, 1, True, False)  # c wants to write: a and b are invalidated
+    txn = sends[0].message.txn
+    d.invalidated("a", txn, 2, 1)
+    d.node_lost("c")  # c dies before b acknowledges
+    assert d.invalidated("b", txn, 2, 1) == []
+    assert d.entry(2).copyset == set() and d.entry(2).owner is None
+    send = only(d.acquire("b", 2, 1, True, True), "b")  # b's upgrade: it has no copy any more
+    assert send == Grant(2, 1, True, Payload.DATA)

@@ -414,6 +414,8 @@ class PageDirectory:
                 if not write and q in held:
                     e.copyset.add(txn.source)  # the old owner keeps a read copy
             if node in self._dead:
+                if write:  # the copies were invalidated for it all the same: none is left
+                    e.copyset.clear()
                 continue
             if write:
                 e.owner = node
