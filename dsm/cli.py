@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = {
     "bench": "dsm.commands.bench",
     "demo": "dsm.commands.demo",
     "hosts": "dsm.commands.hosts",
+    "keygen": "dsm.commands.keygen",
 }
 
 

@@ -125,6 +125,32 @@ GATHER = {"DSM_NODES": "3", "DSM_WORKLOAD": "gather",
 
 
 @pytest.mark.timeout(90)
+def test_a_keyed_cluster_on_namespace_hosts_computes_and_refuses_an_open_node(hosts, tmp_path):
+    # the compose file mounts DSM_KEYS into every service: here the runner hands the hosts the
+    # keys directory itself; the nodes join with CURVE and compute together
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "dsm", "keygen", str(keys)], check=True,
+                   capture_output=True, timeout=30)
+    cluster = hosts({"DSM_NODES": "2", "DSM_KEYS": str(keys)}, {"node": 2})
+    nodes = cluster.replicas("node")
+    codes = cluster.wait_all(nodes, 60)
+    assert set(codes.values()) == {0}, codes
+    assert all(result_of(n)["match"] for n in nodes)
+    (directory,) = cluster.replicas("directory")
+    assert "runs OPEN" not in output_of(directory)
+    # a node without the keys, on its own host, is refused: it says authentication failed
+    intruder = cluster.project.services["node"]
+    open_env = {**intruder.environment, "DSM_KEYS": ""}
+    project = type(cluster.project)(cluster.project.path, {
+        **cluster.project.services,
+        "node": type(intruder)(**{**intruder.__dict__, "environment": open_env})})
+    cluster.project = project
+    late = cluster.add("node")
+    assert cluster.wait(late, 30) != 0
+    assert "authentication failed" in output_of(late), output_of(late)
+
+
+@pytest.mark.timeout(90)
 def test_node_joining_late_reads_what_was_written_before(hosts):
     cluster = hosts(GATHER, {"node": 2})
     early = cluster.replicas("node")

@@ -3,6 +3,13 @@
 Every connection is greeted with the layout and the node's memfd. A ``register`` hands over the
 process's uffd; ``alloc``, lock and barrier requests go to the directory through the forwarder;
 ``stats`` is answered here. A malformed message gets an error reply; the agent stays up.
+
+Who may connect: the socket lives in a directory of mode 0700 owned by the agent's user, and each
+connection's credentials (``SO_PEERCRED``, taken by the kernel at ``connect``) are checked: the
+peer's uid must be the agent's, or root's, else the connection is closed before the greeting (no
+memfd). The pid a message claims (``register``, and the ``pid`` of lock and barrier requests,
+which the agent may later signal or report as departed) must be the peer's own: every process,
+forked children and threads included, speaks on a connection it opened itself.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,6 +26,7 @@ import zmq
 from dsm import local
 from dsm.agent.forwarding import Forwarder
 from dsm.errors import ConfigError, ProtocolError
+from dsm.keys import RefusalLog
 from dsm.layout import Layout
 from dsm.uffd import Uffd
 
@@ -28,11 +37,61 @@ MAX_UNIX_PATH_BYTES = 107
 #: how long a send to one workload may block before the connection is given up
 CLIENT_SEND_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 64
+#: the socket's directory: the agent's user only (others cannot even reach the socket)
+SOCKET_DIR_MODE = 0o700
+SOCKET_FILE_MODE = 0o600
+#: struct ucred of SO_PEERCRED: pid, uid, gid
+_UCRED = struct.Struct("3i")
+ROOT_UID = 0
 
 
 @dataclass
 class Client:
     sock: socket.socket
+    #: the peer's credentials, from SO_PEERCRED
+    pid: int = 0
+    uid: int = 0
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected ``sock``, as the kernel recorded them."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+def refuse_uid(peer_uid: int, own_uid: int) -> str | None:
+    """Why a peer of uid ``peer_uid`` may not use an agent running as ``own_uid`` (None: it may)."""
+    if peer_uid in (own_uid, ROOT_UID):
+        return None
+    return (f"its uid is {peer_uid}, but only uid {own_uid} (the agent's) or root may attach "
+            "to this node")
+
+
+def refuse_claim(message: dict, peer_pid: int) -> str | None:
+    """Why ``message`` may not be served for the peer ``peer_pid`` (None: it claims no other pid)."""
+    if "pid" not in message or message["pid"] == peer_pid:
+        return None
+    return (f"{message.get('type')!r} claims pid {message['pid']!r}, but the process at the "
+            f"other end of this connection is pid {peer_pid} (SO_PEERCRED): a process speaks "
+            "for itself only")
+
+
+def private_socket_dir(socket_path: str) -> str:
+    """The directory of ``socket_path``, made mode 0700 if missing; a ConfigError if it exists
+    and others could reach a socket in it."""
+    parent = os.path.dirname(os.path.abspath(socket_path))
+    try:
+        os.mkdir(parent, SOCKET_DIR_MODE)
+    except FileExistsError:
+        pass
+    st = os.stat(parent)
+    mode = st.st_mode & 0o7777
+    if st.st_uid != os.geteuid() or mode & 0o077:
+        raise ConfigError(
+            f"the agent socket's directory {parent} must be private to this user: owned by uid "
+            f"{os.geteuid()} with mode {SOCKET_DIR_MODE:04o}, but it is owned by uid {st.st_uid} "
+            f"with mode {mode:04o}; give --socket a path in a directory of its own (dsm run "
+            "makes one)")
+    return parent
 
 
 class ClientHub:
@@ -54,10 +113,13 @@ class ClientHub:
         self._on_register = on_register
         self._stats = stats
         self.clients: dict[int, Client] = {}
+        self._refusals = RefusalLog(f"the agent socket {socket_path}", logger=log)
+        private_socket_dir(socket_path)
         if os.path.exists(socket_path):
             os.unlink(socket_path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(socket_path)
+        os.chmod(socket_path, SOCKET_FILE_MODE)
         self.listener.listen(LISTEN_BACKLOG)
         poller.register(self.listener.fileno(), zmq.POLLIN)
 
@@ -88,8 +150,14 @@ class ClientHub:
 
     def _accept(self) -> None:
         sock, _ = self.listener.accept()
+        pid, uid, _gid = peer_credentials(sock)
+        why = refuse_uid(uid, os.geteuid())
+        if why is not None:  # before the greeting: it never sees the memfd
+            self._refusals.refused(f"pid {pid}: {why}")
+            sock.close()
+            return
         sock.settimeout(CLIENT_SEND_TIMEOUT_S)
-        client = Client(sock)
+        client = Client(sock, pid, uid)
         self.clients[sock.fileno()] = client
         self._poller.register(sock.fileno(), zmq.POLLIN)
         local.send(sock, self._greeting, [self._memfd])
@@ -114,6 +182,10 @@ class ClientHub:
             return
         kind = message["type"]
         try:
+            why = refuse_claim(message, client.pid)
+            if why is not None:
+                self._refusals.refused(why)
+                raise ProtocolError(why)
             if kind == "register":
                 (pid,) = local.expect(message, "pid")
                 if len(fds) != 1:

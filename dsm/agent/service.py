@@ -30,6 +30,7 @@ from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
 from dsm.agent.stats import NodeStats
 from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
+from dsm.keys import ClientKeys, HandshakeWatch, configure_client, keys_dir_from, load_client_keys
 from dsm.layout import Layout
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.trace import Tracer
@@ -123,7 +124,7 @@ class Pending:
 
 class Agent:
     def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None,
-                 parent_pid: int | None = None):
+                 parent_pid: int | None = None, keys: ClientKeys | None = None):
         #: the process this agent belongs to: when it exits, the agent stops as if killed with it
         #: (a pidfd rather than PR_SET_PDEATHSIG, which follows the *thread* that forked us)
         self._parent_pidfd = watch_parent(parent_pid) if parent_pid is not None else None
@@ -141,6 +142,10 @@ class Agent:
         self.dealer = self._ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 1000)
         self.dealer.setsockopt(zmq.IDENTITY, p.identity(node, self.incarnation))
+        # CURVE with this node's key, pinning the directory's (open without keys); the monitor,
+        # made before the connection, tells a refused handshake from an unreachable directory
+        configure_client(self.dealer, keys)
+        self._handshake = HandshakeWatch(self.dealer, directory, keys)
         self.dealer.connect(directory)
         self.layout = self._join()
         self.page_size = self.layout.page_size
@@ -194,10 +199,23 @@ class Agent:
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
         self._send(p.Hello(self.node, os.getpid(), self.incarnation))
-        if not self.dealer.poll(int(CONNECT_TIMEOUT_S * 1000)):
-            raise DirectoryUnreachable(
-                f"directory {self.directory_endpoint} did not answer within {CONNECT_TIMEOUT_S} s"
-            )
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self._handshake.monitor, zmq.POLLIN)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        try:
+            while True:
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise DirectoryUnreachable(
+                        f"directory {self.directory_endpoint} did not answer within "
+                        f"{CONNECT_TIMEOUT_S} s ({self._handshake.progress()})")
+                ready = dict(poller.poll(max(1, int(left_s * 1000))))
+                self._handshake.check()  # AuthenticationFailed when a handshake was refused
+                if self.dealer in ready:
+                    break
+        finally:
+            self._handshake.close()
         msg, _ = p.decode(self.dealer.recv_multipart(), 0)
         if isinstance(msg, p.Fenced):
             raise DirectoryRefused(f"the directory {self.directory_endpoint} refused node "
@@ -655,12 +673,18 @@ def _name(state: PageState | None) -> str:
 
 
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
-              ready_fd: int | None = None, parent_pid: int | None = None) -> int:
+              ready_fd: int | None = None, parent_pid: int | None = None,
+              keys_dir: str | None = None) -> int:
     try:
-        agent = Agent(directory, node, socket_path, trace_path, parent_pid)
+        keys_path = keys_dir_from(keys_dir)
+        keys = load_client_keys(keys_path, node) if keys_path is not None else None
+        agent = Agent(directory, node, socket_path, trace_path, parent_pid, keys)
     except DsmError as exc:
         log.error("%s", exc)
         print(f"dsm agent: {exc}", flush=True)
+        if ready_fd is not None:  # whoever waits for the agent learns why it did not start
+            os.write(ready_fd, f"error {type(exc).__name__}: {exc}\n".encode())
+            os.close(ready_fd)
         return 2
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)

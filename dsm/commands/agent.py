@@ -7,6 +7,7 @@ import os
 import socket
 
 from dsm.agent.service import run_agent
+from dsm.keys import add_keys_argument
 
 DIRECTORY_ENV = "DSM_DIRECTORY"
 NODE_ENV = "DSM_NODE"
@@ -19,6 +20,8 @@ def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", default=os.environ.get(NODE_ENV),
                         help=f"this node's name (env {NODE_ENV}; default host-pid)")
     parser.add_argument("--trace", help="write this node's protocol trace (JSON lines) to this file")
+    add_keys_argument(parser, "connect with DIR/NODE.key_secret (else DIR/node.key_secret) and "
+                              "accept only the directory whose public key is DIR/directory.key")
 
 
 def default_node_name() -> str:
@@ -38,4 +41,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return run_agent(args.directory, args.node or default_node_name(), args.socket, args.trace,
-                     args.ready_fd, args.parent_pid)
+                     args.ready_fd, args.parent_pid, args.keys)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from dsm.keys import add_keys_argument
 from dsm.watchdog import process_stats
 
 #: how long the directory may take to print its endpoint
@@ -99,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"seconds the whole run may take (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the processes' logs (they are kept anyway when the run fails)")
+    add_keys_argument(parser, "the directory and every node use them")
     parser.set_defaults(func=run)
 
 
@@ -303,8 +305,10 @@ class LocalCluster:
     in a ``finally``."""
 
     def __init__(self, workdir: Path, env: dict, transport: str = "tcp",
-                 trace_dir: Path | None = None):
+                 trace_dir: Path | None = None, keys_dir: str | None = None):
         self.workdir = workdir
+        #: the cluster's CurveZMQ keys (None: it runs open)
+        self.keys_dir = str(Path(keys_dir).resolve()) if keys_dir else None
         self.env = dict(env)
         self.env.pop("DSM_AGENT_SOCKET", None)
         # the workload modules live next to the dsm package: importable from any directory
@@ -331,6 +335,8 @@ class LocalCluster:
                "--region-size", str(region_bytes)]
         if self.trace_dir is not None:
             cmd += ["--trace", str(self.trace_dir / "directory.trace")]
+        if self.keys_dir is not None:
+            cmd += ["--keys", self.keys_dir]
         directory = _start("directory", cmd, self.workdir, self.env)
         self.children.append(directory)
         line = _read_first_line(directory, min(DIRECTORY_START_TIMEOUT_S, timeout_s))
@@ -347,6 +353,8 @@ class LocalCluster:
             cmd = [*_python(), "-m", "dsm", "run", "--directory", self.endpoint, "--node", name]
             if self.trace_dir is not None:
                 cmd += ["--trace", str(self.trace_dir / f"{name}.trace")]
+            if self.keys_dir is not None:
+                cmd += ["--keys", self.keys_dir]
             cmd += ["--", *_python(), "-m", spec.module, "--rank", str(k), "--nodes", str(nodes),
                     "--size", str(size), "--iterations", str(iterations)]
             if expect is not None and spec.takes_expect:
@@ -435,16 +443,17 @@ def run(args: argparse.Namespace) -> int:
 
     old_handler = signal.signal(signal.SIGTERM, on_sigterm)
     env = {**SINGLE_THREAD_ENV, **os.environ}
-    cluster = LocalCluster(workdir, env, args.transport, trace_dir)
+    cluster = LocalCluster(workdir, env, args.transport, trace_dir, args.keys)
     try:
+        security = f" with CurveZMQ keys from {cluster.keys_dir}" if cluster.keys_dir else ""
         endpoint = cluster.start_directory(region_bytes_for(spec, args.nodes, size, iterations),
                                            args.timeout)
         if args.workload == "rows":
-            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}; "
-                  f"{what}", flush=True)
+            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}"
+                  f"{security}; {what}", flush=True)
         else:
-            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}; "
-                  f"workload {spec.name} ({spec.summary}): {what}", flush=True)
+            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}"
+                  f"{security}; workload {spec.name} ({spec.summary}): {what}", flush=True)
         want = want_values = None
         numpy_s = None
         if spec.takes_expect:

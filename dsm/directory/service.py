@@ -27,6 +27,7 @@ from dsm.directory.pages import OnLoss, PageDirectory, Send
 from dsm.directory.sessions import Sessions, new_random_id
 from dsm.directory.sync import Reply, SyncTable, node_of
 from dsm.errors import DsmError, ProtocolError
+from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
 from dsm.liveness import NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
 from dsm.trace import Tracer
@@ -49,7 +50,8 @@ UNDELIVERABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
 
 class DirectoryService:
     def __init__(self, endpoint: str, layout: Layout, trace_path: str | None = None,
-                 node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON):
+                 node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON,
+                 keys: ServerKeys | None = None):
         self.layout = layout
         self.tracer = Tracer(trace_path, "directory")
         self.allocations = Allocations(layout)
@@ -67,6 +69,9 @@ class DirectoryService:
         # an undeliverable message is an error, not a silent drop
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, SEND_QUEUE_LIMIT_MESSAGES)
+        # CURVE with ZAP (only the nodes whose keys are in the keys directory), or open with a
+        # warning; either way refused peers are logged, rate-limited (dsm/keys.py)
+        self.security = serve(self.socket, keys, f"the directory at {endpoint}")
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._running = True
@@ -307,13 +312,17 @@ class DirectoryService:
 
 
 def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
-                  ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON) -> int:
-    service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss)
+                  ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON,
+                  keys: ServerKeys | None = None) -> int:
+    service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss, keys=keys)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
     print(f"directory listening on {service.endpoint}", flush=True)
     if ready_fd is not None:
         os.write(ready_fd, service.endpoint.encode() + b"\n")
         os.close(ready_fd)
-    service.serve_forever()
+    try:
+        service.serve_forever()
+    finally:
+        service.security.close()
     return 0
