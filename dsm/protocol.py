@@ -97,6 +97,7 @@ class Welcome(Message):
     size: int
     page_size: int
     epoch: int  #: drawn at random when the directory starts: a restart changes it
+    clock_ns: int = 0  #: the directory's trace clock when it answered (``dsm.clocksync``)
 
 
 @dataclass(frozen=True)
@@ -228,9 +229,13 @@ class Error(Message):
 @dataclass(frozen=True)
 class Heartbeat(Message):
     """Node to directory every HEARTBEAT_INTERVAL_S; the directory answers each one, so that
-    both sides notice the other's silence."""
+    both sides notice the other's silence. ``clock_ns``: the sender's trace clock; in an answer,
+    ``echo_ns`` is the ``clock_ns`` of the heartbeat answered (an NTP round trip,
+    ``dsm.clocksync``; 0 when there is none)."""
 
     TYPE = MsgType.HEARTBEAT
+    clock_ns: int = 0
+    echo_ns: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import zmq
 
 from dsm import protocol as p
+from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
 from dsm.agent.extents import Extents
 from dsm.agent.forwarding import Forwarder
@@ -63,6 +64,10 @@ REMOVE_SETTLE_S = 0.02
 REMOVE_POLL_S = 0.0002
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
+#: while tracing, a heartbeat (a clock round trip) at least this often, even when busy
+CLOCK_PROBE_INTERVAL_S = 2.0
+#: the directory's end of the link, as trace message ids name it (its Tracer's ``who``)
+DIRECTORY_LINK = "directory"
 
 
 #: exit statuses of an agent that could not leave cleanly
@@ -137,9 +142,13 @@ class Agent:
         #: tells this run of the agent from an earlier one under the same name
         self.incarnation = new_random_id()
         self.epoch = 0  #: the directory's, from its Welcome
+        #: the directory's clock, estimated from heartbeat round trips (for the trace)
+        self.clock_sync = ClockSync()
         self._ctx = zmq.Context.instance()
         self.dealer = self._ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 1000)
+        #: this node's end of the link to the directory, as trace message ids name it
+        self.link = p.identity(node, self.incarnation).decode(errors="surrogateescape")
         self.dealer.setsockopt(zmq.IDENTITY, p.identity(node, self.incarnation))
         self.dealer.connect(directory)
         self.layout = self._join()
@@ -165,6 +174,7 @@ class Agent:
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
+        self._last_clock_probe = 0.0
         self._last_heard = time.monotonic()
         self._directory_alive = True
         self._running = True
@@ -181,7 +191,8 @@ class Agent:
             p.Fenced: lambda m, d: self._cut_off(
                 f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
-            p.Heartbeat: lambda m, d: None,  # the directory is alive: _drain_directory noted it
+            # the directory is alive (_drain_directory noted it) and told its clock
+            p.Heartbeat: self._on_heartbeat,
         }
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
             Pagefault: self._on_pagefault,
@@ -193,12 +204,17 @@ class Agent:
 
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
+        t0 = self.tracer.now()
         self._send(p.Hello(self.node, os.getpid(), self.incarnation))
         if not self.dealer.poll(int(CONNECT_TIMEOUT_S * 1000)):
             raise DirectoryUnreachable(
                 f"directory {self.directory_endpoint} did not answer within {CONNECT_TIMEOUT_S} s"
             )
         msg, _ = p.decode(self.dealer.recv_multipart(), 0)
+        if self.tracer.enabled:
+            self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
+            if isinstance(msg, p.Welcome) and msg.clock_ns:
+                self._clock_sample(t0, msg.clock_ns)
         if isinstance(msg, p.Fenced):
             raise DirectoryRefused(f"the directory {self.directory_endpoint} refused node "
                                    f"{self.node!r}: {msg.reason}")
@@ -255,8 +271,10 @@ class Agent:
             for item, _ in self.poller.poll(POLL_INTERVAL_MS):
                 self._dispatch(item)
             now = time.monotonic()
-            if now - self._last_send > HEARTBEAT_INTERVAL_S:
-                self._send(p.Heartbeat())
+            if now - self._last_send > HEARTBEAT_INTERVAL_S or (
+                    self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
+                self._last_clock_probe = now  # a heartbeat is also a clock round trip
+                self._send(p.Heartbeat(self.tracer.now_ns()))
             if now - self._last_heard > NODE_CUT_OFF_S:
                 silent_s = now - self._last_heard
                 self._cut_off(f"the directory {self.directory_endpoint} has not answered for "
@@ -293,8 +311,21 @@ class Agent:
             self._running = False
 
     def _send(self, msg: p.Message, page: Any = None) -> None:
+        t = self.tracer.now() if self.tracer.enabled else None
         self.dealer.send_multipart(p.encode(msg, page), copy=False)
         self._last_send = time.monotonic()
+        if t is not None:
+            self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK, msg, t)
+
+    def _on_heartbeat(self, msg: p.Heartbeat, _: Any) -> None:
+        if msg.echo_ns and self.tracer.enabled:
+            self._clock_sample(msg.echo_ns / 1e9, msg.clock_ns)
+
+    def _clock_sample(self, t0_s: float, directory_clock_ns: int) -> None:
+        """A round trip to the directory that started at ``t0_s`` has just ended."""
+        best = self.clock_sync.sample(t0_s, directory_clock_ns / 1e9, self.tracer.now())
+        if best is not None:
+            self.tracer.clock(DIRECTORY_LINK, best.offset_s, best.error_s)
 
     # --- the directory's messages ------------------------------------------------------------------
     def _drain_directory(self, until: type | None = None) -> bool:
@@ -303,12 +334,17 @@ class Agent:
         # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
         while self.dealer.get(zmq.EVENTS) & _POLLIN:
             frames = self.dealer.recv_multipart(copy=False)
+            msg = None
             try:
                 msg, data = p.decode(frames, self.page_size)
+                if self.tracer.enabled:
+                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
                 if until is not None and isinstance(msg, until):
                     return True
                 self._dir_handlers[type(msg)](msg, data)
             except ProtocolError as exc:
+                if msg is None and self.tracer.enabled:
+                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, None)
                 log.warning("malformed message from the directory: %s", exc)
         return False
 

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import zmq
 
+from dsm.trace import TRACE_ENV
+
 START_TIMEOUT_S = 20.0
 #: deadline of one worker command unless the caller gives one
 COMMAND_TIMEOUT_S = 60.0
@@ -30,13 +32,15 @@ class Child:
     """A child process in its own session (so that its own children, a node's agent, die with
     it), its stderr in a log file."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path, stdin: bool = False):
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, stdin: bool = False,
+                 env: dict | None = None):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=self._log, start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self._buf = b""
         #: where a baseline server listens (set once it said so)
@@ -89,8 +93,8 @@ class Driven(Child):
     """A child that answers commands: one JSON object a line on its stdin, one JSON reply a
     line on its stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``)."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path):
-        super().__init__(name, cmd, log_dir, stdin=True)
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict | None = None):
+        super().__init__(name, cmd, log_dir, stdin=True, env=env)
 
     def send(self, op: str, **args: Any) -> None:
         self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
@@ -111,9 +115,9 @@ class Driven(Child):
 class Worker(Driven):
     """A node process running ``dsm.bench.worker``."""
 
-    def __init__(self, directory: str, name: str, log_dir: Path):
+    def __init__(self, directory: str, name: str, log_dir: Path, env: dict | None = None):
         super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory,
-                                          name], log_dir)
+                                          name], log_dir, env)
         self.node = name
         self.agent_pid: int | None = None
 
@@ -163,16 +167,19 @@ def cpu_ns(pid: int | None) -> int:
 class Processes:
     """Every child of one benchmark run; ``close()`` in a ``finally``."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, trace_dir: Path | None = None):
         self.log_dir = log_dir
+        #: where the directory and the nodes write their protocol traces (None: no trace)
+        self.trace_dir = trace_dir
         self.children: list[Child] = []
         self.directory: Child | None = None
         self.echo: Child | None = None
         self.pull: Child | None = None
 
     def start_directory(self, listen: str, region_bytes: int) -> str:
+        trace = ["--trace", str(self.trace_dir / "directory.trace")] if self.trace_dir else []
         child = Child("directory", [sys.executable, "-m", "dsm", "directory", "--listen", listen,
-                                    "--region-size", str(region_bytes)], self.log_dir)
+                                    "--region-size", str(region_bytes), *trace], self.log_dir)
         self.children.append(child)
         self.directory = child
         line = child.line(START_TIMEOUT_S, "directory start")
@@ -204,7 +211,8 @@ class Processes:
         """Start the nodes together (their agents start in parallel), then wait for each."""
         workers = {}
         for name in names:
-            w = Worker(directory, name, self.log_dir)
+            env = {TRACE_ENV: str(self.trace_dir / f"{name}.trace")} if self.trace_dir else None
+            w = Worker(directory, name, self.log_dir, env)
             self.children.append(w)
             workers[name] = w
         for w in workers.values():
@@ -231,12 +239,13 @@ class Processes:
 
 
 def run_with_processes(log_dir: Path, progress: Callable[[str], None],
-                       bench: Callable[["Processes"], dict]) -> dict:
+                       bench: Callable[["Processes"], dict],
+                       trace_dir: Path | None = None) -> dict:
     """Run ``bench(procs)`` with child processes that log into ``log_dir``: any failure becomes
     a BenchError carrying their logs, and every child is stopped at the end."""
     from dsm.bench.common import BenchError
 
-    procs = Processes(log_dir)
+    procs = Processes(log_dir, trace_dir)
     try:
         return bench(procs)
     except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:

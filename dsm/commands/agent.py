@@ -7,6 +7,7 @@ import os
 import socket
 
 from dsm.agent.service import run_agent
+from dsm.trace import TRACE_ENV
 
 DIRECTORY_ENV = "DSM_DIRECTORY"
 NODE_ENV = "DSM_NODE"
@@ -18,7 +19,9 @@ def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the directory's ZeroMQ endpoint (env {DIRECTORY_ENV})")
     parser.add_argument("--node", default=os.environ.get(NODE_ENV),
                         help=f"this node's name (env {NODE_ENV}; default host-pid)")
-    parser.add_argument("--trace", help="write this node's protocol trace (JSON lines) to this file")
+    parser.add_argument("--trace", default=os.environ.get(TRACE_ENV) or None,
+                        help="write this node's protocol trace (JSON lines) to this file "
+                             f"(env {TRACE_ENV})")
 
 
 def default_node_name() -> str:

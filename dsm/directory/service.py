@@ -51,7 +51,7 @@ class DirectoryService:
     def __init__(self, endpoint: str, layout: Layout, trace_path: str | None = None,
                  node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON):
         self.layout = layout
-        self.tracer = Tracer(trace_path, "directory")
+        self.tracer = Tracer(trace_path, "directory", role="manager")
         self.allocations = Allocations(layout)
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page)
         self.sync = SyncTable()
@@ -79,7 +79,8 @@ class DirectoryService:
             p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
-            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat())],  # the node knows we live
+            # the node knows we live, and learns our clock (dsm.clocksync)
+            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat(self.tracer.now_ns(), m.clock_ns))],
             p.Bye: self._on_bye,
             p.LockAcquire: self._on_lock_acquire,
             p.LockRelease: lambda n, m, d: self._replies(
@@ -126,6 +127,8 @@ class DirectoryService:
         msg: Any = None
         try:
             msg, data = p.decode(frames[1:], self.layout.page_size)
+            if self.tracer.enabled:
+                self._trace_received(identity, msg)
             if isinstance(msg, p.Hello):
                 self._send_all(self._on_hello(identity, msg))
                 return
@@ -138,6 +141,8 @@ class DirectoryService:
             self.sessions.by_node[node].last_seen_s = time.monotonic()
             out = self._handlers[type(msg)](node, msg, data)
         except ProtocolError as exc:
+            if msg is None and self.tracer.enabled:
+                self._trace_received(identity, None)
             log.warning("malformed message from %r: %s", identity, exc)
             self._send_to(identity, p.Error(getattr(msg, "req", 0), f"malformed message: {exc}"))
             return
@@ -159,6 +164,7 @@ class DirectoryService:
 
     def _send_to(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
         """Send without blocking; False if the message could not be delivered."""
+        t = self.tracer.now() if self.tracer.enabled else None
         try:
             self.socket.send_multipart([identity, *p.encode(message, page)], copy=False,
                                        flags=zmq.NOBLOCK)
@@ -166,7 +172,14 @@ class DirectoryService:
             if exc.errno not in UNDELIVERABLE:
                 raise
             return False
+        if self.tracer.enabled:
+            link = identity.decode(errors="surrogateescape")
+            self.tracer.sent(self.tracer.who, link, _node_of_identity(link), message, t)
         return True
+
+    def _trace_received(self, identity: bytes, msg: p.Message | None) -> None:
+        link = identity.decode(errors="surrogateescape")
+        self.tracer.received(link, self.tracer.who, _node_of_identity(link), msg)
 
     def _declare_undelivered_dead(self) -> None:
         """A node that missed a message cannot stay coherent: declare it dead (which may make
@@ -218,7 +231,8 @@ class DirectoryService:
     def _on_hello(self, identity: bytes, msg: p.Hello) -> list[Send]:
         node = msg.node
         lay = self.layout
-        welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch)
+        welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
+                            self.tracer.now_ns())
         old = self.sessions.get(node)
         if old is not None and old.identity == identity:  # a repeated Hello: answer it again
             return [Send(node, welcome)]
@@ -293,6 +307,9 @@ class DirectoryService:
             a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
         except AllocationError as exc:
             return [Send(node, p.Error(msg.req, str(exc)))]
+        if self.tracer.enabled:  # names the pages for the views (dsm trace --html)
+            size = self.layout.page_size
+            self.tracer.array(a.name, a.offset // size, max(1, (a.nbytes + size - 1) // size))
         return [Send(node, p.Allocated(msg.req, a.offset, a.nbytes, a.meta))]
 
     def _expire_silent_nodes(self) -> None:
@@ -304,6 +321,12 @@ class DirectoryService:
                 self._declare_dead(node, f"it left transaction {txn.id} (page {txn.request.page}) "
                                          f"unanswered for over {TRANSACTION_TIMEOUT_S:.0f} s")
         self._declare_undelivered_dead()
+
+
+def _node_of_identity(link: str) -> str:
+    """The node name in a ZeroMQ identity ``node#incarnation`` (``protocol.identity``)."""
+    node, sep, _ = link.rpartition("#")
+    return node if sep else link
 
 
 def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
