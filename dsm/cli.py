@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = {
     "run": "dsm.commands.run",
     "trace": "dsm.commands.trace",
     "litmus": "dsm.commands.litmus",
+    "top": "dsm.commands.top",
     "bench": "dsm.commands.bench",
     "demo": "dsm.commands.demo",
     "hosts": "dsm.commands.hosts",

@@ -64,6 +64,8 @@ REMOVE_SETTLE_S = 0.02
 REMOVE_POLL_S = 0.0002
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
+#: how often the node's counters go to the directory (for dsm top)
+STATS_REPORT_INTERVAL_S = 1.0
 #: while tracing, a heartbeat (a clock round trip) at least this often, even when busy
 CLOCK_PROBE_INTERVAL_S = 2.0
 #: the directory's end of the link, as trace message ids name it (its Tracer's ``who``)
@@ -175,6 +177,7 @@ class Agent:
         self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
         self._last_clock_probe = 0.0
+        self._last_report = 0.0
         self._last_heard = time.monotonic()
         self._directory_alive = True
         self._running = True
@@ -281,6 +284,10 @@ class Agent:
                               f"{silent_s:.1f} s: this node is cut off from the cluster")
             if not self._directory_alive:
                 return
+            if now - self._last_report > STATS_REPORT_INTERVAL_S:
+                self._last_report = now
+                snap = self.stats.snapshot()
+                self._send(p.NodeReport(snap["counters"], snap["latency_counts"], len(self.procs)))
             self._fail_overdue_requests(now)
 
     def _dispatch(self, item: Any) -> None:

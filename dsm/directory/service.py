@@ -25,6 +25,7 @@ from dsm import protocol as p
 from dsm.directory.allocations import AllocationError, Allocations
 from dsm.directory.pages import OnLoss, PageDirectory, Send
 from dsm.directory.sessions import Sessions, new_random_id
+from dsm.directory.stats import NodeReports, report as stats_report
 from dsm.directory.sync import Reply, SyncTable, node_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.layout import Layout
@@ -57,6 +58,8 @@ class DirectoryService:
         self.sync = SyncTable()
         self.node_timeout_s = node_timeout_s
         self.sessions = Sessions(new_random_id())
+        #: each node's last counters, for ``dsm top``
+        self.node_reports = NodeReports()
         #: nodes a message could not be delivered to, declared dead once the current one is done
         self._undelivered: dict[str, str] = {}
         self._ctx = zmq.Context.instance()
@@ -95,6 +98,7 @@ class DirectoryService:
             p.LostQuery: lambda n, m, d: [Send(n, p.LostReport(
                 m.req, self._lost_ranges(self.pages.lost_runs())))],
             p.ForgetLost: self._on_forget_lost,
+            p.NodeReport: lambda n, m, d: self.node_reports.add(n, m) or [],
         }
 
     def stop(self, *_: Any) -> None:
@@ -131,6 +135,11 @@ class DirectoryService:
                 self._trace_received(identity, msg)
             if isinstance(msg, p.Hello):
                 self._send_all(self._on_hello(identity, msg))
+                return
+            if isinstance(msg, p.StatsQuery):  # read-only: any peer may ask (dsm top)
+                self._send_to(identity, stats_report(
+                    msg.req, self.node_reports, sorted(self.sessions.by_node), self.pages,
+                    self.allocations, self.layout.page_size))
                 return
             node = self.sessions.node_of(identity)
             if node is None:  # no session: never serve it as if it were a live node
@@ -213,6 +222,7 @@ class DirectoryService:
         return self._replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
 
     def _node_gone(self, node: str) -> list[Send]:
+        self.node_reports.forget(node)
         return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
 
     def _declare_dead(self, node: str, why: str) -> None:
