@@ -50,7 +50,7 @@ class StartedAgent:
 
 
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
-                trace_path: str | None = None) -> StartedAgent:
+                trace_path: str | None = None, metrics_port: int | None = None) -> StartedAgent:
     """Start ``dsm agent`` and return once it is ready to serve.
 
     The agent runs in a session of its own, so that no signal meant for the workload reaches
@@ -65,6 +65,8 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
            "--socket", path, "--ready-fd", str(write_fd), "--parent-pid", str(os.getpid())]
     if trace_path:
         cmd += ["--trace", trace_path]
+    if metrics_port is not None:
+        cmd += ["--metrics", str(metrics_port)]
     proc = subprocess.Popen(cmd, pass_fds=[write_fd], start_new_session=True)
     os.close(write_fd)
     try:

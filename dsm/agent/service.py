@@ -141,6 +141,8 @@ class Agent:
         self.socket_path = socket_path
         self.stats = NodeStats()
         self.tracer = Tracer(trace_path, node)
+        #: messages and bytes by type, counted only for --metrics (dsm.metrics)
+        self.wire: Any = None
         #: tells this run of the agent from an earlier one under the same name
         self.incarnation = new_random_id()
         self.epoch = 0  #: the directory's, from its Welcome
@@ -319,7 +321,10 @@ class Agent:
 
     def _send(self, msg: p.Message, page: Any = None) -> None:
         t = self.tracer.now() if self.tracer.enabled else None
-        self.dealer.send_multipart(p.encode(msg, page), copy=False)
+        frames = p.encode(msg, page)
+        self.dealer.send_multipart(frames, copy=False)
+        if self.wire is not None:
+            self.wire.count("sent", msg, frames)
         self._last_send = time.monotonic()
         if t is not None:
             self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK, msg, t)
@@ -346,6 +351,8 @@ class Agent:
                 msg, data = p.decode(frames, self.page_size)
                 if self.tracer.enabled:
                     self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
+                if self.wire is not None:
+                    self.wire.count("received", msg, frames)
                 if until is not None and isinstance(msg, until):
                     return True
                 self._dir_handlers[type(msg)](msg, data)
@@ -698,12 +705,22 @@ def _name(state: PageState | None) -> str:
 
 
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
-              ready_fd: int | None = None, parent_pid: int | None = None) -> int:
+              ready_fd: int | None = None, parent_pid: int | None = None,
+              metrics_port: int | None = None) -> int:
     try:
         agent = Agent(directory, node, socket_path, trace_path, parent_pid)
+        if metrics_port is not None:
+            from dsm.metrics import MessageCounts, NodeCollector, serve
+
+            agent.wire = MessageCounts()
+            port = serve(metrics_port, NodeCollector(node, agent.stats.snapshot, agent.wire))
+            log.info("node %s: metrics on port %d", node, port)
     except DsmError as exc:
         log.error("%s", exc)
         print(f"dsm agent: {exc}", flush=True)
+        return 2
+    except OSError as exc:  # the metrics port could not be bound
+        print(f"dsm agent: cannot serve metrics on port {metrics_port}: {exc}", flush=True)
         return 2
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)

@@ -11,6 +11,7 @@ from dsm.trace import TRACE_ENV
 
 DIRECTORY_ENV = "DSM_DIRECTORY"
 NODE_ENV = "DSM_NODE"
+METRICS_ENV = "DSM_METRICS_PORT"
 
 
 def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,9 @@ def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default=os.environ.get(TRACE_ENV) or None,
                         help="write this node's protocol trace (JSON lines) to this file "
                              f"(env {TRACE_ENV})")
+    parser.add_argument("--metrics", type=int, metavar="PORT",
+                        default=int(os.environ[METRICS_ENV]) if os.environ.get(METRICS_ENV) else None,
+                        help=f"serve the agent's Prometheus metrics on this port (env {METRICS_ENV})")
 
 
 def default_node_name() -> str:
@@ -41,4 +45,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return run_agent(args.directory, args.node or default_node_name(), args.socket, args.trace,
-                     args.ready_fd, args.parent_pid)
+                     args.ready_fd, args.parent_pid, args.metrics)

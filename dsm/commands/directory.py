@@ -27,10 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pages whose newest contents died with a node: 'poison' (default) makes every "
              "access fail loudly until the program calls node.forget_lost; 'last-copy' serves "
              "their last home copy again (older data; every fallback is logged and counted)")
+    parser.add_argument("--metrics", type=int, metavar="PORT",
+                        help="serve Prometheus metrics over HTTP on this port")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     layout = Layout(args.base, args.region_size)
-    return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss))
+    return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss),
+                         args.metrics)

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     with Departure() as leave:
         try:
             agent = start_agent(args.directory, args.node or default_node_name(),
-                                trace_path=args.trace)
+                                trace_path=args.trace, metrics_port=args.metrics)
         except AgentStartError as exc:
             print(f"dsm run: {exc}", file=sys.stderr)
             return 0 if leave.requested is not None else 2

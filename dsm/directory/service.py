@@ -73,6 +73,8 @@ class DirectoryService:
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._running = True
+        #: messages and bytes by type, counted only for --metrics (dsm.metrics)
+        self.wire: Any = None
         self._handlers: dict[type, Callable[[str, Any, Any], list[Send]]] = {
             p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
             p.Fetched: lambda n, m, d: self.pages.fetched(
@@ -133,6 +135,8 @@ class DirectoryService:
             msg, data = p.decode(frames[1:], self.layout.page_size)
             if self.tracer.enabled:
                 self._trace_received(identity, msg)
+            if self.wire is not None:
+                self.wire.count("received", msg, frames[1:])
             if isinstance(msg, p.Hello):
                 self._send_all(self._on_hello(identity, msg))
                 return
@@ -174,13 +178,15 @@ class DirectoryService:
     def _send_to(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
         """Send without blocking; False if the message could not be delivered."""
         t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(message, page)
         try:
-            self.socket.send_multipart([identity, *p.encode(message, page)], copy=False,
-                                       flags=zmq.NOBLOCK)
+            self.socket.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             if exc.errno not in UNDELIVERABLE:
                 raise
             return False
+        if self.wire is not None:
+            self.wire.count("sent", message, frames)
         if self.tracer.enabled:
             link = identity.decode(errors="surrogateescape")
             self.tracer.sent(self.tracer.who, link, _node_of_identity(link), message, t)
@@ -340,8 +346,17 @@ def _node_of_identity(link: str) -> str:
 
 
 def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
-                  ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON) -> int:
+                  ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON,
+                  metrics_port: int | None = None) -> int:
     service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss)
+    if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
+        from dsm.metrics import DirectoryCollector, MessageCounts, serve
+
+        service.wire = MessageCounts()
+        port = serve(metrics_port, DirectoryCollector(
+            lambda: dict(service.pages.counters), lambda: len(service.sessions.by_node),
+            service.wire))
+        log.info("directory metrics on port %d", port)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
     print(f"directory listening on {service.endpoint}", flush=True)
