@@ -47,6 +47,8 @@ class MsgType(enum.IntEnum):
     LOCK_STATUS = 16
     LOST_QUERY = 17
     FORGET_LOST = 18
+    STATS_QUERY = 19  #: from any peer, no session needed: read-only (``dsm top``)
+    NODE_REPORT = 32  #: node -> directory, every STATS_REPORT_INTERVAL_S
     # directory -> node
     WELCOME = 20
     GRANT = 21
@@ -59,6 +61,7 @@ class MsgType(enum.IntEnum):
     LOST = 28
     FENCED = 29
     LOST_REPORT = 30
+    STATS_REPORT = 31
 
 
 class Payload(enum.IntEnum):
@@ -97,6 +100,7 @@ class Welcome(Message):
     size: int
     page_size: int
     epoch: int  #: drawn at random when the directory starts: a restart changes it
+    clock_ns: int = 0  #: the directory's trace clock when it answered (``dsm.clocksync``)
 
 
 @dataclass(frozen=True)
@@ -228,9 +232,13 @@ class Error(Message):
 @dataclass(frozen=True)
 class Heartbeat(Message):
     """Node to directory every HEARTBEAT_INTERVAL_S; the directory answers each one, so that
-    both sides notice the other's silence."""
+    both sides notice the other's silence. ``clock_ns``: the sender's trace clock; in an answer,
+    ``echo_ns`` is the ``clock_ns`` of the heartbeat answered (an NTP round trip,
+    ``dsm.clocksync``; 0 when there is none)."""
 
     TYPE = MsgType.HEARTBEAT
+    clock_ns: int = 0
+    echo_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -371,13 +379,49 @@ class LostReport(Message):
     ranges: list
 
 
+@dataclass(frozen=True)
+class NodeReport(Message):
+    """A node's counters and fault-latency histogram (``dsm.agent.stats``), sent every
+    STATS_REPORT_INTERVAL_S so that the directory can show the whole cluster (``dsm top``)."""
+
+    TYPE = MsgType.NODE_REPORT
+    counters: dict
+    latency_counts: list
+    processes: int
+
+
+@dataclass(frozen=True)
+class StatsQuery(Message):
+    """What is the cluster doing? Read-only: answered by a StatsReport to any peer, with or
+    without a session."""
+
+    TYPE = MsgType.STATS_QUERY
+    req: int
+
+
+@dataclass(frozen=True)
+class StatsReport(Message):
+    """``nodes``: node -> {"counters", "latency_counts", "processes", "age_s"} (the node's last
+    report, ``age_s`` seconds old); ``latency_buckets_us``: the histogram's upper bounds;
+    ``arrays``: ``[name, first_page, pages, runs]``, ``runs`` the page states in order as
+    ``[pages, kind, holders]`` (kind "owned", "shared", "home" or "lost"); ``directory``: its
+    own counters."""
+
+    TYPE = MsgType.STATS_REPORT
+    req: int
+    nodes: dict
+    latency_buckets_us: list
+    arrays: list
+    directory: dict
+
+
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
         Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
         BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
-        LostQuery, ForgetLost, LostReport,
+        LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport,
     )
 }
 

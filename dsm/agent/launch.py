@@ -57,7 +57,8 @@ class StartedAgent:
 
 
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
-                trace_path: str | None = None, keys_dir: str | None = None) -> StartedAgent:
+                trace_path: str | None = None, keys_dir: str | None = None,
+                metrics_port: int | None = None) -> StartedAgent:
     """Start ``dsm agent`` and return once it is ready to serve.
 
     The agent runs in a session of its own, so that no signal meant for the workload reaches
@@ -74,6 +75,8 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
         cmd += ["--trace", trace_path]
     if keys_dir:
         cmd += ["--keys", str(keys_dir)]
+    if metrics_port is not None:
+        cmd += ["--metrics", str(metrics_port)]
     proc = subprocess.Popen(cmd, pass_fds=[write_fd], start_new_session=True)
     os.close(write_fd)
     try:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import zmq
 
 from dsm import protocol as p
+from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
 from dsm.agent.extents import Extents
 from dsm.agent.forwarding import Forwarder
@@ -64,6 +65,12 @@ REMOVE_SETTLE_S = 0.02
 REMOVE_POLL_S = 0.0002
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
+#: how often the node's counters go to the directory (for dsm top)
+STATS_REPORT_INTERVAL_S = 1.0
+#: while tracing, a heartbeat (a clock round trip) at least this often, even when busy
+CLOCK_PROBE_INTERVAL_S = 2.0
+#: the directory's end of the link, as trace message ids name it (its Tracer's ``who``)
+DIRECTORY_LINK = "directory"
 
 
 #: exit statuses of an agent that could not leave cleanly
@@ -135,12 +142,18 @@ class Agent:
         self.socket_path = socket_path
         self.stats = NodeStats()
         self.tracer = Tracer(trace_path, node)
+        #: messages and bytes by type, counted only for --metrics (dsm.metrics)
+        self.wire: Any = None
         #: tells this run of the agent from an earlier one under the same name
         self.incarnation = new_random_id()
         self.epoch = 0  #: the directory's, from its Welcome
+        #: the directory's clock, estimated from heartbeat round trips (for the trace)
+        self.clock_sync = ClockSync()
         self._ctx = zmq.Context.instance()
         self.dealer = self._ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 1000)
+        #: this node's end of the link to the directory, as trace message ids name it
+        self.link = p.identity(node, self.incarnation).decode(errors="surrogateescape")
         self.dealer.setsockopt(zmq.IDENTITY, p.identity(node, self.incarnation))
         # CURVE with this node's key, pinning the directory's (open without keys); the monitor,
         # made before the connection, tells a refused handshake from an unreachable directory
@@ -170,6 +183,8 @@ class Agent:
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
+        self._last_clock_probe = 0.0
+        self._last_report = 0.0
         self._last_heard = time.monotonic()
         self._directory_alive = True
         self._running = True
@@ -186,7 +201,8 @@ class Agent:
             p.Fenced: lambda m, d: self._cut_off(
                 f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
-            p.Heartbeat: lambda m, d: None,  # the directory is alive: _drain_directory noted it
+            # the directory is alive (_drain_directory noted it) and told its clock
+            p.Heartbeat: self._on_heartbeat,
         }
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
             Pagefault: self._on_pagefault,
@@ -198,6 +214,7 @@ class Agent:
 
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
+        t0 = self.tracer.now()
         self._send(p.Hello(self.node, os.getpid(), self.incarnation))
         poller = zmq.Poller()
         poller.register(self.dealer, zmq.POLLIN)
@@ -217,6 +234,10 @@ class Agent:
         finally:
             self._handshake.close()
         msg, _ = p.decode(self.dealer.recv_multipart(), 0)
+        if self.tracer.enabled:
+            self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
+            if isinstance(msg, p.Welcome) and msg.clock_ns:
+                self._clock_sample(t0, msg.clock_ns)
         if isinstance(msg, p.Fenced):
             raise DirectoryRefused(f"the directory {self.directory_endpoint} refused node "
                                    f"{self.node!r}: {msg.reason}")
@@ -273,14 +294,20 @@ class Agent:
             for item, _ in self.poller.poll(POLL_INTERVAL_MS):
                 self._dispatch(item)
             now = time.monotonic()
-            if now - self._last_send > HEARTBEAT_INTERVAL_S:
-                self._send(p.Heartbeat())
+            if now - self._last_send > HEARTBEAT_INTERVAL_S or (
+                    self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
+                self._last_clock_probe = now  # a heartbeat is also a clock round trip
+                self._send(p.Heartbeat(self.tracer.now_ns()))
             if now - self._last_heard > NODE_CUT_OFF_S:
                 silent_s = now - self._last_heard
                 self._cut_off(f"the directory {self.directory_endpoint} has not answered for "
                               f"{silent_s:.1f} s: this node is cut off from the cluster")
             if not self._directory_alive:
                 return
+            if now - self._last_report > STATS_REPORT_INTERVAL_S:
+                self._last_report = now
+                snap = self.stats.snapshot()
+                self._send(p.NodeReport(snap["counters"], snap["latency_counts"], len(self.procs)))
             self._fail_overdue_requests(now)
 
     def _dispatch(self, item: Any) -> None:
@@ -311,8 +338,24 @@ class Agent:
             self._running = False
 
     def _send(self, msg: p.Message, page: Any = None) -> None:
-        self.dealer.send_multipart(p.encode(msg, page), copy=False)
+        t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(msg, page)
+        self.dealer.send_multipart(frames, copy=False)
+        if self.wire is not None:
+            self.wire.count("sent", msg, frames)
         self._last_send = time.monotonic()
+        if t is not None:
+            self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK, msg, t)
+
+    def _on_heartbeat(self, msg: p.Heartbeat, _: Any) -> None:
+        if msg.echo_ns and self.tracer.enabled:
+            self._clock_sample(msg.echo_ns / 1e9, msg.clock_ns)
+
+    def _clock_sample(self, t0_s: float, directory_clock_ns: int) -> None:
+        """A round trip to the directory that started at ``t0_s`` has just ended."""
+        best = self.clock_sync.sample(t0_s, directory_clock_ns / 1e9, self.tracer.now())
+        if best is not None:
+            self.tracer.clock(DIRECTORY_LINK, best.offset_s, best.error_s)
 
     # --- the directory's messages ------------------------------------------------------------------
     def _drain_directory(self, until: type | None = None) -> bool:
@@ -321,12 +364,19 @@ class Agent:
         # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
         while self.dealer.get(zmq.EVENTS) & _POLLIN:
             frames = self.dealer.recv_multipart(copy=False)
+            msg = None
             try:
                 msg, data = p.decode(frames, self.page_size)
+                if self.tracer.enabled:
+                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
+                if self.wire is not None:
+                    self.wire.count("received", msg, frames)
                 if until is not None and isinstance(msg, until):
                     return True
                 self._dir_handlers[type(msg)](msg, data)
             except ProtocolError as exc:
+                if msg is None and self.tracer.enabled:
+                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, None)
                 log.warning("malformed message from the directory: %s", exc)
         return False
 
@@ -674,17 +724,26 @@ def _name(state: PageState | None) -> str:
 
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
               ready_fd: int | None = None, parent_pid: int | None = None,
-              keys_dir: str | None = None) -> int:
+              keys_dir: str | None = None, metrics_port: int | None = None) -> int:
     try:
         keys_path = keys_dir_from(keys_dir)
         keys = load_client_keys(keys_path, node) if keys_path is not None else None
         agent = Agent(directory, node, socket_path, trace_path, parent_pid, keys)
+        if metrics_port is not None:
+            from dsm.metrics import MessageCounts, NodeCollector, serve
+
+            agent.wire = MessageCounts()
+            port = serve(metrics_port, NodeCollector(node, agent.stats.snapshot, agent.wire))
+            log.info("node %s: metrics on port %d", node, port)
     except DsmError as exc:
         log.error("%s", exc)
         print(f"dsm agent: {exc}", flush=True)
         if ready_fd is not None:  # whoever waits for the agent learns why it did not start
             os.write(ready_fd, f"error {type(exc).__name__}: {exc}\n".encode())
             os.close(ready_fd)
+        return 2
+    except OSError as exc:  # the metrics port could not be bound
+        print(f"dsm agent: cannot serve metrics on port {metrics_port}: {exc}", flush=True)
         return 2
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)

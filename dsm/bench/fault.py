@@ -125,6 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "one page)")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the page order (pages are visited in random order)")
+    parser.add_argument("--trace", metavar="DIR",
+                        help="trace the directory and the nodes into DIR (to measure what "
+                             "tracing costs per fault: run once with it and once without)")
     common.add_output_arguments(parser)
     parser.add_argument("--fail-on-target", action="store_true",
                         help="exit with status 3 when a row misses its target")
@@ -147,7 +150,15 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
     keys_dir = keys_dir_from(getattr(args, "keys", None))
     return run_with_processes(log_dir, progress, lambda procs: FaultBench(
         procs, args.pages, round_trips, rounds, args.transport, args.message_bytes, args.seed,
-        progress, keys_dir).run())
+        progress, keys_dir).run(), trace_dir=_trace_dir(args))
+
+
+def _trace_dir(args: argparse.Namespace) -> Path | None:
+    if not getattr(args, "trace", None):
+        return None
+    path = Path(args.trace).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:

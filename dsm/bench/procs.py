@@ -17,6 +17,7 @@ from typing import Any, Callable
 import zmq
 
 from dsm.keys import KEYS_ENV
+from dsm.trace import TRACE_ENV
 
 START_TIMEOUT_S = 20.0
 #: deadline of one worker command unless the caller gives one
@@ -115,11 +116,15 @@ class Driven(Child):
 class Worker(Driven):
     """A node process running ``dsm.bench.worker``."""
 
-    def __init__(self, directory: str, name: str, log_dir: Path, keys_dir: str | None = None):
-        # the worker's agent takes its keys from the environment (None: it runs open)
-        env = {k: v for k, v in os.environ.items() if k != KEYS_ENV}
+    def __init__(self, directory: str, name: str, log_dir: Path, keys_dir: str | None = None,
+                 trace_path: Path | None = None):
+        # the worker's agent takes its keys (None: it runs open) and its trace file from the
+        # environment
+        env = {k: v for k, v in os.environ.items() if k not in (KEYS_ENV, TRACE_ENV)}
         if keys_dir is not None:
             env[KEYS_ENV] = str(keys_dir)
+        if trace_path is not None:
+            env[TRACE_ENV] = str(trace_path)
         super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory,
                                           name], log_dir, env)
         self.node = name
@@ -171,8 +176,10 @@ def cpu_ns(pid: int | None) -> int:
 class Processes:
     """Every child of one benchmark run; ``close()`` in a ``finally``."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, trace_dir: Path | None = None):
         self.log_dir = log_dir
+        #: where the directory and the nodes write their protocol traces (None: no trace)
+        self.trace_dir = trace_dir
         self.children: list[Child] = []
         self.directory: Child | None = None
         self.echo: Child | None = None
@@ -184,6 +191,8 @@ class Processes:
         ``self.directory`` is the first one started."""
         cmd = [sys.executable, "-m", "dsm", "directory", "--listen", listen,
                "--region-size", str(region_bytes)]
+        if self.trace_dir:
+            cmd += ["--trace", str(self.trace_dir / f"{name}.trace")]
         env = {k: v for k, v in os.environ.items() if k != KEYS_ENV}
         if keys_dir is not None:
             cmd += ["--keys", str(keys_dir)]
@@ -221,7 +230,8 @@ class Processes:
         """Start the nodes together (their agents start in parallel), then wait for each."""
         workers = {}
         for name in names:
-            w = Worker(directory, name, self.log_dir, keys_dir)
+            trace = self.trace_dir / f"{name}.trace" if self.trace_dir else None
+            w = Worker(directory, name, self.log_dir, keys_dir, trace)
             self.children.append(w)
             workers[name] = w
         for w in workers.values():
@@ -248,12 +258,13 @@ class Processes:
 
 
 def run_with_processes(log_dir: Path, progress: Callable[[str], None],
-                       bench: Callable[["Processes"], dict]) -> dict:
+                       bench: Callable[["Processes"], dict],
+                       trace_dir: Path | None = None) -> dict:
     """Run ``bench(procs)`` with child processes that log into ``log_dir``: any failure becomes
     a BenchError carrying their logs, and every child is stopped at the end."""
     from dsm.bench.common import BenchError
 
-    procs = Processes(log_dir)
+    procs = Processes(log_dir, trace_dir)
     try:
         return bench(procs)
     except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:

@@ -361,10 +361,15 @@ class LocalCluster:
                 cmd += ["--expect", expect]
             if spec.node_args is not None:
                 cmd += spec.node_args(timeout_s)
-            # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop()
-            child = _start(name, cmd, self.workdir, {**self.env, "TMPDIR": str(self.sock_dir)})
-            self.children.append(child)
-            self.nodes.append(child)
+            self.start_node(name, cmd)
+
+    def start_node(self, name: str, cmd: list[str]) -> Child:
+        """Start one node's command (a ``dsm run``); collected with the others."""
+        # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop()
+        child = _start(name, cmd, self.workdir, {**self.env, "TMPDIR": str(self.sock_dir)})
+        self.children.append(child)
+        self.nodes.append(child)
+        return child
 
     def collect(self, deadline: float) -> None:
         _collect(self.nodes, deadline)

@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "their last home copy again (older data; every fallback is logged and counted)")
     add_keys_argument(parser, "serve with DIR/directory.key_secret and accept only the nodes "
                               "whose public key (DIR/*.key) is in DIR")
+    parser.add_argument("--metrics", type=int, metavar="PORT",
+                        help="serve Prometheus metrics over HTTP on this port")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
@@ -44,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsm directory: {exc}", file=sys.stderr)
         return 2
     return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss),
-                         keys)
+                         keys, args.metrics)

@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     with Departure() as leave:
         try:
             agent = start_agent(args.directory, args.node or default_node_name(),
-                                trace_path=args.trace, keys_dir=args.keys)
+                                trace_path=args.trace, keys_dir=args.keys,
+                                metrics_port=args.metrics)
         except AgentStartError as exc:
             print(f"dsm run: {exc}", file=sys.stderr)
             return 0 if leave.requested is not None else 2

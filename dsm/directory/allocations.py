@@ -62,6 +62,10 @@ class Allocations:
         self._next_offset += rounded
         return alloc
 
+    def all(self) -> list[Allocation]:
+        """Every allocation, in address order."""
+        return list(self._by_offset)
+
     def get(self, name: str) -> Allocation | None:
         return self._by_name.get(name)
 

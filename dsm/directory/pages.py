@@ -127,6 +127,10 @@ class PageDirectory:
             e = self._entries[page] = PageEntry()
         return e
 
+    def peek(self, page: int) -> PageEntry:
+        """The entry of ``page`` as it is, without creating one (read-only: ``dsm top``)."""
+        return self._entries.get(page, _FREE)
+
     def _peek(self, page: int) -> PageEntry:
         return self._entries.get(page, _FREE)
 

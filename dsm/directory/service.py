@@ -25,6 +25,7 @@ from dsm import protocol as p
 from dsm.directory.allocations import AllocationError, Allocations
 from dsm.directory.pages import OnLoss, PageDirectory, Send
 from dsm.directory.sessions import Sessions, new_random_id
+from dsm.directory.stats import NodeReports, report as stats_report
 from dsm.directory.sync import Reply, SyncTable, node_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ServerKeys, serve
@@ -53,12 +54,14 @@ class DirectoryService:
                  node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON,
                  keys: ServerKeys | None = None):
         self.layout = layout
-        self.tracer = Tracer(trace_path, "directory")
+        self.tracer = Tracer(trace_path, "directory", role="manager")
         self.allocations = Allocations(layout)
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page)
         self.sync = SyncTable()
         self.node_timeout_s = node_timeout_s
         self.sessions = Sessions(new_random_id())
+        #: each node's last counters, for ``dsm top``
+        self.node_reports = NodeReports()
         #: nodes a message could not be delivered to, declared dead once the current one is done
         self._undelivered: dict[str, str] = {}
         self._ctx = zmq.Context.instance()
@@ -75,6 +78,8 @@ class DirectoryService:
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._running = True
+        #: messages and bytes by type, counted only for --metrics (dsm.metrics)
+        self.wire: Any = None
         self._handlers: dict[type, Callable[[str, Any, Any], list[Send]]] = {
             p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
             p.Fetched: lambda n, m, d: self.pages.fetched(
@@ -84,7 +89,8 @@ class DirectoryService:
             p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
-            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat())],  # the node knows we live
+            # the node knows we live, and learns our clock (dsm.clocksync)
+            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat(self.tracer.now_ns(), m.clock_ns))],
             p.Bye: self._on_bye,
             p.LockAcquire: self._on_lock_acquire,
             p.LockRelease: lambda n, m, d: self._replies(
@@ -99,6 +105,7 @@ class DirectoryService:
             p.LostQuery: lambda n, m, d: [Send(n, p.LostReport(
                 m.req, self._lost_ranges(self.pages.lost_runs())))],
             p.ForgetLost: self._on_forget_lost,
+            p.NodeReport: lambda n, m, d: self.node_reports.add(n, m) or [],
         }
 
     def stop(self, *_: Any) -> None:
@@ -131,8 +138,17 @@ class DirectoryService:
         msg: Any = None
         try:
             msg, data = p.decode(frames[1:], self.layout.page_size)
+            if self.tracer.enabled:
+                self._trace_received(identity, msg)
+            if self.wire is not None:
+                self.wire.count("received", msg, frames[1:])
             if isinstance(msg, p.Hello):
                 self._send_all(self._on_hello(identity, msg))
+                return
+            if isinstance(msg, p.StatsQuery):  # read-only: any peer may ask (dsm top)
+                self._send_to(identity, stats_report(
+                    msg.req, self.node_reports, sorted(self.sessions.by_node), self.pages,
+                    self.allocations, self.layout.page_size))
                 return
             node = self.sessions.node_of(identity)
             if node is None:  # no session: never serve it as if it were a live node
@@ -143,6 +159,8 @@ class DirectoryService:
             self.sessions.by_node[node].last_seen_s = time.monotonic()
             out = self._handlers[type(msg)](node, msg, data)
         except ProtocolError as exc:
+            if msg is None and self.tracer.enabled:
+                self._trace_received(identity, None)
             log.warning("malformed message from %r: %s", identity, exc)
             self._send_to(identity, p.Error(getattr(msg, "req", 0), f"malformed message: {exc}"))
             return
@@ -164,14 +182,24 @@ class DirectoryService:
 
     def _send_to(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
         """Send without blocking; False if the message could not be delivered."""
+        t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(message, page)
         try:
-            self.socket.send_multipart([identity, *p.encode(message, page)], copy=False,
-                                       flags=zmq.NOBLOCK)
+            self.socket.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             if exc.errno not in UNDELIVERABLE:
                 raise
             return False
+        if self.wire is not None:
+            self.wire.count("sent", message, frames)
+        if self.tracer.enabled:
+            link = identity.decode(errors="surrogateescape")
+            self.tracer.sent(self.tracer.who, link, _node_of_identity(link), message, t)
         return True
+
+    def _trace_received(self, identity: bytes, msg: p.Message | None) -> None:
+        link = identity.decode(errors="surrogateescape")
+        self.tracer.received(link, self.tracer.who, _node_of_identity(link), msg)
 
     def _declare_undelivered_dead(self) -> None:
         """A node that missed a message cannot stay coherent: declare it dead (which may make
@@ -205,6 +233,7 @@ class DirectoryService:
         return self._replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
 
     def _node_gone(self, node: str) -> list[Send]:
+        self.node_reports.forget(node)
         return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
 
     def _declare_dead(self, node: str, why: str) -> None:
@@ -223,7 +252,8 @@ class DirectoryService:
     def _on_hello(self, identity: bytes, msg: p.Hello) -> list[Send]:
         node = msg.node
         lay = self.layout
-        welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch)
+        welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
+                            self.tracer.now_ns())
         old = self.sessions.get(node)
         if old is not None and old.identity == identity:  # a repeated Hello: answer it again
             return [Send(node, welcome)]
@@ -298,6 +328,9 @@ class DirectoryService:
             a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
         except AllocationError as exc:
             return [Send(node, p.Error(msg.req, str(exc)))]
+        if self.tracer.enabled:  # names the pages for the views (dsm trace --html)
+            size = self.layout.page_size
+            self.tracer.array(a.name, a.offset // size, max(1, (a.nbytes + size - 1) // size))
         return [Send(node, p.Allocated(msg.req, a.offset, a.nbytes, a.meta))]
 
     def _expire_silent_nodes(self) -> None:
@@ -311,10 +344,24 @@ class DirectoryService:
         self._declare_undelivered_dead()
 
 
+def _node_of_identity(link: str) -> str:
+    """The node name in a ZeroMQ identity ``node#incarnation`` (``protocol.identity``)."""
+    node, sep, _ = link.rpartition("#")
+    return node if sep else link
+
+
 def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
                   ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON,
-                  keys: ServerKeys | None = None) -> int:
+                  keys: ServerKeys | None = None, metrics_port: int | None = None) -> int:
     service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss, keys=keys)
+    if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
+        from dsm.metrics import DirectoryCollector, MessageCounts, serve
+
+        service.wire = MessageCounts()
+        port = serve(metrics_port, DirectoryCollector(
+            lambda: dict(service.pages.counters), lambda: len(service.sessions.by_node),
+            service.wire))
+        log.info("directory metrics on port %d", port)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
     print(f"directory listening on {service.endpoint}", flush=True)
