@@ -61,14 +61,14 @@ class Directory:
 class NodeProcess:
     """A workload process attached to its own agent (started by ``dsm.attach(directory=...)``)."""
 
-    def __init__(self, directory: str, name: str, tmp_path: Path):
+    def __init__(self, directory: str, name: str, tmp_path: Path, env: dict | None = None):
         self.name = name
         self.log_path = tmp_path / f"node-{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, WORKER, directory, name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            start_new_session=True,
+            start_new_session=True, env=env,
         )
         reply = json.loads(_read_line(self.proc, START_TIMEOUT_S, f"node {name} attach"))
         assert reply["ok"], reply

@@ -452,7 +452,7 @@ class Agent:
             else:
                 self.extents.add(msg.offset, msg.nbytes)
         if not self.forwarder.answer(msg) and isinstance(msg, p.Error):
-            log.error("directory reported: %s", msg.message)
+            self._complain(logging.ERROR, "directory reported: %.500s", msg.message)
 
     # --- uffd events -------------------------------------------------------------------------------
     def _handle_events(self, proc: WorkloadProcess) -> None:
