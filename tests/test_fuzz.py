@@ -135,8 +135,11 @@ def test_the_directory_survives_fuzzing_from_many_identities(directory, make_nod
         for i in range(IDENTITIES):
             sock = _dealer(ctx, directory.endpoint, p.identity(f"fuzz-{i}", i))
             socks.append(sock)
+            # a session that said Bye is over for good (its identity fenced): those that said
+            # Hello never say it validly, so that their messages go on reaching the handlers
             fuzzers.append(FrameFuzzer(rng, PAGE, p.Direction.TO_DIRECTORY, REGION_PAGES,
-                                       FUZZ_PAGES, node=f"fuzz-{i}"))
+                                       FUZZ_PAGES, node=f"fuzz-{i}",
+                                       exclude=(p.Bye,) if i < SESSIONS else ()))
             if i < SESSIONS:
                 sock.send_multipart(p.encode(p.Hello(f"fuzz-{i}", os.getpid(), i)))
                 assert isinstance(_answer(sock, "Welcome"), p.Welcome)
