@@ -261,7 +261,8 @@ class LocalFuzzer:
 
     def message(self) -> bytes:
         """A message for the agent; one that is valid is a harmless request, answered at once
-        (a valid lock or barrier request could wait for ever, and an allocation takes space)."""
+        (a valid lock or barrier request could wait for ever, and an allocation takes space)
+        and claims the fuzzer's own pid."""
         kind = self.rng.choices(LOCAL_KINDS, LOCAL_WEIGHTS)[0]
         self.counts[kind] += 1
         data = getattr(self, "_" + kind)()
@@ -269,7 +270,9 @@ class LocalFuzzer:
             msg = local.decode(data, 0, local.Direction.TO_AGENT)
         except ProtocolError:
             return data
-        return data if isinstance(msg, HARMLESS_REQUESTS) else self._valid()
+        # another live pid, claimed validly, would be watched by the agent until it exits
+        harmless = isinstance(msg, HARMLESS_REQUESTS) and msg.pid == self.pid
+        return data if harmless else self._valid()
 
     def valid_body(self, cls: type) -> dict:
         hints = _hints(cls)

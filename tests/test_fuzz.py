@@ -350,6 +350,16 @@ def _fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _fds(pid: int) -> list[str]:
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out.append(f"{fd}:{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+        except OSError:
+            pass
+    return out
+
+
 def _connect(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.settimeout(CLIENT_ANSWER_TIMEOUT_S)
@@ -390,8 +400,12 @@ def test_an_agent_survives_hostile_clients_on_its_unix_socket(make_node, capsys)
     a = make_node("a")
     agent_pid = a.run("", "node._agent_proc.pid")
     path = a.run("", "node._sock.getpeername()")
-    _stats_round_trip(path)  # the agent now watches this process (one pidfd, kept)
-    baseline = _fd_count(agent_pid)
+    # a forwarded request: the agent watches this process from now on (one pidfd, kept); the
+    # fuzzing goes on over this connection, closed at the end (the baseline counts it out)
+    s = _greeted(path)
+    assert isinstance(_ask(s, local.encode(local.LostRequest(1, os.getpid(), 1))), local.LostAnswer)
+    baseline = _fd_count(agent_pid) - 1
+    baseline_fds = _fds(agent_pid)
     rng = random.Random(SEED + 2)
     fuzzer = LocalFuzzer(rng, os.getpid(), FrameFuzzer(rng, PAGE, p.Direction.TO_NODE,
                                                        REGION_PAGES, FUZZ_PAGES))
@@ -399,7 +413,6 @@ def test_an_agent_survives_hostile_clients_on_its_unix_socket(make_node, capsys)
     t0 = time.monotonic()
     sent = 0
     try:
-        s = _greeted(path)
         for i in range(LOCAL_MESSAGES):
             if i % 100 == 0:  # a peer that leaves at once, before it is even greeted
                 _connect(path).close()
@@ -421,7 +434,6 @@ def test_an_agent_survives_hostile_clients_on_its_unix_socket(make_node, capsys)
             sent += 1
             assert isinstance(answer, (local.ErrorAnswer, local.StatsAnswer,
                                        local.LockStatusAnswer, local.LostAnswer)), answer
-        s.close()
         # a client that floods without reading is dropped; the agent keeps answering others
         flood = _greeted(path)
         flood.setblocking(False)
@@ -436,6 +448,7 @@ def test_an_agent_survives_hostile_clients_on_its_unix_socket(make_node, capsys)
     finally:
         os.close(r)
         os.close(w)
+        s.close()
     elapsed = time.monotonic() - t0
     with capsys.disabled():
         print(f"\nunix socket fuzz: {sent} messages in {elapsed:.1f} s ({sent / elapsed:.0f}/s); "
@@ -443,8 +456,9 @@ def test_an_agent_survives_hostile_clients_on_its_unix_socket(make_node, capsys)
     # every descriptor that came with a refused message, and every dropped client, is closed
     deadline = time.monotonic() + FD_SETTLE_TIMEOUT_S
     while _fd_count(agent_pid) != baseline:
-        assert time.monotonic() < deadline, \
-            f"the agent holds {_fd_count(agent_pid)} fds, {baseline} before the fuzzing"
+        assert time.monotonic() < deadline, (
+            f"the agent holds {_fd_count(agent_pid)} fds, {baseline} before the fuzzing: "
+            f"new {sorted(set(_fds(agent_pid)) - set(baseline_fds))}")
         time.sleep(FD_POLL_S)
     b = make_node("b")
     _check_data_through(a, b, "checked.local")
