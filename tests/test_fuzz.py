@@ -17,7 +17,6 @@ import threading
 import time
 
 import msgpack
-import numpy as np
 import pytest
 import zmq
 
