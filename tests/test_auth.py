@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+
+from dsm import local
 import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
@@ -417,7 +419,7 @@ def test_an_agent_refuses_a_socket_directory_others_can_reach(tmp_path):
 def test_credential_rules():
     assert refuse_uid(1000, 1000) is None and refuse_uid(0, 1000) is None
     assert "only uid 0" in refuse_uid(1000, 0)
-    assert refuse_claim({"type": "stats", "req": 1}, 42) is None
-    assert refuse_claim({"type": "register", "pid": 42}, 42) is None
-    assert "claims pid 43" in refuse_claim({"type": "register", "pid": 43}, 42)
-    assert "claims pid '42'" in refuse_claim({"type": "register", "pid": "42"}, 42)
+    assert refuse_claim(local.Detach(), 42) is None  # claims no pid
+    assert refuse_claim(local.Register(42), 42) is None
+    assert "claims pid 43" in refuse_claim(local.Register(43), 42)
+    assert "claims pid 43" in refuse_claim(local.StatsRequest(1, 43, 7), 42)

@@ -85,11 +85,11 @@ def test_malformed_messages_to_the_directory_get_errors_and_it_stays_up(director
         # a well-formed request from a peer that never said Hello is refused, not served
         sock.send_multipart(protocol.encode(protocol.Acquire(0, 1, True, False)))
         assert sock.poll(5000)
-        msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+        msg, _ = protocol.decode(sock.recv_multipart(), 4096, protocol.Direction.TO_NODE)
         assert isinstance(msg, protocol.Fenced) and "no session" in msg.reason, msg
         sock.send_multipart(protocol.encode(protocol.Hello("probe", 1, 1)))
         assert sock.poll(5000)
-        msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+        msg, _ = protocol.decode(sock.recv_multipart(), 4096, protocol.Direction.TO_NODE)
         assert isinstance(msg, protocol.Welcome)
         bad = [
             [b"\xc1not msgpack"],
@@ -101,11 +101,11 @@ def test_malformed_messages_to_the_directory_get_errors_and_it_stays_up(director
         for frames in bad:
             sock.send_multipart(frames)
             assert sock.poll(5000), f"no answer to {frames!r}"
-            msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+            msg, _ = protocol.decode(sock.recv_multipart(), 4096, protocol.Direction.TO_NODE)
             assert isinstance(msg, protocol.Error), msg
         sock.send_multipart(protocol.encode(protocol.Hello("probe", 1, 1)))
         assert sock.poll(5000)
-        msg, _ = protocol.decode(sock.recv_multipart(), 4096)
+        msg, _ = protocol.decode(sock.recv_multipart(), 4096, protocol.Direction.TO_NODE)
         assert isinstance(msg, protocol.Welcome)
     finally:
         sock.close()

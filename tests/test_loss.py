@@ -209,7 +209,7 @@ def test_a_node_that_leaves_a_fetch_unanswered_is_declared_dead_not_waited_for(d
 
     def answer(expected):
         assert sock.poll(10_000), f"no {expected.__name__} from the directory"
-        msg, _ = p.decode(sock.recv_multipart(), 4096)
+        msg, _ = p.decode(sock.recv_multipart(), 4096, p.Direction.TO_NODE)
         assert isinstance(msg, expected), msg
         return msg
 

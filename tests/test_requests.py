@@ -53,7 +53,7 @@ def test_a_late_answer_is_not_taken_for_the_next_requests(directory, make_node):
         outcome = late.run(
             "meta = {'shape': [%d], 'dtype': np.dtype(np.int64).str}\n"
             "try:\n"
-            "    node._request({'type': 'alloc', 'name': 'late.a', 'nbytes': %d, 'meta': meta},\n"
+            "    node._request(dsm.local.AllocRequest, name='late.a', nbytes=%d, meta=meta,\n"
             "                  timeout_s=%r)\n"
             "    outcome = 'answered'\n"
             "except dsm.DsmError as exc:\n"

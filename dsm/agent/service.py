@@ -34,6 +34,7 @@ from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, HandshakeWatch, configure_client, keys_dir_from, load_client_keys
 from dsm.layout import Layout
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
+from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.trace import Tracer
 from dsm.uffd import (
     Access,
@@ -188,6 +189,8 @@ class Agent:
         self._last_heard = time.monotonic()
         self._directory_alive = True
         self._running = True
+        #: lines about messages dropped from the directory, rate-limited
+        self._complain = ThrottledLog(log, "messages dropped from the directory")
         self._dir_handlers: dict[type, Callable[[Any, Any], None]] = {
             p.Grant: self._on_grant,
             p.Fetch: self._on_fetch,
@@ -233,7 +236,7 @@ class Agent:
                     break
         finally:
             self._handshake.close()
-        msg, _ = p.decode(self.dealer.recv_multipart(), 0)
+        msg, _ = p.decode(self.dealer.recv_multipart(), 0, p.Direction.TO_NODE)
         if self.tracer.enabled:
             self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
             if isinstance(msg, p.Welcome) and msg.clock_ns:
@@ -290,6 +293,8 @@ class Agent:
     # --- the loop ----------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         log.info("agent %s serving on %s", self.node, self.socket_path)
+        # the agent's modules warn about unexpected messages: a peer can provoke those
+        throttle_module_logs("dsm.agent", "unexpected messages")
         while self._running:
             for item, _ in self.poller.poll(POLL_INTERVAL_MS):
                 self._dispatch(item)
@@ -359,25 +364,39 @@ class Agent:
 
     # --- the directory's messages ------------------------------------------------------------------
     def _drain_directory(self, until: type | None = None) -> bool:
-        """Handle what the directory sent; True as soon as a message of type ``until`` came."""
+        """Handle what the directory sent; True as soon as a message of type ``until`` came.
+        Nothing the directory's side sends stops the agent: a message that is malformed, not
+        expected, or names pages outside the region is dropped (the handlers validate before
+        they change anything), with a rate-limited log line; so is any other failure."""
         self._last_heard = time.monotonic()
         # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
         while self.dealer.get(zmq.EVENTS) & _POLLIN:
             frames = self.dealer.recv_multipart(copy=False)
-            msg = None
+            msg: Any = None
             try:
-                msg, data = p.decode(frames, self.page_size)
+                msg, data = p.decode(frames, self.page_size, p.Direction.TO_NODE)
                 if self.tracer.enabled:
                     self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
                 if self.wire is not None:
                     self.wire.count("received", msg, frames)
                 if until is not None and isinstance(msg, until):
                     return True
-                self._dir_handlers[type(msg)](msg, data)
+                handler = self._dir_handlers.get(type(msg))
+                if handler is None:
+                    raise ProtocolError(f"the agent does not expect a {type(msg).__name__} "
+                                        "from the directory now")
+                handler(msg, data)
             except ProtocolError as exc:
                 if msg is None and self.tracer.enabled:
                     self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, None)
-                log.warning("malformed message from the directory: %s", exc)
+                self._complain(logging.WARNING, "malformed message from the directory: %.500s",
+                               exc)
+            except DsmError as exc:
+                self._complain(logging.WARNING, "dropped a %s from the directory: %.500s",
+                               type(msg).__name__, exc)
+            except Exception:  # a bug some input reaches: drop the message, do not die of it
+                self._complain(logging.ERROR, "failed to handle a %s from the directory",
+                               type(msg).__name__, exc_info=True)
         return False
 
     def _cut_off(self, why: str) -> None:
@@ -493,9 +512,14 @@ class Agent:
 
     def _on_answer(self, msg: Any, _: Any) -> None:
         if isinstance(msg, p.Allocated):
-            self.extents.add(msg.offset, msg.nbytes)
+            if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
+                msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"
+                                       f"{msg.nbytes:#x}, outside the region of "
+                                       f"{self.layout.size:#x} bytes")
+            else:
+                self.extents.add(msg.offset, msg.nbytes)
         if not self.forwarder.answer(msg) and isinstance(msg, p.Error):
-            log.error("directory reported: %s", msg.message)
+            self._complain(logging.ERROR, "directory reported: %.500s", msg.message)
 
     # --- uffd events -------------------------------------------------------------------------------
     def _handle_events(self, proc: WorkloadProcess) -> None:

@@ -46,7 +46,7 @@ class Client:
         self.sock.send_multipart(p.encode(p.Hello(name, os.getpid(), incarnation)))
         if not self.sock.poll(int(ANSWER_TIMEOUT_S * 1000)):
             raise TimeoutError(f"the directory did not answer Hello within {ANSWER_TIMEOUT_S} s")
-        welcome, _ = p.decode(self.sock.recv_multipart(), 0)
+        welcome, _ = p.decode(self.sock.recv_multipart(), 0, p.Direction.TO_NODE)
         if not isinstance(welcome, p.Welcome):
             raise RuntimeError(f"expected Welcome, got {welcome!r}")
         self.page_size = welcome.page_size
@@ -78,7 +78,7 @@ class Client:
                 raise TimeoutError(f"no answer from the directory within {ANSWER_TIMEOUT_S} s "
                                    f"({answered} of {count} answered)") from None
             now = pc()
-            msg, _ = p.decode(frames, page_size)
+            msg, _ = p.decode(frames, page_size, p.Direction.TO_NODE)
             if isinstance(msg, p.Heartbeat):  # the directory answers our heartbeats
                 continue
             i = getattr(msg, "page", -1) - first

@@ -64,7 +64,7 @@ class StatsClient:
         while (left := deadline - time.monotonic()) > 0:
             if not self.sock.poll(int(left * 1000) + 1):
                 break
-            msg, _ = p.decode(self.sock.recv_multipart(), 0)
+            msg, _ = p.decode(self.sock.recv_multipart(), 0, p.Direction.TO_NODE)
             if isinstance(msg, p.StatsReport) and msg.req == self._req:
                 return {"nodes": msg.nodes, "latency_buckets_us": msg.latency_buckets_us,
                         "arrays": msg.arrays, "directory": msg.directory}

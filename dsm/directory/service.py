@@ -31,6 +31,7 @@ from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
 from dsm.liveness import NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
+from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class DirectoryService:
         self._running = True
         #: messages and bytes by type, counted only for --metrics (dsm.metrics)
         self.wire: Any = None
+        #: lines about malformed and refused messages, rate-limited (a flood must not fill the log)
+        self._complain = ThrottledLog(log, "malformed or refused messages")
         self._handlers: dict[type, Callable[[str, Any, Any], list[Send]]] = {
             p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
             p.Fetched: lambda n, m, d: self.pages.fetched(
@@ -115,6 +118,8 @@ class DirectoryService:
         log.info("directory listening on %s (%d pages of %d bytes at %#x, epoch %x, lost "
                  "pages: %s)", self.endpoint, self.layout.num_pages, self.layout.page_size,
                  self.layout.base, self.sessions.epoch, self.pages.on_loss.value)
+        # the page-state machine warns about every unexpected answer: a peer can provoke those
+        throttle_module_logs("dsm.directory.pages", "unexpected page messages")
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
@@ -129,15 +134,19 @@ class DirectoryService:
                         self._declare_undelivered_dead()
                 self._expire_silent_nodes()
                 self._send_all(self._replies(self.sync.expire(time.monotonic())))
+                self._complain.flush()
         finally:
             self.tracer.close()
             self.socket.close(0)
 
     def _handle(self, frames: list[Any]) -> None:
+        """Handle one message. Whatever a peer sends, the directory stays up: a malformed or
+        refused message gets an Error answer (the handlers validate before they change
+        anything), and any other failure is answered and logged too, rate-limited."""
         identity = frames[0].bytes
         msg: Any = None
         try:
-            msg, data = p.decode(frames[1:], self.layout.page_size)
+            msg, data = p.decode(frames[1:], self.layout.page_size, p.Direction.TO_DIRECTORY)
             if self.tracer.enabled:
                 self._trace_received(identity, msg)
             if self.wire is not None:
@@ -157,18 +166,26 @@ class DirectoryService:
                                                      self.sessions.why_fenced(identity)))
                 return
             self.sessions.by_node[node].last_seen_s = time.monotonic()
-            out = self._handlers[type(msg)](node, msg, data)
+            handler = self._handlers.get(type(msg))
+            if handler is None:
+                raise ProtocolError(f"the directory does not handle {type(msg).__name__}")
+            self._send_all(handler(node, msg, data))
         except ProtocolError as exc:
             if msg is None and self.tracer.enabled:
                 self._trace_received(identity, None)
-            log.warning("malformed message from %r: %s", identity, exc)
-            self._send_to(identity, p.Error(getattr(msg, "req", 0), f"malformed message: {exc}"))
-            return
+            self._complain(logging.WARNING, "malformed message from %r: %.500s", identity, exc)
+            self._answer_error(identity, msg, f"malformed message: {exc}")
         except DsmError as exc:
-            log.warning("bad request from %r: %s", identity, exc)
-            self._send_to(identity, p.Error(getattr(msg, "req", 0), str(exc)))
-            return
-        self._send_all(out)
+            self._complain(logging.WARNING, "bad request from %r: %.500s", identity, exc)
+            self._answer_error(identity, msg, str(exc))
+        except Exception as exc:  # a bug some input reaches: answer it, do not die of it
+            self._complain(logging.ERROR, "failed to handle a %s from %r", type(msg).__name__,
+                           identity, exc_info=True)
+            self._answer_error(identity, msg, f"the directory failed to handle "
+                                              f"{type(msg).__name__}: {exc!r:.200}")
+
+    def _answer_error(self, identity: bytes, msg: Any, text: str) -> None:
+        self._send_to(identity, p.Error(getattr(msg, "req", 0), text))
 
     def _send_all(self, sends: list[Send]) -> None:
         for send in sends:
@@ -286,10 +303,10 @@ class DirectoryService:
         return out
 
     def _on_discard(self, node: str, msg: p.Discard, _: Any) -> list[Send]:
+        for page in msg.pages:  # all of them first: a bad one must not leave half done
+            self.layout.check_page(page)
         out: list[Send] = []
         for page in msg.pages:
-            if not isinstance(page, int):
-                raise ProtocolError(f"Discard.pages must hold integers, got {type(page).__name__}")
             out += self.pages.discard(node, page)
         return out
 
