@@ -22,6 +22,9 @@ from dsm.uffd import EventPending, PageExists, PartiallyCopied, ProcessGone, Uff
 
 #: an ioctl that keeps finding events pending is given up after this many rounds
 MAX_EVENT_PENDING_RETRIES = 100
+#: how long an ioctl that found events pending waits for one to be readable: EAGAIN is raised
+#: from the moment an event is queued (mmap_changing), a moment before the read can return it
+EVENT_PENDING_WAIT_S = 0.001
 
 
 class PageState(enum.Enum):
@@ -49,32 +52,49 @@ class NodeMemory:
         self._on_process_gone = on_process_gone
         self.memfd = os.memfd_create(f"dsm-{name}", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, layout.size)
-        # a read-only view of the memfd used only for mincore (never touched: touching a hole
-        # would allocate a page behind userfaultfd's back)
-        self._probe_base = libc.mmap_at(0, layout.size, libc.PROT_READ, libc.MAP_SHARED, self.memfd)
         self.state: dict[int, PageState] = {}
         #: zeros for ZERO grants of up to a whole batch
         self.zeros = bytes(MAX_BATCH_PAGES * self.page_size)
+        #: processes with events read while an ioctl was retried, in the order they were read
+        #: (a dict as an ordered set): the agent handles them once the current operation is over,
+        #: never inside it, where a handler's own ioctls would nest in this one's retry
+        self.shelved: dict[WorkloadProcess, None] = {}
 
     def close(self) -> None:
-        libc.munmap(self._probe_base, self.layout.size)
         os.close(self.memfd)
 
-    def resident(self, page: int) -> bool:
-        """Whether the memfd holds the page (a hole once punched, locally or by MADV_REMOVE)."""
-        vec = libc.resident_pages(self._probe_base + page * self.page_size, self.page_size)
-        return bool(vec[0] & 1)
+    def holds(self, page: int) -> bool:
+        """Whether the memfd holds the page: data, not a hole (never written, or punched here or
+        by MADV_REMOVE). The file answers this exactly, page by page; residency (mincore) does
+        not: a page the kernel has swapped out is held but not resident."""
+        offset = page * self.page_size
+        try:
+            return os.lseek(self.memfd, offset, os.SEEK_DATA) == offset
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data at or after the offset
+                return False
+            raise
 
     # --- uffd operations ---------------------------------------------------------------------------
+    def _shelve_pending_events(self, proc: WorkloadProcess) -> None:
+        """An ioctl on ``proc``'s uffd returned EAGAIN: read the events that caused it (the
+        kernel lets the ioctl through only once they are read) and shelve them for the agent."""
+        events = proc.uffd.read_events(timeout_s=EVENT_PENDING_WAIT_S)
+        if events:
+            proc.events.extend(events)
+            self.shelved[proc] = None
+
     def retry(self, proc: WorkloadProcess, op: Callable[[], Any]) -> Any:
         """Run a uffd ioctl; EAGAIN means events are pending on that uffd: read them (they are
-        handled after the current one, in order) and try again."""
+        shelved, and handled after the current operation, in order) and try again."""
         for _ in range(MAX_EVENT_PENDING_RETRIES):
             try:
                 return op()
             except EventPending:
-                proc.events.extend(proc.uffd.read_events(timeout_s=0.001))
-        raise UffdError(errno.EAGAIN, f"events kept arriving on the uffd of pid {proc.pid}")
+                self._shelve_pending_events(proc)
+        raise UffdError(errno.EAGAIN, f"events kept arriving on the uffd of pid {proc.pid}: "
+                                      f"the ioctl still found events pending after "
+                                      f"{MAX_EVENT_PENDING_RETRIES} reads of them")
 
     def writeprotect(self, proc: WorkloadProcess, offset: int, length: int, wp: bool) -> None:
         for addr, n in proc.addresses_of(offset, length):
@@ -130,19 +150,11 @@ class NodeMemory:
                     self.writeprotect(proc, offset, length, wp=True)
         view = memoryview(src)
         done = 0
+        copier = installer[0] if installer is not None else None
         if installer is not None:
             proc, addr = installer
             try:
-                while done < length:
-                    try:
-                        done += proc.uffd.copy(addr + done, view[done:], length - done, wp=not writable)
-                    except PartiallyCopied as exc:
-                        done += exc.done
-                        proc.events.extend(proc.uffd.read_events())
-                    except EventPending:
-                        proc.events.extend(proc.uffd.read_events())
-            except PageExists:
-                pass  # a page of the run is there already (a stale fault): write the rest below
+                done = self._copy(proc, addr, view, length, wp=not writable)
             except ProcessGone:
                 self._on_process_gone(proc)
                 installer = None
@@ -151,11 +163,42 @@ class NodeMemory:
                     raise
                 installer = None  # the process unmapped the range meanwhile: write it below
         if done < length:
+            if copier is not None and not writable and not copier.uffd.closed:
+                # the copy stopped early: the rest appears through the memfd, which the copying
+                # process must not be able to write without a fault either (the other processes
+                # were protected above)
+                self.writeprotect(copier, offset + done, length - done, wp=True)
             os.pwrite(self.memfd, view[done:], offset + done)
         new = PageState.EXCLUSIVE if writable else PageState.SHARED
         for q in range(first, first + count):
             self.state[q] = new
         return installer is not None and done > 0
+
+    def _copy(self, proc: WorkloadProcess, addr: int, view: memoryview, length: int,
+              wp: bool) -> int:
+        """UFFDIO_COPY ``length`` bytes of ``view`` to ``addr`` in ``proc``, reading (shelving)
+        the events that hold it up; returns the bytes copied, fewer than ``length`` if a page of
+        the run is there already (EEXIST: a stale fault), where the copy stops."""
+        done = 0
+        stalled = 0  # rounds in a row that copied nothing
+        while done < length:
+            try:
+                done += proc.uffd.copy(addr + done, view[done:], length - done, wp=wp)
+            except PageExists:
+                return done
+            except EventPending as exc:
+                progress = exc.done if isinstance(exc, PartiallyCopied) else 0
+                done += progress
+                stalled = 0 if progress else stalled + 1
+                if stalled >= MAX_EVENT_PENDING_RETRIES:
+                    raise UffdError(
+                        errno.EAGAIN,
+                        f"UFFDIO_COPY of {length} bytes to {addr:#x} in pid {proc.pid}: events "
+                        f"kept arriving on its uffd ({stalled} rounds copied nothing; "
+                        f"{done} bytes were copied)",
+                    ) from None
+                self._shelve_pending_events(proc)
+        return done
 
     def upgrade(self, first: int, count: int) -> None:
         """The node now owns pages it held read copies of: lift their write protection (which

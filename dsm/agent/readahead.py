@@ -65,3 +65,12 @@ class ReadAhead:
 
     def last_fault(self, key: Hashable) -> int:
         return self._streams[key].last_fault
+
+    def forget(self, *keys: Hashable) -> None:
+        """Drop the streams of ``keys`` (those of a process that is gone): nothing else ever
+        would, and an agent serves many short-lived processes."""
+        for key in keys:
+            self._streams.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._streams)

@@ -12,6 +12,7 @@ EXCLUSIVE (owned, writable). The data lives in the memfd, so every local process
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -26,7 +27,13 @@ from dsm.agent.extents import Extents
 from dsm.agent.forwarding import Forwarder
 from dsm.agent.memory import NodeMemory, PageState
 from dsm.agent.readahead import ReadAhead
-from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
+from dsm.agent.processes import (
+    Mapping,
+    WorkloadProcess,
+    children_of,
+    maps_file,
+    thread_group_of,
+)
 from dsm.agent.stats import NodeStats
 from dsm.errors import DsmError, ProtocolError
 from dsm.layout import Layout
@@ -60,9 +67,13 @@ DIRECTORY_TIMEOUT_S = 5.0
 LEAVE_TIMEOUT_S = 5.0
 HEARTBEAT_INTERVAL_S = 0.5
 POLL_INTERVAL_MS = 100
-#: how long to watch a Remove event's pages for MADV_REMOVE's hole punch (DONTNEED never punches)
+#: how long after a Remove event its pages are checked for MADV_REMOVE's hole punch (DONTNEED
+#: never punches): the madvise caller punches right after the agent has read the event
 REMOVE_SETTLE_S = 0.02
-REMOVE_POLL_S = 0.0002
+#: a forked child appears under /proc a moment after its Fork event is read (the parent is still
+#: in fork() then): how often, and for how long, to look for it before relying on its first fault
+FORK_LOOKUP_INTERVAL_S = 0.001
+FORK_LOOKUP_TIMEOUT_S = 1.0
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
 
@@ -98,6 +109,16 @@ class Pending:
     waiters: list[Waiter] = field(default_factory=list)
 
 
+@dataclass
+class Removal:
+    """Pages a Remove event of ``proc`` covered, to be told apart at ``deadline``: punched
+    (MADV_REMOVE: discarded cluster-wide) or kept (DONTNEED)."""
+
+    proc: WorkloadProcess
+    pages: set[int]
+    deadline: float
+
+
 class Agent:
     def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None):
         self.node = node
@@ -120,6 +141,10 @@ class Agent:
                                  lambda proc: self._forget_process(proc, give_back=False))
         self.state = self.memory.state  # page -> PageState, for the pages this node holds
         self._pidfds: dict[int, WorkloadProcess] = {}
+        #: Remove events whose pages are not yet told apart, oldest first
+        self._removals: list[Removal] = []
+        #: forked children whose pid is not known yet -> until when to look for it
+        self._unnamed_children: dict[WorkloadProcess, float] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
         self.forwarder = Forwarder(node, self._send, lambda c, m: self.clients.reply(c, m),
@@ -196,15 +221,43 @@ class Agent:
     def serve_forever(self) -> None:
         log.info("agent %s serving on %s", self.node, self.socket_path)
         while self._running:
-            for item, _ in self.poller.poll(POLL_INTERVAL_MS):
+            for item, _ in self.poller.poll(self._poll_timeout_ms()):
                 self._dispatch(item)
+                self._handle_shelved()
             now = time.monotonic()
+            self._run_timers(now)
+            self._handle_shelved()
             if now - self._last_send > HEARTBEAT_INTERVAL_S:
                 self._send(p.Heartbeat())
             if now - self._last_heard > DIRECTORY_TIMEOUT_S:
                 self._directory_lost(now - self._last_heard)
                 return
             self._fail_overdue_requests(now)
+
+    def _poll_timeout_ms(self) -> int:
+        """Poll until the next timer is due, at most POLL_INTERVAL_MS."""
+        timeout_s = POLL_INTERVAL_MS / 1000
+        if self._unnamed_children:
+            timeout_s = min(timeout_s, FORK_LOOKUP_INTERVAL_S)
+        if self._removals:
+            timeout_s = min(timeout_s, self._removals[0].deadline - time.monotonic())
+        return max(0, math.ceil(timeout_s * 1000))
+
+    def _run_timers(self, now: float) -> None:
+        while self._removals and self._removals[0].deadline <= now:
+            self._settle_removal(self._removals.pop(0))
+        if self._unnamed_children:
+            self._name_children(now)
+
+    def _handle_shelved(self) -> None:
+        """Handle the events read while an ioctl was retried (NodeMemory.shelved), now that the
+        operation is over: their uffd may never poll readable again (a Fork read so would leave
+        its child unadopted, its faults unserved). Handling them may shelve more: loop."""
+        shelved = self.memory.shelved
+        while shelved:
+            proc = next(iter(shelved))
+            del shelved[proc]
+            self._handle_events(proc)
 
     def _dispatch(self, item: Any) -> None:
         if item is self.dealer:
@@ -257,12 +310,7 @@ class Agent:
                   "and stopping its workload processes (SIGBUS)", self.directory_endpoint, silent_s)
         self.forwarder.fail_all(f"the directory {self.directory_endpoint} has not answered for "
                                 f"{silent_s:.1f} s: this node is cut off from the cluster")
-        for proc in list(self.procs.values()):
-            if proc.pid:
-                try:
-                    os.kill(proc.pid, signal.SIGBUS)
-                except ProcessLookupError:
-                    pass
+        self._kill_workload_processes(signal.SIGBUS)
         self.pending.clear()
         self.state.clear()  # the directory has reassigned these pages: nothing to hand back
 
@@ -346,10 +394,7 @@ class Agent:
         if proc.pid is None and ev.thread_id:
             pid = thread_group_of(ev.thread_id)
             if pid is not None:
-                proc.watch_pid(pid)
-                if proc.pidfd is not None:
-                    self._pidfds[proc.pidfd] = proc
-                    self.poller.register(proc.pidfd, zmq.POLLIN)
+                self._name_process(proc, pid)
         page_addr = ev.addr - ev.addr % self.page_size
         offset = proc.offset_of(page_addr)
         if offset is None:
@@ -366,13 +411,15 @@ class Agent:
             self.stats.record_fault_latency(time.monotonic() - now)
             return
         if ev.kind is FaultKind.MISSING and st is not None and page not in self.pending:
-            if self.memory.resident(page):
+            if self.memory.holds(page):
+                self._protect_kept(page)
                 if not write or st is PageState.EXCLUSIVE:
                     self.memory.wake(proc, page_addr)  # raised before the page arrived
                     self.stats.count("faults_local")
                     return
             else:
-                # the page vanished under us: MADV_REMOVE punched it
+                # the page vanished under us: MADV_REMOVE punched it (perhaps before the Remove
+                # event's pages were checked)
                 self._discard([page])
                 st = None
         if ev.kind is FaultKind.WRITE_PROTECTED and st is PageState.SHARED and not write:
@@ -425,9 +472,51 @@ class Agent:
             self._request(page, window, stream[1], [], stream)
 
     def _on_fork(self, proc: WorkloadProcess, ev: Fork) -> None:
+        """Adopt the child's uffd. Its page tables are the parent's at the fork, with their
+        write protection, but a read copy installed since (while this event waited, read in an
+        ioctl's retry) is not protected there: protect every read copy on the child's uffd."""
         child = proc.forked(ev.uffd)
         self._add_process(child)
-        log.info("pid %s forked: adopted the child's uffd %d", proc.pid, ev.uffd.fileno())
+        self._unnamed_children[child] = time.monotonic() + FORK_LOOKUP_TIMEOUT_S
+        self._name_children(time.monotonic())
+        self.memory.protect_read_copies(child)
+        log.info("pid %s forked: adopted the child's uffd %d (pid %s)", proc.pid,
+                 ev.uffd.fileno(), child.pid)
+
+    def _fork_candidates(self, child: WorkloadProcess) -> list[int]:
+        """The pids ``child`` may have: children of its parent that map the node's memfd (not,
+        say, an exec'd helper) and that are not a known workload process."""
+        parent = child.parent.pid if child.parent is not None else None
+        if parent is None:
+            return []
+        known = {pr.pid for pr in self.procs.values()}
+        memfd = os.fstat(self.memory.memfd)
+        return [c for c in children_of(parent) if c not in known and maps_file(c, memfd)]
+
+    def _name_children(self, now: float) -> None:
+        """Learn forked children's pids (to see them exit, and to kill them when the node is cut
+        off, even if they never fault). One unknown candidate among its parent's children is the
+        child; with several (threads forking at once), its first fault names it instead."""
+        for child in list(self._unnamed_children):
+            if child.pid is None:
+                candidates = self._fork_candidates(child)
+                if len(candidates) == 1:
+                    self._name_process(child, candidates[0])
+            if child.pid is not None:
+                self._unnamed_children.pop(child, None)
+            elif now >= self._unnamed_children[child]:
+                log.info("the pid of a child forked by pid %s was not found within %.1f s: it is "
+                         "learned at its first fault", child.parent.pid if child.parent else None,
+                         FORK_LOOKUP_TIMEOUT_S)
+                del self._unnamed_children[child]
+
+    def _name_process(self, proc: WorkloadProcess, pid: int) -> None:
+        """Learn ``proc``'s pid and watch for its exit."""
+        proc.watch_pid(pid)
+        self._unnamed_children.pop(proc, None)
+        if proc.pidfd is not None:
+            self._pidfds[proc.pidfd] = proc
+            self.poller.register(proc.pidfd, zmq.POLLIN)
 
     def _on_remap(self, proc: WorkloadProcess, ev: Remap) -> None:
         proc.remap(ev.from_, ev.to, ev.len)
@@ -440,29 +529,43 @@ class Agent:
 
     def _on_remove(self, proc: WorkloadProcess, ev: Remove) -> None:
         """madvise(MADV_REMOVE) punches the memfd right after this event is read, DONTNEED
-        does not (on shared memory it keeps the data); the event does not say which. Watch the
-        pages the node holds for a short while: those that vanish were removed."""
+        does not (on shared memory it keeps the data); the event does not say which. Without
+        blocking the loop, check the pages the node holds REMOVE_SETTLE_S later (or at a fault on
+        one before that): those the memfd no longer holds were removed."""
         self.stats.count("removes")
         pages = set()
         for offset, length in proc.region_ranges(ev.start, ev.end):
             first = offset // self.page_size
             last = (offset + length - 1) // self.page_size
             pages.update(pg for pg in range(first, last + 1) if pg in self.state)
-        deadline = time.monotonic() + REMOVE_SETTLE_S
-        while pages and time.monotonic() < deadline:
-            gone = [pg for pg in pages if not self.memory.resident(pg)]
-            if gone:
-                self._discard(gone)
-                pages.difference_update(gone)
-                if not pages:
-                    break
-            time.sleep(REMOVE_POLL_S)
-        for pg in pages:  # DONTNEED: the pages stay; keep read copies protected
+        if pages:
+            self._removals.append(Removal(proc, pages, time.monotonic() + REMOVE_SETTLE_S))
+
+    def _protect_kept(self, page: int) -> None:
+        """A fault on a page of a Remove event not told apart yet, which the memfd still holds:
+        if it is a read copy, DONTNEED may have zapped its protection with its entry in the
+        removing process; protect it there again before the fault is let through."""
+        if self.state.get(page) is not PageState.SHARED:
+            return
+        for removal in self._removals:
+            if page in removal.pages and not removal.proc.uffd.closed:
+                self.memory.writeprotect(removal.proc, page * self.page_size, self.page_size,
+                                         wp=True)
+
+    def _settle_removal(self, removal: Removal) -> None:
+        gone = [pg for pg in removal.pages if pg in self.state and not self.memory.holds(pg)]
+        if gone:
+            self._discard(gone)
+        if removal.proc.uffd.closed:
+            return
+        for pg in removal.pages:  # DONTNEED: the pages stay; keep read copies protected
             if self.state.get(pg) is PageState.SHARED:
-                self.memory.writeprotect(proc, pg * self.page_size, self.page_size, wp=True)
+                self.memory.writeprotect(removal.proc, pg * self.page_size, self.page_size, wp=True)
 
     # --- giving pages back -------------------------------------------------------------------------
     def _discard(self, pages: list[int]) -> None:
+        for removal in self._removals:  # told apart already
+            removal.pages.difference_update(pages)
         for pg in pages:
             old = self.state.pop(pg, None)
             self.tracer(pg, "DISCARD", self.node, _name(old), "invalid")
@@ -508,6 +611,9 @@ class Agent:
         ranges = [(m.offset, m.length) for m in proc.mappings]
         proc.mappings = []
         proc.close()
+        self.readahead.forget((proc, False), (proc, True))  # the streams _on_pagefault keys
+        self.memory.shelved.pop(proc, None)
+        self._unnamed_children.pop(proc, None)
         for pend in self.pending.values():
             pend.waiters = [w for w in pend.waiters if w.proc is not proc]
         if give_back:
@@ -531,6 +637,24 @@ class Agent:
         self.memory.protect_read_copies(proc)
 
     # --- failure -----------------------------------------------------------------------------------
+    def _kill_workload_processes(self, sig: int) -> None:
+        """Send ``sig`` to every workload process of the node: the attached ones and their
+        forked children, those that never faulted included (a child whose pid is not known yet
+        is looked up among its parent's children now)."""
+        for proc in list(self.procs.values()):
+            if proc.pidfd is not None:  # safe from pid reuse
+                try:
+                    signal.pidfd_send_signal(proc.pidfd, sig)
+                except ProcessLookupError:
+                    pass
+                continue
+            pids = [proc.pid] if proc.pid else self._fork_candidates(proc)
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
     def _fail_overdue_requests(self, now: float) -> None:
         overdue = {id(pend): pend for pend in self.pending.values()
                    if now - pend.sent_at >= REQUEST_TIMEOUT_S}
