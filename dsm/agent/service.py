@@ -489,7 +489,7 @@ class Agent:
         parent = child.parent.pid if child.parent is not None else None
         if parent is None:
             return []
-        known = {pr.pid for pr in self.procs.values()}
+        known = {pr.pid for pr in self.procs.values()} | {os.getpid()}
         memfd = os.fstat(self.memory.memfd)
         return [c for c in children_of(parent) if c not in known and maps_file(c, memfd)]
 
