@@ -14,9 +14,12 @@ SUBCOMMAND_MODULES = {
     "agent": "dsm.commands.agent",
     "run": "dsm.commands.run",
     "trace": "dsm.commands.trace",
+    "litmus": "dsm.commands.litmus",
+    "top": "dsm.commands.top",
     "bench": "dsm.commands.bench",
     "demo": "dsm.commands.demo",
     "hosts": "dsm.commands.hosts",
+    "keygen": "dsm.commands.keygen",
 }
 
 

@@ -14,6 +14,9 @@ WORKLOAD_FEATURES = (
     | Feature.MISSING_SHMEM
     | Feature.WP_HUGETLBFS_SHMEM
 )
+#: asked for where the kernel has it (Linux >= 6.6): a lost page then fails with SIGBUS at the
+#: access itself (UFFDIO_POISON); without it the agent kills the faulting process
+OPTIONAL_WORKLOAD_FEATURES = Feature.POISON
 #: how a workload registers the region: missing pages and writes to read copies both fault
 REGION_REGISTER_MODE = RegisterMode.MISSING | RegisterMode.WP
 #: what the registered range must then allow the agent to do

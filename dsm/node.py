@@ -13,22 +13,26 @@ that ``attach`` starts kills this process loudly.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from dsm import libc, local
 from dsm.agent.launch import StartedAgent, start_agent
-from dsm.errors import ConfigError, DsmError
+from dsm.errors import ConfigError, DsmError, ProtocolError
 from dsm.layout import AddressError, Layout
 from dsm.sync import Barrier, Lock
-from dsm.needs import REGION_REGISTER_MODE, WORKLOAD_FEATURES
+from dsm.needs import OPTIONAL_WORKLOAD_FEATURES, REGION_REGISTER_MODE, WORKLOAD_FEATURES
 from dsm.uffd import Uffd
+
+log = logging.getLogger(__name__)
 
 #: how long attach waits for the agent at each step
 ATTACH_TIMEOUT_S = 10.0
@@ -36,6 +40,21 @@ ATTACH_TIMEOUT_S = 10.0
 WATCHDOG = os.path.join(os.path.dirname(__file__), "watchdog.py")
 #: how long a request to the agent (allocation, stats) may take
 REQUEST_TIMEOUT_S = 15.0
+
+
+class LostRange(NamedTuple):
+    """Bytes [start, end) of an array, lost when node ``dead_node`` died."""
+
+    start: int
+    end: int
+    dead_node: str
+
+
+def _lost_ranges(ranges: list) -> dict[str, list[LostRange]]:
+    out: dict[str, list[LostRange]] = {}
+    for name, start, end, dead in ranges:
+        out.setdefault(name, []).append(LostRange(int(start), int(end), str(dead)))
+    return out
 
 
 class AttachError(DsmError):
@@ -80,8 +99,8 @@ class Node:
         shape = tuple(int(s) for s in (shape if np.iterable(shape) else (shape,)))
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         meta = {"shape": list(shape), "dtype": dt.str}
-        reply = self._request({"type": "alloc", "name": name, "nbytes": max(nbytes, 1), "meta": meta})
-        offset = int(reply["offset"])
+        reply = self._request(local.AllocRequest, name=name, nbytes=max(nbytes, 1), meta=meta)
+        offset = reply.offset
         self.layout.check_offset(offset, nbytes)
         return np.ndarray(shape, dtype=dt, buffer=self.memoryview(), offset=offset)
 
@@ -90,10 +109,19 @@ class Node:
 
     def stats(self) -> dict:
         """This node's counters and fault-latency histogram."""
-        reply = self._request({"type": "stats"})
-        reply.pop("type", None)
-        reply.pop("req", None)
-        return reply
+        return dict(self._request(local.StatsRequest).stats)
+
+    # --- lost pages (see the README: when a node dies) -----------------------------------------
+    def lost(self) -> dict[str, list[LostRange]]:
+        """The lost ranges of every array: pages whose newest contents died with a node. Every
+        access to them fails (SIGBUS) until ``forget_lost``. Arrays without lost pages are not
+        listed; pages outside every array are listed under ""."""
+        return _lost_ranges(self._request(local.LostRequest).ranges)
+
+    def forget_lost(self, name: str) -> list[LostRange]:
+        """Give up the lost pages of array ``name``: from now on they read as zeros, on every
+        node. Returns the ranges that were lost."""
+        return _lost_ranges(self._request(local.ForgetLostRequest, name=name).ranges).get(name, [])
 
     # --- talking to the agent --------------------------------------------------------------------
     def _connection(self) -> socket.socket:
@@ -106,37 +134,64 @@ class Node:
             sock.settimeout(ATTACH_TIMEOUT_S)
             try:
                 sock.connect(self._agent_path)
-                _, fds = local.recv(sock)  # every connection is greeted with the layout
-            except (OSError, socket.timeout) as exc:
+                # every connection is greeted with the layout (and the memfd, which we have)
+                greeting, fds = local.recv(sock, local.Direction.TO_WORKLOAD)
+            except (OSError, socket.timeout, DsmError) as exc:
                 sock.close()
                 raise local.AgentGone(f"cannot reach the node agent at {self._agent_path}: {exc}") from None
-            for fd in fds:
-                os.close(fd)
+            local.close_fds(fds)
+            if not isinstance(greeting, local.Greeting):
+                sock.close()
+                raise local.AgentGone(f"the node agent at {self._agent_path} greeted with a "
+                                      f"{type(greeting).__name__}, expected a Greeting")
             self._connections[key] = sock
         return sock
 
-    def _request(self, message: dict, timeout_s: float | None = REQUEST_TIMEOUT_S) -> dict:
-        """Send a request to the agent and wait for its answer (``timeout_s=None``: as long as
-        it takes, for lock and barrier waits; the agent's death still ends the wait)."""
+    def _request(self, kind: type[local.Request], timeout_s: float | None = REQUEST_TIMEOUT_S,
+                 **fields: Any) -> Any:
+        """Send a request of ``kind`` with ``fields`` to the agent and wait for its answer, a
+        ``kind.ANSWER`` (``timeout_s=None``: as long as it takes, for lock and barrier waits;
+        the agent's death still ends the wait). An ErrorAnswer raises DsmError.
+
+        Only the answer carrying this request's id is taken: an earlier request on this
+        connection that timed out may still be answered later, and that late answer (another
+        array's offset, say) is dropped here instead of being taken for this one's."""
         if self._closed:
             raise DsmError("this node is detached")
         sock = self._connection()
         with self._req_lock:
             req = self._next_req
             self._next_req += 1
-        local.send(sock, {**message, "req": req, "pid": os.getpid(), "tid": threading.get_ident()})
-        sock.settimeout(timeout_s)
-        try:
-            reply, fds = local.recv(sock)
-        except socket.timeout:
-            raise local.AgentGone(
-                f"the node agent did not answer a {message['type']} request within {timeout_s} s"
-            ) from None
-        for fd in fds:
-            os.close(fd)
-        if reply.get("type") == "error":
-            raise DsmError(reply.get("message", "the agent reported an error"))
+        local.send(sock, kind(req=req, pid=os.getpid(), tid=threading.get_ident(), **fields))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:  # settimeout(0) would mean "non-blocking"
+                raise self._no_answer(kind, timeout_s)
+            sock.settimeout(left)
+            try:
+                reply, fds = local.recv(sock, local.Direction.TO_WORKLOAD)
+            except socket.timeout:
+                raise self._no_answer(kind, timeout_s) from None
+            local.close_fds(fds)
+            answers = getattr(reply, "req", None)
+            # an error without an id answers a message the agent could not read: this one
+            if answers == req or (answers == 0 and isinstance(reply, local.ErrorAnswer)):
+                break
+            log.debug("dropped a late %s to request %s while waiting for request %s (%s)",
+                      type(reply).__name__, answers, req, kind.__name__)
+        if isinstance(reply, local.ErrorAnswer):
+            raise DsmError(reply.message)
+        if not isinstance(reply, kind.ANSWER):
+            raise ProtocolError(f"the node agent answered a {kind.__name__} with a "
+                                f"{type(reply).__name__}, expected a {kind.ANSWER.__name__}")
         return reply
+
+    @staticmethod
+    def _no_answer(kind: type[local.Request], timeout_s: float | None) -> local.NoAnswer:
+        return local.NoAnswer(
+            f"the node agent did not answer a {kind.TAG} request within {timeout_s} s"
+        )
 
     # --- synchronization -------------------------------------------------------------------------
     def lock(self, name: str) -> "Lock":
@@ -155,7 +210,7 @@ class Node:
         self._closed = True
         self._buffer = None
         try:
-            local.send(self._sock, {"type": "detach"})
+            local.send(self._sock, local.Detach())
         except OSError:
             pass
         if self._watchdog is not None:
@@ -209,12 +264,18 @@ def _attach_to(path: str, agent_proc: StartedAgent | None) -> Node:
         sock.close()
         raise AttachError(f"cannot reach the node agent at {path}: {exc}") from None
     try:
-        message, fds = local.recv(sock)
-        base, size, page_size, node_name = local.expect(message, "base", "size", "page_size", "node")
-        if message["type"] != "layout" or len(fds) != 1:
-            raise AttachError(f"expected the layout and the memfd from the agent, got {message}")
-        layout = Layout(base, size, page_size)
-        memfd = fds[0]
+        greeting, fds = local.recv(sock, local.Direction.TO_WORKLOAD)
+        if not isinstance(greeting, local.Greeting):
+            local.close_fds(fds)
+            raise AttachError(f"expected the layout and the memfd from the agent, got a "
+                              f"{type(greeting).__name__}")
+        (memfd,) = fds
+        try:
+            layout = Layout(greeting.base, greeting.size, greeting.page_size)
+        except DsmError:
+            os.close(memfd)
+            raise
+        node_name = greeting.node
         try:
             libc.mmap_at(layout.base, layout.size, libc.PROT_READ | libc.PROT_WRITE,
                          libc.MAP_SHARED | libc.MAP_FIXED_NOREPLACE, memfd)
@@ -224,12 +285,14 @@ def _attach_to(path: str, agent_proc: StartedAgent | None) -> Node:
                 f"cannot map the shared region at {layout.base:#x}+{layout.size:#x} in this "
                 f"process: {exc.strerror} (the address range is already taken)"
             ) from None
-        uffd = Uffd.open(features=WORKLOAD_FEATURES)
+        uffd = Uffd.open(features=WORKLOAD_FEATURES | OPTIONAL_WORKLOAD_FEATURES,
+                         required=WORKLOAD_FEATURES)
         uffd.register(layout.base, layout.size, REGION_REGISTER_MODE)
-        local.send(sock, {"type": "register", "pid": os.getpid()}, [uffd.fileno()])
-        reply, _ = local.recv(sock)
-        if reply.get("type") != "ready":
-            raise AttachError(f"the agent refused this process: {reply.get('message', reply)}")
+        local.send(sock, local.Register(os.getpid()), [uffd.fileno()])
+        reply, fds = local.recv(sock, local.Direction.TO_WORKLOAD)
+        local.close_fds(fds)
+        if not isinstance(reply, local.Ready):
+            raise AttachError(f"the agent refused this process: {getattr(reply, 'message', reply)}")
     except socket.timeout:
         sock.close()
         raise AttachError(f"the node agent at {path} did not answer within {ATTACH_TIMEOUT_S} s") from None

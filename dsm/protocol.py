@@ -7,20 +7,26 @@ node name, so the directory's sends to a node and its replies share one FIFO pip
     frame 1: page bytes (only for messages with ``carries_page`` and a DATA payload)
 
 Page bytes travel as their own frame, never inside msgpack, and are sent and received without
-copies. ``decode`` validates the message type, the field count and types, and the page frame's
-length, and raises ``ProtocolError`` naming what was wrong.
+copies. Each message declares the direction it travels in (``DIRECTION``) and what each field may
+hold (its annotation, checked by ``dsm.schema``: exact types, numbers in range, every element of a
+list). ``decode`` validates the message type and its direction, the field count, every field, and
+the page frame's length, and raises ``ProtocolError`` naming what was wrong; nothing that gets
+through it is of another shape. Whether a page lies within the region is for the receiver to
+check (``Layout.check_page``): the protocol does not know the region.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgpack
 import zmq
 
+from dsm.directory.sync import SyncStatus
 from dsm.errors import ProtocolError
+from dsm.schema import I64, I64_MAX, U64, OneOf, Pid, Range, check_fields, field_checks
 
 
 #: the most pages one message may carry or name (4 MiB of 4 KiB pages)
@@ -45,6 +51,10 @@ class MsgType(enum.IntEnum):
     BARRIER_WAIT = 14
     DEPARTED = 15
     LOCK_STATUS = 16
+    LOST_QUERY = 17
+    FORGET_LOST = 18
+    STATS_QUERY = 19  #: from any peer, no session needed: read-only (``dsm top``)
+    NODE_REPORT = 32  #: node -> directory, every STATS_REPORT_INTERVAL_S
     # directory -> node
     WELCOME = 20
     GRANT = 21
@@ -54,6 +64,22 @@ class MsgType(enum.IntEnum):
     ERROR = 25
     SYNC_REPLY = 26
     LOCK_INFO = 27
+    LOST = 28
+    FENCED = 29
+    LOST_REPORT = 30
+    STATS_REPORT = 31
+
+
+class Direction(enum.Flag):
+    """Which way a message travels: a message received from the wrong side is malformed."""
+
+    TO_DIRECTORY = 1  #: node -> directory
+    TO_NODE = 2  #: directory -> node
+    BOTH = TO_DIRECTORY | TO_NODE  #: both say it (Heartbeat, Bye)
+
+
+_DIRECTION_WORDS = {Direction.TO_DIRECTORY: "node -> directory",
+                    Direction.TO_NODE: "directory -> node", Direction.BOTH: "both ways"}
 
 
 class Payload(enum.IntEnum):
@@ -64,20 +90,37 @@ class Payload(enum.IntEnum):
     DATA = 2  #: the page bytes follow in frame 1
 
 
+#: a page number (whether it is in the region is for the receiver to check)
+PageNo = U64
+#: how many pages one message covers
+PageCount = Annotated[int, Range(1, MAX_BATCH_PAGES)]
+#: an epoch or an incarnation (``dsm.directory.sessions.new_random_id``: 63 random bits)
+RandomId = Annotated[int, Range(0, I64_MAX)]
+#: a barrier's number of parties
+Parties = Annotated[int, Range(1, I64_MAX)]
+PayloadKind = Annotated[int, OneOf(Payload)]
+Status = Annotated[int, OneOf(SyncStatus)]
+
+
 @dataclass(frozen=True)
 class Message:
     TYPE: ClassVar[MsgType]
+    DIRECTION: ClassVar[Direction]
     #: whether a DATA payload's page frame may follow the header
     CARRIES_PAGE: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """A node joins: its name and its agent's pid (for the logs)."""
+    """A node joins: its name, its agent's pid (for the logs) and its incarnation, a number
+    drawn at random when the agent starts (its ZeroMQ identity is ``identity(node,
+    incarnation)``), so that a restarted agent is told apart from its predecessor."""
 
     TYPE = MsgType.HELLO
+    DIRECTION = Direction.TO_DIRECTORY
     node: str
-    pid: int
+    pid: Pid
+    incarnation: RandomId
 
 
 @dataclass(frozen=True)
@@ -85,9 +128,12 @@ class Welcome(Message):
     """The directory's answer to Hello: the region layout."""
 
     TYPE = MsgType.WELCOME
-    base: int
-    size: int
-    page_size: int
+    DIRECTION = Direction.TO_NODE
+    base: U64
+    size: U64
+    page_size: U64
+    epoch: RandomId  #: drawn at random when the directory starts: a restart changes it
+    clock_ns: U64 = 0  #: the directory's trace clock when it answered (``dsm.clocksync``)
 
 
 @dataclass(frozen=True)
@@ -97,8 +143,9 @@ class Acquire(Message):
     ``have_copy``: the node holds a read copy of ``page`` and only needs the upgrade."""
 
     TYPE = MsgType.ACQUIRE
-    page: int
-    count: int
+    DIRECTION = Direction.TO_DIRECTORY
+    page: PageNo
+    count: PageCount
     write: bool
     have_copy: bool
 
@@ -109,11 +156,12 @@ class Grant(Message):
     for an upgrade)."""
 
     TYPE = MsgType.GRANT
+    DIRECTION = Direction.TO_NODE
     CARRIES_PAGE = True
-    page: int
-    count: int
+    page: PageNo
+    count: PageCount
     write: bool
-    payload: int
+    payload: PayloadKind
 
 
 @dataclass(frozen=True)
@@ -122,9 +170,10 @@ class Fetch(Message):
     or give them up."""
 
     TYPE = MsgType.FETCH
-    txn: int
-    page: int
-    count: int
+    DIRECTION = Direction.TO_NODE
+    txn: U64
+    page: PageNo
+    count: PageCount
     keep_copy: bool
 
 
@@ -135,28 +184,31 @@ class Fetched(Message):
     in the frame are meaningless."""
 
     TYPE = MsgType.FETCHED
+    DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
-    txn: int
-    page: int
-    count: int
-    payload: int
-    not_held: list
+    txn: U64
+    page: PageNo
+    count: PageCount
+    payload: PayloadKind
+    not_held: list[PageNo]
 
 
 @dataclass(frozen=True)
 class Invalidate(Message):
     TYPE = MsgType.INVALIDATE
-    txn: int
-    page: int
-    count: int
+    DIRECTION = Direction.TO_NODE
+    txn: U64
+    page: PageNo
+    count: PageCount
 
 
 @dataclass(frozen=True)
 class Invalidated(Message):
     TYPE = MsgType.INVALIDATED
-    txn: int
-    page: int
-    count: int
+    DIRECTION = Direction.TO_DIRECTORY
+    txn: U64
+    page: PageNo
+    count: PageCount
 
 
 @dataclass(frozen=True)
@@ -164,10 +216,11 @@ class Writeback(Message):
     """A node gives ``count`` owned pages back with their contents (unmap, leave)."""
 
     TYPE = MsgType.WRITEBACK
+    DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
-    page: int
-    count: int
-    payload: int
+    page: PageNo
+    count: PageCount
+    payload: PayloadKind
 
 
 @dataclass(frozen=True)
@@ -175,8 +228,9 @@ class Drop(Message):
     """A node gives up its read copies of ``count`` pages from ``page``."""
 
     TYPE = MsgType.DROP
-    page: int
-    count: int
+    DIRECTION = Direction.TO_DIRECTORY
+    page: PageNo
+    count: PageCount
 
 
 @dataclass(frozen=True)
@@ -184,7 +238,8 @@ class Discard(Message):
     """A node discarded pages (MADV_REMOVE): they become zero everywhere."""
 
     TYPE = MsgType.DISCARD
-    pages: list
+    DIRECTION = Direction.TO_DIRECTORY
+    pages: list[PageNo]
 
 
 @dataclass(frozen=True)
@@ -192,19 +247,21 @@ class Alloc(Message):
     """Find or create the named allocation; ``meta`` describes it (shape, dtype) and must match."""
 
     TYPE = MsgType.ALLOC
-    req: int
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
     name: str
-    nbytes: int
-    meta: dict
+    nbytes: U64
+    meta: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Allocated(Message):
     TYPE = MsgType.ALLOCATED
-    req: int
-    offset: int
-    nbytes: int
-    meta: dict
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    offset: U64
+    nbytes: U64
+    meta: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -212,16 +269,22 @@ class Error(Message):
     """The request ``req`` (0 when there is none) failed; ``message`` says why."""
 
     TYPE = MsgType.ERROR
-    req: int
+    DIRECTION = Direction.TO_NODE
+    req: U64
     message: str
 
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
     """Node to directory every HEARTBEAT_INTERVAL_S; the directory answers each one, so that
-    both sides notice the other's silence."""
+    both sides notice the other's silence. ``clock_ns``: the sender's trace clock; in an answer,
+    ``echo_ns`` is the ``clock_ns`` of the heartbeat answered (an NTP round trip,
+    ``dsm.clocksync``; 0 when there is none)."""
 
     TYPE = MsgType.HEARTBEAT
+    DIRECTION = Direction.BOTH
+    clock_ns: U64 = 0
+    echo_ns: U64 = 0
 
 
 @dataclass(frozen=True)
@@ -230,6 +293,7 @@ class Bye(Message):
     a Bye of its own once it has processed everything the node sent before."""
 
     TYPE = MsgType.BYE
+    DIRECTION = Direction.BOTH
 
 
 @dataclass(frozen=True)
@@ -238,16 +302,18 @@ class LockAcquire(Message):
     (negative: wait forever)."""
 
     TYPE = MsgType.LOCK_ACQUIRE
-    req: int
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
     name: str
     holder: str
-    timeout_ms: int
+    timeout_ms: I64
 
 
 @dataclass(frozen=True)
 class LockRelease(Message):
     TYPE = MsgType.LOCK_RELEASE
-    req: int
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
     name: str
     holder: str
 
@@ -257,18 +323,20 @@ class BarrierJoin(Message):
     """Register ``holder`` as a member of barrier ``name`` of ``parties``."""
 
     TYPE = MsgType.BARRIER_JOIN
-    req: int
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
     name: str
-    parties: int
+    parties: Parties
     holder: str
 
 
 @dataclass(frozen=True)
 class BarrierWait(Message):
     TYPE = MsgType.BARRIER_WAIT
-    req: int
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
     name: str
-    parties: int
+    parties: Parties
     holder: str
 
 
@@ -278,6 +346,7 @@ class Departed(Message):
     barriers."""
 
     TYPE = MsgType.DEPARTED
+    DIRECTION = Direction.TO_DIRECTORY
     prefix: str
 
 
@@ -287,16 +356,18 @@ class LockStatus(Message):
     test until a request is queued)."""
 
     TYPE = MsgType.LOCK_STATUS
-    req: int
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
     name: str
 
 
 @dataclass(frozen=True)
 class LockInfo(Message):
     TYPE = MsgType.LOCK_INFO
-    req: int
+    DIRECTION = Direction.TO_NODE
+    req: U64
     holder: str
-    waiting: list
+    waiting: list[str]
 
 
 @dataclass(frozen=True)
@@ -304,9 +375,107 @@ class SyncReply(Message):
     """The answer to a lock or barrier request: a ``SyncStatus`` and a detail text."""
 
     TYPE = MsgType.SYNC_REPLY
-    req: int
-    status: int
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    status: Status
     detail: str
+
+
+@dataclass(frozen=True)
+class Lost(Message):
+    """Directory to a node that asked for ``count`` pages from ``page``: they are lost, their
+    newest contents died with node ``dead_node``. ``array`` names the allocation they belong
+    to ("" if none) and ``array_page`` is the index of ``page`` within it (for the log line).
+    Every access to them fails until the program calls ``node.forget_lost``."""
+
+    TYPE = MsgType.LOST
+    DIRECTION = Direction.TO_NODE
+    page: PageNo
+    count: PageCount
+    dead_node: str
+    array: str
+    array_page: U64
+
+
+@dataclass(frozen=True)
+class Fenced(Message):
+    """Directory to a peer it will not serve: declared dead, joined an earlier directory (its
+    ``epoch`` differs), or a second live node under a name in use. ``reason`` says which."""
+
+    TYPE = MsgType.FENCED
+    DIRECTION = Direction.TO_NODE
+    epoch: RandomId
+    reason: str
+
+
+@dataclass(frozen=True)
+class LostQuery(Message):
+    """Which pages are lost, per array (answered by a LostReport)."""
+
+    TYPE = MsgType.LOST_QUERY
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
+
+
+@dataclass(frozen=True)
+class ForgetLost(Message):
+    """The program gives up the lost pages of array ``name``: they read as zeros from now on
+    (answered by a LostReport of the ranges forgotten)."""
+
+    TYPE = MsgType.FORGET_LOST
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
+    name: str
+
+
+@dataclass(frozen=True)
+class LostReport(Message):
+    """Lost ranges: ``ranges`` holds ``[array, start_byte, end_byte, dead_node]`` lists, the
+    bytes counted from the array's start."""
+
+    TYPE = MsgType.LOST_REPORT
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    ranges: list[tuple[str, U64, U64, str]]
+
+
+@dataclass(frozen=True)
+class NodeReport(Message):
+    """A node's counters and fault-latency histogram (``dsm.agent.stats``), sent every
+    STATS_REPORT_INTERVAL_S so that the directory can show the whole cluster (``dsm top``)."""
+
+    TYPE = MsgType.NODE_REPORT
+    DIRECTION = Direction.TO_DIRECTORY
+    counters: dict[str, U64]
+    latency_counts: list[U64]
+    processes: U64
+
+
+@dataclass(frozen=True)
+class StatsQuery(Message):
+    """What is the cluster doing? Read-only: answered by a StatsReport to any peer, with or
+    without a session."""
+
+    TYPE = MsgType.STATS_QUERY
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
+
+
+@dataclass(frozen=True)
+class StatsReport(Message):
+    """``nodes``: node -> {"counters", "latency_counts", "processes", "age_s"} (the node's last
+    report, ``age_s`` seconds old); ``latency_buckets_us``: the histogram's upper bounds;
+    ``arrays``: ``[name, first_page, pages, runs]``, ``runs`` the page states in order as
+    ``[pages, kind, holders]`` (kind "owned", "shared", "home" or "lost"); ``directory``: its
+    own counters."""
+
+    TYPE = MsgType.STATS_REPORT
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    nodes: dict[str, Any]
+    latency_buckets_us: list[U64]
+    arrays: list[Any]
+    directory: dict[str, U64]
 
 
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
@@ -314,23 +483,23 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     for cls in (
         Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
         Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
-        BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo,
+        BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
+        LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport,
     )
 }
 
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in MESSAGE_CLASSES.values()
 }
-_FIELD_TYPES: dict[type[Message], tuple[type, ...]] = {
-    cls: tuple(
-        {"int": int, "bool": bool, "str": str, "list": list, "dict": dict}[f.type]
-        for f in fields(cls)
-    )
-    for cls in MESSAGE_CLASSES.values()
-}
+#: every field's check (``dsm.schema``), compiled once from the annotations
+_FIELD_CHECKS = {cls: field_checks(cls) for cls in MESSAGE_CLASSES.values()}
+#: message type number -> class
+_CLASS_OF: dict[int, type[Message]] = {int(t): cls for t, cls in MESSAGE_CLASSES.items()}
 
 
-_PAYLOAD_VALUES = frozenset(p.value for p in Payload)
+def identity(node: str, incarnation: int) -> bytes:
+    """The ZeroMQ identity of incarnation ``incarnation`` of node ``node``."""
+    return f"{node}#{incarnation:x}".encode(errors="surrogateescape")
 
 
 def encode(msg: Message, page: Any = None) -> list[Any]:
@@ -342,8 +511,10 @@ def encode(msg: Message, page: Any = None) -> list[Any]:
     return [header]
 
 
-def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
-    """Parse and validate frames into (message, page buffer or None)."""
+def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, Any]:
+    """Parse and validate frames received by ``to`` (``Direction.TO_DIRECTORY``: the directory
+    receives them; ``TO_NODE``: an agent does) into (message, page buffer or None). Anything
+    else than a well-formed message of the receiver's direction is a ProtocolError."""
     if not frames:
         raise ProtocolError("empty message: expected a header frame")
     first = frames[0]
@@ -351,31 +522,25 @@ def decode(frames: list[Any], page_size: int) -> tuple[Message, Any]:
         header = msgpack.unpackb(first.bytes if isinstance(first, zmq.Frame) else first)
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
-    if not isinstance(header, list) or not header:
+    if type(header) is not list or not header:
         raise ProtocolError(f"header must be a non-empty array, got {type(header).__name__}")
-    try:
-        cls = MESSAGE_CLASSES[MsgType(header[0])]
-    except (ValueError, TypeError):
-        raise ProtocolError(f"unknown message type {header[0]!r}") from None
-    names, types = _FIELD_NAMES[cls], _FIELD_TYPES[cls]
-    if len(header) - 1 != len(names):
+    tag = header[0]
+    cls = _CLASS_OF.get(tag) if type(tag) is int else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {tag!r:.40}")
+    if not cls.DIRECTION & to:
+        raise ProtocolError(f"{cls.__name__} travels {_DIRECTION_WORDS[cls.DIRECTION]}: it is "
+                            f"not received {_DIRECTION_WORDS[to]}")
+    checks = _FIELD_CHECKS[cls]
+    if len(header) - 1 != len(checks):
         raise ProtocolError(
-            f"{cls.__name__} needs {len(names)} fields ({', '.join(names)}), got {len(header) - 1}"
+            f"{cls.__name__} needs {len(checks)} fields "
+            f"({', '.join(name for name, _ in checks)}), got {len(header) - 1}"
         )
-    for name, expected, value in zip(names, types, header[1:]):
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if not ok:
-            raise ProtocolError(
-                f"{cls.__name__}.{name} must be {expected.__name__}, got {type(value).__name__}"
-            )
+    check_fields(cls, checks, header[1:])
     msg = cls(*header[1:])
-    count = getattr(msg, "count", 1)
-    if not 1 <= count <= MAX_BATCH_PAGES:
-        raise ProtocolError(f"{cls.__name__}.count {count} is outside 1..{MAX_BATCH_PAGES}")
-    if cls.CARRIES_PAGE and getattr(msg, "payload") not in _PAYLOAD_VALUES:
-        raise ProtocolError(f"{cls.__name__}.payload {getattr(msg, 'payload')} is not a Payload")
     page = None
-    if cls.CARRIES_PAGE and getattr(msg, "payload") == Payload.DATA:
+    if cls.CARRIES_PAGE and msg.payload == Payload.DATA:
         if len(frames) != 2:
             raise ProtocolError(f"{cls.__name__} with DATA needs 2 frames, got {len(frames)}")
         page = frames[1]

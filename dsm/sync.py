@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from dsm import local
 from dsm.directory.sync import SyncStatus
 from dsm.errors import DsmError
 
@@ -20,10 +21,19 @@ log = logging.getLogger(__name__)
 
 #: how the agent is told "wait forever"
 NO_TIMEOUT_MS = -1
+#: how much longer than a timed acquire's own timeout the workload waits for the answer: the
+#: directory answers TIMEOUT at the timeout, so this only has to cover the answer's way back
+#: through the agent on a loaded machine; past it, the agent or the directory is stuck
+LOCK_ANSWER_MARGIN_S = 2.0
 
 
 class BarrierBroken(DsmError):
     """A party of the barrier departed (died or left): the barrier will never complete."""
+
+
+class LockUnanswered(DsmError):
+    """A timed acquire got no answer, not even its timeout, from the agent and the directory
+    within the timeout plus ``LOCK_ANSWER_MARGIN_S``: whether the lock is held is unknown."""
 
 
 class Lock:
@@ -46,10 +56,20 @@ class Lock:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         timeout_ms = NO_TIMEOUT_MS if timeout is None else int(timeout * 1000)
-        reply = self._node._request(
-            {"type": "lock", "name": self.name, "timeout_ms": timeout_ms}, timeout_s=None
-        )
-        status = SyncStatus(reply["status"])
+        # the directory's deadline fires first and answers TIMEOUT; this one is the workload's
+        # own, for an agent or a directory that does not answer at all
+        wait_s = None if timeout is None else timeout + LOCK_ANSWER_MARGIN_S
+        try:
+            reply = self._node._request(local.LockRequest, timeout_s=wait_s, name=self.name,
+                                        timeout_ms=timeout_ms)
+        except local.NoAnswer:
+            raise LockUnanswered(
+                f"lock {self.name!r}: acquire(timeout={timeout:g}) expected the directory's "
+                f"answer (granted, or timed out at {timeout:g} s) but got none within "
+                f"{wait_s:g} s ({LOCK_ANSWER_MARGIN_S:g} s of margin): the node agent or the "
+                "directory is stuck, and whether this thread holds the lock is unknown"
+            ) from None
+        status = SyncStatus(reply.status)
         if status is SyncStatus.TIMEOUT:
             return False
         self.previous_holder_died = status is SyncStatus.GRANTED_BROKEN
@@ -59,12 +79,12 @@ class Lock:
 
     def release(self) -> None:
         """Release the lock; releasing a lock this thread does not hold is an error."""
-        self._node._request({"type": "unlock", "name": self.name})
+        self._node._request(local.UnlockRequest, name=self.name)
 
     def status(self) -> tuple[str | None, list[str]]:
         """(holder, waiters in the order they will get it); holders are "node:pid:thread"."""
-        reply = self._node._request({"type": "lock_status", "name": self.name})
-        return reply["holder"] or None, list(reply["waiting"])
+        reply = self._node._request(local.LockStatusRequest, name=self.name)
+        return reply.holder or None, list(reply.waiting)
 
     def __enter__(self) -> "Lock":
         self.acquire()
@@ -84,14 +104,13 @@ class Barrier:
         self._node = node
         self.name = name
         self.parties = parties
-        self._node._request({"type": "barrier_join", "name": name, "parties": parties})
+        self._node._request(local.BarrierJoinRequest, name=name, parties=parties)
 
     def wait(self) -> int:
         """Block until every party has arrived; returns the barrier's generation number.
         Raises BarrierBroken if a party departed."""
-        reply = self._node._request(
-            {"type": "barrier_wait", "name": self.name, "parties": self.parties}, timeout_s=None
-        )
-        if SyncStatus(reply["status"]) is SyncStatus.BROKEN:
-            raise BarrierBroken(reply.get("detail") or f"barrier {self.name!r} is broken")
-        return int(reply["detail"])
+        reply = self._node._request(local.BarrierWaitRequest, timeout_s=None, name=self.name,
+                                    parties=self.parties)
+        if SyncStatus(reply.status) is SyncStatus.BROKEN:
+            raise BarrierBroken(reply.detail or f"barrier {self.name!r} is broken")
+        return int(reply.detail)

@@ -18,6 +18,9 @@ import sys
 
 #: how long the watchdog waits to connect to the agent
 CONNECT_TIMEOUT_S = 10.0
+#: what stops a whole process group (a terminal's Ctrl-C, Ctrl-\, hangup; a killpg's SIGTERM):
+#: ignored, since the watchdog is in the workload's group and must last as long as the workload
+GROUP_STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM)
 
 
 def process_stats():
@@ -48,6 +51,8 @@ def descendants(pid: int) -> list[int]:
 
 
 def main() -> int:
+    for sig in GROUP_STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     socket_path, workload_pid = sys.argv[1], int(sys.argv[2])
     pidfd = os.pidfd_open(workload_pid)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

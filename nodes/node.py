@@ -29,6 +29,8 @@ import shlex
 import sys
 import time
 
+#: agent start failures that a retry cannot cure (the agent's names for them)
+NOT_RETRIED = ("AuthenticationFailed", "KeysError")
 WORKLOAD_ENV = "DSM_WORKLOAD"
 WORKLOAD_ARGS_ENV = "DSM_WORKLOAD_ARGS"
 NODES_ENV = "DSM_NODES"
@@ -134,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             except AgentStartError as exc:
                 if leave.requested is not None:
                     return 0
+                if exc.kind in NOT_RETRIED:  # waiting does not change the keys
+                    print(f"{prog} {name}: {exc}", file=sys.stderr, flush=True)
+                    return 2
                 if time.monotonic() + JOIN_RETRY_S > deadline:
                     print(f"{prog} {name}: {exc}; gave up after {args.join_timeout:g} s",
                           file=sys.stderr, flush=True)

@@ -33,10 +33,10 @@ def _read_line(proc: subprocess.Popen, timeout_s: float, what: str) -> str:
 
 class Directory:
     def __init__(self, tmp_path: Path, transport: str = "tcp", region_bytes: int = 64 << 20,
-                 extra: list[str] = ()):
-        self.log_path = tmp_path / "directory.log"
+                 extra: list[str] = (), name: str = "directory"):
+        self.log_path = tmp_path / f"{name}.log"
         listen = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/directory.ipc"
-        self.trace_path = tmp_path / "directory.trace"
+        self.trace_path = tmp_path / f"{name}.trace"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dsm", "--log-level", "INFO", "directory", "--listen", listen,
@@ -61,14 +61,14 @@ class Directory:
 class NodeProcess:
     """A workload process attached to its own agent (started by ``dsm.attach(directory=...)``)."""
 
-    def __init__(self, directory: str, name: str, tmp_path: Path):
+    def __init__(self, directory: str, name: str, tmp_path: Path, env: dict | None = None):
         self.name = name
         self.log_path = tmp_path / f"node-{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, WORKER, directory, name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            start_new_session=True,
+            start_new_session=True, env=env,
         )
         reply = json.loads(_read_line(self.proc, START_TIMEOUT_S, f"node {name} attach"))
         assert reply["ok"], reply
@@ -100,7 +100,7 @@ class NodeProcess:
     def kill(self) -> None:
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, 9)  # the node's agent is in its session
+                os.killpg(self.proc.pid, 9)  # its agent exits with it (--parent-pid)
             except ProcessLookupError:
                 pass
         self.proc.wait()

@@ -56,6 +56,25 @@ def test_bench_fault_prints_every_row_with_a_ratio(tmp_path, transport):
     assert result["warnings"] == [], result["warnings"]
 
 
+def test_bench_fault_with_keys_measures_a_keyed_cluster_beside_the_open_one(tmp_path):
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "dsm", "keygen", str(keys)], check=True,
+                   capture_output=True, timeout=30)
+    out = tmp_path / "bench.json"
+    proc = run_bench("--pages", "50", "--rounds", "2", "--keys", str(keys), "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["config"]["keys"] == str(keys)
+    fault_keys = [key for key, _, _ in ROWS[1:]]
+    assert [c["key"] for c in result["curve_cost"]] == fault_keys
+    for key in fault_keys:  # each fault measured on both clusters, in the same rounds
+        assert len(result["samples_ns"][key + "@curve"]) == 50
+        assert len(result["samples_ns"][key]) == 50
+    for cost in result["curve_cost"]:
+        assert cost["ratio"] == pytest.approx(cost["curve_median_us"] / cost["open_median_us"])
+    assert "CURVE's cost per fault" in proc.stdout
+    assert result["warnings"] == [], result["warnings"]
+
+
 def test_bench_fault_rejects_bad_sizes():
     proc = subprocess.run([sys.executable, "-m", "dsm", "bench", "fault", "--pages", "0"],
                           capture_output=True, text=True, timeout=60)

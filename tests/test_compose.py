@@ -103,6 +103,35 @@ def test_node_service_finds_the_directory_and_its_workload(compose):
     assert parse_duration(node["stop_grace_period"], "") >= 10
 
 
+def test_every_service_gets_the_keys_read_only_when_dsm_keys_names_them(tmp_path, validator):
+    # DSM_KEYS set: mounted read-only in every service, which is told where (the runner gives a
+    # namespace host the host directory itself)
+    keyed = load(COMPOSE_FILE, {"DSM_KEYS": str(tmp_path)})
+    for name, svc in keyed.services.items():
+        (bind,) = svc.binds
+        assert bind.read_only and bind.source == tmp_path, name
+        assert svc.environment["DSM_KEYS"] == bind.target, name
+        assert svc.host_path(svc.environment["DSM_KEYS"]) == str(tmp_path)
+    # unset: the cluster runs open (an empty DSM_KEYS is no keys), as everywhere else
+    for name, svc in load(COMPOSE_FILE, {}).services.items():
+        assert svc.environment["DSM_KEYS"] == "", name
+    assert "dsm keygen keys" in COMPOSE_FILE.read_text()
+
+
+def test_bind_volumes_are_read_for_namespace_hosts(tmp_path):
+    raw = {"services": {"s": {"command": "true", "volumes": [
+        "./k:/run/k:ro", "named:/data", "/abs:/mnt",
+        {"type": "bind", "source": "/x", "target": "/y", "read_only": True},
+        {"type": "volume", "source": "v", "target": "/v"}]}}}
+    (svc,) = parse(raw, {}, path=tmp_path / "compose.yml").services.values()
+    assert [(str(b.source), b.target, b.read_only) for b in svc.binds] == [
+        (str(tmp_path / "k"), "/run/k", True), ("/abs", "/mnt", False), ("/x", "/y", True)]
+    assert svc.host_path("/run/k/node.key") == str(tmp_path / "k" / "node.key")
+    assert svc.host_path("/run/kk") == "/run/kk"  # not a path under /run/k
+    with pytest.raises(ConfigError, match="absolute target"):
+        parse({"services": {"s": {"command": "true", "volumes": ["./k:rel"]}}}, {})
+
+
 def test_every_service_starts_with_the_doctor_entrypoint(compose):
     for name, svc in compose["services"].items():
         assert svc["entrypoint"] == ["dsm-entrypoint"], name

@@ -72,9 +72,12 @@ def test_two_nodes_over_ipc_write_traces(tmp_path):
     for path in traces.iterdir():
         lines = path.read_text().splitlines()
         assert lines, f"{path.name} is empty"
-        events = {json.loads(line)["event"] for line in lines}
+        records = [json.loads(line) for line in lines]
+        events = {r["event"] for r in records if "event" in r}  # the steps
+        messages = {r["msg"] for r in records if "dir" in r}  # and the messages
         if path.name.startswith("node"):
             assert {"ACQUIRE", "GRANT"} <= events, events
+            assert {"Hello", "Welcome", "Acquire", "Grant"} <= messages, messages
 
 
 @pytest.mark.timeout(120)

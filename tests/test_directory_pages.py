@@ -163,3 +163,89 @@ def test_a_write_batch_invalidates_a_run_of_shared_pages_at_once(d):
     for s in sends:
         out = d.invalidated(s.node, s.message.txn, 20, 4)
     assert only(out, "a") == Grant(20, 4, True, Payload.ZERO)
+
+
+# --- loss: pages whose newest contents died with a node ----------------------------------------
+from dsm.directory.pages import OnLoss  # noqa: E402
+from dsm.protocol import Lost  # noqa: E402
+
+
+def _owned_by_b_after_a_wrote(d):
+    """a writes page 5 and hands it back (home copy 'a'); b takes it for writing."""
+    d.acquire("a", 5, 1, True, False)
+    d.writeback("a", 5, 1, Payload.DATA, b"a" * PAGE)
+    only(d.acquire("b", 5, 1, True, False), "b")
+
+
+def test_pages_owned_by_a_dead_node_are_lost_not_served_as_zeros_or_old_copies(d):
+    _owned_by_b_after_a_wrote(d)
+    d.node_lost("b")
+    assert d.lost == {5: "b"}
+    assert only(d.acquire("c", 5, 1, False, False), "c") == Lost(5, 1, "b", "", 5)
+    assert only(d.acquire("c", 5, 1, True, False), "c") == Lost(5, 1, "b", "", 5)
+    # read-ahead never reaches into lost pages: a grant of page 4 stops before page 5
+    assert only(d.acquire("c", 4, 4, False, False), "c") == Grant(4, 1, False, Payload.ZERO)
+
+
+def test_a_fetch_from_an_owner_that_dies_meanwhile_is_answered_lost(d):
+    d.acquire("b", 7, 1, True, False)
+    fetch = only(d.acquire("c", 7, 1, False, False), "b")
+    assert isinstance(fetch, Fetch)
+    assert only(d.node_lost("b"), "c") == Lost(7, 1, "b", "", 7)
+
+
+def test_forgetting_lost_pages_makes_them_zero(d):
+    _owned_by_b_after_a_wrote(d)
+    d.node_lost("b")
+    assert d.lost_runs() == [(5, 1, "b")]
+    assert d.forget_lost(0, 64) == [(5, 1, "b")]
+    assert d.lost == {}
+    assert only(d.acquire("c", 5, 1, False, False), "c") == Grant(5, 1, False, Payload.ZERO)
+
+
+def test_last_copy_mode_keeps_the_home_copy_at_a_write_grant_and_falls_back_to_it():
+    d = PageDirectory(LAYOUT, on_loss=OnLoss.LAST_COPY)
+    _owned_by_b_after_a_wrote(d)
+    assert d.home.get(5, 1) == (Payload.DATA, b"a" * PAGE)  # kept while b owns the page
+    d.node_lost("b")
+    assert d.lost == {} and d.counters["fallbacks"] == 1
+    send = d.acquire("c", 5, 1, False, False)[0]
+    assert send.message == Grant(5, 1, False, Payload.DATA) and send.page == b"a" * PAGE
+
+
+def test_a_transaction_left_unanswered_names_its_silent_node():
+    now = [100.0]
+    d = PageDirectory(LAYOUT, clock=lambda: now[0])
+    d.acquire("b", 9, 1, True, False)
+    only(d.acquire("c", 9, 1, False, False), "b")
+    assert d.silent_nodes(5.0) == {}
+    now[0] += 6.0
+    assert list(d.silent_nodes(5.0)) == ["b"]
+
+
+def test_lost_pages_are_located_in_their_array():
+    allocs = Allocations(LAYOUT)
+    allocs.find_or_create("first", 3 * PAGE, {})
+    allocs.find_or_create("second", 2 * PAGE + 1, {})
+    d = PageDirectory(LAYOUT, locate=allocs.locate_page)
+    d.acquire("b", 4, 1, True, False)
+    d.node_lost("b")
+    assert only(d.acquire("c", 4, 1, False, False)) == Lost(4, 1, "b", "second", 1)
+    assert allocs.locate_page(40) == ("", 40)
+
+
+def test_a_write_for_a_node_that_died_meanwhile_leaves_no_stale_copy_set(d):
+    """Found by the simulator: the invalidations done for a requester that died before its grant
+    must still empty the copy set, or a later upgrade of an invalidated copy is granted as if
+    that node still had the page (it has a hole: zeros)."""
+    d.home.put(2, 1, Payload.DATA, b"v" * PAGE)
+    d.acquire("a", 2, 1, False, False)
+    d.acquire("b", 2, 1, False, False)
+    sends = d.acquire("c", 2, 1, True, False)  # c wants to write: a and b are invalidated
+    txn = sends[0].message.txn
+    d.invalidated("a", txn, 2, 1)
+    d.node_lost("c")  # c dies before b acknowledges
+    assert d.invalidated("b", txn, 2, 1) == []
+    assert d.entry(2).copyset == set() and d.entry(2).owner is None
+    send = only(d.acquire("b", 2, 1, True, True), "b")  # b's upgrade: it has no copy any more
+    assert send == Grant(2, 1, True, Payload.DATA)

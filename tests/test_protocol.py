@@ -1,17 +1,40 @@
-"""The wire protocol: every message round-trips; malformed frames are errors that say what."""
+"""The wire protocol: every message round-trips; malformed frames are errors that say what; and,
+property-based, no input at all makes ``decode`` fail with anything but a ProtocolError."""
+
+from dataclasses import fields
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dsm import protocol as p
 from dsm.errors import ProtocolError
+from tests.strategies import (
+    any_value,
+    frames_for,
+    header_of,
+    receiver_of,
+    valid_message,
+    wrong_value,
+)
 
 PAGE = 4096
+#: examples per property: enough to reach every message type many times, quick on 2 cores
+EXAMPLES = 200
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+CLASSES = list(p.MESSAGE_CLASSES.values())
 
 
 @pytest.mark.parametrize("msg,page", [
-    (p.Hello("n1", 42), None),
-    (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE), None),
+    (p.Hello("n1", 42, 7), None),
+    (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE, 5), None),
+    (p.Lost(3, 2, "b", "x", 1), None),
+    (p.Fenced(5, "declared dead"), None),
+    (p.LostQuery(1), None),
+    (p.ForgetLost(1, "x"), None),
+    (p.LostReport(1, [["x", 0, 4096, "b"]]), None),
     (p.Acquire(7, 1, True, False), None),
     (p.Grant(7, 2, False, p.Payload.DATA), b"a" * 2 * PAGE),
     (p.Grant(7, 1, True, p.Payload.ZERO), None),
@@ -27,27 +50,153 @@ PAGE = 4096
     (p.Error(1, "no"), None),
     (p.Heartbeat(), None),
     (p.Bye(), None),
+    (p.LockInfo(1, "a:1:2", ["b:3:4"]), None),
+    (p.SyncReply(1, 1, ""), None),
 ])
 def test_round_trip(msg, page):
     frames = p.encode(msg, page)
-    assert p.decode(frames, PAGE) == (msg, page)
+    assert p.decode(frames, PAGE, receiver_of(type(msg))) == (msg, page)
 
 
-@pytest.mark.parametrize("frames,complaint", [
-    ([], "empty message"),
-    ([b"\xc1"], "not valid msgpack"),
-    ([msgpack.packb({"a": 1})], "non-empty array"),
-    ([msgpack.packb([77])], "unknown message type 77"),
-    ([msgpack.packb([int(p.MsgType.ACQUIRE), 1, True])], "Acquire needs 4 fields"),
-    ([msgpack.packb([int(p.MsgType.ACQUIRE), "1", 1, True, False])], "Acquire.page must be int"),
-    ([msgpack.packb([int(p.MsgType.ACQUIRE), True, 1, True, False])], "Acquire.page must be int"),
-    ([msgpack.packb([int(p.MsgType.ACQUIRE), 1, 0, True, False])], "count 0 is outside"),
-    ([msgpack.packb([int(p.MsgType.ACQUIRE), 1, 5000, True, False])], "count 5000 is outside"),
-    ([msgpack.packb([int(p.MsgType.GRANT), 1, 1, True, 9])], "payload 9 is not a Payload"),
-    ([msgpack.packb([int(p.MsgType.GRANT), 1, 1, True, 2])], "needs 2 frames"),
-    ([msgpack.packb([int(p.MsgType.GRANT), 1, 1, True, 2]), b"x"], "1 bytes, expected 4096"),
-    ([msgpack.packb([int(p.MsgType.DROP), 1, 1]), b"extra"], "needs 1 frame"),
+def _header(cls, *values):
+    return msgpack.packb([int(cls.TYPE), *values])
+
+
+@pytest.mark.parametrize("frames,to,complaint", [
+    ([], p.Direction.TO_DIRECTORY, "empty message"),
+    ([b"\xc1"], p.Direction.TO_DIRECTORY, "not valid msgpack"),
+    ([msgpack.packb({"a": 1})], p.Direction.TO_DIRECTORY, "non-empty array"),
+    ([msgpack.packb([77])], p.Direction.TO_DIRECTORY, "unknown message type 77"),
+    ([msgpack.packb([True, "n", 1, 1])], p.Direction.TO_DIRECTORY, "unknown message type True"),
+    ([_header(p.Acquire, 1, True)], p.Direction.TO_DIRECTORY, "Acquire needs 4 fields"),
+    ([_header(p.Acquire, "1", 1, True, False)], p.Direction.TO_DIRECTORY,
+     "Acquire.page must be int, got str"),
+    ([_header(p.Acquire, True, 1, True, False)], p.Direction.TO_DIRECTORY,
+     "Acquire.page must be int, got bool"),
+    ([_header(p.Acquire, -1, 1, True, False)], p.Direction.TO_DIRECTORY,
+     r"Acquire.page -1 is outside 0\.\."),
+    ([_header(p.Acquire, 1, 0, True, False)], p.Direction.TO_DIRECTORY,
+     "Acquire.count 0 is outside 1..1024"),
+    ([_header(p.Acquire, 1, 5000, True, False)], p.Direction.TO_DIRECTORY,
+     "Acquire.count 5000 is outside 1..1024"),
+    ([_header(p.Acquire, 1, 1, 1, False)], p.Direction.TO_DIRECTORY,
+     "Acquire.write must be bool, got int"),
+    ([_header(p.Grant, 1, 1, True, 9)], p.Direction.TO_NODE, "Grant.payload 9 is not a Payload"),
+    ([_header(p.Grant, 1, 1, True, 2)], p.Direction.TO_NODE, "needs 2 frames"),
+    ([_header(p.Grant, 1, 1, True, 2), b"x"], p.Direction.TO_NODE, "1 bytes, expected 4096"),
+    ([_header(p.Drop, 1, 1), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
+    ([_header(p.Fetched, 1, 1, 1, 0, [[1]])], p.Direction.TO_DIRECTORY,
+     r"Fetched.not_held\[0\] must be int, got list"),
+    ([_header(p.Discard, [1, "2"])], p.Direction.TO_DIRECTORY,
+     r"Discard.pages\[1\] must be int, got str"),
+    ([_header(p.LockInfo, 1, "a", ["b", 3])], p.Direction.TO_NODE,
+     r"LockInfo.waiting\[1\] must be str, got int"),
+    ([_header(p.LostReport, 1, [["a", 0, 1]])], p.Direction.TO_NODE,
+     r"LostReport.ranges\[0\] must hold 4 elements \[str, int, int, str\], got 3"),
+    ([_header(p.LostReport, 1, [["a", 0, "1", "b"]])], p.Direction.TO_NODE,
+     r"LostReport.ranges\[0\]\[2\] must be int, got str"),
+    ([_header(p.Alloc, 1, "x", 8, [1])], p.Direction.TO_DIRECTORY,
+     "Alloc.meta must be a map, got list"),
+    ([_header(p.Alloc, 1, "x", 8, {1: 2})], p.Direction.TO_DIRECTORY,
+     "not valid msgpack: int is not allowed for map key"),  # msgpack refuses those itself
+    ([_header(p.SyncReply, 1, 99, "")], p.Direction.TO_NODE, "SyncReply.status 99 is not a SyncStatus"),
+    ([_header(p.Hello, "n", 0, 1)], p.Direction.TO_DIRECTORY, "Hello.pid 0 is outside 1.."),
+    ([_header(p.Error, 0, "x")], p.Direction.TO_DIRECTORY,
+     "Error travels directory -> node: it is not received node -> directory"),
+    ([_header(p.Acquire, 1, 1, True, False)], p.Direction.TO_NODE,
+     "Acquire travels node -> directory: it is not received directory -> node"),
 ])
-def test_malformed_frames_name_the_problem(frames, complaint):
+def test_malformed_frames_name_the_problem(frames, to, complaint):
     with pytest.raises(ProtocolError, match=complaint):
-        p.decode(frames, PAGE)
+        p.decode(frames, PAGE, to)
+
+
+def test_every_message_declares_its_direction_and_heartbeat_and_bye_go_both_ways():
+    both = {cls for cls in CLASSES if cls.DIRECTION is p.Direction.BOTH}
+    assert both == {p.Heartbeat, p.Bye}
+    for cls in CLASSES:
+        assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH)
+
+
+def test_every_message_meant_for_the_other_side_is_refused():
+    for cls in CLASSES:
+        if cls.DIRECTION is p.Direction.BOTH:
+            continue
+        other = p.Direction.BOTH & ~cls.DIRECTION
+        header = [int(cls.TYPE)] + [0] * len(fields(cls))
+        with pytest.raises(ProtocolError, match=f"{cls.__name__} travels"):
+            p.decode([msgpack.packb(header)], PAGE, other)
+
+
+# --- properties: anything in, a ProtocolError or a valid message out ---------------------------
+def _decode_or_refuse(frames, to):
+    """decode's result, or None for a ProtocolError; any other exception fails the test."""
+    try:
+        msg, page = p.decode(frames, PAGE, to)
+    except ProtocolError as exc:
+        assert str(exc), "a ProtocolError must say what was wrong"
+        return None
+    # what got through is a valid message: it encodes and decodes to itself
+    assert p.decode(p.encode(msg, page), PAGE, to)[0] == msg
+    return msg
+
+
+@FUZZ
+@given(st.data())
+def test_valid_messages_of_every_type_round_trip(data):
+    cls = data.draw(st.sampled_from(CLASSES))
+    msg, page = data.draw(valid_message(cls, PAGE))
+    assert p.decode(p.encode(msg, page), PAGE, receiver_of(cls)) == (msg, page)
+
+
+@FUZZ
+@given(st.data())
+def test_random_values_for_every_field_and_wrong_field_counts(data):
+    cls = data.draw(st.sampled_from(CLASSES))
+    n = len(fields(cls))
+    count = data.draw(st.sampled_from([n, n, n, max(0, n - 1), n + 1, 0]))
+    values = data.draw(st.lists(any_value(), min_size=count, max_size=count))
+    frames = data.draw(frames_for(msgpack.packb([int(cls.TYPE), *values]), PAGE))
+    _decode_or_refuse(frames, data.draw(st.sampled_from(list(p.Direction)[:2])))
+
+
+@FUZZ
+@given(st.data())
+def test_one_field_changed_is_refused_naming_the_field_or_still_valid(data):
+    cls = data.draw(st.sampled_from([c for c in CLASSES if fields(c)]))
+    msg, page = data.draw(valid_message(cls, PAGE))
+    header = header_of(msg)
+    names = [f.name for f in fields(cls)]
+    i = data.draw(st.integers(0, len(names) - 1))
+    header[1 + i] = data.draw(wrong_value(cls, names[i]))
+    frames = [msgpack.packb(header)] + ([page] if page is not None else [])
+    try:
+        p.decode(frames, PAGE, receiver_of(cls))
+    except ProtocolError as exc:  # it names the field, unless msgpack itself refused it
+        assert cls.__name__ in str(exc) or "not valid msgpack" in str(exc), exc
+        return
+    # the changed value happened to fit (another valid message): fine too
+    _decode_or_refuse(frames, receiver_of(cls))
+
+
+@FUZZ
+@given(st.data())
+def test_page_frames_of_every_length_and_count(data):
+    cls = data.draw(st.sampled_from([c for c in CLASSES if c.CARRIES_PAGE]))
+    msg, _ = data.draw(valid_message(cls, PAGE))
+    frames = data.draw(frames_for(p.encode(msg)[0], PAGE))
+    got = _decode_or_refuse(frames, receiver_of(cls))
+    if got is not None and msg.payload == p.Payload.DATA:
+        assert len(frames) == 2 and len(frames[1]) == msg.count * PAGE
+
+
+@FUZZ
+@given(st.binary(max_size=256), st.sampled_from([p.Direction.TO_DIRECTORY, p.Direction.TO_NODE]))
+def test_random_bytes(raw, to):
+    _decode_or_refuse([raw], to)
+
+
+@FUZZ
+@given(any_value(), st.sampled_from([p.Direction.TO_DIRECTORY, p.Direction.TO_NODE]))
+def test_random_msgpack_documents(value, to):
+    _decode_or_refuse([msgpack.packb(value)], to)

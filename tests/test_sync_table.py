@@ -81,3 +81,22 @@ def test_status_lists_the_holder_and_the_waiters_in_grant_order():
     t.acquire("b", 2, "L", "b:1:1", None)
     t.acquire("c", 3, "L", "c:1:1", None)
     assert t.status("L") == ("a:1:1", ["b:1:1", "c:1:1"])
+
+
+def test_locks_and_barriers_nobody_uses_are_forgotten():
+    t = SyncTable()
+    t.acquire("a", 1, "L", "a:1:1", None)
+    t.release("a", 2, "L", "a:1:1")
+    assert t.locks == {}
+    t.acquire("a", 3, "M", "a:1:1", None)
+    t.acquire("b", 4, "M", "b:2:1", 0.0)
+    t.expire(1.0)  # b gave up waiting; a still holds M
+    assert list(t.locks) == ["M"]
+    t.depart("a")
+    assert t.locks == {}
+    t.join("a", 5, "B", 2, "a:1:1")
+    t.join("b", 6, "B", 2, "b:2:1")
+    t.depart("a")
+    assert list(t.barriers) == ["B"]  # b is still a member: it must learn the barrier broke
+    t.depart("b")
+    assert t.barriers == {}

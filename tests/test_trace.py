@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from dsm.commands.trace import involves
+from dsm.viz.model import kind_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -18,12 +19,21 @@ def test_directory_trace_records_each_step_of_a_page(make_node, directory):
     a.run("x[0] = 2")
     directory.kill()  # flushes the trace
     records = [json.loads(line) for line in open(directory.trace_path)]
-    page0 = [r for r in records if involves(r, 0, None)]
+    step_records = [r for r in records if kind_of(r) == "step"]
+    page0 = [r for r in step_records if involves(r, 0, None)]
     steps = [(r["event"], r["node"], r["new"]) for r in page0 if r["new"] != "busy"]
     assert steps[:3] == [("WRITE", "a", "owned:a"), ("READ", "b", "home{a,b}"),
                          ("WRITE", "a", "owned:a")]
-    for r in records:
+    for r in step_records:
         assert {"t", "who", "node", "page", "event", "old", "new"} <= r.keys()
+    # and each message, once as it arrived and once as it left
+    messages = [r for r in records if kind_of(r) == "msg"]
+    for r in messages:
+        assert {"t", "who", "peer", "dir", "msg", "id"} <= r.keys()
+    got = {(r["dir"], r["msg"], r["peer"]) for r in messages if involves(r, 0, None)}
+    assert {("recv", "Acquire", "a"), ("send", "Grant", "a"), ("recv", "Acquire", "b"),
+            ("send", "Fetch", "a"), ("recv", "Fetched", "a"), ("send", "Grant", "b"),
+            ("send", "Invalidate", "b"), ("recv", "Invalidated", "b")} <= got
     out = subprocess.run([sys.executable, "-m", "dsm", "trace", str(directory.trace_path),
                           "--page", "0"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "READ" in out.stdout and "owned:a" in out.stdout

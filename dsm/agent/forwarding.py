@@ -1,15 +1,19 @@
-"""Workload requests that the directory answers (allocations, locks, barriers): the agent
-forwards them under a request id of its own and routes the answer back to the asking client.
+"""Workload requests that the directory answers (allocations, locks, barriers, lost pages): the
+agent forwards them under a request id of its own and routes the answer back to the asking
+client. The messages are ``dsm.local``'s and ``dsm.protocol``'s:
 
-Local request -> directory message:
-    alloc          {name, nbytes, meta}           -> Alloc
-    lock           {name, pid, tid, timeout_ms}   -> LockAcquire
-    lock_status    {name}                         -> LockStatus
-    unlock         {name, pid, tid}               -> LockRelease
-    barrier_join   {name, parties, pid, tid}      -> BarrierJoin
-    barrier_wait   {name, parties, pid, tid}      -> BarrierWait
-Answers: Allocated -> "allocated", SyncReply -> "sync", LockInfo -> "lock_info",
-Error -> "error".
+    local request        directory message   directory answer   local answer
+    AllocRequest         Alloc               Allocated          AllocAnswer
+    LockRequest          LockAcquire         SyncReply          SyncAnswer
+    UnlockRequest        LockRelease         SyncReply          SyncAnswer
+    BarrierJoinRequest   BarrierJoin         SyncReply          SyncAnswer
+    BarrierWaitRequest   BarrierWait         SyncReply          SyncAnswer
+    LockStatusRequest    LockStatus          LockInfo           LockStatusAnswer
+    LostRequest          LostQuery           LostReport         LostAnswer
+    ForgetLostRequest    ForgetLost          LostReport         LostAnswer
+    any of them                              Error              ErrorAnswer
+
+An answer of another type than the request's is turned into an ErrorAnswer that says so.
 """
 
 from __future__ import annotations
@@ -20,84 +24,92 @@ from dsm import local
 from dsm import protocol as p
 
 
-def holder_name(node: str, message: dict) -> str:
-    pid, tid = local.expect(message, "pid", "tid")
-    return f"{node}:{int(pid)}:{int(tid)}"
+def holder_name(node: str, request: local.Request) -> str:
+    """Locks and barriers are held by threads: "node:pid:thread"."""
+    return f"{node}:{request.pid}:{request.tid}"
+
+
+#: the directory message each forwarded request is answered by (or an Error)
+_DIRECTORY_ANSWER: dict[type[local.Request], type[p.Message]] = {
+    local.AllocRequest: p.Allocated,
+    local.LockRequest: p.SyncReply,
+    local.UnlockRequest: p.SyncReply,
+    local.BarrierJoinRequest: p.SyncReply,
+    local.BarrierWaitRequest: p.SyncReply,
+    local.LockStatusRequest: p.LockInfo,
+    local.LostRequest: p.LostReport,
+    local.ForgetLostRequest: p.LostReport,
+}
 
 
 class Forwarder:
     def __init__(self, node: str, send: Callable[[p.Message], None],
-                 reply: Callable[[Any, dict], None], watch_pid: Callable[[int], None]):
+                 reply: Callable[[Any, local.LocalMessage], None],
+                 watch_pid: Callable[[int], None]):
         self.node = node
         self._send = send
         self._reply = reply
         self._watch_pid = watch_pid
-        self._waiting: dict[int, tuple[Any, int]] = {}  # agent req -> (client, client req)
+        #: agent req -> (client, client req, the directory message that answers it)
+        self._waiting: dict[int, tuple[Any, int, type[p.Message]]] = {}
         self._next_req = 1
-        self._builders: dict[str, Callable[[int, dict], p.Message]] = {
-            "alloc": self._alloc,
-            "lock": self._lock,
-            "unlock": self._unlock,
-            "lock_status": lambda req, m: p.LockStatus(req, str(local.expect(m, "name")[0])),
-            "barrier_join": self._barrier(p.BarrierJoin),
-            "barrier_wait": self._barrier(p.BarrierWait),
+        self._builders: dict[type[local.Request], Callable[[int, Any], p.Message]] = {
+            local.AllocRequest: lambda req, m: p.Alloc(req, m.name, m.nbytes, m.meta),
+            local.LockRequest: lambda req, m: p.LockAcquire(req, m.name, self._holder(m),
+                                                            m.timeout_ms),
+            local.UnlockRequest: lambda req, m: p.LockRelease(req, m.name, self._holder(m)),
+            local.LockStatusRequest: lambda req, m: p.LockStatus(req, m.name),
+            local.BarrierJoinRequest: lambda req, m: p.BarrierJoin(req, m.name, m.parties,
+                                                                   self._holder(m)),
+            local.BarrierWaitRequest: lambda req, m: p.BarrierWait(req, m.name, m.parties,
+                                                                   self._holder(m)),
+            local.LostRequest: lambda req, m: p.LostQuery(req),
+            local.ForgetLostRequest: lambda req, m: p.ForgetLost(req, m.name),
         }
+        assert self._builders.keys() == _DIRECTORY_ANSWER.keys()
 
-    def handles(self, kind: str) -> bool:
-        return kind in self._builders
+    def _holder(self, msg: local.Request) -> str:
+        return holder_name(self.node, msg)
 
-    def forward(self, client: Any, message: dict) -> None:
-        (client_req,) = local.expect(message, "req")
-        if "pid" in message:
-            self._watch_pid(int(message["pid"]))
+    def handles(self, msg: local.LocalMessage) -> bool:
+        return type(msg) in self._builders
+
+    def forward(self, client: Any, msg: local.Request) -> None:
+        self._watch_pid(msg.pid)
         req = self._next_req
         self._next_req += 1
-        msg = self._builders[message["type"]](req, message)
-        self._waiting[req] = (client, client_req)
-        self._send(msg)
+        self._waiting[req] = (client, msg.req, _DIRECTORY_ANSWER[type(msg)])
+        self._send(self._builders[type(msg)](req, msg))
 
     def answer(self, msg: p.Message) -> bool:
         """Route a directory answer to its client; False when no client waits for it."""
         waiting = self._waiting.pop(getattr(msg, "req", 0), None)
         if waiting is None:
             return False
-        client, client_req = waiting
-        if isinstance(msg, p.Allocated):
-            body = {"type": "allocated", "offset": msg.offset, "nbytes": msg.nbytes,
-                    "meta": msg.meta}
+        client, client_req, expected = waiting
+        body: local.LocalMessage
+        if isinstance(msg, p.Error):
+            body = local.ErrorAnswer(client_req, msg.message)
+        elif not isinstance(msg, expected):
+            body = local.ErrorAnswer(client_req, f"the directory answered with a "
+                                                 f"{type(msg).__name__}, expected a "
+                                                 f"{expected.__name__}")
+        elif isinstance(msg, p.Allocated):
+            body = local.AllocAnswer(client_req, msg.offset, msg.nbytes, msg.meta)
         elif isinstance(msg, p.LockInfo):
-            body = {"type": "lock_info", "holder": msg.holder, "waiting": msg.waiting}
+            body = local.LockStatusAnswer(client_req, msg.holder, msg.waiting)
         elif isinstance(msg, p.SyncReply):
-            body = {"type": "sync", "status": msg.status, "detail": msg.detail}
+            body = local.SyncAnswer(client_req, msg.status, msg.detail)
         else:
-            body = {"type": "error", "message": msg.message}
-        self._reply(client, {**body, "req": client_req})
+            body = local.LostAnswer(client_req, msg.ranges)
+        self._reply(client, body)
         return True
 
     def fail_all(self, message: str) -> None:
         """Answer every request still waiting with an error (the directory is gone)."""
         waiting, self._waiting = self._waiting, {}
-        for client, client_req in waiting.values():
-            self._reply(client, {"type": "error", "req": client_req, "message": message})
+        for client, client_req, _ in waiting.values():
+            self._reply(client, local.ErrorAnswer(client_req, message))
 
     def forget_client(self, client: Any) -> None:
         self._waiting = {r: w for r, w in self._waiting.items() if w[0] is not client}
-
-    # --- builders ----------------------------------------------------------------------------------
-    def _alloc(self, req: int, m: dict) -> p.Message:
-        name, nbytes, meta = local.expect(m, "name", "nbytes", "meta")
-        return p.Alloc(req, str(name), int(nbytes), dict(meta))
-
-    def _lock(self, req: int, m: dict) -> p.Message:
-        name, timeout_ms = local.expect(m, "name", "timeout_ms")
-        return p.LockAcquire(req, str(name), holder_name(self.node, m), int(timeout_ms))
-
-    def _unlock(self, req: int, m: dict) -> p.Message:
-        (name,) = local.expect(m, "name")
-        return p.LockRelease(req, str(name), holder_name(self.node, m))
-
-    def _barrier(self, cls: type) -> Callable[[int, dict], p.Message]:
-        def build(req: int, m: dict) -> p.Message:
-            name, parties = local.expect(m, "name", "parties")
-            return cls(req, str(name), int(parties), holder_name(self.node, m))
-        return build

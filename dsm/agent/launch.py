@@ -18,10 +18,17 @@ AGENT_START_TIMEOUT_S = 10.0
 AGENT_EXIT_GRACE_S = 2.0
 #: how long a stopping agent may take to hand its pages back
 AGENT_STOP_TIMEOUT_S = 10.0
+#: the most an agent writes on its ready pipe: "ready", or "error KIND: why it did not start"
+READY_LINE_MAX_BYTES = 4096
 
 
 class AgentStartError(DsmError):
     """The node agent did not start (the directory unreachable, a bad flag, ...)."""
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        #: the agent's own name for its failure (``AuthenticationFailed``, ``KeysError``, ...)
+        self.kind = kind
 
 
 @dataclass
@@ -50,25 +57,40 @@ class StartedAgent:
 
 
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
-                trace_path: str | None = None) -> StartedAgent:
-    """Start ``dsm agent`` and return once it is ready to serve."""
+                trace_path: str | None = None, keys_dir: str | None = None,
+                metrics_port: int | None = None) -> StartedAgent:
+    """Start ``dsm agent`` and return once it is ready to serve.
+
+    The agent runs in a session of its own, so that no signal meant for the workload reaches
+    it: a terminal's Ctrl-C (SIGINT to its foreground process group), ``kill -- -PGID`` of the
+    workload's group. Whoever started it stops it with ``StartedAgent.stop()``, after the
+    workload (``dsm run`` does). It exits when this process dies (``--parent-pid``): a killpg
+    of this process's group, or a SIGKILL of this process alone, leaves no agent behind."""
     tmpdir = None if socket_path else tempfile.mkdtemp(prefix="dsm-")
     path = socket_path or os.path.join(tmpdir, "agent.sock")
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "dsm", "agent", "--directory", directory, "--node", node_name,
-           "--socket", path, "--ready-fd", str(write_fd)]
+           "--socket", path, "--ready-fd", str(write_fd), "--parent-pid", str(os.getpid())]
     if trace_path:
         cmd += ["--trace", trace_path]
-    proc = subprocess.Popen(cmd, pass_fds=[write_fd])
+    if keys_dir:
+        cmd += ["--keys", str(keys_dir)]
+    if metrics_port is not None:
+        cmd += ["--metrics", str(metrics_port)]
+    proc = subprocess.Popen(cmd, pass_fds=[write_fd], start_new_session=True)
     os.close(write_fd)
     try:
         ready, _, _ = select.select([read_fd], [], [], AGENT_START_TIMEOUT_S)
-        line = os.read(read_fd, 64) if ready else b""
+        line = os.read(read_fd, READY_LINE_MAX_BYTES) if ready else b""
         if not line.startswith(b"ready"):
             try:  # an agent that failed closes the pipe as it exits: collect its status
                 code = proc.wait(AGENT_EXIT_GRACE_S)
             except subprocess.TimeoutExpired:
                 code = None
+            if line.startswith(b"error "):  # the agent said why
+                kind, _, why = line[len(b"error "):].decode(errors="replace").partition(": ")
+                raise AgentStartError(f"the node agent for directory {directory} did not "
+                                      f"start: {why.strip()}", kind)
             why = f"exited with status {code}" if code is not None else "did not become ready"
             raise AgentStartError(
                 f"the node agent for directory {directory} {why} within {AGENT_START_TIMEOUT_S} s"

@@ -12,10 +12,11 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import signal
 from typing import Any, Callable
 
 from dsm import libc
-from dsm.agent.processes import WorkloadProcess
+from dsm.agent.processes import WorkloadProcess, thread_group_of
 from dsm.layout import Layout
 from dsm.protocol import MAX_BATCH_PAGES, Drop, Message, Payload, Writeback
 from dsm.uffd import EventPending, PageExists, PartiallyCopied, ProcessGone, UffdError
@@ -131,6 +132,30 @@ class NodeMemory:
             if exc.errno != errno.ENOENT:  # ENOENT: the range was unmapped meanwhile
                 raise
 
+    def poison(self, proc: WorkloadProcess, addr: int, thread_id: int) -> None:
+        """Make the page at ``addr`` fail in ``proc``: UFFDIO_POISON installs a marker that
+        raises SIGBUS at the access (and wakes the faulting thread to take it). Where the
+        kernel or the uffd lacks it (EINVAL: Linux < 6.6, or the feature was not enabled), the
+        process is killed with SIGBUS instead: either way it never reads what is not there."""
+        if proc.uffd.closed:
+            return
+        try:
+            self.retry(proc, lambda: proc.uffd.poison(addr, self.page_size))
+            return
+        except ProcessGone:
+            self._on_process_gone(proc)
+            return
+        except UffdError as exc:
+            if exc.errno == errno.ENOENT:  # the range was unmapped meanwhile: nothing to fail
+                return
+            # EINVAL (no POISON here), EEXIST (a page is there after all): kill it instead
+        pid = proc.pid or thread_group_of(thread_id)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGBUS)
+            except ProcessLookupError:
+                pass
+
     # --- pages in ----------------------------------------------------------------------------------
     def install(self, first: int, count: int, src: Any, writable: bool,
                 installer: tuple[WorkloadProcess, int] | None) -> bool:
@@ -238,7 +263,9 @@ class NodeMemory:
 
     def give_back(self, pages: list[int]) -> list[tuple[Message, Any]]:
         """Let pages go: the messages that hand them back (owned ones with their contents, read
-        copies as a drop), one per run."""
+        copies as a drop), one per run. Local writers of an owned run are stopped first (write
+        protection on every local uffd), as for a fetch: a write between the read and the hole
+        punch would otherwise be lost; a writer faults instead, and waits for its agent."""
         by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
         for page in pages:
             st = self.state.get(page)
@@ -249,6 +276,7 @@ class NodeMemory:
             for first, count in runs(group, MAX_BATCH_PAGES):
                 offset, length = first * self.page_size, count * self.page_size
                 if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
+                    self.protect_everywhere(first, count, wp=True)
                     out.append((Writeback(first, count, Payload.DATA), os.pread(self.memfd, length, offset)))
                 else:
                     out.append((Drop(first, count), None))

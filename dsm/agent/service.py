@@ -22,6 +22,7 @@ from typing import Any, Callable
 import zmq
 
 from dsm import protocol as p
+from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
 from dsm.agent.extents import Extents
 from dsm.agent.forwarding import Forwarder
@@ -35,8 +36,12 @@ from dsm.agent.processes import (
     thread_group_of,
 )
 from dsm.agent.stats import NodeStats
+from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
+from dsm.keys import ClientKeys, HandshakeWatch, configure_client, keys_dir_from, load_client_keys
 from dsm.layout import Layout
+from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
+from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.trace import Tracer
 from dsm.uffd import (
     Access,
@@ -60,12 +65,8 @@ _POLLIN = int(zmq.POLLIN)
 CONNECT_TIMEOUT_S = 5.0
 #: how long a page request may stay unanswered before the waiting processes are failed
 REQUEST_TIMEOUT_S = 10.0
-#: the directory answers every heartbeat; silent this long, it has declared this node dead
-#: (dsm.directory.service.NODE_TIMEOUT_S), so the node stops
-DIRECTORY_TIMEOUT_S = 5.0
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
-HEARTBEAT_INTERVAL_S = 0.5
 POLL_INTERVAL_MS = 100
 #: how long after a Remove event its pages are checked for MADV_REMOVE's hole punch (DONTNEED
 #: never punches): the madvise caller punches right after the agent has read the event
@@ -76,15 +77,46 @@ FORK_LOOKUP_INTERVAL_S = 0.001
 FORK_LOOKUP_TIMEOUT_S = 1.0
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
+#: how often the node's counters go to the directory (for dsm top)
+STATS_REPORT_INTERVAL_S = 1.0
+#: while tracing, a heartbeat (a clock round trip) at least this often, even when busy
+CLOCK_PROBE_INTERVAL_S = 2.0
+#: the directory's end of the link, as trace message ids name it (its Tracer's ``who``)
+DIRECTORY_LINK = "directory"
 
 
 #: exit statuses of an agent that could not leave cleanly
 EXIT_CUT_OFF = 3
 EXIT_LEAVE_UNACKNOWLEDGED = 4
+#: ... or did not try: the process it belongs to (``--parent-pid``) died, so it died with it
+EXIT_PARENT_GONE = 5
 
 
 class DirectoryUnreachable(DsmError):
     """The directory did not answer within the deadline."""
+
+
+class DirectoryRefused(DsmError):
+    """The directory will not serve this node (a name clash, or it fenced this incarnation)."""
+
+
+class ParentGone(DsmError):
+    """The process this agent belongs to (``--parent-pid``) has exited."""
+
+
+def watch_parent(pid: int) -> int:
+    """A pidfd of ``pid``, this process's parent; ParentGone if the parent is no longer that
+    process. The parent is checked after the pidfd is opened: were the parent already dead, its
+    pid could be another process's by then."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ParentGone(f"the agent's parent, pid {pid}, exited before it started") from None
+    if os.getppid() != pid:
+        os.close(pidfd)
+        raise ParentGone(f"expected to be a child of pid {pid}, but the parent is pid "
+                         f"{os.getppid()}: pid {pid} exited before the agent started")
+    return pidfd
 
 
 @dataclass
@@ -120,16 +152,35 @@ class Removal:
 
 
 class Agent:
-    def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None):
+    def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None,
+                 parent_pid: int | None = None, keys: ClientKeys | None = None):
+        #: the process this agent belongs to: when it exits, the agent stops as if killed with it
+        #: (a pidfd rather than PR_SET_PDEATHSIG, which follows the *thread* that forked us)
+        self._parent_pidfd = watch_parent(parent_pid) if parent_pid is not None else None
+        #: the parent died: the agent stops without leaving
+        self.orphaned = False
         self.node = node
         self.directory_endpoint = directory
         self.socket_path = socket_path
         self.stats = NodeStats()
         self.tracer = Tracer(trace_path, node)
+        #: messages and bytes by type, counted only for --metrics (dsm.metrics)
+        self.wire: Any = None
+        #: tells this run of the agent from an earlier one under the same name
+        self.incarnation = new_random_id()
+        self.epoch = 0  #: the directory's, from its Welcome
+        #: the directory's clock, estimated from heartbeat round trips (for the trace)
+        self.clock_sync = ClockSync()
         self._ctx = zmq.Context.instance()
         self.dealer = self._ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 1000)
-        self.dealer.setsockopt(zmq.IDENTITY, node.encode())
+        #: this node's end of the link to the directory, as trace message ids name it
+        self.link = p.identity(node, self.incarnation).decode(errors="surrogateescape")
+        self.dealer.setsockopt(zmq.IDENTITY, p.identity(node, self.incarnation))
+        # CURVE with this node's key, pinning the directory's (open without keys); the monitor,
+        # made before the connection, tells a refused handshake from an unreachable directory
+        configure_client(self.dealer, keys)
+        self._handshake = HandshakeWatch(self.dealer, directory, keys)
         self.dealer.connect(directory)
         self.layout = self._join()
         self.page_size = self.layout.page_size
@@ -147,17 +198,24 @@ class Agent:
         self._unnamed_children: dict[WorkloadProcess, float] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
+        if self._parent_pidfd is not None:
+            self.poller.register(self._parent_pidfd, zmq.POLLIN)
         self.forwarder = Forwarder(node, self._send, lambda c, m: self.clients.reply(c, m),
                                    self._watch_departures)
         self.clients = ClientHub(socket_path, node, self.layout, self.memory.memfd, self.poller,
                                  self.forwarder, self._register,
-                                 lambda: {"node": node, **self.stats.snapshot()})
+                                 lambda: {"node": node, "processes": len(self.procs),
+                                          **self.stats.snapshot()})
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
         self._last_send = 0.0
+        self._last_clock_probe = 0.0
+        self._last_report = 0.0
         self._last_heard = time.monotonic()
         self._directory_alive = True
         self._running = True
+        #: lines about messages dropped from the directory, rate-limited
+        self._complain = ThrottledLog(log, "messages dropped from the directory")
         self._dir_handlers: dict[type, Callable[[Any, Any], None]] = {
             p.Grant: self._on_grant,
             p.Fetch: self._on_fetch,
@@ -165,9 +223,14 @@ class Agent:
             p.Allocated: self._on_answer,
             p.SyncReply: self._on_answer,
             p.LockInfo: self._on_answer,
+            p.LostReport: self._on_answer,
             p.Error: self._on_answer,
+            p.Lost: self._on_lost,
+            p.Fenced: lambda m, d: self._cut_off(
+                f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
-            p.Heartbeat: lambda m, d: None,  # the directory is alive: _drain_directory noted it
+            # the directory is alive (_drain_directory noted it) and told its clock
+            p.Heartbeat: self._on_heartbeat,
         }
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
             Pagefault: self._on_pagefault,
@@ -179,14 +242,38 @@ class Agent:
 
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
-        self._send(p.Hello(self.node, os.getpid()))
-        if not self.dealer.poll(int(CONNECT_TIMEOUT_S * 1000)):
-            raise DirectoryUnreachable(
-                f"directory {self.directory_endpoint} did not answer within {CONNECT_TIMEOUT_S} s"
-            )
-        msg, _ = p.decode(self.dealer.recv_multipart(), 0)
+        t0 = self.tracer.now()
+        self._send(p.Hello(self.node, os.getpid(), self.incarnation))
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self._handshake.monitor, zmq.POLLIN)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        try:
+            while True:
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise DirectoryUnreachable(
+                        f"directory {self.directory_endpoint} did not answer within "
+                        f"{CONNECT_TIMEOUT_S} s ({self._handshake.progress()})")
+                ready = dict(poller.poll(max(1, int(left_s * 1000))))
+                self._handshake.check()  # AuthenticationFailed when a handshake was refused
+                if self.dealer in ready:
+                    break
+        finally:
+            self._handshake.close()
+        msg, _ = p.decode(self.dealer.recv_multipart(), 0, p.Direction.TO_NODE)
+        if self.tracer.enabled:
+            self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
+            if isinstance(msg, p.Welcome) and msg.clock_ns:
+                self._clock_sample(t0, msg.clock_ns)
+        if isinstance(msg, p.Fenced):
+            raise DirectoryRefused(f"the directory {self.directory_endpoint} refused node "
+                                   f"{self.node!r}: {msg.reason}")
         if not isinstance(msg, p.Welcome):
             raise ProtocolError(f"expected Welcome from the directory, got {type(msg).__name__}")
+        self.epoch = msg.epoch
+        log.info("node %s joined directory %s (epoch %x) as incarnation %x", self.node,
+                 self.directory_endpoint, msg.epoch, self.incarnation)
         return Layout(msg.base, msg.size, msg.page_size)
 
     def stop(self, *_: Any) -> None:
@@ -209,17 +296,30 @@ class Agent:
         if not acknowledged:
             log.error("the directory %s did not acknowledge this node's leave: pages it handed "
                       "back may be lost", self.directory_endpoint)
+        self._release()
+        return acknowledged
+
+    def abandon(self) -> None:
+        """Stop without leaving, as a killed agent would: nothing is handed back, no Bye (the
+        directory declares the node dead); the workload processes' watchdogs kill them."""
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self._release()
+
+    def _release(self) -> None:
         for proc in list(self.procs.values()):
             self._forget_process(proc, give_back=False)
         self.clients.close()
         self.memory.close()
         self.tracer.close()
         self.dealer.close()
-        return acknowledged
+        if self._parent_pidfd is not None:
+            os.close(self._parent_pidfd)
 
     # --- the loop ----------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         log.info("agent %s serving on %s", self.node, self.socket_path)
+        # the agent's modules warn about unexpected messages: a peer can provoke those
+        throttle_module_logs("dsm.agent", "unexpected messages")
         while self._running:
             for item, _ in self.poller.poll(self._poll_timeout_ms()):
                 self._dispatch(item)
@@ -227,11 +327,20 @@ class Agent:
             now = time.monotonic()
             self._run_timers(now)
             self._handle_shelved()
-            if now - self._last_send > HEARTBEAT_INTERVAL_S:
-                self._send(p.Heartbeat())
-            if now - self._last_heard > DIRECTORY_TIMEOUT_S:
-                self._directory_lost(now - self._last_heard)
+            if now - self._last_send > HEARTBEAT_INTERVAL_S or (
+                    self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
+                self._last_clock_probe = now  # a heartbeat is also a clock round trip
+                self._send(p.Heartbeat(self.tracer.now_ns()))
+            if now - self._last_heard > NODE_CUT_OFF_S:
+                silent_s = now - self._last_heard
+                self._cut_off(f"the directory {self.directory_endpoint} has not answered for "
+                              f"{silent_s:.1f} s: this node is cut off from the cluster")
+            if not self._directory_alive:
                 return
+            if now - self._last_report > STATS_REPORT_INTERVAL_S:
+                self._last_report = now
+                snap = self.stats.snapshot()
+                self._send(p.NodeReport(snap["counters"], snap["latency_counts"], len(self.procs)))
             self._fail_overdue_requests(now)
 
     def _poll_timeout_ms(self) -> int:
@@ -280,36 +389,81 @@ class Agent:
             proc = self._pidfds[item]
             log.info("workload process %s exited", proc.pid)
             self._forget_process(proc, give_back=True)
+        elif item == self._parent_pidfd:
+            log.error("the process this agent belongs to exited without stopping it: stopping "
+                      "as if killed with it (no leave; the directory declares the node dead)")
+            self.orphaned = True
+            self._running = False
 
     def _send(self, msg: p.Message, page: Any = None) -> None:
-        self.dealer.send_multipart(p.encode(msg, page), copy=False)
+        t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(msg, page)
+        self.dealer.send_multipart(frames, copy=False)
+        if self.wire is not None:
+            self.wire.count("sent", msg, frames)
         self._last_send = time.monotonic()
+        if t is not None:
+            self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK, msg, t)
+
+    def _on_heartbeat(self, msg: p.Heartbeat, _: Any) -> None:
+        if msg.echo_ns and self.tracer.enabled:
+            self._clock_sample(msg.echo_ns / 1e9, msg.clock_ns)
+
+    def _clock_sample(self, t0_s: float, directory_clock_ns: int) -> None:
+        """A round trip to the directory that started at ``t0_s`` has just ended."""
+        best = self.clock_sync.sample(t0_s, directory_clock_ns / 1e9, self.tracer.now())
+        if best is not None:
+            self.tracer.clock(DIRECTORY_LINK, best.offset_s, best.error_s)
 
     # --- the directory's messages ------------------------------------------------------------------
     def _drain_directory(self, until: type | None = None) -> bool:
-        """Handle what the directory sent; True as soon as a message of type ``until`` came."""
+        """Handle what the directory sent; True as soon as a message of type ``until`` came.
+        Nothing the directory's side sends stops the agent: a message that is malformed, not
+        expected, or names pages outside the region is dropped (the handlers validate before
+        they change anything), with a rate-limited log line; so is any other failure."""
         self._last_heard = time.monotonic()
         # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
         while self.dealer.get(zmq.EVENTS) & _POLLIN:
             frames = self.dealer.recv_multipart(copy=False)
+            msg: Any = None
             try:
-                msg, data = p.decode(frames, self.page_size)
+                msg, data = p.decode(frames, self.page_size, p.Direction.TO_NODE)
+                if self.tracer.enabled:
+                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
+                if self.wire is not None:
+                    self.wire.count("received", msg, frames)
                 if until is not None and isinstance(msg, until):
                     return True
-                self._dir_handlers[type(msg)](msg, data)
+                handler = self._dir_handlers.get(type(msg))
+                if handler is None:
+                    raise ProtocolError(f"the agent does not expect a {type(msg).__name__} "
+                                        "from the directory now")
+                handler(msg, data)
             except ProtocolError as exc:
-                log.warning("malformed message from the directory: %s", exc)
+                if msg is None and self.tracer.enabled:
+                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, None)
+                self._complain(logging.WARNING, "malformed message from the directory: %.500s",
+                               exc)
+            except DsmError as exc:
+                self._complain(logging.WARNING, "dropped a %s from the directory: %.500s",
+                               type(msg).__name__, exc)
+            except Exception:  # a bug some input reaches: drop the message, do not die of it
+                self._complain(logging.ERROR, "failed to handle a %s from the directory",
+                               type(msg).__name__, exc_info=True)
         return False
 
-    def _directory_lost(self, silent_s: float) -> None:
-        """The directory has been silent longer than it waits before declaring a node dead: it
-        has given this node's pages up, so nothing here can go on coherently. Fail loudly: every
-        request waiting for it gets an error, every local workload process is killed."""
+    def _cut_off(self, why: str) -> None:
+        """The directory no longer serves this node: it fell silent for longer than this node
+        may go on (``dsm.liveness``: the directory is about to hand this node's pages on), or it
+        fenced it (declared dead, restarted). Nothing here can go on coherently. Fail loudly:
+        every request waiting for it gets an error, every local workload process is killed."""
+        if not self._directory_alive:
+            return
         self._directory_alive = False
-        log.error("directory %s silent for %.1f s: this node is cut off; failing its requests "
-                  "and stopping its workload processes (SIGBUS)", self.directory_endpoint, silent_s)
-        self.forwarder.fail_all(f"the directory {self.directory_endpoint} has not answered for "
-                                f"{silent_s:.1f} s: this node is cut off from the cluster")
+        self._running = False
+        log.error("%s; failing this node's requests and stopping its workload processes "
+                  "(SIGBUS)", why)
+        self.forwarder.fail_all(why)
         self._kill_workload_processes(signal.SIGBUS)
         self.pending.clear()
         self.state.clear()  # the directory has reassigned these pages: nothing to hand back
@@ -351,6 +505,37 @@ class Agent:
             self._request(page, 1, pend.write and any(w.write for w in waiters), waiters, None)
         self._request_ahead(pend.stream)
 
+    def _on_lost(self, msg: p.Lost, _: Any) -> None:
+        """The pages asked for are lost (their newest contents died with a node): every process
+        waiting on one of them gets SIGBUS, after a log line that says what was lost."""
+        first, count = msg.page, msg.count
+        self.layout.check_page(first + count - 1)
+        pend = self.pending.get(first)
+        if pend is None or pend.first != first:
+            log.warning("lost answer for pages %d+%d that were not asked for: ignored", first, count)
+            return
+        for q in range(pend.first, pend.first + pend.count):
+            if self.pending.get(q) is pend:
+                del self.pending[q]
+        lost = range(first, first + count)
+        victims = [w for w in pend.waiters if w.page in lost]
+        self.stats.count("lost_faults", len(victims))
+        self.tracer(first, "LOST", self.node, "invalid", "lost", count=count)
+        array = repr(msg.array) if msg.array else "(outside every array)"
+        log.error(
+            "pages %d-%d of array %s are LOST: their newest contents died with node %s; "
+            "%d process(es) touching them get SIGBUS (node.lost() lists the lost ranges, "
+            "node.forget_lost(name) zero-fills them)", msg.array_page, msg.array_page + count - 1,
+            array, msg.dead_node, len({w.proc.pid for w in victims}))
+        refault: dict[int, list[Waiter]] = {}
+        for w in pend.waiters:
+            if w.page in lost:
+                self.memory.poison(w.proc, w.addr, w.thread_id)
+            else:
+                refault.setdefault(w.page, []).append(w)  # read-ahead: ask for it alone
+        for page, waiters in refault.items():
+            self._request(page, 1, any(w.write for w in waiters), waiters, None)
+
     def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
         first, count = msg.page, msg.count
         self.layout.check_page(first + count - 1)
@@ -375,9 +560,14 @@ class Agent:
 
     def _on_answer(self, msg: Any, _: Any) -> None:
         if isinstance(msg, p.Allocated):
-            self.extents.add(msg.offset, msg.nbytes)
+            if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
+                msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"
+                                       f"{msg.nbytes:#x}, outside the region of "
+                                       f"{self.layout.size:#x} bytes")
+            else:
+                self.extents.add(msg.offset, msg.nbytes)
         if not self.forwarder.answer(msg) and isinstance(msg, p.Error):
-            log.error("directory reported: %s", msg.message)
+            self._complain(logging.ERROR, "directory reported: %.500s", msg.message)
 
     # --- uffd events -------------------------------------------------------------------------------
     def _handle_events(self, proc: WorkloadProcess) -> None:
@@ -681,12 +871,27 @@ def _name(state: PageState | None) -> str:
 
 
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
-              ready_fd: int | None = None) -> int:
+              ready_fd: int | None = None, parent_pid: int | None = None,
+              keys_dir: str | None = None, metrics_port: int | None = None) -> int:
     try:
-        agent = Agent(directory, node, socket_path, trace_path)
+        keys_path = keys_dir_from(keys_dir)
+        keys = load_client_keys(keys_path, node) if keys_path is not None else None
+        agent = Agent(directory, node, socket_path, trace_path, parent_pid, keys)
+        if metrics_port is not None:
+            from dsm.metrics import MessageCounts, NodeCollector, serve
+
+            agent.wire = MessageCounts()
+            port = serve(metrics_port, NodeCollector(node, agent.stats.snapshot, agent.wire))
+            log.info("node %s: metrics on port %d", node, port)
     except DsmError as exc:
         log.error("%s", exc)
         print(f"dsm agent: {exc}", flush=True)
+        if ready_fd is not None:  # whoever waits for the agent learns why it did not start
+            os.write(ready_fd, f"error {type(exc).__name__}: {exc}\n".encode())
+            os.close(ready_fd)
+        return 2
+    except OSError as exc:  # the metrics port could not be bound
+        print(f"dsm agent: cannot serve metrics on port {metrics_port}: {exc}", flush=True)
         return 2
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)
@@ -697,11 +902,16 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
     try:
         agent.serve_forever()
     finally:
-        acknowledged = agent.close()
+        if agent.orphaned:
+            agent.abandon()
+        else:
+            acknowledged = agent.close()
         # Let ZeroMQ finish sending what close() queued (the pages handed back) while its buffers
         # are alive: frames over pyzmq's copy threshold (64 KiB) are sent without a copy, and the
         # interpreter's exit would free them under libzmq's I/O thread (EFAULT: abort, SIGSEGV).
         zmq.Context.instance().destroy(linger=1000)
+    if agent.orphaned:
+        return EXIT_PARENT_GONE
     if not agent._directory_alive:
         return EXIT_CUT_OFF
     return 0 if acknowledged else EXIT_LEAVE_UNACKNOWLEDGED

@@ -28,7 +28,8 @@ import traceback
 import zmq
 
 from dsm import protocol as p
-from dsm.directory.service import HEARTBEAT_INTERVAL_S
+from dsm.directory.sessions import new_random_id
+from dsm.liveness import HEARTBEAT_INTERVAL_S
 
 #: how long the directory may take to answer Hello, and any one request
 ANSWER_TIMEOUT_S = 10.0
@@ -39,12 +40,13 @@ class Client:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.IDENTITY, name.encode())
+        incarnation = new_random_id()
+        self.sock.setsockopt(zmq.IDENTITY, p.identity(name, incarnation))
         self.sock.connect(directory)
-        self.sock.send_multipart(p.encode(p.Hello(name, os.getpid())))
+        self.sock.send_multipart(p.encode(p.Hello(name, os.getpid(), incarnation)))
         if not self.sock.poll(int(ANSWER_TIMEOUT_S * 1000)):
             raise TimeoutError(f"the directory did not answer Hello within {ANSWER_TIMEOUT_S} s")
-        welcome, _ = p.decode(self.sock.recv_multipart(), 0)
+        welcome, _ = p.decode(self.sock.recv_multipart(), 0, p.Direction.TO_NODE)
         if not isinstance(welcome, p.Welcome):
             raise RuntimeError(f"expected Welcome, got {welcome!r}")
         self.page_size = welcome.page_size
@@ -76,7 +78,7 @@ class Client:
                 raise TimeoutError(f"no answer from the directory within {ANSWER_TIMEOUT_S} s "
                                    f"({answered} of {count} answered)") from None
             now = pc()
-            msg, _ = p.decode(frames, page_size)
+            msg, _ = p.decode(frames, page_size, p.Direction.TO_NODE)
             if isinstance(msg, p.Heartbeat):  # the directory answers our heartbeats
                 continue
             i = getattr(msg, "page", -1) - first

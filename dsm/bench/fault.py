@@ -23,6 +23,11 @@ resident read  B reads a page it holds: no fault, the timing loop's own cost
 The measurements are interleaved in rounds (a share of every measurement per round) so that a
 noisy stretch of the machine touches them all alike; each fault time is reported as a ratio to
 the round trip's median.
+
+With ``--keys DIR`` a second cluster runs beside the first in the same run: a directory serving
+with those CurveZMQ keys and nodes ka, kb, kc joining with them. Every round measures each fault
+on both, and each keyed fault is reported as a ratio to the same fault of the open cluster:
+what CURVE (encryption and authentication of every message) costs per fault.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import zmq
 from dsm.bench import common
 from dsm.bench.common import BenchError, Progress, environment
 from dsm.bench.procs import Processes, Worker, cpu_ns, run_with_processes
+from dsm.keys import add_keys_argument, keys_dir_from
 
 #: targets, as a ratio of the fault's median to the round trip's median (issue 6's table)
 TARGETS: dict[str, float] = {"home_read": 1.2, "owned_read": 1.8, "write_upgrade": 2.0,
@@ -57,6 +63,9 @@ BASE_TIMEOUT_S = 30.0
 PER_PAGE_TIMEOUT_S = 0.02
 #: the values written into each set's pages (a page holds value + its page number)
 VALUE = {"home": 1 << 20, "owned": 2 << 20, "upgrade": 3 << 20, "miss": 4 << 20, "local": 5 << 20}
+#: the keyed cluster's node-name prefix and row-key suffix
+CURVE_PREFIX = "k"
+CURVE_SUFFIX = "@curve"
 
 
 @dataclass
@@ -116,9 +125,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "one page)")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the page order (pages are visited in random order)")
+    parser.add_argument("--trace", metavar="DIR",
+                        help="trace the directory and the nodes into DIR (to measure what "
+                             "tracing costs per fault: run once with it and once without)")
     common.add_output_arguments(parser)
     parser.add_argument("--fail-on-target", action="store_true",
                         help="exit with status 3 when a row misses its target")
+    add_keys_argument(parser, "a second, keyed cluster runs beside the open one and every fault "
+                              "is measured on both (CURVE's cost per fault)")
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -133,9 +147,18 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
     """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
     round_trips = args.round_trips if args.round_trips is not None else args.pages
     rounds = min(args.rounds, args.pages, round_trips)
+    keys_dir = keys_dir_from(getattr(args, "keys", None))
     return run_with_processes(log_dir, progress, lambda procs: FaultBench(
         procs, args.pages, round_trips, rounds, args.transport, args.message_bytes, args.seed,
-        progress).run())
+        progress, keys_dir).run(), trace_dir=_trace_dir(args))
+
+
+def _trace_dir(args: argparse.Namespace) -> Path | None:
+    if not getattr(args, "trace", None):
+        return None
+    path = Path(args.trace).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,8 +167,12 @@ def run(args: argparse.Namespace) -> int:
 
 class FaultBench:
     def __init__(self, procs: Processes, pages: int, round_trips: int, rounds: int,
-                 transport: str, message_bytes: int, seed: int, progress: Progress):
+                 transport: str, message_bytes: int, seed: int, progress: Progress,
+                 keys_dir: Path | None = None):
         self.procs = procs
+        self.keys_dir = keys_dir
+        #: node-name prefixes of the clusters measured: the open one, and the keyed one
+        self.clusters = [""] + ([CURVE_PREFIX] if keys_dir is not None else [])
         self.pages = pages
         self.round_trips = round_trips
         self.rounds = rounds
@@ -154,6 +181,10 @@ class FaultBench:
         self.progress = progress
         self.rows = {key: Row(key, label.format(size=_size(message_bytes)), expect_counters=dict(c))
                      for key, label, c in ROWS}
+        if keys_dir is not None:  # the same faults on the keyed cluster
+            for key, label, c in ROWS[1:]:
+                self.rows[key + CURVE_SUFFIX] = Row(key + CURVE_SUFFIX, label + " [CURVE]",
+                                                    expect_counters=dict(c))
         self.warnings: list[str] = []
         rng = random.Random(seed)
         # one set of pages per measurement, each visited in random order; warm-up pages last
@@ -194,15 +225,25 @@ class FaultBench:
         directory = self.procs.start_directory(self._endpoint("directory"), region)
         echo = self.procs.start_echo(self._endpoint("echo"))
         self.nodes = self.procs.start_workers(directory, ["a", "b", "c"])
-        for name in self.nodes:
-            self._call(name, "array", name="bench", pages=self.total_pages)
         self.pids = {"bench": os.getpid(), "echo": self.procs.echo.proc.pid,
                      "directory": self.procs.directory.proc.pid}
+        if self.keys_dir is not None:
+            c = CURVE_PREFIX
+            p(f"starting a directory with the keys of {self.keys_dir} and nodes {c}a, {c}b, {c}c")
+            keyed = self.procs.start_directory(self._endpoint("directory-curve"), region,
+                                               str(self.keys_dir), name="directory-curve")
+            self.nodes.update(self.procs.start_workers(keyed, [c + "a", c + "b", c + "c"],
+                                                       str(self.keys_dir)))
+            self.pids["directory-curve"] = next(ch.proc.pid for ch in self.procs.children
+                                                if ch.name == "directory-curve")
+        for name in self.nodes:
+            self._call(name, "array", name="bench", pages=self.total_pages)
         for name, w in self.nodes.items():
             self.pids[f"agent {name}"] = w.agent_pid
             self.pids[f"workload {name}"] = w.proc.pid
         p(f"nodes attached; preparing {len(VALUE)} sets of {self.pages} pages")
-        self._prepare()
+        for c in self.clusters:
+            self._prepare(c)
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -217,37 +258,40 @@ class FaultBench:
             dealer.close(0)
             ctx.term()
         p("checking what the writes left")
-        self._verify()
+        for c in self.clusters:
+            self._verify(c)
         return self._result()
 
-    def _prepare(self) -> None:
+    def _prepare(self, c: str) -> None:
+        """Prepare the sets on the cluster whose nodes are named ``c + "a"``, ... ."""
         s, v = self.sets, VALUE
+        a, b, c = c + "a", c + "b", c + "c"
         # warm-up: every path once, untimed (first faults of a process run cold code)
-        self._touch("a", self.warm, write=True, value=7)
-        self._touch("c", self.warm, expect=7)
-        self._touch("b", self.warm, expect=7)
-        self._touch("a", self.warm, write=True, value=8)
+        self._touch(a, self.warm, write=True, value=7)
+        self._touch(c, self.warm, expect=7)
+        self._touch(b, self.warm, expect=7)
+        self._touch(a, self.warm, write=True, value=8)
         # home: A writes, C reads (the directory fetches it and keeps the home copy)
-        self._touch("a", s["home"], write=True, value=v["home"])
-        self._touch("c", s["home"], expect=v["home"])
+        self._touch(a, s["home"], write=True, value=v["home"])
+        self._touch(c, s["home"], expect=v["home"])
         # owned: A writes and keeps it
-        self._touch("a", s["owned"], write=True, value=v["owned"])
+        self._touch(a, s["owned"], write=True, value=v["owned"])
         # upgrade: A writes, B and C read: all three hold read copies
-        self._touch("a", s["upgrade"], write=True, value=v["upgrade"])
-        self._touch("b", s["upgrade"], expect=v["upgrade"])
-        self._touch("c", s["upgrade"], expect=v["upgrade"])
+        self._touch(a, s["upgrade"], write=True, value=v["upgrade"])
+        self._touch(b, s["upgrade"], expect=v["upgrade"])
+        self._touch(c, s["upgrade"], expect=v["upgrade"])
         # miss: C writes, B reads: B and C hold read copies, the directory the home copy
-        self._touch("c", s["miss"], write=True, value=v["miss"])
-        self._touch("b", s["miss"], expect=v["miss"])
+        self._touch(c, s["miss"], write=True, value=v["miss"])
+        self._touch(b, s["miss"], expect=v["miss"])
         # local: C reads a page A wrote (a read copy, write-protected in C's processes), forks a
         # child (which inherits the protection), A writes it again (C's copy is invalidated; the
         # protection marker stays in the child), C's parent writes it (C owns it now): the
         # child's first write hits the stale marker, which the agent clears without the network
-        self._touch("a", s["local"], write=True, value=v["local"])
-        self._touch("c", s["local"], expect=v["local"])
-        self.pids["workload c child"] = self._call("c", "spawn")["child_pid"]
-        self._touch("a", s["local"], write=True, value=v["local"] + 1)
-        self._touch("c", s["local"], write=True, value=v["local"] + 2)
+        self._touch(a, s["local"], write=True, value=v["local"])
+        self._touch(c, s["local"], expect=v["local"])
+        self.pids[f"workload {c} child"] = self._call(c, "spawn")["child_pid"]
+        self._touch(a, s["local"], write=True, value=v["local"] + 1)
+        self._touch(c, s["local"], write=True, value=v["local"] + 2)
 
     def _chunk(self, pages: list[int], r: int) -> list[int]:
         n = len(pages)
@@ -260,14 +304,24 @@ class FaultBench:
         rtt = self._round_trips(dealer, payload, n_rtt)
         self.rows["rtt"].add_cpu(cpu_before, self._cpu())
         self.rows["rtt"].add_samples(rtt)
-        self._timed("home_read", "b", self._chunk(s["home"], r), expect=v["home"])
-        self._timed("owned_read", "b", self._chunk(s["owned"], r), expect=v["owned"])
-        self._timed("write_upgrade", "a", self._chunk(s["upgrade"], r), write=True,
-                    value=v["upgrade"] + 1)
-        self._timed("write_miss", "a", self._chunk(s["miss"], r), write=True, value=v["miss"] + 1)
-        self._timed("local_fault", "c", self._chunk(s["local"], r), write=True,
-                    value=v["local"] + 3, in_child=True)
-        self._timed("resident_read", "b", self._chunk(s["home"], r), expect=v["home"])
+        # each fault on every cluster in turn, so that both see the same stretch of the machine
+        clusters = [(c, CURVE_SUFFIX if c else "") for c in self.clusters]
+        for c, x in clusters:
+            self._timed("home_read" + x, c + "b", self._chunk(s["home"], r), expect=v["home"])
+        for c, x in clusters:
+            self._timed("owned_read" + x, c + "b", self._chunk(s["owned"], r), expect=v["owned"])
+        for c, x in clusters:
+            self._timed("write_upgrade" + x, c + "a", self._chunk(s["upgrade"], r), write=True,
+                        value=v["upgrade"] + 1)
+        for c, x in clusters:
+            self._timed("write_miss" + x, c + "a", self._chunk(s["miss"], r), write=True,
+                        value=v["miss"] + 1)
+        for c, x in clusters:
+            self._timed("local_fault" + x, c + "c", self._chunk(s["local"], r), write=True,
+                        value=v["local"] + 3, in_child=True)
+        for c, x in clusters:
+            self._timed("resident_read" + x, c + "b", self._chunk(s["home"], r),
+                        expect=v["home"])
 
     def _timed(self, key: str, node: str, pages: list[int], write: bool = False, value: int = 0,
                expect: int | None = None, in_child: bool = False) -> None:
@@ -300,12 +354,12 @@ class FaultBench:
     def _round_trips(self, dealer: zmq.Socket, payload: bytes, n: int) -> list[int]:
         return common.round_trips(dealer, payload, n, BASE_TIMEOUT_S)
 
-    def _verify(self) -> None:
+    def _verify(self, c: str) -> None:
         """The writes landed: B reads back (a sample of) what A and C's child wrote last."""
         s, v = self.sets, VALUE
-        self._touch("b", s["upgrade"][:VERIFY_PAGES], expect=v["upgrade"] + 1)
-        self._touch("b", s["miss"][:VERIFY_PAGES], expect=v["miss"] + 1)
-        self._touch("b", s["local"][:VERIFY_PAGES], expect=v["local"] + 3)
+        self._touch(c + "b", s["upgrade"][:VERIFY_PAGES], expect=v["upgrade"] + 1)
+        self._touch(c + "b", s["miss"][:VERIFY_PAGES], expect=v["miss"] + 1)
+        self._touch(c + "b", s["local"][:VERIFY_PAGES], expect=v["local"] + 3)
 
     # --- the result --------------------------------------------------------------------------------
     def _result(self) -> dict:
@@ -343,12 +397,34 @@ class FaultBench:
             "benchmark": "fault",
             "config": {"pages": self.pages, "round_trips": self.round_trips,
                        "rounds": self.rounds, "transport": self.transport,
-                       "message_bytes": self.message_bytes},
+                       "message_bytes": self.message_bytes,
+                       "keys": str(self.keys_dir) if self.keys_dir is not None else None},
+            "curve_cost": self._curve_cost(),
             "environment": environment(),
             "rows": rows,
             "samples_ns": {row.key: row.samples_ns for row in self.rows.values()},
             "warnings": self.warnings,
         }
+
+
+    def _curve_cost(self) -> list[dict]:
+        """Each fault on the keyed cluster against the same fault on the open one: the ratio of
+        the medians, and the median of the rounds' ratios (robust to load drifting)."""
+        out = []
+        for key, _label, _ in ROWS[1:]:
+            keyed = self.rows.get(key + CURVE_SUFFIX)
+            if keyed is None:
+                continue
+            open_row = self.rows[key]
+            base = open_row.stats()["median_us"]
+            per_round = [k / o for k, o in zip(keyed.round_medians_us, open_row.round_medians_us)
+                         if o]
+            out.append({"key": key, "open_median_us": base,
+                        "curve_median_us": keyed.stats()["median_us"],
+                        "ratio": keyed.stats()["median_us"] / base if base else float("nan"),
+                        "median_round_ratio": (float(np.median(per_round)) if per_round
+                                               else float("nan"))})
+        return out
 
 
 def _size(nbytes: int) -> str:
@@ -384,6 +460,14 @@ def format_table(result: dict) -> str:
         out.append("median of the per-round ratios (robust to load drifting during the run): "
                    + ", ".join(f"{r['key']} {r['median_round_ratio']:.2f}x"
                                for r in result["rows"][1:-1]))
+    if result.get("curve_cost"):
+        out.append("")
+        out.append(f"CURVE's cost per fault (keys {cfg['keys']}): keyed cluster / open cluster, "
+                   "same run, same rounds")
+        for c in result["curve_cost"]:
+            out.append(f"  {c['key']:<14} open {c['open_median_us']:7.1f} µs  CURVE "
+                       f"{c['curve_median_us']:7.1f} µs  ratio {c['ratio']:.2f}x  (median of the "
+                       f"per-round ratios {c['median_round_ratio']:.2f}x)")
     out.append("")
     out.append("CPU µs per access, by process (all threads; includes the bench's own bookkeeping):")
     for r in result["rows"]:
@@ -397,9 +481,14 @@ def format_table(result: dict) -> str:
 def summary(result: dict) -> list[dict]:
     """The combined table's rows (``dsm bench``): every fault against the round trip."""
     rows = []
+    curve = {c["key"] + CURVE_SUFFIX: c for c in result.get("curve_cost", [])}
     for r in result["rows"]:
         samples = np.asarray(result["samples_ns"][r["key"]], dtype=np.float64) / common.NS_PER_US
-        if r["key"] == "rtt":
+        if r["key"] in curve:  # against the same fault on the open cluster
+            rows.append(common.summary_row("fault", r["key"], r["label"], "µs", samples,
+                                           ratio=curve[r["key"]]["ratio"],
+                                           baseline=r["key"][:-len(CURVE_SUFFIX)]))
+        elif r["key"] == "rtt":
             rows.append(common.summary_row("fault", r["key"], r["label"], "µs", samples,
                                            is_baseline=True))
         else:

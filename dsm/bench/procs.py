@@ -16,6 +16,9 @@ from typing import Any, Callable
 
 import zmq
 
+from dsm.keys import KEYS_ENV
+from dsm.trace import TRACE_ENV
+
 START_TIMEOUT_S = 20.0
 #: deadline of one worker command unless the caller gives one
 COMMAND_TIMEOUT_S = 60.0
@@ -30,13 +33,14 @@ class Child:
     """A child process in its own session (so that its own children, a node's agent, die with
     it), its stderr in a log file."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path, stdin: bool = False):
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, stdin: bool = False,
+                 env: dict[str, str] | None = None):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=self._log, start_new_session=True,
+            stderr=self._log, start_new_session=True, env=env,
         )
         self._buf = b""
         #: where a baseline server listens (set once it said so)
@@ -63,7 +67,7 @@ class Child:
     def kill(self) -> None:
         """SIGKILL the child's whole session, reap the child, close our ends."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the session: the node's agent too
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the session; a node's agent exits with it
         except (ProcessLookupError, PermissionError):
             pass
         try:
@@ -89,8 +93,9 @@ class Driven(Child):
     """A child that answers commands: one JSON object a line on its stdin, one JSON reply a
     line on its stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``)."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path):
-        super().__init__(name, cmd, log_dir, stdin=True)
+    def __init__(self, name: str, cmd: list[str], log_dir: Path,
+                 env: dict[str, str] | None = None):
+        super().__init__(name, cmd, log_dir, stdin=True, env=env)
 
     def send(self, op: str, **args: Any) -> None:
         self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
@@ -111,9 +116,17 @@ class Driven(Child):
 class Worker(Driven):
     """A node process running ``dsm.bench.worker``."""
 
-    def __init__(self, directory: str, name: str, log_dir: Path):
+    def __init__(self, directory: str, name: str, log_dir: Path, keys_dir: str | None = None,
+                 trace_path: Path | None = None):
+        # the worker's agent takes its keys (None: it runs open) and its trace file from the
+        # environment
+        env = {k: v for k, v in os.environ.items() if k not in (KEYS_ENV, TRACE_ENV)}
+        if keys_dir is not None:
+            env[KEYS_ENV] = str(keys_dir)
+        if trace_path is not None:
+            env[TRACE_ENV] = str(trace_path)
         super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory,
-                                          name], log_dir)
+                                          name], log_dir, env)
         self.node = name
         self.agent_pid: int | None = None
 
@@ -163,18 +176,30 @@ def cpu_ns(pid: int | None) -> int:
 class Processes:
     """Every child of one benchmark run; ``close()`` in a ``finally``."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, trace_dir: Path | None = None):
         self.log_dir = log_dir
+        #: where the directory and the nodes write their protocol traces (None: no trace)
+        self.trace_dir = trace_dir
         self.children: list[Child] = []
         self.directory: Child | None = None
         self.echo: Child | None = None
         self.pull: Child | None = None
 
-    def start_directory(self, listen: str, region_bytes: int) -> str:
-        child = Child("directory", [sys.executable, "-m", "dsm", "directory", "--listen", listen,
-                                    "--region-size", str(region_bytes)], self.log_dir)
+    def start_directory(self, listen: str, region_bytes: int, keys_dir: str | None = None,
+                        name: str = "directory") -> str:
+        """A directory (``keys_dir``: serving with those keys, else open); its endpoint.
+        ``self.directory`` is the first one started."""
+        cmd = [sys.executable, "-m", "dsm", "directory", "--listen", listen,
+               "--region-size", str(region_bytes)]
+        if self.trace_dir:
+            cmd += ["--trace", str(self.trace_dir / f"{name}.trace")]
+        env = {k: v for k, v in os.environ.items() if k != KEYS_ENV}
+        if keys_dir is not None:
+            cmd += ["--keys", str(keys_dir)]
+        child = Child(name, cmd, self.log_dir, env=env)
         self.children.append(child)
-        self.directory = child
+        if self.directory is None:
+            self.directory = child
         line = child.line(START_TIMEOUT_S, "directory start")
         if not line.startswith("directory listening on "):
             raise BenchProcessError(f"unexpected first line from the directory: {line!r}")
@@ -200,11 +225,13 @@ class Processes:
         child.endpoint = line.rsplit(" ", 1)[-1]
         return child
 
-    def start_workers(self, directory: str, names: list[str]) -> dict[str, Worker]:
+    def start_workers(self, directory: str, names: list[str],
+                      keys_dir: str | None = None) -> dict[str, Worker]:
         """Start the nodes together (their agents start in parallel), then wait for each."""
         workers = {}
         for name in names:
-            w = Worker(directory, name, self.log_dir)
+            trace = self.trace_dir / f"{name}.trace" if self.trace_dir else None
+            w = Worker(directory, name, self.log_dir, keys_dir, trace)
             self.children.append(w)
             workers[name] = w
         for w in workers.values():
@@ -231,12 +258,13 @@ class Processes:
 
 
 def run_with_processes(log_dir: Path, progress: Callable[[str], None],
-                       bench: Callable[["Processes"], dict]) -> dict:
+                       bench: Callable[["Processes"], dict],
+                       trace_dir: Path | None = None) -> dict:
     """Run ``bench(procs)`` with child processes that log into ``log_dir``: any failure becomes
     a BenchError carrying their logs, and every child is stopped at the end."""
     from dsm.bench.common import BenchError
 
-    procs = Processes(log_dir)
+    procs = Processes(log_dir, trace_dir)
     try:
         return bench(procs)
     except (BenchProcessError, BenchError, OSError, zmq.ZMQError) as exc:

@@ -23,6 +23,7 @@ from types import ModuleType
 
 from dsm.bench import common, directory, fault, jacobi, lock, scan, workloads
 from dsm.bench.common import BenchError, Progress
+from dsm.keys import add_keys_argument
 
 #: (name, module, the suite's sizes, --quick's sizes): every other option is the benchmark's own
 #: default. The suite's sizes keep the whole run under two minutes on 2 cores.
@@ -56,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit with status 3 when a measurement misses its target")
     common.add_transport_argument(parser)
     common.add_output_arguments(parser)
+    add_keys_argument(parser, "`fault` also measures a keyed cluster beside the open one "
+                              "(CURVE's cost per fault)")
 
 
 def _selected(args: argparse.Namespace) -> list[str]:
@@ -84,6 +87,8 @@ def namespace(name: str, module: ModuleType, args: argparse.Namespace) -> argpar
     ns.transport = args.transport
     ns.json = ns.plot = None
     ns.keep_logs = args.keep_logs
+    if hasattr(ns, "keys"):
+        ns.keys = args.keys
     return ns
 
 

@@ -7,9 +7,12 @@ import os
 import socket
 
 from dsm.agent.service import run_agent
+from dsm.keys import add_keys_argument
+from dsm.trace import TRACE_ENV
 
 DIRECTORY_ENV = "DSM_DIRECTORY"
 NODE_ENV = "DSM_NODE"
+METRICS_ENV = "DSM_METRICS_PORT"
 
 
 def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +21,14 @@ def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the directory's ZeroMQ endpoint (env {DIRECTORY_ENV})")
     parser.add_argument("--node", default=os.environ.get(NODE_ENV),
                         help=f"this node's name (env {NODE_ENV}; default host-pid)")
-    parser.add_argument("--trace", help="write this node's protocol trace (JSON lines) to this file")
+    parser.add_argument("--trace", default=os.environ.get(TRACE_ENV) or None,
+                        help="write this node's protocol trace (JSON lines) to this file "
+                             f"(env {TRACE_ENV})")
+    parser.add_argument("--metrics", type=int, metavar="PORT",
+                        default=int(os.environ[METRICS_ENV]) if os.environ.get(METRICS_ENV) else None,
+                        help=f"serve the agent's Prometheus metrics on this port (env {METRICS_ENV})")
+    add_keys_argument(parser, "connect with DIR/NODE.key_secret (else DIR/node.key_secret) and "
+                              "accept only the directory whose public key is DIR/directory.key")
 
 
 def default_node_name() -> str:
@@ -30,9 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_directory_arguments(parser)
     parser.add_argument("--socket", required=True, help="Unix socket path workloads attach to")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int,
+                        help="exit, as if killed, when the process PID exits (it must be this "
+                             "agent's parent; dsm run passes its own)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     return run_agent(args.directory, args.node or default_node_name(), args.socket, args.trace,
-                     args.ready_fd)
+                     args.ready_fd, args.parent_pid, args.keys, args.metrics)

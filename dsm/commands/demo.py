@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from dsm.keys import add_keys_argument
 from dsm.watchdog import process_stats
 
 #: how long the directory may take to print its endpoint
@@ -99,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"seconds the whole run may take (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the processes' logs (they are kept anyway when the run fails)")
+    add_keys_argument(parser, "the directory and every node use them")
     parser.set_defaults(func=run)
 
 
@@ -118,8 +120,9 @@ def _python() -> list[str]:
 def _start(name: str, cmd: list[str], workdir: Path, env: dict) -> Child:
     log_path = workdir / f"{name}.log"
     log = open(log_path, "w")
-    # a session of its own: one killpg reaches the node's agent and workload too, and a Ctrl-C in
-    # the terminal reaches only this process, which then stops every child
+    # a session of its own: one killpg reaches the node's workload too (its agent, in a session
+    # of its own, exits with its `dsm run`), and a Ctrl-C in the terminal reaches only this
+    # process, which then stops every child
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                             text=True, env=env, start_new_session=True)
     return Child(name, proc, log_path, log)
@@ -298,11 +301,14 @@ def region_bytes_for(spec, nodes: int, size: int, iterations: int) -> int:
 
 class LocalCluster:
     """A directory and N ``dsm run`` nodes on this machine, each child in a session of its own
-    (one killpg reaches a node's agent and workload too). ``stop()`` in a ``finally``."""
+    (one killpg reaches a node's workload too; its agent exits with its ``dsm run``). ``stop()``
+    in a ``finally``."""
 
     def __init__(self, workdir: Path, env: dict, transport: str = "tcp",
-                 trace_dir: Path | None = None):
+                 trace_dir: Path | None = None, keys_dir: str | None = None):
         self.workdir = workdir
+        #: the cluster's CurveZMQ keys (None: it runs open)
+        self.keys_dir = str(Path(keys_dir).resolve()) if keys_dir else None
         self.env = dict(env)
         self.env.pop("DSM_AGENT_SOCKET", None)
         # the workload modules live next to the dsm package: importable from any directory
@@ -329,6 +335,8 @@ class LocalCluster:
                "--region-size", str(region_bytes)]
         if self.trace_dir is not None:
             cmd += ["--trace", str(self.trace_dir / "directory.trace")]
+        if self.keys_dir is not None:
+            cmd += ["--keys", self.keys_dir]
         directory = _start("directory", cmd, self.workdir, self.env)
         self.children.append(directory)
         line = _read_first_line(directory, min(DIRECTORY_START_TIMEOUT_S, timeout_s))
@@ -345,16 +353,23 @@ class LocalCluster:
             cmd = [*_python(), "-m", "dsm", "run", "--directory", self.endpoint, "--node", name]
             if self.trace_dir is not None:
                 cmd += ["--trace", str(self.trace_dir / f"{name}.trace")]
+            if self.keys_dir is not None:
+                cmd += ["--keys", self.keys_dir]
             cmd += ["--", *_python(), "-m", spec.module, "--rank", str(k), "--nodes", str(nodes),
                     "--size", str(size), "--iterations", str(iterations)]
             if expect is not None and spec.takes_expect:
                 cmd += ["--expect", expect]
             if spec.node_args is not None:
                 cmd += spec.node_args(timeout_s)
-            # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop()
-            child = _start(name, cmd, self.workdir, {**self.env, "TMPDIR": str(self.sock_dir)})
-            self.children.append(child)
-            self.nodes.append(child)
+            self.start_node(name, cmd)
+
+    def start_node(self, name: str, cmd: list[str]) -> Child:
+        """Start one node's command (a ``dsm run``); collected with the others."""
+        # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop()
+        child = _start(name, cmd, self.workdir, {**self.env, "TMPDIR": str(self.sock_dir)})
+        self.children.append(child)
+        self.nodes.append(child)
+        return child
 
     def collect(self, deadline: float) -> None:
         _collect(self.nodes, deadline)
@@ -433,16 +448,17 @@ def run(args: argparse.Namespace) -> int:
 
     old_handler = signal.signal(signal.SIGTERM, on_sigterm)
     env = {**SINGLE_THREAD_ENV, **os.environ}
-    cluster = LocalCluster(workdir, env, args.transport, trace_dir)
+    cluster = LocalCluster(workdir, env, args.transport, trace_dir, args.keys)
     try:
+        security = f" with CurveZMQ keys from {cluster.keys_dir}" if cluster.keys_dir else ""
         endpoint = cluster.start_directory(region_bytes_for(spec, args.nodes, size, iterations),
                                            args.timeout)
         if args.workload == "rows":
-            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}; "
-                  f"{what}", flush=True)
+            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}"
+                  f"{security}; {what}", flush=True)
         else:
-            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}; "
-                  f"workload {spec.name} ({spec.summary}): {what}", flush=True)
+            print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}"
+                  f"{security}; workload {spec.name} ({spec.summary}): {what}", flush=True)
         want = want_values = None
         numpy_s = None
         if spec.takes_expect:

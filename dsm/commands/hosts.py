@@ -1,7 +1,7 @@
 """``dsm hosts``: run the compose project on namespace hosts of this machine (needs root and
 iproute2), as ``docker compose`` would on a compose network, without Docker.
 
-    dsm hosts up [-f docker-compose.yml] [--scale node=3] [SERVICE...]
+    dsm hosts up [-f docker-compose.yml] [--scale node=3] [--keys DIR] [SERVICE...]
     dsm hosts down --state FILE | --run ID | --stale | --all
     dsm hosts ls
 
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from dsm.errors import DsmError
+from dsm.keys import KEYS_ENV
 
 DEFAULT_FILE = "docker-compose.yml"
 #: how long ``down --state`` waits for the runner to tear its run down
@@ -52,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--log-dir", help="also write each replica's output to DIR/NAME.log")
     up.add_argument("--state", help="write the run's id, pid and hosts to this JSON file "
                                     "(for `dsm hosts down --state`)")
+    up.add_argument("--keys", metavar="DIR", default=None,
+                    help="the cluster's CurveZMQ keys (`dsm keygen DIR`): sets DSM_KEYS=DIR for "
+                         "the compose file, which mounts it into every service (default: "
+                         "$DSM_KEYS; without either the cluster runs open)")
     up.add_argument("services", nargs="*", help="services to start (default: all)")
     up.set_defaults(func=run_up)
 
@@ -94,8 +99,11 @@ def run_up(args: argparse.Namespace) -> int:
     if problem:
         print(f"dsm hosts: {problem}", file=sys.stderr)
         return 2
+    env = dict(os.environ)
+    if args.keys:  # compose takes a relative path from the compose file's directory: not this
+        env[KEYS_ENV] = str(Path(args.keys).resolve())
     try:
-        project = load(args.file, os.environ, _parse_scale(args.scale))
+        project = load(args.file, env, _parse_scale(args.scale))
     except DsmError as exc:
         print(f"dsm hosts: {exc}", file=sys.stderr)
         return 2

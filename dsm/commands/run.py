@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from dsm import local
@@ -32,7 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 class Departure:
     """While active, SIGTERM and SIGINT do not kill this process: they ask it to leave (and
-    are passed on to the command, once there is one, as SIGTERM)."""
+    are passed on to the command, once there is one, as SIGTERM).
+
+    The order of a leave is this process's to decide: the command is stopped first, then the
+    agent hands the pages back. The agent runs in a session of its own (``start_agent``), so
+    that a Ctrl-C, which reaches every process of the terminal's foreground group, reaches
+    this process and the command but not the agent."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -40,17 +47,27 @@ class Departure:
         self.requested: int | None = None  #: the signal that asked to leave
         self.child: subprocess.Popen | None = None
         self._old: dict[int, Any] = {}
+        #: written by the signal handler: wakes ``wait_child`` so that it starts its deadline
+        self._wake_r, self._wake_w = -1, -1
 
     def __enter__(self) -> "Departure":
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.requested = signum
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:  # full: a wake-up is pending anyway
+            pass
         self.terminate_child()
 
     def terminate_child(self) -> None:
@@ -68,14 +85,26 @@ class Departure:
 
     def wait_child(self) -> int:
         """The command's exit status (``128 + N`` for a signal N, as a shell says), bounded by
-        ``COMMAND_STOP_TIMEOUT_S`` once a leave was asked for."""
+        ``COMMAND_STOP_TIMEOUT_S`` once a leave was asked for (SIGKILL then), even if it was
+        asked for during the wait."""
         child = self.child
-        while True:
-            try:
-                status = child.wait(COMMAND_STOP_TIMEOUT_S if self.requested else None)
-                break
-            except subprocess.TimeoutExpired:
-                child.kill()
+        pidfd = os.pidfd_open(child.pid)  # readable once it exits (it is ours to reap: not yet)
+        try:
+            deadline = None
+            while child.poll() is None:
+                if self.requested is not None and deadline is None:
+                    deadline = time.monotonic() + COMMAND_STOP_TIMEOUT_S
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    child.kill()
+                    child.wait()
+                    break
+                ready, _, _ = select.select([pidfd, self._wake_r], [], [], left)
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 64)
+        finally:
+            os.close(pidfd)
+        status = child.returncode
         return status if status >= 0 else 128 - status
 
 
@@ -121,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     with Departure() as leave:
         try:
             agent = start_agent(args.directory, args.node or default_node_name(),
-                                trace_path=args.trace)
+                                trace_path=args.trace, keys_dir=args.keys,
+                                metrics_port=args.metrics)
         except AgentStartError as exc:
             print(f"dsm run: {exc}", file=sys.stderr)
             return 0 if leave.requested is not None else 2

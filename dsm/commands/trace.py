@@ -1,61 +1,84 @@
 """``dsm trace FILE...``: merge protocol traces (directory and agents) into one timeline.
 
-Each trace line is one protocol step: ``{"t", "who", "node", "page", "event", "old", "new"}``
-(plus ``count`` for a run of pages). Merged by time, filtered by page, they show a page move from
-node to node: who asked, what the directory did, who gave it up.
+Each trace line is a protocol step (``{"t", "who", "node", "page", "event", "old", "new"}``, plus
+``count`` for a run of pages) or a message sent or received (``{"t", "who", "peer", "dir",
+"msg", "id", ...}``); ``dsm.trace`` describes them all. The files are merged on the directory's
+clock (each agent's clock estimates applied, every receive after its send: ``dsm.viz.model``),
+filtered by page or node. As text they show a page move from node to node: who asked, what the
+directory did, who gave it up. ``--html OUT`` writes the space-time diagram and the ownership
+timeline as one page that works offline; ``--png OUT`` draws the diagram for slides.
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
-import json
 import sys
-from typing import Iterator, TextIO
+from typing import Iterable, TextIO
+
+from dsm.viz.model import kind_of, merge, read_trace
+
+__all__ = ["involves", "read_trace", "render", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("trace", help="merge protocol traces into one timeline")
+    parser = subparsers.add_parser("trace", help="merge protocol traces into one timeline",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="trace files written with --trace")
-    parser.add_argument("--page", type=int, help="only steps that involve this page")
-    parser.add_argument("--node", help="only steps by or for this node")
-    parser.add_argument("--limit", type=int, default=0, help="stop after this many lines")
+    parser.add_argument("--page", type=int, help="only steps and messages that involve this page")
+    parser.add_argument("--node", help="only steps and messages by, for or to this node")
+    parser.add_argument("--messages", action="store_true",
+                        help="text: show the messages too (by default only the steps)")
+    parser.add_argument("--limit", type=int, default=0, help="text: stop after this many lines")
+    parser.add_argument("--html", metavar="OUT.html",
+                        help="write the space-time diagram and ownership timeline to this page")
+    parser.add_argument("--png", metavar="OUT.png",
+                        help="draw the space-time diagram into this picture (for slides)")
     parser.set_defaults(func=run)
 
 
-def read_trace(path: str) -> Iterator[dict]:
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                float(record["t"])
-            except (ValueError, KeyError, TypeError):
-                print(f"dsm trace: {path}:{number}: not a trace line, skipped", file=sys.stderr)
-                continue
-            yield record
-
-
 def involves(record: dict, page: int | None, node: str | None) -> bool:
-    if node is not None and node not in (record.get("node"), record.get("who")):
+    if node is not None and node not in (record.get("node"), record.get("who"), record.get("peer")):
         return False
     if page is None:
         return True
     first = record.get("page", -1)
-    return first <= page < first + record.get("count", 1)
+    if not isinstance(first, int):
+        return False
+    count = record.get("count", 1)
+    return first <= page < first + (count if isinstance(count, int) else 1)
 
 
-def render(records: Iterator[dict], out: TextIO, limit: int = 0) -> int:
+def _pages(r: dict) -> str:
+    if "page" not in r:
+        return ""
+    return f"{r.get('page')}" + (f"+{r['count']}" if isinstance(r.get("count"), int)
+                                 and r["count"] > 1 else "")
+
+
+def render(records: Iterable[dict], out: TextIO, limit: int = 0, messages: bool = False) -> int:
     t0 = None
     shown = 0
     for r in records:
-        t0 = r["t"] if t0 is None else t0
-        pages = f"{r.get('page')}" + (f"+{r['count']}" if r.get("count", 1) > 1 else "")
-        out.write(
-            f"{(r['t'] - t0) * 1e3:10.3f} ms  {r.get('who', '?'):>10}  page {pages:<10} "
-            f"{r.get('event', '?'):<10} {r.get('node', '?'):<10} {r.get('old', '')} -> {r.get('new', '')}\n"
-        )
+        kind = kind_of(r)
+        if kind in ("start", "clock") or (kind == "msg" and not messages):
+            continue
+        if kind == "array":
+            t0 = r.get("ts", r["t"]) if t0 is None else t0
+            out.write(f"{(r.get('ts', r['t']) - t0) * 1e3:10.3f} ms  {r['who']:>10}  page "
+                      f"{_pages(r):<10} array {r['array']!r}\n")
+            shown += 1
+            continue
+        ts = r.get("ts", r["t"])
+        t0 = ts if t0 is None else t0
+        stamp = f"{(ts - t0) * 1e3:10.3f} ms  {r.get('who', '?'):>10}  "
+        if kind == "msg":
+            arrow = "->" if r["dir"] == "send" else "<-"
+            out.write(f"{stamp}page {_pages(r):<10} {r['dir']:<4} {r['msg']:<11} "
+                      f"{arrow} {r.get('peer', '?'):<10} {r['id']}\n")
+        else:
+            out.write(f"{stamp}page {_pages(r):<10} {r.get('event', '?'):<10} "
+                      f"{r.get('node', '?'):<10} {r.get('old', '')} -> {r.get('new', '')}\n")
         shown += 1
         if limit and shown >= limit:
             break
@@ -64,14 +87,30 @@ def render(records: Iterator[dict], out: TextIO, limit: int = 0) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        streams = [
-            (r for r in read_trace(path) if involves(r, args.page, args.node)) for path in args.files
-        ]
-        merged = heapq.merge(*streams, key=lambda r: r["t"])
-        shown = render(merged, sys.stdout, args.limit)
+        timeline = merge(args.files)
     except OSError as exc:
         print(f"dsm trace: {exc}", file=sys.stderr)
         return 2
+    if args.page is not None or args.node is not None:
+        keep = [r for r in timeline.records if kind_of(r) in ("start", "clock", "array")
+                or involves(r, args.page, args.node)]
+        if args.html or args.png:
+            from dsm.viz.model import build
+            timeline = build(keep)
+        else:
+            timeline.records = keep
+    if args.html:
+        from dsm.viz import html
+        html.write(timeline, args.files, args.html)
+        print(f"dsm trace: wrote {args.html} ({len(timeline.messages)} messages, "
+              f"{len(timeline.lanes)} lanes)")
+    if args.png:
+        from dsm.viz import png
+        png.write(timeline, args.png)
+        print(f"dsm trace: wrote {args.png}")
+    if args.html or args.png:
+        return 0
+    shown = render(timeline.records, sys.stdout, args.limit, args.messages)
     if not shown:
         print("dsm trace: no steps matched", file=sys.stderr)
     return 0

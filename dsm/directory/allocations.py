@@ -6,6 +6,7 @@ never freed, which keeps every address valid for the life of the cluster.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from dsm.errors import DsmError
@@ -28,6 +29,9 @@ class Allocations:
     def __init__(self, layout: Layout):
         self.layout = layout
         self._by_name: dict[str, Allocation] = {}
+        #: every allocation by offset (the bump allocator appends in increasing order)
+        self._offsets: list[int] = []
+        self._by_offset: list[Allocation] = []
         self._next_offset = 0
 
     def find_or_create(self, name: str, nbytes: int, meta: dict) -> Allocation:
@@ -53,8 +57,33 @@ class Allocations:
             )
         alloc = Allocation(name, self._next_offset, nbytes, dict(meta))
         self._by_name[name] = alloc
+        self._offsets.append(alloc.offset)
+        self._by_offset.append(alloc)
         self._next_offset += rounded
         return alloc
+
+    def all(self) -> list[Allocation]:
+        """Every allocation, in address order."""
+        return list(self._by_offset)
+
+    def get(self, name: str) -> Allocation | None:
+        return self._by_name.get(name)
+
+    def at(self, offset: int) -> Allocation | None:
+        """The allocation whose pages hold region byte ``offset``, if any."""
+        i = bisect.bisect_right(self._offsets, offset) - 1
+        if i < 0:
+            return None
+        alloc = self._by_offset[i]
+        page = self.layout.page_size
+        return alloc if offset < alloc.offset + (alloc.nbytes + page - 1) // page * page else None
+
+    def locate_page(self, page: int) -> tuple[str, int]:
+        """(name of the allocation holding region page ``page`` or "", its index there)."""
+        alloc = self.at(page * self.layout.page_size)
+        if alloc is None:
+            return "", page
+        return alloc.name, page - alloc.offset // self.layout.page_size
 
     def __len__(self) -> int:
         return len(self._by_name)

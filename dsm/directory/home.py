@@ -56,3 +56,8 @@ class HomeStore:
             return
         self._memory.madvise(mmap.MADV_DONTNEED, page * self.page_size, count * self.page_size)
         self._has_data[page : page + count] = False
+
+    def clear_pages(self, pages: list[int]) -> None:
+        """Forget each of ``pages`` (in any order)."""
+        for page in pages:
+            self.clear(page, 1)

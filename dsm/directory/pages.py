@@ -13,19 +13,26 @@ sequential scan moves many pages per message; a page it cannot add is simply not
 
 Every method takes one input and returns the messages to send, as ``Send(node, message, page)``;
 the ZeroMQ loop around it (``service.py``) only moves bytes.
+
+Loss: the pages a node owned when it died (or left without handing them back) held contents no
+one else has. By default (``OnLoss.POISON``) they become *lost*: every later request for them is
+answered with ``Lost``, never with zeros or an older copy, until the program forgets them
+(``forget_lost``). ``OnLoss.LAST_COPY`` keeps the home copy even while a node owns the page, and
+falls back to it, logging and counting every fallback.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from dsm.directory.home import HomeStore
 from dsm.layout import Layout
-from dsm.protocol import Fetch, Grant, Invalidate, Message, Payload
+from dsm.protocol import Fetch, Grant, Invalidate, Lost, Message, Payload
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,13 @@ class Send(NamedTuple):
     node: str
     message: Message
     page: Any = None
+
+
+class OnLoss(enum.Enum):
+    """What becomes of the pages whose newest contents died with a node."""
+
+    POISON = "poison"  #: lost: every access fails until the program forgets them
+    LAST_COPY = "last-copy"  #: the last home copy is served again (logged and counted)
 
 
 class Kind(enum.Enum):
@@ -59,6 +73,7 @@ class Txn:
     waiting: set[str]
     source: str | None = None  #: the owner the pages are fetched from
     fetched: tuple[int, Any, frozenset] | None = None  #: (payload, data, pages not held)
+    started_s: float = 0.0  #: when the directory asked (its clock)
 
 
 @dataclass
@@ -78,11 +93,20 @@ _FREE = PageEntry()  # what a page never asked for looks like (never modified)
 
 #: a tracer receives (page, event, node, old state, new state, **extra)
 Tracer = Callable[..., None]
+#: page -> (name of the array it belongs to or "", its page index within the array)
+Locator = Callable[[int], tuple[str, int]]
 
 
 class PageDirectory:
-    def __init__(self, layout: Layout, tracer: Tracer | None = None):
+    def __init__(self, layout: Layout, tracer: Tracer | None = None,
+                 on_loss: OnLoss = OnLoss.POISON, locate: Locator | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.layout = layout
+        self.on_loss = on_loss
+        self._locate = locate or (lambda page: ("", page))
+        self._clock = clock
+        #: lost page -> the node whose death lost it
+        self.lost: dict[int, str] = {}
         self._entries: dict[int, PageEntry] = {}
         self.home = HomeStore(layout)
         self._txns: dict[int, Txn] = {}
@@ -92,7 +116,8 @@ class PageDirectory:
         #: describing states costs: only when someone reads the trace
         self._tracing = bool(getattr(tracer, "enabled", tracer is not None))
         self.counters = {"grants": 0, "pages_granted": 0, "fetches": 0, "invalidations": 0,
-                         "writebacks": 0, "queued": 0}
+                         "writebacks": 0, "queued": 0, "pages_lost": 0, "lost_answers": 0,
+                         "fallbacks": 0}
 
     # --- queries (tests, stats) --------------------------------------------------------------------
     def entry(self, page: int) -> PageEntry:
@@ -101,6 +126,10 @@ class PageDirectory:
         if e is None:
             e = self._entries[page] = PageEntry()
         return e
+
+    def peek(self, page: int) -> PageEntry:
+        """The entry of ``page`` as it is, without creating one (read-only: ``dsm top``)."""
+        return self._entries.get(page, _FREE)
 
     def _peek(self, page: int) -> PageEntry:
         return self._entries.get(page, _FREE)
@@ -164,7 +193,7 @@ class PageDirectory:
 
     def node_lost(self, node: str) -> list[Send]:
         """A node is gone (left or declared dead): forget its copies, give up waiting for it.
-        Pages it owned fall back to their last home copy: their newest contents are lost."""
+        The pages it owned are lost, or fall back to their last home copy (``OnLoss``)."""
         self._dead.add(node)
         out: list[Send] = []
         lost = []
@@ -175,8 +204,7 @@ class PageDirectory:
                 e.owner = None
             e.queue = deque(r for r in e.queue if r.node != node)
         if lost:
-            log.error("node %s left owning %d pages (first %d): their latest contents are lost",
-                      node, len(lost), lost[0])
+            self._record_loss(node, lost)
         for txn in list(self._txns.values()):
             if node in txn.waiting:
                 txn.waiting.discard(node)
@@ -185,6 +213,81 @@ class PageDirectory:
 
     def node_joined(self, node: str) -> None:
         self._dead.discard(node)
+
+    def _record_loss(self, node: str, pages: list[int]) -> None:
+        runs = self._runs_by_array(pages)
+        where = "; ".join(f"array {name or '(none)'!r} pages {lo}-{hi}" for name, lo, hi in runs[:8])
+        more = f" and {len(runs) - 8} more runs" if len(runs) > 8 else ""
+        if self.on_loss is OnLoss.LAST_COPY:
+            self.counters["fallbacks"] += len(pages)
+            log.error("node %s is gone owning %d pages (%s%s): they fall back to their last home "
+                      "copy (--on-loss last-copy); writes made since that copy are lost",
+                      node, len(pages), where, more)
+            return
+        for page in pages:
+            self.lost[page] = node
+        self.home.clear_pages(pages)
+        self.counters["pages_lost"] += len(pages)
+        log.error("node %s is gone owning %d pages (%s%s): they are LOST; every access to them "
+                  "fails until the program calls node.forget_lost(name)", node, len(pages), where,
+                  more)
+
+    def _runs_by_array(self, pages: list[int]) -> list[tuple[str, int, int]]:
+        """Sorted pages as (array, first, last) runs, counted within each array."""
+        runs: list[tuple[str, int, int]] = []
+        for page in sorted(pages):
+            name, index = self._locate(page)
+            if runs and runs[-1][0] == name and runs[-1][2] + 1 == index:
+                runs[-1] = (name, runs[-1][1], index)
+            else:
+                runs.append((name, index, index))
+        return runs
+
+    # --- lost pages --------------------------------------------------------------------------------
+    def lost_runs(self, first: int = 0, count: int | None = None) -> list[tuple[int, int, str]]:
+        """The lost pages in [first, first+count) as (first, count, dead node) runs."""
+        end = self.layout.num_pages if count is None else first + count
+        out: list[tuple[int, int, str]] = []
+        for page in sorted(q for q in self.lost if first <= q < end):
+            node = self.lost[page]
+            if out and out[-1][0] + out[-1][1] == page and out[-1][2] == node:
+                out[-1] = (out[-1][0], out[-1][1] + 1, node)
+            else:
+                out.append((page, 1, node))
+        return out
+
+    def forget_lost(self, first: int, count: int) -> list[tuple[int, int, str]]:
+        """The program gives up the lost pages in [first, first+count): they read as zeros from
+        now on. Returns the runs forgotten."""
+        runs = self.lost_runs(first, count)
+        for start, n, _ in runs:
+            for q in range(start, start + n):
+                del self.lost[q]
+            self.home.clear(start, n)
+        return runs
+
+    def _lost_answer(self, node: str, page: int, limit: int) -> Send:
+        dead = self.lost[page]
+        n = 1
+        while n < limit and self.lost.get(page + n) == dead:
+            n += 1
+        self.counters["lost_answers"] += 1
+        name, index = self._locate(page)
+        if self._tracing:
+            self._trace(page, "LOST", node, "lost", "lost", count=n)
+        return Send(node, Lost(page, n, dead, name, index))
+
+    # --- deadlines ---------------------------------------------------------------------------------
+    def silent_nodes(self, timeout_s: float) -> dict[str, Txn]:
+        """Nodes that left a transaction unanswered longer than ``timeout_s``, each with one
+        such transaction (for the log)."""
+        now = self._clock()
+        silent: dict[str, Txn] = {}
+        for txn in self._txns.values():
+            if now - txn.started_s > timeout_s:
+                for node in txn.waiting:
+                    silent.setdefault(node, txn)
+        return silent
 
     # --- transactions ------------------------------------------------------------------------------
     def _submit(self, request: Request) -> list[Send]:
@@ -203,7 +306,7 @@ class PageDirectory:
         limit = min(req.count, self.layout.num_pages - req.page)
         while n < limit:
             e = self._peek(req.page + n)
-            if e.busy is not None or e.queue or not fits(e):
+            if e.busy is not None or e.queue or not fits(e) or (req.page + n) in self.lost:
                 break
             n += 1
         return n
@@ -212,10 +315,13 @@ class PageDirectory:
         e = self.entry(req.page)
         node, owner = req.node, e.owner
         if req.kind is Kind.DISCARD:
+            self.lost.pop(req.page, None)  # discarded: zeros from now on, by the program's will
             holders = (e.copyset | ({owner} if owner else set())) - {node}
             if not holders:
                 return self._finish(Txn(0, req, 1, set()))
             return self._begin(req, 1, holders, Invalidate(0, req.page, 1))
+        if self.lost and req.page in self.lost:
+            return [self._lost_answer(node, req.page, req.count)]
         if owner == node:  # the requester owns it already: nothing moves
             return [Send(node, Grant(req.page, 1, True, Payload.NONE))]
         if owner is not None:
@@ -237,7 +343,7 @@ class PageDirectory:
 
     def _begin(self, req: Request, n: int, nodes: set[str], template: Message,
                source: str | None = None) -> list[Send]:
-        txn = Txn(self._next_txn, req, n, set(nodes), source)
+        txn = Txn(self._next_txn, req, n, set(nodes), source, started_s=self._clock())
         self._next_txn += 1
         self._txns[txn.id] = txn
         for q in range(req.page, req.page + n):
@@ -294,6 +400,16 @@ class PageDirectory:
             if self._tracing:
                 self._trace(first, "DISCARD", node, old, entries[0].describe())
             return []
+        if self.lost:  # the owner fetched from died meanwhile: its pages are lost
+            lost_at = next((i for i in range(n) if first + i in self.lost), None)
+            if lost_at == 0:
+                for q in range(first, first + n):
+                    if txn.source is not None and self._entries[q].owner == txn.source:
+                        self._entries[q].owner = None
+                return [] if node in self._dead else [self._lost_answer(node, first, n)]
+            if lost_at is not None:
+                n = lost_at  # grant the pages before the first lost one; the rest is refused
+                entries = entries[:n]
         write = req.kind is Kind.WRITE
         already_current = write and n == 1 and req.have_copy and node in entries[0].copyset
         for q, e in zip(range(first, first + n), entries):
@@ -302,6 +418,8 @@ class PageDirectory:
                 if not write and q in held:
                     e.copyset.add(txn.source)  # the old owner keeps a read copy
             if node in self._dead:
+                if write:  # the copies were invalidated for it all the same: none is left
+                    e.copyset.clear()
                 continue
             if write:
                 e.owner = node
@@ -316,13 +434,16 @@ class PageDirectory:
         self.counters["pages_granted"] += n
         if already_current:
             grant = Send(node, Grant(first, 1, True, Payload.NONE))
-        elif txn.fetched is not None and txn.fetched[0] == Payload.DATA and not txn.fetched[2]:
+        elif (txn.fetched is not None and txn.fetched[0] == Payload.DATA and not txn.fetched[2]
+              and n == txn.count):
             # the owner's buffer is the grant as it is: no copy
             grant = Send(node, Grant(first, n, write, Payload.DATA), txn.fetched[1])
         else:
             payload, data = self.home.get(first, n)
             grant = Send(node, Grant(first, n, write, payload), data)
-        if write:  # the node's copy is the only current one: the home copy is stale from here on
+        if write and self.on_loss is OnLoss.POISON:
+            # the node's copy is the only current one: the home copy is stale from here on
+            # (under LAST_COPY it is kept, as the copy to fall back to)
             self.home.clear(first, n)
         if self._tracing:
             self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)

@@ -1,12 +1,18 @@
-"""The directory's ZeroMQ loop: a ROUTER socket in front of the page-state machine and the
-allocation table. It only decodes, dispatches and sends; it never blocks on one node.
+"""The directory's ZeroMQ loop: a ROUTER socket in front of the page-state machine, the
+allocation table, the locks and barriers and the sessions. It only decodes, dispatches and sends;
+it never blocks on one node.
 
-Nodes send a heartbeat every ``HEARTBEAT_INTERVAL_S``; a node silent for ``NODE_TIMEOUT_S`` is
-declared dead, which releases every transaction waiting on it.
+Liveness (``dsm.liveness``): a node silent for ``NODE_TIMEOUT_S``, or one that leaves a transaction
+unanswered for ``TRANSACTION_TIMEOUT_S``, is declared dead, which releases every transaction
+waiting on it; its session ends and its later messages are fenced. Nothing is dropped silently:
+the ROUTER is ``ROUTER_MANDATORY``, so a message that cannot be delivered (the peer disconnected,
+or stopped reading until its queue filled) is an error, and a node that missed a message can no
+longer be coherent: it is declared dead too.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -17,10 +23,15 @@ import zmq
 
 from dsm import protocol as p
 from dsm.directory.allocations import AllocationError, Allocations
-from dsm.directory.pages import PageDirectory, Send
+from dsm.directory.pages import OnLoss, PageDirectory, Send
+from dsm.directory.sessions import Sessions, new_random_id
+from dsm.directory.stats import NodeReports, report as stats_report
 from dsm.directory.sync import Reply, SyncTable, node_of
 from dsm.errors import DsmError, ProtocolError
+from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
+from dsm.liveness import NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
+from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -28,34 +39,51 @@ log = logging.getLogger(__name__)
 #: as a plain int: pyzmq's flag enums are slow on a hot path
 _POLLIN = int(zmq.POLLIN)
 
-HEARTBEAT_INTERVAL_S = 0.5
-#: a node silent this long is declared dead
-NODE_TIMEOUT_S = 5.0
 POLL_INTERVAL_MS = 200
 #: how many queued messages are handled before timers are looked at again
 MAX_MESSAGES_PER_WAKEUP = 1000
+#: messages queued for one node before it counts as not reading them (declared dead): far more
+#: than the protocol keeps in flight to a live node
+SEND_QUEUE_LIMIT_MESSAGES = 100_000
+#: the send errors that mean a message did not reach its node: it disconnected (EHOSTUNREACH
+#: under ROUTER_MANDATORY) or its queue is full (EAGAIN)
+UNDELIVERABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
 
 
 class DirectoryService:
     def __init__(self, endpoint: str, layout: Layout, trace_path: str | None = None,
-                 node_timeout_s: float = NODE_TIMEOUT_S):
+                 node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON,
+                 keys: ServerKeys | None = None):
         self.layout = layout
-        self.tracer = Tracer(trace_path, "directory")
-        self.pages = PageDirectory(layout, self.tracer)
+        self.tracer = Tracer(trace_path, "directory", role="manager")
         self.allocations = Allocations(layout)
+        self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page)
         self.sync = SyncTable()
         self.node_timeout_s = node_timeout_s
-        self._last_seen: dict[str, float] = {}
+        self.sessions = Sessions(new_random_id())
+        #: each node's last counters, for ``dsm top``
+        self.node_reports = NodeReports()
+        #: nodes a message could not be delivered to, declared dead once the current one is done
+        self._undelivered: dict[str, str] = {}
         self._ctx = zmq.Context.instance()
         self.socket = self._ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        # a node that reconnects under the same name takes over its identity
+        # a node's DEALER that reconnects (same identity) takes its pipe over
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # an undeliverable message is an error, not a silent drop
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_QUEUE_LIMIT_MESSAGES)
+        # CURVE with ZAP (only the nodes whose keys are in the keys directory), or open with a
+        # warning; either way refused peers are logged, rate-limited (dsm/keys.py)
+        self.security = serve(self.socket, keys, f"the directory at {endpoint}")
         self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._running = True
+        #: messages and bytes by type, counted only for --metrics (dsm.metrics)
+        self.wire: Any = None
+        #: lines about malformed and refused messages, rate-limited (a flood must not fill the log)
+        self._complain = ThrottledLog(log, "malformed or refused messages")
         self._handlers: dict[type, Callable[[str, Any, Any], list[Send]]] = {
-            p.Hello: self._on_hello,
             p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
             p.Fetched: lambda n, m, d: self.pages.fetched(
                 n, m.txn, m.page, m.count, m.payload, d, m.not_held),
@@ -64,7 +92,8 @@ class DirectoryService:
             p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
-            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat())],  # the node knows we live
+            # the node knows we live, and learns our clock (dsm.clocksync)
+            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat(self.tracer.now_ns(), m.clock_ns))],
             p.Bye: self._on_bye,
             p.LockAcquire: self._on_lock_acquire,
             p.LockRelease: lambda n, m, d: self._replies(
@@ -76,14 +105,21 @@ class DirectoryService:
             p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *self.sync.status(m.name)))],
             p.Departed: lambda n, m, d: self._replies(
                 self.sync.depart(self._holder(n, m.prefix))),
+            p.LostQuery: lambda n, m, d: [Send(n, p.LostReport(
+                m.req, self._lost_ranges(self.pages.lost_runs())))],
+            p.ForgetLost: self._on_forget_lost,
+            p.NodeReport: lambda n, m, d: self.node_reports.add(n, m) or [],
         }
 
     def stop(self, *_: Any) -> None:
         self._running = False
 
     def serve_forever(self) -> None:
-        log.info("directory listening on %s (%d pages of %d bytes at %#x)", self.endpoint,
-                 self.layout.num_pages, self.layout.page_size, self.layout.base)
+        log.info("directory listening on %s (%d pages of %d bytes at %#x, epoch %x, lost "
+                 "pages: %s)", self.endpoint, self.layout.num_pages, self.layout.page_size,
+                 self.layout.base, self.sessions.epoch, self.pages.on_loss.value)
+        # the page-state machine warns about every unexpected answer: a peer can provoke those
+        throttle_module_logs("dsm.directory.pages", "unexpected page messages")
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
@@ -95,33 +131,100 @@ class DirectoryService:
                         if not self.socket.get(zmq.EVENTS) & _POLLIN:
                             break
                         self._handle(self.socket.recv_multipart(copy=False))
+                        self._declare_undelivered_dead()
                 self._expire_silent_nodes()
-                for send in self._replies(self.sync.expire(time.monotonic())):
-                    self._send(send)
+                self._send_all(self._replies(self.sync.expire(time.monotonic())))
+                self._complain.flush()
         finally:
             self.tracer.close()
             self.socket.close(0)
 
     def _handle(self, frames: list[Any]) -> None:
-        node = frames[0].bytes.decode(errors="surrogateescape")  # exact round trip for any identity
+        """Handle one message. Whatever a peer sends, the directory stays up: a malformed or
+        refused message gets an Error answer (the handlers validate before they change
+        anything), and any other failure is answered and logged too, rate-limited."""
+        identity = frames[0].bytes
+        msg: Any = None
         try:
-            msg, data = p.decode(frames[1:], self.layout.page_size)
-            self._last_seen[node] = time.monotonic()
-            out = self._handlers[type(msg)](node, msg, data)
+            msg, data = p.decode(frames[1:], self.layout.page_size, p.Direction.TO_DIRECTORY)
+            if self.tracer.enabled:
+                self._trace_received(identity, msg)
+            if self.wire is not None:
+                self.wire.count("received", msg, frames[1:])
+            if isinstance(msg, p.Hello):
+                self._send_all(self._on_hello(identity, msg))
+                return
+            if isinstance(msg, p.StatsQuery):  # read-only: any peer may ask (dsm top)
+                self._send_to(identity, stats_report(
+                    msg.req, self.node_reports, sorted(self.sessions.by_node), self.pages,
+                    self.allocations, self.layout.page_size))
+                return
+            node = self.sessions.node_of(identity)
+            if node is None:  # no session: never serve it as if it were a live node
+                if not isinstance(msg, p.Bye):
+                    self._send_to(identity, p.Fenced(self.sessions.epoch,
+                                                     self.sessions.why_fenced(identity)))
+                return
+            self.sessions.by_node[node].last_seen_s = time.monotonic()
+            handler = self._handlers.get(type(msg))
+            if handler is None:
+                raise ProtocolError(f"the directory does not handle {type(msg).__name__}")
+            self._send_all(handler(node, msg, data))
         except ProtocolError as exc:
-            log.warning("malformed message from %r: %s", node, exc)
-            self._send(Send(node, p.Error(0, f"malformed message: {exc}")))
-            return
+            if msg is None and self.tracer.enabled:
+                self._trace_received(identity, None)
+            self._complain(logging.WARNING, "malformed message from %r: %.500s", identity, exc)
+            self._answer_error(identity, msg, f"malformed message: {exc}")
         except DsmError as exc:
-            log.warning("bad request from %r: %s", node, exc)
-            self._send(Send(node, p.Error(getattr(msg, "req", 0), str(exc))))
-            return
-        for send in out:
-            self._send(send)
+            self._complain(logging.WARNING, "bad request from %r: %.500s", identity, exc)
+            self._answer_error(identity, msg, str(exc))
+        except Exception as exc:  # a bug some input reaches: answer it, do not die of it
+            self._complain(logging.ERROR, "failed to handle a %s from %r", type(msg).__name__,
+                           identity, exc_info=True)
+            self._answer_error(identity, msg, f"the directory failed to handle "
+                                              f"{type(msg).__name__}: {exc!r:.200}")
 
-    def _send(self, send: Send) -> None:
-        frames = [send.node.encode(errors="surrogateescape"), *p.encode(send.message, send.page)]
-        self.socket.send_multipart(frames, copy=False)
+    def _answer_error(self, identity: bytes, msg: Any, text: str) -> None:
+        self._send_to(identity, p.Error(getattr(msg, "req", 0), text))
+
+    def _send_all(self, sends: list[Send]) -> None:
+        for send in sends:
+            identity = self.sessions.identity_of(send.node)
+            if identity is None:  # its session ended meanwhile: nothing to tell it any more
+                log.debug("no session for %s: %s not sent", send.node, type(send.message).__name__)
+                continue
+            if not self._send_to(identity, send.message, send.page):
+                self._undelivered.setdefault(
+                    send.node, f"a {type(send.message).__name__} could not be delivered to it")
+
+    def _send_to(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
+        """Send without blocking; False if the message could not be delivered."""
+        t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(message, page)
+        try:
+            self.socket.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno not in UNDELIVERABLE:
+                raise
+            return False
+        if self.wire is not None:
+            self.wire.count("sent", message, frames)
+        if self.tracer.enabled:
+            link = identity.decode(errors="surrogateescape")
+            self.tracer.sent(self.tracer.who, link, _node_of_identity(link), message, t)
+        return True
+
+    def _trace_received(self, identity: bytes, msg: p.Message | None) -> None:
+        link = identity.decode(errors="surrogateescape")
+        self.tracer.received(link, self.tracer.who, _node_of_identity(link), msg)
+
+    def _declare_undelivered_dead(self) -> None:
+        """A node that missed a message cannot stay coherent: declare it dead (which may make
+        more messages undeliverable: repeat until none is left)."""
+        while self._undelivered:
+            node, why = self._undelivered.popitem()
+            if self.sessions.get(node) is not None:
+                self._declare_dead(node, why)
 
     def _poll_timeout_ms(self) -> int:
         """Wake for the next lock deadline, or at the latest after POLL_INTERVAL_MS."""
@@ -147,53 +250,143 @@ class DirectoryService:
         return self._replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
 
     def _node_gone(self, node: str) -> list[Send]:
+        self.node_reports.forget(node)
         return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
 
-    def _on_hello(self, node: str, msg: p.Hello, _: Any) -> list[Send]:
-        log.info("node %s joined (pid %d)", node, msg.pid)
-        self.pages.node_joined(node)
+    def _declare_dead(self, node: str, why: str) -> None:
+        log.error("node %s declared dead: %s", node, why)
+        session = self.sessions.end(node, f"node {node} was declared dead: {why}")
+        self._send_all(self._node_gone(node))
+        if session is not None:  # if it still listens, it learns why it is no longer served
+            self._send_to(session.identity, p.Fenced(self.sessions.epoch,
+                                                     self.sessions.why_fenced(session.identity)))
+
+    def _reachable(self, identity: bytes) -> bool:
+        """Whether a peer is still connected (ROUTER_MANDATORY refuses to route to a peer whose
+        connection closed: a killed process's kernel closes its sockets at once)."""
+        return self._send_to(identity, p.Heartbeat())
+
+    def _on_hello(self, identity: bytes, msg: p.Hello) -> list[Send]:
+        node = msg.node
         lay = self.layout
-        return [Send(node, p.Welcome(lay.base, lay.size, lay.page_size))]
+        welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
+                            self.tracer.now_ns())
+        old = self.sessions.get(node)
+        if old is not None and old.identity == identity:  # a repeated Hello: answer it again
+            return [Send(node, welcome)]
+        if self.sessions.is_fenced(identity):
+            self._send_to(identity, p.Fenced(self.sessions.epoch, self.sessions.why_fenced(identity)))
+            return []
+        if old is not None:
+            if self._reachable(old.identity):
+                reason = (f"node name {node!r} is in use by a live node (agent pid {old.pid}, "
+                          f"incarnation {old.incarnation:x}): give this node another name "
+                          "(--node / DSM_NODE)")
+                log.error("refused a second node named %r (agent pid %d): the first (pid %d) "
+                          "is alive", node, msg.pid, old.pid)
+                self._send_to(identity, p.Fenced(self.sessions.epoch, reason))
+                return []
+            # the old incarnation's connection is gone: it died, and this is its restart
+            self._declare_dead(node, f"it restarted (incarnation {old.incarnation:x} -> "
+                                     f"{msg.incarnation:x}) without leaving")
+        log.info("node %s joined (agent pid %d, incarnation %x)", node, msg.pid, msg.incarnation)
+        self.sessions.start(node, identity, msg.incarnation, msg.pid, time.monotonic())
+        self.pages.node_joined(node)
+        return [Send(node, welcome)]
 
     def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
         log.info("node %s left", node)
-        self._last_seen.pop(node, None)
+        out = self._node_gone(node)
+        session = self.sessions.end(node, f"node {node} left the cluster")
         # the acknowledgement comes after everything the node sent before: all it handed back
-        return self._node_gone(node) + [Send(node, p.Bye())]
+        self._send_to(session.identity, p.Bye())
+        return out
 
     def _on_discard(self, node: str, msg: p.Discard, _: Any) -> list[Send]:
+        for page in msg.pages:  # all of them first: a bad one must not leave half done
+            self.layout.check_page(page)
         out: list[Send] = []
         for page in msg.pages:
-            if not isinstance(page, int):
-                raise ProtocolError(f"Discard.pages must hold integers, got {type(page).__name__}")
             out += self.pages.discard(node, page)
         return out
+
+    def _lost_ranges(self, runs: list[tuple[int, int, str]]) -> list[list]:
+        """Lost page runs as [array, start byte, end byte, dead node], per array."""
+        size = self.layout.page_size
+        out: list[list] = []
+        for first, count, dead in runs:
+            page = first
+            while page < first + count:
+                alloc = self.allocations.at(page * size)
+                if alloc is None:  # pages outside every array: named by region offset
+                    out.append(["", page * size, (page + 1) * size, dead])
+                    page += 1
+                    continue
+                end_page = min(first + count, (alloc.offset + alloc.nbytes + size - 1) // size)
+                start = page * size - alloc.offset
+                out.append([alloc.name, start, min(end_page * size - alloc.offset, alloc.nbytes),
+                            dead])
+                page = end_page
+        return out
+
+    def _on_forget_lost(self, node: str, msg: p.ForgetLost, _: Any) -> list[Send]:
+        alloc = self.allocations.get(msg.name)
+        if alloc is None:
+            return [Send(node, p.Error(msg.req, f"forget_lost: there is no array named {msg.name!r}"))]
+        size = self.layout.page_size
+        runs = self.pages.forget_lost(alloc.offset // size, (alloc.nbytes + size - 1) // size)
+        if runs:
+            log.warning("node %s forgot the lost pages of array %r (%d pages): they read as "
+                        "zeros from now on", node, msg.name, sum(n for _, n, _ in runs))
+        return [Send(node, p.LostReport(msg.req, self._lost_ranges(runs)))]
 
     def _on_alloc(self, node: str, msg: p.Alloc, _: Any) -> list[Send]:
         try:
             a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
         except AllocationError as exc:
             return [Send(node, p.Error(msg.req, str(exc)))]
+        if self.tracer.enabled:  # names the pages for the views (dsm trace --html)
+            size = self.layout.page_size
+            self.tracer.array(a.name, a.offset // size, max(1, (a.nbytes + size - 1) // size))
         return [Send(node, p.Allocated(msg.req, a.offset, a.nbytes, a.meta))]
 
     def _expire_silent_nodes(self) -> None:
         now = time.monotonic()
-        for node, seen in list(self._last_seen.items()):
-            if now - seen > self.node_timeout_s:
-                log.error("node %s silent for %.1f s: declared dead", node, now - seen)
-                del self._last_seen[node]
-                for send in self._node_gone(node):
-                    self._send(send)
+        for session in self.sessions.silent(now, self.node_timeout_s):
+            self._declare_dead(session.node, f"silent for {now - session.last_seen_s:.1f} s")
+        for node, txn in self.pages.silent_nodes(TRANSACTION_TIMEOUT_S).items():
+            if self.sessions.get(node) is not None:
+                self._declare_dead(node, f"it left transaction {txn.id} (page {txn.request.page}) "
+                                         f"unanswered for over {TRANSACTION_TIMEOUT_S:.0f} s")
+        self._declare_undelivered_dead()
+
+
+def _node_of_identity(link: str) -> str:
+    """The node name in a ZeroMQ identity ``node#incarnation`` (``protocol.identity``)."""
+    node, sep, _ = link.rpartition("#")
+    return node if sep else link
 
 
 def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
-                  ready_fd: int | None = None) -> int:
-    service = DirectoryService(endpoint, layout, trace_path)
+                  ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON,
+                  keys: ServerKeys | None = None, metrics_port: int | None = None) -> int:
+    service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss, keys=keys)
+    if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
+        from dsm.metrics import DirectoryCollector, MessageCounts, serve
+
+        service.wire = MessageCounts()
+        port = serve(metrics_port, DirectoryCollector(
+            lambda: dict(service.pages.counters), lambda: len(service.sessions.by_node),
+            service.wire))
+        log.info("directory metrics on port %d", port)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
     print(f"directory listening on {service.endpoint}", flush=True)
     if ready_fd is not None:
         os.write(ready_fd, service.endpoint.encode() + b"\n")
         os.close(ready_fd)
-    service.serve_forever()
+    try:
+        service.serve_forever()
+    finally:
+        service.security.close()
     return 0

@@ -9,6 +9,10 @@ deadline: ``expire(now)`` answers TIMEOUT to those whose deadline passed.
 
 A barrier knows its members from their ``join``: when a member departs, the barrier breaks for
 everyone waiting and for every later ``wait``, instead of leaving them waiting forever.
+
+Nothing unused is kept: a lock nobody holds or waits for, and a barrier with no members left,
+are forgotten (a later use of the name starts afresh), so that a long-running directory does
+not grow with every name ever used.
 """
 
 from __future__ import annotations
@@ -98,7 +102,14 @@ class SyncTable:
                 f"release of lock {name!r} by {holder}, which does not hold it "
                 f"(held by {owner or 'nobody'})"
             )
-        return [Reply(node, req, SyncStatus.RELEASED)] + self._pass_on(lock, broken=False)
+        out = [Reply(node, req, SyncStatus.RELEASED)] + self._pass_on(lock, broken=False)
+        self._forget_if_unused(name)
+        return out
+
+    def _forget_if_unused(self, name: str) -> None:
+        lock = self.locks.get(name)
+        if lock is not None and lock.holder is None and not lock.queue:
+            del self.locks[name]
 
     def _pass_on(self, lock: LockState, broken: bool) -> list[Reply]:
         lock.holder = None
@@ -123,6 +134,8 @@ class SyncTable:
             for w in expired:
                 lock.queue.remove(w)
                 out.append(Reply(w.node, w.req, SyncStatus.TIMEOUT, f"lock {name!r}"))
+        for name in [n for n, lock in self.locks.items() if lock.holder is None and not lock.queue]:
+            del self.locks[name]
         return out
 
     def next_deadline(self) -> float | None:
@@ -176,4 +189,8 @@ class SyncTable:
             waiting = [w for w in barrier.arrived if not departed(w.holder, prefix)]
             barrier.arrived = []
             out += [Reply(w.node, w.req, SyncStatus.BROKEN, barrier.broken_by) for w in waiting]
+        for name in [n for n, lock in self.locks.items() if lock.holder is None and not lock.queue]:
+            del self.locks[name]
+        for name in [n for n, b in self.barriers.items() if not b.members]:
+            del self.barriers[name]
         return out

@@ -5,7 +5,8 @@ container markers, ``CapEff`` in ``/proc/self/status``, ``vm.unprivileged_userfa
 ``/dev/userfaultfd`` and calling ``userfaultfd(2)``, the UFFDIO_API handshake, asking for
 ``EVENT_FORK``, and registering a memfd ``MAP_SHARED`` region ``MISSING|WP`` (then resolving one
 page of it with ``UFFDIO_COPY`` and lifting its write protection, without ever touching the mapping,
-so no fault can block the doctor).
+so no fault can block the doctor); last, whether ``DSM_KEYS`` names keys that load (or the
+cluster runs open, which is reported, not failed).
 
 ``facts`` gathers what the host is, ``checks`` turns it into rows with fixes (``run_checks()``),
 ``report`` prints them (``render_text()`` / ``render_json()``, the verdict) and is the command. The

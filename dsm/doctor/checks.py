@@ -5,9 +5,21 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from dsm import libc
+from dsm.keys import (
+    DIRECTORY_KEY_NAME,
+    KEYS_ENV,
+    PUBLIC_SUFFIX,
+    SECRET_SUFFIX,
+    KeysError,
+    keys_dir_from,
+    load_client_keys,
+    load_server_keys,
+    node_secret_path,
+)
 from dsm.needs import REGION_REGISTER_MODE, REQUIRED_RANGE_IOCTLS, WORKLOAD_FEATURES
 from dsm.uffd import Feature, FeatureUnavailable, Ioctl, Uffd, UffdError
 from dsm.doctor.facts import (
@@ -22,6 +34,8 @@ from dsm.doctor.facts import (
     syscall_refusal,
 )
 
+#: the environment variable that names a node (``dsm agent --node``)
+NODE_ENV = "DSM_NODE"
 #: what a node's handshake asks for and how it registers (see dsm/needs.py)
 REQUIRED_FEATURES = WORKLOAD_FEATURES
 NODE_REGISTER_MODE = REGION_REGISTER_MODE
@@ -42,9 +56,10 @@ CHECK_API = "UFFDIO_API"
 CHECK_FEATURES = "required features"
 CHECK_FORK = "EVENT_FORK"
 CHECK_MEMFD = "memfd MISSING|WP"
+CHECK_KEYS = "cluster keys"
 CHECK_NAMES = (
     CHECK_KERNEL, CHECK_ENVIRONMENT, CHECK_CAP, CHECK_SYSCTL, CHECK_OPEN, CHECK_API,
-    CHECK_FEATURES, CHECK_FORK, CHECK_MEMFD,
+    CHECK_FEATURES, CHECK_FORK, CHECK_MEMFD, CHECK_KEYS,
 )
 
 
@@ -286,8 +301,54 @@ def _guarded(name: str, probe: Callable[[], CheckResult]) -> CheckResult:
         return CheckResult(name, False, f"probe crashed: {exc!r}", "report this as a dsm bug")
 
 
-def run_checks() -> list[CheckResult]:
-    """Probe this process and host; one CheckResult per row of CHECK_NAMES, in that order."""
+def check_keys(keys_dir: Path | None, node: str | None) -> CheckResult:
+    """Whether the cluster runs with CurveZMQ keys here, and if so whether they load: each role
+    whose secret file is present (the directory's, this node's) is loaded as that role would,
+    and no secret file may be readable by other users."""
+    if keys_dir is None:
+        return CheckResult(
+            CHECK_KEYS, True,
+            f"{KEYS_ENV} is not set: the cluster runs open (no authentication, no encryption: "
+            "any process that reaches the directory's port can read and write the shared "
+            f"memory); to close it, `dsm keygen DIR` and set {KEYS_ENV}=DIR on every service")
+    fix = (f"make the keys with `dsm keygen {keys_dir}` (or point {KEYS_ENV} at the directory "
+           "that holds them), readable by this user")
+    try:
+        roles = []
+        if (keys_dir / f"{DIRECTORY_KEY_NAME}{SECRET_SUFFIX}").exists():
+            server = load_server_keys(keys_dir)
+            roles.append(f"the directory's keypair (accepting {len(server.clients)} node keys)")
+        node_secret = node_secret_path(keys_dir, node)
+        if node_secret.exists():
+            client = load_client_keys(keys_dir, node)
+            roles.append(f"a node keypair ({client.own.path.name}, pinning "
+                         f"{DIRECTORY_KEY_NAME}{PUBLIC_SUFFIX})")
+        if not roles:
+            raise KeysError(f"{keys_dir} holds neither {DIRECTORY_KEY_NAME}{SECRET_SUFFIX} (for "
+                            f"the directory) nor {node_secret.name} (for a node)")
+        exposed = [f"{path.name} (mode {path.stat().st_mode & 0o777:04o})"
+                   for path in sorted(keys_dir.glob(f"*{SECRET_SUFFIX}"))
+                   if path.stat().st_mode & 0o077]
+        if exposed:
+            return CheckResult(CHECK_KEYS, False,
+                               f"{KEYS_ENV}={keys_dir}: secret keys readable by other users: "
+                               f"{', '.join(exposed)}",
+                               f"chmod 600 {keys_dir}/*{SECRET_SUFFIX}")
+    except KeysError as exc:
+        return CheckResult(CHECK_KEYS, False, f"{KEYS_ENV}={keys_dir}: {exc}", fix)
+    return CheckResult(CHECK_KEYS, True, f"{KEYS_ENV}={keys_dir}: CurveZMQ with "
+                                         f"{' and '.join(roles)}")
+
+
+def run_checks(keys_dir: Path | None | str = "env") -> list[CheckResult]:
+    """Probe this process and host; one CheckResult per row of CHECK_NAMES, in that order.
+    ``keys_dir``: the keys to check (default ``$DSM_KEYS``; None: none)."""
+    keys = keys_dir_from(None) if keys_dir == "env" else keys_dir_from(keys_dir)
+    node = os.environ.get(NODE_ENV)
+    return _host_checks() + [_guarded(CHECK_KEYS, lambda: check_keys(keys, node))]
+
+
+def _host_checks() -> list[CheckResult]:
     facts = gather_facts()
     results = [
         _guarded(CHECK_KERNEL, lambda: check_kernel(facts)),

@@ -9,6 +9,7 @@ import textwrap
 from dataclasses import asdict
 
 from dsm.doctor.checks import CheckResult, run_checks
+from dsm.keys import add_keys_argument
 
 def verdict(results: list[CheckResult]) -> str:
     """The one verdict line: ``verdict: OK ...`` or ``verdict: FAIL ...``."""
@@ -61,7 +62,7 @@ def render_json(results: list[CheckResult]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    results = run_checks()
+    results = run_checks(args.keys)
     print(render_json(results) if args.json else render_text(results), flush=True)
     return 0 if all(r.ok for r in results) else 1
 
@@ -73,10 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Probe this host: kernel, how a userfaultfd can be opened, the features and ioctls "
             "the kernel reports, EVENT_FORK (CAP_SYS_PTRACE), vm.unprivileged_userfaultfd, and "
-            "a memfd region registered MISSING|WP. Exit status 0 when a node can run here; "
+            "a memfd region registered MISSING|WP, and whether the cluster's CurveZMQ keys "
+            "(--keys / DSM_KEYS) load or the cluster runs open. Exit status 0 when a node can "
+            "run here; "
             "otherwise 1, with the fix for each failed check."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_keys_argument(parser, "check that they load (the directory's and this node's)")
     parser.set_defaults(func=main)
 

@@ -11,7 +11,13 @@ service_completed_successfully``), the replica count (``scale``, else ``deploy.r
 caller's environment: ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
 ``${VAR:?error}``, ``${VAR?error}``, and ``$$`` for a literal ``$``.
 
-Keys about the container itself (``build``, ``image``, ``cap_add``, ``devices``, ``init``,
+Bind-mount ``volumes`` (``SOURCE:TARGET[:ro]`` with a path as SOURCE, or the long syntax with
+``type: bind``) are read too: a namespace host shares this machine's file system, so the runner
+gives the command the SOURCE directory itself, by rewriting every environment value and argument
+that names TARGET (or a path under it) to the same path under SOURCE (relative SOURCEs are taken
+from the compose file's directory, as compose does). Named volumes are ignored.
+
+Other keys about the container itself (``build``, ``image``, ``cap_add``, ``devices``, ``init``,
 ``security_opt``, ``ports``, ...) are accepted and ignored: on a namespace host the command runs
 as the caller (root) on this machine's kernel.
 """
@@ -58,6 +64,24 @@ class Healthcheck:
 
 
 @dataclass(frozen=True)
+class Bind:
+    """A bind-mount volume: the host directory ``source`` seen at ``target`` in the service."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+
+    def host_path(self, value: str) -> str:
+        """``value`` with the target replaced by the source, if it names the target or a path
+        under it; else ``value`` unchanged."""
+        if value == self.target:
+            return str(self.source)
+        if value.startswith(self.target.rstrip("/") + "/"):
+            return str(self.source / value[len(self.target.rstrip("/")) + 1:])
+        return value
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     #: entrypoint + command, as the container would run it
@@ -69,6 +93,16 @@ class Service:
     healthcheck: Healthcheck | None = None
     stop_grace_s: float = DEFAULT_STOP_GRACE_S
     stop_signal: int = signal.SIGTERM
+    binds: tuple[Bind, ...] = ()
+
+    def host_path(self, value: str) -> str:
+        """``value`` as this machine sees it: a path in a bind volume's target becomes the
+        path in its source."""
+        for bind in self.binds:
+            changed = bind.host_path(value)
+            if changed != value:
+                return changed
+        return value
 
 
 @dataclass(frozen=True)
@@ -245,6 +279,38 @@ def _healthcheck(value: Any, where: str) -> Healthcheck | None:
     )
 
 
+def _binds(value: Any, where: str, base: Path) -> tuple[Bind, ...]:
+    """The bind mounts of a ``volumes`` list (named volumes and tmpfs are skipped)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            source, sep, rest = item.partition(":")
+            if not sep:
+                continue  # an anonymous volume
+            target, _, mode = rest.partition(":")
+            if not source.startswith(("/", ".", "~")):
+                continue  # a named volume
+            read_only = "ro" in mode.split(",")
+        elif isinstance(item, dict):
+            if item.get("type") != "bind":
+                continue
+            source, target = str(item.get("source", "")), str(item.get("target", ""))
+            read_only = bool(item.get("read_only", False))
+        else:
+            raise ConfigError(f"{where}[{i}] must be a string or a map, got {item!r}")
+        if not source or not target.startswith("/"):
+            raise ConfigError(f"{where}[{i}]: a bind volume needs a source and an absolute "
+                              f"target, got {item!r}")
+        path = Path(source).expanduser()
+        out.append(Bind(path if path.is_absolute() else (base / path).resolve(), target,
+                        read_only))
+    return tuple(out)
+
+
 def _signal(value: Any, where: str) -> int:
     if value is None:
         return signal.SIGTERM
@@ -300,6 +366,7 @@ def parse(raw: Any, env: Mapping[str, str], scale: Mapping[str, int] | None = No
             stop_grace_s=parse_duration(spec.get("stop_grace_period", DEFAULT_STOP_GRACE_S),
                                         f"{where}.stop_grace_period"),
             stop_signal=_signal(spec.get("stop_signal"), f"{where}.stop_signal"),
+            binds=_binds(spec.get("volumes"), f"{where}.volumes", path.resolve().parent),
         )
     for name, svc in services.items():
         for dep in svc.depends_on:

@@ -8,7 +8,8 @@ every replica exited 0). Replica K of service S runs in host ``S-K`` (its hostna
 name S resolves to each of S's replicas, as on a compose network.
 
 A replica runs ``ip netns exec NAMESPACE hostexec.py S-K ENTRYPOINT... COMMAND...`` in a session
-of its own, with this machine's environment (minus ``DSM_*``) plus the service's ``environment``.
+of its own, with this machine's environment (minus ``DSM_*``) plus the service's ``environment``
+(where a bind volume's target is named, its source: see ``compose.py``).
 ``python``/``python3`` as a command name means this interpreter, and this install's scripts
 directory comes first on ``PATH`` (so ``dsm`` and ``dsm-entrypoint`` are the installed ones): the
 image's ``pip install .`` is this machine's install. Standard output and error are merged, kept per
@@ -170,9 +171,9 @@ class Cluster:
         self.network.write_hosts()
         inst = Instance(svc, index, host)
         self.instances[name] = inst
-        env = {**self._base_env, **svc.environment, "HOSTNAME": name}
+        env = {**self._base_env, **self._host_paths(svc, svc.environment), "HOSTNAME": name}
         cmd = ["ip", "netns", "exec", host.namespace, sys.executable, "-I", HOSTEXEC, name,
-               *self._resolve(svc.argv)]
+               *self._resolve([svc.host_path(a) for a in svc.argv])]
         inst.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, cwd=self.project.path.parent, start_new_session=True,
@@ -190,6 +191,12 @@ class Cluster:
         inst.waiter.start()
         self._say(f"{name} started on {host.address} ({host.namespace}): {' '.join(svc.argv)}")
         return inst
+
+    @staticmethod
+    def _host_paths(svc: Service, environment: dict[str, str]) -> dict[str, str]:
+        """The service's environment with its bind volumes' targets named by their sources (a
+        namespace host has this machine's file system, not the container's mounts)."""
+        return {k: svc.host_path(v) for k, v in environment.items()}
 
     @staticmethod
     def _resolve(argv: list[str]) -> list[str]:
@@ -243,7 +250,8 @@ class Cluster:
         if hc is None:
             return inst.running
         cmd = ["ip", "netns", "exec", inst.host.namespace, *self._resolve(hc.test)]
-        env = {**self._base_env, **inst.service.environment, "HOSTNAME": inst.name}
+        env = {**self._base_env, **self._host_paths(inst.service, inst.service.environment),
+               "HOSTNAME": inst.name}
         try:
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, env=env, timeout=hc.timeout_s,

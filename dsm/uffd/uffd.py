@@ -74,9 +74,11 @@ class Uffd:
         user_mode_only: bool = False,
         how: str = "auto",
         api: bool = True,
+        required: Feature | None = None,
     ) -> "Uffd":
         """Open a uffd (``/dev/userfaultfd`` first, the syscall as fallback) and, unless
-        ``api=False``, do the UFFDIO_API handshake asking for ``features``."""
+        ``api=False``, do the UFFDIO_API handshake asking for ``features`` (all required, or
+        only ``required``: see ``api``)."""
         flags = (os.O_NONBLOCK if nonblocking else 0) | (os.O_CLOEXEC if cloexec else 0)
         flags |= abi.UFFD_USER_MODE_ONLY if user_mode_only else 0
         order = ["device", "syscall"] if how == "auto" else [how]
@@ -94,7 +96,7 @@ class Uffd:
             uffd = cls(fd, opened_by=name)
             if api:
                 try:
-                    uffd.api(features)
+                    uffd.api(features, required=required)
                 except BaseException:
                     uffd.close()
                     raise

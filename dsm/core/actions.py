@@ -1,0 +1,98 @@
+"""What the node core asks its loop to do, in order. The agent carries these out on the memfd,
+the uffds and the DEALER; the simulator on its model of the memory.
+
+Pages are page numbers of the region; ``proc`` is the loop's handle of a workload process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dsm.protocol import Message
+
+if TYPE_CHECKING:
+    from dsm.core.node import Waiter
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` to the directory. Its page frame is ``data`` as given, or, with
+    ``pages=(first, count)``, those pages read from the node's memory when the action runs."""
+
+    message: Message
+    data: Any = None
+    pages: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Install:
+    """Put ``count`` pages from ``first`` into the node's memory (``data``, or zeros when None),
+    writable or as a read copy (write-protected in every local process before it appears), then
+    wake ``wake`` (``installer``, if given, may be woken by the install itself)."""
+
+    first: int
+    count: int
+    data: Any
+    writable: bool
+    installer: "Waiter | None"
+    wake: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """Read copies became owned: lift their write protection in every local process (which
+    wakes the writers waiting on it)."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Protect:
+    """Write-protect ``count`` pages from ``first`` in every local process."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unprotect:
+    """Lift a stale write-protect marker at ``addr`` in ``proc`` (the page is owned)."""
+
+    proc: Any
+    addr: int
+
+
+@dataclass(frozen=True, slots=True)
+class Punch:
+    """Take ``count`` pages from ``first`` out of the node's memory (every local process)."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Let the thread(s) of ``proc`` faulting at ``addr`` retry."""
+
+    proc: Any
+    addr: int
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """The waiter's page is lost: its process must fail at the access (SIGBUS), never read."""
+
+    waiter: "Waiter"
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """The waiter cannot be served (``why``): kill its process loudly."""
+
+    waiter: "Waiter"
+    why: str
+
+
+Action = Send | Install | Upgrade | Protect | Unprotect | Punch | Wake | Poison | Kill

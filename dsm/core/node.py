@@ -1,0 +1,314 @@
+"""The node's coherence core: which pages this node holds, what it asked the directory for, who
+waits for what. No sockets and no kernel: every input (a fault, a directory message, a process
+gone, the clock) returns the actions that carry it out (``dsm/core/actions.py``), in order.
+
+The agent (``dsm/agent/service.py``) feeds it from its uffds and its DEALER and carries the
+actions out on the memfd and the sockets; the simulator (``dsm/sim/``) feeds it from a seeded
+scheduler and carries them out on a model of the memory.
+
+Local page states: absent (invalid), SHARED (a read copy: write-protected in every local
+process) and EXCLUSIVE (owned, writable). One request may cover a run of pages (read-ahead).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from dsm import protocol as p
+from dsm.agent.extents import Extents
+from dsm.agent.readahead import ReadAhead
+from dsm.agent.stats import NodeStats
+from dsm.core.actions import (
+    Action, Install, Kill, Poison, Protect, Punch, Send, Unprotect, Upgrade, Wake,
+)
+from dsm.core.states import PageState, runs
+from dsm.uffd.events import Access, FaultKind
+
+log = logging.getLogger(__name__)
+
+#: a tracer receives (page, event, node, old state, new state, **extra)
+Tracer = Callable[..., None]
+
+
+@dataclass
+class Waiter:
+    """A faulting thread, parked until its page is there."""
+
+    proc: Any  #: the process it belongs to (opaque to the core: a handle of the loop's)
+    addr: int  #: page-aligned address in ``proc``
+    page: int
+    write: bool
+    thread_id: int
+    t0: float
+
+
+@dataclass
+class Pending:
+    """One request to the directory, for ``count`` pages from ``first``."""
+
+    first: int
+    count: int
+    write: bool
+    sent_at: float
+    stream: Hashable | None  #: the read-ahead stream it belongs to
+    waiters: list[Waiter] = field(default_factory=list)
+
+
+class NodeCore:
+    def __init__(self, node: str, num_pages: int, page_size: int, readahead: ReadAhead,
+                 holds: Callable[[int], bool], tracer: Tracer | None = None,
+                 stats: NodeStats | None = None):
+        self.node = node
+        self.num_pages = num_pages
+        self.page_size = page_size
+        self.readahead = readahead
+        self.extents = Extents(page_size)
+        #: whether the node's memory holds ``page`` (a query of the loop's: a page punched
+        #: behind the core's back by MADV_REMOVE is not held)
+        self._holds = holds
+        self.stats = stats or NodeStats()
+        self._trace = tracer or (lambda *a, **k: None)
+        self.state: dict[int, PageState] = {}
+        self.pending: dict[int, Pending] = {}
+
+    # --- faults ------------------------------------------------------------------------------------
+    def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
+              now: float) -> list[Action]:
+        write = rw is Access.WRITE
+        self.stats.count(f"faults_{kind.value}_{rw.value}")
+        st = self.state.get(page)
+        if kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
+            self.stats.count("faults_local")
+            self.stats.record_fault_latency(0.0)
+            return [Unprotect(proc, addr)]  # a stale marker (left from a read copy)
+        out: list[Action] = []
+        if kind is FaultKind.MISSING and st is not None and page not in self.pending:
+            if self._holds(page):
+                if not write or st is PageState.EXCLUSIVE:
+                    self.stats.count("faults_local")
+                    return [Wake(proc, addr)]  # raised before the page arrived
+            else:  # the page vanished under us: MADV_REMOVE punched it
+                out += self.discard([page])
+                st = None
+        if kind is FaultKind.WRITE_PROTECTED and st is PageState.SHARED and not write:
+            return [Wake(proc, addr)]
+        waiter = Waiter(proc, addr, page, write, thread_id, now)
+        pend = self.pending.get(page)
+        if pend is not None:
+            # a request for this page is on its way: wait for it (a writer behind a read request
+            # refaults on the read copy and asks for the upgrade then)
+            pend.waiters.append(waiter)
+            return out
+        if st is PageState.SHARED:  # an upgrade: only this page
+            return out + self._request(page, 1, True, [waiter], None, now)
+        stream = (proc, write)
+        window = self.readahead.on_fault(stream, page)
+        out += self._request(page, window, write, [waiter], stream, now)
+        return out + self._request_ahead(stream, now)
+
+    def _request(self, page: int, window: int, write: bool, waiters: list[Waiter],
+                 stream: Hashable | None, now: float) -> list[Action]:
+        """Ask for ``page`` and up to ``window - 1`` following pages this node neither holds nor
+        awaits (not past the end of the array)."""
+        count = 1
+        end = self.extents.end_of(page) or self.num_pages
+        limit = min(window, p.MAX_BATCH_PAGES, end - page)
+        while count < limit and page + count not in self.state and page + count not in self.pending:
+            count += 1
+        pend = Pending(page, count, write, now, stream, waiters)
+        for q in range(page, page + count):
+            self.pending[q] = pend
+        have_copy = self.state.get(page) is PageState.SHARED
+        self.stats.count("requests")
+        self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
+                    "write" if write else "read", count=count)
+        return [Send(p.Acquire(page, count, write, have_copy))]
+
+    def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
+        """Keep a sequential stream's requests ahead of its faults."""
+        out: list[Action] = []
+        if stream is None:
+            return out
+        while (ahead := self.readahead.next_ahead(stream)) is not None:
+            page, window = ahead
+            end = self.extents.end_of(self.readahead.last_fault(stream)) or self.num_pages
+            if page >= end or page in self.state or page in self.pending:
+                return out
+            self.stats.count("readahead_requests")
+            out += self._request(page, window, stream[1], [], stream, now)
+        return out
+
+    def _take_pending(self, first: int) -> Pending | None:
+        """The request answered by a message for pages from ``first``, no longer pending."""
+        pend = self.pending.get(first)
+        if pend is None or pend.first != first:
+            return None
+        for q in range(pend.first, pend.first + pend.count):
+            if self.pending.get(q) is pend:
+                del self.pending[q]
+        return pend
+
+    def _refault(self, pend: Pending, answered: range, now: float) -> list[Action]:
+        """Ask again, page by page, for what the waiters of ``pend`` wait for outside
+        ``answered`` (read-ahead the directory did not add)."""
+        left: dict[int, list[Waiter]] = {}
+        for w in pend.waiters:
+            if w.page not in answered:
+                left.setdefault(w.page, []).append(w)
+        out: list[Action] = []
+        for page, waiters in left.items():
+            out += self._request(page, 1, pend.write and any(w.write for w in waiters), waiters,
+                                 None, now)
+        return out
+
+    # --- the directory's messages ------------------------------------------------------------------
+    def grant(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        first, count = msg.page, msg.count
+        pend = self._take_pending(first)
+        if pend is None:
+            log.warning("grant of pages %d+%d that were not asked for: installed anyway", first, count)
+            pend = Pending(first, count, msg.write, now, None)
+        granted = range(first, first + count)
+        old = self.state.get(first)
+        new = PageState.EXCLUSIVE if msg.write else PageState.SHARED
+        ready = [w for w in pend.waiters if w.page in granted]
+        out: list[Action] = []
+        if msg.payload == p.Payload.NONE:  # an upgrade, or a page the node owns already
+            self.stats.count("upgrades")
+            out.append(Upgrade(first, count))
+            new = PageState.EXCLUSIVE
+            out += [Wake(w.proc, w.addr) for w in ready]
+        else:
+            self.stats.count("pages_in", count)
+            installer = next((w for w in ready if w.page == first), None)
+            out.append(Install(first, count, data, msg.write, installer, tuple(ready)))
+        for q in granted:
+            self.state[q] = new
+        self._trace(first, "GRANT", self.node, _name(old), _name(new), count=count)
+        for w in ready:
+            self.stats.record_fault_latency(now - w.t0)
+        out += self._refault(pend, granted, now)
+        return out + self._request_ahead(pend.stream, now)
+
+    def lost(self, msg: p.Lost, now: float) -> list[Action]:
+        """The pages asked for are lost (their newest contents died with a node): every process
+        waiting on one of them is made to fail, after a log line that says what was lost."""
+        first, count = msg.page, msg.count
+        pend = self._take_pending(first)
+        if pend is None:
+            log.warning("lost answer for pages %d+%d that were not asked for: ignored", first, count)
+            return []
+        lost = range(first, first + count)
+        victims = [w for w in pend.waiters if w.page in lost]
+        self.stats.count("lost_faults", len(victims))
+        self._trace(first, "LOST", self.node, "invalid", "lost", count=count)
+        array = repr(msg.array) if msg.array else "(outside every array)"
+        log.error(
+            "pages %d-%d of array %s are LOST: their newest contents died with node %s; "
+            "%d process(es) touching them get SIGBUS (node.lost() lists the lost ranges, "
+            "node.forget_lost(name) zero-fills them)", msg.array_page, msg.array_page + count - 1,
+            array, msg.dead_node, len({id(w.proc) for w in victims}))
+        return [Poison(w) for w in victims] + self._refault(pend, lost, now)
+
+    def fetch(self, msg: p.Fetch) -> list[Action]:
+        """The directory wants owned pages: local writers are stopped first, so that what is
+        sent is what stays; then the pages become read copies (``keep_copy``) or leave."""
+        first, count = msg.page, msg.count
+        pages = range(first, first + count)
+        held = [q for q in pages if self.state.get(q) is PageState.EXCLUSIVE]
+        if not held:  # every page was given back (a Writeback crossed this Fetch): say so
+            return [Send(p.Fetched(msg.txn, first, count, p.Payload.NONE, []))]
+        not_held = [q for q in pages if self.state.get(q) is not PageState.EXCLUSIVE]
+        out: list[Action] = [Protect(first, count),
+                             Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held),
+                                  pages=(first, count))]
+        if msg.keep_copy:
+            for q in held:
+                self.state[q] = PageState.SHARED
+        else:
+            for q in held:
+                del self.state[q]
+            out.append(Punch(first, count))
+        self.stats.count("pages_out", len(held))
+        self.stats.count("downgrades" if msg.keep_copy else "invalidations", len(held))
+        self._trace(first, "FETCH", self.node, "exclusive", _name(self.state.get(first)),
+                    count=count)
+        return out
+
+    def invalidate(self, msg: p.Invalidate) -> list[Action]:
+        """Drop the run (read copies, or owned pages being discarded)."""
+        first, count = msg.page, msg.count
+        dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
+        out: list[Action] = [Punch(first, count)] if dropped else []
+        self.stats.count("invalidations", len(dropped))
+        self._trace(first, "INVALIDATE", self.node, "held" if dropped else "invalid", "invalid",
+                    count=count)
+        return out + [Send(p.Invalidated(msg.txn, first, count))]
+
+    def allocated(self, offset: int, nbytes: int) -> None:
+        self.extents.add(offset, nbytes)
+
+    # --- giving pages up ---------------------------------------------------------------------------
+    def discard(self, pages: list[int]) -> list[Action]:
+        """Pages the workload removed (MADV_REMOVE): zeros everywhere."""
+        for pg in pages:
+            old = self.state.pop(pg, None)
+            self._trace(pg, "DISCARD", self.node, _name(old), "invalid")
+        self.stats.count("discards", len(pages))
+        return [Send(p.Discard(sorted(pages)))]
+
+    def give_back(self, pages: list[int]) -> list[Action]:
+        """Hand pages back (not those a request is out for): owned ones with their contents,
+        write-protected first so that no write lands between the read and the punch; read
+        copies as a drop. One message per run."""
+        by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
+        for page in pages:
+            st = self.state.get(page)
+            if st is not None and page not in self.pending:
+                by_state[st].append(page)
+        out: list[Action] = []
+        for st, group in by_state.items():
+            for first, count in runs(group, p.MAX_BATCH_PAGES):
+                if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
+                    out += [Protect(first, count),
+                            Send(p.Writeback(first, count, p.Payload.DATA), pages=(first, count))]
+                    self.stats.count("writebacks", count)
+                else:
+                    out.append(Send(p.Drop(first, count)))
+                out.append(Punch(first, count))
+                for q in range(first, first + count):
+                    del self.state[q]
+                self._trace(first, "GIVEBACK", self.node, "held", "invalid", count=count)
+        return out
+
+    def read_copies(self) -> list[int]:
+        return [pg for pg, st in self.state.items() if st is PageState.SHARED]
+
+    # --- processes and time ------------------------------------------------------------------------
+    def process_gone(self, proc: Any) -> None:
+        """Forget what ``proc`` waited for and its read-ahead streams."""
+        for pend in self.pending.values():
+            pend.waiters = [w for w in pend.waiters if w.proc is not proc]
+        self.readahead.forget((proc, False), (proc, True))
+
+    def overdue(self, now: float, timeout_s: float) -> list[Action]:
+        """Requests unanswered for ``timeout_s``: their waiters are killed, loudly."""
+        overdue = {id(pend): pend for pend in self.pending.values()
+                   if now - pend.sent_at >= timeout_s}
+        out: list[Action] = []
+        for pend in overdue.values():
+            self._take_pending(pend.first)
+            out += [Kill(w, f"the request for page {w.page} was not answered within "
+                            f"{timeout_s:.0f} s") for w in pend.waiters]
+        return out
+
+    def cut_off(self) -> None:
+        """The directory has given this node up: nothing here is current any more."""
+        self.pending.clear()
+        self.state.clear()
+
+
+def _name(state: PageState | None) -> str:
+    return state.value if state is not None else "invalid"

@@ -1,0 +1,75 @@
+"""What the directory tells ``dsm top``: each node's last report and a map of every array's
+pages (who owns them, who holds copies), as a ``StatsReport``. Read-only: nothing here changes a
+page's state."""
+
+from __future__ import annotations
+
+import time
+
+from dsm import protocol as p
+from dsm.agent.stats import LATENCY_BUCKETS_US
+from dsm.directory.allocations import Allocations
+from dsm.directory.pages import PageDirectory
+
+#: an array's map is cut into at most this many runs (a huge array with scattered states)
+MAX_RUNS_PER_ARRAY = 4096
+
+
+class NodeReports:
+    """The last report of each node, with when it came."""
+
+    def __init__(self) -> None:
+        self._reports: dict[str, tuple[float, p.NodeReport]] = {}
+
+    def add(self, node: str, report: p.NodeReport) -> None:
+        self._reports[node] = (time.monotonic(), report)
+
+    def forget(self, node: str) -> None:
+        self._reports.pop(node, None)
+
+    def snapshot(self, live: list[str]) -> dict:
+        now = time.monotonic()
+        out = {}
+        for node in live:
+            got = self._reports.get(node)
+            if got is None:
+                out[node] = {"counters": {}, "latency_counts": [], "processes": 0, "age_s": -1.0}
+                continue
+            at, r = got
+            out[node] = {"counters": r.counters, "latency_counts": r.latency_counts,
+                         "processes": r.processes, "age_s": round(now - at, 3)}
+        return out
+
+
+def page_runs(pages: PageDirectory, first: int, count: int) -> list[list]:
+    """The states of ``count`` pages from ``first`` as runs ``[pages, kind, holders]``."""
+    runs: list[list] = []
+    for page in range(first, first + count):
+        if page in pages.lost:
+            state = ("lost", [])
+        else:
+            e = pages.peek(page)
+            if e.owner is not None:
+                state = ("owned", [e.owner])
+            elif e.copyset:
+                state = ("shared", sorted(e.copyset))
+            else:
+                state = ("home", [])
+        if runs and runs[-1][1] == state[0] and runs[-1][2] == state[1]:
+            runs[-1][0] += 1
+        elif len(runs) >= MAX_RUNS_PER_ARRAY:
+            runs[-1][0] += 1  # the rest is drawn as the last run: a map, not an audit
+        else:
+            runs.append([1, state[0], state[1]])
+    return runs
+
+
+def report(req: int, reports: NodeReports, live: list[str], pages: PageDirectory,
+           allocations: Allocations, page_size: int) -> p.StatsReport:
+    arrays = []
+    for alloc in allocations.all():
+        first = alloc.offset // page_size
+        count = max(1, (alloc.nbytes + page_size - 1) // page_size)
+        arrays.append([alloc.name, first, count, page_runs(pages, first, count)])
+    return p.StatsReport(req, reports.snapshot(live), list(LATENCY_BUCKETS_US), arrays,
+                         dict(pages.counters))

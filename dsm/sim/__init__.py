@@ -1,0 +1,1 @@
+"""The deterministic simulator over the node cores and the page directory (``world``)."""

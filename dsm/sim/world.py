@@ -1,0 +1,365 @@
+"""A deterministic simulation of a cluster: the real node cores (``dsm.core.node``) and the real
+page directory (``dsm.directory.pages``) in one process, with a seeded scheduler in place of the
+network, the kernel and time.
+
+The scheduler delivers messages in any order ZeroMQ allows — first in, first out per pair of
+sockets, nothing more — interleaved with the workload threads' reads and writes, node deaths
+(a killed node's unsent messages are lost, a prefix of them may still arrive) and the
+directory's noticing them. After every step it checks the invariants:
+
+- one writer or many readers: a page is EXCLUSIVE on at most one live node, and then held by
+  no other;
+- every copy a live node holds is current: its bytes are the last value written;
+- every read returns the last completed write (memory steps are atomic here, so this is
+  sequential consistency itself), or fails loudly (a lost page), never an older value or zeros;
+- nothing hangs: once no message is in flight, every live thread has finished.
+
+A failure raises ``SimulationFailure`` with the seed and the schedule's last steps; the same
+seed replays it exactly (``python -m dsm.sim --seed N``).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from dsm import protocol as p
+from dsm.agent.readahead import ReadAhead
+from dsm.core import actions as a
+from dsm.core.node import NodeCore
+from dsm.core.states import PageState
+from dsm.directory.pages import OnLoss, PageDirectory
+from dsm.layout import PAGE_SIZE, Layout
+from dsm.uffd.events import Access, FaultKind
+
+#: bytes of one location (an int64), and locations per page (the first words of each page)
+SLOT_BYTES = 8
+SLOTS_PER_PAGE = 2
+#: the model's pages are the host's (the layout insists on it)
+PAGE_BYTES = PAGE_SIZE
+#: the largest read-ahead window of the model's nodes (small: the pages are few)
+READAHEAD_PAGES = 4
+#: the directory's name on the model's network
+DIRECTORY = "directory"
+#: how many steps of the schedule a failure report shows
+REPORT_STEPS = 60
+#: a run that takes more steps than this per operation is taken to be livelocked
+MAX_STEPS_PER_OP = 200
+
+_SLOT = struct.Struct("<q")
+
+
+class SimulationFailure(AssertionError):
+    pass
+
+
+@dataclass(eq=False)
+class Thread:
+    node: "SimNode"
+    tid: int
+    ops: list[tuple[str, int, int]]  #: (r|w, location, value to write)
+    next_op: int = 0
+    blocked_on: int | None = None  #: the page it faulted on
+
+    @property
+    def done(self) -> bool:
+        return self.next_op >= len(self.ops)
+
+
+@dataclass(eq=False)
+class SimNode:
+    """A node: its core, its memory (page -> bytes; absent is a hole), the pages write-protected
+    in its one workload process, its threads."""
+
+    name: str
+    core: NodeCore
+    memory: dict[int, bytearray] = field(default_factory=dict)
+    wp: set[int] = field(default_factory=set)
+    poisoned: set[int] = field(default_factory=set)
+    threads: list[Thread] = field(default_factory=list)
+    alive: bool = True
+
+
+class World:
+    def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
+                 ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
+        self.num_pages = pages
+        self.clock = 0.0
+        self.directory = PageDirectory(self.layout, on_loss=on_loss, clock=lambda: self.clock)
+        self.channels: dict[tuple[str, str], deque] = {}
+        self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
+        self.lost_locations: set[int] = set()
+        self.schedule: list[str] = []
+        self.deaths_left = deaths
+        self.unnoticed_dead: list[str] = []
+        self.nodes: dict[str, SimNode] = {}
+        self._touched: set[int] | None = None
+        for i in range(nodes):
+            name = f"n{i}"
+            node = SimNode(name, None)  # type: ignore[arg-type]
+            node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
+                                 holds=lambda pg, node=node: pg in node.memory)
+            for t in range(threads_per_node):
+                ops = []
+                for k in range(ops_per_thread):
+                    loc = self.rng.randrange(pages * SLOTS_PER_PAGE)
+                    value = (i + 1) * 1_000_000 + t * 10_000 + k + 1  # unique per write
+                    ops.append((self.rng.choice("rw"), loc, value))
+                node.threads.append(Thread(node, t + 1, ops))
+            self.nodes[name] = node
+        self.ops_total = nodes * threads_per_node * ops_per_thread
+
+    # --- the network -------------------------------------------------------------------------------
+    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
+        self.channels.setdefault((src, dst), deque()).append((msg, data))
+
+    def _deliver(self, pair: tuple[str, str]) -> None:
+        src, dst = pair
+        msg, data = self.channels[pair].popleft()
+        self._touch(msg)
+        self._step(f"deliver {type(msg).__name__} {src}->{dst}: {msg}")
+        if dst == DIRECTORY:
+            self._to_directory(src, msg, data)
+        elif self.nodes[dst].alive:
+            self._to_node(self.nodes[dst], msg, data)
+        else:
+            self._mark_lost_with(msg)
+
+    def _to_directory(self, node: str, msg: p.Message, data: bytes | None) -> None:
+        d = self.directory
+        if isinstance(msg, p.Acquire):
+            out = d.acquire(node, msg.page, msg.count, msg.write, msg.have_copy)
+        elif isinstance(msg, p.Fetched):
+            out = d.fetched(node, msg.txn, msg.page, msg.count, msg.payload, data, msg.not_held)
+        elif isinstance(msg, p.Invalidated):
+            out = d.invalidated(node, msg.txn, msg.page, msg.count)
+        elif isinstance(msg, p.Writeback):
+            out = d.writeback(node, msg.page, msg.count, msg.payload, data)
+        elif isinstance(msg, p.Drop):
+            out = d.drop(node, msg.page, msg.count)
+        else:
+            raise SimulationFailure(f"the model sends no {type(msg).__name__}")
+        for send in out:
+            self._send(DIRECTORY, send.node, send.message,
+                       bytes(send.page) if send.page is not None else None)
+
+    def _to_node(self, node: SimNode, msg: p.Message, data: bytes | None) -> None:
+        core = node.core
+        if isinstance(msg, p.Grant):
+            acts = core.grant(msg, data, self.clock)
+        elif isinstance(msg, p.Lost):
+            acts = core.lost(msg, self.clock)
+        elif isinstance(msg, p.Fetch):
+            acts = core.fetch(msg)
+        elif isinstance(msg, p.Invalidate):
+            acts = core.invalidate(msg)
+        else:
+            raise SimulationFailure(f"the model's nodes get no {type(msg).__name__}")
+        self._carry_out(node, acts)
+
+    # --- the kernel and the memory, as the agent would carry the actions out ------------------------
+    def _carry_out(self, node: SimNode, acts: list) -> None:
+        for act in acts:
+            if isinstance(act, a.Send):
+                data = act.data
+                if act.pages is not None:
+                    first, count = act.pages
+                    data = b"".join(bytes(node.memory.get(q, bytes(PAGE_BYTES)))
+                                    for q in range(first, first + count))
+                self._send(node.name, DIRECTORY, act.message,
+                           bytes(data) if data is not None else None)
+            elif isinstance(act, a.Install):
+                for i in range(act.count):
+                    q = act.first + i
+                    chunk = (act.data[i * PAGE_BYTES:(i + 1) * PAGE_BYTES] if act.data is not None
+                             else bytes(PAGE_BYTES))
+                    node.memory[q] = bytearray(chunk)
+                    if not act.writable:
+                        node.wp.add(q)
+                    elif act.installer is not None:  # UFFDIO_COPY writable: no marker left
+                        node.wp.discard(q)
+                self._wake(node, [w.thread_id for w in act.wake])
+            elif isinstance(act, a.Upgrade):
+                pages = set(range(act.first, act.first + act.count))
+                node.wp -= pages
+                self._wake(node, [t.tid for t in node.threads if t.blocked_on in pages])
+            elif isinstance(act, a.Protect):
+                node.wp.update(range(act.first, act.first + act.count))
+            elif isinstance(act, a.Unprotect):
+                node.wp.discard(act.addr)
+                self._wake(node, [t.tid for t in node.threads if t.blocked_on == act.addr])
+            elif isinstance(act, a.Punch):
+                for q in range(act.first, act.first + act.count):
+                    node.memory.pop(q, None)  # write-protect markers stay (shmem keeps them)
+            elif isinstance(act, a.Wake):
+                self._wake(node, [t.tid for t in node.threads if t.blocked_on == act.addr])
+            elif isinstance(act, a.Poison):
+                node.poisoned.add(act.waiter.page)
+                self._wake(node, [act.waiter.thread_id])
+            elif isinstance(act, a.Kill):
+                raise SimulationFailure(f"{node.name} killed a waiter: {act.why}")
+
+    def _wake(self, node: SimNode, tids: list[int]) -> None:
+        for t in node.threads:
+            if t.tid in tids:
+                t.blocked_on = None
+
+    # --- the workload --------------------------------------------------------------------------------
+    def _run_op(self, t: Thread) -> None:
+        node = t.node
+        kind, loc, value = t.ops[t.next_op]
+        page, slot = divmod(loc, SLOTS_PER_PAGE)
+        self._touched.add(page)
+        self._step(f"{node.name}/t{t.tid} {kind} loc {loc} (page {page})"
+                   + (f" := {value}" if kind == "w" else ""))
+        if page in node.poisoned:  # SIGBUS: the access fails, loudly
+            if loc not in self.lost_locations:
+                raise SimulationFailure(f"{node.name}: page {page} poisoned but location {loc} "
+                                        "was not lost")
+            t.next_op += 1
+            return
+        rw = Access.WRITE if kind == "w" else Access.READ
+        if page not in node.memory:
+            fault = FaultKind.MISSING
+        elif kind == "w" and page in node.wp:
+            fault = FaultKind.WRITE_PROTECTED
+        else:
+            mem = node.memory[page]
+            if kind == "w":
+                _SLOT.pack_into(mem, slot * SLOT_BYTES, value)
+                self.truth[loc] = value
+                self.lost_locations.discard(loc)
+            else:
+                got = _SLOT.unpack_from(mem, slot * SLOT_BYTES)[0]
+                if got != self.truth[loc]:
+                    raise SimulationFailure(f"{node.name}/t{t.tid} read {got} at location {loc}; "
+                                            f"the last write was {self.truth[loc]}")
+            t.next_op += 1
+            return
+        t.blocked_on = page
+        acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock)
+        self._carry_out(node, acts)
+
+    # --- failures ------------------------------------------------------------------------------------
+    def _kill(self, node: SimNode) -> None:
+        """SIGKILL: the node's unsent messages are lost, but a prefix may be on the wire."""
+        self._step(f"kill {node.name}")
+        self._touched = None
+        node.alive = False
+        out = self.channels.get((node.name, DIRECTORY))
+        if out:
+            keep = self.rng.randrange(len(out) + 1)
+            while len(out) > keep:
+                self._mark_lost_with(out.pop()[0])
+        for msg, _ in self.channels.pop((DIRECTORY, node.name), ()):
+            self._mark_lost_with(msg)
+        for page, st in node.core.state.items():
+            if st is PageState.EXCLUSIVE:  # its writes may be lost with it: reads must say so
+                self.lost_locations.update(range(page * SLOTS_PER_PAGE,
+                                                 (page + 1) * SLOTS_PER_PAGE))
+        self.unnoticed_dead.append(node.name)
+
+    def _mark_lost_with(self, msg: p.Message) -> None:
+        """A message from or to a dead node that will never arrive: the pages it carried may be
+        lost, and so may those it granted for writing (the directory cannot tell whether the
+        dead node wrote them)."""
+        if (isinstance(msg, (p.Fetched, p.Writeback)) and msg.payload == p.Payload.DATA
+                or isinstance(msg, p.Grant) and msg.write):
+            self.lost_locations.update(range(msg.page * SLOTS_PER_PAGE,
+                                             (msg.page + msg.count) * SLOTS_PER_PAGE))
+
+    def _notice_death(self, name: str) -> None:
+        self._step(f"directory notices {name} is dead")
+        self._touched = None
+        self.unnoticed_dead.remove(name)
+        for pair in ((name, DIRECTORY), (DIRECTORY, name)):  # later messages are fenced
+            for msg, _ in self.channels.pop(pair, ()):
+                self._mark_lost_with(msg)
+        for send in self.directory.node_lost(name):
+            self._send(DIRECTORY, send.node, send.message,
+                       bytes(send.page) if send.page is not None else None)
+
+    # --- the scheduler -------------------------------------------------------------------------------
+    def _step(self, what: str) -> None:
+        self.schedule.append(what)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except SimulationFailure as exc:
+            tail = "\n  ".join(self.schedule[-REPORT_STEPS:])
+            raise SimulationFailure(f"seed {self.seed}: {exc}\nlast {REPORT_STEPS} steps of "
+                                    f"{len(self.schedule)}:\n  {tail}") from None
+
+    def _run(self) -> None:
+        limit = MAX_STEPS_PER_OP * max(1, self.ops_total)
+        for _ in range(limit):
+            self.clock += 0.001
+            choices: list = [pair for pair, q in self.channels.items() if q]
+            choices += [t for n in self.nodes.values() if n.alive for t in n.threads
+                        if not t.done and t.blocked_on is None]
+            if self.unnoticed_dead:
+                choices.append("notice")
+            if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
+                choices.append("kill")
+            if not choices:
+                self._check_finished()
+                return
+            pick = self.rng.choice(choices)
+            self._touched: set[int] | None = set()  # the pages this step may change
+            if pick == "kill":
+                if self.rng.random() < 0.05:  # rare, so that most of a run has all its nodes
+                    self.deaths_left -= 1
+                    self._kill(self.rng.choice([n for n in self.nodes.values() if n.alive]))
+            elif pick == "notice":
+                if self.rng.random() < 0.2:
+                    self._notice_death(self.rng.choice(self.unnoticed_dead))
+            elif isinstance(pick, Thread):
+                self._run_op(pick)
+            else:
+                self._deliver(pick)
+            self._check_invariants()
+        raise SimulationFailure(f"no quiescence after {limit} steps (a livelock?)")
+
+    def _touch(self, msg: p.Message) -> None:
+        if self._touched is not None:
+            first = getattr(msg, "page", None)
+            if first is None:
+                self._touched = None  # all of them
+            else:
+                self._touched.update(range(first, first + getattr(msg, "count", 1)))
+
+    def _check_invariants(self) -> None:
+        """The invariants, on the pages the step may have changed (every page after a death)."""
+        live = [n for n in self.nodes.values() if n.alive]
+        pages = range(self.num_pages) if self._touched is None else self._touched
+        for page in pages:
+            states = [(n.name, n.core.state.get(page)) for n in live]
+            owners = [name for name, st in states if st is PageState.EXCLUSIVE]
+            holders = [name for name, st in states if st is not None]
+            if owners and len(holders) > 1:
+                raise SimulationFailure(f"page {page}: owned by {owners} while held by {holders}")
+            for n in live:
+                if n.core.state.get(page) is None or page not in n.memory:
+                    continue
+                for slot in range(SLOTS_PER_PAGE):
+                    loc = page * SLOTS_PER_PAGE + slot
+                    got = _SLOT.unpack_from(n.memory[page], slot * SLOT_BYTES)[0]
+                    if got != self.truth[loc] and loc not in self.lost_locations:
+                        raise SimulationFailure(f"{n.name} holds page {page} with {got} at "
+                                                f"location {loc}; the last write was "
+                                                f"{self.truth[loc]}")
+
+    def _check_finished(self) -> None:
+        for n in self.nodes.values():
+            if not n.alive:
+                continue
+            for t in n.threads:
+                if not t.done:
+                    raise SimulationFailure(f"{n.name}/t{t.tid} hangs on page {t.blocked_on} "
+                                            "with no message in flight")

@@ -1,0 +1,99 @@
+"""What ``dsm top`` draws from two successive StatsReports: a table of the nodes (faults per
+second by kind, pages in and out, invalidations, median and p99 fault latency) and, per array, a
+map of its pages coloured by owner or state. Pure: reports in, a rich renderable out."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+#: (column, counters summed) of the fault-rate columns
+FAULT_KINDS = [
+    ("rd miss/s", ("faults_missing_read",)),
+    ("wr miss/s", ("faults_missing_write",)),
+    ("wp wr/s", ("faults_wp_write",)),
+    ("local/s", ("faults_local",)),
+]
+NODE_STYLES = ["blue", "red", "green", "magenta", "yellow", "cyan", "bright_blue", "bright_red"]
+#: an array's map is at most this many lines of cells
+MAP_LINES = 4
+CELL = "█"
+
+
+def percentile_us(counts: list[int], bounds: list[int], q: float) -> str:
+    """The ``q`` quantile's bucket bound, as text (``≤256 µs``); "-" without samples."""
+    total = sum(counts)
+    if not total:
+        return "-"
+    seen = 0
+    for i, n in enumerate(counts):
+        seen += n
+        if seen >= q * total:
+            return f"≤{bounds[i]}" if i < len(bounds) else f">{bounds[-1]}"
+    return "-"
+
+
+def node_table(now: dict, before: dict | None, elapsed_s: float) -> Table:
+    table = Table(title="nodes", title_justify="left", expand=False, box=None, pad_edge=False)
+    for name in ["node", "faults", *(c for c, _ in FAULT_KINDS), "pages in", "pages out",
+                 "invalidations", "median µs", "p99 µs", "procs"]:
+        table.add_column(name, justify="left" if name == "node" else "right")
+    bounds = now["latency_buckets_us"]
+    for k, (node, info) in enumerate(sorted(now["nodes"].items())):
+        c = info["counters"]
+        old = (before or {}).get("nodes", {}).get(node, {}).get("counters", {})
+        rates = []
+        for _, keys in FAULT_KINDS:
+            delta = sum(c.get(key, 0) - old.get(key, 0) for key in keys)
+            rates.append(f"{delta / elapsed_s:.0f}" if before and elapsed_s > 0 else "-")
+        faults = sum(v for key, v in c.items() if key.startswith("faults_") and key != "faults_local")
+        lat = info["latency_counts"]
+        table.add_row(Text(node, style=NODE_STYLES[k % len(NODE_STYLES)]), str(faults), *rates,
+                      str(c.get("pages_in", 0)), str(c.get("pages_out", 0)),
+                      str(c.get("invalidations", 0)), percentile_us(lat, bounds, 0.5),
+                      percentile_us(lat, bounds, 0.99), str(info["processes"]))
+    return table
+
+
+def array_maps(now: dict, width: int) -> list[Text]:
+    colours = {node: NODE_STYLES[k % len(NODE_STYLES)] for k, node in enumerate(sorted(now["nodes"]))}
+    out = []
+    cells_max = max(8, (width - 2) * MAP_LINES)
+    for name, first, count, runs in now["arrays"]:
+        per_cell = max(1, -(-count // cells_max))
+        cells: list[tuple[str, str]] = []
+        # each cell shows the state of its first page: a map, not an audit
+        states = []
+        for n, kind, holders in runs:
+            states.extend([(kind, holders)] * min(n, count))
+        for i in range(0, len(states), per_cell):
+            kind, holders = states[i]
+            if kind == "owned":
+                cells.append((CELL, colours.get(holders[0], "white")))
+            elif kind == "shared":
+                cells.append(("▒", colours.get(holders[0], "white")))
+            elif kind == "lost":
+                cells.append(("X", "bold white on red"))
+            else:
+                cells.append(("·", "grey50"))
+        head = Text(f"{name}: pages {first}-{first + count - 1}"
+                    + (f", {per_cell} pages a cell" if per_cell > 1 else "") + "\n", style="bold")
+        body = Text()
+        for i, (ch, style) in enumerate(cells):
+            body.append(ch, style=style)
+            if (i + 1) % (width - 2) == 0:
+                body.append("\n")
+        out.append(head + body)
+    return out
+
+
+def render(now: dict, before: dict | None, elapsed_s: float, endpoint: str, width: int) -> Group:
+    d = now["directory"]
+    header = Text(f"dsm top — directory {endpoint}: {len(now['nodes'])} nodes, "
+                  f"{d.get('grants', 0)} grants, {d.get('fetches', 0)} fetches, "
+                  f"{d.get('invalidations', 0)} invalidations, {d.get('pages_lost', 0)} lost "
+                  "pages   (q quits)", style="bold")
+    legend = Text("arrays: █ owned by the node of that colour  ▒ read copies (first holder's "
+                  "colour)  · at home  X lost", style="grey62")
+    return Group(header, node_table(now, before, elapsed_s), legend, *array_maps(now, width))
