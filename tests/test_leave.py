@@ -357,44 +357,22 @@ def test_agent_exits_when_its_node_session_is_killed(directory, make_node):
     _wait_exit(agent_pid, AGENT_EXIT_TIMEOUT_S, "the agent of the killed node")
 
 
-def test_give_back_write_protects_owned_pages_before_reading_them(monkeypatch):
+def test_give_back_write_protects_owned_pages_before_reading_them():
     """A local writer must be stopped before an owned page is read to be handed back: a write
-    between the read and the hole punch would be lost."""
-    from dsm.agent import memory as memory_module
-    from dsm.agent.memory import NodeMemory
-    from dsm.agent.processes import Mapping, WorkloadProcess
-    from dsm.layout import Layout
+    between the read and the hole punch would be lost. The node core orders it so."""
+    from dsm.agent.readahead import ReadAhead
+    from dsm.core import actions as act
+    from dsm.core.node import NodeCore
+    from dsm.core.states import PageState
     from dsm.libc import PAGE_SIZE
 
-    events = []
-
-    class RecordingUffd:
-        closed = False
-
-        def writeprotect(self, addr, length, wp):
-            events.append(("wp", addr, length, wp))
-
-        def close(self):
-            pass
-
-    base, pages = 0x6000_0000_0000, 8
-    layout = Layout(base, pages * PAGE_SIZE, PAGE_SIZE)
-    writer = WorkloadProcess(RecordingUffd(), None, [Mapping(base, layout.size, 0)])
-    mem = NodeMemory("unit", layout, {1: writer}, lambda proc: None)
-    try:
-        mem.install(0, 3, b"\x01" * 3 * PAGE_SIZE, True, None)  # owned, writable
-        mem.install(5, 1, b"\x02" * PAGE_SIZE, False, None)  # a read copy
-        events.clear()
-        real_pread = os.pread
-
-        def recording_pread(fd, length, offset):
-            events.append(("read", offset, length))
-            return real_pread(fd, length, offset)
-
-        monkeypatch.setattr(memory_module.os, "pread", recording_pread)
-        out = mem.give_back(list(range(pages)))
-        monkeypatch.undo()
-        assert [type(m).__name__ for m, _ in out] == ["Writeback", "Drop"]
-        assert events == [("wp", base, 3 * PAGE_SIZE, True), ("read", 0, 3 * PAGE_SIZE)]
-    finally:
-        mem.close()
+    core = NodeCore("unit", 8, PAGE_SIZE, ReadAhead(4), holds=lambda page: True)
+    core.state.update({0: PageState.EXCLUSIVE, 1: PageState.EXCLUSIVE, 2: PageState.EXCLUSIVE,
+                       5: PageState.SHARED})
+    out = core.give_back(list(range(8)))
+    kinds = [(type(a).__name__, type(a.message).__name__ if isinstance(a, act.Send) else None)
+             for a in out]
+    assert kinds == [("Protect", None), ("Send", "Writeback"), ("Punch", None),
+                     ("Send", "Drop"), ("Punch", None)]
+    assert (out[0].first, out[0].count) == (0, 3) and out[1].pages == (0, 3)
+    assert core.state == {}

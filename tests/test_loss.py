@@ -70,9 +70,9 @@ def test_lost_pages_are_listed_and_stay_lost_until_the_program_forgets_them(dire
     try:
         d.run(f"x = node.array({ARRAY!r}, (4 * {SLOTS},), np.int64)")
         # the directory learns of b's death when it asks b for the pages (or after the timeout)
-        d.send(f"pid = os.fork()\n"
-               f"if pid == 0:\n    int(x[0])\n    os._exit(0)\n"
-               f"_, status = os.waitpid(pid, 0)\n", "os.WIFSIGNALED(status) and os.WTERMSIG(status)")
+        d.send("pid = os.fork()\n"
+               "if pid == 0:\n    int(x[0])\n    os._exit(0)\n"
+               "_, status = os.waitpid(pid, 0)\n", "os.WIFSIGNALED(status) and os.WTERMSIG(status)")
         assert d.wait(NOTICE_DEADLINE_S) == signal.SIGBUS  # a forked child touching it dies
         lost = d.run("", "{k: [list(r) for r in v] for k, v in node.lost().items()}")
         assert lost == {ARRAY: [[0, 4 * SLOTS * 8, "b"]]}, lost

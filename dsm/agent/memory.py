@@ -1,6 +1,6 @@
-"""The node's copy of the region: the memfd every local workload process maps, which pages the
-node holds (a write-protected read copy, or owned and writable), and the operations that change
-them in every local process at once.
+"""The node's copy of the region: the memfd every local workload process maps, and the kernel
+operations that change it in every local process at once. Which pages the node holds, and when
+to change them, is the node core's business (``dsm/core/node.py``); this module only does it.
 
 Putting a page in goes through a waiting process's uffd (``UFFDIO_COPY``, which also wakes it) or,
 failing that, through the memfd; taking a page away punches the memfd hole, which removes it from
@@ -9,36 +9,22 @@ every process at once; write protection is per process, so it is applied on ever
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import signal
 from typing import Any, Callable
 
-from dsm import libc
 from dsm.agent.processes import WorkloadProcess, thread_group_of
 from dsm.layout import Layout
-from dsm.protocol import MAX_BATCH_PAGES, Drop, Message, Payload, Writeback
+from dsm.core.states import runs
+from dsm.protocol import MAX_BATCH_PAGES
 from dsm.uffd import EventPending, PageExists, PartiallyCopied, ProcessGone, UffdError
 
 #: an ioctl that keeps finding events pending is given up after this many rounds
 MAX_EVENT_PENDING_RETRIES = 100
-
-
-class PageState(enum.Enum):
-    SHARED = "shared"  #: a read copy, write-protected on every local uffd
-    EXCLUSIVE = "exclusive"  #: owned: the only copy, writable
-
-
-def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
-    """Sorted pages as (first, count) runs of consecutive pages, at most ``max_len`` long."""
-    out: list[tuple[int, int]] = []
-    for pg in sorted(pages):
-        if out and out[-1][0] + out[-1][1] == pg and out[-1][1] < max_len:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((pg, 1))
-    return out
+#: how long an ioctl that found events pending waits for one to be readable: EAGAIN is raised
+#: from the moment an event is queued (mmap_changing), a moment before the read can return it
+EVENT_PENDING_WAIT_S = 0.001
 
 
 class NodeMemory:
@@ -50,32 +36,48 @@ class NodeMemory:
         self._on_process_gone = on_process_gone
         self.memfd = os.memfd_create(f"dsm-{name}", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, layout.size)
-        # a read-only view of the memfd used only for mincore (never touched: touching a hole
-        # would allocate a page behind userfaultfd's back)
-        self._probe_base = libc.mmap_at(0, layout.size, libc.PROT_READ, libc.MAP_SHARED, self.memfd)
-        self.state: dict[int, PageState] = {}
         #: zeros for ZERO grants of up to a whole batch
         self.zeros = bytes(MAX_BATCH_PAGES * self.page_size)
+        #: processes with events read while an ioctl was retried, in the order they were read
+        #: (a dict as an ordered set): the agent handles them once the current operation is over,
+        #: never inside it, where a handler's own ioctls would nest in this one's retry
+        self.shelved: dict[WorkloadProcess, None] = {}
 
     def close(self) -> None:
-        libc.munmap(self._probe_base, self.layout.size)
         os.close(self.memfd)
 
-    def resident(self, page: int) -> bool:
-        """Whether the memfd holds the page (a hole once punched, locally or by MADV_REMOVE)."""
-        vec = libc.resident_pages(self._probe_base + page * self.page_size, self.page_size)
-        return bool(vec[0] & 1)
+    def holds(self, page: int) -> bool:
+        """Whether the memfd holds the page: data, not a hole (never written, or punched here or
+        by MADV_REMOVE). The file answers this exactly, page by page; residency (mincore) does
+        not: a page the kernel has swapped out is held but not resident."""
+        offset = page * self.page_size
+        try:
+            return os.lseek(self.memfd, offset, os.SEEK_DATA) == offset
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data at or after the offset
+                return False
+            raise
 
     # --- uffd operations ---------------------------------------------------------------------------
+    def _shelve_pending_events(self, proc: WorkloadProcess) -> None:
+        """An ioctl on ``proc``'s uffd returned EAGAIN: read the events that caused it (the
+        kernel lets the ioctl through only once they are read) and shelve them for the agent."""
+        events = proc.uffd.read_events(timeout_s=EVENT_PENDING_WAIT_S)
+        if events:
+            proc.events.extend(events)
+            self.shelved[proc] = None
+
     def retry(self, proc: WorkloadProcess, op: Callable[[], Any]) -> Any:
         """Run a uffd ioctl; EAGAIN means events are pending on that uffd: read them (they are
-        handled after the current one, in order) and try again."""
+        shelved, and handled after the current operation, in order) and try again."""
         for _ in range(MAX_EVENT_PENDING_RETRIES):
             try:
                 return op()
             except EventPending:
-                proc.events.extend(proc.uffd.read_events(timeout_s=0.001))
-        raise UffdError(errno.EAGAIN, f"events kept arriving on the uffd of pid {proc.pid}")
+                self._shelve_pending_events(proc)
+        raise UffdError(errno.EAGAIN, f"events kept arriving on the uffd of pid {proc.pid}: "
+                                      f"the ioctl still found events pending after "
+                                      f"{MAX_EVENT_PENDING_RETRIES} reads of them")
 
     def writeprotect(self, proc: WorkloadProcess, offset: int, length: int, wp: bool) -> None:
         for addr, n in proc.addresses_of(offset, length):
@@ -94,10 +96,10 @@ class NodeMemory:
         for proc in list(self.procs.values()):
             self.writeprotect(proc, first * self.page_size, count * self.page_size, wp)
 
-    def protect_read_copies(self, proc: WorkloadProcess) -> None:
-        """A process that attaches late must not write the node's read copies without a fault:
-        write-protect them on its uffd (unpopulated entries get markers), one ioctl per run."""
-        shared = [pg for pg, st in self.state.items() if st is PageState.SHARED]
+    def protect_read_copies(self, proc: WorkloadProcess, shared: list[int]) -> None:
+        """A process that attaches late (or was forked) must not write the node's read copies
+        (``shared``) without a fault: write-protect them on its uffd (unpopulated entries get
+        markers), one ioctl per run."""
         for first, count in runs(shared, self.layout.num_pages):
             self.writeprotect(proc, first * self.page_size, count * self.page_size, wp=True)
 
@@ -139,7 +141,7 @@ class NodeMemory:
     # --- pages in ----------------------------------------------------------------------------------
     def install(self, first: int, count: int, src: Any, writable: bool,
                 installer: tuple[WorkloadProcess, int] | None) -> bool:
-        """Put ``count`` pages into the memfd and record them held. ``installer`` is a process
+        """Put ``count`` pages into the memfd. ``installer`` is a process
         waiting on the first page and its address there: if it maps the run contiguously, one
         UFFDIO_COPY through its uffd installs them and wakes it (True is returned); otherwise the
         memfd is written directly. A read copy is write-protected on every other local uffd
@@ -155,19 +157,11 @@ class NodeMemory:
                     self.writeprotect(proc, offset, length, wp=True)
         view = memoryview(src)
         done = 0
+        copier = installer[0] if installer is not None else None
         if installer is not None:
             proc, addr = installer
             try:
-                while done < length:
-                    try:
-                        done += proc.uffd.copy(addr + done, view[done:], length - done, wp=not writable)
-                    except PartiallyCopied as exc:
-                        done += exc.done
-                        proc.events.extend(proc.uffd.read_events())
-                    except EventPending:
-                        proc.events.extend(proc.uffd.read_events())
-            except PageExists:
-                pass  # a page of the run is there already (a stale fault): write the rest below
+                done = self._copy(proc, addr, view, length, wp=not writable)
             except ProcessGone:
                 self._on_process_gone(proc)
                 installer = None
@@ -176,68 +170,36 @@ class NodeMemory:
                     raise
                 installer = None  # the process unmapped the range meanwhile: write it below
         if done < length:
+            if copier is not None and not writable and not copier.uffd.closed:
+                # the copy stopped early: the rest appears through the memfd, which the copying
+                # process must not be able to write without a fault either (the other processes
+                # were protected above)
+                self.writeprotect(copier, offset + done, length - done, wp=True)
             os.pwrite(self.memfd, view[done:], offset + done)
-        new = PageState.EXCLUSIVE if writable else PageState.SHARED
-        for q in range(first, first + count):
-            self.state[q] = new
         return installer is not None and done > 0
 
-    def upgrade(self, first: int, count: int) -> None:
-        """The node now owns pages it held read copies of: lift their write protection (which
-        wakes the writers)."""
-        self.protect_everywhere(first, count, wp=False)
-        for q in range(first, first + count):
-            self.state[q] = PageState.EXCLUSIVE
-
-    # --- pages out ---------------------------------------------------------------------------------
-    def read_owned(self, first: int, count: int, keep_copy: bool) -> tuple[bytes, list[int], list[int]]:
-        """For a fetch: (the run's bytes, the pages owned here, those not). Local writers are
-        stopped first, so that what is sent is what stays; then the owned pages become read
-        copies (``keep_copy``) or leave. A page discarded here (MADV_REMOVE) reads as zeros."""
-        pages = range(first, first + count)
-        held = [q for q in pages if self.state.get(q) is PageState.EXCLUSIVE]
-        not_held = [q for q in pages if self.state.get(q) is not PageState.EXCLUSIVE]
-        if not held:
-            return b"", held, not_held
-        offset, length = first * self.page_size, count * self.page_size
-        self.protect_everywhere(first, count, wp=True)
-        data = os.pread(self.memfd, length, offset)
-        if keep_copy:
-            for q in held:
-                self.state[q] = PageState.SHARED
-        else:
-            for q in held:
-                del self.state[q]
-            libc.punch_hole(self.memfd, offset, length)
-        return data, held, not_held
-
-    def invalidate(self, first: int, count: int) -> int:
-        """Drop the run (read copies, or owned pages being discarded); returns how many were held."""
-        dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
-        if dropped:
-            libc.punch_hole(self.memfd, first * self.page_size, count * self.page_size)
-        return len(dropped)
-
-    def give_back(self, pages: list[int]) -> list[tuple[Message, Any]]:
-        """Let pages go: the messages that hand them back (owned ones with their contents, read
-        copies as a drop), one per run. Local writers of an owned run are stopped first (write
-        protection on every local uffd), as for a fetch: a write between the read and the hole
-        punch would otherwise be lost; a writer faults instead, and waits for its agent."""
-        by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
-        for page in pages:
-            st = self.state.get(page)
-            if st is not None:
-                by_state[st].append(page)
-        out: list[tuple[Message, Any]] = []
-        for st, group in by_state.items():
-            for first, count in runs(group, MAX_BATCH_PAGES):
-                offset, length = first * self.page_size, count * self.page_size
-                if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
-                    self.protect_everywhere(first, count, wp=True)
-                    out.append((Writeback(first, count, Payload.DATA), os.pread(self.memfd, length, offset)))
-                else:
-                    out.append((Drop(first, count), None))
-                for q in range(first, first + count):
-                    del self.state[q]
-                libc.punch_hole(self.memfd, offset, length)
-        return out
+    def _copy(self, proc: WorkloadProcess, addr: int, view: memoryview, length: int,
+              wp: bool) -> int:
+        """UFFDIO_COPY ``length`` bytes of ``view`` to ``addr`` in ``proc``, reading (shelving)
+        the events that hold it up; returns the bytes copied, fewer than ``length`` if a page of
+        the run is there already (EEXIST: a stale fault), where the copy stops."""
+        done = 0
+        stalled = 0  # rounds in a row that copied nothing
+        while done < length:
+            try:
+                done += proc.uffd.copy(addr + done, view[done:], length - done, wp=wp)
+            except PageExists:
+                return done
+            except EventPending as exc:
+                progress = exc.done if isinstance(exc, PartiallyCopied) else 0
+                done += progress
+                stalled = 0 if progress else stalled + 1
+                if stalled >= MAX_EVENT_PENDING_RETRIES:
+                    raise UffdError(
+                        errno.EAGAIN,
+                        f"UFFDIO_COPY of {length} bytes to {addr:#x} in pid {proc.pid}: events "
+                        f"kept arriving on its uffd ({stalled} rounds copied nothing; "
+                        f"{done} bytes were copied)",
+                    ) from None
+                self._shelve_pending_events(proc)
+        return done

@@ -34,13 +34,16 @@ class WorkloadProcess:
     pidfd: int | None = None
     #: events read from the uffd and not yet handled, in the kernel's order
     events: deque = field(default_factory=deque)
+    #: the process this one was forked from (its pid names the child before the child faults)
+    parent: "WorkloadProcess | None" = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pid is not None and self.pidfd is None:
             self.watch_pid(self.pid)
 
     def watch_pid(self, pid: int) -> None:
-        """Learn the process's pid (a forked child is known only from its first fault's thread)."""
+        """Learn the process's pid (a forked child's is looked up at its Fork event, or known
+        from its first fault's thread)."""
         self.pid = pid
         try:
             self.pidfd = os.pidfd_open(pid)
@@ -114,7 +117,8 @@ class WorkloadProcess:
     def forked(self, child_uffd: Uffd) -> "WorkloadProcess":
         """The child of a fork maps the region where its parent did."""
         return WorkloadProcess(
-            child_uffd, None, [Mapping(m.start, m.length, m.offset) for m in self.mappings]
+            child_uffd, None, [Mapping(m.start, m.length, m.offset) for m in self.mappings],
+            parent=self,
         )
 
 
@@ -128,3 +132,36 @@ def thread_group_of(tid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of every thread of ``pid``, from /proc; [] if it is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    children: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children.extend(int(c) for c in f.read().split())
+        except OSError:  # the thread exited meanwhile
+            continue
+    return children
+
+
+def maps_file(pid: int, st: os.stat_result) -> bool:
+    """Whether process ``pid`` maps the file ``st`` describes (matched by device and inode in
+    /proc/PID/maps); False if it is gone."""
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    ino = str(st.st_ino)
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                # start-end perms offset dev inode [path]
+                fields = line.split(maxsplit=5)
+                if len(fields) >= 5 and fields[4] == ino and fields[3] == dev:
+                    return True
+    except OSError:
+        return False
+    return False

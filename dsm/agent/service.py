@@ -12,22 +12,32 @@ EXCLUSIVE (owned, writable). The data lives in the memfd, so every local process
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
 
+from dsm import libc
 from dsm import protocol as p
 from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
-from dsm.agent.extents import Extents
 from dsm.agent.forwarding import Forwarder
-from dsm.agent.memory import NodeMemory, PageState
+from dsm.agent.memory import NodeMemory
+from dsm.core import actions as act
+from dsm.core.node import NodeCore
+from dsm.core.states import PageState
 from dsm.agent.readahead import ReadAhead
-from dsm.agent.processes import Mapping, WorkloadProcess, thread_group_of
+from dsm.agent.processes import (
+    Mapping,
+    WorkloadProcess,
+    children_of,
+    maps_file,
+    thread_group_of,
+)
 from dsm.agent.stats import NodeStats
 from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
@@ -37,7 +47,6 @@ from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.trace import Tracer
 from dsm.uffd import (
-    Access,
     FaultKind,
     Fork,
     Pagefault,
@@ -58,12 +67,18 @@ _POLLIN = int(zmq.POLLIN)
 CONNECT_TIMEOUT_S = 5.0
 #: how long a page request may stay unanswered before the waiting processes are failed
 REQUEST_TIMEOUT_S = 10.0
+#: how often requests are looked at for REQUEST_TIMEOUT_S
+OVERDUE_CHECK_INTERVAL_S = 1.0
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
 POLL_INTERVAL_MS = 100
-#: how long to watch a Remove event's pages for MADV_REMOVE's hole punch (DONTNEED never punches)
+#: how long after a Remove event its pages are checked for MADV_REMOVE's hole punch (DONTNEED
+#: never punches): the madvise caller punches right after the agent has read the event
 REMOVE_SETTLE_S = 0.02
-REMOVE_POLL_S = 0.0002
+#: a forked child appears under /proc a moment after its Fork event is read (the parent is still
+#: in fork() then): how often, and for how long, to look for it before relying on its first fault
+FORK_LOOKUP_INTERVAL_S = 0.001
+FORK_LOOKUP_TIMEOUT_S = 1.0
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
 #: how often the node's counters go to the directory (for dsm top)
@@ -109,25 +124,13 @@ def watch_parent(pid: int) -> int:
 
 
 @dataclass
-class Waiter:
+class Removal:
+    """Pages a Remove event of ``proc`` covered, to be told apart at ``deadline``: punched
+    (MADV_REMOVE: discarded cluster-wide) or kept (DONTNEED)."""
+
     proc: WorkloadProcess
-    addr: int  #: page-aligned address in ``proc``
-    page: int
-    write: bool
-    thread_id: int
-    t0: float
-
-
-@dataclass
-class Pending:
-    """One request to the directory, for ``count`` pages from ``first``."""
-
-    first: int
-    count: int
-    write: bool
-    sent_at: float
-    stream: Any  #: the read-ahead stream it belongs to
-    waiters: list[Waiter] = field(default_factory=list)
+    pages: set[int]
+    deadline: float
 
 
 class Agent:
@@ -163,14 +166,20 @@ class Agent:
         self.dealer.connect(directory)
         self.layout = self._join()
         self.page_size = self.layout.page_size
-        self.readahead = ReadAhead(READAHEAD_MAX_PAGES)
-        self.extents = Extents(self.page_size)
-        self.pending: dict[int, Pending] = {}
         self.procs: dict[int, WorkloadProcess] = {}  # uffd fd -> process
         self.memory = NodeMemory(node, self.layout, self.procs,
                                  lambda proc: self._forget_process(proc, give_back=False))
-        self.state = self.memory.state  # page -> PageState, for the pages this node holds
+        #: the node's coherence state and decisions (dsm/core): this loop only carries them out
+        self.core = NodeCore(node, self.layout.num_pages, self.page_size,
+                             ReadAhead(READAHEAD_MAX_PAGES), self.memory.holds, self.tracer,
+                             self.stats)
+        self.state = self.core.state  # page -> PageState, for the pages this node holds
+        self.pending = self.core.pending  # page -> the request out for it
         self._pidfds: dict[int, WorkloadProcess] = {}
+        #: Remove events whose pages are not yet told apart, oldest first
+        self._removals: list[Removal] = []
+        #: forked children whose pid is not known yet -> until when to look for it
+        self._unnamed_children: dict[WorkloadProcess, float] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
         if self._parent_pidfd is not None:
@@ -186,6 +195,7 @@ class Agent:
         self._last_send = 0.0
         self._last_clock_probe = 0.0
         self._last_report = 0.0
+        self._last_overdue_check = 0.0
         self._last_heard = time.monotonic()
         self._directory_alive = True
         self._running = True
@@ -296,9 +306,12 @@ class Agent:
         # the agent's modules warn about unexpected messages: a peer can provoke those
         throttle_module_logs("dsm.agent", "unexpected messages")
         while self._running:
-            for item, _ in self.poller.poll(POLL_INTERVAL_MS):
+            for item, _ in self.poller.poll(self._poll_timeout_ms()):
                 self._dispatch(item)
+                self._handle_shelved()
             now = time.monotonic()
+            self._run_timers(now)
+            self._handle_shelved()
             if now - self._last_send > HEARTBEAT_INTERVAL_S or (
                     self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
                 self._last_clock_probe = now  # a heartbeat is also a clock round trip
@@ -314,6 +327,31 @@ class Agent:
                 snap = self.stats.snapshot()
                 self._send(p.NodeReport(snap["counters"], snap["latency_counts"], len(self.procs)))
             self._fail_overdue_requests(now)
+
+    def _poll_timeout_ms(self) -> int:
+        """Poll until the next timer is due, at most POLL_INTERVAL_MS."""
+        timeout_s = POLL_INTERVAL_MS / 1000
+        if self._unnamed_children:
+            timeout_s = min(timeout_s, FORK_LOOKUP_INTERVAL_S)
+        if self._removals:
+            timeout_s = min(timeout_s, self._removals[0].deadline - time.monotonic())
+        return max(0, math.ceil(timeout_s * 1000))
+
+    def _run_timers(self, now: float) -> None:
+        while self._removals and self._removals[0].deadline <= now:
+            self._settle_removal(self._removals.pop(0))
+        if self._unnamed_children:
+            self._name_children(now)
+
+    def _handle_shelved(self) -> None:
+        """Handle the events read while an ioctl was retried (NodeMemory.shelved), now that the
+        operation is over: their uffd may never poll readable again (a Fork read so would leave
+        its child unadopted, its faults unserved). Handling them may shelve more: loop."""
+        shelved = self.memory.shelved
+        while shelved:
+            proc = next(iter(shelved))
+            del shelved[proc]
+            self._handle_events(proc)
 
     def _dispatch(self, item: Any) -> None:
         if item is self.dealer:
@@ -411,104 +449,62 @@ class Agent:
         log.error("%s; failing this node's requests and stopping its workload processes "
                   "(SIGBUS)", why)
         self.forwarder.fail_all(why)
-        for proc in list(self.procs.values()):
-            if proc.pid:
-                try:
-                    os.kill(proc.pid, signal.SIGBUS)
-                except ProcessLookupError:
-                    pass
-        self.pending.clear()
-        self.state.clear()  # the directory has reassigned these pages: nothing to hand back
+        self._kill_workload_processes(signal.SIGBUS)
+        self.core.cut_off()  # the directory has reassigned these pages: nothing to hand back
 
+    # the directory's answers and orders: the core decides, _carry_out does
     def _on_grant(self, msg: p.Grant, data: Any) -> None:
-        first, count = msg.page, msg.count
-        self.layout.check_page(first + count - 1)
-        pend = self.pending.get(first)
-        if pend is None or pend.first != first:
-            log.warning("grant of pages %d+%d that were not asked for: installed anyway", first, count)
-            pend = Pending(first, count, msg.write, time.monotonic(), None)
-        for q in range(pend.first, pend.first + pend.count):
-            if self.pending.get(q) is pend:
-                del self.pending[q]
-        granted = range(first, first + count)
-        old = self.state.get(first)
-        installed_by = None
-        if msg.payload == p.Payload.NONE:  # an upgrade, or a page the node owns already
-            self.stats.count("upgrades")
-            self.memory.upgrade(first, count)
-        else:
-            self.stats.count("pages_in", count)
-            src = data if data is not None else self.memory.zeros[: count * self.page_size]
-            installed_by = next((w for w in pend.waiters if w.page == first), None)
-            installer = (installed_by.proc, installed_by.addr) if installed_by else None
-            if not self.memory.install(first, count, src, msg.write, installer):
-                installed_by = None
-        self.tracer(first, "GRANT", self.node, _name(old), _name(self.state.get(first)), count=count)
-        now = time.monotonic()
-        refault: dict[int, list[Waiter]] = {}
-        for w in pend.waiters:
-            if w.page not in granted:
-                refault.setdefault(w.page, []).append(w)  # read-ahead the directory did not add
-                continue
-            if installed_by is None or w.proc is not installed_by.proc or w.addr != installed_by.addr:
-                self.memory.wake(w.proc, w.addr)  # UFFDIO_COPY woke the installer's own waiters
-            self.stats.record_fault_latency(now - w.t0)
-        for page, waiters in refault.items():
-            self._request(page, 1, pend.write and any(w.write for w in waiters), waiters, None)
-        self._request_ahead(pend.stream)
+        self.layout.check_page(msg.page + msg.count - 1)
+        self._carry_out(self.core.grant(msg, data, time.monotonic()))
 
     def _on_lost(self, msg: p.Lost, _: Any) -> None:
-        """The pages asked for are lost (their newest contents died with a node): every process
-        waiting on one of them gets SIGBUS, after a log line that says what was lost."""
-        first, count = msg.page, msg.count
-        self.layout.check_page(first + count - 1)
-        pend = self.pending.get(first)
-        if pend is None or pend.first != first:
-            log.warning("lost answer for pages %d+%d that were not asked for: ignored", first, count)
-            return
-        for q in range(pend.first, pend.first + pend.count):
-            if self.pending.get(q) is pend:
-                del self.pending[q]
-        lost = range(first, first + count)
-        victims = [w for w in pend.waiters if w.page in lost]
-        self.stats.count("lost_faults", len(victims))
-        self.tracer(first, "LOST", self.node, "invalid", "lost", count=count)
-        array = repr(msg.array) if msg.array else "(outside every array)"
-        log.error(
-            "pages %d-%d of array %s are LOST: their newest contents died with node %s; "
-            "%d process(es) touching them get SIGBUS (node.lost() lists the lost ranges, "
-            "node.forget_lost(name) zero-fills them)", msg.array_page, msg.array_page + count - 1,
-            array, msg.dead_node, len({w.proc.pid for w in victims}))
-        refault: dict[int, list[Waiter]] = {}
-        for w in pend.waiters:
-            if w.page in lost:
-                self.memory.poison(w.proc, w.addr, w.thread_id)
-            else:
-                refault.setdefault(w.page, []).append(w)  # read-ahead: ask for it alone
-        for page, waiters in refault.items():
-            self._request(page, 1, any(w.write for w in waiters), waiters, None)
+        self.layout.check_page(msg.page + msg.count - 1)
+        self._carry_out(self.core.lost(msg, time.monotonic()))
 
     def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
-        first, count = msg.page, msg.count
-        self.layout.check_page(first + count - 1)
-        data, held, not_held = self.memory.read_owned(first, count, msg.keep_copy)
-        if not held:
-            # every page was given back (a Writeback crossed this Fetch): say so
-            self._send(p.Fetched(msg.txn, first, count, p.Payload.NONE, []))
-            return
-        self._send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held), data)
-        self.stats.count("pages_out", len(held))
-        self.stats.count("downgrades" if msg.keep_copy else "invalidations", len(held))
-        self.tracer(first, "FETCH", self.node, "exclusive", _name(self.state.get(first)), count=count)
+        self.layout.check_page(msg.page + msg.count - 1)
+        self._carry_out(self.core.fetch(msg))
 
     def _on_invalidate(self, msg: p.Invalidate, _: Any) -> None:
-        first, count = msg.page, msg.count
-        self.layout.check_page(first + count - 1)
-        dropped = self.memory.invalidate(first, count)
-        self.stats.count("invalidations", dropped)
-        self._send(p.Invalidated(msg.txn, first, count))
-        self.tracer(first, "INVALIDATE", self.node, "held" if dropped else "invalid", "invalid",
-                    count=count)
+        self.layout.check_page(msg.page + msg.count - 1)
+        self._carry_out(self.core.invalidate(msg))
+
+    def _carry_out(self, actions: list) -> None:
+        """Do what the core decided, in order, on the memfd, the uffds and the DEALER."""
+        memory, size = self.memory, self.page_size
+        for a in actions:
+            kind = type(a)
+            if kind is act.Send:
+                data = a.data
+                if a.pages is not None:
+                    first, count = a.pages
+                    data = os.pread(memory.memfd, count * size, first * size)
+                self._send(a.message, data)
+            elif kind is act.Install:
+                src = a.data if a.data is not None else memoryview(memory.zeros)[: a.count * size]
+                inst = a.installer
+                woke = memory.install(a.first, a.count, src, a.writable,
+                                      (inst.proc, inst.addr) if inst is not None else None)
+                for w in a.wake:  # UFFDIO_COPY woke the installer's own waiters
+                    if not (woke and w.proc is inst.proc and w.addr == inst.addr):
+                        memory.wake(w.proc, w.addr)
+            elif kind is act.Wake:
+                memory.wake(a.proc, a.addr)
+            elif kind is act.Upgrade:
+                memory.protect_everywhere(a.first, a.count, wp=False)  # wakes the writers
+            elif kind is act.Protect:
+                memory.protect_everywhere(a.first, a.count, wp=True)
+            elif kind is act.Unprotect:
+                if not a.proc.uffd.closed:
+                    memory.writeprotect(a.proc, a.page * size, size, wp=False)
+            elif kind is act.Punch:
+                libc.punch_hole(memory.memfd, a.first * size, a.count * size)
+            elif kind is act.Poison:
+                memory.poison(a.waiter.proc, a.waiter.addr, a.waiter.thread_id)
+            elif kind is act.Kill:
+                self._kill_waiter(a.waiter, a.why)
+            else:
+                raise TypeError(f"the node core asked for an unknown action {a!r}")
 
     def _on_answer(self, msg: Any, _: Any) -> None:
         if isinstance(msg, p.Allocated):
@@ -517,7 +513,7 @@ class Agent:
                                        f"{msg.nbytes:#x}, outside the region of "
                                        f"{self.layout.size:#x} bytes")
             else:
-                self.extents.add(msg.offset, msg.nbytes)
+                self.core.allocated(msg.offset, msg.nbytes)
         if not self.forwarder.answer(msg) and isinstance(msg, p.Error):
             self._complain(logging.ERROR, "directory reported: %.500s", msg.message)
 
@@ -536,10 +532,7 @@ class Agent:
         if proc.pid is None and ev.thread_id:
             pid = thread_group_of(ev.thread_id)
             if pid is not None:
-                proc.watch_pid(pid)
-                if proc.pidfd is not None:
-                    self._pidfds[proc.pidfd] = proc
-                    self.poller.register(proc.pidfd, zmq.POLLIN)
+                self._name_process(proc, pid)
         page_addr = ev.addr - ev.addr % self.page_size
         offset = proc.offset_of(page_addr)
         if offset is None:
@@ -547,77 +540,56 @@ class Agent:
             self.memory.wake(proc, page_addr)
             return
         page = offset // self.page_size
-        write = ev.rw is Access.WRITE
-        self.stats.count(f"faults_{ev.kind.value}_{ev.rw.value}")
-        st = self.state.get(page)
-        if ev.kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
-            self.memory.writeprotect(proc, offset, self.page_size, wp=False)  # a stale marker
-            self.stats.count("faults_local")
-            self.stats.record_fault_latency(time.monotonic() - now)
-            return
-        if ev.kind is FaultKind.MISSING and st is not None and page not in self.pending:
-            if self.memory.resident(page):
-                if not write or st is PageState.EXCLUSIVE:
-                    self.memory.wake(proc, page_addr)  # raised before the page arrived
-                    self.stats.count("faults_local")
-                    return
-            else:
-                # the page vanished under us: MADV_REMOVE punched it
-                self._discard([page])
-                st = None
-        if ev.kind is FaultKind.WRITE_PROTECTED and st is PageState.SHARED and not write:
-            self.memory.wake(proc, page_addr)
-            return
-        waiter = Waiter(proc, page_addr, page, write, ev.thread_id, now)
-        pend = self.pending.get(page)
-        if pend is not None:
-            # a request for this page is on its way: wait for it (a writer behind a read request
-            # refaults on the read copy and asks for the upgrade then)
-            pend.waiters.append(waiter)
-            return
-        if st is PageState.SHARED:  # an upgrade: only this page
-            self._request(page, 1, True, [waiter], None)
-            return
-        stream = (proc, write)
-        window = self.readahead.on_fault(stream, page)
-        self._request(page, window, write, [waiter], stream)
-        self._request_ahead(stream)
-
-    def _request(self, page: int, window: int, write: bool, waiters: list[Waiter],
-                 stream: Any) -> None:
-        """Ask for ``page`` and up to ``window - 1`` following pages this node neither holds nor
-        awaits."""
-        count = 1
-        end = self.extents.end_of(page) or self.layout.num_pages  # not past the array's end
-        limit = min(window, p.MAX_BATCH_PAGES, end - page)
-        while count < limit and page + count not in self.state and page + count not in self.pending:
-            count += 1
-        pend = Pending(page, count, write, time.monotonic(), stream, waiters)
-        for q in range(page, page + count):
-            self.pending[q] = pend
-        have_copy = self.state.get(page) is PageState.SHARED
-        self.stats.count("requests")
-        self._send(p.Acquire(page, count, write, have_copy))
-        self.tracer(page, "ACQUIRE", self.node, _name(self.state.get(page)),
-                    "write" if write else "read", count=count)
-
-    def _request_ahead(self, stream: Any) -> None:
-        """Keep a sequential stream's requests ahead of its faults."""
-        if stream is None:
-            return
-        while (ahead := self.readahead.next_ahead(stream)) is not None:
-            page, window = ahead
-            # not past the end of the array the stream faults in
-            end = self.extents.end_of(self.readahead.last_fault(stream)) or self.layout.num_pages
-            if page >= end or page in self.state or page in self.pending:
-                return
-            self.stats.count("readahead_requests")
-            self._request(page, window, stream[1], [], stream)
+        if self._removals and ev.kind is FaultKind.MISSING:
+            self._protect_kept(page)  # a read copy DONTNEED may have unprotected, before the wake
+        self._carry_out(self.core.fault(proc, page_addr, page, ev.rw, ev.kind, ev.thread_id, now))
 
     def _on_fork(self, proc: WorkloadProcess, ev: Fork) -> None:
+        """Adopt the child's uffd. Its page tables are the parent's at the fork, with their
+        write protection, but a read copy installed since (while this event waited, read in an
+        ioctl's retry) is not protected there: protect every read copy on the child's uffd."""
         child = proc.forked(ev.uffd)
         self._add_process(child)
-        log.info("pid %s forked: adopted the child's uffd %d", proc.pid, ev.uffd.fileno())
+        self._unnamed_children[child] = time.monotonic() + FORK_LOOKUP_TIMEOUT_S
+        self._name_children(time.monotonic())
+        self.memory.protect_read_copies(child, self.core.read_copies())
+        log.info("pid %s forked: adopted the child's uffd %d (pid %s)", proc.pid,
+                 ev.uffd.fileno(), child.pid)
+
+    def _fork_candidates(self, child: WorkloadProcess) -> list[int]:
+        """The pids ``child`` may have: children of its parent that map the node's memfd (not,
+        say, an exec'd helper) and that are not a known workload process."""
+        parent = child.parent.pid if child.parent is not None else None
+        if parent is None:
+            return []
+        known = {pr.pid for pr in self.procs.values()} | {os.getpid()}
+        memfd = os.fstat(self.memory.memfd)
+        return [c for c in children_of(parent) if c not in known and maps_file(c, memfd)]
+
+    def _name_children(self, now: float) -> None:
+        """Learn forked children's pids (to see them exit, and to kill them when the node is cut
+        off, even if they never fault). One unknown candidate among its parent's children is the
+        child; with several (threads forking at once), its first fault names it instead."""
+        for child in list(self._unnamed_children):
+            if child.pid is None:
+                candidates = self._fork_candidates(child)
+                if len(candidates) == 1:
+                    self._name_process(child, candidates[0])
+            if child.pid is not None:
+                self._unnamed_children.pop(child, None)
+            elif now >= self._unnamed_children[child]:
+                log.info("the pid of a child forked by pid %s was not found within %.1f s: it is "
+                         "learned at its first fault", child.parent.pid if child.parent else None,
+                         FORK_LOOKUP_TIMEOUT_S)
+                del self._unnamed_children[child]
+
+    def _name_process(self, proc: WorkloadProcess, pid: int) -> None:
+        """Learn ``proc``'s pid and watch for its exit."""
+        proc.watch_pid(pid)
+        self._unnamed_children.pop(proc, None)
+        if proc.pidfd is not None:
+            self._pidfds[proc.pidfd] = proc
+            self.poller.register(proc.pidfd, zmq.POLLIN)
 
     def _on_remap(self, proc: WorkloadProcess, ev: Remap) -> None:
         proc.remap(ev.from_, ev.to, ev.len)
@@ -630,34 +602,44 @@ class Agent:
 
     def _on_remove(self, proc: WorkloadProcess, ev: Remove) -> None:
         """madvise(MADV_REMOVE) punches the memfd right after this event is read, DONTNEED
-        does not (on shared memory it keeps the data); the event does not say which. Watch the
-        pages the node holds for a short while: those that vanish were removed."""
+        does not (on shared memory it keeps the data); the event does not say which. Without
+        blocking the loop, check the pages the node holds REMOVE_SETTLE_S later (or at a fault on
+        one before that): those the memfd no longer holds were removed."""
         self.stats.count("removes")
         pages = set()
         for offset, length in proc.region_ranges(ev.start, ev.end):
             first = offset // self.page_size
             last = (offset + length - 1) // self.page_size
             pages.update(pg for pg in range(first, last + 1) if pg in self.state)
-        deadline = time.monotonic() + REMOVE_SETTLE_S
-        while pages and time.monotonic() < deadline:
-            gone = [pg for pg in pages if not self.memory.resident(pg)]
-            if gone:
-                self._discard(gone)
-                pages.difference_update(gone)
-                if not pages:
-                    break
-            time.sleep(REMOVE_POLL_S)
-        for pg in pages:  # DONTNEED: the pages stay; keep read copies protected
+        if pages:
+            self._removals.append(Removal(proc, pages, time.monotonic() + REMOVE_SETTLE_S))
+
+    def _protect_kept(self, page: int) -> None:
+        """A fault on a page of a Remove event not told apart yet, which the memfd still holds:
+        if it is a read copy, DONTNEED may have zapped its protection with its entry in the
+        removing process; protect it there again before the fault is let through."""
+        if self.state.get(page) is not PageState.SHARED:
+            return
+        for removal in self._removals:
+            if page in removal.pages and not removal.proc.uffd.closed:
+                self.memory.writeprotect(removal.proc, page * self.page_size, self.page_size,
+                                         wp=True)
+
+    def _settle_removal(self, removal: Removal) -> None:
+        gone = [pg for pg in removal.pages if pg in self.state and not self.memory.holds(pg)]
+        if gone:
+            self._discard(gone)
+        if removal.proc.uffd.closed:
+            return
+        for pg in removal.pages:  # DONTNEED: the pages stay; keep read copies protected
             if self.state.get(pg) is PageState.SHARED:
-                self.memory.writeprotect(proc, pg * self.page_size, self.page_size, wp=True)
+                self.memory.writeprotect(removal.proc, pg * self.page_size, self.page_size, wp=True)
 
     # --- giving pages back -------------------------------------------------------------------------
     def _discard(self, pages: list[int]) -> None:
-        for pg in pages:
-            old = self.state.pop(pg, None)
-            self.tracer(pg, "DISCARD", self.node, _name(old), "invalid")
-        self.stats.count("discards", len(pages))
-        self._send(p.Discard(sorted(pages)))
+        for removal in self._removals:  # told apart already
+            removal.pages.difference_update(pages)
+        self._carry_out(self.core.discard(pages))
 
     def _give_back_unmapped(self, ranges: list[tuple[int, int]]) -> None:
         candidates = set()
@@ -673,11 +655,7 @@ class Agent:
 
     def _give_back(self, pages: list[int]) -> None:
         """Hand pages back (not those a request is out for): owned ones with their contents."""
-        for msg, data in self.memory.give_back([pg for pg in pages if pg not in self.pending]):
-            self._send(msg, data)
-            if isinstance(msg, p.Writeback):
-                self.stats.count("writebacks", msg.count)
-            self.tracer(msg.page, "GIVEBACK", self.node, "held", "invalid", count=msg.count)
+        self._carry_out(self.core.give_back(pages))
 
     # --- workload processes ------------------------------------------------------------------------
     def _add_process(self, proc: WorkloadProcess) -> None:
@@ -698,8 +676,9 @@ class Agent:
         ranges = [(m.offset, m.length) for m in proc.mappings]
         proc.mappings = []
         proc.close()
-        for pend in self.pending.values():
-            pend.waiters = [w for w in pend.waiters if w.proc is not proc]
+        self.core.process_gone(proc)  # its waiters and read-ahead streams
+        self.memory.shelved.pop(proc, None)
+        self._unnamed_children.pop(proc, None)
         if give_back:
             self._give_back_unmapped(ranges)
 
@@ -718,28 +697,44 @@ class Agent:
         """A workload process attached: serve its faults; it maps the whole region at the base."""
         proc = WorkloadProcess(uffd, pid, [Mapping(self.layout.base, self.layout.size, 0)])
         self._add_process(proc)
-        self.memory.protect_read_copies(proc)
+        self.memory.protect_read_copies(proc, self.core.read_copies())
 
     # --- failure -----------------------------------------------------------------------------------
+    def _kill_workload_processes(self, sig: int) -> None:
+        """Send ``sig`` to every workload process of the node: the attached ones and their
+        forked children, those that never faulted included (a child whose pid is not known yet
+        is looked up among its parent's children now)."""
+        for proc in list(self.procs.values()):
+            if proc.pidfd is not None:  # safe from pid reuse
+                try:
+                    signal.pidfd_send_signal(proc.pidfd, sig)
+                except ProcessLookupError:
+                    pass
+                continue
+            pids = [proc.pid] if proc.pid else self._fork_candidates(proc)
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
     def _fail_overdue_requests(self, now: float) -> None:
-        overdue = {id(pend): pend for pend in self.pending.values()
-                   if now - pend.sent_at >= REQUEST_TIMEOUT_S}
-        for pend in overdue.values():
-            for q in range(pend.first, pend.first + pend.count):
-                if self.pending.get(q) is pend:
-                    del self.pending[q]
-            for w in pend.waiters:
-                pid = w.proc.pid or thread_group_of(w.thread_id)
-                log.error(
-                    "directory %s did not answer the request for page %d within %.0f s: "
-                    "killing pid %s, which waits for it (SIGBUS)",
-                    self.directory_endpoint, w.page, REQUEST_TIMEOUT_S, pid,
-                )
-                if pid:
-                    try:
-                        os.kill(pid, signal.SIGBUS)
-                    except ProcessLookupError:
-                        pass
+        """Kill, loudly, the processes whose page request went unanswered too long (looked at
+        every OVERDUE_CHECK_INTERVAL_S: the deadline is seconds, the loop turns far faster)."""
+        if now - self._last_overdue_check < OVERDUE_CHECK_INTERVAL_S:
+            return
+        self._last_overdue_check = now
+        self._carry_out(self.core.overdue(now, REQUEST_TIMEOUT_S))
+
+    def _kill_waiter(self, w: Any, why: str) -> None:
+        pid = w.proc.pid or thread_group_of(w.thread_id)
+        log.error("%s (directory %s): killing pid %s, which waits for it (SIGBUS)", why,
+                  self.directory_endpoint, pid)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGBUS)
+            except ProcessLookupError:
+                pass
 
 
 def _name(state: PageState | None) -> str:

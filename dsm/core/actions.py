@@ -58,10 +58,10 @@ class Protect:
 
 @dataclass(frozen=True, slots=True)
 class Unprotect:
-    """Lift a stale write-protect marker at ``addr`` in ``proc`` (the page is owned)."""
+    """Lift a stale write-protect marker from ``page`` in ``proc`` (the page is owned)."""
 
     proc: Any
-    addr: int
+    page: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,7 @@ class NodeCore:
         if kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
             self.stats.count("faults_local")
             self.stats.record_fault_latency(0.0)
-            return [Unprotect(proc, addr)]  # a stale marker (left from a read copy)
+            return [Unprotect(proc, page)]  # a stale marker (left from a read copy)
         out: list[Action] = []
         if kind is FaultKind.MISSING and st is not None and page not in self.pending:
             if self._holds(page):

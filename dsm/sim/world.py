@@ -191,8 +191,8 @@ class World:
             elif isinstance(act, a.Protect):
                 node.wp.update(range(act.first, act.first + act.count))
             elif isinstance(act, a.Unprotect):
-                node.wp.discard(act.addr)
-                self._wake(node, [t.tid for t in node.threads if t.blocked_on == act.addr])
+                node.wp.discard(act.page)
+                self._wake(node, [t.tid for t in node.threads if t.blocked_on == act.page])
             elif isinstance(act, a.Punch):
                 for q in range(act.first, act.first + act.count):
                     node.memory.pop(q, None)  # write-protect markers stay (shmem keeps them)
