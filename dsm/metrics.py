@@ -94,11 +94,27 @@ class NodeCollector:
 
 class DirectoryCollector:
     def __init__(self, counters: Callable[[], dict], nodes: Callable[[], int],
-                 counts: MessageCounts):
+                 counts: MessageCounts, waits: Callable[[], dict] | None = None):
         self._counters, self._nodes, self.counts = counters, nodes, counts
+        #: kind ("lock", "barrier") -> its WaitHistogram (dsm.directory.sync)
+        self._waits = waits or dict
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+        )
+        from dsm.directory.sync import WAIT_BUCKETS_S
+
+        for kind, hist in sorted(self._waits().items()):
+            fam = HistogramMetricFamily(f"dsm_directory_{kind}_wait_seconds",
+                                        f"how long {kind} requests waited at the directory")
+            buckets, seen = [], 0
+            for bound, n in zip(WAIT_BUCKETS_S, hist.counts):
+                seen += n
+                buckets.append((repr(bound), seen))
+            buckets.append(("+Inf", sum(hist.counts)))
+            fam.add_metric([], buckets, sum_value=hist.sum_s)
+            yield fam
 
         for key, n in sorted(self._counters().items()):
             fam = CounterMetricFamily(f"dsm_directory_{key}", f"directory counter {key}")

@@ -41,8 +41,13 @@ def test_directory_and_agent_metrics_are_scraped_over_http(tmp_path):
     try:
         node = NodeProcess(directory.endpoint, "a", tmp_path,
                            env={**os.environ, "DSM_METRICS_PORT": str(node_port)})
-        node.run("x = node.array('m', (64, 512), np.int64); x[:, 0] = 1; v = int(x.sum())")
+        node.run("x = node.array('m', (64, 512), np.int64); x[:, 0] = 1; v = int(x.sum())\n"
+                 "with node.lock('m.lock'):\n    pass\n"
+                 "node.barrier('m.barrier', 1).wait()")
         d = scrape(dir_port)
+        assert value(d, "dsm_directory_lock_wait_seconds_count") == 1
+        assert value(d, "dsm_directory_barrier_wait_seconds_count") == 1
+        assert value(d, "dsm_directory_pages_lost_total") == 0
         assert value(d, "dsm_directory_grants_total") >= 1
         assert value(d, "dsm_directory_nodes") == 1
         assert value(d, r'dsm_messages_total\{direction="received",process="directory",'

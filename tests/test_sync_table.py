@@ -100,3 +100,17 @@ def test_locks_and_barriers_nobody_uses_are_forgotten():
     assert list(t.barriers) == ["B"]  # b is still a member: it must learn the barrier broke
     t.depart("b")
     assert t.barriers == {}
+
+
+def test_lock_and_barrier_waits_are_timed():
+    now = [10.0]
+    t = SyncTable(clock=lambda: now[0])
+    t.acquire("a", 1, "L", "a:1:1", None)  # at once: a wait of 0
+    t.acquire("b", 2, "L", "b:2:1", None)
+    now[0] += 0.5
+    t.release("a", 3, "L", "a:1:1")  # b waited 0.5 s
+    assert sum(t.waits["lock"].counts) == 2 and t.waits["lock"].sum_s == 0.5
+    t.wait("a", 4, "B", 2, "a:1:1")
+    now[0] += 2.0
+    t.wait("b", 5, "B", 2, "b:2:1")  # a waited 2 s, b not at all
+    assert sum(t.waits["barrier"].counts) == 2 and t.waits["barrier"].sum_s == 2.0

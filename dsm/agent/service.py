@@ -305,6 +305,7 @@ class Agent:
         log.info("agent %s serving on %s", self.node, self.socket_path)
         # the agent's modules warn about unexpected messages: a peer can provoke those
         throttle_module_logs("dsm.agent", "unexpected messages")
+        throttle_module_logs("dsm.core", "unexpected page messages")  # the node core's
         while self._running:
             for item, _ in self.poller.poll(self._poll_timeout_ms()):
                 self._dispatch(item)

@@ -377,7 +377,7 @@ def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
         service.wire = MessageCounts()
         port = serve(metrics_port, DirectoryCollector(
             lambda: dict(service.pages.counters), lambda: len(service.sessions.by_node),
-            service.wire))
+            service.wire, lambda: service.sync.waits))
         log.info("directory metrics on port %d", port)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)

@@ -17,10 +17,12 @@ not grow with every name ever used.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from dsm.errors import DsmError
 
@@ -54,12 +56,30 @@ def departed(holder: str, prefix: str) -> bool:
     return holder == prefix or holder.startswith(prefix + ":")
 
 
+#: upper bounds of the wait histograms, in seconds: 1 ms doubling to about a minute
+WAIT_BUCKETS_S = tuple(0.001 * 2**i for i in range(17))
+
+
+class WaitHistogram:
+    """How long requests waited (a lock grant, a barrier's last arrival): counts per bucket of
+    ``WAIT_BUCKETS_S`` (the last one for longer waits) and their sum, for the metrics."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(WAIT_BUCKETS_S) + 1)
+        self.sum_s = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(WAIT_BUCKETS_S, seconds)] += 1
+        self.sum_s += seconds
+
+
 @dataclass
 class Waiter:
     node: str
     req: int
     holder: str
     deadline: float | None
+    since: float = 0.0  #: when it began to wait (the table's clock)
 
 
 @dataclass
@@ -78,9 +98,12 @@ class BarrierState:
 
 
 class SyncTable:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.locks: dict[str, LockState] = {}
         self.barriers: dict[str, BarrierState] = {}
+        self._clock = clock
+        #: how long lock acquisitions and barrier waits took
+        self.waits = {"lock": WaitHistogram(), "barrier": WaitHistogram()}
 
     # --- locks -------------------------------------------------------------------------------------
     def acquire(self, node: str, req: int, name: str, holder: str,
@@ -90,8 +113,9 @@ class SyncTable:
             raise SyncError(f"lock {name!r} is already held by {holder}: it is not reentrant")
         if lock.holder is None and not lock.queue:
             lock.holder = holder
+            self.waits["lock"].record(0.0)
             return [Reply(node, req, SyncStatus.GRANTED)]
-        lock.queue.append(Waiter(node, req, holder, deadline))
+        lock.queue.append(Waiter(node, req, holder, deadline, self._clock()))
         return []
 
     def release(self, node: str, req: int, name: str, holder: str) -> list[Reply]:
@@ -117,6 +141,7 @@ class SyncTable:
             return []
         nxt = lock.queue.popleft()
         lock.holder = nxt.holder
+        self.waits["lock"].record(self._clock() - nxt.since)
         status = SyncStatus.GRANTED_BROKEN if broken else SyncStatus.GRANTED
         return [Reply(nxt.node, nxt.req, status)]
 
@@ -164,10 +189,13 @@ class SyncTable:
         barrier.members.add(holder)
         if barrier.broken_by is not None:
             return [Reply(node, req, SyncStatus.BROKEN, barrier.broken_by)]
-        barrier.arrived.append(Waiter(node, req, holder, None))
+        now = self._clock()
+        barrier.arrived.append(Waiter(node, req, holder, None, now))
         if len(barrier.arrived) < barrier.parties:
             return []
         arrived, barrier.arrived = barrier.arrived, []
+        for w in arrived:
+            self.waits["barrier"].record(now - w.since)
         barrier.generation += 1
         return [Reply(w.node, w.req, SyncStatus.PASSED, str(barrier.generation)) for w in arrived]
 
