@@ -8,6 +8,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from dsm.agent.stats import quantile_text
+
 #: (column, counters summed) of the fault-rate columns
 FAULT_KINDS = [
     ("rd miss/s", ("faults_missing_read",)),
@@ -23,15 +25,7 @@ CELL = "█"
 
 def percentile_us(counts: list[int], bounds: list[int], q: float) -> str:
     """The ``q`` quantile's bucket bound, as text (``≤256 µs``); "-" without samples."""
-    total = sum(counts)
-    if not total:
-        return "-"
-    seen = 0
-    for i, n in enumerate(counts):
-        seen += n
-        if seen >= q * total:
-            return f"≤{bounds[i]}" if i < len(bounds) else f">{bounds[-1]}"
-    return "-"
+    return quantile_text(counts, bounds, q)
 
 
 def node_table(now: dict, before: dict | None, elapsed_s: float) -> Table:

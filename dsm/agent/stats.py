@@ -42,3 +42,17 @@ class NodeStats:
             "latency_counts": list(self._latency_counts),
             "median_fault_latency_us": self.median_fault_latency_us(),
         }
+
+
+def quantile_text(counts: list[int], bounds: list[int], q: float) -> str:
+    """The ``q`` quantile of a histogram of ``counts`` over the upper ``bounds`` (one more count
+    than bounds: the overflow), as the bucket's bound in text (``≤256``); "-" without samples."""
+    total = sum(counts)
+    if not total:
+        return "-"
+    seen = 0
+    for i, n in enumerate(counts):
+        seen += n
+        if seen >= q * total:
+            return f"≤{bounds[i]}" if i < len(bounds) else f">{bounds[-1]}"
+    return "-"

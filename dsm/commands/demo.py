@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from dsm.agent.stats import quantile_text
 from dsm.keys import add_keys_argument
 from dsm.watchdog import process_stats
 
@@ -237,15 +238,7 @@ COLUMNS = [
 
 
 def _median(counts: list[int], bounds: list[int]) -> str:
-    total = sum(counts)
-    if not total:
-        return "-"
-    seen = 0
-    for i, n in enumerate(counts):
-        seen += n
-        if seen * 2 >= total:
-            return f"≤{bounds[i]}" if i < len(bounds) else f">{bounds[-1]}"
-    return "-"
+    return quantile_text(counts, bounds, 0.5)
 
 
 def format_table(results: list[dict]) -> str:
