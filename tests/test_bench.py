@@ -174,6 +174,19 @@ def test_bench_scan_streams_scans_and_reads_at_random(tmp_path):
     assert result["scan_ratio"] > 0 and result["random_ratio"] > 0
 
 
+def test_bench_scan_with_keys_runs_the_cluster_keyed(tmp_path):
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "dsm", "keygen", str(keys)], check=True,
+                   capture_output=True, timeout=30)
+    out = tmp_path / "scan.json"
+    proc = run_dsm_bench("scan", "--mib", "2", "--repeats", "1", "--random-pages", "10",
+                         "--round-trips", "10", "--keys", str(keys), "--json", str(out))
+    assert f"CurveZMQ keys {keys}" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["config"]["keys"] == str(keys)
+    assert result["scan_counters"]["pages_in"] >= 2 * 256  # every page came in, keyed
+
+
 def test_bench_directory_counts_requests_per_second(tmp_path):
     out = tmp_path / "directory.json"
     proc = run_dsm_bench("directory", "--clients", "2", "--requests", "100", "--rounds", "2",

@@ -36,6 +36,7 @@ from dsm.bench import common
 from dsm.bench.common import (BYTES_PER_MB, BYTES_PER_MIB, NS_PER_S, NS_PER_US, US_PER_S,
                               BenchError, Progress)
 from dsm.bench.procs import Processes, Worker, cpu_ns, run_with_processes
+from dsm.keys import add_keys_argument, keys_dir_from
 
 DEFAULT_MIB = 256
 DEFAULT_REPEATS = 3
@@ -75,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round-trips", type=int, default=d["round_trips"],
                         help=f"bare 4 KiB round trips (default {d['round_trips']})")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random reads' order")
+    add_keys_argument(parser, "the directory and the nodes use those CurveZMQ keys (the stream "
+                              "baseline stays plain ZeroMQ: the ratio then shows CURVE's cost)")
 
     common.add_transport_argument(parser)
     common.add_output_arguments(parser)
@@ -105,6 +108,7 @@ class ScanBench:
         self.transport = args.transport
         self.seed = args.seed
         self.progress = progress
+        self.keys_dir = keys_dir_from(getattr(args, "keys", None))
         self.page_bytes = os.sysconf("SC_PAGE_SIZE")
         self.pages = self.mib * BYTES_PER_MIB // self.page_bytes
         self.words_per_page = self.page_bytes // INT64_BYTES
@@ -129,11 +133,14 @@ class ScanBench:
         p(f"starting a directory ({self.transport}, {region >> 20} MiB region), a PULL and an echo "
           "server, nodes a, b, c")
         log_dir = self.procs.log_dir
+        keys = str(self.keys_dir) if self.keys_dir is not None else None
+        if keys is not None:
+            p(f"the directory and the nodes use the CurveZMQ keys of {keys}")
         directory = self.procs.start_directory(common.endpoint(self.transport, log_dir, "dir"),
-                                               region)
+                                               region, keys)
         pull = self.procs.start_pull(common.endpoint(self.transport, log_dir, "pull"))
         echo = self.procs.start_echo(common.endpoint(self.transport, log_dir, "echo"))
-        self.nodes = self.procs.start_workers(directory, ["a", "b", "c"])
+        self.nodes = self.procs.start_workers(directory, ["a", "b", "c"], keys)
         self.pids = {"directory": self.procs.directory.proc.pid}
         for name, w in self.nodes.items():
             self.pids[f"agent {name}"] = w.agent_pid
@@ -235,7 +242,8 @@ class ScanBench:
             "benchmark": "scan",
             "config": {"mib": self.mib, "repeats": self.repeats, "random_pages": self.random_pages,
                        "round_trips": self.round_trips, "transport": self.transport,
-                       "frame_bytes": FRAME_BYTES, "message_bytes": MESSAGE_BYTES},
+                       "frame_bytes": FRAME_BYTES, "message_bytes": MESSAGE_BYTES,
+                       "keys": str(self.keys_dir) if self.keys_dir is not None else None},
             "environment": common.environment(),
             "stream_mbps": stream, "scan_mbps": scan, "scan_ratio": scan / stream,
             "scan_target": SCAN_TARGET,
@@ -278,7 +286,9 @@ def format_table(result: dict) -> str:
     cfg, env = result["config"], result["environment"]
     title = (f"dsm bench scan: transport {cfg['transport']}, {cfg['mib']} MiB x {cfg['repeats']} "
              f"(scans and streams alternating), {cfg['random_pages']} random pages, "
-             f"{cfg['round_trips']} round trips; ratio = rate / the baseline's rate "
+             f"{cfg['round_trips']} round trips"
+             + (f", CurveZMQ keys {cfg['keys']}" if cfg.get("keys") else "")
+             + "; ratio = rate / the baseline's rate "
              f"(pyzmq {env['pyzmq']}, libzmq {env['libzmq']}, {env['cpus']} cpus)")
     out = [common.format_summary(summary(result), title)]
     cores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result["scan_cpu_cores"].items(),
