@@ -111,11 +111,14 @@ def test_every_service_gets_the_keys_read_only_when_dsm_keys_names_them(tmp_path
     for name, svc in keyed.services.items():
         (bind,) = svc.binds
         assert bind.read_only and bind.source == tmp_path, name
-        assert svc.environment["DSM_KEYS"] == bind.target, name
-        assert svc.host_path(svc.environment["DSM_KEYS"]) == str(tmp_path)
+        # the entrypoint turns DSM_KEYS into the mount (no ${VAR:+...} in docker-compose 1.29)
+        assert svc.environment["DSM_KEYS"] == str(tmp_path), name
+        assert svc.environment["DSM_KEYS_MOUNT"] == bind.target, name
+        assert svc.host_path(svc.environment["DSM_KEYS_MOUNT"]) == str(tmp_path)
     # unset: the cluster runs open (an empty DSM_KEYS is no keys), as everywhere else
     for name, svc in load(COMPOSE_FILE, {}).services.items():
         assert svc.environment["DSM_KEYS"] == "", name
+    assert ":+" not in COMPOSE_FILE.read_text()  # docker-compose 1.29 cannot read it
     assert "dsm keygen keys" in COMPOSE_FILE.read_text()
 
 
@@ -220,6 +223,19 @@ def test_entrypoint_runs_the_command_after_the_doctor(monkeypatch, no_exec, caps
     # image's, or this install's)
     assert exc.value.args[0] == [sys.executable, "-m", "dsm.programs.node"]
     assert capsys.readouterr().out.strip() == "verdict: OK - this host can run a dsm node"
+
+
+def test_entrypoint_points_dsm_keys_at_the_mount(monkeypatch, no_exec):
+    _doctor(monkeypatch, 0, "verdict: OK\n")
+    monkeypatch.setenv("DSM_KEYS_MOUNT", "/run/dsm/keys")
+    monkeypatch.setenv("DSM_KEYS", "./keys")  # the host's path, as compose passes it
+    with pytest.raises(Exec):
+        entrypoint.main(["true"])
+    assert entrypoint.os.environ["DSM_KEYS"] == "/run/dsm/keys"
+    monkeypatch.setenv("DSM_KEYS", "")  # open: stays open
+    with pytest.raises(Exec):
+        entrypoint.main(["true"])
+    assert entrypoint.os.environ["DSM_KEYS"] == ""
 
 
 def test_entrypoint_modes(monkeypatch, no_exec):

@@ -10,6 +10,9 @@ host (or a container) that cannot run a node says why, then execs COMMAND.
 * ``skip``: do not run it (the directory needs no userfaultfd).
 
 When every check passes, only the verdict line is printed.
+
+``DSM_KEYS_MOUNT`` (set by docker-compose.yml): where the keys that ``DSM_KEYS`` names on the
+host are mounted; when ``DSM_KEYS`` is set, it becomes ``DSM_KEYS`` for the doctor and COMMAND.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import sys
 from dsm.programs import on_this_python
 
 DOCTOR_ENV = "DSM_DOCTOR"
+KEYS_ENV = "DSM_KEYS"
+#: where a compose file mounted the keys named by DSM_KEYS on the host
+KEYS_MOUNT_ENV = "DSM_KEYS_MOUNT"
 MODES = ("require", "warn", "skip")
 PROG = "dsm-entrypoint"
 
@@ -35,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: ${DOCTOR_ENV} must be one of {', '.join(MODES)}, got {mode!r}",
               file=sys.stderr)
         return 2
+    if os.environ.get(KEYS_ENV) and os.environ.get(KEYS_MOUNT_ENV):
+        # the keys of the host's DSM_KEYS, as this container sees them (the doctor and COMMAND)
+        os.environ[KEYS_ENV] = os.environ[KEYS_MOUNT_ENV]
     if mode != "skip":
         done = subprocess.run([sys.executable, "-m", "dsm", "doctor"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
