@@ -46,8 +46,6 @@ COMPOSE_FIX = (
     "or security_opt: ['seccomp=...'] with a profile allowing userfaultfd"
 )
 
-#: the first kernel with /dev/userfaultfd (older ones open a uffd by the syscall only)
-DEVICE_KERNEL = (6, 1)
 #: Docker's default seccomp profile plus the userfaultfd syscall, and the compose override using it
 SECCOMP_PROFILE = "deploy/seccomp/userfaultfd.json"
 SECCOMP_OVERRIDE = "docker-compose.seccomp.yml"
