@@ -13,6 +13,7 @@ that ``attach`` starts kills this process loudly.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ import numpy as np
 from dsm import libc, local
 from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError, ProtocolError
+from dsm.launchers import placement
 from dsm.layout import AddressError, Layout
 from dsm.sync import Barrier, Lock
 from dsm.needs import OPTIONAL_WORKLOAD_FEATURES, REGION_REGISTER_MODE, WORKLOAD_FEATURES
@@ -82,6 +84,21 @@ class Node:
         self._next_req = 1
         self._buffer = (ctypes.c_char * layout.size).from_address(layout.base)
         self._closed = False
+
+    # --- where this process stands in its job --------------------------------------------------
+    @property
+    def rank(self) -> int | None:
+        """This process's rank in its job: ``DSM_RANK`` (which ``dsm run`` sets from Slurm, Open
+        MPI or PMI, and ``dsm-node`` from its ticket), else the launcher's; None outside one."""
+        where = placement()
+        return None if where is None else where.rank
+
+    @property
+    def size(self) -> int | None:
+        """How many processes the job has: ``DSM_NODES``, else the launcher's (``SLURM_NTASKS``,
+        ``OMPI_COMM_WORLD_SIZE``, ``PMI_SIZE``); None outside a launcher."""
+        where = placement()
+        return None if where is None else where.size
 
     # --- the region ------------------------------------------------------------------------------
     @property
@@ -281,9 +298,12 @@ def _attach_to(path: str, agent_proc: StartedAgent | None) -> Node:
                          libc.MAP_SHARED | libc.MAP_FIXED_NOREPLACE, memfd)
         except OSError as exc:
             os.close(memfd)
+            why = ("the address range is already taken" if exc.errno == errno.EEXIST else
+                   "the address space cannot give it: see `ulimit -v`, or ask for a smaller "
+                   "`dsm directory --region-size`")
             raise AddressError(
                 f"cannot map the shared region at {layout.base:#x}+{layout.size:#x} in this "
-                f"process: {exc.strerror} (the address range is already taken)"
+                f"process: {exc.strerror} ({why})"
             ) from None
         uffd = Uffd.open(features=WORKLOAD_FEATURES | OPTIONAL_WORKLOAD_FEATURES,
                          required=WORKLOAD_FEATURES)

@@ -1,4 +1,4 @@
-"""The directory service of a cluster: ``python -m nodes.directory [FLAGS]`` is
+"""The directory service of a cluster: ``python -m nodes.directory [FLAGS]`` (from the checkout) is
 ``dsm directory [FLAGS]`` (``--listen``, env ``DSM_LISTEN``; ``--region-size``; ``--trace``), the
 one process every node of a cluster talks to. The compose file runs ``dsm directory`` itself."""
 

@@ -19,7 +19,8 @@ import yaml
 
 from dsm.errors import ConfigError
 from dsm.hosts.compose import interpolate, load, parse, parse_duration
-from nodes import entrypoint
+from dsm.workloads import WORKLOADS
+from dsm.programs import CONSOLE_SCRIPTS, entrypoint, on_this_python
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -94,9 +95,9 @@ def test_node_service_finds_the_directory_and_its_workload(compose):
     env = node["environment"]
     assert env["DSM_DIRECTORY"] == "tcp://directory:7400"
     assert node["depends_on"]["directory"]["condition"] == "service_healthy"
-    assert node["command"] == ["python", "-m", "nodes.node"]
+    assert node["command"] == ["dsm-node"]
     workload = re.fullmatch(r"\$\{DSM_WORKLOAD:-(\w+)\}", env["DSM_WORKLOAD"]).group(1)
-    assert (ROOT / "nodes" / f"{workload}.py").exists()
+    assert workload in WORKLOADS and (ROOT / "dsm" / "workloads" / f"{workload}.py").exists()
     assert re.fullmatch(r"\$\{DSM_NODES:-\d+\}", env["DSM_NODES"])
     assert node["deploy"]["replicas"] == env["DSM_NODES"]
     # docker stop: SIGTERM, and time to hand the pages back
@@ -110,11 +111,14 @@ def test_every_service_gets_the_keys_read_only_when_dsm_keys_names_them(tmp_path
     for name, svc in keyed.services.items():
         (bind,) = svc.binds
         assert bind.read_only and bind.source == tmp_path, name
-        assert svc.environment["DSM_KEYS"] == bind.target, name
-        assert svc.host_path(svc.environment["DSM_KEYS"]) == str(tmp_path)
+        # the entrypoint turns DSM_KEYS into the mount (no ${VAR:+...} in docker-compose 1.29)
+        assert svc.environment["DSM_KEYS"] == str(tmp_path), name
+        assert svc.environment["DSM_KEYS_MOUNT"] == bind.target, name
+        assert svc.host_path(svc.environment["DSM_KEYS_MOUNT"]) == str(tmp_path)
     # unset: the cluster runs open (an empty DSM_KEYS is no keys), as everywhere else
     for name, svc in load(COMPOSE_FILE, {}).services.items():
         assert svc.environment["DSM_KEYS"] == "", name
+    assert ":+" not in COMPOSE_FILE.read_text()  # docker-compose 1.29 cannot read it
     assert "dsm keygen keys" in COMPOSE_FILE.read_text()
 
 
@@ -136,15 +140,37 @@ def test_every_service_starts_with_the_doctor_entrypoint(compose):
     for name, svc in compose["services"].items():
         assert svc["entrypoint"] == ["dsm-entrypoint"], name
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
-    assert re.search(r"^RUN pip install \.", dockerfile, re.M)
+    # the base is a build argument (the official image by default, a Debian one in CI)
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^FROM \$\{BASE\}$", dockerfile, re.M)
+    # installed into a virtual environment, which comes first on PATH
+    assert re.search(r"^RUN python3 -m venv /opt/dsm && /opt/dsm/bin/pip install /src\b",
+                     dockerfile, re.M)
+    assert "PATH=/opt/dsm/bin:$PATH" in dockerfile
     assert re.search(r'^ENTRYPOINT \["dsm-entrypoint"\]', dockerfile, re.M)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["dsm-entrypoint"] == "nodes.entrypoint:main"
-    # the image holds what the commands name
-    for path in ("pyproject.toml", "README.md", "dsm", "nodes"):
-        assert re.search(rf"^COPY {re.escape(path)}\b", dockerfile, re.M) or \
-            re.search(rf"^COPY .*\b{re.escape(path)}\b", dockerfile, re.M), path
+    assert scripts["dsm-entrypoint"] == "dsm.programs.entrypoint:main"
+    assert scripts["dsm-node"] == "dsm.programs.node:main"
+    # the image holds what the commands name: the package, and nothing of the checkout's nodes/
+    for path in ("pyproject.toml", "README.md", "dsm"):
+        assert re.search(rf"^COPY (.* )?{re.escape(path)}\b", dockerfile, re.M), path
+    assert not re.search(r"^COPY .*\bnodes\b", dockerfile, re.M)
+
+
+def test_console_scripts_run_as_modules_on_this_python():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {name: target.split(":")[0] for name, target in scripts.items()} == {
+        name: (module if module != "dsm" else "dsm.cli") for name, module in CONSOLE_SCRIPTS.items()}
+    assert on_this_python(["dsm-node", "--x"]) == [sys.executable, "-m", "dsm.programs.node", "--x"]
+    assert on_this_python(["python3", "-c", "1"]) == [sys.executable, "-c", "1"]
+    assert on_this_python(["true"]) == ["true"]
+
+
+def test_compose_file_runs_under_docker_compose_1_29_too(compose):
+    # Debian's docker-compose 1.29 rejects these two keys of Compose v2
+    assert "name" not in compose
+    for svc in compose["services"].values():
+        assert "start_interval" not in svc.get("healthcheck", {})
 
 
 def test_readme_explains_the_container_settings():
@@ -182,7 +208,7 @@ def _doctor(monkeypatch, returncode: int, text: str):
 def test_entrypoint_refuses_a_host_the_doctor_fails(monkeypatch, no_exec, capsys):
     monkeypatch.delenv("DSM_DOCTOR", raising=False)
     ran = _doctor(monkeypatch, 1, "uffd open  FAIL  EPERM\nverdict: FAIL - this host cannot\n")
-    assert entrypoint.main(["python", "-m", "nodes.node"]) == 1
+    assert entrypoint.main(["dsm-node"]) == 1
     assert ran and ran[0][-1] == "doctor"
     out = capsys.readouterr()
     assert "verdict: FAIL" in out.out and "cannot run a node" in out.err
@@ -192,10 +218,24 @@ def test_entrypoint_runs_the_command_after_the_doctor(monkeypatch, no_exec, caps
     monkeypatch.delenv("DSM_DOCTOR", raising=False)
     _doctor(monkeypatch, 0, "check result\n...\nverdict: OK - this host can run a dsm node\n")
     with pytest.raises(Exec) as exc:
-        entrypoint.main(["python", "-m", "nodes.node"])
-    # `python` is the interpreter the entrypoint runs on (the image's, or this install's)
-    assert exc.value.args[0] == [sys.executable, "-m", "nodes.node"]
+        entrypoint.main(["dsm-node"])
+    # a console script of the package runs on the interpreter the entrypoint runs on (the
+    # image's, or this install's)
+    assert exc.value.args[0] == [sys.executable, "-m", "dsm.programs.node"]
     assert capsys.readouterr().out.strip() == "verdict: OK - this host can run a dsm node"
+
+
+def test_entrypoint_points_dsm_keys_at_the_mount(monkeypatch, no_exec):
+    _doctor(monkeypatch, 0, "verdict: OK\n")
+    monkeypatch.setenv("DSM_KEYS_MOUNT", "/run/dsm/keys")
+    monkeypatch.setenv("DSM_KEYS", "./keys")  # the host's path, as compose passes it
+    with pytest.raises(Exec):
+        entrypoint.main(["true"])
+    assert entrypoint.os.environ["DSM_KEYS"] == "/run/dsm/keys"
+    monkeypatch.setenv("DSM_KEYS", "")  # open: stays open
+    with pytest.raises(Exec):
+        entrypoint.main(["true"])
+    assert entrypoint.os.environ["DSM_KEYS"] == ""
 
 
 def test_entrypoint_modes(monkeypatch, no_exec):
@@ -213,7 +253,7 @@ def test_entrypoint_modes(monkeypatch, no_exec):
 
 def test_entrypoint_execs_for_real():
     done = subprocess.run(
-        [sys.executable, "-m", "nodes.entrypoint", sys.executable, "-c", "print('ran')"],
+        [sys.executable, "-m", "dsm.programs.entrypoint", sys.executable, "-c", "print('ran')"],
         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin",
                                                          "DSM_DOCTOR": "warn"})
     assert done.returncode == 0, done.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dsm.commands import demo
-from nodes import demo_workload as w
+from dsm.workloads import rows as w
 
 #: a table row: the node's name, seven counters and the median fault latency
 ROW = r"^{name}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(≤\d+|>\d+|-)\s*$"

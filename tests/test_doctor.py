@@ -268,7 +268,20 @@ def test_fix_texts_follow_the_probes():
 
     in_container = dataclasses.replace(host, container="/.dockerenv", uid=0)
     row = doctor.check_open(in_container, device, refused, umo_refused)
-    assert row.fix == doctor.COMPOSE_FIX and "sysctl" not in row.fix
+    assert row.fix == doctor.container_fix(in_container) and "sysctl" not in row.fix
+    # which way applies, from the kernel: 6.1 has the device, older ones need the profile
+    assert "devices: ['/dev/userfaultfd:/dev/userfaultfd']" in row.fix
+    assert "the device way applies" in row.detail
+    old = dataclasses.replace(in_container, release="5.15.0", version=(5, 15))
+    row = doctor.check_open(old, device, refused, umo_refused)
+    assert "the seccomp way applies" in row.detail and doctor.SECCOMP_PROFILE in row.fix
+    assert "devices:" not in row.fix and "docker-compose.seccomp.yml" in row.fix
+    # a container that opens one says by which way
+    syscall_ok = doctor.OpenProbe("syscall", False, True)
+    assert "by the seccomp way" in doctor.check_open(old, device, syscall_ok, umo_ok).detail
+    device_ok = doctor.OpenProbe("device", False, True)
+    assert "by the device way" in doctor.check_open(in_container, device_ok, refused,
+                                                    umo_refused).detail
 
     assert not doctor.check_cap(host).ok
     assert "cap_add: [SYS_PTRACE]" in doctor.check_cap(in_container).fix

@@ -1,4 +1,4 @@
-"""Leaving cleanly on loopback: ``dsm run`` and ``python -m nodes.node`` given SIGTERM (what
+"""Leaving cleanly on loopback: ``dsm run`` and ``dsm-node`` given SIGTERM (what
 ``docker stop`` sends), or a terminal's Ctrl-C (SIGINT to the whole foreground process group),
 stop the workload first, then hand every owned page back to the directory, with its contents,
 and exit 0; a node that comes after reads them. A node killed instead leaves no agent behind."""
@@ -81,7 +81,7 @@ def test_node_program_hands_pages_back_when_asked_to_leave(directory, make_node,
            "DSM_WORKLOAD_ARGS": "--pages 8 --wait-timeout 60"}
     env.pop("DSM_AGENT_SOCKET", None)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nodes.node"], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "dsm.programs.node"], stdout=subprocess.PIPE,
                                 stderr=log, env=env, start_new_session=True)
     try:
         _wait_for(proc, "wrote its block", 30)
@@ -96,7 +96,7 @@ def test_node_program_hands_pages_back_when_asked_to_leave(directory, make_node,
     # rank 0 wrote its block of gather run 2x0 and left: its pages are in the directory
     reader = make_node("reader")
     ok = reader.run(
-        "from nodes.gather import pattern\n"
+        "from dsm.workloads.gather import pattern\n"
         "w = 8 * node.layout.page_size // 8\n"
         "d = node.array('gather.2x0.data', (2, w), np.int64)\n",
         "bool((d[0] == pattern(0, w)).all())")

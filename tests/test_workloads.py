@@ -1,5 +1,5 @@
-"""The parallel programs of ``nodes/`` (jacobi, matmul, sort, counter): each on three nodes at a
-small size, its result identical to numpy's in one process, through ``dsm demo --workload`` and
+"""The parallel programs of ``dsm/workloads/`` (jacobi, matmul, sort, counter): each on three
+nodes at a small size, its result identical to numpy's in one process, through ``dsm demo --workload`` and
 as a user runs them by hand (a directory, then ``dsm run`` per node)."""
 
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes import common, counter, jacobi, matmul, sort
+from dsm.workloads import common, counter, jacobi, matmul, sort
 
 ROOT = Path(__file__).resolve().parents[1]
 #: small sizes: each run takes a second or two of computation
@@ -68,7 +68,7 @@ def _start_directory(tmp_path: Path) -> tuple[subprocess.Popen, str]:
 
 def _run_nodes(tmp_path: Path, endpoint: str, module: str, argvs: list[list[str]],
                tag: str) -> list[tuple[int, str]]:
-    """``dsm run`` one node per argv, from the checkout (as the module docstrings say)."""
+    """``dsm run`` one node per argv (as the module docstrings say)."""
     procs = []
     for k, argv in enumerate(argvs):
         err = open(tmp_path / f"{tag}-node{k}.log", "w")
@@ -107,7 +107,7 @@ def test_by_hand_against_a_separate_directory_and_again_on_the_same_one(tmp_path
     try:
         size = ["--size", "64", "--iterations", "4"]
         # as the docstring says: --rank K --nodes 3 in three shells (one takes them from env)
-        outputs = _run_nodes(tmp_path, endpoint, "nodes.jacobi",
+        outputs = _run_nodes(tmp_path, endpoint, "dsm.workloads.jacobi",
                              [["--rank", "0", "--nodes", "3", *size],
                               ["--rank", "1", "--nodes", "3", *size],
                               ["--nodes", "3", "--rank", "2", *size]], "first")
@@ -120,13 +120,13 @@ def test_by_hand_against_a_separate_directory_and_again_on_the_same_one(tmp_path
             assert re.search(r"^jacobi: .*MATCH numpy", stdout, re.MULTILINE), stdout
             assert res["stats"]["counters"], res  # the run phase moved pages
         # again on the same directory, the ranks by arrival: a new run, not the old arrays
-        outputs = _run_nodes(tmp_path, endpoint, "nodes.counter",
+        outputs = _run_nodes(tmp_path, endpoint, "dsm.workloads.counter",
                              [["--nodes", "2", "--size", "15", "--iterations", "1"]] * 2,
                              "second")
         second = _results(outputs)
         assert sorted(r["rank"] for r in second) == [0, 1]
         assert all(r["match"] and r["remark"].startswith("total 30 = ") for r in second), second
-        outputs = _run_nodes(tmp_path, endpoint, "nodes.counter",
+        outputs = _run_nodes(tmp_path, endpoint, "dsm.workloads.counter",
                              [["--nodes", "2", "--size", "15", "--iterations", "1"]] * 2, "third")
         third = _results(outputs)
         assert {r["run"] for r in third} != {r["run"] for r in second}
@@ -139,14 +139,16 @@ def test_by_hand_against_a_separate_directory_and_again_on_the_same_one(tmp_path
 def test_bad_arguments_are_refused():
     for argv in (["--nodes", "3", "--rank", "3"], ["--rank", "0"], ["--nodes", "3", "--size", "2"],
                  ["--nodes", "2", "--iterations", "0"]):
-        proc = subprocess.run([sys.executable, "-m", "nodes.jacobi", *argv], capture_output=True,
-                              text=True, timeout=30, cwd=ROOT, env={**os.environ, "DSM_NODES": ""})
+        proc = subprocess.run([sys.executable, "-m", "dsm.workloads.jacobi", *argv],
+                              capture_output=True, text=True, timeout=30, cwd=ROOT,
+                              env={**os.environ, "DSM_NODES": ""})
         assert proc.returncode == 2, (argv, proc.stderr)
 
 
 def test_reference_mode_prints_numpy_time_and_digest():
-    proc = subprocess.run([sys.executable, "-m", "nodes.sort", "--reference", "--nodes", "3",
-                           "--size", "5000"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "dsm.workloads.sort", "--reference", "--nodes",
+                           "3", "--size", "5000"], capture_output=True, text=True, timeout=30,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(common.RESULT_PREFIX))
     res = json.loads(line[len(common.RESULT_PREFIX):])

@@ -1,6 +1,6 @@
 """``dsm bench jacobi``: one Jacobi iteration on the DSM, beside plain numpy in one process.
 
-The workload is ``nodes/jacobi.py`` (a 1024x1024 float64 grid relaxed by bands of rows, a barrier
+The workload is ``dsm/workloads/jacobi.py`` (a 1024x1024 float64 grid relaxed by bands of rows, a barrier
 per iteration), run the way ``dsm bench workloads`` runs it: a fresh cluster on this machine (a
 directory and ``--nodes`` ``dsm run`` nodes, default 2), its result checked bit for bit against
 numpy's. Each node times every iteration from barrier to barrier; an iteration's time is the
@@ -8,7 +8,7 @@ slowest node's. In an iteration each node relaxes its band, and the rows at the 
 move: a neighbour's edge row comes in as a read copy, and this node's edge row, which the
 neighbour read, costs an invalidation when it is written again.
 
-The baseline is the same iterations of the same numpy expression (``nodes.jacobi.relax``) over
+The baseline is the same iterations of the same numpy expression (``dsm.workloads.jacobi.relax``) over
 the whole grid in this one process, timed in the same run, each iteration alone.
 """
 
@@ -63,7 +63,7 @@ def numpy_iterations(size: int, iterations: int) -> list[float]:
     from dsm.commands.demo import load_workload
 
     load_workload("jacobi")  # makes the workloads importable
-    from nodes.jacobi import initial_rows, relax
+    from dsm.workloads.jacobi import initial_rows, relax
 
     grids = [initial_rows(0, size, size), initial_rows(0, size, size)]
     seconds = []

@@ -1,13 +1,13 @@
-"""``dsm bench workloads``: the parallel programs of ``nodes/`` on 1, 2 and 3 nodes, beside plain
-numpy in one process, with the DSM traffic they caused.
+"""``dsm bench workloads``: the parallel programs of ``dsm/workloads/`` on 1, 2 and 3 nodes,
+beside plain numpy in one process, with the DSM traffic they caused.
 
 For each workload (jacobi, matmul, sort, counter) and each node count, a fresh cluster on this
 machine (a directory and N ``dsm run`` nodes, as ``dsm demo`` starts them) runs the program at a
 size that takes seconds. The time reported is the run phase of the slowest node: from the barrier
 at which every node is attached to the barrier after the last iteration, initialization included
 (the data has to reach the nodes: that is what a DSM costs). The baseline is the same computation
-with plain numpy in one process (``python -m nodes.NAME --reference``), timed in the same run with
-the same single-threaded BLAS; its digest is what every node's result must match.
+with plain numpy in one process (``python -m dsm.workloads.NAME --reference``), timed in the same
+run with the same single-threaded BLAS; its digest is what every node's result must match.
 
 The traffic columns add up every node's ``node.stats()`` over the run phase: faults (missing read,
 missing write, write-protect), pages in, pages out and invalidations.
@@ -134,8 +134,6 @@ class WorkloadBench:
         # one BLAS thread everywhere, the baseline included
         self.env = {**os.environ, **SINGLE_THREAD_ENV}
         self.env.pop("DSM_AGENT_SOCKET", None)
-        root = str(Path(__file__).resolve().parents[2])
-        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
 
     def run(self) -> dict:
         from dsm.commands.demo import load_workload
@@ -160,7 +158,7 @@ class WorkloadBench:
                 "environment": environment(), "runs": runs}
 
     def _reference(self, spec, nodes: int, size: int, iterations: int) -> dict:
-        from nodes.common import RESULT_PREFIX
+        from dsm.workloads.common import RESULT_PREFIX
 
         cmd = [sys.executable, "-m", spec.module, "--reference", "--nodes", str(nodes),
                "--size", str(size), "--iterations", str(iterations)]

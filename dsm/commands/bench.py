@@ -26,7 +26,7 @@ BENCHMARKS = {
                    "ZeroMQ stream, and random page reads beside one page per round trip"),
     "directory": (directory, "page requests per second one directory serves to clients with "
                              "requests in flight"),
-    "workloads": (workloads, "the parallel programs of nodes/ on 1, 2 and 3 nodes beside plain "
+    "workloads": (workloads, "the parallel programs of dsm/workloads/ on 1, 2 and 3 nodes beside plain "
                              "numpy in one process, with the DSM traffic they caused"),
     "jacobi": (jacobi, "one Jacobi iteration (1024x1024 float64) on 2 nodes beside plain numpy"),
 }

@@ -1,10 +1,10 @@
 """``dsm demo``: a whole cluster on this machine, a parallel program on shared pages, a verdict.
 
-Starts ``dsm directory`` and N nodes (``dsm run ... -- python -m nodes.WORKLOAD``), each a
-separate set of processes talking over tcp loopback (or ipc), runs one of the workloads of
-``nodes/`` on them, computes the same thing with plain numpy in this one process and compares:
-it prints a table of each node's counters and a line saying whether the results matched. The
-exit status is 0 if and only if they matched.
+Starts ``dsm directory`` and N nodes (``dsm run ... -- python -m dsm.workloads.WORKLOAD``),
+each a separate set of processes talking over tcp loopback (or ipc), runs one of the workloads
+of ``dsm/workloads/`` on them, computes the same thing with plain numpy in this one process and
+compares: it prints a table of each node's counters and a line saying whether the results
+matched. The exit status is 0 if and only if they matched.
 
 Workloads (``--workload``):
   rows     (default) row blocks computed from every row, a falsely shared histogram
@@ -17,7 +17,6 @@ Workloads (``--workload``):
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import select
@@ -34,6 +33,7 @@ from typing import IO
 from dsm.agent.stats import quantile_text
 from dsm.keys import add_keys_argument
 from dsm.watchdog import process_stats
+from dsm.workloads import CHECKED, WORKLOADS as WORKLOAD_MODULES, load
 
 #: how long the directory may take to print its endpoint
 DIRECTORY_START_TIMEOUT_S = 15.0
@@ -51,18 +51,13 @@ class DemoError(Exception):
     """The cluster could not be started or did not finish."""
 
 
-#: the default workload's defaults (nodes/demo_workload.py; not imported here: every `dsm`
+#: the default workload's defaults (dsm/workloads/rows.py; not imported here: every `dsm`
 #: command builds this parser, and the workload modules import numpy)
 DEFAULT_SIZE = 96
 DEFAULT_ROUNDS = 6
-#: workload name -> the module run on each node (it defines ``WORKLOAD``, a nodes.common.Workload)
-WORKLOADS = {
-    "rows": "nodes.demo_workload",
-    "jacobi": "nodes.jacobi",
-    "matmul": "nodes.matmul",
-    "sort": "nodes.sort",
-    "counter": "nodes.counter",
-}
+#: workload name -> the module run on each node (it defines ``WORKLOAD``, a
+#: dsm.workloads.common.Workload)
+WORKLOADS = {name: WORKLOAD_MODULES[name] for name in CHECKED}
 DEFAULT_WORKLOAD = "rows"
 #: one thread per node process (and in the numpy reference): BLAS threads would only fight over
 #: the cores the nodes share
@@ -70,11 +65,8 @@ SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_N
 
 
 def load_workload(name: str):
-    """The ``nodes.common.Workload`` of ``name`` (the checkout's root is made importable)."""
-    root = str(Path(__file__).resolve().parents[2])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module(WORKLOADS[name]).WORKLOAD
+    """The ``dsm.workloads.common.Workload`` of ``name``."""
+    return load(name)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -212,7 +204,7 @@ def _collect(nodes: list[Child], deadline: float) -> None:
 
 
 def _result_of(child: Child) -> dict | None:
-    from nodes.common import RESULT_PREFIX
+    from dsm.workloads.common import RESULT_PREFIX
 
     for line in reversed(child.out):
         if line.startswith(RESULT_PREFIX):
@@ -304,9 +296,6 @@ class LocalCluster:
         self.keys_dir = str(Path(keys_dir).resolve()) if keys_dir else None
         self.env = dict(env)
         self.env.pop("DSM_AGENT_SOCKET", None)
-        # the workload modules live next to the dsm package: importable from any directory
-        root = str(Path(__file__).resolve().parents[2])
-        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
         self.transport = transport
         self.trace_dir = trace_dir
         self.children: list[Child] = []
@@ -424,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
         print("dsm demo: --rounds/--iterations must be at least 1", file=sys.stderr)
         return 2
 
-    from nodes.common import digest, values_of
+    from dsm.workloads.common import digest, values_of
 
     t0 = time.monotonic()
     deadline = t0 + args.timeout

@@ -7,9 +7,11 @@ import os
 import sys
 
 from dsm.directory.pages import OnLoss
+from dsm.errors import ConfigError
 from dsm.directory.service import run_directory
 from dsm.keys import KeysError, add_keys_argument, keys_dir_from, load_server_keys
 from dsm.layout import DEFAULT_BASE_ADDRESS, DEFAULT_REGION_BYTES, Layout
+from dsm.units import check_home_copy, check_region, format_size, parse_size
 
 LISTEN_ENV = "DSM_LISTEN"
 DEFAULT_LISTEN = "tcp://0.0.0.0:7400"
@@ -19,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("directory", help="run the owner directory of a cluster")
     parser.add_argument("--listen", default=os.environ.get(LISTEN_ENV, DEFAULT_LISTEN),
                         help=f"ZeroMQ endpoint to bind (env {LISTEN_ENV}, default {DEFAULT_LISTEN})")
-    parser.add_argument("--region-size", type=int, default=DEFAULT_REGION_BYTES,
-                        help="bytes of shared region (default 1 GiB)")
+    parser.add_argument("--region-size", type=_size, default=DEFAULT_REGION_BYTES,
+                        metavar="SIZE",
+                        help="size of the shared region, in bytes or with a unit: 64GiB, "
+                             f"512MiB, ... (default {format_size(DEFAULT_REGION_BYTES)})")
     parser.add_argument("--base", type=lambda s: int(s, 0), default=DEFAULT_BASE_ADDRESS,
                         help=f"cluster-wide base address (default {DEFAULT_BASE_ADDRESS:#x})")
     parser.add_argument("--trace", help="write the protocol trace (JSON lines) to this file")
@@ -37,7 +41,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        check_region(args.base, args.region_size)
+        check_home_copy(args.region_size)
+    except ConfigError as exc:
+        print(f"dsm directory: --region-size: {exc}", file=sys.stderr)
+        return 2
     layout = Layout(args.base, args.region_size)
     keys_dir = keys_dir_from(args.keys)
     try:

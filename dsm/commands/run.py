@@ -4,6 +4,11 @@ attached to it; the exit status is COMMAND's.
 ``SIGTERM`` (``docker stop``) or ``SIGINT`` means *leave the cluster*: COMMAND gets ``SIGTERM``
 (and ``SIGKILL`` after ``COMMAND_STOP_TIMEOUT_S``), then the agent hands every page it holds
 back to the directory, owned pages with their contents, and the exit status is 0 if it did.
+
+Under a launcher (``srun``, ``mpirun``, a PMI launcher) and without ``DSM_NODES``, COMMAND gets the
+launcher's rank and size as ``DSM_RANK`` and ``DSM_NODES`` (and ``DSM_RUN``, from the job's id),
+which the workloads of ``dsm.workloads`` and ``node.rank``/``node.size`` read
+(``dsm/launchers.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 from dsm import local
 from dsm.agent.launch import AgentStartError, StartedAgent, start_agent
 from dsm.commands.agent import add_directory_arguments, default_node_name
+from dsm.errors import ConfigError
+from dsm.launchers import RUN_ENV, placement, workload_env
 
 #: how long the command may take to exit after the SIGTERM of a leave
 COMMAND_STOP_TIMEOUT_S = 10.0
@@ -147,6 +154,13 @@ def run(args: argparse.Namespace) -> int:
         print("dsm run: no command given (dsm run --directory ENDPOINT -- COMMAND...)",
               file=sys.stderr)
         return 2
+    try:
+        launcher_env = workload_env(placement())
+    except ConfigError as exc:
+        print(f"dsm run: {exc}", file=sys.stderr)
+        return 2
+    if os.environ.get(RUN_ENV):
+        launcher_env.pop(RUN_ENV, None)  # the user named the run
     with Departure() as leave:
         try:
             agent = start_agent(args.directory, args.node or default_node_name(),
@@ -155,4 +169,4 @@ def run(args: argparse.Namespace) -> int:
         except AgentStartError as exc:
             print(f"dsm run: {exc}", file=sys.stderr)
             return 0 if leave.requested is not None else 2
-        return run_attached(agent, command, leave, "dsm run")
+        return run_attached(agent, command, leave, "dsm run", {**os.environ, **launcher_env})

@@ -20,9 +20,13 @@ from dsm.doctor.checks import (
     CHECK_NAMES,
     CHECK_OPEN,
     COMPOSE_FIX,
+    DEVICE_KERNEL,
+    SECCOMP_PROFILE,
     CheckResult,
     check_cap,
     check_open,
+    container_fix,
+    container_way,
     run_checks,
 )
 from dsm.doctor.facts import CAP_SYS_PTRACE, SYSCTL_PATH, HostFacts, OpenProbe, kernel_version
@@ -30,7 +34,8 @@ from dsm.doctor.report import register, render_json, render_text, verdict
 
 __all__ = [
     "CAP_SYS_PTRACE", "CHECK_API", "CHECK_CAP", "CHECK_FORK", "CHECK_NAMES", "CHECK_OPEN",
-    "COMPOSE_FIX", "CheckResult", "HostFacts", "OpenProbe", "SYSCTL_PATH", "check_cap",
+    "COMPOSE_FIX", "DEVICE_KERNEL", "SECCOMP_PROFILE", "CheckResult", "container_fix",
+    "container_way", "HostFacts", "OpenProbe", "SYSCTL_PATH", "check_cap",
     "check_open", "kernel_version", "register", "render_json", "render_text", "run_checks",
     "verdict",
 ]

@@ -46,6 +46,33 @@ COMPOSE_FIX = (
     "or security_opt: ['seccomp=...'] with a profile allowing userfaultfd"
 )
 
+#: Docker's default seccomp profile plus the userfaultfd syscall, and the compose override using it
+SECCOMP_PROFILE = "deploy/seccomp/userfaultfd.json"
+SECCOMP_OVERRIDE = "docker-compose.seccomp.yml"
+
+
+def container_way(facts: HostFacts) -> str:
+    """Which of the two ways to open a uffd applies to this container's kernel (the host's)."""
+    if facts.version is not None and facts.version < DEVICE_KERNEL:
+        return (f"kernel {facts.release} is older than 6.1 and has no /dev/userfaultfd: the "
+                f"seccomp way applies (the profile {SECCOMP_PROFILE}, Docker's default plus "
+                f"userfaultfd; compose: -f docker-compose.yml -f {SECCOMP_OVERRIDE})")
+    return (f"kernel {facts.release} has /dev/userfaultfd: the device way applies (devices: "
+            "['/dev/userfaultfd:/dev/userfaultfd'], as docker-compose.yml does; or the seccomp "
+            f"way: {SECCOMP_PROFILE} through {SECCOMP_OVERRIDE})")
+
+
+def container_fix(facts: HostFacts) -> str:
+    """What to add to a container that cannot open a uffd, for its kernel."""
+    if facts.version is not None and facts.version < DEVICE_KERNEL:
+        return (f"add to the compose service: cap_add: [SYS_PTRACE] and security_opt: "
+                f"['seccomp={SECCOMP_PROFILE}'] (kernel {facts.release} has no /dev/userfaultfd: "
+                f"docker compose -f docker-compose.yml -f {SECCOMP_OVERRIDE} up)")
+    return (f"add to the compose service: cap_add: [SYS_PTRACE], devices: "
+            f"['/dev/userfaultfd:/dev/userfaultfd'] (kernel {facts.release} has it), or "
+            f"security_opt: ['seccomp={SECCOMP_PROFILE}'] ({SECCOMP_OVERRIDE})")
+
+
 # check names, in the order they are printed
 CHECK_KERNEL = "kernel"
 CHECK_ENVIRONMENT = "environment"
@@ -143,8 +170,8 @@ def check_sysctl(facts: HostFacts) -> CheckResult:
 def _open_fix(facts: HostFacts, device: OpenProbe, syscall: OpenProbe, umo: OpenProbe | None) -> str:
     if facts.container:
         if device.errno == errno.EACCES and facts.uid != 0:
-            return "run the service as root (user: root); " + COMPOSE_FIX
-        return COMPOSE_FIX
+            return "run the service as root (user: root); " + container_fix(facts)
+        return container_fix(facts)
     fixes = []
     seccomp_blocks = syscall.errno == errno.EPERM and umo is not None and not umo.ok
     if seccomp_blocks:
@@ -177,6 +204,9 @@ def check_open(
         "syscall: yes" if syscall.ok else f"syscall: no ({syscall_refusal(syscall, umo, facts)})",
     ]
     if ways:
+        if facts.container:
+            parts.append(f"in this container by the {'device' if device.ok else 'seccomp'} way"
+                         + ("" if device.ok else " (the seccomp filter allows the syscall)"))
         return CheckResult(CHECK_OPEN, True, "; ".join(parts))
     if umo is not None and umo.ok:
         parts.append(
@@ -184,6 +214,8 @@ def check_open(
             "would fail with EFAULT instead of faulting"
         )
     detail = "neither way opens a uffd that handles kernel faults; " + "; ".join(parts)
+    if facts.container:
+        detail += "; " + container_way(facts)
     return CheckResult(CHECK_OPEN, False, detail, _open_fix(facts, device, syscall, umo))
 
 

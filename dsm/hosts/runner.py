@@ -10,9 +10,9 @@ name S resolves to each of S's replicas, as on a compose network.
 A replica runs ``ip netns exec NAMESPACE hostexec.py S-K ENTRYPOINT... COMMAND...`` in a session
 of its own, with this machine's environment (minus ``DSM_*``) plus the service's ``environment``
 (where a bind volume's target is named, its source: see ``compose.py``).
-``python``/``python3`` as a command name means this interpreter, and this install's scripts
-directory comes first on ``PATH`` (so ``dsm`` and ``dsm-entrypoint`` are the installed ones): the
-image's ``pip install .`` is this machine's install. Standard output and error are merged, kept per
+``python``/``python3`` as a command name means this interpreter, and a console script of the
+package (``dsm``, ``dsm-entrypoint``, ``dsm-node``) ``python -m`` its module on it; this install's
+scripts directory comes first on ``PATH`` too: the image's install is this machine's. Standard output and error are merged, kept per
 replica, and echoed with a ``S-K | `` prefix.
 
 ``stop()`` sends the service's ``stop_signal`` to the replica's process (what ``docker stop``
@@ -200,9 +200,9 @@ class Cluster:
 
     @staticmethod
     def _resolve(argv: list[str]) -> list[str]:
-        if argv and argv[0] in ("python", "python3"):
-            return [sys.executable, *argv[1:]]
-        return list(argv)
+        from dsm.programs import on_this_python
+
+        return on_this_python(argv)
 
     def _pump(self, inst: Instance, log: IO[str] | None) -> None:
         prefix = f"{inst.name:<{self._width}} | "

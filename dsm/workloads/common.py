@@ -1,4 +1,4 @@
-"""What the workload programs in ``nodes/`` share: their arguments, how a run is named, the
+"""What the workload programs of ``dsm.workloads`` share: their arguments, how a run is named, the
 phases and their timing, the check against numpy, and the lines they print.
 
 A workload module defines ``WORKLOAD = Workload(...)``: its defaults, a ``reference`` (the whole

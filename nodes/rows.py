@@ -1,0 +1,8 @@
+"""``python -m nodes.rows`` from the checkout: ``python -m dsm.workloads.rows``."""
+
+import sys
+
+from dsm.workloads.rows import main
+
+if __name__ == "__main__":
+    sys.exit(main())
