@@ -45,6 +45,9 @@ MAP_PRIVATE = mmap.MAP_PRIVATE
 MAP_ANONYMOUS = mmap.MAP_ANONYMOUS
 MAP_FIXED = 0x10  #: <asm-generic/mman-common.h>
 MAP_FIXED_NOREPLACE = 0x100000  #: fail with EEXIST instead of replacing a mapping
+#: do not reserve swap for the mapping: a sparse one larger than RAM is then allowed under the
+#: kernel's overcommit heuristic (vm.overcommit_memory=0) <asm-generic/mman-common.h>
+MAP_NORESERVE = 0x4000
 MREMAP_MAYMOVE = 1  #: <linux/mman.h>
 MREMAP_FIXED = 2
 MREMAP_DONTUNMAP = 4

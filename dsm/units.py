@@ -10,7 +10,6 @@ as the binary units, as ``dd``, ``ulimit`` and the kernel's command line read th
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import re
 
@@ -113,17 +112,18 @@ def _overcommit_policy() -> str:
 
 
 def check_home_copy(size: int) -> None:
-    """Raise a ``ConfigError`` if the kernel will not commit ``size`` bytes of private anonymous
-    memory, which the directory maps for its home copy of the region (lazily: untouched pages
-    cost nothing, but under the kernel's overcommit heuristic one mapping larger than RAM plus
-    swap is refused)."""
-    try:
-        probe = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    """Raise a ``ConfigError`` if the kernel will not map ``size`` bytes of private anonymous
+    memory for the directory's home copy of the region. Untouched pages cost nothing and none is
+    reserved (``MAP_NORESERVE``), so only strict accounting (vm.overcommit_memory=2) refuses a
+    region larger than it commits."""
+    try:  # mapped as the home store maps it (dsm/directory/home.py)
+        probe = libc.mmap_at(0, size, libc.PROT_READ | libc.PROT_WRITE,
+                             libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
     except OSError as exc:
         policy = _overcommit_policy()
         raise ConfigError(
             f"region size {format_size(size)}: the kernel will not give the directory's home "
-            f"copy of the region ({exc.strerror}): with vm.overcommit_memory={policy} a mapping "
-            "larger than RAM plus swap is refused (pages are only used once written). Choose "
-            "a smaller --region-size, or allow it: `sysctl vm.overcommit_memory=1`") from None
-    probe.close()
+            f"copy of the region ({exc.strerror}): with vm.overcommit_memory={policy} every "
+            "mapping is accounted in full, although pages are only used once written. Choose "
+            "a smaller --region-size, or allow it: `sysctl vm.overcommit_memory=0`")
+    libc.munmap(probe, size)

@@ -1,17 +1,20 @@
 """The directory's home copies: the contents of every page no node owns.
 
-One anonymous mapping the size of the region (pages never written cost nothing) and a bitmap of
+One anonymous mapping the size of the region (pages never written cost nothing, and none is
+reserved up front: ``MAP_NORESERVE``, so a region larger than RAM is fine) and a bitmap of
 the pages that hold data, so that a run of pages is sent as one contiguous slice and a run that
 never held data is sent as "zero" without any bytes.
 """
 
 from __future__ import annotations
 
-import mmap
+import ctypes
+import weakref
 from typing import Any
 
 import numpy as np
 
+from dsm import libc
 from dsm.layout import Layout
 from dsm.protocol import Payload
 
@@ -19,8 +22,11 @@ from dsm.protocol import Payload
 class HomeStore:
     def __init__(self, layout: Layout):
         self.page_size = layout.page_size
-        self._memory = mmap.mmap(-1, layout.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._view = memoryview(self._memory)
+        self._addr = libc.mmap_at(0, layout.size, libc.PROT_READ | libc.PROT_WRITE,
+                                  libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
+        self._view = memoryview((ctypes.c_char * layout.size).from_address(self._addr)).cast("B")
+        # unmapped with the store (a simulator makes thousands of directories in one process)
+        weakref.finalize(self, libc.munmap, self._addr, layout.size)
         self._has_data = np.zeros(layout.num_pages, dtype=bool)
 
     def get(self, page: int, count: int) -> tuple[Payload, Any]:
@@ -54,7 +60,8 @@ class HomeStore:
         """Forget ``count`` pages: they read as zero again and their memory is returned."""
         if not self._has_data[page : page + count].any():
             return
-        self._memory.madvise(mmap.MADV_DONTNEED, page * self.page_size, count * self.page_size)
+        libc.madvise(self._addr + page * self.page_size, count * self.page_size,
+                     libc.MADV_DONTNEED)
         self._has_data[page : page + count] = False
 
     def clear_pages(self, pages: list[int]) -> None:
