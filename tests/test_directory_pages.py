@@ -249,3 +249,18 @@ def test_a_write_for_a_node_that_died_meanwhile_leaves_no_stale_copy_set(d):
     assert d.entry(2).copyset == set() and d.entry(2).owner is None
     send = only(d.acquire("b", 2, 1, True, True), "b")  # b's upgrade: it has no copy any more
     assert send == Grant(2, 1, True, Payload.DATA)
+
+
+def test_an_upgrade_covers_a_run_of_pages_held_by_the_same_nodes(d):
+    """A band read, then written: one request, one invalidation per other holder, one grant."""
+    for node in "ab":
+        for page in (20, 21, 22):
+            d.acquire(node, page, 1, False, False)
+    d.acquire("c", 23, 1, False, False)  # page 23 has other holders: not in the run
+    d.acquire("a", 23, 1, False, False)
+    sends = d.acquire("a", 20, 4, True, True)
+    assert [(s.node, s.message) for s in sends] == [("b", Invalidate(sends[0].message.txn, 20, 3))]
+    grant = only(d.invalidated("b", sends[0].message.txn, 20, 3), "a")
+    assert grant == Grant(20, 3, True, Payload.NONE)
+    assert all(d.entry(q).owner == "a" and not d.entry(q).copyset for q in (20, 21, 22))
+    assert d.entry(23).copyset == {"a", "c"}

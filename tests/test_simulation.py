@@ -24,6 +24,8 @@ CONFIGS = [
      range(0, 150)),
     ("3 nodes on 2 pages, 3 threads", dict(nodes=3, pages=2, threads_per_node=3, ops_per_thread=30,
                                            deaths=1), range(0, 100)),
+    ("bands of pages read then written, 4 nodes",
+     dict(nodes=4, pages=12, ops_per_thread=40, deaths=1, bands=True), range(0, 150)),
     ("256 nodes", dict(nodes=256, pages=16, ops_per_thread=2, deaths=2), range(0, 3)),
 ]
 

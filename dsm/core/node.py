@@ -101,8 +101,10 @@ class NodeCore:
             # refaults on the read copy and asks for the upgrade then)
             pend.waiters.append(waiter)
             return out
-        if st is PageState.SHARED:  # an upgrade: only this page
-            return out + self._request(page, 1, True, [waiter], None, now)
+        if st is PageState.SHARED:  # an upgrade: of a run of read copies, for a sequential writer
+            stream = (proc, True)
+            window = self.readahead.on_fault(stream, page)
+            return out + self._request_upgrade(page, window, waiter, now)
         stream = (proc, write)
         window = self.readahead.on_fault(stream, page)
         out += self._request(page, window, write, [waiter], stream, now)
@@ -125,6 +127,22 @@ class NodeCore:
         self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
                     "write" if write else "read", count=count)
         return [Send(p.Acquire(page, count, write, have_copy))]
+
+    def _request_upgrade(self, page: int, window: int, waiter: Waiter, now: float) -> list[Action]:
+        """Ask to own ``page`` and up to ``window - 1`` following pages this node holds read
+        copies of and awaits nothing for (a band read, then written, costs one round trip)."""
+        count = 1
+        end = self.extents.end_of(page) or self.num_pages
+        limit = min(window, p.MAX_BATCH_PAGES, end - page)
+        while (count < limit and self.state.get(page + count) is PageState.SHARED
+               and page + count not in self.pending):
+            count += 1
+        pend = Pending(page, count, True, now, None, [waiter])
+        for q in range(page, page + count):
+            self.pending[q] = pend
+        self.stats.count("requests")
+        self._trace(page, "ACQUIRE", self.node, "shared", "write", count=count)
+        return [Send(p.Acquire(page, count, True, True))]
 
     def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
         """Keep a sequential stream's requests ahead of its faults."""

@@ -333,7 +333,9 @@ class PageDirectory:
             return self._finish(Txn(0, req, n, set()))
         others = e.copyset - {node}
         if req.have_copy and node in e.copyset:
-            n = 1  # an upgrade: the node has the contents, it needs only the others gone
+            # an upgrade: the node has the contents, it needs only the others gone; the run
+            # goes on over the following pages held by the same nodes (one invalidation each)
+            n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset)
         else:
             n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset
                              and node not in q.copyset)
@@ -411,7 +413,7 @@ class PageDirectory:
                 n = lost_at  # grant the pages before the first lost one; the rest is refused
                 entries = entries[:n]
         write = req.kind is Kind.WRITE
-        already_current = write and n == 1 and req.have_copy and node in entries[0].copyset
+        already_current = write and req.have_copy and all(node in e.copyset for e in entries)
         for q, e in zip(range(first, first + n), entries):
             if txn.source is not None:
                 e.owner = None
@@ -433,7 +435,7 @@ class PageDirectory:
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
         if already_current:
-            grant = Send(node, Grant(first, 1, True, Payload.NONE))
+            grant = Send(node, Grant(first, n, True, Payload.NONE))
         elif (txn.fetched is not None and txn.fetched[0] == Payload.DATA and not txn.fetched[2]
               and n == txn.count):
             # the owner's buffer is the grant as it is: no copy

@@ -84,7 +84,8 @@ class SimNode:
 
 class World:
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
-                 ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON):
+                 ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
+                 bands: bool = False):
         self.seed = seed
         self.rng = random.Random(seed)
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
@@ -105,14 +106,26 @@ class World:
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
                                  holds=lambda pg, node=node: pg in node.memory)
             for t in range(threads_per_node):
-                ops = []
-                for k in range(ops_per_thread):
-                    loc = self.rng.randrange(pages * SLOTS_PER_PAGE)
-                    value = (i + 1) * 1_000_000 + t * 10_000 + k + 1  # unique per write
-                    ops.append((self.rng.choice("rw"), loc, value))
+                kinds_locs = self._bands(ops_per_thread) if bands else [
+                    (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
+                    for _ in range(ops_per_thread)]
+                ops = [(kind, loc, (i + 1) * 1_000_000 + t * 10_000 + k + 1)  # unique per write
+                       for k, (kind, loc) in enumerate(kinds_locs)]
                 node.threads.append(Thread(node, t + 1, ops))
             self.nodes[name] = node
         self.ops_total = nodes * threads_per_node * ops_per_thread
+
+    def _bands(self, n: int) -> list[tuple[str, int]]:
+        """Reads of a run of pages in order, then writes of them in order (a stencil's band),
+        again and again: sequential faults open read-ahead and upgrade whole runs."""
+        out: list[tuple[str, int]] = []
+        while len(out) < n:
+            first = self.rng.randrange(self.num_pages)
+            run = range(first, min(self.num_pages, first + self.rng.randint(2, 6)))
+            slot = self.rng.randrange(SLOTS_PER_PAGE)
+            out += [("r", pg * SLOTS_PER_PAGE + slot) for pg in run]
+            out += [("w", pg * SLOTS_PER_PAGE + slot) for pg in run]
+        return out[:n]
 
     # --- the network -------------------------------------------------------------------------------
     def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
