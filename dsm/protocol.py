@@ -441,7 +441,7 @@ class LostReport(Message):
 
 @dataclass(frozen=True)
 class NodeReport(Message):
-    """A node's counters and fault-latency histogram (``dsm.agent.stats``), sent every
+    """A node's counters and fault-latency histogram (``dsm.core.stats``), sent every
     STATS_REPORT_INTERVAL_S so that the directory can show the whole cluster (``dsm top``)."""
 
     TYPE = MsgType.NODE_REPORT

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from dsm.agent.stats import quantile_text
+from dsm.core.stats import quantile_text
 
 #: (column, counters summed) of the fault-rate columns
 FAULT_KINDS = [

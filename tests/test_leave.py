@@ -360,7 +360,7 @@ def test_agent_exits_when_its_node_session_is_killed(directory, make_node):
 def test_give_back_write_protects_owned_pages_before_reading_them():
     """A local writer must be stopped before an owned page is read to be handed back: a write
     between the read and the hole punch would be lost. The node core orders it so."""
-    from dsm.agent.readahead import ReadAhead
+    from dsm.core.readahead import ReadAhead
     from dsm.core import actions as act
     from dsm.core.node import NodeCore
     from dsm.core.states import PageState

@@ -1,6 +1,6 @@
 """The read-ahead policy on its own: sequential faults open a window, anything else resets it."""
 
-from dsm.agent.readahead import ASYNC_MIN_WINDOW_PAGES, ReadAhead
+from dsm.core.readahead import ASYNC_MIN_WINDOW_PAGES, ReadAhead
 
 
 def test_random_faults_never_read_ahead():
@@ -37,7 +37,7 @@ def test_asynchronous_requests_only_for_a_wide_window_and_at_most_two_windows_ah
 
 
 def test_extents_bound_read_ahead_to_the_array():
-    from dsm.agent.extents import Extents
+    from dsm.core.extents import Extents
 
     ext = Extents(4096)
     ext.add(0, 10 * 4096)

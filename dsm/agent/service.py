@@ -30,7 +30,7 @@ from dsm.agent.memory import NodeMemory
 from dsm.core import actions as act
 from dsm.core.node import NodeCore
 from dsm.core.states import PageState
-from dsm.agent.readahead import ReadAhead
+from dsm.core.readahead import ReadAhead
 from dsm.agent.processes import (
     Mapping,
     WorkloadProcess,
@@ -38,7 +38,7 @@ from dsm.agent.processes import (
     maps_file,
     thread_group_of,
 )
-from dsm.agent.stats import NodeStats
+from dsm.core.stats import NodeStats
 from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, HandshakeWatch, configure_client, keys_dir_from, load_client_keys

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from dsm.agent.stats import quantile_text
+from dsm.core.stats import quantile_text
 from dsm.keys import add_keys_argument
 from dsm.watchdog import process_stats
 from dsm.workloads import CHECKED, WORKLOADS as WORKLOAD_MODULES, load

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from dsm import protocol as p
-from dsm.agent.extents import Extents
-from dsm.agent.readahead import ReadAhead
-from dsm.agent.stats import NodeStats
+from dsm.core.extents import Extents
+from dsm.core.readahead import ReadAhead
+from dsm.core.stats import NodeStats
 from dsm.core.actions import (
     Action, Install, Kill, Poison, Protect, Punch, Send, Unprotect, Upgrade, Wake,
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from dsm import protocol as p
-from dsm.agent.stats import LATENCY_BUCKETS_US
+from dsm.core.stats import LATENCY_BUCKETS_US
 from dsm.directory.allocations import Allocations
 from dsm.directory.pages import PageDirectory
 

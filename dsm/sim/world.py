@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dsm import protocol as p
-from dsm.agent.readahead import ReadAhead
+from dsm.core.readahead import ReadAhead
 from dsm.core import actions as a
 from dsm.core.node import NodeCore
 from dsm.core.states import PageState
