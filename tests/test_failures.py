@@ -13,7 +13,7 @@ import zmq
 
 from dsm import protocol
 from dsm.layout import DEFAULT_BASE_ADDRESS
-from tests.cluster import NodeProcess
+from tests.cluster import Directory, NodeProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -198,3 +198,34 @@ def test_a_node_cut_off_from_the_directory_fails_its_lock_waits_instead_of_hangi
     finally:
         a.kill()
         b.kill()
+
+
+def test_an_agent_whose_directory_is_gone_does_not_block_handing_pages_back(tmp_path):
+    """Its workload exits owning more pages than the DEALER queues while the directory is dead:
+    the sends must not block the agent forever (it would outlive its node); it is cut off."""
+    directory = Directory(tmp_path)
+    node = NodeProcess(directory.endpoint, "stuck", tmp_path)
+    try:
+        # every other page: each a run of its own, so one Writeback each, more than the
+        # DEALER queues (ZeroMQ's default high-water mark is 1000 messages)
+        node.run("x = node.array('many', (6000, 512), np.int64); x[::2, 0] = 1")
+        agent_pid = node.run("", "node._agent_proc.pid")
+        directory.proc.kill()
+        directory.proc.wait(10)
+        os.killpg(node.proc.pid, signal.SIGKILL)  # the workload and its watchdog, not the agent
+        node.proc.wait(10)
+        deadline = time.monotonic() + 20
+        while os.path.exists(f"/proc/{agent_pid}") and _state(agent_pid) != "Z":
+            assert time.monotonic() < deadline, "the agent still runs 20 s after its node died"
+            time.sleep(0.1)
+    finally:
+        node.kill()
+        directory.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

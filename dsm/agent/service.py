@@ -156,6 +156,11 @@ class Agent:
         self._ctx = zmq.Context.instance()
         self.dealer = self._ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 1000)
+        # a directory that takes no message for as long as this node may go on without it (its
+        # queue full: gone, or not reading) cuts the node off, rather than block the loop forever
+        self.dealer.setsockopt(zmq.SNDTIMEO, int(NODE_CUT_OFF_S * 1000))
+        #: False once the directory no longer serves this node (cut off, fenced)
+        self._directory_alive = True
         #: this node's end of the link to the directory, as trace message ids name it
         self.link = p.identity(node, self.incarnation).decode(errors="surrogateescape")
         self.dealer.setsockopt(zmq.IDENTITY, p.identity(node, self.incarnation))
@@ -197,7 +202,6 @@ class Agent:
         self._last_report = 0.0
         self._last_overdue_check = 0.0
         self._last_heard = time.monotonic()
-        self._directory_alive = True
         self._running = True
         #: lines about messages dropped from the directory, rate-limited
         self._complain = ThrottledLog(log, "messages dropped from the directory")
@@ -382,9 +386,16 @@ class Agent:
             self._running = False
 
     def _send(self, msg: p.Message, page: Any = None) -> None:
+        if not self._directory_alive:  # cut off: nothing reaches it any more
+            return
         t = self.tracer.now() if self.tracer.enabled else None
         frames = p.encode(msg, page)
-        self.dealer.send_multipart(frames, copy=False)
+        try:
+            self.dealer.send_multipart(frames, copy=False)
+        except zmq.Again:
+            self._cut_off(f"the directory {self.directory_endpoint} has taken no message for "
+                          f"{NODE_CUT_OFF_S:.1f} s: this node is cut off from the cluster")
+            return
         if self.wire is not None:
             self.wire.count("sent", msg, frames)
         self._last_send = time.monotonic()
