@@ -136,8 +136,16 @@ def test_dsm_run_refuses_a_launcher_variable_that_is_not_a_number(tmp_path):
 
 # --- whole jobs ------------------------------------------------------------------------------------
 def _result_lines(stdout: str) -> list[dict]:
-    return [json.loads(ln[len(RESULT_PREFIX):]) for ln in stdout.splitlines()
-            if ln.startswith(RESULT_PREFIX)]
+    """Every result object in ``stdout``. The tasks of a job share one output, so a line of one
+    task may run on into another's text (writes of parallel processes interleave): read each
+    object where its prefix starts, up to where the JSON ends."""
+    decoder = json.JSONDecoder()
+    results, at = [], stdout.find(RESULT_PREFIX)
+    while at >= 0:
+        obj, _ = decoder.raw_decode(stdout, at + len(RESULT_PREFIX))
+        results.append(obj)
+        at = stdout.find(RESULT_PREFIX, at + len(RESULT_PREFIX))
+    return results
 
 
 def _start_tasks(tmp_path: Path, argv: list[str], envs: list[dict]) -> list[subprocess.Popen]:
