@@ -749,10 +749,6 @@ class Agent:
                 pass
 
 
-def _name(state: PageState | None) -> str:
-    return state.value if state is not None else "invalid"
-
-
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
               ready_fd: int | None = None, parent_pid: int | None = None,
               keys_dir: str | None = None, metrics_port: int | None = None) -> int:
