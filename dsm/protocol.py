@@ -68,6 +68,11 @@ class MsgType(enum.IntEnum):
     FENCED = 29
     LOST_REPORT = 30
     STATS_REPORT = 31
+    WITHDRAWN = 33
+    # node -> directory (central and distributed managers)
+    RECEIVED = 34
+    # node -> node (central and distributed managers)
+    PEER_PAGE = 40
 
 
 class Direction(enum.Flag):
@@ -76,10 +81,12 @@ class Direction(enum.Flag):
     TO_DIRECTORY = 1  #: node -> directory
     TO_NODE = 2  #: directory -> node
     BOTH = TO_DIRECTORY | TO_NODE  #: both say it (Heartbeat, Bye)
+    TO_PEER = 4  #: node -> node, on the peer endpoints (pages sent owner -> requester)
 
 
 _DIRECTION_WORDS = {Direction.TO_DIRECTORY: "node -> directory",
-                    Direction.TO_NODE: "directory -> node", Direction.BOTH: "both ways"}
+                    Direction.TO_NODE: "directory -> node", Direction.BOTH: "both ways",
+                    Direction.TO_PEER: "node -> node"}
 
 
 class Payload(enum.IntEnum):
@@ -88,6 +95,7 @@ class Payload(enum.IntEnum):
     NONE = 0  #: no bytes: the receiver already has the current contents
     ZERO = 1  #: the page is all zeros (never written, or discarded): no frame is sent
     DATA = 2  #: the page bytes follow in frame 1
+    SENT = 3  #: no bytes here: they went straight to the requester, node to node (Fetched)
 
 
 #: a page number (whether it is in the region is for the receiver to check)
@@ -121,6 +129,9 @@ class Hello(Message):
     node: str
     pid: Pid
     incarnation: RandomId
+    #: the endpoint of the node's peer socket as the other nodes reach it ("" for none: the
+    #: node can be served only by the relay manager)
+    peer: str = ""
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,9 @@ class Welcome(Message):
     page_size: U64
     epoch: RandomId  #: drawn at random when the directory starts: a restart changes it
     clock_ns: U64 = 0  #: the directory's trace clock when it answered (``dsm.clocksync``)
+    #: pages travel node to node (the central and distributed managers): a Fetch names the
+    #: requester to send them to, and read copies go back with their contents
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,8 +180,12 @@ class Grant(Message):
 
 @dataclass(frozen=True)
 class Fetch(Message):
-    """Directory to owner: send ``count`` pages from ``page``; keep read copies (``keep_copy``)
-    or give them up."""
+    """Directory to a holder: send ``count`` pages from ``page``; keep read copies
+    (``keep_copy``) or give them up. Relay manager (``to_node`` empty): send them to the
+    directory (``Fetched`` with DATA). Central and distributed managers: send them straight to
+    node ``to_node`` at its peer endpoint ``to_addr`` (``PeerPage``), then tell the directory
+    (``Fetched`` with SENT); a holder that cannot (it no longer holds them all, or the peer is
+    unreachable) answers as to the relay manager."""
 
     TYPE = MsgType.FETCH
     DIRECTION = Direction.TO_NODE
@@ -175,6 +193,8 @@ class Fetch(Message):
     page: PageNo
     count: PageCount
     keep_copy: bool
+    to_node: str = ""
+    to_addr: str = ""
 
 
 @dataclass(frozen=True)
@@ -225,12 +245,61 @@ class Writeback(Message):
 
 @dataclass(frozen=True)
 class Drop(Message):
-    """A node gives up its read copies of ``count`` pages from ``page``."""
+    """A node gives up its read copies of ``count`` pages from ``page``. Under the central and
+    distributed managers the copies go with it (DATA): the directory keeps no copy of a
+    read-shared page, and the last holder's copy becomes the home copy."""
 
     TYPE = MsgType.DROP
     DIRECTION = Direction.TO_DIRECTORY
+    CARRIES_PAGE = True
     page: PageNo
     count: PageCount
+    payload: PayloadKind = Payload.NONE
+
+
+@dataclass(frozen=True)
+class PeerPage(Message):
+    """Holder to requester, node to node: the pages of transaction ``txn`` the directory asked
+    ``sender`` to send, for reading or (``write``) as the new owner."""
+
+    TYPE = MsgType.PEER_PAGE
+    DIRECTION = Direction.TO_PEER
+    CARRIES_PAGE = True
+    txn: U64
+    page: PageNo
+    count: PageCount
+    write: bool
+    payload: PayloadKind
+    sender: str
+
+
+@dataclass(frozen=True)
+class Received(Message):
+    """Requester to directory: the pages of transaction ``txn`` came from their holder and are
+    installed, or (``installed`` false, the answer to ``Withdrawn``) they never came. The
+    directory ends a node-to-node transaction only on this, so that nothing it sends the
+    requester later overtakes the pages."""
+
+    TYPE = MsgType.RECEIVED
+    DIRECTION = Direction.TO_DIRECTORY
+    txn: U64
+    page: PageNo
+    count: PageCount
+    installed: bool
+
+
+@dataclass(frozen=True)
+class Withdrawn(Message):
+    """Directory to requester: ``source``, which was to send the pages of ``txn``, is gone.
+    The requester answers ``Received``: installed if they came, not installed (and it will
+    ignore them from now on) if not; the directory then asks again elsewhere or answers Lost."""
+
+    TYPE = MsgType.WITHDRAWN
+    DIRECTION = Direction.TO_NODE
+    txn: U64
+    page: PageNo
+    count: PageCount
+    source: str
 
 
 @dataclass(frozen=True)
@@ -484,7 +553,8 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
         Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
         BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
-        LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport,
+        LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
+        Received, Withdrawn,
     )
 }
 

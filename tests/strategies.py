@@ -21,6 +21,8 @@ def receiver_of(cls: type) -> p.Direction:
     """The side that receives a message of ``cls`` (the directory, for those both sides say)."""
     if cls.DIRECTION & p.Direction.TO_DIRECTORY:
         return p.Direction.TO_DIRECTORY
+    if cls.DIRECTION & p.Direction.TO_PEER:
+        return p.Direction.TO_PEER
     return p.Direction.TO_NODE
 
 

@@ -44,6 +44,11 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.Invalidated(4, 1, 1), None),
     (p.Writeback(5, 1, p.Payload.DATA), b"c" * PAGE),
     (p.Drop(5, 1), None),
+    (p.Drop(5, 1, p.Payload.DATA), b"\x07" * PAGE),
+    (p.PeerPage(3, 9, 1, True, p.Payload.DATA, "n2"), b"\x05" * PAGE),
+    (p.Received(3, 9, 1, True), None),
+    (p.Withdrawn(3, 9, 1, "n2"), None),
+    (p.Fetch(3, 9, 1, False, "n2", "tcp://10.0.0.2:7411"), None),
     (p.Discard([1, 2, 3]), None),
     (p.Alloc(1, "x", 80, {"shape": [10], "dtype": "<i8"}), None),
     (p.Allocated(1, 0, 80, {"shape": [10], "dtype": "<i8"}), None),
@@ -84,7 +89,7 @@ def _header(cls, *values):
     ([_header(p.Grant, 1, 1, True, 9)], p.Direction.TO_NODE, "Grant.payload 9 is not a Payload"),
     ([_header(p.Grant, 1, 1, True, 2)], p.Direction.TO_NODE, "needs 2 frames"),
     ([_header(p.Grant, 1, 1, True, 2), b"x"], p.Direction.TO_NODE, "1 bytes, expected 4096"),
-    ([_header(p.Drop, 1, 1), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
+    ([_header(p.Invalidated, 1, 1, 1), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
     ([_header(p.Fetched, 1, 1, 1, 0, [[1]])], p.Direction.TO_DIRECTORY,
      r"Fetched.not_held\[0\] must be int, got list"),
     ([_header(p.Discard, [1, "2"])], p.Direction.TO_DIRECTORY,
@@ -100,7 +105,7 @@ def _header(cls, *values):
     ([_header(p.Alloc, 1, "x", 8, {1: 2})], p.Direction.TO_DIRECTORY,
      "not valid msgpack: int is not allowed for map key"),  # msgpack refuses those itself
     ([_header(p.SyncReply, 1, 99, "")], p.Direction.TO_NODE, "SyncReply.status 99 is not a SyncStatus"),
-    ([_header(p.Hello, "n", 0, 1)], p.Direction.TO_DIRECTORY, "Hello.pid 0 is outside 1.."),
+    ([_header(p.Hello, "n", 0, 1, "")], p.Direction.TO_DIRECTORY, "Hello.pid 0 is outside 1.."),
     ([_header(p.Error, 0, "x")], p.Direction.TO_DIRECTORY,
      "Error travels directory -> node: it is not received node -> directory"),
     ([_header(p.Acquire, 1, 1, True, False)], p.Direction.TO_NODE,
@@ -115,7 +120,8 @@ def test_every_message_declares_its_direction_and_heartbeat_and_bye_go_both_ways
     both = {cls for cls in CLASSES if cls.DIRECTION is p.Direction.BOTH}
     assert both == {p.Heartbeat, p.Bye}
     for cls in CLASSES:
-        assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH)
+        assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH,
+                             p.Direction.TO_PEER)
 
 
 def test_every_message_meant_for_the_other_side_is_refused():

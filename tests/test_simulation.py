@@ -15,18 +15,18 @@ from dsm.sim.world import SimulationFailure, World
 
 pytestmark = pytest.mark.timeout(120)
 
-#: (name, World keyword arguments, seeds)
+#: (name, World keyword arguments, seeds), run under each manager: 1,154 seeds in all
 CONFIGS = [
-    ("3 nodes", dict(nodes=3), range(0, 250)),
-    ("5 nodes, 2 threads, a death", dict(nodes=5, threads_per_node=2, deaths=1), range(0, 250)),
-    ("4 nodes on 3 pages, 2 deaths", dict(nodes=4, pages=3, deaths=2), range(0, 250)),
+    ("3 nodes", dict(nodes=3), range(0, 125)),
+    ("5 nodes, 2 threads, a death", dict(nodes=5, threads_per_node=2, deaths=1), range(0, 125)),
+    ("4 nodes on 3 pages, 2 deaths", dict(nodes=4, pages=3, deaths=2), range(0, 125)),
     ("8 nodes, 3 deaths", dict(nodes=8, pages=4, threads_per_node=2, ops_per_thread=10, deaths=3),
-     range(0, 150)),
+     range(0, 75)),
     ("3 nodes on 2 pages, 3 threads", dict(nodes=3, pages=2, threads_per_node=3, ops_per_thread=30,
-                                           deaths=1), range(0, 100)),
+                                           deaths=1), range(0, 50)),
     ("bands of pages read then written, 4 nodes",
-     dict(nodes=4, pages=12, ops_per_thread=40, deaths=1, bands=True), range(0, 150)),
-    ("256 nodes", dict(nodes=256, pages=16, ops_per_thread=2, deaths=2), range(0, 3)),
+     dict(nodes=4, pages=12, ops_per_thread=40, deaths=1, bands=True), range(0, 75)),
+    ("256 nodes", dict(nodes=256, pages=16, ops_per_thread=2, deaths=2), range(0, 2)),
 ]
 
 
@@ -35,10 +35,11 @@ def _quiet_losses(caplog):
     caplog.set_level(logging.CRITICAL)  # the simulated losses log loudly, as they should
 
 
+@pytest.mark.parametrize("manager", ["relay", "central"])
 @pytest.mark.parametrize("name,kwargs,seeds", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_every_invariant_holds_on_every_seed(name, kwargs, seeds):
+def test_every_invariant_holds_on_every_seed(name, kwargs, seeds, manager):
     for seed in seeds:
-        World(seed, **kwargs).run()
+        World(seed, manager=manager, **kwargs).run()
 
 
 def test_a_failing_seed_replays_exactly():
@@ -55,11 +56,12 @@ class _ForgetfulCore(core_node.NodeCore):
         return [core_node.Send(core_node.p.Invalidated(msg.txn, msg.page, msg.count))]
 
 
-def test_the_simulator_catches_a_node_that_keeps_a_stale_copy(monkeypatch):
+@pytest.mark.parametrize("manager", ["relay", "central"])
+def test_the_simulator_catches_a_node_that_keeps_a_stale_copy(monkeypatch, manager):
     monkeypatch.setattr(world, "NodeCore", _ForgetfulCore)
     with pytest.raises(SimulationFailure, match="seed .*: ") as caught:
         for seed in range(200):
-            World(seed, nodes=3, pages=2, ops_per_thread=20).run()
+            World(seed, nodes=3, pages=2, ops_per_thread=20, manager=manager).run()
     report = str(caught.value)
     assert "last write was" in report or "owned by" in report, report
     assert "deliver Invalidate" in report  # the schedule that led there

@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send ``message`` to the directory. Its page frame is ``data`` as given, or, with
-    ``pages=(first, count)``, those pages read from the node's memory when the action runs."""
+    """Send ``message`` to the directory, or, with ``peer`` (node name, peer endpoint), to
+    that node. Its page frame is ``data`` as given, or, with ``pages=(first, count)``, those
+    pages read from the node's memory when the action runs."""
 
     message: Message
     data: Any = None
     pages: tuple[int, int] | None = None
+    peer: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

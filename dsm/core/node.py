@@ -13,6 +13,7 @@ process) and EXCLUSIVE (owned, writable). One request may cover a run of pages (
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -27,6 +28,10 @@ from dsm.core.states import PageState, runs
 from dsm.uffd.events import Access, FaultKind
 
 log = logging.getLogger(__name__)
+
+#: node-to-node transactions remembered as answered, so that a late Withdrawn for one of them
+#: is not taken for one still open (far more than the requests a node has in flight)
+ANSWERED_TXNS_REMEMBERED = 4096
 
 #: a tracer receives (page, event, node, old state, new state, **extra)
 Tracer = Callable[..., None]
@@ -72,6 +77,14 @@ class NodeCore:
         self._trace = tracer or (lambda *a, **k: None)
         self.state: dict[int, PageState] = {}
         self.pending: dict[int, Pending] = {}
+        #: pages travel node to node (the directory's Welcome says): Fetches name the
+        #: requester, read copies are given back with their contents
+        self.direct = False
+        #: node-to-node transactions answered (installed, or refused after a Withdrawn)
+        self._answered: set[int] = set()
+        self._answered_order: deque[int] = deque()
+        #: of those, the ones refused: their pages, should they still come, are ignored
+        self._refused: set[int] = set()
 
     # --- faults ------------------------------------------------------------------------------------
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
@@ -230,18 +243,28 @@ class NodeCore:
             array, msg.dead_node, len({id(w.proc) for w in victims}))
         return [Poison(w) for w in victims] + self._refault(pend, lost, now)
 
-    def fetch(self, msg: p.Fetch) -> list[Action]:
-        """The directory wants owned pages: local writers are stopped first, so that what is
-        sent is what stays; then the pages become read copies (``keep_copy``) or leave."""
+    def fetch(self, msg: p.Fetch, reachable: Callable[[str], bool] = lambda addr: True
+              ) -> list[Action]:
+        """The directory wants pages this node holds: local writers are stopped first, so that
+        what is sent is what stays; then the pages become read copies (``keep_copy``) or leave.
+        They go to the directory, or straight to the requester the Fetch names, if this node
+        holds them all and can reach it (``reachable``: the loop's knowledge of its peers)."""
         first, count = msg.page, msg.count
         pages = range(first, first + count)
-        held = [q for q in pages if self.state.get(q) is PageState.EXCLUSIVE]
+        held = [q for q in pages if q in self.state]
         if not held:  # every page was given back (a Writeback crossed this Fetch): say so
             return [Send(p.Fetched(msg.txn, first, count, p.Payload.NONE, []))]
-        not_held = [q for q in pages if self.state.get(q) is not PageState.EXCLUSIVE]
-        out: list[Action] = [Protect(first, count),
-                             Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held),
-                                  pages=(first, count))]
+        not_held = [q for q in pages if q not in self.state]
+        owned = any(self.state[q] is PageState.EXCLUSIVE for q in held)
+        out: list[Action] = [Protect(first, count)] if owned else []
+        if msg.to_node and not not_held and reachable(msg.to_addr):
+            out += [Send(p.PeerPage(msg.txn, first, count, not msg.keep_copy, p.Payload.DATA,
+                                    self.node), pages=(first, count),
+                         peer=(msg.to_node, msg.to_addr)),
+                    Send(p.Fetched(msg.txn, first, count, p.Payload.SENT, []))]
+        else:
+            out.append(Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held),
+                            pages=(first, count)))
         if msg.keep_copy:
             for q in held:
                 self.state[q] = PageState.SHARED
@@ -251,9 +274,36 @@ class NodeCore:
             out.append(Punch(first, count))
         self.stats.count("pages_out", len(held))
         self.stats.count("downgrades" if msg.keep_copy else "invalidations", len(held))
-        self._trace(first, "FETCH", self.node, "exclusive", _name(self.state.get(first)),
-                    count=count)
+        self._trace(first, "FETCH", self.node, "exclusive" if owned else "shared",
+                    _name(self.state.get(first)), count=count, to=msg.to_node or "directory")
         return out
+
+    def peer_page(self, msg: p.PeerPage, data: Any, now: float) -> list[Action]:
+        """Pages the directory had a holder send straight here: installed like a grant, then
+        confirmed to the directory (which ends the transaction only on that)."""
+        if msg.txn in self._refused:  # its source was withdrawn and the pages asked elsewhere
+            return []
+        out = self.grant(p.Grant(msg.page, msg.count, msg.write, msg.payload), data, now)
+        self._remember_answered(msg.txn)
+        return out + [Send(p.Received(msg.txn, msg.page, msg.count, True))]
+
+    def withdrawn(self, msg: p.Withdrawn) -> list[Action]:
+        """The holder that was to send pages here is gone: say whether they came."""
+        if msg.txn in self._answered:  # they came, and the directory was told so
+            return []
+        self._remember_answered(msg.txn)
+        self._refused.add(msg.txn)
+        self._trace(msg.page, "WITHDRAWN", self.node, "invalid", "invalid", count=msg.count,
+                    source=msg.source)
+        return [Send(p.Received(msg.txn, msg.page, msg.count, False))]
+
+    def _remember_answered(self, txn: int) -> None:
+        self._answered.add(txn)
+        self._answered_order.append(txn)
+        if len(self._answered_order) > ANSWERED_TXNS_REMEMBERED:
+            old = self._answered_order.popleft()
+            self._answered.discard(old)
+            self._refused.discard(old)
 
     def invalidate(self, msg: p.Invalidate) -> list[Action]:
         """Drop the run (read copies, or owned pages being discarded)."""
@@ -293,6 +343,8 @@ class NodeCore:
                     out += [Protect(first, count),
                             Send(p.Writeback(first, count, p.Payload.DATA), pages=(first, count))]
                     self.stats.count("writebacks", count)
+                elif self.direct:  # the copy may be the last one: its contents go with it
+                    out.append(Send(p.Drop(first, count, p.Payload.DATA), pages=(first, count)))
                 else:
                     out.append(Send(p.Drop(first, count)))
                 out.append(Punch(first, count))

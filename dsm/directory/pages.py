@@ -14,6 +14,18 @@ sequential scan moves many pages per message; a page it cannot add is simply not
 Every method takes one input and returns the messages to send, as ``Send(node, message, page)``;
 the ZeroMQ loop around it (``service.py``) only moves bytes.
 
+Two ways for pages to travel (``direct``). The relay manager moves every page through here: an
+owner's pages come in a ``Fetched`` and leave in a ``Grant``, and the home copy of every
+read-shared page is kept here. The central manager (and each shard of the distributed one) moves
+pages node to node: a ``Fetch`` names the requester, the holder sends the pages straight to it
+(``PeerPage``) and says so (``Fetched`` with SENT), and the requester confirms (``Received``);
+the transaction ends on both, so that nothing sent to the requester afterwards overtakes its
+pages, and nothing is decided about a holder's pages before it has answered. A read-shared page's
+contents then live only in its copies (``home_current`` false): a read is served by one of them
+(the *keeper*), and the last copy given up comes back with its contents. A write to a page that
+several other nodes share, by a node without a copy, first fetches a copy home (a rare case:
+then it is as under the relay manager), so that no invalidation can destroy the only copies.
+
 Loss: the pages a node owned when it died (or left without handing them back) held contents no
 one else has. By default (``OnLoss.POISON``) they become *lost*: every later request for them is
 answered with ``Lost``, never with zeros or an older copy, until the program forgets them
@@ -32,7 +44,8 @@ from typing import Any, Callable, NamedTuple
 
 from dsm.directory.home import HomeStore
 from dsm.layout import Layout
-from dsm.protocol import Fetch, Grant, Invalidate, Lost, Message, Payload
+from dsm.core.shards import stripe_end
+from dsm.protocol import Fetch, Grant, Invalidate, Lost, Message, Payload, Withdrawn
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +87,13 @@ class Txn:
     source: str | None = None  #: the owner the pages are fetched from
     fetched: tuple[int, Any, frozenset] | None = None  #: (payload, data, pages not held)
     started_s: float = 0.0  #: when the directory asked (its clock)
+    #: node to node: the source sends the pages to the requester, both answer
+    direct: bool = False
+    keep_copy: bool = False  #: the source keeps a read copy (a read transfer)
+    #: at its end the request starts over (the pages did not move as planned)
+    restart: bool = False
+    #: pages the source gave up while the transaction ran (its Drop came meanwhile)
+    source_dropped: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -82,6 +102,9 @@ class PageEntry:
     copyset: set[str] = field(default_factory=set)
     busy: Txn | None = None
     queue: deque[Request] = field(default_factory=deque)
+    #: the home copy is the page's current contents (zeros when never written); false while a
+    #: node owns the page, and under a direct manager while only read copies hold it
+    home_current: bool = True
 
     def describe(self) -> str:
         if self.owner is not None:
@@ -100,9 +123,19 @@ Locator = Callable[[int], tuple[str, int]]
 class PageDirectory:
     def __init__(self, layout: Layout, tracer: Tracer | None = None,
                  on_loss: OnLoss = OnLoss.POISON, locate: Locator | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, direct: bool = False,
+                 shard: int = 0, shards: int = 1):
+        if direct and on_loss is OnLoss.LAST_COPY:
+            raise ValueError("--on-loss last-copy falls back to the directory's copy of every "
+                             "page, which only the relay manager keeps: use --manager relay")
         self.layout = layout
         self.on_loss = on_loss
+        #: pages travel node to node (central, distributed) rather than through here (relay)
+        self.direct = direct
+        #: node -> its peer endpoint (direct managers send it with every Fetch)
+        self.peers: dict[str, str] = {}
+        #: the shards' stripes: no request covers pages past its stripe (``dsm.core.shards``)
+        self.shard, self.shards = shard, shards
         self._locate = locate or (lambda page: ("", page))
         self._clock = clock
         #: lost page -> the node whose death lost it
@@ -150,8 +183,60 @@ class PageDirectory:
         if count != txn.count:
             log.warning("fetch answer from %s covers %d pages, asked %d: ignored", node, count, txn.count)
             return []
+        if payload == Payload.SENT:
+            if not txn.direct:
+                log.warning("fetch answer from %s says it sent txn %d's pages to the requester, "
+                            "which it was not asked to: ignored", node, txn_id)
+                return []
+            txn.waiting.discard(node)  # the pages are on their way to the requester
+            return self._maybe_finish(txn)
+        if self.direct:
+            self._take_home(txn, payload, data, frozenset(not_held))
+            return self._maybe_finish(txn)
         txn.fetched = (payload, data, frozenset(not_held))
         txn.waiting.discard(node)
+        return self._maybe_finish(txn)
+
+    def _take_home(self, txn: Txn, payload: int, data: Any, not_held: frozenset) -> None:
+        """Direct managers: the source sent the pages here, not to the requester (it fetched
+        them home on purpose, or it no longer held them all, or it could not reach the
+        requester). What it held becomes the home copy; the request starts over from there."""
+        source, first = txn.source, txn.request.page
+        view = memoryview(data) if data is not None else None
+        size = self.layout.page_size
+        for i in range(txn.count):
+            q = first + i
+            e = self._entries[q]
+            if q in not_held or payload == Payload.NONE:
+                e.copyset.discard(source)  # it has none: never ask it again for this one
+                continue
+            if e.owner == source:
+                e.owner = None
+            if txn.keep_copy:
+                e.copyset.add(source)
+            else:
+                e.copyset.discard(source)
+            self.home.put(q, 1, payload, view[i * size:(i + 1) * size] if view is not None else None)
+            e.home_current = True
+        txn.waiting.discard(source)
+        txn.waiting.discard(txn.request.node)  # it gets nothing from the source
+        txn.restart = True
+
+    def received(self, node: str, txn_id: int, page: int, count: int,
+                 installed: bool) -> list[Send]:
+        """The requester of a node-to-node transaction has its pages (``installed``) or, told
+        that their source is gone, says they never came."""
+        txn = self._txn_waiting_for(txn_id, page, node)
+        if txn is None:
+            return []
+        if not txn.direct or node != txn.request.node:
+            log.warning("Received from %s for txn %d, which it did not request: ignored",
+                        node, txn_id)
+            return []
+        txn.waiting.discard(node)
+        if not installed:  # the source died before its pages came
+            self._lose_orphans(txn.request.page, txn.count, txn.source)
+            txn.restart = True
         return self._maybe_finish(txn)
 
     def invalidated(self, node: str, txn_id: int, page: int, count: int) -> list[Send]:
@@ -176,17 +261,33 @@ class PageDirectory:
                 continue
             self.home.put(q, 1, payload, view[i * size : (i + 1) * size] if view is not None else None)
             e.owner = None
+            e.home_current = True
         self.counters["writebacks"] += count
         if self._tracing:
             self._trace(page, "WRITEBACK", node, f"owned:{node}", "home{}", count=count)
         return []
 
-    def drop(self, node: str, page: int, count: int) -> list[Send]:
+    def drop(self, node: str, page: int, count: int, payload: int = Payload.NONE,
+             data: Any = None) -> list[Send]:
+        """A node gives up read copies. Under a direct manager they come with their contents:
+        a read copy is current, so it becomes the home copy whenever the home copy is not
+        (the last copy of a page must not vanish with it)."""
         self.layout.check_page(page + count - 1)
-        for q in range(page, page + count):
+        view = memoryview(data) if data is not None and payload == Payload.DATA else None
+        size = self.layout.page_size
+        for i, q in enumerate(range(page, page + count)):
             e = self._entries.get(q)
-            if e is not None:
-                e.copyset.discard(node)
+            if e is None:
+                continue
+            e.copyset.discard(node)
+            txn = e.busy
+            if txn is not None and txn.source == node:
+                txn.source_dropped.add(q)
+            if (view is not None and not e.home_current
+                    and (e.owner is None or e.owner == node and txn is not None
+                         and txn.source == node and txn.keep_copy)):
+                self.home.put(q, 1, Payload.DATA, view[i * size:(i + 1) * size])
+                e.home_current = True
         if self._tracing:
             self._trace(page, "DROP", node, "", "", count=count)
         return []
@@ -195,30 +296,62 @@ class PageDirectory:
         """A node is gone (left or declared dead): forget its copies, give up waiting for it.
         The pages it owned are lost, or fall back to their last home copy (``OnLoss``)."""
         self._dead.add(node)
+        self.peers.pop(node, None)
         out: list[Send] = []
         lost = []
         for page, e in self._entries.items():
             e.copyset.discard(node)
+            if e.queue:
+                e.queue = deque(r for r in e.queue if r.node != node)
+            if e.busy is not None and e.busy.direct and e.busy.source == node:
+                continue  # its pages may have reached the requester: it says (Withdrawn)
             if e.owner == node:
                 lost.append(page)
                 e.owner = None
-            e.queue = deque(r for r in e.queue if r.node != node)
+            elif (self.direct and e.owner is None and not e.home_current and not e.copyset
+                  and page not in self.lost):
+                lost.append(page)  # its read copy was the last one
         if lost:
             self._record_loss(node, lost)
         for txn in list(self._txns.values()):
-            if node in txn.waiting:
+            requester = txn.request.node
+            if txn.direct and node == txn.source and requester in txn.waiting:
+                # did its pages get there before it died? only the requester can tell (even
+                # after its Fetched: the pages may have died in its queue)
                 txn.waiting.discard(node)
-                out += self._maybe_finish(txn)
+                out.append(Send(requester, Withdrawn(txn.id, txn.request.page, txn.count, node)))
+                continue
+            if node not in txn.waiting:
+                continue
+            txn.waiting.discard(node)
+            out += self._maybe_finish(txn)
         return out
 
-    def node_joined(self, node: str) -> None:
+    def node_joined(self, node: str, peer: str = "") -> None:
         self._dead.discard(node)
+        if peer:
+            self.peers[node] = peer
+
+    def _lose_orphans(self, first: int, count: int, dead: str | None) -> None:
+        """Pages of a transaction that no live node holds any more, and whose home copy is not
+        current: their contents died (with ``dead``)."""
+        orphans = []
+        for q in range(first, first + count):
+            e = self._entries[q]
+            if e.owner is not None and e.owner in self._dead:
+                e.owner = None
+            if e.owner is None and not e.home_current and not e.copyset and q not in self.lost:
+                orphans.append(q)
+        if orphans:
+            self._record_loss(dead or "(unknown)", orphans)
 
     def _record_loss(self, node: str, pages: list[int]) -> None:
         runs = self._runs_by_array(pages)
         where = "; ".join(f"array {name or '(none)'!r} pages {lo}-{hi}" for name, lo, hi in runs[:8])
         more = f" and {len(runs) - 8} more runs" if len(runs) > 8 else ""
         if self.on_loss is OnLoss.LAST_COPY:
+            for page in pages:
+                self.entry(page).home_current = True  # what is served from now on
             self.counters["fallbacks"] += len(pages)
             log.error("node %s is gone owning %d pages (%s%s): they fall back to their last home "
                       "copy (--on-loss last-copy); writes made since that copy are lost",
@@ -263,6 +396,7 @@ class PageDirectory:
         for start, n, _ in runs:
             for q in range(start, start + n):
                 del self.lost[q]
+                self.entry(q).home_current = True  # zeros
             self.home.clear(start, n)
         return runs
 
@@ -304,6 +438,9 @@ class PageDirectory:
         that are free (not busy, nobody queued) and ``fits``."""
         n = 1
         limit = min(req.count, self.layout.num_pages - req.page)
+        end = stripe_end(req.page, self.shards)
+        if end is not None:  # the next stripe is another shard's
+            limit = min(limit, end - req.page)
         while n < limit:
             e = self._peek(req.page + n)
             if e.busy is not None or e.queue or not fits(e) or (req.page + n) in self.lost:
@@ -326,10 +463,14 @@ class PageDirectory:
             return [Send(node, Grant(req.page, 1, True, Payload.NONE))]
         if owner is not None:
             n = self._extend(req, lambda q: q.owner == owner)
+            if self.direct:
+                return self._begin_direct(req, n, owner, keep_copy=req.kind is Kind.READ)
             fetch = Fetch(0, req.page, n, req.kind is Kind.READ)
             return self._begin(req, n, {owner}, fetch, source=owner)
+        if self.direct and not e.home_current:
+            return self._start_from_copies(req, e)
         if req.kind is Kind.READ:
-            n = self._extend(req, lambda q: q.owner is None)
+            n = self._extend(req, lambda q: q.owner is None and q.home_current)
             return self._finish(Txn(0, req, n, set()))
         others = e.copyset - {node}
         if req.have_copy and node in e.copyset:
@@ -338,10 +479,59 @@ class PageDirectory:
             n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset)
         else:
             n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset
-                             and node not in q.copyset)
+                             and node not in q.copyset and q.home_current)
         if not others:
             return self._finish(Txn(0, req, n, set()))
         return self._begin(req, n, others, Invalidate(0, req.page, n))
+
+    def _start_from_copies(self, req: Request, e: PageEntry) -> list[Send]:
+        """Direct managers: a page whose contents live only in read copies."""
+        node = req.node
+        others = e.copyset - {node}
+        if req.kind is Kind.WRITE and req.have_copy and node in e.copyset:
+            # an upgrade: only the others must go (the run over pages held by the same nodes)
+            n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset)
+            if not others:
+                return self._finish(Txn(0, req, n, set()))
+            return self._begin(req, n, others, Invalidate(0, req.page, n))
+        if not others:  # no live copy: the loss rules should have caught it; fail loudly
+            log.error("page %d has neither a current home copy nor a live copy: lost", req.page)
+            self._record_loss("(unknown)", [req.page])
+            return [self._lost_answer(node, req.page, 1)]
+        keeper = min(others)  # any copy is current; the same one for a run of pages
+        if req.kind is Kind.READ:
+            n = self._extend(req, lambda q: q.owner is None and not q.home_current
+                             and keeper in q.copyset and node not in q.copyset)
+            return self._begin_direct(req, n, keeper, keep_copy=True)
+        n = self._extend(req, lambda q: q.owner is None and not q.home_current
+                         and q.copyset == e.copyset)
+        if others == {keeper}:  # the one copy moves to the writer
+            return self._begin_direct(req, n, keeper, keep_copy=False)
+        # several copies, none here: fetch one home first, so that invalidating the others
+        # cannot destroy every copy if the one chosen dies meanwhile; then start over
+        txn = self._new_txn(req, n, {keeper}, keeper)
+        txn.keep_copy, txn.restart = True, True
+        self.counters["fetches"] += 1
+        return [Send(keeper, Fetch(txn.id, req.page, n, True))]
+
+    def _begin_direct(self, req: Request, n: int, source: str, keep_copy: bool) -> list[Send]:
+        """The source sends the pages straight to the requester; both answer."""
+        txn = self._new_txn(req, n, {source, req.node}, source)
+        txn.direct, txn.keep_copy = True, keep_copy
+        self.counters["fetches"] += 1
+        if self._tracing:
+            self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
+                        count=n, source=source)
+        return [Send(source, Fetch(txn.id, req.page, n, keep_copy, req.node,
+                                   self.peers.get(req.node, "")))]
+
+    def _new_txn(self, req: Request, n: int, waiting: set[str], source: str | None) -> Txn:
+        txn = Txn(self._next_txn, req, n, set(waiting), source, started_s=self._clock())
+        self._next_txn += 1
+        self._txns[txn.id] = txn
+        for q in range(req.page, req.page + n):
+            self.entry(q).busy = txn
+        return txn
 
     def _begin(self, req: Request, n: int, nodes: set[str], template: Message,
                source: str | None = None) -> list[Send]:
@@ -372,7 +562,12 @@ class PageDirectory:
         first = txn.request.page
         for q in range(first, first + txn.count):
             self._entries[q].busy = None
-        out = self._finish(txn)
+        if txn.restart:  # the pages did not move as planned: ask again from where they are
+            out = [] if txn.request.node in self._dead else self._start(txn.request)
+        elif txn.direct:
+            out = self._finish_direct(txn)
+        else:
+            out = self._finish(txn)
         for q in range(first, first + txn.count):
             out += self._drain_queue(q)
         return out
@@ -384,6 +579,41 @@ class PageDirectory:
             out += self._start(e.queue.popleft())
         return out
 
+    def _finish_direct(self, txn: Txn) -> list[Send]:
+        """A node-to-node transaction is over: the pages are at the requester (if it lives)."""
+        req, n, source = txn.request, txn.count, txn.source
+        first, node = req.page, req.node
+        write = req.kind is Kind.WRITE
+        old = self._peek(first).describe() if self._tracing else ""
+        for q in range(first, first + n):
+            e = self._entries[q]
+            if e.owner == source:
+                e.owner = None
+            if write:
+                e.copyset.clear()
+                e.home_current = False
+            elif source not in self._dead and q not in txn.source_dropped:
+                e.copyset.add(source)  # the old owner keeps a read copy
+            if node in self._dead:
+                continue
+            if write:
+                e.owner = node
+            else:
+                e.copyset.add(node)
+        if node in self._dead:  # what it was sent died with it, unless a copy is left
+            self._lose_orphans(first, n, node)
+            if self._tracing:
+                self._trace(first, req.kind.name, node, old, "requester gone", count=n)
+            return []
+        if write and self.on_loss is OnLoss.POISON:
+            self.home.clear(first, n)
+        self.counters["grants"] += 1
+        self.counters["pages_granted"] += n
+        if self._tracing:
+            self._trace(first, req.kind.name, node, old, self._peek(first).describe(), count=n,
+                        source=source)
+        return []
+
     def _finish(self, txn: Txn) -> list[Send]:
         req, n = txn.request, txn.count
         first, node = req.page, req.node
@@ -392,12 +622,15 @@ class PageDirectory:
         if txn.fetched is not None:  # the owner's contents become the home copy
             payload, data, not_held = txn.fetched
             self.home.put(first, n, payload, data, skip=not_held)
+            for q in range(first, first + n):
+                self._entries[q].home_current = True
             held = frozenset(range(first, first + n)) - not_held if payload != Payload.NONE else held
         entries = [self.entry(q) for q in range(first, first + n)]
         if req.kind is Kind.DISCARD:
             for e in entries:
                 e.owner = None
                 e.copyset.clear()
+                e.home_current = True  # zeros
             self.home.clear(first, n)
             if self._tracing:
                 self._trace(first, "DISCARD", node, old, entries[0].describe())
@@ -426,9 +659,12 @@ class PageDirectory:
             if write:
                 e.owner = node
                 e.copyset.clear()
+                e.home_current = False
             else:
                 e.copyset.add(node)
         if node in self._dead:
+            if self.direct:  # an upgrade's only copy may have been its own
+                self._lose_orphans(first, n, node)
             if self._tracing:
                 self._trace(first, req.kind.name, node, old, "requester gone", count=n)
             return []

@@ -85,13 +85,17 @@ class SimNode:
 class World:
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
-                 bands: bool = False):
+                 bands: bool = False, manager: str = "relay"):
         self.seed = seed
         self.rng = random.Random(seed)
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
         self.num_pages = pages
         self.clock = 0.0
-        self.directory = PageDirectory(self.layout, on_loss=on_loss, clock=lambda: self.clock)
+        #: "relay": pages through the directory; "central": node to node (``PageDirectory``)
+        self.manager = manager
+        direct = manager != "relay"
+        self.directory = PageDirectory(self.layout, on_loss=on_loss, clock=lambda: self.clock,
+                                       direct=direct)
         self.channels: dict[tuple[str, str], deque] = {}
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
         self.lost_locations: set[int] = set()
@@ -105,6 +109,8 @@ class World:
             node = SimNode(name, None)  # type: ignore[arg-type]
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
                                  holds=lambda pg, node=node: pg in node.memory)
+            node.core.direct = direct
+            self.directory.node_joined(name, peer=f"sim://{name}")
             for t in range(threads_per_node):
                 kinds_locs = self._bands(ops_per_thread) if bands else [
                     (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
@@ -129,6 +135,8 @@ class World:
 
     # --- the network -------------------------------------------------------------------------------
     def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
+        if dst != DIRECTORY and not self.nodes[dst].alive:
+            self._mark_lost_with(msg)  # what it carries dies with its receiver
         self.channels.setdefault((src, dst), deque()).append((msg, data))
 
     def _deliver(self, pair: tuple[str, str]) -> None:
@@ -154,7 +162,9 @@ class World:
         elif isinstance(msg, p.Writeback):
             out = d.writeback(node, msg.page, msg.count, msg.payload, data)
         elif isinstance(msg, p.Drop):
-            out = d.drop(node, msg.page, msg.count)
+            out = d.drop(node, msg.page, msg.count, msg.payload, data)
+        elif isinstance(msg, p.Received):
+            out = d.received(node, msg.txn, msg.page, msg.count, msg.installed)
         else:
             raise SimulationFailure(f"the model sends no {type(msg).__name__}")
         for send in out:
@@ -171,6 +181,10 @@ class World:
             acts = core.fetch(msg)
         elif isinstance(msg, p.Invalidate):
             acts = core.invalidate(msg)
+        elif isinstance(msg, p.PeerPage):
+            acts = core.peer_page(msg, data, self.clock)
+        elif isinstance(msg, p.Withdrawn):
+            acts = core.withdrawn(msg)
         else:
             raise SimulationFailure(f"the model's nodes get no {type(msg).__name__}")
         self._carry_out(node, acts)
@@ -184,8 +198,8 @@ class World:
                     first, count = act.pages
                     data = b"".join(bytes(node.memory.get(q, bytes(PAGE_BYTES)))
                                     for q in range(first, first + count))
-                self._send(node.name, DIRECTORY, act.message,
-                           bytes(data) if data is not None else None)
+                self._send(node.name, act.peer[0] if act.peer is not None else DIRECTORY,
+                           act.message, bytes(data) if data is not None else None)
             elif isinstance(act, a.Install):
                 for i in range(act.count):
                     q = act.first + i
@@ -264,15 +278,33 @@ class World:
         self._step(f"kill {node.name}")
         self._touched = None
         node.alive = False
-        out = self.channels.get((node.name, DIRECTORY))
-        if out:
-            keep = self.rng.randrange(len(out) + 1)
-            while len(out) > keep:
-                self._mark_lost_with(out.pop()[0])
+        for (src, dst), out in self.channels.items():
+            if src == node.name and out:
+                keep = self.rng.randrange(len(out) + 1)
+                while len(out) > keep:
+                    self._mark_lost_with(out.pop()[0])
+                if dst != DIRECTORY:  # pages on the wire from it: the requester, told its
+                    for msg, _ in out:  # source is gone before they come, refuses them
+                        self._mark_lost_with(msg)
+            elif dst == node.name:  # pages on their way to it die with it
+                for msg, _ in out:
+                    self._mark_lost_with(msg)
         for msg, _ in self.channels.pop((DIRECTORY, node.name), ()):
             self._mark_lost_with(msg)
+        for pend in node.core.pending.values():
+            if pend.write and self.directory.direct:
+                # the copies may be invalidated for it already: under a direct manager no
+                # home copy is left (a node dying as it asks to write may take the page along)
+                self.lost_locations.update(range(pend.first * SLOTS_PER_PAGE,
+                                                 (pend.first + pend.count) * SLOTS_PER_PAGE))
+        others = [n for n in self.nodes.values() if n.alive]
         for page, st in node.core.state.items():
-            if st is PageState.EXCLUSIVE:  # its writes may be lost with it: reads must say so
+            # its writes may be lost with it: reads must say so; under a direct manager a
+            # read copy may have been the last one
+            last_copy = (self.directory.direct
+                         and not self.directory.peek(page).home_current
+                         and not any(page in n.core.state for n in others))
+            if st is PageState.EXCLUSIVE or last_copy:
                 self.lost_locations.update(range(page * SLOTS_PER_PAGE,
                                                  (page + 1) * SLOTS_PER_PAGE))
         self.unnoticed_dead.append(node.name)
@@ -281,8 +313,8 @@ class World:
         """A message from or to a dead node that will never arrive: the pages it carried may be
         lost, and so may those it granted for writing (the directory cannot tell whether the
         dead node wrote them)."""
-        if (isinstance(msg, (p.Fetched, p.Writeback)) and msg.payload == p.Payload.DATA
-                or isinstance(msg, p.Grant) and msg.write):
+        if (isinstance(msg, (p.Fetched, p.Writeback, p.Drop)) and msg.payload == p.Payload.DATA
+                or isinstance(msg, (p.Grant, p.PeerPage)) and msg.write):
             self.lost_locations.update(range(msg.page * SLOTS_PER_PAGE,
                                              (msg.page + msg.count) * SLOTS_PER_PAGE))
 
