@@ -197,6 +197,27 @@ def load_client_keys(keys_dir: Path, node: str | None) -> ClientKeys:
     return ClientKeys(keys_dir, own, server.public)
 
 
+def load_peer_keys(keys_dir: Path, node: str | None) -> ServerKeys:
+    """What a node's peer endpoint serves with (pages node to node): the node's own keypair,
+    accepting every node key of the cluster (every ``*.key`` but the directory's)."""
+    keys_dir = Path(keys_dir)
+    _require_dir(keys_dir)
+    own = load_keypair(node_secret_path(keys_dir, node), need_secret=True)
+    clients = {load_keypair(path, need_secret=False).public: path
+               for path in sorted(keys_dir.glob(f"*{PUBLIC_SUFFIX}"))
+               if path.name != f"{DIRECTORY_KEY_NAME}{PUBLIC_SUFFIX}"}
+    return ServerKeys(keys_dir, own, clients)
+
+
+def peer_client_keys(keys: ServerKeys, peer: str) -> ClientKeys:
+    """How a node connects to ``peer``'s endpoint: with its own keypair, pinning the peer's
+    public key (``NAME.key`` if the peer has its own, else the shared ``node.key``)."""
+    public = keys.keys_dir / f"{peer}{PUBLIC_SUFFIX}"
+    if "/" in peer or peer == DIRECTORY_KEY_NAME or not public.exists():
+        public = keys.keys_dir / f"{NODE_KEY_NAME}{PUBLIC_SUFFIX}"
+    return ClientKeys(keys.keys_dir, keys.own, load_keypair(public, need_secret=False).public)
+
+
 def keygen(keys_dir: Path, nodes: list[str] = (), force: bool = False) -> tuple[list[Path], list[Path]]:
     """Write the cluster's certificates into ``keys_dir`` (made mode 0700 if missing): the
     directory's, the shared node keypair, and one keypair per name in ``nodes``. A keypair that

@@ -58,7 +58,8 @@ class StartedAgent:
 
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
                 trace_path: str | None = None, keys_dir: str | None = None,
-                metrics_port: int | None = None) -> StartedAgent:
+                metrics_port: int | None = None, peer_listen: str | None = None,
+                advertise: str | None = None) -> StartedAgent:
     """Start ``dsm agent`` and return once it is ready to serve.
 
     The agent runs in a session of its own, so that no signal meant for the workload reaches
@@ -77,6 +78,10 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
         cmd += ["--keys", str(keys_dir)]
     if metrics_port is not None:
         cmd += ["--metrics", str(metrics_port)]
+    if peer_listen:
+        cmd += ["--peer-listen", peer_listen]
+    if advertise:
+        cmd += ["--advertise", advertise]
     proc = subprocess.Popen(cmd, pass_fds=[write_fd], start_new_session=True)
     os.close(write_fd)
     try:

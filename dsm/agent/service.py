@@ -27,6 +27,9 @@ from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
 from dsm.agent.forwarding import Forwarder
 from dsm.agent.memory import NodeMemory
+from dsm.agent.peers import (
+    ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV, PeerEndpoint, default_listen,
+)
 from dsm.core import actions as act
 from dsm.core.node import NodeCore
 from dsm.core.states import PageState
@@ -41,7 +44,10 @@ from dsm.agent.processes import (
 from dsm.core.stats import NodeStats
 from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
-from dsm.keys import ClientKeys, HandshakeWatch, configure_client, keys_dir_from, load_client_keys
+from dsm.keys import (
+    ClientKeys, HandshakeWatch, ServerKeys, configure_client, keys_dir_from, load_client_keys,
+    load_peer_keys,
+)
 from dsm.layout import Layout
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.logthrottle import ThrottledLog, throttle_module_logs
@@ -135,7 +141,9 @@ class Removal:
 
 class Agent:
     def __init__(self, directory: str, node: str, socket_path: str, trace_path: str | None = None,
-                 parent_pid: int | None = None, keys: ClientKeys | None = None):
+                 parent_pid: int | None = None, keys: ClientKeys | None = None,
+                 peer_listen: str | None = None, advertise: str | None = None,
+                 peer_keys: ServerKeys | None = None):
         #: the process this agent belongs to: when it exits, the agent stops as if killed with it
         #: (a pidfd rather than PR_SET_PDEATHSIG, which follows the *thread* that forked us)
         self._parent_pidfd = watch_parent(parent_pid) if parent_pid is not None else None
@@ -169,6 +177,11 @@ class Agent:
         configure_client(self.dealer, keys)
         self._handshake = HandshakeWatch(self.dealer, directory, keys)
         self.dealer.connect(directory)
+        # the peer endpoint: pages from other nodes, under the central and distributed managers
+        listen = peer_listen or default_listen(directory, socket_path, node)
+        self.peers = (None if listen == NO_PEER_ENDPOINT else
+                      PeerEndpoint(self._ctx, node, directory, listen, advertise, peer_keys))
+        self._direct = False  # the directory's Welcome says
         self.layout = self._join()
         self.page_size = self.layout.page_size
         self.procs: dict[int, WorkloadProcess] = {}  # uffd fd -> process
@@ -178,6 +191,7 @@ class Agent:
         self.core = NodeCore(node, self.layout.num_pages, self.page_size,
                              ReadAhead(READAHEAD_MAX_PAGES), self.memory.holds, self.tracer,
                              self.stats)
+        self.core.direct = self._direct
         self.state = self.core.state  # page -> PageState, for the pages this node holds
         self.pending = self.core.pending  # page -> the request out for it
         self._pidfds: dict[int, WorkloadProcess] = {}
@@ -187,6 +201,8 @@ class Agent:
         self._unnamed_children: dict[WorkloadProcess, float] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
+        if self.peers is not None:
+            self.poller.register(self.peers.router, zmq.POLLIN)
         if self._parent_pidfd is not None:
             self.poller.register(self._parent_pidfd, zmq.POLLIN)
         self.forwarder = Forwarder(node, self._send, lambda c, m: self.clients.reply(c, m),
@@ -215,6 +231,7 @@ class Agent:
             p.LostReport: self._on_answer,
             p.Error: self._on_answer,
             p.Lost: self._on_lost,
+            p.Withdrawn: lambda m, d: self._carry_out(self.core.withdrawn(m)),
             p.Fenced: lambda m, d: self._cut_off(
                 f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
@@ -232,7 +249,8 @@ class Agent:
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
         t0 = self.tracer.now()
-        self._send(p.Hello(self.node, os.getpid(), self.incarnation))
+        self._send(p.Hello(self.node, os.getpid(), self.incarnation,
+                           self.peers.address if self.peers is not None else ""))
         poller = zmq.Poller()
         poller.register(self.dealer, zmq.POLLIN)
         poller.register(self._handshake.monitor, zmq.POLLIN)
@@ -261,8 +279,11 @@ class Agent:
         if not isinstance(msg, p.Welcome):
             raise ProtocolError(f"expected Welcome from the directory, got {type(msg).__name__}")
         self.epoch = msg.epoch
-        log.info("node %s joined directory %s (epoch %x) as incarnation %x", self.node,
-                 self.directory_endpoint, msg.epoch, self.incarnation)
+        self._direct = msg.direct
+        log.info("node %s joined directory %s (epoch %x) as incarnation %x; pages %s", self.node,
+                 self.directory_endpoint, msg.epoch, self.incarnation,
+                 f"node to node, this node's peer endpoint {self.peers.address}" if msg.direct
+                 else "through the directory")
         return Layout(msg.base, msg.size, msg.page_size)
 
     def stop(self, *_: Any) -> None:
@@ -274,8 +295,9 @@ class Agent:
         the acknowledgement means every page handed back has arrived). False if it did not."""
         deadline = time.monotonic() + LEAVE_TIMEOUT_S
         while self.pending and time.monotonic() < deadline and self._directory_alive:
-            if self.dealer.poll(POLL_INTERVAL_MS):
-                self._drain_directory()
+            for item, _ in self.poller.poll(POLL_INTERVAL_MS):
+                if item is self.dealer or self.peers is not None and item is self.peers.router:
+                    self._dispatch(item)
         self._give_back(list(self.state))
         self._send(p.Bye())
         acknowledged = False
@@ -301,6 +323,8 @@ class Agent:
         self.memory.close()
         self.tracer.close()
         self.dealer.close()
+        if self.peers is not None:
+            self.peers.close()
         if self._parent_pidfd is not None:
             os.close(self._parent_pidfd)
 
@@ -361,6 +385,8 @@ class Agent:
     def _dispatch(self, item: Any) -> None:
         if item is self.dealer:
             self._drain_directory()
+        elif self.peers is not None and item is self.peers.router:
+            self._drain_peers()
         elif item in self.procs:
             proc = self.procs[item]
             try:
@@ -449,6 +475,41 @@ class Agent:
                                type(msg).__name__, exc_info=True)
         return False
 
+    def _drain_peers(self) -> None:
+        """Pages other nodes sent here. As from the directory, nothing received stops the
+        agent: a malformed or unexpected message is dropped with a rate-limited line."""
+        router = self.peers.router
+        while router.get(zmq.EVENTS) & _POLLIN:
+            frames = router.recv_multipart(copy=False)
+            msg: Any = None
+            try:
+                msg, data = p.decode(frames[1:], self.page_size, p.Direction.TO_PEER)
+                if self.tracer.enabled:
+                    self.tracer.received(msg.sender, self.node, msg.sender, msg)
+                if self.wire is not None:
+                    self.wire.count("received", msg, frames[1:])
+                self.layout.check_page(msg.page + msg.count - 1)
+                self._carry_out(self.core.peer_page(msg, data, time.monotonic()))
+            except ProtocolError as exc:
+                self._complain(logging.WARNING, "malformed message from a peer: %.500s", exc)
+            except DsmError as exc:
+                self._complain(logging.WARNING, "dropped a %s from a peer: %.500s",
+                               type(msg).__name__, exc)
+            except Exception:  # a bug some input reaches: drop the message, do not die of it
+                self._complain(logging.ERROR, "failed to handle a %s from a peer",
+                               type(msg).__name__, exc_info=True)
+
+    def _send_peer(self, peer: tuple[str, str], msg: p.Message, data: Any) -> bool:
+        t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(msg, data)
+        if not self.peers.send(peer[0], peer[1], frames):
+            return False
+        if self.wire is not None:
+            self.wire.count("sent", msg, frames)
+        if t is not None:
+            self.tracer.sent(self.node, peer[0], peer[0], msg, t)
+        return True
+
     def _cut_off(self, why: str) -> None:
         """The directory no longer serves this node: it fell silent for longer than this node
         may go on (``dsm.liveness``: the directory is about to hand this node's pages on), or it
@@ -475,7 +536,9 @@ class Agent:
 
     def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
         self.layout.check_page(msg.page + msg.count - 1)
-        self._carry_out(self.core.fetch(msg))
+        peers = self.peers
+        self._carry_out(self.core.fetch(
+            msg, lambda addr: peers is not None and peers.reachable(msg.to_node, addr)))
 
     def _on_invalidate(self, msg: p.Invalidate, _: Any) -> None:
         self.layout.check_page(msg.page + msg.count - 1)
@@ -484,6 +547,7 @@ class Agent:
     def _carry_out(self, actions: list) -> None:
         """Do what the core decided, in order, on the memfd, the uffds and the DEALER."""
         memory, size = self.memory, self.page_size
+        failed_txn = None  # a page send to a peer that failed: its pages go to the directory
         for a in actions:
             kind = type(a)
             if kind is act.Send:
@@ -491,7 +555,18 @@ class Agent:
                 if a.pages is not None:
                     first, count = a.pages
                     data = os.pread(memory.memfd, count * size, first * size)
-                self._send(a.message, data)
+                msg = a.message
+                if a.peer is not None:
+                    if not self._send_peer(a.peer, msg, data):
+                        failed_txn = msg.txn
+                    continue
+                if (failed_txn is not None and type(msg) is p.Fetched and msg.txn == failed_txn
+                        and msg.payload == p.Payload.SENT):
+                    # as if the peer had been unreachable from the start (the pages are still
+                    # here: the core punches them after this send)
+                    msg = p.Fetched(msg.txn, msg.page, msg.count, p.Payload.DATA, [])
+                    data = os.pread(memory.memfd, msg.count * size, msg.page * size)
+                self._send(msg, data)
             elif kind is act.Install:
                 src = a.data if a.data is not None else memoryview(memory.zeros)[: a.count * size]
                 inst = a.installer
@@ -751,11 +826,15 @@ class Agent:
 
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
               ready_fd: int | None = None, parent_pid: int | None = None,
-              keys_dir: str | None = None, metrics_port: int | None = None) -> int:
+              keys_dir: str | None = None, metrics_port: int | None = None,
+              peer_listen: str | None = None, advertise: str | None = None) -> int:
     try:
         keys_path = keys_dir_from(keys_dir)
         keys = load_client_keys(keys_path, node) if keys_path is not None else None
-        agent = Agent(directory, node, socket_path, trace_path, parent_pid, keys)
+        peer_keys = load_peer_keys(keys_path, node) if keys_path is not None else None
+        agent = Agent(directory, node, socket_path, trace_path, parent_pid, keys,
+                      peer_listen or os.environ.get(PEER_LISTEN_ENV) or None,
+                      advertise or os.environ.get(ADVERTISE_ENV) or None, peer_keys)
         if metrics_port is not None:
             from dsm.metrics import MessageCounts, NodeCollector, serve
 

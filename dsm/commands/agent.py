@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 
+from dsm.agent.peers import ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV
 from dsm.agent.service import run_agent
 from dsm.keys import add_keys_argument
 from dsm.trace import TRACE_ENV
@@ -27,6 +28,17 @@ def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=int, metavar="PORT",
                         default=int(os.environ[METRICS_ENV]) if os.environ.get(METRICS_ENV) else None,
                         help=f"serve the agent's Prometheus metrics on this port (env {METRICS_ENV})")
+    parser.add_argument("--peer-listen", default=os.environ.get(PEER_LISTEN_ENV) or None,
+                        metavar="ENDPOINT",
+                        help="where this node serves pages to the other nodes (central and "
+                             f"distributed managers; env {PEER_LISTEN_ENV}; default a free port "
+                             "on every interface, tcp://0.0.0.0:*; '" + NO_PEER_ENDPOINT +
+                             "' for none: behind NAT, only the relay manager can serve the node)")
+    parser.add_argument("--advertise", default=os.environ.get(ADVERTISE_ENV) or None,
+                        metavar="HOST",
+                        help="the address the other nodes reach this node at (env "
+                             f"{ADVERTISE_ENV}; default the address of the interface that routes "
+                             "to the directory; in compose, the container's address)")
     add_keys_argument(parser, "connect with DIR/NODE.key_secret (else DIR/node.key_secret) and "
                               "accept only the directory whose public key is DIR/directory.key")
 
@@ -48,4 +60,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return run_agent(args.directory, args.node or default_node_name(), args.socket, args.trace,
-                     args.ready_fd, args.parent_pid, args.keys, args.metrics)
+                     args.ready_fd, args.parent_pid, args.keys, args.metrics,
+                     args.peer_listen, args.advertise)

@@ -11,6 +11,7 @@ from dsm.errors import ConfigError
 from dsm.directory.service import run_directory
 from dsm.keys import KeysError, add_keys_argument, keys_dir_from, load_server_keys
 from dsm.layout import DEFAULT_BASE_ADDRESS, DEFAULT_REGION_BYTES, Layout
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, Manager
 from dsm.units import check_home_copy, check_region, format_size, parse_size
 
 LISTEN_ENV = "DSM_LISTEN"
@@ -33,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pages whose newest contents died with a node: 'poison' (default) makes every "
              "access fail loudly until the program calls node.forget_lost; 'last-copy' serves "
              "their last home copy again (older data; every fallback is logged and counted)")
+    parser.add_argument(
+        "--manager", choices=[m.value for m in Manager if m is not Manager.DISTRIBUTED],
+        default=os.environ.get(MANAGER_ENV) or DEFAULT_MANAGER.value,
+        help="IVY's manager (env " + MANAGER_ENV + f", default {DEFAULT_MANAGER.value}): "
+             "'relay' moves every page through the directory (nodes need no reachable address: "
+             "NAT); 'central' knows owners and copy sets and has pages sent node to node")
     add_keys_argument(parser, "serve with DIR/directory.key_secret and accept only the nodes "
                               "whose public key (DIR/*.key) is in DIR")
     parser.add_argument("--metrics", type=int, metavar="PORT",
@@ -56,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsm directory: --region-size: {exc}", file=sys.stderr)
         return 2
     layout = Layout(args.base, args.region_size)
+    manager = Manager(args.manager)
+    if manager.direct and args.on_loss == OnLoss.LAST_COPY.value:
+        print("dsm directory: --on-loss last-copy falls back to the directory's copy of every "
+              "page, which only --manager relay keeps", file=sys.stderr)
+        return 2
     keys_dir = keys_dir_from(args.keys)
     try:
         keys = load_server_keys(keys_dir) if keys_dir is not None else None
@@ -63,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsm directory: {exc}", file=sys.stderr)
         return 2
     return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss),
-                         keys, args.metrics)
+                         keys, args.metrics, manager)

@@ -165,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             agent = start_agent(args.directory, args.node or default_node_name(),
                                 trace_path=args.trace, keys_dir=args.keys,
-                                metrics_port=args.metrics)
+                                metrics_port=args.metrics, peer_listen=args.peer_listen,
+                                advertise=args.advertise)
         except AgentStartError as exc:
             print(f"dsm run: {exc}", file=sys.stderr)
             return 0 if leave.requested is not None else 2

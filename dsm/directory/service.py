@@ -32,6 +32,7 @@ from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
 from dsm.liveness import NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
 from dsm.logthrottle import ThrottledLog, throttle_module_logs
+from dsm.managers import DEFAULT_MANAGER, Manager
 from dsm.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,13 @@ UNDELIVERABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
 class DirectoryService:
     def __init__(self, endpoint: str, layout: Layout, trace_path: str | None = None,
                  node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON,
-                 keys: ServerKeys | None = None):
+                 keys: ServerKeys | None = None, manager: Manager = DEFAULT_MANAGER):
         self.layout = layout
+        self.manager = manager
         self.tracer = Tracer(trace_path, "directory", role="manager")
         self.allocations = Allocations(layout)
-        self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page)
+        self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page,
+                                   direct=manager.direct)
         self.sync = SyncTable()
         self.node_timeout_s = node_timeout_s
         self.sessions = Sessions(new_random_id())
@@ -89,7 +92,9 @@ class DirectoryService:
                 n, m.txn, m.page, m.count, m.payload, d, m.not_held),
             p.Invalidated: lambda n, m, d: self.pages.invalidated(n, m.txn, m.page, m.count),
             p.Writeback: lambda n, m, d: self.pages.writeback(n, m.page, m.count, m.payload, d),
-            p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count),
+            p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count, m.payload, d),
+            p.Received: lambda n, m, d: self.pages.received(n, m.txn, m.page, m.count,
+                                                            m.installed),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
             # the node knows we live, and learns our clock (dsm.clocksync)
@@ -270,7 +275,7 @@ class DirectoryService:
         node = msg.node
         lay = self.layout
         welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
-                            self.tracer.now_ns())
+                            self.tracer.now_ns(), self.pages.direct)
         old = self.sessions.get(node)
         if old is not None and old.identity == identity:  # a repeated Hello: answer it again
             return [Send(node, welcome)]
@@ -289,9 +294,18 @@ class DirectoryService:
             # the old incarnation's connection is gone: it died, and this is its restart
             self._declare_dead(node, f"it restarted (incarnation {old.incarnation:x} -> "
                                      f"{msg.incarnation:x}) without leaving")
-        log.info("node %s joined (agent pid %d, incarnation %x)", node, msg.pid, msg.incarnation)
+        if self.pages.direct and not msg.peer:
+            reason = (f"this directory runs --manager {self.manager.value}, under which pages "
+                      f"travel node to node, and node {node!r} serves no peer endpoint "
+                      "(--peer-listen none): give it one, or run the directory with --manager "
+                      "relay (nodes behind NAT)")
+            log.error("refused node %r: %s", node, reason)
+            self._send_to(identity, p.Fenced(self.sessions.epoch, reason))
+            return []
+        log.info("node %s joined (agent pid %d, incarnation %x%s)", node, msg.pid,
+                 msg.incarnation, f", peer endpoint {msg.peer}" if msg.peer else "")
         self.sessions.start(node, identity, msg.incarnation, msg.pid, time.monotonic())
-        self.pages.node_joined(node)
+        self.pages.node_joined(node, msg.peer)
         return [Send(node, welcome)]
 
     def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
@@ -369,8 +383,10 @@ def _node_of_identity(link: str) -> str:
 
 def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
                   ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON,
-                  keys: ServerKeys | None = None, metrics_port: int | None = None) -> int:
-    service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss, keys=keys)
+                  keys: ServerKeys | None = None, metrics_port: int | None = None,
+                  manager: Manager = DEFAULT_MANAGER) -> int:
+    service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss, keys=keys,
+                               manager=manager)
     if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
         from dsm.metrics import DirectoryCollector, MessageCounts, serve
 

@@ -1,0 +1,145 @@
+"""The agent's peer endpoint: pages sent node to node under the central and distributed
+managers (``Fetch`` names the requester; the holder sends it a ``PeerPage``).
+
+Each agent binds one ROUTER (``--peer-listen``, env ``DSM_PEER_LISTEN``; default a free port on
+every interface, or an ``ipc://`` path beside the workload socket when the directory is reached
+over ``ipc://``) and tells the directory, in its Hello, the endpoint the others reach it at
+(``--advertise HOST``, env ``DSM_ADVERTISE``; default the address of the interface that routes
+to the directory). It sends through one DEALER per peer, connected on first use with
+``ZMQ_IMMEDIATE``, so that a message is taken only by a live connection: a peer no connection
+reaches within ``PEER_CONNECT_TIMEOUT_S`` is unreachable, which the node core turns into a
+relay answer (the pages go through the directory) and this module into an error line naming both
+addresses. Under CurveZMQ keys the endpoint is a CURVE server accepting the cluster's node keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from dsm.errors import ConfigError
+from dsm.keys import ServerKeys, configure_client, peer_client_keys, serve
+from dsm.logthrottle import ThrottledLog
+
+log = logging.getLogger(__name__)
+
+PEER_LISTEN_ENV = "DSM_PEER_LISTEN"
+ADVERTISE_ENV = "DSM_ADVERTISE"
+#: the value of --peer-listen that serves no peer endpoint (relay manager only, e.g. behind NAT)
+NO_PEER_ENDPOINT = "none"
+#: how long a first connection to a peer may take before the peer counts as unreachable
+PEER_CONNECT_TIMEOUT_S = 2.0
+#: how long an unreachable peer is not tried again (its pages go through the directory)
+UNREACHABLE_RETRY_S = 10.0
+#: pages queued for one peer before the sender counts it as not reading (as the directory's)
+PEER_SEND_QUEUE_MESSAGES = 10_000
+
+
+def default_listen(directory: str, socket_path: str, node: str) -> str:
+    """Where the peer endpoint binds when not told: beside the directory's transport."""
+    if directory.startswith("ipc://"):
+        return f"ipc://{os.path.dirname(os.path.abspath(socket_path))}/{node}.peer"
+    return "tcp://0.0.0.0:*"
+
+
+def route_address(directory: str) -> str:
+    """The local address of the interface that routes to the directory's host (a UDP connect
+    sends nothing; it only picks the route)."""
+    host = urlsplit(directory).hostname or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def advertised(bound: str, directory: str, advertise: str | None) -> str:
+    """The endpoint the other nodes reach a socket bound at ``bound`` (its LAST_ENDPOINT) at."""
+    if not bound.startswith("tcp://"):
+        return bound
+    port = urlsplit(bound).port
+    host = advertise or route_address(directory)
+    return f"tcp://{host}:{port}"
+
+
+class PeerEndpoint:
+    def __init__(self, ctx: zmq.Context, node: str, directory: str, listen: str,
+                 advertise: str | None, keys: ServerKeys | None):
+        self.node = node
+        self._ctx = ctx
+        self._keys = keys
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self._guard = serve(self.router, keys, f"the peer endpoint of node {node}")
+        try:
+            self.router.bind(listen)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"node {node} cannot serve its peer endpoint at {listen}: {exc} "
+                          f"(--peer-listen, env {PEER_LISTEN_ENV})") from None
+        self.bound = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        #: what the directory hands to the nodes that send pages here
+        self.address = advertised(self.bound, directory, advertise)
+        self._out: dict[str, zmq.Socket] = {}
+        self._unreachable: dict[str, float] = {}  # address -> until when it is not tried
+        self._complain = ThrottledLog(log, "unreachable peers")
+
+    def reachable(self, peer: str, address: str) -> bool:
+        """Whether a page sent to ``address`` now would be taken by a live connection (waits up
+        to PEER_CONNECT_TIMEOUT_S for a first one)."""
+        until = self._unreachable.get(address)
+        if until is not None:
+            if time.monotonic() < until:
+                return False
+            del self._unreachable[address]
+        sock = self._socket(peer, address)
+        if sock.poll(int(PEER_CONNECT_TIMEOUT_S * 1000), zmq.POLLOUT):
+            return True
+        self._unreachable[address] = time.monotonic() + UNREACHABLE_RETRY_S
+        self._complain(logging.ERROR,
+                       "node %s (peer endpoint %s) cannot reach node %s at %s within %.1f s: its "
+                       "pages go through the directory instead; check that %s is reachable from "
+                       "here (--advertise, --peer-listen, a firewall, NAT: --manager relay)",
+                       self.node, self.address, peer, address, PEER_CONNECT_TIMEOUT_S, address)
+        self._drop(address)
+        return False
+
+    def send(self, peer: str, address: str, frames: list[Any]) -> bool:
+        sock = self._socket(peer, address)
+        try:
+            sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self._complain(logging.ERROR, "node %s could not hand pages to node %s at %s (the "
+                           "connection is gone or full)", self.node, peer, address)
+            return False
+
+    def _socket(self, peer: str, address: str) -> zmq.Socket:
+        sock = self._out.get(address)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer not connected
+            sock.setsockopt(zmq.SNDHWM, PEER_SEND_QUEUE_MESSAGES)
+            if self._keys is not None:
+                configure_client(sock, peer_client_keys(self._keys, peer))
+            sock.connect(address)
+            self._out[address] = sock
+        return sock
+
+    def _drop(self, address: str) -> None:
+        sock = self._out.pop(address, None)
+        if sock is not None:
+            sock.close(0)
+
+    def close(self) -> None:
+        for address in list(self._out):
+            self._drop(address)
+        self.router.close(0)
+        self._guard.close()

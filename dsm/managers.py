@@ -1,0 +1,30 @@
+"""IVY's managers (Li and Hudak, 1989), as ``dsm directory --manager`` names them.
+
+- ``relay``: every page travels through the directory, which keeps the home copy of every
+  read-shared page. The nodes need no address the others can reach (NAT): the baseline.
+- ``central``: IVY's centralized manager. The directory knows each page's owner and copy set and
+  serializes requests per page; the pages travel node to node (``dsm.directory.pages``).
+- ``distributed``: IVY's fixed distributed manager: the central algorithm split over shards by
+  page stripes (``dsm.core.shards``), each shard its own process.
+"""
+
+from __future__ import annotations
+
+import enum
+
+MANAGER_ENV = "DSM_MANAGER"
+
+
+class Manager(enum.Enum):
+    RELAY = "relay"
+    CENTRAL = "central"
+    DISTRIBUTED = "distributed"
+
+    @property
+    def direct(self) -> bool:
+        """Whether pages travel node to node under this manager."""
+        return self is not Manager.RELAY
+
+
+#: the fastest correct manager on ``dsm bench`` (see the README's table)
+DEFAULT_MANAGER = Manager.RELAY
