@@ -15,7 +15,7 @@ from dsm.sim.world import SimulationFailure, World
 
 pytestmark = pytest.mark.timeout(120)
 
-#: (name, World keyword arguments, seeds), run under each manager: 1,154 seeds in all
+#: (name, World keyword arguments, seeds), run under each manager: 1,354 seeds in all
 CONFIGS = [
     ("3 nodes", dict(nodes=3), range(0, 125)),
     ("5 nodes, 2 threads, a death", dict(nodes=5, threads_per_node=2, deaths=1), range(0, 125)),
@@ -26,6 +26,8 @@ CONFIGS = [
                                            deaths=1), range(0, 50)),
     ("bands of pages read then written, 4 nodes",
      dict(nodes=4, pages=12, ops_per_thread=40, deaths=1, bands=True), range(0, 75)),
+    ("pages given back now and then, 4 nodes, a death",
+     dict(nodes=4, pages=4, threads_per_node=2, deaths=1, give_backs=True), range(0, 100)),
     ("256 nodes", dict(nodes=256, pages=16, ops_per_thread=2, deaths=2), range(0, 2)),
 ]
 

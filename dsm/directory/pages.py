@@ -94,6 +94,8 @@ class Txn:
     restart: bool = False
     #: pages the source gave up while the transaction ran (its Drop came meanwhile)
     source_dropped: set[int] = field(default_factory=set)
+    #: pages the requester, having them already, gave back before the transaction ended
+    requester_gave_back: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -256,9 +258,14 @@ class PageDirectory:
             q = page + i
             e = self.entry(q)
             if e.owner != node:
-                log.warning("writeback of page %d from %s, which does not own it (%s): ignored",
-                            q, node, e.describe())
-                continue
+                txn = e.busy
+                if txn is not None and self._received_by(txn, node):
+                    # it owns the page already, though the transaction has not ended
+                    txn.requester_gave_back.add(q)
+                else:
+                    log.warning("writeback of page %d from %s, which does not own it (%s): "
+                                "ignored", q, node, e.describe())
+                    continue
             self.home.put(q, 1, payload, view[i * size : (i + 1) * size] if view is not None else None)
             e.owner = None
             e.home_current = True
@@ -283,6 +290,8 @@ class PageDirectory:
             txn = e.busy
             if txn is not None and txn.source == node:
                 txn.source_dropped.add(q)
+            if txn is not None and self._received_by(txn, node):
+                txn.requester_gave_back.add(q)  # its copy came, and went
             if (view is not None and not e.home_current
                     and (e.owner is None or e.owner == node and txn is not None
                          and txn.source == node and txn.keep_copy)):
@@ -326,6 +335,11 @@ class PageDirectory:
             txn.waiting.discard(node)
             out += self._maybe_finish(txn)
         return out
+
+    @staticmethod
+    def _received_by(txn: Txn, node: str) -> bool:
+        """Whether ``node`` requested ``txn``'s pages node to node and has them already."""
+        return txn.direct and txn.request.node == node and node not in txn.waiting
 
     def node_joined(self, node: str, peer: str = "") -> None:
         self._dead.discard(node)
@@ -585,16 +599,18 @@ class PageDirectory:
         first, node = req.page, req.node
         write = req.kind is Kind.WRITE
         old = self._peek(first).describe() if self._tracing else ""
+        gave_back = txn.requester_gave_back
         for q in range(first, first + n):
             e = self._entries[q]
             if e.owner == source:
                 e.owner = None
             if write:
                 e.copyset.clear()
-                e.home_current = False
+                if q not in gave_back:  # else its writeback made the home copy current
+                    e.home_current = False
             elif source not in self._dead and q not in txn.source_dropped:
                 e.copyset.add(source)  # the old owner keeps a read copy
-            if node in self._dead:
+            if node in self._dead or q in gave_back:
                 continue
             if write:
                 e.owner = node
@@ -606,7 +622,7 @@ class PageDirectory:
                 self._trace(first, req.kind.name, node, old, "requester gone", count=n)
             return []
         if write and self.on_loss is OnLoss.POISON:
-            self.home.clear(first, n)
+            self.home.clear_pages([q for q in range(first, first + n) if q not in gave_back])
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
         if self._tracing:

@@ -21,11 +21,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="pages through the directory (relay) or node to node (central)")
     parser.add_argument("--bands", action="store_true",
                         help="threads read runs of pages, then write them (read-ahead, upgrades)")
+    parser.add_argument("--give-backs", action="store_true",
+                        help="nodes hand pages back now and then (unmaps, leaves)")
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
     args = parser.parse_args(argv)
     world = World(args.seed, nodes=args.nodes, pages=args.pages,
                   threads_per_node=args.threads, ops_per_thread=args.ops, deaths=args.deaths,
-                  manager=args.manager, bands=args.bands)
+                  manager=args.manager, bands=args.bands, give_backs=args.give_backs)
     try:
         world.run()
     except SimulationFailure as exc:

@@ -85,7 +85,7 @@ class SimNode:
 class World:
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
-                 bands: bool = False, manager: str = "relay"):
+                 bands: bool = False, manager: str = "relay", give_backs: bool = False):
         self.seed = seed
         self.rng = random.Random(seed)
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
@@ -93,6 +93,8 @@ class World:
         self.clock = 0.0
         #: "relay": pages through the directory; "central": node to node (``PageDirectory``)
         self.manager = manager
+        #: nodes hand pages back now and then (unmaps, leaves)
+        self.give_backs = give_backs
         direct = manager != "relay"
         self.directory = PageDirectory(self.layout, on_loss=on_loss, clock=lambda: self.clock,
                                        direct=direct)
@@ -272,6 +274,18 @@ class World:
         acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock)
         self._carry_out(node, acts)
 
+    def _give_back(self) -> None:
+        """A node hands a page back, as at an unmap or a leave (owned ones with their contents;
+        read copies too under a direct manager: the last one must not vanish)."""
+        holders = [n for n in self.nodes.values() if n.alive and n.core.state]
+        if not holders:
+            return
+        node = self.rng.choice(holders)
+        page = self.rng.choice(sorted(node.core.state))
+        self._step(f"{node.name} gives back page {page}")
+        self._touched.add(page)
+        self._carry_out(node, node.core.give_back([page]))
+
     # --- failures ------------------------------------------------------------------------------------
     def _kill(self, node: SimNode) -> None:
         """SIGKILL: the node's unsent messages are lost, but a prefix may be on the wire."""
@@ -352,6 +366,9 @@ class World:
                 choices.append("notice")
             if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
                 choices.append("kill")
+            if self.give_backs and any(not t.done for n in self.nodes.values() if n.alive
+                                       for t in n.threads):
+                choices.append("give back")
             if not choices:
                 self._check_finished()
                 return
@@ -361,6 +378,9 @@ class World:
                 if self.rng.random() < 0.05:  # rare, so that most of a run has all its nodes
                     self.deaths_left -= 1
                     self._kill(self.rng.choice([n for n in self.nodes.values() if n.alive]))
+            elif pick == "give back":
+                if self.rng.random() < 0.1:
+                    self._give_back()
             elif pick == "notice":
                 if self.rng.random() < 0.2:
                     self._notice_death(self.rng.choice(self.unnoticed_dead))
