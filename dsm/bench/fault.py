@@ -507,8 +507,7 @@ def _size(nbytes: int) -> str:
 def format_table(result: dict) -> str:
     cfg = result["config"]
     header = ["measurement", "n", "median µs", "p90 µs", "p99 µs", "/ rtt", "/ floor", "target"]
-    #: the columns right-aligned: the numbers and the ratios
-    numbers = range(1, 7)
+    numbers = range(1, 7)  # the columns right-aligned: the numbers and the ratios
     lines = []
     for r in result["rows"]:
         if r["target"] is None:

@@ -75,9 +75,9 @@ REPLY_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 10.0
 #: the faulter's wait for its handler to take the uffd
 HANDOFF_TIMEOUT_S = START_TIMEOUT_S
-#: the bytes of the one message that hands the uffd over (a small JSON object)
-HANDOFF_MESSAGE_BYTES = 4096
-#: the handler's acknowledgement: it holds the uffd (the faulter may close its own copy)
+#: the one message that carries the uffd (SCM_RIGHTS needs a byte of data at least), and the
+#: handler's acknowledgement: it holds the uffd (the faulter may close its own copy)
+HANDOFF = b"uffd"
 HANDOFF_ACK = b"ready"
 #: a warm-up fault per path, untimed, before anything is measured (cold code, fresh connections)
 WARMUP_PAGES = 50
@@ -179,9 +179,10 @@ def handle(name: str, unix_path: str, request_endpoint: str, pages_listen: str |
     _ready("handler", *endpoints)
     conn, _ = listener.accept()
     conn.settimeout(HANDOFF_TIMEOUT_S)
-    _msg, fds, _flags, _addr = socket.recv_fds(conn, HANDOFF_MESSAGE_BYTES, 1)
-    if len(fds) != 1:
-        raise RuntimeError(f"the faulter sent {len(fds)} file descriptors, not its uffd")
+    msg, fds, _flags, _addr = socket.recv_fds(conn, len(HANDOFF), 1)
+    if msg != HANDOFF or len(fds) != 1:
+        raise RuntimeError(f"the faulter sent {msg!r} and {len(fds)} file descriptors, not its "
+                           "uffd")
     uffd = Uffd(fds[0])
     conn.send(HANDOFF_ACK)
     reply_timeout_ms = int(REPLY_TIMEOUT_S * MS_PER_S)
@@ -224,8 +225,7 @@ def fault(unix_path: str, pages: int) -> int:
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         conn.settimeout(HANDOFF_TIMEOUT_S)
         conn.connect(unix_path)
-        socket.send_fds(conn, [json.dumps({"base": base, "length": length}).encode()],
-                        [uffd.fileno()])
+        socket.send_fds(conn, [HANDOFF], [uffd.fileno()])
         if conn.recv(len(HANDOFF_ACK)) != HANDOFF_ACK:
             raise RuntimeError("the handler did not take the uffd")
     # only the handler holds it now: should the handler die, the kernel releases the faults
@@ -307,6 +307,8 @@ def _start(procs: Processes, name: str, args: list[str]) -> list[str]:
 
 def _start_faulter(procs: Processes, key: str, unix_path: str, pages: int,
                    pids: dict[str, int]) -> FloorPath:
+    """Start the faulter of the floor ``key`` (its handler listens at ``unix_path``) and wait
+    until the handler holds its uffd; ``pids``: the path's other parties."""
     name = f"{key}-faulter"
     faulter = procs.start_driven(name, [sys.executable, "-m", "dsm.bench.floor", "faulter",
                                         unix_path, str(pages)])
