@@ -2,26 +2,108 @@
 Speed is not asserted: only that the benchmark runs, checks itself and reports."""
 
 import json
+import os
 import re
+import signal
+import statistics
 import subprocess
 import sys
 
 import pytest
 
-from dsm.bench.fault import ROWS
+from dsm.bench.fault import FAULT_ROWS, FLOOR_KEYS, FLOOR_OF, ROWS
 
 pytestmark = pytest.mark.timeout(300)
 
+#: a run's deadline: below the test's own (300 s), so that a run past it fails the test and its
+#: processes are stopped by the fixture's teardown, not left behind
 RUN_TIMEOUT_S = 240
+#: how long a bench past its deadline gets to stop its children itself (SIGTERM unwinds it)
+TERM_GRACE_S = 10
 
 
-def run_bench(*args):
-    proc = subprocess.run(
-        [sys.executable, "-m", "dsm", "bench", "fault", *args],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
+def _start_time(pid):
+    """The process's start time (field 22 of /proc/PID/stat), None when it is gone: with the pid,
+    it names the process (a pid alone may be reused by the time it is killed)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(pid):
+    """Every live process below ``pid``, as (pid, start time)."""
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            for child in children:
+                out.append((child, _start_time(child)))
+                todo.append(child)
+    return out
+
+
+def _stop(proc):
+    """Stop a bench still running, and everything it started: SIGTERM first (the bench then
+    kills its children), then SIGKILL of whatever of them is left, each by its pid."""
+    if proc.poll() is not None:
+        return
+    started = [(proc.pid, _start_time(proc.pid))] + _descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid, start in started:
+        if start is not None and _start_time(pid) == start:  # the same process, still there
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:
+        proc.wait(TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@pytest.fixture
+def bench():
+    """``bench(*args)`` runs ``python -m dsm bench ARGS`` (exit status 0 required) within
+    ``timeout``; at teardown, a run still alive is stopped with every process it started."""
+    runs = []
+
+    def run(*args, timeout=RUN_TIMEOUT_S):
+        proc = subprocess.Popen([sys.executable, "-m", "dsm", "bench", *args], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        runs.append(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"dsm bench {' '.join(args)}: not done within {timeout} s")
+        assert proc.returncode == 0, f"exit status {proc.returncode}\n{stdout}\n{stderr}"
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    yield run
+    for proc in runs:
+        _stop(proc)
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+@pytest.fixture
+def run_bench(bench):
+    """``run_bench(*args)``: ``dsm bench fault ARGS``, as ``bench`` runs it."""
+    return lambda *args: bench("fault", *args)
 
 
 def table_rows(stdout):
@@ -30,13 +112,18 @@ def table_rows(stdout):
     return lines[header], lines[header + 2:header + 2 + len(ROWS)]
 
 
+def cells(line):
+    """A table line's cells (they are two spaces apart or more; a cell holds single spaces)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
-def test_bench_fault_prints_every_row_with_a_ratio(tmp_path, transport):
+def test_bench_fault_prints_every_row_with_a_ratio(tmp_path, transport, run_bench):
     out = tmp_path / "bench.json"
     proc = run_bench("--pages", "50", "--rounds", "2", "--transport", transport,
                      "--json", str(out))
     header, rows = table_rows(proc.stdout)
-    for column in ("n", "median", "p90", "p99", "ratio", "target"):
+    for column in ("n", "median", "p90", "p99", "/ rtt", "/ floor", "target"):
         assert column in header, header
     labels = [label.format(size="4 KiB") for _, label, _ in ROWS]
     for label, line in zip(labels, rows):
@@ -56,7 +143,53 @@ def test_bench_fault_prints_every_row_with_a_ratio(tmp_path, transport):
     assert result["warnings"] == [], result["warnings"]
 
 
-def test_bench_fault_with_keys_measures_a_keyed_cluster_beside_the_open_one(tmp_path):
+def test_bench_fault_measures_its_floors_in_the_same_run(tmp_path, run_bench):
+    """The two floors (a minimal handler, 2 and 3 hops) are rows of the run, their processes'
+    CPU accounted, and the home and owned reads are divided by them: the ratios come from
+    this run's own medians, in the table as in the JSON."""
+    out = tmp_path / "bench.json"
+    pages, rounds = 40, 2
+    proc = run_bench("--pages", str(pages), "--rounds", str(rounds), "--json", str(out))
+    result = json.loads(out.read_text())
+    rows = {r["key"]: r for r in result["rows"]}
+    for key in FLOOR_KEYS:  # measured like the faults: every page once, in every round
+        samples = result["samples_ns"][key]
+        assert len(samples) == pages and all(s > 0 for s in samples), key
+        assert rows[key]["median_us"] > 0 and len(rows[key]["round_medians_us"]) == rounds
+        assert rows[key]["floor"] == key and rows[key]["floor_ratio"] == pytest.approx(1.0)
+        # each party is its own process, and each one's CPU is measured
+        parties = {"floor_home": ("server", "handler", "faulter"),
+                   "floor_3hop": ("manager", "owner", "handler", "faulter")}[key]
+        for party in parties:
+            assert rows[key]["cpu_us_per_access"][f"{key} {party}"] > 0, (key, party)
+    for key, row in rows.items():
+        floor = FLOOR_OF.get(key)
+        if key in FLOOR_KEYS:
+            continue
+        if floor is None:
+            assert row["floor"] is None and row["floor_ratio"] is None, key
+            continue
+        assert row["floor"] == floor
+        assert row["floor_ratio"] == pytest.approx(row["median_us"] / rows[floor]["median_us"])
+        per_round = [m / f for m, f in zip(row["round_medians_us"],
+                                           rows[floor]["round_medians_us"])]
+        assert row["median_round_floor_ratio"] == pytest.approx(statistics.median(per_round))
+    assert result["floor_of"] == {**{k: k for k in FLOOR_KEYS}, **FLOOR_OF}
+
+    header, lines = table_rows(proc.stdout)
+    column = cells(header).index("/ floor")
+    for (key, _, _), line in zip(ROWS, lines):
+        shown = cells(line)[column]
+        ratio = rows[key]["floor_ratio"]
+        assert shown == ("-" if ratio is None else f"{ratio:.2f}x"), (key, line)
+        assert cells(line)[cells(header).index("/ rtt")] == f"{rows[key]['ratio']:.2f}x"
+    assert "median of the per-round ratios to the floor: home_read" in proc.stdout
+    cpu = proc.stdout.split("CPU µs per access, by process")[1]
+    assert "floor_home handler" in cpu and "floor_3hop owner" in cpu
+    assert result["warnings"] == [], result["warnings"]
+
+
+def test_bench_fault_with_keys_measures_a_keyed_cluster_beside_the_open_one(tmp_path, run_bench):
     keys = tmp_path / "keys"
     subprocess.run([sys.executable, "-m", "dsm", "keygen", str(keys)], check=True,
                    capture_output=True, timeout=30)
@@ -64,13 +197,18 @@ def test_bench_fault_with_keys_measures_a_keyed_cluster_beside_the_open_one(tmp_
     proc = run_bench("--pages", "50", "--rounds", "2", "--keys", str(keys), "--json", str(out))
     result = json.loads(out.read_text())
     assert result["config"]["keys"] == str(keys)
-    fault_keys = [key for key, _, _ in ROWS[1:]]
+    fault_keys = [key for key, _, _ in FAULT_ROWS]
     assert [c["key"] for c in result["curve_cost"]] == fault_keys
     for key in fault_keys:  # each fault measured on both clusters, in the same rounds
         assert len(result["samples_ns"][key + "@curve"]) == 50
         assert len(result["samples_ns"][key]) == 50
     for cost in result["curve_cost"]:
         assert cost["ratio"] == pytest.approx(cost["curve_median_us"] / cost["open_median_us"])
+    rows = {r["key"]: r for r in result["rows"]}
+    for key, floor in FLOOR_OF.items():  # a keyed fault against the same (open) floor
+        assert rows[key + "@curve"]["floor"] == floor
+        assert rows[key + "@curve"]["floor_ratio"] == pytest.approx(
+            rows[key + "@curve"]["median_us"] / rows[floor]["median_us"])
     assert "CURVE's cost per fault" in proc.stdout
     assert result["warnings"] == [], result["warnings"]
 
@@ -82,14 +220,13 @@ def test_bench_fault_rejects_bad_sizes():
     assert "--pages" in proc.stderr
 
 
-def run_dsm_bench(*args, timeout=RUN_TIMEOUT_S):
-    proc = subprocess.run([sys.executable, "-m", "dsm", "bench", *args],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
+@pytest.fixture
+def run_dsm_bench(bench):
+    """``run_dsm_bench(*args)``: ``dsm bench ARGS``, as ``bench`` runs it."""
+    return bench
 
 
-def test_bench_lock_prints_every_row_with_a_ratio(tmp_path):
+def test_bench_lock_prints_every_row_with_a_ratio(tmp_path, run_dsm_bench):
     from dsm.bench.lock import rows_for
 
     out = tmp_path / "lock.json"
@@ -110,7 +247,7 @@ def test_bench_lock_prints_every_row_with_a_ratio(tmp_path):
     assert result["rows"][0]["ratio"] == pytest.approx(1.0)
 
 
-def test_bench_workloads_runs_each_program_and_its_numpy_baseline(tmp_path):
+def test_bench_workloads_runs_each_program_and_its_numpy_baseline(tmp_path, run_dsm_bench):
     out = tmp_path / "workloads.json"
     proc = run_dsm_bench("workloads", "--nodes", "1,2", "--problem", "jacobi=48:3",
                          "--problem", "matmul=64:1", "--problem", "sort=3000:1",
@@ -155,7 +292,7 @@ def summary_lines(stdout, labels):
     return found
 
 
-def test_bench_scan_streams_scans_and_reads_at_random(tmp_path):
+def test_bench_scan_streams_scans_and_reads_at_random(tmp_path, run_dsm_bench):
     out = tmp_path / "scan.json"
     proc = run_dsm_bench("scan", "--mib", "4", "--repeats", "2", "--random-pages", "30",
                          "--round-trips", "30", "--json", str(out))
@@ -174,7 +311,7 @@ def test_bench_scan_streams_scans_and_reads_at_random(tmp_path):
     assert result["scan_ratio"] > 0 and result["random_ratio"] > 0
 
 
-def test_bench_scan_with_keys_runs_the_cluster_keyed(tmp_path):
+def test_bench_scan_with_keys_runs_the_cluster_keyed(tmp_path, run_dsm_bench):
     keys = tmp_path / "keys"
     subprocess.run([sys.executable, "-m", "dsm", "keygen", str(keys)], check=True,
                    capture_output=True, timeout=30)
@@ -187,7 +324,7 @@ def test_bench_scan_with_keys_runs_the_cluster_keyed(tmp_path):
     assert result["scan_counters"]["pages_in"] >= 2 * 256  # every page came in, keyed
 
 
-def test_bench_directory_counts_requests_per_second(tmp_path):
+def test_bench_directory_counts_requests_per_second(tmp_path, run_dsm_bench):
     out = tmp_path / "directory.json"
     proc = run_dsm_bench("directory", "--clients", "2", "--requests", "100", "--rounds", "2",
                          "--in-flight", "4", "--json", str(out))
@@ -200,7 +337,7 @@ def test_bench_directory_counts_requests_per_second(tmp_path):
     assert all(t > 0 for t in result["samples"]["latency_ns"])
 
 
-def test_bench_jacobi_times_each_iteration_beside_numpy(tmp_path):
+def test_bench_jacobi_times_each_iteration_beside_numpy(tmp_path, run_dsm_bench):
     out = tmp_path / "jacobi.json"
     proc = run_dsm_bench("jacobi", "--size", "48", "--iterations", "3", "--json", str(out))
     numpy_row, dsm_row = summary_lines(proc.stdout, ["jacobi 48x48 iteration, plain numpy",
@@ -213,7 +350,7 @@ def test_bench_jacobi_times_each_iteration_beside_numpy(tmp_path):
     assert [len(t) for t in result["samples"]["per_node_iteration_s"]] == [3, 3]
 
 
-def test_bench_suite_runs_everything_into_one_table_json_and_png(tmp_path):
+def test_bench_suite_runs_everything_into_one_table_json_and_png(tmp_path, run_dsm_bench):
     from dsm.bench.suite import NAMES
 
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"

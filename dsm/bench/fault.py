@@ -1,13 +1,18 @@
 """``dsm bench fault``: what one page fault costs, beside the bare network round trip.
 
-One run starts a directory, a bare ZeroMQ echo server and three nodes (A, B, C), each node a
-worker process attached with ``dsm.attach`` (so with its own agent). Every measurement times one
-plain numpy access per page *in the faulting process*, one fault per page, on its own set of
-pages prepared beforehand:
+One run starts a directory, a bare ZeroMQ echo server, the floors' processes (``dsm.bench.floor``)
+and three nodes (A, B, C), each node a worker process attached with ``dsm.attach`` (so with its
+own agent). Every measurement times one plain numpy access per page *in the faulting process*,
+one fault per page, on its own set of pages prepared beforehand:
 
 =============  ==========================================================================
 round trip     the baseline: a bare pyzmq DEALER (this process) / ROUTER (an echo child)
                round trip of a 4 KiB message, over the same transport
+floor, home    the least a Python handler does to serve a remote fault, each party its own
+               process: a faulter's uffd read by a minimal handler, which asks a ROUTER for
+               the page over a DEALER, gets 4 KiB back and UFFDIO_COPYs them (2 messages)
+floor, 3 hops  the same handler, its request going to a manager that forwards it to the
+               page's owner, which sends the page straight to the handler (3 messages)
 home read      B reads a page that A wrote and C then read: the directory holds the home
                copy and grants it at once
 owned read     B reads a page A wrote and still owns: the directory fetches it from A
@@ -22,7 +27,10 @@ resident read  B reads a page it holds: no fault, the timing loop's own cost
 
 The measurements are interleaved in rounds (a share of every measurement per round) so that a
 noisy stretch of the machine touches them all alike; each fault time is reported as a ratio to
-the round trip's median.
+the round trip's median (``/ rtt``) and, where one applies, to its floor's (``/ floor``): a home
+read against the 2-hop floor, a read of a page another node owns against the 3-hop one. What the
+DSM costs above its floor is its own machinery; the floor above the round trip is what any
+Python handler pays (the uffd event, the copy, one more process woken per fault).
 
 With ``--keys DIR`` a second cluster runs beside the first in the same run: a directory serving
 with those CurveZMQ keys and nodes ka, kb, kc joining with them. Every round measures each fault
@@ -42,7 +50,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from dsm.bench import common
+from dsm.bench import common, floor
 from dsm.bench.common import BenchError, Progress, environment
 from dsm.bench.procs import Processes, Worker, cpu_ns, run_with_processes
 from dsm.keys import add_keys_argument, keys_dir_from
@@ -98,8 +106,14 @@ class Row:
         return {"n": len(a), "median_us": float(p50), "p90_us": float(p90), "p99_us": float(p99)}
 
 
-ROWS = [
+#: the baselines, measured in the same rounds as the faults: (key, label, counters per access)
+BASELINE_ROWS = [
     ("rtt", "zmq DEALER/ROUTER round trip ({size})", {}),
+    (floor.HOME, "floor: home read, minimal handler", {}),
+    (floor.THREE_HOPS, "floor: 3 hops, minimal handler", {}),
+]
+#: the DSM's own measurements (the keyed cluster measures these too)
+FAULT_ROWS = [
     ("home_read", "read fault, page at home (directory)", {"requests": 1, "pages_in": 1}),
     ("owned_read", "read fault, page owned by another node", {"requests": 1, "pages_in": 1}),
     ("write_upgrade", "write fault, upgrade, invalidates 2 copies", {"requests": 1, "upgrades": 1}),
@@ -107,6 +121,12 @@ ROWS = [
     ("local_fault", "local WP fault, agent only (no network)", {"faults_local": 1}),
     ("resident_read", "resident read, no fault (loop overhead)", {}),
 ]
+ROWS = BASELINE_ROWS + FAULT_ROWS
+FLOOR_KEYS = [floor.HOME, floor.THREE_HOPS]
+#: each fault's floor: a page the directory holds at home against the 2-hop floor, a page another
+#: live node owns (the directory fetches it) against the 3-hop one; the other faults do more
+#: than fetch one page (invalidations) or less (no network), and have none
+FLOOR_OF = {"home_read": floor.HOME, "owned_read": floor.THREE_HOPS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +202,7 @@ class FaultBench:
         self.rows = {key: Row(key, label.format(size=_size(message_bytes)), expect_counters=dict(c))
                      for key, label, c in ROWS}
         if keys_dir is not None:  # the same faults on the keyed cluster
-            for key, label, c in ROWS[1:]:
+            for key, label, c in FAULT_ROWS:
                 self.rows[key + CURVE_SUFFIX] = Row(key + CURVE_SUFFIX, label + " [CURVE]",
                                                     expect_counters=dict(c))
         self.warnings: list[str] = []
@@ -195,6 +215,14 @@ class FaultBench:
             self.sets[name] = pages_of_set
         self.warm = list(range(len(VALUE) * pages, len(VALUE) * pages + WARMUP_PAGES))
         self.total_pages = len(VALUE) * pages + WARMUP_PAGES
+        # each floor's faulter maps pages of its own: its share of them in random order too
+        # (drawn after the sets: the sets' order does not depend on the floors), then its warm-up
+        self.floor_sets: dict[str, list[int]] = {}
+        for key in FLOOR_KEYS:
+            self.floor_sets[key] = list(range(pages))
+            rng.shuffle(self.floor_sets[key])
+        self.floor_warm = list(range(pages, pages + floor.WARMUP_PAGES))
+        self.floors: dict[str, floor.FloorPath] = {}
         self.nodes: dict[str, Worker] = {}
         #: the processes whose CPU time is accounted, by name
         self.pids: dict[str, int | None] = {}
@@ -221,12 +249,16 @@ class FaultBench:
         page_bytes = os.sysconf("SC_PAGE_SIZE")
         region = max(self.total_pages * page_bytes + (16 << 20), 64 << 20)
         region = (region + (1 << 20) - 1) >> 20 << 20
-        p(f"starting a directory ({self.transport}), an echo server and nodes a, b, c")
+        p(f"starting a directory ({self.transport}), an echo server, the floors' processes and "
+          "nodes a, b, c")
         directory = self.procs.start_directory(self._endpoint("directory"), region)
         echo = self.procs.start_echo(self._endpoint("echo"))
+        self.floors = floor.start(self.procs, self._endpoint, self.pages)
         self.nodes = self.procs.start_workers(directory, ["a", "b", "c"])
         self.pids = {"bench": os.getpid(), "echo": self.procs.echo.proc.pid,
                      "directory": self.procs.directory.proc.pid}
+        for path in self.floors.values():
+            self.pids.update(path.pids)
         if self.keys_dir is not None:
             c = CURVE_PREFIX
             p(f"starting a directory with the keys of {self.keys_dir} and nodes {c}a, {c}b, {c}c")
@@ -244,6 +276,8 @@ class FaultBench:
         p(f"nodes attached; preparing {len(VALUE)} sets of {self.pages} pages")
         for c in self.clusters:
             self._prepare(c)
+        for path in self.floors.values():  # untimed, like the nodes' (cold code, new connections)
+            path.touch(self.floor_warm, BASE_TIMEOUT_S + PER_PAGE_TIMEOUT_S * len(self.floor_warm))
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -304,6 +338,8 @@ class FaultBench:
         rtt = self._round_trips(dealer, payload, n_rtt)
         self.rows["rtt"].add_cpu(cpu_before, self._cpu())
         self.rows["rtt"].add_samples(rtt)
+        for key, path in self.floors.items():
+            self._timed_floor(key, path, self._chunk(self.floor_sets[key], r))
         # each fault on every cluster in turn, so that both see the same stretch of the machine
         clusters = [(c, CURVE_SUFFIX if c else "") for c in self.clusters]
         for c, x in clusters:
@@ -345,6 +381,16 @@ class FaultBench:
         for name in set(before) | set(after):
             row.counter_deltas[name] = row.counter_deltas.get(name, 0) + after.get(name, 0) - before.get(name, 0)
 
+    def _timed_floor(self, key: str, path: floor.FloorPath, pages: list[int]) -> None:
+        """A floor's share of the round: its faulter faults each page once, timed the same way."""
+        if not pages:
+            return
+        row = self.rows[key]
+        cpu_before = self._cpu()
+        samples = path.time(pages, BASE_TIMEOUT_S + PER_PAGE_TIMEOUT_S * len(pages))
+        row.add_cpu(cpu_before, self._cpu())
+        row.add_samples(samples)
+
     def _cpu(self) -> dict[str, int]:
         return {name: cpu_ns(pid) for name, pid in self.pids.items()}
 
@@ -372,6 +418,14 @@ class FaultBench:
             n = st["n"]
             rtt_rounds = self.rows["rtt"].round_medians_us
             per_round = [m / b for m, b in zip(row.round_medians_us, rtt_rounds) if b]
+            floor_key = floor_of(row.key)
+            floor_ratio, floor_rounds = None, []
+            if floor_key is not None:  # against its floor, from the same run and rounds
+                floor_row = self.rows[floor_key]
+                floor_median = floor_row.stats()["median_us"]
+                floor_ratio = st["median_us"] / floor_median if floor_median else float("nan")
+                floor_rounds = [m / f for m, f in zip(row.round_medians_us,
+                                                      floor_row.round_medians_us) if f]
             rows.append({
                 "key": row.key, "label": row.label, **st, "ratio": ratio, "target": target,
                 "meets_target": (ratio <= target) if target is not None else None,
@@ -381,6 +435,12 @@ class FaultBench:
                 #: less sensitive to the machine's load drifting during the run
                 "round_ratios": per_round,
                 "median_round_ratio": float(np.median(per_round)) if per_round else float("nan"),
+                #: the row's floor (None: it has none), its median over the floor's, and the
+                #: median of the per-round ratios to the floor
+                "floor": floor_key,
+                "floor_ratio": floor_ratio,
+                "median_round_floor_ratio": (float(np.median(floor_rounds)) if floor_rounds
+                                             else None if floor_key is None else float("nan")),
                 "cpu_us_per_access": {
                     name: t / n / 1e3 for name, t in sorted(row.cpu_ns.items()) if n
                 },
@@ -395,6 +455,7 @@ class FaultBench:
                     )
         return {
             "benchmark": "fault",
+            "floor_of": {key: floor_of(key) for key in self.rows if floor_of(key) is not None},
             "config": {"pages": self.pages, "round_trips": self.round_trips,
                        "rounds": self.rounds, "transport": self.transport,
                        "message_bytes": self.message_bytes,
@@ -411,7 +472,7 @@ class FaultBench:
         """Each fault on the keyed cluster against the same fault on the open one: the ratio of
         the medians, and the median of the rounds' ratios (robust to load drifting)."""
         out = []
-        for key, _label, _ in ROWS[1:]:
+        for key, _label, _ in FAULT_ROWS:
             keyed = self.rows.get(key + CURVE_SUFFIX)
             if keyed is None:
                 continue
@@ -427,13 +488,26 @@ class FaultBench:
         return out
 
 
+def floor_of(key: str) -> str | None:
+    """The floor a row is measured against: a floor is its own; a keyed fault has the open
+    one's (the floors run open: what CURVE adds shows against them too); None when none applies."""
+    if key in FLOOR_KEYS:
+        return key
+    return FLOOR_OF.get(key.removesuffix(CURVE_SUFFIX))
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def _size(nbytes: int) -> str:
     return f"{nbytes // 1024} KiB" if nbytes % 1024 == 0 else f"{nbytes} B"
 
 
 def format_table(result: dict) -> str:
     cfg = result["config"]
-    header = ["measurement", "n", "median µs", "p90 µs", "p99 µs", "ratio", "target"]
+    header = ["measurement", "n", "median µs", "p90 µs", "p99 µs", "/ rtt", "/ floor", "target"]
+    numbers = range(1, 7)  # the columns right-aligned: the numbers and the ratios
     lines = []
     for r in result["rows"]:
         if r["target"] is None:
@@ -441,25 +515,36 @@ def format_table(result: dict) -> str:
         else:
             target = f"<={r['target']:.1f}x " + ("ok" if r["meets_target"] else "MISSED")
         lines.append([r["label"], str(r["n"]), f"{r['median_us']:.1f}", f"{r['p90_us']:.1f}",
-                      f"{r['p99_us']:.1f}", f"{r['ratio']:.2f}x", target])
+                      f"{r['p99_us']:.1f}", _ratio(r["ratio"]), _ratio(r.get("floor_ratio")),
+                      target])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) if i < 6 else c
+        return "  ".join(c.rjust(widths[i]) if i in numbers else c.ljust(widths[i])
                          for i, c in enumerate(cells)).rstrip()
 
     env = result["environment"]
     title = (f"dsm bench fault: transport {cfg['transport']}, {cfg['pages']} pages per fault row, "
-             f"{cfg['round_trips']} round trips, {cfg['rounds']} rounds; ratio = median / round-"
-             f"trip median (pyzmq {env['pyzmq']}, libzmq {env['libzmq']}, {env['cpus']} cpus)")
+             f"{cfg['round_trips']} round trips, {cfg['rounds']} rounds; / rtt = median / round-"
+             f"trip median, / floor = median / its floor's median (home read: the 2-hop floor, "
+             f"owned read: the 3-hop one) (pyzmq {env['pyzmq']}, libzmq {env['libzmq']}, "
+             f"{env['cpus']} cpus)")
     out = [title, fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(line) for line in lines]
     medians = result["rows"][0]["round_medians_us"]
     if len(medians) > 1:
+        # the resident reads are the timing loop, not a fault: no ratio worth a robust estimate
+        measured = [r for r in result["rows"][1:]
+                    if not r["key"].startswith("resident_read")]
         out.append("round-trip median per round (µs): " + ", ".join(f"{m:.1f}" for m in medians))
         out.append("median of the per-round ratios (robust to load drifting during the run): "
-                   + ", ".join(f"{r['key']} {r['median_round_ratio']:.2f}x"
-                               for r in result["rows"][1:-1]))
+                   + ", ".join(f"{r['key']} {r['median_round_ratio']:.2f}x" for r in measured))
+        over_floor = [r for r in measured
+                      if r.get("floor") is not None and r["key"] not in FLOOR_KEYS]
+        if over_floor:
+            out.append("median of the per-round ratios to the floor: "
+                       + ", ".join(f"{r['key']} {r['median_round_floor_ratio']:.2f}x"
+                                   for r in over_floor))
     if result.get("curve_cost"):
         out.append("")
         out.append(f"CURVE's cost per fault (keys {cfg['keys']}): keyed cluster / open cluster, "
