@@ -130,8 +130,8 @@ class Hello(Message):
     pid: Pid
     incarnation: RandomId
     #: the endpoint of the node's peer socket as the other nodes reach it ("" for none: the
-    #: node can be served only by the relay manager)
-    peer: str = ""
+    #: pages it asks for come through the directory)
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)

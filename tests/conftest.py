@@ -18,8 +18,15 @@ def transport(request):
 
 
 @pytest.fixture
-def directory(tmp_path, transport):
-    d = Directory(tmp_path, transport)
+def manager():
+    """The directory's manager: its default (DSM_MANAGER, else dsm.managers.DEFAULT_MANAGER);
+    a test about one manager's protocol parametrizes this."""
+    return None
+
+
+@pytest.fixture
+def directory(tmp_path, transport, manager):
+    d = Directory(tmp_path, transport, extra=["--manager", manager] if manager else [])
     yield d
     d.kill()
 

@@ -173,16 +173,20 @@ def test_a_fork_read_while_a_page_is_installed_adopts_and_protects_the_child(
     b = make_node("b")
     b.run(f"x = node.array('fk', (4 * {WORDS},), np.int64); x[:] = 1")
     held, release = threading.Event(), threading.Event()
-    grant = here._dir_handlers[p.Grant]
 
-    def hold_the_grant(msg, data):
-        # the agent is past its poll: a fork now is read only by the install's retry
-        if not held.is_set():
-            held.set()
-            release.wait(STEP_TIMEOUT_S)
-        grant(msg, data)
+    def holding(handler):
+        def hold_the_grant(msg, data):
+            # the agent is past its poll: a fork now is read only by the install's retry
+            if not held.is_set():
+                held.set()
+                release.wait(STEP_TIMEOUT_S)
+            handler(msg, data)
+        return hold_the_grant
 
-    here._dir_handlers[p.Grant] = hold_the_grant
+    # the page comes from the directory (relay) or straight from b (central, distributed)
+    here._dir_handlers[p.Grant] = holding(here._dir_handlers[p.Grant])
+    if here.peers is not None:
+        here._peer_handlers[p.PeerPage] = holding(here._peer_handlers[p.PeerPage])
     with serving(here):
         w = attach_here(here, directory, tmp_path, monkeypatch, "w")
         try:

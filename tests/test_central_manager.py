@@ -173,3 +173,13 @@ def test_an_unreachable_requester_gets_its_pages_through_the_directory(d):
 def test_last_copy_mode_needs_the_relay_manager():
     with pytest.raises(ValueError, match="relay"):
         PageDirectory(LAYOUT, direct=True, on_loss=OnLoss.LAST_COPY)
+
+
+def test_a_requester_without_a_peer_endpoint_gets_its_pages_through_the_directory(d):
+    d.node_joined("nat")  # behind NAT: no address the others can reach
+    owned_by(d, "a", 13)
+    fetch = only(d.acquire("nat", 13, 1, False, False), "a")
+    assert fetch.to_node == "" and fetch.keep_copy  # to the directory, as under relay
+    grant = d.fetched("a", fetch.txn, 13, 1, Payload.DATA, b"n" * PAGE, [])[0]
+    assert grant.node == "nat" and bytes(grant.page) == b"n" * PAGE
+    assert d.entry(13).copyset == {"a", "nat"}

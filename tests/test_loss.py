@@ -90,7 +90,8 @@ def test_lost_pages_are_listed_and_stay_lost_until_the_program_forgets_them(dire
 
 
 def test_last_copy_mode_falls_back_to_the_last_home_copy_and_logs_it(tmp_path):
-    directory = Directory(tmp_path, extra=["--on-loss", "last-copy"])
+    # the last copy is the directory's: only the relay manager keeps one
+    directory = Directory(tmp_path, extra=["--on-loss", "last-copy", "--manager", "relay"])
     try:
         _write_then_die(directory.endpoint, tmp_path)
         c = NodeProcess(directory.endpoint, "c", tmp_path)

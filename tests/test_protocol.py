@@ -3,6 +3,7 @@ property-based, no input at all makes ``decode`` fail with anything but a Protoc
 
 from dataclasses import fields
 
+import dataclasses
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -206,3 +207,12 @@ def test_random_bytes(raw, to):
 @given(any_value(), st.sampled_from([p.Direction.TO_DIRECTORY, p.Direction.TO_NODE]))
 def test_random_msgpack_documents(value, to):
     _decode_or_refuse([msgpack.packb(value)], to)
+
+
+def test_no_message_field_shadows_a_trace_record_field():
+    # the trace writes a message's fields into its record (dsm.trace): a field named like the
+    # record's own would overwrite it (a Hello field "peer" once unpaired every Hello)
+    reserved = {"t", "who", "peer", "dir", "msg", "id", "ts"}
+    for cls in CLASSES:
+        clash = reserved & {f.name for f in dataclasses.fields(cls)}
+        assert not clash, f"{cls.__name__} has fields {clash}"

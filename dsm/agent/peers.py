@@ -6,10 +6,14 @@ every interface, or an ``ipc://`` path beside the workload socket when the direc
 over ``ipc://``) and tells the directory, in its Hello, the endpoint the others reach it at
 (``--advertise HOST``, env ``DSM_ADVERTISE``; default the address of the interface that routes
 to the directory). It sends through one DEALER per peer, connected on first use with
-``ZMQ_IMMEDIATE``, so that a message is taken only by a live connection: a peer no connection
-reaches within ``PEER_CONNECT_TIMEOUT_S`` is unreachable, which the node core turns into a
-relay answer (the pages go through the directory) and this module into an error line naming both
-addresses. Under CurveZMQ keys the endpoint is a CURVE server accepting the cluster's node keys.
+``ZMQ_IMMEDIATE``, so that a message is taken only by a live connection. The loop never waits
+long for one: a peer not connected (a first connection gets ``PEER_FIRST_CONNECT_S``) is not
+reachable *now*, which the node core turns into a relay answer (the pages go through the
+directory, correct but a hop longer) and this module into an error line naming both addresses;
+ZeroMQ keeps connecting in the background, so the next transfer goes direct once it can. At most
+``MAX_PEER_SOCKETS`` peers are kept (the least recently used is closed): a directory that names
+endless addresses cannot exhaust the agent's descriptors. Under CurveZMQ keys the endpoint is a
+CURVE server accepting the cluster's node keys.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 
-from dsm.errors import ConfigError
+from dsm.errors import ConfigError, DsmError
 from dsm.keys import ServerKeys, configure_client, peer_client_keys, serve
 from dsm.logthrottle import ThrottledLog
 
@@ -33,10 +37,11 @@ PEER_LISTEN_ENV = "DSM_PEER_LISTEN"
 ADVERTISE_ENV = "DSM_ADVERTISE"
 #: the value of --peer-listen that serves no peer endpoint (relay manager only, e.g. behind NAT)
 NO_PEER_ENDPOINT = "none"
-#: how long a first connection to a peer may take before the peer counts as unreachable
-PEER_CONNECT_TIMEOUT_S = 2.0
-#: how long an unreachable peer is not tried again (its pages go through the directory)
-UNREACHABLE_RETRY_S = 10.0
+#: how long the loop waits for a first connection to a peer (a LAN connects in well under a
+#: millisecond; a peer not connected by then gets this transfer through the directory)
+PEER_FIRST_CONNECT_S = 0.05
+#: peers kept connected at once (the least recently used beyond this is closed)
+MAX_PEER_SOCKETS = 256
 #: pages queued for one peer before the sender counts it as not reading (as the directory's)
 PEER_SEND_QUEUE_MESSAGES = 10_000
 
@@ -86,28 +91,27 @@ class PeerEndpoint:
         self.bound = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         #: what the directory hands to the nodes that send pages here
         self.address = advertised(self.bound, directory, advertise)
-        self._out: dict[str, zmq.Socket] = {}
-        self._unreachable: dict[str, float] = {}  # address -> until when it is not tried
+        #: address -> the DEALER to it, least recently used first
+        self._out: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._complain = ThrottledLog(log, "unreachable peers")
 
     def reachable(self, peer: str, address: str) -> bool:
-        """Whether a page sent to ``address`` now would be taken by a live connection (waits up
-        to PEER_CONNECT_TIMEOUT_S for a first one)."""
-        until = self._unreachable.get(address)
-        if until is not None:
-            if time.monotonic() < until:
-                return False
-            del self._unreachable[address]
-        sock = self._socket(peer, address)
-        if sock.poll(int(PEER_CONNECT_TIMEOUT_S * 1000), zmq.POLLOUT):
+        """Whether a page sent to ``address`` now would be taken by a live connection."""
+        known = address in self._out
+        try:
+            sock = self._socket(peer, address)
+        except (zmq.ZMQError, DsmError) as exc:  # a malformed address, a key file missing
+            self._complain(logging.ERROR, "node %s cannot connect to node %s's peer endpoint "
+                           "%r: %s", self.node, peer, address, exc)
+            return False
+        wait_ms = 0 if known else int(PEER_FIRST_CONNECT_S * 1000)
+        if sock.poll(wait_ms, zmq.POLLOUT):
             return True
-        self._unreachable[address] = time.monotonic() + UNREACHABLE_RETRY_S
         self._complain(logging.ERROR,
-                       "node %s (peer endpoint %s) cannot reach node %s at %s within %.1f s: its "
-                       "pages go through the directory instead; check that %s is reachable from "
-                       "here (--advertise, --peer-listen, a firewall, NAT: --manager relay)",
-                       self.node, self.address, peer, address, PEER_CONNECT_TIMEOUT_S, address)
-        self._drop(address)
+                       "node %s (peer endpoint %s) has no connection to node %s at %s: pages go "
+                       "through the directory instead; if this lasts, check that %s is reachable "
+                       "from here (--advertise, --peer-listen, a firewall; behind NAT: --manager "
+                       "relay)", self.node, self.address, peer, address, address)
         return False
 
     def send(self, peer: str, address: str, frames: list[Any]) -> bool:
@@ -122,15 +126,23 @@ class PeerEndpoint:
 
     def _socket(self, peer: str, address: str) -> zmq.Socket:
         sock = self._out.get(address)
-        if sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer not connected
-            sock.setsockopt(zmq.SNDHWM, PEER_SEND_QUEUE_MESSAGES)
+        if sock is not None:
+            self._out.move_to_end(address)
+            return sock
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer not connected
+        sock.setsockopt(zmq.SNDHWM, PEER_SEND_QUEUE_MESSAGES)
+        try:
             if self._keys is not None:
                 configure_client(sock, peer_client_keys(self._keys, peer))
             sock.connect(address)
-            self._out[address] = sock
+        except Exception:
+            sock.close(0)
+            raise
+        self._out[address] = sock
+        while len(self._out) > MAX_PEER_SOCKETS:
+            self._drop(next(iter(self._out)))
         return sock
 
     def _drop(self, address: str) -> None:

@@ -238,6 +238,10 @@ class Agent:
             # the directory is alive (_drain_directory noted it) and told its clock
             p.Heartbeat: self._on_heartbeat,
         }
+        #: what other nodes send (the peer endpoint)
+        self._peer_handlers: dict[type, Callable[[Any, Any], None]] = {
+            p.PeerPage: lambda m, d: self._carry_out(self.core.peer_page(m, d, time.monotonic())),
+        }
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
             Pagefault: self._on_pagefault,
             Fork: self._on_fork,
@@ -489,7 +493,7 @@ class Agent:
                 if self.wire is not None:
                     self.wire.count("received", msg, frames[1:])
                 self.layout.check_page(msg.page + msg.count - 1)
-                self._carry_out(self.core.peer_page(msg, data, time.monotonic()))
+                self._peer_handlers[type(msg)](msg, data)
             except ProtocolError as exc:
                 self._complain(logging.WARNING, "malformed message from a peer: %.500s", exc)
             except DsmError as exc:

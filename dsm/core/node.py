@@ -80,11 +80,12 @@ class NodeCore:
         #: pages travel node to node (the directory's Welcome says): Fetches name the
         #: requester, read copies are given back with their contents
         self.direct = False
-        #: node-to-node transactions answered (installed, or refused after a Withdrawn)
-        self._answered: set[int] = set()
-        self._answered_order: deque[int] = deque()
+        #: node-to-node transactions answered (installed, or refused after a Withdrawn), as
+        #: (txn, first page): a transaction number alone could be a stray's
+        self._answered: set[tuple[int, int]] = set()
+        self._answered_order: deque[tuple[int, int]] = deque()
         #: of those, the ones refused: their pages, should they still come, are ignored
-        self._refused: set[int] = set()
+        self._refused: set[tuple[int, int]] = set()
 
     # --- faults ------------------------------------------------------------------------------------
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
@@ -281,25 +282,30 @@ class NodeCore:
     def peer_page(self, msg: p.PeerPage, data: Any, now: float) -> list[Action]:
         """Pages the directory had a holder send straight here: installed like a grant, then
         confirmed to the directory (which ends the transaction only on that)."""
-        if msg.txn in self._refused:  # its source was withdrawn and the pages asked elsewhere
+        key = (msg.txn, msg.page)
+        if key in self._refused:  # its source was withdrawn and the pages asked elsewhere
             return []
         out = self.grant(p.Grant(msg.page, msg.count, msg.write, msg.payload), data, now)
-        self._remember_answered(msg.txn)
+        self._remember_answered(key)
         return out + [Send(p.Received(msg.txn, msg.page, msg.count, True))]
 
     def withdrawn(self, msg: p.Withdrawn) -> list[Action]:
         """The holder that was to send pages here is gone: say whether they came."""
-        if msg.txn in self._answered:  # they came, and the directory was told so
+        key = (msg.txn, msg.page)
+        if key in self._answered:  # they came, and the directory was told so
             return []
-        self._remember_answered(msg.txn)
-        self._refused.add(msg.txn)
+        pend = self.pending.get(msg.page)
+        if pend is not None and pend.first == msg.page:  # still awaited: refuse them from now
+            self._remember_answered(key)
+            self._refused.add(key)
+        # else nothing here awaits them any more (the request was given up): no page to refuse
         self._trace(msg.page, "WITHDRAWN", self.node, "invalid", "invalid", count=msg.count,
                     source=msg.source)
         return [Send(p.Received(msg.txn, msg.page, msg.count, False))]
 
-    def _remember_answered(self, txn: int) -> None:
-        self._answered.add(txn)
-        self._answered_order.append(txn)
+    def _remember_answered(self, key: tuple[int, int]) -> None:
+        self._answered.add(key)
+        self._answered_order.append(key)
         if len(self._answered_order) > ANSWERED_TXNS_REMEMBERED:
             old = self._answered_order.popleft()
             self._answered.discard(old)

@@ -433,7 +433,11 @@ class PageDirectory:
         silent: dict[str, Txn] = {}
         for txn in self._txns.values():
             if now - txn.started_s > timeout_s:
-                for node in txn.waiting:
+                waiting = txn.waiting
+                if txn.direct and txn.source in waiting:
+                    # the requester waits on the source: the source is the silent one
+                    waiting = {txn.source}
+                for node in waiting:
                     silent.setdefault(node, txn)
         return silent
 
@@ -529,7 +533,14 @@ class PageDirectory:
         return [Send(keeper, Fetch(txn.id, req.page, n, True))]
 
     def _begin_direct(self, req: Request, n: int, source: str, keep_copy: bool) -> list[Send]:
-        """The source sends the pages straight to the requester; both answer."""
+        """The source sends the pages straight to the requester; both answer. A requester
+        without a peer endpoint (behind NAT) gets them through here: fetched home, then
+        granted from the home copy."""
+        if req.node not in self.peers:
+            txn = self._new_txn(req, n, {source}, source)
+            txn.keep_copy, txn.restart = keep_copy, True
+            self.counters["fetches"] += 1
+            return [Send(source, Fetch(txn.id, req.page, n, keep_copy))]
         txn = self._new_txn(req, n, {source, req.node}, source)
         txn.direct, txn.keep_copy = True, keep_copy
         self.counters["fetches"] += 1
@@ -537,7 +548,7 @@ class PageDirectory:
             self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
                         count=n, source=source)
         return [Send(source, Fetch(txn.id, req.page, n, keep_copy, req.node,
-                                   self.peers.get(req.node, "")))]
+                                   self.peers[req.node]))]
 
     def _new_txn(self, req: Request, n: int, waiting: set[str], source: str | None) -> Txn:
         txn = Txn(self._next_txn, req, n, set(waiting), source, started_s=self._clock())

@@ -294,18 +294,13 @@ class DirectoryService:
             # the old incarnation's connection is gone: it died, and this is its restart
             self._declare_dead(node, f"it restarted (incarnation {old.incarnation:x} -> "
                                      f"{msg.incarnation:x}) without leaving")
-        if self.pages.direct and not msg.peer:
-            reason = (f"this directory runs --manager {self.manager.value}, under which pages "
-                      f"travel node to node, and node {node!r} serves no peer endpoint "
-                      "(--peer-listen none): give it one, or run the directory with --manager "
-                      "relay (nodes behind NAT)")
-            log.error("refused node %r: %s", node, reason)
-            self._send_to(identity, p.Fenced(self.sessions.epoch, reason))
-            return []
+        if self.pages.direct and not msg.endpoint:
+            log.warning("node %s serves no peer endpoint (--peer-listen none): the pages it "
+                        "asks for come through the directory, a round trip more each", node)
         log.info("node %s joined (agent pid %d, incarnation %x%s)", node, msg.pid,
-                 msg.incarnation, f", peer endpoint {msg.peer}" if msg.peer else "")
+                 msg.incarnation, f", peer endpoint {msg.endpoint}" if msg.endpoint else "")
         self.sessions.start(node, identity, msg.incarnation, msg.pid, time.monotonic())
-        self.pages.node_joined(node, msg.peer)
+        self.pages.node_joined(node, msg.endpoint)
         return [Send(node, welcome)]
 
     def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
