@@ -30,6 +30,7 @@ import zmq
 from dsm.errors import ConfigError, DsmError
 from dsm.keys import ServerKeys, configure_client, peer_client_keys, serve
 from dsm.logthrottle import ThrottledLog
+from dsm.wire import send_frames
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class PeerEndpoint:
     def send(self, peer: str, address: str, frames: list[Any]) -> bool:
         sock = self._socket(peer, address)
         try:
-            sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            send_frames(sock, frames, nonblocking=True)
             return True
         except zmq.Again:
             self._complain(logging.ERROR, "node %s could not hand pages to node %s at %s (the "

@@ -52,6 +52,7 @@ from dsm.layout import Layout
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.trace import Tracer
+from dsm.wire import has_input, send_frames
 from dsm.uffd import (
     FaultKind,
     Fork,
@@ -66,8 +67,6 @@ from dsm.uffd import (
 
 log = logging.getLogger(__name__)
 
-#: as a plain int: pyzmq's flag enums are slow on a hot path
-_POLLIN = int(zmq.POLLIN)
 
 #: how long the directory may take to answer Hello before the agent gives up
 CONNECT_TIMEOUT_S = 5.0
@@ -421,7 +420,7 @@ class Agent:
         t = self.tracer.now() if self.tracer.enabled else None
         frames = p.encode(msg, page)
         try:
-            self.dealer.send_multipart(frames, copy=False)
+            send_frames(self.dealer, frames)
         except zmq.Again:
             self._cut_off(f"the directory {self.directory_endpoint} has taken no message for "
                           f"{NODE_CUT_OFF_S:.1f} s: this node is cut off from the cluster")
@@ -450,7 +449,7 @@ class Agent:
         they change anything), with a rate-limited log line; so is any other failure."""
         self._last_heard = time.monotonic()
         # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
-        while self.dealer.get(zmq.EVENTS) & _POLLIN:
+        while has_input(self.dealer):
             frames = self.dealer.recv_multipart(copy=False)
             msg: Any = None
             try:
@@ -483,7 +482,7 @@ class Agent:
         """Pages other nodes sent here. As from the directory, nothing received stops the
         agent: a malformed or unexpected message is dropped with a rate-limited line."""
         router = self.peers.router
-        while router.get(zmq.EVENTS) & _POLLIN:
+        while has_input(router):
             frames = router.recv_multipart(copy=False)
             msg: Any = None
             try:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 #: is not taken for one still open (far more than the requests a node has in flight)
 ANSWERED_TXNS_REMEMBERED = 4096
 
+#: the counter of each kind of fault (named once: an f-string per fault costs)
+_FAULT_COUNTER = {(kind, rw): f"faults_{kind.value}_{rw.value}"
+                  for kind in FaultKind for rw in Access}
+
 #: a tracer receives (page, event, node, old state, new state, **extra)
 Tracer = Callable[..., None]
 
@@ -75,6 +79,8 @@ class NodeCore:
         self._holds = holds
         self.stats = stats or NodeStats()
         self._trace = tracer or (lambda *a, **k: None)
+        #: describing states costs: only when someone reads the trace
+        self._tracing = bool(getattr(tracer, "enabled", tracer is not None))
         self.state: dict[int, PageState] = {}
         self.pending: dict[int, Pending] = {}
         #: pages travel node to node (the directory's Welcome says): Fetches name the
@@ -91,7 +97,7 @@ class NodeCore:
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
               now: float) -> list[Action]:
         write = rw is Access.WRITE
-        self.stats.count(f"faults_{kind.value}_{rw.value}")
+        self.stats.count(_FAULT_COUNTER[kind, rw])
         st = self.state.get(page)
         if kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
             self.stats.count("faults_local")
@@ -138,8 +144,9 @@ class NodeCore:
             self.pending[q] = pend
         have_copy = self.state.get(page) is PageState.SHARED
         self.stats.count("requests")
-        self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
-                    "write" if write else "read", count=count)
+        if self._tracing:
+            self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
+                        "write" if write else "read", count=count)
         return [Send(p.Acquire(page, count, write, have_copy))]
 
     def _request_upgrade(self, page: int, window: int, waiter: Waiter, now: float) -> list[Action]:
@@ -155,7 +162,8 @@ class NodeCore:
         for q in range(page, page + count):
             self.pending[q] = pend
         self.stats.count("requests")
-        self._trace(page, "ACQUIRE", self.node, "shared", "write", count=count)
+        if self._tracing:
+            self._trace(page, "ACQUIRE", self.node, "shared", "write", count=count)
         return [Send(p.Acquire(page, count, True, True))]
 
     def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
@@ -209,16 +217,16 @@ class NodeCore:
         out: list[Action] = []
         if msg.payload == p.Payload.NONE:  # an upgrade, or a page the node owns already
             self.stats.count("upgrades")
-            out.append(Upgrade(first, count))
+            out.append(Upgrade(first, count))  # lifting the protection wakes the waiters
             new = PageState.EXCLUSIVE
-            out += [Wake(w.proc, w.addr) for w in ready]
         else:
             self.stats.count("pages_in", count)
             installer = next((w for w in ready if w.page == first), None)
             out.append(Install(first, count, data, msg.write, installer, tuple(ready)))
         for q in granted:
             self.state[q] = new
-        self._trace(first, "GRANT", self.node, _name(old), _name(new), count=count)
+        if self._tracing:
+            self._trace(first, "GRANT", self.node, _name(old), _name(new), count=count)
         for w in ready:
             self.stats.record_fault_latency(now - w.t0)
         out += self._refault(pend, granted, now)
@@ -235,7 +243,8 @@ class NodeCore:
         lost = range(first, first + count)
         victims = [w for w in pend.waiters if w.page in lost]
         self.stats.count("lost_faults", len(victims))
-        self._trace(first, "LOST", self.node, "invalid", "lost", count=count)
+        if self._tracing:
+            self._trace(first, "LOST", self.node, "invalid", "lost", count=count)
         array = repr(msg.array) if msg.array else "(outside every array)"
         log.error(
             "pages %d-%d of array %s are LOST: their newest contents died with node %s; "
@@ -275,8 +284,9 @@ class NodeCore:
             out.append(Punch(first, count))
         self.stats.count("pages_out", len(held))
         self.stats.count("downgrades" if msg.keep_copy else "invalidations", len(held))
-        self._trace(first, "FETCH", self.node, "exclusive" if owned else "shared",
-                    _name(self.state.get(first)), count=count, to=msg.to_node or "directory")
+        if self._tracing:
+            self._trace(first, "FETCH", self.node, "exclusive" if owned else "shared",
+                        _name(self.state.get(first)), count=count, to=msg.to_node or "directory")
         return out
 
     def peer_page(self, msg: p.PeerPage, data: Any, now: float) -> list[Action]:
@@ -299,8 +309,9 @@ class NodeCore:
             self._remember_answered(key)
             self._refused.add(key)
         # else nothing here awaits them any more (the request was given up): no page to refuse
-        self._trace(msg.page, "WITHDRAWN", self.node, "invalid", "invalid", count=msg.count,
-                    source=msg.source)
+        if self._tracing:
+            self._trace(msg.page, "WITHDRAWN", self.node, "invalid", "invalid", count=msg.count,
+                        source=msg.source)
         return [Send(p.Received(msg.txn, msg.page, msg.count, False))]
 
     def _remember_answered(self, key: tuple[int, int]) -> None:
@@ -317,8 +328,9 @@ class NodeCore:
         dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
         out: list[Action] = [Punch(first, count)] if dropped else []
         self.stats.count("invalidations", len(dropped))
-        self._trace(first, "INVALIDATE", self.node, "held" if dropped else "invalid", "invalid",
-                    count=count)
+        if self._tracing:
+            self._trace(first, "INVALIDATE", self.node, "held" if dropped else "invalid", "invalid",
+                        count=count)
         return out + [Send(p.Invalidated(msg.txn, first, count))]
 
     def allocated(self, offset: int, nbytes: int) -> None:
@@ -329,7 +341,8 @@ class NodeCore:
         """Pages the workload removed (MADV_REMOVE): zeros everywhere."""
         for pg in pages:
             old = self.state.pop(pg, None)
-            self._trace(pg, "DISCARD", self.node, _name(old), "invalid")
+            if self._tracing:
+                self._trace(pg, "DISCARD", self.node, _name(old), "invalid")
         self.stats.count("discards", len(pages))
         return [Send(p.Discard(sorted(pages)))]
 
@@ -356,7 +369,8 @@ class NodeCore:
                 out.append(Punch(first, count))
                 for q in range(first, first + count):
                     del self.state[q]
-                self._trace(first, "GIVEBACK", self.node, "held", "invalid", count=count)
+                if self._tracing:
+                    self._trace(first, "GIVEBACK", self.node, "held", "invalid", count=count)
         return out
 
     def read_copies(self) -> list[int]:

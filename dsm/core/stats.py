@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 
 #: histogram buckets: upper bounds in microseconds, powers of two up to ~1 s
@@ -17,12 +18,8 @@ class NodeStats:
         self.counters[name] += n
 
     def record_fault_latency(self, seconds: float) -> None:
-        us = seconds * 1e6
-        for i, bound in enumerate(LATENCY_BUCKETS_US):
-            if us <= bound:
-                self._latency_counts[i] += 1
-                return
-        self._latency_counts[-1] += 1
+        # the first bucket whose bound is >= the latency; past the last bound, the overflow
+        self._latency_counts[bisect_left(LATENCY_BUCKETS_US, seconds * 1e6)] += 1
 
     def median_fault_latency_us(self) -> float | None:
         total = sum(self._latency_counts)

@@ -34,11 +34,10 @@ from dsm.liveness import NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
 from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.managers import DEFAULT_MANAGER, Manager
 from dsm.trace import Tracer
+from dsm.wire import has_input, send_frames
 
 log = logging.getLogger(__name__)
 
-#: as a plain int: pyzmq's flag enums are slow on a hot path
-_POLLIN = int(zmq.POLLIN)
 
 POLL_INTERVAL_MS = 200
 #: how many queued messages are handled before timers are looked at again
@@ -133,7 +132,7 @@ class DirectoryService:
                     # drain what is queued before looking at the clock again
                     # (ZMQ_EVENTS is cheaper than a receive that raises Again)
                     for _ in range(MAX_MESSAGES_PER_WAKEUP):
-                        if not self.socket.get(zmq.EVENTS) & _POLLIN:
+                        if not has_input(self.socket):
                             break
                         self._handle(self.socket.recv_multipart(copy=False))
                         self._declare_undelivered_dead()
@@ -207,7 +206,7 @@ class DirectoryService:
         t = self.tracer.now() if self.tracer.enabled else None
         frames = p.encode(message, page)
         try:
-            self.socket.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
+            send_frames(self.socket, [identity, *frames], nonblocking=True)
         except zmq.ZMQError as exc:
             if exc.errno not in UNDELIVERABLE:
                 raise

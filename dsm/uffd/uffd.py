@@ -136,20 +136,23 @@ class Uffd:
         return f"Uffd(fd={self._fd}, opened_by={self.opened_by!r})"
 
     # --- raw ioctl -------------------------------------------------------------------------------
-    def _ioctl(self, name: str, request: int, buf: bytearray) -> None:
+    # the name of an operation, for its error, is formatted only when it fails (``what % args``):
+    # an f-string per call costs on the fault path
+    def _ioctl(self, request: int, buf: bytearray, what: str, *args: Any) -> None:
         try:
             fcntl.ioctl(self.fileno(), request, buf, True)
         except OSError as exc:
-            raise error_for(exc.errno, f"{name}") from None
+            raise error_for(exc.errno, what % args) from None
 
     def _progress_ioctl(
-        self, name: str, request: int, st: Any, fields: tuple, length: int
+        self, request: int, st: Any, fields: tuple, length: int, what: str, *args: Any
     ) -> int:
         """An ioctl whose last field the kernel fills with the bytes done or a negative errno."""
         buf = bytearray(st.pack(*fields, 0))
         try:
             fcntl.ioctl(self.fileno(), request, buf, True)
         except OSError as exc:
+            name = what % args
             done = st.unpack(buf)[-1]
             if done > 0 and exc.errno == errno.EAGAIN:
                 raise PartiallyCopied(
@@ -213,13 +216,13 @@ class Uffd:
 
     def unregister(self, start: int, length: int) -> None:
         buf = bytearray(abi.STRUCT_UFFDIO_RANGE.pack(start, length))
-        self._ioctl(f"UFFDIO_UNREGISTER {start:#x}+{length:#x}", abi.UFFDIO_UNREGISTER, buf)
+        self._ioctl(abi.UFFDIO_UNREGISTER, buf, "UFFDIO_UNREGISTER %#x+%#x", start, length)
 
     # --- resolving faults ------------------------------------------------------------------------
     def wake(self, start: int, length: int) -> None:
         """UFFDIO_WAKE: wake the threads waiting on faults in the range."""
         buf = bytearray(abi.STRUCT_UFFDIO_RANGE.pack(start, length))
-        self._ioctl(f"UFFDIO_WAKE {start:#x}+{length:#x}", abi.UFFDIO_WAKE, buf)
+        self._ioctl(abi.UFFDIO_WAKE, buf, "UFFDIO_WAKE %#x+%#x", start, length)
 
     def copy(
         self, dst: int, src: Any, length: int, *, wp: bool = False, wake: bool = True
@@ -227,24 +230,15 @@ class Uffd:
         """UFFDIO_COPY ``length`` bytes from ``src`` (an address or a buffer) to ``dst``.
         ``wp`` installs the pages write-protected. Returns the bytes copied."""
         mode = (abi.UFFDIO_COPY_MODE_WP if wp else 0) | (0 if wake else abi.UFFDIO_COPY_MODE_DONTWAKE)
-        return self._progress_ioctl(
-            f"UFFDIO_COPY to {dst:#x}",
-            abi.UFFDIO_COPY,
-            abi.STRUCT_UFFDIO_COPY,
-            (dst, _address(src), length, mode),
-            length,
-        )
+        return self._progress_ioctl(abi.UFFDIO_COPY, abi.STRUCT_UFFDIO_COPY,
+                                    (dst, _address(src), length, mode), length,
+                                    "UFFDIO_COPY to %#x", dst)
 
     def zeropage(self, start: int, length: int, *, wake: bool = True) -> int:
         """UFFDIO_ZEROPAGE: map zero pages over the range. Returns the bytes zeroed."""
         mode = 0 if wake else abi.UFFDIO_ZEROPAGE_MODE_DONTWAKE
-        return self._progress_ioctl(
-            f"UFFDIO_ZEROPAGE at {start:#x}",
-            abi.UFFDIO_ZEROPAGE,
-            abi.STRUCT_UFFDIO_ZEROPAGE,
-            (start, length, mode),
-            length,
-        )
+        return self._progress_ioctl(abi.UFFDIO_ZEROPAGE, abi.STRUCT_UFFDIO_ZEROPAGE,
+                                    (start, length, mode), length, "UFFDIO_ZEROPAGE at %#x", start)
 
     def writeprotect(self, start: int, length: int, *, wp: bool, wake: bool = True) -> None:
         """UFFDIO_WRITEPROTECT: set (``wp=True``) or clear protection; clearing wakes writers
@@ -253,20 +247,16 @@ class Uffd:
             0 if wake else abi.UFFDIO_WRITEPROTECT_MODE_DONTWAKE
         )
         buf = bytearray(abi.STRUCT_UFFDIO_WRITEPROTECT.pack(start, length, mode))
-        self._ioctl(f"UFFDIO_WRITEPROTECT {start:#x}+{length:#x} wp={wp}", abi.UFFDIO_WRITEPROTECT, buf)
+        self._ioctl(abi.UFFDIO_WRITEPROTECT, buf, "UFFDIO_WRITEPROTECT %#x+%#x wp=%s", start,
+                    length, wp)
 
     def continue_(self, start: int, length: int, *, wp: bool = False, wake: bool = True) -> int:
         """UFFDIO_CONTINUE: map the page-cache pages of a MINOR fault. Returns the bytes mapped."""
         mode = (abi.UFFDIO_CONTINUE_MODE_WP if wp else 0) | (
             0 if wake else abi.UFFDIO_CONTINUE_MODE_DONTWAKE
         )
-        return self._progress_ioctl(
-            f"UFFDIO_CONTINUE at {start:#x}",
-            abi.UFFDIO_CONTINUE,
-            abi.STRUCT_UFFDIO_CONTINUE,
-            (start, length, mode),
-            length,
-        )
+        return self._progress_ioctl(abi.UFFDIO_CONTINUE, abi.STRUCT_UFFDIO_CONTINUE,
+                                    (start, length, mode), length, "UFFDIO_CONTINUE at %#x", start)
 
     def move(
         self, dst: int, src: int, length: int, *, wake: bool = True, allow_src_holes: bool = False
@@ -276,24 +266,15 @@ class Uffd:
         mode = (0 if wake else abi.UFFDIO_MOVE_MODE_DONTWAKE) | (
             abi.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES if allow_src_holes else 0
         )
-        return self._progress_ioctl(
-            f"UFFDIO_MOVE {src:#x} -> {dst:#x}",
-            abi.UFFDIO_MOVE,
-            abi.STRUCT_UFFDIO_MOVE,
-            (dst, src, length, mode),
-            length,
-        )
+        return self._progress_ioctl(abi.UFFDIO_MOVE, abi.STRUCT_UFFDIO_MOVE,
+                                    (dst, src, length, mode), length, "UFFDIO_MOVE %#x -> %#x",
+                                    src, dst)
 
     def poison(self, start: int, length: int, *, wake: bool = True) -> int:
         """UFFDIO_POISON (Linux 6.6): mark the range poisoned; access raises SIGBUS."""
         mode = 0 if wake else abi.UFFDIO_POISON_MODE_DONTWAKE
-        return self._progress_ioctl(
-            f"UFFDIO_POISON at {start:#x}",
-            abi.UFFDIO_POISON,
-            abi.STRUCT_UFFDIO_POISON,
-            (start, length, mode),
-            length,
-        )
+        return self._progress_ioctl(abi.UFFDIO_POISON, abi.STRUCT_UFFDIO_POISON,
+                                    (start, length, mode), length, "UFFDIO_POISON at %#x", start)
 
     # --- events ----------------------------------------------------------------------------------
     def _require_nonblocking(self) -> None:

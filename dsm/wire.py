@@ -1,0 +1,35 @@
+"""The socket calls of the hot path, below pyzmq's Python layer.
+
+pyzmq's Python layer (``zmq.sugar``) turns flags and option values into ``enum`` members: every
+``send_multipart`` ORs ``SNDMORE`` into its flags as an IntFlag, every ``get(zmq.EVENTS)`` builds a
+``PollEvent``, a few microseconds each, several times per message on a path whose floor here is a
+couple of hundred. These call the Cython socket with plain ints instead (measured on this VM: a
+two-frame send 11.9 µs through ``send_multipart``, 7.7 µs here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+from zmq.backend import Socket as _CSocket
+
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+def send_frames(sock: zmq.Socket, frames: list[Any], nonblocking: bool = False) -> None:
+    """Send ``frames`` as one message, without copying them (``zmq.Again`` and the other
+    ``zmq.ZMQError`` as ``send_multipart`` raises them, from the first frame: ZeroMQ delivers a
+    message whole or not at all)."""
+    flags = _NOBLOCK if nonblocking else 0
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _CSocket.send(sock, frame, flags | _SNDMORE if i < last else flags, False)
+
+
+def has_input(sock: zmq.Socket) -> bool:
+    """Whether a message is queued on ``sock`` (cheaper than a receive that raises Again)."""
+    return bool(_CSocket.get(sock, _EVENTS) & _POLLIN)
