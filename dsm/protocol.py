@@ -18,7 +18,7 @@ check (``Layout.check_page``): the protocol does not know the region.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, ClassVar
 
 import msgpack
@@ -211,6 +211,9 @@ class Fetched(Message):
     count: PageCount
     payload: PayloadKind
     not_held: list[PageNo]
+    #: pages granted for writing at a read (migratory) that the node did not write: the
+    #: prediction was wrong for them
+    unwritten: list[PageNo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

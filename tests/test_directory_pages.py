@@ -264,3 +264,53 @@ def test_an_upgrade_covers_a_run_of_pages_held_by_the_same_nodes(d):
     assert grant == Grant(20, 3, True, Payload.NONE)
     assert all(d.entry(q).owner == "a" and not d.entry(q).copyset for q in (20, 21, 22))
     assert d.entry(23).copyset == {"a", "c"}
+
+
+# --- migratory pages -------------------------------------------------------------------------------
+def _turn(d, node, page, last_writer):
+    """``node`` reads the page ``last_writer`` owns (the directory fetches it), then writes it."""
+    fetch = only(d.acquire(node, page, 1, False, False), last_writer)
+    sends = d.fetched(last_writer, fetch.txn, page, 1, Payload.DATA, b"m" * PAGE, [])
+    return fetch, sends
+
+
+def test_a_page_read_then_written_in_turn_is_granted_for_writing_at_the_next_read(d):
+    d.acquire("a", 5, 1, True, False)  # a writes the counter
+    fetch, sends = _turn(d, "b", 5, "a")  # b reads it (a keeps a copy) ...
+    assert fetch.keep_copy and only(sends, "b") == Grant(5, 1, False, Payload.DATA)
+    inval = only(d.acquire("b", 5, 1, True, True), "a")  # ... and upgrades: it migrates
+    assert d.entry(5).migratory
+    only(d.invalidated("a", inval.txn, 5, 1), "b")
+    fetch, sends = _turn(d, "c", 5, "b")  # c's read is granted for writing
+    assert not fetch.keep_copy and only(sends, "c") == Grant(5, 1, True, Payload.DATA)
+    assert d.entry(5).owner == "c" and d.counters["migratory_grants"] == 1
+
+
+def test_a_migratory_grant_left_unwritten_ends_the_prediction(d):
+    d.acquire("a", 6, 1, True, False)
+    _turn(d, "b", 6, "a")
+    inval = only(d.acquire("b", 6, 1, True, True), "a")
+    d.invalidated("a", inval.txn, 6, 1)
+    _turn(d, "c", 6, "b")  # granted for writing; c only reads it
+    fetch = only(d.acquire("a", 6, 1, False, False), "c")
+    assert not fetch.keep_copy  # still predicted
+    d.fetched("c", fetch.txn, 6, 1, Payload.DATA, b"m" * PAGE, [], unwritten=[6])
+    assert not d.entry(6).migratory and d.counters["migratory_mispredictions"] == 1
+    fetch = only(d.acquire("b", 6, 1, False, False), "a")
+    assert fetch.keep_copy  # read-shared again
+
+
+def test_a_producer_and_its_reader_are_not_migratory(d):
+    d.acquire("a", 7, 1, True, False)
+    _turn(d, "b", 7, "a")  # b reads what a produced
+    inval = only(d.acquire("a", 7, 1, True, True), "b")  # a writes again: it was the writer
+    d.invalidated("b", inval.txn, 7, 1)
+    assert not d.entry(7).migratory
+
+
+def test_migratory_detection_can_be_turned_off():
+    d = PageDirectory(LAYOUT, migratory=False)
+    d.acquire("a", 5, 1, True, False)
+    _turn(d, "b", 5, "a")
+    d.acquire("b", 5, 1, True, True)
+    assert not d.entry(5).migratory

@@ -74,3 +74,14 @@ def test_replay_from_the_command_line():
                           "--deaths", "1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every invariant held" in out.stdout
+
+
+@pytest.mark.parametrize("manager", ["relay", "central"])
+def test_the_schedules_reach_migratory_grants_and_their_mispredictions(manager):
+    grants = mispredictions = 0
+    for seed in range(60):
+        w = World(seed, nodes=4, pages=3, manager=manager)
+        w.run()
+        grants += w.directory.counters["migratory_grants"]
+        mispredictions += w.directory.counters["migratory_mispredictions"]
+    assert grants and mispredictions  # both paths are explored by the seeds above

@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="IVY's manager (env " + MANAGER_ENV + f", default {DEFAULT_MANAGER.value}): "
              "'relay' moves every page through the directory (nodes need no reachable address: "
              "NAT); 'central' knows owners and copy sets and has pages sent node to node")
+    parser.add_argument(
+        "--migratory", action=argparse.BooleanOptionalAction, default=True,
+        help="grant a page for writing at a read once nodes are seen to read and then write it "
+             "in turn (a counter under a lock: one fault per turn, not two; default on)")
     add_keys_argument(parser, "serve with DIR/directory.key_secret and accept only the nodes "
                               "whose public key (DIR/*.key) is in DIR")
     parser.add_argument("--metrics", type=int, metavar="PORT",
@@ -75,4 +79,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsm directory: {exc}", file=sys.stderr)
         return 2
     return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss),
-                         keys, args.metrics, manager)
+                         keys, args.metrics, manager, args.migratory)

@@ -92,6 +92,9 @@ class NodeCore:
         self._answered_order: deque[tuple[int, int]] = deque()
         #: of those, the ones refused: their pages, should they still come, are ignored
         self._refused: set[tuple[int, int]] = set()
+        #: pages granted for writing at a read (the directory found them migratory), installed
+        #: write-protected, and not written yet: a Fetch says so (a wrong prediction)
+        self._unwritten: set[int] = set()
 
     # --- faults ------------------------------------------------------------------------------------
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
@@ -100,6 +103,8 @@ class NodeCore:
         self.stats.count(_FAULT_COUNTER[kind, rw])
         st = self.state.get(page)
         if kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
+            if write:
+                self._unwritten.discard(page)  # a migratory prediction come true
             self.stats.count("faults_local")
             self.stats.record_fault_latency(0.0)
             return [Unprotect(proc, page)]  # a stale marker (left from a read copy)
@@ -222,7 +227,14 @@ class NodeCore:
         else:
             self.stats.count("pages_in", count)
             installer = next((w for w in ready if w.page == first), None)
-            out.append(Install(first, count, data, msg.write, installer, tuple(ready)))
+            # granted for writing at a read: migratory. Installed write-protected all the same,
+            # so that the write (a local fault) tells whether the prediction was right
+            migratory = msg.write and not pend.write
+            if migratory:
+                self.stats.count("migratory_grants")
+                self._unwritten.update(granted)
+            out.append(Install(first, count, data, msg.write and not migratory, installer,
+                               tuple(ready)))
         for q in granted:
             self.state[q] = new
         if self._tracing:
@@ -266,14 +278,16 @@ class NodeCore:
             return [Send(p.Fetched(msg.txn, first, count, p.Payload.NONE, []))]
         not_held = [q for q in pages if q not in self.state]
         owned = any(self.state[q] is PageState.EXCLUSIVE for q in held)
+        unwritten = [q for q in held if q in self._unwritten]
+        self._unwritten.difference_update(unwritten)
         out: list[Action] = [Protect(first, count)] if owned else []
         if msg.to_node and not not_held and reachable(msg.to_addr):
             out += [Send(p.PeerPage(msg.txn, first, count, not msg.keep_copy, p.Payload.DATA,
                                     self.node), pages=(first, count),
                          peer=(msg.to_node, msg.to_addr)),
-                    Send(p.Fetched(msg.txn, first, count, p.Payload.SENT, []))]
+                    Send(p.Fetched(msg.txn, first, count, p.Payload.SENT, [], unwritten))]
         else:
-            out.append(Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held),
+            out.append(Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held, unwritten),
                             pages=(first, count)))
         if msg.keep_copy:
             for q in held:
@@ -326,6 +340,7 @@ class NodeCore:
         """Drop the run (read copies, or owned pages being discarded)."""
         first, count = msg.page, msg.count
         dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
+        self._unwritten.difference_update(dropped)
         out: list[Action] = [Punch(first, count)] if dropped else []
         self.stats.count("invalidations", len(dropped))
         if self._tracing:
@@ -339,6 +354,7 @@ class NodeCore:
     # --- giving pages up ---------------------------------------------------------------------------
     def discard(self, pages: list[int]) -> list[Action]:
         """Pages the workload removed (MADV_REMOVE): zeros everywhere."""
+        self._unwritten.difference_update(pages)
         for pg in pages:
             old = self.state.pop(pg, None)
             if self._tracing:
@@ -369,6 +385,7 @@ class NodeCore:
                 out.append(Punch(first, count))
                 for q in range(first, first + count):
                     del self.state[q]
+                    self._unwritten.discard(q)
                 if self._tracing:
                     self._trace(first, "GIVEBACK", self.node, "held", "invalid", count=count)
         return out
@@ -398,6 +415,7 @@ class NodeCore:
         """The directory has given this node up: nothing here is current any more."""
         self.pending.clear()
         self.state.clear()
+        self._unwritten.clear()
 
 
 def _name(state: PageState | None) -> str:

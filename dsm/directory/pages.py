@@ -26,6 +26,14 @@ contents then live only in its copies (``home_current`` false): a read is served
 several other nodes share, by a node without a copy, first fetches a copy home (a rare case:
 then it is as under the relay manager), so that no invalidation can destroy the only copies.
 
+Migratory pages (Stenström, Brorsson and Sandberg 1993; Cox and Fowler 1993): a page that nodes
+read and then write in turn (a counter under a lock) costs two faults per turn, a read and an
+upgrade. A page whose upgrade comes from the one reader of the last writer's page is marked
+migratory; a read of a migratory page another node owns is then granted for writing (the owner
+gives it up), and the requester installs it write-protected, so that its write costs only a
+local fault. A holder that gives such a page up unwritten says so (``Fetched.unwritten``): the
+prediction was wrong, and the page is read-shared again.
+
 Loss: the pages a node owned when it died (or left without handing them back) held contents no
 one else has. By default (``OnLoss.POISON``) they become *lost*: every later request for them is
 answered with ``Lost``, never with zeros or an older copy, until the program forgets them
@@ -107,6 +115,9 @@ class PageEntry:
     #: the home copy is the page's current contents (zeros when never written); false while a
     #: node owns the page, and under a direct manager while only read copies hold it
     home_current: bool = True
+    last_writer: str | None = None  #: the node last granted it for writing
+    #: read, then written, by one node after another: reads are granted for writing
+    migratory: bool = False
 
     def describe(self) -> str:
         if self.owner is not None:
@@ -126,7 +137,7 @@ class PageDirectory:
     def __init__(self, layout: Layout, tracer: Tracer | None = None,
                  on_loss: OnLoss = OnLoss.POISON, locate: Locator | None = None,
                  clock: Callable[[], float] = time.monotonic, direct: bool = False,
-                 shard: int = 0, shards: int = 1):
+                 shard: int = 0, shards: int = 1, migratory: bool = True):
         if direct and on_loss is OnLoss.LAST_COPY:
             raise ValueError("--on-loss last-copy falls back to the directory's copy of every "
                              "page, which only the relay manager keeps: use --manager relay")
@@ -136,6 +147,8 @@ class PageDirectory:
         self.direct = direct
         #: node -> its peer endpoint (direct managers send it with every Fetch)
         self.peers: dict[str, str] = {}
+        #: whether migratory pages are detected (``--no-migratory``: every turn two faults)
+        self.detect_migratory = migratory
         #: the shards' stripes: no request covers pages past its stripe (``dsm.core.shards``)
         self.shard, self.shards = shard, shards
         self._locate = locate or (lambda page: ("", page))
@@ -152,7 +165,7 @@ class PageDirectory:
         self._tracing = bool(getattr(tracer, "enabled", tracer is not None))
         self.counters = {"grants": 0, "pages_granted": 0, "fetches": 0, "invalidations": 0,
                          "writebacks": 0, "queued": 0, "pages_lost": 0, "lost_answers": 0,
-                         "fallbacks": 0}
+                         "fallbacks": 0, "migratory_grants": 0, "migratory_mispredictions": 0}
 
     # --- queries (tests, stats) --------------------------------------------------------------------
     def entry(self, page: int) -> PageEntry:
@@ -178,10 +191,14 @@ class PageDirectory:
         return self._submit(Request(Kind.DISCARD, node, page))
 
     def fetched(self, node: str, txn_id: int, page: int, count: int, payload: int, data: Any,
-                not_held: list[int]) -> list[Send]:
+                not_held: list[int], unwritten: list[int] = ()) -> list[Send]:
         txn = self._txn_waiting_for(txn_id, page, node)
         if txn is None:
             return []
+        for q in unwritten:  # granted for writing at a read, and not written: not migratory
+            if page <= q < page + txn.count and self._entries[q].migratory:
+                self._entries[q].migratory = False
+                self.counters["migratory_mispredictions"] += 1
         if count != txn.count:
             log.warning("fetch answer from %s covers %d pages, asked %d: ignored", node, count, txn.count)
             return []
@@ -479,8 +496,14 @@ class PageDirectory:
             return [self._lost_answer(node, req.page, req.count)]
         if owner == node:  # the requester owns it already: nothing moves
             return [Send(node, Grant(req.page, 1, True, Payload.NONE))]
+        if (req.kind is Kind.WRITE and req.have_copy and self.detect_migratory
+                and e.last_writer not in (None, node) and e.copyset == {node, e.last_writer}):
+            e.migratory = True  # the last writer's one reader now writes it: it migrates
         if owner is not None:
-            n = self._extend(req, lambda q: q.owner == owner)
+            if req.kind is Kind.READ and e.migratory:  # it will write it next: let it now
+                req = Request(Kind.WRITE, node, req.page, req.count)
+                self.counters["migratory_grants"] += 1
+            n = self._extend(req, lambda q: q.owner == owner and q.migratory == e.migratory)
             if self.direct:
                 return self._begin_direct(req, n, owner, keep_copy=req.kind is Kind.READ)
             fetch = Fetch(0, req.page, n, req.kind is Kind.READ)
@@ -624,7 +647,7 @@ class PageDirectory:
             if node in self._dead or q in gave_back:
                 continue
             if write:
-                e.owner = node
+                e.owner = e.last_writer = node
             else:
                 e.copyset.add(node)
         if node in self._dead:  # what it was sent died with it, unless a copy is left
@@ -684,7 +707,7 @@ class PageDirectory:
                     e.copyset.clear()
                 continue
             if write:
-                e.owner = node
+                e.owner = e.last_writer = node
                 e.copyset.clear()
                 e.home_current = False
             else:

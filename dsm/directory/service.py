@@ -53,13 +53,14 @@ UNDELIVERABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
 class DirectoryService:
     def __init__(self, endpoint: str, layout: Layout, trace_path: str | None = None,
                  node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON,
-                 keys: ServerKeys | None = None, manager: Manager = DEFAULT_MANAGER):
+                 keys: ServerKeys | None = None, manager: Manager = DEFAULT_MANAGER,
+                 migratory: bool = True):
         self.layout = layout
         self.manager = manager
         self.tracer = Tracer(trace_path, "directory", role="manager")
         self.allocations = Allocations(layout)
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page,
-                                   direct=manager.direct)
+                                   direct=manager.direct, migratory=migratory)
         self.sync = SyncTable()
         self.node_timeout_s = node_timeout_s
         self.sessions = Sessions(new_random_id())
@@ -88,7 +89,7 @@ class DirectoryService:
         self._handlers: dict[type, Callable[[str, Any, Any], list[Send]]] = {
             p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
             p.Fetched: lambda n, m, d: self.pages.fetched(
-                n, m.txn, m.page, m.count, m.payload, d, m.not_held),
+                n, m.txn, m.page, m.count, m.payload, d, m.not_held, m.unwritten),
             p.Invalidated: lambda n, m, d: self.pages.invalidated(n, m.txn, m.page, m.count),
             p.Writeback: lambda n, m, d: self.pages.writeback(n, m.page, m.count, m.payload, d),
             p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count, m.payload, d),
@@ -378,9 +379,9 @@ def _node_of_identity(link: str) -> str:
 def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
                   ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON,
                   keys: ServerKeys | None = None, metrics_port: int | None = None,
-                  manager: Manager = DEFAULT_MANAGER) -> int:
+                  manager: Manager = DEFAULT_MANAGER, migratory: bool = True) -> int:
     service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss, keys=keys,
-                               manager=manager)
+                               manager=manager, migratory=migratory)
     if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
         from dsm.metrics import DirectoryCollector, MessageCounts, serve
 

@@ -158,7 +158,8 @@ class World:
         if isinstance(msg, p.Acquire):
             out = d.acquire(node, msg.page, msg.count, msg.write, msg.have_copy)
         elif isinstance(msg, p.Fetched):
-            out = d.fetched(node, msg.txn, msg.page, msg.count, msg.payload, data, msg.not_held)
+            out = d.fetched(node, msg.txn, msg.page, msg.count, msg.payload, data, msg.not_held,
+                            msg.unwritten)
         elif isinstance(msg, p.Invalidated):
             out = d.invalidated(node, msg.txn, msg.page, msg.count)
         elif isinstance(msg, p.Writeback):
