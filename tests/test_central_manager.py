@@ -183,3 +183,20 @@ def test_a_requester_without_a_peer_endpoint_gets_its_pages_through_the_director
     grant = d.fetched("a", fetch.txn, 13, 1, Payload.DATA, b"n" * PAGE, [])[0]
     assert grant.node == "nat" and bytes(grant.page) == b"n" * PAGE
     assert d.entry(13).copyset == {"a", "nat"}
+
+
+def test_a_requester_that_refuses_the_pages_is_left_out_and_nothing_starts_over(d):
+    owned_by(d, "a", 14)
+    fetch = only(d.acquire("b", 14, 1, False, False), "a")
+    d.fetched("a", fetch.txn, 14, 1, Payload.SENT, None, [])
+    assert d.received("b", fetch.txn, 14, 1, False) == []  # b no longer wanted them
+    e = d.entry(14)
+    assert e.busy is None and e.copyset == {"a"} and 14 not in d.lost
+
+
+def test_a_refused_write_transfer_loses_the_page_loudly(d):
+    owned_by(d, "a", 15)
+    fetch = only(d.acquire("b", 15, 1, True, False), "a")
+    d.fetched("a", fetch.txn, 15, 1, Payload.SENT, None, [])  # a gave it up
+    d.received("b", fetch.txn, 15, 1, False)
+    assert d.lost.get(15) == "b"

@@ -344,6 +344,45 @@ def test_an_agent_survives_fuzzing_from_the_directory_side(directory, make_node,
         proxy.stop()
 
 
+# --- an agent's peer endpoint ----------------------------------------------------------------
+FRAMES_TO_PEER = 5_000
+
+
+def _peer_endpoint(directory, node: str) -> str:
+    """The peer endpoint ``node`` told the directory (its join line)."""
+    for line in directory.log_path.read_text().splitlines():
+        if f"node {node} joined" in line and "peer endpoint" in line:
+            return line.rsplit("peer endpoint ", 1)[1].rstrip(")")
+    raise AssertionError(f"node {node} told the directory no peer endpoint")
+
+
+@pytest.mark.parametrize("manager", ["central"])
+def test_an_agent_survives_fuzzing_of_its_peer_endpoint(directory, make_node, capsys):
+    a, b = make_node("a"), make_node("b")
+    _check_data_through(a, b, "before.peers")  # pages travel node to node, connections made
+    endpoint = _peer_endpoint(directory, "a")
+    rng = random.Random(SEED + 2)
+    fuzzer = FrameFuzzer(rng, PAGE, p.Direction.TO_PEER, REGION_PAGES, FUZZ_PAGES, node="a")
+    ctx = zmq.Context.instance()
+    sock = _dealer(ctx, endpoint, b"fuzzer")
+    try:
+        t0 = time.monotonic()
+        for _ in range(FRAMES_TO_PEER):
+            sock.send_multipart(fuzzer.frames(), copy=False)
+        # a message after them all, answered only once the agent has read them: a round trip
+        # through its loop (its stats, over its Unix socket)
+        a.run("", "node.stats()['counters'].get('requests', 0)")
+        elapsed = time.monotonic() - t0
+    finally:
+        sock.close(0)
+    with capsys.disabled():
+        print(f"\npeer fuzz: {FRAMES_TO_PEER} frames to node a's peer endpoint {endpoint} in "
+              f"{elapsed:.1f} s; kinds {fuzzer.counts}")
+    _check_data_through(a, b, "after.peers")
+    _check_data_through(b, a, "after.peers2")
+    _assert_log_is_quiet(a.log_path, elapsed, "node a's agent")
+
+
 # --- an agent's Unix socket ------------------------------------------------------------------
 def _fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))

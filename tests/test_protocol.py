@@ -91,7 +91,7 @@ def _header(cls, *values):
     ([_header(p.Grant, 1, 1, True, 2)], p.Direction.TO_NODE, "needs 2 frames"),
     ([_header(p.Grant, 1, 1, True, 2), b"x"], p.Direction.TO_NODE, "1 bytes, expected 4096"),
     ([_header(p.Invalidated, 1, 1, 1), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
-    ([_header(p.Fetched, 1, 1, 1, 0, [[1]])], p.Direction.TO_DIRECTORY,
+    ([_header(p.Fetched, 1, 1, 1, 0, [[1]], [])], p.Direction.TO_DIRECTORY,
      r"Fetched.not_held\[0\] must be int, got list"),
     ([_header(p.Discard, [1, "2"])], p.Direction.TO_DIRECTORY,
      r"Discard.pages\[1\] must be int, got str"),

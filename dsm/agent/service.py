@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 #: how long the directory may take to answer Hello before the agent gives up
 CONNECT_TIMEOUT_S = 5.0
+#: how often a Hello that found no connection to queue on is tried again
+JOIN_RETRY_S = 0.05
 #: how long a page request may stay unanswered before the waiting processes are failed
 REQUEST_TIMEOUT_S = 10.0
 #: how often requests are looked at for REQUEST_TIMEOUT_S
@@ -252,12 +254,14 @@ class Agent:
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
         t0 = self.tracer.now()
-        self._send(p.Hello(self.node, os.getpid(), self.incarnation,
-                           self.peers.address if self.peers is not None else ""))
+        hello_msg = p.Hello(self.node, os.getpid(), self.incarnation,
+                            self.peers.address if self.peers is not None else "")
+        hello = p.encode(hello_msg)
         poller = zmq.Poller()
         poller.register(self.dealer, zmq.POLLIN)
         poller.register(self._handshake.monitor, zmq.POLLIN)
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        sent = False
         try:
             while True:
                 left_s = deadline - time.monotonic()
@@ -265,7 +269,20 @@ class Agent:
                     raise DirectoryUnreachable(
                         f"directory {self.directory_endpoint} did not answer within "
                         f"{CONNECT_TIMEOUT_S} s ({self._handshake.progress()})")
-                ready = dict(poller.poll(max(1, int(left_s * 1000))))
+                if not sent:
+                    # never blocking: while no connection is up (a handshake failing over and
+                    # over) the DEALER may have no pipe to queue on; the watch must get to say
+                    try:
+                        send_frames(self.dealer, hello, nonblocking=True)
+                        sent = True
+                        self._last_send = time.monotonic()
+                        if self.tracer.enabled:
+                            self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK,
+                                             hello_msg, t0)
+                    except zmq.Again:
+                        pass
+                wait_s = left_s if sent else min(left_s, JOIN_RETRY_S)
+                ready = dict(poller.poll(max(1, int(wait_s * 1000))))
                 self._handshake.check()  # AuthenticationFailed when a handshake was refused
                 if self.dealer in ready:
                     break

@@ -309,6 +309,16 @@ class NodeCore:
         key = (msg.txn, msg.page)
         if key in self._refused:  # its source was withdrawn and the pages asked elsewhere
             return []
+        pend = self.pending.get(msg.page)
+        if pend is None or pend.first != msg.page or msg.count > pend.count:
+            # not asked for (or no longer: the request was given up): never installed, since
+            # pages the directory does not know to be here would be written unseen; the
+            # directory learns they were not taken
+            log.warning("pages %d+%d from %s were not asked for: refused", msg.page, msg.count,
+                        msg.sender)
+            self._remember_answered(key)
+            self._refused.add(key)
+            return [Send(p.Received(msg.txn, msg.page, msg.count, False))]
         out = self.grant(p.Grant(msg.page, msg.count, msg.write, msg.payload), data, now)
         self._remember_answered(key)
         return out + [Send(p.Received(msg.txn, msg.page, msg.count, True))]

@@ -104,6 +104,8 @@ class Txn:
     source_dropped: set[int] = field(default_factory=set)
     #: pages the requester, having them already, gave back before the transaction ended
     requester_gave_back: set[int] = field(default_factory=set)
+    withdrawn: bool = False  #: the source died and the requester was asked whether they came
+    refused: bool = False  #: the requester did not take the pages (it no longer wanted them)
 
 
 @dataclass
@@ -253,9 +255,11 @@ class PageDirectory:
                         node, txn_id)
             return []
         txn.waiting.discard(node)
-        if not installed:  # the source died before its pages came
+        if not installed and txn.withdrawn:  # the source died before its pages came
             self._lose_orphans(txn.request.page, txn.count, txn.source)
             txn.restart = True
+        elif not installed:  # it did not take them: the transfer ends without it
+            txn.refused = True
         return self._maybe_finish(txn)
 
     def invalidated(self, node: str, txn_id: int, page: int, count: int) -> list[Send]:
@@ -345,6 +349,7 @@ class PageDirectory:
                 # did its pages get there before it died? only the requester can tell (even
                 # after its Fetched: the pages may have died in its queue)
                 txn.waiting.discard(node)
+                txn.withdrawn = True
                 out.append(Send(requester, Withdrawn(txn.id, txn.request.page, txn.count, node)))
                 continue
             if node not in txn.waiting:
@@ -634,6 +639,7 @@ class PageDirectory:
         write = req.kind is Kind.WRITE
         old = self._peek(first).describe() if self._tracing else ""
         gave_back = txn.requester_gave_back
+        gone = node in self._dead or txn.refused  # the pages are not at the requester
         for q in range(first, first + n):
             e = self._entries[q]
             if e.owner == source:
@@ -644,13 +650,13 @@ class PageDirectory:
                     e.home_current = False
             elif source not in self._dead and q not in txn.source_dropped:
                 e.copyset.add(source)  # the old owner keeps a read copy
-            if node in self._dead or q in gave_back:
+            if gone or q in gave_back:
                 continue
             if write:
                 e.owner = e.last_writer = node
             else:
                 e.copyset.add(node)
-        if node in self._dead:  # what it was sent died with it, unless a copy is left
+        if gone:  # what it was sent died with it (or was refused), unless a copy is left
             self._lose_orphans(first, n, node)
             if self._tracing:
                 self._trace(first, req.kind.name, node, old, "requester gone", count=n)
