@@ -21,7 +21,7 @@ import sys
 import time
 from types import ModuleType
 
-from dsm.bench import common, directory, fault, jacobi, lock, scan, workloads
+from dsm.bench import common, directory, fault, jacobi, lock, managers, scan, workloads
 from dsm.bench.common import BenchError, Progress
 from dsm.keys import add_keys_argument
 
@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"MiB of the scan (default {scan.DEFAULT_MIB}; --quick: 8)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: the whole suite in seconds (for tests)")
+    parser.add_argument("--manager", metavar="NAMES",
+                        help="run the suite once per manager, a column each: 'all' or some of "
+                             "relay,central,distributed (default: the directory's default alone)")
     parser.add_argument("--fail-on-target", action="store_true",
                         help="exit with status 3 when a measurement misses its target")
     common.add_transport_argument(parser)
@@ -112,7 +115,54 @@ def run(args: argparse.Namespace) -> int:
         if importlib.util.find_spec("matplotlib") is None:  # fail now, not after two minutes
             print("dsm bench: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
             return 2
+    try:
+        chosen = managers.parse(args.manager)
+    except ValueError as exc:
+        print(f"dsm bench: --manager: {exc}", file=sys.stderr)
+        return 2
     progress = Progress()
+    if chosen:
+        return _run_per_manager(chosen, plan, args, progress)
+    return _run_plan(plan, args, progress)
+
+
+def _run_per_manager(chosen: list[str], plan: list, args: argparse.Namespace,
+                     progress: Progress) -> int:
+    passes: dict[str, dict] = {}
+    status = 0
+    for m in chosen:
+        progress(f"##### manager {m} #####")
+        with managers.running(m):
+            code, result = _measure_plan(plan, args, progress)
+        if code == 130:
+            return code
+        status = status or code
+        passes[m] = result
+    env = next(iter(passes.values()))["environment"]
+    title = (f"dsm bench --manager {','.join(chosen)}: transport {args.transport}, {env['cpus']} "
+             f"cpus; median (ratio to the baseline of the same pass)")
+    print(managers.format_table(passes, title))
+    combined = {"benchmark": "suite-per-manager", "managers": passes,
+                "environment": env, "summary": [dict(r, manager=m) for m, res in passes.items()
+                                                for r in res["summary"]]}
+    common.write_outputs(combined, args, progress)
+    return status
+
+
+def _run_plan(plan: list, args: argparse.Namespace, progress: Progress) -> int:
+    code, result = _measure_plan(plan, args, progress)
+    if code == 130:
+        return code
+    print(format_table(result))
+    common.write_outputs(result, args, progress)
+    if result["failures"]:
+        return 1
+    if args.fail_on_target and any(r["verdict"] == common.MISSED for r in result["summary"]):
+        return 3
+    return 0
+
+
+def _measure_plan(plan: list, args: argparse.Namespace, progress: Progress) -> tuple[int, dict]:
     t0 = time.monotonic()
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
@@ -135,16 +185,10 @@ def run(args: argparse.Namespace) -> int:
                 results[name]["seconds"] = round(time.monotonic() - started, 2)
     except (common.Interrupted, KeyboardInterrupt):
         print("dsm bench: interrupted", file=sys.stderr)
-        return 130
+        return 130, {}
     seconds = time.monotonic() - t0
     result = suite_result(results, failures, args, seconds)
-    print(format_table(result))
-    common.write_outputs(result, args, progress)
-    if failures:
-        return 1
-    if args.fail_on_target and any(r["verdict"] == common.MISSED for r in result["summary"]):
-        return 3
-    return 0
+    return (1 if failures else 0), result
 
 
 def suite_result(results: dict[str, dict], failures: dict[str, str], args: argparse.Namespace,

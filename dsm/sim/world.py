@@ -29,6 +29,7 @@ from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
 from dsm.core import actions as a
 from dsm.core.node import NodeCore
+from dsm.core.shards import shard_of
 from dsm.core.states import PageState
 from dsm.directory.pages import OnLoss, PageDirectory
 from dsm.layout import PAGE_SIZE, Layout
@@ -41,7 +42,7 @@ SLOTS_PER_PAGE = 2
 PAGE_BYTES = PAGE_SIZE
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
-#: the directory's name on the model's network
+#: the directory's name on the model's network (a shard's: DIRECTORY + its number)
 DIRECTORY = "directory"
 #: how many steps of the schedule a failure report shows
 REPORT_STEPS = 60
@@ -85,7 +86,8 @@ class SimNode:
 class World:
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
-                 bands: bool = False, manager: str = "relay", give_backs: bool = False):
+                 bands: bool = False, manager: str = "relay", give_backs: bool = False,
+                 shards: int = 1):
         self.seed = seed
         self.rng = random.Random(seed)
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
@@ -96,8 +98,15 @@ class World:
         #: nodes hand pages back now and then (unmaps, leaves)
         self.give_backs = give_backs
         direct = manager != "relay"
-        self.directory = PageDirectory(self.layout, on_loss=on_loss, clock=lambda: self.clock,
-                                       direct=direct)
+        #: the manager's shards (one: the central or relay manager), by their network names
+        self.shards = shards
+        self.directories = {
+            (DIRECTORY if shards == 1 else f"{DIRECTORY}{k}"): PageDirectory(
+                self.layout, on_loss=on_loss, clock=lambda: self.clock, direct=direct,
+                shard=k, shards=shards)
+            for k in range(shards)}
+        self._shard_names = list(self.directories)
+        self.directory = self.directories[self._shard_names[0]]
         self.channels: dict[tuple[str, str], deque] = {}
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
         self.lost_locations: set[int] = set()
@@ -112,7 +121,9 @@ class World:
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
                                  holds=lambda pg, node=node: pg in node.memory)
             node.core.direct = direct
-            self.directory.node_joined(name, peer=f"sim://{name}")
+            node.core.shards = shards
+            for d in self.directories.values():
+                d.node_joined(name, peer=f"sim://{name}")
             for t in range(threads_per_node):
                 kinds_locs = self._bands(ops_per_thread) if bands else [
                     (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
@@ -137,7 +148,7 @@ class World:
 
     # --- the network -------------------------------------------------------------------------------
     def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
-        if dst != DIRECTORY and not self.nodes[dst].alive:
+        if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(msg)  # what it carries dies with its receiver
         self.channels.setdefault((src, dst), deque()).append((msg, data))
 
@@ -146,15 +157,15 @@ class World:
         msg, data = self.channels[pair].popleft()
         self._touch(msg)
         self._step(f"deliver {type(msg).__name__} {src}->{dst}: {msg}")
-        if dst == DIRECTORY:
-            self._to_directory(src, msg, data)
+        if dst in self.directories:
+            self._to_directory(dst, src, msg, data)
         elif self.nodes[dst].alive:
             self._to_node(self.nodes[dst], msg, data)
         else:
             self._mark_lost_with(msg)
 
-    def _to_directory(self, node: str, msg: p.Message, data: bytes | None) -> None:
-        d = self.directory
+    def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
+        d = self.directories[shard]
         if isinstance(msg, p.Acquire):
             out = d.acquire(node, msg.page, msg.count, msg.write, msg.have_copy)
         elif isinstance(msg, p.Fetched):
@@ -171,8 +182,11 @@ class World:
         else:
             raise SimulationFailure(f"the model sends no {type(msg).__name__}")
         for send in out:
-            self._send(DIRECTORY, send.node, send.message,
+            self._send(shard, send.node, send.message,
                        bytes(send.page) if send.page is not None else None)
+
+    def _shard_of(self, page: int) -> str:
+        return self._shard_names[shard_of(page, self.shards)]
 
     def _to_node(self, node: SimNode, msg: p.Message, data: bytes | None) -> None:
         core = node.core
@@ -201,8 +215,8 @@ class World:
                     first, count = act.pages
                     data = b"".join(bytes(node.memory.get(q, bytes(PAGE_BYTES)))
                                     for q in range(first, first + count))
-                self._send(node.name, act.peer[0] if act.peer is not None else DIRECTORY,
-                           act.message, bytes(data) if data is not None else None)
+                dst = act.peer[0] if act.peer is not None else self._shard_of(act.message.page)
+                self._send(node.name, dst, act.message, bytes(data) if data is not None else None)
             elif isinstance(act, a.Install):
                 for i in range(act.count):
                     q = act.first + i
@@ -298,14 +312,15 @@ class World:
                 keep = self.rng.randrange(len(out) + 1)
                 while len(out) > keep:
                     self._mark_lost_with(out.pop()[0])
-                if dst != DIRECTORY:  # pages on the wire from it: the requester, told its
+                if dst not in self.directories:  # pages on the wire from it: the requester, told its
                     for msg, _ in out:  # source is gone before they come, refuses them
                         self._mark_lost_with(msg)
             elif dst == node.name:  # pages on their way to it die with it
                 for msg, _ in out:
                     self._mark_lost_with(msg)
-        for msg, _ in self.channels.pop((DIRECTORY, node.name), ()):
-            self._mark_lost_with(msg)
+        for shard in self.directories:
+            for msg, _ in self.channels.pop((shard, node.name), ()):
+                self._mark_lost_with(msg)
         for pend in node.core.pending.values():
             if pend.write and self.directory.direct:
                 # the copies may be invalidated for it already: under a direct manager no
@@ -317,7 +332,7 @@ class World:
             # its writes may be lost with it: reads must say so; under a direct manager a
             # read copy may have been the last one
             last_copy = (self.directory.direct
-                         and not self.directory.peek(page).home_current
+                         and not self.directories[self._shard_of(page)].peek(page).home_current
                          and not any(page in n.core.state for n in others))
             if st is PageState.EXCLUSIVE or last_copy:
                 self.lost_locations.update(range(page * SLOTS_PER_PAGE,
@@ -337,12 +352,13 @@ class World:
         self._step(f"directory notices {name} is dead")
         self._touched = None
         self.unnoticed_dead.remove(name)
-        for pair in ((name, DIRECTORY), (DIRECTORY, name)):  # later messages are fenced
-            for msg, _ in self.channels.pop(pair, ()):
-                self._mark_lost_with(msg)
-        for send in self.directory.node_lost(name):
-            self._send(DIRECTORY, send.node, send.message,
-                       bytes(send.page) if send.page is not None else None)
+        for shard, d in self.directories.items():  # every shard learns it (the coordinator's
+            for pair in ((name, shard), (shard, name)):  # word), fencing its later messages
+                for msg, _ in self.channels.pop(pair, ()):
+                    self._mark_lost_with(msg)
+            for send in d.node_lost(name):
+                self._send(shard, send.node, send.message,
+                           bytes(send.page) if send.page is not None else None)
 
     # --- the scheduler -------------------------------------------------------------------------------
     def _step(self, what: str) -> None:
