@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+from dsm.core.shards import clip_to_stripe
 from dsm.directory.home import HomeStore
 from dsm.layout import Layout
 from dsm.protocol import Fetch, Grant, Invalidate, Lost, Message, Payload
@@ -112,6 +113,8 @@ class PageDirectory:
         self._txns: dict[int, Txn] = {}
         self._next_txn = 1
         self._dead: set[str] = set()
+        #: the manager shards (dsm.core.shards): a run never grows past its stripe's end
+        self.shards = 1
         self._trace = tracer or (lambda *a, **k: None)
         #: describing states costs: only when someone reads the trace
         self._tracing = bool(getattr(tracer, "enabled", tracer is not None))
@@ -303,7 +306,8 @@ class PageDirectory:
         """How many pages from req.page the request covers: the first, plus the following pages
         that are free (not busy, nobody queued) and ``fits``."""
         n = 1
-        limit = min(req.count, self.layout.num_pages - req.page)
+        limit = clip_to_stripe(req.page, min(req.count, self.layout.num_pages - req.page),
+                               self.shards)
         while n < limit:
             e = self._peek(req.page + n)
             if e.busy is not None or e.queue or not fits(e) or (req.page + n) in self.lost:
