@@ -87,7 +87,8 @@ class Directory:
 class NodeProcess:
     """A workload process attached to its own agent (started by ``dsm.attach(directory=...)``)."""
 
-    def __init__(self, directory: str, name: str, tmp_path: Path, env: dict | None = None):
+    def __init__(self, directory: str, name: str, tmp_path: Path, env: dict | None = None,
+                 wait: bool = True):
         self.name = name
         self.log_path = tmp_path / f"node-{name}.log"
         self.log = open(self.log_path, "w")
@@ -96,7 +97,12 @@ class NodeProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
             start_new_session=True, env=env,
         )
-        reply = json.loads(_read_line(self.proc, START_TIMEOUT_S, f"node {name} attach"))
+        if wait:
+            self.wait_attached()
+
+    def wait_attached(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until the node has attached (``wait=False``: many nodes start side by side)."""
+        reply = json.loads(_read_line(self.proc, timeout_s, f"node {self.name} attach"))
         assert reply["ok"], reply
 
     def send(self, code: str, result: str | None = None) -> None:

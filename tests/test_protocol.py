@@ -111,9 +111,10 @@ def test_malformed_frames_name_the_problem(frames, to, complaint):
         p.decode(frames, PAGE, to)
 
 
-def test_every_message_declares_its_direction_and_heartbeat_and_bye_go_both_ways():
+def test_every_message_declares_its_direction_and_heartbeat_bye_and_node_dead_go_both_ways():
     both = {cls for cls in CLASSES if cls.DIRECTION is p.Direction.BOTH}
-    assert both == {p.Heartbeat, p.Bye}
+    # NodeDead: a shard reports a death to the coordinator, which tells every shard
+    assert both == {p.Heartbeat, p.Bye, p.NodeDead}
     for cls in CLASSES:
         assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH)
 

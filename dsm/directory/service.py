@@ -326,6 +326,8 @@ class DirectoryService:
 
     def _on_hello(self, identity: bytes, msg: p.Hello) -> list[Send]:
         node = msg.node
+        if self.role.hold_hello(identity, msg):  # shards missing, or not admitted yet
+            return []
         lay = self.layout
         welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
                             self.tracer.now_ns(), self.role.welcome_shards())
@@ -334,8 +336,6 @@ class DirectoryService:
             return [Send(node, welcome)]
         if self.sessions.is_fenced(identity):
             self._send_to(identity, p.Fenced(self.sessions.epoch, self.sessions.why_fenced(identity)))
-            return []
-        if self.role.hold_hello(identity, msg):  # shards missing, or not admitted yet
             return []
         if old is not None and not self.role.coordinator:
             # the coordinator admitted this incarnation: it found the old one gone
