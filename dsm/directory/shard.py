@@ -625,7 +625,7 @@ class _RunCursor:
     def take(self, offset: int, n: int) -> list[list]:
         out: list[list] = []
         end = offset + n
-        while self._i < len(self._runs):
+        while self._i < len(self._runs) and self._start < end:
             length, kind, holders = self._runs[self._i]
             run_end = self._start + length
             if run_end <= offset:
