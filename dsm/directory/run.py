@@ -114,11 +114,12 @@ def _run_member(endpoint: str, trace_path: str | None, keys: ServerKeys | None,
     service = DirectoryService(bound, Layout(welcome.base, welcome.size, welcome.page_size),
                                trace_path, on_loss=OnLoss(welcome.on_loss), keys=keys,
                                manager=welcome.manager, role=role, router=router)
-    return _serve(service, f"shard {welcome.shard} of {welcome.shards}", None, metrics_port)
+    return _serve(service, f"shard {welcome.shard} of {welcome.shards}", None, metrics_port,
+                  "" if advertise == bound else f" (nodes reach it at {advertise})")
 
 
 def _serve(service: DirectoryService, what: str, ready_fd: int | None,
-           metrics_port: int | None) -> int:
+           metrics_port: int | None, where: str = "") -> int:
     if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
         from dsm.metrics import DirectoryCollector, MessageCounts, serve
 
@@ -131,7 +132,7 @@ def _serve(service: DirectoryService, what: str, ready_fd: int | None,
     signal.signal(signal.SIGINT, service.stop)
 
     def announce() -> None:
-        print(f"{what} listening on {service.endpoint}", flush=True)
+        print(f"{what} listening on {service.endpoint}{where}", flush=True)
         if ready_fd is not None:
             os.write(ready_fd, service.endpoint.encode() + b"\n")
             os.close(ready_fd)
