@@ -8,7 +8,7 @@ only, behind its own ROUTER, with its own sessions and heartbeats. Shard 0 is al
 the allocations, the locks and barriers, and the only one nodes ask about lost pages. A
 directory process plays one of three roles, which its ZeroMQ loop (``service.py``) consults:
 
-- ``Alone``: the one directory of a cluster (``--shards 1``), as before shards existed.
+- ``Role`` itself: the one directory of a cluster (``--shards 1``), as before shards existed.
 - ``Coordinator``: shard 0 of K. The other shards join it (``ShardHello``: it answers with the
   layout, the epoch and how to serve, ``ShardWelcome``); nodes' Hellos wait until all have
   joined, then a node's Welcome lists every shard's endpoint. It tells every shard each node it
@@ -150,8 +150,6 @@ class Role:
     def close(self) -> None:
         pass
 
-
-Alone = Role
 
 
 @dataclass
