@@ -26,5 +26,8 @@ class Manager(enum.Enum):
         return self is not Manager.RELAY
 
 
+#: their names, as ``--manager`` takes them
+MANAGERS = tuple(m.value for m in Manager)
+
 #: the fastest correct manager on ``dsm bench`` (see the README's table)
 DEFAULT_MANAGER = Manager.RELAY

@@ -34,6 +34,18 @@ MAX_BATCH_PAGES = 1024
 
 
 class MsgType(enum.IntEnum):
+    # between the directory's manager shards (``dsm.directory.shard``); a shard is a peer of the
+    # coordinator's ROUTER as a node is: shard -> coordinator travels as node -> directory,
+    # coordinator -> shard as directory -> node
+    SHARD_HELLO = 40
+    SHARD_WELCOME = 41
+    NODE_ADMITTED = 42
+    NODE_DEAD = 43
+    ARRAY_ALLOCATED = 44
+    LOST_RUNS_QUERY = 45
+    LOST_RUNS = 46
+    STATS_RUNS_QUERY = 47
+    STATS_RUNS = 48
     # node -> directory
     HELLO = 1
     ACQUIRE = 2
@@ -72,7 +84,7 @@ class MsgType(enum.IntEnum):
     # node -> directory (central and distributed managers)
     RECEIVED = 34
     # node -> node (central and distributed managers)
-    PEER_PAGE = 40
+    PEER_PAGE = 50
 
 
 class Direction(enum.Flag):
@@ -148,6 +160,10 @@ class Welcome(Message):
     #: pages travel node to node (the central and distributed managers): a Fetch names the
     #: requester to send them to, and read copies go back with their contents
     direct: bool = False
+    #: the manager shards' endpoints, shard 0 (this coordinator) first; empty: one directory
+    #: serves every page. A wildcard host (``tcp://0.0.0.0:P``) is the coordinator's host as the
+    #: node reached it. The node says Hello to every shard (``dsm.agent.links``)
+    shards: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -480,6 +496,132 @@ class Fenced(Message):
     reason: str
 
 
+# --- between the manager shards (``dsm.directory.shard``) ----------------------------------------
+#: a shard index, or -1 in a ShardHello: any free one (a replica of a scaled service)
+ShardIndex = Annotated[int, Range(-1, I64_MAX)]
+
+
+@dataclass(frozen=True)
+class ShardHello(Message):
+    """A manager shard joins the coordinator (shard 0): the shard it means to be (-1: any free
+    one) of how many (0: as many as the coordinator has), the endpoint nodes reach it at (a
+    wildcard host: the coordinator's host as each node knows it), and its pid (for the logs)."""
+
+    TYPE = MsgType.SHARD_HELLO
+    DIRECTION = Direction.TO_DIRECTORY
+    shard: ShardIndex
+    shards: U64
+    endpoint: str
+    pid: Pid
+
+
+@dataclass(frozen=True)
+class ShardWelcome(Message):
+    """The coordinator's answer to ShardHello (a refusal is a Fenced): the shard's index among
+    ``shards``, the region, the cluster's epoch, and how every shard serves (``manager``,
+    ``on_loss``: ``dsm directory``'s flags, one truth for the whole cluster)."""
+
+    TYPE = MsgType.SHARD_WELCOME
+    DIRECTION = Direction.TO_NODE
+    shard: U64
+    shards: U64
+    base: U64
+    size: U64
+    page_size: U64
+    epoch: RandomId
+    manager: str
+    on_loss: str
+
+
+@dataclass(frozen=True)
+class NodeAdmitted(Message):
+    """Coordinator to shard: incarnation ``incarnation`` of ``node`` has a session; the shard
+    serves its Hello from now on (a Hello that came first waits for this)."""
+
+    TYPE = MsgType.NODE_ADMITTED
+    DIRECTION = Direction.TO_NODE
+    node: str
+    incarnation: RandomId
+
+
+@dataclass(frozen=True)
+class NodeDead(Message):
+    """Incarnation ``incarnation`` of ``node`` is dead. From a shard that declared it so, to the
+    coordinator; from the coordinator, to every shard, which ends its session (fences it) and
+    loses the pages it owned there. ``why`` is for the logs."""
+
+    TYPE = MsgType.NODE_DEAD
+    DIRECTION = Direction.BOTH
+    node: str
+    incarnation: RandomId
+    why: str
+
+
+@dataclass(frozen=True)
+class ArrayAllocated(Message):
+    """Coordinator to shard: an array was allocated (the shards name pages by array in their
+    Lost answers, logs and maps)."""
+
+    TYPE = MsgType.ARRAY_ALLOCATED
+    DIRECTION = Direction.TO_NODE
+    name: str
+    offset: U64
+    nbytes: U64
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LostRunsQuery(Message):
+    """Coordinator to shard: which of ``count`` pages from ``first`` are lost (answered by
+    LostRuns under the same ``gather``); ``forget``: forget them too (ForgetLost)."""
+
+    TYPE = MsgType.LOST_RUNS_QUERY
+    DIRECTION = Direction.TO_NODE
+    gather: U64
+    first: PageNo
+    count: U64
+    forget: bool
+
+
+@dataclass(frozen=True)
+class LostRuns(Message):
+    """Shard to coordinator: its lost pages asked for, as ``[first, count, dead node]`` runs."""
+
+    TYPE = MsgType.LOST_RUNS
+    DIRECTION = Direction.TO_DIRECTORY
+    gather: U64
+    runs: list[tuple[PageNo, U64, str]]
+
+
+@dataclass(frozen=True)
+class StatsRunsQuery(Message):
+    """Coordinator to shard: its counters and the states of its pages of every array
+    (answered by StatsRuns under the same ``gather``), for ``dsm top``."""
+
+    TYPE = MsgType.STATS_RUNS_QUERY
+    DIRECTION = Direction.TO_NODE
+    gather: U64
+
+
+@dataclass(frozen=True)
+class StatsRuns(Message):
+    """Shard to coordinator: ``arrays`` as in StatsReport (the pages of other shards read as
+    home), ``directory`` its counters."""
+
+    TYPE = MsgType.STATS_RUNS
+    DIRECTION = Direction.TO_DIRECTORY
+    gather: U64
+    arrays: list[Any]
+    directory: dict[str, U64]
+
+
+#: the messages between the shards (registered beside the others below)
+SHARD_MESSAGES: tuple[type[Message], ...] = (
+    ShardHello, ShardWelcome, NodeAdmitted, NodeDead, ArrayAllocated, LostRunsQuery, LostRuns,
+    StatsRunsQuery, StatsRuns,
+)
+
+
 @dataclass(frozen=True)
 class LostQuery(Message):
     """Which pages are lost, per array (answered by a LostReport)."""
@@ -560,6 +702,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Received, Withdrawn,
     )
 }
+MESSAGE_CLASSES.update({cls.TYPE: cls for cls in SHARD_MESSAGES})
 
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in MESSAGE_CLASSES.values()

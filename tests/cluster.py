@@ -32,28 +32,54 @@ def _read_line(proc: subprocess.Popen, timeout_s: float, what: str) -> str:
 
 
 class Directory:
+    """A directory process; with ``shards`` > 1, a distributed manager of that many shards on
+    this host (``--manager distributed --shards K``: the shards are the directory's children
+    and log into its log, each line naming its shard)."""
+
     def __init__(self, tmp_path: Path, transport: str = "tcp", region_bytes: int = 64 << 20,
-                 extra: list[str] = (), name: str = "directory"):
+                 extra: list[str] = (), name: str = "directory", shards: int = 1):
         self.log_path = tmp_path / f"{name}.log"
         listen = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/directory.ipc"
         self.trace_path = tmp_path / f"{name}.trace"
+        self.shards = shards
+        manager = ["--manager", "distributed", "--shards", str(shards)] if shards > 1 else []
         self.log = open(self.log_path, "w")
+        # a session of its own: teardown kills the shards with it, whatever became of it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dsm", "--log-level", "INFO", "directory", "--listen", listen,
-             "--region-size", str(region_bytes), "--trace", str(self.trace_path), *extra],
-            stdout=subprocess.PIPE, stderr=self.log, text=True,
+             "--region-size", str(region_bytes), "--trace", str(self.trace_path), *manager,
+             *extra],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
         )
-        line = _read_line(self.proc, START_TIMEOUT_S, "directory start")
+        # the shards start (and join) before the directory says it listens
+        line = _read_line(self.proc, START_TIMEOUT_S + 5 * (shards - 1), "directory start")
         self.endpoint = line.strip().rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
 
+    def shard_pids(self) -> list[int]:
+        """The pids of shards 1..K-1 (the coordinator's children), in shard order."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+        by_shard = {}
+        for pid in children:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"--shard" in argv:
+                by_shard[int(argv[argv.index(b"--shard") + 1])] = pid
+        return [by_shard[i] for i in sorted(by_shard)]
+
     def kill(self) -> None:
-        """SIGTERM first, so that the trace is flushed; SIGKILL if it lingers."""
+        """SIGTERM first, so that the traces are flushed (the coordinator stops its shards);
+        SIGKILL to the whole session if it lingers, and to any shard left behind."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(STOP_TIMEOUT_S)
+                self.proc.wait(STOP_TIMEOUT_S + 5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                pass
+        try:
+            os.killpg(self.proc.pid, 9)
+        except ProcessLookupError:
+            pass
         self.proc.wait()
         self.log.close()
 
@@ -61,7 +87,8 @@ class Directory:
 class NodeProcess:
     """A workload process attached to its own agent (started by ``dsm.attach(directory=...)``)."""
 
-    def __init__(self, directory: str, name: str, tmp_path: Path, env: dict | None = None):
+    def __init__(self, directory: str, name: str, tmp_path: Path, env: dict | None = None,
+                 wait: bool = True):
         self.name = name
         self.log_path = tmp_path / f"node-{name}.log"
         self.log = open(self.log_path, "w")
@@ -70,7 +97,12 @@ class NodeProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
             start_new_session=True, env=env,
         )
-        reply = json.loads(_read_line(self.proc, START_TIMEOUT_S, f"node {name} attach"))
+        if wait:
+            self.wait_attached()
+
+    def wait_attached(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until the node has attached (``wait=False``: many nodes start side by side)."""
+        reply = json.loads(_read_line(self.proc, timeout_s, f"node {self.name} attach"))
         assert reply["ok"], reply
 
     def send(self, code: str, result: str | None = None) -> None:

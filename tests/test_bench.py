@@ -324,6 +324,33 @@ def test_bench_scan_with_keys_runs_the_cluster_keyed(tmp_path, run_dsm_bench):
     assert result["scan_counters"]["pages_in"] >= 2 * 256  # every page came in, keyed
 
 
+def test_bench_directory_measures_each_number_of_shards(tmp_path, run_dsm_bench):
+    out = tmp_path / "directory.json"
+    proc = run_dsm_bench("directory", "--clients", "2", "--requests", "600", "--rounds", "1",
+                         "--in-flight", "4", "--manager", "distributed", "--shards", "1,2",
+                         "--json", str(out))
+    summary_lines(proc.stdout, ["directory page requests (2 clients x 4 in flight, 1 shard)",
+                                "directory request latency (2 clients x 4 in flight, 1 shard)",
+                                "directory page requests (2 clients x 4 in flight, 2 shards)",
+                                "directory request latency (2 clients x 4 in flight, 2 shards)"])
+    assert "--manager distributed" in proc.stdout
+    result = json.loads(out.read_text())
+    assert sorted(result["by_shards"]) == ["1", "2"]
+    for k, run in result["by_shards"].items():
+        assert run["config"]["shards"] == int(k) and run["config"]["manager"] == "distributed"
+        assert len(run["samples"]["latency_ns"]) == 2 * 600
+        assert run["requests_per_s"] > 0
+    # the top level is the first measurement's, as with one number of shards
+    assert result["requests_per_s"] == result["by_shards"]["1"]["requests_per_s"]
+
+
+def test_bench_directory_refuses_shards_of_a_relay():
+    proc = subprocess.run([sys.executable, "-m", "dsm", "bench", "directory", "--manager",
+                           "relay", "--shards", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "several shards make --manager distributed" in (
+        proc.stdout + proc.stderr)
+
+
 def test_bench_directory_counts_requests_per_second(tmp_path, run_dsm_bench):
     out = tmp_path / "directory.json"
     proc = run_dsm_bench("directory", "--clients", "2", "--requests", "100", "--rounds", "2",

@@ -68,16 +68,42 @@ def test_interpolated_file_is_valid_and_consistent(validator):
     assert not list(validator.iter_errors(raw))
     node = project.services["node"]
     assert node.replicas == int(node.environment["DSM_NODES"]) == 4
-    assert project.start_order() == ["directory", "node"]
+    order = project.start_order()
+    assert order[0] == "directory" and sorted(order[1:]) == ["manager", "node"]
+    # one shard by default: the directory alone, no manager replica
+    assert project.services["manager"].replicas == 0
+    assert project.services["directory"].environment["DSM_SHARDS"] == "1"
+    sharded = load(COMPOSE_FILE, {"DSM_SHARDS": "3", "DSM_MANAGERS": "2"})
+    assert sharded.services["manager"].replicas == 2
+    for name in ("directory", "manager"):
+        assert sharded.services[name].environment["DSM_SHARDS"] == "3"
 
 
 # --- the settings a cluster needs -----------------------------------------------------------------
 def test_directory_service(compose):
     directory = compose["services"]["directory"]
-    assert directory["command"] == ["dsm", "directory", "--listen", "tcp://0.0.0.0:7400"]
+    # shard 0 of DSM_SHARDS: the whole directory with one shard, else the coordinator
+    assert directory["command"] == ["dsm", "directory", "--listen", "tcp://0.0.0.0:7400",
+                                    "--shard", "0"]
     assert directory["environment"]["DSM_DOCTOR"] == "skip"  # it needs no userfaultfd
+    assert directory["environment"]["DSM_SHARDS"] == "${DSM_SHARDS:-1}"
     test = " ".join(directory["healthcheck"]["test"])
     assert "7400" in test
+
+
+def test_manager_service_adds_the_shards_of_a_distributed_manager(compose):
+    manager = compose["services"]["manager"]
+    argv = manager["command"]
+    assert argv[:2] == ["dsm", "directory"]
+    assert argv[argv.index("--shard") + 1] == "auto"  # replicas take any free shard
+    assert argv[argv.index("--coordinator") + 1] == "tcp://directory:7400"
+    assert manager["environment"]["DSM_SHARDS"] == compose["services"]["directory"][
+        "environment"]["DSM_SHARDS"]
+    assert manager["environment"]["DSM_DOCTOR"] == "skip"
+    assert manager["depends_on"]["directory"]["condition"] == "service_healthy"
+    assert manager["deploy"]["replicas"] == "${DSM_MANAGERS:-0}"
+    # nodes need only the directory: it welcomes them once every shard has joined
+    assert list(compose["services"]["node"]["depends_on"]) == ["directory"]
 
 
 def test_node_service_can_use_userfaultfd(compose):

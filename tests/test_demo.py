@@ -56,6 +56,22 @@ def test_three_nodes_over_tcp_match_numpy(tmp_path):
 
 
 @pytest.mark.timeout(180)
+def test_a_distributed_manager_of_shards_serves_the_demo(tmp_path):
+    # a grid of 768 rows of 768 float64: 4.5 MiB, the stripes of all three shards
+    result = run_demo(tmp_path, "--workload", "jacobi", "--size", "768", "--nodes", "2",
+                      "--manager", "distributed", "--shards", "3")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "a distributed manager of 3 shards" in out
+    assert re.search(r"^result: MATCH \(2 nodes, jacobi", out, re.MULTILINE), out
+
+
+def test_the_demo_refuses_shards_of_a_central_manager(tmp_path):
+    result = run_demo(tmp_path, "--manager", "central", "--shards", "2", timeout=60)
+    assert result.returncode == 2 and "several make --manager distributed" in result.stderr
+
+
+@pytest.mark.timeout(180)
 def test_two_nodes_over_ipc_write_traces(tmp_path):
     traces = tmp_path / "traces"
     result = run_demo(tmp_path, "--nodes", "2", "--transport", "ipc", "--size", "24",

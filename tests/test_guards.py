@@ -7,6 +7,7 @@ import pytest
 
 from dsm import protocol as p
 from dsm.directory.service import DirectoryService
+from dsm.directory.shard import Coordinator
 from dsm.layout import DEFAULT_BASE_ADDRESS, PAGE_SIZE, AddressError, Layout
 from dsm.logthrottle import RateLimit, ThrottledLog, ThrottleFilter
 
@@ -71,8 +72,11 @@ def service(tmp_path):
 def test_the_directory_handles_every_message_it_may_receive(service):
     received = {c for c in p.MESSAGE_CLASSES.values() if c.DIRECTION & p.Direction.TO_DIRECTORY}
     # Hello opens a session and StatsQuery (read-only) is answered without one: _handle takes
-    # them before the per-session handlers
-    assert received - {p.Hello, p.StatsQuery} == set(service._handlers)
+    # them before the per-session handlers; the messages between shards go to the shard role
+    # (a coordinator's: dsm/directory/shard.py; ShardHello before its table)
+    between_shards = received & set(p.SHARD_MESSAGES)
+    assert received - {p.Hello, p.StatsQuery} - between_shards == set(service._handlers)
+    assert between_shards - {p.ShardHello} | {p.Heartbeat} == set(Coordinator(2)._handlers)
 
 
 def test_a_discard_naming_a_page_outside_the_region_changes_nothing(service):

@@ -125,6 +125,30 @@ GATHER = {"DSM_NODES": "3", "DSM_WORKLOAD": "gather",
 
 
 @pytest.mark.timeout(90)
+def test_a_distributed_manager_on_three_hosts_serves_three_nodes(hosts):
+    # the compose file with DSM_SHARDS=3: the directory is shard 0 and two manager replicas,
+    # each on a host of its own, join it as shards 1 and 2 and tell the nodes their addresses;
+    # a grid of 768 x 768 float64 (4.5 MiB) has pages in every shard's stripes
+    cluster = hosts({"DSM_NODES": "3", "DSM_SHARDS": "3", "DSM_MANAGERS": "2",
+                     "DSM_WORKLOAD_ARGS": "--size 768 --iterations 4"}, {"node": 3})
+    (directory,) = cluster.replicas("directory")
+    managers = cluster.replicas("manager")
+    nodes = cluster.replicas("node")
+    assert len({i.host.address for i in [directory, *managers, *nodes]}) == 6
+    codes = cluster.wait_all(nodes, 75)
+    assert codes == {"node-1": 0, "node-2": 0, "node-3": 0}, {
+        n.name: output_of(n)[-2000:] for n in [directory, *managers, *nodes]}
+    results = [result_of(n) for n in nodes]
+    assert all(r["match"] for r in results), results
+    assert len({r["digest"] for r in results}) == 1
+    assert "directory listening on tcp://0.0.0.0:7400" in output_of(directory)
+    # each shard told the nodes the address of its own host
+    assert sorted(re.search(rf"shard ([12]) of 3 listening on tcp://0.0.0.0:7400 \(nodes reach "
+                            rf"it at tcp://{re.escape(m.host.address)}:7400\)",
+                            output_of(m)).group(1) for m in managers) == ["1", "2"]
+
+
+@pytest.mark.timeout(90)
 def test_a_keyed_cluster_on_namespace_hosts_computes_and_refuses_an_open_node(hosts, tmp_path):
     # the compose file mounts DSM_KEYS into every service: here the runner hands the hosts the
     # keys directory itself; the nodes join with CURVE and compute together

@@ -58,6 +58,18 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.Bye(), None),
     (p.LockInfo(1, "a:1:2", ["b:3:4"]), None),
     (p.SyncReply(1, 1, ""), None),
+    # a distributed manager's (dsm/directory/shard.py)
+    (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE, 5, 9, True, ["tcp://d:7400", "tcp://0.0.0.0:7401"]),
+     None),
+    (p.ShardHello(-1, 0, "tcp://10.0.0.2:7400", 42), None),
+    (p.ShardWelcome(1, 3, 0x6000_0000_0000, 1 << 30, PAGE, 5, "distributed", "poison"), None),
+    (p.NodeAdmitted("n1", 7), None),
+    (p.NodeDead("n1", 7, "silent for 5.1 s"), None),
+    (p.ArrayAllocated("x", 0, 80, {"shape": [10], "dtype": "<i8"}), None),
+    (p.LostRunsQuery(3, 0, 1 << 20, True), None),
+    (p.LostRuns(3, [[256, 2, "b"]]), None),
+    (p.StatsRunsQuery(4), None),
+    (p.StatsRuns(4, [["x", 0, 1, [[1, "home", []]]]], {"grants": 3}), None),
 ])
 def test_round_trip(msg, page):
     frames = p.encode(msg, page)
@@ -117,9 +129,10 @@ def test_malformed_frames_name_the_problem(frames, to, complaint):
         p.decode(frames, PAGE, to)
 
 
-def test_every_message_declares_its_direction_and_heartbeat_and_bye_go_both_ways():
+def test_every_message_declares_its_direction_and_heartbeat_bye_and_node_dead_go_both_ways():
     both = {cls for cls in CLASSES if cls.DIRECTION is p.Direction.BOTH}
-    assert both == {p.Heartbeat, p.Bye}
+    # NodeDead: a shard reports a death to the coordinator, which tells every shard
+    assert both == {p.Heartbeat, p.Bye, p.NodeDead}
     for cls in CLASSES:
         assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH,
                              p.Direction.TO_PEER)

@@ -23,10 +23,8 @@ NODES = 3
 PROCS_PER_NODE = 2
 PAGES = 4
 OPS_PER_PROC = 250
-ACTORS = NODES * PROCS_PER_NODE
-#: words of each page that every actor writes (after the ACTORS single-writer words)
+#: words of each page that every actor writes (after the actors' single-writer words)
 SHARED_WORDS = 2
-WORDS_USED = ACTORS + SHARED_WORDS
 WORDS_PER_PAGE = 4096 // 8  # one row of the array is one page
 #: write-heavy (pages move on most operations) and read-mostly (read copies live long and
 #: many reads hit them without a fault: a copy left behind by a lost invalidation would show)
@@ -45,7 +43,9 @@ FINAL_READER = "final"
 
 LOOP = """
 import json, os, random, time
-slots = node.array('slots', ({pages}, {words_per_page}), np.int64)
+# page k of the run is row k * stride (a stride past a manager's stripe puts the pages on
+# different shards)
+slots = node.array('slots', ({pages} * {stride_pages}, {words_per_page}), np.int64)[::{stride_pages}]
 def actor(actor_id, seed, path):
     rng = random.Random(seed)
     # every actor starts at once: the barrier, not a delay, lines them up
@@ -66,6 +66,9 @@ def actor(actor_id, seed, path):
             log.append(('r', page, word, value, t0, t1))
     with open(path, 'w') as f:
         json.dump(log, f)
+"""
+#: the second actor of a node: a forked child of the first
+FORKED_ACTOR = """
 pid = os.fork()
 if pid == 0:
     try:
@@ -76,6 +79,9 @@ if pid == 0:
 actor({parent_actor}, {parent_seed}, {parent_path!r})
 _, status = os.waitpid(pid, 0)
 assert status == 0, status
+"""
+ONE_ACTOR = """
+actor({parent_actor}, {parent_seed}, {parent_path!r})
 """
 
 
@@ -105,34 +111,49 @@ def spans_overlap(logs) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("write_fraction", WRITE_FRACTIONS.values(), ids=WRITE_FRACTIONS.keys())
 def test_every_words_history_is_linearizable(write_fraction, make_node, tmp_path):
     nodes = [make_node(f"n{i}") for i in range(NODES)]
-    paths = [str(tmp_path / f"log{actor}.json") for actor in range(ACTORS)]
+    check_random_histories(nodes, tmp_path, write_fraction)
+
+
+def check_random_histories(nodes, tmp_path, write_fraction: float,
+                           procs_per_node: int = PROCS_PER_NODE, pages: int = PAGES,
+                           page_stride: int = 1, ops: int = OPS_PER_PROC,
+                           think_s: float = THINK_TIME_S, timeout_s: float = RUN_TIMEOUT_S,
+                           min_request_fraction: float = 0.1) -> None:
+    """Run the random reads and writes on ``nodes`` (``procs_per_node`` actors each: 1 or 2)
+    over ``pages`` pages ``page_stride`` pages apart, and check every word's history."""
+    assert procs_per_node in (1, 2)
+    actors = len(nodes) * procs_per_node
+    words = actors + SHARED_WORDS
+    assert words <= WORDS_PER_PAGE
+    paths = [str(tmp_path / f"log{actor}.json") for actor in range(actors)]
     # send every node its work first, collect afterwards: the nodes run at the same time
     for i, node in enumerate(nodes):
-        parent, child = PROCS_PER_NODE * i, PROCS_PER_NODE * i + 1
-        node.send(LOOP.format(
-            pages=PAGES, words_per_page=WORDS_PER_PAGE, ops=OPS_PER_PROC, actors=ACTORS,
-            words=WORDS_USED, think=THINK_TIME_S, write_fraction=write_fraction,
+        parent, child = procs_per_node * i, procs_per_node * i + 1
+        node.send((LOOP + (FORKED_ACTOR if procs_per_node == 2 else ONE_ACTOR)).format(
+            pages=pages, stride_pages=page_stride, words_per_page=WORDS_PER_PAGE, ops=ops,
+            actors=actors, words=words, think=think_s, write_fraction=write_fraction,
             shared_write_fraction=SHARED_WRITE_FRACTION, stride=VALUE_STRIDE,
             parent_actor=parent, parent_seed=random.randrange(1 << 30), parent_path=paths[parent],
-            child_actor=child, child_seed=random.randrange(1 << 30), child_path=paths[child],
+            child_actor=child, child_seed=random.randrange(1 << 30),
+            child_path=paths[child] if procs_per_node == 2 else "",
         ))
     for node in nodes:
-        node.wait(RUN_TIMEOUT_S)
+        node.wait(timeout_s)
     logs = [json.load(open(p)) for p in paths]
-    assert sum(len(log) for log in logs) == ACTORS * OPS_PER_PROC
+    assert sum(len(log) for log in logs) == actors * ops
     # had the harness run the nodes one after another, this history would prove little
     assert not spans_overlap(logs), f"actors that did not run concurrently: {spans_overlap(logs)}"
     t0 = time.monotonic_ns()
-    final = nodes[0].run("", "slots[:, :%d].tolist()" % WORDS_USED)
+    final = nodes[0].run("", "slots[:, :%d].tolist()" % words)
     t1 = time.monotonic_ns()
     problem = check_history(history_from_logs(logs, final, (t0, t1)))
     assert problem is None, problem
     # the pages really moved: most operations on these shared pages needed the network
     requests = sum(n.run("", "node.stats()")["counters"].get("requests", 0) for n in nodes)
-    assert requests > ACTORS * OPS_PER_PROC // 10, requests
+    assert requests > actors * ops * min_request_fraction, requests
     # the same final state on every node
     for node in nodes[1:]:
-        assert node.run("", "slots[:, :%d].tolist()" % WORDS_USED) == final
+        assert node.run("", "slots[:, :%d].tolist()" % words) == final
 
 
 # --- the helpers: a bad history must fail --------------------------------------------------------

@@ -26,6 +26,7 @@ from dsm import protocol as p
 from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
 from dsm.agent.forwarding import Forwarder
+from dsm.agent.links import ShardLinks
 from dsm.agent.memory import NodeMemory
 from dsm.agent.peers import (
     ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV, PeerEndpoint, default_listen,
@@ -44,10 +45,7 @@ from dsm.agent.processes import (
 from dsm.core.stats import NodeStats
 from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
-from dsm.keys import (
-    ClientKeys, HandshakeWatch, ServerKeys, configure_client, keys_dir_from, load_client_keys,
-    load_peer_keys,
-)
+from dsm.keys import ClientKeys, ServerKeys, keys_dir_from, load_client_keys, load_peer_keys
 from dsm.layout import Layout
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.logthrottle import ThrottledLog, throttle_module_logs
@@ -163,26 +161,21 @@ class Agent:
         #: the directory's clock, estimated from heartbeat round trips (for the trace)
         self.clock_sync = ClockSync()
         self._ctx = zmq.Context.instance()
-        self.dealer = self._ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.LINGER, 1000)
-        # a directory that takes no message for as long as this node may go on without it (its
-        # queue full: gone, or not reading) cuts the node off, rather than block the loop forever
-        self.dealer.setsockopt(zmq.SNDTIMEO, int(NODE_CUT_OFF_S * 1000))
         #: False once the directory no longer serves this node (cut off, fenced)
         self._directory_alive = True
         #: this node's end of the link to the directory, as trace message ids name it
         self.link = p.identity(node, self.incarnation).decode(errors="surrogateescape")
-        self.dealer.setsockopt(zmq.IDENTITY, p.identity(node, self.incarnation))
-        # CURVE with this node's key, pinning the directory's (open without keys); the monitor,
-        # made before the connection, tells a refused handshake from an unreachable directory
-        configure_client(self.dealer, keys)
-        self._handshake = HandshakeWatch(self.dealer, directory, keys)
-        self.dealer.connect(directory)
         # the peer endpoint: pages from other nodes, under the central and distributed managers
         listen = peer_listen or default_listen(directory, socket_path, node)
         self.peers = (None if listen == NO_PEER_ENDPOINT else
                       PeerEndpoint(self._ctx, node, directory, listen, advertise, peer_keys))
         self._direct = False  # the directory's Welcome says
+        # a DEALER per manager shard (dsm/agent/links.py), the coordinator's first: CURVE with
+        # this node's key, pinning the directory's (open without keys); a shard that takes no
+        # message for NODE_CUT_OFF_S cuts the node off, rather than block the loop forever
+        self.links = ShardLinks(self._ctx, p.identity(node, self.incarnation), directory, keys,
+                                int(NODE_CUT_OFF_S * 1000))
+        self._handshake = self.links.handshake
         self.layout = self._join()
         self.page_size = self.layout.page_size
         self.procs: dict[int, WorkloadProcess] = {}  # uffd fd -> process
@@ -193,6 +186,7 @@ class Agent:
                              ReadAhead(READAHEAD_MAX_PAGES), self.memory.holds, self.tracer,
                              self.stats)
         self.core.direct = self._direct
+        self.core.shards = self.links.count  # its requests stop at stripe ends
         self.state = self.core.state  # page -> PageState, for the pages this node holds
         self.pending = self.core.pending  # page -> the request out for it
         self._pidfds: dict[int, WorkloadProcess] = {}
@@ -201,9 +195,9 @@ class Agent:
         #: forked children whose pid is not known yet -> until when to look for it
         self._unnamed_children: dict[WorkloadProcess, float] = {}
         self.poller = zmq.Poller()
-        self.poller.register(self.dealer, zmq.POLLIN)
         if self.peers is not None:
             self.poller.register(self.peers.router, zmq.POLLIN)
+        self.links.register(self.poller)
         if self._parent_pidfd is not None:
             self.poller.register(self._parent_pidfd, zmq.POLLIN)
         self.forwarder = Forwarder(node, self._send, lambda c, m: self.clients.reply(c, m),
@@ -214,11 +208,9 @@ class Agent:
                                           **self.stats.snapshot()})
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
-        self._last_send = 0.0
         self._last_clock_probe = 0.0
         self._last_report = 0.0
         self._last_overdue_check = 0.0
-        self._last_heard = time.monotonic()
         self._running = True
         #: lines about messages dropped from the directory, rate-limited
         self._complain = ThrottledLog(log, "messages dropped from the directory")
@@ -258,7 +250,7 @@ class Agent:
                             self.peers.address if self.peers is not None else "")
         hello = p.encode(hello_msg)
         poller = zmq.Poller()
-        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self.links.coordinator, zmq.POLLIN)
         poller.register(self._handshake.monitor, zmq.POLLIN)
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         sent = False
@@ -273,9 +265,8 @@ class Agent:
                     # never blocking: while no connection is up (a handshake failing over and
                     # over) the DEALER may have no pipe to queue on; the watch must get to say
                     try:
-                        send_frames(self.dealer, hello, nonblocking=True)
+                        send_frames(self.links.coordinator, hello, nonblocking=True)
                         sent = True
-                        self._last_send = time.monotonic()
                         if self.tracer.enabled:
                             self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK,
                                              hello_msg, t0)
@@ -284,11 +275,11 @@ class Agent:
                 wait_s = left_s if sent else min(left_s, JOIN_RETRY_S)
                 ready = dict(poller.poll(max(1, int(wait_s * 1000))))
                 self._handshake.check()  # AuthenticationFailed when a handshake was refused
-                if self.dealer in ready:
+                if self.links.coordinator in ready:
                     break
         finally:
             self._handshake.close()
-        msg, _ = p.decode(self.dealer.recv_multipart(), 0, p.Direction.TO_NODE)
+        msg, _ = p.decode(self.links.coordinator.recv_multipart(), 0, p.Direction.TO_NODE)
         if self.tracer.enabled:
             self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
             if isinstance(msg, p.Welcome) and msg.clock_ns:
@@ -300,10 +291,13 @@ class Agent:
             raise ProtocolError(f"expected Welcome from the directory, got {type(msg).__name__}")
         self.epoch = msg.epoch
         self._direct = msg.direct
-        log.info("node %s joined directory %s (epoch %x) as incarnation %x; pages %s", self.node,
-                 self.directory_endpoint, msg.epoch, self.incarnation,
-                 f"node to node, this node's peer endpoint {self.peers.address}" if msg.direct
-                 else "through the directory")
+        # the other manager shards, if any: the same Hello to each (dsm/agent/links.py)
+        self.links.join_shards(msg.shards, hello_msg, msg.epoch, CONNECT_TIMEOUT_S)
+        log.info("node %s joined directory %s (epoch %x%s) as incarnation %x; pages %s",
+                 self.node, self.directory_endpoint, msg.epoch,
+                 f", {len(msg.shards)} shards" if msg.shards else "", self.incarnation,
+                 f"node to node, this node's peer endpoint {self.peers.address}"
+                 if msg.direct and self.peers is not None else "through the directory")
         return Layout(msg.base, msg.size, msg.page_size)
 
     def stop(self, *_: Any) -> None:
@@ -315,15 +309,16 @@ class Agent:
         the acknowledgement means every page handed back has arrived). False if it did not."""
         deadline = time.monotonic() + LEAVE_TIMEOUT_S
         while self.pending and time.monotonic() < deadline and self._directory_alive:
-            for item, _ in self.poller.poll(POLL_INTERVAL_MS):
-                if item is self.dealer or self.peers is not None and item is self.peers.router:
+            for item, _ in self.poller.poll(POLL_INTERVAL_MS):  # the shards' and the peers'
+                if self.links.owns(item) or self.peers is not None and item is self.peers.router:
                     self._dispatch(item)
         self._give_back(list(self.state))
-        self._send(p.Bye())
-        acknowledged = False
-        while not acknowledged and time.monotonic() < deadline and self._directory_alive:
-            if self.dealer.poll(POLL_INTERVAL_MS):
-                acknowledged = self._drain_directory(until=p.Bye)
+        self._send(p.Bye())  # to every shard: each acknowledges it
+        byes = 0
+        while byes < self.links.count and time.monotonic() < deadline and self._directory_alive:
+            if self.links.poll(POLL_INTERVAL_MS):
+                byes += self._drain_directory(until=p.Bye)
+        acknowledged = byes == self.links.count
         if not acknowledged:
             log.error("the directory %s did not acknowledge this node's leave: pages it handed "
                       "back may be lost", self.directory_endpoint)
@@ -333,7 +328,7 @@ class Agent:
     def abandon(self) -> None:
         """Stop without leaving, as a killed agent would: nothing is handed back, no Bye (the
         directory declares the node dead); the workload processes' watchdogs kill them."""
-        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.links.set_linger(0)
         self._release()
 
     def _release(self) -> None:
@@ -342,9 +337,9 @@ class Agent:
         self.clients.close()
         self.memory.close()
         self.tracer.close()
-        self.dealer.close()
         if self.peers is not None:
             self.peers.close()
+        self.links.close()
         if self._parent_pidfd is not None:
             os.close(self._parent_pidfd)
 
@@ -361,13 +356,13 @@ class Agent:
             now = time.monotonic()
             self._run_timers(now)
             self._handle_shelved()
-            if now - self._last_send > HEARTBEAT_INTERVAL_S or (
+            if now - self.links.least_recent_send_s() > HEARTBEAT_INTERVAL_S or (
                     self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
                 self._last_clock_probe = now  # a heartbeat is also a clock round trip
                 self._send(p.Heartbeat(self.tracer.now_ns()))
-            if now - self._last_heard > NODE_CUT_OFF_S:
-                silent_s = now - self._last_heard
-                self._cut_off(f"the directory {self.directory_endpoint} has not answered for "
+            silent_s, silent_endpoint = self.links.longest_silence(now)  # of any shard
+            if silent_s > NODE_CUT_OFF_S:
+                self._cut_off(f"the directory {silent_endpoint} has not answered for "
                               f"{silent_s:.1f} s: this node is cut off from the cluster")
             if not self._directory_alive:
                 return
@@ -403,7 +398,7 @@ class Agent:
             self._handle_events(proc)
 
     def _dispatch(self, item: Any) -> None:
-        if item is self.dealer:
+        if self.links.owns(item):
             self._drain_directory()
         elif self.peers is not None and item is self.peers.router:
             self._drain_peers()
@@ -437,14 +432,13 @@ class Agent:
         t = self.tracer.now() if self.tracer.enabled else None
         frames = p.encode(msg, page)
         try:
-            send_frames(self.dealer, frames)
+            self.links.send(msg, frames)  # to the shard it belongs to
         except zmq.Again:
             self._cut_off(f"the directory {self.directory_endpoint} has taken no message for "
                           f"{NODE_CUT_OFF_S:.1f} s: this node is cut off from the cluster")
             return
         if self.wire is not None:
             self.wire.count("sent", msg, frames)
-        self._last_send = time.monotonic()
         if t is not None:
             self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK, msg, t)
 
@@ -464,10 +458,7 @@ class Agent:
         Nothing the directory's side sends stops the agent: a message that is malformed, not
         expected, or names pages outside the region is dropped (the handlers validate before
         they change anything), with a rate-limited log line; so is any other failure."""
-        self._last_heard = time.monotonic()
-        # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises Again
-        while has_input(self.dealer):
-            frames = self.dealer.recv_multipart(copy=False)
+        for frames in self.links.receive():  # every shard's, each noted as heard from
             msg: Any = None
             try:
                 msg, data = p.decode(frames, self.page_size, p.Direction.TO_NODE)

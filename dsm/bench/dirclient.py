@@ -2,9 +2,11 @@
 DIRECTORY NAME``.
 
 It speaks the node protocol (``dsm.protocol``) straight to the directory over ZeroMQ, with no
-agent and no memory behind it: a DEALER with identity NAME says Hello and waits for Welcome
-(then prints ``{"ok": true, ...}``), then runs commands, one JSON object a line on stdin, one JSON
-reply a line on stdout (as ``dsm.bench.worker`` does):
+agent and no memory behind it: a DEALER with identity NAME says Hello and waits for Welcome, and,
+if the directory is a distributed manager's coordinator, one DEALER per other shard does the same
+(as an agent's ``dsm.agent.links`` does; each request goes to its page's shard); then it prints
+``{"ok": true, ...}`` and runs commands, one JSON object a line on stdin, one JSON reply a line on
+stdout (as ``dsm.bench.worker`` does):
 
     {"op": "acquire", "first": P, "count": N, "in_flight": K}
         ask for read copies of pages P .. P+N-1 (``Acquire(page, 1, write=False,
@@ -24,10 +26,13 @@ import select
 import sys
 import time
 import traceback
+from collections import deque
 
 import zmq
 
 from dsm import protocol as p
+from dsm.agent.links import resolve_endpoint
+from dsm.core.shards import shard_of
 from dsm.directory.sessions import new_random_id
 from dsm.liveness import HEARTBEAT_INTERVAL_S
 
@@ -38,42 +43,61 @@ ANSWER_TIMEOUT_S = 10.0
 class Client:
     def __init__(self, directory: str, name: str):
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
         incarnation = new_random_id()
-        self.sock.setsockopt(zmq.IDENTITY, p.identity(name, incarnation))
-        self.sock.connect(directory)
-        self.sock.send_multipart(p.encode(p.Hello(name, os.getpid(), incarnation)))
-        if not self.sock.poll(int(ANSWER_TIMEOUT_S * 1000)):
-            raise TimeoutError(f"the directory did not answer Hello within {ANSWER_TIMEOUT_S} s")
-        welcome, _ = p.decode(self.sock.recv_multipart(), 0, p.Direction.TO_NODE)
-        if not isinstance(welcome, p.Welcome):
-            raise RuntimeError(f"expected Welcome, got {welcome!r}")
+        self.identity = p.identity(name, incarnation)
+        self.hello = p.Hello(name, os.getpid(), incarnation)
+        #: answers received from several shards, not handed out yet
+        self._queued: deque[list] = deque()
+        self.sock = self._join(directory)
+        welcome = self.welcome
         self.page_size = welcome.page_size
         self.num_pages = welcome.size // welcome.page_size
+        #: one DEALER per shard, the coordinator's first
+        self.socks = [self.sock] + [self._join(resolve_endpoint(e, directory))
+                                    for e in welcome.shards[1:]]
+
+    def _join(self, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, self.identity)
+        sock.connect(endpoint)
+        sock.send_multipart(p.encode(self.hello))
+        if not sock.poll(int(ANSWER_TIMEOUT_S * 1000)):
+            raise TimeoutError(f"{endpoint} did not answer Hello within {ANSWER_TIMEOUT_S} s")
+        welcome, _ = p.decode(sock.recv_multipart(), 0, p.Direction.TO_NODE)
+        if not isinstance(welcome, p.Welcome):
+            raise RuntimeError(f"expected Welcome from {endpoint}, got {welcome!r}")
+        self.welcome = getattr(self, "welcome", welcome)
+        return sock
 
     def heartbeat(self) -> None:
-        self.sock.send_multipart(p.encode(p.Heartbeat()))
+        for sock in self.socks:
+            sock.send_multipart(p.encode(p.Heartbeat()))
 
     def op_acquire(self, first: int, count: int, in_flight: int) -> dict:
         if not (0 <= first and first + count <= self.num_pages):
             raise ValueError(f"pages {first}..{first + count - 1} are outside the region of "
                              f"{self.num_pages} pages")
         requests = [p.encode(p.Acquire(first + i, 1, False, False)) for i in range(count)]
+        shards = len(self.socks)
+        to = [self.socks[shard_of(first + i, shards)] for i in range(count)]
         sent_at = [0] * count
         latency = [0] * count
         sock, pc, page_size = self.sock, time.monotonic_ns, self.page_size
-        # a blocking receive with a deadline: no poll call per answer
+        # one directory: a blocking receive with a deadline, no poll call per answer
         sock.setsockopt(zmq.RCVTIMEO, int(ANSWER_TIMEOUT_S * 1000))
+        poller = zmq.Poller()
+        for s in self.socks:
+            poller.register(s, zmq.POLLIN)
         sent = answered = 0
         start = pc()
         while answered < count:
             while sent < count and sent - answered < in_flight:
                 sent_at[sent] = pc()
-                sock.send_multipart(requests[sent])
+                to[sent].send_multipart(requests[sent])
                 sent += 1
             try:
-                frames = sock.recv_multipart()
+                frames = sock.recv_multipart() if shards == 1 else self._recv_any(poller)
             except zmq.Again:
                 raise TimeoutError(f"no answer from the directory within {ANSWER_TIMEOUT_S} s "
                                    f"({answered} of {count} answered)") from None
@@ -90,8 +114,20 @@ class Client:
             answered += 1
         return {"start_ns": start, "end_ns": pc(), "latency_ns": latency}
 
+    def _recv_any(self, poller: zmq.Poller) -> list:
+        """The next answer from any shard (zmq.Again at the deadline)."""
+        if not self._queued:
+            ready = poller.poll(int(ANSWER_TIMEOUT_S * 1000))
+            if not ready:
+                raise zmq.Again()
+            for sock, _ in ready:  # everything queued, one poll for it all
+                while sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    self._queued.append(sock.recv_multipart())
+        return self._queued.popleft()
+
     def close(self) -> None:
-        self.sock.close(0)
+        for sock in self.socks:
+            sock.close(0)
         self.ctx.term()
 
 

@@ -16,6 +16,13 @@ others in flight) is reported too.
 
 The clients and the directory share this machine's cores: on 2 cores, 4 clients in Python take
 part of the CPU the directory would have.
+
+``--manager distributed --shards 1,2,4`` measures IVY's fixed distributed manager with each
+number of shards in turn (``dsm directory --shards K``: K manager processes on this host, each
+client with a DEALER per shard, every request sent to its page's shard; a client's pages are
+consecutive, so its requests move from shard to shard a stripe at a time), one row per K. The
+shards share the same cores as the clients: on 2 cores more shards add processes to schedule
+rather than CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import numpy as np
 
 from dsm.bench import common
 from dsm.bench.common import NS_PER_S, NS_PER_US, Progress
-from dsm.bench.procs import Driven, Processes, cpu_ns, run_with_processes
+from dsm.bench.procs import Driven, Processes, children_of, cpu_ns, run_with_processes
+from dsm.managers import MANAGERS
 
 DEFAULT_CLIENTS = 4
 DEFAULT_IN_FLIGHT = 16
@@ -58,31 +66,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"requests per client per round (default {d['requests']})")
     parser.add_argument("--rounds", type=int, default=d["rounds"],
                         help=f"timed rounds (default {d['rounds']})")
+    parser.add_argument("--manager", choices=MANAGERS, default=None,
+                        help="the directory's --manager (default: relay, distributed with "
+                             "several shards)")
+    parser.add_argument("--shards", default="1", metavar="K[,K...]",
+                        help="the directory's --shards, one measurement for each K listed "
+                             "(default 1)")
 
     common.add_transport_argument(parser)
     common.add_output_arguments(parser)
+
+def shard_counts(text: str) -> list[int]:
+    """``--shards 1,2,4`` -> [1, 2, 4] (ValueError if not positive numbers)."""
+    counts = [int(k) for k in str(text).split(",") if k.strip()]
+    if not counts or min(counts) < 1:
+        raise ValueError(text)
+    return counts
+
 
 def check_arguments(args: argparse.Namespace) -> str | None:
     for name in ("clients", "in_flight", "requests", "rounds"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
+    try:
+        counts = shard_counts(getattr(args, "shards", "1"))
+    except ValueError:
+        return f"--shards must list numbers of shards of at least 1, like 1,2,4: got {args.shards!r}"
+    manager = getattr(args, "manager", None)
+    if max(counts) > 1 and manager not in (None, "distributed"):
+        return f"--shards {args.shards}: several shards make --manager distributed, not {manager}"
     return None
 
 
 def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
-    """Run the benchmark (its processes log into ``log_dir``); its result. Raises BenchError."""
-    return run_with_processes(log_dir, progress,
-                              lambda procs: DirectoryBench(procs, args, progress).run())
+    """Run the benchmark (its processes log into ``log_dir``), once per number of shards; its
+    result (the first's, with every one's under ``by_shards``). Raises BenchError."""
+    counts = shard_counts(getattr(args, "shards", "1"))
+    results = []
+    for k in counts:
+        sub = progress.sub(f"{k} shard{'s' if k > 1 else ''}: ") if len(counts) > 1 else progress
+        results.append(run_with_processes(
+            log_dir, sub, lambda procs: DirectoryBench(procs, args, sub, k).run()))
+    result = dict(results[0])
+    if len(counts) > 1:
+        result["by_shards"] = {str(k): r for k, r in zip(counts, results)}
+    return result
 
 
 class DirectoryBench:
-    def __init__(self, procs: Processes, args: argparse.Namespace, progress: Progress):
+    def __init__(self, procs: Processes, args: argparse.Namespace, progress: Progress,
+                 shards: int = 1):
         self.procs = procs
         self.n_clients = args.clients
         self.in_flight = args.in_flight
         self.requests = args.requests
         self.rounds = args.rounds
         self.transport = args.transport
+        self.shards = shards
+        manager = getattr(args, "manager", None)
+        self.manager = manager or ("distributed" if shards > 1 else "relay")
         self.progress = progress
         self.clients: list[Driven] = []
 
@@ -91,10 +133,13 @@ class DirectoryBench:
         page_bytes = os.sysconf("SC_PAGE_SIZE")
         pages = self.n_clients * (WARMUP_REQUESTS + self.rounds * self.requests)
         region = (pages + REGION_SPARE_PAGES) * page_bytes
-        p(f"starting a directory ({self.transport}) and {self.n_clients} clients")
+        tag = f"-{self.shards}shards" if self.shards > 1 else ""
+        p(f"starting a directory ({self.transport}, --manager {self.manager}, {self.shards} "
+          f"shard{'s' if self.shards > 1 else ''}) and {self.n_clients} clients")
         directory = self.procs.start_directory(
-            common.endpoint(self.transport, self.procs.log_dir, "dir"), region)
-        names = [f"client{k}" for k in range(self.n_clients)]
+            common.endpoint(self.transport, self.procs.log_dir, f"dir{tag}"), region,
+            name=f"directory{tag}", manager=self.manager, shards=self.shards)
+        names = [f"client{k}{tag}" for k in range(self.n_clients)]
         self.clients = [self.procs.start_driven(
             name, [sys.executable, "-m", "dsm.bench.dirclient", directory, name]) for name in names]
         for c in self.clients:
@@ -123,7 +168,8 @@ class DirectoryBench:
             "benchmark": "directory",
             "config": {"clients": self.n_clients, "in_flight": self.in_flight,
                        "requests": self.requests, "rounds": self.rounds,
-                       "transport": self.transport},
+                       "transport": self.transport, "manager": self.manager,
+                       "shards": self.shards},
             "environment": common.environment(),
             "target_per_s": TARGET_PER_S,
             "requests_per_s": float(np.median(rates)),
@@ -136,7 +182,8 @@ class DirectoryBench:
         }
 
     def _cpu(self) -> dict[str, int]:
-        return {"directory": cpu_ns(self.procs.directory.proc.pid),
+        pid = self.procs.directory.proc.pid  # and its shards
+        return {"directory": cpu_ns(pid) + sum(cpu_ns(c) for c in children_of(pid)),
                 "clients": sum(cpu_ns(c.proc.pid) for c in self.clients)}
 
     def _round(self, first: int, requests: int) -> list[dict]:
@@ -149,16 +196,25 @@ class DirectoryBench:
 
 
 def summary(result: dict) -> list[dict]:
-    """The combined table's rows (``dsm bench``)."""
-    cfg, s = result["config"], result["samples"]
-    who = f"{cfg['clients']} clients x {cfg['in_flight']} in flight"
-    return [
-        common.summary_row("directory", "directory_rate", f"directory page requests ({who})",
-                           "req/s", s["requests_per_s"], at_least=result["target_per_s"]),
-        common.summary_row("directory", "directory_latency",
-                           f"directory request latency ({who})", "µs",
-                           np.asarray(s["latency_ns"], dtype=np.float64) / NS_PER_US),
-    ]
+    """The combined table's rows (``dsm bench``): two per number of shards measured."""
+    runs = result.get("by_shards") or {"1": result}
+    rows = []
+    for i, run in enumerate(runs.values()):
+        cfg, s = run["config"], run["samples"]
+        who = f"{cfg['clients']} clients x {cfg['in_flight']} in flight"
+        shards = cfg.get("shards", 1)
+        key = "" if i == 0 else f"_{shards}_shards"
+        if cfg.get("manager", "relay") == "distributed":
+            who += f", {shards} shard{'s' if shards > 1 else ''}"
+        rows += [
+            common.summary_row("directory", f"directory_rate{key}",
+                               f"directory page requests ({who})", "req/s",
+                               s["requests_per_s"], at_least=run["target_per_s"]),
+            common.summary_row("directory", f"directory_latency{key}",
+                               f"directory request latency ({who})", "µs",
+                               np.asarray(s["latency_ns"], dtype=np.float64) / NS_PER_US),
+        ]
+    return rows
 
 
 def format_table(result: dict) -> str:
@@ -166,12 +222,15 @@ def format_table(result: dict) -> str:
     title = (f"dsm bench directory: transport {cfg['transport']}, {cfg['clients']} clients x "
              f"{cfg['requests']} requests per round x {cfg['rounds']} rounds, {cfg['in_flight']} "
              f"in flight each (pyzmq {env['pyzmq']}, libzmq {env['libzmq']}, {env['cpus']} cpus)")
-    return "\n".join([
-        common.format_summary(summary(result), title),
-        "CPU per request (all threads): " + ", ".join(
-            f"{k} {v:.1f} µs ({result['cpu_cores'][k]:.2f} cores busy)"
-            for k, v in result["cpu_us_per_request"].items()),
-    ])
+    if cfg.get("manager", "relay") != "relay":
+        title += f", --manager {cfg['manager']}"
+    lines = [common.format_summary(summary(result), title)]
+    for run in (result.get("by_shards") or {"1": result}).values():
+        shards = run["config"].get("shards", 1)
+        lines.append(f"CPU per request (all threads{f', {shards} shards' if shards > 1 else ''})"
+                     ": " + ", ".join(f"{k} {v:.1f} µs ({run['cpu_cores'][k]:.2f} cores busy)"
+                                      for k, v in run["cpu_us_per_request"].items()))
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

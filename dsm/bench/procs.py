@@ -155,6 +155,15 @@ def find_child(pid: int, word: str) -> int | None:
     return None
 
 
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a coordinator's shards)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
 def cpu_ns(pid: int | None) -> int:
     """CPU time used so far by every thread of ``pid`` (libzmq's I/O threads too), in ns."""
     if pid is None:
@@ -186,11 +195,17 @@ class Processes:
         self.pull: Child | None = None
 
     def start_directory(self, listen: str, region_bytes: int, keys_dir: str | None = None,
-                        name: str = "directory") -> str:
-        """A directory (``keys_dir``: serving with those keys, else open); its endpoint.
+                        name: str = "directory", manager: str | None = None,
+                        shards: int = 1) -> str:
+        """A directory (``keys_dir``: serving with those keys, else open; ``manager`` and
+        ``shards``: ``dsm directory``'s flags, the shards its children); its endpoint.
         ``self.directory`` is the first one started."""
         cmd = [sys.executable, "-m", "dsm", "directory", "--listen", listen,
                "--region-size", str(region_bytes)]
+        if manager is not None:
+            cmd += ["--manager", manager]
+        if shards > 1:
+            cmd += ["--shards", str(shards)]
         if self.trace_dir:
             cmd += ["--trace", str(self.trace_dir / f"{name}.trace")]
         env = {k: v for k, v in os.environ.items() if k != KEYS_ENV}

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from dsm.core.stats import quantile_text
+from dsm.managers import MANAGERS
 from dsm.keys import add_keys_argument
 from dsm.watchdog import process_stats
 from dsm.workloads import CHECKED, WORKLOADS as WORKLOAD_MODULES, load
@@ -87,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"rows: {DEFAULT_ROUNDS})")
     parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                         help="how the nodes reach the directory: tcp loopback or ipc (default tcp)")
+    parser.add_argument("--manager", choices=MANAGERS, default=None,
+                        help="the directory's manager (dsm directory --manager; default relay, "
+                             "distributed with --shards K > 1)")
+    parser.add_argument("--shards", type=int, default=1, metavar="K",
+                        help="the directory's manager shards (dsm directory --shards; default 1)")
     parser.add_argument("--trace", metavar="DIR",
                         help="write the protocol traces (directory.trace, NODE.trace) into DIR")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
@@ -290,8 +296,12 @@ class LocalCluster:
     in a ``finally``."""
 
     def __init__(self, workdir: Path, env: dict, transport: str = "tcp",
-                 trace_dir: Path | None = None, keys_dir: str | None = None):
+                 trace_dir: Path | None = None, keys_dir: str | None = None,
+                 manager: str | None = None, shards: int = 1):
         self.workdir = workdir
+        #: the directory's --manager and --shards (its shards are its children)
+        self.manager = manager
+        self.shards = shards
         #: the cluster's CurveZMQ keys (None: it runs open)
         self.keys_dir = str(Path(keys_dir).resolve()) if keys_dir else None
         self.env = dict(env)
@@ -319,6 +329,10 @@ class LocalCluster:
             cmd += ["--trace", str(self.trace_dir / "directory.trace")]
         if self.keys_dir is not None:
             cmd += ["--keys", self.keys_dir]
+        if self.manager is not None:
+            cmd += ["--manager", self.manager]
+        if self.shards > 1:
+            cmd += ["--shards", str(self.shards)]
         directory = _start("directory", cmd, self.workdir, self.env)
         self.children.append(directory)
         line = _read_first_line(directory, min(DIRECTORY_START_TIMEOUT_S, timeout_s))
@@ -412,6 +426,10 @@ def run(args: argparse.Namespace) -> int:
     if iterations < 1:
         print("dsm demo: --rounds/--iterations must be at least 1", file=sys.stderr)
         return 2
+    if args.shards < 1 or (args.shards > 1 and args.manager not in (None, "distributed")):
+        print(f"dsm demo: --shards {args.shards} needs a number of shards of at least 1, and "
+              "several make --manager distributed", file=sys.stderr)
+        return 2
 
     from dsm.workloads.common import digest, values_of
 
@@ -430,9 +448,12 @@ def run(args: argparse.Namespace) -> int:
 
     old_handler = signal.signal(signal.SIGTERM, on_sigterm)
     env = {**SINGLE_THREAD_ENV, **os.environ}
-    cluster = LocalCluster(workdir, env, args.transport, trace_dir, args.keys)
+    cluster = LocalCluster(workdir, env, args.transport, trace_dir, args.keys, args.manager,
+                           args.shards)
     try:
         security = f" with CurveZMQ keys from {cluster.keys_dir}" if cluster.keys_dir else ""
+        if args.shards > 1:
+            security += f", a distributed manager of {args.shards} shards"
         endpoint = cluster.start_directory(region_bytes_for(spec, args.nodes, size, iterations),
                                            args.timeout)
         if args.workload == "rows":

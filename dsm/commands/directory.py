@@ -1,4 +1,11 @@
-"""``dsm directory``: run the owner directory."""
+"""``dsm directory``: run the owner directory, or the shards of a distributed manager.
+
+    dsm directory                                   one directory
+    dsm directory --manager distributed --shards K  K manager shards on this host (ports P..P+K-1)
+    dsm directory --shard 0 --of K                  shard 0, the coordinator, alone: the others
+                                                    join it from other hosts
+    dsm directory --shard I --of K --coordinator E  shard I (``auto``: any free one) on this host
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,22 @@ import os
 import sys
 
 from dsm.directory.pages import OnLoss
+from dsm.directory.run import ShardPlan, run_directory
 from dsm.errors import ConfigError
-from dsm.directory.service import run_directory
 from dsm.keys import KeysError, add_keys_argument, keys_dir_from, load_server_keys
 from dsm.layout import DEFAULT_BASE_ADDRESS, DEFAULT_REGION_BYTES, Layout
-from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, Manager
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS, Manager
 from dsm.units import check_home_copy, check_region, format_size, parse_size
 
 LISTEN_ENV = "DSM_LISTEN"
 DEFAULT_LISTEN = "tcp://0.0.0.0:7400"
+SHARDS_ENV = "DSM_SHARDS"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("directory", help="run the owner directory of a cluster")
+    parser = subparsers.add_parser("directory", help="run the owner directory of a cluster",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", default=os.environ.get(LISTEN_ENV, DEFAULT_LISTEN),
                         help=f"ZeroMQ endpoint to bind (env {LISTEN_ENV}, default {DEFAULT_LISTEN})")
     parser.add_argument("--region-size", type=_size, default=DEFAULT_REGION_BYTES,
@@ -35,19 +45,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "access fail loudly until the program calls node.forget_lost; 'last-copy' serves "
              "their last home copy again (older data; every fallback is logged and counted)")
     parser.add_argument(
-        "--manager", choices=[m.value for m in Manager if m is not Manager.DISTRIBUTED],
-        default=os.environ.get(MANAGER_ENV) or DEFAULT_MANAGER.value,
-        help="IVY's manager (env " + MANAGER_ENV + f", default {DEFAULT_MANAGER.value}): "
-             "'relay' moves every page through the directory (nodes need no reachable address: "
-             "NAT); 'central' knows owners and copy sets and has pages sent node to node")
-    parser.add_argument(
         "--migratory", action=argparse.BooleanOptionalAction, default=True,
         help="grant a page for writing at a read once nodes are seen to read and then write it "
              "in turn (a counter under a lock: one fault per turn, not two; default on)")
     add_keys_argument(parser, "serve with DIR/directory.key_secret and accept only the nodes "
                               "whose public key (DIR/*.key) is in DIR")
     parser.add_argument("--metrics", type=int, metavar="PORT",
-                        help="serve Prometheus metrics over HTTP on this port")
+                        help="serve Prometheus metrics over HTTP on this port (shard I of a "
+                             "one-host manager: PORT+I)")
+    shards = parser.add_argument_group(
+        "managers", "IVY's managers: 'relay' and 'central' run one directory; 'distributed' "
+                    "splits the pages among K shards (stripes of 256 pages), shard 0 being "
+                    "also the coordinator (membership, allocations, locks, barriers, lost pages)")
+    shards.add_argument("--manager", choices=[m.value for m in Manager],
+                        default=os.environ.get(MANAGER_ENV) or None,
+                        help=f"which manager (env {MANAGER_ENV}; default "
+                             f"{DEFAULT_MANAGER.value}, or distributed with more than one "
+                             "shard): 'relay' moves every page through the directory (nodes need "
+                             "no reachable address: NAT); 'central' knows owners and copy sets "
+                             "and has pages sent node to node; 'distributed' is central split "
+                             "over shards")
+    shards.add_argument("--shards", type=_count, default=None, metavar="K",
+                        help=f"run K shards on this host: this process is shard 0 and starts "
+                             f"shards 1..K-1 on ports P+1..P+K-1 of --listen's port P (env "
+                             f"{SHARDS_ENV}, default 1)")
+    shards.add_argument("--shard", type=_index, metavar="I",
+                        help="run shard I only (0: the coordinator, which the others join; "
+                             "'auto': any free shard, for a scaled service)")
+    shards.add_argument("--of", type=_count, metavar="K",
+                        help=f"with --shard: how many shards the manager has (env {SHARDS_ENV}; "
+                             "a joining shard may leave it to the coordinator)")
+    shards.add_argument("--coordinator", metavar="ENDPOINT",
+                        help="with --shard I > 0: where shard 0 listens; the region, the manager "
+                             "and --on-loss are the coordinator's")
+    shards.add_argument("--advertise", metavar="ENDPOINT",
+                        help="with --coordinator: the endpoint nodes reach this shard at "
+                             "(default: what it binds; for a wildcard host, this host's "
+                             "address towards the coordinator)")
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
@@ -59,16 +94,100 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of shards, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a manager has at least 1 shard, not {n}")
+    return n
+
+
+#: ``--shard auto``: any free shard
+AUTO_SHARD = -1
+
+
+def _index(text: str) -> int:
+    if text == "auto":
+        return AUTO_SHARD
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shard number or 'auto', got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"shards are numbered from 0, not {n}")
+    return n
+
+
+def _env_shards() -> int | None:
+    raw = os.environ.get(SHARDS_ENV, "")
+    if not raw:
+        return None
+    try:
+        return _count(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"${SHARDS_ENV}: {exc}") from None
+
+
+def shard_plan(args: argparse.Namespace) -> tuple[str, ShardPlan]:
+    """The manager and this process's shard, from the flags; ConfigError if they disagree."""
+    env = _env_shards()
+    if args.manager is not None and args.manager not in MANAGERS:  # from $DSM_MANAGER
+        raise ConfigError(f"${MANAGER_ENV}={args.manager!r}: expected one of "
+                          f"{', '.join(MANAGERS)}")
+    shard = args.shard
+    if args.coordinator is not None:  # a shard that joins its coordinator
+        if shard is None or shard == 0:
+            raise ConfigError("--coordinator is for shard I > 0 (or --shard auto), which joins "
+                              "it: give --shard")
+        if args.shards is not None:
+            raise ConfigError("--shards K runs every shard here; --shard I runs one: not both")
+        count = args.of if args.of is not None else (env or 0)
+        if shard != AUTO_SHARD and count and shard >= count:
+            raise ConfigError(f"--shard {shard} --of {count}: the shards are 0..{count - 1}")
+        if args.manager not in (None, "distributed"):
+            raise ConfigError(f"a shard belongs to a distributed manager, not --manager "
+                              f"{args.manager}")
+        return "distributed", ShardPlan(count, None if shard == AUTO_SHARD else shard,
+                                        args.coordinator, False, args.advertise, args.parent_pid)
+    if args.advertise is not None:
+        raise ConfigError("--advertise is for a shard that joins a coordinator (--coordinator)")
+    if shard is not None and shard != 0:
+        raise ConfigError(f"--shard {'auto' if shard == AUTO_SHARD else shard} joins a "
+                          "coordinator: give its endpoint with --coordinator")
+    if shard == 0:  # the coordinator alone: the other shards join it
+        if args.shards is not None:
+            raise ConfigError("--shards K runs every shard here; --shard 0 --of K waits for "
+                              "the others to join: not both")
+        count, local = (args.of if args.of is not None else (env or 1)), False
+    else:
+        if args.of is not None:
+            raise ConfigError("--of goes with --shard; --shards K runs K shards here")
+        count, local = (args.shards if args.shards is not None else (env or 1)), True
+    manager = args.manager or ("distributed" if count > 1 else DEFAULT_MANAGER.value)
+    if count > 1 and manager != "distributed":
+        raise ConfigError(f"{count} shards make a distributed manager: --manager {manager} "
+                          "runs one directory (use --manager distributed, or one shard)")
+    return manager, ShardPlan(count, 0, None, local)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        check_region(args.base, args.region_size)
-        check_home_copy(args.region_size)
+        manager, plan = shard_plan(args)
     except ConfigError as exc:
-        print(f"dsm directory: --region-size: {exc}", file=sys.stderr)
+        print(f"dsm directory: {exc}", file=sys.stderr)
         return 2
-    layout = Layout(args.base, args.region_size)
-    manager = Manager(args.manager)
-    if manager.direct and args.on_loss == OnLoss.LAST_COPY.value:
+    layout = None
+    if plan.coordinator is None:  # a joining shard takes the coordinator's region
+        try:
+            check_region(args.base, args.region_size)
+            check_home_copy(args.region_size)
+        except ConfigError as exc:
+            print(f"dsm directory: --region-size: {exc}", file=sys.stderr)
+            return 2
+        layout = Layout(args.base, args.region_size)
+    if Manager(manager).direct and args.on_loss == OnLoss.LAST_COPY.value:
         print("dsm directory: --on-loss last-copy falls back to the directory's copy of every "
               "page, which only --manager relay keeps", file=sys.stderr)
         return 2
@@ -79,4 +198,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsm directory: {exc}", file=sys.stderr)
         return 2
     return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss),
-                         keys, args.metrics, manager, args.migratory)
+                         keys, args.metrics, manager, plan,
+                         str(keys_dir) if keys_dir is not None else None, args.migratory)

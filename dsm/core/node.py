@@ -20,6 +20,7 @@ from typing import Any, Callable, Hashable
 from dsm import protocol as p
 from dsm.core.extents import Extents
 from dsm.core.readahead import ReadAhead
+from dsm.core.shards import clip_to_stripe, split_at_stripes
 from dsm.core.stats import NodeStats
 from dsm.core.actions import (
     Action, Install, Kill, Poison, Protect, Punch, Send, Unprotect, Upgrade, Wake,
@@ -95,6 +96,8 @@ class NodeCore:
         #: pages granted for writing at a read (the directory found them migratory), installed
         #: write-protected, and not written yet: a Fetch says so (a wrong prediction)
         self._unwritten: set[int] = set()
+        #: the directory's manager shards (dsm.core.shards): no request crosses a stripe's end
+        self.shards = 1
 
     # --- faults ------------------------------------------------------------------------------------
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
@@ -141,7 +144,7 @@ class NodeCore:
         awaits (not past the end of the array)."""
         count = 1
         end = self.extents.end_of(page) or self.num_pages
-        limit = min(window, p.MAX_BATCH_PAGES, end - page)
+        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards)
         while count < limit and page + count not in self.state and page + count not in self.pending:
             count += 1
         pend = Pending(page, count, write, now, stream, waiters)
@@ -159,7 +162,7 @@ class NodeCore:
         copies of and awaits nothing for (a band read, then written, costs one round trip)."""
         count = 1
         end = self.extents.end_of(page) or self.num_pages
-        limit = min(window, p.MAX_BATCH_PAGES, end - page)
+        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards)
         while (count < limit and self.state.get(page + count) is PageState.SHARED
                and page + count not in self.pending):
             count += 1
@@ -383,7 +386,7 @@ class NodeCore:
                 by_state[st].append(page)
         out: list[Action] = []
         for st, group in by_state.items():
-            for first, count in runs(group, p.MAX_BATCH_PAGES):
+            for first, count in split_at_stripes(runs(group, p.MAX_BATCH_PAGES), self.shards):
                 if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
                     out += [Protect(first, count),
                             Send(p.Writeback(first, count, p.Payload.DATA), pages=(first, count))]

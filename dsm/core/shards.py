@@ -9,6 +9,8 @@ never crosses a stripe's end. The stripe is as long as the agent's largest read-
 
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 #: consecutive pages one shard manages before the next shard's stripe begins
 STRIPE_PAGES = 256
 
@@ -24,3 +26,18 @@ def stripe_end(page: int, shards: int) -> int | None:
     if shards <= 1:
         return None
     return (page // STRIPE_PAGES + 1) * STRIPE_PAGES
+
+
+def clip_to_stripe(page: int, count: int, shards: int) -> int:
+    """``count`` cut so that the run from ``page`` ends at its stripe's end at the latest."""
+    end = stripe_end(page, shards)
+    return count if end is None else min(count, end - page)
+
+
+def split_at_stripes(runs: Iterable[tuple[int, int]], shards: int) -> Iterator[tuple[int, int]]:
+    """The ``(first, count)`` runs cut where a stripe ends: each piece is one shard's."""
+    for first, count in runs:
+        while count > 0:
+            n = clip_to_stripe(first, count, shards)
+            yield first, n
+            first, count = first + n, count - n

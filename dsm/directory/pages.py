@@ -50,9 +50,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+from dsm.core.shards import clip_to_stripe
 from dsm.directory.home import HomeStore
 from dsm.layout import Layout
-from dsm.core.shards import stripe_end
 from dsm.protocol import Fetch, Grant, Invalidate, Lost, Message, Payload, Withdrawn
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ class PageDirectory:
                 # after its Fetched: the pages may have died in its queue)
                 txn.waiting.discard(node)
                 txn.withdrawn = True
+                txn.started_s = self._clock()  # the requester's own deadline to answer starts
                 out.append(Send(requester, Withdrawn(txn.id, txn.request.page, txn.count, node)))
                 continue
             if node not in txn.waiting:
@@ -477,10 +478,8 @@ class PageDirectory:
         """How many pages from req.page the request covers: the first, plus the following pages
         that are free (not busy, nobody queued) and ``fits``."""
         n = 1
-        limit = min(req.count, self.layout.num_pages - req.page)
-        end = stripe_end(req.page, self.shards)
-        if end is not None:  # the next stripe is another shard's
-            limit = min(limit, end - req.page)
+        limit = clip_to_stripe(req.page, min(req.count, self.layout.num_pages - req.page),
+                               self.shards)
         while n < limit:
             e = self._peek(req.page + n)
             if e.busy is not None or e.queue or not fits(e) or (req.page + n) in self.lost:

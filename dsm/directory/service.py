@@ -8,23 +8,27 @@ waiting on it; its session ends and its later messages are fenced. Nothing is dr
 the ROUTER is ``ROUTER_MANDATORY``, so a message that cannot be delivered (the peer disconnected,
 or stopped reading until its queue filled) is an error, and a node that missed a message can no
 longer be coherent: it is declared dead too.
+
+Shards (IVY's fixed distributed manager, ``dsm/directory/shard.py``): a directory process is one
+directory alone, or shard I of K; its role says what it serves, what it tells the other shards
+and what it waits for. Each shard serves only its own pages (``WrongShard`` otherwise, answered
+with an Error that says which shard to ask).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import signal
 import time
 from typing import Any, Callable
 
 import zmq
 
 from dsm import protocol as p
-from dsm.directory.allocations import AllocationError, Allocations
+from dsm.directory.allocations import Allocation, AllocationError, Allocations
 from dsm.directory.pages import OnLoss, PageDirectory, Send
 from dsm.directory.sessions import Sessions, new_random_id
+from dsm.directory.shard import Role, check_shard
 from dsm.directory.stats import NodeReports, report as stats_report
 from dsm.directory.sync import Reply, SyncTable, node_of
 from dsm.errors import DsmError, ProtocolError
@@ -50,17 +54,40 @@ SEND_QUEUE_LIMIT_MESSAGES = 100_000
 UNDELIVERABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
 
 
+
+
+def open_router(ctx: zmq.Context, endpoint: str, keys: ServerKeys | None,
+                what: str) -> tuple[zmq.Socket, Any, str]:
+    """The directory's ROUTER, bound: (socket, its security guard, the endpoint bound)."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    # a node's DEALER that reconnects (same identity) takes its pipe over
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    # an undeliverable message is an error, not a silent drop
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, SEND_QUEUE_LIMIT_MESSAGES)
+    # CURVE with ZAP (only the nodes whose keys are in the keys directory), or open with a
+    # warning; either way refused peers are logged, rate-limited (dsm/keys.py)
+    security = serve(sock, keys, what)
+    sock.bind(endpoint)
+    return sock, security, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
 class DirectoryService:
     def __init__(self, endpoint: str, layout: Layout, trace_path: str | None = None,
                  node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON,
-                 keys: ServerKeys | None = None, manager: Manager = DEFAULT_MANAGER,
+                 keys: ServerKeys | None = None, manager: str = DEFAULT_MANAGER.value,
+                 role: Role | None = None, router: tuple[zmq.Socket, Any, str] | None = None,
                  migratory: bool = True):
         self.layout = layout
-        self.manager = manager
-        self.tracer = Tracer(trace_path, "directory", role="manager")
+        #: which manager this directory is part of (``dsm.managers``)
+        self.manager = Manager(manager)
+        self.role = role or Role()
+        who = "directory" if self.role.index == 0 else f"directory.shard{self.role.index}"
+        self.tracer = Tracer(trace_path, who, role="manager")
         self.allocations = Allocations(layout)
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page,
-                                   direct=manager.direct, migratory=migratory)
+                                   direct=self.manager.direct, migratory=migratory)
         self.sync = SyncTable()
         self.node_timeout_s = node_timeout_s
         self.sessions = Sessions(new_random_id())
@@ -69,19 +96,14 @@ class DirectoryService:
         #: nodes a message could not be delivered to, declared dead once the current one is done
         self._undelivered: dict[str, str] = {}
         self._ctx = zmq.Context.instance()
-        self.socket = self._ctx.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        # a node's DEALER that reconnects (same identity) takes its pipe over
-        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # an undeliverable message is an error, not a silent drop
-        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.socket.setsockopt(zmq.SNDHWM, SEND_QUEUE_LIMIT_MESSAGES)
-        # CURVE with ZAP (only the nodes whose keys are in the keys directory), or open with a
-        # warning; either way refused peers are logged, rate-limited (dsm/keys.py)
-        self.security = serve(self.socket, keys, f"the directory at {endpoint}")
-        self.socket.bind(endpoint)
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket, self.security, self.endpoint = router or open_router(
+            self._ctx, endpoint, keys, f"the directory at {endpoint}")
         self._running = True
+        #: what serve_forever's caller returns: 0, or why the manager stopped on its own
+        self.exit_status = 0
+        #: called once nodes are served (all shards joined): says where
+        self.announce: Callable[[], None] = lambda: None
+        self._announced = False
         #: messages and bytes by type, counted only for --metrics (dsm.metrics)
         self.wire: Any = None
         #: lines about malformed and refused messages, rate-limited (a flood must not fill the log)
@@ -110,11 +132,24 @@ class DirectoryService:
             p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *self.sync.status(m.name)))],
             p.Departed: lambda n, m, d: self._replies(
                 self.sync.depart(self._holder(n, m.prefix))),
-            p.LostQuery: lambda n, m, d: [Send(n, p.LostReport(
-                m.req, self._lost_ranges(self.pages.lost_runs())))],
+            p.LostQuery: lambda n, m, d: self.role.lost(n, m.req, 0, self.layout.num_pages, None),
             p.ForgetLost: self._on_forget_lost,
             p.NodeReport: lambda n, m, d: self.node_reports.add(n, m) or [],
         }
+        self.role.attach(self)
+
+    def fail(self, why: str, status: int) -> None:
+        """Stop serving, loudly: the manager cannot go on (a shard or the coordinator is
+        gone)."""
+        if self._running:
+            log.error("%s", why)
+        self._running = False
+        self.exit_status = status
+
+    def _announce_once(self) -> None:
+        if not self._announced:
+            self._announced = True
+            self.announce()
 
     def stop(self, *_: Any) -> None:
         self._running = False
@@ -127,9 +162,14 @@ class DirectoryService:
         throttle_module_logs("dsm.directory.pages", "unexpected page messages")
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        for sock in self.role.sockets():  # a shard's link to its coordinator
+            poller.register(sock, zmq.POLLIN)
+        if self.role.ready:
+            self._announce_once()
         try:
             while self._running:
-                if poller.poll(self._poll_timeout_ms()):
+                ready = dict(poller.poll(self._poll_timeout_ms()))
+                if ready:
                     # drain what is queued before looking at the clock again
                     # (ZMQ_EVENTS is cheaper than a receive that raises Again)
                     for _ in range(MAX_MESSAGES_PER_WAKEUP):
@@ -137,10 +177,17 @@ class DirectoryService:
                             break
                         self._handle(self.socket.recv_multipart(copy=False))
                         self._declare_undelivered_dead()
+                    for sock in ready:
+                        if sock is not self.socket:
+                            self.role.drain(sock)
+                            self._declare_undelivered_dead()
+                now = time.monotonic()
+                self.role.tick(now)
                 self._expire_silent_nodes()
-                self._send_all(self._replies(self.sync.expire(time.monotonic())))
+                self._send_all(self._replies(self.sync.expire(now)))
                 self._complain.flush()
         finally:
+            self.role.close()
             self.tracer.close()
             self.socket.close(0)
 
@@ -160,9 +207,12 @@ class DirectoryService:
                 self._send_all(self._on_hello(identity, msg))
                 return
             if isinstance(msg, p.StatsQuery):  # read-only: any peer may ask (dsm top)
-                self._send_to(identity, stats_report(
-                    msg.req, self.node_reports, sorted(self.sessions.by_node), self.pages,
-                    self.allocations, self.layout.page_size))
+                self.role.stats(identity, msg.req)
+                return
+            if type(msg) in _SHARD_MESSAGES or self.role.is_peer(identity):
+                # between shards; with keys, the shard's public key says it holds ours
+                self.role.handle_peer(identity, msg, _user_id(frames[1]) if msg.TYPE ==
+                                      p.MsgType.SHARD_HELLO else None)
                 return
             node = self.sessions.node_of(identity)
             if node is None:  # no session: never serve it as if it were a live node
@@ -171,6 +221,8 @@ class DirectoryService:
                                                      self.sessions.why_fenced(identity)))
                 return
             self.sessions.by_node[node].last_seen_s = time.monotonic()
+            if self.role.count > 1:  # this shard's pages only (WrongShard: an Error answer)
+                check_shard(msg, self.role.index, self.role.count)
             handler = self._handlers.get(type(msg))
             if handler is None:
                 raise ProtocolError(f"the directory does not handle {type(msg).__name__}")
@@ -258,13 +310,16 @@ class DirectoryService:
         self.node_reports.forget(node)
         return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
 
-    def _declare_dead(self, node: str, why: str) -> None:
+    def _declare_dead(self, node: str, why: str, report: bool = True) -> None:
+        """``node`` is dead: fenced, its pages here lost, and every shard told (``report``
+        False: the coordinator told us)."""
         log.error("node %s declared dead: %s", node, why)
         session = self.sessions.end(node, f"node {node} was declared dead: {why}")
         self._send_all(self._node_gone(node))
         if session is not None:  # if it still listens, it learns why it is no longer served
             self._send_to(session.identity, p.Fenced(self.sessions.epoch,
                                                      self.sessions.why_fenced(session.identity)))
+            self.role.dead(node, session.incarnation, why, told=not report)
 
     def _reachable(self, identity: bytes) -> bool:
         """Whether a peer is still connected (ROUTER_MANDATORY refuses to route to a peer whose
@@ -273,16 +328,22 @@ class DirectoryService:
 
     def _on_hello(self, identity: bytes, msg: p.Hello) -> list[Send]:
         node = msg.node
+        if self.role.hold_hello(identity, msg):  # shards missing, or not admitted yet
+            return []
         lay = self.layout
         welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
-                            self.tracer.now_ns(), self.pages.direct)
+                            self.tracer.now_ns(), self.pages.direct, self.role.welcome_shards())
         old = self.sessions.get(node)
         if old is not None and old.identity == identity:  # a repeated Hello: answer it again
             return [Send(node, welcome)]
         if self.sessions.is_fenced(identity):
             self._send_to(identity, p.Fenced(self.sessions.epoch, self.sessions.why_fenced(identity)))
             return []
-        if old is not None:
+        if old is not None and not self.role.coordinator:
+            # the coordinator admitted this incarnation: it found the old one gone
+            self._declare_dead(node, f"the coordinator admitted incarnation {msg.incarnation:x} "
+                                     f"in place of {old.incarnation:x}", report=False)
+        elif old is not None:
             if self._reachable(old.identity):
                 reason = (f"node name {node!r} is in use by a live node (agent pid {old.pid}, "
                           f"incarnation {old.incarnation:x}): give this node another name "
@@ -301,6 +362,8 @@ class DirectoryService:
                  msg.incarnation, f", peer endpoint {msg.endpoint}" if msg.endpoint else "")
         self.sessions.start(node, identity, msg.incarnation, msg.pid, time.monotonic())
         self.pages.node_joined(node, msg.endpoint)
+        self.pages.node_joined(node)
+        self.role.admitted(node, msg.incarnation)  # every shard hears it before the node
         return [Send(node, welcome)]
 
     def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
@@ -343,21 +406,40 @@ class DirectoryService:
         if alloc is None:
             return [Send(node, p.Error(msg.req, f"forget_lost: there is no array named {msg.name!r}"))]
         size = self.layout.page_size
-        runs = self.pages.forget_lost(alloc.offset // size, (alloc.nbytes + size - 1) // size)
-        if runs:
+        return self.role.lost(node, msg.req, alloc.offset // size,
+                              (alloc.nbytes + size - 1) // size, msg.name)
+
+    def lost_answer(self, node: str, req: int, runs: list[tuple[int, int, str]],
+                    forgot: str | None) -> list[Send]:
+        """The LostReport of ``runs`` (from every shard: merged here), forgotten from array
+        ``forgot`` (ForgetLost) or not (LostQuery)."""
+        runs = _merged(runs)
+        if forgot and runs:
             log.warning("node %s forgot the lost pages of array %r (%d pages): they read as "
-                        "zeros from now on", node, msg.name, sum(n for _, n, _ in runs))
-        return [Send(node, p.LostReport(msg.req, self._lost_ranges(runs)))]
+                        "zeros from now on", node, forgot, sum(n for _, n, _ in runs))
+        return [Send(node, p.LostReport(req, self._lost_ranges(runs)))]
+
+    def stats_report(self, req: int) -> p.StatsReport:
+        """What ``dsm top`` is told, from this process's pages (the coordinator adds the other
+        shards')."""
+        return stats_report(req, self.node_reports, sorted(self.sessions.by_node), self.pages,
+                            self.allocations, self.layout.page_size)
 
     def _on_alloc(self, node: str, msg: p.Alloc, _: Any) -> list[Send]:
+        count_before = len(self.allocations)
         try:
             a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
         except AllocationError as exc:
             return [Send(node, p.Error(msg.req, str(exc)))]
+        if len(self.allocations) > count_before:
+            self.traced_array(a)
+            self.role.allocated(a)  # the shards name pages by array too
+        return [Send(node, p.Allocated(msg.req, a.offset, a.nbytes, a.meta))]
+
+    def traced_array(self, a: Allocation) -> None:
         if self.tracer.enabled:  # names the pages for the views (dsm trace --html)
             size = self.layout.page_size
             self.tracer.array(a.name, a.offset // size, max(1, (a.nbytes + size - 1) // size))
-        return [Send(node, p.Allocated(msg.req, a.offset, a.nbytes, a.meta))]
 
     def _expire_silent_nodes(self) -> None:
         now = time.monotonic()
@@ -370,34 +452,30 @@ class DirectoryService:
         self._declare_undelivered_dead()
 
 
+#: the message types between shards (``dsm.directory.shard``)
+_SHARD_MESSAGES = frozenset(p.SHARD_MESSAGES)
+
+
+def _user_id(frame: Any) -> str | None:
+    """The ZAP user id of a received frame: a CURVE peer's public key (None when open)."""
+    try:
+        return frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return None
+
+
+def _merged(runs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Lost runs sorted, neighbours of one dead node joined (each shard's end at stripes)."""
+    out: list[tuple[int, int, str]] = []
+    for first, count, dead in sorted(tuple(r) for r in runs):
+        if out and out[-1][0] + out[-1][1] == first and out[-1][2] == dead:
+            out[-1] = (out[-1][0], out[-1][1] + count, dead)
+        else:
+            out.append((first, count, dead))
+    return out
+
+
 def _node_of_identity(link: str) -> str:
     """The node name in a ZeroMQ identity ``node#incarnation`` (``protocol.identity``)."""
     node, sep, _ = link.rpartition("#")
     return node if sep else link
-
-
-def run_directory(endpoint: str, layout: Layout, trace_path: str | None = None,
-                  ready_fd: int | None = None, on_loss: OnLoss = OnLoss.POISON,
-                  keys: ServerKeys | None = None, metrics_port: int | None = None,
-                  manager: Manager = DEFAULT_MANAGER, migratory: bool = True) -> int:
-    service = DirectoryService(endpoint, layout, trace_path, on_loss=on_loss, keys=keys,
-                               manager=manager, migratory=migratory)
-    if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
-        from dsm.metrics import DirectoryCollector, MessageCounts, serve
-
-        service.wire = MessageCounts()
-        port = serve(metrics_port, DirectoryCollector(
-            lambda: dict(service.pages.counters), lambda: len(service.sessions.by_node),
-            service.wire, lambda: service.sync.waits))
-        log.info("directory metrics on port %d", port)
-    signal.signal(signal.SIGTERM, service.stop)
-    signal.signal(signal.SIGINT, service.stop)
-    print(f"directory listening on {service.endpoint}", flush=True)
-    if ready_fd is not None:
-        os.write(ready_fd, service.endpoint.encode() + b"\n")
-        os.close(ready_fd)
-    try:
-        service.serve_forever()
-    finally:
-        service.security.close()
-    return 0
