@@ -85,3 +85,29 @@ def test_the_schedules_reach_migratory_grants_and_their_mispredictions(manager):
         grants += w.directory.counters["migratory_grants"]
         mispredictions += w.directory.counters["migratory_mispredictions"]
     assert grants and mispredictions  # both paths are explored by the seeds above
+
+
+#: the distributed manager: 3 shards of 2-page stripes (the model's pages are few)
+SHARDED = [
+    ("3 nodes on 6 pages", dict(nodes=3, pages=6), range(0, 80)),
+    ("5 nodes, 2 threads, a death", dict(nodes=5, pages=8, threads_per_node=2, deaths=1),
+     range(0, 80)),
+    ("pages given back, 2 deaths", dict(nodes=4, pages=8, deaths=2, give_backs=True),
+     range(0, 80)),
+    ("bands across stripes", dict(nodes=4, pages=12, ops_per_thread=40, deaths=1, bands=True),
+     range(0, 60)),
+    ("256 nodes on 4 shards", dict(nodes=256, pages=16, ops_per_thread=2, deaths=2, shards=4),
+     range(0, 1)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,seeds", SHARDED, ids=[c[0] for c in SHARDED])
+def test_every_invariant_holds_under_the_distributed_manager(name, kwargs, seeds):
+    kwargs = {"shards": 3, **kwargs}
+    spread = [0] * kwargs["shards"]
+    for seed in seeds:
+        w = World(seed, manager="distributed", **kwargs)
+        w.run()
+        for k, d in enumerate(w.directories.values()):
+            spread[k] += d.counters["grants"]
+    assert all(spread), f"a shard granted nothing: {spread}"  # the stripes reach every shard

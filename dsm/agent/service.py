@@ -437,6 +437,7 @@ class Agent:
             self._cut_off(f"the directory {self.directory_endpoint} has taken no message for "
                           f"{NODE_CUT_OFF_S:.1f} s: this node is cut off from the cluster")
             return
+        self.stats.count_message("to_directory", frames)
         if self.wire is not None:
             self.wire.count("sent", msg, frames)
         if t is not None:
@@ -460,6 +461,7 @@ class Agent:
         they change anything), with a rate-limited log line; so is any other failure."""
         for frames in self.links.receive():  # every shard's, each noted as heard from
             msg: Any = None
+            self.stats.count_message("from_directory", frames)
             try:
                 msg, data = p.decode(frames, self.page_size, p.Direction.TO_NODE)
                 if self.tracer.enabled:
@@ -515,6 +517,7 @@ class Agent:
         frames = p.encode(msg, data)
         if not self.peers.send(peer[0], peer[1], frames):
             return False
+        self.stats.count_message("to_peers", frames)
         if self.wire is not None:
             self.wire.count("sent", msg, frames)
         if t is not None:

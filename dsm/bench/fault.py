@@ -86,6 +86,10 @@ class Row:
     counter_deltas: dict[str, int] = field(default_factory=dict)
     #: CPU time each process spent during this row's accesses, in ns
     cpu_ns: dict[str, int] = field(default_factory=dict)
+    #: messages and bytes of every agent of the faulting node's cluster during the accesses
+    #: (each message is one an agent sent or received: ``NodeStats.count_message``)
+    messages: int = 0
+    bytes: int = 0
     #: the median of each round's share, in µs
     round_medians_us: list[float] = field(default_factory=list)
 
@@ -106,6 +110,19 @@ class Row:
         return {"n": len(a), "median_us": float(p50), "p90_us": float(p90), "p99_us": float(p99)}
 
 
+#: the agents' message counters that add up to the cluster's traffic (``NodeStats``)
+TRAFFIC_DIRECTIONS = ("to_directory", "from_directory", "to_peers")
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux's /proc/PID/task/PID/children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 #: the baselines, measured in the same rounds as the faults: (key, label, counters per access)
 BASELINE_ROWS = [
     ("rtt", "zmq DEALER/ROUTER round trip ({size})", {}),
@@ -114,7 +131,7 @@ BASELINE_ROWS = [
 ]
 #: the DSM's own measurements (the keyed cluster measures these too)
 FAULT_ROWS = [
-    ("home_read", "read fault, page at home (directory)", {"requests": 1, "pages_in": 1}),
+    ("home_read", "read fault, page others read (home copy / a keeper)", {"requests": 1, "pages_in": 1}),
     ("owned_read", "read fault, page owned by another node", {"requests": 1, "pages_in": 1}),
     ("write_upgrade", "write fault, upgrade, invalidates 2 copies", {"requests": 1, "upgrades": 1}),
     ("write_miss", "write fault, missing, invalidates 2 copies", {"requests": 1, "pages_in": 1}),
@@ -122,6 +139,7 @@ FAULT_ROWS = [
     ("resident_read", "resident read, no fault (loop overhead)", {}),
 ]
 ROWS = BASELINE_ROWS + FAULT_ROWS
+BASELINE_KEYS = {key for key, _, _ in BASELINE_ROWS}
 FLOOR_KEYS = [floor.HOME, floor.THREE_HOPS]
 #: each fault's floor: a page the directory holds at home against the 2-hop floor, a page another
 #: live node owns (the directory fetches it) against the 3-hop one; the other faults do more
@@ -257,6 +275,9 @@ class FaultBench:
         self.nodes = self.procs.start_workers(directory, ["a", "b", "c"])
         self.pids = {"bench": os.getpid(), "echo": self.procs.echo.proc.pid,
                      "directory": self.procs.directory.proc.pid}
+        # a distributed manager's other shards are the directory's children
+        for i, pid in enumerate(_children(self.procs.directory.proc.pid), start=1):
+            self.pids[f"directory shard{i}"] = pid
         for path in self.floors.values():
             self.pids.update(path.pids)
         if self.keys_dir is not None:
@@ -364,7 +385,9 @@ class FaultBench:
         if not pages:
             return
         row = self.rows[key]
-        before = self._counters(node)
+        cluster = [n for n in self.nodes if n[:-1] == node[:-1]]  # a, b, c (or the keyed ones)
+        traffic_before = {n: self._counters(n) for n in cluster}
+        before = traffic_before[node]
         command = {"pages": pages, "write": write, "value": value, "expect": expect}
         cpu_before = self._cpu()
         if in_child:
@@ -373,7 +396,13 @@ class FaultBench:
         else:
             reply = self._call(node, "time", len(pages), **command)
         row.add_cpu(cpu_before, self._cpu())
-        after = self._counters(node)
+        traffic_after = {n: self._counters(n) for n in cluster}
+        after = traffic_after[node]
+        for n in cluster:
+            for kind, total in (("messages", "messages"), ("bytes", "bytes")):
+                delta = sum(traffic_after[n].get(f"{kind}_{d}", 0) - traffic_before[n].get(
+                    f"{kind}_{d}", 0) for d in TRAFFIC_DIRECTIONS)
+                setattr(row, total, getattr(row, total) + delta)
         if reply["n_bad"]:
             raise BenchError(f"{row.label}: node {node} read {reply['n_bad']} pages wrong "
                              f"([page, value], expected {expect} + page: {reply['bad']})")
@@ -444,6 +473,14 @@ class FaultBench:
                 "cpu_us_per_access": {
                     name: t / n / 1e3 for name, t in sorted(row.cpu_ns.items()) if n
                 },
+                #: per access: messages and bytes (every agent of the cluster), and the CPU of
+                #: the manager (the directory and its shards)
+                "traffic": {
+                    "messages": row.messages / n, "bytes": row.bytes / n,
+                    "manager_cpu_us": sum(t for name, t in row.cpu_ns.items()
+                                          if name.startswith("directory")
+                                          and "curve" not in name) / n / 1e3,
+                } if n and (row.messages or row.key not in BASELINE_KEYS) else None,
             })
             n = st["n"]
             for name, per_access in row.expect_counters.items():
@@ -560,6 +597,15 @@ def format_table(result: dict) -> str:
                       reverse=True)
         cells = ", ".join(f"{name} {t:.1f}" for t, name in busy) or "-"
         out.append(f"  {r['label'].ljust(widths[0])}  {cells}")
+    traffic = [r for r in result["rows"] if r.get("traffic")]
+    if traffic:
+        out.append("")
+        out.append("per access: messages and bytes (every agent's, sent or received), and the "
+                   "manager's CPU:")
+        for r in traffic:
+            t = r["traffic"]
+            out.append(f"  {r['label'].ljust(widths[0])}  {t['messages']:.1f} messages, "
+                       f"{t['bytes']:,.0f} bytes, manager {t['manager_cpu_us']:.0f} µs")
     return "\n".join(out)
 
 

@@ -116,7 +116,7 @@ def fault_traffic(passes: dict[str, dict]) -> list[tuple[str, dict[str, str]]]:
             continue
         for r in fault["rows"]:
             traffic = r.get("traffic")
-            if not traffic:
+            if not traffic or not traffic["messages"]:  # no message: nothing to compare
                 continue
             for name, value in (("messages per fault", f"{traffic['messages']:.1f}"),
                                 ("bytes per fault", f"{traffic['bytes']:,.0f}"),

@@ -20,7 +20,7 @@ from typing import Any, Callable, Hashable
 from dsm import protocol as p
 from dsm.core.extents import Extents
 from dsm.core.readahead import ReadAhead
-from dsm.core.shards import clip_to_stripe, split_at_stripes
+from dsm.core.shards import STRIPE_PAGES, clip_to_stripe, split_at_stripes
 from dsm.core.stats import NodeStats
 from dsm.core.actions import (
     Action, Install, Kill, Poison, Protect, Punch, Send, Unprotect, Upgrade, Wake,
@@ -98,6 +98,7 @@ class NodeCore:
         self._unwritten: set[int] = set()
         #: the directory's manager shards (dsm.core.shards): no request crosses a stripe's end
         self.shards = 1
+        self.stripe = STRIPE_PAGES  #: pages per stripe (fewer only in the simulator)
 
     # --- faults ------------------------------------------------------------------------------------
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
@@ -144,7 +145,8 @@ class NodeCore:
         awaits (not past the end of the array)."""
         count = 1
         end = self.extents.end_of(page) or self.num_pages
-        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards)
+        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards,
+                               self.stripe)
         while count < limit and page + count not in self.state and page + count not in self.pending:
             count += 1
         pend = Pending(page, count, write, now, stream, waiters)
@@ -162,7 +164,8 @@ class NodeCore:
         copies of and awaits nothing for (a band read, then written, costs one round trip)."""
         count = 1
         end = self.extents.end_of(page) or self.num_pages
-        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards)
+        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards,
+                               self.stripe)
         while (count < limit and self.state.get(page + count) is PageState.SHARED
                and page + count not in self.pending):
             count += 1
@@ -386,7 +389,8 @@ class NodeCore:
                 by_state[st].append(page)
         out: list[Action] = []
         for st, group in by_state.items():
-            for first, count in split_at_stripes(runs(group, p.MAX_BATCH_PAGES), self.shards):
+            for first, count in split_at_stripes(runs(group, p.MAX_BATCH_PAGES), self.shards,
+                                                  self.stripe):
                 if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
                     out += [Protect(first, count),
                             Send(p.Writeback(first, count, p.Payload.DATA), pages=(first, count))]

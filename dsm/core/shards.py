@@ -15,29 +15,31 @@ from typing import Iterable, Iterator
 STRIPE_PAGES = 256
 
 
-def shard_of(page: int, shards: int) -> int:
-    """The shard that manages ``page`` among ``shards`` shards."""
-    return (page // STRIPE_PAGES) % shards
+def shard_of(page: int, shards: int, stripe: int = STRIPE_PAGES) -> int:
+    """The shard that manages ``page`` among ``shards`` shards (``stripe``: pages per stripe,
+    another only in the simulator, whose regions are a few pages)."""
+    return (page // stripe) % shards
 
 
-def stripe_end(page: int, shards: int) -> int | None:
+def stripe_end(page: int, shards: int, stripe: int = STRIPE_PAGES) -> int | None:
     """The first page after ``page``'s stripe, where another shard takes over; None with one
     shard (nothing to stop at)."""
     if shards <= 1:
         return None
-    return (page // STRIPE_PAGES + 1) * STRIPE_PAGES
+    return (page // stripe + 1) * stripe
 
 
-def clip_to_stripe(page: int, count: int, shards: int) -> int:
+def clip_to_stripe(page: int, count: int, shards: int, stripe: int = STRIPE_PAGES) -> int:
     """``count`` cut so that the run from ``page`` ends at its stripe's end at the latest."""
-    end = stripe_end(page, shards)
+    end = stripe_end(page, shards, stripe)
     return count if end is None else min(count, end - page)
 
 
-def split_at_stripes(runs: Iterable[tuple[int, int]], shards: int) -> Iterator[tuple[int, int]]:
+def split_at_stripes(runs: Iterable[tuple[int, int]], shards: int,
+                     stripe: int = STRIPE_PAGES) -> Iterator[tuple[int, int]]:
     """The ``(first, count)`` runs cut where a stripe ends: each piece is one shard's."""
     for first, count in runs:
         while count > 0:
-            n = clip_to_stripe(first, count, shards)
+            n = clip_to_stripe(first, count, shards, stripe)
             yield first, n
             first, count = first + n, count - n

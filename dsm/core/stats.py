@@ -9,6 +9,11 @@ from collections import Counter
 LATENCY_BUCKETS_US = [2**i for i in range(21)]
 
 
+#: the counter names of each direction a message travels (named once)
+_MESSAGE_COUNTERS = {d: (f"messages_{d}", f"bytes_{d}")
+                     for d in ("to_directory", "from_directory", "to_peers")}
+
+
 class NodeStats:
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
@@ -16,6 +21,14 @@ class NodeStats:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
+
+    def count_message(self, direction: str, frames: list) -> None:
+        """A protocol message and its bytes (all frames), by ``direction``: ``to_directory``,
+        ``from_directory`` or ``to_peers``. Every message is one an agent sent or received, so
+        the agents' counts add up to the cluster's traffic (``dsm bench --manager``)."""
+        names = _MESSAGE_COUNTERS[direction]
+        self.counters[names[0]] += 1
+        self.counters[names[1]] += sum(len(f) for f in frames)
 
     def record_fault_latency(self, seconds: float) -> None:
         # the first bucket whose bound is >= the latency; past the last bound, the overflow

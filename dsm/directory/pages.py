@@ -50,7 +50,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from dsm.core.shards import clip_to_stripe
+from dsm.core.shards import STRIPE_PAGES, clip_to_stripe
 from dsm.directory.home import HomeStore
 from dsm.layout import Layout
 from dsm.protocol import Fetch, Grant, Invalidate, Lost, Message, Payload, Withdrawn
@@ -139,7 +139,8 @@ class PageDirectory:
     def __init__(self, layout: Layout, tracer: Tracer | None = None,
                  on_loss: OnLoss = OnLoss.POISON, locate: Locator | None = None,
                  clock: Callable[[], float] = time.monotonic, direct: bool = False,
-                 shard: int = 0, shards: int = 1, migratory: bool = True):
+                 shard: int = 0, shards: int = 1, migratory: bool = True,
+                 stripe: int = STRIPE_PAGES):
         if direct and on_loss is OnLoss.LAST_COPY:
             raise ValueError("--on-loss last-copy falls back to the directory's copy of every "
                              "page, which only the relay manager keeps: use --manager relay")
@@ -152,7 +153,7 @@ class PageDirectory:
         #: whether migratory pages are detected (``--no-migratory``: every turn two faults)
         self.detect_migratory = migratory
         #: the shards' stripes: no request covers pages past its stripe (``dsm.core.shards``)
-        self.shard, self.shards = shard, shards
+        self.shard, self.shards, self.stripe = shard, shards, stripe
         self._locate = locate or (lambda page: ("", page))
         self._clock = clock
         #: lost page -> the node whose death lost it
@@ -479,7 +480,7 @@ class PageDirectory:
         that are free (not busy, nobody queued) and ``fits``."""
         n = 1
         limit = clip_to_stripe(req.page, min(req.count, self.layout.num_pages - req.page),
-                               self.shards)
+                               self.shards, self.stripe)
         while n < limit:
             e = self._peek(req.page + n)
             if e.busy is not None or e.queue or not fits(e) or (req.page + n) in self.lost:

@@ -17,17 +17,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads per node")
     parser.add_argument("--ops", type=int, default=12, help="operations per thread")
     parser.add_argument("--deaths", type=int, default=0, help="nodes that may be killed")
-    parser.add_argument("--manager", choices=("relay", "central"), default="relay",
+    parser.add_argument("--manager", choices=("relay", "central", "distributed"), default="relay",
                         help="pages through the directory (relay) or node to node (central)")
     parser.add_argument("--bands", action="store_true",
                         help="threads read runs of pages, then write them (read-ahead, upgrades)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="the distributed manager's shards (stripes of 2 pages here)")
     parser.add_argument("--give-backs", action="store_true",
                         help="nodes hand pages back now and then (unmaps, leaves)")
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
     args = parser.parse_args(argv)
     world = World(args.seed, nodes=args.nodes, pages=args.pages,
                   threads_per_node=args.threads, ops_per_thread=args.ops, deaths=args.deaths,
-                  manager=args.manager, bands=args.bands, give_backs=args.give_backs)
+                  manager=args.manager, bands=args.bands, give_backs=args.give_backs,
+                  shards=args.shards)
     try:
         world.run()
     except SimulationFailure as exc:

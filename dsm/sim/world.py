@@ -44,6 +44,8 @@ PAGE_BYTES = PAGE_SIZE
 READAHEAD_PAGES = 4
 #: the directory's name on the model's network (a shard's: DIRECTORY + its number)
 DIRECTORY = "directory"
+#: pages per shard stripe in the model (the real one, 256, would put every page on one shard)
+STRIPE_PAGES = 2
 #: how many steps of the schedule a failure report shows
 REPORT_STEPS = 60
 #: a run that takes more steps than this per operation is taken to be livelocked
@@ -103,7 +105,7 @@ class World:
         self.directories = {
             (DIRECTORY if shards == 1 else f"{DIRECTORY}{k}"): PageDirectory(
                 self.layout, on_loss=on_loss, clock=lambda: self.clock, direct=direct,
-                shard=k, shards=shards)
+                shard=k, shards=shards, stripe=STRIPE_PAGES)
             for k in range(shards)}
         self._shard_names = list(self.directories)
         self.directory = self.directories[self._shard_names[0]]
@@ -121,7 +123,7 @@ class World:
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
                                  holds=lambda pg, node=node: pg in node.memory)
             node.core.direct = direct
-            node.core.shards = shards
+            node.core.shards, node.core.stripe = shards, STRIPE_PAGES
             for d in self.directories.values():
                 d.node_joined(name, peer=f"sim://{name}")
             for t in range(threads_per_node):
@@ -186,7 +188,7 @@ class World:
                        bytes(send.page) if send.page is not None else None)
 
     def _shard_of(self, page: int) -> str:
-        return self._shard_names[shard_of(page, self.shards)]
+        return self._shard_names[shard_of(page, self.shards, STRIPE_PAGES)]
 
     def _to_node(self, node: SimNode, msg: p.Message, data: bytes | None) -> None:
         core = node.core
