@@ -133,7 +133,9 @@ def _links(count: int) -> ShardLinks:
     return links
 
 
-def test_the_agent_sends_each_message_to_its_shard():
+def test_the_agent_sends_each_message_to_its_shard(monkeypatch):
+    # the links send below pyzmq's Python layer (dsm.wire): to the fakes, as a send_multipart
+    monkeypatch.setattr("dsm.agent.links.send_frames", lambda sock, frames: sock.send_multipart(frames))
     links = _links(3)
     for msg in (p.Acquire(S + 1, 4, False, False), p.Writeback(2 * S, 2, p.Payload.ZERO),
                 p.Fetched(1, 3 * S, 1, p.Payload.NONE, []), p.Invalidated(2, 5, 1),
@@ -200,7 +202,7 @@ def test_directory_flags_make_the_plan(monkeypatch):
 
 @pytest.mark.parametrize("argv,env,complaint", [
     (["--manager", "relay", "--shards", "2"], {}, "2 shards make a distributed manager"),
-    (["--shards", "2"], {cmd.MANAGER_ENV: "central"}, "--manager central runs one directory"),
+    (["--manager", "central", "--shards", "2"], {}, "--manager central runs one directory"),
     (["--shard", "1"], {}, "give its endpoint with --coordinator"),
     (["--shard", "auto"], {}, "give its endpoint with --coordinator"),
     (["--coordinator", "tcp://c:1"], {}, "give --shard"),
@@ -229,3 +231,11 @@ def test_the_map_of_an_array_takes_each_stripe_from_its_shard():
         [S, "shared", ["a", "b"]],              # stripe 1, from shard 1
         [S + 2, "home", []],                    # stripe 2 (shard 0) and 3 (shard 1): home
     ]]
+
+
+def test_shards_asked_for_make_a_distributed_manager_whatever_dsm_manager_says(monkeypatch):
+    # $DSM_MANAGER is a default, for one directory: a number of shards given wins over it
+    manager, plan = _plan(monkeypatch, "--shards", "2", env={cmd.MANAGER_ENV: "central"})
+    assert manager == "distributed" and plan.count == 2
+    manager, plan = _plan(monkeypatch, env={cmd.MANAGER_ENV: "central"})
+    assert manager == "central" and plan.count == 1

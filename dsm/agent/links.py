@@ -28,12 +28,11 @@ from urllib.parse import urlsplit
 import zmq
 
 from dsm import protocol as p
+from dsm.wire import has_input, send_frames
 from dsm.core.shards import shard_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, HandshakeWatch, configure_client
 
-#: as a plain int: pyzmq's flag enums are slow on a hot path
-_POLLIN = int(zmq.POLLIN)
 
 #: hosts that, in an advertised shard endpoint, stand for "the coordinator's host"
 WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
@@ -177,7 +176,7 @@ class ShardLinks:
         """Send ``msg`` (encoded as ``frames``) to the shard it belongs to (see the module
         docstring); zmq.Again if a shard's queue stayed full for the send timeout."""
         if len(self.dealers) == 1:
-            self.coordinator.send_multipart(frames, copy=False)
+            send_frames(self.coordinator, frames)
             self.last_sent_s[0] = time.monotonic()
             return
         if isinstance(msg, TO_EVERY_SHARD):
@@ -197,7 +196,7 @@ class ShardLinks:
             self._send_to(0, frames)
 
     def _send_to(self, shard: int, frames: list[Any]) -> None:
-        self.dealers[shard].send_multipart(frames, copy=False)
+        send_frames(self.dealers[shard], frames)
         self.last_sent_s[shard] = time.monotonic()
 
     def least_recent_send_s(self) -> float:
@@ -227,7 +226,7 @@ class ShardLinks:
         shard heard from is alive: its silence starts again."""
         for shard, dealer in enumerate(self.dealers):
             # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises
-            while dealer.get(zmq.EVENTS) & _POLLIN:
+            while has_input(dealer):
                 self.last_heard_s[shard] = time.monotonic()
                 yield dealer.recv_multipart(copy=False)
 

@@ -57,8 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "managers", "IVY's managers: 'relay' and 'central' run one directory; 'distributed' "
                     "splits the pages among K shards (stripes of 256 pages), shard 0 being "
                     "also the coordinator (membership, allocations, locks, barriers, lost pages)")
-    shards.add_argument("--manager", choices=[m.value for m in Manager],
-                        default=os.environ.get(MANAGER_ENV) or None,
+    shards.add_argument("--manager", choices=[m.value for m in Manager], default=None,
                         help=f"which manager (env {MANAGER_ENV}; default "
                              f"{DEFAULT_MANAGER.value}, or distributed with more than one "
                              "shard): 'relay' moves every page through the directory (nodes need "
@@ -133,8 +132,11 @@ def _env_shards() -> int | None:
 def shard_plan(args: argparse.Namespace) -> tuple[str, ShardPlan]:
     """The manager and this process's shard, from the flags; ConfigError if they disagree."""
     env = _env_shards()
-    if args.manager is not None and args.manager not in MANAGERS:  # from $DSM_MANAGER
-        raise ConfigError(f"${MANAGER_ENV}={args.manager!r}: expected one of "
+    # $DSM_MANAGER is a default: a number of shards given here wins over it (they make a
+    # distributed manager), where --manager would be a contradiction
+    env_manager = os.environ.get(MANAGER_ENV) or None
+    if env_manager is not None and env_manager not in MANAGERS:
+        raise ConfigError(f"${MANAGER_ENV}={env_manager!r}: expected one of "
                           f"{', '.join(MANAGERS)}")
     shard = args.shard
     if args.coordinator is not None:  # a shard that joins its coordinator
@@ -165,7 +167,8 @@ def shard_plan(args: argparse.Namespace) -> tuple[str, ShardPlan]:
         if args.of is not None:
             raise ConfigError("--of goes with --shard; --shards K runs K shards here")
         count, local = (args.shards if args.shards is not None else (env or 1)), True
-    manager = args.manager or ("distributed" if count > 1 else DEFAULT_MANAGER.value)
+    manager = args.manager or ("distributed" if count > 1 else
+                               env_manager or DEFAULT_MANAGER.value)
     if count > 1 and manager != "distributed":
         raise ConfigError(f"{count} shards make a distributed manager: --manager {manager} "
                           "runs one directory (use --manager distributed, or one shard)")

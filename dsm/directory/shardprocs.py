@@ -144,6 +144,7 @@ class LocalShards:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         for index in range(1, count):
             cmd = [sys.executable, "-m", "dsm", "--log-level", level, "directory",
+                   "--manager", "distributed",  # not $DSM_MANAGER's, whatever it says
                    "--shard", str(index), "--of", str(count), "--coordinator", coordinator,
                    "--listen", shard_listen_endpoint(listen, index),
                    "--parent-pid", str(os.getpid())]
