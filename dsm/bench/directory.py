@@ -37,7 +37,8 @@ import numpy as np
 from dsm.bench import common
 from dsm.bench.common import NS_PER_S, NS_PER_US, Progress
 from dsm.bench.procs import Driven, Processes, children_of, cpu_ns, run_with_processes
-from dsm.managers import MANAGERS
+from dsm.bench.managers import DEFAULT_SHARDS, SHARDS_ENV
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS
 
 DEFAULT_CLIENTS = 4
 DEFAULT_IN_FLIGHT = 16
@@ -101,6 +102,12 @@ def check_arguments(args: argparse.Namespace) -> str | None:
 def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
     """Run the benchmark (its processes log into ``log_dir``), once per number of shards; its
     result (the first's, with every one's under ``by_shards``). Raises BenchError."""
+    # the suite's pass of a manager (``dsm bench --manager``) names it, and its shards, in the
+    # environment every directory reads
+    if getattr(args, "manager", None) is None and os.environ.get(MANAGER_ENV):
+        args.manager = os.environ[MANAGER_ENV]
+        if args.manager == "distributed" and getattr(args, "shards", "1") == "1":
+            args.shards = os.environ.get(SHARDS_ENV, str(DEFAULT_SHARDS))
     counts = shard_counts(getattr(args, "shards", "1"))
     results = []
     for k in counts:
@@ -124,7 +131,7 @@ class DirectoryBench:
         self.transport = args.transport
         self.shards = shards
         manager = getattr(args, "manager", None)
-        self.manager = manager or ("distributed" if shards > 1 else "relay")
+        self.manager = manager or ("distributed" if shards > 1 else DEFAULT_MANAGER.value)
         self.progress = progress
         self.clients: list[Driven] = []
 
