@@ -11,6 +11,7 @@ import pytest
 from dsm import protocol as p
 from dsm.agent.links import ShardLinks, resolve_endpoint
 from dsm.commands import directory as cmd
+from dsm.managers import DEFAULT_MANAGER
 from dsm.core import actions as act
 from dsm.core.node import NodeCore
 from dsm.core.readahead import ReadAhead
@@ -186,7 +187,7 @@ def _plan(monkeypatch, *argv, env=None):
 
 def test_directory_flags_make_the_plan(monkeypatch):
     manager, plan = _plan(monkeypatch)
-    assert manager == "relay" and plan.count == 1 and plan.coordinator is None
+    assert manager == DEFAULT_MANAGER.value and plan.count == 1 and plan.coordinator is None
     assert _plan(monkeypatch, "--manager", "central")[0] == "central"
     manager, plan = _plan(monkeypatch, "--shards", "4")
     assert manager == "distributed" and plan.count == 4 and plan.local

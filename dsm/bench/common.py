@@ -193,6 +193,22 @@ class Interrupted(BaseException):
 
 
 @contextmanager
+def environment_set(values: dict[str, str]) -> Iterator[None]:
+    """While inside, these environment variables hold ``values`` (the processes started then
+    inherit them); as they were afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
 def terminable() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C while the block runs, so that its ``finally`` clauses kill
     every child."""

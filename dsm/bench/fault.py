@@ -52,7 +52,7 @@ import zmq
 
 from dsm.bench import common, floor
 from dsm.bench.common import BenchError, Progress, environment
-from dsm.bench.procs import Processes, Worker, cpu_ns, run_with_processes
+from dsm.bench.procs import Processes, Worker, children_of, cpu_ns, run_with_processes
 from dsm.keys import add_keys_argument, keys_dir_from
 
 #: targets, as a ratio of the fault's median to the round trip's median (issue 6's table)
@@ -112,15 +112,6 @@ class Row:
 
 #: the agents' message counters that add up to the cluster's traffic (``NodeStats``)
 TRAFFIC_DIRECTIONS = ("to_directory", "from_directory", "to_peers")
-
-
-def _children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (Linux's /proc/PID/task/PID/children)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 #: the baselines, measured in the same rounds as the faults: (key, label, counters per access)
@@ -276,7 +267,7 @@ class FaultBench:
         self.pids = {"bench": os.getpid(), "echo": self.procs.echo.proc.pid,
                      "directory": self.procs.directory.proc.pid}
         # a distributed manager's other shards are the directory's children
-        for i, pid in enumerate(_children(self.procs.directory.proc.pid), start=1):
+        for i, pid in enumerate(children_of(self.procs.directory.proc.pid), start=1):
             self.pids[f"directory shard{i}"] = pid
         for path in self.floors.values():
             self.pids.update(path.pids)

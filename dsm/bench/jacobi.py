@@ -15,7 +15,6 @@ the whole grid in this one process, timed in the same run, each iteration alone.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -82,16 +81,8 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
     progress(f"jacobi {args.size}x{args.size}, {args.iterations} iterations: plain numpy in "
              "this process")
     # one BLAS thread, as on the nodes (the relaxation itself uses none)
-    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
-    try:
+    with common.environment_set(SINGLE_THREAD_ENV):
         reference = numpy_iterations(args.size, args.iterations)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     bench = WorkloadBench(["jacobi"], {"jacobi": (args.size, args.iterations)}, [args.nodes],
                           args.transport, args.timeout, log_dir, progress)
     run = bench.run()["runs"][0]

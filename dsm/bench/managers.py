@@ -18,6 +18,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from dsm.bench.common import environment_set
 from dsm.managers import MANAGER_ENV, Manager
 
 #: the shards of the distributed manager's pass unless DSM_SHARDS says otherwise
@@ -43,18 +44,11 @@ def parse(text: str | None) -> list[str]:
 @contextmanager
 def running(manager: str) -> Iterator[None]:
     """While inside, the directories started (as children) run ``manager``."""
-    saved = {k: os.environ.get(k) for k in (MANAGER_ENV, SHARDS_ENV)}
-    os.environ[MANAGER_ENV] = manager
+    values = {MANAGER_ENV: manager}
     if manager == Manager.DISTRIBUTED.value:
-        os.environ.setdefault(SHARDS_ENV, str(DEFAULT_SHARDS))
-    try:
+        values[SHARDS_ENV] = os.environ.get(SHARDS_ENV) or str(DEFAULT_SHARDS)
+    with environment_set(values):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _cell(row: dict | None) -> str:
