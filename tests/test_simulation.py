@@ -98,6 +98,10 @@ SHARDED = [
      range(0, 60)),
     ("256 nodes on 4 shards", dict(nodes=256, pages=16, ops_per_thread=2, deaths=2, shards=4),
      range(0, 1)),
+    # the cores and shards with pages node to node (the real distributed manager relays them
+    # for now: dsm.managers.Manager.direct)
+    ("shards with pages node to node", dict(nodes=5, pages=8, threads_per_node=2, deaths=1,
+                                            give_backs=True, direct=True), range(0, 80)),
 ]
 
 

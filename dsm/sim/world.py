@@ -33,6 +33,7 @@ from dsm.core.shards import shard_of
 from dsm.core.states import PageState
 from dsm.directory.pages import OnLoss, PageDirectory
 from dsm.layout import PAGE_SIZE, Layout
+from dsm.managers import Manager
 from dsm.uffd.events import Access, FaultKind
 
 #: bytes of one location (an int64), and locations per page (the first words of each page)
@@ -89,7 +90,7 @@ class World:
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
-                 shards: int = 1):
+                 shards: int = 1, direct: bool | None = None):
         self.seed = seed
         self.rng = random.Random(seed)
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
@@ -99,7 +100,8 @@ class World:
         self.manager = manager
         #: nodes hand pages back now and then (unmaps, leaves)
         self.give_backs = give_backs
-        direct = manager != "relay"
+        # pages node to node: as the manager does, unless told (the cores support it sharded)
+        direct = Manager(manager).direct if direct is None else direct
         #: the manager's shards (one: the central or relay manager), by their network names
         self.shards = shards
         self.directories = {
