@@ -22,11 +22,8 @@ class Manager(enum.Enum):
 
     @property
     def direct(self) -> bool:
-        """Whether pages travel node to node under this manager. Not yet under the distributed
-        one: in CI a sharded run with node-to-node transfers once read a stale value (a
-        per-location linearizability failure, 2 shards, read-mostly), which the simulator of
-        the same cores did not reproduce; until it is found, its shards relay the pages."""
-        return self is Manager.CENTRAL
+        """Whether pages travel node to node under this manager."""
+        return self is not Manager.RELAY
 
 
 #: their names, as ``--manager`` takes them

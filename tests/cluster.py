@@ -84,6 +84,10 @@ class Directory:
         self.log.close()
 
 
+#: set, every test node writes its protocol trace
+TEST_TRACE_ENV = "DSM_TEST_TRACE"
+
+
 class NodeProcess:
     """A workload process attached to its own agent (started by ``dsm.attach(directory=...)``)."""
 
@@ -92,6 +96,10 @@ class NodeProcess:
         self.name = name
         self.log_path = tmp_path / f"node-{name}.log"
         self.log = open(self.log_path, "w")
+        # DSM_TEST_TRACE=1: every node writes its protocol trace beside its log (the directory
+        # always does), for `dsm trace` over a failed test's tmp_path (pytest --basetemp)
+        if os.environ.get(TEST_TRACE_ENV):
+            env = dict(env or os.environ, DSM_TRACE=str(tmp_path / f"node-{name}.trace"))
         self.proc = subprocess.Popen(
             [sys.executable, WORKER, directory, name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,

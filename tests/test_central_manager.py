@@ -106,6 +106,20 @@ def test_the_last_read_copy_given_up_comes_home_with_its_contents(d):
     assert grant.message == Grant(5, 1, False, Payload.DATA) and bytes(grant.page) == b"1" * PAGE
 
 
+def test_a_copy_given_back_before_its_transfer_ended_keeps_the_page_when_its_source_dies(d):
+    # found by the simulator: b drops the read copy it just got (with its contents) before a's
+    # Fetched came; a then dies. b's copy was current: it is the page's home copy now
+    owned_by(d, "a", 9)
+    fetch = only(d.acquire("b", 9, 1, False, False), "a")
+    assert d.received("b", fetch.txn, 9, 1, True) == []
+    d.drop("b", 9, 1, Payload.DATA, b"2" * PAGE)
+    d.node_lost("a")
+    assert 9 not in d.lost and d.entry(9).home_current
+    grant = only(d.acquire("c", 9, 1, False, False), "c")
+    assert grant == Grant(9, 1, False, Payload.DATA)
+    assert bytes(d.acquire("d", 9, 1, False, False)[0].page) == b"2" * PAGE
+
+
 def test_a_source_that_dies_mid_transfer_is_withdrawn_and_the_requester_decides(d):
     owned_by(d, "a", 6)
     fetch = only(d.acquire("b", 6, 1, False, False), "a")

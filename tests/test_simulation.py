@@ -69,6 +69,29 @@ def test_the_simulator_catches_a_node_that_keeps_a_stale_copy(monkeypatch, manag
     assert "deliver Invalidate" in report  # the schedule that led there
 
 
+class _LatePunchCore(core_node.NodeCore):
+    """A broken node: it takes pages that leave it out of its memory only after sending them
+    (so a local read in between sees its old copy while the new owner writes)."""
+
+    def fetch(self, msg, reachable=lambda addr: True):
+        out = super().fetch(msg, reachable)
+        punches = [a for a in out if isinstance(a, core_node.Punch)]
+        return ([a for a in out if not isinstance(a, core_node.Punch)]
+                + [core_node.Punch(a.first, a.count) for a in punches])
+
+
+@pytest.mark.parametrize("manager", ["relay", "central"])
+def test_the_simulator_catches_a_node_that_punches_pages_after_sending_them(monkeypatch,
+                                                                            manager):
+    # the agent may be descheduled between its actions: the schedules explore that window
+    monkeypatch.setattr(world, "NodeCore", _LatePunchCore)
+    with pytest.raises(SimulationFailure, match="seed .*: ") as caught:
+        for seed in range(400):
+            World(seed, nodes=3, pages=2, ops_per_thread=20, manager=manager).run()
+    report = str(caught.value)
+    assert "last write was" in report and "keep_copy=False" in report, report
+
+
 def test_replay_from_the_command_line():
     out = subprocess.run([sys.executable, "-m", "dsm.sim", "--seed", "7", "--nodes", "4",
                           "--deaths", "1"], capture_output=True, text=True, timeout=60)
@@ -98,8 +121,7 @@ SHARDED = [
      range(0, 60)),
     ("256 nodes on 4 shards", dict(nodes=256, pages=16, ops_per_thread=2, deaths=2, shards=4),
      range(0, 1)),
-    # the cores and shards with pages node to node (the real distributed manager relays them
-    # for now: dsm.managers.Manager.direct)
+    # the cores and shards with pages node to node, as the distributed manager sends them
     ("shards with pages node to node", dict(nodes=5, pages=8, threads_per_node=2, deaths=1,
                                             give_backs=True, direct=True), range(0, 80)),
 ]

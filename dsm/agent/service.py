@@ -562,13 +562,16 @@ class Agent:
         """Do what the core decided, in order, on the memfd, the uffds and the DEALER."""
         memory, size = self.memory, self.page_size
         failed_txn = None  # a page send to a peer that failed: its pages go to the directory
+        taken: dict[tuple[int, int], bytes] = {}  # runs punched with their contents kept
         for a in actions:
             kind = type(a)
             if kind is act.Send:
                 data = a.data
                 if a.pages is not None:
-                    first, count = a.pages
-                    data = os.pread(memory.memfd, count * size, first * size)
+                    data = taken.get(a.pages)
+                    if data is None:
+                        first, count = a.pages
+                        data = os.pread(memory.memfd, count * size, first * size)
                 msg = a.message
                 if a.peer is not None:
                     if not self._send_peer(a.peer, msg, data):
@@ -576,10 +579,12 @@ class Agent:
                     continue
                 if (failed_txn is not None and type(msg) is p.Fetched and msg.txn == failed_txn
                         and msg.payload == p.Payload.SENT):
-                    # as if the peer had been unreachable from the start (the pages are still
-                    # here: the core punches them after this send)
+                    # as if the peer had been unreachable from the start (with the contents
+                    # read before the punch; or still here, a read copy kept)
                     msg = p.Fetched(msg.txn, msg.page, msg.count, p.Payload.DATA, [])
-                    data = os.pread(memory.memfd, msg.count * size, msg.page * size)
+                    data = taken.get((msg.page, msg.count))
+                    if data is None:
+                        data = os.pread(memory.memfd, msg.count * size, msg.page * size)
                 self._send(msg, data)
             elif kind is act.Install:
                 src = a.data if a.data is not None else memoryview(memory.zeros)[: a.count * size]
@@ -599,6 +604,9 @@ class Agent:
                 if not a.proc.uffd.closed:
                     memory.writeprotect(a.proc, a.page * size, size, wp=False)
             elif kind is act.Punch:
+                if a.keep:
+                    taken[a.first, a.count] = os.pread(memory.memfd, a.count * size,
+                                                       a.first * size)
                 libc.punch_hole(memory.memfd, a.first * size, a.count * size)
             elif kind is act.Poison:
                 memory.poison(a.waiter.proc, a.waiter.addr, a.waiter.thread_id)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 class Send:
     """Send ``message`` to the directory, or, with ``peer`` (node name, peer endpoint), to
     that node. Its page frame is ``data`` as given, or, with ``pages=(first, count)``, those
-    pages read from the node's memory when the action runs."""
+    pages: as a ``Punch(keep=True)`` of that run earlier in the list read them, else read
+    from the node's memory when the action runs."""
 
     message: Message
     data: Any = None
@@ -68,10 +69,16 @@ class Unprotect:
 
 @dataclass(frozen=True, slots=True)
 class Punch:
-    """Take ``count`` pages from ``first`` out of the node's memory (every local process)."""
+    """Take ``count`` pages from ``first`` out of the node's memory (every local process).
+
+    With ``keep``, their contents are read first, and the Sends of that run later in the same
+    list carry what was read: pages that leave this node are gone from it before they can
+    reach anyone else. (Punched after the send instead, a local read in between would see
+    the old copy while the new owner already writes its own.)"""
 
     first: int
     count: int
+    keep: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,6 +287,8 @@ class NodeCore:
         unwritten = [q for q in held if q in self._unwritten]
         self._unwritten.difference_update(unwritten)
         out: list[Action] = [Protect(first, count)] if owned else []
+        if not msg.keep_copy:  # gone from here before the requester can have them
+            out.append(Punch(first, count, keep=True))
         if msg.to_node and not not_held and reachable(msg.to_addr):
             out += [Send(p.PeerPage(msg.txn, first, count, not msg.keep_copy, p.Payload.DATA,
                                     self.node), pages=(first, count),
@@ -301,7 +303,6 @@ class NodeCore:
         else:
             for q in held:
                 del self.state[q]
-            out.append(Punch(first, count))
         self.stats.count("pages_out", len(held))
         self.stats.count("downgrades" if msg.keep_copy else "invalidations", len(held))
         if self._tracing:
@@ -391,15 +392,16 @@ class NodeCore:
         for st, group in by_state.items():
             for first, count in split_at_stripes(runs(group, p.MAX_BATCH_PAGES), self.shards,
                                                   self.stripe):
+                # gone from here before the directory can hand them to anyone else
                 if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
-                    out += [Protect(first, count),
+                    out += [Protect(first, count), Punch(first, count, keep=True),
                             Send(p.Writeback(first, count, p.Payload.DATA), pages=(first, count))]
                     self.stats.count("writebacks", count)
                 elif self.direct:  # the copy may be the last one: its contents go with it
-                    out.append(Send(p.Drop(first, count, p.Payload.DATA), pages=(first, count)))
+                    out += [Punch(first, count, keep=True),
+                            Send(p.Drop(first, count, p.Payload.DATA), pages=(first, count))]
                 else:
-                    out.append(Send(p.Drop(first, count)))
-                out.append(Punch(first, count))
+                    out += [Punch(first, count), Send(p.Drop(first, count))]
                 for q in range(first, first + count):
                     del self.state[q]
                     self._unwritten.discard(q)

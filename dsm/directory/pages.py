@@ -314,9 +314,15 @@ class PageDirectory:
                 txn.source_dropped.add(q)
             if txn is not None and self._received_by(txn, node):
                 txn.requester_gave_back.add(q)  # its copy came, and went
+            # current: a copy nobody owns; the source's, as it downgrades to a read copy; the
+            # read copy a requester got node to node, given back before its transaction ended
+            # (the source keeps the same contents, and may die before its Fetched arrives)
             if (view is not None and not e.home_current
-                    and (e.owner is None or e.owner == node and txn is not None
-                         and txn.source == node and txn.keep_copy)):
+                    and (e.owner is None
+                         or txn is not None and (e.owner == node and txn.source == node
+                                                 and txn.keep_copy
+                                                 or self._received_by(txn, node)
+                                                 and txn.request.kind is Kind.READ))):
                 self.home.put(q, 1, Payload.DATA, view[i * size:(i + 1) * size])
                 e.home_current = True
         if self._tracing:

@@ -49,6 +49,8 @@ DIRECTORY = "directory"
 STRIPE_PAGES = 2
 #: how many steps of the schedule a failure report shows
 REPORT_STEPS = 60
+#: how often the agent is descheduled after a send, the rest of its actions pending
+DEFER_AFTER_SEND = 0.3
 #: a run that takes more steps than this per operation is taken to be livelocked
 MAX_STEPS_PER_OP = 200
 
@@ -84,6 +86,11 @@ class SimNode:
     poisoned: set[int] = field(default_factory=set)
     threads: list[Thread] = field(default_factory=list)
     alive: bool = True
+    #: actions the agent has yet to carry out after a send: the receiver may act on the
+    #: message first, and this node's threads go on with what its memory holds meanwhile
+    deferred: list = field(default_factory=list)
+    #: runs punched with their contents kept, for the sends that follow (``Punch.keep``)
+    taken: dict = field(default_factory=dict)
 
 
 class World:
@@ -193,6 +200,7 @@ class World:
         return self._shard_names[shard_of(page, self.shards, STRIPE_PAGES)]
 
     def _to_node(self, node: SimNode, msg: p.Message, data: bytes | None) -> None:
+        self._finish(node)  # one loop: it takes the next message when done with the last
         core = node.core
         if isinstance(msg, p.Grant):
             acts = core.grant(msg, data, self.clock)
@@ -212,15 +220,18 @@ class World:
 
     # --- the kernel and the memory, as the agent would carry the actions out ------------------------
     def _carry_out(self, node: SimNode, acts: list) -> None:
-        for act in acts:
+        for i, act in enumerate(acts):
             if isinstance(act, a.Send):
                 data = act.data
                 if act.pages is not None:
-                    first, count = act.pages
-                    data = b"".join(bytes(node.memory.get(q, bytes(PAGE_BYTES)))
-                                    for q in range(first, first + count))
+                    data = node.taken.pop(act.pages, None)
+                    if data is None:
+                        data = self._read(node, *act.pages)
                 dst = act.peer[0] if act.peer is not None else self._shard_of(act.message.page)
                 self._send(node.name, dst, act.message, bytes(data) if data is not None else None)
+                if i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
+                    node.deferred = list(acts[i + 1:])
+                    return
             elif isinstance(act, a.Install):
                 for i in range(act.count):
                     q = act.first + i
@@ -242,6 +253,8 @@ class World:
                 node.wp.discard(act.page)
                 self._wake(node, [t.tid for t in node.threads if t.blocked_on == act.page])
             elif isinstance(act, a.Punch):
+                if act.keep:
+                    node.taken[act.first, act.count] = self._read(node, act.first, act.count)
                 for q in range(act.first, act.first + act.count):
                     node.memory.pop(q, None)  # write-protect markers stay (shmem keeps them)
             elif isinstance(act, a.Wake):
@@ -251,6 +264,17 @@ class World:
                 self._wake(node, [act.waiter.thread_id])
             elif isinstance(act, a.Kill):
                 raise SimulationFailure(f"{node.name} killed a waiter: {act.why}")
+
+    @staticmethod
+    def _read(node: SimNode, first: int, count: int) -> bytes:
+        return b"".join(bytes(node.memory.get(q, bytes(PAGE_BYTES)))
+                        for q in range(first, first + count))
+
+    def _finish(self, node: SimNode) -> None:
+        """The agent carries out what it had left to do (it may be descheduled again)."""
+        while node.deferred:
+            acts, node.deferred = node.deferred, []
+            self._carry_out(node, acts)
 
     def _wake(self, node: SimNode, tids: list[int]) -> None:
         for t in node.threads:
@@ -290,6 +314,7 @@ class World:
             t.next_op += 1
             return
         t.blocked_on = page
+        self._finish(node)  # the fault waits in the uffd for the agent's loop
         acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock)
         self._carry_out(node, acts)
 
@@ -303,6 +328,7 @@ class World:
         page = self.rng.choice(sorted(node.core.state))
         self._step(f"{node.name} gives back page {page}")
         self._touched.add(page)
+        self._finish(node)
         self._carry_out(node, node.core.give_back([page]))
 
     # --- failures ------------------------------------------------------------------------------------
@@ -311,6 +337,7 @@ class World:
         self._step(f"kill {node.name}")
         self._touched = None
         node.alive = False
+        node.deferred, node.taken = [], {}  # what the agent had not done yet dies with it
         for (src, dst), out in self.channels.items():
             if src == node.name and out:
                 keep = self.rng.randrange(len(out) + 1)
@@ -383,6 +410,7 @@ class World:
             choices: list = [pair for pair, q in self.channels.items() if q]
             choices += [t for n in self.nodes.values() if n.alive for t in n.threads
                         if not t.done and t.blocked_on is None]
+            choices += [n for n in self.nodes.values() if n.alive and n.deferred]
             if self.unnoticed_dead:
                 choices.append("notice")
             if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
@@ -407,6 +435,9 @@ class World:
                     self._notice_death(self.rng.choice(self.unnoticed_dead))
             elif isinstance(pick, Thread):
                 self._run_op(pick)
+            elif isinstance(pick, SimNode):
+                self._step(f"{pick.name} carries out the rest: {pick.deferred}")
+                self._finish(pick)
             else:
                 self._deliver(pick)
             self._check_invariants()

@@ -1,0 +1,72 @@
+"""The node core alone (no sockets, no kernel): the order of what it asks its loop to do when
+pages leave the node. Pages must be gone from the node's memory before any message that lets
+another node have them is sent: the agent may be descheduled between two actions, and a local
+read in that window would see the old copy while the new owner already writes its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsm import protocol as p
+from dsm.core import actions as act
+from dsm.core.node import NodeCore
+from dsm.core.readahead import ReadAhead
+from dsm.core.states import PageState
+from dsm.libc import PAGE_SIZE
+
+PAGES = 16
+READAHEAD_PAGES = 4
+
+
+def core_holding(state: PageState, pages: range, direct: bool) -> NodeCore:
+    core = NodeCore("n", PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES), holds=lambda page: True)
+    core.direct = direct
+    for q in pages:
+        core.state[q] = state
+    return core
+
+
+def first_index(out: list, kind: type) -> int:
+    return next(i for i, a in enumerate(out) if isinstance(a, kind))
+
+
+def page_sends(out: list) -> list[int]:
+    """Where the sends that carry the pages, or hand them on, are."""
+    return [i for i, a in enumerate(out) if isinstance(a, act.Send)
+            and (a.pages is not None or isinstance(a.message, p.Drop))]
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["relay", "node to node"])
+@pytest.mark.parametrize("state", [PageState.EXCLUSIVE, PageState.SHARED])
+def test_pages_fetched_away_are_punched_before_they_are_sent(direct, state):
+    core = core_holding(state, range(4, 7), direct)
+    out = core.fetch(p.Fetch(9, 4, 3, keep_copy=False,
+                             to_node="m" if direct else "", to_addr="tcp://m:1" if direct else ""))
+    punch = out[first_index(out, act.Punch)]
+    assert (punch.first, punch.count, punch.keep) == (4, 3, True)
+    sends = page_sends(out)
+    assert sends and all(first_index(out, act.Punch) < i for i in sends), out
+    if state is PageState.EXCLUSIVE:  # local writers stopped before the contents are read
+        assert first_index(out, act.Protect) < first_index(out, act.Punch)
+    assert not any(q in core.state for q in range(4, 7))
+
+
+def test_pages_fetched_as_read_copies_stay_and_are_protected_before_they_are_sent():
+    core = core_holding(PageState.EXCLUSIVE, range(4, 6), direct=True)
+    out = core.fetch(p.Fetch(9, 4, 2, keep_copy=True, to_node="m", to_addr="tcp://m:1"))
+    assert not any(isinstance(a, act.Punch) for a in out)
+    assert first_index(out, act.Protect) < min(page_sends(out))
+    assert all(core.state[q] is PageState.SHARED for q in (4, 5))
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["relay", "node to node"])
+@pytest.mark.parametrize("state", [PageState.EXCLUSIVE, PageState.SHARED])
+def test_pages_given_back_are_punched_before_they_are_sent(direct, state):
+    core = core_holding(state, range(2, 5), direct)
+    out = core.give_back([2, 3, 4])
+    sends = page_sends(out)
+    assert sends and all(first_index(out, act.Punch) < i for i in sends), out
+    punch = out[first_index(out, act.Punch)]
+    # contents kept for the send whenever they travel with it
+    assert punch.keep == (state is PageState.EXCLUSIVE or direct)
+    assert not core.state
