@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dsm import libc, local
+from dsm.consistency import CONSISTENCIES, META_KEY, Consistency
 from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError, ProtocolError
 from dsm.launchers import placement
@@ -109,13 +110,24 @@ class Node:
         """The whole region as a writable memoryview (touching it faults pages in)."""
         return memoryview(self._buffer).cast("B")
 
-    def array(self, name: str, shape: Any, dtype: Any = np.float64) -> np.ndarray:
+    def array(self, name: str, shape: Any, dtype: Any = np.float64,
+              consistency: str = Consistency.SEQUENTIAL.value) -> np.ndarray:
         """The cluster-wide array ``name``: created zero-filled by the first caller anywhere,
-        the same memory for every later caller. Another shape or dtype is an error."""
+        the same memory for every later caller. Another shape, dtype or consistency is an
+        error. ``consistency``: ``"sequential"`` (every read sees the last write anywhere) or
+        ``"release"`` (writes are seen by others after their next lock release or barrier, and
+        pages may have many writers: ``dsm.consistency``)."""
+        try:
+            model = Consistency(consistency)
+        except ValueError:
+            raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}, got "
+                             f"{consistency!r}") from None
         dt = np.dtype(dtype)
         shape = tuple(int(s) for s in (shape if np.iterable(shape) else (shape,)))
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         meta = {"shape": list(shape), "dtype": dt.str}
+        if model is Consistency.RELEASE:  # (sequential arrays' meta is as it always was)
+            meta[META_KEY] = model.value
         reply = self._request(local.AllocRequest, name=name, nbytes=max(nbytes, 1), meta=meta)
         offset = reply.offset
         self.layout.check_offset(offset, nbytes)

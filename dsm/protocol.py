@@ -46,6 +46,7 @@ class MsgType(enum.IntEnum):
     LOST_RUNS = 46
     STATS_RUNS_QUERY = 47
     STATS_RUNS = 48
+    ARRAY_KNOWN = 49
     # node -> directory
     HELLO = 1
     ACQUIRE = 2
@@ -83,6 +84,10 @@ class MsgType(enum.IntEnum):
     WITHDRAWN = 33
     # node -> directory (central and distributed managers)
     RECEIVED = 34
+    # release consistency (``dsm.core.release``): node -> a page's manager, and its answer
+    DIFF = 35
+    DIRTIED = 36
+    DIFF_APPLIED = 37
     # node -> node (central and distributed managers)
     PEER_PAGE = 50
 
@@ -192,6 +197,9 @@ class Grant(Message):
     count: PageCount
     write: bool
     payload: PayloadKind
+    #: pages of a release-consistency array (``dsm.core.release``): read copies the node may
+    #: write after twinning them, never owned
+    release: bool = False
 
 
 @dataclass(frozen=True)
@@ -322,6 +330,62 @@ class Withdrawn(Message):
 
 
 @dataclass(frozen=True)
+class Diff(Message):
+    """A node's changes to ``count`` release-consistency pages from ``page`` since their twins,
+    sent to the pages' manager (their home) at a release: ``spans`` holds ``[start, length,
+    ...]`` byte ranges counted from the run's first byte, ascending and apart; the page frame is
+    their bytes, one after another (no frame, payload NONE, when nothing changed). Answered by
+    DiffApplied under the same ``req``."""
+
+    TYPE = MsgType.DIFF
+    DIRECTION = Direction.TO_DIRECTORY
+    CARRIES_PAGE = True
+    req: U64
+    page: PageNo
+    count: PageCount
+    spans: list[U64]
+    payload: PayloadKind
+
+    def frame_bytes(self, page_size: int) -> int:
+        """The frame's length the spans call for; ProtocolError if they are not ranges of the
+        run in ascending order."""
+        spans, end, limit = self.spans, 0, self.count * page_size
+        if len(spans) % 2:
+            raise ProtocolError(f"Diff spans must be (start, length) pairs, got {len(spans)} "
+                                "numbers")
+        total = 0
+        for i in range(0, len(spans), 2):
+            start, length = spans[i], spans[i + 1]
+            if start < end or length == 0 or start + length > limit:
+                raise ProtocolError(f"Diff span {i // 2} ({start}+{length}) is not an ascending, "
+                                    f"non-empty range within the run's {limit} bytes")
+            end = start + length
+            total += length
+        return total
+
+
+@dataclass(frozen=True)
+class DiffApplied(Message):
+    """The manager applied the Diff ``req`` to the pages' home copy."""
+
+    TYPE = MsgType.DIFF_APPLIED
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    page: PageNo
+
+
+@dataclass(frozen=True)
+class Dirtied(Message):
+    """A node twinned ``count`` release-consistency pages from ``page`` and writes them: should
+    it die before its Diff, the pages' newest contents die with it (they are lost, loudly)."""
+
+    TYPE = MsgType.DIRTIED
+    DIRECTION = Direction.TO_DIRECTORY
+    page: PageNo
+    count: PageCount
+
+
+@dataclass(frozen=True)
 class Discard(Message):
     """A node discarded pages (MADV_REMOVE): they become zero everywhere."""
 
@@ -399,11 +463,16 @@ class LockAcquire(Message):
 
 @dataclass(frozen=True)
 class LockRelease(Message):
+    """Release lock ``name``. ``notices``: the release-consistency pages the node changed
+    since its last release, as ``[first, count, ...]`` runs (their diffs are at their homes
+    already): the write notices that every other node's next acquire invalidates."""
+
     TYPE = MsgType.LOCK_RELEASE
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     holder: str
+    notices: list[U64] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -420,12 +489,16 @@ class BarrierJoin(Message):
 
 @dataclass(frozen=True)
 class BarrierWait(Message):
+    """Arrive at barrier ``name`` (a release: ``notices`` as in LockRelease) and wait for the
+    others (the departure is an acquire)."""
+
     TYPE = MsgType.BARRIER_WAIT
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     parties: Parties
     holder: str
+    notices: list[U64] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -460,13 +533,17 @@ class LockInfo(Message):
 
 @dataclass(frozen=True)
 class SyncReply(Message):
-    """The answer to a lock or barrier request: a ``SyncStatus`` and a detail text."""
+    """The answer to a lock or barrier request: a ``SyncStatus`` and a detail text. A grant or
+    a barrier's departure (an acquire) carries the write notices of the other nodes' releases
+    since this node's last acquire, as ``[first, count, ...]`` runs: the node invalidates its
+    copies of those pages before the waiting process goes on."""
 
     TYPE = MsgType.SYNC_REPLY
     DIRECTION = Direction.TO_NODE
     req: U64
     status: Status
     detail: str
+    notices: list[U64] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -568,6 +645,18 @@ class ArrayAllocated(Message):
     offset: U64
     nbytes: U64
     meta: dict[str, Any]
+    #: non-zero: answer ArrayKnown with it (a release-consistency array: its pages must be
+    #: known as such at every shard before any node can ask for one)
+    gather: U64 = 0
+
+
+@dataclass(frozen=True)
+class ArrayKnown(Message):
+    """Shard to coordinator: the array of ArrayAllocated ``gather`` is known here."""
+
+    TYPE = MsgType.ARRAY_KNOWN
+    DIRECTION = Direction.TO_DIRECTORY
+    gather: U64
 
 
 @dataclass(frozen=True)
@@ -617,8 +706,8 @@ class StatsRuns(Message):
 
 #: the messages between the shards (registered beside the others below)
 SHARD_MESSAGES: tuple[type[Message], ...] = (
-    ShardHello, ShardWelcome, NodeAdmitted, NodeDead, ArrayAllocated, LostRunsQuery, LostRuns,
-    StatsRunsQuery, StatsRuns,
+    ShardHello, ShardWelcome, NodeAdmitted, NodeDead, ArrayAllocated, ArrayKnown,
+    LostRunsQuery, LostRuns, StatsRunsQuery, StatsRuns,
 )
 
 
@@ -699,7 +788,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
         BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
         LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
-        Received, Withdrawn,
+        Received, Withdrawn, Diff, DiffApplied, Dirtied,
     )
 }
 MESSAGE_CLASSES.update({cls.TYPE: cls for cls in SHARD_MESSAGES})
@@ -765,12 +854,19 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         if isinstance(page, zmq.Frame):  # received without a copy: hand out its buffer
             page = page.buffer
         length = len(page)
-        expected = msg.count * page_size
-        if length != expected:
-            raise ProtocolError(
-                f"{cls.__name__} page frame is {length} bytes, expected {expected} "
-                f"({msg.count} pages of {page_size})"
-            )
+        if cls is Diff:
+            expected = msg.frame_bytes(page_size)
+            if length != expected:
+                raise ProtocolError(f"Diff frame is {length} bytes, its spans need {expected}")
+        else:
+            expected = msg.count * page_size
+            if length != expected:
+                raise ProtocolError(
+                    f"{cls.__name__} page frame is {length} bytes, expected {expected} "
+                    f"({msg.count} pages of {page_size})"
+                )
     elif len(frames) != 1:
         raise ProtocolError(f"{cls.__name__} needs 1 frame, got {len(frames)}")
+    elif cls is Diff and msg.spans:
+        raise ProtocolError("a Diff with spans needs the DATA payload and their bytes")
     return msg, page

@@ -118,9 +118,16 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
     values = {f.name: draw(valid_value(hints[f.name])) for f in fields(cls)}
     if cls.CARRIES_PAGE and values["count"] > 4:  # valid, but cheap: a few pages
         values["count"] = draw(st.integers(1, 4))
+    if cls is p.Diff:  # ascending ranges of the run, their bytes in the frame
+        cuts = sorted(draw(st.sets(st.integers(0, values["count"] * page_size), max_size=6)))
+        spans = [x for a, b in zip(cuts[::2], cuts[1::2]) for x in (a, b - a)]
+        values["spans"] = spans
+        values["payload"] = p.Payload.DATA if spans else p.Payload.NONE
     msg = cls(**values)
     page = None
-    if cls.CARRIES_PAGE and msg.payload == p.Payload.DATA:
+    if cls is p.Diff and msg.spans:
+        page = bytes([draw(st.integers(0, 255))]) * sum(msg.spans[1::2])
+    elif cls.CARRIES_PAGE and msg.payload == p.Payload.DATA:
         page = bytes([draw(st.integers(0, 255))]) * (msg.count * page_size)
     return msg, page
 

@@ -359,7 +359,8 @@ def test_agent_exits_when_its_node_session_is_killed(directory, make_node):
 
 def test_give_back_write_protects_owned_pages_before_reading_them():
     """A local writer must be stopped before an owned page is read to be handed back: a write
-    between the read and the hole punch would be lost. The node core orders it so."""
+    between the read and the hole punch would be lost. The node core orders it so; the pages
+    are punched (their contents kept for the send) before they are sent."""
     from dsm.core.readahead import ReadAhead
     from dsm.core import actions as act
     from dsm.core.node import NodeCore
@@ -372,7 +373,7 @@ def test_give_back_write_protects_owned_pages_before_reading_them():
     out = core.give_back(list(range(8)))
     kinds = [(type(a).__name__, type(a.message).__name__ if isinstance(a, act.Send) else None)
              for a in out]
-    assert kinds == [("Protect", None), ("Send", "Writeback"), ("Punch", None),
-                     ("Send", "Drop"), ("Punch", None)]
-    assert (out[0].first, out[0].count) == (0, 3) and out[1].pages == (0, 3)
+    assert kinds == [("Protect", None), ("Punch", None), ("Send", "Writeback"),
+                     ("Punch", None), ("Send", "Drop")]
+    assert (out[0].first, out[0].count) == (0, 3) and out[2].pages == (0, 3) and out[1].keep
     assert core.state == {}

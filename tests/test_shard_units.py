@@ -41,7 +41,7 @@ def test_runs_are_cut_where_a_stripe_ends_and_only_with_shards():
 
 def test_the_node_core_asks_for_no_run_that_crosses_a_stripe_end():
     core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(S), holds=lambda page: True)
-    core.shards = 2
+    core.set_shards(2)
     proc = object()
     out = []
     for page in range(S - 8, S + 2):  # a sequential reader: its window grows across the end
@@ -58,7 +58,7 @@ def test_the_node_core_asks_for_no_run_that_crosses_a_stripe_end():
 
 def test_an_upgrade_run_stops_at_a_stripe_end():
     core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(S), holds=lambda page: True)
-    core.shards = 4
+    core.set_shards(4)
     for page in range(S - 4, S + 4):
         core.state[page] = PageState.SHARED
     out = []
@@ -72,7 +72,7 @@ def test_an_upgrade_run_stops_at_a_stripe_end():
 
 def test_pages_handed_back_go_in_runs_of_one_stripe():
     core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(4), holds=lambda page: True)
-    core.shards = 2
+    core.set_shards(2)
     core.state.update({q: PageState.EXCLUSIVE for q in range(S - 2, S + 2)})
     core.state.update({q: PageState.SHARED for q in range(2 * S - 1, 2 * S + 1)})
     sends = [a.message for a in core.give_back(list(core.state)) if isinstance(a, act.Send)]

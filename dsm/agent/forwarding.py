@@ -45,9 +45,12 @@ _DIRECTORY_ANSWER: dict[type[local.Request], type[p.Message]] = {
 class Forwarder:
     def __init__(self, node: str, send: Callable[[p.Message], None],
                  reply: Callable[[Any, local.LocalMessage], None],
-                 watch_pid: Callable[[int], None]):
+                 watch_pid: Callable[[int], None],
+                 release: Callable[[p.Message], None] | None = None):
         self.node = node
         self._send = send
+        #: how a release (LockRelease, BarrierWait) goes out: after the node's diffs
+        self._release = release or send
         self._reply = reply
         self._watch_pid = watch_pid
         #: agent req -> (client, client req, the directory message that answers it)
@@ -79,7 +82,11 @@ class Forwarder:
         req = self._next_req
         self._next_req += 1
         self._waiting[req] = (client, msg.req, _DIRECTORY_ANSWER[type(msg)])
-        self._send(self._builders[type(msg)](req, msg))
+        out = self._builders[type(msg)](req, msg)
+        if isinstance(out, (p.LockRelease, p.BarrierWait)):
+            self._release(out)
+        else:
+            self._send(out)
 
     def answer(self, msg: p.Message) -> bool:
         """Route a directory answer to its client; False when no client waits for it."""

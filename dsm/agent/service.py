@@ -26,6 +26,7 @@ from dsm import protocol as p
 from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
 from dsm.agent.forwarding import Forwarder
+from dsm.agent.twins import Twins
 from dsm.agent.links import ShardLinks
 from dsm.agent.memory import NodeMemory
 from dsm.agent.peers import (
@@ -33,7 +34,6 @@ from dsm.agent.peers import (
 )
 from dsm.core import actions as act
 from dsm.core.node import NodeCore
-from dsm.core.states import PageState
 from dsm.core.readahead import ReadAhead
 from dsm.agent.processes import (
     Mapping,
@@ -186,8 +186,10 @@ class Agent:
                              ReadAhead(READAHEAD_MAX_PAGES), self.memory.holds, self.tracer,
                              self.stats)
         self.core.direct = self._direct
-        self.core.shards = self.links.count  # its requests stop at stripe ends
+        self.core.set_shards(self.links.count)  # its requests stop at stripe ends
         self.state = self.core.state  # page -> PageState, for the pages this node holds
+        #: the twins of release-consistency pages written since the last release
+        self.twins = Twins(self.memory.memfd, self.page_size)
         self.pending = self.core.pending  # page -> the request out for it
         self._pidfds: dict[int, WorkloadProcess] = {}
         #: Remove events whose pages are not yet told apart, oldest first
@@ -201,7 +203,8 @@ class Agent:
         if self._parent_pidfd is not None:
             self.poller.register(self._parent_pidfd, zmq.POLLIN)
         self.forwarder = Forwarder(node, self._send, lambda c, m: self.clients.reply(c, m),
-                                   self._watch_departures)
+                                   self._watch_departures,
+                                   release=lambda m: self._carry_out(self.core.release_sync(m)))
         self.clients = ClientHub(socket_path, node, self.layout, self.memory.memfd, self.poller,
                                  self.forwarder, self._register,
                                  lambda: {"node": node, "processes": len(self.procs),
@@ -225,6 +228,7 @@ class Agent:
             p.Error: self._on_answer,
             p.Lost: self._on_lost,
             p.Withdrawn: lambda m, d: self._carry_out(self.core.withdrawn(m)),
+            p.DiffApplied: lambda m, d: self._carry_out(self.core.diff_applied(m)),
             p.Fenced: lambda m, d: self._cut_off(
                 f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
@@ -538,6 +542,7 @@ class Agent:
         self.forwarder.fail_all(why)
         self._kill_workload_processes(signal.SIGBUS)
         self.core.cut_off()  # the directory has reassigned these pages: nothing to hand back
+        self.twins.clear()
 
     # the directory's answers and orders: the core decides, _carry_out does
     def _on_grant(self, msg: p.Grant, data: Any) -> None:
@@ -603,6 +608,15 @@ class Agent:
             elif kind is act.Unprotect:
                 if not a.proc.uffd.closed:
                     memory.writeprotect(a.proc, a.page * size, size, wp=False)
+            elif kind is act.Twin:
+                self.twins.make(a.page)
+            elif kind is act.SendDiff:
+                spans, diff = self.twins.diff(a.first, a.count)
+                self._send(p.Diff(a.req, a.first, a.count, spans,
+                                  p.Payload.DATA if spans else p.Payload.NONE),
+                           diff if spans else None)
+            elif kind is act.DropTwins:
+                self.twins.drop(a.first, a.count)
             elif kind is act.Punch:
                 if a.keep:
                     taken[a.first, a.count] = os.pread(memory.memfd, a.count * size,
@@ -615,7 +629,17 @@ class Agent:
             else:
                 raise TypeError(f"the node core asked for an unknown action {a!r}")
 
+    def _check_runs(self, flat: list[int]) -> None:
+        """ProtocolError unless ``flat`` holds (first, count) runs of the region's pages."""
+        if len(flat) % 2 or any(count < 1 or first + count > self.layout.num_pages
+                                for first, count in zip(flat[::2], flat[1::2])):
+            raise ProtocolError(f"write notices {flat[:8]!r:.80} are not runs of the region's "
+                                f"{self.layout.num_pages} pages")
+
     def _on_answer(self, msg: Any, _: Any) -> None:
+        if isinstance(msg, p.SyncReply) and msg.notices:  # an acquire: before the process goes on
+            self._check_runs(msg.notices)
+            self._carry_out(self.core.acquire_sync(msg.notices))
         if isinstance(msg, p.Allocated):
             if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
                 msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"
@@ -727,7 +751,8 @@ class Agent:
         """A fault on a page of a Remove event not told apart yet, which the memfd still holds:
         if it is a read copy, DONTNEED may have zapped its protection with its entry in the
         removing process; protect it there again before the fault is let through."""
-        if self.state.get(page) is not PageState.SHARED:
+        st = self.state.get(page)
+        if st is None or not st.protected:
             return
         for removal in self._removals:
             if page in removal.pages and not removal.proc.uffd.closed:
@@ -741,7 +766,8 @@ class Agent:
         if removal.proc.uffd.closed:
             return
         for pg in removal.pages:  # DONTNEED: the pages stay; keep read copies protected
-            if self.state.get(pg) is PageState.SHARED:
+            st = self.state.get(pg)
+            if st is not None and st.protected:
                 self.memory.writeprotect(removal.proc, pg * self.page_size, self.page_size, wp=True)
 
     # --- giving pages back -------------------------------------------------------------------------

@@ -82,6 +82,33 @@ class Punch:
 
 
 @dataclass(frozen=True, slots=True)
+class Twin:
+    """Keep a copy of ``page`` as it is now (release consistency: its first write since the
+    last release or acquire; the diff is taken against it)."""
+
+    page: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendDiff:
+    """Release consistency: send what changed in ``count`` pages from ``first`` since their
+    twins, as ``Diff(req, ...)`` to their manager, and drop the twins. (The pages were
+    write-protected before: what is compared is what stays.)"""
+
+    req: int
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropTwins:
+    """Release consistency: forget the twins of ``count`` pages from ``first`` (discarded)."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Wake:
     """Let the thread(s) of ``proc`` faulting at ``addr`` retry."""
 
@@ -104,4 +131,5 @@ class Kill:
     why: str
 
 
-Action = Send | Install | Upgrade | Protect | Unprotect | Punch | Wake | Poison | Kill
+Action = (Send | Install | Upgrade | Protect | Unprotect | Punch | Twin | SendDiff | DropTwins | Wake
+          | Poison | Kill)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Hashable
 from dsm import protocol as p
 from dsm.core.extents import Extents
 from dsm.core.readahead import ReadAhead
+from dsm.core.release import RELEASE, ReleasePages
 from dsm.core.shards import STRIPE_PAGES, clip_to_stripe, split_at_stripes
 from dsm.core.stats import NodeStats
 from dsm.core.actions import (
@@ -99,6 +100,15 @@ class NodeCore:
         #: the directory's manager shards (dsm.core.shards): no request crosses a stripe's end
         self.shards = 1
         self.stripe = STRIPE_PAGES  #: pages per stripe (fewer only in the simulator)
+        #: the pages of release-consistency arrays: twins, diffs, write notices
+        self.release = ReleasePages(node, self.state, self.stats, self._trace, self._tracing)
+        self.release.stripe = self.stripe
+
+    def set_shards(self, shards: int, stripe: int = STRIPE_PAGES) -> None:
+        """The directory's manager shards, and their stripe (fewer pages only in the
+        simulator)."""
+        self.shards = self.release.shards = shards
+        self.stripe = self.release.stripe = stripe
 
     # --- faults ------------------------------------------------------------------------------------
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
@@ -106,6 +116,14 @@ class NodeCore:
         write = rw is Access.WRITE
         self.stats.count(_FAULT_COUNTER[kind, rw])
         st = self.state.get(page)
+        if kind is FaultKind.WRITE_PROTECTED and st is PageState.CLEAN:
+            if not write:
+                return [Wake(proc, addr)]
+            self.stats.count("faults_local")
+            return self.release.first_write(page)
+        if kind is FaultKind.WRITE_PROTECTED and st is PageState.DIRTY:
+            self.stats.count("faults_local")
+            return [Unprotect(proc, page)]  # a stale marker (left from its clean copy)
         if kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
             if write:
                 self._unwritten.discard(page)  # a migratory prediction come true
@@ -115,7 +133,7 @@ class NodeCore:
         out: list[Action] = []
         if kind is FaultKind.MISSING and st is not None and page not in self.pending:
             if self._holds(page):
-                if not write or st is PageState.EXCLUSIVE:
+                if not write or st is not PageState.SHARED:  # a write to it faults again
                     self.stats.count("faults_local")
                     return [Wake(proc, addr)]  # raised before the page arrived
             else:  # the page vanished under us: MADV_REMOVE punched it
@@ -222,8 +240,14 @@ class NodeCore:
             log.warning("grant of pages %d+%d that were not asked for: installed anyway", first, count)
             pend = Pending(first, count, msg.write, now, None)
         granted = range(first, first + count)
+        stale = self.release.stale_on_arrival
+        if msg.release and stale and not stale.isdisjoint(granted):
+            # an acquire named them since they were asked for: they may predate its release
+            stale.difference_update(granted)
+            return self._refault(pend, range(0), now)
         old = self.state.get(first)
-        new = PageState.EXCLUSIVE if msg.write else PageState.SHARED
+        new = (PageState.CLEAN if msg.release else
+               PageState.EXCLUSIVE if msg.write else PageState.SHARED)
         ready = [w for w in pend.waiters if w.page in granted]
         out: list[Action] = []
         if msg.payload == p.Payload.NONE:  # an upgrade, or a page the node owns already
@@ -372,18 +396,19 @@ class NodeCore:
     def discard(self, pages: list[int]) -> list[Action]:
         """Pages the workload removed (MADV_REMOVE): zeros everywhere."""
         self._unwritten.difference_update(pages)
+        out = self.release.discarded(pages)
         for pg in pages:
             old = self.state.pop(pg, None)
             if self._tracing:
                 self._trace(pg, "DISCARD", self.node, _name(old), "invalid")
         self.stats.count("discards", len(pages))
-        return [Send(p.Discard(sorted(pages)))]
+        return out + [Send(p.Discard(sorted(pages)))]
 
     def give_back(self, pages: list[int]) -> list[Action]:
         """Hand pages back (not those a request is out for): owned ones with their contents,
         write-protected first so that no write lands between the read and the punch; read
         copies as a drop. One message per run."""
-        by_state: dict[PageState, list[int]] = {PageState.EXCLUSIVE: [], PageState.SHARED: []}
+        by_state: dict[PageState, list[int]] = {st: [] for st in GIVE_BACK_ORDER}
         for page in pages:
             st = self.state.get(page)
             if st is not None and page not in self.pending:
@@ -392,6 +417,10 @@ class NodeCore:
         for st, group in by_state.items():
             for first, count in split_at_stripes(runs(group, p.MAX_BATCH_PAGES), self.shards,
                                                   self.stripe):
+                if st in RELEASE:  # to the home, changes only
+                    out += self.release.give_back(first, count)
+                    self.stats.count("givebacks", count)
+                    continue
                 # gone from here before the directory can hand them to anyone else
                 if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
                     out += [Protect(first, count), Punch(first, count, keep=True),
@@ -410,7 +439,21 @@ class NodeCore:
         return out
 
     def read_copies(self) -> list[int]:
-        return [pg for pg, st in self.state.items() if st is PageState.SHARED]
+        """The pages write-protected in every local process (read copies, clean release
+        copies)."""
+        return [pg for pg, st in self.state.items() if st.protected]
+
+    # --- release consistency (dsm.core.release) ----------------------------------------------------
+    def release_sync(self, msg: p.LockRelease | p.BarrierWait) -> list[Action]:
+        """A lock release or barrier arrival: diffs home first, then ``msg``, with the notices."""
+        return self.release.release(msg)
+
+    def acquire_sync(self, notices: list[int]) -> list[Action]:
+        """A lock grant or barrier departure: the pages other nodes' releases changed."""
+        return self.release.acquired(notices, lambda q: q in self.pending) if notices else []
+
+    def diff_applied(self, msg: p.DiffApplied) -> list[Action]:
+        return self.release.diff_applied(msg)
 
     # --- processes and time ------------------------------------------------------------------------
     def process_gone(self, proc: Any) -> None:
@@ -435,6 +478,11 @@ class NodeCore:
         self.pending.clear()
         self.state.clear()
         self._unwritten.clear()
+        self.release.clear()
+
+
+#: owned pages first: what only this node holds goes home soonest
+GIVE_BACK_ORDER = (PageState.EXCLUSIVE, PageState.SHARED, PageState.DIRTY, PageState.CLEAN)
 
 
 def _name(state: PageState | None) -> str:

@@ -8,6 +8,16 @@ import enum
 class PageState(enum.Enum):
     SHARED = "shared"  #: a read copy, write-protected in every local process
     EXCLUSIVE = "exclusive"  #: owned: the only copy, writable
+    #: release consistency (``dsm.core.release``): a copy, write-protected, not twinned
+    CLEAN = "clean"
+    #: release consistency: twinned at its first write since, writable (other nodes may write
+    #: their own copies of it meanwhile)
+    DIRTY = "dirty"
+
+    @property
+    def protected(self) -> bool:
+        """Whether the page is write-protected in every local process (a write faults)."""
+        return self is PageState.SHARED or self is PageState.CLEAN
 
 
 def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
@@ -19,3 +29,18 @@ def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
         else:
             out.append((pg, 1))
     return out
+
+
+#: the longest run ``pack_runs`` makes (a message's page count bounds nothing here: the runs
+#: of write notices are numbers in a list)
+PACKED_RUN_PAGES = 1 << 20
+
+
+def pack_runs(pages) -> list[int]:
+    """Pages (any order, no repeats) as flat ``[first, count, ...]`` runs, ascending."""
+    return [x for first, count in runs(list(pages), PACKED_RUN_PAGES) for x in (first, count)]
+
+
+def unpack_runs(flat: list[int]) -> list[int]:
+    """The pages of flat ``[first, count, ...]`` runs."""
+    return [q for i in range(0, len(flat) - 1, 2) for q in range(flat[i], flat[i] + flat[i + 1])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from dsm.consistency import META_KEY, Consistency
 from dsm.errors import DsmError
 from dsm.layout import Layout
 
@@ -77,6 +78,11 @@ class Allocations:
         alloc = self._by_offset[i]
         page = self.layout.page_size
         return alloc if offset < alloc.offset + (alloc.nbytes + page - 1) // page * page else None
+
+    def is_release(self, page: int) -> bool:
+        """Whether region page ``page`` belongs to a release-consistency array."""
+        alloc = self.at(page * self.layout.page_size)
+        return alloc is not None and alloc.meta.get(META_KEY) == Consistency.RELEASE.value
 
     def locate_page(self, page: int) -> tuple[str, int]:
         """(name of the allocation holding region page ``page`` or "", its index there)."""

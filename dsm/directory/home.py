@@ -56,6 +56,24 @@ class HomeStore:
         else:
             self.clear(page, count)
 
+    def patch(self, page: int, spans: list[int], data: Any) -> list[int]:
+        """Write a diff into the pages from ``page``: ``spans`` are ``[start, length, ...]``
+        byte ranges counted from that page's first byte, their bytes one after another in
+        ``data``. Returns the pages it wrote."""
+        base = page * self.page_size
+        src = memoryview(data) if data is not None else memoryview(b"")
+        offset = 0
+        touched: set[int] = set()
+        for i in range(0, len(spans), 2):
+            start, length = base + spans[i], spans[i + 1]
+            self._view[start:start + length] = src[offset:offset + length]
+            offset += length
+            touched.update(range(start // self.page_size,
+                                 (start + length - 1) // self.page_size + 1))
+        for q in touched:
+            self._has_data[q] = True
+        return sorted(touched)
+
     def clear(self, page: int, count: int) -> None:
         """Forget ``count`` pages: they read as zero again and their memory is returned."""
         if not self._has_data[page : page + count].any():

@@ -52,6 +52,8 @@ from typing import Any, Callable, NamedTuple
 
 from dsm.core.shards import STRIPE_PAGES, clip_to_stripe
 from dsm.directory.home import HomeStore
+from dsm.directory.release import ReleaseHomes
+from dsm.errors import ProtocolError
 from dsm.layout import Layout
 from dsm.protocol import Fetch, Grant, Invalidate, Lost, Message, Payload, Withdrawn
 
@@ -140,7 +142,7 @@ class PageDirectory:
                  on_loss: OnLoss = OnLoss.POISON, locate: Locator | None = None,
                  clock: Callable[[], float] = time.monotonic, direct: bool = False,
                  shard: int = 0, shards: int = 1, migratory: bool = True,
-                 stripe: int = STRIPE_PAGES):
+                 stripe: int = STRIPE_PAGES, is_release: Callable[[int], bool] | None = None):
         if direct and on_loss is OnLoss.LAST_COPY:
             raise ValueError("--on-loss last-copy falls back to the directory's copy of every "
                              "page, which only the relay manager keeps: use --manager relay")
@@ -160,6 +162,8 @@ class PageDirectory:
         self.lost: dict[int, str] = {}
         self._entries: dict[int, PageEntry] = {}
         self.home = HomeStore(layout)
+        #: the pages of release-consistency arrays: no owners, their home here merges diffs
+        self.release = ReleaseHomes(self.home, is_release or (lambda page: False))
         self._txns: dict[int, Txn] = {}
         self._next_txn = 1
         self._dead: set[str] = set()
@@ -187,11 +191,47 @@ class PageDirectory:
 
     # --- inputs ------------------------------------------------------------------------------------
     def acquire(self, node: str, page: int, count: int, write: bool, have_copy: bool) -> list[Send]:
+        if self.release.covers(page):  # the home copy, for reading and for writing alike
+            self.layout.check_page(page)
+            if page in self.lost:
+                return [self._lost_answer(node, page, count)]
+            limit = clip_to_stripe(page, min(count, self.layout.num_pages - page), self.shards,
+                                   self.stripe)
+            grant, data = self.release.read(page, limit, lambda q: q not in self.lost)
+            if self._tracing:
+                self._trace(page, "READ", node, self.release.describe(page),
+                            self.release.describe(page), count=grant.count)
+            return [Send(node, grant, data)]
         kind = Kind.WRITE if write else Kind.READ
         return self._submit(Request(kind, node, page, max(1, count), have_copy))
 
     def discard(self, node: str, page: int) -> list[Send]:
+        if self.release.covers(page):  # zeros from now on; the others learn at their acquire
+            self.layout.check_page(page)
+            self.lost.pop(page, None)
+            self.release.discard(page)
+            return []
         return self._submit(Request(Kind.DISCARD, node, page))
+
+    def diff(self, node: str, req: int, page: int, count: int, spans: list[int],
+             data: Any) -> list[Send]:
+        """A node's changes to release pages (at its release): into their home copies."""
+        self.layout.check_page(page + count - 1)
+        for q in range(page, page + count):
+            if not self.release.covers(q):
+                raise ProtocolError(f"Diff of page {q}, which is not in a release-consistency "
+                                    "array")
+        applied = self.release.apply(node, req, page, count, spans, data)
+        if self._tracing:
+            self._trace(page, "DIFF", node, "", self.release.describe(page), count=count,
+                        bytes=sum(spans[1::2]))
+        return [Send(node, applied)]
+
+    def dirtied(self, node: str, page: int, count: int) -> list[Send]:
+        self.layout.check_page(page + count - 1)
+        self.release.dirtied(node, [q for q in range(page, page + count)
+                                    if self.release.covers(q)])
+        return []
 
     def fetched(self, node: str, txn_id: int, page: int, count: int, payload: int, data: Any,
                 not_held: list[int], unwritten: list[int] = ()) -> list[Send]:
@@ -348,6 +388,7 @@ class PageDirectory:
             elif (self.direct and e.owner is None and not e.home_current and not e.copyset
                   and page not in self.lost):
                 lost.append(page)  # its read copy was the last one
+        lost += self.release.node_lost(node)  # release pages it changed and never released
         if lost:
             self._record_loss(node, lost)
         for txn in list(self._txns.values()):

@@ -30,7 +30,8 @@ from dsm.directory.pages import OnLoss, PageDirectory, Send
 from dsm.directory.sessions import Sessions, new_random_id
 from dsm.directory.shard import Role, check_shard
 from dsm.directory.stats import NodeReports, report as stats_report
-from dsm.directory.sync import Reply, SyncTable, node_of
+from dsm.directory.notices import WriteNotices
+from dsm.directory.sync import Reply, SyncStatus, SyncTable, node_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
@@ -40,6 +41,8 @@ from dsm.managers import DEFAULT_MANAGER, Manager
 from dsm.trace import Tracer
 from dsm.wire import has_input, send_frames
 
+#: the answers that end an acquire: they carry the write notices
+ACQUIRES = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.PASSED, SyncStatus.BROKEN)
 log = logging.getLogger(__name__)
 
 
@@ -87,8 +90,11 @@ class DirectoryService:
         self.tracer = Tracer(trace_path, who, role="manager")
         self.allocations = Allocations(layout)
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page,
-                                   direct=self.manager.direct, migratory=migratory)
+                                   direct=self.manager.direct, migratory=migratory,
+                                   is_release=self.allocations.is_release)
         self.sync = SyncTable()
+        #: release-consistency write notices, delivered with lock grants and barrier departures
+        self.notices = WriteNotices(layout.num_pages)
         self.node_timeout_s = node_timeout_s
         self.sessions = Sessions(new_random_id())
         #: each node's last counters, for ``dsm top``
@@ -117,17 +123,19 @@ class DirectoryService:
             p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count, m.payload, d),
             p.Received: lambda n, m, d: self.pages.received(n, m.txn, m.page, m.count,
                                                             m.installed),
+            p.Diff: lambda n, m, d: self.pages.diff(n, m.req, m.page, m.count, m.spans, d),
+            p.Dirtied: lambda n, m, d: self.pages.dirtied(n, m.page, m.count),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
             # the node knows we live, and learns our clock (dsm.clocksync)
             p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat(self.tracer.now_ns(), m.clock_ns))],
             p.Bye: self._on_bye,
             p.LockAcquire: self._on_lock_acquire,
-            p.LockRelease: lambda n, m, d: self._replies(
+            p.LockRelease: lambda n, m, d: self._released(n, m.notices) or self._replies(
                 self.sync.release(n, m.req, m.name, self._holder(n, m.holder))),
             p.BarrierJoin: lambda n, m, d: self._replies(
                 self.sync.join(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
-            p.BarrierWait: lambda n, m, d: self._replies(
+            p.BarrierWait: lambda n, m, d: self._released(n, m.notices) or self._replies(
                 self.sync.wait(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
             p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *self.sync.status(m.name)))],
             p.Departed: lambda n, m, d: self._replies(
@@ -297,9 +305,22 @@ class DirectoryService:
             raise ProtocolError(f"holder {holder!r} does not belong to node {node!r}")
         return holder
 
-    @staticmethod
-    def _replies(replies: list[Reply]) -> list[Send]:
-        return [Send(r.node, p.SyncReply(r.req, int(r.status), r.detail)) for r in replies]
+    def _released(self, node: str, notices: list[int]) -> None:
+        if len(notices) % 2:
+            raise ProtocolError(f"write notices must be (first, count) runs: {len(notices)} "
+                                "numbers")
+        for first, count in zip(notices[::2], notices[1::2]):
+            if count < 1:
+                raise ProtocolError(f"a write notice run of {count} pages from page {first}")
+            self.layout.check_page(first + count - 1)
+        self.notices.released(node, notices)
+
+    def _replies(self, replies: list[Reply]) -> list[Send]:
+        """The SyncReplies; an acquire (a grant, a departure) carries its write notices."""
+        return [Send(r.node, p.SyncReply(r.req, int(r.status), r.detail,
+                                         self.notices.take(r.node) if r.status in ACQUIRES
+                                         else []))
+                for r in replies]
 
     def _on_lock_acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
         deadline = None if msg.timeout_ms < 0 else time.monotonic() + msg.timeout_ms / 1000
@@ -308,6 +329,7 @@ class DirectoryService:
 
     def _node_gone(self, node: str) -> list[Send]:
         self.node_reports.forget(node)
+        self.notices.gone(node)
         return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
 
     def _declare_dead(self, node: str, why: str, report: bool = True) -> None:
@@ -362,7 +384,7 @@ class DirectoryService:
                  msg.incarnation, f", peer endpoint {msg.endpoint}" if msg.endpoint else "")
         self.sessions.start(node, identity, msg.incarnation, msg.pid, time.monotonic())
         self.pages.node_joined(node, msg.endpoint)
-        self.pages.node_joined(node)
+        self.notices.joined(node)
         self.role.admitted(node, msg.incarnation)  # every shard hears it before the node
         return [Send(node, welcome)]
 
@@ -431,10 +453,16 @@ class DirectoryService:
             a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
         except AllocationError as exc:
             return [Send(node, p.Error(msg.req, str(exc)))]
+        def answer(why: str | None) -> None:
+            self._send_all([Send(node, p.Error(msg.req, why) if why else
+                                 p.Allocated(msg.req, a.offset, a.nbytes, a.meta))])
+
         if len(self.allocations) > count_before:
             self.traced_array(a)
-            self.role.allocated(a)  # the shards name pages by array too
-        return [Send(node, p.Allocated(msg.req, a.offset, a.nbytes, a.meta))]
+            self.role.allocated(a, answer)  # the shards know the array first
+        else:
+            self.role.when_known(a.name, answer)
+        return []
 
     def traced_array(self, a: Allocation) -> None:
         if self.tracer.enabled:  # names the pages for the views (dsm trace --html)
@@ -450,7 +478,6 @@ class DirectoryService:
                 self._declare_dead(node, f"it left transaction {txn.id} (page {txn.request.page}) "
                                          f"unanswered for over {TRANSACTION_TIMEOUT_S:.0f} s")
         self._declare_undelivered_dead()
-
 
 #: the message types between shards (``dsm.directory.shard``)
 _SHARD_MESSAGES = frozenset(p.SHARD_MESSAGES)

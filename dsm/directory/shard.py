@@ -50,6 +50,7 @@ import zmq
 
 from dsm import protocol as p
 from dsm.core.shards import STRIPE_PAGES, shard_of
+from dsm.consistency import META_KEY, Consistency
 from dsm.directory.allocations import Allocation, AllocationError
 from dsm.directory.pages import Send
 from dsm.errors import DsmError
@@ -125,8 +126,14 @@ class Role:
     def dead(self, node: str, incarnation: int, why: str, told: bool) -> None:
         """A node's session ended by death (``told``: the coordinator said so)."""
 
-    def allocated(self, alloc: Allocation) -> None:
-        pass
+    def allocated(self, alloc: Allocation, answer: Callable[[str | None], None]) -> None:
+        """A new array: ``answer(None)`` once every shard knows it (``answer(why)``: it could
+        not be told)."""
+        answer(None)
+
+    def when_known(self, name: str, answer: Callable[[str | None], None]) -> None:
+        """``answer`` once the array ``name`` (which exists) is known at every shard."""
+        answer(None)
 
     def is_peer(self, identity: bytes) -> bool:
         """Whether ``identity`` is another shard (not a node)."""
@@ -195,7 +202,10 @@ class Coordinator(Role):
             p.NodeDead: self._on_node_dead,
             p.LostRuns: self._on_part,
             p.StatsRuns: self._on_part,
+            p.ArrayKnown: self._on_part,
         }
+        #: release arrays some shard has not confirmed yet -> the Alloc answers waiting for it
+        self._unknown_arrays: dict[str, list[Callable[[str | None], None]]] = {}
 
     @property
     def ready(self) -> bool:  # type: ignore[override]
@@ -312,8 +322,31 @@ class Coordinator(Role):
     def dead(self, node: str, incarnation: int, why: str, told: bool) -> None:
         self._to_all(p.NodeDead(node, incarnation, why))
 
-    def allocated(self, alloc: Allocation) -> None:
-        self._to_all(_array_message(alloc))
+    def allocated(self, alloc: Allocation, answer: Callable[[str | None], None]) -> None:
+        if alloc.meta.get(META_KEY) != Consistency.RELEASE.value:
+            self._to_all(_array_message(alloc))  # only names: a shard may learn it late
+            answer(None)
+            return
+        # a release array's pages are served apart from the others: no node may ask a shard
+        # for one before that shard knows the array
+        self._unknown_arrays[alloc.name] = [answer]
+
+        def done(parts: dict[int, Any]) -> None:
+            for waiting in self._unknown_arrays.pop(alloc.name, []):
+                waiting(None)
+
+        def failed(why: str) -> None:
+            for waiting in self._unknown_arrays.pop(alloc.name, []):
+                waiting(f"array {alloc.name!r}: {why}")
+
+        self._ask_all(lambda gid: _array_message(alloc, gid), done, failed)
+
+    def when_known(self, name: str, answer: Callable[[str | None], None]) -> None:
+        waiting = self._unknown_arrays.get(name)
+        if waiting is None:
+            answer(None)
+        else:
+            waiting.append(answer)
 
     def _on_node_dead(self, peer: _Peer, msg: p.NodeDead) -> None:
         why = f"shard {peer.index} declared it dead: {msg.why}"
@@ -507,6 +540,8 @@ class Member(Role):
             raise DsmError(f"array {msg.name!r} is at {alloc.offset:#x} here, at "
                            f"{msg.offset:#x} on the coordinator: the allocation tables diverged")
         self.service.traced_array(alloc)
+        if msg.gather:
+            self._send(p.ArrayKnown(msg.gather))
 
     def _on_lost_query(self, msg: p.LostRunsQuery) -> None:
         pages = self.service.pages
@@ -554,8 +589,8 @@ def _exited(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 0)[0])
 
 
-def _array_message(alloc: Allocation) -> p.ArrayAllocated:
-    return p.ArrayAllocated(alloc.name, alloc.offset, alloc.nbytes, alloc.meta)
+def _array_message(alloc: Allocation, gather: int = 0) -> p.ArrayAllocated:
+    return p.ArrayAllocated(alloc.name, alloc.offset, alloc.nbytes, alloc.meta, gather)
 
 
 def check_shard(msg: p.Message, index: int, count: int) -> None:

@@ -132,7 +132,7 @@ class World:
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
                                  holds=lambda pg, node=node: pg in node.memory)
             node.core.direct = direct
-            node.core.shards, node.core.stripe = shards, STRIPE_PAGES
+            node.core.set_shards(shards, STRIPE_PAGES)
             for d in self.directories.values():
                 d.node_joined(name, peer=f"sim://{name}")
             for t in range(threads_per_node):

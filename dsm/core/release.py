@@ -1,0 +1,151 @@
+"""A node's pages of release-consistency arrays (home-based lazy release consistency): twins,
+diffs and write notices, with no sockets. ``NodeCore`` hands these pages over to it.
+
+A page's life on a node (``PageState``):
+
+    invalid --fault: the home copy (Grant with release)--> CLEAN (write-protected)
+    CLEAN --first write: Twin, lift the protection, Dirtied to the home--> DIRTY (writable)
+    DIRTY --release: protect, SendDiff (the bytes changed since the twin)--> CLEAN
+    CLEAN or DIRTY --acquire naming it (write notice): [SendDiff], Punch--> invalid
+
+A **release** (a lock release, a barrier arrival) sends every dirty page's diff home first, then
+the release message itself, carrying the write notices: every page whose diff went home since
+the last release. One directory gets both on one pipe, in order; a diff to another shard is
+answered (``DiffApplied``) before the release goes, so that whoever acquires next finds every
+diff at its home. An **acquire** (a grant, a barrier departure) brings the notices of the other
+nodes' releases: those pages are punched (a dirty one sends its diff first), so the next access
+fetches the merged home copy. A page whose home copy is on its way at an acquire that names it
+is asked for again when it comes (what comes may predate the release).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from typing import Callable
+
+from dsm import protocol as p
+from dsm.core.actions import Action, DropTwins, Protect, Punch, Send, SendDiff, Twin, Upgrade
+from dsm.core.shards import shard_of, split_at_stripes
+from dsm.core.states import PageState, pack_runs, runs, unpack_runs
+from dsm.core.stats import NodeStats
+
+#: the release messages, which carry the write notices
+Release = p.LockRelease | p.BarrierWait
+#: the states of sequentially consistent pages
+SEQUENTIAL = (PageState.SHARED, PageState.EXCLUSIVE)
+#: the states of release-consistency pages
+RELEASE = (PageState.CLEAN, PageState.DIRTY)
+
+
+class ReleasePages:
+    def __init__(self, node: str, state: dict[int, PageState], stats: NodeStats,
+                 trace: Callable[..., None], tracing: bool):
+        self.node = node
+        self.state = state  #: the node core's page states (shared)
+        self.stats = stats
+        self._trace, self._tracing = trace, tracing
+        self.shards, self.stripe = 1, 0  #: set by the node core
+        #: the DIRTY pages (twinned)
+        self.dirty: set[int] = set()
+        #: pages whose diff went home since the last release: the next release's notices
+        self.noticed: set[int] = set()
+        self._next_req = 1
+        #: diffs sent to a shard other than the coordinator and not applied yet
+        self._unacked: set[int] = set()
+        #: releases waiting for those, in order, each with the diffs it waits for
+        self._held: deque[tuple[Release, set[int]]] = deque()
+        #: pages asked for when an acquire named them: what comes may predate the release
+        self.stale_on_arrival: set[int] = set()
+
+    # --- writes --------------------------------------------------------------------------------
+    def first_write(self, page: int) -> list[Action]:
+        """A write fault on a CLEAN page: twin it and let the writers go on."""
+        self.state[page] = PageState.DIRTY
+        self.dirty.add(page)
+        self.stats.count("twins")
+        if self._tracing:
+            self._trace(page, "TWIN", self.node, "clean", "dirty")
+        return [Twin(page), Upgrade(page, 1), Send(p.Dirtied(page, 1))]
+
+    def _flush(self, pages: list[int]) -> list[Action]:
+        """Send the diffs of dirty ``pages`` home (they stay as CLEAN copies)."""
+        out: list[Action] = []
+        for first, count in split_at_stripes(runs(pages, p.MAX_BATCH_PAGES), self.shards,
+                                             self.stripe):
+            req = self._next_req
+            self._next_req += 1
+            out += [Protect(first, count), SendDiff(req, first, count)]
+            if self.shards > 1 and shard_of(first, self.shards, self.stripe) != 0:
+                self._unacked.add(req)
+            for q in range(first, first + count):
+                self.state[q] = PageState.CLEAN
+                self.dirty.discard(q)
+            self.noticed.update(range(first, first + count))
+            self.stats.count("diffs")
+            if self._tracing:
+                self._trace(first, "DIFF", self.node, "dirty", "clean", count=count, req=req)
+        return out
+
+    # --- synchronization -----------------------------------------------------------------------
+    def release(self, msg: Release) -> list[Action]:
+        """Flush every dirty page, then send ``msg`` with the write notices (at once, or when
+        the diffs to other shards are applied)."""
+        out = self._flush(sorted(self.dirty))
+        msg = dataclasses.replace(msg, notices=pack_runs(self.noticed))
+        self.noticed.clear()
+        if self._unacked or self._held:
+            self._held.append((msg, set(self._unacked)))
+        else:
+            out.append(Send(msg))
+        return out
+
+    def diff_applied(self, msg: p.DiffApplied) -> list[Action]:
+        self._unacked.discard(msg.req)
+        out: list[Action] = []
+        while self._held and not (self._held[0][1] & self._unacked):
+            out.append(Send(self._held.popleft()[0]))
+        return out
+
+    def acquired(self, notices: list[int], pending: Callable[[int], bool]) -> list[Action]:
+        """Another node's releases changed these pages: invalidate this node's copies (a dirty
+        one sends its diff first: its writes are this node's, not lost)."""
+        out: list[Action] = []
+        pages = unpack_runs(notices)
+        held = [q for q in pages if self.state.get(q) in RELEASE]
+        out += self._flush([q for q in held if q in self.dirty])
+        for first, count in runs(held, p.MAX_BATCH_PAGES):
+            out.append(Punch(first, count))
+            for q in range(first, first + count):
+                del self.state[q]
+        self.stale_on_arrival.update(q for q in pages if pending(q))
+        self.stats.count("notices_invalidated", len(held))
+        if self._tracing and held:
+            self._trace(held[0], "NOTICE", self.node, "held", "invalid", count=len(held))
+        return out
+
+    # --- giving pages up -----------------------------------------------------------------------
+    def give_back(self, first: int, count: int) -> list[Action]:
+        """A run of release pages leaves this node (unmap, leave): dirty ones send their diff."""
+        out = self._flush([q for q in range(first, first + count) if q in self.dirty])
+        out.append(Punch(first, count))
+        for q in range(first, first + count):
+            del self.state[q]
+        return out
+
+    def discarded(self, pages: list[int]) -> list[Action]:
+        """MADV_REMOVE of release pages: zeros at home (the Discard), noticed at the next
+        release; this node's changes to them are gone with them."""
+        dirty = [q for q in pages if q in self.dirty]
+        self.dirty.difference_update(dirty)
+        # (pages this node does not hold may be release pages too: noticed all the same)
+        self.noticed.update(q for q in pages if self.state.get(q) not in SEQUENTIAL)
+        return [DropTwins(first, count) for first, count in runs(dirty, p.MAX_BATCH_PAGES)]
+
+    def clear(self) -> None:
+        """Cut off: nothing here is current any more."""
+        self.dirty.clear()
+        self.noticed.clear()
+        self._unacked.clear()
+        self._held.clear()
+        self.stale_on_arrival.clear()
