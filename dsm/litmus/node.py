@@ -58,12 +58,13 @@ def result_path(out_dir: str | Path, test: Litmus, thread: int) -> Path:
 
 
 def run_thread(node, test: Litmus, thread: int, rounds: int, run_id: str, same_page: bool,
-               warm: bool, seed: float, out_dir: str) -> None:
+               warm: bool, seed: float, out_dir: str, consistency: str = "sequential") -> None:
     import numpy as np
 
     row_words, slot = layout(test, same_page)
     var = {v: slot[i] for i, v in enumerate(test.variables)}
-    mem = node.array(array_name(test, run_id), (rounds, row_words), np.int64)
+    mem = node.array(array_name(test, run_id), (rounds, row_words), np.int64,
+                     consistency=consistency)
     code = [(op, var[v], arg) for op, v, arg in test.threads[thread]]
     finals = [(f"[{v}]", var[v]) for v in test.finals]
     bar = node.barrier(array_name(test, run_id), len(test.threads))
@@ -94,7 +95,8 @@ def run_thread(node, test: Litmus, thread: int, rounds: int, run_id: str, same_p
 
 
 def run_on_node(node, test: Litmus, threads: list[int], rounds: int, run_id: str, out_dir: str,
-                same_page: bool = False, warm: bool = False, seed: int | None = None) -> None:
+                same_page: bool = False, warm: bool = False, seed: int | None = None,
+                consistency: str = "sequential") -> None:
     """Run ``threads`` of ``test`` on this node: the first in this process, the others each
     in a forked child; return when all are done (an error if a child failed)."""
     rng = random.Random(seed)
@@ -105,7 +107,8 @@ def run_on_node(node, test: Litmus, threads: list[int], rounds: int, run_id: str
         if pid == 0:
             status = 0
             try:
-                run_thread(node, test, thread, rounds, run_id, same_page, warm, s, out_dir)
+                run_thread(node, test, thread, rounds, run_id, same_page, warm, s, out_dir,
+                           consistency)
             except BaseException:
                 traceback.print_exc()
                 status = CHILD_FAILED_STATUS
@@ -114,7 +117,8 @@ def run_on_node(node, test: Litmus, threads: list[int], rounds: int, run_id: str
     failed = []
     try:
         if threads:
-            run_thread(node, test, threads[0], rounds, run_id, same_page, warm, seeds[0], out_dir)
+            run_thread(node, test, threads[0], rounds, run_id, same_page, warm, seeds[0], out_dir,
+                       consistency)
     finally:
         for pid in children:
             _, status = os.waitpid(pid, 0)
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory for the per-thread results")
     parser.add_argument("--same-page", action="store_true")
     parser.add_argument("--warm", action="store_true")
+    parser.add_argument("--consistency", default="sequential")
     args = parser.parse_args(argv)
     import dsm
 
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             mine = [t for t, n in enumerate(test.placement) if n == args.rank]
             if mine:
                 run_on_node(node, test, mine, args.rounds, args.run_id, args.out,
-                            args.same_page, args.warm)
+                            args.same_page, args.warm, consistency=args.consistency)
     finally:
         node.close()
     return 0

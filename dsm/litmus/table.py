@@ -159,31 +159,50 @@ def forbidden_key(test: Litmus) -> tuple:
     return tuple(sorted(test.forbidden.items()))
 
 
-def verdict(test: Litmus, outcome: tuple) -> str:
-    if outcome == forbidden_key(test):
-        return "FORBIDDEN"
-    return "allowed" if outcome in sc_outcomes(test) else "NOT SC"
+def verdict(test: Litmus, outcome: tuple, release: bool = False) -> str:
+    if outcome in sc_outcomes(test):
+        return "allowed"
+    if release and outcome in relaxed_outcomes(test):
+        return "relaxed (allowed under release)"
+    return "FORBIDDEN" if outcome == forbidden_key(test) else "NOT SC"
 
 
-def violations(test: Litmus, histogram: Counter) -> int:
-    """Rounds whose outcome sequential consistency does not allow."""
-    allowed = sc_outcomes(test)
+def allowed_outcomes(test: Litmus, release: bool = False) -> set[tuple]:
+    """What the memory model allows: sequential consistency's outcomes, or, for arrays under
+    release consistency (``release``), the relaxed ones: with no lock or barrier between its
+    stores and the loads, a node may load its own stale copy, so any order of each thread's
+    instructions may show; a value no thread stored never does."""
+    return relaxed_outcomes(test) if release else sc_outcomes(test)
+
+
+def violations(test: Litmus, histogram: Counter, release: bool = False) -> int:
+    """Rounds whose outcome the memory model does not allow."""
+    allowed = allowed_outcomes(test, release)
     return sum(n for outcome, n in histogram.items() if outcome not in allowed)
 
 
-def format_histogram(test: Litmus, histogram: Counter, mode: str = "") -> str:
-    """A litmus7-style report: each outcome seen, its count, allowed or not under SC."""
+def format_histogram(test: Litmus, histogram: Counter, mode: str = "",
+                     release: bool = False) -> str:
+    """A litmus7-style report: each outcome seen, its count, allowed or not under SC (and,
+    for release arrays, whether release consistency allows it)."""
     allowed = sc_outcomes(test)
     rounds = sum(histogram.values())
     lines = [f"Test {test.name}{' ' + mode if mode else ''} ({test.description})",
              f"Histogram ({len(histogram)} states, {rounds} rounds)"]
     for outcome, count in sorted(histogram.items()):
         text = " ".join(f"{r}={v};" for r, v in outcome)
-        lines.append(f"  {count:>6} :> {text:<34} {verdict(test, outcome)}")
-    bad = violations(test, histogram)
+        lines.append(f"  {count:>6} :> {text:<34} {verdict(test, outcome, release)}")
+    not_sc = violations(test, histogram)
     forbidden = " /\\ ".join(f"{r}={v}" for r, v in forbidden_key(test))
     seen = histogram.get(forbidden_key(test), 0)
-    lines.append(f"{'No' if bad else 'Ok'}: forbidden outcome ({forbidden}) seen {seen} times, "
-                 f"{bad} of {rounds} rounds not sequentially consistent "
-                 f"({len(set(histogram) & allowed)} of {len(allowed)} allowed outcomes seen)")
+    if release:
+        bad = violations(test, histogram, release=True)
+        lines.append(f"{'No' if bad else 'Ok'}: SC-forbidden outcome ({forbidden}) seen {seen} "
+                     f"times, {not_sc} of {rounds} rounds not sequentially consistent (release "
+                     f"consistency allows them: no lock or barrier orders these accesses), "
+                     f"{bad} allowed by no model")
+    else:
+        lines.append(f"{'No' if not_sc else 'Ok'}: forbidden outcome ({forbidden}) seen {seen} "
+                     f"times, {not_sc} of {rounds} rounds not sequentially consistent "
+                     f"({len(set(histogram) & allowed)} of {len(allowed)} allowed outcomes seen)")
     return "\n".join(lines)
