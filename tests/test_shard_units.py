@@ -193,6 +193,9 @@ def test_directory_flags_make_the_plan(monkeypatch):
     assert manager == "distributed" and plan.count == 4 and plan.local
     manager, plan = _plan(monkeypatch, env={cmd.SHARDS_ENV: "2", cmd.MANAGER_ENV: "distributed"})
     assert (manager, plan.count, plan.local) == ("distributed", 2, True)
+    # a manager asked for on the command line wins over the environment's shard count
+    manager, plan = _plan(monkeypatch, "--manager", "relay", env={cmd.SHARDS_ENV: "2"})
+    assert (manager, plan.count) == ("relay", 1)
     manager, plan = _plan(monkeypatch, "--shard", "0", "--of", "3")
     assert (plan.count, plan.local, plan.index) == (3, False, 0)
     manager, plan = _plan(monkeypatch, "--shard", "2", "--of", "3", "--coordinator", "tcp://c:1")

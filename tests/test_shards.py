@@ -23,6 +23,8 @@ import zmq
 from dsm import protocol as p
 from dsm.core.shards import STRIPE_PAGES, shard_of
 from dsm.directory.sessions import new_random_id
+from dsm.commands.directory import SHARDS_ENV
+from dsm.managers import MANAGER_ENV
 from tests.cluster import ClusterProcessError, Directory, NodeProcess, dump_logs
 from tests.test_coherence import (  # noqa: F401  (collected here, against the shards)
     test_a_process_attaching_late_cannot_write_a_read_copy_silently,
@@ -327,13 +329,19 @@ def test_a_node_is_cut_off_when_any_shard_falls_silent(directory, tmp_path, shar
 
 
 # --- shards started one by one, as on several hosts ---------------------------------------------
+def _env_without_manager_defaults() -> dict[str, str]:
+    """The flags say everything here: not the suite's $DSM_MANAGER / $DSM_SHARDS defaults."""
+    return {k: v for k, v in os.environ.items() if k not in (MANAGER_ENV, SHARDS_ENV)}
+
+
 class Shard:
     def __init__(self, tmp_path, name: str, args: list[str]):
         self.log_path = tmp_path / f"{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dsm", "--log-level", "INFO", "directory", *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
+            env=_env_without_manager_defaults())
 
     def first_line(self, timeout_s: float = 20.0) -> str:
         import select
@@ -389,7 +397,7 @@ def test_shards_started_apart_join_their_coordinator_which_holds_hellos_until_th
         extra = subprocess.run(
             [sys.executable, "-m", "dsm", "directory", "--listen", f"ipc://{tmp_path}/c.ipc",
              "--shard", "auto", "--coordinator", coordinator_ep],
-            capture_output=True, text=True, timeout=30)
+            capture_output=True, text=True, timeout=30, env=_env_without_manager_defaults())
         assert extra.returncode == 2
         assert "there is no free shard" in extra.stdout + extra.stderr, extra
         # a shard that disagrees on the count is refused too

@@ -29,15 +29,18 @@ import zmq
 
 from dsm import protocol as p
 from dsm.wire import has_input, send_frames
-from dsm.core.shards import shard_of
+from dsm.core.shards import shard_name, shard_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, HandshakeWatch, configure_client
+from dsm.trace import Tracer
 
 
 #: hosts that, in an advertised shard endpoint, stand for "the coordinator's host"
 WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
 #: the messages every shard gets
 TO_EVERY_SHARD = (p.Heartbeat, p.Bye)
+#: what ``send`` returns for a message to shard 0 alone
+COORDINATOR_ONLY = (0,)
 
 
 class ShardUnreachable(DsmError):
@@ -90,6 +93,12 @@ class ShardLinks:
         self.last_heard_s: list[float] = [now]
         self.last_sent_s: list[float] = [now]
         self._ids = {id(self.coordinator)}
+        self._tracer: Tracer | None = None
+        self._link = ""
+
+    @property
+    def _tracing(self) -> bool:
+        return self._tracer is not None and self._tracer.enabled
 
     @property
     def count(self) -> int:
@@ -109,11 +118,13 @@ class ShardLinks:
 
     # --- joining -----------------------------------------------------------------------------
     def join_shards(self, advertised: list[str], hello: p.Hello, epoch: int,
-                    timeout_s: float) -> None:
+                    timeout_s: float, tracer: Tracer | None = None, link: str = "") -> None:
         """Say ``hello`` to every shard after the coordinator (``advertised``: the coordinator's
         Welcome.shards) and wait for each one's Welcome. ShardUnreachable, ShardRefused or
         AuthenticationFailed if one does not serve this node. Every shard's silence starts
-        when this returns."""
+        when this returns. ``tracer``: the Hellos and Welcomes are traced on the link of
+        ``link`` (this node's) with each shard, as every later message is."""
+        self._tracer, self._link = tracer, link
         if len(advertised) > 1:
             self._join_others(advertised, hello, epoch, timeout_s)
         now = time.monotonic()
@@ -132,7 +143,10 @@ class ShardLinks:
                 dealer = self._dealer()
                 watches[shard] = HandshakeWatch(dealer, endpoint, self._keys)
                 dealer.connect(endpoint)
+                t0 = self._tracer.now() if self._tracing else None
                 dealer.send_multipart(frames)
+                if t0 is not None:
+                    self._tracer.sent(self._link, shard_name(shard), shard_name(shard), hello, t0)
                 self.dealers.append(dealer)
                 self.endpoints.append(endpoint)
                 self._ids.add(id(dealer))
@@ -162,6 +176,8 @@ class ShardLinks:
 
     def _welcomed(self, shard: int, dealer: zmq.Socket, epoch: int) -> None:
         msg, _ = p.decode(dealer.recv_multipart(), 0, p.Direction.TO_NODE)
+        if self._tracing:
+            self._tracer.received(shard_name(shard), self._link, shard_name(shard), msg)
         where = f"manager shard {shard} at {self.endpoints[shard]}"
         if isinstance(msg, p.Fenced):
             raise ShardRefused(f"{where} refused this node: {msg.reason}")
@@ -172,28 +188,32 @@ class ShardLinks:
                                f"{msg.epoch:x}, the coordinator's {epoch:x}")
 
     # --- sending -----------------------------------------------------------------------------
-    def send(self, msg: p.Message, frames: list[Any]) -> None:
+    def send(self, msg: p.Message, frames: list[Any]) -> tuple[int, ...]:
         """Send ``msg`` (encoded as ``frames``) to the shard it belongs to (see the module
-        docstring); zmq.Again if a shard's queue stayed full for the send timeout."""
+        docstring); the shards it went to. zmq.Again if a shard's queue stayed full for the
+        send timeout."""
         if len(self.dealers) == 1:
             send_frames(self.coordinator, frames)
             self.last_sent_s[0] = time.monotonic()
-            return
+            return COORDINATOR_ONLY
         if isinstance(msg, TO_EVERY_SHARD):
             for shard in range(self.count):
                 self._send_to(shard, frames)
-            return
+            return tuple(range(self.count))
         page = getattr(msg, "page", None)
         if page is not None:
-            self._send_to(shard_of(page, self.count), frames)
-        elif isinstance(msg, p.Discard):
+            shard = shard_of(page, self.count)
+            self._send_to(shard, frames)
+            return (shard,)
+        if isinstance(msg, p.Discard):
             by_shard: dict[int, list[int]] = {}
             for q in msg.pages:
                 by_shard.setdefault(shard_of(q, self.count), []).append(q)
             for shard, pages in by_shard.items():
                 self._send_to(shard, p.encode(p.Discard(pages)))
-        else:
-            self._send_to(0, frames)
+            return tuple(by_shard)
+        self._send_to(0, frames)
+        return COORDINATOR_ONLY
 
     def _send_to(self, shard: int, frames: list[Any]) -> None:
         send_frames(self.dealers[shard], frames)
@@ -221,14 +241,14 @@ class ShardLinks:
         self.register(poller)
         return bool(poller.poll(timeout_ms))
 
-    def receive(self) -> Iterator[list[Any]]:
-        """Every message queued on every DEALER, each shard's in its order (no copies). A
-        shard heard from is alive: its silence starts again."""
+    def receive(self) -> Iterator[tuple[int, list[Any]]]:
+        """Every message queued on every DEALER as (shard, frames), each shard's in its order
+        (no copies). A shard heard from is alive: its silence starts again."""
         for shard, dealer in enumerate(self.dealers):
             # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises
             while has_input(dealer):
                 self.last_heard_s[shard] = time.monotonic()
-                yield dealer.recv_multipart(copy=False)
+                yield shard, dealer.recv_multipart(copy=False)
 
     def longest_silence(self, now: float) -> tuple[float, str]:
         """How long the most silent shard has been silent, in seconds, and its endpoint."""

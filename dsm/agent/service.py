@@ -35,6 +35,7 @@ from dsm.agent.peers import (
 from dsm.core import actions as act
 from dsm.core.node import NodeCore
 from dsm.core.readahead import ReadAhead
+from dsm.core.shards import shard_name
 from dsm.agent.processes import (
     Mapping,
     WorkloadProcess,
@@ -296,7 +297,8 @@ class Agent:
         self.epoch = msg.epoch
         self._direct = msg.direct
         # the other manager shards, if any: the same Hello to each (dsm/agent/links.py)
-        self.links.join_shards(msg.shards, hello_msg, msg.epoch, CONNECT_TIMEOUT_S)
+        self.links.join_shards(msg.shards, hello_msg, msg.epoch, CONNECT_TIMEOUT_S,
+                               self.tracer, self.link)
         log.info("node %s joined directory %s (epoch %x%s) as incarnation %x; pages %s",
                  self.node, self.directory_endpoint, msg.epoch,
                  f", {len(msg.shards)} shards" if msg.shards else "", self.incarnation,
@@ -436,7 +438,7 @@ class Agent:
         t = self.tracer.now() if self.tracer.enabled else None
         frames = p.encode(msg, page)
         try:
-            self.links.send(msg, frames)  # to the shard it belongs to
+            shards = self.links.send(msg, frames)  # to the shard it belongs to
         except zmq.Again:
             self._cut_off(f"the directory {self.directory_endpoint} has taken no message for "
                           f"{NODE_CUT_OFF_S:.1f} s: this node is cut off from the cluster")
@@ -445,7 +447,9 @@ class Agent:
         if self.wire is not None:
             self.wire.count("sent", msg, frames)
         if t is not None:
-            self.tracer.sent(self.link, DIRECTORY_LINK, DIRECTORY_LINK, msg, t)
+            for shard in shards:  # each shard's link is its own (its messages counted apart)
+                name = shard_name(shard)
+                self.tracer.sent(self.link, name, name, msg, t)
 
     def _on_heartbeat(self, msg: p.Heartbeat, _: Any) -> None:
         if msg.echo_ns and self.tracer.enabled:
@@ -463,13 +467,13 @@ class Agent:
         Nothing the directory's side sends stops the agent: a message that is malformed, not
         expected, or names pages outside the region is dropped (the handlers validate before
         they change anything), with a rate-limited log line; so is any other failure."""
-        for frames in self.links.receive():  # every shard's, each noted as heard from
+        for shard, frames in self.links.receive():  # every shard's, each noted as heard from
             msg: Any = None
             self.stats.count_message("from_directory", frames)
             try:
                 msg, data = p.decode(frames, self.page_size, p.Direction.TO_NODE)
                 if self.tracer.enabled:
-                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, msg)
+                    self.tracer.received(shard_name(shard), self.link, shard_name(shard), msg)
                 if self.wire is not None:
                     self.wire.count("received", msg, frames)
                 if until is not None and isinstance(msg, until):
@@ -481,7 +485,7 @@ class Agent:
                 handler(msg, data)
             except ProtocolError as exc:
                 if msg is None and self.tracer.enabled:
-                    self.tracer.received(DIRECTORY_LINK, self.link, DIRECTORY_LINK, None)
+                    self.tracer.received(shard_name(shard), self.link, shard_name(shard), None)
                 self._complain(logging.WARNING, "malformed message from the directory: %.500s",
                                exc)
             except DsmError as exc:

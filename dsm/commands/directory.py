@@ -24,6 +24,8 @@ from dsm.units import check_home_copy, check_region, format_size, parse_size
 LISTEN_ENV = "DSM_LISTEN"
 DEFAULT_LISTEN = "tcp://0.0.0.0:7400"
 SHARDS_ENV = "DSM_SHARDS"
+#: the managers that run one directory process
+ONE_DIRECTORY_MANAGERS = (Manager.RELAY.value, Manager.CENTRAL.value)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -167,6 +169,8 @@ def shard_plan(args: argparse.Namespace) -> tuple[str, ShardPlan]:
         if args.of is not None:
             raise ConfigError("--of goes with --shard; --shards K runs K shards here")
         count, local = (args.shards if args.shards is not None else (env or 1)), True
+        if args.shards is None and args.manager in ONE_DIRECTORY_MANAGERS:
+            count = 1  # a manager asked for here wins over $DSM_SHARDS, a default
     manager = args.manager or ("distributed" if count > 1 else
                                env_manager or DEFAULT_MANAGER.value)
     if count > 1 and manager != "distributed":

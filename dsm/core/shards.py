@@ -43,3 +43,9 @@ def split_at_stripes(runs: Iterable[tuple[int, int]], shards: int,
             n = clip_to_stripe(first, count, shards, stripe)
             yield first, n
             first, count = first + n, count - n
+
+
+def shard_name(index: int) -> str:
+    """How shard ``index`` is named in traces and on their links ("directory" for shard 0, the
+    coordinator, or the one directory)."""
+    return "directory" if index == 0 else f"directory.shard{index}"

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import zmq
 
 from dsm import protocol as p
+from dsm.core.shards import shard_name
 from dsm.directory.allocations import Allocation, AllocationError, Allocations
 from dsm.directory.pages import OnLoss, PageDirectory, Send
 from dsm.directory.sessions import Sessions, new_random_id
@@ -86,7 +87,7 @@ class DirectoryService:
         #: which manager this directory is part of (``dsm.managers``)
         self.manager = Manager(manager)
         self.role = role or Role()
-        who = "directory" if self.role.index == 0 else f"directory.shard{self.role.index}"
+        who = shard_name(self.role.index)
         self.tracer = Tracer(trace_path, who, role="manager")
         self.allocations = Allocations(layout)
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page,
@@ -168,6 +169,8 @@ class DirectoryService:
                  self.layout.base, self.sessions.epoch, self.pages.on_loss.value)
         # the page-state machine warns about every unexpected answer: a peer can provoke those
         throttle_module_logs("dsm.directory.pages", "unexpected page messages")
+        # and the coordinator about every shard message from a peer that is no shard
+        throttle_module_logs("dsm.directory.shard", "refused shard messages")
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         for sock in self.role.sockets():  # a shard's link to its coordinator
@@ -370,8 +373,9 @@ class DirectoryService:
                 reason = (f"node name {node!r} is in use by a live node (agent pid {old.pid}, "
                           f"incarnation {old.incarnation:x}): give this node another name "
                           "(--node / DSM_NODE)")
-                log.error("refused a second node named %r (agent pid %d): the first (pid %d) "
-                          "is alive", node, msg.pid, old.pid)
+                # a peer can say this again and again: rate-limited
+                self._complain(logging.ERROR, "refused a second node named %r (agent pid %d): "
+                               "the first (pid %d) is alive", node, msg.pid, old.pid)
                 self._send_to(identity, p.Fenced(self.sessions.epoch, reason))
                 return []
             # the old incarnation's connection is gone: it died, and this is its restart

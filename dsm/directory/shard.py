@@ -243,7 +243,7 @@ class Coordinator(Role):
         handler(peer, msg)
 
     def _refuse(self, identity: bytes, why: str) -> None:
-        log.error("refused a shard: %s", why)
+        self.service._complain(logging.ERROR, "refused a shard: %s", why)  # rate-limited
         self.service._send_to(identity, p.Fenced(self.service.sessions.epoch, why))
 
     def _on_shard_hello(self, identity: bytes, msg: p.ShardHello, user_id: str | None,
