@@ -313,6 +313,7 @@ def attached_workload(socket_path: str, name: str, tmp_path) -> NodeProcess:
     return NodeProcess("unused", name, tmp_path, env=env)
 
 
+@pytest.mark.parametrize("manager", ["central"])  # one directory: the proxy stands for it whole
 def test_an_agent_survives_fuzzing_from_the_directory_side(directory, make_node, tmp_path, capsys):
     rng = random.Random(SEED + 1)
     fuzzer = FrameFuzzer(rng, PAGE, p.Direction.TO_NODE, REGION_PAGES, FUZZ_PAGES,

@@ -45,8 +45,10 @@ def parse(text: str | None) -> list[str]:
 def running(manager: str) -> Iterator[None]:
     """While inside, the directories started (as children) run ``manager``."""
     values = {MANAGER_ENV: manager}
-    if manager == Manager.DISTRIBUTED.value:
-        values[SHARDS_ENV] = os.environ.get(SHARDS_ENV) or str(DEFAULT_SHARDS)
+    # one directory, or the distributed manager's shards ($DSM_SHARDS would make any other
+    # manager distributed)
+    values[SHARDS_ENV] = ((os.environ.get(SHARDS_ENV) or str(DEFAULT_SHARDS))
+                          if manager == Manager.DISTRIBUTED.value else "1")
     with environment_set(values):
         yield
 
