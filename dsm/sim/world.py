@@ -30,10 +30,12 @@ from dsm.core.readahead import ReadAhead
 from dsm.core import actions as a
 from dsm.core.node import NodeCore
 from dsm.core.shards import shard_of
+from dsm.core.release import RELEASE
 from dsm.core.states import PageState
 from dsm.directory.pages import OnLoss, PageDirectory
 from dsm.layout import PAGE_SIZE, Layout
 from dsm.managers import Manager
+from dsm.sim import release as rc
 from dsm.uffd.events import Access, FaultKind
 
 #: bytes of one location (an int64), and locations per page (the first words of each page)
@@ -65,13 +67,20 @@ class SimulationFailure(AssertionError):
 class Thread:
     node: "SimNode"
     tid: int
-    ops: list[tuple[str, int, int]]  #: (r|w, location, value to write)
+    #: (r|w, location, value to write), or a lock's or barrier's (kind, lock or phase, 0)
+    ops: list[tuple[str, int, int]]
     next_op: int = 0
     blocked_on: int | None = None  #: the page it faulted on
+    #: the lock or barrier request it waits for the answer to (its kind)
+    waits_for: str | None = None
 
     @property
     def done(self) -> bool:
         return self.next_op >= len(self.ops)
+
+    @property
+    def runnable(self) -> bool:
+        return not self.done and self.blocked_on is None and self.waits_for is None
 
 
 @dataclass(eq=False)
@@ -91,13 +100,23 @@ class SimNode:
     deferred: list = field(default_factory=list)
     #: runs punched with their contents kept, for the sends that follow (``Punch.keep``)
     taken: dict = field(default_factory=dict)
+    #: release pages' twins: their bytes at their first write since the last release
+    twins: dict[int, bytes] = field(default_factory=dict)
+    #: lock and barrier requests sent, by request id: the thread waiting for the answer
+    sync_waiters: dict[int, Thread] = field(default_factory=dict)
+    next_req: int = 1
 
 
 class World:
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
-                 shards: int = 1, direct: bool | None = None):
+                 shards: int = 1, direct: bool | None = None, release_pages: int = 0,
+                 phases: int = rc.DEFAULT_PHASES):
+        if release_pages and deaths:
+            raise ValueError("release pages are simulated without deaths (not modelled yet)")
+        if release_pages > pages:
+            raise ValueError(f"{release_pages} release pages of {pages}")
         self.seed = seed
         self.rng = random.Random(seed)
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
@@ -109,15 +128,26 @@ class World:
         self.give_backs = give_backs
         # pages node to node: as the manager does, unless told (the cores support it sharded)
         direct = Manager(manager).direct if direct is None else direct
+        #: pages from 0 up to this one are release-consistency pages, the others sequential
+        self.release_pages = release_pages
         #: the manager's shards (one: the central or relay manager), by their network names
         self.shards = shards
         self.directories = {
             (DIRECTORY if shards == 1 else f"{DIRECTORY}{k}"): PageDirectory(
                 self.layout, on_loss=on_loss, clock=lambda: self.clock, direct=direct,
-                shard=k, shards=shards, stripe=STRIPE_PAGES)
+                shard=k, shards=shards, stripe=STRIPE_PAGES,
+                is_release=self.is_release)
             for k in range(shards)}
         self._shard_names = list(self.directories)
         self.directory = self.directories[self._shard_names[0]]
+        #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
+        self.coordinator = rc.Coordinator(pages, lambda: self.clock)
+        self._programs = (rc.drf_programs(
+            self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
+            range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE), ops_per_thread,
+            phases) if release_pages else None)
+        #: the barrier's parties: every thread
+        self.parties = nodes * threads_per_node
         self.channels: dict[tuple[str, str], deque] = {}
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
         self.lost_locations: set[int] = set()
@@ -135,15 +165,20 @@ class World:
             node.core.set_shards(shards, STRIPE_PAGES)
             for d in self.directories.values():
                 d.node_joined(name, peer=f"sim://{name}")
+            self.coordinator.joined(name)
             for t in range(threads_per_node):
-                kinds_locs = self._bands(ops_per_thread) if bands else [
-                    (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
-                    for _ in range(ops_per_thread)]
+                kinds_locs = (self._programs[i * threads_per_node + t] if self._programs
+                              else self._bands(ops_per_thread) if bands else [
+                                  (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
+                                  for _ in range(ops_per_thread)])
                 ops = [(kind, loc, (i + 1) * 1_000_000 + t * 10_000 + k + 1)  # unique per write
                        for k, (kind, loc) in enumerate(kinds_locs)]
                 node.threads.append(Thread(node, t + 1, ops))
             self.nodes[name] = node
-        self.ops_total = nodes * threads_per_node * ops_per_thread
+        self.ops_total = sum(len(t.ops) for n in self.nodes.values() for t in n.threads)
+
+    def is_release(self, page: int) -> bool:
+        return page < self.release_pages
 
     def _bands(self, n: int) -> list[tuple[str, int]]:
         """Reads of a run of pages in order, then writes of them in order (a stencil's band),
@@ -190,6 +225,14 @@ class World:
             out = d.drop(node, msg.page, msg.count, msg.payload, data)
         elif isinstance(msg, p.Received):
             out = d.received(node, msg.txn, msg.page, msg.count, msg.installed)
+        elif isinstance(msg, p.Diff):
+            out = d.diff(node, msg.req, msg.page, msg.count, msg.spans, data)
+        elif isinstance(msg, p.Dirtied):
+            out = d.dirtied(node, msg.page, msg.count)
+        elif isinstance(msg, rc.SYNC_MESSAGES) and d is self.directory:
+            for to, reply in self.coordinator.handle(node, msg):
+                self._send(shard, to, reply, None)
+            return
         else:
             raise SimulationFailure(f"the model sends no {type(msg).__name__}")
         for send in out:
@@ -214,6 +257,10 @@ class World:
             acts = core.peer_page(msg, data, self.clock)
         elif isinstance(msg, p.Withdrawn):
             acts = core.withdrawn(msg)
+        elif isinstance(msg, p.DiffApplied):
+            acts = core.diff_applied(msg)
+        elif isinstance(msg, p.SyncReply):
+            acts = self._sync_answered(node, msg)
         else:
             raise SimulationFailure(f"the model's nodes get no {type(msg).__name__}")
         self._carry_out(node, acts)
@@ -227,11 +274,33 @@ class World:
                     data = node.taken.pop(act.pages, None)
                     if data is None:
                         data = self._read(node, *act.pages)
-                dst = act.peer[0] if act.peer is not None else self._shard_of(act.message.page)
+                dst = (act.peer[0] if act.peer is not None
+                       else self._shard_names[0] if isinstance(act.message, rc.SYNC_MESSAGES)
+                       else self._shard_of(act.message.page))
                 self._send(node.name, dst, act.message, bytes(data) if data is not None else None)
                 if i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
                     node.deferred = list(acts[i + 1:])
                     return
+            elif isinstance(act, a.SendDiff):
+                now = self._read(node, act.first, act.count)
+                spans, diff = rc.diff_against_twins(node.twins, now, act.first, act.count,
+                                                    PAGE_BYTES)
+                self._send(node.name, self._shard_of(act.first),
+                           p.Diff(act.req, act.first, act.count, spans,
+                                  p.Payload.DATA if spans else p.Payload.NONE),
+                           diff if spans else None)
+                if i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
+                    node.deferred = list(acts[i + 1:])
+                    return
+            elif isinstance(act, a.Twin):
+                node.twins[act.page] = self._read(node, act.page, 1)
+            elif isinstance(act, a.DropTwins):
+                for q in range(act.first, act.first + act.count):
+                    node.twins.pop(q, None)
+            elif isinstance(act, rc.Resume):
+                for t in node.threads:
+                    if t.tid == act.tid:
+                        t.waits_for = None
             elif isinstance(act, a.Install):
                 for i in range(act.count):
                     q = act.first + i
@@ -285,6 +354,9 @@ class World:
     def _run_op(self, t: Thread) -> None:
         node = t.node
         kind, loc, value = t.ops[t.next_op]
+        if kind in rc.SYNC_OPS:
+            self._sync(t, kind, loc)
+            return
         page, slot = divmod(loc, SLOTS_PER_PAGE)
         self._touched.add(page)
         self._step(f"{node.name}/t{t.tid} {kind} loc {loc} (page {page})"
@@ -309,14 +381,51 @@ class World:
             else:
                 got = _SLOT.unpack_from(mem, slot * SLOT_BYTES)[0]
                 if got != self.truth[loc]:
+                    # on a release page the program is data-race free: the last write in the
+                    # simulation's order is the last one in happens-before order (DRF-SC)
+                    order = " (happens-before: a DRF program)" if self.is_release(page) else ""
                     raise SimulationFailure(f"{node.name}/t{t.tid} read {got} at location {loc}; "
-                                            f"the last write was {self.truth[loc]}")
+                                            f"the last write{order} was {self.truth[loc]}")
             t.next_op += 1
             return
         t.blocked_on = page
         self._finish(node)  # the fault waits in the uffd for the agent's loop
         acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock)
         self._carry_out(node, acts)
+
+    def _sync(self, t: Thread, kind: str, arg: int) -> None:
+        """A lock acquire or release, or a barrier wait: the agent forwards it to the
+        coordinator (a release through the core: the diffs go first) and the thread waits for
+        the answer."""
+        node = t.node
+        self._step(f"{node.name}/t{t.tid} {kind} {arg}")
+        self._touched = None  # the answer may invalidate any release page
+        self._finish(node)  # the request waits in the agent's socket for its loop
+        req, node.next_req = node.next_req, node.next_req + 1
+        who = rc.holder(node.name, t.tid)
+        node.sync_waiters[req] = t
+        t.waits_for = kind
+        t.next_op += 1
+        if kind == rc.LOCK:
+            acts = [a.Send(p.LockAcquire(req, rc.lock_name(arg), who, -1))]
+        elif kind == rc.UNLOCK:
+            acts = node.core.release_sync(p.LockRelease(req, rc.lock_name(arg), who))
+        else:
+            acts = node.core.release_sync(p.BarrierWait(req, rc.BARRIER, self.parties, who))
+        self._carry_out(node, acts)
+
+    def _sync_answered(self, node: SimNode, msg: p.SyncReply) -> list:
+        """The coordinator's answer: an acquire's notices invalidate pages before the waiting
+        thread goes on (as the agent does before it answers the process)."""
+        t = node.sync_waiters.pop(msg.req, None)
+        if t is None:
+            raise SimulationFailure(f"{node.name}: an answer to no request: {msg}")
+        expected = rc.EXPECTED[t.waits_for]
+        if msg.status != expected:
+            raise SimulationFailure(f"{node.name}/t{t.tid}: {t.waits_for} answered "
+                                    f"{rc.SyncStatus(msg.status).name}, not {expected.name}: "
+                                    f"{msg.detail}")
+        return node.core.acquire_sync(msg.notices) + [rc.Resume(t.tid)]
 
     def _give_back(self) -> None:
         """A node hands a page back, as at an unmap or a leave (owned ones with their contents;
@@ -409,7 +518,7 @@ class World:
             self.clock += 0.001
             choices: list = [pair for pair, q in self.channels.items() if q]
             choices += [t for n in self.nodes.values() if n.alive for t in n.threads
-                        if not t.done and t.blocked_on is None]
+                        if t.runnable]
             choices += [n for n in self.nodes.values() if n.alive and n.deferred]
             if self.unnoticed_dead:
                 choices.append("notice")
@@ -456,6 +565,8 @@ class World:
         live = [n for n in self.nodes.values() if n.alive]
         pages = range(self.num_pages) if self._touched is None else self._touched
         for page in pages:
+            if self.is_release(page):
+                continue  # copies may be stale until an acquire: the reads check them (DRF-SC)
             states = [(n.name, n.core.state.get(page)) for n in live]
             owners = [name for name, st in states if st is PageState.EXCLUSIVE]
             holders = [name for name, st in states if st is not None]
@@ -477,6 +588,28 @@ class World:
             if not n.alive:
                 continue
             for t in n.threads:
+                if t.waits_for is not None:
+                    raise SimulationFailure(f"{n.name}/t{t.tid} hangs in a {t.waits_for} with "
+                                            "no message in flight")
                 if not t.done:
                     raise SimulationFailure(f"{n.name}/t{t.tid} hangs on page {t.blocked_on} "
                                             "with no message in flight")
+        if self.release_pages:
+            self._check_released()
+
+    def _check_released(self) -> None:
+        """Every program ended at a barrier, which released every write: each release page's
+        home copy is the last value written, and so is every copy a node still holds."""
+        for page in range(self.release_pages):
+            payload, home = self.directories[self._shard_of(page)].home.get(page, 1)
+            copies = [("the home copy", bytes(PAGE_BYTES) if home is None else home)]
+            copies += [(f"{n.name}'s copy", n.memory[page]) for n in self.nodes.values()
+                       if n.alive and n.core.state.get(page) in RELEASE and page in n.memory]
+            for slot in range(SLOTS_PER_PAGE):
+                loc = page * SLOTS_PER_PAGE + slot
+                for what, data in copies:
+                    got = _SLOT.unpack_from(data, slot * SLOT_BYTES)[0]
+                    if got != self.truth[loc]:
+                        raise SimulationFailure(f"after the last barrier {what} of page {page} "
+                                                f"holds {got} at location {loc}; the last "
+                                                f"write was {self.truth[loc]}")
