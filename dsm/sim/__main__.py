@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsm.sim.release import DEFAULT_PHASES
+from dsm.sim.programs import DEFAULT_PHASES
 from dsm.sim.world import SimulationFailure, World
 
 

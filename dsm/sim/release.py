@@ -1,56 +1,49 @@
-"""Release consistency in the simulator: the coordinator's locks, barriers and write notices, the
-agent's twins and diffs, and random data-race-free programs to run on release pages.
+"""Release consistency in the simulator (``World(release_pages=K)``): the coordinator's locks,
+barriers and write notices, the agent's twins and diffs, and the threads' synchronization.
 
 The coordinator (the directory, or shard 0 of a sharded manager) is wired as
 ``dsm.directory.service`` wires it: a release (``LockRelease``, ``BarrierWait``) hands its write
 notices to ``WriteNotices`` before the ``SyncTable`` sees it, and every reply that ends an
-acquire (``ACQUIRES``) carries the notices the asking node has not taken yet.
+acquire (``ACQUIRES``) carries the notices the asking node has not taken yet. Lock and barrier
+messages travel on the same FIFO channels as the pages' (a node's one pipe to shard 0).
 
-The programs are data-race free, so that DRF-SC applies: every read must return the last write
-to its location in happens-before order, and under these disciplines that is simply the last
-write completed before the read in the simulation's global order:
+A thread's lock release or barrier arrival goes through ``NodeCore.release_sync`` (the diffs
+go home first); an answer's notices through ``NodeCore.acquire_sync``, and only then does the
+thread go on (``Resume``), as the agent answers its process after carrying the actions out.
 
-- a *locked* location is only touched inside a critical section of its one lock;
-- a *phased* location has, in each phase between two barriers (of every thread), at most one
-  thread that touches it (reading and writing); in a phase with no such writer anyone may
-  read it.
-
-Every program ends with a barrier, so that at the end every write has been released: the home
-copies and every copy still held must then be current.
+The programs (``dsm.sim.programs``) are data-race free, so each read is checked against the
+last write in the simulation's order (DRF-SC); at the end, after the last barrier, every home
+copy and every copy still held must be current (``check_released``).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dsm import protocol as p
 from dsm.agent.twins import changed_spans
+from dsm.core import actions as a
+from dsm.core.release import RELEASE
 from dsm.directory.notices import WriteNotices
 from dsm.directory.service import ACQUIRES
 from dsm.directory.sync import SyncStatus, SyncTable
+from dsm.sim import programs
+from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure, slot_value
 
-#: the locks of the programs (few: threads must contend for them)
-NUM_LOCKS = 3
-#: the share of release locations protected by a lock (the others are phased)
-LOCKED_SHARE = 0.5
-#: how often a phased location has no writer in a phase (everyone may read it then)
-READ_ONLY_PHASE = 0.4
-#: accesses in one critical section, at most
-MAX_CRITICAL_ACCESSES = 3
-#: the barrier phases of a program, by default
-DEFAULT_PHASES = 3
+if TYPE_CHECKING:
+    from dsm.sim.world import SimNode, Thread
+
 #: the name of the barrier every thread waits at between phases
 BARRIER = "phase"
 #: the process id of every simulated thread's holder name ("node:pid:thread")
 SIM_PID = 1
-#: the kinds of a program's synchronization operations (the others are "r" and "w")
-LOCK, UNLOCK, WAIT = "lock", "unlock", "barrier"
-SYNC_OPS = (LOCK, UNLOCK, WAIT)
-#: the answers a simulated thread expects to each (no node dies in these runs)
-EXPECTED = {LOCK: SyncStatus.GRANTED, UNLOCK: SyncStatus.RELEASED, WAIT: SyncStatus.PASSED}
+#: the messages the coordinator serves (the others go to the pages' shards)
+SYNC_MESSAGES = (p.LockAcquire, p.LockRelease, p.BarrierWait)
+#: a lock request waits for its grant for ever (no deadline)
+NO_TIMEOUT_MS = -1
 
 
 def lock_name(lock: int) -> str:
@@ -68,6 +61,10 @@ class Resume:
     once the agent carried out what the answer asked (the acquire's punches)."""
 
     tid: int
+
+
+#: the actions ``ReleaseSimulation._release_action`` carries out
+RELEASE_ACTIONS = (a.SendDiff, a.Twin, a.DropTwins, Resume)
 
 
 class Coordinator:
@@ -90,14 +87,10 @@ class Coordinator:
             self.notices.released(node, msg.notices)
             replies = self.sync.wait(node, msg.req, msg.name, msg.parties, msg.holder)
         else:
-            raise TypeError(f"the coordinator serves no {type(msg).__name__}")
+            raise SimulationFailure(f"the coordinator serves no {type(msg).__name__}")
         return [(r.node, p.SyncReply(r.req, int(r.status), r.detail,
                                      self.notices.take(r.node) if r.status in ACQUIRES else []))
                 for r in replies]
-
-
-#: the messages the coordinator serves (the others go to the pages' shards)
-SYNC_MESSAGES = (p.LockAcquire, p.LockRelease, p.BarrierWait)
 
 
 def diff_against_twins(twins: dict[int, bytes], now: bytes, first: int, count: int,
@@ -114,61 +107,78 @@ def diff_against_twins(twins: dict[int, bytes], now: bytes, first: int, count: i
     return changed_spans(was, current)
 
 
-# --- data-race-free programs ------------------------------------------------------------------------
-@dataclass
-class Discipline:
-    """How a program's release locations are protected."""
+class ReleaseSimulation:
+    """The release-consistency part of ``dsm.sim.world.World`` (a mixin: it uses the world's
+    network, nodes and schedule)."""
 
-    lock_of: dict[int, int]  #: locked location -> its lock
-    #: per phase: phased location -> the index of its one thread (None: read-only then)
-    writers: list[dict[int, int | None]] = field(default_factory=list)
+    def _release_action(self, node: SimNode, act) -> bool:
+        """Carry out a twin, diff or resume as the agent would; whether it sent a message."""
+        if isinstance(act, a.SendDiff):
+            now = self._read(node, act.first, act.count)
+            spans, diff = diff_against_twins(node.twins, now, act.first, act.count, PAGE_BYTES)
+            self._send(node.name, self._shard_of(act.first),
+                       p.Diff(act.req, act.first, act.count, spans,
+                              p.Payload.DATA if spans else p.Payload.NONE),
+                       diff if spans else None)
+            return True
+        if isinstance(act, a.Twin):
+            node.twins[act.page] = self._read(node, act.page, 1)
+        elif isinstance(act, a.DropTwins):
+            for q in range(act.first, act.first + act.count):
+                node.twins.pop(q, None)
+        elif isinstance(act, Resume):
+            for t in node.threads:
+                if t.tid == act.tid:
+                    t.waits_for = None
+        return False
 
-    def locked_by(self, lock: int) -> list[int]:
-        return sorted(loc for loc, k in self.lock_of.items() if k == lock)
+    def _sync(self, t: Thread, kind: str, arg: int) -> None:
+        """A lock acquire or release, or a barrier wait: the agent forwards it to the
+        coordinator (a release through the core: the diffs go first) and the thread waits for
+        the answer."""
+        node = t.node
+        self._step(f"{node.name}/t{t.tid} {kind} {arg}")
+        self._touched = None  # the answer may invalidate any release page
+        self._finish(node)  # the request waits in the agent's socket for its loop
+        req, node.next_req = node.next_req, node.next_req + 1
+        who = holder(node.name, t.tid)
+        node.sync_waiters[req] = t
+        t.waits_for = kind
+        t.next_op += 1
+        if kind == programs.LOCK:
+            acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS))]
+        elif kind == programs.UNLOCK:
+            acts = node.core.release_sync(p.LockRelease(req, lock_name(arg), who))
+        else:
+            acts = node.core.release_sync(p.BarrierWait(req, BARRIER, self.parties, who))
+        self._carry_out(node, acts)
 
+    def _sync_answered(self, node: SimNode, msg: p.SyncReply) -> list:
+        """The coordinator's answer: an acquire's notices invalidate pages before the waiting
+        thread goes on (as the agent does before it answers the process)."""
+        t = node.sync_waiters.pop(msg.req, None)
+        if t is None:
+            raise SimulationFailure(f"{node.name}: an answer to no request: {msg}")
+        expected = programs.EXPECTED[t.waits_for]
+        if msg.status != expected:
+            raise SimulationFailure(f"{node.name}/t{t.tid}: {t.waits_for} answered "
+                                    f"{SyncStatus(msg.status).name}, not {expected.name}: "
+                                    f"{msg.detail}")
+        return node.core.acquire_sync(msg.notices) + [Resume(t.tid)]
 
-def drf_programs(rng: random.Random, threads: int, release_locations: range,
-                 sequential_locations: range, accesses_per_thread: int,
-                 phases: int = DEFAULT_PHASES) -> list[list[tuple[str, int]]]:
-    """``threads`` programs of ``(kind, argument)``: reads and writes ("r", "w": a location),
-    critical sections (LOCK, UNLOCK: a lock), and a barrier (WAIT: the phase) after each
-    phase. Sequential locations are read and written anywhere (those pages are sequentially
-    consistent: races are allowed there)."""
-    lock_of = {loc: rng.randrange(NUM_LOCKS) for loc in release_locations
-               if rng.random() < LOCKED_SHARE}
-    phased = [loc for loc in release_locations if loc not in lock_of]
-    rules = Discipline(lock_of)
-    for _ in range(phases):
-        rules.writers.append({loc: None if rng.random() < READ_ONLY_PHASE
-                              else rng.randrange(threads) for loc in phased})
-    locks = [k for k in range(NUM_LOCKS) if rules.locked_by(k)]
-    per_phase = max(1, accesses_per_thread // phases)
-    programs = []
-    for me in range(threads):
-        ops: list[tuple[str, int]] = []
-        for phase, writers in enumerate(rules.writers):
-            mine = [loc for loc, w in writers.items() if w == me]
-            readable = mine + [loc for loc, w in writers.items() if w is None]
-            done = 0
-            while done < per_phase:
-                pick = rng.random()
-                if locks and pick < 0.4:
-                    lock = rng.choice(locks)
-                    guarded = rules.locked_by(lock)
-                    ops.append((LOCK, lock))
-                    for _ in range(rng.randint(1, MAX_CRITICAL_ACCESSES)):
-                        ops.append((rng.choice("rw"), rng.choice(guarded)))
-                        done += 1
-                    ops.append((UNLOCK, lock))
-                elif readable and pick < 0.8:
-                    loc = rng.choice(readable)
-                    ops.append(("w" if loc in mine and rng.random() < 0.5 else "r", loc))
-                    done += 1
-                elif sequential_locations:
-                    ops.append((rng.choice("rw"), rng.choice(sequential_locations)))
-                    done += 1
-                elif not locks and not readable:
-                    break  # nothing this thread may touch in this phase
-            ops.append((WAIT, phase))
-        programs.append(ops)
-    return programs
+    def _check_released(self) -> None:
+        """Every program ended at a barrier, which released every write: each release page's
+        home copy is the last value written, and so is every copy a node still holds."""
+        for page in range(self.release_pages):
+            _, home = self.directories[self._shard_of(page)].home.get(page, 1)
+            copies = [("the home copy", bytes(PAGE_BYTES) if home is None else home)]
+            copies += [(f"{n.name}'s copy", n.memory[page]) for n in self.nodes.values()
+                       if n.alive and n.core.state.get(page) in RELEASE and page in n.memory]
+            for slot in range(SLOTS_PER_PAGE):
+                loc = page * SLOTS_PER_PAGE + slot
+                for what, data in copies:
+                    got = slot_value(data, slot)
+                    if got != self.truth[loc]:
+                        raise SimulationFailure(f"after the last barrier {what} of page {page} "
+                                                f"holds {got} at location {loc}; the last "
+                                                f"write was {self.truth[loc]}")

@@ -21,7 +21,6 @@ seed replays it exactly (``python -m dsm.sim --seed N``).
 from __future__ import annotations
 
 import random
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -30,19 +29,15 @@ from dsm.core.readahead import ReadAhead
 from dsm.core import actions as a
 from dsm.core.node import NodeCore
 from dsm.core.shards import shard_of
-from dsm.core.release import RELEASE
 from dsm.core.states import PageState
 from dsm.directory.pages import OnLoss, PageDirectory
-from dsm.layout import PAGE_SIZE, Layout
+from dsm.layout import Layout
 from dsm.managers import Manager
+from dsm.sim import programs
 from dsm.sim import release as rc
+from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.uffd.events import Access, FaultKind
 
-#: bytes of one location (an int64), and locations per page (the first words of each page)
-SLOT_BYTES = 8
-SLOTS_PER_PAGE = 2
-#: the model's pages are the host's (the layout insists on it)
-PAGE_BYTES = PAGE_SIZE
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
 #: the directory's name on the model's network (a shard's: DIRECTORY + its number)
@@ -56,11 +51,7 @@ DEFER_AFTER_SEND = 0.3
 #: a run that takes more steps than this per operation is taken to be livelocked
 MAX_STEPS_PER_OP = 200
 
-_SLOT = struct.Struct("<q")
-
-
-class SimulationFailure(AssertionError):
-    pass
+_SLOT = SLOT
 
 
 @dataclass(eq=False)
@@ -107,12 +98,12 @@ class SimNode:
     next_req: int = 1
 
 
-class World:
+class World(rc.ReleaseSimulation):
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
                  shards: int = 1, direct: bool | None = None, release_pages: int = 0,
-                 phases: int = rc.DEFAULT_PHASES):
+                 phases: int = programs.DEFAULT_PHASES):
         if release_pages and deaths:
             raise ValueError("release pages are simulated without deaths (not modelled yet)")
         if release_pages > pages:
@@ -142,7 +133,7 @@ class World:
         self.directory = self.directories[self._shard_names[0]]
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
         self.coordinator = rc.Coordinator(pages, lambda: self.clock)
-        self._programs = (rc.drf_programs(
+        self._programs = (programs.drf_programs(
             self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
             range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE), ops_per_thread,
             phases) if release_pages else None)
@@ -281,26 +272,11 @@ class World:
                 if i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
                     node.deferred = list(acts[i + 1:])
                     return
-            elif isinstance(act, a.SendDiff):
-                now = self._read(node, act.first, act.count)
-                spans, diff = rc.diff_against_twins(node.twins, now, act.first, act.count,
-                                                    PAGE_BYTES)
-                self._send(node.name, self._shard_of(act.first),
-                           p.Diff(act.req, act.first, act.count, spans,
-                                  p.Payload.DATA if spans else p.Payload.NONE),
-                           diff if spans else None)
-                if i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
+            elif isinstance(act, rc.RELEASE_ACTIONS):
+                sent = self._release_action(node, act)
+                if sent and i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
                     node.deferred = list(acts[i + 1:])
                     return
-            elif isinstance(act, a.Twin):
-                node.twins[act.page] = self._read(node, act.page, 1)
-            elif isinstance(act, a.DropTwins):
-                for q in range(act.first, act.first + act.count):
-                    node.twins.pop(q, None)
-            elif isinstance(act, rc.Resume):
-                for t in node.threads:
-                    if t.tid == act.tid:
-                        t.waits_for = None
             elif isinstance(act, a.Install):
                 for i in range(act.count):
                     q = act.first + i
@@ -354,7 +330,7 @@ class World:
     def _run_op(self, t: Thread) -> None:
         node = t.node
         kind, loc, value = t.ops[t.next_op]
-        if kind in rc.SYNC_OPS:
+        if kind in programs.SYNC_OPS:
             self._sync(t, kind, loc)
             return
         page, slot = divmod(loc, SLOTS_PER_PAGE)
@@ -392,40 +368,6 @@ class World:
         self._finish(node)  # the fault waits in the uffd for the agent's loop
         acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock)
         self._carry_out(node, acts)
-
-    def _sync(self, t: Thread, kind: str, arg: int) -> None:
-        """A lock acquire or release, or a barrier wait: the agent forwards it to the
-        coordinator (a release through the core: the diffs go first) and the thread waits for
-        the answer."""
-        node = t.node
-        self._step(f"{node.name}/t{t.tid} {kind} {arg}")
-        self._touched = None  # the answer may invalidate any release page
-        self._finish(node)  # the request waits in the agent's socket for its loop
-        req, node.next_req = node.next_req, node.next_req + 1
-        who = rc.holder(node.name, t.tid)
-        node.sync_waiters[req] = t
-        t.waits_for = kind
-        t.next_op += 1
-        if kind == rc.LOCK:
-            acts = [a.Send(p.LockAcquire(req, rc.lock_name(arg), who, -1))]
-        elif kind == rc.UNLOCK:
-            acts = node.core.release_sync(p.LockRelease(req, rc.lock_name(arg), who))
-        else:
-            acts = node.core.release_sync(p.BarrierWait(req, rc.BARRIER, self.parties, who))
-        self._carry_out(node, acts)
-
-    def _sync_answered(self, node: SimNode, msg: p.SyncReply) -> list:
-        """The coordinator's answer: an acquire's notices invalidate pages before the waiting
-        thread goes on (as the agent does before it answers the process)."""
-        t = node.sync_waiters.pop(msg.req, None)
-        if t is None:
-            raise SimulationFailure(f"{node.name}: an answer to no request: {msg}")
-        expected = rc.EXPECTED[t.waits_for]
-        if msg.status != expected:
-            raise SimulationFailure(f"{node.name}/t{t.tid}: {t.waits_for} answered "
-                                    f"{rc.SyncStatus(msg.status).name}, not {expected.name}: "
-                                    f"{msg.detail}")
-        return node.core.acquire_sync(msg.notices) + [rc.Resume(t.tid)]
 
     def _give_back(self) -> None:
         """A node hands a page back, as at an unmap or a leave (owned ones with their contents;
@@ -596,20 +538,3 @@ class World:
                                             "with no message in flight")
         if self.release_pages:
             self._check_released()
-
-    def _check_released(self) -> None:
-        """Every program ended at a barrier, which released every write: each release page's
-        home copy is the last value written, and so is every copy a node still holds."""
-        for page in range(self.release_pages):
-            payload, home = self.directories[self._shard_of(page)].home.get(page, 1)
-            copies = [("the home copy", bytes(PAGE_BYTES) if home is None else home)]
-            copies += [(f"{n.name}'s copy", n.memory[page]) for n in self.nodes.values()
-                       if n.alive and n.core.state.get(page) in RELEASE and page in n.memory]
-            for slot in range(SLOTS_PER_PAGE):
-                loc = page * SLOTS_PER_PAGE + slot
-                for what, data in copies:
-                    got = _SLOT.unpack_from(data, slot * SLOT_BYTES)[0]
-                    if got != self.truth[loc]:
-                        raise SimulationFailure(f"after the last barrier {what} of page {page} "
-                                                f"holds {got} at location {loc}; the last "
-                                                f"write was {self.truth[loc]}")
