@@ -38,8 +38,9 @@ DEFAULT_PHASES = 3
 #: the kinds of a program's synchronization operations (the others are "r" and "w")
 LOCK, UNLOCK, WAIT = "lock", "unlock", "barrier"
 SYNC_OPS = (LOCK, UNLOCK, WAIT)
-#: the answers a simulated thread expects to each (no node dies in these runs)
-EXPECTED = {LOCK: SyncStatus.GRANTED, UNLOCK: SyncStatus.RELEASED, WAIT: SyncStatus.PASSED}
+#: the answers a simulated thread expects to each (broken ones: a node died)
+EXPECTED = {LOCK: (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN), UNLOCK: (SyncStatus.RELEASED,),
+            WAIT: (SyncStatus.PASSED, SyncStatus.BROKEN)}
 
 @dataclass
 class Discipline:

@@ -77,6 +77,12 @@ class Coordinator:
     def joined(self, node: str) -> None:
         self.notices.joined(node)
 
+    def node_gone(self, node: str) -> list[tuple[str, p.SyncReply]]:
+        """As the service's ``_node_gone``: its notices are forgotten, its locks pass on
+        (broken) and its barriers break."""
+        self.notices.gone(node)
+        return self._replies(self.sync.depart(node))
+
     def handle(self, node: str, msg: p.Message) -> list[tuple[str, p.SyncReply]]:
         if isinstance(msg, p.LockAcquire):
             replies = self.sync.acquire(node, msg.req, msg.name, msg.holder, None)
@@ -88,6 +94,9 @@ class Coordinator:
             replies = self.sync.wait(node, msg.req, msg.name, msg.parties, msg.holder)
         else:
             raise SimulationFailure(f"the coordinator serves no {type(msg).__name__}")
+        return self._replies(replies)
+
+    def _replies(self, replies) -> list[tuple[str, p.SyncReply]]:
         return [(r.node, p.SyncReply(r.req, int(r.status), r.detail,
                                      self.notices.take(r.node) if r.status in ACQUIRES else []))
                 for r in replies]
@@ -123,6 +132,7 @@ class ReleaseSimulation:
             return True
         if isinstance(act, a.Twin):
             node.twins[act.page] = self._read(node, act.page, 1)
+            node.twinned.add(act.page)
         elif isinstance(act, a.DropTwins):
             for q in range(act.first, act.first + act.count):
                 node.twins.pop(q, None)
@@ -145,6 +155,9 @@ class ReleaseSimulation:
         node.sync_waiters[req] = t
         t.waits_for = kind
         t.next_op += 1
+        if kind != programs.LOCK:  # a release: its writes are safe once it is answered
+            node.releasing[req] = (node.unreleased, node.twinned)
+            node.unreleased, node.twinned = set(), set()
         if kind == programs.LOCK:
             acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS))]
         elif kind == programs.UNLOCK:
@@ -159,12 +172,36 @@ class ReleaseSimulation:
         t = node.sync_waiters.pop(msg.req, None)
         if t is None:
             raise SimulationFailure(f"{node.name}: an answer to no request: {msg}")
+        node.releasing.pop(msg.req, None)
         expected = programs.EXPECTED[t.waits_for]
-        if msg.status != expected:
+        if msg.status == SyncStatus.BROKEN and t.waits_for == programs.WAIT:
+            t.next_op = len(t.ops)  # a node died: the barrier raises, the program ends
+        elif msg.status not in expected:
             raise SimulationFailure(f"{node.name}/t{t.tid}: {t.waits_for} answered "
-                                    f"{SyncStatus(msg.status).name}, not {expected.name}: "
-                                    f"{msg.detail}")
+                                    f"{SyncStatus(msg.status).name}, not one of "
+                                    f"{[s.name for s in expected]}: {msg.detail}")
         return node.core.acquire_sync(msg.notices) + [Resume(t.tid)]
+
+    # --- deaths --------------------------------------------------------------------------------
+    def _wrote_release(self, node: SimNode, loc: int, value: int) -> None:
+        node.unreleased.add(loc)
+        self.writes.setdefault(loc, []).append((value, node.name))
+        self.after_death.pop(loc, None)  # a write after the death: the last write is sure
+
+    def _release_node_died(self, node: SimNode) -> None:
+        """The writes ``node`` made since its last answered release may not have reached
+        their homes: a read may see any of them, or what was there before them (a lock
+        passed on broken: the data may be half-updated), or fail (the page lost, Dirtied)."""
+        releasing = list(node.releasing.values())
+        doubtful = set(node.unreleased).union(*(locs for locs, _ in releasing))
+        self.maybe_lost_release_pages.update(node.twinned, *(pages for _, pages in releasing))
+        for loc in doubtful:
+            history = self.writes.get(loc, [])
+            sure = max((i for i, (_, w) in enumerate(history) if w != node.name), default=-1)
+            before = history[sure][0] if sure >= 0 else 0
+            self.after_death.setdefault(loc, set()).update(
+                [before] + [v for v, _ in history[sure + 1:]])
+            self.maybe_lost_release_pages.add(loc // SLOTS_PER_PAGE)
 
     def _check_released(self) -> None:
         """Every program ended at a barrier, which released every write: each release page's

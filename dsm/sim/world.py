@@ -96,6 +96,14 @@ class SimNode:
     #: lock and barrier requests sent, by request id: the thread waiting for the answer
     sync_waiters: dict[int, Thread] = field(default_factory=dict)
     next_req: int = 1
+    #: release locations written since the last release, and those of releases not answered
+    #: yet (by request id): the writes a death may lose
+    unreleased: set[int] = field(default_factory=set)
+    releasing: dict[int, tuple[set[int], set[int]]] = field(default_factory=dict)
+    #: release pages twinned since the last release (their Dirtied may be at the directory,
+    #: which loses them with this node unless their Diff came), and those of each release
+    #: not answered yet (with ``releasing``)
+    twinned: set[int] = field(default_factory=set)
 
 
 class World(rc.ReleaseSimulation):
@@ -104,8 +112,6 @@ class World(rc.ReleaseSimulation):
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
                  shards: int = 1, direct: bool | None = None, release_pages: int = 0,
                  phases: int = programs.DEFAULT_PHASES):
-        if release_pages and deaths:
-            raise ValueError("release pages are simulated without deaths (not modelled yet)")
         if release_pages > pages:
             raise ValueError(f"{release_pages} release pages of {pages}")
         self.seed = seed
@@ -142,6 +148,13 @@ class World(rc.ReleaseSimulation):
         self.channels: dict[tuple[str, str], deque] = {}
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
         self.lost_locations: set[int] = set()
+        #: release pages whose newest contents may have died with a node (``Dirtied``)
+        self.maybe_lost_release_pages: set[int] = set()
+        #: release location -> the values a read may return besides the last write: a dead
+        #: node's writes it may not have released, and what was there before them
+        self.after_death: dict[int, set[int]] = {}
+        #: release location -> its writes so far, as (value, node), in order
+        self.writes: dict[int, list[tuple[int, str]]] = {}
         self.schedule: list[str] = []
         self.deaths_left = deaths
         self.unnoticed_dead: list[str] = []
@@ -158,6 +171,9 @@ class World(rc.ReleaseSimulation):
                 d.node_joined(name, peer=f"sim://{name}")
             self.coordinator.joined(name)
             for t in range(threads_per_node):
+                if release_pages:  # the programs join their barrier first: a death breaks it
+                    self.coordinator.sync.join(name, 0, rc.BARRIER, self.parties,
+                                               rc.holder(name, t + 1))
                 kinds_locs = (self._programs[i * threads_per_node + t] if self._programs
                               else self._bands(ops_per_thread) if bands else [
                                   (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
@@ -338,7 +354,7 @@ class World(rc.ReleaseSimulation):
         self._step(f"{node.name}/t{t.tid} {kind} loc {loc} (page {page})"
                    + (f" := {value}" if kind == "w" else ""))
         if page in node.poisoned:  # SIGBUS: the access fails, loudly
-            if loc not in self.lost_locations:
+            if loc not in self.lost_locations and page not in self.maybe_lost_release_pages:
                 raise SimulationFailure(f"{node.name}: page {page} poisoned but location {loc} "
                                         "was not lost")
             t.next_op += 1
@@ -354,9 +370,11 @@ class World(rc.ReleaseSimulation):
                 _SLOT.pack_into(mem, slot * SLOT_BYTES, value)
                 self.truth[loc] = value
                 self.lost_locations.discard(loc)
+                if self.is_release(page):
+                    self._wrote_release(node, loc, value)
             else:
                 got = _SLOT.unpack_from(mem, slot * SLOT_BYTES)[0]
-                if got != self.truth[loc]:
+                if got != self.truth[loc] and got not in self.after_death.get(loc, ()):
                     # on a release page the program is data-race free: the last write in the
                     # simulation's order is the last one in happens-before order (DRF-SC)
                     order = " (happens-before: a DRF program)" if self.is_release(page) else ""
@@ -403,14 +421,17 @@ class World(rc.ReleaseSimulation):
         for shard in self.directories:
             for msg, _ in self.channels.pop((shard, node.name), ()):
                 self._mark_lost_with(msg)
+        self._release_node_died(node)
         for pend in node.core.pending.values():
-            if pend.write and self.directory.direct:
+            if pend.write and self.directory.direct and not self.is_release(pend.first):
                 # the copies may be invalidated for it already: under a direct manager no
                 # home copy is left (a node dying as it asks to write may take the page along)
                 self.lost_locations.update(range(pend.first * SLOTS_PER_PAGE,
                                                  (pend.first + pend.count) * SLOTS_PER_PAGE))
         others = [n for n in self.nodes.values() if n.alive]
         for page, st in node.core.state.items():
+            if self.is_release(page):
+                continue  # (``_release_node_died``)
             # its writes may be lost with it: reads must say so; under a direct manager a
             # read copy may have been the last one
             last_copy = (self.directory.direct
@@ -441,6 +462,8 @@ class World(rc.ReleaseSimulation):
             for send in d.node_lost(name):
                 self._send(shard, send.node, send.message,
                            bytes(send.page) if send.page is not None else None)
+        for to, reply in self.coordinator.node_gone(name):  # its locks pass on, broken
+            self._send(self._shard_names[0], to, reply, None)
 
     # --- the scheduler -------------------------------------------------------------------------------
     def _step(self, what: str) -> None:
@@ -536,5 +559,5 @@ class World(rc.ReleaseSimulation):
                 if not t.done:
                     raise SimulationFailure(f"{n.name}/t{t.tid} hangs on page {t.blocked_on} "
                                             "with no message in flight")
-        if self.release_pages:
-            self._check_released()
+        if self.release_pages and all(n.alive for n in self.nodes.values()):
+            self._check_released()  # (a death breaks the barrier: the programs end early)
