@@ -14,6 +14,10 @@ directory's noticing them. After every step it checks the invariants:
   sequential consistency itself), or fails loudly (a lost page), never an older value or zeros;
 - nothing hangs: once no message is in flight, every live thread has finished.
 
+With ``release_pages=K`` the first K pages are release-consistency pages (``dsm.sim.release``):
+data-race-free programs with locks and barriers run on them, each read checked against the last
+write before it in the schedule (DRF-SC), copies there may be stale until an acquire.
+
 A failure raises ``SimulationFailure`` with the seed and the schedule's last steps; the same
 seed replays it exactly (``python -m dsm.sim --seed N``).
 """
