@@ -1,11 +1,12 @@
-"""``python -m dsm.sim --seed N [--nodes K ...]``: run (or replay) one simulated schedule and
-print it; exit status 1 if an invariant failed."""
+"""``python -m dsm.sim --seed N [--nodes K ...] [--release]``: run (or replay) one simulated
+schedule and print it; exit status 1 if an invariant failed."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from dsm.sim.programs import DEFAULT_PHASES
 from dsm.sim.world import SimulationFailure, World
 
 
@@ -25,12 +26,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="the distributed manager's shards (stripes of 2 pages here)")
     parser.add_argument("--give-backs", action="store_true",
                         help="nodes hand pages back now and then (unmaps, leaves)")
+    parser.add_argument("--release-pages", type=int, default=0, metavar="K",
+                        help="pages 0..K-1 are release-consistency pages, run by data-race-free "
+                             "programs (locks, barriers) and checked for DRF-SC")
+    parser.add_argument("--release", action="store_true",
+                        help="every page is a release-consistency page (--release-pages all)")
+    parser.add_argument("--phases", type=int, default=DEFAULT_PHASES,
+                        help="barrier phases of the data-race-free programs")
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
     args = parser.parse_args(argv)
     world = World(args.seed, nodes=args.nodes, pages=args.pages,
                   threads_per_node=args.threads, ops_per_thread=args.ops, deaths=args.deaths,
                   manager=args.manager, bands=args.bands, give_backs=args.give_backs,
-                  shards=args.shards)
+                  shards=args.shards, phases=args.phases,
+                  release_pages=args.pages if args.release else args.release_pages)
     try:
         world.run()
     except SimulationFailure as exc:

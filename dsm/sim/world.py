@@ -14,6 +14,10 @@ directory's noticing them. After every step it checks the invariants:
   sequential consistency itself), or fails loudly (a lost page), never an older value or zeros;
 - nothing hangs: once no message is in flight, every live thread has finished.
 
+With ``release_pages=K`` the first K pages are release-consistency pages (``dsm.sim.release``):
+data-race-free programs with locks and barriers run on them, each read checked against the last
+write before it in the schedule (DRF-SC), copies there may be stale until an acquire.
+
 A failure raises ``SimulationFailure`` with the seed and the schedule's last steps; the same
 seed replays it exactly (``python -m dsm.sim --seed N``).
 """
@@ -21,7 +25,6 @@ seed replays it exactly (``python -m dsm.sim --seed N``).
 from __future__ import annotations
 
 import random
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -32,15 +35,13 @@ from dsm.core.node import NodeCore
 from dsm.core.shards import shard_of
 from dsm.core.states import PageState
 from dsm.directory.pages import OnLoss, PageDirectory
-from dsm.layout import PAGE_SIZE, Layout
+from dsm.layout import Layout
 from dsm.managers import Manager
+from dsm.sim import programs
+from dsm.sim import release as rc
+from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.uffd.events import Access, FaultKind
 
-#: bytes of one location (an int64), and locations per page (the first words of each page)
-SLOT_BYTES = 8
-SLOTS_PER_PAGE = 2
-#: the model's pages are the host's (the layout insists on it)
-PAGE_BYTES = PAGE_SIZE
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
 #: the directory's name on the model's network (a shard's: DIRECTORY + its number)
@@ -54,24 +55,27 @@ DEFER_AFTER_SEND = 0.3
 #: a run that takes more steps than this per operation is taken to be livelocked
 MAX_STEPS_PER_OP = 200
 
-_SLOT = struct.Struct("<q")
-
-
-class SimulationFailure(AssertionError):
-    pass
+_SLOT = SLOT
 
 
 @dataclass(eq=False)
 class Thread:
     node: "SimNode"
     tid: int
-    ops: list[tuple[str, int, int]]  #: (r|w, location, value to write)
+    #: (r|w, location, value to write), or a lock's or barrier's (kind, lock or phase, 0)
+    ops: list[tuple[str, int, int]]
     next_op: int = 0
     blocked_on: int | None = None  #: the page it faulted on
+    #: the lock or barrier request it waits for the answer to (its kind)
+    waits_for: str | None = None
 
     @property
     def done(self) -> bool:
         return self.next_op >= len(self.ops)
+
+    @property
+    def runnable(self) -> bool:
+        return not self.done and self.blocked_on is None and self.waits_for is None
 
 
 @dataclass(eq=False)
@@ -91,13 +95,29 @@ class SimNode:
     deferred: list = field(default_factory=list)
     #: runs punched with their contents kept, for the sends that follow (``Punch.keep``)
     taken: dict = field(default_factory=dict)
+    #: release pages' twins: their bytes at their first write since the last release
+    twins: dict[int, bytes] = field(default_factory=dict)
+    #: lock and barrier requests sent, by request id: the thread waiting for the answer
+    sync_waiters: dict[int, Thread] = field(default_factory=dict)
+    next_req: int = 1
+    #: release locations written since the last release, and those of releases not answered
+    #: yet (by request id): the writes a death may lose
+    unreleased: set[int] = field(default_factory=set)
+    releasing: dict[int, tuple[set[int], set[int]]] = field(default_factory=dict)
+    #: release pages twinned since the last release (their Dirtied may be at the directory,
+    #: which loses them with this node unless their Diff came), and those of each release
+    #: not answered yet (with ``releasing``)
+    twinned: set[int] = field(default_factory=set)
 
 
-class World:
+class World(rc.ReleaseSimulation):
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
-                 shards: int = 1, direct: bool | None = None):
+                 shards: int = 1, direct: bool | None = None, release_pages: int = 0,
+                 phases: int = programs.DEFAULT_PHASES):
+        if release_pages > pages:
+            raise ValueError(f"{release_pages} release pages of {pages}")
         self.seed = seed
         self.rng = random.Random(seed)
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
@@ -109,18 +129,36 @@ class World:
         self.give_backs = give_backs
         # pages node to node: as the manager does, unless told (the cores support it sharded)
         direct = Manager(manager).direct if direct is None else direct
+        #: pages from 0 up to this one are release-consistency pages, the others sequential
+        self.release_pages = release_pages
         #: the manager's shards (one: the central or relay manager), by their network names
         self.shards = shards
         self.directories = {
             (DIRECTORY if shards == 1 else f"{DIRECTORY}{k}"): PageDirectory(
                 self.layout, on_loss=on_loss, clock=lambda: self.clock, direct=direct,
-                shard=k, shards=shards, stripe=STRIPE_PAGES)
+                shard=k, shards=shards, stripe=STRIPE_PAGES,
+                is_release=self.is_release)
             for k in range(shards)}
         self._shard_names = list(self.directories)
         self.directory = self.directories[self._shard_names[0]]
+        #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
+        self.coordinator = rc.Coordinator(pages, lambda: self.clock)
+        self._programs = (programs.drf_programs(
+            self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
+            range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE), ops_per_thread,
+            phases) if release_pages else None)
+        #: the barrier's parties: every thread
+        self.parties = nodes * threads_per_node
         self.channels: dict[tuple[str, str], deque] = {}
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
         self.lost_locations: set[int] = set()
+        #: release pages whose newest contents may have died with a node (``Dirtied``)
+        self.maybe_lost_release_pages: set[int] = set()
+        #: release location -> the values a read may return besides the last write: a dead
+        #: node's writes it may not have released, and what was there before them
+        self.after_death: dict[int, set[int]] = {}
+        #: release location -> its writes so far, as (value, node), in order
+        self.writes: dict[int, list[tuple[int, str]]] = {}
         self.schedule: list[str] = []
         self.deaths_left = deaths
         self.unnoticed_dead: list[str] = []
@@ -135,15 +173,23 @@ class World:
             node.core.set_shards(shards, STRIPE_PAGES)
             for d in self.directories.values():
                 d.node_joined(name, peer=f"sim://{name}")
+            self.coordinator.joined(name)
             for t in range(threads_per_node):
-                kinds_locs = self._bands(ops_per_thread) if bands else [
-                    (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
-                    for _ in range(ops_per_thread)]
+                if release_pages:  # the programs join their barrier first: a death breaks it
+                    self.coordinator.sync.join(name, 0, rc.BARRIER, self.parties,
+                                               rc.holder(name, t + 1))
+                kinds_locs = (self._programs[i * threads_per_node + t] if self._programs
+                              else self._bands(ops_per_thread) if bands else [
+                                  (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
+                                  for _ in range(ops_per_thread)])
                 ops = [(kind, loc, (i + 1) * 1_000_000 + t * 10_000 + k + 1)  # unique per write
                        for k, (kind, loc) in enumerate(kinds_locs)]
                 node.threads.append(Thread(node, t + 1, ops))
             self.nodes[name] = node
-        self.ops_total = nodes * threads_per_node * ops_per_thread
+        self.ops_total = sum(len(t.ops) for n in self.nodes.values() for t in n.threads)
+
+    def is_release(self, page: int) -> bool:
+        return page < self.release_pages
 
     def _bands(self, n: int) -> list[tuple[str, int]]:
         """Reads of a run of pages in order, then writes of them in order (a stencil's band),
@@ -190,6 +236,14 @@ class World:
             out = d.drop(node, msg.page, msg.count, msg.payload, data)
         elif isinstance(msg, p.Received):
             out = d.received(node, msg.txn, msg.page, msg.count, msg.installed)
+        elif isinstance(msg, p.Diff):
+            out = d.diff(node, msg.req, msg.page, msg.count, msg.spans, data)
+        elif isinstance(msg, p.Dirtied):
+            out = d.dirtied(node, msg.page, msg.count)
+        elif isinstance(msg, rc.SYNC_MESSAGES) and d is self.directory:
+            for to, reply in self.coordinator.handle(node, msg):
+                self._send(shard, to, reply, None)
+            return
         else:
             raise SimulationFailure(f"the model sends no {type(msg).__name__}")
         for send in out:
@@ -214,6 +268,10 @@ class World:
             acts = core.peer_page(msg, data, self.clock)
         elif isinstance(msg, p.Withdrawn):
             acts = core.withdrawn(msg)
+        elif isinstance(msg, p.DiffApplied):
+            acts = core.diff_applied(msg)
+        elif isinstance(msg, p.SyncReply):
+            acts = self._sync_answered(node, msg)
         else:
             raise SimulationFailure(f"the model's nodes get no {type(msg).__name__}")
         self._carry_out(node, acts)
@@ -227,9 +285,16 @@ class World:
                     data = node.taken.pop(act.pages, None)
                     if data is None:
                         data = self._read(node, *act.pages)
-                dst = act.peer[0] if act.peer is not None else self._shard_of(act.message.page)
+                dst = (act.peer[0] if act.peer is not None
+                       else self._shard_names[0] if isinstance(act.message, rc.SYNC_MESSAGES)
+                       else self._shard_of(act.message.page))
                 self._send(node.name, dst, act.message, bytes(data) if data is not None else None)
                 if i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
+                    node.deferred = list(acts[i + 1:])
+                    return
+            elif isinstance(act, rc.RELEASE_ACTIONS):
+                sent = self._release_action(node, act)
+                if sent and i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
                     node.deferred = list(acts[i + 1:])
                     return
             elif isinstance(act, a.Install):
@@ -285,12 +350,15 @@ class World:
     def _run_op(self, t: Thread) -> None:
         node = t.node
         kind, loc, value = t.ops[t.next_op]
+        if kind in programs.SYNC_OPS:
+            self._sync(t, kind, loc)
+            return
         page, slot = divmod(loc, SLOTS_PER_PAGE)
         self._touched.add(page)
         self._step(f"{node.name}/t{t.tid} {kind} loc {loc} (page {page})"
                    + (f" := {value}" if kind == "w" else ""))
         if page in node.poisoned:  # SIGBUS: the access fails, loudly
-            if loc not in self.lost_locations:
+            if loc not in self.lost_locations and page not in self.maybe_lost_release_pages:
                 raise SimulationFailure(f"{node.name}: page {page} poisoned but location {loc} "
                                         "was not lost")
             t.next_op += 1
@@ -306,11 +374,16 @@ class World:
                 _SLOT.pack_into(mem, slot * SLOT_BYTES, value)
                 self.truth[loc] = value
                 self.lost_locations.discard(loc)
+                if self.is_release(page):
+                    self._wrote_release(node, loc, value)
             else:
                 got = _SLOT.unpack_from(mem, slot * SLOT_BYTES)[0]
-                if got != self.truth[loc]:
+                if got != self.truth[loc] and got not in self.after_death.get(loc, ()):
+                    # on a release page the program is data-race free: the last write in the
+                    # simulation's order is the last one in happens-before order (DRF-SC)
+                    order = " (happens-before: a DRF program)" if self.is_release(page) else ""
                     raise SimulationFailure(f"{node.name}/t{t.tid} read {got} at location {loc}; "
-                                            f"the last write was {self.truth[loc]}")
+                                            f"the last write{order} was {self.truth[loc]}")
             t.next_op += 1
             return
         t.blocked_on = page
@@ -352,14 +425,17 @@ class World:
         for shard in self.directories:
             for msg, _ in self.channels.pop((shard, node.name), ()):
                 self._mark_lost_with(msg)
+        self._release_node_died(node)
         for pend in node.core.pending.values():
-            if pend.write and self.directory.direct:
+            if pend.write and self.directory.direct and not self.is_release(pend.first):
                 # the copies may be invalidated for it already: under a direct manager no
                 # home copy is left (a node dying as it asks to write may take the page along)
                 self.lost_locations.update(range(pend.first * SLOTS_PER_PAGE,
                                                  (pend.first + pend.count) * SLOTS_PER_PAGE))
         others = [n for n in self.nodes.values() if n.alive]
         for page, st in node.core.state.items():
+            if self.is_release(page):
+                continue  # (``_release_node_died``)
             # its writes may be lost with it: reads must say so; under a direct manager a
             # read copy may have been the last one
             last_copy = (self.directory.direct
@@ -390,6 +466,8 @@ class World:
             for send in d.node_lost(name):
                 self._send(shard, send.node, send.message,
                            bytes(send.page) if send.page is not None else None)
+        for to, reply in self.coordinator.node_gone(name):  # its locks pass on, broken
+            self._send(self._shard_names[0], to, reply, None)
 
     # --- the scheduler -------------------------------------------------------------------------------
     def _step(self, what: str) -> None:
@@ -409,7 +487,7 @@ class World:
             self.clock += 0.001
             choices: list = [pair for pair, q in self.channels.items() if q]
             choices += [t for n in self.nodes.values() if n.alive for t in n.threads
-                        if not t.done and t.blocked_on is None]
+                        if t.runnable]
             choices += [n for n in self.nodes.values() if n.alive and n.deferred]
             if self.unnoticed_dead:
                 choices.append("notice")
@@ -456,6 +534,8 @@ class World:
         live = [n for n in self.nodes.values() if n.alive]
         pages = range(self.num_pages) if self._touched is None else self._touched
         for page in pages:
+            if self.is_release(page):
+                continue  # copies may be stale until an acquire: the reads check them (DRF-SC)
             states = [(n.name, n.core.state.get(page)) for n in live]
             owners = [name for name, st in states if st is PageState.EXCLUSIVE]
             holders = [name for name, st in states if st is not None]
@@ -477,6 +557,11 @@ class World:
             if not n.alive:
                 continue
             for t in n.threads:
+                if t.waits_for is not None:
+                    raise SimulationFailure(f"{n.name}/t{t.tid} hangs in a {t.waits_for} with "
+                                            "no message in flight")
                 if not t.done:
                     raise SimulationFailure(f"{n.name}/t{t.tid} hangs on page {t.blocked_on} "
                                             "with no message in flight")
+        if self.release_pages and all(n.alive for n in self.nodes.values()):
+            self._check_released()  # (a death breaks the barrier: the programs end early)

@@ -1,0 +1,101 @@
+"""Random data-race-free programs for the simulator's release-consistency pages, so that
+DRF-SC applies: every read must return the last write to its location in happens-before order,
+and under these disciplines that is simply the last write completed before the read in the
+simulation's global order:
+
+- a *locked* location is only touched inside a critical section of its one lock;
+- a *phased* location has, in each phase between two barriers (of every thread), at most one
+  thread that touches it (reading and writing); in a phase with no such writer anyone may
+  read it.
+
+Sequential locations (outside the release pages) are read and written anywhere: those pages
+are sequentially consistent, races and all. Every program ends with a barrier, so that at the
+end every write has been released.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from dsm.directory.sync import SyncStatus
+
+#: the locks of the programs (few: threads must contend for them)
+NUM_LOCKS = 3
+#: the share of release locations protected by a lock (the others are phased)
+LOCKED_SHARE = 0.5
+#: how often a phased location has no writer in a phase (everyone may read it then)
+READ_ONLY_PHASE = 0.4
+#: accesses in one critical section, at most
+MAX_CRITICAL_ACCESSES = 3
+#: how a thread's next step is drawn: a critical section below the first share, an access to
+#: a phased location below the second, else an access to a sequential location
+CRITICAL_SECTION_SHARE, PHASED_SHARE = 0.4, 0.8
+#: how often a thread's access to a phased location it owns in the phase is a write
+WRITE_SHARE = 0.5
+#: the barrier phases of a program, by default
+DEFAULT_PHASES = 3
+#: the kinds of a program's synchronization operations (the others are "r" and "w")
+LOCK, UNLOCK, WAIT = "lock", "unlock", "barrier"
+SYNC_OPS = (LOCK, UNLOCK, WAIT)
+#: the answers a simulated thread expects to each (broken ones: a node died)
+EXPECTED = {LOCK: (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN), UNLOCK: (SyncStatus.RELEASED,),
+            WAIT: (SyncStatus.PASSED, SyncStatus.BROKEN)}
+
+@dataclass
+class Discipline:
+    """How a program's release locations are protected."""
+
+    lock_of: dict[int, int]  #: locked location -> its lock
+    #: per phase: phased location -> the index of its one thread (None: read-only then)
+    writers: list[dict[int, int | None]] = field(default_factory=list)
+
+    def locked_by(self, lock: int) -> list[int]:
+        return sorted(loc for loc, k in self.lock_of.items() if k == lock)
+
+
+def drf_programs(rng: random.Random, threads: int, release_locations: range,
+                 sequential_locations: range, accesses_per_thread: int,
+                 phases: int = DEFAULT_PHASES) -> list[list[tuple[str, int]]]:
+    """``threads`` programs of ``(kind, argument)``: reads and writes ("r", "w": a location),
+    critical sections (LOCK, UNLOCK: a lock), and a barrier (WAIT: the phase) after each
+    phase. Sequential locations are read and written anywhere (those pages are sequentially
+    consistent: races are allowed there)."""
+    lock_of = {loc: rng.randrange(NUM_LOCKS) for loc in release_locations
+               if rng.random() < LOCKED_SHARE}
+    phased = [loc for loc in release_locations if loc not in lock_of]
+    rules = Discipline(lock_of)
+    for _ in range(phases):
+        rules.writers.append({loc: None if rng.random() < READ_ONLY_PHASE
+                              else rng.randrange(threads) for loc in phased})
+    locks = [k for k in range(NUM_LOCKS) if rules.locked_by(k)]
+    per_phase = max(1, accesses_per_thread // phases)
+    programs = []
+    for me in range(threads):
+        ops: list[tuple[str, int]] = []
+        for phase, writers in enumerate(rules.writers):
+            mine = [loc for loc, w in writers.items() if w == me]
+            readable = mine + [loc for loc, w in writers.items() if w is None]
+            done = 0
+            while done < per_phase:
+                pick = rng.random()
+                if locks and pick < CRITICAL_SECTION_SHARE:
+                    lock = rng.choice(locks)
+                    guarded = rules.locked_by(lock)
+                    ops.append((LOCK, lock))
+                    for _ in range(rng.randint(1, MAX_CRITICAL_ACCESSES)):
+                        ops.append((rng.choice("rw"), rng.choice(guarded)))
+                        done += 1
+                    ops.append((UNLOCK, lock))
+                elif readable and pick < PHASED_SHARE:
+                    loc = rng.choice(readable)
+                    ops.append(("w" if loc in mine and rng.random() < WRITE_SHARE else "r", loc))
+                    done += 1
+                elif sequential_locations:
+                    ops.append((rng.choice("rw"), rng.choice(sequential_locations)))
+                    done += 1
+                elif not locks and not readable:
+                    break  # nothing this thread may touch in this phase
+            ops.append((WAIT, phase))
+        programs.append(ops)
+    return programs
