@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, main as common_main
 
 DEFAULT_SIZE = 100
@@ -51,7 +52,7 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict[str, np.ndarray]:
     # one counter per page: column 0 of each row
-    pages = ctx.array("counters", (COUNTERS, PAGE_WORDS), np.int64)
+    pages = ctx.data_array("counters", (COUNTERS, PAGE_WORDS), np.int64)
     locks = [ctx.lock(f"counter.{j}") for j in range(COUNTERS)]
     step = ctx.barrier("step")
     broken = 0
@@ -98,6 +99,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
     remark=remark,
 )
 

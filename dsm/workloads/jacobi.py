@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, block, main as common_main
 
 DEFAULT_SIZE = 256
@@ -65,7 +66,8 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict[str, np.ndarray]:
     n = ctx.size
-    grids = [ctx.array("a", (n, n), np.float64), ctx.array("b", (n, n), np.float64)]
+    grids = [ctx.data_array("a", (n, n), np.float64),
+             ctx.data_array("b", (n, n), np.float64)]
     lo, hi = band(ctx.rank, ctx.nodes, n)
     # this node's rows of both grids, the border rows with the first and the last band
     init_lo = 0 if ctx.rank == 0 else lo
@@ -105,6 +107,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
 )
 
 

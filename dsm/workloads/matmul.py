@@ -30,6 +30,7 @@ import sys
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, block, main as common_main
 
 DEFAULT_SIZE = 256
@@ -91,9 +92,9 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict:
     n = ctx.size
-    a = ctx.array("a", (n, n), np.float64)
-    b = ctx.array("b", (n, n), np.float64)
-    c_flat = ctx.array("c", (flat_words(n),), np.float64)
+    a = ctx.data_array("a", (n, n), np.float64)
+    b = ctx.data_array("b", (n, n), np.float64)
+    c_flat = ctx.data_array("c", (flat_words(n),), np.float64)
     tiles = tile_offsets(n)
     mine = [t for k, t in enumerate(tiles) if k % ctx.nodes == ctx.rank]
     step = ctx.barrier("step")
@@ -137,6 +138,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
 )
 
 

@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, main as common_main
 
 DEFAULT_SIZE = 1 << 16
@@ -71,9 +72,10 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict[str, np.ndarray]:
     n = ctx.size
-    shared_keys = ctx.array("keys", (n,), np.int32)
-    out = ctx.array("sorted", (n,), np.int32)
-    hists = [ctx.array("hist0", (BUCKETS,), np.int64), ctx.array("hist1", (BUCKETS,), np.int64)]
+    shared_keys = ctx.data_array("keys", (n,), np.int32)
+    out = ctx.data_array("sorted", (n,), np.int32)
+    hists = [ctx.data_array("hist0", (BUCKETS,), np.int64),
+             ctx.data_array("hist1", (BUCKETS,), np.int64)]
     lo, hi = ctx.block(n)
     b_lo, b_hi = ctx.block(BUCKETS)  # this node's buckets
     sections = BUCKETS // BUCKETS_PER_LOCK
@@ -122,6 +124,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
 )
 
 
