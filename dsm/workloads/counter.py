@@ -10,6 +10,10 @@ let two nodes in at once, or a page that came back stale, would lose increments.
 barrier, then every node checks the running total. At the end the counters must hold exactly what
 numpy computes in one process, and their sum must be exactly nodes × size × rounds.
 
+Under ``--consistency release`` the counters are a release array: every read and write of a
+counter happens under its lock (the grant invalidates a copy another holder changed, the release
+sends the increment home) and the totals are read after a barrier.
+
 Run it on three nodes by hand (``dsm demo --workload counter`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &

@@ -12,6 +12,12 @@ Every node initializes its own rows of both grids (the border rows go with the f
 bands). The result is compared bit for bit with numpy in one process: every point is computed by
 the same numpy expression on the same doubles, so the bands give exactly numpy's values.
 
+Under ``--consistency release`` both grids are release arrays: a node writes only its own band of
+the next grid and reads its neighbours' edge rows of the previous one, and the barrier between
+two iterations orders every such write before every such read (and every read before the next
+overwrite), so the program is data-race free. Every page a node writes is twinned and its diff
+sent home at each barrier, though: the manager is the home, not the band's node.
+
 Run it on three nodes by hand (``dsm demo --workload jacobi`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &

@@ -14,6 +14,10 @@ fetches A again. A barrier separates rank 0's writes from the reads, and one pas
 The values are integers below 2**53 in float64, so every sum is exact whatever the order of the
 additions: the result equals numpy's ``A @ B`` in one process bit for bit.
 
+Under ``--consistency release`` A, B and C are release arrays: rank 0's writes of A and B come
+before a barrier that every reader passes before reading them, each tile of C is written by its
+owner only, and the barrier after a pass orders its reads of A before rank 0 rewrites it.
+
 Run it on three nodes by hand (``dsm demo --workload matmul`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &

@@ -17,6 +17,12 @@ consecutive passes alternate between two shared arrays, so that one can be clear
 other is read. The result (the sorted keys and the last pass's histogram) must equal numpy's
 ``np.sort`` and ``np.bincount`` in one process exactly.
 
+Under ``--consistency release`` the keys, the output and both histograms are release arrays:
+each node writes its own slice of keys and its own range of the output, and reads them after a
+barrier; the histogram is added to under its sections' locks (a release sends the additions
+home, the next grant of that lock invalidates the stale copy) and read after the barrier; a
+histogram is cleared between two barriers in which nobody reads or adds to it.
+
 Run it on three nodes by hand (``dsm demo --workload sort`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &
