@@ -269,9 +269,37 @@ def test_bench_workloads_runs_each_program_and_its_numpy_baseline(tmp_path, run_
             assert r["pages_in"] > 0 and r["invalidations"] > 0, r  # the nodes shared pages
 
 
+def test_bench_workloads_runs_each_consistency_in_a_row_of_its_own(tmp_path, run_dsm_bench):
+    out = tmp_path / "workloads.json"
+    proc = run_dsm_bench("workloads", "--workloads", "jacobi,counter", "--nodes", "2",
+                         "--problem", "jacobi=48:3", "--problem", "counter=5:1",
+                         "--consistency", "sequential,release", "--json", str(out))
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("workload"))
+    for column in ("consistency", "time s", "seq/rel", "faults", "messages", "MB", "result"):
+        assert column in lines[header], lines[header]
+    rows = lines[header + 2:header + 2 + 4]
+    assert [row.split()[0] for row in rows[::2]] == ["jacobi", "counter"], rows
+    assert [("release" if " release " in row else "sequential") for row in rows] == [
+        "sequential", "release"] * 2, rows
+    for sequential_row, release_row in zip(rows[::2], rows[1::2]):
+        assert " - " in sequential_row, sequential_row  # no ratio to itself
+        assert re.search(r" \d+\.\d\dx ", release_row), release_row  # seq/rel
+    assert all(row.rstrip().endswith("MATCH") and "MISMATCH" not in row for row in rows), rows
+    result = json.loads(out.read_text())
+    assert [(r["workload"], r["consistency"]) for r in result["runs"]] == [
+        (w, c) for w in ("jacobi", "counter") for c in ("sequential", "release")]
+    for r in result["runs"]:
+        assert r["match"] and r["messages"] > 0 and r["bytes"] > 0, r
+        # the release protocol's counters move under release only
+        assert (r["twins"] > 0 and r["diffs"] > 0) == (r["consistency"] == "release"), r
+
+
 def test_bench_lock_and_workloads_reject_bad_arguments():
     for args in (["lock", "--nodes", "1"], ["lock", "--acquires", "0"],
-                 ["workloads", "--workloads", "nosuch"], ["workloads", "--nodes", "0"]):
+                 ["workloads", "--workloads", "nosuch"], ["workloads", "--nodes", "0"],
+                 ["workloads", "--consistency", "weak"],
+                 ["workloads", "--consistency", "release,release"]):
         proc = subprocess.run([sys.executable, "-m", "dsm", "bench", *args],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads import common, counter, jacobi, matmul, sort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +35,14 @@ def _env(tmp_path: Path) -> dict:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("consistency", CONSISTENCIES)
 @pytest.mark.parametrize("workload", ["jacobi", "matmul", "sort", "counter"])
-def test_workload_on_three_nodes_matches_numpy(tmp_path, workload):
+def test_workload_on_three_nodes_matches_numpy(tmp_path, workload, consistency):
+    """Under release consistency too: every conflicting access to the data arrays is ordered by
+    a lock or a barrier, so the result is numpy's bit for bit."""
     result = subprocess.run(
         [sys.executable, "-m", "dsm", "demo", "--workload", workload, "--nodes", "3",
-         *SMALL[workload], "--timeout", "90"],
+         *SMALL[workload], "--consistency", consistency, "--timeout", "90"],
         capture_output=True, text=True, timeout=110, cwd=tmp_path, env=_env(tmp_path),
     )
     out = result.stdout
@@ -46,6 +50,7 @@ def test_workload_on_three_nodes_matches_numpy(tmp_path, workload):
     assert re.search(rf"^result: MATCH \(3 nodes, {workload}, \d+ values checked against numpy",
                      out, re.MULTILINE), out
     assert f"workload {workload}" in out
+    assert f", {consistency} consistency" in out.splitlines()[0], out
     for k in range(3):
         assert re.search(ROW.format(name=f"node{k}"), out, re.MULTILINE), out
     assert re.search(r"^compute \d+\.\d\d s \(slowest node\)", out, re.MULTILINE), out
@@ -138,11 +143,30 @@ def test_by_hand_against_a_separate_directory_and_again_on_the_same_one(tmp_path
 
 def test_bad_arguments_are_refused():
     for argv in (["--nodes", "3", "--rank", "3"], ["--rank", "0"], ["--nodes", "3", "--size", "2"],
-                 ["--nodes", "2", "--iterations", "0"]):
+                 ["--nodes", "2", "--iterations", "0"], ["--nodes", "2", "--consistency", "weak"]):
         proc = subprocess.run([sys.executable, "-m", "dsm.workloads.jacobi", *argv],
                               capture_output=True, text=True, timeout=30, cwd=ROOT,
                               env={**os.environ, "DSM_NODES": ""})
         assert proc.returncode == 2, (argv, proc.stderr)
+
+
+def test_the_consistency_comes_from_the_option_or_the_environment(monkeypatch):
+    monkeypatch.delenv(common.CONSISTENCY_ENV, raising=False)
+    assert common.parse_args(sort.WORKLOAD, ["--nodes", "2"]).consistency == "sequential"
+    monkeypatch.setenv(common.CONSISTENCY_ENV, "release")
+    assert common.parse_args(sort.WORKLOAD, ["--nodes", "2"]).consistency == "release"
+    args = common.parse_args(sort.WORKLOAD, ["--nodes", "2", "--consistency", "sequential"])
+    assert args.consistency == "sequential"
+
+
+@pytest.mark.timeout(60)
+def test_demo_refuses_release_for_a_workload_that_spins_on_shared_memory():
+    # rows' barriers are slots spun on in shared memory: under release they would never change
+    proc = subprocess.run([sys.executable, "-m", "dsm", "demo", "--workload", "rows",
+                           "--consistency", "release"], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT)
+    assert proc.returncode == 2 and "rows runs under sequential consistency" in proc.stderr, (
+        proc.stdout + proc.stderr)
 
 
 def test_reference_mode_prints_numpy_time_and_digest():

@@ -35,6 +35,9 @@ NS_PER_S = 1_000_000_000
 US_PER_S = 1_000_000
 BYTES_PER_MB = 1_000_000
 BYTES_PER_MIB = 1 << 20
+#: the agents' message counters that add up to the cluster's traffic (``NodeStats``): every
+#: message is one an agent sent or received, ``messages_DIRECTION`` and ``bytes_DIRECTION``
+TRAFFIC_DIRECTIONS = ("to_directory", "from_directory", "to_peers")
 
 #: verdicts of a summary row
 OK, MISSED, REPORT, BASELINE = "ok", "MISSED", "report", "baseline"
@@ -60,6 +63,12 @@ class Progress:
         child = Progress(self.prefix + prefix)
         child.t0 = self.t0
         return child
+
+
+def message_traffic(counters: dict) -> tuple[int, int]:
+    """The messages and bytes an agent's counters (``node.stats()["counters"]``) add up to."""
+    return (sum(counters.get(f"messages_{d}", 0) for d in TRAFFIC_DIRECTIONS),
+            sum(counters.get(f"bytes_{d}", 0) for d in TRAFFIC_DIRECTIONS))
 
 
 def environment() -> dict:

@@ -51,7 +51,7 @@ import numpy as np
 import zmq
 
 from dsm.bench import common, floor
-from dsm.bench.common import BenchError, Progress, environment
+from dsm.bench.common import TRAFFIC_DIRECTIONS, BenchError, Progress, environment
 from dsm.bench.procs import Processes, Worker, children_of, cpu_ns, run_with_processes
 from dsm.keys import add_keys_argument, keys_dir_from
 
@@ -108,10 +108,6 @@ class Row:
             return {"n": 0, "median_us": float("nan"), "p90_us": float("nan"), "p99_us": float("nan")}
         p50, p90, p99 = np.percentile(a, [50, 90, 99])
         return {"n": len(a), "median_us": float(p50), "p90_us": float(p90), "p99_us": float(p99)}
-
-
-#: the agents' message counters that add up to the cluster's traffic (``NodeStats``)
-TRAFFIC_DIRECTIONS = ("to_directory", "from_directory", "to_peers")
 
 
 #: the baselines, measured in the same rounds as the faults: (key, label, counters per access)

@@ -10,7 +10,14 @@ with plain numpy in one process (``python -m dsm.workloads.NAME --reference``), 
 run with the same single-threaded BLAS; its digest is what every node's result must match.
 
 The traffic columns add up every node's ``node.stats()`` over the run phase: faults (missing read,
-missing write, write-protect), pages in, pages out and invalidations.
+missing write, write-protect), pages in, pages out and invalidations, and the messages and bytes
+the agents sent to the directory, received from it and sent to their peers.
+
+``--consistency sequential,release`` runs each workload on each node count once per consistency
+model of its data arrays (``python -m dsm.workloads.NAME --consistency``), a row each, against
+the same numpy baseline; a release row says how many times faster it ran than the sequential
+one (``seq/rel``: the sequential time over its own), and its JSON run has the release counters
+too (twins, diffs, notices_invalidated).
 
 All processes share this machine's cores: on a 2-core machine, 3 nodes (each a workload and an
 agent) and the directory compete for 2 cores, so the times show the protocol's cost, not a
@@ -29,7 +36,8 @@ import time
 from pathlib import Path
 
 from dsm.bench import common
-from dsm.bench.common import BenchError, Progress, environment
+from dsm.bench.common import BYTES_PER_MB, BenchError, Progress, environment, message_traffic
+from dsm.consistency import CONSISTENCIES, Consistency
 
 #: size and iterations of each workload in the benchmark: each run takes seconds
 BENCH_PROBLEMS: dict[str, tuple[int, int]] = {
@@ -43,6 +51,20 @@ RUN_TIMEOUT_S = 180.0
 REFERENCE_TIMEOUT_S = 300.0
 FAULT_KEYS = ("faults_missing_read", "faults_missing_write", "faults_wp_write")
 TRAFFIC_KEYS = ("pages_in", "pages_out", "invalidations")
+#: what release consistency costs instead (node.stats() names): pages twinned at a first write,
+#: diffs sent home, copies invalidated by write notices
+RELEASE_KEYS = ("twins", "diffs", "notices_invalidated")
+SEQUENTIAL = Consistency.SEQUENTIAL.value
+DEFAULT_CONSISTENCIES = SEQUENTIAL
+
+
+def _consistency_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in CONSISTENCIES]
+    if not values or unknown or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(
+            f"expected some of {', '.join(CONSISTENCIES)} separated by commas, got {text!r}")
+    return values
 
 
 def _int_list(text: str) -> list[int]:
@@ -74,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME=SIZE[:ITERATIONS]",
                         help="another size (and iterations) for a workload; defaults: " + ", ".join(
                             f"{k}={s}:{i}" for k, (s, i) in BENCH_PROBLEMS.items()))
+    parser.add_argument("--consistency", type=_consistency_list,
+                        default=_consistency_list(DEFAULT_CONSISTENCIES),
+                        help="consistency models of the workloads' data arrays, separated by "
+                             f"commas, each run in turn ({', '.join(CONSISTENCIES)}; default "
+                             f"{DEFAULT_CONSISTENCIES})")
     parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                         help="how the nodes reach the directory (default tcp)")
     parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S,
@@ -111,7 +138,7 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
     that failed is in it with ``match`` false). Raises BenchError."""
     names, problems = problems_of(args)
     return WorkloadBench(names, problems, args.nodes, args.transport, args.timeout,
-                         log_dir, progress).run()
+                         log_dir, progress, args.consistency).run()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
 class WorkloadBench:
     def __init__(self, names: list[str], problems: dict[str, tuple[int, int]], nodes: list[int],
-                 transport: str, timeout_s: float, log_dir: Path, progress: Progress):
+                 transport: str, timeout_s: float, log_dir: Path, progress: Progress,
+                 consistencies: list[str] | None = None):
         from dsm.commands.demo import SINGLE_THREAD_ENV
 
         self.names = names
@@ -131,6 +159,7 @@ class WorkloadBench:
         self.timeout_s = timeout_s
         self.log_dir = log_dir
         self.progress = progress
+        self.consistencies = consistencies or [SEQUENTIAL]
         # one BLAS thread everywhere, the baseline included
         self.env = {**os.environ, **SINGLE_THREAD_ENV}
         self.env.pop("DSM_AGENT_SOCKET", None)
@@ -144,17 +173,22 @@ class WorkloadBench:
             size, iterations = self.problems[name]
             if size < spec.min_size(max(self.node_counts)) or iterations < 1:
                 raise BenchError(f"{name}: size {size} / iterations {iterations} too small")
+            refused = [c for c in self.consistencies if c not in spec.consistencies]
+            if refused:
+                raise BenchError(f"{name} does not run under {', '.join(refused)} consistency")
             for n in self.node_counts:
                 what = spec.describe(n, size, iterations)
                 self.progress(f"{name} ({what}): plain numpy in one process, as for {n} node(s)")
                 ref = self._reference(spec, n, size, iterations)
                 self.progress(f"{name}: {ref['seconds']['compute']:.2f} s; now on {n} node(s)")
-                runs.append(self._cluster(spec, n, size, iterations, ref))
-                r = runs[-1]
-                self.progress(f"{name} on {n} node(s): {r['seconds']:.2f} s, "
-                              f"{'MATCH' if r['match'] else 'MISMATCH'}")
+                for consistency in self.consistencies:
+                    runs.append(self._cluster(spec, n, size, iterations, ref, consistency))
+                    r = runs[-1]
+                    self.progress(f"{name} on {n} node(s), {consistency}: {r['seconds']:.2f} s, "
+                                  f"{'MATCH' if r['match'] else 'MISMATCH'}")
         return {"benchmark": "workloads", "config": {"transport": self.transport,
-                                                      "nodes": self.node_counts},
+                                                      "nodes": self.node_counts,
+                                                      "consistencies": self.consistencies},
                 "environment": environment(), "runs": runs}
 
     def _reference(self, spec, nodes: int, size: int, iterations: int) -> dict:
@@ -173,10 +207,12 @@ class WorkloadBench:
                              f"{proc.returncode}):\n{proc.stderr[-3000:]}")
         return json.loads(lines[-1][len(RESULT_PREFIX):])
 
-    def _cluster(self, spec, nodes: int, size: int, iterations: int, ref: dict) -> dict:
+    def _cluster(self, spec, nodes: int, size: int, iterations: int, ref: dict,
+                 consistency: str = SEQUENTIAL) -> dict:
         from dsm.commands.demo import DemoError, LocalCluster, region_bytes_for
 
-        workdir = Path(tempfile.mkdtemp(prefix=f"{spec.name}-{nodes}-", dir=self.log_dir))
+        workdir = Path(tempfile.mkdtemp(prefix=f"{spec.name}-{nodes}-{consistency}-",
+                                        dir=self.log_dir))
         cluster = LocalCluster(workdir, self.env, self.transport)
         t0 = time.monotonic()
         error = None
@@ -186,7 +222,7 @@ class WorkloadBench:
             cluster.start_directory(region_bytes_for(spec, nodes, size, iterations),
                                     self.timeout_s)
             cluster.start_nodes(spec, nodes, size, iterations, self.timeout_s,
-                                expect=ref["digest"])
+                                expect=ref["digest"], consistency=consistency)
             cluster.collect(t0 + self.timeout_s)
             results, problems = cluster.results(ref["digest"])
         except DemoError as exc:
@@ -196,15 +232,19 @@ class WorkloadBench:
         if error or problems:
             self.progress(f"{spec.name} on {nodes} node(s) failed: {error or '; '.join(problems)}"
                           f"\n{cluster.log_tails()}")
-        totals = {k: 0 for k in FAULT_KEYS + TRAFFIC_KEYS + ("requests",)}
+        totals = {k: 0 for k in FAULT_KEYS + TRAFFIC_KEYS + RELEASE_KEYS
+                  + ("requests", "messages", "bytes")}
         for res in results:
             counters = res.get("stats", {}).get("counters", {})
-            for k in totals:
+            for k in FAULT_KEYS + TRAFFIC_KEYS + RELEASE_KEYS + ("requests",):
                 totals[k] += counters.get(k, 0)
+            messages, size_bytes = message_traffic(counters)
+            totals["messages"] += messages
+            totals["bytes"] += size_bytes
         seconds = [r["seconds"]["compute"] for r in results if "seconds" in r]
         return {
             "workload": spec.name, "problem": spec.describe(nodes, size, iterations),
-            "size": size, "iterations": iterations, "nodes": nodes,
+            "size": size, "iterations": iterations, "nodes": nodes, "consistency": consistency,
             "seconds": max(seconds) if len(seconds) == nodes else float("nan"),
             "numpy_seconds": ref["seconds"]["compute"],
             "match": not error and not problems and len(results) == nodes,
@@ -216,42 +256,62 @@ class WorkloadBench:
         }
 
 
+def _consistency_of(run: dict) -> str:
+    return run.get("consistency", SEQUENTIAL)  # (a result from before the models)
+
+
 def format_table(result: dict) -> str:
-    header = ["workload", "problem", "nodes", "time s", "numpy s", "ratio", "vs 1 node",
-              "faults", "pages in", "pages out", "invalidations", "result"]
+    header = ["workload", "problem", "nodes", "consistency", "time s", "numpy s", "ratio",
+              "vs 1 node", "seq/rel", "faults", "pages in", "pages out", "invalidations",
+              "messages", "MB", "result"]
     lines = []
-    one_node: dict[str, float] = {}
+    # the runs each row is compared with: the same consistency on 1 node, sequential on as many
+    one_node: dict[tuple[str, str], float] = {}
+    sequential: dict[tuple[str, int], float] = {}
     for r in result["runs"]:
         if r["nodes"] == 1:
-            one_node[r["workload"]] = r["seconds"]
+            one_node[r["workload"], _consistency_of(r)] = r["seconds"]
+        if _consistency_of(r) == SEQUENTIAL:
+            sequential[r["workload"], r["nodes"]] = r["seconds"]
     previous = None
     for r in result["runs"]:
         first = r["workload"] != previous
         previous = r["workload"]
-        t1 = one_node.get(r["workload"])
-        speedup = f"{t1 / r['seconds']:.2f}x" if t1 and r["seconds"] == r["seconds"] else "-"
+        model = _consistency_of(r)
+        measured = r["seconds"] == r["seconds"]  # not NaN: every node reported
+        t1 = one_node.get((r["workload"], model))
+        speedup = f"{t1 / r['seconds']:.2f}x" if t1 and measured else "-"
+        t_seq = sequential.get((r["workload"], r["nodes"]))
+        versus_sequential = (f"{t_seq / r['seconds']:.2f}x"
+                             if model != SEQUENTIAL and t_seq and measured else "-")
         ratio = r["seconds"] / r["numpy_seconds"] if r["numpy_seconds"] else float("nan")
         lines.append([r["workload"] if first else "", r["problem"] if first else "",
-                      str(r["nodes"]), f"{r['seconds']:.2f}", f"{r['numpy_seconds']:.4f}",
-                      f"{ratio:.1f}x", speedup, str(r["faults"]), str(r["pages_in"]),
-                      str(r["pages_out"]), str(r["invalidations"]),
+                      str(r["nodes"]), model, f"{r['seconds']:.2f}", f"{r['numpy_seconds']:.4f}",
+                      f"{ratio:.1f}x", speedup, versus_sequential, str(r["faults"]),
+                      str(r["pages_in"]), str(r["pages_out"]), str(r["invalidations"]),
+                      str(r.get("messages", "-")),
+                      f"{r['bytes'] / BYTES_PER_MB:.1f}" if "bytes" in r else "-",
                       "MATCH" if r["match"] else "MISMATCH"])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    left_aligned = {header.index(h) for h in ("workload", "problem", "consistency")}
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i])
+        return "  ".join(c.ljust(widths[i]) if i in left_aligned else c.rjust(widths[i])
                          for i, c in enumerate(cells)).rstrip()
 
     env = result["environment"]
     out = [f"dsm bench workloads: transport {result['config']['transport']}, {env['cpus']} cpus; "
            "time = run phase (initialization + computation) of the slowest node; numpy = the "
            "same computation in one process; ratio = time / numpy; vs 1 node = speed-up over "
-           "the 1-node run; traffic summed over the nodes' run phase",
+           "the 1-node run of the same consistency; seq/rel = the sequential run's time / this "
+           "one's; traffic summed over the nodes' run phase (messages and MB: what the agents "
+           "sent to the directory, received from it and sent to their peers)",
            fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(line) for line in lines]
     failed = [r for r in result["runs"] if not r["match"]]
     for r in failed:
-        out.append(f"{r['workload']} on {r['nodes']} node(s): {'; '.join(r['problems'])}")
+        out.append(f"{r['workload']} on {r['nodes']} node(s), {_consistency_of(r)}: "
+                   f"{'; '.join(r['problems'])}")
     return "\n".join(out)
 
 
@@ -270,15 +330,20 @@ def summary(result: dict) -> list[dict]:
                 is_baseline=True))
         ratio = r["seconds"] / r["numpy_seconds"] if r["numpy_seconds"] else float("nan")
         verdict_label = "" if r["match"] else " MISMATCH"
-        rows.append(common.summary_row("workloads", f"{r['workload']}_{r['nodes']}",
-                                       f"{r['workload']} on {r['nodes']} node(s){verdict_label}",
+        model = _consistency_of(r)
+        # the sequential rows keep their keys of before the models
+        key_model, label_model = ("", "") if model == SEQUENTIAL else (f"_{model}", f", {model}")
+        rows.append(common.summary_row("workloads", f"{r['workload']}_{r['nodes']}{key_model}",
+                                       f"{r['workload']} on {r['nodes']} node(s){label_model}"
+                                       f"{verdict_label}",
                                        "s", [r["seconds"]], ratio=ratio, baseline=base_key))
     return rows
 
 
 def traffic_lines(result: dict) -> list[str]:
     """The DSM traffic of each run, one line each (the combined table has no room for it)."""
-    return [f"{r['workload']} on {r['nodes']} node(s): {r['faults']} faults, "
-            f"{r['pages_in']} pages in, {r['pages_out']} out, {r['invalidations']} invalidations, "
-            f"{r['requests']} requests{'' if r['match'] else ' (MISMATCH)'}"
+    return [f"{r['workload']} on {r['nodes']} node(s), {_consistency_of(r)}: "
+            f"{r['faults']} faults, {r['pages_in']} pages in, {r['pages_out']} out, "
+            f"{r['invalidations']} invalidations, {r['requests']} requests"
+            f"{'' if r['match'] else ' (MISMATCH)'}"
             for r in result["runs"]]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from dsm.consistency import CONSISTENCIES
 from dsm.core.stats import quantile_text
 from dsm.managers import MANAGERS
 from dsm.keys import add_keys_argument
@@ -86,6 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar="N",
                         help="rounds or iterations of the computation (default: the workload's; "
                              f"rows: {DEFAULT_ROUNDS})")
+    parser.add_argument("--consistency", choices=CONSISTENCIES, default=None,
+                        help="consistency model of the workload's data arrays (python -m "
+                             "dsm.workloads.NAME --consistency; default: the nodes' default, "
+                             "sequential; release: jacobi, matmul, sort, counter)")
     parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                         help="how the nodes reach the directory: tcp loopback or ipc (default tcp)")
     parser.add_argument("--manager", choices=MANAGERS, default=None,
@@ -342,8 +347,9 @@ class LocalCluster:
         return self.endpoint
 
     def start_nodes(self, spec, nodes: int, size: int, iterations: int, timeout_s: float,
-                    expect: str | None = None) -> None:
-        """``dsm run`` one node per rank, each running the workload's module."""
+                    expect: str | None = None, consistency: str | None = None) -> None:
+        """``dsm run`` one node per rank, each running the workload's module (its data arrays
+        in ``consistency``; None: the module's default)."""
         for k in range(nodes):
             name = f"node{k}"
             cmd = [*_python(), "-m", "dsm", "run", "--directory", self.endpoint, "--node", name]
@@ -355,6 +361,8 @@ class LocalCluster:
                     "--size", str(size), "--iterations", str(iterations)]
             if expect is not None and spec.takes_expect:
                 cmd += ["--expect", expect]
+            if consistency is not None:
+                cmd += ["--consistency", consistency]
             if spec.node_args is not None:
                 cmd += spec.node_args(timeout_s)
             self.start_node(name, cmd)
@@ -426,6 +434,10 @@ def run(args: argparse.Namespace) -> int:
     if iterations < 1:
         print("dsm demo: --rounds/--iterations must be at least 1", file=sys.stderr)
         return 2
+    if args.consistency is not None and args.consistency not in spec.consistencies:
+        print(f"dsm demo: {args.workload} runs under {', '.join(spec.consistencies)} "
+              f"consistency, not {args.consistency}", file=sys.stderr)
+        return 2
     if args.shards < 1 or (args.shards > 1 and args.manager not in (None, "distributed")):
         print(f"dsm demo: --shards {args.shards} needs a number of shards of at least 1, and "
               "several make --manager distributed", file=sys.stderr)
@@ -461,7 +473,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{security}; {what}", flush=True)
         else:
             print(f"dsm demo: directory on {endpoint}, {nodes_text} over {args.transport}"
-                  f"{security}; workload {spec.name} ({spec.summary}): {what}", flush=True)
+                  f"{security}; workload {spec.name} ({spec.summary}): {what}"
+                  + (f", {args.consistency} consistency" if args.consistency else ""), flush=True)
         want = want_values = None
         numpy_s = None
         if spec.takes_expect:
@@ -470,7 +483,8 @@ def run(args: argparse.Namespace) -> int:
             reference = spec.reference(args.nodes, size, iterations)
             numpy_s = time.perf_counter() - t_ref
             want, want_values = digest(reference), values_of(reference)
-        cluster.start_nodes(spec, args.nodes, size, iterations, args.timeout, expect=want)
+        cluster.start_nodes(spec, args.nodes, size, iterations, args.timeout, expect=want,
+                            consistency=args.consistency)
         cluster.collect(deadline)
         elapsed = time.monotonic() - t0
         if want is None:

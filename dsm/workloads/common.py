@@ -23,6 +23,12 @@ node's arrival divided by NODES, taken under a lock from a counter kept per work
 count, so that the same programs can be run again against the same directory (named arrays and
 barriers live as long as the directory). ``--run NAME`` names the run explicitly instead (useful
 after a run that did not start on every node).
+
+``--consistency release`` (or ``$DSM_CONSISTENCY``) makes the arrays that hold a workload's data
+(``Context.data_array``) release-consistency arrays, for the workloads that allow it
+(``Workload.consistencies``: those whose every conflicting access to their data is ordered by a
+lock or a barrier). What the run itself shares (the rank claims, the published digest, the
+tickets) stays sequentially consistent.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dsm.consistency import Consistency
+
 if TYPE_CHECKING:
     from dsm.node import Node
     from dsm.sync import Barrier, Lock
@@ -49,6 +57,9 @@ RANK_ENV = "DSM_RANK"
 NODES_ENV = "DSM_NODES"
 #: a run name for every node of a run (instead of tickets)
 RUN_ENV = "DSM_RUN"
+#: the consistency model of the run's data arrays (``--consistency``)
+CONSISTENCY_ENV = "DSM_CONSISTENCY"
+DEFAULT_CONSISTENCY = Consistency.SEQUENTIAL.value
 #: the counters shown on a human line (node.stats() names)
 FAULT_COUNTERS = ("faults_missing_read", "faults_missing_write", "faults_wp_write")
 TRAFFIC_COUNTERS = ("pages_in", "pages_out", "invalidations")
@@ -85,6 +96,9 @@ class Workload:
     takes_expect: bool = True
     #: extra arguments of the node program, given the whole run's timeout in seconds
     node_args: Callable[[float], list[str]] | None = None
+    #: the consistency models its data arrays may have (``--consistency``): release only for a
+    #: workload whose every conflicting access to them is ordered by a lock or a barrier
+    consistencies: tuple[str, ...] = (DEFAULT_CONSISTENCY,)
 
 
 # --- the check ------------------------------------------------------------------------------------
@@ -149,13 +163,24 @@ class Context:
     iterations: int
     #: what the run's arrays, locks and barriers are named after (``WORKLOAD.NODES.RUN.``)
     prefix: str
+    #: the consistency model of the data arrays (``data_array``)
+    consistency: str = DEFAULT_CONSISTENCY
     #: extra fields for the result line (e.g. a total the human line mentions)
     info: dict[str, Any] = field(default_factory=dict)
     _barriers: dict[str, "Barrier"] = field(default_factory=dict)
     _locks: dict[str, "Lock"] = field(default_factory=dict)
 
     def array(self, name: str, shape: Any, dtype: Any) -> np.ndarray:
+        """A sequentially consistent array of the run: for what is read without a lock or a
+        barrier in between (a flag spun on), or is not the workload's data."""
         return self.node.array(self.prefix + name, shape, dtype)
+
+    def data_array(self, name: str, shape: Any, dtype: Any) -> np.ndarray:
+        """An array of the workload's data, in the run's consistency model (``--consistency``).
+        Under release consistency a write is seen elsewhere only after a lock release or
+        barrier arrival on the writer's side and a grant or departure on the reader's: every
+        conflicting access to it must be ordered by the run's locks or barriers."""
+        return self.node.array(self.prefix + name, shape, dtype, consistency=self.consistency)
 
     def barrier(self, name: str = "step") -> "Barrier":
         """The run's barrier ``name`` of all its nodes (one handle each: joining once). The
@@ -198,6 +223,11 @@ def parse_args(spec: Workload, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run", default=os.environ.get(RUN_ENV),
                         help=f"name of this run, the same on every node (env {RUN_ENV}; default: "
                              "numbered by the nodes' arrival)")
+    parser.add_argument("--consistency", choices=spec.consistencies,
+                        default=os.environ.get(CONSISTENCY_ENV) or DEFAULT_CONSISTENCY,
+                        help=f"consistency model of the data arrays (env {CONSISTENCY_ENV}; "
+                             f"default {DEFAULT_CONSISTENCY}; this workload: "
+                             f"{', '.join(spec.consistencies)})")
     parser.add_argument("--expect", metavar="DIGEST",
                         help="numpy's digest of the result (default: rank 0 computes it)")
     parser.add_argument("--reference", action="store_true",
@@ -205,6 +235,9 @@ def parse_args(spec: Workload, argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.nodes is None:
         parser.error(f"--nodes (or ${NODES_ENV}) is required")
+    if args.consistency not in spec.consistencies:  # (a default from the environment)
+        parser.error(f"{spec.name} runs under {', '.join(spec.consistencies)} consistency, not "
+                     f"{args.consistency!r} (${CONSISTENCY_ENV})")
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
     if args.rank is not None and not 0 <= args.rank < args.nodes:
@@ -236,7 +269,8 @@ def execute(spec: Workload, node: "Node", args: argparse.Namespace) -> dict:
     """The phases on an attached node; the result line's fields."""
     t0 = time.monotonic()
     prefix, rank = _join_run(node, spec, args)
-    ctx = Context(node, rank, args.nodes, args.size, args.iterations, prefix)
+    ctx = Context(node, rank, args.nodes, args.size, args.iterations, prefix,
+                  consistency=args.consistency)
     # join every barrier of the run now: a node that fails anywhere later (say, asking for an
     # array with another shape) then breaks them for the others instead of leaving them waiting
     for name in RUN_BARRIERS:
@@ -282,6 +316,7 @@ def execute(spec: Workload, node: "Node", args: argparse.Namespace) -> dict:
         "node": node.name,
         "nodes": args.nodes,
         "run": prefix[:-1],
+        "consistency": args.consistency,
         "match": match,
         "values": values_of(got),
         "digest": mine,
@@ -312,7 +347,8 @@ def human_line(spec: Workload, args: argparse.Namespace, result: dict) -> str:
         if "mismatches" in result:
             verdict += f" ({result['mismatches']} of {result['values']} values differ)"
     remark = f"; {result['remark']}" if result.get("remark") else ""
-    return (f"{spec.name}: {who}, {what}: {s['compute']:.2f} s (verify {s['verify']:.2f} s); "
+    model = f", {args.consistency} consistency" if args.consistency != DEFAULT_CONSISTENCY else ""
+    return (f"{spec.name}: {who}, {what}{model}: {s['compute']:.2f} s (verify {s['verify']:.2f} s); "
             f"{traffic_text(result['stats'])}{remark}; {verdict}")
 
 

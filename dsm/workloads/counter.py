@@ -10,6 +10,10 @@ let two nodes in at once, or a page that came back stale, would lose increments.
 barrier, then every node checks the running total. At the end the counters must hold exactly what
 numpy computes in one process, and their sum must be exactly nodes × size × rounds.
 
+Under ``--consistency release`` the counters are a release array: every read and write of a
+counter happens under its lock (the grant invalidates a copy another holder changed, the release
+sends the increment home) and the totals are read after a barrier.
+
 Run it on three nodes by hand (``dsm demo --workload counter`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &
@@ -27,6 +31,7 @@ import sys
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, main as common_main
 
 DEFAULT_SIZE = 100
@@ -51,7 +56,7 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict[str, np.ndarray]:
     # one counter per page: column 0 of each row
-    pages = ctx.array("counters", (COUNTERS, PAGE_WORDS), np.int64)
+    pages = ctx.data_array("counters", (COUNTERS, PAGE_WORDS), np.int64)
     locks = [ctx.lock(f"counter.{j}") for j in range(COUNTERS)]
     step = ctx.barrier("step")
     broken = 0
@@ -98,6 +103,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
     remark=remark,
 )
 

@@ -12,6 +12,12 @@ Every node initializes its own rows of both grids (the border rows go with the f
 bands). The result is compared bit for bit with numpy in one process: every point is computed by
 the same numpy expression on the same doubles, so the bands give exactly numpy's values.
 
+Under ``--consistency release`` both grids are release arrays: a node writes only its own band of
+the next grid and reads its neighbours' edge rows of the previous one, and the barrier between
+two iterations orders every such write before every such read (and every read before the next
+overwrite), so the program is data-race free. Every page a node writes is twinned and its diff
+sent home at each barrier, though: the manager is the home, not the band's node.
+
 Run it on three nodes by hand (``dsm demo --workload jacobi`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &
@@ -30,6 +36,7 @@ import time
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, block, main as common_main
 
 DEFAULT_SIZE = 256
@@ -65,7 +72,8 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict[str, np.ndarray]:
     n = ctx.size
-    grids = [ctx.array("a", (n, n), np.float64), ctx.array("b", (n, n), np.float64)]
+    grids = [ctx.data_array("a", (n, n), np.float64),
+             ctx.data_array("b", (n, n), np.float64)]
     lo, hi = band(ctx.rank, ctx.nodes, n)
     # this node's rows of both grids, the border rows with the first and the last band
     init_lo = 0 if ctx.rank == 0 else lo
@@ -105,6 +113,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
 )
 
 

@@ -14,6 +14,10 @@ fetches A again. A barrier separates rank 0's writes from the reads, and one pas
 The values are integers below 2**53 in float64, so every sum is exact whatever the order of the
 additions: the result equals numpy's ``A @ B`` in one process bit for bit.
 
+Under ``--consistency release`` A, B and C are release arrays: rank 0's writes of A and B come
+before a barrier that every reader passes before reading them, each tile of C is written by its
+owner only, and the barrier after a pass orders its reads of A before rank 0 rewrites it.
+
 Run it on three nodes by hand (``dsm demo --workload matmul`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &
@@ -30,6 +34,7 @@ import sys
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, block, main as common_main
 
 DEFAULT_SIZE = 256
@@ -91,9 +96,9 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict:
     n = ctx.size
-    a = ctx.array("a", (n, n), np.float64)
-    b = ctx.array("b", (n, n), np.float64)
-    c_flat = ctx.array("c", (flat_words(n),), np.float64)
+    a = ctx.data_array("a", (n, n), np.float64)
+    b = ctx.data_array("b", (n, n), np.float64)
+    c_flat = ctx.data_array("c", (flat_words(n),), np.float64)
     tiles = tile_offsets(n)
     mine = [t for k, t in enumerate(tiles) if k % ctx.nodes == ctx.rank]
     step = ctx.barrier("step")
@@ -137,6 +142,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
 )
 
 

@@ -17,6 +17,12 @@ consecutive passes alternate between two shared arrays, so that one can be clear
 other is read. The result (the sorted keys and the last pass's histogram) must equal numpy's
 ``np.sort`` and ``np.bincount`` in one process exactly.
 
+Under ``--consistency release`` the keys, the output and both histograms are release arrays:
+each node writes its own slice of keys and its own range of the output, and reads them after a
+barrier; the histogram is added to under its sections' locks (a release sends the additions
+home, the next grant of that lock invalidates the stale copy) and read after the barrier; a
+histogram is cleared between two barriers in which nobody reads or adds to it.
+
 Run it on three nodes by hand (``dsm demo --workload sort`` does all of this for you)::
 
     dsm directory --listen tcp://127.0.0.1:7400 &
@@ -33,6 +39,7 @@ import sys
 
 import numpy as np
 
+from dsm.consistency import CONSISTENCIES
 from dsm.workloads.common import Context, Workload, main as common_main
 
 DEFAULT_SIZE = 1 << 16
@@ -71,9 +78,10 @@ def reference(nodes: int, size: int, iterations: int) -> dict[str, np.ndarray]:
 
 def run(ctx: Context) -> dict[str, np.ndarray]:
     n = ctx.size
-    shared_keys = ctx.array("keys", (n,), np.int32)
-    out = ctx.array("sorted", (n,), np.int32)
-    hists = [ctx.array("hist0", (BUCKETS,), np.int64), ctx.array("hist1", (BUCKETS,), np.int64)]
+    shared_keys = ctx.data_array("keys", (n,), np.int32)
+    out = ctx.data_array("sorted", (n,), np.int32)
+    hists = [ctx.data_array("hist0", (BUCKETS,), np.int64),
+             ctx.data_array("hist1", (BUCKETS,), np.int64)]
     lo, hi = ctx.block(n)
     b_lo, b_hi = ctx.block(BUCKETS)  # this node's buckets
     sections = BUCKETS // BUCKETS_PER_LOCK
@@ -122,6 +130,7 @@ WORKLOAD = Workload(
     describe=describe,
     reference=reference,
     run=run,
+    consistencies=CONSISTENCIES,
 )
 
 
