@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, ClassVar
 
 import msgpack
+import numpy as np
 import zmq
 
 from dsm.directory.sync import SyncStatus
@@ -332,10 +333,12 @@ class Withdrawn(Message):
 @dataclass(frozen=True)
 class Diff(Message):
     """A node's changes to ``count`` release-consistency pages from ``page`` since their twins,
-    sent to the pages' manager (their home) at a release: ``spans`` holds ``[start, length,
-    ...]`` byte ranges counted from the run's first byte, ascending and apart; the page frame is
-    their bytes, one after another (no frame, payload NONE, when nothing changed). Answered by
-    DiffApplied under the same ``req``."""
+    sent to the pages' manager (their home) at a release: ``spans`` holds (start, length) byte
+    ranges counted from the run's first byte, ascending and apart, packed as little-endian
+    uint32 pairs (``SPAN_DTYPE``: a diff of float data has hundreds of spans a page, which a
+    msgpack list would check one number at a time); the page frame is their bytes, one after
+    another (no frame, payload NONE, when nothing changed). Answered by DiffApplied under the
+    same ``req``."""
 
     TYPE = MsgType.DIFF
     DIRECTION = Direction.TO_DIRECTORY
@@ -343,25 +346,35 @@ class Diff(Message):
     req: U64
     page: PageNo
     count: PageCount
-    spans: list[U64]
+    spans: bytes
     payload: PayloadKind
+
+    def span_array(self) -> np.ndarray:
+        """The spans as an (n, 2) array of (start, length)."""
+        return np.frombuffer(self.spans, dtype=SPAN_DTYPE).reshape(-1, 2)
 
     def frame_bytes(self, page_size: int) -> int:
         """The frame's length the spans call for; ProtocolError if they are not ranges of the
         run in ascending order."""
-        spans, end, limit = self.spans, 0, self.count * page_size
-        if len(spans) % 2:
-            raise ProtocolError(f"Diff spans must be (start, length) pairs, got {len(spans)} "
-                                "numbers")
-        total = 0
-        for i in range(0, len(spans), 2):
-            start, length = spans[i], spans[i + 1]
-            if start < end or length == 0 or start + length > limit:
-                raise ProtocolError(f"Diff span {i // 2} ({start}+{length}) is not an ascending, "
-                                    f"non-empty range within the run's {limit} bytes")
-            end = start + length
-            total += length
-        return total
+        if len(self.spans) % SPAN_BYTES:
+            raise ProtocolError(f"Diff spans are {len(self.spans)} bytes: not (start, length) "
+                                f"pairs of {SPAN_DTYPE} ({SPAN_BYTES} bytes each)")
+        spans = self.span_array().astype(np.int64)
+        starts, lengths = spans[:, 0], spans[:, 1]
+        ends = starts + lengths
+        limit = self.count * page_size
+        bad = (lengths == 0) | (ends > limit)
+        bad[1:] |= starts[1:] < ends[:-1]
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ProtocolError(f"Diff span {i} ({starts[i]}+{lengths[i]}) is not an ascending, "
+                                f"non-empty range within the run's {limit} bytes")
+        return int(lengths.sum())
+
+
+#: a Diff's spans: (start, length) pairs of little-endian uint32 (a run is at most 4 MiB)
+SPAN_DTYPE = np.dtype("<u4")
+SPAN_BYTES = 2 * SPAN_DTYPE.itemsize
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ between the directory and the agents, ``dsm.local`` between an agent and its wor
 
 A field's annotation says what it holds:
 
-- ``int``, ``bool``, ``str``: exactly that type (a bool is not an int here);
+- ``int``, ``bool``, ``str``, ``bytes``: exactly that type (a bool is not an int here; bytes
+  are msgpack's bin);
 - ``Annotated[int, Range(lo, hi)]``: an int in ``lo..hi``; ``Annotated[int, OneOf(Enum)]``: the
   value of a member of an ``IntEnum``;
 - ``list[T]``: a list whose every element is a ``T``;
@@ -150,7 +151,7 @@ def compile_check(hint: Any) -> Check:
     """The check of a field annotated ``hint`` (see the module docstring for what it may be)."""
     if hint is Any:
         return lambda value: None
-    if hint in (int, bool, str):
+    if hint in (int, bool, str, bytes):
         return _exact(hint)
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
+import numpy as np
 from hypothesis import strategies as st
 
 from dsm import protocol as p
@@ -73,6 +74,8 @@ def valid_value(hint: Any) -> st.SearchStrategy:
         return st.booleans()
     if hint is str:
         return st.text(max_size=MAX_TEXT)
+    if hint is bytes:
+        return st.binary(max_size=MAX_TEXT)
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:
         extra = args[1]
@@ -120,13 +123,13 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
         values["count"] = draw(st.integers(1, 4))
     if cls is p.Diff:  # ascending ranges of the run, their bytes in the frame
         cuts = sorted(draw(st.sets(st.integers(0, values["count"] * page_size), max_size=6)))
-        spans = [x for a, b in zip(cuts[::2], cuts[1::2]) for x in (a, b - a)]
-        values["spans"] = spans
-        values["payload"] = p.Payload.DATA if spans else p.Payload.NONE
+        pairs = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2])]
+        values["spans"] = np.array(pairs, dtype=p.SPAN_DTYPE).reshape(-1, 2).tobytes()
+        values["payload"] = p.Payload.DATA if pairs else p.Payload.NONE
     msg = cls(**values)
     page = None
     if cls is p.Diff and msg.spans:
-        page = bytes([draw(st.integers(0, 255))]) * sum(msg.spans[1::2])
+        page = bytes([draw(st.integers(0, 255))]) * int(msg.span_array()[:, 1].sum())
     elif cls.CARRIES_PAGE and msg.payload == p.Payload.DATA:
         page = bytes([draw(st.integers(0, 255))]) * (msg.count * page_size)
     return msg, page

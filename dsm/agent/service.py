@@ -368,6 +368,12 @@ class Agent:
                 self._send(p.Heartbeat(self.tracer.now_ns()))
             silent_s, silent_endpoint = self.links.longest_silence(now)  # of any shard
             if silent_s > NODE_CUT_OFF_S:
+                # this loop may have been busy (a release's diffs, the machine's load) while
+                # the directory's answers queued: read them first (a Fenced among them says
+                # if the directory gave this node up meanwhile)
+                self._drain_directory()
+                silent_s, silent_endpoint = self.links.longest_silence(time.monotonic())
+            if silent_s > NODE_CUT_OFF_S and self._directory_alive:
                 self._cut_off(f"the directory {silent_endpoint} has not answered for "
                               f"{silent_s:.1f} s: this node is cut off from the cluster")
             if not self._directory_alive:
@@ -613,7 +619,7 @@ class Agent:
                 if not a.proc.uffd.closed:
                     memory.writeprotect(a.proc, a.page * size, size, wp=False)
             elif kind is act.Twin:
-                self.twins.make(a.page)
+                self.twins.make(a.first, a.count)
             elif kind is act.SendDiff:
                 spans, diff = self.twins.diff(a.first, a.count)
                 self._send(p.Diff(a.req, a.first, a.count, spans,

@@ -1,8 +1,8 @@
 """Twins and diffs of release-consistency pages (``dsm.core.release``), on the node's memfd.
 
 A twin is the page's bytes at its first write since the last release or acquire; the diff is
-every byte that differs now, as ``[start, length, ...]`` spans of the run and their bytes one
-after another. Byte granularity (not words): two nodes writing neighbouring bytes of one word
+every byte that differs now, as (start, length) spans of the run and their bytes one after
+another. Byte granularity (not words): two nodes writing neighbouring bytes of one word
 between the same synchronization points must both be merged.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from dsm.protocol import SPAN_DTYPE
 
 
 class Twins:
@@ -22,8 +24,11 @@ class Twins:
     def __len__(self) -> int:
         return len(self._twins)
 
-    def make(self, page: int) -> None:
-        self._twins[page] = os.pread(self._memfd, self.page_size, page * self.page_size)
+    def make(self, first: int, count: int) -> None:
+        size = self.page_size
+        run = os.pread(self._memfd, count * size, first * size)
+        for i in range(count):
+            self._twins[first + i] = run[i * size:(i + 1) * size]
 
     def drop(self, first: int, count: int) -> None:
         for q in range(first, first + count):
@@ -32,7 +37,7 @@ class Twins:
     def clear(self) -> None:
         self._twins.clear()
 
-    def diff(self, first: int, count: int) -> tuple[list[int], bytes]:
+    def diff(self, first: int, count: int) -> tuple[bytes, bytes]:
         """The changes to ``count`` pages from ``first`` since their twins (a page without a
         twin counts as changed everywhere), and the twins dropped."""
         size = self.page_size
@@ -49,15 +54,15 @@ class Twins:
         return changed_spans(was, now)
 
 
-def changed_spans(was: np.ndarray, now: np.ndarray) -> tuple[list[int], bytes]:
-    """The byte ranges where ``now`` differs from ``was`` as flat ``[start, length, ...]``, and
-    those bytes of ``now`` one after another."""
+def changed_spans(was: np.ndarray, now: np.ndarray) -> tuple[bytes, bytes]:
+    """The byte ranges where ``now`` differs from ``was``, packed as a Diff's spans
+    (``protocol.SPAN_DTYPE`` pairs of start, length), and those bytes of ``now`` one after
+    another."""
     changed = np.empty(len(now) + 2, dtype=np.int8)
     changed[0] = changed[-1] = 0
-    np.not_equal(was, now, out=changed[1:-1].view(bool))
+    mask = changed[1:-1].view(bool)
+    np.not_equal(was, now, out=mask)
     edges = np.flatnonzero(np.diff(changed))
-    starts, ends = edges[0::2], edges[1::2]
-    spans = np.empty(2 * len(starts), dtype=np.int64)
-    spans[0::2], spans[1::2] = starts, ends - starts
-    data = b"".join(now[s:e].tobytes() for s, e in zip(starts.tolist(), ends.tolist()))
-    return spans.tolist(), data
+    spans = np.empty((len(edges) // 2, 2), dtype=SPAN_DTYPE)
+    spans[:, 0], spans[:, 1] = edges[0::2], edges[1::2] - edges[0::2]
+    return spans.tobytes(), now[mask].tobytes()

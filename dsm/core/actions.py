@@ -83,10 +83,11 @@ class Punch:
 
 @dataclass(frozen=True, slots=True)
 class Twin:
-    """Keep a copy of ``page`` as it is now (release consistency: its first write since the
-    last release or acquire; the diff is taken against it)."""
+    """Keep a copy of ``count`` pages from ``first`` as they are now (release consistency:
+    their first write since the last release or acquire; the diff is taken against it)."""
 
-    page: int
+    first: int
+    count: int
 
 
 @dataclass(frozen=True, slots=True)

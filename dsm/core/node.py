@@ -120,7 +120,7 @@ class NodeCore:
             if not write:
                 return [Wake(proc, addr)]
             self.stats.count("faults_local")
-            return self.release.first_write(page)
+            return self.release.first_write(page, self._clean_run(proc, page))
         if kind is FaultKind.WRITE_PROTECTED and st is PageState.DIRTY:
             self.stats.count("faults_local")
             return [Unprotect(proc, page)]  # a stale marker (left from its clean copy)
@@ -176,6 +176,18 @@ class NodeCore:
             self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
                         "write" if write else "read", count=count)
         return [Send(p.Acquire(page, count, write, have_copy))]
+
+    def _clean_run(self, proc: Any, page: int) -> int:
+        """How many pages from ``page`` to twin at once: as many CLEAN ones as the process's
+        write stream's window (one for a random writer; a sequential one's window grows)."""
+        window = self.readahead.on_fault((proc, True), page)
+        end = self.extents.end_of(page) or self.num_pages
+        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards,
+                               self.stripe)
+        count = 1
+        while count < limit and self.state.get(page + count) is PageState.CLEAN:
+            count += 1
+        return count
 
     def _request_upgrade(self, page: int, window: int, waiter: Waiter, now: float) -> list[Action]:
         """Ask to own ``page`` and up to ``window - 1`` following pages this node holds read

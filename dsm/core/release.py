@@ -59,14 +59,19 @@ class ReleasePages:
         self.stale_on_arrival: set[int] = set()
 
     # --- writes --------------------------------------------------------------------------------
-    def first_write(self, page: int) -> list[Action]:
-        """A write fault on a CLEAN page: twin it and let the writers go on."""
-        self.state[page] = PageState.DIRTY
-        self.dirty.add(page)
-        self.stats.count("twins")
+    def first_write(self, page: int, count: int) -> list[Action]:
+        """A write fault on a CLEAN page: twin it, and the ``count - 1`` CLEAN pages after it
+        (a sequential writer's next ones: one fault and one message for the run), and let the
+        writers go on."""
+        for q in range(page, page + count):
+            self.state[q] = PageState.DIRTY
+        self.dirty.update(range(page, page + count))
+        self.stats.count("twins", count)
         if self._tracing:
-            self._trace(page, "TWIN", self.node, "clean", "dirty")
-        return [Twin(page), Upgrade(page, 1), Send(p.Dirtied(page, 1))]
+            self._trace(page, "TWIN", self.node, "clean", "dirty", count=count)
+        # the home hears of it before the write can land (should this node die unreleased,
+        # the page is lost there, loudly)
+        return [Twin(page, count), Send(p.Dirtied(page, count)), Upgrade(page, count)]
 
     def _flush(self, pages: list[int]) -> list[Action]:
         """Send the diffs of dirty ``pages`` home (they stay as CLEAN copies)."""
@@ -111,7 +116,7 @@ class ReleasePages:
         """Another node's releases changed these pages: invalidate this node's copies (a dirty
         one sends its diff first: its writes are this node's, not lost)."""
         out: list[Action] = []
-        pages = unpack_runs(notices)
+        pages = sorted(set(unpack_runs(notices)))  # (runs from a hostile peer may overlap)
         held = [q for q in pages if self.state.get(q) in RELEASE]
         out += self._flush([q for q in held if q in self.dirty])
         for first, count in runs(held, p.MAX_BATCH_PAGES):

@@ -56,23 +56,22 @@ class HomeStore:
         else:
             self.clear(page, count)
 
-    def patch(self, page: int, spans: list[int], data: Any) -> list[int]:
-        """Write a diff into the pages from ``page``: ``spans`` are ``[start, length, ...]``
-        byte ranges counted from that page's first byte, their bytes one after another in
-        ``data``. Returns the pages it wrote."""
-        base = page * self.page_size
-        src = memoryview(data) if data is not None else memoryview(b"")
-        offset = 0
-        touched: set[int] = set()
-        for i in range(0, len(spans), 2):
-            start, length = base + spans[i], spans[i + 1]
-            self._view[start:start + length] = src[offset:offset + length]
-            offset += length
-            touched.update(range(start // self.page_size,
-                                 (start + length - 1) // self.page_size + 1))
-        for q in touched:
-            self._has_data[q] = True
-        return sorted(touched)
+    def patch(self, page: int, count: int, spans: np.ndarray, data: Any) -> None:
+        """Write a diff into ``count`` pages from ``page``: ``spans`` is an (n, 2) array of
+        (start, length) byte ranges counted from that page's first byte, ascending and within
+        the run, their bytes one after another in ``data``."""
+        if not len(spans):
+            return
+        size = self.page_size
+        run = np.frombuffer(self._view[page * size:(page + count) * size], dtype=np.uint8)
+        starts, lengths = spans[:, 0].astype(np.int64), spans[:, 1].astype(np.int64)
+        # the run's offset of every byte of the diff, in one pass: each span's start, plus
+        # each byte's place within its span
+        at = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        at += np.arange(len(at))
+        run[at] = np.frombuffer(data, dtype=np.uint8)
+        touched = np.unique(at // size)
+        self._has_data[page + touched] = True
 
     def clear(self, page: int, count: int) -> None:
         """Forget ``count`` pages: they read as zero again and their memory is returned."""

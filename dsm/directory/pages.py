@@ -213,9 +213,10 @@ class PageDirectory:
             return []
         return self._submit(Request(Kind.DISCARD, node, page))
 
-    def diff(self, node: str, req: int, page: int, count: int, spans: list[int],
+    def diff(self, node: str, req: int, page: int, count: int, spans: Any,
              data: Any) -> list[Send]:
-        """A node's changes to release pages (at its release): into their home copies."""
+        """A node's changes to release pages (at its release): into their home copies
+        (``spans``: (start, length) rows, checked by the protocol)."""
         self.layout.check_page(page + count - 1)
         for q in range(page, page + count):
             if not self.release.covers(q):
@@ -224,7 +225,7 @@ class PageDirectory:
         applied = self.release.apply(node, req, page, count, spans, data)
         if self._tracing:
             self._trace(page, "DIFF", node, "", self.release.describe(page), count=count,
-                        bytes=sum(spans[1::2]))
+                        bytes=int(spans[:, 1].sum()))
         return [Send(node, applied)]
 
     def dirtied(self, node: str, page: int, count: int) -> list[Send]:

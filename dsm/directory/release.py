@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from dsm.directory.home import HomeStore
 from dsm.protocol import DiffApplied, Grant
 
@@ -51,11 +53,11 @@ class ReleaseHomes:
         for q in pages:
             self.dirty.setdefault(q, set()).add(node)
 
-    def apply(self, node: str, req: int, page: int, count: int, spans: list[int],
+    def apply(self, node: str, req: int, page: int, count: int, spans: np.ndarray,
               data: Any) -> DiffApplied:
-        """Write ``node``'s diff into the home copies; its pages are no longer dirty there."""
-        if spans:
-            self.home.patch(page, spans, data)
+        """Write ``node``'s diff (``spans``: (start, length) rows) into the home copies; its
+        pages are no longer dirty there."""
+        self.home.patch(page, count, spans, data)
         for q in range(page, page + count):
             writers = self.dirty.get(q)
             if writers is not None:
@@ -63,7 +65,7 @@ class ReleaseHomes:
                 if not writers:
                     del self.dirty[q]
         self.counters["diffs"] += 1
-        self.counters["diff_bytes"] += sum(spans[1::2])
+        self.counters["diff_bytes"] += int(spans[:, 1].sum())
         return DiffApplied(req, page)
 
     def discard(self, page: int) -> None:

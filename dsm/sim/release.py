@@ -131,8 +131,9 @@ class ReleaseSimulation:
                        diff if spans else None)
             return True
         if isinstance(act, a.Twin):
-            node.twins[act.page] = self._read(node, act.page, 1)
-            node.twinned.add(act.page)
+            for q in range(act.first, act.first + act.count):
+                node.twins[q] = self._read(node, q, 1)
+                node.twinned.add(q)
         elif isinstance(act, a.DropTwins):
             for q in range(act.first, act.first + act.count):
                 node.twins.pop(q, None)
