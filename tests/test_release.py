@@ -171,24 +171,29 @@ def test_a_node_killed_with_changes_it_never_released_loses_those_pages_loudly(d
 
     make = "x = node.array('dies', (4 * 512,), np.int64, consistency='release')\n"
     a = NodeProcess(directory.endpoint, "a", tmp_path)
-    a.run(make + "x[:] = 1\nnode.barrier('dies', 1).wait()\n")  # released: at home
+    c = NodeProcess(directory.endpoint, "c", tmp_path)
+    a.run(make + "x[:] = 1\nnode.barrier('dies', 1).wait()\n")  # released
+    # c reads them: shared pages now (while only a had them they were a's private pages,
+    # whose only current copy is a's, as an owned sequential page's is)
+    assert c.run(make, "int(x.sum())") == 4 * 512
     a.run("x[:512] = 2")  # page 0 changed and never released
     _kill_whole_node(a)
-    c = NodeProcess(directory.endpoint, "c", tmp_path)
+    c.kill()
+    d = NodeProcess(directory.endpoint, "d", tmp_path)  # no copies of its own
     try:
         # the directory declares a dead once it is silent for its deadline; reading page 0
         # fails from then on (before that it still reads the last released contents)
-        c.send(make + "import time\ndeadline = time.monotonic() + 30\n"
+        d.send(make + "import time\ndeadline = time.monotonic() + 30\n"
                "while not node.lost() and time.monotonic() < deadline:\n    time.sleep(0.2)\n",
                "{k: [list(r) for r in v] for k, v in node.lost().items()}")
-        assert c.wait(40) == {"dies": [[0, 4096, "a"]]}
-        assert c.run("", "int(x[512:].sum())") == 3 * 512  # the released pages are intact
+        assert d.wait(40) == {"dies": [[0, 4096, "a"]]}
+        assert d.run("", "int(x[512:].sum())") == 3 * 512  # the released pages are intact
         with pytest.raises(ClusterProcessError):
-            c.run("", "int(x[0])")
-        assert c.proc.wait(10) == -signal.SIGBUS
-        assert "LOST" in c.log_path.read_text()
+            d.run("", "int(x[0])")
+        assert d.proc.wait(10) == -signal.SIGBUS
+        assert "LOST" in d.log_path.read_text()
     finally:
-        c.kill()
+        d.kill()
 
 
 def test_fork_remove_and_unmap_work_on_release_arrays(make_node):

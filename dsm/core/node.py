@@ -121,7 +121,7 @@ class NodeCore:
                 return [Wake(proc, addr)]
             self.stats.count("faults_local")
             return self.release.first_write(page, self._clean_run(proc, page))
-        if kind is FaultKind.WRITE_PROTECTED and st is PageState.DIRTY:
+        if kind is FaultKind.WRITE_PROTECTED and st in (PageState.DIRTY, PageState.PRIVATE):
             self.stats.count("faults_local")
             return [Unprotect(proc, page)]  # a stale marker (left from its clean copy)
         if kind is FaultKind.WRITE_PROTECTED and st is PageState.EXCLUSIVE:
@@ -258,7 +258,7 @@ class NodeCore:
             stale.difference_update(granted)
             return self._refault(pend, range(0), now)
         old = self.state.get(first)
-        new = (PageState.CLEAN if msg.release else
+        new = ((PageState.PRIVATE if msg.write else PageState.CLEAN) if msg.release else
                PageState.EXCLUSIVE if msg.write else PageState.SHARED)
         ready = [w for w in pend.waiters if w.page in granted]
         out: list[Action] = []
@@ -271,7 +271,7 @@ class NodeCore:
             installer = next((w for w in ready if w.page == first), None)
             # granted for writing at a read: migratory. Installed write-protected all the same,
             # so that the write (a local fault) tells whether the prediction was right
-            migratory = msg.write and not pend.write
+            migratory = msg.write and not pend.write and not msg.release
             if migratory:
                 self.stats.count("migratory_grants")
                 self._unwritten.update(granted)
@@ -319,7 +319,7 @@ class NodeCore:
         if not held:  # every page was given back (a Writeback crossed this Fetch): say so
             return [Send(p.Fetched(msg.txn, first, count, p.Payload.NONE, []))]
         not_held = [q for q in pages if q not in self.state]
-        owned = any(self.state[q] is PageState.EXCLUSIVE for q in held)
+        owned = any(self.state[q] in OWNED for q in held)
         unwritten = [q for q in held if q in self._unwritten]
         self._unwritten.difference_update(unwritten)
         out: list[Action] = [Protect(first, count)] if owned else []
@@ -333,9 +333,10 @@ class NodeCore:
         else:
             out.append(Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held, unwritten),
                             pages=(first, count)))
-        if msg.keep_copy:
+        if msg.keep_copy:  # (a private release page stays as a clean release copy)
             for q in held:
-                self.state[q] = PageState.SHARED
+                self.state[q] = (PageState.CLEAN if self.state[q] is PageState.PRIVATE
+                                 else PageState.SHARED)
         else:
             for q in held:
                 del self.state[q]
@@ -434,7 +435,7 @@ class NodeCore:
                     self.stats.count("givebacks", count)
                     continue
                 # gone from here before the directory can hand them to anyone else
-                if st is PageState.EXCLUSIVE:  # a hole (discarded locally) reads as zeros
+                if st in OWNED:  # a hole (discarded locally) reads as zeros
                     out += [Protect(first, count), Punch(first, count, keep=True),
                             Send(p.Writeback(first, count, p.Payload.DATA), pages=(first, count))]
                     self.stats.count("writebacks", count)
@@ -494,7 +495,10 @@ class NodeCore:
 
 
 #: owned pages first: what only this node holds goes home soonest
-GIVE_BACK_ORDER = (PageState.EXCLUSIVE, PageState.SHARED, PageState.DIRTY, PageState.CLEAN)
+GIVE_BACK_ORDER = (PageState.EXCLUSIVE, PageState.PRIVATE, PageState.SHARED, PageState.DIRTY,
+                   PageState.CLEAN)
+#: the states of pages whose only current copy is this node's (written back with contents)
+OWNED = (PageState.EXCLUSIVE, PageState.PRIVATE)
 
 
 def _name(state: PageState | None) -> str:

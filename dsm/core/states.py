@@ -13,6 +13,9 @@ class PageState(enum.Enum):
     #: release consistency: twinned at its first write since, writable (other nodes may write
     #: their own copies of it meanwhile)
     DIRTY = "dirty"
+    #: release consistency: a page no other node has asked for, writable, never twinned (the
+    #: manager asks for it when another node does: it becomes CLEAN here)
+    PRIVATE = "private"
 
     @property
     def protected(self) -> bool:

@@ -197,11 +197,13 @@ class PageDirectory:
                 return [self._lost_answer(node, page, count)]
             limit = clip_to_stripe(page, min(count, self.layout.num_pages - page), self.shards,
                                    self.stripe)
-            grant, data = self.release.read(page, limit, lambda q: q not in self.lost)
+            old = self.release.describe(page) if self._tracing else ""
+            out = [Send(*s) for s in self.release.read(node, page, limit,
+                                                       lambda q: q not in self.lost)]
             if self._tracing:
-                self._trace(page, "READ", node, self.release.describe(page),
-                            self.release.describe(page), count=grant.count)
-            return [Send(node, grant, data)]
+                self._trace(page, "WRITE" if out and getattr(out[0].message, "write", False)
+                            else "READ", node, old, self.release.describe(page))
+            return out
         kind = Kind.WRITE if write else Kind.READ
         return self._submit(Request(kind, node, page, max(1, count), have_copy))
 
@@ -209,7 +211,7 @@ class PageDirectory:
         if self.release.covers(page):  # zeros from now on; the others learn at their acquire
             self.layout.check_page(page)
             self.lost.pop(page, None)
-            self.release.discard(page)
+            self.release.discard(node, page)
             return []
         return self._submit(Request(Kind.DISCARD, node, page))
 
@@ -236,6 +238,9 @@ class PageDirectory:
 
     def fetched(self, node: str, txn_id: int, page: int, count: int, payload: int, data: Any,
                 not_held: list[int], unwritten: list[int] = ()) -> list[Send]:
+        if self.release.covers(page):  # a private release page, asked of its holder
+            self.layout.check_page(page + count - 1)
+            return [Send(*s) for s in self.release.fetched(node, page, count, payload, data)]
         txn = self._txn_waiting_for(txn_id, page, node)
         if txn is None:
             return []
@@ -315,6 +320,9 @@ class PageDirectory:
         """The owner gives pages back. Applied at once, even while a transaction on them waits:
         the owner's answer to that transaction's fetch will list them as not held."""
         self.layout.check_page(page + count - 1)
+        if self.release.covers(page):  # a private release page's holder
+            self.release.written_back(node, page, count, payload, data)
+            return []
         view = memoryview(data) if data is not None else None
         size = self.layout.page_size
         for i in range(count):
@@ -389,9 +397,15 @@ class PageDirectory:
             elif (self.direct and e.owner is None and not e.home_current and not e.copyset
                   and page not in self.lost):
                 lost.append(page)  # its read copy was the last one
-        lost += self.release.node_lost(node)  # release pages it changed and never released
+        # release pages it changed and never released, or held privately
+        release_lost, release_waiting = self.release.node_lost(node)
+        lost += release_lost
         if lost:
             self._record_loss(node, lost)
+        for waiting, q in release_waiting:  # (--on-loss last-copy: the home copy is served)
+            if waiting not in self._dead:
+                out.append(self._lost_answer(waiting, q, 1) if q in self.lost
+                           else Send(waiting, *self.release.home_grant(q)))
         for txn in list(self._txns.values()):
             requester = txn.request.node
             if txn.direct and node == txn.source and requester in txn.waiting:

@@ -7,6 +7,10 @@ always the merge of every release so far:
 
 - a node that faults on a page gets the home copy (``Grant`` with ``release``), at once: no
   transaction, no invalidation;
+- a page only one node has asked for is that node's *private* page (ArgoDSM classifies pages
+  so): granted writable, it needs no twin, no diff and no notice, and costs what a sequential
+  page owned by one node costs; when a second node asks, the holder is asked for it
+  (``Fetch``, keeping a clean copy), and the page is shared from then on;
 - at a release (lock release, barrier arrival) a node sends the bytes it changed since its twin
   (``Diff``), which are written into the home copy in the order they arrive (the later release
   wins where two wrote the same bytes), and answered ``DiffApplied``;
@@ -28,7 +32,11 @@ from typing import Any, Callable
 import numpy as np
 
 from dsm.directory.home import HomeStore
-from dsm.protocol import DiffApplied, Grant
+from dsm.protocol import DiffApplied, Fetch, Grant, Payload
+
+
+#: the numbers of this manager's Fetches of private pages (apart from the page transactions')
+PRIVATE_FETCH_TXN_BASE = 1 << 62
 
 
 class ReleaseHomes:
@@ -37,17 +45,94 @@ class ReleaseHomes:
         self.covers = is_release
         #: page -> the nodes that twinned it and have not sent their diff yet
         self.dirty: dict[int, set[str]] = {}
-        self.counters = {"release_reads": 0, "diffs": 0, "diff_bytes": 0}
+        #: page -> the first node that asked for it: while no other node does, it is that
+        #: node's private page (granted writable, no twins, no diffs: ArgoDSM's private
+        #: classification), and the home copy is not current while it holds it
+        self.first: dict[int, str] = {}
+        #: page -> the node holding it privately now
+        self.private: dict[int, str] = {}
+        #: pages a second node asked for: shared from then on (twins and diffs)
+        self.shared: set[int] = set()
+        #: page -> the nodes waiting for its private holder's contents (a Fetch is out)
+        self.waiting: dict[int, list[str]] = {}
+        #: page -> the holder that Fetch went to
+        self.fetching: dict[int, str] = {}
+        self._next_txn = PRIVATE_FETCH_TXN_BASE
+        self.counters = {"release_reads": 0, "private_grants": 0, "private_fetches": 0,
+                         "diffs": 0, "diff_bytes": 0}
 
-    def read(self, page: int, count: int, usable: Callable[[int], bool]) -> tuple[Grant, Any]:
-        """The grant of the home copy of ``page`` and of as many of the ``count - 1`` pages
-        after it as are release pages too and ``usable`` (not lost), and its bytes."""
+    def _kind(self, node: str, page: int) -> str:
+        """How ``page`` is served to ``node``: "private", "shared", "fetch" (its private holder
+        must send it home first) or "wait" (that is under way)."""
+        if page in self.waiting:
+            return "wait"
+        holder = self.private.get(page)
+        if holder is not None and holder != node:
+            return "fetch"
+        if page not in self.shared and self.first.get(page, node) == node:
+            return "private"
+        return "shared"
+
+    def read(self, node: str, page: int, count: int,
+             usable: Callable[[int], bool]) -> list[tuple[str, Any, Any]]:
+        """What to send for ``node``'s request of ``page`` and up to ``count - 1`` pages after
+        it (those of the same kind, release pages too and ``usable``, not lost): a grant of
+        the home copy (writable when private), or a Fetch to the private holder, the request
+        waiting for its answer. As (node, message, page bytes)."""
+        kind = self._kind(node, page)
+        if kind == "wait":
+            self.waiting[page].append(node)
+            return []
+        if kind == "fetch":  # a second node: the page is shared from now on
+            holder = self.private.pop(page)
+            self.shared.add(page)
+            self.waiting[page] = [node]
+            self.fetching[page] = holder
+            self._next_txn += 1
+            self.counters["private_fetches"] += 1
+            return [(holder, Fetch(self._next_txn, page, 1, True), None)]
         n = 1
-        while n < count and self.covers(page + n) and usable(page + n):
+        while (n < count and self.covers(page + n) and usable(page + n)
+               and self._kind(node, page + n) == kind):
             n += 1
+        private = kind == "private"
+        for q in range(page, page + n):
+            if private:
+                self.first[q] = self.private[q] = node
+            elif self.first.setdefault(q, node) != node:
+                self.shared.add(q)
         payload, data = self.home.get(page, n)
+        self.counters["private_grants" if private else "release_reads"] += 1
+        return [(node, Grant(page, n, private, payload, release=True), data)]
+
+    def fetched(self, node: str, page: int, count: int, payload: int,
+                data: Any) -> list[tuple[str, Any, Any]]:
+        """The private holder's contents (it keeps a clean copy): home, then to the waiting."""
+        if payload != Payload.NONE:  # NONE: it had given them back (its Writeback came first)
+            self.home.put(page, count, payload, data)
+        out = []
+        for q in range(page, page + count):
+            if self.fetching.get(q) != node:
+                continue  # not asked of it (a stray answer): nothing waits on it
+            del self.fetching[q]
+            for waiting in self.waiting.pop(q, []):
+                out.append((waiting, *self.home_grant(q)))
+        return out
+
+    def home_grant(self, page: int) -> tuple[Grant, Any]:
+        payload, data = self.home.get(page, 1)
         self.counters["release_reads"] += 1
-        return Grant(page, n, False, payload, release=True), data
+        return Grant(page, 1, False, payload, release=True), data
+
+    def written_back(self, node: str, page: int, count: int, payload: int, data: Any) -> None:
+        """A private holder gives its pages back (unmap, leave): the home copy is current."""
+        for q in range(page, page + count):
+            if self.private.get(q) == node or self.fetching.get(q) == node:
+                self.private.pop(q, None)  # (a Fetch crossing it is answered NONE, after it)
+                self.home.put(q, 1, payload,
+                              None if data is None else
+                              memoryview(data)[(q - page) * self.home.page_size:
+                                               (q - page + 1) * self.home.page_size])
 
     def dirtied(self, node: str, pages: list[int]) -> None:
         for q in pages:
@@ -68,19 +153,38 @@ class ReleaseHomes:
         self.counters["diff_bytes"] += int(spans[:, 1].sum())
         return DiffApplied(req, page)
 
-    def discard(self, page: int) -> None:
+    def discard(self, node: str, page: int) -> None:
         self.home.clear(page, 1)
+        if self.private.get(page) == node:
+            del self.private[page]
 
-    def node_lost(self, node: str) -> list[int]:
-        """``node`` is gone: the pages it was changing and had not sent the diff of."""
-        lost = sorted(q for q, writers in self.dirty.items() if node in writers)
+    def node_lost(self, node: str) -> tuple[list[int], list[tuple[str, int]]]:
+        """``node`` is gone: the pages it was changing and had not sent the diff of, and those
+        it held privately (their newest contents died with it); and the requests that waited
+        for its private pages, as (node, page)."""
+        lost = {q for q, writers in self.dirty.items() if node in writers}
         for q in lost:
             self.dirty[q].discard(node)
             if not self.dirty[q]:
                 del self.dirty[q]
-        return lost
+        held = [q for q, holder in self.private.items() if holder == node]
+        for q in held:
+            del self.private[q]
+        fetched_from = [q for q, holder in self.fetching.items() if holder == node]
+        for q in fetched_from:
+            del self.fetching[q]
+        lost.update(held, fetched_from)
+        waiting = []
+        for q in fetched_from:
+            waiting += [(w, q) for w in self.waiting.pop(q, []) if w != node]
+        for q in list(self.waiting):  # a requester that died waits no more
+            self.waiting[q] = [w for w in self.waiting[q] if w != node]
+        return sorted(lost), waiting
 
     def describe(self, page: int) -> str:
+        holder = self.private.get(page)
+        if holder is not None:
+            return f"private:{holder}"
         writers = self.dirty.get(page)
         return "release home" + ("{" + ",".join(sorted(writers)) + " writing}" if writers else "")
 

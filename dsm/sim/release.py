@@ -27,9 +27,13 @@ from dsm import protocol as p
 from dsm.agent.twins import changed_spans
 from dsm.core import actions as a
 from dsm.core.release import RELEASE
+from dsm.core.states import PageState
 from dsm.directory.notices import WriteNotices
 from dsm.directory.service import ACQUIRES
 from dsm.directory.sync import SyncStatus, SyncTable
+
+#: the states of a release page held by a node
+HELD_RELEASE = (*RELEASE, PageState.PRIVATE)
 from dsm.sim import programs
 from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure, slot_value
 
@@ -196,6 +200,9 @@ class ReleaseSimulation:
         releasing = list(node.releasing.values())
         doubtful = set(node.unreleased).union(*(locs for locs, _ in releasing))
         self.maybe_lost_release_pages.update(node.twinned, *(pages for _, pages in releasing))
+        # its private pages' only current copy was its own
+        self.maybe_lost_release_pages.update(
+            q for q, st in node.core.state.items() if st is PageState.PRIVATE)
         for loc in doubtful:
             history = self.writes.get(loc, [])
             sure = max((i for i, (_, w) in enumerate(history) if w != node.name), default=-1)
@@ -208,10 +215,14 @@ class ReleaseSimulation:
         """Every program ended at a barrier, which released every write: each release page's
         home copy is the last value written, and so is every copy a node still holds."""
         for page in range(self.release_pages):
-            _, home = self.directories[self._shard_of(page)].home.get(page, 1)
-            copies = [("the home copy", bytes(PAGE_BYTES) if home is None else home)]
+            homes = self.directories[self._shard_of(page)].release
+            _, home = homes.home.get(page, 1)
+            # (a private page's home copy is not current: its one holder's is)
+            copies = [] if page in homes.private else [
+                ("the home copy", bytes(PAGE_BYTES) if home is None else home)]
             copies += [(f"{n.name}'s copy", n.memory[page]) for n in self.nodes.values()
-                       if n.alive and n.core.state.get(page) in RELEASE and page in n.memory]
+                       if n.alive and n.core.state.get(page) in HELD_RELEASE
+                       and page in n.memory]
             for slot in range(SLOTS_PER_PAGE):
                 loc = page * SLOTS_PER_PAGE + slot
                 for what, data in copies:

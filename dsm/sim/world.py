@@ -441,7 +441,7 @@ class World(rc.ReleaseSimulation):
             last_copy = (self.directory.direct
                          and not self.directories[self._shard_of(page)].peek(page).home_current
                          and not any(page in n.core.state for n in others))
-            if st is PageState.EXCLUSIVE or last_copy:
+            if st in (PageState.EXCLUSIVE, PageState.PRIVATE) or last_copy:
                 self.lost_locations.update(range(page * SLOTS_PER_PAGE,
                                                  (page + 1) * SLOTS_PER_PAGE))
         self.unnoticed_dead.append(node.name)
@@ -537,7 +537,7 @@ class World(rc.ReleaseSimulation):
             if self.is_release(page):
                 continue  # copies may be stale until an acquire: the reads check them (DRF-SC)
             states = [(n.name, n.core.state.get(page)) for n in live]
-            owners = [name for name, st in states if st is PageState.EXCLUSIVE]
+            owners = [name for name, st in states if st in (PageState.EXCLUSIVE, PageState.PRIVATE)]
             holders = [name for name, st in states if st is not None]
             if owners and len(holders) > 1:
                 raise SimulationFailure(f"page {page}: owned by {owners} while held by {holders}")
