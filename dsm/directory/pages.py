@@ -199,7 +199,7 @@ class PageDirectory:
                                    self.stripe)
             old = self.release.describe(page) if self._tracing else ""
             out = [Send(*s) for s in self.release.read(node, page, limit,
-                                                       lambda q: q not in self.lost)]
+                                                       lambda q: q not in self.lost, write)]
             if self._tracing:
                 self._trace(page, "WRITE" if out and getattr(out[0].message, "write", False)
                             else "READ", node, old, self.release.describe(page))

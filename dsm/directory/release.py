@@ -53,8 +53,9 @@ class ReleaseHomes:
         self.private: dict[int, str] = {}
         #: pages a second node asked for: shared from then on (twins and diffs)
         self.shared: set[int] = set()
-        #: page -> the nodes waiting for its private holder's contents (a Fetch is out)
-        self.waiting: dict[int, list[str]] = {}
+        #: page -> the nodes waiting for its private holder's contents (a Fetch is out), each
+        #: with whether it asked to write
+        self.waiting: dict[int, list[tuple[str, bool]]] = {}
         #: page -> the holder that Fetch went to
         self.fetching: dict[int, str] = {}
         self._next_txn = PRIVATE_FETCH_TXN_BASE
@@ -73,24 +74,28 @@ class ReleaseHomes:
             return "private"
         return "shared"
 
-    def read(self, node: str, page: int, count: int,
-             usable: Callable[[int], bool]) -> list[tuple[str, Any, Any]]:
+    def read(self, node: str, page: int, count: int, usable: Callable[[int], bool],
+             write: bool = False) -> list[tuple[str, Any, Any]]:
         """What to send for ``node``'s request of ``page`` and up to ``count - 1`` pages after
         it (those of the same kind, release pages too and ``usable``, not lost): a grant of
         the home copy (writable when private), or a Fetch to the private holder, the request
-        waiting for its answer. As (node, message, page bytes)."""
+        waiting for its answer. As (node, message, page bytes). A node that faulted writing
+        (``write``) on another's private page takes it over, private (the holder gives it
+        up: a page initialized by one node and then worked on by another moves once, as an
+        owned sequential page does); a reader makes it shared."""
         kind = self._kind(node, page)
         if kind == "wait":
-            self.waiting[page].append(node)
+            self.waiting[page].append((node, write))
             return []
-        if kind == "fetch":  # a second node: the page is shared from now on
+        if kind == "fetch":
             holder = self.private.pop(page)
-            self.shared.add(page)
-            self.waiting[page] = [node]
+            if not write:
+                self.shared.add(page)  # a second node reads it: shared from now on
+            self.waiting[page] = [(node, write)]
             self.fetching[page] = holder
             self._next_txn += 1
             self.counters["private_fetches"] += 1
-            return [(holder, Fetch(self._next_txn, page, 1, True), None)]
+            return [(holder, Fetch(self._next_txn, page, 1, not write), None)]
         n = 1
         while (n < count and self.covers(page + n) and usable(page + n)
                and self._kind(node, page + n) == kind):
@@ -115,8 +120,16 @@ class ReleaseHomes:
             if self.fetching.get(q) != node:
                 continue  # not asked of it (a stray answer): nothing waits on it
             del self.fetching[q]
-            for waiting in self.waiting.pop(q, []):
-                out.append((waiting, *self.home_grant(q)))
+            waiting = self.waiting.pop(q, [])
+            if len(waiting) == 1 and waiting[0][1] and q not in self.shared:
+                taker = waiting[0][0]  # one writer: the page is its private page now
+                self.first[q] = self.private[q] = taker
+                payload, data = self.home.get(q, 1)
+                self.counters["private_grants"] += 1
+                out.append((taker, Grant(q, 1, True, payload, release=True), data))
+                continue
+            self.shared.add(q)
+            out += [(w, *self.home_grant(q)) for w, _ in waiting]
         return out
 
     def home_grant(self, page: int) -> tuple[Grant, Any]:
@@ -176,9 +189,9 @@ class ReleaseHomes:
         lost.update(held, fetched_from)
         waiting = []
         for q in fetched_from:
-            waiting += [(w, q) for w in self.waiting.pop(q, []) if w != node]
+            waiting += [(w, q) for w, _ in self.waiting.pop(q, []) if w != node]
         for q in list(self.waiting):  # a requester that died waits no more
-            self.waiting[q] = [w for w in self.waiting[q] if w != node]
+            self.waiting[q] = [(w, wr) for w, wr in self.waiting[q] if w != node]
         return sorted(lost), waiting
 
     def describe(self, page: int) -> str:
