@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dsm.directory.home import HomeStore
-from dsm.protocol import DiffApplied, Fetch, Grant, Payload
+from dsm.protocol import MAX_BATCH_PAGES, DiffApplied, Fetch, Grant, Payload
 
 
 #: the numbers of this manager's Fetches of private pages (apart from the page transactions')
@@ -87,15 +87,21 @@ class ReleaseHomes:
         if kind == "wait":
             self.waiting[page].append((node, write))
             return []
-        if kind == "fetch":
-            holder = self.private.pop(page)
-            if not write:
-                self.shared.add(page)  # a second node reads it: shared from now on
-            self.waiting[page] = [(node, write)]
-            self.fetching[page] = holder
+        if kind == "fetch":  # the run of pages it holds privately, in one Fetch
+            holder = self.private[page]
+            n = 1
+            while (n < count and self.covers(page + n) and usable(page + n)
+                   and self.private.get(page + n) == holder and page + n not in self.waiting):
+                n += 1
+            for q in range(page, page + n):
+                del self.private[q]
+                if not write:
+                    self.shared.add(q)  # a second node reads it: shared from now on
+                self.waiting[q] = [(node, write)]
+                self.fetching[q] = holder
             self._next_txn += 1
             self.counters["private_fetches"] += 1
-            return [(holder, Fetch(self._next_txn, page, 1, not write), None)]
+            return [(holder, Fetch(self._next_txn, page, n, not write), None)]
         n = 1
         while (n < count and self.covers(page + n) and usable(page + n)
                and self._kind(node, page + n) == kind):
@@ -115,7 +121,7 @@ class ReleaseHomes:
         """The private holder's contents (it keeps a clean copy): home, then to the waiting."""
         if payload != Payload.NONE:  # NONE: it had given them back (its Writeback came first)
             self.home.put(page, count, payload, data)
-        out = []
+        grants: list[tuple[str, bool, int]] = []  # (node, private, page), in page order
         for q in range(page, page + count):
             if self.fetching.get(q) != node:
                 continue  # not asked of it (a stray answer): nothing waits on it
@@ -124,12 +130,20 @@ class ReleaseHomes:
             if len(waiting) == 1 and waiting[0][1] and q not in self.shared:
                 taker = waiting[0][0]  # one writer: the page is its private page now
                 self.first[q] = self.private[q] = taker
-                payload, data = self.home.get(q, 1)
-                self.counters["private_grants"] += 1
-                out.append((taker, Grant(q, 1, True, payload, release=True), data))
+                grants.append((taker, True, q))
                 continue
             self.shared.add(q)
-            out += [(w, *self.home_grant(q)) for w, _ in waiting]
+            grants += [(w, False, q) for w, _ in waiting]
+        return self._grant_runs(grants)
+
+    def _grant_runs(self, grants: list[tuple[str, bool, int]]) -> list[tuple[str, Any, Any]]:
+        """One Grant per run of consecutive pages going to one node the same way."""
+        out = []
+        for (node, private), pages in _runs_by(grants):
+            payload, data = self.home.get(pages[0], len(pages))
+            self.counters["private_grants" if private else "release_reads"] += 1
+            out.append((node, Grant(pages[0], len(pages), private, payload, release=True),
+                        data))
         return out
 
     def home_grant(self, page: int) -> tuple[Grant, Any]:
@@ -201,3 +215,19 @@ class ReleaseHomes:
         writers = self.dirty.get(page)
         return "release home" + ("{" + ",".join(sorted(writers)) + " writing}" if writers else "")
 
+
+
+def _runs_by(grants: list[tuple[str, bool, int]]) -> list[tuple[tuple[str, bool], list[int]]]:
+    """(node, private, page) triples as runs of consecutive pages per (node, private)."""
+    by_key: dict[tuple[str, bool], list[int]] = {}
+    for node, private, q in grants:
+        by_key.setdefault((node, private), []).append(q)
+    out = []
+    for key, pages in by_key.items():
+        pages.sort()
+        start = 0
+        for i in range(1, len(pages) + 1):
+            if i == len(pages) or pages[i] != pages[i - 1] + 1 or i - start >= MAX_BATCH_PAGES:
+                out.append((key, pages[start:i]))
+                start = i
+    return out
