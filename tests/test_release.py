@@ -2,14 +2,20 @@
 points, twins and diffs merged at the home, write notices with lock grants and barrier
 departures (``dsm.core.release``, ``dsm.directory.release``)."""
 
+import json
 import signal
+import time
 
 import pytest
+
+from dsm.viz.ownership import parse_state
 
 pytestmark = pytest.mark.timeout(120)
 
 NODES = 3
 INCREMENTS = 30
+#: the directory's trace is flushed every half second
+TRACE_FLUSH_WAIT_S = 5.0
 
 COUNT_UNDER_LOCK = """
 counter = node.array('counter', (1,), np.int64, consistency='release')
@@ -57,7 +63,7 @@ def test_a_counter_under_a_lock_counts_every_increment(make_node):
     assert stats["twins"] > 0 and stats["diffs"] > 0 and stats["notices_invalidated"] > 0, stats
 
 
-def test_disjoint_bytes_of_one_page_written_by_every_node_are_all_merged(make_node):
+def test_disjoint_bytes_of_one_page_written_by_every_node_are_all_merged(make_node, directory):
     nodes = [make_node(f"n{i}") for i in range(NODES)]
     for i, n in enumerate(nodes):
         n.send(FALSE_SHARING.format(nodes=NODES, rounds=5, i=i))
@@ -66,6 +72,14 @@ def test_disjoint_bytes_of_one_page_written_by_every_node_are_all_merged(make_no
     # no ping-pong: the pages were written on every node at once, without a fault per write
     stats = [n.run("", "node.stats()")["counters"] for n in nodes]
     assert all(s.get("upgrades", 0) == 0 for s in stats), stats
+    # the manager's trace shows the diffs merged at the home, and the views read its states
+    deadline = time.monotonic() + TRACE_FLUSH_WAIT_S
+    while "DIFF" not in directory.trace_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    steps = [json.loads(line) for line in directory.trace_path.read_text().splitlines()]
+    diffs = [r for r in steps if r.get("event") == "DIFF"]
+    assert diffs and all(r["bytes"] > 0 for r in diffs), diffs[:3]
+    assert all(parse_state(r["new"]) is not None for r in diffs), diffs[:3]
 
 
 def test_an_array_asked_for_with_the_other_consistency_is_an_error(make_node):

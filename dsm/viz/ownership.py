@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 _HOME = re.compile(r"home\{(.*)\}$")
+_RELEASE_WRITERS = re.compile(r"\{(.*) writing\}$")
 
 #: segment kinds
 OWNED = "owned"
@@ -40,6 +41,14 @@ def parse_state(text: str) -> tuple[str, tuple[str, ...]] | None:
     """(kind, holders) of a directory state text; None for transient or unknown ones."""
     if text.startswith("owned:"):
         return OWNED, (text[len("owned:"):],)
+    # release-consistency pages (dsm.directory.release): a private page is its holder's as an
+    # owned one is; the home with nodes writing their twinned copies shows them as holders
+    if text.startswith("private:"):
+        return OWNED, (text[len("private:"):],)
+    if text.startswith("release home"):
+        m = _RELEASE_WRITERS.search(text)
+        writers = tuple(m.group(1).split(",")) if m else ()
+        return (SHARED, writers) if writers else (HOME, ())
     m = _HOME.match(text)
     if m:
         holders = tuple(h for h in m.group(1).split(",") if h)
