@@ -9,6 +9,7 @@ import time
 import pytest
 
 from dsm.viz.ownership import parse_state
+from tests.test_sync import COUNT_UNDER_LOCK
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -17,24 +18,6 @@ INCREMENTS = 30
 #: the directory's trace is flushed every half second
 TRACE_FLUSH_WAIT_S = 5.0
 
-COUNT_UNDER_LOCK = """
-counter = node.array('counter', (1,), np.int64, consistency='release')
-lock = node.lock('counter')
-def work():
-    for _ in range({n}):
-        with lock:
-            counter[0] += 1
-pid = os.fork()
-if pid == 0:
-    try:
-        work()
-        os._exit(0)
-    except BaseException:
-        os._exit(1)
-work()
-_, status = os.waitpid(pid, 0)
-assert status == 0, status
-"""
 
 #: each node writes its own bytes of every page of one array, between barriers, again and again
 FALSE_SHARING = """
@@ -53,7 +36,7 @@ for r in range({rounds}):
 def test_a_counter_under_a_lock_counts_every_increment(make_node):
     nodes = [make_node(f"n{i}") for i in range(NODES)]
     for n in nodes:
-        n.send(COUNT_UNDER_LOCK.format(n=INCREMENTS))
+        n.send(COUNT_UNDER_LOCK.format(n=INCREMENTS, array_args=", consistency='release'"))
     for n in nodes:
         n.wait(100)
     total = NODES * 2 * INCREMENTS

@@ -10,8 +10,9 @@ pytestmark = pytest.mark.timeout(120)
 NODES = 3
 INCREMENTS = 40
 
+#: (``{array_args}``: more arguments of the counter's node.array, e.g. its consistency)
 COUNT_UNDER_LOCK = """
-counter = node.array('counter', (1,), np.int64)
+counter = node.array('counter', (1,), np.int64{array_args})
 lock = node.lock('counter')
 def work():
     for _ in range({n}):
@@ -33,7 +34,7 @@ assert status == 0, status
 def test_lock_gives_mutual_exclusion_across_nodes_and_processes(make_node):
     nodes = [make_node(f"n{i}") for i in range(NODES)]
     for n in nodes:
-        n.send(COUNT_UNDER_LOCK.format(n=INCREMENTS))
+        n.send(COUNT_UNDER_LOCK.format(n=INCREMENTS, array_args=""))
     for n in nodes:
         n.wait(100)
     assert nodes[0].run("", "int(counter[0])") == NODES * 2 * INCREMENTS
