@@ -118,6 +118,8 @@ class FrameFuzzer:
             return r.random() < 0.5
         if hint is str:
             return r.choice(NAMES)
+        if hint is bytes:  # packed numbers (a Diff's spans: pairs of uint32)
+            return r.randbytes(p.SPAN_BYTES * r.randrange(4))
         origin, args = get_origin(hint), get_args(hint)
         if origin is Annotated:
             extra = args[1]
