@@ -101,7 +101,8 @@ class NodeCore:
         self.shards = 1
         self.stripe = STRIPE_PAGES  #: pages per stripe (fewer only in the simulator)
         #: the pages of release-consistency arrays: twins, diffs, write notices
-        self.release = ReleasePages(node, self.state, self.stats, self._trace, self._tracing)
+        self.release = ReleasePages(node, num_pages, self.state, self.stats, self._trace,
+                                    self._tracing)
         self.release.stripe = self.stripe
 
     def set_shards(self, shards: int, stripe: int = STRIPE_PAGES) -> None:
@@ -463,7 +464,7 @@ class NodeCore:
 
     def acquire_sync(self, notices: list[int]) -> list[Action]:
         """A lock grant or barrier departure: the pages other nodes' releases changed."""
-        return self.release.acquired(notices, lambda q: q in self.pending) if notices else []
+        return self.release.acquired(notices, list(self.pending)) if notices else []
 
     def diff_applied(self, msg: p.DiffApplied) -> list[Action]:
         return self.release.diff_applied(msg)

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from typing import Callable
+from typing import Callable, Iterable
+
+import numpy as np
 
 from dsm import protocol as p
 from dsm.core.actions import Action, DropTwins, Protect, Punch, Send, SendDiff, Twin, Upgrade
 from dsm.core.shards import shard_of, split_at_stripes
-from dsm.core.states import PageState, pack_runs, runs, unpack_runs
+from dsm.core.states import PageState, pack_runs, runs
 from dsm.core.stats import NodeStats
 
 #: the release messages, which carry the write notices
@@ -39,9 +41,10 @@ RELEASE = (PageState.CLEAN, PageState.DIRTY)
 
 
 class ReleasePages:
-    def __init__(self, node: str, state: dict[int, PageState], stats: NodeStats,
+    def __init__(self, node: str, num_pages: int, state: dict[int, PageState], stats: NodeStats,
                  trace: Callable[..., None], tracing: bool):
         self.node = node
+        self.num_pages = num_pages
         self.state = state  #: the node core's page states (shared)
         self.stats = stats
         self._trace, self._tracing = trace, tracing
@@ -112,18 +115,23 @@ class ReleasePages:
             out.append(Send(self._held.popleft()[0]))
         return out
 
-    def acquired(self, notices: list[int], pending: Callable[[int], bool]) -> list[Action]:
+    def acquired(self, notices: list[int], pending: Iterable[int]) -> list[Action]:
         """Another node's releases changed these pages: invalidate this node's copies (a dirty
-        one sends its diff first: its writes are this node's, not lost)."""
+        one sends its diff first: its writes are this node's, not lost). ``pending``: the pages
+        requests are out for."""
         out: list[Action] = []
-        pages = sorted(set(unpack_runs(notices)))  # (runs from a hostile peer may overlap)
-        held = [q for q in pages if self.state.get(q) in RELEASE]
+        # the notices as a mask, a slice per run: what costs is then the pages this node holds
+        # or awaits, not how many the notices name (runs from a hostile peer may overlap)
+        noticed = np.zeros(self.num_pages, dtype=bool)
+        for first, count in zip(notices[::2], notices[1::2]):
+            noticed[first:first + count] = True
+        held = sorted(q for q, st in self.state.items() if st in RELEASE and noticed[q])
         out += self._flush([q for q in held if q in self.dirty])
         for first, count in runs(held, p.MAX_BATCH_PAGES):
             out.append(Punch(first, count))
             for q in range(first, first + count):
                 del self.state[q]
-        self.stale_on_arrival.update(q for q in pages if pending(q))
+        self.stale_on_arrival.update(q for q in pending if noticed[q])
         self.stats.count("notices_invalidated", len(held))
         if self._tracing and held:
             self._trace(held[0], "NOTICE", self.node, "held", "invalid", count=len(held))

@@ -43,7 +43,3 @@ def pack_runs(pages) -> list[int]:
     """Pages (any order, no repeats) as flat ``[first, count, ...]`` runs, ascending."""
     return [x for first, count in runs(list(pages), PACKED_RUN_PAGES) for x in (first, count)]
 
-
-def unpack_runs(flat: list[int]) -> list[int]:
-    """The pages of flat ``[first, count, ...]`` runs."""
-    return [q for i in range(0, len(flat) - 1, 2) for q in range(flat[i], flat[i] + flat[i + 1])]
