@@ -65,6 +65,28 @@ def test_offsets_and_message_bounds_put_every_receive_after_its_send():
     assert tl.clocks["a"][0] == pytest.approx(-100.0, abs=0.01)
 
 
+def test_a_page_sent_node_to_node_bounds_both_clocks_beside_the_reference():
+    # a and b each agree with the directory unshifted, but b's clock is 5 ms behind a's: a's
+    # PeerPage to b would arrive before it left; b must move forward, within its own bounds
+    recs = [
+        {"t": 0.0, "who": "directory", "role": "manager", "wall": 0, "pid": 1},
+        {"t": 0.0, "who": "a", "role": "node", "wall": 0, "pid": 2},
+        {"t": 0.0, "who": "b", "role": "node", "wall": 0, "pid": 3},
+        _msg(0.010, "directory", "a", "send", "Fetch", "directory>a#1:1", page=0, count=1),
+        _msg(0.012, "a", "directory", "recv", "Fetch", "directory>a#1:1", page=0, count=1),
+        _msg(0.013, "a", "b", "send", "PeerPage", "a#1>b#1:1", page=0, count=1),
+        _msg(0.009, "b", "a", "recv", "PeerPage", "a#1>b#1:1", page=0, count=1),
+        _msg(0.010, "b", "directory", "send", "Received", "b#1>directory:1", page=0, count=1),
+        _msg(0.030, "directory", "b", "recv", "Received", "b#1>directory:1", page=0, count=1),
+    ]
+    tl = model.build(recs)
+    for m in tl.messages:
+        assert m.recv["ts"] >= m.send["ts"], m
+        assert not m.recv.get("clamped"), m
+    assert tl.clocks["a"][0] == 0.0
+    assert 0.004 <= tl.clocks["b"][0] <= 0.020
+
+
 def test_skewed_agent_clocks_merge_with_every_receive_after_its_send(directory, tmp_path):
     nodes = []
     try:

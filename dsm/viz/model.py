@@ -9,11 +9,11 @@ Clocks, in two steps:
 1. each process's own clock records (NTP estimates: ``dsm.clocksync``) shift its times: for
    each record, the narrowest estimate made within ``DRIFT_WINDOW_S`` of it;
 2. what is left of the error is bounded by the messages themselves: a receive never precedes its
-   send. For a process P talking to the reference R, every R -> P message says P's clock reads at
-   least ``send_R - recv_P`` behind, every P -> R message at most ``recv_R - send_P``; P's times
-   move by the smallest shift (often none) that satisfies both. Should the bounds contradict
-   each other (a clock that drifted), each receive still drawn before its send is drawn at its
-   send (``clamped``).
+   send. Every message from S to R says R's clock reads at least ``send_S - recv_R`` behind
+   S's; with the reference's clock fixed these bounds (from messages with the reference and,
+   through chains, between nodes: pages go node to node) give each process the smallest shift
+   (often none) that satisfies them all. Should the bounds contradict each other (a clock that
+   drifted), each receive still drawn before its send is drawn at its send (``clamped``).
 A message whose transit, so placed, is shorter than the clock estimates' uncertainty is marked
 ``uncertain``: its length is not known, only its direction.
 """
@@ -195,23 +195,75 @@ def _pair(records: list[dict]) -> list[Message]:
 
 
 def _shifts(messages: list[Message], reference: str) -> dict[str, float]:
-    """Per process, the smallest shift of its times that puts every receive exchanged with the
-    reference after its send."""
+    """Per process, a shift of its times that puts every receive after its send, the reference
+    staying put, and each shift as near to none as the messages allow.
+
+    Each paired message from S to R says ``shift_R - shift_S >= send_S - recv_R``: a system of
+    difference constraints (messages between two nodes count too, a page sent peer to peer). Its
+    tightest bounds against the reference (longest and shortest paths, Bellman-Ford) give each
+    process an interval; each starts at the point of its interval nearest to no shift, and
+    receivers are then raised until every constraint holds, which stays inside the intervals.
+    A cycle of contradictory bounds (a clock that drifted) falls back to the bounds against the
+    reference alone, split down the middle; receives still before their sends are clamped."""
+    need: dict[tuple[str, str], float] = {}  # (sender, receiver) -> the largest send - recv
+    for m in messages:
+        if m.send is None or m.recv is None or m.send["who"] == m.recv["who"]:
+            continue
+        link = (m.send["who"], m.recv["who"])
+        need[link] = max(need.get(link, float("-inf")), m.send["ts"] - m.recv["ts"])
+    who_all = {w for link in need for w in link} | {reference}
+    low = _paths(need, reference, who_all, upward=True)
+    high = _paths(need, reference, who_all, upward=False)
+    if low is None or high is None or any(low[w] > high[w] for w in who_all):
+        return _split_against_reference(need, reference)
+    shifts = {w: min(max(0.0, low[w]), high[w]) for w in who_all}
+    shifts[reference] = 0.0
+    for _ in range(len(who_all) + 1):
+        changed = False
+        for (s, r), d in need.items():
+            if r != reference and shifts[r] < shifts[s] + d:
+                shifts[r] = shifts[s] + d
+                changed = True
+        if not changed:
+            break
+    shifts.pop(reference)
+    return shifts
+
+
+def _paths(need: dict[tuple[str, str], float], reference: str, who_all: set[str],
+           upward: bool) -> dict[str, float] | None:
+    """Each process's tightest lower (``upward``) or upper bound on its shift implied through
+    chains of messages from (to) the reference; None if the bounds contradict themselves."""
+    inf = float("-inf") if upward else float("inf")
+    bound = {w: inf for w in who_all}
+    bound[reference] = 0.0
+    for _ in range(len(who_all) + 1):
+        changed = False
+        for (s, r), d in need.items():
+            if upward and bound[s] + d > bound[r]:
+                bound[r] = bound[s] + d
+                changed = True
+            elif not upward and bound[r] - d < bound[s]:
+                bound[s] = bound[r] - d
+                changed = True
+        if not changed:
+            return bound if bound[reference] == 0.0 else None
+    return None
+
+
+def _split_against_reference(need: dict[tuple[str, str], float],
+                             reference: str) -> dict[str, float]:
+    """Contradictory bounds: per process, the middle of its bounds against the reference alone
+    (the smallest shift when they agree)."""
     low: dict[str, float] = {}
     high: dict[str, float] = {}
-    for m in messages:
-        if m.send is None or m.recv is None:
-            continue
-        s, r = m.send, m.recv
-        if s["who"] == reference and r["who"] != reference:
-            low[r["who"]] = max(low.get(r["who"], float("-inf")), s["ts"] - r["ts"])
-        elif r["who"] == reference and s["who"] != reference:
-            high[s["who"]] = min(high.get(s["who"], float("inf")), r["ts"] - s["ts"])
+    for (s, r), d in need.items():
+        if s == reference:
+            low[r] = max(low.get(r, float("-inf")), d)
+        elif r == reference:
+            high[s] = min(high.get(s, float("inf")), -d)
     shifts = {}
     for who in set(low) | set(high):
         lo, hi = low.get(who, float("-inf")), high.get(who, float("inf"))
-        if lo <= hi:
-            shifts[who] = min(max(0.0, lo), hi)
-        else:  # contradictory bounds: split the difference, receives are clamped after
-            shifts[who] = (lo + hi) / 2
+        shifts[who] = min(max(0.0, lo), hi) if lo <= hi else (lo + hi) / 2
     return shifts
