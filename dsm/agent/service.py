@@ -78,6 +78,9 @@ OVERDUE_CHECK_INTERVAL_S = 1.0
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
 POLL_INTERVAL_MS = 100
+#: while the loop is busy, heartbeats, the directory's silence, the counters' report and overdue
+#: requests are looked at this often, not after every wake-up (their intervals are seconds)
+HOUSEKEEPING_INTERVAL_S = 0.005
 #: how long after a Remove event its pages are checked for MADV_REMOVE's hole punch (DONTNEED
 #: never punches): the madvise caller punches right after the agent has read the event
 REMOVE_SETTLE_S = 0.02
@@ -355,34 +358,45 @@ class Agent:
         # the agent's modules warn about unexpected messages: a peer can provoke those
         throttle_module_logs("dsm.agent", "unexpected messages")
         throttle_module_logs("dsm.core", "unexpected page messages")  # the node core's
+        last_housekeeping_s = 0.0
         while self._running:
-            for item, _ in self.poller.poll(self._poll_timeout_ms()):
+            ready = self.poller.poll(self._poll_timeout_ms())
+            for item, _ in ready:
                 self._dispatch(item)
                 self._handle_shelved()
             now = time.monotonic()
             self._run_timers(now)
             self._handle_shelved()
-            if now - self.links.least_recent_send_s() > HEARTBEAT_INTERVAL_S or (
-                    self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
-                self._last_clock_probe = now  # a heartbeat is also a clock round trip
-                self._send(p.Heartbeat(self.tracer.now_ns()))
-            silent_s, silent_endpoint = self.links.longest_silence(now)  # of any shard
-            if silent_s > NODE_CUT_OFF_S:
-                # this loop may have been busy (a release's diffs, the machine's load) while
-                # the directory's answers queued: read them first (a Fenced among them says
-                # if the directory gave this node up meanwhile)
-                self._drain_directory()
-                silent_s, silent_endpoint = self.links.longest_silence(time.monotonic())
-            if silent_s > NODE_CUT_OFF_S and self._directory_alive:
-                self._cut_off(f"the directory {silent_endpoint} has not answered for "
-                              f"{silent_s:.1f} s: this node is cut off from the cluster")
-            if not self._directory_alive:
-                return
-            if now - self._last_report > STATS_REPORT_INTERVAL_S:
-                self._last_report = now
-                snap = self.stats.snapshot()
-                self._send(p.NodeReport(snap["counters"], snap["latency_counts"], len(self.procs)))
-            self._fail_overdue_requests(now)
+            if not ready or now - last_housekeeping_s >= HOUSEKEEPING_INTERVAL_S:
+                last_housekeeping_s = now
+                if not self._housekeeping(now):
+                    return
+
+    def _housekeeping(self, now: float) -> bool:
+        """Heartbeats, the directory's silence, the counters' report, overdue requests; False
+        once the directory is gone."""
+        if now - self.links.least_recent_send_s() > HEARTBEAT_INTERVAL_S or (
+                self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
+            self._last_clock_probe = now  # a heartbeat is also a clock round trip
+            self._send(p.Heartbeat(self.tracer.now_ns()))
+        silent_s, silent_endpoint = self.links.longest_silence(now)  # of any shard
+        if silent_s > NODE_CUT_OFF_S:
+            # this loop may have been busy (a release's diffs, the machine's load) while
+            # the directory's answers queued: read them first (a Fenced among them says
+            # if the directory gave this node up meanwhile)
+            self._drain_directory()
+            silent_s, silent_endpoint = self.links.longest_silence(time.monotonic())
+        if silent_s > NODE_CUT_OFF_S and self._directory_alive:
+            self._cut_off(f"the directory {silent_endpoint} has not answered for "
+                          f"{silent_s:.1f} s: this node is cut off from the cluster")
+        if not self._directory_alive:
+            return False
+        if now - self._last_report > STATS_REPORT_INTERVAL_S:
+            self._last_report = now
+            snap = self.stats.snapshot()
+            self._send(p.NodeReport(snap["counters"], snap["latency_counts"], len(self.procs)))
+        self._fail_overdue_requests(now)
+        return True
 
     def _poll_timeout_ms(self) -> int:
         """Poll until the next timer is due, at most POLL_INTERVAL_MS."""

@@ -29,10 +29,16 @@ class HomeStore:
         weakref.finalize(self, libc.munmap, self._addr, layout.size)
         self._has_data = np.zeros(layout.num_pages, dtype=bool)
 
+    def _any_data(self, page: int, count: int) -> bool:
+        # one page is the common case: a numpy reduction over a slice costs microseconds
+        if count == 1:
+            return bool(self._has_data[page])
+        return bool(self._has_data[page : page + count].any())
+
     def get(self, page: int, count: int) -> tuple[Payload, Any]:
         """The contents of ``count`` pages: (ZERO, None) when none holds data, else (DATA,
         bytes) — a copy, so that a later write here cannot change a message being sent."""
-        if not (self._has_data[page] if count == 1 else self._has_data[page : page + count].any()):
+        if not self._any_data(page, count):
             return Payload.ZERO, None
         start = page * self.page_size
         return Payload.DATA, bytes(self._view[start : start + count * self.page_size])
@@ -75,7 +81,7 @@ class HomeStore:
 
     def clear(self, page: int, count: int) -> None:
         """Forget ``count`` pages: they read as zero again and their memory is returned."""
-        if not self._has_data[page : page + count].any():
+        if not self._any_data(page, count):
             return
         libc.madvise(self._addr + page * self.page_size, count * self.page_size,
                      libc.MADV_DONTNEED)

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_MS = 200
 #: how many queued messages are handled before timers are looked at again
 MAX_MESSAGES_PER_WAKEUP = 1000
+#: while messages keep coming, the timers (silent nodes, lock deadlines, the shards' heartbeats)
+#: are looked at this often, not after every message: their deadlines are tenths of seconds
+#: and more, and looking costs a pass over the sessions and the locks
+HOUSEKEEPING_INTERVAL_S = 0.005
 #: messages queued for one node before it counts as not reading them (declared dead): far more
 #: than the protocol keeps in flight to a live node
 SEND_QUEUE_LIMIT_MESSAGES = 100_000
@@ -178,26 +182,31 @@ class DirectoryService:
             poller.register(sock, zmq.POLLIN)
         if self.role.ready:
             self._announce_once()
+        last_housekeeping_s = 0.0
         try:
             while self._running:
                 ready = dict(poller.poll(self._poll_timeout_ms()))
                 if ready:
-                    # drain what is queued before looking at the clock again
-                    # (ZMQ_EVENTS is cheaper than a receive that raises Again)
+                    # drain what is queued before looking at the clock again (ZMQ_EVENTS is
+                    # cheaper than a receive that raises Again; the poll said the first is there)
+                    queued = self.socket in ready
                     for _ in range(MAX_MESSAGES_PER_WAKEUP):
-                        if not has_input(self.socket):
+                        if not queued:
                             break
                         self._handle(self.socket.recv_multipart(copy=False))
                         self._declare_undelivered_dead()
+                        queued = has_input(self.socket)
                     for sock in ready:
                         if sock is not self.socket:
                             self.role.drain(sock)
                             self._declare_undelivered_dead()
                 now = time.monotonic()
-                self.role.tick(now)
-                self._expire_silent_nodes()
-                self._send_all(self._replies(self.sync.expire(now)))
-                self._complain.flush()
+                if not ready or now - last_housekeeping_s >= HOUSEKEEPING_INTERVAL_S:
+                    last_housekeeping_s = now
+                    self.role.tick(now)
+                    self._expire_silent_nodes()
+                    self._send_all(self._replies(self.sync.expire(now)))
+                    self._complain.flush()
         finally:
             self.role.close()
             self.tracer.close()

@@ -164,6 +164,8 @@ class SyncTable:
         return out
 
     def next_deadline(self) -> float | None:
+        if not self.locks:  # the common case, looked at before every poll
+            return None
         deadlines = [w.deadline for lock in self.locks.values() for w in lock.queue
                      if w.deadline is not None]
         return min(deadlines, default=None)
