@@ -9,6 +9,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+import numpy as np
+
 from dsm.consistency import META_KEY, Consistency
 from dsm.errors import DsmError
 from dsm.layout import Layout
@@ -34,6 +36,9 @@ class Allocations:
         self._offsets: list[int] = []
         self._by_offset: list[Allocation] = []
         self._next_offset = 0
+        #: per region page, whether a release-consistency array holds it (asked at every
+        #: acquire: a lookup, not a search)
+        self._release_pages = np.zeros(layout.num_pages, dtype=bool)
 
     def find_or_create(self, name: str, nbytes: int, meta: dict) -> Allocation:
         if not name:
@@ -61,6 +66,9 @@ class Allocations:
         self._offsets.append(alloc.offset)
         self._by_offset.append(alloc)
         self._next_offset += rounded
+        if alloc.meta.get(META_KEY) == Consistency.RELEASE.value:
+            first = alloc.offset // page
+            self._release_pages[first : first + rounded // page] = True
         return alloc
 
     def all(self) -> list[Allocation]:
@@ -81,8 +89,8 @@ class Allocations:
 
     def is_release(self, page: int) -> bool:
         """Whether region page ``page`` belongs to a release-consistency array."""
-        alloc = self.at(page * self.layout.page_size)
-        return alloc is not None and alloc.meta.get(META_KEY) == Consistency.RELEASE.value
+        # a page outside the region is no array's (callers check the range after asking)
+        return 0 <= page < len(self._release_pages) and bool(self._release_pages[page])
 
     def locate_page(self, page: int) -> tuple[str, int]:
         """(name of the allocation holding region page ``page`` or "", its index there)."""

@@ -5,10 +5,10 @@ A release (``LockRelease``, ``BarrierWait``) names the pages its node changed si
 release; their diffs are at their homes before the release is sent. Every *other* node must
 invalidate its copies of those pages at its next acquire (a lock grant, a barrier departure),
 so that its next access fetches the merged home copy. Rather than vector timestamps (TreadMarks),
-each node has the set of pages noticed since its last acquire: an acquire takes them all, which
-is a superset of the releases that happen before it (invalidating more is always allowed: a
-page fetched again is the merge of every release so far). The sets are bounded by the region,
-not by time, and a node that never acquires costs one set.
+each node has a mask of the pages noticed since its last acquire: an acquire takes them all,
+which is a superset of the releases that happen before it (invalidating more is always allowed:
+a page fetched again is the merge of every release so far). The masks are bounded by the
+region, not by time, and a node that never acquires costs one mask.
 """
 
 from __future__ import annotations
