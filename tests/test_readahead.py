@@ -14,6 +14,39 @@ def test_a_short_run_such_as_a_halo_row_stays_at_one_page():
     assert [ra.on_fault("s", p) for p in (100, 101)] == [1, 1]
 
 
+def test_a_run_that_repeats_is_asked_for_whole_from_its_first_page():
+    ra = ReadAhead(256)
+    # a halo row of 2 pages, then the other grid's, then the first one again
+    assert [ra.on_fault("s", p) for p in (100, 101, 500, 501, 100)] == [1, 1, 1, 1, 2]
+    assert ra.on_fault("s", 500) == 2  # the same for the second row: remembered when it ended
+    assert ra.on_fault("s", 300) == 1  # a page that started no run: one page, as ever
+    assert ra.on_fault("s", 101) == 1  # inside a run, not its first page: no memory
+    assert ra.on_fault("other", 100) == 1  # another process's stream has its own memory
+    ra.forget("s")
+    assert ra.on_fault("s", 100) == 1
+
+
+def test_a_rescan_starts_at_the_window_its_last_scan_reached():
+    ra = ReadAhead(64)
+    page = 0
+    while page < 400:
+        page += ra.on_fault("s", page)
+    ra.on_fault("s", 9000)  # the scan ends
+    assert ra.on_fault("s", 0) == 64
+
+
+def test_remembered_runs_are_bounded_oldest_first():
+    from dsm.core.readahead import REMEMBERED_RUNS
+    ra = ReadAhead(256)
+    for i in range(REMEMBERED_RUNS + 1):
+        ra.on_fault("s", 10 * i)
+        ra.on_fault("s", 10 * i + 1)
+    ra.on_fault("s", 10**7)  # ends the last run
+    assert ra.on_fault("s", 0) == 1  # the oldest is forgotten
+    ra.on_fault("s", 10**7 + 50)
+    assert ra.on_fault("s", 10 * REMEMBERED_RUNS) == 2
+
+
 def test_a_sequential_stream_opens_then_doubles_up_to_the_maximum():
     ra = ReadAhead(64)
     windows, page = [], 0

@@ -6,7 +6,14 @@ a neighbour's band) does not drag in pages that another node is writing.
 
 A stream whose window has grown large also keeps requests flowing ahead of its faults
 ("asynchronous read-ahead"), at most two windows beyond the last fault, so that a scan finds its
-pages installed."""
+pages installed.
+
+Runs also repeat: a stencil reads the same halo row of a neighbour's band in every iteration, a
+matrix is scanned in every pass, and each time the pages were invalidated in between. So the
+extent of every run of sequential faults that ended is remembered by its first page: a later
+fault at that page, starting a new stream, asks for the whole extent at once (one round trip for
+a 2-page halo row, not two; a rescan at full window from its first fault). Only what the same
+process faulted in sequence from that very page is ever asked for again."""
 
 from __future__ import annotations
 
@@ -22,10 +29,14 @@ OPENING_WINDOW_PAGES = 4
 ASYNC_MIN_WINDOW_PAGES = 32
 #: how many windows ahead of the last fault asynchronous requests may reach
 ASYNC_AHEAD_WINDOWS = 2
+#: ended runs remembered per stream (the oldest forgotten first): a stencil's halo rows and
+#: band edges, a few arrays' scans
+REMEMBERED_RUNS = 1024
 
 
 @dataclass
 class Stream:
+    first: int  #: the page of its first fault
     next_page: int  #: where the next request of the stream starts
     window: int  #: pages per request
     last_fault: int  #: the page of the last fault
@@ -36,6 +47,8 @@ class ReadAhead:
     def __init__(self, max_window_pages: int):
         self.max_window = max_window_pages
         self._streams: dict[Hashable, Stream] = {}
+        #: per stream key, ended runs: first page -> pages (insertion order: oldest first)
+        self._runs: dict[Hashable, dict[int, int]] = {}
 
     def on_fault(self, key: Hashable, page: int) -> int:
         """A fault at ``page``: how many pages to ask for from it."""
@@ -47,10 +60,24 @@ class ReadAhead:
             elif s.hits >= SEQUENTIAL_FAULTS_TO_OPEN:
                 s.window = OPENING_WINDOW_PAGES
         else:
-            s = self._streams[key] = Stream(page, 1, page)
+            if s is not None:
+                self._remember(key, s)
+            window = min(self._runs.get(key, {}).get(page, 1), self.max_window)
+            s = self._streams[key] = Stream(page, page, window, page)
         s.last_fault = page
         s.next_page = page + s.window
         return s.window
+
+    def _remember(self, key: Hashable, s: Stream) -> None:
+        """The extent of a run that ended: what it faulted, or what it asked for at once."""
+        extent = max(s.last_fault + 1, s.first + (s.window if s.hits == 1 else 1)) - s.first
+        if extent < 2:
+            return
+        runs = self._runs.setdefault(key, {})
+        runs.pop(s.first, None)  # re-inserted as the newest
+        runs[s.first] = extent
+        if len(runs) > REMEMBERED_RUNS:
+            del runs[next(iter(runs))]
 
     def next_ahead(self, key: Hashable) -> tuple[int, int] | None:
         """The (page, count) to request ahead of the faults now, or None when the stream is not
@@ -71,6 +98,7 @@ class ReadAhead:
         would, and an agent serves many short-lived processes."""
         for key in keys:
             self._streams.pop(key, None)
+            self._runs.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._streams)
