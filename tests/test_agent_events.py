@@ -120,7 +120,7 @@ def fake_process(agent: Agent, uffd: FakeUffd | None = None) -> WorkloadProcess:
     """A process mapping the whole region at the base, served by ``agent``."""
     proc = WorkloadProcess(uffd or FakeUffd(), None,
                            [Mapping(agent.layout.base, agent.layout.size, 0)])
-    agent._add_process(proc)
+    agent.workloads.add(proc)
     return proc
 
 
@@ -184,9 +184,10 @@ def test_a_fork_read_while_a_page_is_installed_adopts_and_protects_the_child(
         return hold_the_grant
 
     # the page comes from the directory (relay) or straight from b (central, distributed)
-    here._dir_handlers[p.Grant] = holding(here._dir_handlers[p.Grant])
+    here.messaging._dir_handlers[p.Grant] = holding(here.messaging._dir_handlers[p.Grant])
     if here.peers is not None:
-        here._peer_handlers[p.PeerPage] = holding(here._peer_handlers[p.PeerPage])
+        here.messaging._peer_handlers[p.PeerPage] = holding(
+            here.messaging._peer_handlers[p.PeerPage])
     with serving(here):
         w = attach_here(here, directory, tmp_path, monkeypatch, "w")
         try:
@@ -423,7 +424,7 @@ def test_a_held_page_that_is_not_resident_is_not_discarded(here, monkeypatch):
     here.state[page] = PageState.EXCLUSIVE
     try:
         addr = here.layout.base + page * PAGE
-        here._on_pagefault(proc, Pagefault(FaultKind.MISSING, Access.READ, addr, 0))
+        here.workloads._on_pagefault(proc, Pagefault(FaultKind.MISSING, Access.READ, addr, 0))
         assert here.state.get(page) is PageState.EXCLUSIVE, "a held page was discarded"
         assert ("wake", addr, PAGE) in proc.uffd.calls
         assert here.stats.snapshot()["counters"].get("discards", 0) == 0
@@ -447,11 +448,11 @@ def test_a_remove_event_does_not_block_the_loop_and_its_pages_are_told_apart_lat
         with monkeypatch.context() as m:
             m.setattr(time, "sleep", no_sleep)
             t0 = time.monotonic()
-            here._on_remove(proc, Remove(base + 3 * PAGE, base + 5 * PAGE))
+            here.workloads._on_remove(proc, Remove(base + 3 * PAGE, base + 5 * PAGE))
             assert time.monotonic() - t0 < REMOVE_SETTLE_S
         assert set(here.state) == {3, 4}  # not told apart yet
         libc.punch_hole(here.memory.memfd, 4 * PAGE, PAGE)  # page 4 was MADV_REMOVEd
-        here._run_timers(time.monotonic() + REMOVE_SETTLE_S)
+        here.workloads.run_timers(time.monotonic() + REMOVE_SETTLE_S)
         assert here.state == {3: PageState.SHARED}
         assert here.stats.snapshot()["counters"].get("discards", 0) == 1
         assert ("writeprotect", base + 3 * PAGE, PAGE, True) in proc.uffd.calls
@@ -467,7 +468,7 @@ def test_read_ahead_streams_of_a_process_are_forgotten_with_it(here):
     for page in (10, 11, 12):
         here.core.readahead.on_fault((proc, False), page)
     here.core.readahead.on_fault((proc, True), 40)
-    here._forget_process(proc, give_back=False)
+    here.workloads.forget(proc, give_back=False)
     assert not [key for key in here.core.readahead._streams if key[0] is proc]
 
 

@@ -2,9 +2,9 @@
 waits for what. No sockets and no kernel: every input (a fault, a directory message, a process
 gone, the clock) returns the actions that carry it out (``dsm/core/actions.py``), in order.
 
-The agent (``dsm/agent/service.py``) feeds it from its uffds and its DEALER and carries the
-actions out on the memfd and the sockets; the simulator (``dsm/sim/``) feeds it from a seeded
-scheduler and carries them out on a model of the memory.
+The agent feeds it from its uffds (``dsm/agent/workloads.py``) and its DEALER, and carries the
+actions out on the memfd and the sockets (``dsm/agent/messaging.py``); the simulator
+(``dsm/sim/``) feeds it from a seeded scheduler and carries them out on a model of the memory.
 
 Local page states: absent (invalid), SHARED (a read copy: write-protected in every local
 process) and EXCLUSIVE (owned, writable). One request may cover a run of pages (read-ahead).

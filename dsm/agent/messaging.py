@@ -1,0 +1,321 @@
+"""The agent's side of the conversation with the directory and with the other nodes: what it
+receives from them, what it sends them, and the node core's decisions carried out.
+
+Every message the directory's shards (``dsm/agent/links.py``) or a peer (``dsm/agent/peers.py``)
+sends is decoded, validated and handed to the node core (``dsm/core/node.py``), which decides;
+``carry_out`` does the actions it returns, in order, on the memfd, the uffds, the DEALERs and the
+peer endpoint. Answers to forwarded workload requests go back through the forwarder
+(``dsm/agent/forwarding.py``). Nothing the directory's side or a peer sends stops the agent: a
+message that is malformed, not expected, or names pages outside the region is dropped, with a
+rate-limited log line. What ends this node's service is the directory's: once it fences the node,
+or takes none of its messages for ``NODE_CUT_OFF_S``, the node is cut off (``cut_off``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import zmq
+
+from dsm import libc
+from dsm import protocol as p
+from dsm.agent.links import ShardLinks
+from dsm.agent.memory import NodeMemory
+from dsm.agent.peers import PeerEndpoint
+from dsm.agent.processes import thread_group_of
+from dsm.agent.twins import Twins
+from dsm.core import actions as act
+from dsm.core.node import NodeCore
+from dsm.core.shards import shard_name
+from dsm.core.stats import NodeStats
+from dsm.errors import DsmError, ProtocolError
+from dsm.layout import Layout
+from dsm.liveness import NODE_CUT_OFF_S
+from dsm.logthrottle import ThrottledLog
+from dsm.trace import Tracer
+from dsm.wire import has_input
+
+log = logging.getLogger(__name__)
+
+
+class Messaging:
+    def __init__(self, node: str, link: str, directory_endpoint: str, layout: Layout, *,
+                 links: ShardLinks, peers: PeerEndpoint | None, memory: NodeMemory,
+                 core: NodeCore, twins: Twins, tracer: Tracer, stats: NodeStats,
+                 answer: Callable[[p.Message], bool],
+                 clock_sample: Callable[[float, int], None],
+                 on_cut_off: Callable[[str], None]):
+        self.node = node
+        #: this node's end of the link to the directory, as trace message ids name it
+        self.link = link
+        self.directory_endpoint = directory_endpoint
+        self.layout = layout
+        self.page_size = layout.page_size
+        self.links = links
+        self.peers = peers
+        self.memory = memory
+        self.core = core
+        #: the twins of release-consistency pages written since the last release
+        self.twins = twins
+        self.tracer = tracer
+        self.stats = stats
+        #: routes an answer to the workload request it answers (``Forwarder.answer``)
+        self._answer = answer
+        #: a heartbeat round trip to the directory that started at (s) has ended: its clock (ns)
+        self._clock_sample = clock_sample
+        #: what the agent does once the node is cut off
+        self._on_cut_off = on_cut_off
+        #: False once the directory no longer serves this node (cut off, fenced)
+        self.directory_alive = True
+        #: messages and bytes by type, counted only for --metrics (dsm.metrics)
+        self.wire: Any = None
+        #: lines about messages dropped from the directory, rate-limited
+        self._complain = ThrottledLog(log, "messages dropped from the directory")
+        self._dir_handlers: dict[type, Callable[[Any, Any], None]] = {
+            p.Grant: self._on_grant,
+            p.Fetch: self._on_fetch,
+            p.Invalidate: self._on_invalidate,
+            p.Allocated: self._on_answer,
+            p.SyncReply: self._on_answer,
+            p.LockInfo: self._on_answer,
+            p.LostReport: self._on_answer,
+            p.Error: self._on_answer,
+            p.Lost: self._on_lost,
+            p.Withdrawn: lambda m, d: self.carry_out(self.core.withdrawn(m)),
+            p.DiffApplied: lambda m, d: self.carry_out(self.core.diff_applied(m)),
+            p.Fenced: lambda m, d: self.cut_off(
+                f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
+            p.Welcome: lambda m, d: None,
+            # the directory is alive (drain_directory noted it) and told its clock
+            p.Heartbeat: self._on_heartbeat,
+        }
+        #: what other nodes send (the peer endpoint)
+        self._peer_handlers: dict[type, Callable[[Any, Any], None]] = {
+            p.PeerPage: lambda m, d: self.carry_out(self.core.peer_page(m, d, time.monotonic())),
+        }
+
+    # --- sending -----------------------------------------------------------------------------------
+    def send(self, msg: p.Message, page: Any = None) -> None:
+        """To the directory: the shard ``msg`` belongs to (``ShardLinks.send``)."""
+        if not self.directory_alive:  # cut off: nothing reaches it any more
+            return
+        t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(msg, page)
+        try:
+            shards = self.links.send(msg, frames)  # to the shard it belongs to
+        except zmq.Again:
+            self.cut_off(f"the directory {self.directory_endpoint} has taken no message for "
+                         f"{NODE_CUT_OFF_S:.1f} s: this node is cut off from the cluster")
+            return
+        self.stats.count_message("to_directory", frames)
+        if self.wire is not None:
+            self.wire.count("sent", msg, frames)
+        if t is not None:
+            for shard in shards:  # each shard's link is its own (its messages counted apart)
+                name = shard_name(shard)
+                self.tracer.sent(self.link, name, name, msg, t)
+
+    def _send_peer(self, peer: tuple[str, str], msg: p.Message, data: Any) -> bool:
+        t = self.tracer.now() if self.tracer.enabled else None
+        frames = p.encode(msg, data)
+        if not self.peers.send(peer[0], peer[1], frames):
+            return False
+        self.stats.count_message("to_peers", frames)
+        if self.wire is not None:
+            self.wire.count("sent", msg, frames)
+        if t is not None:
+            self.tracer.sent(self.node, peer[0], peer[0], msg, t)
+        return True
+
+    def cut_off(self, why: str) -> None:
+        """The directory no longer serves this node: it fell silent for longer than this node
+        may go on (``dsm.liveness``: the directory is about to hand this node's pages on), or it
+        fenced it (declared dead, restarted). Nothing is sent to it any more, and nothing here can
+        go on coherently: the agent fails the node (``on_cut_off``), once."""
+        if not self.directory_alive:
+            return
+        self.directory_alive = False
+        self._on_cut_off(why)
+
+    # --- receiving ---------------------------------------------------------------------------------
+    def drain_directory(self, until: type | None = None) -> bool:
+        """Handle what the directory sent; True as soon as a message of type ``until`` came.
+        Nothing the directory's side sends stops the agent: a message that is malformed, not
+        expected, or names pages outside the region is dropped (the handlers validate before
+        they change anything), with a rate-limited log line; so is any other failure."""
+        for shard, frames in self.links.receive():  # every shard's, each noted as heard from
+            msg: Any = None
+            self.stats.count_message("from_directory", frames)
+            try:
+                msg, data = p.decode(frames, self.page_size, p.Direction.TO_NODE)
+                if self.tracer.enabled:
+                    self.tracer.received(shard_name(shard), self.link, shard_name(shard), msg)
+                if self.wire is not None:
+                    self.wire.count("received", msg, frames)
+                if until is not None and isinstance(msg, until):
+                    return True
+                handler = self._dir_handlers.get(type(msg))
+                if handler is None:
+                    raise ProtocolError(f"the agent does not expect a {type(msg).__name__} "
+                                        "from the directory now")
+                handler(msg, data)
+            except Exception as exc:
+                if isinstance(exc, ProtocolError) and msg is None and self.tracer.enabled:
+                    self.tracer.received(shard_name(shard), self.link, shard_name(shard), None)
+                self._dropped(exc, msg, "the directory")
+        return False
+
+    def drain_peers(self) -> None:
+        """Pages other nodes sent here. As from the directory, nothing received stops the
+        agent: a malformed or unexpected message is dropped with a rate-limited line."""
+        router = self.peers.router
+        while has_input(router):
+            frames = router.recv_multipart(copy=False)
+            msg: Any = None
+            try:
+                msg, data = p.decode(frames[1:], self.page_size, p.Direction.TO_PEER)
+                if self.tracer.enabled:
+                    self.tracer.received(msg.sender, self.node, msg.sender, msg)
+                if self.wire is not None:
+                    self.wire.count("received", msg, frames[1:])
+                self.layout.check_page(msg.page + msg.count - 1)
+                self._peer_handlers[type(msg)](msg, data)
+            except Exception as exc:
+                self._dropped(exc, msg, "a peer")
+
+    def _dropped(self, exc: Exception, msg: Any, sender: str) -> None:
+        """Say, rate-limited, why a message from ``sender`` was dropped (``msg``: as decoded,
+        None if it could not be); called in the ``except`` that caught ``exc``."""
+        if isinstance(exc, ProtocolError):
+            self._complain(logging.WARNING, "malformed message from %s: %.500s", sender, exc)
+        elif isinstance(exc, DsmError):
+            self._complain(logging.WARNING, "dropped a %s from %s: %.500s",
+                           type(msg).__name__, sender, exc)
+        else:  # a bug some input reaches: drop the message, do not die of it
+            self._complain(logging.ERROR, "failed to handle a %s from %s",
+                           type(msg).__name__, sender, exc_info=True)
+
+    def _on_heartbeat(self, msg: p.Heartbeat, _: Any) -> None:
+        if msg.echo_ns and self.tracer.enabled:
+            self._clock_sample(msg.echo_ns / 1e9, msg.clock_ns)
+
+    # the directory's answers and orders: the core decides, carry_out does
+    def _on_grant(self, msg: p.Grant, data: Any) -> None:
+        self.layout.check_page(msg.page + msg.count - 1)
+        self.carry_out(self.core.grant(msg, data, time.monotonic()))
+
+    def _on_lost(self, msg: p.Lost, _: Any) -> None:
+        self.layout.check_page(msg.page + msg.count - 1)
+        self.carry_out(self.core.lost(msg, time.monotonic()))
+
+    def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
+        self.layout.check_page(msg.page + msg.count - 1)
+        peers = self.peers
+        self.carry_out(self.core.fetch(
+            msg, lambda addr: peers is not None and peers.reachable(msg.to_node, addr)))
+
+    def _on_invalidate(self, msg: p.Invalidate, _: Any) -> None:
+        self.layout.check_page(msg.page + msg.count - 1)
+        self.carry_out(self.core.invalidate(msg))
+
+    def _check_runs(self, flat: list[int]) -> None:
+        """ProtocolError unless ``flat`` holds (first, count) runs of the region's pages."""
+        if len(flat) % 2 or any(count < 1 or first + count > self.layout.num_pages
+                                for first, count in zip(flat[::2], flat[1::2])):
+            raise ProtocolError(f"write notices {flat[:8]!r:.80} are not runs of the region's "
+                                f"{self.layout.num_pages} pages")
+
+    def _on_answer(self, msg: Any, _: Any) -> None:
+        if isinstance(msg, p.SyncReply) and msg.notices:  # an acquire: before the process goes on
+            self._check_runs(msg.notices)
+            self.carry_out(self.core.acquire_sync(msg.notices))
+        if isinstance(msg, p.Allocated):
+            if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
+                msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"
+                                       f"{msg.nbytes:#x}, outside the region of "
+                                       f"{self.layout.size:#x} bytes")
+            else:
+                self.core.allocated(msg.offset, msg.nbytes)
+        if not self._answer(msg) and isinstance(msg, p.Error):
+            self._complain(logging.ERROR, "directory reported: %.500s", msg.message)
+
+    # --- the node core's actions -------------------------------------------------------------------
+    def carry_out(self, actions: list) -> None:
+        """Do what the core decided, in order, on the memfd, the uffds and the DEALER."""
+        memory, size = self.memory, self.page_size
+        failed_txn = None  # a page send to a peer that failed: its pages go to the directory
+        taken: dict[tuple[int, int], bytes] = {}  # runs punched with their contents kept
+        for a in actions:
+            kind = type(a)
+            if kind is act.Send:
+                data = a.data
+                if a.pages is not None:
+                    data = taken.get(a.pages)
+                    if data is None:
+                        first, count = a.pages
+                        data = os.pread(memory.memfd, count * size, first * size)
+                msg = a.message
+                if a.peer is not None:
+                    if not self._send_peer(a.peer, msg, data):
+                        failed_txn = msg.txn
+                    continue
+                if (failed_txn is not None and type(msg) is p.Fetched and msg.txn == failed_txn
+                        and msg.payload == p.Payload.SENT):
+                    # as if the peer had been unreachable from the start (with the contents
+                    # read before the punch; or still here, a read copy kept)
+                    msg = p.Fetched(msg.txn, msg.page, msg.count, p.Payload.DATA, [])
+                    data = taken.get((msg.page, msg.count))
+                    if data is None:
+                        data = os.pread(memory.memfd, msg.count * size, msg.page * size)
+                self.send(msg, data)
+            elif kind is act.Install:
+                src = a.data if a.data is not None else memoryview(memory.zeros)[: a.count * size]
+                inst = a.installer
+                woke = memory.install(a.first, a.count, src, a.writable,
+                                      (inst.proc, inst.addr) if inst is not None else None)
+                for w in a.wake:  # UFFDIO_COPY woke the installer's own waiters
+                    if not (woke and w.proc is inst.proc and w.addr == inst.addr):
+                        memory.wake(w.proc, w.addr)
+            elif kind is act.Wake:
+                memory.wake(a.proc, a.addr)
+            elif kind is act.Upgrade:
+                memory.protect_everywhere(a.first, a.count, wp=False)  # wakes the writers
+            elif kind is act.Protect:
+                memory.protect_everywhere(a.first, a.count, wp=True)
+            elif kind is act.Unprotect:
+                if not a.proc.uffd.closed:
+                    memory.writeprotect(a.proc, a.page * size, size, wp=False)
+            elif kind is act.Twin:
+                self.twins.make(a.first, a.count)
+            elif kind is act.SendDiff:
+                spans, diff = self.twins.diff(a.first, a.count)
+                self.send(p.Diff(a.req, a.first, a.count, spans,
+                                 p.Payload.DATA if spans else p.Payload.NONE),
+                          diff if spans else None)
+            elif kind is act.DropTwins:
+                self.twins.drop(a.first, a.count)
+            elif kind is act.Punch:
+                if a.keep:
+                    taken[a.first, a.count] = os.pread(memory.memfd, a.count * size,
+                                                       a.first * size)
+                libc.punch_hole(memory.memfd, a.first * size, a.count * size)
+            elif kind is act.Poison:
+                memory.poison(a.waiter.proc, a.waiter.addr, a.waiter.thread_id)
+            elif kind is act.Kill:
+                self._kill_waiter(a.waiter, a.why)
+            else:
+                raise TypeError(f"the node core asked for an unknown action {a!r}")
+
+    def _kill_waiter(self, w: Any, why: str) -> None:
+        pid = w.proc.pid or thread_group_of(w.thread_id)
+        log.error("%s (directory %s): killing pid %s, which waits for it (SIGBUS)", why,
+                  self.directory_endpoint, pid)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGBUS)
+            except ProcessLookupError:
+                pass
