@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class PageDirectory(PageTransactions):
+    """The page-state machine (``dsm.directory.pages``): its transactions, and its inputs."""
+
     # --- inputs ------------------------------------------------------------------------------------
     def acquire(self, node: str, page: int, count: int, write: bool, have_copy: bool) -> list[Send]:
         if self.release.covers(page):  # the home copy, for reading and for writing alike

@@ -30,6 +30,10 @@ _FREE = PageEntry()  # what a page never asked for looks like (never modified)
 
 
 class PageTransactions:
+    """The directory's page state and the engine of its transactions; ``PageDirectory`` adds the
+    inputs. A base class rather than a part of its own: every input reads and changes the same
+    entries and transactions."""
+
     def __init__(self, layout: Layout, tracer: Tracer | None = None,
                  on_loss: OnLoss = OnLoss.POISON, locate: Locator | None = None,
                  clock: Callable[[], float] = time.monotonic, direct: bool = False,
