@@ -1,0 +1,370 @@
+"""The page entries and the transactions on them: how a request becomes a transaction, and how a
+transaction ends (IVY's manager, with no sockets; the package's docstring tells the protocol).
+
+A request on a page that is busy queues behind its transaction; one on a free page starts at
+once (``_start``): granted from here, or a transaction that waits for nodes (a fetch from the
+owner, the invalidation acknowledgements) and covers the following pages in the same situation
+(read-ahead). When the last node it waits for has answered (``_maybe_finish``), the pages are
+granted (``_finish``: through here; ``_finish_direct``: they went node to node), and the
+requests queued behind them start. The answers themselves come in through ``PageDirectory``
+(``inputs``), which builds on this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from dsm.core.shards import STRIPE_PAGES, clip_to_stripe
+from dsm.directory.home import HomeStore
+from dsm.directory.pages.loss import UNKNOWN_NODE, LostPages
+from dsm.directory.pages.state import Kind, Locator, OnLoss, PageEntry, Request, Send, Tracer, Txn
+from dsm.directory.release import ReleaseHomes
+from dsm.layout import Layout
+from dsm.protocol import Fetch, Grant, Invalidate, Message, Payload
+
+log = logging.getLogger(__name__)
+
+_FREE = PageEntry()  # what a page never asked for looks like (never modified)
+
+
+class PageTransactions:
+    """The directory's page state and the engine of its transactions; ``PageDirectory`` adds the
+    inputs. A base class rather than a part of its own: every input reads and changes the same
+    entries and transactions."""
+
+    def __init__(self, layout: Layout, tracer: Tracer | None = None,
+                 on_loss: OnLoss = OnLoss.POISON, locate: Locator | None = None,
+                 clock: Callable[[], float] = time.monotonic, direct: bool = False,
+                 shard: int = 0, shards: int = 1, migratory: bool = True,
+                 stripe: int = STRIPE_PAGES, is_release: Callable[[int], bool] | None = None):
+        if direct and on_loss is OnLoss.LAST_COPY:
+            raise ValueError("--on-loss last-copy falls back to the directory's copy of every "
+                             "page, which only the relay manager keeps: use --manager relay")
+        self.layout = layout
+        self.on_loss = on_loss
+        #: pages travel node to node (central, distributed) rather than through here (relay)
+        self.direct = direct
+        #: node -> its peer endpoint (direct managers send it with every Fetch)
+        self.peers: dict[str, str] = {}
+        #: whether migratory pages are detected (``--no-migratory``: every turn two faults)
+        self.detect_migratory = migratory
+        #: the shards' stripes: no request covers pages past its stripe (``dsm.core.shards``)
+        self.shard, self.shards, self.stripe = shard, shards, stripe
+        self._clock = clock
+        self._entries: dict[int, PageEntry] = {}
+        self.home = HomeStore(layout)
+        #: the pages of release-consistency arrays: no owners, their home here merges diffs
+        self.release = ReleaseHomes(self.home, is_release or (lambda page: False))
+        self._txns: dict[int, Txn] = {}
+        self._next_txn = 1
+        self._dead: set[str] = set()
+        self._trace = tracer or (lambda *a, **k: None)
+        #: describing states costs: only when someone reads the trace
+        self._tracing = bool(getattr(tracer, "enabled", tracer is not None))
+        self.counters = {"grants": 0, "pages_granted": 0, "fetches": 0, "invalidations": 0,
+                         "writebacks": 0, "queued": 0, "pages_lost": 0, "lost_answers": 0,
+                         "fallbacks": 0, "migratory_grants": 0, "migratory_mispredictions": 0}
+        self.losses = LostPages(layout, on_loss, self.home, self.entry, self.counters,
+                                locate or (lambda page: ("", page)),
+                                self._trace if self._tracing else None)
+        #: lost page -> the node whose death lost it (the losses' own dict, read at every request)
+        self.lost = self.losses.pages
+
+    # --- queries (tests, stats) --------------------------------------------------------------------
+    def entry(self, page: int) -> PageEntry:
+        self.layout.check_page(page)
+        e = self._entries.get(page)
+        if e is None:
+            e = self._entries[page] = PageEntry()
+        return e
+
+    def peek(self, page: int) -> PageEntry:
+        """The entry of ``page`` as it is, without creating one (read-only: ``dsm top``)."""
+        return self._entries.get(page, _FREE)
+
+    def _peek(self, page: int) -> PageEntry:
+        return self._entries.get(page, _FREE)
+
+    # --- transactions ------------------------------------------------------------------------------
+    def _submit(self, request: Request) -> list[Send]:
+        self.layout.check_page(request.page)
+        e = self.entry(request.page)
+        if e.busy is not None:
+            e.queue.append(request)
+            self.counters["queued"] += 1
+            return []
+        return self._start(request)
+
+    def _extend(self, req: Request, fits: Callable[[PageEntry], bool]) -> int:
+        """How many pages from req.page the request covers: the first, plus the following pages
+        that are free (not busy, nobody queued) and ``fits``."""
+        n = 1
+        limit = clip_to_stripe(req.page, min(req.count, self.layout.num_pages - req.page),
+                               self.shards, self.stripe)
+        while n < limit:
+            e = self._peek(req.page + n)
+            if e.busy is not None or e.queue or not fits(e) or (req.page + n) in self.lost:
+                break
+            n += 1
+        return n
+
+    def _start(self, req: Request) -> list[Send]:
+        e = self.entry(req.page)
+        node, owner = req.node, e.owner
+        if req.kind is Kind.DISCARD:
+            self.lost.pop(req.page, None)  # discarded: zeros from now on, by the program's will
+            holders = (e.copyset | ({owner} if owner else set())) - {node}
+            if not holders:
+                return self._finish(Txn(0, req, 1, set()))
+            return self._begin(req, 1, holders, Invalidate(0, req.page, 1))
+        if self.lost and req.page in self.lost:
+            return [self.losses.answer(node, req.page, req.count)]
+        if owner == node:  # the requester owns it already: nothing moves
+            return [Send(node, Grant(req.page, 1, True, Payload.NONE))]
+        if (req.kind is Kind.WRITE and req.have_copy and self.detect_migratory
+                and e.last_writer not in (None, node) and e.copyset == {node, e.last_writer}):
+            e.migratory = True  # the last writer's one reader now writes it: it migrates
+        if owner is not None:
+            if req.kind is Kind.READ and e.migratory:  # it will write it next: let it now
+                req = Request(Kind.WRITE, node, req.page, req.count)
+                self.counters["migratory_grants"] += 1
+            n = self._extend(req, lambda q: q.owner == owner and q.migratory == e.migratory)
+            if self.direct:
+                return self._begin_direct(req, n, owner, keep_copy=req.kind is Kind.READ)
+            fetch = Fetch(0, req.page, n, req.kind is Kind.READ)
+            return self._begin(req, n, {owner}, fetch, source=owner)
+        if self.direct and not e.home_current:
+            return self._start_from_copies(req, e)
+        if req.kind is Kind.READ:
+            n = self._extend(req, lambda q: q.owner is None and q.home_current)
+            return self._finish(Txn(0, req, n, set()))
+        others = e.copyset - {node}
+        if req.have_copy and node in e.copyset:
+            # an upgrade: the node has the contents, it needs only the others gone; the run
+            # goes on over the following pages held by the same nodes (one invalidation each)
+            n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset)
+        else:
+            n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset
+                             and node not in q.copyset and q.home_current)
+        if not others:
+            return self._finish(Txn(0, req, n, set()))
+        return self._begin(req, n, others, Invalidate(0, req.page, n))
+
+    def _start_from_copies(self, req: Request, e: PageEntry) -> list[Send]:
+        """Direct managers: a page whose contents live only in read copies."""
+        node = req.node
+        others = e.copyset - {node}
+        if req.kind is Kind.WRITE and req.have_copy and node in e.copyset:
+            # an upgrade: only the others must go (the run over pages held by the same nodes)
+            n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset)
+            if not others:
+                return self._finish(Txn(0, req, n, set()))
+            return self._begin(req, n, others, Invalidate(0, req.page, n))
+        if not others:  # no live copy: the loss rules should have caught it; fail loudly
+            log.error("page %d has neither a current home copy nor a live copy: lost", req.page)
+            self.losses.record(UNKNOWN_NODE, [req.page])
+            return [self.losses.answer(node, req.page, 1)]
+        keeper = min(others)  # any copy is current; the same one for a run of pages
+        if req.kind is Kind.READ:
+            n = self._extend(req, lambda q: q.owner is None and not q.home_current
+                             and keeper in q.copyset and node not in q.copyset)
+            return self._begin_direct(req, n, keeper, keep_copy=True)
+        n = self._extend(req, lambda q: q.owner is None and not q.home_current
+                         and q.copyset == e.copyset)
+        if others == {keeper}:  # the one copy moves to the writer
+            return self._begin_direct(req, n, keeper, keep_copy=False)
+        # several copies, none here: fetch one home first, so that invalidating the others
+        # cannot destroy every copy if the one chosen dies meanwhile; then start over
+        txn = self._new_txn(req, n, {keeper}, keeper)
+        txn.keep_copy, txn.restart = True, True
+        self.counters["fetches"] += 1
+        return [Send(keeper, Fetch(txn.id, req.page, n, True))]
+
+    def _begin_direct(self, req: Request, n: int, source: str, keep_copy: bool) -> list[Send]:
+        """The source sends the pages straight to the requester; both answer. A requester
+        without a peer endpoint (behind NAT) gets them through here: fetched home, then
+        granted from the home copy."""
+        if req.node not in self.peers:
+            txn = self._new_txn(req, n, {source}, source)
+            txn.keep_copy, txn.restart = keep_copy, True
+            self.counters["fetches"] += 1
+            return [Send(source, Fetch(txn.id, req.page, n, keep_copy))]
+        txn = self._new_txn(req, n, {source, req.node}, source)
+        txn.direct, txn.keep_copy = True, keep_copy
+        self.counters["fetches"] += 1
+        if self._tracing:
+            self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
+                        count=n, source=source)
+        return [Send(source, Fetch(txn.id, req.page, n, keep_copy, req.node,
+                                   self.peers[req.node]))]
+
+    def _new_txn(self, req: Request, n: int, waiting: set[str], source: str | None) -> Txn:
+        txn = Txn(self._next_txn, req, n, set(waiting), source, started_s=self._clock())
+        self._next_txn += 1
+        self._txns[txn.id] = txn
+        for q in range(req.page, req.page + n):
+            self.entry(q).busy = txn
+        return txn
+
+    def _begin(self, req: Request, n: int, nodes: set[str], template: Message,
+               source: str | None = None) -> list[Send]:
+        txn = self._new_txn(req, n, nodes, source)
+        msg = type(template)(**{**template.__dict__, "txn": txn.id})
+        kind = "fetches" if isinstance(msg, Fetch) else "invalidations"
+        self.counters[kind] += len(nodes)
+        if self._tracing:
+            self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
+                        count=n)
+        return [Send(target, msg) for target in sorted(nodes)]
+
+
+    def _maybe_finish(self, txn: Txn) -> list[Send]:
+        if txn.waiting:
+            return []
+        del self._txns[txn.id]
+        first = txn.request.page
+        for q in range(first, first + txn.count):
+            self._entries[q].busy = None
+        if txn.restart:  # the pages did not move as planned: ask again from where they are
+            out = [] if txn.request.node in self._dead else self._start(txn.request)
+        elif txn.direct:
+            out = self._finish_direct(txn)
+        else:
+            out = self._finish(txn)
+        for q in range(first, first + txn.count):
+            out += self._drain_queue(q)
+        return out
+
+    def _drain_queue(self, page: int) -> list[Send]:
+        e = self._entries[page]
+        out: list[Send] = []
+        while e.queue and e.busy is None:
+            out += self._start(e.queue.popleft())
+        return out
+
+    def _finish_direct(self, txn: Txn) -> list[Send]:
+        """A node-to-node transaction is over: the pages are at the requester (if it lives)."""
+        req, n, source = txn.request, txn.count, txn.source
+        first, node = req.page, req.node
+        write = req.kind is Kind.WRITE
+        old = self._peek(first).describe() if self._tracing else ""
+        gave_back = txn.requester_gave_back
+        gone = node in self._dead or txn.refused  # the pages are not at the requester
+        for q in range(first, first + n):
+            e = self._entries[q]
+            if e.owner == source:
+                e.owner = None
+            if write:
+                e.copyset.clear()
+                if q not in gave_back:  # else its writeback made the home copy current
+                    e.home_current = False
+            elif source not in self._dead and q not in txn.source_dropped:
+                e.copyset.add(source)  # the old owner keeps a read copy
+            if gone or q in gave_back:
+                continue
+            if write:
+                e.owner = e.last_writer = node
+            else:
+                e.copyset.add(node)
+        if gone:  # what it was sent died with it (or was refused), unless a copy is left
+            self._lose_orphans(first, n, node)
+            if self._tracing:
+                self._trace(first, req.kind.name, node, old, "requester gone", count=n)
+            return []
+        if write and self.on_loss is OnLoss.POISON:
+            self.home.clear_pages([q for q in range(first, first + n) if q not in gave_back])
+        self.counters["grants"] += 1
+        self.counters["pages_granted"] += n
+        if self._tracing:
+            self._trace(first, req.kind.name, node, old, self._peek(first).describe(), count=n,
+                        source=source)
+        return []
+
+    def _finish(self, txn: Txn) -> list[Send]:
+        req, n = txn.request, txn.count
+        first, node = req.page, req.node
+        old = ("busy" if txn.id else self._peek(first).describe()) if self._tracing else ""
+        held: frozenset = frozenset()
+        if txn.fetched is not None:  # the owner's contents become the home copy
+            payload, data, not_held = txn.fetched
+            self.home.put(first, n, payload, data, skip=not_held)
+            for q in range(first, first + n):
+                self._entries[q].home_current = True
+            held = frozenset(range(first, first + n)) - not_held if payload != Payload.NONE else held
+        entries = [self.entry(q) for q in range(first, first + n)]
+        if req.kind is Kind.DISCARD:
+            for e in entries:
+                e.owner = None
+                e.copyset.clear()
+                e.home_current = True  # zeros
+            self.home.clear(first, n)
+            if self._tracing:
+                self._trace(first, "DISCARD", node, old, entries[0].describe())
+            return []
+        if self.lost:  # the owner fetched from died meanwhile: its pages are lost
+            lost_at = next((i for i in range(n) if first + i in self.lost), None)
+            if lost_at == 0:
+                for q in range(first, first + n):
+                    if txn.source is not None and self._entries[q].owner == txn.source:
+                        self._entries[q].owner = None
+                return [] if node in self._dead else [self.losses.answer(node, first, n)]
+            if lost_at is not None:
+                n = lost_at  # grant the pages before the first lost one; the rest is refused
+                entries = entries[:n]
+        write = req.kind is Kind.WRITE
+        already_current = write and req.have_copy and all(node in e.copyset for e in entries)
+        for q, e in zip(range(first, first + n), entries):
+            if txn.source is not None:
+                e.owner = None
+                if not write and q in held:
+                    e.copyset.add(txn.source)  # the old owner keeps a read copy
+            if node in self._dead:
+                if write:  # the copies were invalidated for it all the same: none is left
+                    e.copyset.clear()
+                continue
+            if write:
+                e.owner = e.last_writer = node
+                e.copyset.clear()
+                e.home_current = False
+            else:
+                e.copyset.add(node)
+        if node in self._dead:
+            if self.direct:  # an upgrade's only copy may have been its own
+                self._lose_orphans(first, n, node)
+            if self._tracing:
+                self._trace(first, req.kind.name, node, old, "requester gone", count=n)
+            return []
+        self.counters["grants"] += 1
+        self.counters["pages_granted"] += n
+        if already_current:
+            grant = Send(node, Grant(first, n, True, Payload.NONE))
+        elif (txn.fetched is not None and txn.fetched[0] == Payload.DATA and not txn.fetched[2]
+              and n == txn.count):
+            # the owner's buffer is the grant as it is: no copy
+            grant = Send(node, Grant(first, n, write, Payload.DATA), txn.fetched[1])
+        else:
+            payload, data = self.home.get(first, n)
+            grant = Send(node, Grant(first, n, write, payload), data)
+        if write and self.on_loss is OnLoss.POISON:
+            # the node's copy is the only current one: the home copy is stale from here on
+            # (under LAST_COPY it is kept, as the copy to fall back to)
+            self.home.clear(first, n)
+        if self._tracing:
+            self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)
+        return [grant]
+
+    def _lose_orphans(self, first: int, count: int, dead: str | None) -> None:
+        """Pages of a transaction that no live node holds any more, and whose home copy is not
+        current: their contents died (with ``dead``)."""
+        orphans = []
+        for q in range(first, first + count):
+            e = self._entries[q]
+            if e.owner is not None and e.owner in self._dead:
+                e.owner = None
+            if e.owner is None and not e.home_current and not e.copyset and q not in self.lost:
+                orphans.append(q)
+        if orphans:
+            self.losses.record(dead or UNKNOWN_NODE, orphans)
+
