@@ -26,6 +26,12 @@ def test_a_run_that_repeats_is_asked_for_whole_from_its_first_page():
     assert ra.on_fault("s", 100) == 1
 
 
+def test_a_stream_that_must_not_guess_starts_at_one_page_whatever_it_remembers():
+    ra = ReadAhead(256)
+    assert [ra.on_fault("s", p) for p in (100, 101, 500)] == [1, 1, 1]
+    assert ra.on_fault("s", 100, recall=False) == 1  # release twins: only what is written
+
+
 def test_a_rescan_starts_at_the_window_its_last_scan_reached():
     ra = ReadAhead(64)
     page = 0

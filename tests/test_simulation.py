@@ -140,7 +140,7 @@ def test_every_invariant_holds_under_the_distributed_manager(name, kwargs, seeds
 
 
 # --- release consistency: data-race-free programs on release pages, checked for DRF-SC ----------
-#: (name, World keyword arguments, seeds), under one directory and under 3 shards: 400 seeds
+#: (name, World keyword arguments, seeds), under one directory and under 3 shards: 460 seeds
 RELEASE = [
     ("3 nodes, every page release", dict(nodes=3, pages=6, release_pages=6), range(0, 60)),
     ("5 nodes, 2 threads, release and sequential pages",
@@ -153,6 +153,10 @@ RELEASE = [
     # the barrier breaks (the programs end there)
     ("4 nodes, 2 threads, a death", dict(nodes=4, pages=6, release_pages=6, threads_per_node=2,
                                          deaths=1), range(0, 30)),
+    # deaths and give-backs: a private page's holder writes it back while a fetch of it is out,
+    # then dies (seed 154: its waiting reader must get the written-back copy, not a loss)
+    ("4 nodes, 2 of them die, pages given back",
+     dict(nodes=4, release_pages=2, deaths=2, give_backs=True), range(140, 170)),
 ]
 #: the managers the release pages run under: one directory, or 3 shards (the release waits
 #: for the other shards' DiffApplied)

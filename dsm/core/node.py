@@ -180,8 +180,10 @@ class NodeCore:
 
     def _clean_run(self, proc: Any, page: int) -> int:
         """How many pages from ``page`` to twin at once: as many CLEAN ones as the process's
-        write stream's window (one for a random writer; a sequential one's window grows)."""
-        window = self.readahead.on_fault((proc, True), page)
+        write stream's window (one for a random writer; a sequential one's window grows). Not
+        from a remembered run: a twinned page counts as changed until its release, and is lost
+        if this node dies first, so only pages a sequential writer is going through are."""
+        window = self.readahead.on_fault((proc, True), page, recall=False)
         end = self.extents.end_of(page) or self.num_pages
         limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards,
                                self.stripe)

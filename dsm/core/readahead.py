@@ -50,8 +50,9 @@ class ReadAhead:
         #: per stream key, ended runs: first page -> pages (insertion order: oldest first)
         self._runs: dict[Hashable, dict[int, int]] = {}
 
-    def on_fault(self, key: Hashable, page: int) -> int:
-        """A fault at ``page``: how many pages to ask for from it."""
+    def on_fault(self, key: Hashable, page: int, recall: bool = True) -> int:
+        """A fault at ``page``: how many pages to ask for from it (``recall``: a new stream may
+        start at the extent of a remembered run)."""
         s = self._streams.get(key)
         if s is not None and s.last_fault < page <= s.next_page:
             s.hits += 1
@@ -62,7 +63,7 @@ class ReadAhead:
         else:
             if s is not None:
                 self._remember(key, s)
-            window = min(self._runs.get(key, {}).get(page, 1), self.max_window)
+            window = min(self._runs.get(key, {}).get(page, 1), self.max_window) if recall else 1
             s = self._streams[key] = Stream(page, page, window, page)
         s.last_fault = page
         s.next_page = page + s.window

@@ -125,16 +125,19 @@ class ReleaseHomes:
         for q in range(page, page + count):
             if self.fetching.get(q) != node:
                 continue  # not asked of it (a stray answer): nothing waits on it
-            del self.fetching[q]
-            waiting = self.waiting.pop(q, [])
-            if len(waiting) == 1 and waiting[0][1] and q not in self.shared:
-                taker = waiting[0][0]  # one writer: the page is its private page now
-                self.first[q] = self.private[q] = taker
-                grants.append((taker, True, q))
-                continue
-            self.shared.add(q)
-            grants += [(w, False, q) for w, _ in waiting]
+            grants += self._fetch_ended(q)
         return self._grant_runs(grants)
+
+    def _fetch_ended(self, q: int) -> list[tuple[str, bool, int]]:
+        """Page ``q``'s home copy is current again: the grants of those who waited for it."""
+        del self.fetching[q]
+        waiting = self.waiting.pop(q, [])
+        if len(waiting) == 1 and waiting[0][1] and q not in self.shared:
+            taker = waiting[0][0]  # one writer: the page is its private page now
+            self.first[q] = self.private[q] = taker
+            return [(taker, True, q)]
+        self.shared.add(q)
+        return [(w, False, q) for w, _ in waiting]
 
     def _grant_runs(self, grants: list[tuple[str, bool, int]]) -> list[tuple[str, Any, Any]]:
         """One Grant per run of consecutive pages going to one node the same way."""
@@ -151,15 +154,23 @@ class ReleaseHomes:
         self.counters["release_reads"] += 1
         return Grant(page, 1, False, payload, release=True), data
 
-    def written_back(self, node: str, page: int, count: int, payload: int, data: Any) -> None:
-        """A private holder gives its pages back (unmap, leave): the home copy is current."""
+    def written_back(self, node: str, page: int, count: int, payload: int,
+                     data: Any) -> list[tuple[str, Any, Any]]:
+        """A private holder gives its pages back (unmap, leave): the home copy is current. A
+        Fetch that crossed the Writeback can only be answered NONE, after it: whoever waits
+        for the page is served now, from the home copy (so that the holder's death before
+        its answer loses nothing)."""
+        grants: list[tuple[str, bool, int]] = []
         for q in range(page, page + count):
             if self.private.get(q) == node or self.fetching.get(q) == node:
-                self.private.pop(q, None)  # (a Fetch crossing it is answered NONE, after it)
+                self.private.pop(q, None)
                 self.home.put(q, 1, payload,
                               None if data is None else
                               memoryview(data)[(q - page) * self.home.page_size:
                                                (q - page + 1) * self.home.page_size])
+                if self.fetching.get(q) == node:
+                    grants += self._fetch_ended(q)
+        return self._grant_runs(grants)
 
     def dirtied(self, node: str, pages: list[int]) -> None:
         for q in pages:

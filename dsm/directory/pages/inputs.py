@@ -162,8 +162,8 @@ class PageDirectory(PageTransactions):
         the owner's answer to that transaction's fetch will list them as not held."""
         self.layout.check_page(page + count - 1)
         if self.release.covers(page):  # a private release page's holder
-            self.release.written_back(node, page, count, payload, data)
-            return []
+            return [Send(*s) for s in self.release.written_back(node, page, count, payload,
+                                                                 data)]
         view = memoryview(data) if data is not None else None
         size = self.layout.page_size
         for i in range(count):
