@@ -55,6 +55,8 @@ from dsm.bench.common import TRAFFIC_DIRECTIONS, BenchError, Progress, environme
 from dsm.bench.procs import Processes, Worker, children_of, cpu_ns, run_with_processes
 from dsm.keys import add_keys_argument, keys_dir_from
 
+#: the measured pages are this far apart (no two of them neighbours)
+SET_STRIDE_PAGES = 2
 #: targets, as a ratio of the fault's median to the round trip's median (issue 6's table)
 TARGETS: dict[str, float] = {"home_read": 1.2, "owned_read": 1.8, "write_upgrade": 2.0,
                              "write_miss": 2.0}
@@ -212,14 +214,17 @@ class FaultBench:
                                                     expect_counters=dict(c))
         self.warnings: list[str] = []
         rng = random.Random(seed)
-        # one set of pages per measurement, each visited in random order; warm-up pages last
+        # one set of pages per measurement, each visited in random order, every other page (two
+        # neighbours faulted one after the other would be a run the read-ahead remembers, and
+        # asks for whole the next time: two pages for one fault); warm-up pages last
         self.sets: dict[str, list[int]] = {}
+        span = SET_STRIDE_PAGES * pages
         for i, name in enumerate(VALUE):
-            pages_of_set = list(range(i * pages, (i + 1) * pages))
+            pages_of_set = list(range(i * span, (i + 1) * span, SET_STRIDE_PAGES))
             rng.shuffle(pages_of_set)
             self.sets[name] = pages_of_set
-        self.warm = list(range(len(VALUE) * pages, len(VALUE) * pages + WARMUP_PAGES))
-        self.total_pages = len(VALUE) * pages + WARMUP_PAGES
+        self.warm = list(range(len(VALUE) * span, len(VALUE) * span + WARMUP_PAGES))
+        self.total_pages = len(VALUE) * span + WARMUP_PAGES
         # each floor's faulter maps pages of its own: its share of them in random order too
         # (drawn after the sets: the sets' order does not depend on the floors), then its warm-up
         self.floor_sets: dict[str, list[int]] = {}
