@@ -211,9 +211,13 @@ class NodeCore:
         return [Send(p.Acquire(page, count, True, True))]
 
     def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
-        """Keep a sequential stream's requests ahead of its faults."""
+        """Keep a sequential reader's requests ahead of its faults. Never a writer's: pages
+        asked for ahead are pages nobody here has touched yet, and taking them for writing
+        takes them from the nodes that do write them (a band's writer would reach into its
+        neighbour's band, whose release pages would then stay shared, twinned at every
+        barrier; sequential ones would move twice)."""
         out: list[Action] = []
-        if stream is None:
+        if stream is None or stream[1]:
             return out
         while (ahead := self.readahead.next_ahead(stream)) is not None:
             page, window = ahead
