@@ -70,3 +70,40 @@ def test_pages_given_back_are_punched_before_they_are_sent(direct, state):
     # contents kept for the send whenever they travel with it
     assert punch.keep == (state is PageState.EXCLUSIVE or direct)
     assert not core.state
+
+
+# --- read-ahead: readers are served ahead of their faults, writers never ------------------------
+
+def _scan(write: bool) -> tuple[list[int], list[int]]:
+    """A process faulting pages 0, 1, 2, ... in turn, every request granted at once: (the pages
+    it faulted, the first page of every Acquire)."""
+    from dsm.uffd.events import Access, FaultKind
+
+    pages = 4096
+    core = NodeCore("n", pages, PAGE_SIZE, ReadAhead(256), holds=lambda page: page in core.state)
+    faulted, asked = [], []
+    page = 0
+    while page < 2048:
+        faulted.append(page)
+        rw = Access.WRITE if write else Access.READ
+        out = core.fault("proc", page * PAGE_SIZE, page, rw, FaultKind.MISSING, 1, 0.0)
+        for action in out:
+            if isinstance(action, act.Send) and isinstance(action.message, p.Acquire):
+                acq = action.message
+                asked.append(acq.page)
+                core.grant(p.Grant(acq.page, acq.count, write, p.Payload.ZERO), None, 0.0)
+        page = next(q for q in range(page + 1, pages) if q not in core.state)
+    return faulted, asked
+
+
+def test_a_sequential_reader_is_asked_for_ahead_of_its_faults():
+    faulted, asked = _scan(write=False)
+    assert any(q not in faulted for q in asked)  # requests for pages it has not reached
+
+
+def test_a_sequential_writer_is_never_asked_for_pages_it_has_not_faulted():
+    # pages ahead of a writer are nobody's here yet: taken for writing, they would be taken
+    # from the nodes that write them (a neighbour's band)
+    faulted, asked = _scan(write=True)
+    assert set(asked) <= set(faulted)
+    assert len(faulted) < 2048 // 8  # the window still grows: few faults for the whole run
