@@ -326,9 +326,15 @@ class Workloads:
             self._give_back_unmapped(ranges)
 
     def close(self) -> None:
-        """Stop serving every process, handing nothing back."""
+        """Stop serving every process, handing nothing back (and stop watching for the exits
+        of those that used locks or barriers: the directory learns of them with this node's
+        end)."""
         for proc in list(self.procs.values()):
             self.forget(proc, give_back=False)
+        for pidfd in list(self._departure_pidfds):
+            del self._departure_pidfds[pidfd]
+            self.poller.unregister(pidfd)
+            os.close(pidfd)
 
     def watch_departures(self, pid: int) -> None:
         """``pid`` uses locks or barriers: tell the directory when it exits."""

@@ -81,10 +81,8 @@ class PageTransactions:
         return e
 
     def peek(self, page: int) -> PageEntry:
-        """The entry of ``page`` as it is, without creating one (read-only: ``dsm top``)."""
-        return self._entries.get(page, _FREE)
-
-    def _peek(self, page: int) -> PageEntry:
+        """The entry of ``page`` as it is, without creating one (read-only: ``dsm top``, and
+        the runs a request may extend over)."""
         return self._entries.get(page, _FREE)
 
     # --- transactions ------------------------------------------------------------------------------
@@ -104,7 +102,7 @@ class PageTransactions:
         limit = clip_to_stripe(req.page, min(req.count, self.layout.num_pages - req.page),
                                self.shards, self.stripe)
         while n < limit:
-            e = self._peek(req.page + n)
+            e = self.peek(req.page + n)
             if e.busy is not None or e.queue or not fits(e) or (req.page + n) in self.lost:
                 break
             n += 1
@@ -195,7 +193,7 @@ class PageTransactions:
         txn.direct, txn.keep_copy = True, keep_copy
         self.counters["fetches"] += 1
         if self._tracing:
-            self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
+            self._trace(req.page, req.kind.name, req.node, self.peek(req.page).describe(), "busy",
                         count=n, source=source)
         return [Send(source, Fetch(txn.id, req.page, n, keep_copy, req.node,
                                    self.peers[req.node]))]
@@ -215,7 +213,7 @@ class PageTransactions:
         kind = "fetches" if isinstance(msg, Fetch) else "invalidations"
         self.counters[kind] += len(nodes)
         if self._tracing:
-            self._trace(req.page, req.kind.name, req.node, self._peek(req.page).describe(), "busy",
+            self._trace(req.page, req.kind.name, req.node, self.peek(req.page).describe(), "busy",
                         count=n)
         return [Send(target, msg) for target in sorted(nodes)]
 
@@ -249,7 +247,7 @@ class PageTransactions:
         req, n, source = txn.request, txn.count, txn.source
         first, node = req.page, req.node
         write = req.kind is Kind.WRITE
-        old = self._peek(first).describe() if self._tracing else ""
+        old = self.peek(first).describe() if self._tracing else ""
         gave_back = txn.requester_gave_back
         gone = node in self._dead or txn.refused  # the pages are not at the requester
         for q in range(first, first + n):
@@ -278,14 +276,14 @@ class PageTransactions:
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
         if self._tracing:
-            self._trace(first, req.kind.name, node, old, self._peek(first).describe(), count=n,
+            self._trace(first, req.kind.name, node, old, self.peek(first).describe(), count=n,
                         source=source)
         return []
 
     def _finish(self, txn: Txn) -> list[Send]:
         req, n = txn.request, txn.count
         first, node = req.page, req.node
-        old = ("busy" if txn.id else self._peek(first).describe()) if self._tracing else ""
+        old = ("busy" if txn.id else self.peek(first).describe()) if self._tracing else ""
         held: frozenset = frozenset()
         if txn.fetched is not None:  # the owner's contents become the home copy
             payload, data, not_held = txn.fetched
