@@ -26,7 +26,7 @@ from dsm.core.stats import NodeStats
 from dsm.core.actions import (
     Action, Install, Kill, Poison, Protect, Punch, Send, Unprotect, Upgrade, Wake,
 )
-from dsm.core.states import PageState, runs
+from dsm.core.states import OWNED, PageState, runs
 from dsm.uffd.events import Access, FaultKind
 
 log = logging.getLogger(__name__)
@@ -504,8 +504,6 @@ class NodeCore:
 #: owned pages first: what only this node holds goes home soonest
 GIVE_BACK_ORDER = (PageState.EXCLUSIVE, PageState.PRIVATE, PageState.SHARED, PageState.DIRTY,
                    PageState.CLEAN)
-#: the states of pages whose only current copy is this node's (written back with contents)
-OWNED = (PageState.EXCLUSIVE, PageState.PRIVATE)
 
 
 def _name(state: PageState | None) -> str:

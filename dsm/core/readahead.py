@@ -71,7 +71,7 @@ class ReadAhead:
 
     def _remember(self, key: Hashable, s: Stream) -> None:
         """The extent of a run that ended: what it faulted, or what it asked for at once."""
-        extent = max(s.last_fault + 1, s.first + (s.window if s.hits == 1 else 1)) - s.first
+        extent = s.window if s.hits == 1 else s.last_fault + 1 - s.first
         if extent < 2:
             return
         runs = self._runs.setdefault(key, {})

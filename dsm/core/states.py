@@ -23,6 +23,11 @@ class PageState(enum.Enum):
         return self is PageState.SHARED or self is PageState.CLEAN
 
 
+#: the states of pages whose only current copy is this node's (written back with contents;
+#: lost if the node dies)
+OWNED = (PageState.EXCLUSIVE, PageState.PRIVATE)
+
+
 def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
     """Sorted pages as (first, count) runs of consecutive pages, at most ``max_len`` long."""
     out: list[tuple[int, int]] = []

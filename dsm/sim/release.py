@@ -31,15 +31,14 @@ from dsm.core.states import PageState
 from dsm.directory.notices import WriteNotices
 from dsm.directory.service import ACQUIRES
 from dsm.directory.sync import SyncStatus, SyncTable
-
-#: the states of a release page held by a node
-HELD_RELEASE = (*RELEASE, PageState.PRIVATE)
 from dsm.sim import programs
 from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure, slot_value
 
 if TYPE_CHECKING:
     from dsm.sim.world import SimNode, Thread
 
+#: the states of a release page held by a node
+HELD_RELEASE = (*RELEASE, PageState.PRIVATE)
 #: the name of the barrier every thread waits at between phases
 BARRIER = "phase"
 #: the process id of every simulated thread's holder name ("node:pid:thread")

@@ -33,7 +33,7 @@ from dsm.core.readahead import ReadAhead
 from dsm.core import actions as a
 from dsm.core.node import NodeCore
 from dsm.core.shards import shard_of
-from dsm.core.states import PageState
+from dsm.core.states import OWNED
 from dsm.directory.pages import OnLoss, PageDirectory
 from dsm.layout import Layout
 from dsm.managers import Manager
@@ -441,7 +441,7 @@ class World(rc.ReleaseSimulation):
             last_copy = (self.directory.direct
                          and not self.directories[self._shard_of(page)].peek(page).home_current
                          and not any(page in n.core.state for n in others))
-            if st in (PageState.EXCLUSIVE, PageState.PRIVATE) or last_copy:
+            if st in OWNED or last_copy:
                 self.lost_locations.update(range(page * SLOTS_PER_PAGE,
                                                  (page + 1) * SLOTS_PER_PAGE))
         self.unnoticed_dead.append(node.name)
@@ -537,7 +537,7 @@ class World(rc.ReleaseSimulation):
             if self.is_release(page):
                 continue  # copies may be stale until an acquire: the reads check them (DRF-SC)
             states = [(n.name, n.core.state.get(page)) for n in live]
-            owners = [name for name, st in states if st in (PageState.EXCLUSIVE, PageState.PRIVATE)]
+            owners = [name for name, st in states if st in OWNED]
             holders = [name for name, st in states if st is not None]
             if owners and len(holders) > 1:
                 raise SimulationFailure(f"page {page}: owned by {owners} while held by {holders}")
