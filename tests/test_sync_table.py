@@ -2,6 +2,7 @@
 
 import pytest
 
+from dsm.directory import sync
 from dsm.directory.sync import SyncError, SyncStatus, SyncTable
 
 S = SyncStatus
@@ -65,6 +66,32 @@ def test_a_departed_member_breaks_the_barrier_now_and_later():
     assert [(r.node, r.status) for r in out] == [("a", S.BROKEN)]
     assert "c:1:1" in out[0].detail
     assert t.wait("b", 2, "B", 3, "b:1:1")[0].status is S.BROKEN
+
+
+def test_a_party_that_departs_before_the_others_join_breaks_the_barrier_for_them():
+    # the others had not joined yet when it died: they must not wait for it forever
+    t = SyncTable()
+    t.join("c", 9, "B", 3, "c:1:1")
+    assert t.depart("c:1") == []
+    t.join("a", 1, "B", 3, "a:1:1")
+    out = t.wait("a", 2, "B", 3, "a:1:1")
+    assert [(r.status, r.detail) for r in out] == [
+        (S.BROKEN, "barrier 'B' is broken: party c:1:1 departed")]
+    t.depart("a:1")  # the last party of the broken round is gone: the name starts afresh
+    assert t.barriers == {}
+    t.join("a", 3, "B", 1, "a:2:1")
+    assert t.wait("a", 4, "B", 1, "a:2:1")[0].status is S.PASSED
+
+
+def test_broken_barriers_waiting_for_a_joiner_are_kept_up_to_a_bound(monkeypatch):
+    monkeypatch.setattr(sync, "ORPHANED_BROKEN_KEPT", 2)
+    t = SyncTable()
+    for name in ("B1", "B2", "B3"):
+        t.join("c", 1, name, 2, "c:1:1")
+    t.depart("c")
+    assert sorted(t.barriers) == ["B2", "B3"]  # the oldest forgotten
+    assert t.wait("a", 2, "B3", 2, "a:1:1")[0].status is S.BROKEN
+    assert t.wait("a", 3, "B1", 2, "a:1:1") == []  # forgotten: a new round
 
 
 def test_barrier_parties_mismatch_names_both():

@@ -12,7 +12,11 @@ everyone waiting and for every later ``wait``, instead of leaving them waiting f
 
 Nothing unused is kept: a lock nobody holds or waits for, and a barrier with no members left,
 are forgotten (a later use of the name starts afresh), so that a long-running directory does
-not grow with every name ever used.
+not grow with every name ever used. One exception: a barrier whose only members were the ones
+that just departed stays broken, because its other parties may simply not have joined yet (a
+process that joins after its peer died must not wait forever for it). It is forgotten once the
+parties that joined it since have departed too, or when more than ``ORPHANED_BROKEN_KEPT`` such
+barriers wait for a joiner (the oldest first).
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ def node_of(holder: str) -> str:
 def departed(holder: str, prefix: str) -> bool:
     return holder == prefix or holder.startswith(prefix + ":")
 
+
+#: broken barriers left with no members that are kept broken for parties yet to join them
+ORPHANED_BROKEN_KEPT = 1024
 
 #: upper bounds of the wait histograms, in seconds: 1 ms doubling to about a minute
 WAIT_BUCKETS_S = tuple(0.001 * 2**i for i in range(17))
@@ -101,6 +108,8 @@ class SyncTable:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.locks: dict[str, LockState] = {}
         self.barriers: dict[str, BarrierState] = {}
+        #: broken barriers with no members, kept for their late parties, oldest first
+        self._orphaned_broken: dict[str, None] = {}
         self._clock = clock
         #: how long lock acquisitions and barrier waits took
         self.waits = {"lock": WaitHistogram(), "barrier": WaitHistogram()}
@@ -179,6 +188,7 @@ class SyncTable:
             raise SyncError(
                 f"barrier {name!r} exists with {barrier.parties} parties; asked for {parties}"
             )
+        self._orphaned_broken.pop(name, None)  # it has a member again (the caller adds it)
         return barrier
 
     def join(self, node: str, req: int, name: str, parties: int, holder: str) -> list[Reply]:
@@ -210,17 +220,27 @@ class SyncTable:
             lock.queue = deque(w for w in lock.queue if not departed(w.holder, prefix))
             if lock.holder is not None and departed(lock.holder, prefix):
                 out += self._pass_on(lock, broken=True)
+        just_broken: list[str] = []
         for name, barrier in self.barriers.items():
             gone = {m for m in barrier.members if departed(m, prefix)}
             if not gone:
                 continue
             barrier.members -= gone
-            barrier.broken_by = f"barrier {name!r} is broken: party {sorted(gone)[0]} departed"
+            if barrier.broken_by is None:
+                barrier.broken_by = f"barrier {name!r} is broken: party {sorted(gone)[0]} departed"
+                just_broken.append(name)
             waiting = [w for w in barrier.arrived if not departed(w.holder, prefix)]
             barrier.arrived = []
             out += [Reply(w.node, w.req, SyncStatus.BROKEN, barrier.broken_by) for w in waiting]
         for name in [n for n, lock in self.locks.items() if lock.holder is None and not lock.queue]:
             del self.locks[name]
-        for name in [n for n, b in self.barriers.items() if not b.members]:
+        for name in just_broken:
+            if not self.barriers[name].members:
+                self._orphaned_broken[name] = None
+        for name in [n for n, b in self.barriers.items()
+                     if not b.members and n not in self._orphaned_broken]:
             del self.barriers[name]
+        while len(self._orphaned_broken) > ORPHANED_BROKEN_KEPT:
+            oldest = next(iter(self._orphaned_broken))
+            del self._orphaned_broken[oldest], self.barriers[oldest]
         return out
