@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dsm.bench.fault import FAULT_ROWS, FLOOR_KEYS, FLOOR_OF, ROWS
@@ -403,6 +404,15 @@ def test_bench_jacobi_times_each_iteration_beside_numpy(tmp_path, run_dsm_bench)
     assert len(result["samples"]["iteration_s"]) == 3
     assert len(result["samples"]["numpy_iteration_s"]) == 3
     assert [len(t) for t in result["samples"]["per_node_iteration_s"]] == [3, 3]
+    # the issue's figure, and how much of an iteration was the nodes' own relaxation
+    overhead_row, relax_row = summary_lines(proc.stdout, ["  DSM overhead: iteration - numpy / 2",
+                                                          "  of the iteration: the band"])
+    assert "<=3.2" in overhead_row, overhead_row
+    relax, iterations = result["samples"]["slowest_relax_s"], result["samples"]["iteration_s"]
+    assert len(relax) == 3 and all(0 < r <= t for r, t in zip(relax, iterations))
+    numpy_share = np.median(result["samples"]["numpy_iteration_s"]) / 2
+    assert result["overhead_ms_median"] == pytest.approx(
+        (np.median(iterations) - numpy_share) * 1000)
 
 
 def test_bench_suite_runs_everything_into_one_table_json_and_png(tmp_path, run_dsm_bench):

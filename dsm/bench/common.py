@@ -115,8 +115,9 @@ def summary_row(bench: str, key: str, label: str, unit: str, samples: Sequence[f
     if is_baseline:
         verdict = BASELINE
     if at_most is not None:
-        target = f"<={at_most:g}x"
-        verdict = OK if ratio is not None and ratio <= at_most else MISSED
+        target = f"<={at_most:g}x" if ratio is not None or baseline else f"<={at_most:g}"
+        value = ratio if ratio is not None else st["median"]
+        verdict = OK if value == value and value <= at_most else MISSED
     elif at_least is not None:
         target = f">={at_least:g}x" if ratio is not None or baseline else f">={at_least:,.0f}"
         value = ratio if ratio is not None else st["median"]
