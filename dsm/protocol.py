@@ -330,15 +330,28 @@ class Withdrawn(Message):
     source: str
 
 
+class DiffEncoding(enum.IntEnum):
+    """How a Diff says which bytes changed: whichever is shorter for that diff."""
+
+    #: (start, length) byte ranges counted from the run's first byte, ascending and apart,
+    #: packed as little-endian uint32 pairs (``SPAN_DTYPE``): few, long changes
+    SPANS = 0
+    #: one bit per byte of the run, set where it changed (``np.packbits`` order, the first byte
+    #: in the top bit): many short changes, such as integers whose top bytes stay zero, where
+    #: spans would cost 8 bytes for every 3 changed
+    MASK = 1
+
+
+DiffEncodingKind = Annotated[int, OneOf(DiffEncoding)]
+
+
 @dataclass(frozen=True)
 class Diff(Message):
     """A node's changes to ``count`` release-consistency pages from ``page`` since their twins,
-    sent to the pages' manager (their home) at a release: ``spans`` holds (start, length) byte
-    ranges counted from the run's first byte, ascending and apart, packed as little-endian
-    uint32 pairs (``SPAN_DTYPE``: a diff of float data has hundreds of spans a page, which a
-    msgpack list would check one number at a time); the page frame is their bytes, one after
-    another (no frame, payload NONE, when nothing changed). Answered by DiffApplied under the
-    same ``req``."""
+    sent to the pages' manager (their home) at a release: ``changes`` says which bytes of the
+    run changed, as ``encoding`` (``DiffEncoding``) tells; the page frame is those bytes, one
+    after another (no frame, payload NONE, when nothing changed). Answered by DiffApplied under
+    the same ``req``."""
 
     TYPE = MsgType.DIFF
     DIRECTION = Direction.TO_DIRECTORY
@@ -346,31 +359,52 @@ class Diff(Message):
     req: U64
     page: PageNo
     count: PageCount
-    spans: bytes
+    encoding: DiffEncodingKind
+    changes: bytes
     payload: PayloadKind
 
-    def span_array(self) -> np.ndarray:
-        """The spans as an (n, 2) array of (start, length)."""
-        return np.frombuffer(self.spans, dtype=SPAN_DTYPE).reshape(-1, 2)
+    def changed(self, page_size: int) -> np.ndarray:
+        """Which bytes of the run changed: a bool array of ``count * page_size`` (``changes``
+        as ``frame_bytes`` checked it)."""
+        size = self.count * page_size
+        if self.encoding == DiffEncoding.MASK:
+            return np.unpackbits(np.frombuffer(self.changes, dtype=np.uint8)).view(bool)
+        starts, lengths = self._spans()
+        # +1 where a span starts, -1 where it ends: the running sum is 1 inside spans
+        edges = np.zeros(size + 1, dtype=np.int8)
+        edges[starts] = 1
+        edges[starts + lengths] -= 1
+        return np.cumsum(edges[:-1], dtype=np.int8).view(bool)
 
     def frame_bytes(self, page_size: int) -> int:
-        """The frame's length the spans call for; ProtocolError if they are not ranges of the
-        run in ascending order."""
-        if len(self.spans) % SPAN_BYTES:
-            raise ProtocolError(f"Diff spans are {len(self.spans)} bytes: not (start, length) "
+        """The frame's length ``changes`` calls for; ProtocolError if it does not describe bytes
+        of the run (spans not ascending, apart and within it; a mask of another length)."""
+        size = self.count * page_size
+        if self.encoding == DiffEncoding.MASK:
+            if len(self.changes) * 8 != size:
+                raise ProtocolError(f"Diff mask is {len(self.changes)} bytes: a run of "
+                                    f"{self.count} pages needs {size // 8}")
+            return int(_BITS_SET[np.frombuffer(self.changes, dtype=np.uint8)].sum())
+        if len(self.changes) % SPAN_BYTES:
+            raise ProtocolError(f"Diff spans are {len(self.changes)} bytes: not (start, length) "
                                 f"pairs of {SPAN_DTYPE} ({SPAN_BYTES} bytes each)")
-        spans = self.span_array().astype(np.int64)
-        starts, lengths = spans[:, 0], spans[:, 1]
+        starts, lengths = self._spans()
         ends = starts + lengths
-        limit = self.count * page_size
-        bad = (lengths == 0) | (ends > limit)
+        bad = (lengths == 0) | (ends > size)
         bad[1:] |= starts[1:] < ends[:-1]
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ProtocolError(f"Diff span {i} ({starts[i]}+{lengths[i]}) is not an ascending, "
-                                f"non-empty range within the run's {limit} bytes")
+                                f"non-empty range within the run's {size} bytes")
         return int(lengths.sum())
 
+    def _spans(self) -> tuple[np.ndarray, np.ndarray]:
+        spans = np.frombuffer(self.changes, dtype=SPAN_DTYPE).reshape(-1, 2).astype(np.int64)
+        return spans[:, 0], spans[:, 1]
+
+
+#: how many bits each byte value has set (a mask's changed bytes, counted a byte at a time)
+_BITS_SET = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1)
 
 #: a Diff's spans: (start, length) pairs of little-endian uint32 (a run is at most 4 MiB)
 SPAN_DTYPE = np.dtype("<u4")
@@ -870,7 +904,7 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         if cls is Diff:
             expected = msg.frame_bytes(page_size)
             if length != expected:
-                raise ProtocolError(f"Diff frame is {length} bytes, its spans need {expected}")
+                raise ProtocolError(f"Diff frame is {length} bytes, its changes need {expected}")
         else:
             expected = msg.count * page_size
             if length != expected:
@@ -880,6 +914,6 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
                 )
     elif len(frames) != 1:
         raise ProtocolError(f"{cls.__name__} needs 1 frame, got {len(frames)}")
-    elif cls is Diff and msg.spans:
-        raise ProtocolError("a Diff with spans needs the DATA payload and their bytes")
+    elif cls is Diff and msg.changes:
+        raise ProtocolError("a Diff with changes needs the DATA payload and their bytes")
     return msg, page

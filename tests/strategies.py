@@ -121,15 +121,22 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
     values = {f.name: draw(valid_value(hints[f.name])) for f in fields(cls)}
     if cls.CARRIES_PAGE and values["count"] > 4:  # valid, but cheap: a few pages
         values["count"] = draw(st.integers(1, 4))
-    if cls is p.Diff:  # ascending ranges of the run, their bytes in the frame
+    if cls is p.Diff:  # ascending ranges of the run, as spans or a mask; their bytes
         cuts = sorted(draw(st.sets(st.integers(0, values["count"] * page_size), max_size=6)))
         pairs = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2])]
-        values["spans"] = np.array(pairs, dtype=p.SPAN_DTYPE).reshape(-1, 2).tobytes()
+        if values["encoding"] == p.DiffEncoding.MASK and pairs:
+            mask = np.zeros(values["count"] * page_size, dtype=bool)
+            for start, length in pairs:
+                mask[start:start + length] = True
+            values["changes"] = np.packbits(mask).tobytes()
+        else:
+            values["encoding"] = p.DiffEncoding.SPANS
+            values["changes"] = np.array(pairs, dtype=p.SPAN_DTYPE).reshape(-1, 2).tobytes()
         values["payload"] = p.Payload.DATA if pairs else p.Payload.NONE
     msg = cls(**values)
     page = None
-    if cls is p.Diff and msg.spans:
-        page = bytes([draw(st.integers(0, 255))]) * int(msg.span_array()[:, 1].sum())
+    if cls is p.Diff and msg.changes:
+        page = bytes([draw(st.integers(0, 255))]) * msg.frame_bytes(page_size)
     elif cls.CARRIES_PAGE and msg.payload == p.Payload.DATA:
         page = bytes([draw(st.integers(0, 255))]) * (msg.count * page_size)
     return msg, page

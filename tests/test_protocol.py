@@ -5,6 +5,7 @@ from dataclasses import fields
 
 import dataclasses
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -123,6 +124,17 @@ def _header(cls, *values):
      "Error travels directory -> node: it is not received node -> directory"),
     ([_header(p.Acquire, 1, 1, True, False)], p.Direction.TO_NODE,
      "Acquire travels node -> directory: it is not received directory -> node"),
+    ([_header(p.Diff, 1, 1, 1, 5, b"", 0)], p.Direction.TO_DIRECTORY,
+     "Diff.encoding 5 is not a DiffEncoding"),
+    ([_header(p.Diff, 1, 1, 1, int(p.DiffEncoding.MASK), b"\xff" * 7, 2), b"x"],
+     p.Direction.TO_DIRECTORY, "Diff mask is 7 bytes: a run of 1 pages needs 512"),
+    ([_header(p.Diff, 1, 1, 1, int(p.DiffEncoding.MASK), b"\x80" + bytes(511), 2), b"xy"],
+     p.Direction.TO_DIRECTORY, "Diff frame is 2 bytes, its changes need 1"),
+    ([_header(p.Diff, 1, 1, 1, int(p.DiffEncoding.SPANS), bytes(12), 2), b"x"],
+     p.Direction.TO_DIRECTORY, r"Diff spans are 12 bytes: not \(start, length\) pairs"),
+    ([_header(p.Diff, 1, 1, 1, int(p.DiffEncoding.SPANS),
+              np.array([[4000, 200]], dtype=p.SPAN_DTYPE).tobytes(), 2), b"x" * 200],
+     p.Direction.TO_DIRECTORY, r"Diff span 0 \(4000\+200\) is not an ascending"),
 ])
 def test_malformed_frames_name_the_problem(frames, to, complaint):
     with pytest.raises(ProtocolError, match=complaint):
@@ -229,3 +241,25 @@ def test_no_message_field_shadows_a_trace_record_field():
     for cls in CLASSES:
         clash = reserved & {f.name for f in dataclasses.fields(cls)}
         assert not clash, f"{cls.__name__} has fields {clash}"
+
+
+def test_a_diff_is_sent_as_spans_or_as_a_mask_whichever_is_shorter_and_applies_exactly():
+    from dsm.agent.twins import changed_bytes
+
+    rng = np.random.default_rng(7)
+    was = rng.integers(0, 1 << 20, 2 * PAGE // 4, dtype=np.int32).view(np.uint8)
+    # new integer keys below 2**20: every key's top byte stays 0, a span per 3 bytes
+    keys = rng.integers(0, 1 << 20, 2 * PAGE // 4, dtype=np.int32).view(np.uint8)
+    sparse = was.copy()
+    sparse[[5, 6, 7, 5000]] += 1
+    for now, encoding in ((keys, p.DiffEncoding.MASK), (sparse, p.DiffEncoding.SPANS)):
+        got, changes, data = changed_bytes(was, now)
+        assert got is encoding
+        frames = p.encode(p.Diff(1, 3, 2, got, changes, p.Payload.DATA), data)
+        msg, frame = p.decode(frames, PAGE, p.Direction.TO_DIRECTORY)
+        merged = was.copy()
+        merged[msg.changed(PAGE)] = np.frombuffer(frame, dtype=np.uint8)
+        assert np.array_equal(merged, now)
+        assert np.count_nonzero(msg.changed(PAGE)) == np.count_nonzero(was != now)
+    assert len(changed_bytes(was, keys)[1]) == 2 * PAGE // 8
+    assert len(changed_bytes(was, sparse)[1]) == 2 * p.SPAN_BYTES  # bytes 5-7, and 5000

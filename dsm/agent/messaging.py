@@ -297,10 +297,10 @@ class Messaging:
             elif kind is act.Twin:
                 self.twins.make(a.first, a.count)
             elif kind is act.SendDiff:
-                spans, diff = self.twins.diff(a.first, a.count)
-                self.send(p.Diff(a.req, a.first, a.count, spans,
-                                 p.Payload.DATA if spans else p.Payload.NONE),
-                          diff if spans else None)
+                encoding, changes, diff = self.twins.diff(a.first, a.count)
+                self.send(p.Diff(a.req, a.first, a.count, encoding, changes,
+                                 p.Payload.DATA if diff else p.Payload.NONE),
+                          diff if diff else None)
             elif kind is act.DropTwins:
                 self.twins.drop(a.first, a.count)
             elif kind is act.Punch:

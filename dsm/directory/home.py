@@ -62,21 +62,16 @@ class HomeStore:
         else:
             self.clear(page, count)
 
-    def patch(self, page: int, count: int, spans: np.ndarray, data: Any) -> None:
-        """Write a diff into ``count`` pages from ``page``: ``spans`` is an (n, 2) array of
-        (start, length) byte ranges counted from that page's first byte, ascending and within
-        the run, their bytes one after another in ``data``."""
-        if not len(spans):
+    def patch(self, page: int, count: int, changed: np.ndarray, data: Any) -> None:
+        """Write a diff into ``count`` pages from ``page``: ``changed`` says which bytes of the
+        run (a bool per byte, ``Diff.changed``), their new values one after another in
+        ``data``."""
+        if data is None:  # nothing changed (payload NONE)
             return
         size = self.page_size
         run = np.frombuffer(self._view[page * size:(page + count) * size], dtype=np.uint8)
-        starts, lengths = spans[:, 0].astype(np.int64), spans[:, 1].astype(np.int64)
-        # the run's offset of every byte of the diff, in one pass: each span's start, plus
-        # each byte's place within its span
-        at = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        at += np.arange(len(at))
-        run[at] = np.frombuffer(data, dtype=np.uint8)
-        touched = np.unique(at // size)
+        run[changed] = np.frombuffer(data, dtype=np.uint8)
+        touched = np.flatnonzero(changed.reshape(count, size).any(axis=1))
         self._has_data[page + touched] = True
 
     def clear(self, page: int, count: int) -> None:

@@ -176,11 +176,11 @@ class ReleaseHomes:
         for q in pages:
             self.dirty.setdefault(q, set()).add(node)
 
-    def apply(self, node: str, req: int, page: int, count: int, spans: np.ndarray,
+    def apply(self, node: str, req: int, page: int, count: int, changed: np.ndarray,
               data: Any) -> DiffApplied:
-        """Write ``node``'s diff (``spans``: (start, length) rows) into the home copies; its
-        pages are no longer dirty there."""
-        self.home.patch(page, count, spans, data)
+        """Write ``node``'s diff (``changed``: a bool per byte of the run, ``Diff.changed``)
+        into the home copies; its pages are no longer dirty there."""
+        self.home.patch(page, count, changed, data)
         for q in range(page, page + count):
             writers = self.dirty.get(q)
             if writers is not None:
@@ -188,7 +188,7 @@ class ReleaseHomes:
                 if not writers:
                     del self.dirty[q]
         self.counters["diffs"] += 1
-        self.counters["diff_bytes"] += int(spans[:, 1].sum())
+        self.counters["diff_bytes"] += len(data) if data is not None else 0
         return DiffApplied(req, page)
 
     def discard(self, node: str, page: int) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dsm import protocol as p
-from dsm.agent.twins import changed_spans
+from dsm.agent.twins import changed_bytes
 from dsm.core import actions as a
 from dsm.core.release import RELEASE
 from dsm.core.states import PageState
@@ -106,17 +106,17 @@ class Coordinator:
 
 
 def diff_against_twins(twins: dict[int, bytes], now: bytes, first: int, count: int,
-                       page_bytes: int) -> tuple[list[int], bytes]:
-    """What the agent's ``Twins.diff`` computes, on the model's bytes: the spans of ``now`` (the
-    run's bytes) that differ from the twins, which are dropped (a page without a twin counts
-    as changed everywhere)."""
+                       page_bytes: int) -> tuple[p.DiffEncoding, bytes, bytes]:
+    """What the agent's ``Twins.diff`` computes, on the model's bytes: where ``now`` (the
+    run's bytes) differs from the twins, which are dropped (a page without a twin counts as
+    changed everywhere)."""
     current = np.frombuffer(now, dtype=np.uint8)
     was = np.empty_like(current)
     for i in range(count):
         page = slice(i * page_bytes, (i + 1) * page_bytes)
         twin = twins.pop(first + i, None)
         was[page] = ~current[page] if twin is None else np.frombuffer(twin, dtype=np.uint8)
-    return changed_spans(was, current)
+    return changed_bytes(was, current)
 
 
 class ReleaseSimulation:
@@ -127,11 +127,12 @@ class ReleaseSimulation:
         """Carry out a twin, diff or resume as the agent would; whether it sent a message."""
         if isinstance(act, a.SendDiff):
             now = self._read(node, act.first, act.count)
-            spans, diff = diff_against_twins(node.twins, now, act.first, act.count, PAGE_BYTES)
+            encoding, changes, diff = diff_against_twins(node.twins, now, act.first, act.count,
+                                                         PAGE_BYTES)
             self._send(node.name, self._shard_of(act.first),
-                       p.Diff(act.req, act.first, act.count, spans,
-                              p.Payload.DATA if spans else p.Payload.NONE),
-                       diff if spans else None)
+                       p.Diff(act.req, act.first, act.count, encoding, changes,
+                              p.Payload.DATA if diff else p.Payload.NONE),
+                       diff if diff else None)
             return True
         if isinstance(act, a.Twin):
             for q in range(act.first, act.first + act.count):

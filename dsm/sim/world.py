@@ -237,7 +237,7 @@ class World(rc.ReleaseSimulation):
         elif isinstance(msg, p.Received):
             out = d.received(node, msg.txn, msg.page, msg.count, msg.installed)
         elif isinstance(msg, p.Diff):
-            out = d.diff(node, msg.req, msg.page, msg.count, msg.span_array(), data)
+            out = d.diff(node, msg.req, msg.page, msg.count, msg.changed(PAGE_BYTES), data)
         elif isinstance(msg, p.Dirtied):
             out = d.dirtied(node, msg.page, msg.count)
         elif isinstance(msg, rc.SYNC_MESSAGES) and d is self.directory:

@@ -49,19 +49,19 @@ class PageDirectory(PageTransactions):
             return []
         return self._submit(Request(Kind.DISCARD, node, page))
 
-    def diff(self, node: str, req: int, page: int, count: int, spans: Any,
+    def diff(self, node: str, req: int, page: int, count: int, changed: Any,
              data: Any) -> list[Send]:
         """A node's changes to release pages (at its release): into their home copies
-        (``spans``: (start, length) rows, checked by the protocol)."""
+        (``changed``: a bool per byte of the run, ``Diff.changed``, checked by the protocol)."""
         self.layout.check_page(page + count - 1)
         for q in range(page, page + count):
             if not self.release.covers(q):
                 raise ProtocolError(f"Diff of page {q}, which is not in a release-consistency "
                                     "array")
-        applied = self.release.apply(node, req, page, count, spans, data)
+        applied = self.release.apply(node, req, page, count, changed, data)
         if self._tracing:
             self._trace(page, "DIFF", node, "", self.release.describe(page), count=count,
-                        bytes=int(spans[:, 1].sum()))
+                        bytes=len(data) if data is not None else 0)
         return [Send(node, applied)]
 
     def dirtied(self, node: str, page: int, count: int) -> list[Send]:
