@@ -1,4 +1,5 @@
-"""The units of the simulator's model of memory (``dsm.sim.world``, ``dsm.sim.release``)."""
+"""The units of the simulator's model of memory (``dsm.sim.world``, ``dsm.sim.nodes``,
+``dsm.sim.release``)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from dsm.sim import programs
 from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure, slot_value
 
 if TYPE_CHECKING:
-    from dsm.sim.world import SimNode, Thread
+    from dsm.sim.nodes import SimNode, Thread
 
 #: the states of a release page held by a node
 HELD_RELEASE = (*RELEASE, PageState.PRIVATE)

@@ -1,0 +1,177 @@
+"""The simulated network (``dsm.sim.world``): FIFO channels per pair of sockets in place of
+ZeroMQ, delivery to the directory's shards and to the node cores, and node deaths, which cut it.
+
+A message goes on its pair's channel (``channels``); the world's scheduler picks which pair
+delivers next, so messages arrive in any order ZeroMQ allows — first in, first out per pair of
+sockets, nothing more. A delivery hands the message to the shard's ``PageDirectory`` (or the
+coordinator, ``dsm.sim.release``) or to the node's core, and the node's agent carries out what
+the core answers (``dsm.sim.nodes``).
+
+A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
+notices the death later (the scheduler picks when), fencing the dead node's messages on every
+shard. What a lost message carried, or what a dead node owned, may be lost: those locations are
+recorded (``lost_locations``), so that the world's invariant checks allow reads of them to fail
+loudly, never to return an older value or zeros.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from dsm import protocol as p
+from dsm.core.shards import shard_of
+from dsm.core.states import OWNED
+from dsm.sim import release as rc
+from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure
+
+if TYPE_CHECKING:
+    from dsm.sim.nodes import SimNode
+
+#: the directory's name on the model's network (a shard's: DIRECTORY + its number)
+DIRECTORY = "directory"
+#: pages per shard stripe in the model (the real one, 256, would put every page on one shard)
+STRIPE_PAGES = 2
+
+
+class NetworkSimulation:
+    """The network and deaths part of ``dsm.sim.world.World`` (a mixin: it uses the world's nodes,
+    directories and schedule)."""
+
+    # --- the network -------------------------------------------------------------------------------
+    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
+        if dst not in self.directories and not self.nodes[dst].alive:
+            self._mark_lost_with(msg)  # what it carries dies with its receiver
+        self.channels.setdefault((src, dst), deque()).append((msg, data))
+
+    def _deliver(self, pair: tuple[str, str]) -> None:
+        src, dst = pair
+        msg, data = self.channels[pair].popleft()
+        self._touch(msg)
+        self._step(f"deliver {type(msg).__name__} {src}->{dst}: {msg}")
+        if dst in self.directories:
+            self._to_directory(dst, src, msg, data)
+        elif self.nodes[dst].alive:
+            self._to_node(self.nodes[dst], msg, data)
+        else:
+            self._mark_lost_with(msg)
+
+    def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
+        d = self.directories[shard]
+        if isinstance(msg, p.Acquire):
+            out = d.acquire(node, msg.page, msg.count, msg.write, msg.have_copy)
+        elif isinstance(msg, p.Fetched):
+            out = d.fetched(node, msg.txn, msg.page, msg.count, msg.payload, data, msg.not_held,
+                            msg.unwritten)
+        elif isinstance(msg, p.Invalidated):
+            out = d.invalidated(node, msg.txn, msg.page, msg.count)
+        elif isinstance(msg, p.Writeback):
+            out = d.writeback(node, msg.page, msg.count, msg.payload, data)
+        elif isinstance(msg, p.Drop):
+            out = d.drop(node, msg.page, msg.count, msg.payload, data)
+        elif isinstance(msg, p.Received):
+            out = d.received(node, msg.txn, msg.page, msg.count, msg.installed)
+        elif isinstance(msg, p.Diff):
+            out = d.diff(node, msg.req, msg.page, msg.count, msg.changed(PAGE_BYTES), data)
+        elif isinstance(msg, p.Dirtied):
+            out = d.dirtied(node, msg.page, msg.count)
+        elif isinstance(msg, rc.SYNC_MESSAGES) and d is self.directory:
+            for to, reply in self.coordinator.handle(node, msg):
+                self._send(shard, to, reply, None)
+            return
+        else:
+            raise SimulationFailure(f"the model sends no {type(msg).__name__}")
+        for send in out:
+            self._send(shard, send.node, send.message,
+                       bytes(send.page) if send.page is not None else None)
+
+    def _shard_of(self, page: int) -> str:
+        return self._shard_names[shard_of(page, self.shards, STRIPE_PAGES)]
+
+    def _to_node(self, node: SimNode, msg: p.Message, data: bytes | None) -> None:
+        self._finish(node)  # one loop: it takes the next message when done with the last
+        core = node.core
+        if isinstance(msg, p.Grant):
+            acts = core.grant(msg, data, self.clock)
+        elif isinstance(msg, p.Lost):
+            acts = core.lost(msg, self.clock)
+        elif isinstance(msg, p.Fetch):
+            acts = core.fetch(msg)
+        elif isinstance(msg, p.Invalidate):
+            acts = core.invalidate(msg)
+        elif isinstance(msg, p.PeerPage):
+            acts = core.peer_page(msg, data, self.clock)
+        elif isinstance(msg, p.Withdrawn):
+            acts = core.withdrawn(msg)
+        elif isinstance(msg, p.DiffApplied):
+            acts = core.diff_applied(msg)
+        elif isinstance(msg, p.SyncReply):
+            acts = self._sync_answered(node, msg)
+        else:
+            raise SimulationFailure(f"the model's nodes get no {type(msg).__name__}")
+        self._carry_out(node, acts)
+
+    # --- failures ------------------------------------------------------------------------------------
+    def _kill(self, node: SimNode) -> None:
+        """SIGKILL: the node's unsent messages are lost, but a prefix may be on the wire."""
+        self._step(f"kill {node.name}")
+        self._touched = None
+        node.alive = False
+        node.deferred, node.taken = [], {}  # what the agent had not done yet dies with it
+        for (src, dst), out in self.channels.items():
+            if src == node.name and out:
+                keep = self.rng.randrange(len(out) + 1)
+                while len(out) > keep:
+                    self._mark_lost_with(out.pop()[0])
+                if dst not in self.directories:  # pages on the wire from it: the requester, told its
+                    for msg, _ in out:  # source is gone before they come, refuses them
+                        self._mark_lost_with(msg)
+            elif dst == node.name:  # pages on their way to it die with it
+                for msg, _ in out:
+                    self._mark_lost_with(msg)
+        for shard in self.directories:
+            for msg, _ in self.channels.pop((shard, node.name), ()):
+                self._mark_lost_with(msg)
+        self._release_node_died(node)
+        for pend in node.core.pending.values():
+            if pend.write and self.directory.direct and not self.is_release(pend.first):
+                # the copies may be invalidated for it already: under a direct manager no
+                # home copy is left (a node dying as it asks to write may take the page along)
+                self.lost_locations.update(range(pend.first * SLOTS_PER_PAGE,
+                                                 (pend.first + pend.count) * SLOTS_PER_PAGE))
+        others = [n for n in self.nodes.values() if n.alive]
+        for page, st in node.core.state.items():
+            if self.is_release(page):
+                continue  # (``_release_node_died``)
+            # its writes may be lost with it: reads must say so; under a direct manager a
+            # read copy may have been the last one
+            last_copy = (self.directory.direct
+                         and not self.directories[self._shard_of(page)].peek(page).home_current
+                         and not any(page in n.core.state for n in others))
+            if st in OWNED or last_copy:
+                self.lost_locations.update(range(page * SLOTS_PER_PAGE,
+                                                 (page + 1) * SLOTS_PER_PAGE))
+        self.unnoticed_dead.append(node.name)
+
+    def _mark_lost_with(self, msg: p.Message) -> None:
+        """A message from or to a dead node that will never arrive: the pages it carried may be
+        lost, and so may those it granted for writing (the directory cannot tell whether the
+        dead node wrote them)."""
+        if (isinstance(msg, (p.Fetched, p.Writeback, p.Drop)) and msg.payload == p.Payload.DATA
+                or isinstance(msg, (p.Grant, p.PeerPage)) and msg.write):
+            self.lost_locations.update(range(msg.page * SLOTS_PER_PAGE,
+                                             (msg.page + msg.count) * SLOTS_PER_PAGE))
+
+    def _notice_death(self, name: str) -> None:
+        self._step(f"directory notices {name} is dead")
+        self._touched = None
+        self.unnoticed_dead.remove(name)
+        for shard, d in self.directories.items():  # every shard learns it (the coordinator's
+            for pair in ((name, shard), (shard, name)):  # word), fencing its later messages
+                for msg, _ in self.channels.pop(pair, ()):
+                    self._mark_lost_with(msg)
+            for send in d.node_lost(name):
+                self._send(shard, send.node, send.message,
+                           bytes(send.page) if send.page is not None else None)
+        for to, reply in self.coordinator.node_gone(name):  # its locks pass on, broken
+            self._send(self._shard_names[0], to, reply, None)
