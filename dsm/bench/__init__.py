@@ -12,5 +12,6 @@ The shared harness:
 - ``plot``: the PNG (matplotlib, imported only there).
 
 One module per benchmark: ``fault``, ``lock``, ``scan``, ``directory``, ``workloads``, ``jacobi``;
-``suite`` runs them all (``dsm bench``).
+``suite`` runs them all (``dsm bench``). ``fault`` is the command; its measurements are
+``fault_measure``'s, its rows, result and table ``fault_rows``'s.
 """

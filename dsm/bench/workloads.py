@@ -209,7 +209,7 @@ class WorkloadBench:
 
     def _cluster(self, spec, nodes: int, size: int, iterations: int, ref: dict,
                  consistency: str = SEQUENTIAL) -> dict:
-        from dsm.commands.demo import DemoError, LocalCluster, region_bytes_for
+        from dsm.commands.local_cluster import DemoError, LocalCluster, region_bytes_for
 
         workdir = Path(tempfile.mkdtemp(prefix=f"{spec.name}-{nodes}-{consistency}-",
                                         dir=self.log_dir))

@@ -17,40 +17,27 @@ Workloads (``--workload``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
+from dsm.commands.local_cluster import DemoError, LocalCluster, region_bytes_for
 from dsm.consistency import CONSISTENCIES
 from dsm.core.stats import quantile_text
 from dsm.managers import MANAGERS
 from dsm.keys import add_keys_argument
-from dsm.watchdog import process_stats
 from dsm.workloads import CHECKED, WORKLOADS as WORKLOAD_MODULES, load
 
-#: how long the directory may take to print its endpoint
-DIRECTORY_START_TIMEOUT_S = 15.0
+# This module owns the command: its options, the workload and its numpy reference, the verdict
+# and the report (the table of each node's counters). The cluster it runs them on (the directory
+# and the nodes' processes, their output and their stopping) is dsm.commands.local_cluster's.
+
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_NODES = 3
-#: how long a stopping child may take before it is killed
-STOP_TIMEOUT_S = 5.0
-#: region size: enough for the arrays, small enough to be cheap
-MIN_REGION_BYTES = 64 << 20
-#: longest directory that can hold the Unix sockets (an agent's is DIR/dsm-XXXXXXXX/agent.sock)
-SOCKET_DIR_MAX = 80
-
-
-class DemoError(Exception):
-    """The cluster could not be started or did not finish."""
 
 
 #: the default workload's defaults (dsm/workloads/rows.py; not imported here: every `dsm`
@@ -108,124 +95,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-    log: IO
-    out: list[str] = field(default_factory=list)
-
-
-def _python() -> list[str]:
-    return [sys.executable]
-
-
-def _start(name: str, cmd: list[str], workdir: Path, env: dict) -> Child:
-    log_path = workdir / f"{name}.log"
-    log = open(log_path, "w")
-    # a session of its own: one killpg reaches the node's workload too (its agent, in a session
-    # of its own, exits with its `dsm run`), and a Ctrl-C in the terminal reaches only this
-    # process, which then stops every child
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                            text=True, env=env, start_new_session=True)
-    return Child(name, proc, log_path, log)
-
-
-def _read_first_line(child: Child, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    buf = b""
-    fd = child.proc.stdout.fileno()
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise DemoError(f"{child.name} printed nothing within {timeout_s:g} s")
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            status = child.proc.wait()
-            raise DemoError(f"{child.name} exited with status {status} before it started")
-        buf += chunk
-    return buf.split(b"\n", 1)[0].decode()
-
-
-def _live_members(pgid: int) -> list[int]:
-    """The processes of a process group that have not exited (zombies do not count: an agent
-    orphaned by its `dsm run` may wait a while for a reaper)."""
-    return [pid for pid, fields in process_stats()
-            if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid]
-
-
-def _signal_group(child: Child, sig: int) -> None:
-    try:
-        os.killpg(child.proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _stop_all(children: list[Child]) -> None:
-    """SIGTERM to each child's whole session (a node's agent then hands its pages back), wait
-    for every process of it to exit, SIGKILL what is left after ``STOP_TIMEOUT_S``."""
-    for child in children:
-        if _live_members(child.proc.pid):
-            _signal_group(child, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for child in children:
-        while True:
-            child.proc.poll()  # reap our own child, so that it does not count as a member
-            if not _live_members(child.proc.pid) or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        _signal_group(child, signal.SIGKILL)
-        child.proc.wait()
-        if child.proc.stdout is not None:
-            child.proc.stdout.close()
-        child.log.close()
-
-
-def _collect(nodes: list[Child], deadline: float) -> None:
-    """Read every node's stdout until all have exited, or until one has failed."""
-    open_fds = {c.proc.stdout.fileno(): c for c in nodes}
-    partial = {fd: b"" for fd in open_fds}
-    while open_fds:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            waiting = ", ".join(sorted(c.name for c in open_fds.values()))
-            raise DemoError(f"the nodes did not finish in time (still running: {waiting})")
-        ready, _, _ = select.select(list(open_fds), [], [], min(left, 0.5))
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            child = open_fds[fd]
-            if chunk:
-                partial[fd] += chunk
-                *lines, partial[fd] = partial[fd].split(b"\n")
-                child.out.extend(line.decode(errors="replace") for line in lines)
-            else:
-                if partial[fd]:
-                    child.out.append(partial[fd].decode(errors="replace"))
-                del open_fds[fd]
-                code = child.proc.wait()
-                if code != 0:
-                    # the others would wait for it at their next barrier: stop here
-                    if _result_of(child) is None:
-                        raise DemoError(f"{child.name} exited with status {code} without a result")
-                    return
-
-
-def _result_of(child: Child) -> dict | None:
-    from dsm.workloads.common import RESULT_PREFIX
-
-    for line in reversed(child.out):
-        if line.startswith(RESULT_PREFIX):
-            try:
-                return json.loads(line[len(RESULT_PREFIX):])
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
 # --- the report ---------------------------------------------------------------------------------
 COLUMNS = [
     ("node", None),
@@ -278,145 +147,6 @@ def format_table(results: list[dict]) -> str:
     out += [line(r) for r in rows[:-1]]
     out += [sep, line(rows[-1])]
     return "\n".join(out)
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-# --- a cluster on this machine -----------------------------------------------------------------
-def region_bytes_for(spec, nodes: int, size: int, iterations: int) -> int:
-    """The shared region a run needs: the workload's arrays with room to spare, in whole MiB."""
-    need = spec.region_bytes(nodes, size, iterations) + (nodes + 64) * 4096 + (1 << 20)
-    return max(MIN_REGION_BYTES, need // (1 << 20) * (1 << 20) + (1 << 20))
-
-
-class LocalCluster:
-    """A directory and N ``dsm run`` nodes on this machine, each child in a session of its own
-    (one killpg reaches a node's workload too; its agent exits with its ``dsm run``). ``stop()``
-    in a ``finally``."""
-
-    def __init__(self, workdir: Path, env: dict, transport: str = "tcp",
-                 trace_dir: Path | None = None, keys_dir: str | None = None,
-                 manager: str | None = None, shards: int = 1):
-        self.workdir = workdir
-        #: the directory's --manager and --shards (its shards are its children)
-        self.manager = manager
-        self.shards = shards
-        #: the cluster's CurveZMQ keys (None: it runs open)
-        self.keys_dir = str(Path(keys_dir).resolve()) if keys_dir else None
-        self.env = dict(env)
-        self.env.pop("DSM_AGENT_SOCKET", None)
-        self.transport = transport
-        self.trace_dir = trace_dir
-        self.children: list[Child] = []
-        self.nodes: list[Child] = []
-        self.endpoint: str | None = None
-        self._extra_dirs: list[Path] = []
-        # Unix socket paths (the agents' sockets, an ipc endpoint) must fit in 108 bytes
-        self.sock_dir = workdir
-        if len(str(workdir)) > SOCKET_DIR_MAX:
-            self.sock_dir = Path(tempfile.mkdtemp(prefix="dsm-", dir="/tmp"))
-            self._extra_dirs.append(self.sock_dir)
-
-    def start_directory(self, region_bytes: int, timeout_s: float) -> str:
-        if self.transport == "tcp":
-            listen = "tcp://127.0.0.1:*"
-        else:
-            listen = f"ipc://{self.sock_dir}/directory.ipc"
-        cmd = [*_python(), "-m", "dsm", "--log-level", "INFO", "directory", "--listen", listen,
-               "--region-size", str(region_bytes)]
-        if self.trace_dir is not None:
-            cmd += ["--trace", str(self.trace_dir / "directory.trace")]
-        if self.keys_dir is not None:
-            cmd += ["--keys", self.keys_dir]
-        if self.manager is not None:
-            cmd += ["--manager", self.manager]
-        if self.shards > 1:
-            cmd += ["--shards", str(self.shards)]
-        directory = _start("directory", cmd, self.workdir, self.env)
-        self.children.append(directory)
-        line = _read_first_line(directory, min(DIRECTORY_START_TIMEOUT_S, timeout_s))
-        if not line.startswith("directory listening on "):
-            raise DemoError(f"unexpected first line from the directory: {line!r}")
-        self.endpoint = line.rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
-        return self.endpoint
-
-    def start_nodes(self, spec, nodes: int, size: int, iterations: int, timeout_s: float,
-                    expect: str | None = None, consistency: str | None = None) -> None:
-        """``dsm run`` one node per rank, each running the workload's module (its data arrays
-        in ``consistency``; None: the module's default)."""
-        for k in range(nodes):
-            name = f"node{k}"
-            cmd = [*_python(), "-m", "dsm", "run", "--directory", self.endpoint, "--node", name]
-            if self.trace_dir is not None:
-                cmd += ["--trace", str(self.trace_dir / f"{name}.trace")]
-            if self.keys_dir is not None:
-                cmd += ["--keys", self.keys_dir]
-            cmd += ["--", *_python(), "-m", spec.module, "--rank", str(k), "--nodes", str(nodes),
-                    "--size", str(size), "--iterations", str(iterations)]
-            if expect is not None and spec.takes_expect:
-                cmd += ["--expect", expect]
-            if consistency is not None:
-                cmd += ["--consistency", consistency]
-            if spec.node_args is not None:
-                cmd += spec.node_args(timeout_s)
-            self.start_node(name, cmd)
-
-    def start_node(self, name: str, cmd: list[str]) -> Child:
-        """Start one node's command (a ``dsm run``); collected with the others."""
-        # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop()
-        child = _start(name, cmd, self.workdir, {**self.env, "TMPDIR": str(self.sock_dir)})
-        self.children.append(child)
-        self.nodes.append(child)
-        return child
-
-    def collect(self, deadline: float) -> None:
-        _collect(self.nodes, deadline)
-
-    def results(self, want: str) -> tuple[list[dict], list[str]]:
-        """Each node's result (a stand-in for a node without one) and what went wrong."""
-        results = []
-        problems = []
-        for child in self.nodes:
-            res = _result_of(child)
-            if res is None:
-                status = child.proc.poll()
-                problems.append(f"{child.name}: no result (" + (
-                    "stopped after another node failed" if status is None
-                    else f"exit status {status}") + ")")
-                res = {"node": child.name}
-            elif "error" in res:
-                problems.append(f"{child.name}: {res['error']}")
-            elif res.get("digest") != want or not res.get("match"):
-                problems.append(f"{child.name}: " + (
-                    f"{res['mismatches']} of {res.get('values', '?')} values differ from numpy"
-                    if "mismatches" in res else
-                    f"read digest {res.get('digest')}, numpy's is {want}"))
-            elif child.proc.returncode != 0:
-                problems.append(f"{child.name}: exit status {child.proc.returncode}")
-            res.setdefault("node", child.name)
-            results.append(res)
-        return results, problems
-
-    def stop(self) -> None:
-        """The nodes first (their agents hand pages back to the directory), then the directory."""
-        _stop_all(self.children[1:])
-        _stop_all(self.children[:1])
-        for d in self._extra_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-
-    def log_tails(self) -> str:
-        parts = []
-        for child in self.children:
-            tail = _tail(child.log_path)
-            if tail:
-                parts.append(f"----- {child.name} ({child.log_path}) -----\n{tail}")
-        return "\n".join(parts)
 
 
 # --- the command --------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def collect(tests: list[Litmus], rounds: int, out_dir: Path) -> dict[str, Counte
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsm.commands.demo import DemoError, LocalCluster
+    from dsm.commands.local_cluster import DemoError, LocalCluster
 
     unknown = [t for t in args.tests if t not in BY_NAME]
     if unknown:
