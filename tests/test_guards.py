@@ -73,7 +73,7 @@ def test_the_directory_handles_every_message_it_may_receive(service):
     received = {c for c in p.MESSAGE_CLASSES.values() if c.DIRECTION & p.Direction.TO_DIRECTORY}
     # Hello opens a session and StatsQuery (read-only) is answered without one: _handle takes
     # them before the per-session handlers; the messages between shards go to the shard role
-    # (a coordinator's: dsm/directory/shard.py; ShardHello before its table)
+    # (a coordinator's: dsm/directory/shard/coordinator.py; ShardHello before its table)
     between_shards = received & set(p.SHARD_MESSAGES)
     assert received - {p.Hello, p.StatsQuery} - between_shards == set(service._handlers)
     assert between_shards - {p.ShardHello} | {p.Heartbeat} == set(Coordinator(2)._handlers)

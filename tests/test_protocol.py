@@ -59,7 +59,7 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.Bye(), None),
     (p.LockInfo(1, "a:1:2", ["b:3:4"]), None),
     (p.SyncReply(1, 1, ""), None),
-    # a distributed manager's (dsm/directory/shard.py)
+    # a distributed manager's (dsm/directory/shard/)
     (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE, 5, 9, True, ["tcp://d:7400", "tcp://0.0.0.0:7401"]),
      None),
     (p.ShardHello(-1, 0, "tcp://10.0.0.2:7400", 42), None),

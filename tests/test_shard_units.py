@@ -18,8 +18,9 @@ from dsm.core.readahead import ReadAhead
 from dsm.core.shards import STRIPE_PAGES, clip_to_stripe, shard_of, split_at_stripes, stripe_end
 from dsm.core.states import PageState
 from dsm.directory.pages import PageDirectory
-from dsm.directory.shard import WrongShard, check_shard, stitch_arrays
+from dsm.directory.shard import WrongShard, check_shard
 from dsm.directory.shardprocs import local_endpoint, shard_listen_endpoint, shard_trace_path
+from dsm.directory.stats import stitch_arrays
 from dsm.errors import ConfigError
 from dsm.layout import Layout
 from dsm.libc import PAGE_SIZE

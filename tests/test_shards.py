@@ -1,4 +1,4 @@
-"""The distributed manager (IVY's fixed distributed manager: ``dsm/directory/shard.py``) with real
+"""The distributed manager (IVY's fixed distributed manager: ``dsm/directory/shard/``) with real
 processes: a directory of K shards on this host (``--manager distributed --shards K``), nodes
 that route every page message to its page's shard (``dsm/agent/links.py``).
 

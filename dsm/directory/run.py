@@ -1,5 +1,5 @@
 """``dsm directory``'s process: one directory, or one shard of a distributed manager
-(``dsm/directory/shard.py``), started, announced and stopped.
+(``dsm/directory/shard/``), started, announced and stopped.
 
     dsm directory                                  one directory (shard 0 of 1)
     dsm directory --manager distributed --shards K shard 0, the coordinator, and shards 1..K-1

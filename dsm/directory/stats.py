@@ -1,12 +1,15 @@
 """What the directory tells ``dsm top``: each node's last report and a map of every array's
-pages (who owns them, who holds copies), as a ``StatsReport``. Read-only: nothing here changes a
-page's state."""
+pages (who owns them, who holds copies), as a ``StatsReport``; under a distributed manager, the
+coordinator's map put together from every shard's (``stitch_arrays``: the coordinator's gather
+is in ``dsm/directory/shard/coordinator.py``). Read-only: nothing here changes a page's state."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from dsm import protocol as p
+from dsm.core.shards import STRIPE_PAGES, shard_of
 from dsm.core.stats import LATENCY_BUCKETS_US
 from dsm.directory.allocations import Allocations
 from dsm.directory.pages import PageDirectory
@@ -73,3 +76,59 @@ def report(req: int, reports: NodeReports, live: list[str], pages: PageDirectory
         arrays.append([alloc.name, first, count, page_runs(pages, first, count)])
     return p.StatsReport(req, reports.snapshot(live), list(LATENCY_BUCKETS_US), arrays,
                          dict(pages.counters))
+
+
+# --- dsm top over the shards ------------------------------------------------------------------
+def stitch_arrays(by_shard: dict[int, list[Any]], count: int) -> list[Any]:
+    """Every array's page states (StatsReport.arrays) put together from each shard's view, each
+    stripe from the shard that manages it (the others see it at home)."""
+    views = {shard: {a[0]: a for a in arrays} for shard, arrays in by_shard.items()}
+    out = []
+    for name, first, pages, _ in by_shard[0]:
+        cursors = {s: _RunCursor(v[name][3]) for s, v in views.items() if name in v}
+        runs: list[list] = []
+        offset = 0
+        while offset < pages:
+            page = first + offset
+            stripe_left = STRIPE_PAGES - page % STRIPE_PAGES
+            n = min(stripe_left, pages - offset)
+            cursor = cursors.get(shard_of(page, count))
+            pieces = cursor.take(offset, n) if cursor is not None else [[n, "home", []]]
+            for piece in pieces:
+                if runs and runs[-1][1:] == piece[1:]:
+                    runs[-1][0] += piece[0]
+                else:
+                    runs.append(list(piece))
+            offset += n
+        out.append([name, first, pages, runs])
+    return out
+
+
+class _RunCursor:
+    """Reads ``[pages, kind, holders]`` runs by page offset, offsets asked in increasing order."""
+
+    def __init__(self, runs: list[list]):
+        self._runs = runs
+        self._i = 0
+        self._start = 0  #: offset of run ``_i``
+
+    def take(self, offset: int, n: int) -> list[list]:
+        out: list[list] = []
+        end = offset + n
+        while self._i < len(self._runs) and self._start < end:
+            length, kind, holders = self._runs[self._i]
+            run_end = self._start + length
+            if run_end <= offset:
+                self._i += 1
+                self._start = run_end
+                continue
+            lo, hi = max(offset, self._start), min(end, run_end)
+            out.append([hi - lo, kind, holders])
+            if run_end > end:
+                break
+            self._i += 1
+            self._start = run_end
+        covered = sum(r[0] for r in out)
+        if covered < n:  # a view shorter than the array (capped runs): the rest as its last
+            out.append([n - covered, out[-1][1] if out else "home", out[-1][2] if out else []])
+        return out

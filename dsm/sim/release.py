@@ -2,7 +2,7 @@
 barriers and write notices, the agent's twins and diffs, and the threads' synchronization.
 
 The coordinator (the directory, or shard 0 of a sharded manager) is wired as
-``dsm.directory.service`` wires it: a release (``LockRelease``, ``BarrierWait``) hands its write
+``dsm.directory.handlers`` wires it: a release (``LockRelease``, ``BarrierWait``) hands its write
 notices to ``WriteNotices`` before the ``SyncTable`` sees it, and every reply that ends an
 acquire (``ACQUIRES``) carries the notices the asking node has not taken yet. Lock and barrier
 messages travel on the same FIFO channels as the pages' (a node's one pipe to shard 0).
@@ -29,7 +29,7 @@ from dsm.core import actions as a
 from dsm.core.release import RELEASE
 from dsm.core.states import PageState
 from dsm.directory.notices import WriteNotices
-from dsm.directory.service import ACQUIRES
+from dsm.directory.handlers import ACQUIRES
 from dsm.directory.sync import SyncStatus, SyncTable
 from dsm.sim import programs
 from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure, slot_value

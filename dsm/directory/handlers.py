@@ -1,0 +1,256 @@
+"""What the directory does with each message from a node, once its ZeroMQ loop (``service.py``)
+has decoded it and found the node's session (a Hello before that):
+
+- the pages' messages go to the page-state machine (``dsm/directory/pages/``);
+- a node's session starts with its Hello (a name in use by a live node is refused, a restart
+  ends the old incarnation), ends with its Bye or its death (``_declare_dead``: fenced, its pages
+  here lost, every shard told);
+- locks and barriers go to the ``SyncTable``, their write notices to ``WriteNotices``: a release
+  hands its notices over first, every reply that ends an acquire (``ACQUIRES``) carries them;
+- an Alloc is answered once every shard knows a new array, a LostQuery or ForgetLost once every
+  shard told its lost pages, and ``dsm top`` is told this process's view (``stats_report``).
+
+``MessageHandlers`` is mixed into ``DirectoryService``: its methods use the state the service
+makes (layout, pages, sync, notices, sessions, allocations, node reports, tracer), its sending
+(``_send_all``, ``_send_to``) and its role (``dsm/directory/shard/``), which calls some of them
+back (``_on_hello``, ``_declare_dead``, ``lost_answer``, ``stats_report``, ``traced_array``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from dsm import protocol as p
+from dsm.directory.allocations import Allocation, AllocationError
+from dsm.directory.pages import Send
+from dsm.directory.stats import report as stats_report
+from dsm.directory.sync import Reply, SyncStatus, node_of
+from dsm.errors import ProtocolError
+
+#: the answers that end an acquire: they carry the write notices
+ACQUIRES = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.PASSED, SyncStatus.BROKEN)
+log = logging.getLogger(__name__)
+
+
+class MessageHandlers:
+    """The handlers of ``DirectoryService`` (see the module docstring)."""
+
+    def _node_handlers(self) -> dict[type, Callable[[str, Any, Any], list[Send]]]:
+        """What each message from a node with a session does: (node, message, page data) ->
+        the messages to send."""
+        return {
+            p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
+            p.Fetched: lambda n, m, d: self.pages.fetched(
+                n, m.txn, m.page, m.count, m.payload, d, m.not_held, m.unwritten),
+            p.Invalidated: lambda n, m, d: self.pages.invalidated(n, m.txn, m.page, m.count),
+            p.Writeback: lambda n, m, d: self.pages.writeback(n, m.page, m.count, m.payload, d),
+            p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count, m.payload, d),
+            p.Received: lambda n, m, d: self.pages.received(n, m.txn, m.page, m.count,
+                                                            m.installed),
+            p.Diff: lambda n, m, d: self.pages.diff(n, m.req, m.page, m.count,
+                                                    m.changed(self.layout.page_size), d),
+            p.Dirtied: lambda n, m, d: self.pages.dirtied(n, m.page, m.count),
+            p.Discard: self._on_discard,
+            p.Alloc: self._on_alloc,
+            # the node knows we live, and learns our clock (dsm.clocksync)
+            p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat(self.tracer.now_ns(), m.clock_ns))],
+            p.Bye: self._on_bye,
+            p.LockAcquire: self._on_lock_acquire,
+            p.LockRelease: lambda n, m, d: self._released(n, m.notices) or self._replies(
+                self.sync.release(n, m.req, m.name, self._holder(n, m.holder))),
+            p.BarrierJoin: lambda n, m, d: self._replies(
+                self.sync.join(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
+            p.BarrierWait: lambda n, m, d: self._released(n, m.notices) or self._replies(
+                self.sync.wait(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
+            p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *self.sync.status(m.name)))],
+            p.Departed: lambda n, m, d: self._replies(
+                self.sync.depart(self._holder(n, m.prefix))),
+            p.LostQuery: lambda n, m, d: self.role.lost(n, m.req, 0, self.layout.num_pages, None),
+            p.ForgetLost: self._on_forget_lost,
+            p.NodeReport: lambda n, m, d: self.node_reports.add(n, m) or [],
+        }
+
+    @staticmethod
+    def _holder(node: str, holder: str) -> str:
+        """Holders are named under the node that speaks for them: a node cannot act for another."""
+        if node_of(holder) != node:
+            raise ProtocolError(f"holder {holder!r} does not belong to node {node!r}")
+        return holder
+
+    def _released(self, node: str, notices: list[int]) -> None:
+        if len(notices) % 2:
+            raise ProtocolError(f"write notices must be (first, count) runs: {len(notices)} "
+                                "numbers")
+        for first, count in zip(notices[::2], notices[1::2]):
+            if count < 1:
+                raise ProtocolError(f"a write notice run of {count} pages from page {first}")
+            self.layout.check_page(first + count - 1)
+        self.notices.released(node, notices)
+
+    def _replies(self, replies: list[Reply]) -> list[Send]:
+        """The SyncReplies; an acquire (a grant, a departure) carries its write notices."""
+        return [Send(r.node, p.SyncReply(r.req, int(r.status), r.detail,
+                                         self.notices.take(r.node) if r.status in ACQUIRES
+                                         else []))
+                for r in replies]
+
+    def _on_lock_acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
+        deadline = None if msg.timeout_ms < 0 else time.monotonic() + msg.timeout_ms / 1000
+        holder = self._holder(node, msg.holder)
+        return self._replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
+
+    def _node_gone(self, node: str) -> list[Send]:
+        self.node_reports.forget(node)
+        self.notices.gone(node)
+        return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
+
+    def _declare_dead(self, node: str, why: str, report: bool = True) -> None:
+        """``node`` is dead: fenced, its pages here lost, and every shard told (``report``
+        False: the coordinator told us)."""
+        log.error("node %s declared dead: %s", node, why)
+        session = self.sessions.end(node, f"node {node} was declared dead: {why}")
+        self._send_all(self._node_gone(node))
+        if session is not None:  # if it still listens, it learns why it is no longer served
+            self._send_to(session.identity, p.Fenced(self.sessions.epoch,
+                                                     self.sessions.why_fenced(session.identity)))
+            self.role.dead(node, session.incarnation, why, told=not report)
+
+    def _reachable(self, identity: bytes) -> bool:
+        """Whether a peer is still connected (ROUTER_MANDATORY refuses to route to a peer whose
+        connection closed: a killed process's kernel closes its sockets at once)."""
+        return self._send_to(identity, p.Heartbeat())
+
+    def _on_hello(self, identity: bytes, msg: p.Hello) -> list[Send]:
+        node = msg.node
+        if self.role.hold_hello(identity, msg):  # shards missing, or not admitted yet
+            return []
+        lay = self.layout
+        welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
+                            self.tracer.now_ns(), self.pages.direct, self.role.welcome_shards())
+        old = self.sessions.get(node)
+        if old is not None and old.identity == identity:  # a repeated Hello: answer it again
+            return [Send(node, welcome)]
+        if self.sessions.is_fenced(identity):
+            self._send_to(identity, p.Fenced(self.sessions.epoch, self.sessions.why_fenced(identity)))
+            return []
+        if old is not None and not self.role.coordinator:
+            # the coordinator admitted this incarnation: it found the old one gone
+            self._declare_dead(node, f"the coordinator admitted incarnation {msg.incarnation:x} "
+                                     f"in place of {old.incarnation:x}", report=False)
+        elif old is not None:
+            if self._reachable(old.identity):
+                reason = (f"node name {node!r} is in use by a live node (agent pid {old.pid}, "
+                          f"incarnation {old.incarnation:x}): give this node another name "
+                          "(--node / DSM_NODE)")
+                # a peer can say this again and again: rate-limited
+                self._complain(logging.ERROR, "refused a second node named %r (agent pid %d): "
+                               "the first (pid %d) is alive", node, msg.pid, old.pid)
+                self._send_to(identity, p.Fenced(self.sessions.epoch, reason))
+                return []
+            # the old incarnation's connection is gone: it died, and this is its restart
+            self._declare_dead(node, f"it restarted (incarnation {old.incarnation:x} -> "
+                                     f"{msg.incarnation:x}) without leaving")
+        if self.pages.direct and not msg.endpoint:
+            log.warning("node %s serves no peer endpoint (--peer-listen none): the pages it "
+                        "asks for come through the directory, a round trip more each", node)
+        log.info("node %s joined (agent pid %d, incarnation %x%s)", node, msg.pid,
+                 msg.incarnation, f", peer endpoint {msg.endpoint}" if msg.endpoint else "")
+        self.sessions.start(node, identity, msg.incarnation, msg.pid, time.monotonic())
+        self.pages.node_joined(node, msg.endpoint)
+        self.notices.joined(node)
+        self.role.admitted(node, msg.incarnation)  # every shard hears it before the node
+        return [Send(node, welcome)]
+
+    def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
+        log.info("node %s left", node)
+        out = self._node_gone(node)
+        session = self.sessions.end(node, f"node {node} left the cluster")
+        # the acknowledgement comes after everything the node sent before: all it handed back
+        self._send_to(session.identity, p.Bye())
+        return out
+
+    def _on_discard(self, node: str, msg: p.Discard, _: Any) -> list[Send]:
+        for page in msg.pages:  # all of them first: a bad one must not leave half done
+            self.layout.check_page(page)
+        out: list[Send] = []
+        for page in msg.pages:
+            out += self.pages.discard(node, page)
+        return out
+
+    def _lost_ranges(self, runs: list[tuple[int, int, str]]) -> list[list]:
+        """Lost page runs as [array, start byte, end byte, dead node], per array."""
+        size = self.layout.page_size
+        out: list[list] = []
+        for first, count, dead in runs:
+            page = first
+            while page < first + count:
+                alloc = self.allocations.at(page * size)
+                if alloc is None:  # pages outside every array: named by region offset
+                    out.append(["", page * size, (page + 1) * size, dead])
+                    page += 1
+                    continue
+                end_page = min(first + count, (alloc.offset + alloc.nbytes + size - 1) // size)
+                start = page * size - alloc.offset
+                out.append([alloc.name, start, min(end_page * size - alloc.offset, alloc.nbytes),
+                            dead])
+                page = end_page
+        return out
+
+    def _on_forget_lost(self, node: str, msg: p.ForgetLost, _: Any) -> list[Send]:
+        alloc = self.allocations.get(msg.name)
+        if alloc is None:
+            return [Send(node, p.Error(msg.req, f"forget_lost: there is no array named {msg.name!r}"))]
+        size = self.layout.page_size
+        return self.role.lost(node, msg.req, alloc.offset // size,
+                              (alloc.nbytes + size - 1) // size, msg.name)
+
+    def lost_answer(self, node: str, req: int, runs: list[tuple[int, int, str]],
+                    forgot: str | None) -> list[Send]:
+        """The LostReport of ``runs`` (from every shard: merged here), forgotten from array
+        ``forgot`` (ForgetLost) or not (LostQuery)."""
+        runs = _merged(runs)
+        if forgot and runs:
+            log.warning("node %s forgot the lost pages of array %r (%d pages): they read as "
+                        "zeros from now on", node, forgot, sum(n for _, n, _ in runs))
+        return [Send(node, p.LostReport(req, self._lost_ranges(runs)))]
+
+    def stats_report(self, req: int) -> p.StatsReport:
+        """What ``dsm top`` is told, from this process's pages (the coordinator adds the other
+        shards')."""
+        return stats_report(req, self.node_reports, sorted(self.sessions.by_node), self.pages,
+                            self.allocations, self.layout.page_size)
+
+    def _on_alloc(self, node: str, msg: p.Alloc, _: Any) -> list[Send]:
+        count_before = len(self.allocations)
+        try:
+            a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
+        except AllocationError as exc:
+            return [Send(node, p.Error(msg.req, str(exc)))]
+        def answer(why: str | None) -> None:
+            self._send_all([Send(node, p.Error(msg.req, why) if why else
+                                 p.Allocated(msg.req, a.offset, a.nbytes, a.meta))])
+
+        if len(self.allocations) > count_before:
+            self.traced_array(a)
+            self.role.allocated(a, answer)  # the shards know the array first
+        else:
+            self.role.when_known(a.name, answer)
+        return []
+
+    def traced_array(self, a: Allocation) -> None:
+        if self.tracer.enabled:  # names the pages for the views (dsm trace --html)
+            size = self.layout.page_size
+            self.tracer.array(a.name, a.offset // size, max(1, (a.nbytes + size - 1) // size))
+
+
+def _merged(runs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Lost runs sorted, neighbours of one dead node joined (each shard's end at stripes)."""
+    out: list[tuple[int, int, str]] = []
+    for first, count, dead in sorted(tuple(r) for r in runs):
+        if out and out[-1][0] + out[-1][1] == first and out[-1][2] == dead:
+            out[-1] = (out[-1][0], out[-1][1] + count, dead)
+        else:
+            out.append((first, count, dead))
+    return out

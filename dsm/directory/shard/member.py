@@ -1,0 +1,186 @@
+"""A member's role (``Member``): shard I > 0 of a distributed manager, joined to its coordinator.
+
+It keeps a DEALER to the coordinator and heartbeats on it; it serves a node's Hello only once
+the coordinator admitted that incarnation (``NodeAdmitted``); it reports the deaths it declares
+(``NodeDead``) and carries out those the coordinator tells it; it learns the arrays
+(``ArrayAllocated``) and answers the coordinator's questions about its lost pages and its
+``dsm top`` view (``LostRunsQuery``, ``StatsRunsQuery``); and it stops when the coordinator
+falls silent, refuses it, or (a shard it started) exits.
+
+What a shard is and what the shards tell each other: the package docstring (``__init__.py``).
+The base it builds on: ``role.py``; the coordinator's side: ``coordinator.py``. How a shard
+joins its coordinator before it serves (``ShardHello``): ``dsm/directory/shardprocs.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import zmq
+
+from dsm import protocol as p
+from dsm.directory.allocations import AllocationError
+from dsm.directory.shard.role import EXIT_SHARD_LOST, HELLO_HOLD_S, Role, _Held
+from dsm.errors import DsmError
+from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from dsm.directory.service import DirectoryService
+
+log = logging.getLogger(__name__)
+
+
+class Member(Role):
+    """Shard ``index`` > 0: its DEALER to the coordinator (joined: ``welcome``)."""
+
+    coordinator = False
+
+    def __init__(self, dealer: zmq.Socket, welcome: p.ShardWelcome, coordinator: str,
+                 parent_pidfd: int | None = None):
+        self.index = welcome.shard
+        self.count = welcome.shards
+        self.welcome = welcome
+        self.dealer = dealer
+        self.coordinator_endpoint = coordinator
+        self._parent_pidfd = parent_pidfd
+        #: node -> the incarnation the coordinator admitted last
+        self._admitted: dict[str, int] = {}
+        self._held: list[_Held] = []
+        self._last_heard_s = self._last_sent_s = time.monotonic()
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            p.Heartbeat: lambda m: None,  # the coordinator lives (noted on every message)
+            p.NodeAdmitted: self._on_admitted,
+            p.NodeDead: self._on_node_dead,
+            p.ArrayAllocated: self._on_array,
+            p.LostRunsQuery: self._on_lost_query,
+            p.StatsRunsQuery: self._on_stats_query,
+            p.Fenced: lambda m: self.service.fail(
+                f"the coordinator {coordinator} refuses this shard: {m.reason}", EXIT_SHARD_LOST),
+            p.Error: lambda m: log.error("the coordinator reported: %s", m.message),
+        }
+
+    def attach(self, service: "DirectoryService") -> None:
+        super().attach(service)
+        service.sessions.epoch = self.welcome.epoch  # one epoch for the whole cluster
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [self.dealer]
+
+    def _send(self, msg: p.Message) -> None:
+        try:
+            self.dealer.send_multipart(p.encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.service.fail(f"the coordinator {self.coordinator_endpoint} takes no message "
+                              "(gone, or not reading)", EXIT_SHARD_LOST)
+            return
+        self._last_sent_s = time.monotonic()
+
+    def drain(self, sock: zmq.Socket) -> None:
+        while self.dealer.get(zmq.EVENTS) & zmq.POLLIN:
+            frames = self.dealer.recv_multipart(copy=False)
+            self._last_heard_s = time.monotonic()
+            try:
+                msg, _ = p.decode(frames, self.service.layout.page_size, p.Direction.TO_NODE)
+                handler = self._handlers.get(type(msg))
+                if handler is None:
+                    raise DsmError(f"a shard does not take a {type(msg).__name__}")
+                handler(msg)
+            except DsmError as exc:
+                log.error("dropped a message from the coordinator: %s", exc)
+
+    # --- nodes -------------------------------------------------------------------------------
+    def hold_hello(self, identity: bytes, hello: p.Hello) -> bool:
+        if self._admitted.get(hello.node) == hello.incarnation:
+            return False
+        if self.service.sessions.is_fenced(identity):
+            return False  # answered with why
+        self._held = [h for h in self._held if h.identity != identity]
+        self._held.append(_Held(identity, hello, time.monotonic()))
+        return True
+
+    def _on_admitted(self, msg: p.NodeAdmitted) -> None:
+        self._admitted[msg.node] = msg.incarnation
+        ready = [h for h in self._held if h.hello.node == msg.node
+                 and h.hello.incarnation == msg.incarnation]
+        self._held = [h for h in self._held if h not in ready]
+        for h in ready:
+            self.service._send_all(self.service._on_hello(h.identity, h.hello))
+
+    def dead(self, node: str, incarnation: int, why: str, told: bool) -> None:
+        if not told:
+            self._send(p.NodeDead(node, incarnation, why))
+
+    def _on_node_dead(self, msg: p.NodeDead) -> None:
+        svc = self.service
+        if self._admitted.get(msg.node) == msg.incarnation:
+            del self._admitted[msg.node]
+        identity = p.identity(msg.node, msg.incarnation)
+        session = svc.sessions.get(msg.node)
+        if session is not None and session.incarnation == msg.incarnation:
+            svc._declare_dead(msg.node, f"the coordinator says: {msg.why}", report=False)
+        elif not svc.sessions.is_fenced(identity):  # never said Hello here: it will be fenced
+            svc.sessions.fence(identity, f"node {msg.node} was declared dead: {msg.why}")
+        for h in [h for h in self._held if h.identity == identity]:
+            self._held.remove(h)
+            svc._send_to(identity, p.Fenced(svc.sessions.epoch, svc.sessions.why_fenced(identity)))
+
+    def _on_array(self, msg: p.ArrayAllocated) -> None:
+        try:
+            alloc = self.service.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
+        except AllocationError as exc:
+            raise DsmError(f"array {msg.name!r} from the coordinator: {exc}") from None
+        if alloc.offset != msg.offset:
+            raise DsmError(f"array {msg.name!r} is at {alloc.offset:#x} here, at "
+                           f"{msg.offset:#x} on the coordinator: the allocation tables diverged")
+        self.service.traced_array(alloc)
+        if msg.gather:
+            self._send(p.ArrayKnown(msg.gather))
+
+    def _on_lost_query(self, msg: p.LostRunsQuery) -> None:
+        pages = self.service.pages
+        first, count = msg.first, msg.count
+        runs = pages.forget_lost(first, count) if msg.forget else pages.lost_runs(first, count)
+        if msg.forget and runs:
+            log.warning("forgot %d lost pages at the coordinator's word: they read as zeros "
+                        "from now on", sum(n for _, n, _ in runs))
+        self._send(p.LostRuns(msg.gather, [list(r) for r in runs]))
+
+    def _on_stats_query(self, msg: p.StatsRunsQuery) -> None:
+        report = self.service.stats_report(0)
+        self._send(p.StatsRuns(msg.gather, report.arrays, report.directory))
+
+    # --- timers ------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        if now - self._last_sent_s > HEARTBEAT_INTERVAL_S:
+            self._send(p.Heartbeat(self.service.tracer.now_ns()))
+        if now - self._last_heard_s > NODE_TIMEOUT_S:
+            self.service.fail(f"the coordinator {self.coordinator_endpoint} has been silent for "
+                              f"{now - self._last_heard_s:.1f} s: stopping this shard",
+                              EXIT_SHARD_LOST)
+            return
+        if self._parent_pidfd is not None and _exited(self._parent_pidfd):
+            self.service.fail("the coordinator that started this shard exited: stopping",
+                              EXIT_SHARD_LOST)
+            return
+        for h in [h for h in self._held if now - h.since_s > HELLO_HOLD_S]:
+            self._held.remove(h)
+            log.warning("node %s said Hello, but the coordinator did not admit incarnation %x "
+                        "within %.0f s: refused", h.hello.node, h.hello.incarnation, HELLO_HOLD_S)
+            self.service._send_to(h.identity, p.Fenced(self.service.sessions.epoch, (
+                f"the coordinator {self.coordinator_endpoint} has not admitted this node: say "
+                "Hello to the coordinator first")))
+
+    def close(self) -> None:
+        self.dealer.close(0)
+        if self._parent_pidfd is not None:
+            os.close(self._parent_pidfd)
+
+
+def _exited(pidfd: int) -> bool:
+    import select
+
+    return bool(select.select([pidfd], [], [], 0)[0])
+
