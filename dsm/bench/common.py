@@ -164,6 +164,23 @@ def format_summary(rows: list[dict], title: str) -> str:
     return "\n".join(out)
 
 
+@contextmanager
+def echo_dealer(endpoint: str) -> Iterator[Any]:
+    """A DEALER connected to the echo server at ``endpoint`` (for ``round_trips``), closed
+    with its context afterwards, unsent messages dropped."""
+    import zmq
+
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(endpoint)
+        yield dealer
+    finally:
+        dealer.close(0)
+        ctx.term()
+
+
 def round_trips(dealer, payload: bytes, n: int, timeout_s: float) -> list[int]:
     """``n`` timed round trips of ``payload`` through an echo server (a connected DEALER), in
     ns; each answer must come within ``timeout_s``."""

@@ -134,19 +134,12 @@ class FaultBench:
             self._prepare(c)
         for path in self.floors.values():  # untimed, like the nodes' (cold code, new connections)
             path.touch(self.floor_warm, BASE_TIMEOUT_S + PER_PAGE_TIMEOUT_S * len(self.floor_warm))
-        ctx = zmq.Context()
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        try:
-            dealer.connect(echo)
+        with common.echo_dealer(echo) as dealer:
             payload = os.urandom(self.message_bytes)
             self._round_trips(dealer, payload, WARMUP_ROUND_TRIPS)
             for r in range(self.rounds):
                 p(f"round {r + 1}/{self.rounds}")
                 self._round(r, dealer, payload)
-        finally:
-            dealer.close(0)
-            ctx.term()
         p("checking what the writes left")
         for c in self.clusters:
             self._verify(c)

@@ -159,11 +159,7 @@ class LockBench:
         directory = self.procs.start_directory(self._endpoint("directory"), 64 << 20)
         echo = self.procs.start_echo(self._endpoint("echo"))
         self.nodes = self.procs.start_workers(directory, self.names)
-        ctx = zmq.Context()
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        try:
-            dealer.connect(echo)
+        with common.echo_dealer(echo) as dealer:
             payload = os.urandom(self.message_bytes)
             _round_trips(dealer, payload, WARMUP_ROUND_TRIPS)
             self._lock("a", "warm", WARMUP_ACQUIRES)
@@ -181,9 +177,6 @@ class LockBench:
                 self._contended_rows("contended", self._contend("contended", n, None), n)
                 self._contended_rows("counter", self._contend("counter", n, "bench.counter"), n)
                 self.increments += n * self.n_nodes
-        finally:
-            dealer.close(0)
-            ctx.term()
         return self._result()
 
     def _lock(self, node: str, name: str, n: int, parties: int = 1,
