@@ -109,6 +109,28 @@ def test_holder_killed_with_sigkill_releases_the_lock_to_the_next(make_node):
     assert b.wait(20) is True
 
 
+def test_a_holder_killed_before_anyone_waits_is_told_to_the_next_acquirer(make_node):
+    a, b = make_node("a"), make_node("b")
+    a.run(
+        "import signal, time\n"
+        "flag = node.array('held2', (1,), np.int64)\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    node.lock('k2').acquire(); flag[0] = 1\n"
+        "    time.sleep(600)\n"
+        "    os._exit(0)\n"
+        "deadline = time.monotonic() + 20\n"
+        "while flag[0] != 1 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "assert flag[0] == 1\n"
+        "os.kill(child, signal.SIGKILL); os.waitpid(child, 0)\n"
+    )
+    # whether b's request comes before the directory hears of the death or after, b learns
+    # that the data the lock protects may be half-updated
+    assert b.run("lk = node.lock('k2'); lk.acquire()", "lk.previous_holder_died") is True
+    assert b.run("lk.release(); lk.acquire()", "lk.previous_holder_died") is False
+
+
 def test_barrier_is_reusable_and_orders_memory(make_node):
     nodes = [make_node(f"n{i}") for i in range(NODES)]
     for i, n in enumerate(nodes):

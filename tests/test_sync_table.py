@@ -48,6 +48,27 @@ def test_a_departed_holder_passes_the_lock_on_marked_broken():
     assert not t.locks["L"].queue
 
 
+def test_a_holder_that_departs_with_nobody_waiting_breaks_the_lock_for_its_next_acquirer():
+    t = SyncTable()
+    t.acquire("a", 1, "L", "a:7:1", None)
+    assert t.depart("a:7") == []
+    assert t.acquire("b", 2, "L", "b:1:1", None) == [("b", 2, S.GRANTED_BROKEN, "")]
+    t.release("b", 3, "L", "b:1:1")  # told once: the lock is whole again
+    assert t.locks == {}
+    assert t.acquire("c", 4, "L", "c:1:1", None) == [("c", 4, S.GRANTED, "")]
+
+
+def test_broken_locks_waiting_for_an_acquirer_are_kept_up_to_a_bound(monkeypatch):
+    monkeypatch.setattr(sync, "ORPHANED_BROKEN_KEPT", 2)
+    t = SyncTable()
+    for i, name in enumerate(("L1", "L2", "L3")):
+        t.acquire("c", i, name, "c:1:1", None)
+    t.depart("c")
+    assert sorted(t.locks) == ["L2", "L3"]  # the oldest forgotten
+    assert t.acquire("a", 5, "L3", "a:1:1", None)[0].status is S.GRANTED_BROKEN
+    assert t.acquire("a", 6, "L1", "a:1:1", None)[0].status is S.GRANTED
+
+
 def test_barrier_completes_and_is_reusable():
     t = SyncTable()
     for gen in (1, 2):
@@ -120,6 +141,9 @@ def test_locks_and_barriers_nobody_uses_are_forgotten():
     t.expire(1.0)  # b gave up waiting; a still holds M
     assert list(t.locks) == ["M"]
     t.depart("a")
+    assert list(t.locks) == ["M"]  # a died holding it: kept until someone is told
+    t.acquire("c", 9, "M", "c:1:1", None)
+    t.release("c", 10, "M", "c:1:1")
     assert t.locks == {}
     t.join("a", 5, "B", 2, "a:1:1")
     t.join("b", 6, "B", 2, "b:2:1")

@@ -4,7 +4,9 @@ Holders are strings ``"node:pid:thread"``; a departed process (``"node:pid"``) o
 is a prefix of its holders. Every method returns the replies to send as ``Reply(node, req, ...)``.
 
 Locks are granted in FIFO order. A lock whose holder departs passes to the next waiter with
-``broken=True``, so that it learns the protected data may be half-updated. A waiter may give a
+``broken=True``, so that it learns the protected data may be half-updated; with nobody waiting,
+the lock remembers it, and its next acquirer is told (as a robust mutex's next locker gets
+EOWNERDEAD). A waiter may give a
 deadline: ``expire(now)`` answers TIMEOUT to those whose deadline passed.
 
 A barrier knows its members from their ``join``: when a member departs, the barrier breaks for
@@ -12,11 +14,12 @@ everyone waiting and for every later ``wait``, instead of leaving them waiting f
 
 Nothing unused is kept: a lock nobody holds or waits for, and a barrier with no members left,
 are forgotten (a later use of the name starts afresh), so that a long-running directory does
-not grow with every name ever used. One exception: a barrier whose only members were the ones
-that just departed stays broken, because its other parties may simply not have joined yet (a
-process that joins after its peer died must not wait forever for it). It is forgotten once the
-parties that joined it since have departed too, or when more than ``ORPHANED_BROKEN_KEPT`` such
-barriers wait for a joiner (the oldest first).
+not grow with every name ever used. Two exceptions, for news that nobody has heard yet: a lock
+whose holder died with nobody waiting (see above), and a barrier whose only members were the
+ones that just departed, which stays broken because its other parties may simply not have
+joined yet (a process that joins after its peer died must not wait forever for it); that
+barrier is forgotten once the parties that joined it since have departed too. Of each kind, at
+most ``ORPHANED_BROKEN_KEPT`` are kept (the oldest forgotten first).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def departed(holder: str, prefix: str) -> bool:
     return holder == prefix or holder.startswith(prefix + ":")
 
 
-#: broken barriers left with no members that are kept broken for parties yet to join them
+#: broken locks nobody holds or waits for, and broken barriers left with no members, kept for
+#: their next user (of each kind)
 ORPHANED_BROKEN_KEPT = 1024
 
 #: upper bounds of the wait histograms, in seconds: 1 ms doubling to about a minute
@@ -93,6 +97,11 @@ class Waiter:
 class LockState:
     holder: str | None = None
     queue: deque[Waiter] = field(default_factory=deque)
+    #: its last holder departed holding it, and nobody has been granted it since
+    broken: bool = False
+
+    def unused(self) -> bool:
+        return self.holder is None and not self.queue and not self.broken
 
 
 @dataclass
@@ -110,6 +119,8 @@ class SyncTable:
         self.barriers: dict[str, BarrierState] = {}
         #: broken barriers with no members, kept for their late parties, oldest first
         self._orphaned_broken: dict[str, None] = {}
+        #: broken locks nobody holds or waits for, kept for their next acquirer, oldest first
+        self._broken_locks: dict[str, None] = {}
         self._clock = clock
         #: how long lock acquisitions and barrier waits took
         self.waits = {"lock": WaitHistogram(), "barrier": WaitHistogram()}
@@ -123,7 +134,10 @@ class SyncTable:
         if lock.holder is None and not lock.queue:
             lock.holder = holder
             self.waits["lock"].record(0.0)
-            return [Reply(node, req, SyncStatus.GRANTED)]
+            status = SyncStatus.GRANTED_BROKEN if lock.broken else SyncStatus.GRANTED
+            lock.broken = False
+            self._broken_locks.pop(name, None)
+            return [Reply(node, req, status)]
         lock.queue.append(Waiter(node, req, holder, deadline, self._clock()))
         return []
 
@@ -141,12 +155,13 @@ class SyncTable:
 
     def _forget_if_unused(self, name: str) -> None:
         lock = self.locks.get(name)
-        if lock is not None and lock.holder is None and not lock.queue:
+        if lock is not None and lock.unused():
             del self.locks[name]
 
     def _pass_on(self, lock: LockState, broken: bool) -> list[Reply]:
         lock.holder = None
         if not lock.queue:
+            lock.broken = broken  # for the next acquirer, whenever it comes
             return []
         nxt = lock.queue.popleft()
         lock.holder = nxt.holder
@@ -168,7 +183,7 @@ class SyncTable:
             for w in expired:
                 lock.queue.remove(w)
                 out.append(Reply(w.node, w.req, SyncStatus.TIMEOUT, f"lock {name!r}"))
-        for name in [n for n, lock in self.locks.items() if lock.holder is None and not lock.queue]:
+        for name in [n for n, lock in self.locks.items() if lock.unused()]:
             del self.locks[name]
         return out
 
@@ -216,10 +231,12 @@ class SyncTable:
         """A process (``node:pid``) or a node (``node``) is gone: release what it held, drop what
         it waited for, break the barriers it belonged to."""
         out: list[Reply] = []
-        for lock in self.locks.values():
+        for name, lock in self.locks.items():
             lock.queue = deque(w for w in lock.queue if not departed(w.holder, prefix))
             if lock.holder is not None and departed(lock.holder, prefix):
                 out += self._pass_on(lock, broken=True)
+                if lock.broken:
+                    self._broken_locks[name] = None
         just_broken: list[str] = []
         for name, barrier in self.barriers.items():
             gone = {m for m in barrier.members if departed(m, prefix)}
@@ -232,7 +249,7 @@ class SyncTable:
             waiting = [w for w in barrier.arrived if not departed(w.holder, prefix)]
             barrier.arrived = []
             out += [Reply(w.node, w.req, SyncStatus.BROKEN, barrier.broken_by) for w in waiting]
-        for name in [n for n, lock in self.locks.items() if lock.holder is None and not lock.queue]:
+        for name in [n for n, lock in self.locks.items() if lock.unused()]:
             del self.locks[name]
         for name in just_broken:
             if not self.barriers[name].members:
@@ -240,6 +257,9 @@ class SyncTable:
         for name in [n for n, b in self.barriers.items()
                      if not b.members and n not in self._orphaned_broken]:
             del self.barriers[name]
+        while len(self._broken_locks) > ORPHANED_BROKEN_KEPT:
+            oldest = next(iter(self._broken_locks))
+            del self._broken_locks[oldest], self.locks[oldest]
         while len(self._orphaned_broken) > ORPHANED_BROKEN_KEPT:
             oldest = next(iter(self._orphaned_broken))
             del self._orphaned_broken[oldest], self.barriers[oldest]
