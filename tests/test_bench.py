@@ -413,6 +413,11 @@ def test_bench_jacobi_times_each_iteration_beside_numpy(tmp_path, run_dsm_bench)
     numpy_share = np.median(result["samples"]["numpy_iteration_s"]) / 2
     assert result["overhead_ms_median"] == pytest.approx(
         (np.median(iterations) - numpy_share) * 1000)
+    # the floor: the bands in plain processes, timed in the same run
+    summary_lines(proc.stdout, ["jacobi 48x48 iteration, 2 plain processes (the floor)",
+                                "  DSM cost: iteration - the floor's"])
+    floor = result["samples"]["floor_iteration_s"]
+    assert len(floor) == 3 and all(t > 0 for t in floor)
 
 
 def test_bench_suite_runs_everything_into_one_table_json_and_png(tmp_path, run_dsm_bench):
