@@ -13,6 +13,9 @@ from __future__ import annotations
 import enum
 
 MANAGER_ENV = "DSM_MANAGER"
+#: the distributed manager's number of shards (``dsm directory --shards``/``--of``); several
+#: imply ``distributed``
+SHARDS_ENV = "DSM_SHARDS"
 
 
 class Manager(enum.Enum):

@@ -116,7 +116,7 @@ class Tracer:
             for name, value in msg.__dict__.items():
                 if isinstance(value, list) and len(value) > MAX_TRACED_LIST_ITEMS:
                     value = f"[{len(value)} items]"
-                elif isinstance(value, bytes):  # packed numbers (a Diff's spans): their size
+                elif isinstance(value, bytes):  # packed numbers (a Diff's changes): their size
                     value = f"[{len(value)} bytes]"
                 record[name] = value
         self._write(record)

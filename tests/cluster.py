@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dsm.managers import MANAGER_ENV, SHARDS_ENV
+
 WORKER = str(Path(__file__).with_name("node_worker.py"))
 START_TIMEOUT_S = 15.0
 #: default deadline of one snippet run on a node
@@ -19,6 +21,13 @@ STOP_TIMEOUT_S = 5.0
 
 class ClusterProcessError(AssertionError):
     pass
+
+
+
+def environment_without_manager_defaults() -> dict[str, str]:
+    """This environment without the suite's $DSM_MANAGER / $DSM_SHARDS defaults, for tests that
+    give a cluster its own shape (its flags, or a compose project's own values)."""
+    return {k: v for k, v in os.environ.items() if k not in (MANAGER_ENV, SHARDS_ENV)}
 
 
 def _read_line(proc: subprocess.Popen, timeout_s: float, what: str) -> str:

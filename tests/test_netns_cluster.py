@@ -18,6 +18,7 @@ import pytest
 from dsm.hosts import network
 from dsm.hosts.compose import load
 from dsm.hosts.runner import HOSTEXEC, Cluster, Instance
+from dsm.managers import SHARDS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -63,6 +64,13 @@ def _root_links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
+def _environment_without_shards() -> dict[str, str]:
+    """This environment without the suite's $DSM_SHARDS: a test says its cluster's shape (a
+    sharded one sets DSM_SHARDS and the manager replicas, DSM_MANAGERS, together); the suite's
+    $DSM_MANAGER still applies."""
+    return {k: v for k, v in os.environ.items() if k != SHARDS_ENV}
+
+
 @pytest.fixture
 def hosts(namespaces, tmp_path):
     """``start(env, scale)``: the compose project on namespace hosts; torn down after the test,
@@ -71,7 +79,7 @@ def hosts(namespaces, tmp_path):
     links_before = _root_links()
 
     def start(env: dict[str, str], scale: dict[str, int]) -> Cluster:
-        project = load(COMPOSE_FILE, {**os.environ, **env}, scale)
+        project = load(COMPOSE_FILE, {**_environment_without_shards(), **env}, scale)
         cluster = Cluster(project, log_dir=tmp_path / "hosts")
         clusters.append(cluster)
         cluster.up()
@@ -250,7 +258,7 @@ def test_link_cut_fails_the_cut_node_and_the_others_carry_on(hosts):
 @pytest.mark.timeout(90)
 def test_scripts_start_and_tear_down_namespace_hosts(namespaces, tmp_path):
     state = tmp_path / "netns"
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**_environment_without_shards(), "PYTHON": sys.executable}
     env.pop("DSM_AGENT_SOCKET", None)
 
     def script(*args: str) -> subprocess.CompletedProcess:

@@ -22,10 +22,10 @@ import zmq
 
 from dsm import protocol as p
 from dsm.core.shards import STRIPE_PAGES, shard_of
+from dsm.directory.shard import HELLO_HOLD_S
 from dsm.directory.sessions import new_random_id
-from dsm.commands.directory import SHARDS_ENV
-from dsm.managers import MANAGER_ENV
-from tests.cluster import ClusterProcessError, Directory, NodeProcess, dump_logs
+from tests.cluster import (ClusterProcessError, Directory, NodeProcess, dump_logs,
+                           environment_without_manager_defaults)
 from tests.test_coherence import (  # noqa: F401  (collected here, against the shards)
     test_a_process_attaching_late_cannot_write_a_read_copy_silently,
     test_concurrent_writers_on_one_page_lose_no_write,
@@ -329,11 +329,6 @@ def test_a_node_is_cut_off_when_any_shard_falls_silent(directory, tmp_path, shar
 
 
 # --- shards started one by one, as on several hosts ---------------------------------------------
-def _env_without_manager_defaults() -> dict[str, str]:
-    """The flags say everything here: not the suite's $DSM_MANAGER / $DSM_SHARDS defaults."""
-    return {k: v for k, v in os.environ.items() if k not in (MANAGER_ENV, SHARDS_ENV)}
-
-
 class Shard:
     def __init__(self, tmp_path, name: str, args: list[str]):
         self.log_path = tmp_path / f"{name}.log"
@@ -341,7 +336,7 @@ class Shard:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dsm", "--log-level", "INFO", "directory", *args],
             stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
-            env=_env_without_manager_defaults())
+            env=environment_without_manager_defaults())
 
     def first_line(self, timeout_s: float = 20.0) -> str:
         import select
@@ -381,12 +376,18 @@ def test_shards_started_apart_join_their_coordinator_which_holds_hellos_until_th
         early.send_multipart(p.encode(p.Hello("early", os.getpid(), 1)))
         _wait_for_file_text(tmp_path / "coordinator.log", "waits for its Welcome")
         assert not early.poll(500)
+        # held until shortly before an agent gives up, then answered with the reason
+        assert early.poll(int((HELLO_HOLD_S + 2) * 1000))
+        refusal, _ = p.decode(early.recv_multipart(), PAGE, p.Direction.TO_NODE)
+        assert isinstance(refusal, p.Error), refusal
+        assert "waits for shard(s) 2 to join" in refusal.message, refusal
+        assert "--scale manager=2" in refusal.message, refusal
         shards.append(Shard(tmp_path, "shard-b", [
             "--listen", f"ipc://{tmp_path}/b.ipc", "--shard", "2", "--of", "3",
             "--coordinator", coordinator_ep]))
         assert coordinator.first_line().startswith("directory listening on ")
         assert shards[1].first_line().startswith("shard 2 of 3 listening on ")
-        early.send_multipart(p.encode(p.Hello("early", os.getpid(), 1)))  # if it was dropped
+        early.send_multipart(p.encode(p.Hello("early", os.getpid(), 1)))  # once more
         assert early.poll(ANSWER_TIMEOUT_MS)
         welcome, _ = p.decode(early.recv_multipart(), PAGE, p.Direction.TO_NODE)
         assert isinstance(welcome, p.Welcome) and len(welcome.shards) == 3, welcome
@@ -397,7 +398,7 @@ def test_shards_started_apart_join_their_coordinator_which_holds_hellos_until_th
         extra = subprocess.run(
             [sys.executable, "-m", "dsm", "directory", "--listen", f"ipc://{tmp_path}/c.ipc",
              "--shard", "auto", "--coordinator", coordinator_ep],
-            capture_output=True, text=True, timeout=30, env=_env_without_manager_defaults())
+            capture_output=True, text=True, timeout=30, env=environment_without_manager_defaults())
         assert extra.returncode == 2
         assert "there is no free shard" in extra.stdout + extra.stderr, extra
         # a shard that disagrees on the count is refused too

@@ -236,6 +236,8 @@ class Agent:
         if isinstance(msg, p.Fenced):
             raise DirectoryRefused(f"the directory {self.directory_endpoint} refused node "
                                    f"{self.node!r}: {msg.reason}")
+        if isinstance(msg, p.Error):  # up, but not serving yet (its shards have not joined)
+            raise DirectoryUnreachable(f"directory {self.directory_endpoint}: {msg.message}")
         if not isinstance(msg, p.Welcome):
             raise ProtocolError(f"expected Welcome from the directory, got {type(msg).__name__}")
         self.epoch = msg.epoch

@@ -19,11 +19,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from dsm.bench.common import environment_set
-from dsm.managers import MANAGER_ENV, Manager
+from dsm.managers import MANAGER_ENV, SHARDS_ENV, Manager
 
 #: the shards of the distributed manager's pass unless DSM_SHARDS says otherwise
 DEFAULT_SHARDS = 2
-SHARDS_ENV = "DSM_SHARDS"
 ALL = "all"
 
 

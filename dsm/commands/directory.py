@@ -18,12 +18,11 @@ from dsm.directory.run import ShardPlan, run_directory
 from dsm.errors import ConfigError
 from dsm.keys import KeysError, add_keys_argument, keys_dir_from, load_server_keys
 from dsm.layout import DEFAULT_BASE_ADDRESS, DEFAULT_REGION_BYTES, Layout
-from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS, Manager
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS, SHARDS_ENV, Manager
 from dsm.units import check_home_copy, check_region, format_size, parse_size
 
 LISTEN_ENV = "DSM_LISTEN"
 DEFAULT_LISTEN = "tcp://0.0.0.0:7400"
-SHARDS_ENV = "DSM_SHARDS"
 #: the managers that run one directory process
 ONE_DIRECTORY_MANAGERS = (Manager.RELAY.value, Manager.CENTRAL.value)
 

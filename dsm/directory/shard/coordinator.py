@@ -302,8 +302,13 @@ class Coordinator(Role):
                 del self._gathers[gid]
                 g.failed(f"shard(s) {', '.join(map(str, sorted(g.waiting)))} did not answer the "
                          f"coordinator within {GATHER_TIMEOUT_S:.0f} s")
-        if self._held:
-            self._held = [h for h in self._held if now - h.since_s < HELLO_HOLD_S]
+        for h in [h for h in self._held if now - h.since_s >= HELLO_HOLD_S]:
+            self._held.remove(h)
+            self.service._send_to(h.identity, p.Error(0, (
+                f"not serving nodes yet: this coordinator (shard 0 of {self.count}) waits for "
+                f"shard(s) {self._missing()} to join (dsm directory --shard I --of {self.count} "
+                f"--coordinator {self.service.endpoint}; in compose, --scale manager="
+                f"{self.count - 1})")))
         if not self.ready and now - self._last_missing_log_s > MISSING_SHARDS_LOG_INTERVAL_S:
             self._last_missing_log_s = now
             log.warning("still waiting for shard(s) %s of %d to join (dsm directory --shard I "

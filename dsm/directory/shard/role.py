@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 #: exit status of a shard process whose coordinator, or a coordinator whose shard, fell silent
 EXIT_SHARD_LOST = 3
 #: how long a node's Hello waits for the shards to join (coordinator) or for the coordinator's
-#: admission (member) before it is dropped: about as long as an agent waits for its Welcome
-HELLO_HOLD_S = 5.0
+#: admission (member) before it is answered with the reason: less than an agent waits for its
+#: Welcome (``dsm.agent.service.CONNECT_TIMEOUT_S``, 5 s), so that the node hears why
+HELLO_HOLD_S = 4.0
 #: the messages any shard serves; a message with a page goes to the page's shard, and every
 #: other message to the coordinator
 TO_EVERY_SHARD = (p.Hello, p.Heartbeat, p.Bye, p.StatsQuery)
