@@ -6,8 +6,8 @@ is a prefix of its holders. Every method returns the replies to send as ``Reply(
 Locks are granted in FIFO order. A lock whose holder departs passes to the next waiter with
 ``broken=True``, so that it learns the protected data may be half-updated; with nobody waiting,
 the lock remembers it, and its next acquirer is told (as a robust mutex's next locker gets
-EOWNERDEAD). A waiter may give a
-deadline: ``expire(now)`` answers TIMEOUT to those whose deadline passed.
+EOWNERDEAD). A waiter may give a deadline: ``expire(now)`` answers TIMEOUT to those whose
+deadline passed.
 
 A barrier knows its members from their ``join``: when a member departs, the barrier breaks for
 everyone waiting and for every later ``wait``, instead of leaving them waiting forever.
