@@ -363,9 +363,11 @@ class Diff(Message):
     changes: bytes
     payload: PayloadKind
 
-    def changed(self, page_size: int) -> np.ndarray:
+    def changed(self, page_size: int) -> np.ndarray | None:
         """Which bytes of the run changed: a bool array of ``count * page_size`` (``changes``
-        as ``frame_bytes`` checked it)."""
+        as ``frame_bytes`` checked it); None when nothing did (payload NONE)."""
+        if self.payload != Payload.DATA:
+            return None
         size = self.count * page_size
         if self.encoding == DiffEncoding.MASK:
             return np.unpackbits(np.frombuffer(self.changes, dtype=np.uint8)).view(bool)

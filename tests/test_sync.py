@@ -88,21 +88,25 @@ def test_release_of_a_lock_not_held_is_an_error(make_node):
     assert "does not hold it" in err and "r" in err
 
 
+#: a forked child of the node takes lock {lock} and idles; the parent returns once it holds it
+_CHILD_HOLDS_LOCK = (
+    "import signal, time\n"
+    "flag = node.array('{flag}', (1,), np.int64)\n"
+    "child = os.fork()\n"
+    "if child == 0:\n"
+    "    node.lock('{lock}').acquire(); flag[0] = 1\n"
+    "    time.sleep(600)\n"
+    "    os._exit(0)\n"
+    "deadline = time.monotonic() + 20\n"
+    "while flag[0] != 1 and time.monotonic() < deadline:\n"
+    "    time.sleep(0.01)\n"
+    "assert flag[0] == 1\n"
+)
+
+
 def test_holder_killed_with_sigkill_releases_the_lock_to_the_next(make_node):
     a, b = make_node("a"), make_node("b")
-    a.run(
-        "import signal, time\n"
-        "flag = node.array('held', (1,), np.int64)\n"
-        "child = os.fork()\n"
-        "if child == 0:\n"
-        "    node.lock('k').acquire(); flag[0] = 1\n"
-        "    time.sleep(600)\n"
-        "    os._exit(0)\n"
-        "deadline = time.monotonic() + 20\n"
-        "while flag[0] != 1 and time.monotonic() < deadline:\n"
-        "    time.sleep(0.01)\n"
-        "assert flag[0] == 1\n"
-    )
+    a.run(_CHILD_HOLDS_LOCK.format(lock="k", flag="held"))
     b.send("lk = node.lock('k'); lk.acquire()", "lk.previous_holder_died")
     wait_for_waiters(a, "k", 1)  # b's request is queued behind the child
     a.run("os.kill(child, signal.SIGKILL); os.waitpid(child, 0)")
@@ -111,20 +115,8 @@ def test_holder_killed_with_sigkill_releases_the_lock_to_the_next(make_node):
 
 def test_a_holder_killed_before_anyone_waits_is_told_to_the_next_acquirer(make_node):
     a, b = make_node("a"), make_node("b")
-    a.run(
-        "import signal, time\n"
-        "flag = node.array('held2', (1,), np.int64)\n"
-        "child = os.fork()\n"
-        "if child == 0:\n"
-        "    node.lock('k2').acquire(); flag[0] = 1\n"
-        "    time.sleep(600)\n"
-        "    os._exit(0)\n"
-        "deadline = time.monotonic() + 20\n"
-        "while flag[0] != 1 and time.monotonic() < deadline:\n"
-        "    time.sleep(0.01)\n"
-        "assert flag[0] == 1\n"
-        "os.kill(child, signal.SIGKILL); os.waitpid(child, 0)\n"
-    )
+    a.run(_CHILD_HOLDS_LOCK.format(lock="k2", flag="held2")
+          + "os.kill(child, signal.SIGKILL); os.waitpid(child, 0)\n")
     # whether b's request comes before the directory hears of the death or after, b learns
     # that the data the lock protects may be half-updated
     assert b.run("lk = node.lock('k2'); lk.acquire()", "lk.previous_holder_died") is True

@@ -236,7 +236,9 @@ class Agent:
         if isinstance(msg, p.Fenced):
             raise DirectoryRefused(f"the directory {self.directory_endpoint} refused node "
                                    f"{self.node!r}: {msg.reason}")
-        if isinstance(msg, p.Error):  # up, but not serving yet (its shards have not joined)
+        # an Error for the Welcome: the directory is up but does not serve this node now (a
+        # coordinator whose shards have not all joined, a Hello it could not read); its reason
+        if isinstance(msg, p.Error):
             raise DirectoryUnreachable(f"directory {self.directory_endpoint}: {msg.message}")
         if not isinstance(msg, p.Welcome):
             raise ProtocolError(f"expected Welcome from the directory, got {type(msg).__name__}")

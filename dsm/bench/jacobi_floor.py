@@ -14,22 +14,25 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import time
 from multiprocessing import shared_memory
 
 import numpy as np
 
 from dsm.bench.common import BenchError
 
-#: seconds the floor's processes may take to start, run and report, beyond the iterations
+#: seconds the floor's processes may take to start, run and report
 FLOOR_TIMEOUT_S = 60.0
+#: how often the wait for their reports looks whether one of them failed
+POLL_S = 0.2
+#: seconds a process that reported, or is stuck behind one that failed, gets to exit
+EXIT_TIMEOUT_S = 5.0
 
 
 def _relax_band(shm_name: str, size: int, iterations: int, rank: int, nodes: int,
                 barrier, results) -> None:
     """One process of the floor: relax band ``rank`` of the shared grids, timing each
     iteration from barrier to barrier."""
-    import time
-
     from dsm.commands.demo import load_workload
 
     load_workload("jacobi")  # makes the workloads importable
@@ -53,14 +56,15 @@ def _relax_band(shm_name: str, size: int, iterations: int, rank: int, nodes: int
         shm.close()
 
 
-def band_iterations(size: int, iterations: int, nodes: int) -> list[float]:
+def band_iterations(size: int, iterations: int, nodes: int, expected: np.ndarray) -> list[float]:
     """Each iteration's seconds (the slowest process's) with ``nodes`` plain processes relaxing
     their bands of one shared grid at once. Raises BenchError if a process fails, or if the
-    grid they leave is not numpy's (a floor that computed something else is no floor)."""
+    grid they leave is not ``expected``, numpy's (a floor that computed something else is no
+    floor)."""
     from dsm.commands.demo import load_workload
 
     load_workload("jacobi")
-    from dsm.workloads.jacobi import initial_rows, reference
+    from dsm.workloads.jacobi import initial_rows
 
     ctx = mp.get_context("spawn")  # no fork of a process that may hold threads or sockets
     shm = shared_memory.SharedMemory(create=True, size=2 * size * size * 8)
@@ -76,22 +80,29 @@ def band_iterations(size: int, iterations: int, nodes: int) -> list[float]:
         for proc in procs:
             proc.start()
         per_process = {}
-        for _ in range(nodes):
+        deadline = time.monotonic() + FLOOR_TIMEOUT_S
+        while len(per_process) < nodes:
             try:
-                rank, seconds = results.get(timeout=FLOOR_TIMEOUT_S)
+                rank, seconds = results.get(timeout=POLL_S)
+                per_process[rank] = seconds
+                continue
             except queue.Empty:
+                pass
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:  # the others wait for it at the barrier: no use waiting for them
+                raise BenchError(f"a process of the floor exited with status {failed[0]}")
+            if time.monotonic() > deadline:
                 raise BenchError(f"the floor's {nodes} processes did not report within "
-                                   f"{FLOOR_TIMEOUT_S:g} s") from None
-            per_process[rank] = seconds
+                                 f"{FLOOR_TIMEOUT_S:g} s")
         grids = np.ndarray((2, size, size), dtype=np.float64, buffer=shm.buf)
-        same = np.array_equal(grids[iterations % 2], reference(nodes, size, iterations)["grid"])
+        same = np.array_equal(grids[iterations % 2], expected)
         del grids
         if not same:
             raise BenchError(f"the floor's {nodes} processes left another grid than numpy's")
         return [max(times) for times in zip(*per_process.values())]
     finally:
-        for proc in procs:
-            proc.join(timeout=FLOOR_TIMEOUT_S)
+        for proc in procs:  # done, or stuck at the barrier behind a failed one
+            proc.join(timeout=EXIT_TIMEOUT_S)
             if proc.is_alive():
                 proc.kill()
                 proc.join()

@@ -62,11 +62,11 @@ class HomeStore:
         else:
             self.clear(page, count)
 
-    def patch(self, page: int, count: int, changed: np.ndarray, data: Any) -> None:
+    def patch(self, page: int, count: int, changed: np.ndarray | None, data: Any) -> None:
         """Write a diff into ``count`` pages from ``page``: ``changed`` says which bytes of the
-        run (a bool per byte, ``Diff.changed``), their new values one after another in
-        ``data``."""
-        if data is None:  # nothing changed (payload NONE)
+        run (a bool per byte, ``Diff.changed``; None: nothing changed), their new values one
+        after another in ``data``."""
+        if changed is None:
             return
         size = self.page_size
         run = np.frombuffer(self._view[page * size:(page + count) * size], dtype=np.uint8)

@@ -176,10 +176,10 @@ class ReleaseHomes:
         for q in pages:
             self.dirty.setdefault(q, set()).add(node)
 
-    def apply(self, node: str, req: int, page: int, count: int, changed: np.ndarray,
+    def apply(self, node: str, req: int, page: int, count: int, changed: np.ndarray | None,
               data: Any) -> DiffApplied:
-        """Write ``node``'s diff (``changed``: a bool per byte of the run, ``Diff.changed``)
-        into the home copies; its pages are no longer dirty there."""
+        """Write ``node``'s diff (``changed``: a bool per byte of the run, ``Diff.changed``, None
+        when nothing changed) into the home copies; its pages are no longer dirty there."""
         self.home.patch(page, count, changed, data)
         for q in range(page, page + count):
             writers = self.dirty.get(q)
