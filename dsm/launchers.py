@@ -101,6 +101,17 @@ def placement(env: Mapping[str, str] | None = None) -> Placement | None:
     return found
 
 
+def job_name(where: Placement, env: Mapping[str, str] | None = None) -> str:
+    """The name the directory knows ``where``'s job by (its barriers break together when a node
+    of it dies): ``DSM_RUN`` if set, else the launcher's job, else "" (the job of every node
+    placed by ``DSM_RANK``/``DSM_NODES`` alone)."""
+    env = os.environ if env is None else env
+    run = env.get(RUN_ENV, "")
+    if run:
+        return run
+    return f"{where.source}-{where.job}" if where.job is not None else ""
+
+
 def workload_env(where: Placement | None) -> dict[str, str]:
     """What ``dsm run`` adds to its command's environment: ``DSM_RANK`` and ``DSM_NODES`` (and
     ``DSM_RUN``, from the launcher's job, when the command has none), so that the workload and

@@ -13,8 +13,15 @@ off at t + d + NODE_CUT_OFF_S, while the directory declares it dead at t + NODE_
 earliest. ``CUT_OFF_MARGIN_S`` covers d, the agent's poll interval, and a busy agent loop.
 """
 
-#: how often an agent tells the directory it is alive
+#: how often an agent tells the directory it is alive (and a shard its coordinator)
 HEARTBEAT_INTERVAL_S = 0.5
+#: a link that has received messages and sent none back acknowledges them alone this soon
+#: (``dsm.reliability``): what it keeps unacknowledged stays small without a message per message
+ACK_DELAY_S = 0.01
+#: a link whose peer has acknowledged nothing new for this long sends again what it keeps: the
+#: peer acknowledges within ACK_DELAY_S when it can, and on its heartbeats at the latest, so only
+#: a loss makes it this late
+ACK_TIMEOUT_S = 1.0
 #: the directory declares a node dead after this much silence
 NODE_TIMEOUT_S = 5.0
 #: how much earlier than that a cut-off node stops (see the module docstring)
@@ -25,4 +32,25 @@ NODE_CUT_OFF_S = NODE_TIMEOUT_S - CUT_OFF_MARGIN_S
 #: answer may have been lost: a page cannot stay busy forever)
 TRANSACTION_TIMEOUT_S = NODE_TIMEOUT_S
 
+#: the agent's backstop for a page request nobody answers: its waiting processes are failed
+#: loudly (nothing hangs). The directory decides every request within TRANSACTION_TIMEOUT_S of
+#: its turn (the holder answers or is declared dead, and the pages are served elsewhere or
+#: answered Lost), and a node it serves is never silent past NODE_TIMEOUT_S, so a request that
+#: waits longer than both has a directory that is alive and stuck: the agent gives up only then,
+#: and never on an answer that is merely late (a late one is still installed)
+REQUEST_TIMEOUT_S = NODE_TIMEOUT_S + TRANSACTION_TIMEOUT_S
+
+
+# The order the deadlines keep, each margin explained above:
+#   a heartbeat is sent well before a missing acknowledgement is replayed
+assert HEARTBEAT_INTERVAL_S + ACK_DELAY_S < ACK_TIMEOUT_S
+#   a loss is replayed several times over before a node cuts itself off, so a reset (which
+#   loses what was in flight) costs a replay, never the node
+assert 3 * ACK_TIMEOUT_S <= NODE_CUT_OFF_S, "a few replays must fit before the cut-off"
 assert NODE_CUT_OFF_S > 4 * HEARTBEAT_INTERVAL_S, "a few lost heartbeats must not cut a node off"
+#   a node stops writing before the directory hands its pages on (no split brain)
+assert NODE_CUT_OFF_S + CUT_OFF_MARGIN_S <= NODE_TIMEOUT_S
+#   a transaction's holder is given as long as a silent node: a live one answers far sooner
+assert TRANSACTION_TIMEOUT_S >= NODE_CUT_OFF_S
+#   the agent gives up on a request only after the directory has had every chance to answer it
+assert REQUEST_TIMEOUT_S > max(NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S)

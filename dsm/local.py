@@ -233,10 +233,13 @@ class BarrierJoinRequest(Request):
 
 @dataclass(frozen=True)
 class BarrierWaitRequest(Request):
+    """Wait at barrier ``name``; break it after ``timeout_ms`` (negative: wait forever)."""
+
     TAG = "barrier_wait"
     ANSWER = SyncAnswer
     name: str
     parties: Parties
+    timeout_ms: I64 = -1
 
 
 @dataclass(frozen=True)

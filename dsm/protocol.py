@@ -124,6 +124,9 @@ PageCount = Annotated[int, Range(1, MAX_BATCH_PAGES)]
 RandomId = Annotated[int, Range(0, I64_MAX)]
 #: a barrier's number of parties
 Parties = Annotated[int, Range(1, I64_MAX)]
+#: a node's rank in its job (-1: none), and the job's size (0: no job)
+JobRank = Annotated[int, Range(-1, I64_MAX)]
+JobSize = Annotated[int, Range(0, I64_MAX)]
 PayloadKind = Annotated[int, OneOf(Payload)]
 Status = Annotated[int, OneOf(SyncStatus)]
 
@@ -150,6 +153,12 @@ class Hello(Message):
     #: the endpoint of the node's peer socket as the other nodes reach it ("" for none: the
     #: pages it asks for come through the directory)
     endpoint: str = ""
+    #: the job the node is part of (``dsm.launchers``: a launcher's job, or ``DSM_RUN``), its
+    #: rank in it and the job's size; rank -1: no job. When a node of a job dies, every barrier
+    #: of the job breaks, naming it (``dsm.directory.sync``)
+    job: str = ""
+    rank: JobRank = -1
+    size: JobSize = 0
 
 
 @dataclass(frozen=True)
@@ -548,6 +557,9 @@ class BarrierWait(Message):
     parties: Parties
     holder: str
     notices: list[U64] = field(default_factory=list)
+    #: break the barrier if the others have not all arrived within this (negative: wait
+    #: forever), as ``threading.Barrier.wait(timeout)`` does
+    timeout_ms: I64 = -1
 
 
 @dataclass(frozen=True)

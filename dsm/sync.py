@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 #: how the agent is told "wait forever"
 NO_TIMEOUT_MS = -1
-#: how much longer than a timed acquire's own timeout the workload waits for the answer: the
-#: directory answers TIMEOUT at the timeout, so this only has to cover the answer's way back
-#: through the agent on a loaded machine; past it, the agent or the directory is stuck
+#: how much longer than a timed acquire's (or barrier wait's) own timeout the workload waits for
+#: the answer: the directory answers at the timeout, so this only has to cover the answer's way
+#: back through the agent on a loaded machine; past it, the agent or the directory is stuck
 LOCK_ANSWER_MARGIN_S = 2.0
 
 
@@ -106,11 +106,26 @@ class Barrier:
         self.parties = parties
         self._node._request(local.BarrierJoinRequest, name=name, parties=parties)
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         """Block until every party has arrived; returns the barrier's generation number.
-        Raises BarrierBroken if a party departed."""
-        reply = self._node._request(local.BarrierWaitRequest, timeout_s=None, name=self.name,
-                                    parties=self.parties)
+        Raises BarrierBroken if a party departed, if a node of this node's job died (naming it
+        and its rank), or if ``timeout`` seconds pass first: then the barrier is broken for
+        every party, as ``threading.Barrier.wait(timeout)`` breaks it."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        timeout_ms = NO_TIMEOUT_MS if timeout is None else int(timeout * 1000)
+        # the directory answers BROKEN at the timeout; this deadline is the workload's own, for
+        # an agent or a directory that does not answer at all
+        wait_s = None if timeout is None else timeout + LOCK_ANSWER_MARGIN_S
+        try:
+            reply = self._node._request(local.BarrierWaitRequest, timeout_s=wait_s,
+                                        name=self.name, parties=self.parties,
+                                        timeout_ms=timeout_ms)
+        except local.NoAnswer:
+            raise BarrierBroken(
+                f"barrier {self.name!r}: wait(timeout={timeout:g}) got no answer, not even its "
+                f"timeout, within {wait_s:g} s: the node agent or the directory is stuck"
+            ) from None
         if SyncStatus(reply.status) is SyncStatus.BROKEN:
             raise BarrierBroken(reply.detail or f"barrier {self.name!r} is broken")
         return int(reply.detail)

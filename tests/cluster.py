@@ -46,16 +46,20 @@ class Directory:
     and log into its log, each line naming its shard)."""
 
     def __init__(self, tmp_path: Path, transport: str = "tcp", region_bytes: int = 64 << 20,
-                 extra: list[str] = (), name: str = "directory", shards: int = 1):
+                 extra: list[str] = (), name: str = "directory", shards: int = 1,
+                 host: str = "127.0.0.1", prefix: list[str] = ()):
+        """``host``: the address to listen on; ``prefix``: what runs the directory (``ip netns
+        exec NS``: on a namespace host)."""
         self.log_path = tmp_path / f"{name}.log"
-        listen = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path}/directory.ipc"
+        listen = f"tcp://{host}:*" if transport == "tcp" else f"ipc://{tmp_path}/directory.ipc"
         self.trace_path = tmp_path / f"{name}.trace"
         self.shards = shards
         manager = ["--manager", "distributed", "--shards", str(shards)] if shards > 1 else []
         self.log = open(self.log_path, "w")
         # a session of its own: teardown kills the shards with it, whatever became of it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm", "--log-level", "INFO", "directory", "--listen", listen,
+            [*prefix, sys.executable, "-m", "dsm", "--log-level", "INFO", "directory",
+             "--listen", listen,
              "--region-size", str(region_bytes), "--trace", str(self.trace_path), *manager,
              *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
@@ -101,7 +105,8 @@ class NodeProcess:
     """A workload process attached to its own agent (started by ``dsm.attach(directory=...)``)."""
 
     def __init__(self, directory: str, name: str, tmp_path: Path, env: dict | None = None,
-                 wait: bool = True):
+                 wait: bool = True, prefix: list[str] = ()):
+        """``prefix``: what runs the node (``ip netns exec NS``: on a namespace host)."""
         self.name = name
         self.log_path = tmp_path / f"node-{name}.log"
         self.log = open(self.log_path, "w")
@@ -110,7 +115,7 @@ class NodeProcess:
         if os.environ.get(TEST_TRACE_ENV):
             env = dict(env or os.environ, DSM_TRACE=str(tmp_path / f"node-{name}.trace"))
         self.proc = subprocess.Popen(
-            [sys.executable, WORKER, directory, name],
+            [*prefix, sys.executable, WORKER, directory, name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
             start_new_session=True, env=env,
         )

@@ -367,7 +367,7 @@ def test_give_back_write_protects_owned_pages_before_reading_them():
     from dsm.core.states import PageState
     from dsm.libc import PAGE_SIZE
 
-    core = NodeCore("unit", 8, PAGE_SIZE, ReadAhead(4), holds=lambda page: True)
+    core = NodeCore("unit", 8, PAGE_SIZE, ReadAhead(4))
     core.state.update({0: PageState.EXCLUSIVE, 1: PageState.EXCLUSIVE, 2: PageState.EXCLUSIVE,
                        5: PageState.SHARED})
     out = core.give_back(list(range(8)))

@@ -19,7 +19,7 @@ READAHEAD_PAGES = 4
 
 
 def core_holding(state: PageState, pages: range, direct: bool) -> NodeCore:
-    core = NodeCore("n", PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES), holds=lambda page: True)
+    core = NodeCore("n", PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES))
     core.direct = direct
     for q in pages:
         core.state[q] = state
@@ -80,7 +80,7 @@ def _scan(write: bool) -> tuple[list[int], list[int]]:
     from dsm.uffd.events import Access, FaultKind
 
     pages = 4096
-    core = NodeCore("n", pages, PAGE_SIZE, ReadAhead(256), holds=lambda page: page in core.state)
+    core = NodeCore("n", pages, PAGE_SIZE, ReadAhead(256))
     faulted, asked = [], []
     page = 0
     while page < 2048:
@@ -107,3 +107,46 @@ def test_a_sequential_writer_is_never_asked_for_pages_it_has_not_faulted():
     faulted, asked = _scan(write=True)
     assert set(asked) <= set(faulted)
     assert len(faulted) < 2048 // 8  # the window still grows: few faults for the whole run
+
+
+# --- the core never guesses ---------------------------------------------------------------------
+@pytest.mark.parametrize("state", [PageState.EXCLUSIVE, PageState.SHARED])
+def test_a_hole_in_a_held_page_no_remove_explains_fails_the_access_instead_of_zeroing(state):
+    """A lost write Grant once ended here: the core found a hole in a page it thought it held,
+    inferred MADV_REMOVE, and discarded the page cluster-wide (zeros). Now the loop says whether
+    the memory holds it, and a hole nothing explains fails the access loudly."""
+    from dsm.uffd.events import Access, FaultKind
+
+    core = core_holding(state, range(3, 4), direct=False)
+    out = core.fault("proc", 3 * PAGE_SIZE, 3, Access.READ, FaultKind.MISSING, 7, 0.0,
+                     resident=False)
+    assert [type(a) for a in out] == [act.Poison]
+    assert out[0].waiter.page == 3 and out[0].waiter.thread_id == 7
+    assert core.state[3] is state  # nothing handed on, nothing discarded
+    assert core.stats.counters["invariant_violations"] == 1
+
+
+def test_pages_that_come_after_their_request_was_given_up_are_installed_and_confirmed():
+    from dsm.uffd.events import Access, FaultKind
+
+    core = core_holding(PageState.SHARED, range(0), direct=True)
+    core.fault("proc", 5 * PAGE_SIZE, 5, Access.WRITE, FaultKind.MISSING, 1, 0.0)
+    killed = core.overdue(100.0, 10.0)  # the request's waiters are failed
+    assert [type(a) for a in killed] == [act.Kill] and not core.pending
+    page = bytes(PAGE_SIZE)
+    out = core.peer_page(p.PeerPage(77, 5, 1, True, p.Payload.DATA, "m"), page, 101.0)
+    assert any(isinstance(a, act.Install) for a in out)
+    confirm = out[-1].message
+    assert isinstance(confirm, p.Received) and confirm.installed and confirm.txn == 77
+    assert core.state[5] is PageState.EXCLUSIVE
+    assert core.peer_page(p.PeerPage(77, 5, 1, True, p.Payload.DATA, "m"), page, 102.0) == []
+
+
+def test_pages_nobody_asked_for_are_refused_even_with_no_request_pending():
+    """Only this node's own given-up request makes a late transfer welcome: a stray one (a
+    forged or misrouted PeerPage) is never installed where the directory does not know it."""
+    core = core_holding(PageState.SHARED, range(0), direct=True)
+    out = core.peer_page(p.PeerPage(5, 9, 1, True, p.Payload.DATA, "m"), bytes(PAGE_SIZE), 0.0)
+    assert [type(a) for a in out] == [act.Send]
+    assert out[0].message == p.Received(5, 9, 1, False)
+    assert 9 not in core.state

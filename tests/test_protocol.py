@@ -119,7 +119,8 @@ def _header(cls, *values):
     ([_header(p.Alloc, 1, "x", 8, {1: 2})], p.Direction.TO_DIRECTORY,
      "not valid msgpack: int is not allowed for map key"),  # msgpack refuses those itself
     ([_header(p.SyncReply, 1, 99, "", [])], p.Direction.TO_NODE, "SyncReply.status 99 is not a SyncStatus"),
-    ([_header(p.Hello, "n", 0, 1, "")], p.Direction.TO_DIRECTORY, "Hello.pid 0 is outside 1.."),
+    ([_header(p.Hello, "n", 0, 1, "", "", -1, 0)], p.Direction.TO_DIRECTORY,
+     "Hello.pid 0 is outside 1.."),
     ([_header(p.Error, 0, "x")], p.Direction.TO_DIRECTORY,
      "Error travels directory -> node: it is not received node -> directory"),
     ([_header(p.Acquire, 1, 1, True, False)], p.Direction.TO_NODE,

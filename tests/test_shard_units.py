@@ -9,6 +9,8 @@ import argparse
 import pytest
 
 from dsm import protocol as p
+from dsm.linkwire import DealerLink
+from dsm.reliability import is_session_frame
 from dsm.agent.links import ShardLinks, resolve_endpoint
 from dsm.commands import directory as cmd
 from dsm.managers import DEFAULT_MANAGER
@@ -41,7 +43,7 @@ def test_runs_are_cut_where_a_stripe_ends_and_only_with_shards():
 
 
 def test_the_node_core_asks_for_no_run_that_crosses_a_stripe_end():
-    core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(S), holds=lambda page: True)
+    core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(S))
     core.set_shards(2)
     proc = object()
     out = []
@@ -58,7 +60,7 @@ def test_the_node_core_asks_for_no_run_that_crosses_a_stripe_end():
 
 
 def test_an_upgrade_run_stops_at_a_stripe_end():
-    core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(S), holds=lambda page: True)
+    core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(S))
     core.set_shards(4)
     for page in range(S - 4, S + 4):
         core.state[page] = PageState.SHARED
@@ -72,7 +74,7 @@ def test_an_upgrade_run_stops_at_a_stripe_end():
 
 
 def test_pages_handed_back_go_in_runs_of_one_stripe():
-    core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(4), holds=lambda page: True)
+    core = NodeCore("n", LAYOUT.num_pages, PAGE_SIZE, ReadAhead(4))
     core.set_shards(2)
     core.state.update({q: PageState.EXCLUSIVE for q in range(S - 2, S + 2)})
     core.state.update({q: PageState.SHARED for q in range(2 * S - 1, 2 * S + 1)})
@@ -124,12 +126,15 @@ class _FakeDealer:
         self.sent = []
 
     def send_multipart(self, frames, copy=True):
-        self.sent.append(p.decode(frames, PAGE_SIZE, p.Direction.TO_DIRECTORY)[0])
+        assert is_session_frame(frames[0])  # every message on a link carries its session's
+        self.sent.append(p.decode(frames[1:], PAGE_SIZE, p.Direction.TO_DIRECTORY)[0])
 
 
 def _links(count: int) -> ShardLinks:
     links = object.__new__(ShardLinks)
     links.dealers = [_FakeDealer() for _ in range(count)]
+    links.sessions = [DealerLink(d, f"shard {i}", 0.0, watch=False)
+                      for i, d in enumerate(links.dealers)]
     links.coordinator = links.dealers[0]
     links.last_sent_s = [0.0] * count
     return links
@@ -137,7 +142,8 @@ def _links(count: int) -> ShardLinks:
 
 def test_the_agent_sends_each_message_to_its_shard(monkeypatch):
     # the links send below pyzmq's Python layer (dsm.wire): to the fakes, as a send_multipart
-    monkeypatch.setattr("dsm.agent.links.send_frames", lambda sock, frames: sock.send_multipart(frames))
+    monkeypatch.setattr("dsm.linkwire.send_frames",
+                        lambda sock, frames, nonblocking=False: sock.send_multipart(frames))
     links = _links(3)
     for msg in (p.Acquire(S + 1, 4, False, False), p.Writeback(2 * S, 2, p.Payload.ZERO),
                 p.Fetched(1, 3 * S, 1, p.Payload.NONE, []), p.Invalidated(2, 5, 1),

@@ -2,8 +2,13 @@
 
 import os
 import signal
+import time
 
 import pytest
+
+from dsm.liveness import NODE_TIMEOUT_S
+from dsm.sync import LOCK_ANSWER_MARGIN_S
+from tests.cluster import NodeProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,3 +168,43 @@ def test_a_killed_party_breaks_the_barrier_for_the_others(make_node):
     os.kill(child, signal.SIGKILL)
     assert "broken" in b.wait(20)
     assert "broken" in a.wait(20)
+
+
+_WAIT_AND_SAY = ("import time\n"
+                 "t0 = time.monotonic()\n"
+                 "try:\n    node.barrier('{name}', {parties}).wait({timeout})\n    r = 'passed'\n"
+                 "except dsm.sync.BarrierBroken as e:\n    r = str(e)\n"
+                 "took = time.monotonic() - t0\n")
+
+
+def test_a_job_member_killed_before_the_last_barrier_breaks_it_for_the_others(directory,
+                                                                              tmp_path):
+    """The members of a job (rank and size from DSM_RANK/DSM_NODES, named by DSM_RUN) wait at the
+    job's last barrier, which the killed member never reached: it breaks for them, naming the
+    dead node and its rank, once the directory declares it dead (its silence's deadline)."""
+    def env(rank):
+        return {**os.environ, "DSM_RANK": str(rank), "DSM_NODES": "3", "DSM_RUN": "job-kill"}
+    nodes = [NodeProcess(directory.endpoint, f"j{r}", tmp_path, env=env(r)) for r in range(3)]
+    try:
+        nodes[2].kill()  # SIGKILL, agent and all: nobody says goodbye
+        t0 = time.monotonic()
+        for n in nodes[:2]:
+            n.send(_WAIT_AND_SAY.format(name="job.end", parties=3, timeout=""), "r")
+        results = [n.wait(NODE_TIMEOUT_S + 20) for n in nodes[:2]]
+        elapsed = time.monotonic() - t0
+        for r in results:
+            assert "node j2 (rank 2 of 3 of job job-kill) died" in r, r
+        assert elapsed < NODE_TIMEOUT_S + 1.0, elapsed
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def test_a_barrier_wait_with_a_timeout_breaks_the_barrier_at_it(make_node):
+    a, b = make_node("a"), make_node("b")
+    took, why = a.run(_WAIT_AND_SAY.format(name="slow", parties=2, timeout="timeout=1.0"),
+                      "[took, r]")
+    assert "waited 1.0 s, its timeout" in why, why
+    assert 1.0 <= took < 1.0 + LOCK_ANSWER_MARGIN_S, took
+    # as threading.Barrier: broken for every party from then on
+    assert "broken" in b.run(_WAIT_AND_SAY.format(name="slow", parties=2, timeout=""), "r")

@@ -165,3 +165,47 @@ def test_lock_and_barrier_waits_are_timed():
     now[0] += 2.0
     t.wait("b", 5, "B", 2, "b:2:1")  # a waited 2 s, b not at all
     assert sum(t.waits["barrier"].counts) == 2 and t.waits["barrier"].sum_s == 2.0
+
+
+def test_a_barrier_wait_past_its_deadline_breaks_the_barrier_for_every_party():
+    now = [0.0]
+    t = SyncTable(clock=lambda: now[0])
+    assert t.wait("a", 1, "B", 3, "a:1:1", deadline=5.0) == []
+    assert t.wait("b", 2, "B", 3, "b:1:1") == []
+    assert t.next_deadline() == 5.0
+    assert t.expire(4.9) == []
+    now[0] = 5.0
+    out = t.expire(5.0)
+    assert [(r.node, r.status) for r in out] == [("a", S.BROKEN), ("b", S.BROKEN)]
+    assert "a:1:1 waited 5.0 s, its timeout" in out[0].detail
+    assert t.wait("c", 3, "B", 3, "c:1:1")[0].status is S.BROKEN  # and for later parties
+    assert t.next_deadline() is None
+
+
+def test_a_dead_node_of_a_job_breaks_every_barrier_of_the_job_naming_it_and_its_rank():
+    t = SyncTable()
+    for rank, node in enumerate(("n0", "n1", "n2")):
+        t.enroll(node, "job-7", rank, 3)
+    t.enroll("other", "job-8", 0, 1)
+    assert t.wait("n1", 1, "end", 3, "n1:1:1") == []  # n0 never reached the last barrier
+    assert t.wait("other", 2, "solo-2", 2, "other:1:1") == []
+    out = t.job_member_died("n0", "silent for 5.0 s")
+    assert [(r.node, r.status) for r in out] == [("n1", S.BROKEN)]  # not another job's
+    assert "node n0 (rank 0 of 3 of job job-7) died: silent for 5.0 s" in out[0].detail
+    t.depart("n0")
+    later = t.wait("n2", 2, "end", 3, "n2:1:1")  # arrives after the death: told at once
+    assert later[0].status is S.BROKEN and "rank 0 of 3" in later[0].detail
+    fresh = t.wait("n2", 3, "another", 2, "n2:1:1")  # any barrier of the job
+    assert fresh[0].status is S.BROKEN
+    t.depart("n1")
+    t.depart("n2")
+    assert "job-7" not in t.jobs  # forgotten with its last node: a new run starts afresh
+    for rank, node in enumerate(("n0", "n1")):
+        t.enroll(node, "job-7", rank, 2)
+    assert t.wait("n0", 4, "next", 2, "n0:1:1") == []
+
+
+def test_a_node_outside_any_job_breaks_nothing_by_dying():
+    t = SyncTable()
+    t.wait("a", 1, "B", 2, "a:1:1")
+    assert t.job_member_died("b", "silent") == []

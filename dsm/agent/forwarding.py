@@ -65,7 +65,8 @@ class Forwarder:
             local.BarrierJoinRequest: lambda req, m: p.BarrierJoin(req, m.name, m.parties,
                                                                    self._holder(m)),
             local.BarrierWaitRequest: lambda req, m: p.BarrierWait(req, m.name, m.parties,
-                                                                   self._holder(m)),
+                                                                   self._holder(m), [],
+                                                                   m.timeout_ms),
             local.LostRequest: lambda req, m: p.LostQuery(req),
             local.ForgetLostRequest: lambda req, m: p.ForgetLost(req, m.name),
         }

@@ -13,6 +13,10 @@ for each one's Welcome (``join_shards``). From then on:
     anything else (Hello, Alloc, locks, barriers, lost pages, reports)
                                     -> shard 0, the coordinator
 
+Every link carries a session (``dsm/reliability.py``, ``dsm/linkwire.py``) once the shard has
+welcomed the node: messages are numbered, acknowledged and replayed after a reset, so a reset
+connection costs a replay, never a message. The Hellos and Welcomes before it travel bare.
+
 The node core never asks for a run that crosses a stripe's end, so a page message's run is one
 shard's. Each shard's silence is watched on its own: the node is cut off as soon as any shard
 has been silent for ``NODE_CUT_OFF_S`` (``longest_silence``), since that shard is about to hand
@@ -21,6 +25,7 @@ this node's pages on.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Iterator
 from urllib.parse import urlsplit
@@ -28,17 +33,23 @@ from urllib.parse import urlsplit
 import zmq
 
 from dsm import protocol as p
-from dsm.wire import has_input, send_frames
+from dsm.linkwire import DealerLink, accept, reconnect_promptly
+from dsm.wire import has_input
 from dsm.core.shards import shard_name, shard_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, HandshakeWatch, configure_client
+from dsm.logthrottle import ThrottledLog
 from dsm.trace import Tracer
+
+log = logging.getLogger(__name__)
 
 
 #: hosts that, in an advertised shard endpoint, stand for "the coordinator's host"
 WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
 #: the messages every shard gets
 TO_EVERY_SHARD = (p.Heartbeat, p.Bye)
+#: the messages never replayed after a reset (a later one says the same)
+UNSEQUENCED = (p.Heartbeat,)
 #: what ``send`` returns for a message to shard 0 alone
 COORDINATOR_ONLY = (0,)
 
@@ -95,6 +106,9 @@ class ShardLinks:
         self._ids = {id(self.coordinator)}
         self._tracer: Tracer | None = None
         self._link = ""
+        #: each shard's session, shard 0 first (``start_sessions``, once every shard welcomed)
+        self.sessions: list[DealerLink] = []
+        self._complain = ThrottledLog(log, "malformed session frames")
 
     @property
     def _tracing(self) -> bool:
@@ -112,6 +126,7 @@ class ShardLinks:
         # queue full: gone, or not reading) cuts the node off, rather than block the loop forever
         dealer.setsockopt(zmq.SNDTIMEO, self._send_timeout_ms)
         dealer.setsockopt(zmq.IDENTITY, self._identity)
+        reconnect_promptly(dealer)  # a reset costs a replay, not ZeroMQ's 100 ms wait
         # CURVE with this node's key, pinning the directory's (every shard serves with it)
         configure_client(dealer, self._keys)
         return dealer
@@ -130,6 +145,11 @@ class ShardLinks:
         now = time.monotonic()
         self.last_heard_s = [now] * self.count
         self.last_sent_s = [now] * self.count
+        # every connection is up and welcomed: from here every later connection is a reconnect
+        self.sessions = [DealerLink(dealer, f"shard {shard}", now)
+                         for shard, dealer in enumerate(self.dealers)]
+        for session in self.sessions:
+            session.open(now)
 
     def _join_others(self, advertised: list[str], hello: p.Hello, epoch: int,
                      timeout_s: float) -> None:
@@ -192,32 +212,46 @@ class ShardLinks:
         """Send ``msg`` (encoded as ``frames``) to the shard it belongs to (see the module
         docstring); the shards it went to. zmq.Again if a shard's queue stayed full for the
         send timeout."""
+        sequenced = not isinstance(msg, UNSEQUENCED)
         if len(self.dealers) == 1:
-            send_frames(self.coordinator, frames)
-            self.last_sent_s[0] = time.monotonic()
+            self._send_to(0, frames, sequenced)
             return COORDINATOR_ONLY
         if isinstance(msg, TO_EVERY_SHARD):
             for shard in range(self.count):
-                self._send_to(shard, frames)
+                self._send_to(shard, frames, sequenced)
             return tuple(range(self.count))
         page = getattr(msg, "page", None)
         if page is not None:
             shard = shard_of(page, self.count)
-            self._send_to(shard, frames)
+            self._send_to(shard, frames, sequenced)
             return (shard,)
         if isinstance(msg, p.Discard):
             by_shard: dict[int, list[int]] = {}
             for q in msg.pages:
                 by_shard.setdefault(shard_of(q, self.count), []).append(q)
             for shard, pages in by_shard.items():
-                self._send_to(shard, p.encode(p.Discard(pages)))
+                self._send_to(shard, p.encode(p.Discard(pages)), sequenced)
             return tuple(by_shard)
-        self._send_to(0, frames)
+        self._send_to(0, frames, sequenced)
         return COORDINATOR_ONLY
 
-    def _send_to(self, shard: int, frames: list[Any]) -> None:
-        send_frames(self.dealers[shard], frames)
-        self.last_sent_s[shard] = time.monotonic()
+    def _send_to(self, shard: int, frames: list[Any], sequenced: bool) -> None:
+        now = time.monotonic()
+        self.sessions[shard].send(frames, now, sequenced)
+        self.last_sent_s[shard] = now
+
+    def flush(self, now: float) -> None:
+        """Send what each shard's session has due (acknowledgements, replays)."""
+        for session in self.sessions:
+            session.flush(now)
+
+    def owes(self) -> bool:
+        """Whether a shard's session may have something to send soon (the loop wakes for it)."""
+        return any(session.link.owes() for session in self.sessions)
+
+    def behind(self) -> DealerLink | None:
+        """A shard's session that has fallen behind its bound, if any."""
+        return next((s for s in self.sessions if s.link.behind), None)
 
     def least_recent_send_s(self) -> float:
         """When the shard sent to least recently was last sent to (a heartbeat is due when
@@ -226,12 +260,17 @@ class ShardLinks:
 
     # --- receiving ---------------------------------------------------------------------------
     def owns(self, item: Any) -> bool:
-        """Whether a polled item is one of these DEALERs."""
+        """Whether a polled item is one of these DEALERs, or the monitor of one."""
         return id(item) in self._ids
 
     def register(self, poller: zmq.Poller) -> None:
+        """Poll the DEALERs, and their monitors: a reconnect is replayed at once."""
         for dealer in self.dealers:
             poller.register(dealer, zmq.POLLIN)
+        for session in self.sessions:
+            if session.watch is not None:
+                poller.register(session.watch.monitor, zmq.POLLIN)
+                self._ids.add(id(session.watch.monitor))
 
     def poll(self, timeout_ms: int) -> bool:
         """Wait up to ``timeout_ms`` until a shard has sent something."""
@@ -244,11 +283,20 @@ class ShardLinks:
     def receive(self) -> Iterator[tuple[int, list[Any]]]:
         """Every message queued on every DEALER as (shard, frames), each shard's in its order
         (no copies). A shard heard from is alive: its silence starts again."""
-        for shard, dealer in enumerate(self.dealers):
+        for shard, session in enumerate(self.sessions):
+            dealer, link = session.socket, session.link
             # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises
             while has_input(dealer):
-                self.last_heard_s[shard] = time.monotonic()
-                yield shard, dealer.recv_multipart(copy=False)
+                now = self.last_heard_s[shard] = time.monotonic()
+                frames = dealer.recv_multipart(copy=False)
+                try:
+                    body = accept(link, frames, now)  # in order, each once; acks noted
+                except ProtocolError as exc:
+                    self._complain(logging.WARNING, "malformed message from shard %d: %s",
+                                   shard, exc)
+                    continue
+                if body is not None:
+                    yield shard, body
 
     def longest_silence(self, now: float) -> tuple[float, str]:
         """How long the most silent shard has been silent, in seconds, and its endpoint."""
@@ -261,5 +309,8 @@ class ShardLinks:
             dealer.setsockopt(zmq.LINGER, linger_ms)
 
     def close(self) -> None:
+        for session in self.sessions:
+            if session.watch is not None:
+                session.watch.close()
         for dealer in self.dealers:
             dealer.close()

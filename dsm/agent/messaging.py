@@ -37,7 +37,6 @@ from dsm.layout import Layout
 from dsm.liveness import NODE_CUT_OFF_S
 from dsm.logthrottle import ThrottledLog
 from dsm.trace import Tracer
-from dsm.wire import has_input
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +146,12 @@ class Messaging:
         Nothing the directory's side sends stops the agent: a message that is malformed, not
         expected, or names pages outside the region is dropped (the handlers validate before
         they change anything), with a rate-limited log line; so is any other failure."""
+        try:
+            return self._drain_directory(until)
+        finally:  # acknowledge what came, replay what a shard asked for
+            self.links.flush(time.monotonic())
+
+    def _drain_directory(self, until: type | None) -> bool:
         for shard, frames in self.links.receive():  # every shard's, each noted as heard from
             msg: Any = None
             self.stats.count_message("from_directory", frames)
@@ -177,16 +182,14 @@ class Messaging:
     def drain_peers(self) -> None:
         """Pages other nodes sent here. As from the directory, nothing received stops the
         agent: a malformed or unexpected message is dropped with a rate-limited line."""
-        router = self.peers.router
-        while has_input(router):
-            frames = router.recv_multipart(copy=False)
+        for frames in self.peers.receive():  # in order per sender, once each
             msg: Any = None
             try:
-                msg, data = p.decode(frames[1:], self.page_size, p.Direction.TO_PEER)
+                msg, data = p.decode(frames, self.page_size, p.Direction.TO_PEER)
                 if self.tracer.enabled:
                     self.tracer.received(msg.sender, self.node, msg.sender, msg)
                 if self.wire is not None:
-                    self.wire.count("received", msg, frames[1:])
+                    self.wire.count("received", msg, frames)
                 self.layout.check_page(msg.page + msg.count - 1)
                 self._peer_handlers[type(msg)](msg, data)
             except Exception as exc:

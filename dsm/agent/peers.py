@@ -14,23 +14,34 @@ ZeroMQ keeps connecting in the background, so the next transfer goes direct once
 ``MAX_PEER_SOCKETS`` peers are kept (the least recently used is closed): a directory that names
 endless addresses cannot exhaust the agent's descriptors. Under CurveZMQ keys the endpoint is a
 CURVE server accepting the cluster's node keys.
+
+Each link to a peer carries a reliable session (``dsm/linkwire.py``): the pages sent stay here
+until the requester's agent acknowledges them (a bare acknowledgement back on the same
+connection, ``ACK_DELAY_S`` later), and are sent again if a reset lost them. A DEALER's identity
+is this node's plus a number of its own, so that a link opened afresh (after eviction, or after
+its peer stopped acknowledging for ``PEER_GIVE_UP_S``) is a fresh session at the receiver too.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import zmq
 
 from dsm.errors import ConfigError, DsmError
+from dsm.errors import ProtocolError
 from dsm.keys import ServerKeys, configure_client, peer_client_keys, serve
+from dsm.linkwire import DealerLink, RouterLinks, reconnect_promptly
+from dsm.liveness import NODE_TIMEOUT_S
 from dsm.logthrottle import ThrottledLog
-from dsm.wire import send_frames
+from dsm.wire import has_input
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,9 @@ PEER_FIRST_CONNECT_S = 0.05
 MAX_PEER_SOCKETS = 256
 #: pages queued for one peer before the sender counts it as not reading (as the directory's)
 PEER_SEND_QUEUE_MESSAGES = 10_000
+#: a peer that acknowledges nothing for this long is dead or cut off (the directory has declared
+#: it dead by then, and ended the transactions it was sent pages for): what is kept for it goes
+PEER_GIVE_UP_S = 2 * NODE_TIMEOUT_S
 
 
 def default_listen(directory: str, socket_path: str, node: str) -> str:
@@ -77,12 +91,17 @@ def advertised(bound: str, directory: str, advertise: str | None) -> str:
 
 class PeerEndpoint:
     def __init__(self, ctx: zmq.Context, node: str, directory: str, listen: str,
-                 advertise: str | None, keys: ServerKeys | None):
+                 advertise: str | None, keys: ServerKeys | None, identity: bytes = b""):
         self.node = node
         self._ctx = ctx
         self._keys = keys
+        #: this node's identity, which its DEALERs to peers carry (with a number of their own)
+        self._identity = identity or node.encode()
+        self._link_numbers = itertools.count(1)
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        # a peer's DEALER that reconnects (same identity) takes its pipe over, session and all
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._guard = serve(self.router, keys, f"the peer endpoint of node {node}")
         try:
             self.router.bind(listen)
@@ -92,8 +111,10 @@ class PeerEndpoint:
         self.bound = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         #: what the directory hands to the nodes that send pages here
         self.address = advertised(self.bound, directory, advertise)
-        #: address -> the DEALER to it, least recently used first
-        self._out: OrderedDict[str, zmq.Socket] = OrderedDict()
+        #: address -> the DEALER to it with its session, least recently used first
+        self._out: OrderedDict[str, DealerLink] = OrderedDict()
+        #: the sessions of the peers that send pages here, by their DEALERs' identities
+        self.incoming = RouterLinks(self.router, lambda identity: True, MAX_PEER_SOCKETS)
         self._complain = ThrottledLog(log, "unreachable peers")
 
     def reachable(self, peer: str, address: str) -> bool:
@@ -106,7 +127,7 @@ class PeerEndpoint:
                            "%r: %s", self.node, peer, address, exc)
             return False
         wait_ms = 0 if known else int(PEER_FIRST_CONNECT_S * 1000)
-        if sock.poll(wait_ms, zmq.POLLOUT):
+        if sock.socket.poll(wait_ms, zmq.POLLOUT):
             return True
         self._complain(logging.ERROR,
                        "node %s (peer endpoint %s) has no connection to node %s at %s: pages go "
@@ -116,40 +137,78 @@ class PeerEndpoint:
         return False
 
     def send(self, peer: str, address: str, frames: list[Any]) -> bool:
-        sock = self._socket(peer, address)
-        try:
-            send_frames(sock, frames, nonblocking=True)
+        """Send ``frames`` to ``peer``, kept until it acknowledges them; False (and not kept)
+        if no connection takes them now: the caller sends the pages another way."""
+        link = self._socket(peer, address)
+        if link.send_once(frames, time.monotonic()):
             return True
-        except zmq.Again:
-            self._complain(logging.ERROR, "node %s could not hand pages to node %s at %s (the "
-                           "connection is gone or full)", self.node, peer, address)
-            return False
+        self._complain(logging.ERROR, "node %s could not hand pages to node %s at %s (the "
+                       "connection is gone or full)", self.node, peer, address)
+        return False
 
-    def _socket(self, peer: str, address: str) -> zmq.Socket:
-        sock = self._out.get(address)
-        if sock is not None:
+    def receive(self) -> Iterator[list[Any]]:
+        """The messages other nodes sent here that are to be handled, in order per sender and
+        once each (without the ROUTER's identity and the session frame)."""
+        router, incoming = self.router, self.incoming
+        while has_input(router):
+            frames = router.recv_multipart(copy=False)
+            try:
+                body = incoming.accept(frames[0].bytes, frames[1:], time.monotonic())
+            except ProtocolError as exc:
+                self._complain(logging.WARNING, "malformed message from a peer: %s", exc)
+                continue
+            if body is not None:
+                yield body
+
+    def flush(self, now: float) -> None:
+        """Acknowledge what came from peers; read their acknowledgements of what went to them,
+        send again what they did not take; give up on a peer silent for PEER_GIVE_UP_S."""
+        self.incoming.flush(now)
+        for address, link in list(self._out.items()):
+            for _ in link.receive(now):  # acknowledgements: nothing else comes this way
+                pass
+            if link.link.oldest_unacked_s(now) > PEER_GIVE_UP_S:
+                log.warning("node %s: %d messages to %s (%s) unacknowledged for %.0f s: given up "
+                            "(the directory has ended their transactions)", self.node,
+                            link.link.unacked, link.link.peer, address, PEER_GIVE_UP_S)
+                self._drop(address)
+                continue
+            link.flush(now)
+
+    def owes(self) -> bool:
+        """Whether an acknowledgement or a replay may be due soon (the loop wakes for it)."""
+        return self.incoming.owes() or any(link.link.owes() for link in self._out.values())
+
+    def _socket(self, peer: str, address: str) -> DealerLink:
+        link = self._out.get(address)
+        if link is not None:
             self._out.move_to_end(address)
-            return sock
+            return link
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer not connected
         sock.setsockopt(zmq.SNDHWM, PEER_SEND_QUEUE_MESSAGES)
+        sock.setsockopt(zmq.IDENTITY, b"%s/%d" % (self._identity, next(self._link_numbers)))
+        reconnect_promptly(sock)
+        # its monitor tells a reconnect: what the reset lost is replayed at once (looked at by
+        # ``flush``, on the loop's timers)
+        link = DealerLink(sock, peer, time.monotonic(), connected=False)
         try:
             if self._keys is not None:
                 configure_client(sock, peer_client_keys(self._keys, peer))
             sock.connect(address)
         except Exception:
-            sock.close(0)
+            link.close(0)
             raise
-        self._out[address] = sock
+        self._out[address] = link
         while len(self._out) > MAX_PEER_SOCKETS:
             self._drop(next(iter(self._out)))
-        return sock
+        return link
 
     def _drop(self, address: str) -> None:
-        sock = self._out.pop(address, None)
-        if sock is not None:
-            sock.close(0)
+        link = self._out.pop(address, None)
+        if link is not None:
+            link.close(0)
 
     def close(self) -> None:
         for address in list(self._out):

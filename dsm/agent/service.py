@@ -47,8 +47,9 @@ from dsm.core.stats import NodeStats
 from dsm.directory.sessions import new_random_id
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, ServerKeys, keys_dir_from, load_client_keys, load_peer_keys
+from dsm.launchers import job_name, placement
 from dsm.layout import Layout
-from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
+from dsm.liveness import ACK_DELAY_S, HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S, REQUEST_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.trace import Tracer
 from dsm.wire import send_frames
@@ -60,8 +61,6 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 #: how often a Hello that found no connection to queue on is tried again
 JOIN_RETRY_S = 0.05
-#: how long a page request may stay unanswered before the waiting processes are failed
-REQUEST_TIMEOUT_S = 10.0
 #: how often requests are looked at for REQUEST_TIMEOUT_S
 OVERDUE_CHECK_INTERVAL_S = 1.0
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
@@ -141,7 +140,8 @@ class Agent:
         # the peer endpoint: pages from other nodes, under the central and distributed managers
         listen = peer_listen or default_listen(directory, socket_path, node)
         self.peers = (None if listen == NO_PEER_ENDPOINT else
-                      PeerEndpoint(self._ctx, node, directory, listen, advertise, peer_keys))
+                      PeerEndpoint(self._ctx, node, directory, listen, advertise, peer_keys,
+                                   p.identity(node, self.incarnation)))
         self._direct = False  # the directory's Welcome says
         # a DEALER per manager shard (dsm/agent/links.py), the coordinator's first: CURVE with
         # this node's key, pinning the directory's (open without keys); a shard that takes no
@@ -156,8 +156,7 @@ class Agent:
                                  lambda proc: self.workloads.forget(proc, give_back=False))
         #: the node's coherence state and decisions (dsm/core): this loop only carries them out
         self.core = NodeCore(node, self.layout.num_pages, self.page_size,
-                             ReadAhead(READAHEAD_MAX_PAGES), self.memory.holds, self.tracer,
-                             self.stats)
+                             ReadAhead(READAHEAD_MAX_PAGES), self.tracer, self.stats)
         self.core.direct = self._direct
         self.core.set_shards(self.links.count)  # its requests stop at stripe ends
         self.state = self.core.state  # page -> PageState, for the pages this node holds
@@ -195,8 +194,12 @@ class Agent:
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
         t0 = self.tracer.now()
+        # the job this node is part of: its barriers break together when one of its nodes dies
+        where = placement()
+        job = ((job_name(where), where.rank, where.size)
+               if where is not None and where.rank is not None else ("", -1, 0))
         hello_msg = p.Hello(self.node, os.getpid(), self.incarnation,
-                            self.peers.address if self.peers is not None else "")
+                            self.peers.address if self.peers is not None else "", *job)
         hello = p.encode(hello_msg)
         poller = zmq.Poller()
         poller.register(self.links.coordinator, zmq.POLLIN)
@@ -324,6 +327,16 @@ class Agent:
                 self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
             self._last_clock_probe = now  # a heartbeat is also a clock round trip
             self.messaging.send(p.Heartbeat(self.tracer.now_ns()))
+        self.links.flush(now)  # acknowledgements owed, replays due (dsm/reliability.py)
+        if self.peers is not None:
+            self.peers.flush(now)
+        behind = self.links.behind()
+        if behind is not None and self.messaging.directory_alive:
+            link = behind.link
+            self.messaging.cut_off(
+                f"the directory's {link.peer} has left {link.unacked} messages "
+                f"({link.unacked_bytes} bytes) of this node unacknowledged, past the bound: this "
+                "node is cut off from the cluster")
         silent_s, silent_endpoint = self.links.longest_silence(now)  # of any shard
         if silent_s > NODE_CUT_OFF_S:
             # this loop may have been busy (a release's diffs, the machine's load) while
@@ -347,6 +360,8 @@ class Agent:
     def _poll_timeout_ms(self) -> int:
         """Poll until the next timer is due, at most POLL_INTERVAL_MS."""
         timeout_s = min(POLL_INTERVAL_MS / 1000, self.workloads.next_timer_s())
+        if self.links.owes() or self.peers is not None and self.peers.owes():
+            timeout_s = min(timeout_s, ACK_DELAY_S)  # an acknowledgement may be due
         return max(0, math.ceil(timeout_s * 1000))
 
     def _dispatch(self, item: Any) -> None:

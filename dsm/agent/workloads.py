@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 #: how long after a Remove event its pages are checked for MADV_REMOVE's hole punch (DONTNEED
 #: never punches): the madvise caller punches right after the agent has read the event
 REMOVE_SETTLE_S = 0.02
+#: how long after a Remove event a hole in one of its pages is still explained by it (its madvise
+#: caller may be descheduled between the event and the punch): past it, a hole in a page the node
+#: holds is an invariant violation, never a guessed discard
+REMOVE_EXPLAINS_S = 1.0
 #: a forked child appears under /proc a moment after its Fork event is read (the parent is still
 #: in fork() then): how often, and for how long, to look for it before relying on its first fault
 FORK_LOOKUP_INTERVAL_S = 0.001
@@ -93,6 +97,8 @@ class Workloads:
         self._departure_pidfds: dict[int, int] = {}
         #: Remove events whose pages are not yet told apart, oldest first
         self._removals: list[Removal] = []
+        #: pages Remove events named, until when a hole in them is explained (oldest first)
+        self._explains: dict[int, float] = {}
         #: forked children whose pid is not known yet -> until when to look for it
         self._unnamed_children: dict[WorkloadProcess, float] = {}
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
@@ -175,9 +181,19 @@ class Workloads:
             self.memory.wake(proc, page_addr)
             return
         page = offset // self.page_size
-        if self._removals and ev.kind is FaultKind.MISSING:
-            self._protect_kept(page)  # a read copy DONTNEED may have unprotected, before the wake
-        self._carry_out(self.core.fault(proc, page_addr, page, ev.rw, ev.kind, ev.thread_id, now))
+        resident = True
+        if ev.kind is FaultKind.MISSING and page in self.state and page not in self.core.pending:
+            # a page held here, faulted as missing: raised before it arrived, or punched. Only
+            # a Remove event of this node's processes may have punched it: tell those apart
+            # now; the core takes any other hole for the invariant violation it is
+            if self._removals:
+                self._protect_kept(page)  # a read copy DONTNEED unprotected, before the wake
+            resident = self.memory.holds(page)
+            if not resident and self._removed_recently(page, now):
+                self._discard([page])  # punched by MADV_REMOVE: zeros cluster-wide
+                resident = True  # no longer held: the core asks for it
+        self._carry_out(self.core.fault(proc, page_addr, page, ev.rw, ev.kind, ev.thread_id, now,
+                                        resident))
 
     def _on_fork(self, proc: WorkloadProcess, ev: Fork) -> None:
         """Adopt the child's uffd. Its page tables are the parent's at the fork, with their
@@ -243,7 +259,11 @@ class Workloads:
         self.stats.count("removes")
         pages = self._held_pages(proc.region_ranges(ev.start, ev.end))
         if pages:
-            self._removals.append(Removal(proc, pages, time.monotonic() + REMOVE_SETTLE_S))
+            now = time.monotonic()
+            self._removals.append(Removal(proc, pages, now + REMOVE_SETTLE_S))
+            for pg in pages:
+                self._explains.pop(pg, None)  # in order of expiry
+                self._explains[pg] = now + REMOVE_EXPLAINS_S
 
     def _protect_kept(self, page: int) -> None:
         """A fault on a page of a Remove event not told apart yet, which the memfd still holds:
@@ -256,6 +276,13 @@ class Workloads:
             if page in removal.pages and not removal.proc.uffd.closed:
                 self.memory.writeprotect(removal.proc, page * self.page_size, self.page_size,
                                          wp=True)
+
+    def _removed_recently(self, page: int, now: float) -> bool:
+        """Whether a Remove event of this node's processes named ``page`` within
+        REMOVE_EXPLAINS_S (its hole is MADV_REMOVE's)."""
+        while self._explains and next(iter(self._explains.values())) < now:
+            self._explains.pop(next(iter(self._explains)))
+        return page in self._explains or any(page in r.pages for r in self._removals)
 
     def _settle_removal(self, removal: Removal) -> None:
         gone = [pg for pg in removal.pages if pg in self.state and not self.memory.holds(pg)]

@@ -69,16 +69,12 @@ class Pending:
 
 class NodeCore:
     def __init__(self, node: str, num_pages: int, page_size: int, readahead: ReadAhead,
-                 holds: Callable[[int], bool], tracer: Tracer | None = None,
-                 stats: NodeStats | None = None):
+                 tracer: Tracer | None = None, stats: NodeStats | None = None):
         self.node = node
         self.num_pages = num_pages
         self.page_size = page_size
         self.readahead = readahead
         self.extents = Extents(page_size)
-        #: whether the node's memory holds ``page`` (a query of the loop's: a page punched
-        #: behind the core's back by MADV_REMOVE is not held)
-        self._holds = holds
         self.stats = stats or NodeStats()
         self._trace = tracer or (lambda *a, **k: None)
         #: describing states costs: only when someone reads the trace
@@ -94,6 +90,9 @@ class NodeCore:
         self._answered_order: deque[tuple[int, int]] = deque()
         #: of those, the ones refused: their pages, should they still come, are ignored
         self._refused: set[tuple[int, int]] = set()
+        #: requests given up (REQUEST_TIMEOUT_S), by first page: a late answer to one is
+        #: installed, never refused (the directory's transaction counts it as taken)
+        self._given_up: dict[int, Pending] = {}
         #: pages granted for writing at a read (the directory found them migratory), installed
         #: write-protected, and not written yet: a Fetch says so (a wrong prediction)
         self._unwritten: set[int] = set()
@@ -113,7 +112,10 @@ class NodeCore:
 
     # --- faults ------------------------------------------------------------------------------------
     def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
-              now: float) -> list[Action]:
+              now: float, resident: bool = True) -> list[Action]:
+        """A process faulted. ``resident``: whether the node's memory holds the page's data (the
+        loop says, for a missing-page fault on a page this core holds; it has already discarded
+        the pages a Remove event of this node's processes punched)."""
         write = rw is Access.WRITE
         self.stats.count(_FAULT_COUNTER[kind, rw])
         st = self.state.get(page)
@@ -133,13 +135,18 @@ class NodeCore:
             return [Unprotect(proc, page)]  # a stale marker (left from a read copy)
         out: list[Action] = []
         if kind is FaultKind.MISSING and st is not None and page not in self.pending:
-            if self._holds(page):
-                if not write or st is not PageState.SHARED:  # a write to it faults again
-                    self.stats.count("faults_local")
-                    return [Wake(proc, addr)]  # raised before the page arrived
-            else:  # the page vanished under us: MADV_REMOVE punched it
-                out += self.discard([page])
-                st = None
+            if not resident:
+                # held here, yet the memory has a hole, and no Remove event named the page: never
+                # guess (inferring a discard would zero the page cluster-wide); fail this access
+                log.error("page %d is %s here but the node's memory holds no data for it, and "
+                          "no Remove event of this node's processes named it: an invariant "
+                          "violation; the access fails (SIGBUS) rather than read zeros", page,
+                          st.value)
+                self.stats.count("invariant_violations")
+                return [Poison(Waiter(proc, addr, page, write, thread_id, now))]
+            if not write or st is not PageState.SHARED:  # a write to it faults again
+                self.stats.count("faults_local")
+                return [Wake(proc, addr)]  # raised before the page arrived
         if kind is FaultKind.WRITE_PROTECTED and st is PageState.SHARED and not write:
             return [Wake(proc, addr)]
         waiter = Waiter(proc, addr, page, write, thread_id, now)
@@ -358,13 +365,24 @@ class NodeCore:
         """Pages the directory had a holder send straight here: installed like a grant, then
         confirmed to the directory (which ends the transaction only on that)."""
         key = (msg.txn, msg.page)
-        if key in self._refused:  # its source was withdrawn and the pages asked elsewhere
+        if key in self._refused or key in self._answered:  # withdrawn, or installed already
             return []
         pend = self.pending.get(msg.page)
+        late = self._given_up.get(msg.page) if pend is None else None
+        if late is not None and msg.count <= late.count and not any(
+                q in self.state for q in range(msg.page, msg.page + msg.count)):
+            # late: this node's request for them was given up (its waiters failed at
+            # REQUEST_TIMEOUT_S) while the directory still served it, and its transaction
+            # counts the pages as coming here: installed and confirmed, never refused and lost
+            del self._given_up[msg.page]
+            log.warning("pages %d+%d from %s came after their request was given up: installed",
+                        msg.page, msg.count, msg.sender)
+            out = self.grant(p.Grant(msg.page, msg.count, msg.write, msg.payload), data, now)
+            self._remember_answered(key)
+            return out + [Send(p.Received(msg.txn, msg.page, msg.count, True))]
         if pend is None or pend.first != msg.page or msg.count > pend.count:
-            # not asked for (or no longer: the request was given up): never installed, since
-            # pages the directory does not know to be here would be written unseen; the
-            # directory learns they were not taken
+            # not asked for: never installed, since pages the directory does not know to be here
+            # would be written unseen; the directory learns they were not taken
             log.warning("pages %d+%d from %s were not asked for: refused", msg.page, msg.count,
                         msg.sender)
             self._remember_answered(key)
@@ -489,6 +507,9 @@ class NodeCore:
         out: list[Action] = []
         for pend in overdue.values():
             self._take_pending(pend.first)
+            self._given_up[pend.first] = pend  # its answer, should it still come, is taken
+            while len(self._given_up) > ANSWERED_TXNS_REMEMBERED:
+                del self._given_up[next(iter(self._given_up))]
             out += [Kill(w, f"the request for page {w.page} was not answered within "
                             f"{timeout_s:.0f} s") for w in pend.waiters]
         return out
@@ -498,6 +519,7 @@ class NodeCore:
         self.pending.clear()
         self.state.clear()
         self._unwritten.clear()
+        self._given_up.clear()
         self.release.clear()
 
 

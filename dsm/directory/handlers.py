@@ -63,7 +63,8 @@ class MessageHandlers:
             p.BarrierJoin: lambda n, m, d: self._replies(
                 self.sync.join(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
             p.BarrierWait: lambda n, m, d: self._released(n, m.notices) or self._replies(
-                self.sync.wait(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
+                self.sync.wait(n, m.req, m.name, m.parties, self._holder(n, m.holder),
+                               _deadline(m.timeout_ms))),
             p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *self.sync.status(m.name)))],
             p.Departed: lambda n, m, d: self._replies(
                 self.sync.depart(self._holder(n, m.prefix))),
@@ -97,9 +98,9 @@ class MessageHandlers:
                 for r in replies]
 
     def _on_lock_acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
-        deadline = None if msg.timeout_ms < 0 else time.monotonic() + msg.timeout_ms / 1000
         holder = self._holder(node, msg.holder)
-        return self._replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
+        return self._replies(self.sync.acquire(node, msg.req, msg.name, holder,
+                                               _deadline(msg.timeout_ms)))
 
     def _node_gone(self, node: str) -> list[Send]:
         self.node_reports.forget(node)
@@ -111,6 +112,7 @@ class MessageHandlers:
         False: the coordinator told us)."""
         log.error("node %s declared dead: %s", node, why)
         session = self.sessions.end(node, f"node {node} was declared dead: {why}")
+        self._send_all(self._replies(self.sync.job_member_died(node, why)))  # its job's barriers
         self._send_all(self._node_gone(node))
         if session is not None:  # if it still listens, it learns why it is no longer served
             self._send_to(session.identity, p.Fenced(self.sessions.epoch,
@@ -158,6 +160,8 @@ class MessageHandlers:
         log.info("node %s joined (agent pid %d, incarnation %x%s)", node, msg.pid,
                  msg.incarnation, f", peer endpoint {msg.endpoint}" if msg.endpoint else "")
         self.sessions.start(node, identity, msg.incarnation, msg.pid, time.monotonic())
+        if msg.rank >= 0:
+            self.sync.enroll(node, msg.job, msg.rank, msg.size)
         self.pages.node_joined(node, msg.endpoint)
         self.notices.joined(node)
         self.role.admitted(node, msg.incarnation)  # every shard hears it before the node
@@ -254,3 +258,8 @@ def _merged(runs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         else:
             out.append((first, count, dead))
     return out
+
+
+def _deadline(timeout_ms: int) -> float | None:
+    """When a wait of ``timeout_ms`` (negative: forever) given now ends, on the table's clock."""
+    return None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000

@@ -5,10 +5,11 @@ mixed into ``DirectoryService``).
 
 Liveness (``dsm.liveness``): a node silent for ``NODE_TIMEOUT_S``, or one that leaves a transaction
 unanswered for ``TRANSACTION_TIMEOUT_S``, is declared dead, which releases every transaction
-waiting on it; its session ends and its later messages are fenced. Nothing is dropped silently:
-the ROUTER is ``ROUTER_MANDATORY``, so a message that cannot be delivered (the peer disconnected,
-or stopped reading until its queue filled) is an error, and a node that missed a message can no
-longer be coherent: it is declared dead too.
+waiting on it; its session ends and its later messages are fenced. Deaths are decided by these
+deadlines alone: every node and shard link carries a reliable session (``dsm/linkwire.py``), so a
+message that cannot be delivered now (the peer's connection was reset, or its queue is full) is
+kept and replayed once it is back, and only a peer that falls behind the session's bound is
+handled as a silent one.
 
 Shards (IVY's fixed distributed manager, ``dsm/directory/shard/``): a directory process is one
 directory alone, or shard I of K; its role says what it serves, what it tells the other shards
@@ -18,7 +19,6 @@ with an Error that says which shard to ask).
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from typing import Any, Callable
@@ -31,18 +31,19 @@ from dsm.directory.allocations import Allocations
 from dsm.directory.handlers import MessageHandlers
 from dsm.directory.pages import OnLoss, PageDirectory, Send
 from dsm.directory.sessions import Sessions, new_random_id
-from dsm.directory.shard.role import Role, check_shard
+from dsm.directory.shard.role import EXIT_SHARD_LOST, Role, check_shard
 from dsm.directory.stats import NodeReports
 from dsm.directory.notices import WriteNotices
 from dsm.directory.sync import SyncTable
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
-from dsm.liveness import NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
+from dsm.linkwire import RouterLinks
+from dsm.liveness import ACK_DELAY_S, NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
 from dsm.logthrottle import ThrottledLog, throttle_module_logs
 from dsm.managers import DEFAULT_MANAGER, Manager
 from dsm.trace import Tracer
-from dsm.wire import has_input, send_frames
+from dsm.wire import has_input
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,12 @@ HOUSEKEEPING_INTERVAL_S = 0.005
 #: messages queued for one node before it counts as not reading them (declared dead): far more
 #: than the protocol keeps in flight to a live node
 SEND_QUEUE_LIMIT_MESSAGES = 100_000
-#: the send errors that mean a message did not reach its node: it disconnected (EHOSTUNREACH
-#: under ROUTER_MANDATORY) or its queue is full (EAGAIN)
-UNDELIVERABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
+#: the messages a peer reads before it has a session (it is joining, or refused): no session frame
+BARE = (p.Welcome, p.Fenced, p.ShardWelcome)
+#: the messages never replayed after a reset (a later one says the same)
+UNSEQUENCED = (p.Heartbeat,)
+#: how often the sessions of peers that are gone (left, declared dead) are swept away
+LINK_SWEEP_INTERVAL_S = 1.0
 
 
 
@@ -104,11 +108,12 @@ class DirectoryService(MessageHandlers):
         self.sessions = Sessions(new_random_id())
         #: each node's last counters, for ``dsm top``
         self.node_reports = NodeReports()
-        #: nodes a message could not be delivered to, declared dead once the current one is done
-        self._undelivered: dict[str, str] = {}
         self._ctx = zmq.Context.instance()
         self.socket, self.security, self.endpoint = router or open_router(
             self._ctx, endpoint, keys, f"the directory at {endpoint}")
+        #: a reliable session per live node and per shard (``dsm/linkwire.py``)
+        self.links = RouterLinks(self.socket, self._has_session)
+        self._last_link_sweep_s = time.monotonic()
         self._running = True
         #: what serve_forever's caller returns: 0, or why the manager stopped on its own
         self.exit_status = 0
@@ -164,17 +169,17 @@ class DirectoryService(MessageHandlers):
                         if not queued:
                             break
                         self._handle(self.socket.recv_multipart(copy=False))
-                        self._declare_undelivered_dead()
                         queued = has_input(self.socket)
                     for sock in ready:
                         if sock is not self.socket:
                             self.role.drain(sock)
-                            self._declare_undelivered_dead()
                 now = time.monotonic()
+                self.links.flush(now)  # acknowledgements owed, replays asked for
                 if not ready or now - last_housekeeping_s >= HOUSEKEEPING_INTERVAL_S:
                     last_housekeeping_s = now
                     self.role.tick(now)
                     self._expire_silent_nodes()
+                    self._expire_behind_links(now)
                     self._send_all(self._replies(self.sync.expire(now)))
                     self._complain.flush()
         finally:
@@ -189,11 +194,19 @@ class DirectoryService(MessageHandlers):
         identity = frames[0].bytes
         msg: Any = None
         try:
-            msg, data = p.decode(frames[1:], self.layout.page_size, p.Direction.TO_DIRECTORY)
+            now = time.monotonic()
+            node = self.sessions.node_of(identity)
+            if node is not None:  # any word from a node says it is alive
+                self.sessions.by_node[node].last_seen_s = now
+            # in order and once each, without the session frame; None: nothing to handle
+            body = self.links.accept(identity, frames[1:], now)
+            if body is None:
+                return
+            msg, data = p.decode(body, self.layout.page_size, p.Direction.TO_DIRECTORY)
             if self.tracer.enabled:
                 self._trace_received(identity, msg)
             if self.wire is not None:
-                self.wire.count("received", msg, frames[1:])
+                self.wire.count("received", msg, body)
             if isinstance(msg, p.Hello):
                 self._send_all(self._on_hello(identity, msg))
                 return
@@ -205,13 +218,11 @@ class DirectoryService(MessageHandlers):
                 self.role.handle_peer(identity, msg, _user_id(frames[1]) if msg.TYPE ==
                                       p.MsgType.SHARD_HELLO else None)
                 return
-            node = self.sessions.node_of(identity)
             if node is None:  # no session: never serve it as if it were a live node
                 if not isinstance(msg, p.Bye):
                     self._send_to(identity, p.Fenced(self.sessions.epoch,
                                                      self.sessions.why_fenced(identity)))
                 return
-            self.sessions.by_node[node].last_seen_s = time.monotonic()
             if self.role.count > 1:  # this shard's pages only (WrongShard: an Error answer)
                 check_shard(msg, self.role.index, self.role.count)
             handler = self._handlers.get(type(msg))
@@ -241,19 +252,20 @@ class DirectoryService(MessageHandlers):
             if identity is None:  # its session ended meanwhile: nothing to tell it any more
                 log.debug("no session for %s: %s not sent", send.node, type(send.message).__name__)
                 continue
-            if not self._send_to(identity, send.message, send.page):
-                self._undelivered.setdefault(
-                    send.node, f"a {type(send.message).__name__} could not be delivered to it")
+            self._send_to(identity, send.message, send.page)
+
+    def _has_session(self, identity: bytes) -> bool:
+        """Whether ``identity`` is a live node's or a shard's (its link keeps a session)."""
+        return self.sessions.node_of(identity) is not None or self.role.is_peer(identity)
 
     def _send_to(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
-        """Send without blocking; False if the message could not be delivered."""
+        """Send without blocking; to a peer with a session, kept until acknowledged (replayed
+        after a reset). False if a message to a peer without one could not be delivered."""
         t = self.tracer.now() if self.tracer.enabled else None
         frames = p.encode(message, page)
-        try:
-            send_frames(self.socket, [identity, *frames], nonblocking=True)
-        except zmq.ZMQError as exc:
-            if exc.errno not in UNDELIVERABLE:
-                raise
+        kind = type(message)
+        if not self.links.send(identity, frames, time.monotonic(),
+                               sequenced=kind not in UNSEQUENCED, bare=kind in BARE):
             return False
         if self.wire is not None:
             self.wire.count("sent", message, frames)
@@ -266,20 +278,39 @@ class DirectoryService(MessageHandlers):
         link = identity.decode(errors="surrogateescape")
         self.tracer.received(link, self.tracer.who, _node_of_identity(link), msg)
 
-    def _declare_undelivered_dead(self) -> None:
-        """A node that missed a message cannot stay coherent: declare it dead (which may make
-        more messages undeliverable: repeat until none is left)."""
-        while self._undelivered:
-            node, why = self._undelivered.popitem()
-            if self.sessions.get(node) is not None:
+    def _expire_behind_links(self, now: float) -> None:
+        """A peer that has left more unacknowledged than its session's bound is handled as a
+        silent one; the sessions of peers that are gone are swept away (once what they keep is
+        acknowledged, or is older than a death)."""
+        for link in self.links.behind():
+            why = (f"it left {link.unacked} messages ({link.unacked_bytes} bytes) "
+                   "unacknowledged, past the session's bound")
+            identity = link.peer.encode(errors="replace")
+            node = self.sessions.node_of(identity)
+            if node is not None:
                 self._declare_dead(node, why)
+            elif self.role.is_peer(identity):
+                self.fail(f"a manager shard ({link.peer}) {why}: the distributed manager "
+                          "cannot serve its pages", EXIT_SHARD_LOST)
+            self.links.forget(identity)
+        if now - self._last_link_sweep_s < LINK_SWEEP_INTERVAL_S:
+            return
+        self._last_link_sweep_s = now
+        for identity, link in list(self.links.links.items()):
+            if not self._has_session(identity) and (
+                    not link.unacked or link.oldest_unacked_s(now) > NODE_TIMEOUT_S):
+                self.links.forget(identity)
 
     def _poll_timeout_ms(self) -> int:
-        """Wake for the next lock deadline, or at the latest after POLL_INTERVAL_MS."""
+        """Wake for the next lock deadline, for an acknowledgement owed, or at the latest after
+        POLL_INTERVAL_MS."""
+        timeout_ms = POLL_INTERVAL_MS
+        if self.links.owes():
+            timeout_ms = min(timeout_ms, int(ACK_DELAY_S * 1000) + 1)
         deadline = self.sync.next_deadline()
         if deadline is None:
-            return POLL_INTERVAL_MS
-        return max(0, min(POLL_INTERVAL_MS, int((deadline - time.monotonic()) * 1000) + 1))
+            return timeout_ms
+        return max(0, min(timeout_ms, int((deadline - time.monotonic()) * 1000) + 1))
 
     def _expire_silent_nodes(self) -> None:
         now = time.monotonic()
@@ -289,7 +320,6 @@ class DirectoryService(MessageHandlers):
             if self.sessions.get(node) is not None:
                 self._declare_dead(node, f"it left transaction {txn.id} (page {txn.request.page}) "
                                          f"unanswered for over {TRANSACTION_TIMEOUT_S:.0f} s")
-        self._declare_undelivered_dead()
 
 
 #: the message types between shards (``dsm.directory.shard``)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from dsm import protocol as p
+from dsm.linkwire import reconnect_promptly
 from dsm.agent.links import WILDCARD_HOSTS
 from dsm.directory.sessions import new_random_id
 from dsm.directory.shard import ShardJoinError
@@ -99,6 +100,7 @@ def join_coordinator(ctx: zmq.Context, coordinator: str, hello: p.ShardHello,
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.setsockopt(zmq.IDENTITY, f"shard:{os.getpid()}#{new_random_id():x}".encode())
+    reconnect_promptly(dealer)  # a reset costs a replay, not ZeroMQ's 100 ms wait
     client_keys = shard_client_keys(keys)
     configure_client(dealer, client_keys)
     watch = HandshakeWatch(dealer, coordinator, client_keys)

@@ -10,7 +10,15 @@ EOWNERDEAD). A waiter may give a deadline: ``expire(now)`` answers TIMEOUT to th
 deadline passed.
 
 A barrier knows its members from their ``join``: when a member departs, the barrier breaks for
-everyone waiting and for every later ``wait``, instead of leaving them waiting forever.
+everyone waiting and for every later ``wait``, instead of leaving them waiting forever. A wait may
+give a deadline, as ``threading.Barrier.wait(timeout)`` does: past it, the barrier breaks for
+every party.
+
+A job (nodes with a rank and a size, from ``dsm launch``, a launcher or ``DSM_RANK``/``DSM_NODES``:
+``enroll``) is one program: when one of its nodes dies, every barrier a node of the job is a
+member of or waits at breaks at once, naming the dead node and its rank, and so does every later
+wait of a node of the job, until the job's last node is gone. A member that died before it ever
+reached the job's last barrier would otherwise leave the others waiting there forever.
 
 Nothing unused is kept: a lock nobody holds or waits for, and a barrier with no members left,
 are forgotten (a later use of the name starts afresh), so that a long-running directory does
@@ -105,6 +113,15 @@ class LockState:
 
 
 @dataclass
+class JobState:
+    """The nodes of one job, by rank; why it is broken (a node of it died), if it is."""
+
+    size: int
+    ranks: dict[str, int] = field(default_factory=dict)
+    broken: str | None = None
+
+
+@dataclass
 class BarrierState:
     parties: int
     members: set[str] = field(default_factory=set)
@@ -119,9 +136,14 @@ class SyncTable:
         self.barriers: dict[str, BarrierState] = {}
         #: broken barriers with no members, kept for their late parties, oldest first
         self._orphaned_broken: dict[str, None] = {}
+        #: barriers some party waits at with a deadline
+        self._timed_barriers: dict[str, None] = {}
         #: broken locks nobody holds or waits for, kept for their next acquirer, oldest first
         self._broken_locks: dict[str, None] = {}
         self._clock = clock
+        #: the jobs, by name, and the job of each node enrolled in one
+        self.jobs: dict[str, JobState] = {}
+        self._job_of: dict[str, str] = {}
         #: how long lock acquisitions and barrier waits took
         self.waits = {"lock": WaitHistogram(), "barrier": WaitHistogram()}
 
@@ -177,6 +199,8 @@ class SyncTable:
         return lock.holder or "", [w.holder for w in lock.queue]
 
     def expire(self, now: float) -> list[Reply]:
+        """Answer the waits whose deadline has passed: a lock's waiter TIMEOUT; a barrier's
+        wait breaks the barrier for every party, as ``threading.Barrier`` does."""
         out = []
         for name, lock in self.locks.items():
             expired = [w for w in lock.queue if w.deadline is not None and w.deadline <= now]
@@ -185,13 +209,27 @@ class SyncTable:
                 out.append(Reply(w.node, w.req, SyncStatus.TIMEOUT, f"lock {name!r}"))
         for name in [n for n, lock in self.locks.items() if lock.unused()]:
             del self.locks[name]
+        if self._timed_barriers:
+            for name in list(self._timed_barriers):
+                barrier = self.barriers.get(name)
+                late = [w for w in barrier.arrived if w.deadline is not None
+                        and w.deadline <= now] if barrier is not None else []
+                if barrier is None or not any(w.deadline is not None for w in barrier.arrived):
+                    del self._timed_barriers[name]
+                if late:
+                    out += self._break(name, barrier, (
+                        f"barrier {name!r} is broken: {late[0].holder} waited "
+                        f"{now - late[0].since:.1f} s, its timeout, for the other parties "
+                        f"({len(barrier.arrived)} of {barrier.parties} had arrived)"))
         return out
 
     def next_deadline(self) -> float | None:
-        if not self.locks:  # the common case, looked at before every poll
+        if not self.locks and not self._timed_barriers:  # the common case, before every poll
             return None
         deadlines = [w.deadline for lock in self.locks.values() for w in lock.queue
                      if w.deadline is not None]
+        deadlines += [w.deadline for name in self._timed_barriers
+                      for w in self.barriers[name].arrived if w.deadline is not None]
         return min(deadlines, default=None)
 
     # --- barriers ----------------------------------------------------------------------------------
@@ -211,13 +249,19 @@ class SyncTable:
         barrier.members.add(holder)
         return [Reply(node, req, SyncStatus.JOINED)]
 
-    def wait(self, node: str, req: int, name: str, parties: int, holder: str) -> list[Reply]:
+    def wait(self, node: str, req: int, name: str, parties: int, holder: str,
+             deadline: float | None = None) -> list[Reply]:
         barrier = self._barrier(name, parties)
         barrier.members.add(holder)
+        job_broken = self._job_broken(node)
+        if job_broken is not None and barrier.broken_by is None:
+            barrier.broken_by = f"barrier {name!r} is broken: {job_broken}"
         if barrier.broken_by is not None:
             return [Reply(node, req, SyncStatus.BROKEN, barrier.broken_by)]
         now = self._clock()
-        barrier.arrived.append(Waiter(node, req, holder, None, now))
+        barrier.arrived.append(Waiter(node, req, holder, deadline, now))
+        if deadline is not None:
+            self._timed_barriers[name] = None
         if len(barrier.arrived) < barrier.parties:
             return []
         arrived, barrier.arrived = barrier.arrived, []
@@ -226,10 +270,59 @@ class SyncTable:
         barrier.generation += 1
         return [Reply(w.node, w.req, SyncStatus.PASSED, str(barrier.generation)) for w in arrived]
 
+    def _break(self, name: str, barrier: BarrierState, why: str) -> list[Reply]:
+        """Break ``barrier`` (if it is not already) for ``why``: every party waiting at it is
+        answered BROKEN, and so is every later wait."""
+        if barrier.broken_by is None:
+            barrier.broken_by = why
+        waiting, barrier.arrived = barrier.arrived, []
+        return [Reply(w.node, w.req, SyncStatus.BROKEN, barrier.broken_by) for w in waiting]
+
+    # --- jobs --------------------------------------------------------------------------------------
+    def enroll(self, node: str, job: str, rank: int, size: int) -> None:
+        """``node`` is rank ``rank`` of job ``job`` of ``size`` nodes."""
+        self._leave_job(node)
+        state = self.jobs.setdefault(job, JobState(size))
+        state.ranks[node] = rank
+        self._job_of[node] = job
+
+    def _job_broken(self, node: str) -> str | None:
+        job = self._job_of.get(node_of(node))
+        return self.jobs[job].broken if job is not None else None
+
+    def job_member_died(self, node: str, why: str) -> list[Reply]:
+        """``node`` died (or was fenced): if it is part of a job, the job breaks, and with it
+        every barrier one of its nodes belongs to or waits at, naming ``node`` and its rank."""
+        job = self._job_of.get(node)
+        if job is None:
+            return []
+        state = self.jobs[job]
+        if state.broken is None:
+            state.broken = (f"node {node} (rank {state.ranks[node]} of {state.size} of job "
+                            f"{job or 'without a name'}) died: {why}")
+        out: list[Reply] = []
+        for name, barrier in self.barriers.items():
+            holders = barrier.members | {w.holder for w in barrier.arrived}
+            if any(self._job_of.get(node_of(h)) == job for h in holders):
+                out += self._break(name, barrier, f"barrier {name!r} is broken: {state.broken}")
+        return out
+
+    def _leave_job(self, node: str) -> None:
+        """``node`` is gone (left or died): a job whose last node is gone is forgotten."""
+        job = self._job_of.pop(node, None)
+        if job is None:
+            return
+        state = self.jobs[job]
+        state.ranks.pop(node, None)
+        if not state.ranks:
+            del self.jobs[job]
+
     # --- departures --------------------------------------------------------------------------------
     def depart(self, prefix: str) -> list[Reply]:
         """A process (``node:pid``) or a node (``node``) is gone: release what it held, drop what
         it waited for, break the barriers it belonged to."""
+        if ":" not in prefix:
+            self._leave_job(prefix)
         out: list[Reply] = []
         for name, lock in self.locks.items():
             lock.queue = deque(w for w in lock.queue if not departed(w.holder, prefix))

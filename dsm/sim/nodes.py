@@ -199,7 +199,8 @@ class NodeSimulation:
             return
         t.blocked_on = page
         self._finish(node)  # the fault waits in the uffd for the agent's loop
-        acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock)
+        acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock,
+                               resident=page in node.memory)
         self._carry_out(node, acts)
 
     def _give_back(self) -> None:

@@ -112,8 +112,7 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         for i in range(nodes):
             name = f"n{i}"
             node = SimNode(name, None)  # type: ignore[arg-type]
-            node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
-                                 holds=lambda pg, node=node: pg in node.memory)
+            node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES))
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
             for d in self.directories.values():

@@ -25,7 +25,9 @@ from dsm import protocol as p
 from dsm.directory.allocations import AllocationError
 from dsm.directory.shard.role import EXIT_SHARD_LOST, HELLO_HOLD_S, Role, _Held
 from dsm.errors import DsmError
+from dsm.linkwire import DealerLink, accept
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_TIMEOUT_S
+from dsm.wire import has_input
 
 if TYPE_CHECKING:
     from dsm.directory.service import DirectoryService
@@ -44,6 +46,9 @@ class Member(Role):
         self.count = welcome.shards
         self.welcome = welcome
         self.dealer = dealer
+        #: the link's reliable session (dsm/linkwire.py): the coordinator welcomed this shard
+        self.session = DealerLink(dealer, "the coordinator", time.monotonic())
+        self.session.open(time.monotonic())
         self.coordinator_endpoint = coordinator
         self._parent_pidfd = parent_pidfd
         #: node -> the incarnation the coordinator admitted last
@@ -70,20 +75,25 @@ class Member(Role):
         return [self.dealer]
 
     def _send(self, msg: p.Message) -> None:
+        now = time.monotonic()
         try:
-            self.dealer.send_multipart(p.encode(msg), flags=zmq.NOBLOCK)
+            self.session.send(p.encode(msg), now, sequenced=not isinstance(msg, p.Heartbeat),
+                              nonblocking=True)
         except zmq.Again:
             self.service.fail(f"the coordinator {self.coordinator_endpoint} takes no message "
                               "(gone, or not reading)", EXIT_SHARD_LOST)
             return
-        self._last_sent_s = time.monotonic()
+        self._last_sent_s = now
 
     def drain(self, sock: zmq.Socket) -> None:
-        while self.dealer.get(zmq.EVENTS) & zmq.POLLIN:
+        while has_input(self.dealer):
             frames = self.dealer.recv_multipart(copy=False)
-            self._last_heard_s = time.monotonic()
+            now = self._last_heard_s = time.monotonic()
             try:
-                msg, _ = p.decode(frames, self.service.layout.page_size, p.Direction.TO_NODE)
+                body = accept(self.session.link, frames, now)  # in order, once each
+                if body is None:
+                    continue
+                msg, _ = p.decode(body, self.service.layout.page_size, p.Direction.TO_NODE)
                 handler = self._handlers.get(type(msg))
                 if handler is None:
                     raise DsmError(f"a shard does not take a {type(msg).__name__}")
@@ -156,6 +166,13 @@ class Member(Role):
     def tick(self, now: float) -> None:
         if now - self._last_sent_s > HEARTBEAT_INTERVAL_S:
             self._send(p.Heartbeat(self.service.tracer.now_ns()))
+        self.session.flush(now)  # acknowledgements owed, replays due
+        link = self.session.link
+        if link.behind:
+            self.service.fail(f"the coordinator {self.coordinator_endpoint} left {link.unacked} "
+                              "messages of this shard unacknowledged, past the session's bound",
+                              EXIT_SHARD_LOST)
+            return
         if now - self._last_heard_s > NODE_TIMEOUT_S:
             self.service.fail(f"the coordinator {self.coordinator_endpoint} has been silent for "
                               f"{now - self._last_heard_s:.1f} s: stopping this shard",
@@ -174,7 +191,7 @@ class Member(Role):
                 "Hello to the coordinator first")))
 
     def close(self) -> None:
-        self.dealer.close(0)
+        self.session.close(0)
         if self._parent_pidfd is not None:
             os.close(self._parent_pidfd)
 

@@ -1,0 +1,238 @@
+"""Reliable links above ZeroMQ: numbered messages, cumulative acknowledgements, replay.
+
+ZeroMQ reconnects by itself but promises nothing across a reconnect: what was in the reset
+connection's pipe or kernel buffers is gone, and ``ROUTER_MANDATORY`` reports only what is routed
+while the peer is absent. So every link (node <-> manager shard, node <-> node, shard <->
+coordinator) carries a session, as TCP does above IP and the ZeroMQ guide's Pirate patterns do
+above ZeroMQ. This module is its state, one ``ReliableLink`` per peer, with no sockets: the
+ZeroMQ side (``dsm/linkwire.py``) puts a link's frame in front of every message it sends and
+hands every session frame it receives to ``receive``.
+
+Wire layout: one frame in front of the protocol's frames (``dsm/protocol.py``)::
+
+    frame 0: session, 18 bytes: b"S", seq (u64), ack (u64), flags (u8), little-endian
+    frame 1..: the message (absent: a bare acknowledgement)
+
+- ``seq`` numbers the sender's messages on this link from 1; ``UNSEQUENCED`` (0) marks a message
+  that is never replayed (the handshake, heartbeats, bare acknowledgements).
+- ``ack`` says the sender has received every message of the other direction up to it, in order:
+  every message carries one, so a conversation costs no extra message; a link that only receives
+  sends a bare one after ``ACK_DELAY_S`` (or ``ACK_EVERY_BYTES``).
+- ``FLAG_RESEND`` asks the other side to send again everything after ``ack``: a gap was seen (a
+  message lost in a reset, the ones after it dropped until the lost one comes), or the sender's
+  connection came back.
+
+The receiver delivers in order, drops duplicates and what follows a gap (go-back-N: the sender
+replays it). The sender keeps every sequenced message, page bytes included, until it is
+acknowledged, and replays what is unacknowledged when asked, after a reconnect, or when no
+acknowledgement came for ``ACK_TIMEOUT_S``. What it keeps is bounded (``MAX_UNACKED_*``): a peer
+that stays behind past the bound is ``behind``, which the owner handles as a silent peer.
+
+The frame's first byte cannot begin a protocol header (a msgpack array starts 0x90-0x9f, 0xdc or
+0xdd): a message without a session frame (``dsm top``'s questions) is told apart by it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from typing import Any
+
+from dsm.errors import ProtocolError
+from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S
+
+SESSION_MAGIC = b"S"
+_HEADER = struct.Struct("<cQQB")
+#: the length of a session frame
+SESSION_FRAME_BYTES = _HEADER.size
+#: ``seq`` of a message that is never replayed
+UNSEQUENCED = 0
+#: "send again everything after my ack"
+FLAG_RESEND = 1
+_KNOWN_FLAGS = FLAG_RESEND
+#: a bare acknowledgement is sent once this many bytes are unacknowledged, whatever the delay
+ACK_EVERY_BYTES = 4 << 20
+#: after a replay (or a request for one), another waits this long: the messages that were in
+#: flight behind a gap arrive before the replay and must not trigger a second one
+RESEND_HOLDOFF_S = 0.05
+#: what one link may keep unacknowledged before its peer counts as behind (a live peer
+#: acknowledges within milliseconds; a scan keeps a few MiB in flight)
+MAX_UNACKED_MESSAGES = 100_000
+MAX_UNACKED_BYTES = 512 << 20
+
+
+class Verdict(enum.Enum):
+    """What becomes of a received message."""
+
+    DELIVER = "deliver"  #: the next in order, or unsequenced: handle it
+    DUPLICATE = "duplicate"  #: delivered before (a replay crossed an acknowledgement): drop it
+    GAP = "gap"  #: an earlier one is missing: drop it, the sender replays both
+
+
+def is_session_frame(frame: bytes) -> bool:
+    """Whether ``frame`` is a session frame (not a protocol header)."""
+    return len(frame) == SESSION_FRAME_BYTES and frame[:1] == SESSION_MAGIC
+
+
+def parse(frame: bytes) -> tuple[int, int, int]:
+    """(seq, ack, flags) of a session frame; ProtocolError naming what was wrong."""
+    if len(frame) != SESSION_FRAME_BYTES:
+        raise ProtocolError(f"session frame is {len(frame)} bytes, expected {SESSION_FRAME_BYTES}")
+    magic, seq, ack, flags = _HEADER.unpack(frame)
+    if magic != SESSION_MAGIC:
+        raise ProtocolError(f"session frame starts with {magic!r}, expected {SESSION_MAGIC!r}")
+    if flags & ~_KNOWN_FLAGS:
+        raise ProtocolError(f"session frame has unknown flags {flags:#x}")
+    return seq, ack, flags
+
+
+def _nbytes(frame: Any) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
+
+
+class ReliableLink:
+    """One peer's session: what this side sent and keeps until acknowledged, and what it has
+    received in order. ``now`` arguments are ``time.monotonic()`` seconds (the simulator's
+    clock in simulation)."""
+
+    def __init__(self, peer: str, now: float, max_unacked_messages: int = MAX_UNACKED_MESSAGES,
+                 max_unacked_bytes: int = MAX_UNACKED_BYTES):
+        self.peer = peer
+        self._max_messages = max_unacked_messages
+        self._max_bytes = max_unacked_bytes
+        self._next_seq = 1
+        #: (seq, frames, bytes) sent and not yet acknowledged, oldest first
+        self._unacked: deque[tuple[int, list[Any], int]] = deque()
+        self.unacked_bytes = 0
+        #: the last message of the peer's delivered in order (what this side acknowledges)
+        self.delivered = 0
+        self._acked_to_peer = 0  # the last ack this side sent
+        self._owed_since: float | None = None  # an acknowledgement owed since
+        self._owed_bytes = 0
+        self._want_resend = False  # a gap was seen: ask the peer to replay
+        self._asked_resend_s = float("-inf")
+        self._resent_s = float("-inf")
+        #: when the peer last acknowledged something new, or this side replayed or began to wait
+        self._progress_s = now
+        #: counters, for the logs and ``dsm top``
+        self.replayed = 0
+        self.duplicates = 0
+        self.gaps = 0
+
+    # --- sending -----------------------------------------------------------------------------
+    def _frame(self, seq: int, flags: int = 0) -> bytes:
+        self._acked_to_peer = self.delivered
+        self._owed_since = None
+        self._owed_bytes = 0
+        return _HEADER.pack(SESSION_MAGIC, seq, self.delivered, flags)
+
+    def sequenced(self, frames: list[Any], now: float) -> list[Any]:
+        """``frames`` behind a session frame with the next number; kept until acknowledged."""
+        seq = self._next_seq
+        self._next_seq += 1
+        nbytes = sum(_nbytes(f) for f in frames)
+        if not self._unacked:
+            self._progress_s = now  # the acknowledgement timer starts with the first kept
+        self._unacked.append((seq, frames, nbytes))
+        self.unacked_bytes += nbytes
+        return [self._frame(seq), *frames]
+
+    def unsequenced(self, frames: list[Any]) -> list[Any]:
+        """``frames`` behind a session frame that is never replayed (it still acknowledges)."""
+        return [self._frame(UNSEQUENCED), *frames]
+
+    def retract(self) -> list[Any]:
+        """Take back the last message sequenced (its send failed and the caller sends it another
+        way): its frames. Only right after ``sequenced``."""
+        seq, frames, nbytes = self._unacked.pop()
+        assert seq == self._next_seq - 1, "retract only the last message sequenced"
+        self._next_seq -= 1
+        self.unacked_bytes -= nbytes
+        return frames
+
+    @property
+    def behind(self) -> bool:
+        """Whether the peer has left more unacknowledged than the bound: handle it as silent."""
+        return len(self._unacked) > self._max_messages or self.unacked_bytes > self._max_bytes
+
+    @property
+    def unacked(self) -> int:
+        return len(self._unacked)
+
+    def oldest_unacked_s(self, now: float) -> float:
+        """How long the peer has made no progress while messages wait for it (0: none wait)."""
+        return now - self._progress_s if self._unacked else 0.0
+
+    # --- receiving ---------------------------------------------------------------------------
+    def receive(self, seq: int, ack: int, flags: int, nbytes: int, now: float) -> Verdict:
+        """A session frame ``(seq, ack, flags)`` came, in front of ``nbytes`` of message (0: a
+        bare acknowledgement): what to do with the message. Replays the peer asked for are
+        collected by ``outgoing``."""
+        self._acknowledged(ack, now)
+        if flags & FLAG_RESEND and now - self._resent_s >= RESEND_HOLDOFF_S:
+            self._resent_s = float("-inf")  # due now: outgoing replays
+            self._progress_s = float("-inf")
+        if seq == UNSEQUENCED:
+            return Verdict.DELIVER
+        if seq == self.delivered + 1:
+            self.delivered = seq
+            if self._owed_since is None:
+                self._owed_since = now
+            self._owed_bytes += nbytes
+            return Verdict.DELIVER
+        if seq <= self.delivered:
+            self.duplicates += 1
+            if self._owed_since is None:  # the peer did not hear the acknowledgement: again
+                self._owed_since = now
+            return Verdict.DUPLICATE
+        self.gaps += 1
+        self._want_resend = True
+        return Verdict.GAP
+
+    def _acknowledged(self, ack: int, now: float) -> None:
+        if ack >= self._next_seq:
+            raise ProtocolError(f"acknowledgement {ack} from {self.peer} of a message never sent "
+                                f"(the last sent is {self._next_seq - 1})")
+        unacked = self._unacked
+        if not unacked or unacked[0][0] > ack:
+            return
+        while unacked and unacked[0][0] <= ack:
+            _, _, nbytes = unacked.popleft()
+            self.unacked_bytes -= nbytes
+        self._progress_s = now
+
+    def reconnected(self) -> None:
+        """This side's connection came back: what the old one carried may be lost both ways.
+        ``outgoing`` then replays what is unacknowledged and asks the peer to do the same."""
+        self._want_resend = True
+        self._asked_resend_s = float("-inf")
+        self._resent_s = float("-inf")
+        self._progress_s = float("-inf")
+
+    # --- what to send now --------------------------------------------------------------------
+    def outgoing(self, now: float) -> list[list[Any]]:
+        """The messages due now, each as frames to send: a request for a replay (a gap was
+        seen), a bare acknowledgement owed for ``ACK_DELAY_S`` or ``ACK_EVERY_BYTES``, and
+        the replay of everything unacknowledged when the peer asked for it or has acknowledged
+        nothing for ``ACK_TIMEOUT_S``."""
+        out: list[list[Any]] = []
+        if self._want_resend and now - self._asked_resend_s >= RESEND_HOLDOFF_S:
+            self._want_resend = False
+            self._asked_resend_s = now
+            out.append([self._frame(UNSEQUENCED, FLAG_RESEND)])
+        elif self._owed_since is not None and (now - self._owed_since >= ACK_DELAY_S
+                                               or self._owed_bytes >= ACK_EVERY_BYTES):
+            out.append([self._frame(UNSEQUENCED)])
+        if self._unacked and now - self._progress_s >= ACK_TIMEOUT_S:
+            out.extend(self._replay(now))
+        return out
+
+    def _replay(self, now: float) -> list[list[Any]]:
+        self._resent_s = self._progress_s = now
+        self.replayed += len(self._unacked)
+        return [[self._frame(seq), *frames] for seq, frames, _ in self._unacked]
+
+    def owes(self) -> bool:
+        """Whether ``outgoing`` may have something to send (cheap: for the loop's fast path)."""
+        return bool(self._unacked) or self._owed_since is not None or self._want_resend

@@ -1,0 +1,93 @@
+"""A cluster on namespace hosts whose network loses packets (iptables' ``statistic`` match: this
+kernel has no netem) runs the randomized coherence test of ``test_random_coherence`` and its
+linearizability check: nothing lost, nobody declared dead while TCP's retransmissions stall its
+links for less than the deadlines. Skipped, with the reason, where namespace hosts or iptables
+are missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+
+import pytest
+
+from dsm.hosts import network
+from tests.cluster import Directory, NodeProcess
+from tests.test_random_coherence import check_random_histories
+
+NODES = 3
+#: the shares of packets each node host drops on the way in
+LOSS_RATES = (0.05, 0.20)
+#: each actor's operations under loss (a run takes tens of seconds at 20% loss)
+OPS_UNDER_LOSS = 150
+#: a lossy run's deadline: TCP backs off for seconds at a time at 20% loss
+LOSSY_RUN_TIMEOUT_S = 240.0
+IPTABLES_TIMEOUT_S = 10.0
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces and iptables need root"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed"
+    if shutil.which("iptables") is None:
+        return "iptables is not installed (apt-get install iptables)"
+    return None
+
+
+def _drop_share(namespace: str, probability: float) -> None:
+    """Drop ``probability`` of the packets that reach the host ``namespace``."""
+    subprocess.run(["ip", "netns", "exec", namespace, "iptables", "-A", "INPUT", "-m",
+                    "statistic", "--mode", "random", "--probability", str(probability), "-j",
+                    "DROP"], check=True, capture_output=True, timeout=IPTABLES_TIMEOUT_S)
+
+
+@pytest.fixture
+def lossy_cluster(tmp_path):
+    """``start(loss)``: a directory host and NODES node hosts on one bridge, each node host
+    dropping ``loss`` of its incoming packets; everything torn down after the test."""
+    why = _unavailable()
+    if why:
+        print(f"skipping the lossy-network tests: {why}")
+        pytest.skip(why)
+    network.sweep_stale()
+    net = network.Network()
+    procs: list = []
+
+    def start(loss: float):
+        net.create()
+        hosts = [net.add_host(name) for name in ("directory", *(f"n{i}" for i in range(NODES)))]
+        net.write_hosts()
+        directory = Directory(tmp_path, "tcp", host=hosts[0].address,
+                              prefix=["ip", "netns", "exec", hosts[0].namespace])
+        procs.append(directory)
+        for host in hosts[1:]:
+            _drop_share(host.namespace, loss)
+        nodes = [NodeProcess(directory.endpoint, host.name, tmp_path, wait=False,
+                             prefix=["ip", "netns", "exec", host.namespace])
+                 for host in hosts[1:]]
+        procs.extend(nodes)
+        for n in nodes:
+            n.wait_attached(60)
+        return directory, nodes
+
+    yield start
+    for proc in reversed(procs):
+        proc.kill()
+    net.destroy()
+    assert net.leftover == [], "processes survived the teardown"
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("loss", LOSS_RATES, ids=[f"{int(r * 100)}%-loss" for r in LOSS_RATES])
+def test_a_lossy_network_loses_nothing_and_kills_nobody(lossy_cluster, tmp_path, loss):
+    directory, nodes = lossy_cluster(loss)
+    check_random_histories(nodes, tmp_path, write_fraction=0.5, ops=OPS_UNDER_LOSS,
+                           timeout_s=LOSSY_RUN_TIMEOUT_S)
+    log = directory.log_path.read_text()
+    assert "declared dead" not in log, log[-3000:]
+    assert "LOST" not in log, log[-3000:]
+
+

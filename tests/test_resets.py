@@ -1,0 +1,85 @@
+"""Links that survive the network: a cluster whose TCP connections are reset over and over
+(``ss -K``) while its nodes increment shared counters under a lock loses nothing, declares
+nobody dead and finishes within a bounded multiple of its reset-free time."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.cluster import Directory, NodeProcess, environment_without_manager_defaults
+from tests.nemesis import Resetter, have_ss_kill
+
+NODES = 3
+#: counters, one per page (each increment moves a page between nodes)
+COUNTERS = 12
+INCREMENTS = 300
+#: a run under resets may take this many times its reset-free time (the issue's bound)
+SLOWDOWN_BOUND = 3.0
+#: seconds every node's run may take, resets or not
+RUN_DEADLINE_S = 120.0
+
+_WORKLOAD = (
+    "import time\n"
+    "page_words = node.layout.page_size // 8\n"
+    "counters = node.array('{name}', ({counters} * page_words,), np.int64)\n"
+    "lock = node.lock('{name}.lock')\n"
+    "node.barrier('{name}.start', {nodes}).wait()\n"
+    "t0 = time.monotonic()\n"
+    "for _ in range({increments}):\n"
+    "    with lock:\n"
+    "        for c in range({counters}):\n"
+    "            counters[c * page_words] += 1\n"
+    "node.barrier('{name}.end', {nodes}).wait()\n"
+    "elapsed = time.monotonic() - t0\n"
+    "values = [int(counters[c * page_words]) for c in range({counters})]\n"
+)
+
+MANAGERS = {
+    "relay": ["--manager", "relay"],
+    "central": ["--manager", "central"],
+    "distributed": ["--manager", "distributed", "--shards", "2"],
+}
+
+
+def _run_round(nodes: list[NodeProcess], name: str) -> float:
+    code = _WORKLOAD.format(name=name, counters=COUNTERS, nodes=NODES, increments=INCREMENTS)
+    for n in nodes:
+        n.send(code, "[elapsed, values]")
+    results = [n.wait(RUN_DEADLINE_S) for n in nodes]
+    for _, values in results:
+        assert values == [NODES * INCREMENTS] * COUNTERS, values
+    return max(elapsed for elapsed, _ in results)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("period_s", [1.0, 0.5, 0.25])
+@pytest.mark.parametrize("manager", sorted(MANAGERS))
+def test_resets_lose_nothing_and_kill_nobody(tmp_path, manager, period_s):
+    why = have_ss_kill()
+    if why:
+        pytest.skip(why)
+    env = environment_without_manager_defaults()
+    shards = 2 if manager == "distributed" else 1
+    directory = Directory(tmp_path, "tcp", extra=MANAGERS[manager] if shards == 1 else [],
+                          shards=shards)
+    nodes: list[NodeProcess] = []
+    try:
+        nodes = [NodeProcess(directory.endpoint, f"n{i}", tmp_path, env=env, wait=False)
+                 for i in range(NODES)]
+        for n in nodes:
+            n.wait_attached()
+        quiet_s = _run_round(nodes, "quiet")
+        roots = lambda: [directory.proc.pid, *(n.proc.pid for n in nodes)]  # noqa: E731
+        with Resetter(roots, period_s) as resetter:
+            reset_s = _run_round(nodes, "reset")
+        assert resetter.resets >= 1, "no connection was reset: the test tested nothing"
+        log = directory.log_path.read_text()
+        assert "declared dead" not in log, log[-3000:]
+        assert "LOST" not in log, log[-3000:]
+        assert reset_s <= SLOWDOWN_BOUND * max(quiet_s, period_s), (reset_s, quiet_s)
+    finally:
+        for n in nodes:
+            n.close()
+        directory.kill()
