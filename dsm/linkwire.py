@@ -172,6 +172,17 @@ class DealerLink:
             except zmq.Again:  # kept: the acknowledgement timer sends it again
                 break
 
+    def replace_socket(self, sock: zmq.Socket) -> None:
+        """Carry on the session over ``sock``, a fresh socket (not yet connected) with the same
+        identity, as the guide's Lazy Pirate does with a connection that stopped answering: the
+        old one is closed at once, and what is unacknowledged is replayed as soon as the new one
+        connects."""
+        watching = self.watch is not None
+        self.close(0)
+        self.socket = sock
+        # every CONNECTED of the new socket, the first included, is a reconnect: replay
+        self.watch = ReconnectWatch(sock, connected=True) if watching else None
+
     def close(self, linger_ms: int | None = None) -> None:
         if self.watch is not None:
             self.watch.close()

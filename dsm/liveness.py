@@ -28,9 +28,13 @@ NODE_TIMEOUT_S = 5.0
 CUT_OFF_MARGIN_S = 1.5
 #: an agent that has heard nothing from the directory this long stops its workload
 NODE_CUT_OFF_S = NODE_TIMEOUT_S - CUT_OFF_MARGIN_S
-#: a node that leaves a Fetch or an Invalidate unanswered this long is declared dead (its
-#: answer may have been lost: a page cannot stay busy forever)
-TRANSACTION_TIMEOUT_S = NODE_TIMEOUT_S
+#: a node that leaves its part of a page transaction (a Fetch, an Invalidate, the confirmation of
+#: pages sent to it) undone this long is declared dead: a page cannot stay busy forever. No
+#: message is lost on a live link any more (``dsm.reliability``), so this only bounds a node that
+#: heartbeats but never answers; it is long enough for a link between two nodes, which no
+#: heartbeat watches, to stall in TCP's retransmission backoff as long as a silent node may
+#: (a link that loses 20% of its packets stalls for seconds), on top of a death deadline
+TRANSACTION_TIMEOUT_S = 2 * NODE_TIMEOUT_S
 
 #: the agent's backstop for a page request nobody answers: its waiting processes are failed
 #: loudly (nothing hangs). The directory decides every request within TRANSACTION_TIMEOUT_S of

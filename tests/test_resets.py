@@ -83,3 +83,47 @@ def test_resets_lose_nothing_and_kill_nobody(tmp_path, manager, period_s):
         for n in nodes:
             n.close()
         directory.kill()
+
+
+def test_a_lost_write_grant_is_replayed_and_never_ends_in_zeros(tmp_path):
+    """The chain a code review traced to silent zeros: a write Grant lost in a reset, the
+    requester's timeout, a second request answered "you own it", a hole in a page the core
+    thought held, a guessed discard, zeros everywhere. Here a proxy loses the Grant on purpose:
+    the session replays it, the write lands, and every node reads it."""
+    from dsm import protocol as p
+    from dsm.reliability import is_session_frame
+    from tests.nemesis import DroppingProxy
+
+    dropped: list = []
+
+    def first_write_grant(frames) -> bool:
+        body = frames[1:] if frames and is_session_frame(frames[0]) else frames
+        try:
+            msg, _ = p.decode(body, 4096, p.Direction.TO_NODE)
+        except p.ProtocolError:
+            return False
+        if isinstance(msg, p.Grant) and msg.write and not dropped:
+            dropped.append(msg)
+            return True
+        return False
+
+    env = environment_without_manager_defaults()
+    directory = Directory(tmp_path, "tcp", extra=["--manager", "relay"])
+    writer = reader = None
+    try:
+        with DroppingProxy(directory.endpoint, first_write_grant) as proxy:
+            writer = NodeProcess(proxy.endpoint, "writer", tmp_path, env=env)
+            reader = NodeProcess(directory.endpoint, "reader", tmp_path, env=env)
+            writer.run("x = node.array('lost.grant', (512,), np.int64); x[0] = 42")
+            assert proxy.dropped == 1, "no write Grant was dropped: the test tested nothing"
+            assert writer.run("", "int(x[0])") == 42
+            assert reader.run("y = node.array('lost.grant', (512,), np.int64)", "int(y[0])") == 42
+            assert writer.run("x[1] = 7", "int(x[0]) + int(x[1])") == 49
+            writer.close()  # its leave goes through the proxy too
+        log = directory.log_path.read_text()
+        assert "declared dead" not in log and "LOST" not in log, log[-3000:]
+    finally:
+        for n in (writer, reader):
+            if n is not None:
+                n.close()
+        directory.kill()

@@ -39,7 +39,7 @@ from dsm.errors import ConfigError, DsmError
 from dsm.errors import ProtocolError
 from dsm.keys import ServerKeys, configure_client, peer_client_keys, serve
 from dsm.linkwire import DealerLink, RouterLinks, reconnect_promptly
-from dsm.liveness import NODE_TIMEOUT_S
+from dsm.liveness import ACK_TIMEOUT_S, NODE_TIMEOUT_S
 from dsm.logthrottle import ThrottledLog
 from dsm.wire import has_input
 
@@ -59,6 +59,10 @@ PEER_SEND_QUEUE_MESSAGES = 10_000
 #: a peer that acknowledges nothing for this long is dead or cut off (the directory has declared
 #: it dead by then, and ended the transactions it was sent pages for): what is kept for it goes
 PEER_GIVE_UP_S = 2 * NODE_TIMEOUT_S
+#: a link to a peer that has acknowledged nothing for this long is carried on over a fresh
+#: connection. Not sooner: on a network that merely loses packets, TCP's own retransmissions
+#: get through faster than a new handshake (several round trips, each as lossy)
+PEER_REOPEN_S = 3 * ACK_TIMEOUT_S
 
 
 def default_listen(directory: str, socket_path: str, node: str) -> str:
@@ -167,12 +171,31 @@ class PeerEndpoint:
         for address, link in list(self._out.items()):
             for _ in link.receive(now):  # acknowledgements: nothing else comes this way
                 pass
-            if link.link.oldest_unacked_s(now) > PEER_GIVE_UP_S:
+            stalled_s = link.link.oldest_unacked_s(now)
+            if stalled_s > PEER_GIVE_UP_S:
                 log.warning("node %s: %d messages to %s (%s) unacknowledged for %.0f s: given up "
                             "(the directory has ended their transactions)", self.node,
                             link.link.unacked, link.link.peer, address, PEER_GIVE_UP_S)
                 self._drop(address)
                 continue
+            if stalled_s >= PEER_REOPEN_S:
+                # a connection whose packets vanish (a NAT or a firewall that forgot it, a peer
+                # rebooted) never resets: TCP retransmits into it for minutes, and the replay
+                # queues behind. A fresh connection gets it instead (the guide's Lazy Pirate)
+                log.info("node %s: %s (%s) acknowledged nothing for %.1f s: replaying %d "
+                         "messages on a fresh connection", self.node, link.link.peer, address,
+                         stalled_s, link.link.unacked)
+                identity = link.socket.getsockopt(zmq.IDENTITY)
+                sock = self._ctx.socket(zmq.DEALER)
+                try:
+                    self._configure(sock, link.link.peer, identity)
+                    link.replace_socket(sock)  # watched before it connects
+                    sock.connect(address)
+                except (zmq.ZMQError, DsmError) as exc:
+                    self._complain(logging.ERROR, "node %s cannot reconnect to %s at %s: %s",
+                                   self.node, link.link.peer, address, exc)
+                    self._drop(address)
+                    continue
             link.flush(now)
 
     def owes(self) -> bool:
@@ -185,25 +208,29 @@ class PeerEndpoint:
             self._out.move_to_end(address)
             return link
         sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer not connected
-        sock.setsockopt(zmq.SNDHWM, PEER_SEND_QUEUE_MESSAGES)
-        sock.setsockopt(zmq.IDENTITY, b"%s/%d" % (self._identity, next(self._link_numbers)))
-        reconnect_promptly(sock)
-        # its monitor tells a reconnect: what the reset lost is replayed at once (looked at by
-        # ``flush``, on the loop's timers)
-        link = DealerLink(sock, peer, time.monotonic(), connected=False)
         try:
-            if self._keys is not None:
-                configure_client(sock, peer_client_keys(self._keys, peer))
+            self._configure(sock, peer,
+                            b"%s/%d" % (self._identity, next(self._link_numbers)))
+            # its monitor tells a reconnect: what the reset lost is replayed at once (looked
+            # at by ``flush``, on the loop's timers)
+            link = DealerLink(sock, peer, time.monotonic(), connected=False)
             sock.connect(address)
         except Exception:
-            link.close(0)
+            sock.close(0)
             raise
         self._out[address] = link
         while len(self._out) > MAX_PEER_SOCKETS:
             self._drop(next(iter(self._out)))
         return link
+
+    def _configure(self, sock: zmq.Socket, peer: str, identity: bytes) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer not connected
+        sock.setsockopt(zmq.SNDHWM, PEER_SEND_QUEUE_MESSAGES)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        reconnect_promptly(sock)
+        if self._keys is not None:
+            configure_client(sock, peer_client_keys(self._keys, peer))
 
     def _drop(self, address: str) -> None:
         link = self._out.pop(address, None)
