@@ -9,8 +9,8 @@ peer) or a ROUTER (one per peer identity).
   (``EHOSTUNREACH`` under ``ROUTER_MANDATORY``) or refused by a full queue stays kept for the
   replay, never a death.
 
-Both strip the session frame of what they receive and hand on only what is to be delivered, in
-order; a message without a session frame (a handshake, or a peer that keeps none, ``dsm top``)
+Both strip the session header of what they receive and hand on only what is to be delivered, in
+order; a message without a session header (a handshake, or a peer that keeps none, ``dsm top``)
 is handed on as it came. ``flush(now)`` sends what the sessions have due (acknowledgements,
 replay requests, replays): the owner's loop calls it after it has read, and on its timers.
 """
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from dsm.reliability import ReliableLink, Verdict, is_session_frame, parse
+from dsm.reliability import ReliableLink, Verdict, has_session, parse, strip
 from dsm.wire import has_input, send_frames
 
 log = logging.getLogger(__name__)
@@ -49,29 +49,26 @@ def reconnect_promptly(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
 
 
-def _nbytes(frames: list[Any]) -> int:
-    return sum(len(f) for f in frames)
-
-
 def accept(link: ReliableLink | None | Callable[[], ReliableLink | None], frames: list[Any],
            now: float) -> list[Any] | None:
     """What of ``frames`` (a message as received, after any ROUTER identity) is to be handled:
-    the message without its session frame, or None (a bare acknowledgement, a duplicate, a
+    the message without its session header, or None (a bare acknowledgement, a duplicate, a
     message behind a gap). ``link``: the sender's session, or what makes it once the session
-    frame proved well formed; without one, a session frame is stripped and its numbers ignored.
-    ProtocolError if the session frame is malformed."""
+    frame proved well formed; without one, a session header is stripped and its numbers ignored.
+    ProtocolError if the session header is malformed."""
     if not frames:
         return frames
     first = frames[0]
-    head = first.buffer if isinstance(first, zmq.Frame) else first
-    if not is_session_frame(head):
+    head = first.buffer if type(first) is zmq.Frame else first
+    if not has_session(head):
         return frames
-    seq, ack, flags = parse(bytes(head))
-    body = frames[1:]
+    seq, ack, flags = parse(head)
+    body = strip([head, *frames[1:]])
     if callable(link):
         link = link()
     if link is not None:
-        if link.receive(seq, ack, flags, _nbytes(body) if body else 0, now) is not Verdict.DELIVER:
+        nbytes = sum(map(len, body)) if body else 0
+        if link.receive(seq, ack, flags, nbytes, now) is not Verdict.DELIVER:
             return None
     return body or None
 
@@ -123,7 +120,7 @@ class DealerLink:
         self.watch = ReconnectWatch(sock, connected) if watch else None
 
     def open(self, now: float) -> None:
-        """Start the session at the peer (a bare acknowledgement: its first session frame), so
+        """Start the session at the peer (a bare acknowledgement: its first session header), so
         that whatever it sends from now on is numbered, even before this side says more."""
         try:
             self.send([], now, sequenced=False, nonblocking=True)
@@ -152,7 +149,7 @@ class DealerLink:
 
     def receive(self, now: float) -> Iterator[list[Any]]:
         """The messages queued on the DEALER that are to be handled, in order (ProtocolError
-        for one whose session frame is malformed: the others are still read after it)."""
+        for one whose session header is malformed: the others are still read after it)."""
         sock, link = self.socket, self.link
         while has_input(sock):
             frames = sock.recv_multipart(copy=False)
@@ -160,9 +157,10 @@ class DealerLink:
             if body is not None:
                 yield body
 
-    def flush(self, now: float) -> None:
-        """Send what the session has due; on a reconnect, replay and ask for a replay."""
-        if self.watch is not None and self.watch.reconnected():
+    def flush(self, now: float, watch: bool = True) -> None:
+        """Send what the session has due; on a reconnect (``watch``: look at the monitor),
+        replay and ask for a replay."""
+        if watch and self.watch is not None and self.watch.reconnected():
             self.link.reconnected()
         if not self.link.owes():
             return
@@ -191,7 +189,7 @@ class DealerLink:
 
 class RouterLinks:
     """A ROUTER's sessions, one per peer identity. A peer's session starts with the first
-    session frame it sends, if ``admit(identity)`` says it may have one (a live node, a shard);
+    session header it sends, if ``admit(identity)`` says it may have one (a live node, a shard);
     a peer that sends none (a handshake, ``dsm top``, a test's raw socket) is answered without."""
 
     def __init__(self, sock: zmq.Socket, admit: Callable[[bytes], bool],
@@ -202,6 +200,8 @@ class RouterLinks:
         self.links: dict[bytes, ReliableLink] = {}
         #: links that may have something to send (``flush``)
         self._owing: set[bytes] = set()
+        #: links that saw a gap: their replay is asked for at once (``flush_gaps``)
+        self.gapped: set[bytes] = set()
 
     def link(self, identity: bytes, now: float) -> ReliableLink | None:
         """``identity``'s session: made now if it has none and ``admit`` says so."""
@@ -215,14 +215,18 @@ class RouterLinks:
 
     def accept(self, identity: bytes, frames: list[Any], now: float) -> list[Any] | None:
         """As ``accept`` above, with ``identity``'s session (``frames``: after the identity)."""
-        body = accept(lambda: self.link(identity, now), frames, now)
-        if identity in self.links:
+        link = self.links.get(identity)
+        body = accept(link if link is not None else lambda: self.link(identity, now), frames,
+                      now)
+        if link is not None or identity in self.links:
             self._owing.add(identity)
+            if link is not None and link.wants_replay:
+                self.gapped.add(identity)
         return body
 
     def send(self, identity: bytes, frames: list[Any], now: float, sequenced: bool = True,
              bare: bool = False) -> bool:
-        """Send ``frames`` to ``identity``: behind its session frame if it has a session (kept
+        """Send ``frames`` to ``identity``: behind its session header if it has a session (kept
         until acknowledged when ``sequenced``, sent again once it reconnects), as they are if
         not or if ``bare`` (a handshake, which its peer reads before any session). False only
         for a message without a session that could not be delivered."""
@@ -242,11 +246,21 @@ class RouterLinks:
             return link is not None and sequenced
         return True
 
+    def flush_gaps(self, now: float) -> None:
+        """Ask at once for the replays of the sessions that saw a gap (the rest of what is due
+        waits for ``flush``, on the loop's timers)."""
+        gapped, self.gapped = self.gapped, set()
+        self._flush(gapped, now)
+
     def flush(self, now: float) -> None:
         """Send what every session has due."""
-        if not self._owing:
+        self.gapped.clear()
+        self._flush(self._owing, now)
+
+    def _flush(self, identities: set[bytes], now: float) -> None:
+        if not identities:
             return
-        for identity in list(self._owing):
+        for identity in list(identities):
             link = self.links.get(identity)
             if link is None or not link.owes():
                 self._owing.discard(identity)

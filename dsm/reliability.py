@@ -5,13 +5,15 @@ connection's pipe or kernel buffers is gone, and ``ROUTER_MANDATORY`` reports on
 while the peer is absent. So every link (node <-> manager shard, node <-> node, shard <->
 coordinator) carries a session, as TCP does above IP and the ZeroMQ guide's Pirate patterns do
 above ZeroMQ. This module is its state, one ``ReliableLink`` per peer, with no sockets: the
-ZeroMQ side (``dsm/linkwire.py``) puts a link's frame in front of every message it sends and
-hands every session frame it receives to ``receive``.
+ZeroMQ side (``dsm/linkwire.py``) puts a link's header in front of every message it sends and
+hands every session header it receives to ``receive``.
 
-Wire layout: one frame in front of the protocol's frames (``dsm/protocol.py``)::
+Wire layout: a session header in front of the protocol's first frame (``dsm/protocol.py``), in
+the same frame (a frame more per message would cost a send and a receive call each)::
 
-    frame 0: session, 18 bytes: b"S", seq (u64), ack (u64), flags (u8), little-endian
-    frame 1..: the message (absent: a bare acknowledgement)
+    frame 0: session header, 18 bytes: b"S", seq (u64), ack (u64), flags (u8), little-endian,
+             then the message's header frame (nothing more: a bare acknowledgement)
+    frame 1..: the message's other frames (page bytes)
 
 - ``seq`` numbers the sender's messages on this link from 1; ``UNSEQUENCED`` (0) marks a message
   that is never replayed (the handshake, heartbeats, bare acknowledgements).
@@ -28,8 +30,8 @@ acknowledged, and replays what is unacknowledged when asked, after a reconnect, 
 acknowledgement came for ``ACK_TIMEOUT_S``. What it keeps is bounded (``MAX_UNACKED_*``): a peer
 that stays behind past the bound is ``behind``, which the owner handles as a silent peer.
 
-The frame's first byte cannot begin a protocol header (a msgpack array starts 0x90-0x9f, 0xdc or
-0xdd): a message without a session frame (``dsm top``'s questions) is told apart by it.
+The header's first byte cannot begin a protocol header (a msgpack array starts 0x90-0x9f, 0xdc or
+0xdd): a message without a session (``dsm top``'s questions) is told apart by it.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S
 
 SESSION_MAGIC = b"S"
 _HEADER = struct.Struct("<cQQB")
-#: the length of a session frame
-SESSION_FRAME_BYTES = _HEADER.size
+#: the length of a session header
+SESSION_HEADER_BYTES = _HEADER.size
 #: ``seq`` of a message that is never replayed
 UNSEQUENCED = 0
 #: "send again everything after my ack"
@@ -70,25 +72,42 @@ class Verdict(enum.Enum):
     GAP = "gap"  #: an earlier one is missing: drop it, the sender replays both
 
 
-def is_session_frame(frame: bytes) -> bool:
-    """Whether ``frame`` is a session frame (not a protocol header)."""
-    return len(frame) == SESSION_FRAME_BYTES and frame[:1] == SESSION_MAGIC
+_MAGIC_BYTE = SESSION_MAGIC[0]
 
 
-def parse(frame: bytes) -> tuple[int, int, int]:
-    """(seq, ack, flags) of a session frame; ProtocolError naming what was wrong."""
-    if len(frame) != SESSION_FRAME_BYTES:
-        raise ProtocolError(f"session frame is {len(frame)} bytes, expected {SESSION_FRAME_BYTES}")
-    magic, seq, ack, flags = _HEADER.unpack(frame)
+def has_session(frame: Any) -> bool:
+    """Whether a message's first frame (any buffer) begins with a session header."""
+    return len(frame) > 0 and frame[0] == _MAGIC_BYTE
+
+
+def parse(frame: Any) -> tuple[int, int, int]:
+    """(seq, ack, flags) of the session header a first frame (any buffer) begins with;
+    ProtocolError naming what was wrong."""
+    if len(frame) < SESSION_HEADER_BYTES:
+        raise ProtocolError(f"session header is {len(frame)} bytes, expected "
+                            f"{SESSION_HEADER_BYTES}")
+    magic, seq, ack, flags = _HEADER.unpack_from(frame)
     if magic != SESSION_MAGIC:
-        raise ProtocolError(f"session frame starts with {magic!r}, expected {SESSION_MAGIC!r}")
+        raise ProtocolError(f"session header starts with {magic!r}, expected {SESSION_MAGIC!r}")
     if flags & ~_KNOWN_FLAGS:
-        raise ProtocolError(f"session frame has unknown flags {flags:#x}")
+        raise ProtocolError(f"session header has unknown flags {flags:#x}")
     return seq, ack, flags
 
 
-def _nbytes(frame: Any) -> int:
-    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
+def strip(frames: list[Any]) -> list[Any]:
+    """The message behind the session header of ``frames`` (its first frame a buffer that
+    begins with one): empty for a bare acknowledgement. No copy."""
+    first = frames[0]
+    if len(first) == SESSION_HEADER_BYTES:
+        return frames[1:]
+    return [memoryview(first)[SESSION_HEADER_BYTES:], *frames[1:]]
+
+
+def _behind(header: bytes, frames: list[Any]) -> list[Any]:
+    """``frames`` with ``header`` in front of the first."""
+    if not frames:
+        return [header]
+    return [header + frames[0], *frames[1:]]
 
 
 class ReliableLink:
@@ -128,19 +147,21 @@ class ReliableLink:
         return _HEADER.pack(SESSION_MAGIC, seq, self.delivered, flags)
 
     def sequenced(self, frames: list[Any], now: float) -> list[Any]:
-        """``frames`` behind a session frame with the next number; kept until acknowledged."""
+        """``frames`` behind a session header with the next number; kept until
+        acknowledged."""
         seq = self._next_seq
         self._next_seq += 1
-        nbytes = sum(_nbytes(f) for f in frames)
+        nbytes = sum(map(len, frames))  # page bytes (a byte buffer's len), for the bound
         if not self._unacked:
             self._progress_s = now  # the acknowledgement timer starts with the first kept
         self._unacked.append((seq, frames, nbytes))
         self.unacked_bytes += nbytes
-        return [self._frame(seq), *frames]
+        return _behind(self._frame(seq), frames)
 
     def unsequenced(self, frames: list[Any]) -> list[Any]:
-        """``frames`` behind a session frame that is never replayed (it still acknowledges)."""
-        return [self._frame(UNSEQUENCED), *frames]
+        """``frames`` behind a session header that is never replayed (it still
+        acknowledges)."""
+        return _behind(self._frame(UNSEQUENCED), frames)
 
     def retract(self) -> list[Any]:
         """Take back the last message sequenced (its send failed and the caller sends it another
@@ -166,7 +187,7 @@ class ReliableLink:
 
     # --- receiving ---------------------------------------------------------------------------
     def receive(self, seq: int, ack: int, flags: int, nbytes: int, now: float) -> Verdict:
-        """A session frame ``(seq, ack, flags)`` came, in front of ``nbytes`` of message (0: a
+        """A session header ``(seq, ack, flags)`` came, in front of ``nbytes`` of message (0: a
         bare acknowledgement): what to do with the message. Replays the peer asked for are
         collected by ``outgoing``."""
         self._acknowledged(ack, now)
@@ -231,8 +252,14 @@ class ReliableLink:
     def _replay(self, now: float) -> list[list[Any]]:
         self._resent_s = self._progress_s = now
         self.replayed += len(self._unacked)
-        return [[self._frame(seq), *frames] for seq, frames, _ in self._unacked]
+        return [_behind(self._frame(seq), frames) for seq, frames, _ in self._unacked]
 
     def owes(self) -> bool:
         """Whether ``outgoing`` may have something to send (cheap: for the loop's fast path)."""
         return bool(self._unacked) or self._owed_since is not None or self._want_resend
+
+    @property
+    def wants_replay(self) -> bool:
+        """Whether a gap was seen and the peer is to be asked for a replay (at once: the loop
+        does not wait for its timers for that)."""
+        return self._want_resend

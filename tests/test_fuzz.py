@@ -22,7 +22,7 @@ import zmq
 
 from dsm import local
 from dsm import protocol as p
-from dsm.reliability import is_session_frame
+from dsm.reliability import has_session, strip
 from dsm.logthrottle import LOG_INTERVAL_S, MAX_LINES_PER_INTERVAL
 from tests.cluster import START_TIMEOUT_S, NodeProcess
 from tests.fuzzing import FrameFuzzer, LocalFuzzer
@@ -273,8 +273,8 @@ class FuzzingProxy(threading.Thread):
                 return
 
     def _is_marker_answer(self, frames: list[bytes]) -> bool:
-        if frames and is_session_frame(frames[0]):  # the agent's session with the directory
-            frames = frames[1:]
+        if frames and has_session(frames[0]):  # the agent's session with the directory
+            frames = strip(frames)
         try:
             msg, _ = p.decode(frames, PAGE, p.Direction.TO_DIRECTORY)
         except p.ProtocolError:

@@ -12,14 +12,14 @@ from hypothesis import given, settings, strategies as st
 from dsm.errors import ProtocolError
 from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S
 from dsm.reliability import (
-    FLAG_RESEND, RESEND_HOLDOFF_S, SESSION_FRAME_BYTES, UNSEQUENCED, ReliableLink, Verdict,
-    is_session_frame, parse,
+    FLAG_RESEND, SESSION_HEADER_BYTES, UNSEQUENCED, ReliableLink, Verdict, has_session, parse,
+    strip,
 )
 
 
 def _deliver(receiver: ReliableLink, wire: list, now: float) -> tuple[Verdict, list]:
     seq, ack, flags = parse(wire[0])
-    body = wire[1:]
+    body = [bytes(f) for f in strip(wire)]
     return receiver.receive(seq, ack, flags, sum(len(f) for f in body), now), body
 
 
@@ -27,7 +27,7 @@ def test_messages_are_numbered_and_kept_until_acknowledged():
     a, b = ReliableLink("b", 0.0), ReliableLink("a", 0.0)
     first = a.sequenced([b"one"], 0.0)
     second = a.sequenced([b"two", b"page"], 0.0)
-    assert is_session_frame(first[0]) and len(first[0]) == SESSION_FRAME_BYTES
+    assert has_session(first[0]) and len(first[0]) == SESSION_HEADER_BYTES + len(b"one")
     assert [parse(first[0])[0], parse(second[0])[0]] == [1, 2]
     assert a.unacked == 2 and a.unacked_bytes == 3 + 7
     assert _deliver(b, first, 0.0) == (Verdict.DELIVER, [b"one"])
@@ -59,7 +59,7 @@ def test_a_gap_drops_what_follows_and_asks_for_a_replay():
     assert b.outgoing(0.0) == []  # asked once per hold-off
     assert _deliver(a, ask, 0.001)[0] is Verdict.DELIVER
     replay = a.outgoing(0.001)
-    assert [parse(w[0])[0] for w in replay] == [1, 2] and [w[1:] for w in replay] == [[b"1"], [b"2"]]
+    assert [parse(w[0])[0] for w in replay] == [1, 2] and [[bytes(f) for f in strip(w)] for w in replay] == [[b"1"], [b"2"]]
     assert [_deliver(b, w, 0.002)[0] for w in replay] == [Verdict.DELIVER, Verdict.DELIVER]
     # a second request inside the hold-off (messages that were in flight behind the gap) waits
     assert _deliver(a, [ask[0]], 0.002)[0] is Verdict.DELIVER
@@ -101,7 +101,7 @@ def test_a_peer_that_falls_behind_its_bound_is_behind():
 
 
 def test_malformed_session_frames_are_protocol_errors():
-    with pytest.raises(ProtocolError, match="18"):
+    with pytest.raises(ProtocolError, match="is 5 bytes, expected 18"):
         parse(b"S" * 5)
     with pytest.raises(ProtocolError, match="starts with"):
         parse(b"X" + bytes(17))
@@ -110,7 +110,7 @@ def test_malformed_session_frames_are_protocol_errors():
     a = ReliableLink("b", 0.0)
     with pytest.raises(ProtocolError, match="never sent"):
         a.receive(0, 5, 0, 0, 0.0)
-    assert not is_session_frame(b"\x93\x01\x02\x03")  # a msgpack header
+    assert not has_session(b"\x93\x01\x02\x03")  # a msgpack header
 
 
 class _Channel:

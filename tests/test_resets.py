@@ -4,7 +4,6 @@ nobody dead and finishes within a bounded multiple of its reset-free time."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -91,13 +90,13 @@ def test_a_lost_write_grant_is_replayed_and_never_ends_in_zeros(tmp_path):
     thought held, a guessed discard, zeros everywhere. Here a proxy loses the Grant on purpose:
     the session replays it, the write lands, and every node reads it."""
     from dsm import protocol as p
-    from dsm.reliability import is_session_frame
+    from dsm.reliability import has_session, strip
     from tests.nemesis import DroppingProxy
 
     dropped: list = []
 
     def first_write_grant(frames) -> bool:
-        body = frames[1:] if frames and is_session_frame(frames[0]) else frames
+        body = strip(frames) if frames and has_session(frames[0]) else frames
         try:
             msg, _ = p.decode(body, 4096, p.Direction.TO_NODE)
         except p.ProtocolError:

@@ -10,7 +10,7 @@ import pytest
 
 from dsm import protocol as p
 from dsm.linkwire import DealerLink
-from dsm.reliability import is_session_frame
+from dsm.reliability import has_session, strip
 from dsm.agent.links import ShardLinks, resolve_endpoint
 from dsm.commands import directory as cmd
 from dsm.managers import DEFAULT_MANAGER
@@ -126,8 +126,8 @@ class _FakeDealer:
         self.sent = []
 
     def send_multipart(self, frames, copy=True):
-        assert is_session_frame(frames[0])  # every message on a link carries its session's
-        self.sent.append(p.decode(frames[1:], PAGE_SIZE, p.Direction.TO_DIRECTORY)[0])
+        assert has_session(frames[0])  # every message on a link carries its session's
+        self.sent.append(p.decode(strip(frames), PAGE_SIZE, p.Direction.TO_DIRECTORY)[0])
 
 
 def _links(count: int) -> ShardLinks:

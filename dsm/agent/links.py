@@ -108,7 +108,7 @@ class ShardLinks:
         self._link = ""
         #: each shard's session, shard 0 first (``start_sessions``, once every shard welcomed)
         self.sessions: list[DealerLink] = []
-        self._complain = ThrottledLog(log, "malformed session frames")
+        self._complain = ThrottledLog(log, "malformed session headers")
 
     @property
     def _tracing(self) -> bool:
@@ -245,9 +245,13 @@ class ShardLinks:
         for session in self.sessions:
             session.flush(now)
 
-    def owes(self) -> bool:
-        """Whether a shard's session may have something to send soon (the loop wakes for it)."""
-        return any(session.link.owes() for session in self.sessions)
+    def flush_urgent(self, now: float) -> None:
+        """What cannot wait for the loop's timers: a replay asked for after a gap, and the
+        replays of a connection that came back (its monitor says)."""
+        for session in self.sessions:
+            watch = session.watch
+            if session.link.wants_replay or watch is not None and has_input(watch.monitor):
+                session.flush(now)
 
     def behind(self) -> DealerLink | None:
         """A shard's session that has fallen behind its bound, if any."""

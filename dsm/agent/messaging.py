@@ -148,8 +148,8 @@ class Messaging:
         they change anything), with a rate-limited log line; so is any other failure."""
         try:
             return self._drain_directory(until)
-        finally:  # acknowledge what came, replay what a shard asked for
-            self.links.flush(time.monotonic())
+        finally:  # a gap, a reconnect: ask for the replay at once
+            self.links.flush_urgent(time.monotonic())
 
     def _drain_directory(self, until: type | None) -> bool:
         for shard, frames in self.links.receive():  # every shard's, each noted as heard from
@@ -194,6 +194,8 @@ class Messaging:
                 self._peer_handlers[type(msg)](msg, data)
             except Exception as exc:
                 self._dropped(exc, msg, "a peer")
+        if self.peers.incoming.gapped:  # a page lost on the way: ask for its replay at once
+            self.peers.incoming.flush_gaps(time.monotonic())
 
     def _dropped(self, exc: Exception, msg: Any, sender: str) -> None:
         """Say, rate-limited, why a message from ``sender`` was dropped (``msg``: as decoded,

@@ -152,7 +152,7 @@ class PeerEndpoint:
 
     def receive(self) -> Iterator[list[Any]]:
         """The messages other nodes sent here that are to be handled, in order per sender and
-        once each (without the ROUTER's identity and the session frame)."""
+        once each (without the ROUTER's identity and the session header)."""
         router, incoming = self.router, self.incoming
         while has_input(router):
             frames = router.recv_multipart(copy=False)
@@ -197,10 +197,6 @@ class PeerEndpoint:
                     self._drop(address)
                     continue
             link.flush(now)
-
-    def owes(self) -> bool:
-        """Whether an acknowledgement or a replay may be due soon (the loop wakes for it)."""
-        return self.incoming.owes() or any(link.link.owes() for link in self._out.values())
 
     def _socket(self, peer: str, address: str) -> DealerLink:
         link = self._out.get(address)

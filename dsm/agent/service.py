@@ -49,7 +49,7 @@ from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, ServerKeys, keys_dir_from, load_client_keys, load_peer_keys
 from dsm.launchers import job_name, placement
 from dsm.layout import Layout
-from dsm.liveness import ACK_DELAY_S, HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S, REQUEST_TIMEOUT_S
+from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S, REQUEST_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.trace import Tracer
 from dsm.wire import send_frames
@@ -360,8 +360,6 @@ class Agent:
     def _poll_timeout_ms(self) -> int:
         """Poll until the next timer is due, at most POLL_INTERVAL_MS."""
         timeout_s = min(POLL_INTERVAL_MS / 1000, self.workloads.next_timer_s())
-        if self.links.owes() or self.peers is not None and self.peers.owes():
-            timeout_s = min(timeout_s, ACK_DELAY_S)  # an acknowledgement may be due
         return max(0, math.ceil(timeout_s * 1000))
 
     def _dispatch(self, item: Any) -> None:

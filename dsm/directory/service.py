@@ -58,7 +58,7 @@ HOUSEKEEPING_INTERVAL_S = 0.005
 #: messages queued for one node before it counts as not reading them (declared dead): far more
 #: than the protocol keeps in flight to a live node
 SEND_QUEUE_LIMIT_MESSAGES = 100_000
-#: the messages a peer reads before it has a session (it is joining, or refused): no session frame
+#: the messages a peer reads before it has a session (it is joining, or refused): no session header
 BARE = (p.Welcome, p.Fenced, p.ShardWelcome)
 #: the messages never replayed after a reset (a later one says the same)
 UNSEQUENCED = (p.Heartbeat,)
@@ -174,9 +174,11 @@ class DirectoryService(MessageHandlers):
                         if sock is not self.socket:
                             self.role.drain(sock)
                 now = time.monotonic()
-                self.links.flush(now)  # acknowledgements owed, replays asked for
+                if self.links.gapped:  # a message was lost: ask for its replay at once
+                    self.links.flush_gaps(now)
                 if not ready or now - last_housekeeping_s >= HOUSEKEEPING_INTERVAL_S:
                     last_housekeeping_s = now
+                    self.links.flush(now)  # acknowledgements owed, replays due
                     self.role.tick(now)
                     self._expire_silent_nodes()
                     self._expire_behind_links(now)
@@ -198,7 +200,7 @@ class DirectoryService(MessageHandlers):
             node = self.sessions.node_of(identity)
             if node is not None:  # any word from a node says it is alive
                 self.sessions.by_node[node].last_seen_s = now
-            # in order and once each, without the session frame; None: nothing to handle
+            # in order and once each, without the session header; None: nothing to handle
             body = self.links.accept(identity, frames[1:], now)
             if body is None:
                 return
