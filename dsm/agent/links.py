@@ -246,12 +246,10 @@ class ShardLinks:
             session.flush(now)
 
     def flush_urgent(self, now: float) -> None:
-        """What cannot wait for the loop's timers: a replay asked for after a gap, and the
-        replays of a connection that came back (its monitor says)."""
+        """What cannot wait for the loop's timers: a replay asked for after a gap."""
         for session in self.sessions:
-            watch = session.watch
-            if session.link.wants_replay or watch is not None and has_input(watch.monitor):
-                session.flush(now)
+            if session.link.wants_replay:
+                session.flush(now, watch=False)
 
     def behind(self) -> DealerLink | None:
         """A shard's session that has fallen behind its bound, if any."""
@@ -264,17 +262,14 @@ class ShardLinks:
 
     # --- receiving ---------------------------------------------------------------------------
     def owns(self, item: Any) -> bool:
-        """Whether a polled item is one of these DEALERs, or the monitor of one."""
+        """Whether a polled item is one of these DEALERs."""
         return id(item) in self._ids
 
     def register(self, poller: zmq.Poller) -> None:
-        """Poll the DEALERs, and their monitors: a reconnect is replayed at once."""
+        # the monitors are not polled (each item costs every poll a look): the loop's timers
+        # look at them, within HOUSEKEEPING_INTERVAL_S while it is busy, POLL_INTERVAL_MS idle
         for dealer in self.dealers:
             poller.register(dealer, zmq.POLLIN)
-        for session in self.sessions:
-            if session.watch is not None:
-                poller.register(session.watch.monitor, zmq.POLLIN)
-                self._ids.add(id(session.watch.monitor))
 
     def poll(self, timeout_ms: int) -> bool:
         """Wait up to ``timeout_ms`` until a shard has sent something."""
