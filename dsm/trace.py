@@ -37,7 +37,15 @@ CLOCK_SKEW_ENV = "DSM_TRACE_CLOCK_SKEW_S"
 #: list fields of a message longer than this are traced as their length only
 MAX_TRACED_LIST_ITEMS = 16
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+def _size_of_bytes(value: object) -> str:
+    """How a value JSON cannot hold is traced: bytes nested in a field (an array's description,
+    as a peer sent it) by their size, anything else by its type."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"[{len(value)} bytes]"
+    return f"[{type(value).__name__}]"
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), default=_size_of_bytes, skipkeys=True).encode
 
 
 def trace_clock_skew_s() -> float:

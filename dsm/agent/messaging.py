@@ -205,9 +205,15 @@ class Messaging:
         elif isinstance(exc, DsmError):
             self._complain(logging.WARNING, "dropped a %s from %s: %.500s",
                            type(msg).__name__, sender, exc)
-        else:  # a bug some input reaches: drop the message, do not die of it
-            self._complain(logging.ERROR, "failed to handle a %s from %s",
-                           type(msg).__name__, sender, exc_info=True)
+        else:
+            # not bad input (that is a DsmError, raised before anything changed): a bug, or an
+            # action on the kernel that failed half-way. The node's state may be half-updated:
+            # it stops loudly rather than serve pages from it (one policy, dsm.errors)
+            log.critical("failed to handle a %s from %s", type(msg).__name__, sender,
+                         exc_info=exc)
+            self.cut_off(f"this node's agent failed to handle a {type(msg).__name__} from "
+                         f"{sender} ({exc!r:.200}): it stops rather than carry on from a state "
+                         "that may be half-updated")
 
     def _on_heartbeat(self, msg: p.Heartbeat, _: Any) -> None:
         if msg.echo_ns and self.tracer.enabled:

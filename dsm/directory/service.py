@@ -64,6 +64,8 @@ BARE = (p.Welcome, p.Fenced, p.ShardWelcome)
 UNSEQUENCED = (p.Heartbeat,)
 #: how often the sessions of peers that are gone (left, declared dead) are swept away
 LINK_SWEEP_INTERVAL_S = 1.0
+#: the exit status of a manager stopped by an unexpected exception (sysexits' EX_SOFTWARE)
+EXIT_INTERNAL_ERROR = 70
 
 
 
@@ -239,11 +241,17 @@ class DirectoryService(MessageHandlers):
         except DsmError as exc:
             self._complain(logging.WARNING, "bad request from %r: %.500s", identity, exc)
             self._answer_error(identity, msg, str(exc))
-        except Exception as exc:  # a bug some input reaches: answer it, do not die of it
-            self._complain(logging.ERROR, "failed to handle a %s from %r", type(msg).__name__,
-                           identity, exc_info=True)
+        except Exception as exc:
+            # not bad input (that is a DsmError, raised by the handlers' checks before they
+            # change anything): a bug. The page states may be half-updated: the manager stops
+            # loudly rather than serve from them (one policy, dsm.errors)
+            log.critical("failed to handle a %s from %r", type(msg).__name__, identity,
+                         exc_info=exc)
             self._answer_error(identity, msg, f"the directory failed to handle "
                                               f"{type(msg).__name__}: {exc!r:.200}")
+            self.fail(f"the directory failed to handle a {type(msg).__name__} from {identity!r} "
+                      f"({exc!r:.200}): it stops rather than serve from page states that may be "
+                      "half-updated", EXIT_INTERNAL_ERROR)
 
     def _answer_error(self, identity: bytes, msg: Any, text: str) -> None:
         self._send_to(identity, p.Error(getattr(msg, "req", 0), text))
