@@ -38,6 +38,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from dsm.errors import ConfigError, DsmError
+from dsm.wire import stop_monitor
 
 log = logging.getLogger(__name__)
 
@@ -485,8 +486,4 @@ class HandshakeWatch:
             f"{describe_handshake_failure(kind, value, server=False)}; this node holds {held}")
 
     def close(self) -> None:
-        try:
-            self._socket.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self.monitor.close(0)
+        stop_monitor(self._socket, self.monitor)

@@ -26,7 +26,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from dsm.reliability import ReliableLink, Verdict, has_session, parse, strip
-from dsm.wire import has_input, send_frames
+from dsm.wire import has_input, send_frames, stop_monitor
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,7 @@ class ReconnectWatch:
         return came_back
 
     def close(self) -> None:
-        try:
-            self._socket.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self.monitor.close(0)
+        stop_monitor(self._socket, self.monitor)
 
 
 class DealerLink:

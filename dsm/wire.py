@@ -30,6 +30,15 @@ def send_frames(sock: zmq.Socket, frames: list[Any], nonblocking: bool = False) 
         _CSocket.send(sock, frame, flags | _SNDMORE if i < last else flags, False)
 
 
+def stop_monitor(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    """Stop ``sock``'s monitor (if the socket is still open) and close its PAIR end."""
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        pass
+    monitor.close(0)
+
+
 def has_input(sock: zmq.Socket) -> bool:
     """Whether a message is queued on ``sock`` (cheaper than a receive that raises Again)."""
     return bool(_CSocket.get(sock, _EVENTS) & _POLLIN)

@@ -94,6 +94,16 @@ class Resetter:
                 self.resets += 1
 
 
+def bind_front(ctx):
+    """A proxy's ROUTER for the agents, bound to a free loopback port: (socket, endpoint)."""
+    import zmq
+
+    front = ctx.socket(zmq.ROUTER)
+    front.setsockopt(zmq.LINGER, 0)
+    front.bind("tcp://127.0.0.1:*")
+    return front, front.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
 class DroppingProxy(threading.Thread):
     """Stands between node agents and their directory (a ROUTER for the agents, a DEALER per
     agent to the directory, under the agent's own identity), forwards every message both ways,
@@ -108,10 +118,7 @@ class DroppingProxy(threading.Thread):
 
         self._zmq = zmq
         self.ctx = zmq.Context.instance()
-        self.front = self.ctx.socket(zmq.ROUTER)
-        self.front.setsockopt(zmq.LINGER, 0)
-        self.front.bind("tcp://127.0.0.1:*")
-        self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.front, self.endpoint = bind_front(self.ctx)
         self.directory = directory
         self._drop = drop
         self.dropped = 0

@@ -23,6 +23,7 @@ import zmq
 from dsm import local
 from dsm import protocol as p
 from dsm.reliability import has_session, strip
+from tests.nemesis import bind_front
 from dsm.logthrottle import LOG_INTERVAL_S, MAX_LINES_PER_INTERVAL
 from tests.cluster import START_TIMEOUT_S, NodeProcess
 from tests.fuzzing import FrameFuzzer, LocalFuzzer
@@ -201,10 +202,7 @@ class FuzzingProxy(threading.Thread):
     def __init__(self, directory: str, fuzzer: FrameFuzzer, frames: int):
         super().__init__(daemon=True)
         self.ctx = zmq.Context.instance()
-        self.front = self.ctx.socket(zmq.ROUTER)
-        self.front.setsockopt(zmq.LINGER, 0)
-        self.front.bind("tcp://127.0.0.1:*")
-        self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.front, self.endpoint = bind_front(self.ctx)
         self.directory = directory
         self.fuzzer = fuzzer
         self.frames = frames
