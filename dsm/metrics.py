@@ -18,9 +18,12 @@ import threading
 from collections import Counter
 from typing import Any, Callable, Iterable
 
+from dsm.reliability import SESSION_COUNTERS
+
 #: counters of NodeStats that get a metric of their own (the faults_* ones go by kind)
 NODE_COUNTERS = ("pages_in", "pages_out", "invalidations", "lost_faults", "requests",
-                 "upgrades", "writebacks", "discards")
+                 "upgrades", "writebacks", "discards", "invariant_violations",
+                 *(f"session_{name}" for name in SESSION_COUNTERS))
 
 
 class MessageCounts:

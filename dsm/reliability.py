@@ -64,6 +64,19 @@ MAX_UNACKED_MESSAGES = 100_000
 MAX_UNACKED_BYTES = 512 << 20
 
 
+#: what a link counts: messages sent again, received twice, received after a gap (dropped and
+#: replayed), and acknowledgements sent alone; a node's stats carry each summed over its links
+#: as ``session_<name>`` (``dsm top``, the metrics)
+SESSION_COUNTERS = ("replayed", "duplicates", "gaps", "bare_acks")
+
+
+def add_counters(totals: dict[str, int], link: "ReliableLink") -> None:
+    """Add ``link``'s SESSION_COUNTERS to ``totals`` (keys ``session_<name>``)."""
+    for name in SESSION_COUNTERS:
+        key = f"session_{name}"
+        totals[key] = totals.get(key, 0) + getattr(link, name)
+
+
 class Verdict(enum.Enum):
     """What becomes of a received message."""
 
@@ -134,10 +147,11 @@ class ReliableLink:
         self._resent_s = float("-inf")
         #: when the peer last acknowledged something new, or this side replayed or began to wait
         self._progress_s = now
-        #: counters, for the logs and ``dsm top``
+        #: counters (``SESSION_COUNTERS``), for the node's stats and its metrics
         self.replayed = 0
         self.duplicates = 0
         self.gaps = 0
+        self.bare_acks = 0
 
     # --- sending -----------------------------------------------------------------------------
     def _frame(self, seq: int, flags: int = 0) -> bytes:
@@ -244,6 +258,7 @@ class ReliableLink:
             out.append([self._frame(UNSEQUENCED, FLAG_RESEND)])
         elif self._owed_since is not None and (now - self._owed_since >= ACK_DELAY_S
                                                or self._owed_bytes >= ACK_EVERY_BYTES):
+            self.bare_acks += 1
             out.append([self._frame(UNSEQUENCED)])
         if self._unacked and now - self._progress_s >= ACK_TIMEOUT_S:
             out.extend(self._replay(now))

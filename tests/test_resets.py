@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster import Directory, NodeProcess, environment_without_manager_defaults
+from dsm.reliability import SESSION_COUNTERS
 from tests.nemesis import Resetter, have_ss_kill
 
 NODES = 3
@@ -127,4 +128,33 @@ def test_a_lost_write_grant_is_replayed_and_never_ends_in_zeros(tmp_path):
         for n in (writer, reader):
             if n is not None:
                 n.close()
+        directory.kill()
+
+
+def test_a_nodes_counters_and_metrics_say_what_the_sessions_did(tmp_path):
+    """After resets, a node's stats (dsm top, --metrics) count the session's work: messages
+    replayed, duplicates and gaps dropped, acknowledgements sent alone."""
+    why = have_ss_kill()
+    if why:
+        pytest.skip(why)
+    env = environment_without_manager_defaults()
+    directory = Directory(tmp_path, "tcp", extra=["--manager", "central"])
+    nodes = []
+    try:
+        nodes = [NodeProcess(directory.endpoint, f"c{i}", tmp_path, env=env) for i in range(2)]
+        roots = lambda: [directory.proc.pid, *(n.proc.pid for n in nodes)]  # noqa: E731
+        with Resetter(roots, 0.2) as resetter:
+            for n in nodes:
+                n.send(_WORKLOAD.format(name="counted", counters=4, nodes=2, increments=150),
+                       "values")
+            for n in nodes:
+                assert n.wait(RUN_DEADLINE_S) == [300] * 4
+        assert resetter.resets >= 1
+        # the counters reach the node's stats with its next report (every second)
+        counters = nodes[0].run("import time; time.sleep(1.5)", "node.stats()['counters']")
+        assert counters.get("session_bare_acks", 0) > 0, counters
+        assert all(f"session_{name}" in counters for name in SESSION_COUNTERS), counters
+    finally:
+        for n in nodes:
+            n.close()
         directory.kill()

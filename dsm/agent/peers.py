@@ -39,6 +39,7 @@ from dsm.errors import ConfigError, DsmError
 from dsm.errors import ProtocolError
 from dsm.keys import ServerKeys, configure_client, peer_client_keys, serve
 from dsm.linkwire import DealerLink, RouterLinks, reconnect_promptly
+from dsm.reliability import ReliableLink
 from dsm.liveness import ACK_TIMEOUT_S, NODE_TIMEOUT_S
 from dsm.logthrottle import ThrottledLog
 from dsm.wire import has_input
@@ -218,6 +219,10 @@ class PeerEndpoint:
         while len(self._out) > MAX_PEER_SOCKETS:
             self._drop(next(iter(self._out)))
         return link
+
+    def links(self) -> list[ReliableLink]:
+        """The sessions of the links to and from peers (for the node's counters)."""
+        return [link.link for link in self._out.values()] + list(self.incoming.links.values())
 
     def _configure(self, sock: zmq.Socket, peer: str, identity: bytes) -> None:
         sock.setsockopt(zmq.LINGER, 0)

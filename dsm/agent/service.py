@@ -49,6 +49,7 @@ from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, ServerKeys, keys_dir_from, load_client_keys, load_peer_keys
 from dsm.launchers import job_name, placement
 from dsm.layout import Layout
+from dsm.reliability import add_counters
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S, REQUEST_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.trace import Tracer
@@ -351,11 +352,24 @@ class Agent:
             return False
         if now - self._last_report > STATS_REPORT_INTERVAL_S:
             self._last_report = now
+            self._count_sessions()
             snap = self.stats.snapshot()
             self.messaging.send(p.NodeReport(snap["counters"], snap["latency_counts"],
                                              len(self.procs)))
         self._fail_overdue_requests(now)
         return True
+
+    def _count_sessions(self) -> None:
+        """The links' session counters, summed, into the node's (``session_replayed``, ...):
+        how much the network made the sessions work. Links closed since are not counted."""
+        totals: dict[str, int] = {}
+        links = [s.link for s in self.links.sessions]
+        if self.peers is not None:
+            links += self.peers.links()
+        for link in links:
+            add_counters(totals, link)
+        for key, n in totals.items():  # set, not added (a Counter's update adds)
+            self.stats.counters[key] = n
 
     def _poll_timeout_ms(self) -> int:
         """Poll until the next timer is due, at most POLL_INTERVAL_MS."""
