@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = {
     "directory": "dsm.commands.directory",
     "agent": "dsm.commands.agent",
     "run": "dsm.commands.run",
+    "launch": "dsm.commands.launch",
     "trace": "dsm.commands.trace",
     "litmus": "dsm.commands.litmus",
     "top": "dsm.commands.top",
