@@ -119,3 +119,24 @@ def test_ctrl_c_asks_every_rank_to_leave_and_exits_130(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+#: rank 1 dies of a signal, as a program with a bad pointer would
+ONE_RANK_CRASHES = """
+import os
+import signal
+import dsm
+
+node = dsm.attach()
+if node.rank == 1:
+    os.kill(os.getpid(), signal.SIGSEGV)
+node.barrier("launch.crash", node.size).wait()
+"""
+
+
+def test_a_rank_killed_by_a_signal_is_named_by_dsm_run_and_dsm_launch(tmp_path):
+    done = _launch(tmp_path, ONE_RANK_CRASHES, "-n", "2")
+    assert done.returncode == 128 + signal.SIGSEGV, (done.stdout, done.stderr)
+    assert "[rank 1] dsm run: " in done.stderr and "was killed by SIGSEGV (status 139)" in \
+        done.stderr, done.stderr
+    assert "dsm launch: rank 1 killed by SIGSEGV (status 139)" in done.stderr, done.stderr

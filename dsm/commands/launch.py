@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dsm.commands.local_cluster import DIRECTORY_START_TIMEOUT_S, DemoError, LocalCluster
+from dsm.commands.run import describe_status
 from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
 from dsm.managers import MANAGERS
 
@@ -71,17 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the cluster's CurveZMQ keys (dsm keygen)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     parser.set_defaults(func=launch)
-
-
-def describe_status(status: int) -> str:
-    """How a ``dsm run`` of a rank ended, in words (it reports a command killed by signal N as
-    128 + N, as a shell does)."""
-    if status > 128:
-        try:
-            return f"killed by {signal.Signals(status - 128).name} (status {status})"
-        except ValueError:
-            pass
-    return f"exited with status {status}"
 
 
 class Launch:

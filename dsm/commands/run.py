@@ -53,6 +53,8 @@ class Departure:
     def __init__(self) -> None:
         self.requested: int | None = None  #: the signal that asked to leave
         self.child: subprocess.Popen | None = None
+        #: the signal that killed the command, if one did
+        self.killed_by: int | None = None
         self._old: dict[int, Any] = {}
         #: written by the signal handler: wakes ``wait_child`` so that it starts its deadline
         self._wake_r, self._wake_w = -1, -1
@@ -112,7 +114,20 @@ class Departure:
         finally:
             os.close(pidfd)
         status = child.returncode
+        if status < 0:
+            self.killed_by = -status
         return status if status >= 0 else 128 - status
+
+
+def describe_status(status: int) -> str:
+    """How a command ended, in words, from the status a shell (and ``dsm run``) reports: a
+    command killed by signal N is 128 + N."""
+    if status > 128:
+        try:
+            return f"killed by {signal.Signals(status - 128).name} (status {status})"
+        except ValueError:
+            pass
+    return f"exited with status {status}"
 
 
 def run_attached(agent: StartedAgent, command: list[str], leave: Departure, prog: str,
@@ -130,6 +145,9 @@ def run_attached(agent: StartedAgent, command: list[str], leave: Departure, prog
                 print(f"{prog}: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
                 return 127
             status = leave.wait_child()
+            if leave.killed_by is not None and leave.requested is None:
+                print(f"{prog}: {command[0]} was {describe_status(status)}", file=sys.stderr,
+                      flush=True)
     finally:
         agent_status = agent.stop()
     if leave.requested is not None:
