@@ -122,8 +122,7 @@ class Node:
         except ValueError:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}, got "
                              f"{consistency!r}") from None
-        dt = np.dtype(dtype)
-        shape = tuple(int(s) for s in (shape if np.iterable(shape) else (shape,)))
+        dt, shape = checked_dtype(dtype), checked_shape(shape)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         meta = {"shape": list(shape), "dtype": dt.str}
         if model is Consistency.RELEASE:  # (sequential arrays' meta is as it always was)
@@ -258,6 +257,30 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def checked_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as numpy's, if an array of it can live in shared memory: one that holds Python
+    objects (pointers into one process) cannot, and is refused naming it."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise DsmError(f"array dtype {dtype!r} is not a numpy dtype: {exc}") from None
+    if dt.hasobject:
+        raise DsmError(f"array dtype {dt} holds Python objects, which are pointers into one "
+                       "process's memory: another node would read garbage (use numbers, bytes "
+                       "(dtype 'S<n>') or a structured dtype of those)")
+    return dt
+
+
+def checked_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of whole numbers >= 1; DsmError naming it otherwise."""
+    dims = tuple(shape) if np.iterable(shape) else (shape,)
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise DsmError(f"array shape {shape!r}: every dimension must be a whole number >= 1, "
+                           f"got {d!r}")
+    return tuple(int(d) for d in dims)
 
 
 def attach(directory: str | None = None, *, socket_path: str | None = None,

@@ -229,3 +229,40 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_malformed_directory_endpoint_is_one_line_naming_it():
+    for argv in (["run", "--directory", "127.0.0.1:7400", "--", "true"],
+                 ["launch", "-n", "1", "--directory", "127.0.0.1:7400", "--", "true"]):
+        result = subprocess.run([sys.executable, "-m", "dsm", *argv], capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 2, result
+        assert ("expected tcp://HOST:PORT or ipc://PATH, got '127.0.0.1:7400'"
+                in result.stderr), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_directory_on_a_port_in_use_says_so_in_one_line():
+    taken = zmq.Context.instance().socket(zmq.ROUTER)
+    try:
+        taken.bind("tcp://127.0.0.1:*")
+        endpoint = taken.getsockopt_string(zmq.LAST_ENDPOINT)
+        result = subprocess.run([sys.executable, "-m", "dsm", "directory", "--listen", endpoint],
+                                capture_output=True, text=True, timeout=30)
+    finally:
+        taken.close(0)
+    assert result.returncode == 2, result
+    assert "cannot listen there: Address already in use" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_arrays_of_python_objects_and_bad_shapes_are_refused_naming_them(make_node):
+    a = make_node("a")
+    code = ("try:\n    node.array({args})\n    msg = None\n"
+            "except dsm.DsmError as e:\n    msg = str(e)\n")
+    assert "holds Python objects" in a.run(code.format(args="'o', (3,), object"), "msg")
+    assert "holds Python objects" in a.run(
+        code.format(args="'s', (3,), [('a', 'i8'), ('b', 'O')]"), "msg")
+    assert "every dimension must be a whole number >= 1, got -5" in a.run(
+        code.format(args="'neg', (-5,), np.int64"), "msg")
+    assert "got 2.5" in a.run(code.format(args="'half', (2.5,), np.int64"), "msg")

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from dsm.errors import DsmError
+from dsm.errors import ConfigError, DsmError
 
 #: how long a starting agent may take to join the directory and listen
 AGENT_START_TIMEOUT_S = 10.0
@@ -56,6 +56,19 @@ class StartedAgent:
         return self.proc.returncode
 
 
+def check_endpoint(endpoint: str, what: str = "the directory's endpoint") -> str:
+    """``endpoint`` if it is a ZeroMQ endpoint a node can connect to (``tcp://HOST:PORT`` or
+    ``ipc://PATH``); ConfigError naming what was given otherwise."""
+    scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme == "ipc" and rest:
+        return endpoint
+    if sep and scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if colon and host and port.isdigit() and 0 < int(port) < 65536:
+            return endpoint
+    raise ConfigError(f"{what}: expected tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+
+
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
                 trace_path: str | None = None, keys_dir: str | None = None,
                 metrics_port: int | None = None, peer_listen: str | None = None,
@@ -67,6 +80,7 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
     workload's group. Whoever started it stops it with ``StartedAgent.stop()``, after the
     workload (``dsm run`` does). It exits when this process dies (``--parent-pid``): a killpg
     of this process's group, or a SIGKILL of this process alone, leaves no agent behind."""
+    check_endpoint(directory)
     tmpdir = None if socket_path else tempfile.mkdtemp(prefix="dsm-")
     path = socket_path or os.path.join(tmpdir, "agent.sock")
     read_fd, write_fd = os.pipe()

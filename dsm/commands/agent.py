@@ -6,8 +6,10 @@ import argparse
 import os
 import socket
 
+from dsm.agent.launch import check_endpoint
 from dsm.agent.peers import ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV
 from dsm.agent.service import run_agent
+from dsm.errors import ConfigError
 from dsm.keys import add_keys_argument
 from dsm.trace import TRACE_ENV
 
@@ -16,9 +18,17 @@ NODE_ENV = "DSM_NODE"
 METRICS_ENV = "DSM_METRICS_PORT"
 
 
+def endpoint_argument(value: str) -> str:
+    """An argparse type: a directory endpoint, refused in one line when malformed."""
+    try:
+        return check_endpoint(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_directory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--directory", default=os.environ.get(DIRECTORY_ENV),
-                        required=DIRECTORY_ENV not in os.environ,
+                        type=endpoint_argument, required=DIRECTORY_ENV not in os.environ,
                         help=f"the directory's ZeroMQ endpoint (env {DIRECTORY_ENV})")
     parser.add_argument("--node", default=os.environ.get(NODE_ENV),
                         help=f"this node's name (env {NODE_ENV}; default host-pid)")

@@ -203,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
     except KeysError as exc:
         print(f"dsm directory: {exc}", file=sys.stderr)
         return 2
-    return run_directory(args.listen, layout, args.trace, args.ready_fd, OnLoss(args.on_loss),
-                         keys, args.metrics, manager, plan,
-                         str(keys_dir) if keys_dir is not None else None, args.migratory)
+    try:
+        return run_directory(args.listen, layout, args.trace, args.ready_fd,
+                             OnLoss(args.on_loss), keys, args.metrics, manager, plan,
+                             str(keys_dir) if keys_dir is not None else None, args.migratory)
+    except ConfigError as exc:  # the endpoint cannot be listened on (in use, malformed)
+        print(f"dsm directory: {exc}", file=sys.stderr)
+        return 2

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsm.commands.agent import endpoint_argument
 from dsm.commands.local_cluster import DIRECTORY_START_TIMEOUT_S, DemoError, LocalCluster
 from dsm.commands.run import describe_status
 from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--nodes", type=int, required=True, metavar="N",
                         help="how many nodes (ranks 0..N-1)")
-    parser.add_argument("--directory", default=None, metavar="ENDPOINT",
+    parser.add_argument("--directory", default=None, metavar="ENDPOINT", type=endpoint_argument,
                         help="a running directory to join (default: start one for the job)")
     parser.add_argument("--manager", choices=MANAGERS, default=None,
                         help="the manager of the directory started for the job")

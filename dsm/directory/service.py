@@ -19,7 +19,9 @@ with an Error that says which shard to ask).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -35,7 +37,7 @@ from dsm.directory.shard.role import EXIT_SHARD_LOST, Role, check_shard
 from dsm.directory.stats import NodeReports
 from dsm.directory.notices import WriteNotices
 from dsm.directory.sync import SyncTable
-from dsm.errors import DsmError, ProtocolError
+from dsm.errors import ConfigError, DsmError, ProtocolError
 from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
 from dsm.linkwire import RouterLinks
@@ -83,7 +85,14 @@ def open_router(ctx: zmq.Context, endpoint: str, keys: ServerKeys | None,
     # CURVE with ZAP (only the nodes whose keys are in the keys directory), or open with a
     # warning; either way refused peers are logged, rate-limited (dsm/keys.py)
     security = serve(sock, keys, what)
-    sock.bind(endpoint)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        security.close()
+        hint = (" (another directory, or another program, listens there: --listen another port)"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise ConfigError(f"{what}: cannot listen there: {os.strerror(exc.errno)}{hint}") from None
     return sock, security, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
