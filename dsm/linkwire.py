@@ -78,7 +78,7 @@ class ReconnectWatch:
     ``connected``: the socket's first connection is up already, so that every CONNECTED is a
     reconnect; else the first one is not."""
 
-    EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+    EVENTS = zmq.EVENT_CONNECTED
 
     def __init__(self, sock: zmq.Socket, connected: bool = True):
         self._socket = sock
@@ -89,7 +89,6 @@ class ReconnectWatch:
         sock.monitor(address, self.EVENTS)
         self.monitor = sock.context.socket(zmq.PAIR)
         self.monitor.connect(address)
-        self.disconnects = 0
 
     def reconnected(self) -> bool:
         came_back = False
@@ -98,8 +97,6 @@ class ReconnectWatch:
             if event["event"] == zmq.EVENT_CONNECTED:
                 came_back = not self._first_pending
                 self._first_pending = False
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self.disconnects += 1
         return came_back
 
     def close(self) -> None:

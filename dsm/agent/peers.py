@@ -190,9 +190,16 @@ class PeerEndpoint:
                 sock = self._ctx.socket(zmq.DEALER)
                 try:
                     self._configure(sock, link.link.peer, identity)
-                    link.replace_socket(sock)  # watched before it connects
-                    sock.connect(address)
                 except (zmq.ZMQError, DsmError) as exc:
+                    sock.close(0)
+                    self._complain(logging.ERROR, "node %s cannot reconnect to %s at %s: %s",
+                                   self.node, link.link.peer, address, exc)
+                    self._drop(address)
+                    continue
+                link.replace_socket(sock)  # watched before it connects
+                try:
+                    sock.connect(address)
+                except zmq.ZMQError as exc:
                     self._complain(logging.ERROR, "node %s cannot reconnect to %s at %s: %s",
                                    self.node, link.link.peer, address, exc)
                     self._drop(address)
