@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -214,10 +215,13 @@ def test_slurm_batch_script_runs_a_workload_on_every_task(tmp_path):
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    # `dsm` and `python3` as this interpreter runs them
-    (bin_dir / "dsm").write_text(f"#!/bin/sh\nexec {sys.executable} -m dsm \"$@\"\n")
-    (bin_dir / "python3").symlink_to(sys.executable)
-    (bin_dir / "dsm").chmod(0o755)
+    # `dsm` and `python3` as this interpreter runs them: scripts that exec it by the path it was
+    # started by, not symlinks to it (a venv's interpreter linked from outside the venv finds no
+    # pyvenv.cfg beside it and runs as the base interpreter, without the venv's packages)
+    python = shlex.quote(sys.executable)
+    for name, args in (("dsm", " -m dsm"), ("python3", "")):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {python}{args} "$@"\n')
+        (bin_dir / name).chmod(0o755)
     port = _free_port()
     env = {"SLURM_JOB_ID": "99", "SLURM_NTASKS": "3", "SLURM_JOB_NODELIST": "localhost",
            "DSM_PORT": str(port), "DSM_REGION_SIZE": "64MiB",
