@@ -3,7 +3,7 @@
 Nothing is counted twice: the collectors read, at each scrape, the counters the processes keep
 anyway (``NodeStats``, the page directory's counters) and the messages and bytes by type that
 ``MessageCounts`` adds up at each send and receive (only when metrics are on). The HTTP server is
-prometheus_client's, in a thread of its own.
+prometheus_client's (the ``metrics`` extra), in a thread of its own.
 
 Names (all under ``dsm_``): ``node_faults_total{node,kind}``, ``node_pages_in_total``,
 ``node_pages_out_total``, ``node_invalidations_total``, ``node_lost_faults_total``,
@@ -18,7 +18,11 @@ import threading
 from collections import Counter
 from typing import Any, Callable, Iterable
 
+from dsm.extras import require
 from dsm.reliability import SESSION_COUNTERS
+
+#: what needs prometheus_client, in the error when it is missing
+FEATURE = "--metrics"
 
 #: counters of NodeStats that get a metric of their own (the faults_* ones go by kind)
 NODE_COUNTERS = ("pages_in", "pages_out", "invalidations", "lost_faults", "requests",
@@ -130,7 +134,9 @@ class DirectoryCollector:
 
 
 def serve(port: int, collector: Any, addr: str = "0.0.0.0") -> int:
-    """Serve ``collector``'s metrics on ``port`` (0: any free port); the port bound."""
+    """Serve ``collector``'s metrics on ``port`` (0: any free port); the port bound.
+    ``MissingExtra`` (a ConfigError) without prometheus_client."""
+    require("prometheus_client", FEATURE)
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from dsm.extras import MissingExtra, check
+
 #: percentiles shown in every table
 PERCENTILES = (50, 90, 99)
 NS_PER_US = 1_000
@@ -35,6 +37,8 @@ NS_PER_S = 1_000_000_000
 US_PER_S = 1_000_000
 BYTES_PER_MB = 1_000_000
 BYTES_PER_MIB = 1 << 20
+#: what needs matplotlib, in the error when it is missing
+PLOT_FEATURE = "--plot"
 #: the agents' message counters that add up to the cluster's traffic (``NodeStats``): every
 #: message is one an agent sent or received, ``messages_DIRECTION`` and ``bytes_DIRECTION``
 TRAFFIC_DIRECTIONS = ("to_directory", "from_directory", "to_peers")
@@ -204,7 +208,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE",
                         help="write the raw samples, the summary and the environment here")
     parser.add_argument("--plot", metavar="FILE",
-                        help="draw the latency distributions and the rates as a PNG (matplotlib)")
+                        help="draw the latency distributions and the rates as a PNG "
+                             "(matplotlib: the plot extra)")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the processes' logs (their directory is printed)")
 
@@ -283,6 +288,17 @@ def write_outputs(result: dict, args: argparse.Namespace, progress: Progress) ->
         progress(f"plot drawn to {args.plot}")
 
 
+def plot_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--plot`` cannot draw on this install (matplotlib missing), said before the run
+    rather than after it; None when it can, or when no plot was asked for."""
+    if getattr(args, "plot", None):
+        try:
+            check("matplotlib", PLOT_FEATURE)
+        except MissingExtra as exc:
+            return str(exc)
+    return None
+
+
 def run_benchmark(name: str, args: argparse.Namespace,
                   check_arguments: Callable[[argparse.Namespace], str | None],
                   measure: Callable[[argparse.Namespace, Progress, Path], dict],
@@ -293,7 +309,7 @@ def run_benchmark(name: str, args: argparse.Namespace,
     --plot. 1 when it failed (``failed(result)``, or an error), 130 when interrupted, 3 with
     --fail-on-target when a target was missed, else 0."""
     prog = f"dsm bench {name}"
-    problem = check_arguments(args)
+    problem = check_arguments(args) or plot_problem(args)
     if problem:
         print(f"{prog}: {problem}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""``--plot FILE``: one PNG of a benchmark run (matplotlib, imported only here).
+"""``--plot FILE``: one PNG of a benchmark run (matplotlib: the ``plot`` extra; imported only here).
 
 Six panels, each drawn from whatever the run measured (a panel whose benchmark did not run says
 so): the fault latencies and the lock latencies as distributions (CDFs, log time axis) beside the
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dsm.bench.common import NS_PER_US, US_PER_S
+from dsm.bench.common import NS_PER_US, PLOT_FEATURE, US_PER_S
+from dsm.extras import require
 
 FIGURE_INCHES = (18, 14)
 DPI = 100
@@ -185,9 +186,7 @@ def _jacobi_panel(ax, jacobi: dict | None) -> None:
 
 
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", PLOT_FEATURE).use("Agg")
     import matplotlib.pyplot as plt
 
     runs = _suite(result)

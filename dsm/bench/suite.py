@@ -16,7 +16,6 @@ if a target was missed, else 0.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from types import ModuleType
@@ -111,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
         if problem:
             print(f"dsm bench: {name}: {problem}", file=sys.stderr)
             return 2
-    if args.plot:
-        if importlib.util.find_spec("matplotlib") is None:  # fail now, not after two minutes
-            print("dsm bench: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
-            return 2
+    problem = common.plot_problem(args)  # fail now, not after two minutes
+    if problem:
+        print(f"dsm bench: {problem}", file=sys.stderr)
+        return 2
     try:
         chosen = managers.parse(args.manager)
     except ValueError as exc:

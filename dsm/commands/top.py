@@ -21,6 +21,7 @@ import zmq
 
 from dsm import protocol as p
 from dsm.commands.agent import DIRECTORY_ENV
+from dsm.extras import MissingExtra, require
 
 REFRESH_INTERVAL_S = 1.0
 #: how long one answer may take before the view says the directory is not answering
@@ -85,6 +86,11 @@ def _key_pressed(timeout_s: float) -> bytes | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        require("rich", "the live view")
+    except MissingExtra as exc:
+        print(f"dsm top: {exc}", file=sys.stderr)
+        return 2
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text

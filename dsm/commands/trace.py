@@ -86,6 +86,14 @@ def render(records: Iterable[dict], out: TextIO, limit: int = 0, messages: bool 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.png:
+        from dsm.extras import MissingExtra, check
+        from dsm.viz.png import FEATURE
+        try:
+            check("matplotlib", FEATURE)
+        except MissingExtra as exc:
+            print(f"dsm trace: {exc}", file=sys.stderr)
+            return 2
     try:
         timeline = merge(args.files)
     except OSError as exc:

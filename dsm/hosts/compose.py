@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from dsm.errors import ConfigError
+from dsm.extras import require
 
 #: compose's defaults (seconds)
 DEFAULT_HEALTH_INTERVAL_S = 30.0
@@ -326,6 +325,7 @@ def load(path: str | Path, env: Mapping[str, str],
          scale: Mapping[str, int] | None = None) -> Project:
     """Read, interpolate and check the compose file; ``scale`` overrides replica counts."""
     path = Path(path)
+    yaml = require("yaml", "reading a compose file")
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:

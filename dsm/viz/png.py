@@ -8,7 +8,11 @@ are drawn (filter with ``--page`` or ``--node`` first) and the title says so.
 
 from __future__ import annotations
 
+from dsm.extras import require
 from dsm.viz.model import Timeline, kind_of
+
+#: what needs matplotlib, in the error when it is missing
+FEATURE = "the PNG view (--png)"
 
 #: most arrows drawn in one picture
 MAX_ARROWS = 400
@@ -44,8 +48,7 @@ def _compressed(times: list[float]) -> tuple[list[float], list[float]]:
 def write(timeline: Timeline, out_path: str) -> None:
     import bisect
 
-    import matplotlib
-    matplotlib.use("Agg")
+    require("matplotlib", FEATURE).use("Agg")
     import matplotlib.pyplot as plt
 
     msgs = [m for m in timeline.messages if m.send is not None and m.recv is not None]
