@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import select
+import signal
 import sys
 
 #: subcommand name -> module that defines ``register(subparsers)`` and sets ``func`` on its parser
@@ -40,12 +43,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the status of a command whose output went to a closed pipe: as a shell reports a process
+#: killed by SIGPIPE (128 + 13), what ``yes | head -1`` leaves in ``PIPESTATUS``
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    return int(args.func(args) or 0)
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is an unraisable error
+    except BrokenPipeError:
+        # whoever read the output (`dsm trace FILE | head`) has had enough: stop quietly, every
+        # `finally` of the command having run on the way here. Python's recipe
+        # (docs.python.org/3/library/signal.html#note-on-sigpipe): point the stream at
+        # /dev/null, so that the interpreter's last flush does not fail again
+        closed = [stream for stream in (sys.stdout, sys.stderr) if _reader_gone(stream)]
+        if not closed:
+            raise  # another pipe of the command's own (a child's stdin): a bug to see
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in closed:
+            os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _reader_gone(stream) -> bool:
+    """Whether ``stream`` is a pipe (or socket) whose reading end was closed: polling its
+    write end reports an error."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced, or closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

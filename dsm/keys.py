@@ -16,7 +16,9 @@ present, else ``node.key_secret``) and ``directory.key``, the one public key it 
 a monitor of the socket. ``configure_client(socket, keys)`` makes a socket a CURVE client that
 pins the server's key; ``HandshakeWatch`` turns its monitor's ``EVENT_HANDSHAKE_FAILED_*`` into an
 ``AuthenticationFailed`` that says what went wrong. Without keys (``None``) the sockets stay on
-ZeroMQ's NULL mechanism: the cluster runs open, and ``serve`` says so.
+ZeroMQ's NULL mechanism: the cluster runs open, and ``serve`` says so, once per process
+(``warn_open``); a launcher says it once for its job (``announce_open``), and the processes it
+starts do not repeat it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: the environment variable behind every ``--keys`` flag
 KEYS_ENV = "DSM_KEYS"
+#: set (non-empty) by a launcher that said once for the whole job that the cluster runs open
+#: (``announce_open``): the directory and node agents it starts do not say it again
+OPEN_ANNOUNCED_ENV = "DSM_OPEN_ANNOUNCED"
 #: certificate names in a keys directory
 DIRECTORY_KEY_NAME = "directory"
 NODE_KEY_NAME = "node"
@@ -402,14 +407,51 @@ def _authenticator(ctx: zmq.Context, keys: ServerKeys, refusals: RefusalLog) -> 
         auth.configure_curve_callback(ZAP_DOMAIN, _KeySet(keys, refusals))
 
 
+# --- running open: said once --------------------------------------------------------------------
+#: what running open means, in the warning and in ``dsm doctor``'s ``cluster keys`` row
+OPEN_MEANS = ("anyone who reaches it can read and write the cluster's memory (no authentication, "
+              "no encryption); `dsm keygen DIR` makes keys")
+_open_warned = threading.Lock()
+_open_said = False
+
+
+def open_announced() -> bool:
+    """Whether this process's launcher has said that the cluster runs open
+    (``$DSM_OPEN_ANNOUNCED``)."""
+    return bool(os.environ.get(OPEN_ANNOUNCED_ENV))
+
+
+def warn_open(what: str) -> None:
+    """The warning that WHAT runs open: at most once per process, and not at all in a process
+    started by a launcher that said it for the whole job (``OPEN_ANNOUNCED_ENV``, see
+    ``announce_open``); a line at INFO level instead."""
+    global _open_said
+    with _open_warned:
+        repeat = _open_said or open_announced()
+        _open_said = True
+    if repeat:
+        log.info("%s runs open (no --keys; said once already)", what)
+        return
+    log.warning("%s runs OPEN: no --keys (env %s), so %s", what, KEYS_ENV, OPEN_MEANS)
+
+
+def announce_open(keys: str | os.PathLike | None, what: str) -> None:
+    """A launcher's: when neither ``keys`` nor ``$DSM_KEYS`` names keys, say once that WHAT runs
+    open, and tell the processes it starts from now on (their environment, inherited from this
+    one) not to say it again."""
+    if keys_dir_from(keys) is not None:
+        return
+    warn_open(what)
+    os.environ[OPEN_ANNOUNCED_ENV] = "1"
+
+
 def serve(socket: zmq.Socket, keys: ServerKeys | None, what: str) -> ServerGuard:
     """Configure ``socket`` (before it binds) as a CURVE server accepting only ``keys.clients``,
-    or leave it open when ``keys`` is None (with a warning). Refused peers are logged as
-    ``WHAT refused a peer: ...``, rate-limited."""
+    or leave it open when ``keys`` is None (with a warning, once: ``warn_open``). Refused peers
+    are logged as ``WHAT refused a peer: ...``, rate-limited."""
     refusals = RefusalLog(what)
     if keys is None:
-        log.warning("%s runs OPEN: no --keys (env %s), so anyone who reaches it can read and "
-                    "write the cluster's memory; `dsm keygen DIR` makes keys", what, KEYS_ENV)
+        warn_open(what)
     else:
         # the ZAP handler first: a CURVE server without one accepts any client that knows its key
         _authenticator(socket.context, keys, refusals)

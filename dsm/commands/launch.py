@@ -34,6 +34,7 @@ from typing import Any
 from dsm.commands.agent import endpoint_argument
 from dsm.commands.local_cluster import DIRECTORY_START_TIMEOUT_S, DemoError, LocalCluster
 from dsm.commands.run import describe_status
+from dsm.keys import announce_open
 from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
 from dsm.managers import MANAGERS
 
@@ -194,6 +195,7 @@ def launch(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         print(f"dsm launch: -n must be at least 1, got {args.nodes}", file=sys.stderr)
         return 2
+    announce_open(args.keys, "this job's cluster")  # once for the job: its ranks do not repeat it
     stop = {"requested": False}
 
     def on_signal(signum: int, frame: Any) -> None:

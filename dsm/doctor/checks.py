@@ -12,6 +12,7 @@ from dsm import libc
 from dsm.keys import (
     DIRECTORY_KEY_NAME,
     KEYS_ENV,
+    OPEN_MEANS,
     PUBLIC_SUFFIX,
     SECRET_SUFFIX,
     KeysError,
@@ -340,9 +341,9 @@ def check_keys(keys_dir: Path | None, node: str | None) -> CheckResult:
     if keys_dir is None:
         return CheckResult(
             CHECK_KEYS, True,
-            f"{KEYS_ENV} is not set: the cluster runs open (no authentication, no encryption: "
-            "any process that reaches the directory's port can read and write the shared "
-            f"memory); to close it, `dsm keygen DIR` and set {KEYS_ENV}=DIR on every service")
+            # the words of the warning an open directory or node logs (dsm.keys.warn_open)
+            f"{KEYS_ENV} is not set: the cluster runs OPEN, so {OPEN_MEANS}, and "
+            f"{KEYS_ENV}=DIR on every service uses them")
     fix = (f"make the keys with `dsm keygen {keys_dir}` (or point {KEYS_ENV} at the directory "
            "that holds them), readable by this user")
     try:
