@@ -4,8 +4,10 @@ numpy, a table per node, a verdict and an exit status that says it."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,7 +109,13 @@ def test_a_run_that_does_not_finish_is_a_mismatch_and_leaves_no_process(tmp_path
     assert "did not finish in time" in result.stderr, result.stderr
     endpoint = re.search(r"directory on (\S+),", out)
     assert endpoint, out
-    leftovers = []
+    leftovers = [cmdline for _, _, cmdline in _processes() if endpoint.group(1) in cmdline]
+    assert not leftovers, leftovers
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent's pid, command line) of every process but zombies."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -115,11 +123,64 @@ def test_a_run_that_does_not_finish_is_a_mismatch_and_leaves_no_process(tmp_path
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
             with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[-1].split()[0]
+                state, ppid = f.read().rsplit(")", 1)[-1].split()[:2]
         except OSError:
             continue
-        if state != "Z" and endpoint.group(1) in cmdline:
-            leftovers.append(cmdline)
+        if state != "Z":
+            found.append((int(entry), int(ppid), cmdline))
+    return found
+
+
+def _descendant(ancestor: int, start: str, *words: str) -> int | None:
+    """A process below ``ancestor`` whose command line starts with ``start`` and holds every one
+    of ``words``."""
+    procs = _processes()
+    below = {ancestor}
+    grew = True
+    while grew:
+        more = {pid for pid, ppid, _ in procs if ppid in below} - below
+        below |= more
+        grew = bool(more)
+    return next((pid for pid, _, cmdline in procs
+                 if pid in below and pid != ancestor and cmdline.startswith(start)
+                 and all(w in cmdline for w in words)), None)
+
+
+@pytest.mark.timeout(120)
+def test_a_node_that_crashes_mid_run_is_named_as_crashed_not_a_mismatch(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("DSM_AGENT_SOCKET", None)
+    # a run far longer than the test: node 1's workload is killed while it computes
+    demo_proc = subprocess.Popen([sys.executable, "-m", "dsm", "demo", "--size", "4000",
+                                  "--rounds", "500", "--timeout", "100"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        # the workload's python, not the `dsm run` that started it with the same arguments
+        workload_of_node1 = (f"{sys.executable} -m dsm.workloads.rows ", "--rank 1 ")
+        while (workload := _descendant(demo_proc.pid, *workload_of_node1)) is None:
+            assert demo_proc.poll() is None and time.monotonic() < deadline, "no node 1"
+            time.sleep(0.1)
+        time.sleep(2)  # attached, its arrays made, computing
+        os.kill(workload, signal.SIGKILL)
+        out, err = demo_proc.communicate(timeout=60)
+    finally:
+        if demo_proc.poll() is None:  # it stops its cluster on SIGTERM
+            demo_proc.terminate()
+            try:
+                demo_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                demo_proc.kill()
+                demo_proc.wait()
+    assert demo_proc.returncode == 1, out + err
+    assert re.search(r"^result: CRASHED \((.*; )?node1 killed by SIGKILL \(status 137\)", out,
+                     re.MULTILINE), out + err
+    assert "MISMATCH" not in out, out
+    # the node's own log says what `dsm run` saw
+    assert "python was killed by SIGKILL (status 137)" in err, err
+    endpoint = re.search(r"directory on (\S+),", out)
+    assert endpoint, out
+    leftovers = [cmdline for _, _, cmdline in _processes() if endpoint.group(1) in cmdline]
     assert not leftovers, leftovers
 
 

@@ -4,7 +4,9 @@ Starts ``dsm directory`` and N nodes (``dsm run ... -- python -m dsm.workloads.W
 each a separate set of processes talking over tcp loopback (or ipc), runs one of the workloads
 of ``dsm/workloads/`` on them, computes the same thing with plain numpy in this one process and
 compares: it prints a table of each node's counters and a line saying whether the results
-matched. The exit status is 0 if and only if they matched.
+matched (MATCH, MISMATCH), or that a node crashed (CRASHED: it exited non-zero or was killed
+before its result, ``node1 killed by SIGSEGV (status 139)``). The exit status is 0 if and only if
+they matched.
 
 Workloads (``--workload``):
   rows     (default) row blocks computed from every row, a falsely shared histogram
@@ -25,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dsm.commands.local_cluster import DemoError, LocalCluster, region_bytes_for
+from dsm.commands.local_cluster import DemoError, LocalCluster, NodeCrashed, region_bytes_for
 from dsm.consistency import CONSISTENCIES
 from dsm.core.stats import quantile_text
 from dsm.managers import MANAGERS
@@ -149,6 +151,12 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
+def crashed_verdict(crashed: list[str]) -> str:
+    """The verdict of a run in which nodes crashed (``LocalCluster.crashed``): not a MISMATCH,
+    which says that a result differs from numpy's."""
+    return f"result: CRASHED ({'; '.join(crashed)})"
+
+
 # --- the command --------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     spec = load_workload(args.workload)
@@ -239,7 +247,10 @@ def run(args: argparse.Namespace) -> int:
         if trace_dir is not None:
             print(f"traces in {trace_dir}")
         remark = next((r["remark"] for r in results if r.get("remark")), None)
-        if not problems:
+        crashed = cluster.crashed()
+        if crashed:
+            print(crashed_verdict(crashed))
+        elif not problems:
             ok = True
             if args.workload == "rows":
                 print(f"result: MATCH ({nodes_text}, {want_values} values after {iterations} "
@@ -250,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
                       + (f"; {remark}" if remark else "") + ")")
         else:
             print(f"result: MISMATCH ({'; '.join(problems)})")
+    except NodeCrashed:
+        print(crashed_verdict(cluster.crashed()))
     except DemoError as exc:
         print(f"dsm demo: {exc}", file=sys.stderr)
         print("result: MISMATCH (the run did not complete)")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from dsm.commands.run import describe_status
+from dsm.keys import OPEN_ANNOUNCED_ENV
 from dsm.watchdog import process_stats
 
 #: how long the directory may take to print its endpoint
@@ -37,6 +39,34 @@ SOCKET_DIR_MAX = 80
 
 class DemoError(Exception):
     """The cluster could not be started or did not finish."""
+
+
+class NodeCrashed(DemoError):
+    """A node ended, exiting non-zero or killed, before it printed its result: the run stops
+    there (the others would wait for it at their next barrier)."""
+
+    def __init__(self, child: "Child"):
+        super().__init__(how_it_ended(child))
+
+
+def shell_status(returncode: int) -> int:
+    """A child's exit status as a shell reports it (and ``describe_status`` reads it): 128 + N
+    for a child killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _killed(status: int) -> bool:
+    try:
+        signal.Signals(status - 128)
+    except ValueError:
+        return False
+    return status > 128
+
+
+def how_it_ended(child: "Child") -> str:
+    """``node1 killed by SIGSEGV (status 139)``, ``node2 exited with status 2``: a node's
+    ``dsm run`` reports its workload killed by signal N as 128 + N, as a shell does."""
+    return f"{child.name} {describe_status(shell_status(child.proc.returncode))}"
 
 
 # --- one child: started, read, stopped ----------------------------------------------------------
@@ -142,7 +172,7 @@ def _collect(nodes: list[Child], deadline: float) -> None:
                 if code != 0:
                     # the others would wait for it at their next barrier: stop here
                     if _result_of(child) is None:
-                        raise DemoError(f"{child.name} exited with status {code} without a result")
+                        raise NodeCrashed(child)
                     return
 
 
@@ -247,8 +277,10 @@ class LocalCluster:
 
     def start_node(self, name: str, cmd: list[str]) -> Child:
         """Start one node's command (a ``dsm run``); collected with the others."""
-        # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop()
-        child = _start(name, cmd, self.workdir, {**self.env, "TMPDIR": str(self.sock_dir)})
+        # TMPDIR: `dsm run` makes its agent's socket directory there, removed in stop();
+        # a node runs open only if the directory does, which said so for the whole cluster
+        env = {**self.env, "TMPDIR": str(self.sock_dir), OPEN_ANNOUNCED_ENV: "1"}
+        child = _start(name, cmd, self.workdir, env)
         self.children.append(child)
         self.nodes.append(child)
         return child
@@ -280,6 +312,23 @@ class LocalCluster:
             res.setdefault("node", child.name)
             results.append(res)
         return results, problems
+
+    def crashed(self) -> list[str]:
+        """How each node that crashed ended (``node1 killed by SIGSEGV (status 139)``): it exited
+        non-zero without its result, or after a result that matched, or was killed by a signal.
+        A node whose result does not match, or says what error it caught, exits 1 and is not
+        one."""
+        crashes = []
+        for child in self.nodes:
+            code = child.proc.poll()
+            if code is None or code == 0:
+                continue
+            result = _result_of(child)
+            if result is None:
+                crashes.append(how_it_ended(child))
+            elif result.get("match") or _killed(shell_status(code)):
+                crashes.append(f"{how_it_ended(child)} after its result")
+        return crashes
 
     def stop(self) -> None:
         """The nodes first (their agents hand pages back to the directory), then the directory."""
