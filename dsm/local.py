@@ -12,6 +12,10 @@ A SOCK_SEQPACKET socket keeps message boundaries; each message is one msgpack ma
     the directory,                       BarrierWaitRequest  ->  SyncAnswer
     see ``dsm.agent.  workload -> agent  LockStatusRequest   ->  LockStatusAnswer
     forwarding``)     workload -> agent  LostRequest, ForgetLostRequest  ->  LostAnswer
+                      workload -> agent  FreeRequest  ->  FreeAnswer
+                      workload -> agent  ArraysRequest  ->  ArraysAnswer
+                      workload -> agent  AtomicRequest  ->  AtomicAnswer
+                      workload -> agent  CollectiveRequest  ->  CollectiveAnswer
     answered here     workload -> agent  StatsRequest        ->  StatsAnswer
     leaving           workload -> agent  Detach
 
@@ -36,8 +40,11 @@ from typing import Any, ClassVar
 import msgpack
 
 from dsm.errors import DsmError, ProtocolError
-from dsm.protocol import Parties, Status
-from dsm.schema import I64, U64, Pid, check_fields, field_checks
+from dsm.protocol import (AtomicIndex, AtomicKind, AtomicSize, CollectiveKind, CreateMode,
+                          MAX_JOB_SIZE, Parties, ReduceOp, Status)
+from typing import Annotated
+
+from dsm.schema import I64, U64, OneOf, Pid, Range, check_fields, field_checks
 
 #: environment variable through which ``dsm run`` tells a workload where its agent listens
 AGENT_SOCKET_ENV = "DSM_AGENT_SOCKET"
@@ -134,6 +141,42 @@ class LockStatusAnswer(LocalMessage):
 
 
 @dataclass(frozen=True)
+class FreeAnswer(LocalMessage):
+    """``holders``: how many other nodes still hold the freed memory (0: reclaimed)."""
+
+    TAG = "freed"
+    DIRECTION = Direction.TO_WORKLOAD
+    req: U64
+    holders: U64
+
+
+@dataclass(frozen=True)
+class ArraysAnswer(LocalMessage):
+    """``[name, nbytes, meta, holders]`` rows (``dsm.protocol.ArrayList``)."""
+
+    TAG = "arrays"
+    DIRECTION = Direction.TO_WORKLOAD
+    req: U64
+    arrays: list[tuple[str, U64, dict[str, Any], U64]]
+
+
+@dataclass(frozen=True)
+class AtomicAnswer(LocalMessage):
+    TAG = "atomic"
+    DIRECTION = Direction.TO_WORKLOAD
+    req: U64
+    value: I64
+
+
+@dataclass(frozen=True)
+class CollectiveAnswer(LocalMessage):
+    TAG = "collective"
+    DIRECTION = Direction.TO_WORKLOAD
+    req: U64
+    value: Any
+
+
+@dataclass(frozen=True)
 class LostAnswer(LocalMessage):
     """Lost ranges as ``[array, start_byte, end_byte, dead_node]`` rows."""
 
@@ -191,6 +234,47 @@ class AllocRequest(Request):
     name: str
     nbytes: U64
     meta: dict[str, Any]
+    create: Annotated[int, OneOf(CreateMode)] = int(CreateMode.EITHER)
+
+
+@dataclass(frozen=True)
+class FreeRequest(Request):
+    TAG = "free"
+    ANSWER = FreeAnswer
+    name: str
+
+
+@dataclass(frozen=True)
+class ArraysRequest(Request):
+    TAG = "arrays"
+    ANSWER = ArraysAnswer
+
+
+@dataclass(frozen=True)
+class AtomicRequest(Request):
+    """``dsm.protocol.Atomic``'s fields, from a workload."""
+
+    TAG = "atomic"
+    ANSWER = AtomicAnswer
+    name: str
+    size: AtomicSize
+    index: AtomicIndex
+    op: Annotated[int, OneOf(AtomicKind)]
+    operand: I64 = 0
+    expected: I64 = 0
+
+
+@dataclass(frozen=True)
+class CollectiveRequest(Request):
+    """``dsm.protocol.Collective``'s fields, from a workload."""
+
+    TAG = "collective"
+    ANSWER = CollectiveAnswer
+    seq: U64
+    kind: Annotated[int, OneOf(CollectiveKind)]
+    root: Annotated[int, Range(0, MAX_JOB_SIZE - 1)]
+    op: Annotated[int, OneOf(ReduceOp)]
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -259,6 +343,8 @@ LOCAL_MESSAGE_CLASSES: tuple[type[LocalMessage], ...] = (
     Greeting, Ready, AllocAnswer, StatsAnswer, SyncAnswer, LockStatusAnswer, LostAnswer,
     ErrorAnswer, Register, Detach, AllocRequest, StatsRequest, LockRequest, UnlockRequest,
     LockStatusRequest, BarrierJoinRequest, BarrierWaitRequest, LostRequest, ForgetLostRequest,
+    FreeAnswer, ArraysAnswer, AtomicAnswer, CollectiveAnswer, FreeRequest, ArraysRequest,
+    AtomicRequest, CollectiveRequest,
 )
 #: (direction, tag) -> class: a tag names one message per direction
 _CLASS_OF: dict[tuple[Direction, str], type[LocalMessage]] = {

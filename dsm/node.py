@@ -25,7 +25,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dsm import libc, local
+from dsm import collectives, libc, local
+from dsm.atomics import AtomicArray
+from dsm.protocol import ATOMIC_META_KEY, CollectiveKind, CreateMode, ReduceOp
 from dsm.consistency import CONSISTENCIES, META_KEY, Consistency
 from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError, ProtocolError
@@ -43,6 +45,17 @@ ATTACH_TIMEOUT_S = 10.0
 WATCHDOG = os.path.join(os.path.dirname(__file__), "watchdog.py")
 #: how long a request to the agent (allocation, stats) may take
 REQUEST_TIMEOUT_S = 15.0
+
+
+class ArrayInfo(NamedTuple):
+    """An array of the cluster, as ``node.arrays()`` lists it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nbytes: int
+    consistency: str  #: "sequential", "release", or "atomic" for an atomic array
+    holders: int  #: how many nodes hold it now
 
 
 class LostRange(NamedTuple):
@@ -85,6 +98,9 @@ class Node:
         self._next_req = 1
         self._buffer = (ctypes.c_char * layout.size).from_address(layout.base)
         self._closed = False
+        #: how many collective operations this process has done: the n-th of every rank of the
+        #: job is one operation
+        self._collective_seq = 0
 
     # --- where this process stands in its job --------------------------------------------------
     @property
@@ -111,12 +127,15 @@ class Node:
         return memoryview(self._buffer).cast("B")
 
     def array(self, name: str, shape: Any, dtype: Any = np.float64,
-              consistency: str = Consistency.SEQUENTIAL.value) -> np.ndarray:
+              consistency: str = Consistency.SEQUENTIAL.value,
+              create: bool | None = None) -> np.ndarray:
         """The cluster-wide array ``name``: created zero-filled by the first caller anywhere,
         the same memory for every later caller. Another shape, dtype or consistency is an
         error. ``consistency``: ``"sequential"`` (every read sees the last write anywhere) or
         ``"release"`` (writes are seen by others after their next lock release or barrier, and
-        pages may have many writers: ``dsm.consistency``)."""
+        pages may have many writers: ``dsm.consistency``). ``create``: True fails if the array
+        exists already (a run that must start from zeros), False fails if it does not (attach
+        only), None (the default) either. An array lives until ``free``."""
         try:
             model = Consistency(consistency)
         except ValueError:
@@ -127,10 +146,76 @@ class Node:
         meta = {"shape": list(shape), "dtype": dt.str}
         if model is Consistency.RELEASE:  # (sequential arrays' meta is as it always was)
             meta[META_KEY] = model.value
-        reply = self._request(local.AllocRequest, name=name, nbytes=max(nbytes, 1), meta=meta)
+        mode = {None: CreateMode.EITHER, False: CreateMode.ATTACH, True: CreateMode.CREATE}
+        if create not in mode:
+            raise ValueError(f"create must be True, False or None, got {create!r}")
+        reply = self._request(local.AllocRequest, name=name, nbytes=max(nbytes, 1), meta=meta,
+                              create=int(mode[create]))
         offset = reply.offset
         self.layout.check_offset(offset, nbytes)
         return np.ndarray(shape, dtype=dt, buffer=self.memoryview(), offset=offset)
+
+    def free(self, name: str) -> int:
+        """Free array (or atomic array) ``name``, as ``SharedMemory.unlink`` does: the name is
+        gone at once (the next ``array(name, ...)`` anywhere makes a new one, zero-filled); the
+        memory, its pages and their copies everywhere are reclaimed when the last node that
+        holds it frees it too, leaves or dies. An atomic array's values are gone at once. Every
+        rank of a job may free the arrays it used. Returns how many other nodes still hold it.
+        Using the array after freeing it is an error of the program, as using memory after
+        ``munmap`` is: it may read another array's data."""
+        return self._request(local.FreeRequest, name=name).holders
+
+    def arrays(self) -> list[ArrayInfo]:
+        """The arrays of the cluster that a caller can find by name (freed ones are not
+        listed), in address order, then the atomic arrays."""
+        out = []
+        for name, nbytes, meta, holders in self._request(local.ArraysRequest).arrays:
+            kind = ("atomic" if meta.get(ATOMIC_META_KEY)
+                    else meta.get(META_KEY, Consistency.SEQUENTIAL.value))
+            out.append(ArrayInfo(name, tuple(meta.get("shape", ())),
+                                 np.dtype(meta.get("dtype", "u1")), nbytes, kind, holders))
+        return out
+
+    def atomic(self, name: str, size: int = 1) -> AtomicArray:
+        """The cluster-wide atomic int64 array ``name`` of ``size`` elements (zero at first):
+        ``fetch_add``, ``compare_exchange``, ``exchange``, ``load``, ``store`` on its elements,
+        linearizable from every node, thread and forked child, one round trip each
+        (``dsm.atomics``)."""
+        return AtomicArray(self, name, size)
+
+    # --- collectives (the ranks of a job: ``dsm.collectives``) -------------------------------
+    def bcast(self, value: Any = None, root: int = 0) -> Any:
+        """Rank ``root``'s ``value`` on every rank (the others' ``value`` is ignored)."""
+        return collectives.run(self, CollectiveKind.BCAST, value, root)
+
+    def allreduce(self, value: Any, op: str = "sum") -> Any:
+        """The element-wise ``op`` ("sum", "min" or "max") of every rank's ``value`` (a number,
+        a numpy scalar or an array of one shape and dtype on every rank), on every rank."""
+        if op not in collectives.REDUCTIONS:
+            raise ValueError(f"op must be one of {', '.join(collectives.REDUCTIONS)}, got {op!r}")
+        return collectives.run(self, CollectiveKind.ALLREDUCE, value,
+                               op=collectives.REDUCTIONS[op])
+
+    def gather(self, value: Any, root: int = 0) -> list[Any] | None:
+        """Every rank's ``value`` in rank order on rank ``root``; None on the others."""
+        return collectives.run(self, CollectiveKind.GATHER, value, root)
+
+    def allgather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` in rank order, on every rank."""
+        return collectives.run(self, CollectiveKind.ALLGATHER, value)
+
+    def _collective(self, kind: CollectiveKind, root: int, op: ReduceOp, part: Any) -> Any:
+        """One operation: this rank's encoded ``part`` in, the encoded answer out."""
+        self._collective_seq += 1
+        try:
+            reply = self._request(local.CollectiveRequest, timeout_s=None,
+                                  seq=self._collective_seq, kind=int(kind), root=root,
+                                  op=int(op), value=part)
+        except local.AgentGone:
+            raise
+        except DsmError as exc:
+            raise collectives.CollectiveError(str(exc)) from None
+        return reply.value
 
     def address_of(self, array: np.ndarray) -> int:
         return array.__array_interface__["data"][0]
@@ -175,8 +260,8 @@ class Node:
             self._connections[key] = sock
         return sock
 
-    def _request(self, kind: type[local.Request], timeout_s: float | None = REQUEST_TIMEOUT_S,
-                 **fields: Any) -> Any:
+    def _request(self, kind: type[local.Request], /,
+                 timeout_s: float | None = REQUEST_TIMEOUT_S, **fields: Any) -> Any:
         """Send a request of ``kind`` with ``fields`` to the agent and wait for its answer, a
         ``kind.ANSWER`` (``timeout_s=None``: as long as it takes, for lock and barrier waits;
         the agent's death still ends the wait). An ErrorAnswer raises DsmError.

@@ -91,6 +91,17 @@ class MsgType(enum.IntEnum):
     DIFF_APPLIED = 37
     # node -> node (central and distributed managers)
     PEER_PAGE = 50
+    # array lifetimes, atomics and collectives: node -> directory (the coordinator), and answers
+    FREE = 38
+    FREED = 39
+    ARRAYS_QUERY = 52
+    ARRAY_LIST = 53
+    ATOMIC = 55
+    ATOMIC_RESULT = 56
+    COLLECTIVE = 57
+    COLLECTIVE_RESULT = 58
+    # between the shards: a freed array's memory is reclaimed
+    ARRAY_FREED = 54
 
 
 class Direction(enum.Flag):
@@ -129,6 +140,50 @@ JobRank = Annotated[int, Range(-1, I64_MAX)]
 JobSize = Annotated[int, Range(0, I64_MAX)]
 PayloadKind = Annotated[int, OneOf(Payload)]
 Status = Annotated[int, OneOf(SyncStatus)]
+
+
+class CreateMode(enum.IntEnum):
+    """What ``node.array(..., create=)`` asks for."""
+
+    EITHER = -1  #: find it, or make it (create=None)
+    ATTACH = 0  #: it must exist (create=False)
+    CREATE = 1  #: it must not exist (create=True)
+
+
+class AtomicKind(enum.IntEnum):
+    """An operation on one int64 element of an atomic array (``dsm.atomics``)."""
+
+    LOAD = 1
+    STORE = 2
+    FETCH_ADD = 3
+    EXCHANGE = 4
+    COMPARE_EXCHANGE = 5
+
+
+class CollectiveKind(enum.IntEnum):
+    """A collective operation of a job's ranks (``dsm.collectives``)."""
+
+    BCAST = 1
+    ALLREDUCE = 2
+    GATHER = 3
+    ALLGATHER = 4
+
+
+class ReduceOp(enum.IntEnum):
+    NONE = 0  #: not a reduction
+    SUM = 1
+    MIN = 2
+    MAX = 3
+
+
+#: the key of an atomic array's meta in ``ArrayList`` rows
+ATOMIC_META_KEY = "atomic"
+#: the most int64 elements one atomic array holds (they live in the directory's memory)
+MAX_ATOMIC_ELEMENTS = 1 << 20
+#: the most ranks a collective gathers from (a job's size)
+MAX_JOB_SIZE = 1 << 16
+AtomicIndex = Annotated[int, Range(0, MAX_ATOMIC_ELEMENTS - 1)]
+AtomicSize = Annotated[int, Range(1, MAX_ATOMIC_ELEMENTS)]
 
 
 @dataclass(frozen=True)
@@ -462,6 +517,99 @@ class Alloc(Message):
     name: str
     nbytes: U64
     meta: dict[str, Any]
+    create: Annotated[int, OneOf(CreateMode)] = int(CreateMode.EITHER)
+
+
+@dataclass(frozen=True)
+class Free(Message):
+    """Free array (or atomic array) ``name``: the name is gone at once; the memory is reclaimed
+    when no node holds it any more (``dsm/directory/lifetimes.py``). Answered by Freed."""
+
+    TYPE = MsgType.FREE
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
+    name: str
+
+
+@dataclass(frozen=True)
+class Freed(Message):
+    """``holders``: how many other nodes still hold the freed array's memory (0: reclaimed)."""
+
+    TYPE = MsgType.FREED
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    holders: U64
+
+
+@dataclass(frozen=True)
+class ArraysQuery(Message):
+    """Which arrays exist (answered by an ArrayList)."""
+
+    TYPE = MsgType.ARRAYS_QUERY
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
+
+
+@dataclass(frozen=True)
+class ArrayList(Message):
+    """``arrays``: ``[name, nbytes, meta, holders]`` rows in address order; atomic arrays have
+    ``meta["atomic"]`` true."""
+
+    TYPE = MsgType.ARRAY_LIST
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    arrays: list[tuple[str, U64, dict[str, Any], U64]]
+
+
+@dataclass(frozen=True)
+class Atomic(Message):
+    """Do ``op`` on element ``index`` of atomic array ``name`` of ``size`` int64 elements (made,
+    zero-filled, by its first use): ``operand`` is the value stored, added or exchanged,
+    ``expected`` the value a COMPARE_EXCHANGE compares with. Answered by AtomicResult."""
+
+    TYPE = MsgType.ATOMIC
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
+    name: str
+    size: AtomicSize
+    index: AtomicIndex
+    op: Annotated[int, OneOf(AtomicKind)]
+    operand: I64 = 0
+    expected: I64 = 0
+
+
+@dataclass(frozen=True)
+class AtomicResult(Message):
+    """The element's value before the operation (LOAD: its value)."""
+
+    TYPE = MsgType.ATOMIC_RESULT
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    value: I64
+
+
+@dataclass(frozen=True)
+class Collective(Message):
+    """This node's part of collective number ``seq`` of its job: ``kind``, the ``root`` rank
+    (BCAST, GATHER), the reduction ``op`` (ALLREDUCE) and this rank's ``value`` (an
+    ``dsm.collectives`` encoding). Answered by a CollectiveResult once every rank's part is in."""
+
+    TYPE = MsgType.COLLECTIVE
+    DIRECTION = Direction.TO_DIRECTORY
+    req: U64
+    seq: U64
+    kind: Annotated[int, OneOf(CollectiveKind)]
+    root: Annotated[int, Range(0, MAX_JOB_SIZE - 1)]
+    op: Annotated[int, OneOf(ReduceOp)]
+    value: Any
+
+
+@dataclass(frozen=True)
+class CollectiveResult(Message):
+    TYPE = MsgType.COLLECTIVE_RESULT
+    DIRECTION = Direction.TO_NODE
+    req: U64
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -712,6 +860,19 @@ class ArrayAllocated(Message):
 
 
 @dataclass(frozen=True)
+class ArrayFreed(Message):
+    """Coordinator to shard: array ``name`` at ``offset`` is freed and no node holds it: its
+    pages here become zeros (every copy invalidated) and its memory free."""
+
+    TYPE = MsgType.ARRAY_FREED
+    DIRECTION = Direction.TO_NODE
+    name: str
+    offset: U64
+    nbytes: U64
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ArrayKnown(Message):
     """Shard to coordinator: the array of ArrayAllocated ``gather`` is known here."""
 
@@ -768,7 +929,7 @@ class StatsRuns(Message):
 #: the messages between the shards (registered beside the others below)
 SHARD_MESSAGES: tuple[type[Message], ...] = (
     ShardHello, ShardWelcome, NodeAdmitted, NodeDead, ArrayAllocated, ArrayKnown,
-    LostRunsQuery, LostRuns, StatsRunsQuery, StatsRuns,
+    LostRunsQuery, LostRuns, StatsRunsQuery, StatsRuns, ArrayFreed,
 )
 
 
@@ -849,7 +1010,8 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
         BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
         LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
-        Received, Withdrawn, Diff, DiffApplied, Dirtied,
+        Received, Withdrawn, Diff, DiffApplied, Dirtied, Free, Freed, ArraysQuery, ArrayList,
+        Atomic, AtomicResult, Collective, CollectiveResult,
     )
 }
 MESSAGE_CLASSES.update({cls.TYPE: cls for cls in SHARD_MESSAGES})

@@ -114,7 +114,7 @@ def _header(cls, *values):
      r"LostReport.ranges\[0\] must hold 4 elements \[str, int, int, str\], got 3"),
     ([_header(p.LostReport, 1, [["a", 0, "1", "b"]])], p.Direction.TO_NODE,
      r"LostReport.ranges\[0\]\[2\] must be int, got str"),
-    ([_header(p.Alloc, 1, "x", 8, [1])], p.Direction.TO_DIRECTORY,
+    ([_header(p.Alloc, 1, "x", 8, [1], -1)], p.Direction.TO_DIRECTORY,
      "Alloc.meta must be a map, got list"),
     ([_header(p.Alloc, 1, "x", 8, {1: 2})], p.Direction.TO_DIRECTORY,
      "not valid msgpack: int is not allowed for map key"),  # msgpack refuses those itself

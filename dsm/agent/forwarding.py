@@ -11,6 +11,10 @@ client. The messages are ``dsm.local``'s and ``dsm.protocol``'s:
     LockStatusRequest    LockStatus          LockInfo           LockStatusAnswer
     LostRequest          LostQuery           LostReport         LostAnswer
     ForgetLostRequest    ForgetLost          LostReport         LostAnswer
+    FreeRequest          Free                Freed              FreeAnswer
+    ArraysRequest        ArraysQuery         ArrayList          ArraysAnswer
+    AtomicRequest        Atomic              AtomicResult       AtomicAnswer
+    CollectiveRequest    Collective          CollectiveResult   CollectiveAnswer
     any of them                              Error              ErrorAnswer
 
 An answer of another type than the request's is turned into an ErrorAnswer that says so.
@@ -39,6 +43,23 @@ _DIRECTORY_ANSWER: dict[type[local.Request], type[p.Message]] = {
     local.LockStatusRequest: p.LockInfo,
     local.LostRequest: p.LostReport,
     local.ForgetLostRequest: p.LostReport,
+    local.FreeRequest: p.Freed,
+    local.ArraysRequest: p.ArrayList,
+    local.AtomicRequest: p.AtomicResult,
+    local.CollectiveRequest: p.CollectiveResult,
+}
+#: the directory's answers to forwarded requests
+FORWARDED_ANSWERS = frozenset(_DIRECTORY_ANSWER.values())
+#: how each directory answer becomes the local answer (``client_req`` in place of ``req``)
+_LOCAL_ANSWER: dict[type[p.Message], Callable[[int, Any], local.LocalMessage]] = {
+    p.Allocated: lambda r, m: local.AllocAnswer(r, m.offset, m.nbytes, m.meta),
+    p.LockInfo: lambda r, m: local.LockStatusAnswer(r, m.holder, m.waiting),
+    p.SyncReply: lambda r, m: local.SyncAnswer(r, m.status, m.detail),
+    p.LostReport: lambda r, m: local.LostAnswer(r, m.ranges),
+    p.Freed: lambda r, m: local.FreeAnswer(r, m.holders),
+    p.ArrayList: lambda r, m: local.ArraysAnswer(r, m.arrays),
+    p.AtomicResult: lambda r, m: local.AtomicAnswer(r, m.value),
+    p.CollectiveResult: lambda r, m: local.CollectiveAnswer(r, m.value),
 }
 
 
@@ -57,7 +78,7 @@ class Forwarder:
         self._waiting: dict[int, tuple[Any, int, type[p.Message]]] = {}
         self._next_req = 1
         self._builders: dict[type[local.Request], Callable[[int, Any], p.Message]] = {
-            local.AllocRequest: lambda req, m: p.Alloc(req, m.name, m.nbytes, m.meta),
+            local.AllocRequest: lambda req, m: p.Alloc(req, m.name, m.nbytes, m.meta, m.create),
             local.LockRequest: lambda req, m: p.LockAcquire(req, m.name, self._holder(m),
                                                             m.timeout_ms),
             local.UnlockRequest: lambda req, m: p.LockRelease(req, m.name, self._holder(m)),
@@ -69,8 +90,15 @@ class Forwarder:
                                                                    m.timeout_ms),
             local.LostRequest: lambda req, m: p.LostQuery(req),
             local.ForgetLostRequest: lambda req, m: p.ForgetLost(req, m.name),
+            local.FreeRequest: lambda req, m: p.Free(req, m.name),
+            local.ArraysRequest: lambda req, m: p.ArraysQuery(req),
+            local.AtomicRequest: lambda req, m: p.Atomic(req, m.name, m.size, m.index, m.op,
+                                                         m.operand, m.expected),
+            local.CollectiveRequest: lambda req, m: p.Collective(req, m.seq, m.kind, m.root,
+                                                                 m.op, m.value),
         }
         assert self._builders.keys() == _DIRECTORY_ANSWER.keys()
+        assert set(_DIRECTORY_ANSWER.values()) == _LOCAL_ANSWER.keys()
 
     def _holder(self, msg: local.Request) -> str:
         return holder_name(self.node, msg)
@@ -102,14 +130,8 @@ class Forwarder:
             body = local.ErrorAnswer(client_req, f"the directory answered with a "
                                                  f"{type(msg).__name__}, expected a "
                                                  f"{expected.__name__}")
-        elif isinstance(msg, p.Allocated):
-            body = local.AllocAnswer(client_req, msg.offset, msg.nbytes, msg.meta)
-        elif isinstance(msg, p.LockInfo):
-            body = local.LockStatusAnswer(client_req, msg.holder, msg.waiting)
-        elif isinstance(msg, p.SyncReply):
-            body = local.SyncAnswer(client_req, msg.status, msg.detail)
         else:
-            body = local.LostAnswer(client_req, msg.ranges)
+            body = _LOCAL_ANSWER[expected](client_req, msg)
         self._reply(client, body)
         return True
 

@@ -23,6 +23,7 @@ import zmq
 
 from dsm import libc
 from dsm import protocol as p
+from dsm.agent.forwarding import FORWARDED_ANSWERS
 from dsm.agent.links import ShardLinks
 from dsm.agent.memory import NodeMemory
 from dsm.agent.peers import PeerEndpoint
@@ -78,10 +79,7 @@ class Messaging:
             p.Grant: self._on_grant,
             p.Fetch: self._on_fetch,
             p.Invalidate: self._on_invalidate,
-            p.Allocated: self._on_answer,
-            p.SyncReply: self._on_answer,
-            p.LockInfo: self._on_answer,
-            p.LostReport: self._on_answer,
+            **{answer: self._on_answer for answer in FORWARDED_ANSWERS},
             p.Error: self._on_answer,
             p.Lost: self._on_lost,
             p.Withdrawn: lambda m, d: self.carry_out(self.core.withdrawn(m)),

@@ -23,11 +23,11 @@ import time
 from typing import Any, Callable
 
 from dsm import protocol as p
-from dsm.directory.allocations import Allocation, AllocationError
+from dsm.directory.allocations import Allocation
 from dsm.directory.pages import Send
 from dsm.directory.stats import report as stats_report
 from dsm.directory.sync import Reply, SyncStatus, node_of
-from dsm.errors import ProtocolError
+from dsm.errors import DsmError, ProtocolError
 
 #: the answers that end an acquire: they carry the write notices
 ACQUIRES = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.PASSED, SyncStatus.BROKEN)
@@ -71,6 +71,10 @@ class MessageHandlers:
             p.LostQuery: lambda n, m, d: self.role.lost(n, m.req, 0, self.layout.num_pages, None),
             p.ForgetLost: self._on_forget_lost,
             p.NodeReport: lambda n, m, d: self.node_reports.add(n, m) or [],
+            p.Free: lambda n, m, d: self.programs.free(n, m),
+            p.ArraysQuery: lambda n, m, d: self.programs.arrays(n, m),
+            p.Atomic: lambda n, m, d: self.programs.atomic(n, m),
+            p.Collective: lambda n, m, d: self.programs.collective(n, m),
         }
 
     @staticmethod
@@ -102,10 +106,24 @@ class MessageHandlers:
         return self._replies(self.sync.acquire(node, msg.req, msg.name, holder,
                                                _deadline(msg.timeout_ms)))
 
-    def _node_gone(self, node: str) -> list[Send]:
+    def _node_gone(self, node: str, how: str) -> list[Send]:
+        """``node`` left or died (``how``): what it held, waited for and was part of."""
         self.node_reports.forget(node)
         self.notices.gone(node)
-        return self.pages.node_lost(node) + self._replies(self.sync.depart(node))
+        out = self.pages.node_lost(node) + self.programs.node_gone(node, how)
+        return out + self._replies(self.sync.depart(node))
+
+    def _reclaim(self, alloc: Allocation) -> list[Send]:
+        """A freed array nobody holds: its pages become zeros everywhere, every shard is told,
+        and its memory is free for the next array."""
+        first, count = alloc.pages(self.layout.page_size)
+        out = self.pages.reclaim(first, count)
+        self.role.freed(alloc)
+        self.allocations.reclaim(alloc)
+        log.info("array %r reclaimed: %d pages at %#x are free again%s", alloc.name, count,
+                 alloc.offset, " (a release-consistency array's addresses are not reused)"
+                 if alloc.release else "")
+        return out
 
     def _declare_dead(self, node: str, why: str, report: bool = True) -> None:
         """``node`` is dead: fenced, its pages here lost, and every shard told (``report``
@@ -113,7 +131,7 @@ class MessageHandlers:
         log.error("node %s declared dead: %s", node, why)
         session = self.sessions.end(node, f"node {node} was declared dead: {why}")
         self._send_all(self._replies(self.sync.job_member_died(node, why)))  # its job's barriers
-        self._send_all(self._node_gone(node))
+        self._send_all(self._node_gone(node, "died"))
         if session is not None:  # if it still listens, it learns why it is no longer served
             self._send_to(session.identity, p.Fenced(self.sessions.epoch,
                                                      self.sessions.why_fenced(session.identity)))
@@ -169,7 +187,7 @@ class MessageHandlers:
 
     def _on_bye(self, node: str, msg: p.Bye, _: Any) -> list[Send]:
         log.info("node %s left", node)
-        out = self._node_gone(node)
+        out = self._node_gone(node, "left the cluster")
         session = self.sessions.end(node, f"node {node} left the cluster")
         # the acknowledgement comes after everything the node sent before: all it handed back
         self._send_to(session.identity, p.Bye())
@@ -228,10 +246,15 @@ class MessageHandlers:
 
     def _on_alloc(self, node: str, msg: p.Alloc, _: Any) -> list[Send]:
         count_before = len(self.allocations)
+        create = {p.CreateMode.EITHER: None, p.CreateMode.ATTACH: False,
+                  p.CreateMode.CREATE: True}[p.CreateMode(msg.create)]
         try:
-            a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
-        except AllocationError as exc:
+            if self.allocations.get(msg.name) is None:
+                self.programs.check_new_name(msg.name)
+            a = self.allocations.find_or_create(msg.name, msg.nbytes, msg.meta, create)
+        except DsmError as exc:
             return [Send(node, p.Error(msg.req, str(exc)))]
+        self.programs.attached(node, a)
         def answer(why: str | None) -> None:
             self._send_all([Send(node, p.Error(msg.req, why) if why else
                                  p.Allocated(msg.req, a.offset, a.nbytes, a.meta))])

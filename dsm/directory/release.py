@@ -196,6 +196,18 @@ class ReleaseHomes:
         if self.private.get(page) == node:
             del self.private[page]
 
+    def pages_held(self) -> set[int]:
+        """The pages with any state here beyond their home copy."""
+        return (set(self.dirty) | set(self.first) | set(self.private) | self.shared
+                | set(self.waiting) | set(self.fetching))
+
+    def forget(self, page: int) -> None:
+        """``page`` belongs to a freed array nobody holds: no state of it is kept."""
+        self.home.clear(page, 1)
+        for table in (self.dirty, self.first, self.private, self.waiting, self.fetching):
+            table.pop(page, None)
+        self.shared.discard(page)
+
     def node_lost(self, node: str) -> tuple[list[int], list[tuple[str, int]]]:
         """``node`` is gone: the pages it was changing and had not sent the diff of, and those
         it held privately (their newest contents died with it); and the requests that waited

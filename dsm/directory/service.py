@@ -32,6 +32,7 @@ from dsm.core.shards import shard_name
 from dsm.directory.allocations import Allocations
 from dsm.directory.handlers import MessageHandlers
 from dsm.directory.pages import OnLoss, PageDirectory, Send
+from dsm.directory.programs import ProgramRequests
 from dsm.directory.sessions import Sessions, new_random_id
 from dsm.directory.shard.role import EXIT_SHARD_LOST, Role, check_shard
 from dsm.directory.stats import NodeReports
@@ -113,6 +114,8 @@ class DirectoryService(MessageHandlers):
                                    direct=self.manager.direct, migratory=migratory,
                                    is_release=self.allocations.is_release)
         self.sync = SyncTable()
+        #: array lifetimes, atomic arrays and collectives (``dsm/directory/programs.py``)
+        self.programs = ProgramRequests(self.allocations, self.sync, self._reclaim)
         #: release-consistency write notices, delivered with lock grants and barrier departures
         self.notices = WriteNotices(layout.num_pages)
         self.node_timeout_s = node_timeout_s

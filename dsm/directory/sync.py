@@ -119,6 +119,18 @@ class JobState:
     size: int
     ranks: dict[str, int] = field(default_factory=dict)
     broken: str | None = None
+    #: rank -> the node that had it, for the ranks that left (or died)
+    gone: dict[int, str] = field(default_factory=dict)
+
+
+class JobPlace(NamedTuple):
+    """Where a node stands in its job."""
+
+    job: str
+    rank: int
+    size: int
+    broken: str | None  #: why the job is broken, if it is
+    gone: dict[int, str]  #: rank -> node, of the ranks that left or died
 
 
 @dataclass
@@ -286,6 +298,14 @@ class SyncTable:
         state.ranks[node] = rank
         self._job_of[node] = job
 
+    def placement(self, node: str) -> JobPlace | None:
+        """Where ``node`` stands in its job; None outside a job."""
+        job = self._job_of.get(node)
+        if job is None:
+            return None
+        state = self.jobs[job]
+        return JobPlace(job, state.ranks[node], state.size, state.broken, state.gone)
+
     def _job_broken(self, node: str) -> str | None:
         job = self._job_of.get(node_of(node))
         return self.jobs[job].broken if job is not None else None
@@ -313,7 +333,9 @@ class SyncTable:
         if job is None:
             return
         state = self.jobs[job]
-        state.ranks.pop(node, None)
+        rank = state.ranks.pop(node, None)
+        if rank is not None:
+            state.gone[rank] = node
         if not state.ranks:
             del self.jobs[job]
 

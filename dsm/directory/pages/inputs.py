@@ -19,6 +19,9 @@ from dsm.protocol import Payload, Withdrawn
 
 log = logging.getLogger(__name__)
 
+#: the requester of a freed array's DISCARDs: no node (every holder's copy is invalidated)
+RECLAIMER = ""
+
 
 class PageDirectory(PageTransactions):
     """The page-state machine (``dsm.directory.pages``): its transactions, and its inputs."""
@@ -48,6 +51,23 @@ class PageDirectory(PageTransactions):
             self.release.discard(node, page)
             return []
         return self._submit(Request(Kind.DISCARD, node, page))
+
+    def reclaim(self, first: int, count: int) -> list[Send]:
+        """The ``count`` pages from ``first`` belong to a freed array that no node holds any
+        more: zeros from now on, every copy invalidated (a DISCARD that no node asked for),
+        nothing of them lost or kept."""
+        end = first + count
+        touched = sorted({q for q in self._entries if first <= q < end}
+                         | {q for q in self.lost if first <= q < end}
+                         | {q for q in self.release.pages_held() if first <= q < end})
+        out: list[Send] = []
+        for page in touched:
+            if self.release.covers(page):
+                self.lost.pop(page, None)
+                self.release.forget(page)
+            else:
+                out += self._submit(Request(Kind.DISCARD, RECLAIMER, page))
+        return out
 
     def diff(self, node: str, req: int, page: int, count: int, changed: Any,
              data: Any) -> list[Send]:

@@ -215,6 +215,10 @@ class Coordinator(Role):
 
         self._ask_all(lambda gid: _array_message(alloc, gid), done, failed)
 
+    def freed(self, alloc: Allocation) -> None:
+        # in order with the ArrayAllocated of whatever array takes its place later
+        self._to_all(p.ArrayFreed(alloc.name, alloc.offset, alloc.nbytes, alloc.meta))
+
     def when_known(self, name: str, answer: Callable[[str | None], None]) -> None:
         waiting = self._unknown_arrays.get(name)
         if waiting is None:

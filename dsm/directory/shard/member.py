@@ -60,6 +60,7 @@ class Member(Role):
             p.NodeAdmitted: self._on_admitted,
             p.NodeDead: self._on_node_dead,
             p.ArrayAllocated: self._on_array,
+            p.ArrayFreed: self._on_array_freed,
             p.LostRunsQuery: self._on_lost_query,
             p.StatsRunsQuery: self._on_stats_query,
             p.Fenced: lambda m: self.service.fail(
@@ -139,15 +140,19 @@ class Member(Role):
 
     def _on_array(self, msg: p.ArrayAllocated) -> None:
         try:
-            alloc = self.service.allocations.find_or_create(msg.name, msg.nbytes, msg.meta)
+            alloc = self.service.allocations.place(msg.name, msg.offset, msg.nbytes, msg.meta)
         except AllocationError as exc:
             raise DsmError(f"array {msg.name!r} from the coordinator: {exc}") from None
-        if alloc.offset != msg.offset:
-            raise DsmError(f"array {msg.name!r} is at {alloc.offset:#x} here, at "
-                           f"{msg.offset:#x} on the coordinator: the allocation tables diverged")
         self.service.traced_array(alloc)
         if msg.gather:
             self._send(p.ArrayKnown(msg.gather))
+
+    def _on_array_freed(self, msg: p.ArrayFreed) -> None:
+        alloc = self.service.allocations.at(msg.offset)
+        if alloc is None or (alloc.name, alloc.offset) != (msg.name, msg.offset):
+            raise DsmError(f"the coordinator freed array {msg.name!r} at {msg.offset:#x}, which "
+                           "this shard does not have there: the allocation tables diverged")
+        self.service._send_all(self.service._reclaim(alloc))
 
     def _on_lost_query(self, msg: p.LostRunsQuery) -> None:
         pages = self.service.pages

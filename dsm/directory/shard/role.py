@@ -92,6 +92,9 @@ class Role:
         not be told)."""
         answer(None)
 
+    def freed(self, alloc: Allocation) -> None:
+        """A freed array that no node holds: every other shard reclaims its pages of it."""
+
     def when_known(self, name: str, answer: Callable[[str | None], None]) -> None:
         """``answer`` once the array ``name`` (which exists) is known at every shard."""
         answer(None)

@@ -1,0 +1,218 @@
+"""Programs written as the README shows, run as a user runs them (`dsm launch -n 3`) against a
+long-lived directory, and checked against numpy in one process: a work queue taken with an
+atomic counter, a histogram merged with ``allreduce``; arrays freed at the end of a run, so that
+the next run starts from fresh arrays and the directory does not fill up; atomics that stay
+linearizable from threads and forked children; a collective that a departed rank fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.cluster import Directory, environment_without_manager_defaults
+
+pytestmark = pytest.mark.timeout(180)
+
+#: how long a launched job may take
+LAUNCH_TIMEOUT_S = 120
+TASKS = 2000
+#: values of the histogram, split between the ranks
+VALUES = 300_000
+#: the results array takes most of the region: a run that did not free it would leave no room
+#: for the next one
+REGION_BYTES = 4 << 20
+RESULT_ELEMENTS = (3 << 20) // 8
+
+WORK_QUEUE = f"""
+import numpy as np
+import dsm
+
+node = dsm.attach()
+TASKS = {TASKS}
+if node.rank == 0:  # a fresh array: a run that found the last run's results would fail here
+    results = node.array("wq.results", ({RESULT_ELEMENTS},), np.int64, create=True)
+node.barrier("wq.created", node.size).wait()
+if node.rank != 0:
+    results = node.array("wq.results", ({RESULT_ELEMENTS},), np.int64, create=False)
+next_task = node.atomic("wq.next")
+done = 0
+while (i := next_task[0].fetch_add(1)) < TASKS:
+    results[i] = i * i + 1
+    done += 1
+per_rank = node.gather(done)
+node.barrier("wq.done", node.size).wait()
+if node.rank == 0:
+    print("tasks", per_rank, "checksum", int(results[:TASKS].sum()), "rest", int(results[TASKS:].any()))
+node.barrier("wq.read", node.size).wait()
+node.free("wq.results")
+if node.rank == 0:
+    node.free("wq.next")
+"""
+
+HISTOGRAM = f"""
+import numpy as np
+import dsm
+
+node = dsm.attach()
+values = np.random.default_rng(node.rank).integers(0, 256, {VALUES} // node.size)
+total = node.allreduce(np.bincount(values, minlength=256))
+biggest = node.allreduce(int(values.max()), op="max")
+if node.rank == 0:
+    print("histogram", ",".join(map(str, total.tolist())), "max", biggest)
+"""
+
+
+def _launch(tmp_path, program: str, directory: Directory | None = None
+            ) -> subprocess.CompletedProcess:
+    """``program`` on 3 ranks: against ``directory``, or one the job starts for itself."""
+    path = tmp_path / "program.py"
+    path.write_text(program)
+    joins = ["--directory", directory.endpoint] if directory else []
+    return subprocess.run([sys.executable, "-m", "dsm", "launch", "-n", "3", *joins,
+                           "--", sys.executable, str(path)],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+                          env=environment_without_manager_defaults(), cwd=tmp_path)
+
+
+def _line(done: subprocess.CompletedProcess, word: str) -> str:
+    lines = [line for line in done.stdout.splitlines() if line.startswith(f"[rank 0] {word} ")]
+    assert len(lines) == 1, (done.returncode, done.stdout, done.stderr)
+    return lines[0].split(" ", 3)[3]
+
+
+@pytest.fixture(params=[1, 2], ids=["one manager", "2 shards"])
+def directory(request, tmp_path):
+    d = Directory(tmp_path, region_bytes=REGION_BYTES, shards=request.param)
+    yield d
+    d.kill()
+
+
+def test_a_work_queue_on_an_atomic_counter_runs_again_on_fresh_arrays(tmp_path, directory):
+    expected = int(sum(i * i + 1 for i in range(TASKS)))
+    for run in range(3):  # each run frees its arrays: the region never fills up
+        done = _launch(tmp_path, WORK_QUEUE, directory)
+        assert done.returncode == 0, (run, done.stdout, done.stderr)
+        words = _line(done, "tasks").replace("[", "").replace("]", "").replace(",", "").split()
+        per_rank = [int(w) for w in words[:3]]
+        assert sum(per_rank) == TASKS, words  # every task taken exactly once
+        assert words[3:] == ["checksum", str(expected), "rest", "0"], words
+
+
+def test_a_histogram_merged_with_allreduce_matches_numpy(tmp_path, directory):
+    values = np.concatenate([np.random.default_rng(r).integers(0, 256, VALUES // 3)
+                             for r in range(3)])
+    done = _launch(tmp_path, HISTOGRAM, directory)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    counts, biggest = _line(done, "histogram").split(" max ")
+    assert [int(c) for c in counts.split(",")] == np.bincount(values, minlength=256).tolist()
+    assert int(biggest) == values.max()
+
+
+ATOMIC_FROM_THREADS_AND_CHILDREN = """
+import os, threading
+import numpy as np
+import dsm
+
+node = dsm.attach()
+counter = node.atomic("lin.counter")
+PER_WORKER = 150
+taken = []
+
+def work():
+    for _ in range(PER_WORKER):
+        taken.append(counter.fetch_add(0, 1))
+
+threads = [threading.Thread(target=work) for _ in range(2)]
+for t in threads:
+    t.start()
+read, write = os.pipe()
+child = os.fork()
+if child == 0:  # a forked child of the workload: its own connection to the agent
+    mine = [counter.fetch_add(0, 1) for _ in range(PER_WORKER)]
+    os.write(write, (",".join(map(str, mine)) + "\\n").encode())
+    os._exit(0)
+for t in threads:
+    t.join()
+os.waitpid(child, 0)
+os.close(write)
+with os.fdopen(read) as f:
+    taken += [int(v) for v in f.read().split(",")]
+everything = node.gather(taken)
+if node.rank == 0:
+    flat = sorted(v for part in everything for v in part)
+    print("values", len(flat), "distinct", len(set(flat)), "range", flat[0], flat[-1],
+          "final", counter.load(0))
+"""
+
+
+def test_atomics_from_threads_and_forked_children_of_every_node_are_linearizable(tmp_path):
+    done = _launch(tmp_path, ATOMIC_FROM_THREADS_AND_CHILDREN)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    total = 3 * 3 * 150  # 3 nodes, each 2 threads and a child
+    # every fetch_add got a value no other got, and together they are 0..total-1
+    assert _line(done, "values").split() == [str(total), "distinct", str(total), "range", "0",
+                                             str(total - 1), "final", str(total)]
+
+
+RANK_1_LEAVES = """
+import dsm
+from dsm.collectives import CollectiveError
+
+node = dsm.attach()
+if node.rank == 1:
+    raise SystemExit(0)  # leaves the job without joining the allreduce
+try:
+    node.allreduce(1)
+except CollectiveError as exc:
+    print("failed:", exc)
+"""
+
+
+def test_a_rank_that_leaves_before_a_collective_fails_it_for_the_others(tmp_path):
+    done = _launch(tmp_path, RANK_1_LEAVES)
+    failures = [line for line in done.stdout.splitlines() if "failed:" in line]
+    assert len(failures) == 2, (done.stdout, done.stderr)
+    for line in failures:
+        # whether it left before or after the others arrived, they hear who and why
+        assert "rank 1 (node" in line and "before giving its part" in line, line
+
+
+def test_free_and_arrays_and_create_from_one_node(tmp_path):
+    """The lifetime calls from one process: a listing with sizes and holders, a freed name gone
+    at once, its memory read as zeros by the next array of the name."""
+    directory = Directory(tmp_path)
+    program = tmp_path / "one.py"
+    program.write_text("""
+import numpy as np
+import dsm
+
+node = dsm.attach()
+a = node.array("one.a", (1000,), np.float32)
+a[:] = 7
+counter = node.atomic("one.n", 4)
+print("listed", sorted((x.name, x.nbytes, x.consistency, x.holders) for x in node.arrays()))
+print("holders after free", node.free("one.a"))
+print("listed after", [x.name for x in node.arrays()])
+b = node.array("one.a", (1000,), np.float32, create=True)
+print("fresh sum", float(b.sum()))
+try:
+    node.array("one.missing", (3,), create=False)
+except dsm.DsmError as exc:
+    print("missing:", exc)
+""")
+    try:
+        done = subprocess.run([sys.executable, "-m", "dsm", "run", "--directory",
+                               directory.endpoint, "--", sys.executable, str(program)],
+                              capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+                              env=environment_without_manager_defaults(), cwd=tmp_path)
+    finally:
+        directory.kill()
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "listed [('one.a', 4000, 'sequential', 1), ('one.n', 32, 'atomic', 0)]" in out, out
+    assert "holders after free 0" in out and "listed after ['one.n']" in out, out
+    assert "fresh sum 0.0" in out, out
+    assert "missing: there is no array named 'one.missing'" in out, out
