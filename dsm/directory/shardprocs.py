@@ -29,7 +29,7 @@ from dsm.linkwire import reconnect_promptly
 from dsm.agent.links import WILDCARD_HOSTS
 from dsm.directory.sessions import new_random_id
 from dsm.directory.shard import ShardJoinError
-from dsm.keys import ClientKeys, HandshakeWatch, ServerKeys, configure_client
+from dsm.keys import OPEN_ANNOUNCED_ENV, ClientKeys, HandshakeWatch, ServerKeys, configure_client
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,10 @@ class LocalShards:
             if metrics_port is not None:
                 cmd += ["--metrics", str(metrics_port + index)]
             # their logs go where ours go; their stdout is not the coordinator's ready line
+            # without keys, the coordinator has said the cluster runs open: once is enough
+            env = None if keys_dir is not None else {**os.environ, OPEN_ANNOUNCED_ENV: "1"}
             self.procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                               stdout=subprocess.DEVNULL))
+                                               stdout=subprocess.DEVNULL, env=env))
 
     def exited(self) -> str | None:
         """Which shard process exited, if one did."""
