@@ -335,3 +335,15 @@ def run_benchmark(name: str, args: argparse.Namespace,
     if getattr(args, "fail_on_target", False) and any(r.get("meets_target") is False for r in rows):
         return 3
     return 0
+
+
+def text_table(header: list[str], lines: list[list[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned, a rule
+    under the header."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
+                         for i, c in enumerate(cells)).rstrip()
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])

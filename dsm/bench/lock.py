@@ -244,20 +244,12 @@ def format_table(result: dict) -> str:
         lines.append([r["label"], str(r["n"]), f"{r['median_us']:.1f}",
                       "-" if handoff else f"{r['p90_us']:.1f}",
                       "-" if handoff else f"{r['p99_us']:.1f}", f"{r['ratio']:.2f}x"])
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                         for i, c in enumerate(cells)).rstrip()
-
     env = result["environment"]
     out = [f"dsm bench lock: transport {cfg['transport']}, {cfg['acquires']} uncontended pairs, "
            f"{cfg['contended']} contended pairs per node x {cfg['nodes']} nodes, "
            f"{cfg['round_trips']} round trips, {cfg['rounds']} rounds; ratio = median / "
            f"round-trip median (pyzmq {env['pyzmq']}, libzmq {env['libzmq']}, "
-           f"{env['cpus']} cpus)",
-           fmt(header), fmt(["-" * w for w in widths])]
-    out += [fmt(line) for line in lines]
+           f"{env['cpus']} cpus)", common.text_table(header, lines)]
     medians = result["rows"][0]["round_medians_us"]
     if len(medians) > 1:
         out.append("round-trip median per round (µs): " + ", ".join(f"{m:.1f}" for m in medians))

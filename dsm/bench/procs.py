@@ -17,6 +17,7 @@ from typing import Any, Callable
 import zmq
 
 from dsm.keys import KEYS_ENV
+from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
 from dsm.trace import TRACE_ENV
 
 START_TIMEOUT_S = 20.0
@@ -117,7 +118,9 @@ class Worker(Driven):
     """A node process running ``dsm.bench.worker``."""
 
     def __init__(self, directory: str, name: str, log_dir: Path, keys_dir: str | None = None,
-                 trace_path: Path | None = None):
+                 trace_path: Path | None = None, job: dict[str, str] | None = None):
+        """``job``: the rank variables (``DSM_RANK``, ``DSM_NODES``, ``DSM_RUN``) that make it a
+        rank of a job."""
         # the worker's agent takes its keys (None: it runs open) and its trace file from the
         # environment
         env = {k: v for k, v in os.environ.items() if k not in (KEYS_ENV, TRACE_ENV)}
@@ -125,6 +128,7 @@ class Worker(Driven):
             env[KEYS_ENV] = str(keys_dir)
         if trace_path is not None:
             env[TRACE_ENV] = str(trace_path)
+        env.update(job or {})
         super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory,
                                           name], log_dir, env)
         self.node = name
@@ -240,13 +244,16 @@ class Processes:
         child.endpoint = line.rsplit(" ", 1)[-1]
         return child
 
-    def start_workers(self, directory: str, names: list[str],
-                      keys_dir: str | None = None) -> dict[str, Worker]:
-        """Start the nodes together (their agents start in parallel), then wait for each."""
+    def start_workers(self, directory: str, names: list[str], keys_dir: str | None = None,
+                      job: str | None = None) -> dict[str, Worker]:
+        """Start the nodes together (their agents start in parallel), then wait for each.
+        ``job``: the nodes are the ranks of a job of that name, in the order of ``names``."""
         workers = {}
-        for name in names:
+        for rank, name in enumerate(names):
             trace = self.trace_dir / f"{name}.trace" if self.trace_dir else None
-            w = Worker(directory, name, self.log_dir, keys_dir, trace)
+            ranks = None if job is None else {RANK_ENV: str(rank), SIZE_ENV: str(len(names)),
+                                              RUN_ENV: job}
+            w = Worker(directory, name, self.log_dir, keys_dir, trace, ranks)
             self.children.append(w)
             workers[name] = w
         for w in workers.values():

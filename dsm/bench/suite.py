@@ -20,7 +20,7 @@ import sys
 import time
 from types import ModuleType
 
-from dsm.bench import common, directory, fault, jacobi, lock, managers, scan, workloads
+from dsm.bench import common, directory, fault, jacobi, lock, managers, scan, sharing, workloads
 from dsm.bench.common import BenchError, Progress
 from dsm.keys import add_keys_argument
 
@@ -31,6 +31,8 @@ BENCHMARKS: list[tuple[str, ModuleType, dict, dict]] = [
      {"pages": 30, "rounds": 2}),
     ("lock", lock, {"acquires": 1000, "contended": 150, "rounds": 5},
      {"acquires": 30, "contended": 10, "rounds": 2, "nodes": 2}),
+    ("sharing", sharing, {"operations": 500, "tasks": 300, "collectives": 100, "rounds": 3},
+     {"operations": 20, "tasks": 20, "collectives": 10, "rounds": 1, "nodes": 2}),
     ("scan", scan, {"repeats": 3, "random_pages": 1000, "round_trips": 1000},
      {"mib": 8, "repeats": 1, "random_pages": 40, "round_trips": 40}),
     ("directory", directory, {"requests": 4000, "rounds": 3},

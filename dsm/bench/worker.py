@@ -17,6 +17,17 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
                                               time K acquire/release pairs of lock L (P workers
                                               start together; C: a shared counter incremented in
                                               each critical section)
+    {"op": "atomic", "name": A, "n": K, "parties": P}
+                                              time K fetch_adds on atomic array A (P workers
+                                              start together)
+    {"op": "queue", "name": Q, "tasks": T, "parties": P, "atomic": bool}
+                                              take tasks 0..T-1 from a shared work queue with the
+                                              P workers: the next task's number taken by an atomic
+                                              fetch_add, or read and bumped in a shared int64
+                                              under a lock (the old way); wall time and tasks taken
+    {"op": "collective", "kind": "allreduce"|"bcast"|"allgather", "n": K, "elements": E}
+                                              time K collectives of this job's ranks on E float64
+                                              (0: a Python float)
     {"op": "spawn"}                           fork a second local process of this node: a child
                                               that serves the same commands over a pipe
     {"op": "child", "command": {...}}         run a command in that child
@@ -167,6 +178,47 @@ class Worker:
         value = int(count[0]) if count is not None else None
         return {"acquire_ns": acquire, "release_ns": release, "wall_ns": wall, "counter": value}
 
+    def op_atomic(self, name: str, n: int, parties: int = 1) -> dict:
+        counter = self.node.atomic(name)
+        if parties > 1:
+            self.node.barrier(f"{name}.start", parties).wait()
+        samples = _timed(n, lambda: counter.fetch_add(0, 1))
+        if parties > 1:
+            self.node.barrier(f"{name}.end", parties).wait()
+        return {"ns": samples, "value": counter.load(0)}
+
+    def op_queue(self, name: str, tasks: int, parties: int, atomic: bool) -> dict:
+        """One run of a work queue (the README's first programs): each task is only taken."""
+        if atomic:
+            counter = self.node.atomic(f"{name}.next")
+            take = lambda: counter.fetch_add(0, 1)  # noqa: E731
+        else:
+            lock = self.node.lock(f"{name}.lock")
+            shared = self.node.array(f"{name}.next", (1,), np.int64)
+
+            def take() -> int:
+                with lock:
+                    i = int(shared[0])
+                    shared[0] = i + 1
+                return i
+        self.node.barrier(f"{name}.start", parties).wait()
+        taken = 0
+        t0 = time.perf_counter_ns()
+        while take() < tasks:
+            taken += 1
+        wall = time.perf_counter_ns() - t0
+        self.node.barrier(f"{name}.end", parties).wait()
+        return {"wall_ns": wall, "taken": taken}
+
+    def op_collective(self, kind: str, n: int, elements: int) -> dict:
+        value = float(self.node.rank or 0) if not elements else np.full(elements, 1.0)
+        do = {"allreduce": lambda: self.node.allreduce(value),
+              "bcast": lambda: self.node.bcast(value),
+              "allgather": lambda: self.node.allgather(value)}[kind]
+        expected = self.node.allreduce(1)  # the job's size, and everyone here
+        samples = _timed(n, do)
+        return {"ns": samples, "size": expected}
+
     # --- a second local process: a forked child that serves commands over a pipe ----------------
     _child: "ChildProcess | None" = None
 
@@ -255,6 +307,21 @@ def _child_loop(worker: Worker, commands: int, replies: int) -> None:
             except Exception:
                 reply = {"ok": False, "error": traceback.format_exc()}
             out.write(json.dumps(reply).encode() + b"\n")
+
+
+def _timed(n: int, operation) -> list[int]:
+    """``operation()`` ``n`` times, each timed in ns (the collector off: no pause inside)."""
+    pc = time.perf_counter_ns
+    samples = [0] * n
+    gc.disable()
+    try:
+        for i in range(n):
+            t0 = pc()
+            operation()
+            samples[i] = pc() - t0
+    finally:
+        gc.enable()
+    return samples
 
 
 def _reap(pid: int, deadline: float) -> None:

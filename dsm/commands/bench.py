@@ -4,6 +4,7 @@
     dsm bench all ...                                       (the same)
     dsm bench fault [--pages N] [--transport tcp|ipc] [--json FILE] [--plot FILE] ...
     dsm bench lock [--acquires N] [--contended N] [--nodes N] ...
+    dsm bench sharing [--operations N] [--tasks N] [--collectives N] [--nodes N] ...
     dsm bench scan [--mib N] [--repeats N] [--random-pages N] ...
     dsm bench directory [--clients N] [--in-flight N] [--requests N] ...
     dsm bench workloads [--workloads jacobi,matmul,sort,counter] [--nodes 1,2,3] ...
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from dsm.bench import directory, fault, jacobi, lock, scan, suite, workloads
+from dsm.bench import directory, fault, jacobi, lock, scan, sharing, suite, workloads
 
 #: name -> (module, one line of help); the module's docstring is the description
 BENCHMARKS = {
@@ -22,6 +23,8 @@ BENCHMARKS = {
                      "copies, local) beside a bare ZeroMQ round trip"),
     "lock": (lock, "lock acquire/release round trips, uncontended and contended, beside a bare "
                    "ZeroMQ round trip"),
+    "sharing": (sharing, "atomic counters, a work queue with a lock and with an atomic, and "
+                         "collectives (allreduce, bcast, allgather) beside a bare ZeroMQ round trip"),
     "scan": (scan, "sequential read of a large array written by another node beside a bare "
                    "ZeroMQ stream, and random page reads beside one page per round trip"),
     "directory": (directory, "page requests per second one directory serves to clients with "
