@@ -18,7 +18,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 COPY pyproject.toml README.md /src/
 COPY dsm /src/dsm
-RUN python3 -m venv /opt/dsm && /opt/dsm/bin/pip install /src && rm -rf /src
+RUN python3 -m venv /opt/dsm && /opt/dsm/bin/pip install "/src[metrics]" && rm -rf /src
 
 WORKDIR /
 ENTRYPOINT ["dsm-entrypoint"]

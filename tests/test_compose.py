@@ -170,7 +170,8 @@ def test_every_service_starts_with_the_doctor_entrypoint(compose):
     assert re.search(r"^ARG BASE=python:3\.11-slim$", dockerfile, re.M)
     assert re.search(r"^FROM \$\{BASE\}$", dockerfile, re.M)
     # installed into a virtual environment, which comes first on PATH
-    assert re.search(r"^RUN python3 -m venv /opt/dsm && /opt/dsm/bin/pip install /src\b",
+    # with the metrics extra: the Kubernetes nodes serve --metrics (DSM_METRICS_PORT)
+    assert re.search(r'^RUN python3 -m venv /opt/dsm && /opt/dsm/bin/pip install "/src\[metrics\]"',
                      dockerfile, re.M)
     assert "PATH=/opt/dsm/bin:$PATH" in dockerfile
     assert re.search(r'^ENTRYPOINT \["dsm-entrypoint"\]', dockerfile, re.M)
