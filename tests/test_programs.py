@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,50 +19,47 @@ pytestmark = pytest.mark.timeout(180)
 
 #: how long a launched job may take
 LAUNCH_TIMEOUT_S = 120
-TASKS = 2000
-#: values of the histogram, split between the ranks
-VALUES = 300_000
 #: the results array takes most of the region: a run that did not free it would leave no room
 #: for the next one
 REGION_BYTES = 4 << 20
 RESULT_ELEMENTS = (3 << 20) // 8
 
-WORK_QUEUE = f"""
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_example(mark: str) -> str:
+    text = README.read_text()
+    return text.split(f"<!-- the {mark} example: tests/test_programs.py runs it -->\n```python\n",
+                      1)[1].split("```", 1)[0]
+
+
+#: the README's programs
+README_WORK_QUEUE = _readme_example("work-queue")
+README_HISTOGRAM = _readme_example("histogram")
+README_TASKS = 2000
+README_VALUES = 300_000
+
+#: a work queue whose results take most of the region: a run that did not free them would leave
+#: no room for the next one
+REUSE_TASKS = 200
+REUSE = f"""
 import numpy as np
 import dsm
 
 node = dsm.attach()
-TASKS = {TASKS}
-if node.rank == 0:  # a fresh array: a run that found the last run's results would fail here
-    results = node.array("wq.results", ({RESULT_ELEMENTS},), np.int64, create=True)
-node.barrier("wq.created", node.size).wait()
-if node.rank != 0:
-    results = node.array("wq.results", ({RESULT_ELEMENTS},), np.int64, create=False)
-next_task = node.atomic("wq.next")
-done = 0
-while (i := next_task[0].fetch_add(1)) < TASKS:
-    results[i] = i * i + 1
-    done += 1
-per_rank = node.gather(done)
-node.barrier("wq.done", node.size).wait()
 if node.rank == 0:
-    print("tasks", per_rank, "checksum", int(results[:TASKS].sum()), "rest", int(results[TASKS:].any()))
-node.barrier("wq.read", node.size).wait()
-node.free("wq.results")
+    node.array("reuse.results", ({RESULT_ELEMENTS},), np.int64, create=True)
+node.barrier("reuse.created", node.size).wait()
+results = node.array("reuse.results", ({RESULT_ELEMENTS},), np.int64, create=False)
+next_task = node.atomic("reuse.next")
+while (i := next_task[0].fetch_add(1)) < {REUSE_TASKS}:
+    results[i] = i + 1
+node.barrier("reuse.done", node.size).wait()
 if node.rank == 0:
-    node.free("wq.next")
-"""
-
-HISTOGRAM = f"""
-import numpy as np
-import dsm
-
-node = dsm.attach()
-values = np.random.default_rng(node.rank).integers(0, 256, {VALUES} // node.size)
-total = node.allreduce(np.bincount(values, minlength=256))
-biggest = node.allreduce(int(values.max()), op="max")
-if node.rank == 0:
-    print("histogram", ",".join(map(str, total.tolist())), "max", biggest)
+    print("sum", int(results.sum()), "rest", int(results[{REUSE_TASKS}:].any()))
+    node.free("reuse.next")
+node.barrier("reuse.read", node.size).wait()
+node.free("reuse.results")
 """
 
 
@@ -90,25 +88,36 @@ def directory(request, tmp_path):
     d.kill()
 
 
-def test_a_work_queue_on_an_atomic_counter_runs_again_on_fresh_arrays(tmp_path, directory):
-    expected = int(sum(i * i + 1 for i in range(TASKS)))
-    for run in range(3):  # each run frees its arrays: the region never fills up
-        done = _launch(tmp_path, WORK_QUEUE, directory)
-        assert done.returncode == 0, (run, done.stdout, done.stderr)
-        words = _line(done, "tasks").replace("[", "").replace("]", "").replace(",", "").split()
-        per_rank = [int(w) for w in words[:3]]
-        assert sum(per_rank) == TASKS, words  # every task taken exactly once
-        assert words[3:] == ["checksum", str(expected), "rest", "0"], words
+def test_the_readmes_work_queue_runs_again_on_fresh_arrays(tmp_path):
+    directory = Directory(tmp_path)
+    try:
+        for run in range(2):  # create=True: the second run fails if the first left its array
+            done = _launch(tmp_path, README_WORK_QUEUE, directory)
+            assert done.returncode == 0, (run, done.stdout, done.stderr)
+            taken, total = _line(done, "tasks").removeprefix("per rank [").split("] sum of squares ")
+            assert sum(int(t) for t in taken.split(",")) == README_TASKS  # each task taken once
+            assert int(total) == int((np.arange(README_TASKS, dtype=np.int64) ** 2).sum())
+    finally:
+        directory.kill()
 
 
-def test_a_histogram_merged_with_allreduce_matches_numpy(tmp_path, directory):
-    values = np.concatenate([np.random.default_rng(r).integers(0, 256, VALUES // 3)
+def test_the_readmes_histogram_matches_numpy(tmp_path):
+    values = np.concatenate([np.random.default_rng(r).integers(0, 256, README_VALUES // 3)
                              for r in range(3)])
-    done = _launch(tmp_path, HISTOGRAM, directory)
+    done = _launch(tmp_path, README_HISTOGRAM)
     assert done.returncode == 0, (done.stdout, done.stderr)
-    counts, biggest = _line(done, "histogram").split(" max ")
-    assert [int(c) for c in counts.split(",")] == np.bincount(values, minlength=256).tolist()
-    assert int(biggest) == values.max()
+    hist = np.bincount(values, minlength=256)
+    assert _line(done, "values").split() == [str(len(values)), "weighted",
+                                             str(int(hist @ np.arange(256))), "max",
+                                             str(values.max())]
+
+
+def test_freed_arrays_make_room_for_the_next_run(tmp_path, directory):
+    for run in range(2):
+        done = _launch(tmp_path, REUSE, directory)
+        assert done.returncode == 0, (run, done.stdout, done.stderr)
+        assert _line(done, "sum").split() == [str(REUSE_TASKS * (REUSE_TASKS + 1) // 2), "rest",
+                                              "0"]
 
 
 ATOMIC_FROM_THREADS_AND_CHILDREN = """
