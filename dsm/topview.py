@@ -12,11 +12,21 @@ from dsm.core.stats import quantile_text
 
 #: (column, counters summed) of the fault-rate columns
 FAULT_KINDS = [
-    ("rd miss/s", ("faults_missing_read",)),
-    ("wr miss/s", ("faults_missing_write",)),
-    ("wp wr/s", ("faults_wp_write",)),
+    ("rd/s", ("faults_missing_read",)),
+    ("wr/s", ("faults_missing_write",)),
+    ("wp/s", ("faults_wp_write",)),
     ("local/s", ("faults_local",)),
 ]
+#: the node table's columns, short enough for 80 columns with node names of 12 characters
+COLUMNS = ["node", "faults", *(c for c, _ in FAULT_KINDS), "in", "out", "inval", "median",
+           "p99", "procs"]
+#: what the columns mean, under the header
+COLUMNS_LEGEND = ("faults: so far, local ones aside; per second: rd/wr a missing page read or "
+                  "written, wp a write to a read copy, local served without a message; in/out: "
+                  "pages received and sent; inval: copies invalidated; median and p99: fault "
+                  "latency in µs, as the bound of its bucket (≤1024: at most 1024 µs)")
+#: in a plain-text snapshot a page owned by the k-th node (the table's order) shows this
+OWNER_MARKS = "0123456789abcdefghijklmnopqrstuvwxyz"
 NODE_STYLES = ["blue", "red", "green", "magenta", "yellow", "cyan", "bright_blue", "bright_red"]
 #: an array's map is at most this many lines of cells
 MAP_LINES = 4
@@ -30,9 +40,9 @@ def percentile_us(counts: list[int], bounds: list[int], q: float) -> str:
 
 def node_table(now: dict, before: dict | None, elapsed_s: float) -> Table:
     table = Table(title="nodes", title_justify="left", expand=False, box=None, pad_edge=False)
-    for name in ["node", "faults", *(c for c, _ in FAULT_KINDS), "pages in", "pages out",
-                 "invalidations", "median µs", "p99 µs", "procs"]:
-        table.add_column(name, justify="left" if name == "node" else "right")
+    for name in COLUMNS:
+        table.add_column(name, justify="left" if name == "node" else "right",
+                         overflow="fold")
     bounds = now["latency_buckets_us"]
     for k, (node, info) in enumerate(sorted(now["nodes"].items())):
         c = info["counters"]
@@ -50,8 +60,11 @@ def node_table(now: dict, before: dict | None, elapsed_s: float) -> Table:
     return table
 
 
-def array_maps(now: dict, width: int) -> list[Text]:
+def array_maps(now: dict, width: int, plain: bool = False) -> list[Text]:
+    """Each array's map; ``plain``: without colours, a page owned by the k-th node shows its
+    mark (``OWNER_MARKS[k]``), read copies ``=``."""
     colours = {node: NODE_STYLES[k % len(NODE_STYLES)] for k, node in enumerate(sorted(now["nodes"]))}
+    marks = {node: OWNER_MARKS[k % len(OWNER_MARKS)] for k, node in enumerate(sorted(now["nodes"]))}
     out = []
     cells_max = max(8, (width - 2) * MAP_LINES)
     for name, first, count, runs in now["arrays"]:
@@ -64,9 +77,10 @@ def array_maps(now: dict, width: int) -> list[Text]:
         for i in range(0, len(states), per_cell):
             kind, holders = states[i]
             if kind == "owned":
-                cells.append((CELL, colours.get(holders[0], "white")))
+                cells.append((marks.get(holders[0], "?") if plain else CELL,
+                              colours.get(holders[0], "white")))
             elif kind == "shared":
-                cells.append(("▒", colours.get(holders[0], "white")))
+                cells.append(("=" if plain else "▒", colours.get(holders[0], "white")))
             elif kind == "lost":
                 cells.append(("X", "bold white on red"))
             else:
@@ -82,12 +96,21 @@ def array_maps(now: dict, width: int) -> list[Text]:
     return out
 
 
-def render(now: dict, before: dict | None, elapsed_s: float, endpoint: str, width: int) -> Group:
+def render(now: dict, before: dict | None, elapsed_s: float, endpoint: str, width: int,
+           live: bool = True) -> Group:
+    """The view; ``live``: the interactive one (it says how to quit), else a snapshot."""
     d = now["directory"]
     header = Text(f"dsm top — directory {endpoint}: {len(now['nodes'])} nodes, "
                   f"{d.get('grants', 0)} grants, {d.get('fetches', 0)} fetches, "
                   f"{d.get('invalidations', 0)} invalidations, {d.get('pages_lost', 0)} lost "
-                  "pages   (q quits)", style="bold")
-    legend = Text("arrays: █ owned by the node of that colour  ▒ read copies (first holder's "
-                  "colour)  · at home  X lost", style="grey62")
-    return Group(header, node_table(now, before, elapsed_s), legend, *array_maps(now, width))
+                  "pages" + ("   (q quits)" if live else
+                             f"; rates over {elapsed_s:.1f} s" if before else ""), style="bold")
+    columns = Text(COLUMNS_LEGEND, style="grey62")
+    if live:
+        legend = Text("arrays: █ owned by the node of that colour  ▒ read copies (first "
+                      "holder's colour)  · at home  X lost", style="grey62")
+    else:
+        legend = Text("arrays: 0-9 owned by that node (0 the first in the table)  = read "
+                      "copies  · at home  X lost", style="grey62")
+    return Group(header, columns, node_table(now, before, elapsed_s), legend,
+                 *array_maps(now, width, plain=not live))

@@ -1,5 +1,6 @@
 """``dsm top`` under a pseudo-terminal: it shows every node of a running cluster, their counters
-move, and q quits."""
+move, and q quits; with its output in a pipe, or ``--once``, one plain-text snapshot of 80
+columns."""
 
 from __future__ import annotations
 
@@ -110,3 +111,65 @@ def test_the_stats_query_needs_no_session_and_reports_arrays(make_node, director
     [(name, first, count, runs)] = report["arrays"]
     assert name == "s" and count == 8
     assert runs[0] == [1, "owned", ["a"]] and sum(r[0] for r in runs) == 8
+
+
+def _snapshot_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_top_prints_one_plain_snapshot_of_80_columns_when_its_output_is_not_a_terminal(
+        make_node, directory):
+    a, b = make_node("a"), make_node("b")
+    a.run("x = node.array('snap', (64, 512), np.int64); x[:32] = 1")
+    b.run("x = node.array('snap', (64, 512), np.int64); v = int(x[0, 0]); x[32:] = 2")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run([sys.executable, "-m", "dsm", "top", "--directory", directory.endpoint,
+                           "--interval", "0.3"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=SCREEN_TIMEOUT_S, env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert not ANSI.search(out.encode()), out  # plain text: no colours, no cursor moves
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+    assert "rates over" in out and "(q quits)" not in out
+    # the latency columns are bucket bounds, and the header says so
+    assert "≤1024: at most 1024 µs" in out.replace("\n", " "), out
+    for node in ("a", "b"):
+        [row] = rows_of(out, node)
+        assert len(row) == 11 and row[-3].startswith(("≤", ">", "-")), row
+    # the map marks each page with its owner's number in the table (a first, b second), read
+    # copies with "=" (b read page 0)
+    lines = _snapshot_lines(out)
+    snap = lines[lines.index(next(line for line in lines if line.startswith("snap: pages"))) + 1]
+    assert snap == "=" + "0" * 31 + "1" * 32, out
+
+
+def test_top_once_on_a_terminal_prints_one_snapshot_and_exits(make_node, directory):
+    a = make_node("a")
+    a.run("x = node.array('once', (8, 512), np.int64); x[:] = 1")
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "dsm", "top", "--once", "--directory",
+                                 directory.endpoint, "--interval", "0.2"], stdin=slave,
+                                stdout=slave, stderr=slave, start_new_session=True,
+                                env={**os.environ, "COLUMNS": "80", "TERM": "xterm"})
+        os.close(slave)
+        try:
+            assert proc.wait(EXIT_TIMEOUT_S + SCREEN_TIMEOUT_S) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        text = out.decode(errors="replace")
+        assert rows_of(text, "a") and "once: pages 0-7" in text, text
+        assert "(q quits)" not in text
+    finally:
+        os.close(master)

@@ -5,6 +5,10 @@ effect on the cluster) and redraws: per node, faults per second by kind, pages i
 invalidations, median and p99 fault latency; per array, a map of its pages coloured by owner or
 state (``dsm.topview``). ``q`` or Ctrl-C quits. It needs nothing but the directory's port, so it
 works over ssh.
+
+With ``--once``, or when its output is not a terminal (a file, a pipe, a notebook's cell), it
+prints one plain-text snapshot instead: two reports ``--interval`` apart (the rates are over that
+interval), no colours, then it exits (status 1 if the directory did not answer).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"the directory's ZeroMQ endpoint (env {DIRECTORY_ENV})")
     parser.add_argument("--interval", type=float, default=REFRESH_INTERVAL_S,
                         help=f"seconds between refreshes (default {REFRESH_INTERVAL_S:g})")
+    parser.add_argument("--once", action="store_true",
+                        help="print one plain-text snapshot and exit (the default when the "
+                             "output is not a terminal)")
     parser.set_defaults(func=run)
 
 
@@ -100,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         print(f"dsm top: --interval must be positive, got {args.interval}", file=sys.stderr)
         return 2
+    if args.once or not sys.stdout.isatty():
+        return snapshot(args)
     console = Console()
     client = StatsClient(args.directory)
     old_tty = None
@@ -129,4 +138,35 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if old_tty is not None:
             termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old_tty)
+        client.close()
+
+
+def snapshot(args: argparse.Namespace) -> int:
+    """One plain-text view: two reports ``--interval`` apart (the rates need both), printed
+    without colours, as wide as $COLUMNS says (80 by default)."""
+    from rich.console import Console
+
+    from dsm.topview import render
+
+    console = Console(no_color=True, highlight=False, emoji=False, force_terminal=False,
+                      force_interactive=False, soft_wrap=False)
+    client = StatsClient(args.directory)
+    try:
+        before = client.query()
+        before_t = time.monotonic()
+        if before is not None:
+            time.sleep(args.interval)
+        now = client.query() if before is not None else None
+        if now is None:
+            print(f"dsm top: the directory {args.directory} has not answered for "
+                  f"{ANSWER_TIMEOUT_S:g} s", file=sys.stderr)
+            return 1
+        with console.capture() as captured:
+            console.print(render(now, before, time.monotonic() - before_t, args.directory,
+                                 console.width, live=False))
+        print("\n".join(line.rstrip() for line in captured.get().splitlines()), flush=True)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
         client.close()
