@@ -100,6 +100,7 @@ class MsgType(enum.IntEnum):
     ATOMIC_RESULT = 56
     COLLECTIVE = 57
     COLLECTIVE_RESULT = 58
+    CLOSING = 59
     # between the shards: a freed array's memory is reclaimed
     ARRAY_FREED = 54
 
@@ -782,6 +783,17 @@ class Fenced(Message):
     reason: str
 
 
+@dataclass(frozen=True)
+class Closing(Message):
+    """Directory to every live node, the last thing it sends: it is stopping (``reason``: on
+    which signal). A node that is leaving stops waiting for its Bye's answer
+    (``dsm/clusterstop.py``)."""
+
+    TYPE = MsgType.CLOSING
+    DIRECTION = Direction.TO_NODE
+    reason: str
+
+
 # --- between the manager shards (``dsm.directory.shard``) ----------------------------------------
 #: a shard index, or -1 in a ShardHello: any free one (a replica of a scaled service)
 ShardIndex = Annotated[int, Range(-1, I64_MAX)]
@@ -1011,7 +1023,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
         LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
         Received, Withdrawn, Diff, DiffApplied, Dirtied, Free, Freed, ArraysQuery, ArrayList,
-        Atomic, AtomicResult, Collective, CollectiveResult,
+        Atomic, AtomicResult, Collective, CollectiveResult, Closing,
     )
 }
 MESSAGE_CLASSES.update({cls.TYPE: cls for cls in SHARD_MESSAGES})

@@ -34,6 +34,7 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE, 5), None),
     (p.Lost(3, 2, "b", "x", 1), None),
     (p.Fenced(5, "declared dead"), None),
+    (p.Closing("the directory is stopping on SIGTERM"), None),
     (p.LostQuery(1), None),
     (p.ForgetLost(1, "x"), None),
     (p.LostReport(1, [["x", 0, 4096, "b"]]), None),

@@ -71,6 +71,9 @@ class Messaging:
         self._on_cut_off = on_cut_off
         #: False once the directory no longer serves this node (cut off, fenced)
         self.directory_alive = True
+        #: why the directory said it is stopping (its Closing, ``dsm/clusterstop.py``); None
+        #: while it has not
+        self.directory_closing: str | None = None
         #: messages and bytes by type, counted only for --metrics (dsm.metrics)
         self.wire: Any = None
         #: lines about messages dropped from the directory, rate-limited
@@ -87,6 +90,7 @@ class Messaging:
             p.Fenced: lambda m, d: self.cut_off(
                 f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
+            p.Closing: self._on_closing,
             # the directory is alive (drain_directory noted it) and told its clock
             p.Heartbeat: self._on_heartbeat,
         }
@@ -212,6 +216,20 @@ class Messaging:
             self.cut_off(f"this node's agent failed to handle a {type(msg).__name__} from "
                          f"{sender} ({exc!r:.200}): it stops rather than carry on from a state "
                          "that may be half-updated")
+
+    @property
+    def directory_serving(self) -> bool:
+        """Whether an answer from the directory may still come: it neither cut this node off nor
+        said it is stopping."""
+        return self.directory_alive and self.directory_closing is None
+
+    def _on_closing(self, msg: p.Closing, _: Any) -> None:
+        # a node that is leaving stops waiting; one that is not carries on until the silence
+        # cuts it off, or its own stop comes (the whole cluster stopping: it comes at once)
+        if self.directory_closing is None:
+            log.info("%s (%s): this node's leave will need no acknowledgement", msg.reason,
+                     self.directory_endpoint)
+        self.directory_closing = msg.reason
 
     def _on_heartbeat(self, msg: p.Heartbeat, _: Any) -> None:
         if msg.echo_ns and self.tracer.enabled:

@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from dsm import protocol as p
+from dsm.clusterstop import EXIT_CLUSTER_STOPPED
 from dsm.clocksync import ClockSync
 from dsm.agent.clients import ClientHub
 from dsm.agent.forwarding import Forwarder
@@ -266,7 +267,7 @@ class Agent:
         contents), say Bye and wait for the directory to acknowledge it (it answers in order, so
         the acknowledgement means every page handed back has arrived). False if it did not."""
         deadline = time.monotonic() + LEAVE_TIMEOUT_S
-        while self.pending and time.monotonic() < deadline and self.messaging.directory_alive:
+        while self.pending and time.monotonic() < deadline and self.messaging.directory_serving:
             for item, _ in self.poller.poll(POLL_INTERVAL_MS):  # the shards' and the peers'
                 if self.links.owns(item) or self.peers is not None and item is self.peers.router:
                     self._dispatch(item)
@@ -274,11 +275,14 @@ class Agent:
         self.messaging.send(p.Bye())  # to every shard: each acknowledges it
         byes = 0
         while (byes < self.links.count and time.monotonic() < deadline
-               and self.messaging.directory_alive):
+               and self.messaging.directory_serving):
             if self.links.poll(POLL_INTERVAL_MS):
                 byes += self.messaging.drain_directory(until=p.Bye)
         acknowledged = byes == self.links.count
-        if not acknowledged:
+        if not acknowledged and self.messaging.directory_closing is not None:
+            log.info("the directory %s stopped as this node left: nothing to hand back to, "
+                     "the cluster stopped", self.directory_endpoint)  # (dsm/clusterstop.py)
+        elif not acknowledged:
             log.error("the directory %s did not acknowledge this node's leave: pages it handed "
                       "back may be lost", self.directory_endpoint)
         self._release()
@@ -465,6 +469,8 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
         zmq.Context.instance().destroy(linger=1000)
     if agent.orphaned:
         return EXIT_PARENT_GONE
+    if not acknowledged and agent.messaging.directory_closing is not None:
+        return EXIT_CLUSTER_STOPPED
     if not agent.messaging.directory_alive:
         return EXIT_CUT_OFF
     return 0 if acknowledged else EXIT_LEAVE_UNACKNOWLEDGED

@@ -25,6 +25,7 @@ from typing import Any
 from dsm import local
 from dsm.agent.launch import AgentStartError, StartedAgent, start_agent
 from dsm.commands.agent import add_directory_arguments, default_node_name
+from dsm.clusterstop import EXIT_CLUSTER_STOPPED, stopped_with_cluster
 from dsm.errors import ConfigError
 from dsm.launchers import RUN_ENV, placement, workload_env
 
@@ -150,6 +151,10 @@ def run_attached(agent: StartedAgent, command: list[str], leave: Departure, prog
                       flush=True)
     finally:
         agent_status = agent.stop()
+    if agent_status == EXIT_CLUSTER_STOPPED:  # its directory stopped too (dsm/clusterstop.py)
+        how = "" if leave.requested is None else f" while leaving on {signal.Signals(leave.requested).name}"
+        print(f"{prog}: {stopped_with_cluster(how)}", file=sys.stderr, flush=True)
+        return 0 if leave.requested is not None else status
     if leave.requested is not None:
         how = signal.Signals(leave.requested).name
         if agent_status == 0:

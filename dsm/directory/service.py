@@ -28,6 +28,7 @@ from typing import Any, Callable
 import zmq
 
 from dsm import protocol as p
+from dsm.clusterstop import CLOSING_LINGER_MS, closing_reason
 from dsm.core.shards import shard_name
 from dsm.directory.allocations import Allocations
 from dsm.directory.handlers import MessageHandlers
@@ -129,6 +130,8 @@ class DirectoryService(MessageHandlers):
         self.links = RouterLinks(self.socket, self._has_session)
         self._last_link_sweep_s = time.monotonic()
         self._running = True
+        #: the signal that stopped it (stop()), if one did
+        self._stopped_on: int | None = None
         #: what serve_forever's caller returns: 0, or why the manager stopped on its own
         self.exit_status = 0
         #: called once nodes are served (all shards joined): says where
@@ -154,8 +157,10 @@ class DirectoryService(MessageHandlers):
             self._announced = True
             self.announce()
 
-    def stop(self, *_: Any) -> None:
+    def stop(self, signum: int | None = None, *_: Any) -> None:
+        """Stop serving (a signal's handler): the nodes are told, last (``dsm/clusterstop.py``)."""
         self._running = False
+        self._stopped_on = signum
 
     def serve_forever(self) -> None:
         log.info("directory listening on %s (%d pages of %d bytes at %#x, epoch %x, lost "
@@ -199,9 +204,21 @@ class DirectoryService(MessageHandlers):
                     self._send_all(self._replies(self.sync.expire(now)))
                     self._complain.flush()
         finally:
+            linger_ms = self._tell_nodes_closing()
             self.role.close()
             self.tracer.close()
-            self.socket.close(0)
+            self.socket.close(linger_ms)
+
+    def _tell_nodes_closing(self) -> int:
+        """Stopped by a signal (not failed): tell every live node, so that one leaving meanwhile
+        does not wait for an answer, nor report its leave as failed; the linger (ms) that lets
+        the messages go."""
+        if self._stopped_on is None or self.exit_status != 0 or not self.sessions.by_node:
+            return 0
+        closing = p.Closing(closing_reason(self._stopped_on))
+        for session in list(self.sessions.by_node.values()):
+            self._send_to(session.identity, closing)
+        return CLOSING_LINGER_MS
 
     def _handle(self, frames: list[Any]) -> None:
         """Handle one message. Whatever a peer sends, the directory stays up: a malformed or
