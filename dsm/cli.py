@@ -10,6 +10,8 @@ import select
 import signal
 import sys
 
+from dsm import bugs
+
 #: subcommand name -> module that defines ``register(subparsers)`` and sets ``func`` on its parser
 SUBCOMMAND_MODULES = {
     "doctor": "dsm.doctor",
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    bugs.announce(f"dsm process {os.getpid()}")  # started with the bug switch on
     try:
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit, where a closed pipe is an unraisable error

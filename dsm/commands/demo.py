@@ -14,6 +14,7 @@ Workloads (``--workload``):
   matmul   blocked C = A·B, A and B written by one node and read by all
   sort     bucket sort of integer keys, a shared histogram updated under locks
   counter  N nodes x M increments of shared counters under locks
+  tally    each node counts in its own slot, --size bytes from the next (false sharing)
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from dsm import bugs
 from dsm.commands.local_cluster import DemoError, LocalCluster, NodeCrashed, region_bytes_for
 from dsm.consistency import CONSISTENCIES
 from dsm.core.stats import quantile_text
-from dsm.managers import MANAGERS
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS
 from dsm.keys import add_keys_argument
 from dsm.workloads import CHECKED, WORKLOADS as WORKLOAD_MODULES, load
 
@@ -71,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"how many nodes (default {DEFAULT_NODES})")
     parser.add_argument("--size", type=int, default=None,
                         help="the problem's size: rows of the arrays, grid or matrix side, keys, "
-                             f"increments per node (default: the workload's; rows: {DEFAULT_SIZE})")
+                             "increments per node, bytes between slots (tally) (default: the "
+                             f"workload's; rows: {DEFAULT_SIZE})")
     parser.add_argument("--rounds", "--iterations", dest="rounds", type=int, default=None,
                         metavar="N",
                         help="rounds or iterations of the computation (default: the workload's; "
@@ -83,14 +86,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                         help="how the nodes reach the directory: tcp loopback or ipc (default tcp)")
     parser.add_argument("--manager", choices=MANAGERS, default=None,
-                        help="the directory's manager (dsm directory --manager; default relay, "
-                             "distributed with --shards K > 1)")
+                        help="the directory's manager (dsm directory --manager; default "
+                             f"${MANAGER_ENV}, else {DEFAULT_MANAGER.value}; distributed with "
+                             "--shards K > 1)")
     parser.add_argument("--shards", type=int, default=1, metavar="K",
                         help="the directory's manager shards (dsm directory --shards; default 1)")
     parser.add_argument("--trace", metavar="DIR",
                         help="write the protocol traces (directory.trace, NODE.trace) into DIR")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help=f"seconds the whole run may take (default {DEFAULT_TIMEOUT_S:g})")
+    bugs.add_argument(parser)
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the processes' logs (they are kept anyway when the run fails)")
     add_keys_argument(parser, "the directory and every node use them")
@@ -159,6 +164,9 @@ def crashed_verdict(crashed: list[str]) -> str:
 
 # --- the command --------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    ended = bugs.from_arguments(args, "dsm demo")
+    if ended is not None:
+        return ended
     spec = load_workload(args.workload)
     size = spec.default_size if args.size is None else args.size
     iterations = spec.default_iterations if args.rounds is None else args.rounds

@@ -24,7 +24,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from dsm import bugs
 from dsm.consistency import CONSISTENCIES, Consistency
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS
 from dsm.litmus.table import BY_NAME, LITMUS_TESTS, Litmus, format_histogram, nodes_needed, violations
 from dsm.litmus.node import result_path
 
@@ -53,8 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the tests' arrays' consistency (default sequential); under "
                              "release the unsynchronized tests may show relaxed outcomes, which "
                              "are allowed: exit status 1 only for one no model allows")
+    parser.add_argument("--manager", choices=MANAGERS, default=None,
+                        help="the manager of the directory started here (dsm directory "
+                             f"--manager; default ${MANAGER_ENV}, else {DEFAULT_MANAGER.value})")
     parser.add_argument("--directory", help="use this directory instead of starting one here")
     parser.add_argument("--trace", metavar="DIR", help="write the protocol traces into DIR")
+    bugs.add_argument(parser)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help=f"seconds the whole run may take (default {DEFAULT_TIMEOUT_S:g})")
     parser.set_defaults(func=run)
@@ -79,6 +85,9 @@ def collect(tests: list[Litmus], rounds: int, out_dir: Path) -> dict[str, Counte
 def run(args: argparse.Namespace) -> int:
     from dsm.commands.local_cluster import DemoError, LocalCluster
 
+    ended = bugs.from_arguments(args, "dsm litmus")
+    if ended is not None:
+        return ended
     unknown = [t for t in args.tests if t not in BY_NAME]
     if unknown:
         print(f"dsm litmus: unknown test(s) {', '.join(unknown)}: the tests are "
@@ -96,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
     if trace_dir is not None:
         trace_dir.mkdir(parents=True, exist_ok=True)
     run_id = secrets.token_hex(4)
-    cluster = LocalCluster(workdir, dict(os.environ), trace_dir=trace_dir)
+    if args.manager is not None and args.directory:
+        print("dsm litmus: --manager is for the directory started here, not with --directory",
+              file=sys.stderr)
+        return EXIT_FAILED
+    cluster = LocalCluster(workdir, dict(os.environ), trace_dir=trace_dir, manager=args.manager)
     ok = False
     try:
         if args.directory:

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+from dsm import bugs
 from dsm import protocol as p
 from dsm.core.extents import Extents
 from dsm.core.readahead import ReadAhead
@@ -418,6 +419,8 @@ class NodeCore:
     def invalidate(self, msg: p.Invalidate) -> list[Action]:
         """Drop the run (read copies, or owned pages being discarded)."""
         first, count = msg.page, msg.count
+        if bugs.ACTIVE == bugs.STALE_COPY:  # the bug switch (dsm/bugs.py): keep the copy
+            return [Send(p.Invalidated(msg.txn, first, count))]
         dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
         self._unwritten.difference_update(dropped)
         out: list[Action] = [Punch(first, count)] if dropped else []
@@ -488,6 +491,8 @@ class NodeCore:
 
     def acquire_sync(self, notices: list[int]) -> list[Action]:
         """A lock grant or barrier departure: the pages other nodes' releases changed."""
+        if bugs.ACTIVE == bugs.IGNORE_NOTICES:  # the bug switch (dsm/bugs.py)
+            return []
         return self.release.acquired(notices, list(self.pending)) if notices else []
 
     def diff_applied(self, msg: p.DiffApplied) -> list[Action]:

@@ -1,11 +1,14 @@
-"""``python -m dsm.sim --seed N [--nodes K ...] [--release]``: run (or replay) one simulated
-schedule and print it; exit status 1 if an invariant failed."""
+"""``python -m dsm.sim --seed N [--nodes K ...] [--release] [--trace DIR]``: run (or replay) one
+simulated schedule and print it; exit status 1 if an invariant failed. ``--trace DIR`` writes the
+schedule as protocol traces (``DIR/directory.trace``, ``DIR/NODE.trace``), failing or not, for
+``dsm trace DIR/*.trace --html OUT`` to draw as it draws a real run."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from dsm import bugs
 from dsm.sim.programs import DEFAULT_PHASES
 from dsm.sim.world import SimulationFailure, World
 
@@ -34,17 +37,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", type=int, default=DEFAULT_PHASES,
                         help="barrier phases of the data-race-free programs")
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
+    parser.add_argument("--trace", metavar="DIR",
+                        help="write the schedule as protocol traces into DIR (dsm trace draws them)")
+    bugs.add_argument(parser)
     args = parser.parse_args(argv)
+    ended = bugs.from_arguments(args, "python -m dsm.sim")
+    if ended is not None:
+        return ended
     world = World(args.seed, nodes=args.nodes, pages=args.pages,
                   threads_per_node=args.threads, ops_per_thread=args.ops, deaths=args.deaths,
                   manager=args.manager, bands=args.bands, give_backs=args.give_backs,
                   shards=args.shards, phases=args.phases,
                   release_pages=args.pages if args.release else args.release_pages)
+    traces = None
+    if args.trace:
+        from dsm.sim.tracing import SimTrace
+        traces = SimTrace(world, args.trace).attach()
     try:
         world.run()
     except SimulationFailure as exc:
         print(exc)
         return 1
+    finally:
+        if traces is not None:
+            traces.close()
+            print(f"traces in {args.trace}: dsm trace {args.trace}/*.trace --html OUT.html")
     if args.print:
         print("\n".join(world.schedule))
     print(f"seed {args.seed}: {len(world.schedule)} steps, every invariant held")

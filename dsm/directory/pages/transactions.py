@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Callable
 
+from dsm import bugs
 from dsm.core.shards import STRIPE_PAGES, clip_to_stripe
 from dsm.directory.home import HomeStore
 from dsm.directory.pages.loss import UNKNOWN_NODE, LostPages
@@ -148,6 +149,9 @@ class PageTransactions:
                              and node not in q.copyset and q.home_current)
         if not others:
             return self._finish(Txn(0, req, n, set()))
+        if bugs.ACTIVE == bugs.EARLY_GRANT:  # the bug switch (dsm/bugs.py): grant, then invalidate
+            return self._finish(Txn(0, req, n, set())) + [
+                Send(o, Invalidate(0, req.page, n)) for o in sorted(others)]
         return self._begin(req, n, others, Invalidate(0, req.page, n))
 
     def _start_from_copies(self, req: Request, e: PageEntry) -> list[Send]:
