@@ -4,9 +4,14 @@ Each trace line is a protocol step (``{"t", "who", "node", "page", "event", "old
 ``count`` for a run of pages) or a message sent or received (``{"t", "who", "peer", "dir",
 "msg", "id", ...}``); ``dsm.trace`` describes them all. The files are merged on the directory's
 clock (each agent's clock estimates applied, every receive after its send: ``dsm.viz.model``),
-filtered by page or node. As text they show a page move from node to node: who asked, what the
-directory did, who gave it up. ``--html OUT`` writes the space-time diagram and the ownership
-timeline as one page that works offline; ``--png OUT`` draws the diagram for slides.
+filtered by page or node (a page's filter keeps the lock and barrier messages that carry its
+write notices: ``dsm.viz.sync``). As text they show a page move from node to node: who asked,
+what the directory did, who gave it up. ``--html OUT`` writes the space-time diagram and the
+ownership timeline as one page that works offline; ``--png OUT`` draws the diagram for slides,
+of a time window (``--from``/``--to``), saying what it left out.
+
+The simulator writes the same traces (``python -m dsm.sim --seed N --trace DIR``): a simulated
+schedule is drawn as a real run is.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import argparse
 import sys
 from typing import Iterable, TextIO
 
-from dsm.viz.model import kind_of, merge, read_trace
+from dsm.viz.model import Timeline, kind_of, merge, read_trace
 
 __all__ = ["involves", "read_trace", "render", "register", "run"]
 
@@ -34,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write the space-time diagram and ownership timeline to this page")
     parser.add_argument("--png", metavar="OUT.png",
                         help="draw the space-time diagram into this picture (for slides)")
+    parser.add_argument("--from", dest="from_ms", type=float, metavar="MS",
+                        help="png: from this time, in ms from the trace's start")
+    parser.add_argument("--to", dest="to_ms", type=float, metavar="MS",
+                        help="png: up to this time, in ms from the trace's start")
+    parser.add_argument("--joins", action="store_true",
+                        help="png: draw the joins and heartbeats too (Hello, Welcome, Heartbeat, "
+                             "NodeReport; the page has a checkbox)")
     parser.set_defaults(func=run)
 
 
@@ -47,6 +59,20 @@ def involves(record: dict, page: int | None, node: str | None) -> bool:
         return False
     count = record.get("count", 1)
     return first <= page < first + (count if isinstance(count, int) else 1)
+
+
+def filtered(timeline: Timeline, page: int | None, node: str | None) -> list[dict]:
+    """The records that involve ``page`` and ``node``, with the lock and barrier messages that
+    matter to the page (their write notices name it), and those that name processes."""
+    keep_ids: set[int] = set()
+    if page is not None:
+        from dsm.viz.sync import matters, related_pages
+        for i, runs in related_pages(timeline).items():
+            if matters(runs, page):
+                m = timeline.messages[i]
+                keep_ids.update(id(r) for r in (m.send, m.recv) if r is not None)
+    return [r for r in timeline.records if kind_of(r) in ("start", "clock", "array")
+            or involves(r, page, node) or id(r) in keep_ids and involves(r, None, node)]
 
 
 def _pages(r: dict) -> str:
@@ -100,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsm trace: {exc}", file=sys.stderr)
         return 2
     if args.page is not None or args.node is not None:
-        keep = [r for r in timeline.records if kind_of(r) in ("start", "clock", "array")
-                or involves(r, args.page, args.node)]
+        keep = filtered(timeline, args.page, args.node)
         if args.html or args.png:
             from dsm.viz.model import build
             timeline = build(keep)
@@ -114,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
               f"{len(timeline.lanes)} lanes)")
     if args.png:
         from dsm.viz import png
-        png.write(timeline, args.png)
-        print(f"dsm trace: wrote {args.png}")
+        drawn = png.write(timeline, args.png, args.from_ms, args.to_ms, args.joins)
+        print(f"dsm trace: wrote {args.png}: {drawn.summary()}")
     if args.html or args.png:
         return 0
     shown = render(timeline.records, sys.stdout, args.limit, args.messages)

@@ -7,14 +7,19 @@ in view, so that traces of 100,000 steps stay usable.
 
 The data document (times in ms from the first record, on the reference clock):
 
-    lanes:  [{name, role}]                      managers first
+    lanes:  [{name, role, color}]               managers first
     types:  message type names; events: step event names; texts: state texts
     msgs:   [send_ms, recv_ms|null, src_lane, dst_lane, type, page|-1, count, send_rec|-1,
-             recv_rec|-1, flags]                flags: 1 uncertain, 2 clamped, 4 one end only
-    steps:  [ms, lane, page|-1, count, event, new_text, rec]
+             recv_rec|-1, flags, related]       flags: 1 uncertain, 2 clamped, 4 one end only;
+                                                related: a lock or barrier message's pages as
+                                                [[first, count]...] (dsm.viz.sync), else 0
+    steps:  [ms, lane, page|-1, count, event, new_text, rec, state_kind]
     recs:   the records themselves, for the hover box
-    own:    [first_page, count, [[start_ms, end_ms|null, kind, [lane...]]...]]
-    kinds:  ownership segment kinds; arrays: [{name, first, count}]
+    own:    [first_page, count, [[start_ms, end_ms|null, kind, [lane...]]...],
+             [[start_ms, end_ms|null, band_kind, lane]...], [[ms, mark_kind, lane]...]]
+    kinds:  ownership segment kinds; bands: band kinds (copy, twin); marks: mark kinds (diff,
+            notice); arrays: [{name, first, count}]
+    style:  the colours and legend texts (dsm.viz.style)
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from dsm.viz import ownership
+from dsm.viz import ownership, style, sync
 from dsm.viz.model import Timeline, kind_of
 
 FLAG_UNCERTAIN = 1
@@ -58,8 +63,9 @@ def payload(timeline: Timeline, files: list[str]) -> dict:
     lane_of = {name: i for i, name in enumerate(timeline.lanes)}
     rec_index = {id(r): i for i, r in enumerate(recs)}
     types, events, texts = _Index(), _Index(), _Index()
+    related = sync.related_pages(timeline)
     msgs = []
-    for m in timeline.messages:
+    for k, m in enumerate(timeline.messages):
         s, r = m.send, m.recv
         src, dst = lane_of.get(m.src), lane_of.get(m.dst)
         if src is None or dst is None:  # a peer that left no trace: a lane of its own
@@ -77,7 +83,8 @@ def payload(timeline: Timeline, files: list[str]) -> dict:
         msgs.append([ms(s["ts"]) if s else None, ms(r["ts"]) if r else None, src, dst,
                      types(rec["msg"]), page if isinstance(page, int) else -1,
                      int(rec.get("count", 1)) if isinstance(rec.get("count"), int) else 1,
-                     rec_index[id(s)] if s else -1, rec_index[id(r)] if r else -1, flags])
+                     rec_index[id(s)] if s else -1, rec_index[id(r)] if r else -1, flags,
+                     [list(run) for run in related[k]] if k in related else 0])
     msgs.sort(key=lambda x: x[0] if x[0] is not None else x[1])
     steps = []
     step_records = []
@@ -86,28 +93,40 @@ def payload(timeline: Timeline, files: list[str]) -> dict:
             continue
         step_records.append(r)
         page = r.get("page")
+        event, new = str(r.get("event", "?")), str(r.get("new", ""))
         steps.append([ms(r["ts"]), lane_of[r["who"]], page if isinstance(page, int) else -1,
-                      int(r.get("count", 1)), events(str(r.get("event", "?"))),
-                      texts(str(r.get("new", ""))), rec_index[id(r)]])
-    kinds = [ownership.OWNED, ownership.SHARED, ownership.HOME, ownership.LOST]
+                      int(r.get("count", 1)), events(event), texts(new), rec_index[id(r)],
+                      style.state_kind(new, event)])
+    kinds = [ownership.OWNED, ownership.SHARED, ownership.HOME, ownership.LOST, ownership.RELEASE]
+    band_kinds, mark_kinds = [ownership.COPY, ownership.TWIN], [ownership.DIFF, ownership.NOTICE]
+
+    def end_ms(end: float | None) -> float | None:
+        return None if end is None else ms(end)
+
+    managers = {n for n in timeline.lanes if timeline.roles.get(n) == "manager"}
     own = []
-    for row in ownership.rows(step_records, timeline.reference):
-        segs = []
-        for seg in row.segments:
-            segs.append([ms(seg.start), None if seg.end is None else ms(seg.end),
-                         kinds.index(seg.kind), [lane_of[h] for h in seg.holders if h in lane_of]])
-        own.append([row.first, row.count, segs])
+    for row in ownership.rows(step_records, managers or timeline.reference):
+        segs = [[ms(seg.start), end_ms(seg.end), kinds.index(seg.kind),
+                 [lane_of[h] for h in seg.holders if h in lane_of]] for seg in row.segments]
+        bands = [[ms(b.start), end_ms(b.end), band_kinds.index(b.kind), lane_of[b.node]]
+                 for b in row.bands if b.node in lane_of]
+        marks = [[ms(mk.t), mark_kinds.index(mk.kind), lane_of[mk.node]]
+                 for mk in row.marks if mk.node in lane_of]
+        own.append([row.first, row.count, segs, bands, marks])
     end = max([ms(recs[-1]["ts"])] if recs else [0.0])
+    colors = style.lane_colors(timeline.lanes, timeline.roles)
     return {
         "files": files,
         "reference": timeline.reference,
         "clocks": {w: [round(o * 1e3, TIME_DECIMALS), round(e * 1e3, TIME_DECIMALS)]
                    for w, (o, e) in timeline.clocks.items()},
         "end": end,
-        "lanes": [{"name": n, "role": timeline.roles.get(n, "node")} for n in timeline.lanes],
+        "lanes": [{"name": n, "role": timeline.roles.get(n, "node"), "color": colors[n]}
+                  for n in timeline.lanes],
         "types": types.names, "events": events.names, "texts": texts.names,
         "msgs": msgs, "steps": steps, "recs": [_clean(r) for r in recs],
-        "own": own, "kinds": kinds, "arrays": ownership.arrays(recs),
+        "own": own, "kinds": kinds, "bands": band_kinds, "marks": mark_kinds,
+        "arrays": ownership.arrays(recs), "style": style.payload(),
     }
 
 
