@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dsm import bugs
 from dsm.sim.programs import DEFAULT_PHASES
 from dsm.sim.world import SimulationFailure, World
 
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
     parser.add_argument("--trace", metavar="DIR",
                         help="write the schedule as protocol traces into DIR (dsm trace draws them)")
+    bugs.add_argument(parser)
     args = parser.parse_args(argv)
+    ended = bugs.from_arguments(args, "python -m dsm.sim")
+    if ended is not None:
+        return ended
     world = World(args.seed, nodes=args.nodes, pages=args.pages,
                   threads_per_node=args.threads, ops_per_thread=args.ops, deaths=args.deaths,
                   manager=args.manager, bands=args.bands, give_backs=args.give_backs,
