@@ -101,10 +101,13 @@ class NodeCollector:
 
 class DirectoryCollector:
     def __init__(self, counters: Callable[[], dict], nodes: Callable[[], int],
-                 counts: MessageCounts, waits: Callable[[], dict] | None = None):
+                 counts: MessageCounts, waits: Callable[[], dict] | None = None,
+                 node_lock_waits: Callable[[], dict] | None = None):
         self._counters, self._nodes, self.counts = counters, nodes, counts
         #: kind ("lock", "barrier") -> its WaitHistogram (dsm.directory.sync)
         self._waits = waits or dict
+        #: node -> the WaitHistogram of its lock acquisitions
+        self._node_lock_waits = node_lock_waits or dict
 
     def collect(self):
         from prometheus_client.core import (
@@ -112,16 +115,24 @@ class DirectoryCollector:
         )
         from dsm.directory.sync import WAIT_BUCKETS_S
 
+        def buckets(hist: Any) -> list[tuple[str, int]]:
+            out, seen = [], 0
+            for bound, n in zip(WAIT_BUCKETS_S, hist.counts):
+                seen += n
+                out.append((repr(bound), seen))
+            return out + [("+Inf", sum(hist.counts))]
+
         for kind, hist in sorted(self._waits().items()):
             fam = HistogramMetricFamily(f"dsm_directory_{kind}_wait_seconds",
                                         f"how long {kind} requests waited at the directory")
-            buckets, seen = [], 0
-            for bound, n in zip(WAIT_BUCKETS_S, hist.counts):
-                seen += n
-                buckets.append((repr(bound), seen))
-            buckets.append(("+Inf", sum(hist.counts)))
-            fam.add_metric([], buckets, sum_value=hist.sum_s)
+            fam.add_metric([], buckets(hist), sum_value=hist.sum_s)
             yield fam
+        fam = HistogramMetricFamily("dsm_directory_node_lock_wait_seconds",
+                                    "how long each node's lock acquisitions waited at the "
+                                    "directory", labels=["node"])
+        for node, hist in sorted(self._node_lock_waits().items()):
+            fam.add_metric([node], buckets(hist), sum_value=hist.sum_s)
+        yield fam
 
         for key, n in sorted(self._counters().items()):
             fam = CounterMetricFamily(f"dsm_directory_{key}", f"directory counter {key}")

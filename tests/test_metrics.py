@@ -47,6 +47,7 @@ def test_directory_and_agent_metrics_are_scraped_over_http(tmp_path):
         d = scrape(dir_port)
         assert value(d, "dsm_directory_lock_wait_seconds_count") == 1
         assert value(d, "dsm_directory_barrier_wait_seconds_count") == 1
+        assert value(d, r'dsm_directory_node_lock_wait_seconds_count\{node="a"\}') == 1
         assert value(d, "dsm_directory_pages_lost_total") == 0
         assert value(d, "dsm_directory_grants_total") >= 1
         assert value(d, "dsm_directory_nodes") == 1

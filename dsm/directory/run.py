@@ -126,7 +126,8 @@ def _serve(service: DirectoryService, what: str, ready_fd: int | None,
         service.wire = MessageCounts()
         port = serve(metrics_port, DirectoryCollector(
             lambda: dict(service.pages.counters), lambda: len(service.sessions.by_node),
-            service.wire, lambda: service.sync.waits))
+            service.wire, lambda: service.sync.waits,
+            lambda: dict(service.sync.lock_waits_by_node)))
         log.info("%s metrics on port %d", what, port)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)

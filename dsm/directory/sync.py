@@ -92,6 +92,11 @@ class WaitHistogram:
         self.sum_s += seconds
 
 
+#: how many nodes' lock waits are kept apart, for the metrics' ``node`` label (the most recent
+#: waiters: a long-lived directory sees many nodes come and go)
+NODE_WAITS_KEPT = 1024
+
+
 @dataclass
 class Waiter:
     node: str
@@ -158,6 +163,8 @@ class SyncTable:
         self._job_of: dict[str, str] = {}
         #: how long lock acquisitions and barrier waits took
         self.waits = {"lock": WaitHistogram(), "barrier": WaitHistogram()}
+        #: how long each node's lock acquisitions took (the most recent NODE_WAITS_KEPT nodes)
+        self.lock_waits_by_node: dict[str, WaitHistogram] = {}
 
     # --- locks -------------------------------------------------------------------------------------
     def acquire(self, node: str, req: int, name: str, holder: str,
@@ -167,13 +174,21 @@ class SyncTable:
             raise SyncError(f"lock {name!r} is already held by {holder}: it is not reentrant")
         if lock.holder is None and not lock.queue:
             lock.holder = holder
-            self.waits["lock"].record(0.0)
+            self._lock_waited(node, 0.0)
             status = SyncStatus.GRANTED_BROKEN if lock.broken else SyncStatus.GRANTED
             lock.broken = False
             self._broken_locks.pop(name, None)
             return [Reply(node, req, status)]
         lock.queue.append(Waiter(node, req, holder, deadline, self._clock()))
         return []
+
+    def _lock_waited(self, node: str, seconds: float) -> None:
+        self.waits["lock"].record(seconds)
+        hist = self.lock_waits_by_node.pop(node, None) or WaitHistogram()
+        self.lock_waits_by_node[node] = hist  # the most recent last
+        hist.record(seconds)
+        while len(self.lock_waits_by_node) > NODE_WAITS_KEPT:
+            del self.lock_waits_by_node[next(iter(self.lock_waits_by_node))]
 
     def release(self, node: str, req: int, name: str, holder: str) -> list[Reply]:
         lock = self.locks.get(name)
@@ -199,7 +214,7 @@ class SyncTable:
             return []
         nxt = lock.queue.popleft()
         lock.holder = nxt.holder
-        self.waits["lock"].record(self._clock() - nxt.since)
+        self._lock_waited(nxt.node, self._clock() - nxt.since)
         status = SyncStatus.GRANTED_BROKEN if broken else SyncStatus.GRANTED
         return [Reply(nxt.node, nxt.req, status)]
 
