@@ -86,18 +86,24 @@ def test_no_command_and_a_bad_count_are_one_line_each(tmp_path):
     assert done.returncode == 2 and "-n must be at least 1, got 0" in done.stderr
 
 
-#: every rank says it is up, then waits
+#: every rank says it is up, then waits; interrupted, it unwinds and exits with a status of its own
 WAITS = """
 import time
 import dsm
 
 node = dsm.attach()
-print("up", flush=True)
-time.sleep(600)
+try:
+    print("up", flush=True)
+    time.sleep(600)
+except KeyboardInterrupt:
+    print("unwound", flush=True)
+    raise SystemExit(3)
 """
 
 
-def test_ctrl_c_asks_every_rank_to_leave_and_exits_130(tmp_path):
+def test_ctrl_c_passes_sigint_to_every_rank_which_leaves_and_exits_130(tmp_path):
+    """Each rank's program gets SIGINT once (through its dsm run) and unwinds; each node then
+    hands its pages back; the job's status is 130, whatever the ranks exited with."""
     path = tmp_path / "program.py"
     path.write_text(WAITS)
     proc = subprocess.Popen([sys.executable, "-m", "dsm", "launch", "-n", "2", "--",
@@ -112,8 +118,11 @@ def test_ctrl_c_asks_every_rank_to_leave_and_exits_130(tmp_path):
             up += line.strip().endswith("] up")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(LAUNCH_TIMEOUT_S) == 130
-        err = proc.stderr.read()
-        assert err.count("left the cluster on SIGTERM: every page handed back") == 2, err
+        out, err = proc.stdout.read(), proc.stderr.read()
+        assert sorted(line for line in out.splitlines() if "unwound" in line) == [
+            f"[rank {r}] unwound" for r in range(2)], (out, err)
+        assert err.count("left the cluster on SIGINT: every page handed back") == 2, err
+        assert "SIGTERM" not in err, err
         assert _processes_mentioning(str(path)) == []
     finally:
         if proc.poll() is None:
@@ -140,3 +149,37 @@ def test_a_rank_killed_by_a_signal_is_named_by_dsm_run_and_dsm_launch(tmp_path):
     assert "[rank 1] dsm run: " in done.stderr and "was killed by SIGSEGV (status 139)" in \
         done.stderr, done.stderr
     assert "dsm launch: rank 1 killed by SIGSEGV (status 139)" in done.stderr, done.stderr
+
+
+#: beside the program: a module of the user's own, which it imports
+HELPER = "GREETING = 'hello from helper'\n"
+#: a program that imports both dsm and its helper
+WITH_HELPER = """
+import dsm
+import helper
+
+node = dsm.attach()
+print(f"rank {node.rank} of {node.size}: {helper.GREETING}", flush=True)
+node.close()
+"""
+
+
+@pytest.mark.parametrize("stray", ["empty", "checkout"])
+def test_a_folder_named_dsm_in_the_working_directory_does_not_shadow_the_package(tmp_path,
+                                                                                  stray):
+    """Run from the parent directory of a folder named dsm (an empty one, or a checkout named
+    dsm, with no __init__.py at its top): `python prog.py` puts that directory first on
+    sys.path, and the folder must not be imported as `dsm` (a namespace package without
+    `attach`) by any process of the job, while the module beside the program still is."""
+    folder = tmp_path / "dsm"
+    folder.mkdir()
+    if stray == "checkout":
+        (folder / "README.md").write_text("a checkout named dsm\n")
+        (folder / "dsm").mkdir()
+        (folder / "tests").mkdir()
+    (tmp_path / "helper.py").write_text(HELPER)
+    done = _launch(tmp_path, WITH_HELPER, "-n", "2")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    lines = sorted(line for line in done.stdout.splitlines() if "helper" in line)
+    assert lines == [f"[rank {r}] rank {r} of 2: hello from helper" for r in range(2)], \
+        (done.stdout, done.stderr)

@@ -1,7 +1,9 @@
 """Leaving cleanly on loopback: ``dsm run`` and ``dsm-node`` given SIGTERM (what
 ``docker stop`` sends), or a terminal's Ctrl-C (SIGINT to the whole foreground process group),
-stop the workload first, then hand every owned page back to the directory, with its contents,
-and exit 0; a node that comes after reads them. A node killed instead leaves no agent behind."""
+stop the workload first, then hand every owned page back to the directory, with its contents;
+a node that comes after reads them. The status is 0, but for ``dsm run`` interrupted by SIGINT:
+its program's own, since the program unwinds as it would alone (``tests/test_run.py``). A node
+killed instead leaves no agent behind."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from dsm.agent.launch import AGENT_STOP_TIMEOUT_S
@@ -28,6 +31,17 @@ WRITER = (
     "print('written', flush=True)\n"
     "time.sleep(120)\n"
 )
+
+
+def _dsm_run(directory, node: str, log_path, *python_args: str) -> subprocess.Popen:
+    """`dsm run` of a Python program (``python_args``) as node ``node``, in a session of its
+    own, its stderr into ``log_path``, its stdout a pipe."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
+             "--node", node, "--", sys.executable, *python_args],
+            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+        )
 
 
 def _wait_for(proc: subprocess.Popen, text: str, timeout_s: float) -> None:
@@ -64,13 +78,45 @@ def _leave_and_check(proc: subprocess.Popen, make_node, log_path) -> None:
 
 def test_dsm_run_hands_pages_back_on_sigterm(directory, make_node, tmp_path):
     log_path = tmp_path / "leaver.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
-             "--node", "leaver", "--", sys.executable, "-c", WRITER],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )
+    proc = _dsm_run(directory, "leaver", log_path, "-c", WRITER)
     _leave_and_check(proc, make_node, log_path)
+
+
+#: writes, then, interrupted, writes once more as it unwinds and exits with a status of its own
+UNWINDING_WRITER = (
+    "import time, numpy as np, dsm\n"
+    "node = dsm.attach()\n"
+    "a = node.array('leave.x', (8, 512), np.int64)\n"
+    "a[:] = np.arange(8 * 512).reshape(8, 512) * 3 + 1\n"
+    "try:\n"
+    "    print('written', flush=True)\n"
+    "    time.sleep(120)\n"
+    "except KeyboardInterrupt:\n"
+    "    a[0] = -7\n"
+    "    raise SystemExit(3)\n"
+)
+
+
+def test_dsm_run_hands_pages_back_on_sigint_after_the_program_unwound(directory, make_node,
+                                                                     tmp_path):
+    """Ctrl-C (here a SIGINT to `dsm run`, which passes it on): the program unwinds, writing
+    on the way out, then the node leaves with every page, those writes included, and `dsm run`
+    exits with the program's own status."""
+    log_path = tmp_path / "leaver.log"
+    proc = _dsm_run(directory, "leaver", log_path, "-c", UNWINDING_WRITER)
+    try:
+        _wait_for(proc, "written", 30)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 3, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "left the cluster on SIGINT: every page handed back" in log_path.read_text()
+    want = np.arange(8 * 512).reshape(8, 512) * 3 + 1
+    want[0] = -7
+    got = make_node("reader").run("a = node.array('leave.x', (8, 512), np.int64)", "a.tolist()")
+    assert got == want.tolist()
 
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
@@ -122,12 +168,7 @@ def test_process_detaching_while_its_pages_are_fetched(directory, make_node, tmp
     other = make_node("other")
     other.run("a = node.array('cycle.x', (64, 512), np.int64)\nimport time")
     log_path = tmp_path / "cycler.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
-             "--node", "cycler", "--", sys.executable, "-c", CYCLER],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )
+    proc = _dsm_run(directory, "cycler", log_path, "-c", CYCLER)
     try:
         other.send("t = time.monotonic()\nrounds = 0\n"
                    "while time.monotonic() - t < 8:\n    a[:, 1] += 1\n    rounds += 1\n")
@@ -202,13 +243,8 @@ def test_a_leave_while_the_workload_writes_loses_no_write(directory, make_node, 
     """The workload is stopped before the pages are given back, and is let finish: every
     value it reported, the last one included, is what the next node reads."""
     log_path = tmp_path / "leaver.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
-             "--node", "leaver", "--", sys.executable, "-c", COUNTERS, str(COUNTER_PAGES),
-             str(REPORT_INTERVAL_S), str(FINISH_S)],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )
+    proc = _dsm_run(directory, "leaver", log_path, "-c", COUNTERS, str(COUNTER_PAGES),
+                    str(REPORT_INTERVAL_S), str(FINISH_S))
     try:
         for _ in range(REPORTS_BEFORE_LEAVE):
             _wait_for(proc, "\n", 30)
@@ -239,13 +275,8 @@ def test_after_ctrl_c_the_watchdog_still_kills_the_workload_if_its_agent_dies(di
     """Ctrl-C reaches the workload's watchdog too (it is in the workload's group): it must not
     stop it, or a workload still finishing would hang on its next fault once the agent died."""
     log_path = tmp_path / "orphan.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
-             "--node", "orphan", "--", sys.executable, "-c", COUNTERS, str(COUNTER_PAGES),
-             str(REPORT_INTERVAL_S), str(LONG_FINISH_S)],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )
+    proc = _dsm_run(directory, "orphan", log_path, "-c", COUNTERS, str(COUNTER_PAGES),
+                    str(REPORT_INTERVAL_S), str(LONG_FINISH_S))
     try:
         _wait_for(proc, "values", 30)
         (workload,) = [pid for pid in _children(proc.pid) if _children(pid)]  # it has a watchdog
@@ -275,12 +306,7 @@ def test_a_command_that_ignores_sigterm_is_killed_after_the_stop_timeout(directo
     """The leave is asked for while `dsm run` waits for the command without a deadline: the
     deadline starts then, and SIGKILL ends the command when it passes."""
     log_path = tmp_path / "stubborn.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
-             "--node", "stubborn", "--", sys.executable, "-c", STUBBORN],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )
+    proc = _dsm_run(directory, "stubborn", log_path, "-c", STUBBORN)
     try:
         _wait_for(proc, "ignoring SIGTERM", 30)
         t0 = time.monotonic()
@@ -321,12 +347,7 @@ def _children(pid: int) -> list[int]:
 
 def test_agent_and_workload_exit_when_dsm_run_alone_is_killed(directory, tmp_path):
     log_path = tmp_path / "killed.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dsm", "run", "--directory", directory.endpoint,
-             "--node", "killed", "--", sys.executable, "-c", WRITER],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )
+    proc = _dsm_run(directory, "killed", log_path, "-c", WRITER)
     helpers: dict[int, int] = {}  # pid -> pidfd: killed in teardown without a pid reused meanwhile
     try:
         _wait_for(proc, "written", 30)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dsm.errors import ConfigError, DsmError
@@ -69,6 +71,59 @@ def check_endpoint(endpoint: str, what: str = "the directory's endpoint") -> str
     raise ConfigError(f"{what}: expected tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
 
 
+#: the environment variable of the directories Python searches for modules
+PYTHONPATH_ENV = "PYTHONPATH"
+#: the directory that holds the package ``dsm`` this process runs (site-packages; the checkout of
+#: an editable install): this file is ``dsm/agent/launch.py`` in it
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def python_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (this process's by default) for a Python process that dsm starts: its agent, a
+    rank's ``dsm run``, and the command a node runs. ``import dsm`` in it finds this very
+    package, even when the current directory or the script's holds a folder named ``dsm``.
+
+    What goes wrong without it: an editable install (``pip install -e``) is found by a finder
+    on ``sys.meta_path``, which the import system asks only after every ``sys.path`` entry has
+    been searched; and ``python prog.py``, ``python -c`` and ``python -m`` put the script's
+    directory, or the current one, first on ``sys.path``. A folder named ``dsm`` there with no
+    ``__init__.py`` (a checkout named ``dsm``, run from its parent directory) is then imported
+    as a namespace package: ``dsm.attach`` does not exist. But a regular package found on any
+    ``sys.path`` entry beats namespace folders, wherever they are: so the directory that holds
+    this package goes last on ``PYTHONPATH``, unless it is on the path already (an ordinary
+    install: site-packages). The user's modules beside the script stay first (``import
+    helper`` works, and a ``dsm.py`` of the user's own still shadows, as Python users expect),
+    which ``PYTHONSAFEPATH`` (no script directory at all) would break. Processes of dsm's own
+    are started with ``-P`` as well (``dsm_command``)."""
+    out = dict(os.environ if env is None else env)
+    # this process's sys.path minus the entry python put first (the script's directory, or
+    # the current one), which a child need not share
+    searched = sys.path if sys.flags.safe_path else sys.path[1:]
+    if os.path.realpath(PACKAGE_ROOT) in {os.path.realpath(p) for p in searched if p}:
+        return out
+    parts = [p for p in out.get(PYTHONPATH_ENV, "").split(os.pathsep) if p]
+    out[PYTHONPATH_ENV] = os.pathsep.join([*parts, PACKAGE_ROOT])
+    return out
+
+
+def dsm_command(*args: str) -> list[str]:
+    """``python -m dsm ARGS...`` for a process of dsm's own: with ``-P`` (Python >= 3.11), so
+    that a folder named ``dsm`` in the current directory is not looked at (see ``python_env``,
+    which its environment comes from)."""
+    return [sys.executable, "-P", "-m", "dsm", *args]
+
+
+def unblocked_signals() -> Callable[[], None] | None:
+    """For ``Popen(preexec_fn=...)``: a child that must start with no signal blocked, started
+    by a thread that blocks some (``dsm run`` blocks SIGINT, SIGTERM and SIGCHLD and takes
+    them with ``sigtimedwait``, to learn who sent each); the mask is inherited across exec.
+    None when nothing is blocked, as in any other process (and there ``preexec_fn``, unsafe
+    in a process with threads, is not used): ``dsm run`` has one thread."""
+    if not signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        return None
+    return lambda: signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def start_agent(directory: str, node_name: str, socket_path: str | None = None,
                 trace_path: str | None = None, keys_dir: str | None = None,
                 metrics_port: int | None = None, peer_listen: str | None = None,
@@ -84,8 +139,8 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
     tmpdir = None if socket_path else tempfile.mkdtemp(prefix="dsm-")
     path = socket_path or os.path.join(tmpdir, "agent.sock")
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "dsm", "agent", "--directory", directory, "--node", node_name,
-           "--socket", path, "--ready-fd", str(write_fd), "--parent-pid", str(os.getpid())]
+    cmd = dsm_command("agent", "--directory", directory, "--node", node_name, "--socket", path,
+                      "--ready-fd", str(write_fd), "--parent-pid", str(os.getpid()))
     if trace_path:
         cmd += ["--trace", trace_path]
     if keys_dir:
@@ -96,7 +151,8 @@ def start_agent(directory: str, node_name: str, socket_path: str | None = None,
         cmd += ["--peer-listen", peer_listen]
     if advertise:
         cmd += ["--advertise", advertise]
-    proc = subprocess.Popen(cmd, pass_fds=[write_fd], start_new_session=True)
+    proc = subprocess.Popen(cmd, pass_fds=[write_fd], start_new_session=True, env=python_env(),
+                            preexec_fn=unblocked_signals())
     os.close(write_fd)
     try:
         ready, _, _ = select.select([read_fd], [], [], AGENT_START_TIMEOUT_S)

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -282,7 +283,7 @@ class Agent:
         if not acknowledged and self.messaging.directory_closing is not None:
             log.info("the directory %s stopped as this node left: nothing to hand back to, "
                      "the cluster stopped", self.directory_endpoint)  # (dsm/clusterstop.py)
-        elif not acknowledged:
+        elif not acknowledged and self.messaging.directory_alive:  # cut off: said when it was
             log.error("the directory %s did not acknowledge this node's leave: pages it handed "
                       "back may be lost", self.directory_endpoint)
         self._release()
@@ -423,11 +424,44 @@ class Agent:
         self.messaging.carry_out(self.core.overdue(now, REQUEST_TIMEOUT_S))
 
 
+class UffdUnavailable(DsmError):
+    """This host, or this user, cannot open a userfaultfd as a workload must."""
+
+
+def check_uffd() -> None:
+    """Open and close a userfaultfd the way every workload of the node will (``dsm.attach``:
+    the device or the syscall, with the features of ``dsm/needs.py``); UffdUnavailable in one
+    line otherwise. Checked before joining the directory: without it the node would join,
+    and then every workload would fail at attach, each with a traceback."""
+    from dsm.needs import OPTIONAL_WORKLOAD_FEATURES, WORKLOAD_FEATURES
+    from dsm.uffd import Uffd, UffdError
+
+    try:
+        Uffd.open(features=WORKLOAD_FEATURES | OPTIONAL_WORKLOAD_FEATURES,
+                  required=WORKLOAD_FEATURES).close()
+    except UffdError as exc:
+        raise UffdUnavailable(f"{exc}; this node cannot run a workload: run `dsm doctor`"
+                              ) from None
+
+
+def _not_started(ready_fd: int | None, kind: str, why: str) -> int:
+    """The agent could not start: said once. To whoever waits on the ready pipe (``dsm run``,
+    ``dsm-node``, ``dsm.attach``), which says it with what it was doing; else (``dsm agent``
+    run by hand) on stderr."""
+    if ready_fd is not None:
+        os.write(ready_fd, f"error {kind}: {why}\n".encode())
+        os.close(ready_fd)
+    else:
+        print(f"dsm agent: {why}", file=sys.stderr, flush=True)
+    return 2
+
+
 def run_agent(directory: str, node: str, socket_path: str, trace_path: str | None = None,
               ready_fd: int | None = None, parent_pid: int | None = None,
               keys_dir: str | None = None, metrics_port: int | None = None,
               peer_listen: str | None = None, advertise: str | None = None) -> int:
     try:
+        check_uffd()  # before joining: a node that cannot run a workload never joins
         keys_path = keys_dir_from(keys_dir)
         keys = load_client_keys(keys_path, node) if keys_path is not None else None
         peer_keys = load_peer_keys(keys_path, node) if keys_path is not None else None
@@ -441,15 +475,10 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
             port = serve(metrics_port, NodeCollector(node, agent.stats.snapshot, wire))
             log.info("node %s: metrics on port %d", node, port)
     except DsmError as exc:
-        log.error("%s", exc)
-        print(f"dsm agent: {exc}", flush=True)
-        if ready_fd is not None:  # whoever waits for the agent learns why it did not start
-            os.write(ready_fd, f"error {type(exc).__name__}: {exc}\n".encode())
-            os.close(ready_fd)
-        return 2
+        return _not_started(ready_fd, type(exc).__name__, str(exc))
     except OSError as exc:  # the metrics port could not be bound
-        print(f"dsm agent: cannot serve metrics on port {metrics_port}: {exc}", flush=True)
-        return 2
+        return _not_started(ready_fd, "MetricsPortError",
+                            f"cannot serve metrics on port {metrics_port}: {exc}")
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)
     if ready_fd is not None:

@@ -11,8 +11,10 @@ prints every line they write prefixed with their rank (``[rank 2] ...``, as ``mp
 The exit status is 0 when every rank exits 0. When a rank fails, a line names it and how it
 ended (``rank 2 exited with status 3``, ``rank 1 killed by SIGSEGV``), the other ranks are asked
 to leave (a program waiting for the failed rank would otherwise wait forever, as ``mpiexec``
-aborts a job), and the status is the first failing rank's. Ctrl-C (or SIGTERM) asks every rank to
-leave the same way; each ``dsm run`` hands its node's pages back before it exits.
+aborts a job), and the status is the first failing rank's. Ctrl-C asks every rank to leave as
+Ctrl-C asks ``dsm run``: each rank's ``dsm run`` gets SIGINT and passes it on to its command, which
+may unwind (``except KeyboardInterrupt``) before the node hands its pages back; the status is then
+130. SIGTERM asks every rank to leave as ``docker stop`` does.
 """
 
 from __future__ import annotations
@@ -29,20 +31,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from dsm.agent.launch import AGENT_STOP_TIMEOUT_S, dsm_command, python_env
 from dsm.commands.agent import endpoint_argument
 from dsm.commands.local_cluster import DIRECTORY_START_TIMEOUT_S, DemoError, LocalCluster
-from dsm.commands.run import describe_status
+from dsm.commands.run import COMMAND_STOP_TIMEOUT_S, INTERRUPT_GRACE_S, describe_status
 from dsm.keys import announce_open
 from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
 from dsm.managers import MANAGERS
 
 #: the region of a directory the job starts for itself, unless --region-size says
 DEFAULT_REGION_BYTES = 1 << 30
-#: how long the ranks get to leave once asked (each ``dsm run`` stops its command within
-#: COMMAND_STOP_TIMEOUT_S, then hands its pages back) before they are killed
-LEAVE_TIMEOUT_S = 20.0
+#: how long the ranks get to leave once asked before they are killed: each ``dsm run`` stops its
+#: command (a SIGINT's grace, then COMMAND_STOP_TIMEOUT_S after SIGTERM), then its agent hands
+#: the node's pages back (AGENT_STOP_TIMEOUT_S)
+LEAVE_TIMEOUT_S = INTERRUPT_GRACE_S + COMMAND_STOP_TIMEOUT_S + AGENT_STOP_TIMEOUT_S
 #: how much of a rank's output is read at once
 READ_BYTES = 65536
 
@@ -84,29 +88,33 @@ class Launch:
         self.ranks: list[Rank] = []
         self.failed: Rank | None = None
         self.leaving_since: float | None = None
+        #: the signal the ranks were asked to leave with
+        self.asked: int | None = None
         for rank in range(nodes):
-            env = {**os.environ, RANK_ENV: str(rank), SIZE_ENV: str(nodes), RUN_ENV: self.job}
+            env = python_env({**os.environ, RANK_ENV: str(rank), SIZE_ENV: str(nodes),
+                              RUN_ENV: self.job})
             env.pop("DSM_AGENT_SOCKET", None)
-            argv = [sys.executable, "-m", "dsm", "run", "--directory", endpoint,
-                    "--node", f"{self.job}-{rank}"]
+            argv = dsm_command("run", "--directory", endpoint, "--node", f"{self.job}-{rank}")
             if keys is not None:
                 argv += ["--keys", keys]
             # a session of its own: a Ctrl-C in the terminal reaches this process only, which
-            # asks every rank to leave in order
+            # passes it on to every rank's dsm run (and only once to each command: dsm run
+            # passes on a SIGINT a process sent, not a terminal's)
             proc = subprocess.Popen([*argv, "--", *command], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                     start_new_session=True)
             self.ranks.append(Rank(rank, proc))
 
-    def run(self, stop_requested: Any) -> int:
-        """Pump the ranks' output until every one has exited; the job's status."""
+    def run(self, stop_requested: Callable[[], int | None]) -> int:
+        """Pump the ranks' output until every one has exited; the job's status.
+        ``stop_requested``: the signal this process was asked to stop with, if any."""
         streams = {}
         for r in self.ranks:
             for stream in (r.proc.stdout, r.proc.stderr):
                 streams[stream.fileno()] = (r, stream is r.proc.stderr)
         while streams:
-            if stop_requested() and self.leaving_since is None:
-                self.ask_to_leave()
+            if stop_requested() is not None:
+                self.ask_to_leave(stop_requested())
             if self.leaving_since is not None and \
                     time.monotonic() - self.leaving_since > LEAVE_TIMEOUT_S:
                 self.kill()
@@ -123,7 +131,7 @@ class Launch:
         for r in self.ranks:
             r.status = r.proc.wait()
             self._note_exit(r)
-        if stop_requested() and self.failed is None:
+        if stop_requested() is not None and self.failed is None:
             return 130  # as a shell reports a job interrupted by Ctrl-C
         return self.failed.status if self.failed is not None else 0
 
@@ -156,14 +164,19 @@ class Launch:
               "to leave", file=sys.stderr, flush=True)
         self.ask_to_leave()
 
-    def ask_to_leave(self) -> None:
-        """SIGTERM to every rank still running: its ``dsm run`` stops its command, then hands
-        the node's pages back."""
-        self.leaving_since = time.monotonic()
+    def ask_to_leave(self, signum: int = signal.SIGTERM) -> None:
+        """``signum`` to every rank still running, unless they were asked already (SIGTERM
+        after SIGINT still goes): its ``dsm run`` stops its command (SIGINT: passed on, and a
+        grace to unwind), then hands the node's pages back."""
+        if self.asked == signum or self.asked == signal.SIGTERM:
+            return
+        self.asked = signum
+        if self.leaving_since is None:
+            self.leaving_since = time.monotonic()
         for r in self.ranks:
             if r.proc.poll() is None:
                 try:
-                    r.proc.send_signal(signal.SIGTERM)
+                    r.proc.send_signal(signum)
                 except ProcessLookupError:
                     pass
 
@@ -196,10 +209,11 @@ def launch(args: argparse.Namespace) -> int:
         print(f"dsm launch: -n must be at least 1, got {args.nodes}", file=sys.stderr)
         return 2
     announce_open(args.keys, "this job's cluster")  # once for the job: its ranks do not repeat it
-    stop = {"requested": False}
+    stop: dict[str, int | None] = {"signal": None}
 
     def on_signal(signum: int, frame: Any) -> None:
-        stop["requested"] = True
+        if stop["signal"] != signal.SIGTERM:  # SIGTERM after SIGINT hurries; not the reverse
+            stop["signal"] = signum
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     cluster = None
@@ -218,7 +232,7 @@ def launch(args: argparse.Namespace) -> int:
                       f"{cluster.log_tails()}", file=sys.stderr)
                 return 1
         job = Launch(endpoint, args.nodes, command, args.keys)
-        return job.run(lambda: stop["requested"])
+        return job.run(lambda: stop["signal"])
     finally:
         if job is not None:
             job.stop()

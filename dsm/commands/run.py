@@ -1,9 +1,14 @@
 """``dsm run --directory ENDPOINT -- COMMAND...``: start this node's agent and run COMMAND
 attached to it; the exit status is COMMAND's.
 
-``SIGTERM`` (``docker stop``) or ``SIGINT`` means *leave the cluster*: COMMAND gets ``SIGTERM``
-(and ``SIGKILL`` after ``COMMAND_STOP_TIMEOUT_S``), then the agent hands every page it holds
-back to the directory, owned pages with their contents, and the exit status is 0 if it did.
+``SIGTERM`` (``docker stop``) means *leave the cluster*: COMMAND gets ``SIGTERM`` (and ``SIGKILL``
+after ``COMMAND_STOP_TIMEOUT_S``), then the agent hands every page it holds back to the
+directory, owned pages with their contents, and the exit status is 0 if it did.
+
+``SIGINT`` (Ctrl-C) is the same leave, but COMMAND is interrupted as it would be if it ran alone:
+it gets ``SIGINT`` (a Python program raises ``KeyboardInterrupt`` and runs its ``except`` and
+``finally`` blocks), ``SIGTERM`` only if it still runs ``INTERRUPT_GRACE_S`` later, and the exit
+status is COMMAND's own (130 if SIGINT ended it), once the pages are handed back.
 
 Under a launcher (``srun``, ``mpirun``, a PMI launcher) and without ``DSM_NODES``, COMMAND gets the
 launcher's rank and size as ``DSM_RANK`` and ``DSM_NODES`` (and ``DSM_RUN``, from the job's id),
@@ -15,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from dsm import local
-from dsm.agent.launch import AgentStartError, StartedAgent, start_agent
+from dsm.agent.launch import AgentStartError, StartedAgent, python_env, start_agent
+from dsm.agent.service import EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED
 from dsm.commands.agent import add_directory_arguments, default_node_name
 from dsm.clusterstop import EXIT_CLUSTER_STOPPED, stopped_with_cluster
 from dsm.errors import ConfigError
@@ -31,6 +36,20 @@ from dsm.launchers import RUN_ENV, placement, workload_env
 
 #: how long the command may take to exit after the SIGTERM of a leave
 COMMAND_STOP_TIMEOUT_S = 10.0
+#: how long the command may take to exit after a SIGINT (Ctrl-C) before it gets the SIGTERM of
+#: a leave (and COMMAND_STOP_TIMEOUT_S later SIGKILL). Python raises KeyboardInterrupt at the
+#: next bytecode, so a program's ``except KeyboardInterrupt`` and ``finally`` blocks start at
+#: once, and closing its files and its node, or saving a last result, takes well under a second;
+#: a program inside a long C call (a numpy operation on a large array, a page fault whose page
+#: is on its way) sees the signal when the call returns, a few seconds at most. 5 s lets both
+#: unwind, and is about as long as someone at a terminal waits before pressing Ctrl-C again.
+INTERRUPT_GRACE_S = 5.0
+#: ``si_code`` of a signal the kernel sent on its own (``SI_KERNEL``, <asm-generic/siginfo.h>):
+#: what a terminal's Ctrl-C is (the tty driver signals the foreground process group); ``kill``
+#: is ``SI_USER`` (0)
+SI_KERNEL = 0x80
+#: what the agent exits with when it has said why itself (its log): dsm run does not repeat it
+AGENT_SAID_WHY = (EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,9 +59,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def shell_status(returncode: int) -> int:
+    """A ``Popen.returncode`` as a shell reports it: ``128 + N`` for a process killed by
+    signal N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
 class Departure:
-    """While active, SIGTERM and SIGINT do not kill this process: they ask it to leave (and
-    are passed on to the command, once there is one, as SIGTERM).
+    """While active, SIGTERM and SIGINT do not kill this process: they ask it to leave, and
+    are passed on to the command, once there is one.
+
+    SIGTERM: the command gets SIGTERM, and SIGKILL ``COMMAND_STOP_TIMEOUT_S`` later. SIGINT: the
+    command gets SIGINT, then, if it still runs ``INTERRUPT_GRACE_S`` later, what SIGTERM gives
+    it. A terminal's Ctrl-C reaches the command by itself (the terminal signals its whole
+    foreground process group, which the command shares with this process): then it is not
+    passed on, since a second SIGINT would interrupt the program's ``except KeyboardInterrupt``
+    block. Only a SIGINT sent by a process (``kill``, ``dsm launch``) is. To tell them apart the
+    signals are blocked while this is active and taken with ``sigtimedwait``, whose siginfo
+    says who sent each (``SI_KERNEL``: the terminal); SIGCHLD, blocked too, wakes the wait
+    for the command. The children start with nothing blocked (``preexec_fn``: this process
+    has one thread).
 
     The order of a leave is this process's to decide: the command is stopped first, then the
     agent hands the pages back. The agent runs in a session of its own (``start_agent``), so
@@ -50,74 +86,118 @@ class Departure:
     this process and the command but not the agent."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    _BLOCKED = (*SIGNALS, signal.SIGCHLD)
 
     def __init__(self) -> None:
-        self.requested: int | None = None  #: the signal that asked to leave
+        self._requested: int | None = None
         self.child: subprocess.Popen | None = None
         #: the signal that killed the command, if one did
         self.killed_by: int | None = None
-        self._old: dict[int, Any] = {}
-        #: written by the signal handler: wakes ``wait_child`` so that it starts its deadline
-        self._wake_r, self._wake_w = -1, -1
+        self._old_mask: set[signal.Signals] = set()
+        #: when the command gets SIGTERM (a SIGINT's grace ends), and when SIGKILL
+        self._term_at: float | None = None
+        self._kill_at: float | None = None
 
     def __enter__(self) -> "Departure":
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._BLOCKED)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._take(self._BLOCKED)  # not left pending, for the old mask to deliver
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.requested = signum
+    @property
+    def requested(self) -> int | None:
+        """The signal that asked to leave: SIGTERM once one came, else SIGINT; None if none
+        has (the signals that came since the last look are taken now)."""
+        self._take(self.SIGNALS)
+        return self._requested
+
+    def _take(self, signals: tuple[int, ...]) -> None:
+        while (info := signal.sigtimedwait(signals, 0)) is not None:
+            self._on_signal(info)
+
+    def _running(self) -> bool:
+        return self.child is not None and self.child.poll() is None
+
+    def _on_signal(self, info: Any) -> None:
+        if info.si_signo == signal.SIGTERM:
+            self._requested = signal.SIGTERM
+            if self._running():
+                self._stop_child()
+        elif info.si_signo == signal.SIGINT:
+            if self._requested is None:
+                self._requested = signal.SIGINT
+            if self._running():
+                if not self._child_had(info):
+                    self._signal_child(signal.SIGINT)
+                if self._term_at is None and self._kill_at is None:
+                    self._term_at = time.monotonic() + INTERRUPT_GRACE_S
+        # SIGCHLD: a child exited; the wait looks
+
+    def _child_had(self, info: Any) -> bool:
+        """Whether the SIGINT ``info`` describes reached the command too: a terminal's, to a
+        process group the command is still in."""
+        if info.si_code != SI_KERNEL:
+            return False
         try:
-            os.write(self._wake_w, b"!")
-        except BlockingIOError:  # full: a wake-up is pending anyway
-            pass
-        self.terminate_child()
+            return os.getpgid(self.child.pid) == os.getpgrp()
+        except ProcessLookupError:
+            return True  # gone: nothing to pass on
 
-    def terminate_child(self) -> None:
-        if self.child is not None and self.child.poll() is None:
-            try:
-                self.child.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    def _signal_child(self, signum: int) -> None:
+        try:
+            self.child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    def _stop_child(self) -> None:
+        """SIGTERM to the command, SIGKILL ``COMMAND_STOP_TIMEOUT_S`` after the first."""
+        self._term_at = None
+        if self._kill_at is None:
+            self._kill_at = time.monotonic() + COMMAND_STOP_TIMEOUT_S
+        self._signal_child(signal.SIGTERM)
 
     def start(self, command: list[str], **popen: Any) -> subprocess.Popen:
-        self.child = subprocess.Popen(command, **popen)
-        if self.requested is not None:  # the signal came while the command was starting
-            self.terminate_child()
+        old_mask = self._old_mask
+        self.child = subprocess.Popen(
+            command, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask),
+            **popen)
+        self._take(self.SIGNALS)  # what came while it started is passed on
         return self.child
 
-    def wait_child(self) -> int:
-        """The command's exit status (``128 + N`` for a signal N, as a shell says), bounded by
-        ``COMMAND_STOP_TIMEOUT_S`` once a leave was asked for (SIGKILL then), even if it was
-        asked for during the wait."""
+    def wait_child(self, name: str = "the command",
+                   say: Callable[[str], None] | None = None) -> int:
+        """The command's exit status (``128 + N`` for a signal N, as a shell says), bounded
+        once a leave was asked for, even during the wait: SIGKILL ``COMMAND_STOP_TIMEOUT_S``
+        after its SIGTERM, which a SIGINT gives it ``INTERRUPT_GRACE_S`` after its SIGINT (and
+        ``say`` says so, naming the command ``name``)."""
         child = self.child
-        pidfd = os.pidfd_open(child.pid)  # readable once it exits (it is ours to reap: not yet)
-        try:
-            deadline = None
-            while child.poll() is None:
-                if self.requested is not None and deadline is None:
-                    deadline = time.monotonic() + COMMAND_STOP_TIMEOUT_S
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    child.kill()
-                    child.wait()
-                    break
-                ready, _, _ = select.select([pidfd, self._wake_r], [], [], left)
-                if self._wake_r in ready:
-                    os.read(self._wake_r, 64)
-        finally:
-            os.close(pidfd)
-        status = child.returncode
-        if status < 0:
-            self.killed_by = -status
-        return status if status >= 0 else 128 - status
+        while True:
+            self._take(self._BLOCKED)
+            if child.poll() is not None:
+                break
+            now = time.monotonic()
+            if self._kill_at is not None and now >= self._kill_at:
+                child.kill()
+                child.wait()
+                break
+            if self._term_at is not None and now >= self._term_at:
+                if say is not None:
+                    say(f"{name} still runs {INTERRUPT_GRACE_S:g} s after SIGINT: sending SIGTERM")
+                self._stop_child()
+                continue
+            due = min((t for t in (self._term_at, self._kill_at) if t is not None), default=None)
+            # a SIGCHLD that came since the poll above is pending: the wait returns at once
+            if due is None:
+                info = signal.sigwaitinfo(self._BLOCKED)
+            else:
+                info = signal.sigtimedwait(self._BLOCKED, max(0.0, due - now))
+            if info is not None:
+                self._on_signal(info)
+        if child.returncode < 0:
+            self.killed_by = -child.returncode
+        return shell_status(child.returncode)
 
 
 def describe_status(status: int) -> str:
@@ -132,43 +212,46 @@ def describe_status(status: int) -> str:
 
 
 def run_attached(agent: StartedAgent, command: list[str], leave: Departure, prog: str,
-                 env: dict[str, str] | None = None) -> int:
+                 env: dict[str, str] | None = None, *, interrupted_status: bool = False) -> int:
     """Run ``command`` attached to ``agent``, then stop the agent (it hands its pages back).
-    The command's status; 0 after a clean leave (the agent exited 0), 1 otherwise."""
-    status = 0
+
+    The status: the command's; 1 if it was 0 but the agent did not leave cleanly. After a
+    leave asked for by a signal, 0 if the agent left cleanly, 1 otherwise; but with
+    ``interrupted_status`` (``dsm run``), after SIGINT the command's own, as without dsm (130
+    if SIGINT ended it; the 130 of a shell if the command never started)."""
+    say = lambda line: print(f"{prog}: {line}", file=sys.stderr, flush=True)  # noqa: E731
+    status: int | None = None
     try:
         if leave.requested is None:
-            child_env = {**(env if env is not None else os.environ),
-                         local.AGENT_SOCKET_ENV: agent.socket_path}
+            child_env = python_env({**(env if env is not None else os.environ),
+                                    local.AGENT_SOCKET_ENV: agent.socket_path})
             try:
                 leave.start(command, env=child_env)
             except OSError as exc:
-                print(f"{prog}: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+                say(f"cannot run {command[0]!r}: {exc.strerror}")
                 return 127
-            status = leave.wait_child()
+            status = leave.wait_child(command[0], say)
             if leave.killed_by is not None and leave.requested is None:
-                print(f"{prog}: {command[0]} was {describe_status(status)}", file=sys.stderr,
-                      flush=True)
+                say(f"{command[0]} was {describe_status(status)}")
     finally:
         agent_status = agent.stop()
+    requested = leave.requested
+    how = "" if requested is None else f" while leaving on {signal.Signals(requested).name}"
+    left = agent_status == 0
     if agent_status == EXIT_CLUSTER_STOPPED:  # its directory stopped too (dsm/clusterstop.py)
-        how = "" if leave.requested is None else f" while leaving on {signal.Signals(leave.requested).name}"
-        print(f"{prog}: {stopped_with_cluster(how)}", file=sys.stderr, flush=True)
-        return 0 if leave.requested is not None else status
-    if leave.requested is not None:
-        how = signal.Signals(leave.requested).name
-        if agent_status == 0:
-            print(f"{prog}: left the cluster on {how}: every page handed back to the directory",
-                  file=sys.stderr, flush=True)
-            return 0
-        print(f"{prog}: the node agent exited with status {agent_status} while leaving on {how}",
-              file=sys.stderr, flush=True)
-        return 1
-    if agent_status != 0:  # the command ended, but the node could not leave cleanly
-        print(f"{prog}: the node agent exited with status {agent_status}: the directory did not "
-              "confirm this node's leave (see the agent's log)", file=sys.stderr, flush=True)
-        return status or 1
-    return status
+        say(stopped_with_cluster(how))
+        left = True
+    elif left and requested is not None:
+        say(f"left the cluster on {signal.Signals(requested).name}: every page handed back to "
+            "the directory")
+    elif not left and agent_status not in AGENT_SAID_WHY:  # else its line above says why
+        say(f"the node agent {describe_status(shell_status(agent_status))}{how}: the directory "
+            "did not confirm this node's leave")
+    if requested == signal.SIGINT and interrupted_status:
+        status = 128 + signal.SIGINT if status is None else status
+    elif requested is not None:
+        return 0 if left else 1
+    return status if left else status or 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,5 +275,8 @@ def run(args: argparse.Namespace) -> int:
                                 advertise=args.advertise)
         except AgentStartError as exc:
             print(f"dsm run: {exc}", file=sys.stderr)
+            if leave.requested == signal.SIGINT:
+                return 128 + signal.SIGINT
             return 0 if leave.requested is not None else 2
-        return run_attached(agent, command, leave, "dsm run", {**os.environ, **launcher_env})
+        return run_attached(agent, command, leave, "dsm run", {**os.environ, **launcher_env},
+                            interrupted_status=True)
