@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from dsm.agent.launch import AGENT_STOP_TIMEOUT_S
+from dsm.agent.launch import AGENT_STOP_TIMEOUT_S, PACKAGE_ROOT
 from dsm.commands.run import COMMAND_STOP_TIMEOUT_S, INTERRUPT_GRACE_S
 
 pytestmark = pytest.mark.timeout(90)
@@ -218,24 +218,33 @@ NOBODY = 65534
 
 
 def _as_nobody(argv: list[str], root: Path) -> list[str]:
-    """``argv`` run as nobody, in a mount namespace of its own in which this interpreter is
-    reachable to nobody: a directory above it that nobody may not enter (``/root``, mode 0700,
-    holding pyenv) is covered with an empty tmpfs into which the interpreter's tree is bound
-    back. Only this namespace sees that; the real directories are left as they are."""
-    prefix = Path(os.path.realpath(sys.prefix))
-    steps = []
-    for up in [*reversed(prefix.parents), prefix][1:]:  # "/" itself is enterable
-        if not os.stat(up).st_mode & 0o001:  # no search permission for others
-            steps.append(up)
+    """``argv`` run as nobody, in a mount namespace of its own in which this interpreter and
+    this package are reachable to nobody: each directory above them that nobody may not enter
+    (``/root``, mode 0700, holding pyenv) is covered with an empty tmpfs into which what is
+    needed below it is bound back, outermost first. Only this namespace sees that; the real
+    directories are left as they are. ``root``: a directory for the mount points."""
+    needed = {Path(os.path.realpath(p)) for p in (sys.executable, sys.prefix, sys.base_prefix,
+                                                  PACKAGE_ROOT)}
+    closed: dict[Path, set[str]] = {}  # a directory nobody may enter -> what to bind back
+    for path in needed:
+        for up in [*reversed(path.parents), path][1:-1]:  # "/" is enterable; path itself is
+            if not os.stat(up).st_mode & 0o001:  # no search permission for others
+                closed.setdefault(up, set()).add(path.relative_to(up).parts[0])
     script = ["set -e"]
-    for n, closed in enumerate(steps):
-        inside = prefix.relative_to(closed).parts[0]
-        hold = root / f"hold{n}"
-        hold.mkdir(exist_ok=True)
-        script += [f"mount --bind '{closed / inside}' '{hold}'",
-                   f"mount -t tmpfs -o mode=755 tmpfs '{closed}'",
-                   f"mkdir '{closed / inside}'",
-                   f"mount --bind '{hold}' '{closed / inside}'"]
+    for n, (cover, inside) in enumerate(sorted(closed.items(), key=lambda c: len(c[0].parts))):
+        binds = []
+        for m, name in enumerate(sorted(inside)):
+            hold = root / f"hold{n}-{m}"
+            kept = cover / name
+            if kept.is_dir():
+                hold.mkdir(exist_ok=True)
+                make = f"mkdir '{kept}'"
+            else:
+                hold.touch()
+                make = f"touch '{kept}'"
+            script.append(f"mount --bind '{kept}' '{hold}'")
+            binds += [make, f"mount --bind '{hold}' '{kept}'"]
+        script += [f"mount -t tmpfs -o mode=755 tmpfs '{cover}'", *binds]
     script.append('exec "$@"')
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script),
             "sh", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
