@@ -24,6 +24,7 @@ import zmq
 from dsm import libc
 from dsm import protocol as p
 from dsm.agent.forwarding import FORWARDED_ANSWERS
+from dsm.core.inputs import CHECKED_RUNS, core_handlers
 from dsm.agent.links import ShardLinks
 from dsm.agent.memory import NodeMemory
 from dsm.agent.peers import PeerEndpoint
@@ -78,15 +79,11 @@ class Messaging:
         self.wire: Any = None
         #: lines about messages dropped from the directory, rate-limited
         self._complain = ThrottledLog(log, "messages dropped from the directory")
+        self._core_handlers = core_handlers(core, time.monotonic, self._reachable)
         self._dir_handlers: dict[type, Callable[[Any, Any], None]] = {
-            p.Grant: self._on_grant,
-            p.Fetch: self._on_fetch,
-            p.Invalidate: self._on_invalidate,
+            **{kind: self._to_core for kind in self._core_handlers if kind is not p.PeerPage},
             **{answer: self._on_answer for answer in FORWARDED_ANSWERS},
             p.Error: self._on_answer,
-            p.Lost: self._on_lost,
-            p.Withdrawn: lambda m, d: self.carry_out(self.core.withdrawn(m)),
-            p.DiffApplied: lambda m, d: self.carry_out(self.core.diff_applied(m)),
             p.Fenced: lambda m, d: self.cut_off(
                 f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
             p.Welcome: lambda m, d: None,
@@ -95,9 +92,7 @@ class Messaging:
             p.Heartbeat: self._on_heartbeat,
         }
         #: what other nodes send (the peer endpoint)
-        self._peer_handlers: dict[type, Callable[[Any, Any], None]] = {
-            p.PeerPage: lambda m, d: self.carry_out(self.core.peer_page(m, d, time.monotonic())),
-        }
+        self._peer_handlers: dict[type, Callable[[Any, Any], None]] = {p.PeerPage: self._to_core}
 
     # --- sending -----------------------------------------------------------------------------------
     def send(self, msg: p.Message, page: Any = None) -> None:
@@ -236,23 +231,17 @@ class Messaging:
             self._clock_sample(msg.echo_ns / 1e9, msg.clock_ns)
 
     # the directory's answers and orders: the core decides, carry_out does
-    def _on_grant(self, msg: p.Grant, data: Any) -> None:
-        self.layout.check_page(msg.page + msg.count - 1)
-        self.carry_out(self.core.grant(msg, data, time.monotonic()))
-
-    def _on_lost(self, msg: p.Lost, _: Any) -> None:
-        self.layout.check_page(msg.page + msg.count - 1)
-        self.carry_out(self.core.lost(msg, time.monotonic()))
-
-    def _on_fetch(self, msg: p.Fetch, _: Any) -> None:
-        self.layout.check_page(msg.page + msg.count - 1)
+    def _reachable(self, fetch: p.Fetch) -> Callable[[str], bool]:
+        """Whether the requester a Fetch names answers at an address (its peer endpoint)."""
         peers = self.peers
-        self.carry_out(self.core.fetch(
-            msg, lambda addr: peers is not None and peers.reachable(msg.to_node, addr)))
+        return lambda addr: peers is not None and peers.reachable(fetch.to_node, addr)
 
-    def _on_invalidate(self, msg: p.Invalidate, _: Any) -> None:
-        self.layout.check_page(msg.page + msg.count - 1)
-        self.carry_out(self.core.invalidate(msg))
+    def _to_core(self, msg: Any, data: Any) -> None:
+        """A page message: to the core (its pages checked against the region first), and what
+        it decides carried out."""
+        if isinstance(msg, CHECKED_RUNS):
+            self.layout.check_page(msg.page + msg.count - 1)
+        self.carry_out(self._core_handlers[type(msg)](msg, data))
 
     def _check_runs(self, flat: list[int]) -> None:
         """ProtocolError unless ``flat`` holds (first, count) runs of the region's pages."""

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from dsm import protocol as p
 from dsm.directory.allocations import Allocation
-from dsm.directory.pages import Send
+from dsm.directory.pages import Send, page_handlers
 from dsm.directory.stats import report as stats_report
 from dsm.directory.sync import Reply, SyncStatus, node_of
 from dsm.errors import DsmError, ProtocolError
@@ -41,17 +41,7 @@ class MessageHandlers:
         """What each message from a node with a session does: (node, message, page data) ->
         the messages to send."""
         return {
-            p.Acquire: lambda n, m, d: self.pages.acquire(n, m.page, m.count, m.write, m.have_copy),
-            p.Fetched: lambda n, m, d: self.pages.fetched(
-                n, m.txn, m.page, m.count, m.payload, d, m.not_held, m.unwritten),
-            p.Invalidated: lambda n, m, d: self.pages.invalidated(n, m.txn, m.page, m.count),
-            p.Writeback: lambda n, m, d: self.pages.writeback(n, m.page, m.count, m.payload, d),
-            p.Drop: lambda n, m, d: self.pages.drop(n, m.page, m.count, m.payload, d),
-            p.Received: lambda n, m, d: self.pages.received(n, m.txn, m.page, m.count,
-                                                            m.installed),
-            p.Diff: lambda n, m, d: self.pages.diff(n, m.req, m.page, m.count,
-                                                    m.changed(self.layout.page_size), d),
-            p.Dirtied: lambda n, m, d: self.pages.dirtied(n, m.page, m.count),
+            **page_handlers(self.pages, self.layout.page_size),
             p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
             # the node knows we live, and learns our clock (dsm.clocksync)

@@ -23,7 +23,7 @@ from dsm import protocol as p
 from dsm.core.shards import shard_of
 from dsm.core.states import OWNED
 from dsm.sim import release as rc
-from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure
+from dsm.sim.model import SLOTS_PER_PAGE, SimulationFailure
 
 if TYPE_CHECKING:
     from dsm.sim.nodes import SimNode
@@ -58,23 +58,9 @@ class NetworkSimulation:
 
     def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
         d = self.directories[shard]
-        if isinstance(msg, p.Acquire):
-            out = d.acquire(node, msg.page, msg.count, msg.write, msg.have_copy)
-        elif isinstance(msg, p.Fetched):
-            out = d.fetched(node, msg.txn, msg.page, msg.count, msg.payload, data, msg.not_held,
-                            msg.unwritten)
-        elif isinstance(msg, p.Invalidated):
-            out = d.invalidated(node, msg.txn, msg.page, msg.count)
-        elif isinstance(msg, p.Writeback):
-            out = d.writeback(node, msg.page, msg.count, msg.payload, data)
-        elif isinstance(msg, p.Drop):
-            out = d.drop(node, msg.page, msg.count, msg.payload, data)
-        elif isinstance(msg, p.Received):
-            out = d.received(node, msg.txn, msg.page, msg.count, msg.installed)
-        elif isinstance(msg, p.Diff):
-            out = d.diff(node, msg.req, msg.page, msg.count, msg.changed(PAGE_BYTES), data)
-        elif isinstance(msg, p.Dirtied):
-            out = d.dirtied(node, msg.page, msg.count)
+        handler = self._page_handlers[shard].get(type(msg))  # the directory service's own
+        if handler is not None:
+            out = handler(node, msg, data)
         elif isinstance(msg, rc.SYNC_MESSAGES) and d is self.directory:
             for to, reply in self.coordinator.handle(node, msg):
                 self._send(shard, to, reply, None)
@@ -90,21 +76,9 @@ class NetworkSimulation:
 
     def _to_node(self, node: SimNode, msg: p.Message, data: bytes | None) -> None:
         self._finish(node)  # one loop: it takes the next message when done with the last
-        core = node.core
-        if isinstance(msg, p.Grant):
-            acts = core.grant(msg, data, self.clock)
-        elif isinstance(msg, p.Lost):
-            acts = core.lost(msg, self.clock)
-        elif isinstance(msg, p.Fetch):
-            acts = core.fetch(msg)
-        elif isinstance(msg, p.Invalidate):
-            acts = core.invalidate(msg)
-        elif isinstance(msg, p.PeerPage):
-            acts = core.peer_page(msg, data, self.clock)
-        elif isinstance(msg, p.Withdrawn):
-            acts = core.withdrawn(msg)
-        elif isinstance(msg, p.DiffApplied):
-            acts = core.diff_applied(msg)
+        handler = node.handlers.get(type(msg))  # the agent's own table
+        if handler is not None:
+            acts = handler(msg, data)
         elif isinstance(msg, p.SyncReply):
             acts = self._sync_answered(node, msg)
         else:

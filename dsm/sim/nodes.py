@@ -81,6 +81,8 @@ class SimNode:
     #: which loses them with this node unless their Diff came), and those of each release
     #: not answered yet (with ``releasing``)
     twinned: set[int] = field(default_factory=set)
+    #: what its agent does with each page message (``dsm.core.inputs``, as the real agent)
+    handlers: dict = field(default_factory=dict)
 
 
 class NodeSimulation:

@@ -36,9 +36,10 @@ from collections import deque
 
 from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
+from dsm.core.inputs import core_handlers
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
-from dsm.directory.pages import OnLoss, PageDirectory
+from dsm.directory.pages import OnLoss, PageDirectory, page_handlers
 from dsm.layout import Layout
 from dsm.managers import Manager
 from dsm.sim import programs
@@ -86,6 +87,9 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
             for k in range(shards)}
         self._shard_names = list(self.directories)
         self.directory = self.directories[self._shard_names[0]]
+        #: what each shard does with a page message: the directory service's table
+        self._page_handlers = {name: page_handlers(d, PAGE_BYTES)
+                               for name, d in self.directories.items()}
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
         self.coordinator = rc.Coordinator(pages, lambda: self.clock)
         self._programs = (programs.drf_programs(
@@ -115,6 +119,9 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES))
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
+            # every peer is reachable in the model (its peer endpoints never refuse)
+            node.handlers = core_handlers(node.core, lambda: self.clock,
+                                          lambda fetch: lambda addr: True)
             for d in self.directories.values():
                 d.node_joined(name, peer=f"sim://{name}")
             self.coordinator.joined(name)

@@ -49,7 +49,8 @@ The package's modules, each owning one thing:
 - ``loss``: the pages a death lost, and what a request for one is told (``LostPages``).
 """
 
-from dsm.directory.pages.inputs import PageDirectory
+from dsm.directory.pages.inputs import PageDirectory, page_handlers
 from dsm.directory.pages.state import Kind, OnLoss, PageEntry, Request, Send, Txn
 
-__all__ = ["Kind", "OnLoss", "PageDirectory", "PageEntry", "Request", "Send", "Txn"]
+__all__ = ["Kind", "OnLoss", "PageDirectory", "PageEntry", "Request", "Send", "Txn",
+           "page_handlers"]

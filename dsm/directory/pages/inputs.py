@@ -15,7 +15,8 @@ from dsm.core.shards import clip_to_stripe
 from dsm.directory.pages.state import Kind, Request, Send, Txn
 from dsm.directory.pages.transactions import PageTransactions
 from dsm.errors import ProtocolError
-from dsm.protocol import Payload, Withdrawn
+from dsm.protocol import (Acquire, Diff, Dirtied, Drop, Fetched, Invalidated, Payload, Received,
+                          Withdrawn, Writeback)
 
 log = logging.getLogger(__name__)
 
@@ -320,3 +321,20 @@ class PageDirectory(PageTransactions):
                     silent.setdefault(node, txn)
         return silent
 
+
+
+def page_handlers(pages: PageDirectory, page_size: int) -> dict[type, Any]:
+    """What the page directory does with each page message from a node: ``(node, message,
+    page data) -> the messages to send``. The one table the directory service and the simulator
+    both deliver through."""
+    return {
+        Acquire: lambda n, m, d: pages.acquire(n, m.page, m.count, m.write, m.have_copy),
+        Fetched: lambda n, m, d: pages.fetched(n, m.txn, m.page, m.count, m.payload, d,
+                                               m.not_held, m.unwritten),
+        Invalidated: lambda n, m, d: pages.invalidated(n, m.txn, m.page, m.count),
+        Writeback: lambda n, m, d: pages.writeback(n, m.page, m.count, m.payload, d),
+        Drop: lambda n, m, d: pages.drop(n, m.page, m.count, m.payload, d),
+        Received: lambda n, m, d: pages.received(n, m.txn, m.page, m.count, m.installed),
+        Diff: lambda n, m, d: pages.diff(n, m.req, m.page, m.count, m.changed(page_size), d),
+        Dirtied: lambda n, m, d: pages.dirtied(n, m.page, m.count),
+    }
