@@ -19,11 +19,12 @@ WORKLOADS = {
     "matmul": "dsm.workloads.matmul",
     "sort": "dsm.workloads.sort",
     "counter": "dsm.workloads.counter",
+    "tally": "dsm.workloads.tally",
     "stream": "dsm.workloads.stream",
     "gather": "dsm.workloads.gather",
 }
 #: the workloads that ``dsm demo`` and ``dsm bench`` check against numpy (a ``WORKLOAD`` each)
-CHECKED = ("rows", "jacobi", "matmul", "sort", "counter")
+CHECKED = ("rows", "jacobi", "matmul", "sort", "counter", "tally")
 
 
 def module_of(name: str) -> str:
