@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import statistics
+import shutil
 import subprocess
 import sys
 
@@ -482,3 +483,31 @@ def test_bench_refuses_an_unknown_manager():
                            "--only", "fault", "--quick"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "unknown manager(s) dynamic" in proc.stderr
+
+
+def test_bench_sharing_prints_every_row_and_checks_its_counters(tmp_path, run_dsm_bench):
+    from dsm.bench.sharing import rows_for
+
+    out = tmp_path / "sharing.json"
+    proc = run_dsm_bench("sharing", "--operations", "20", "--tasks", "20", "--collectives", "10",
+                         "--rounds", "1", "--nodes", "2", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert [r["key"] for r in result["rows"]] == [key for key, _ in rows_for(2)]
+    assert len(result["samples_ns"]["atomic_contended"]) == 2 * 20
+    assert "contended fetch_add:" in proc.stdout and "target <= 1.5x" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("py-spy") is None or os.geteuid() != 0,
+                    reason="--profile needs py-spy (pip install py-spy) and root")
+def test_bench_profile_keeps_a_flame_graph_per_process_and_names_the_busiest_functions(
+        tmp_path, run_dsm_bench):
+    out, flames = tmp_path / "fault.json", tmp_path / "flames"
+    proc = run_dsm_bench("fault", "--pages", "60", "--rounds", "2", "--json", str(out),
+                         "--profile", str(flames))
+    result = json.loads(out.read_text())
+    # the agents and the directory, each with a speedscope file and its busiest functions
+    assert {"directory", "agent a", "agent b", "agent c"} <= set(result["profile"])
+    for name, functions in result["profile"].items():
+        assert (flames / f"{name.replace(' ', '-')}.speedscope.json").exists(), name
+        assert functions and all(0 < f["share"] <= 1 for f in functions), (name, functions)
+    assert "directory: busiest functions (own samples)" in proc.stdout

@@ -43,7 +43,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dsm.bench import common
+from dsm.bench import common, profile
 from dsm.bench.common import Progress
 from dsm.bench.fault_measure import FaultBench
 from dsm.bench.fault_rows import FAULT_ROWS, FLOOR_KEYS, FLOOR_OF, ROWS, format_table, summary
@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trace the directory and the nodes into DIR (to measure what "
                              "tracing costs per fault: run once with it and once without)")
     common.add_output_arguments(parser)
+    profile.add_argument(parser)
     parser.add_argument("--fail-on-target", action="store_true",
                         help="exit with status 3 when a row misses its target")
     add_keys_argument(parser, "a second, keyed cluster runs beside the open one and every fault "
@@ -93,7 +94,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     round_trips = args.round_trips if args.round_trips is not None else args.pages
     if min(args.pages, args.rounds, args.message_bytes, round_trips) < 1:
         return "--pages, --round-trips, --rounds and --message-bytes must be positive"
-    return None
+    return profile.check(getattr(args, "profile", None))
 
 
 def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
@@ -103,7 +104,7 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
     keys_dir = keys_dir_from(getattr(args, "keys", None))
     return run_with_processes(log_dir, progress, lambda procs: FaultBench(
         procs, args.pages, round_trips, rounds, args.transport, args.message_bytes, args.seed,
-        progress, keys_dir).run(), trace_dir=_trace_dir(args))
+        progress, keys_dir, getattr(args, "profile", None)).run(), trace_dir=_trace_dir(args))
 
 
 def _trace_dir(args: argparse.Namespace) -> Path | None:
@@ -115,4 +116,5 @@ def _trace_dir(args: argparse.Namespace) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return common.run_benchmark("fault", args, check_arguments, measure, format_table)
+    return common.run_benchmark("fault", args, check_arguments, measure,
+                                profile.with_profile(format_table))

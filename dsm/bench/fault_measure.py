@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from dsm.bench import common, floor
+from dsm.bench import common, floor, profile
 from dsm.bench.common import TRAFFIC_DIRECTIONS, BenchError, Progress, environment
 from dsm.bench.fault_rows import (CURVE_SUFFIX, FLOOR_KEYS, curve_cost, floor_of, new_rows,
                                   row_results)
@@ -43,8 +43,11 @@ class FaultBench:
 
     def __init__(self, procs: Processes, pages: int, round_trips: int, rounds: int,
                  transport: str, message_bytes: int, seed: int, progress: Progress,
-                 keys_dir: Path | None = None):
+                 keys_dir: Path | None = None, profile_dir: str | None = None):
         self.procs = procs
+        #: where py-spy's flame graphs of the timed rounds go (None: not profiled)
+        self.profile_dir = profile_dir
+        self.profile: dict = {}
         self.keys_dir = keys_dir
         #: node-name prefixes of the clusters measured: the open one, and the keyed one
         self.clusters = [""] + ([CURVE_PREFIX] if keys_dir is not None else [])
@@ -137,9 +140,12 @@ class FaultBench:
         with common.echo_dealer(echo) as dealer:
             payload = os.urandom(self.message_bytes)
             self._round_trips(dealer, payload, WARMUP_ROUND_TRIPS)
-            for r in range(self.rounds):
-                p(f"round {r + 1}/{self.rounds}")
-                self._round(r, dealer, payload)
+            watched = {name: pid for name, pid in self.pids.items()
+                       if name.startswith(("agent", "directory"))}
+            with profile.profiled(self.profile_dir, watched, self.profile):
+                for r in range(self.rounds):
+                    p(f"round {r + 1}/{self.rounds}")
+                    self._round(r, dealer, payload)
         p("checking what the writes left")
         for c in self.clusters:
             self._verify(c)
@@ -268,6 +274,7 @@ class FaultBench:
     def _result(self) -> dict:
         rows = row_results(self.rows, self.warnings)
         return {
+            **self.profile,
             "benchmark": "fault",
             "floor_of": {key: floor_of(key) for key in self.rows if floor_of(key) is not None},
             "config": {"pages": self.pages, "round_trips": self.round_trips,

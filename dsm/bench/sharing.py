@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsm.bench import common
+from dsm.bench import common, profile
 from dsm.bench.common import BenchError, Progress, environment
 from dsm.bench.lock import Row
 from dsm.bench.procs import Processes, Worker, run_with_processes
@@ -86,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                         help="how nodes reach the directory, and the round trip's transport")
     common.add_output_arguments(parser)
+    profile.add_argument(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -94,7 +95,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
             return f"--{name} must be at least 1"
     if args.nodes < 2:
         return "--nodes must be at least 2 (contention needs two)"
-    return None
+    return profile.check(getattr(args, "profile", None))
 
 
 def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict:
@@ -103,7 +104,8 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    return common.run_benchmark("sharing", args, check_arguments, measure, format_table)
+    return common.run_benchmark("sharing", args, check_arguments, measure,
+                                profile.with_profile(format_table))
 
 
 class SharingBench:
@@ -115,6 +117,7 @@ class SharingBench:
         self.names = [chr(ord("a") + i) for i in range(args.nodes)]
         self.nodes: dict[str, Worker] = {}
         self.queues = 0
+        self.profile: dict = {}
 
     def _endpoint(self, name: str) -> str:
         if self.args.transport == "tcp":
@@ -144,26 +147,34 @@ class SharingBench:
             payload = os.urandom(MESSAGE_BYTES)
             common.round_trips(dealer, payload, WARMUP, BASE_TIMEOUT_S)
             first.call("atomic", BASE_TIMEOUT_S, name="warm", n=WARMUP)
-            for r in range(a.rounds):
-                p(f"round {r + 1}/{a.rounds}")
-                n = self._share(a.operations, r)
-                self.rows["rtt"].add(common.round_trips(dealer, payload, n, BASE_TIMEOUT_S))
-                alone = first.call("atomic", BASE_TIMEOUT_S + PER_OPERATION_TIMEOUT_S * n,
-                                   name=f"alone.{r}", n=n)
-                self._check_counter(alone["value"], n, "alone")
-                self.rows["atomic"].add(alone["ns"])
-                together = self._all("atomic", n, name=f"together.{r}", n=n,
-                                     parties=len(self.nodes))
-                self._check_counter(max(t["value"] for t in together), n * len(self.nodes),
-                                    "contended")
-                self.rows["atomic_contended"].add([t for reply in together for t in reply["ns"]])
-                for atomic in (False, True):
-                    self._queue(self._share(a.tasks, r), atomic)
-                for key, (kind, elements, divisor) in COLLECTIVES.items():
-                    k = max(1, self._share(a.collectives, r) // divisor)
-                    replies = self._all("collective", k, kind=kind, n=k, elements=elements)
-                    self.rows[key].add([t for reply in replies for t in reply["ns"]])
+            watched = {"directory": self.procs.directory.proc.pid,
+                       **{f"agent {n}": w.agent_pid for n, w in self.nodes.items()}}
+            with profile.profiled(getattr(a, "profile", None), watched, self.profile):
+                for r in range(a.rounds):
+                    p(f"round {r + 1}/{a.rounds}")
+                    self._round(r, dealer, payload)
         return self._result()
+
+    def _round(self, r: int, dealer, payload: bytes) -> None:
+        """Round ``r``: its share of every measurement, one after the other."""
+        a, first = self.args, self.nodes[self.names[0]]
+        n = self._share(a.operations, r)
+        self.rows["rtt"].add(common.round_trips(dealer, payload, n, BASE_TIMEOUT_S))
+        alone = first.call("atomic", BASE_TIMEOUT_S + PER_OPERATION_TIMEOUT_S * n,
+                           name=f"alone.{r}", n=n)
+        self._check_counter(alone["value"], n, "alone")
+        self.rows["atomic"].add(alone["ns"])
+        together = self._all("atomic", n, name=f"together.{r}", n=n,
+                             parties=len(self.nodes))
+        self._check_counter(max(t["value"] for t in together), n * len(self.nodes),
+                            "contended")
+        self.rows["atomic_contended"].add([t for reply in together for t in reply["ns"]])
+        for atomic in (False, True):
+            self._queue(self._share(a.tasks, r), atomic)
+        for key, (kind, elements, divisor) in COLLECTIVES.items():
+            k = max(1, self._share(a.collectives, r) // divisor)
+            replies = self._all("collective", k, kind=kind, n=k, elements=elements)
+            self.rows[key].add([t for reply in replies for t in reply["ns"]])
 
     def _check_counter(self, value: int, expected: int, what: str) -> None:
         if value != expected:
@@ -191,6 +202,7 @@ class SharingBench:
                          "ratio": st["median_us"] / base if base else float("nan"),
                          "round_medians_us": row.round_medians_us})
         return {
+            **self.profile,
             "benchmark": "sharing",
             "config": {k: getattr(self.args, k) for k in ("nodes", "operations", "tasks",
                                                           "collectives", "rounds", "transport")},
