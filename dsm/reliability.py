@@ -195,6 +195,10 @@ class ReliableLink:
     def unacked(self) -> int:
         return len(self._unacked)
 
+    def unacked_seqs(self) -> list[int]:
+        """The numbers of the messages sent and not yet acknowledged, oldest first."""
+        return [seq for seq, _, _ in self._unacked]
+
     def oldest_unacked_s(self, now: float) -> float:
         """How long the peer has made no progress while messages wait for it (0: none wait)."""
         return now - self._progress_s if self._unacked else 0.0

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from dsm import bugs
+from dsm.sim.links import Faults
 from dsm.sim.programs import DEFAULT_PHASES
 from dsm.sim.world import SimulationFailure, World
 
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="every page is a release-consistency page (--release-pages all)")
     parser.add_argument("--phases", type=int, default=DEFAULT_PHASES,
                         help="barrier phases of the data-race-free programs")
+    parser.add_argument("--faults", type=float, default=0.0, metavar="RATE",
+                        help="drop, duplicate and swap each message with this probability, and "
+                             "reset a connection now and then (a tenth as often): the real "
+                             "session layer replays (dsm/sim/links.py)")
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
     parser.add_argument("--trace", metavar="DIR",
                         help="write the schedule as protocol traces into DIR (dsm trace draws them)")
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                   threads_per_node=args.threads, ops_per_thread=args.ops, deaths=args.deaths,
                   manager=args.manager, bands=args.bands, give_backs=args.give_backs,
                   shards=args.shards, phases=args.phases,
-                  release_pages=args.pages if args.release else args.release_pages)
+                  release_pages=args.pages if args.release else args.release_pages,
+                  faults=Faults.everywhere(args.faults))
     traces = None
     if args.trace:
         from dsm.sim.tracing import SimTrace

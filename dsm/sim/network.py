@@ -1,11 +1,13 @@
 """The simulated network (``dsm.sim.world``): FIFO channels per pair of sockets in place of
 ZeroMQ, delivery to the directory's shards and to the node cores, and node deaths, which cut it.
 
-A message goes on its pair's channel (``channels``); the world's scheduler picks which pair
-delivers next, so messages arrive in any order ZeroMQ allows — first in, first out per pair of
-sockets, nothing more. A delivery hands the message to the shard's ``PageDirectory`` (or the
-coordinator, ``dsm.sim.release``) or to the node's core, and the node's agent carries out what
-the core answers (``dsm.sim.nodes``).
+A message goes on its pair's channel (``channels``), encoded and behind its session's header
+(``dsm.sim.links``: the real session layer, and the faults); the world's scheduler picks which
+pair delivers next, so messages arrive in any order ZeroMQ allows — first in, first out per pair
+of sockets, nothing more. A delivery the session accepts is decoded and handed, through the
+processes' own tables (``page_handlers``, ``core_handlers``), to the shard's ``PageDirectory``
+(or the coordinator, ``dsm.sim.release``) or to the node's core, and the node's agent carries
+out what the core answers (``dsm.sim.nodes``).
 
 A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
 notices the death later (the scheduler picks when), fencing the dead node's messages on every
@@ -42,19 +44,36 @@ class NetworkSimulation:
     def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
         if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(msg)  # what it carries dies with its receiver
-        self.channels.setdefault((src, dst), deque()).append((msg, data))
+            if dst not in self.unnoticed_dead:
+                return  # its sessions ended: nothing is sent to it any more
+        # on the pair's session, as the processes send it (``dsm.sim.links``)
+        self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg, data,
+                        self.clock)
+
+    def _alive(self, name: str) -> bool:
+        return name in self.directories or self.nodes[name].alive
 
     def _deliver(self, pair: tuple[str, str]) -> None:
         src, dst = pair
-        msg, data = self.channels[pair].popleft()
+        packet = self.channels[pair].popleft()
+        if dst not in self.directories and not self.nodes[dst].alive:
+            self._mark_lost_with(packet.msg)
+            return
+        if (src not in self.directories and not self.nodes[src].alive
+                and src not in self.unnoticed_dead):
+            return  # from a node whose sessions ended (what it carried was marked at its death)
+        got = self.links.receive(src, dst, packet, self.clock)
+        if got is None:  # a duplicate, one after a gap, or an acknowledgement: no message
+            self._step(f"session {src}->{dst} takes {type(packet.msg).__name__ if packet.msg else 'an ack'}"
+                       " without delivering it")
+            return
+        msg, data = got  # decoded from the wire, as the receiving process decodes it
         self._touch(msg)
         self._step(f"deliver {type(msg).__name__} {src}->{dst}: {msg}")
         if dst in self.directories:
             self._to_directory(dst, src, msg, data)
-        elif self.nodes[dst].alive:
-            self._to_node(self.nodes[dst], msg, data)
         else:
-            self._mark_lost_with(msg)
+            self._to_node(self.nodes[dst], msg, data)
 
     def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
         d = self.directories[shard]
@@ -96,16 +115,19 @@ class NetworkSimulation:
             if src == node.name and out:
                 keep = self.rng.randrange(len(out) + 1)
                 while len(out) > keep:
-                    self._mark_lost_with(out.pop()[0])
+                    self._mark_lost_with(out.pop().msg)
                 if dst not in self.directories:  # pages on the wire from it: the requester, told its
-                    for msg, _ in out:  # source is gone before they come, refuses them
-                        self._mark_lost_with(msg)
+                    for packet in out:  # source is gone before they come, refuses them
+                        self._mark_lost_with(packet.msg)
             elif dst == node.name:  # pages on their way to it die with it
-                for msg, _ in out:
-                    self._mark_lost_with(msg)
+                for packet in out:
+                    self._mark_lost_with(packet.msg)
         for shard in self.directories:
-            for msg, _ in self.channels.pop((shard, node.name), ()):
-                self._mark_lost_with(msg)
+            for packet in self.channels.pop((shard, node.name), ()):
+                self._mark_lost_with(packet.msg)
+        # what its sessions kept for a replay that will never come
+        for msg in self.links.lost_with(node.name, self.channels):
+            self._mark_lost_with(msg)
         self._release_node_died(node)
         for pend in node.core.pending.values():
             if pend.write and self.directory.direct and not self.is_release(pend.first):
@@ -127,7 +149,7 @@ class NetworkSimulation:
                                                  (page + 1) * SLOTS_PER_PAGE))
         self.unnoticed_dead.append(node.name)
 
-    def _mark_lost_with(self, msg: p.Message) -> None:
+    def _mark_lost_with(self, msg: p.Message | None) -> None:
         """A message from or to a dead node that will never arrive: the pages it carried may be
         lost, and so may those it granted for writing (the directory cannot tell whether the
         dead node wrote them)."""
@@ -142,10 +164,11 @@ class NetworkSimulation:
         self.unnoticed_dead.remove(name)
         for shard, d in self.directories.items():  # every shard learns it (the coordinator's
             for pair in ((name, shard), (shard, name)):  # word), fencing its later messages
-                for msg, _ in self.channels.pop(pair, ()):
-                    self._mark_lost_with(msg)
+                for packet in self.channels.pop(pair, ()):
+                    self._mark_lost_with(packet.msg)
             for send in d.node_lost(name):
                 self._send(shard, send.node, send.message,
                            bytes(send.page) if send.page is not None else None)
         for to, reply in self.coordinator.node_gone(name):  # its locks pass on, broken
             self._send(self._shard_names[0], to, reply, None)
+        self.links.forget(name)  # its sessions end

@@ -109,8 +109,11 @@ class SimTrace:
             send(src, dst, msg, data)
 
         def traced_deliver(pair: tuple[str, str]) -> None:
-            msg = world.channels[pair][0][0]
+            msg = world.channels[pair][0].msg
             flying = self._flying.get(pair, deque())
+            if msg is None or not any(m is msg for m, _ in flying):
+                deliver(pair)  # an acknowledgement, a replay or a duplicate: no record of its own
+                return
             while flying and flying[0][0] is not msg:  # lost with a killed node
                 flying.popleft()
             if flying:

@@ -5,7 +5,11 @@ network, the kernel and time.
 The scheduler delivers messages in any order ZeroMQ allows — first in, first out per pair of
 sockets, nothing more — interleaved with the workload threads' reads and writes, node deaths
 (a killed node's unsent messages are lost, a prefix of them may still arrive) and the
-directory's noticing them. After every step it checks the invariants:
+directory's noticing them. Every message is encoded as the processes encode it and travels on
+its pair's session, the real one (``dsm.sim.links``); with ``faults`` the channels drop,
+duplicate and swap messages and reset connections, and the sessions replay on the simulated
+clock, which jumps to their timers when nothing else can happen. After every step it checks the
+invariants:
 
 - one writer or many readers: a page is EXCLUSIVE on at most one live node, and then held by
   no other;
@@ -45,6 +49,8 @@ from dsm.managers import Manager
 from dsm.sim import programs
 from dsm.sim import release as rc
 from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
+from dsm.liveness import ACK_TIMEOUT_S
+from dsm.sim.links import NO_FAULTS, Faults, SimLinks
 from dsm.sim.network import DIRECTORY, STRIPE_PAGES, NetworkSimulation
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 
@@ -61,7 +67,7 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
                  shards: int = 1, direct: bool | None = None, release_pages: int = 0,
-                 phases: int = programs.DEFAULT_PHASES):
+                 phases: int = programs.DEFAULT_PHASES, faults: Faults = NO_FAULTS):
         if release_pages > pages:
             raise ValueError(f"{release_pages} release pages of {pages}")
         self.seed = seed
@@ -99,6 +105,8 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         #: the barrier's parties: every thread
         self.parties = nodes * threads_per_node
         self.channels: dict[tuple[str, str], deque] = {}
+        #: every pair's session (the real one) over channels with ``faults``
+        self.links = SimLinks(self.rng, faults)
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
         self.lost_locations: set[int] = set()
         #: release pages whose newest contents may have died with a node (``Dirtied``)
@@ -170,6 +178,9 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         limit = MAX_STEPS_PER_OP * max(1, self.ops_total)
         for _ in range(limit):
             self.clock += 0.001
+            reset = self.links.maybe_reset(self.channels, self._alive)
+            if reset is not None:
+                self._step(f"the connection {reset[0]}<->{reset[1]} resets")
             choices: list = [pair for pair, q in self.channels.items() if q]
             choices += [t for n in self.nodes.values() if n.alive for t in n.threads
                         if t.runnable]
@@ -182,8 +193,14 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
                                        for t in n.threads):
                 choices.append("give back")
             if not choices:
-                self._check_finished()
-                return
+                if not self.links.owed():
+                    self._check_finished()
+                    return
+                # nothing to do but wait for the sessions' timers: time passes to them
+                self.clock += ACK_TIMEOUT_S
+                self._step(f"{ACK_TIMEOUT_S:g} s pass")
+                self.links.due(self.channels, self._alive, self.clock)
+                continue
             pick = self.rng.choice(choices)
             self._touched: set[int] | None = set()  # the pages this step may change
             if pick == "kill":
@@ -204,6 +221,7 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
             else:
                 self._deliver(pick)
             self._check_invariants()
+            self.links.due(self.channels, self._alive, self.clock)
         raise SimulationFailure(f"no quiescence after {limit} steps (a livelock?)")
 
     def _touch(self, msg: p.Message) -> None:
