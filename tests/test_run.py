@@ -322,7 +322,8 @@ CUT_OFF = "this node is cut off from the cluster"
 def test_a_node_cut_off_says_why_once(directory, tmp_path):
     """The directory falls silent: the agent says so, kills the program (SIGBUS), and `dsm run`
     names how the program ended, without a line of its own about the agent's exit, nor the
-    agent one about a leave the cut-off made impossible."""
+    agent one about a leave the cut-off made impossible, nor the program's watchdog one about
+    an agent that died (the agent waits for the program to die before it goes)."""
     stopped = []
 
     def silence(proc: subprocess.Popen) -> None:
@@ -338,5 +339,6 @@ def test_a_node_cut_off_says_why_once(directory, tmp_path):
     assert status == 128 + signal.SIGBUS, err
     assert err.count(CUT_OFF) == 1, err
     assert "did not acknowledge" not in err and "node agent exited" not in err, err
+    assert "dsm watchdog" not in err, err  # it saw its process die before the agent went
     assert len(re.findall(r"^dsm run: \S+ was killed by SIGBUS \(status 135\)$", err,
                           re.MULTILINE)) == 1, err

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import signal
 import sys
 import time
@@ -83,6 +84,11 @@ CLOCK_PROBE_INTERVAL_S = 2.0
 COORDINATOR_LINK = shard_name(0)
 
 
+#: how long a cut-off agent waits for the workload processes it killed (SIGBUS) to exit before
+#: it closes their connections: a watchdog that saw its connection close first would take the
+#: agent for dead, say so (a second, wrong, line about the failure) and SIGKILL a process
+#: already dying of SIGBUS; a process dies of it within milliseconds, even one waiting on a fault
+KILLED_EXIT_WAIT_S = 1.0
 #: exit statuses of an agent that could not leave cleanly
 EXIT_CUT_OFF = 3
 EXIT_LEAVE_UNACKNOWLEDGED = 4
@@ -412,8 +418,17 @@ class Agent:
                   "(SIGBUS)", why)
         self.forwarder.fail_all(why)
         self.workloads.kill_all(signal.SIGBUS)
+        self._await_exits(KILLED_EXIT_WAIT_S)
         self.core.cut_off()  # the directory has reassigned these pages: nothing to hand back
         self.twins.clear()
+
+    def _await_exits(self, timeout_s: float) -> None:
+        """Until every workload process with a pidfd has exited, for at most ``timeout_s``."""
+        pidfds = [proc.pidfd for proc in self.procs.values() if proc.pidfd is not None]
+        deadline = time.monotonic() + timeout_s
+        while pidfds and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(pidfds, [], [], left)
+            pidfds = [fd for fd in pidfds if fd not in ready]
 
     def _fail_overdue_requests(self, now: float) -> None:
         """Kill, loudly, the processes whose page request went unanswered too long (looked at
