@@ -27,6 +27,7 @@ import argparse
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -514,7 +515,7 @@ class HandshakeWatch:
             return "the connection and its handshake succeeded, but no answer came"
         if self.connected:
             return "a connection was made, but its handshake did not complete"
-        return "no connection could be made"
+        return f"no connection could be made: {unreachable_why(self._endpoint)}"
 
     def _fail(self, kind: int, value: int) -> None:
         if self._keys is None:
@@ -529,3 +530,19 @@ class HandshakeWatch:
 
     def close(self) -> None:
         stop_monitor(self._socket, self.monitor)
+
+
+def unreachable_why(endpoint: str) -> str:
+    """Why nothing could connect to ``endpoint``, as far as this host can tell: its host name
+    does not resolve, or nothing answers there."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return f"nothing listens at {rest or endpoint}"
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"the host name {host!r} does not resolve ({exc})"
+    return f"nothing answers at {host}:{port} (no directory there, or a firewall drops it)"
+

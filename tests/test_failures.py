@@ -242,6 +242,19 @@ def test_a_malformed_directory_endpoint_is_one_line_naming_it():
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("endpoint,why", [
+    ("tcp://no-such-host.invalid:7400", "the host name 'no-such-host.invalid' does not resolve"),
+    ("tcp://127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
+])
+def test_an_unreachable_directory_is_one_line_saying_why(endpoint, why):
+    result = subprocess.run([sys.executable, "-m", "dsm", "run", "--directory", endpoint, "--",
+                             "true"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    lines = [line for line in result.stderr.splitlines() if why in line]
+    assert len(lines) == 1 and "did not answer within" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_directory_on_a_port_in_use_says_so_in_one_line():
     taken = zmq.Context.instance().socket(zmq.ROUTER)
     try:

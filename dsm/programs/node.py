@@ -36,7 +36,7 @@ from dsm.launchers import NODES_ENV_HELP, RANK_ENV, RUN_ENV, SIZE_ENV as NODES_E
 from dsm.workloads import WORKLOADS, module_of
 
 #: agent start failures that a retry cannot cure (the agent's names for them)
-NOT_RETRIED = ("AuthenticationFailed", "KeysError")
+NOT_RETRIED = ("AuthenticationFailed", "KeysError", "UffdUnavailable")
 WORKLOAD_ENV = "DSM_WORKLOAD"
 WORKLOAD_ARGS_ENV = "DSM_WORKLOAD_ARGS"
 DEFAULT_WORKLOAD = "jacobi"
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             except AgentStartError as exc:
                 if leave.requested is not None:
                     return 0
-                if exc.kind in NOT_RETRIED:  # waiting does not change the keys
+                if exc.kind in NOT_RETRIED:  # waiting changes neither the keys nor the kernel
                     print(f"{prog} {name}: {exc}", file=sys.stderr, flush=True)
                     return 2
                 if time.monotonic() + JOIN_RETRY_S > deadline:
