@@ -242,8 +242,13 @@ def test_lab5_managers_side_by_side(tmp_path):
                              and m["payload"] == DATA]
                 assert sum(with_data) * 2 >= len(with_data), with_data
             else:  # node to node: one link, and two messages of bookkeeping
-                assert got["PeerPage"] == got["Fetched"] == got["Received"] == got["Fetch"], got
-                assert fetched == {SENT}, got
+                # (a requester its owner could not reach at once, on a loaded machine, gets the
+                # bytes through the manager instead: a Fetched with DATA, then a Grant)
+                through_manager = sum(m["msg"] == "Fetched" and m["payload"] == DATA
+                                      for m in msgs)
+                assert got["PeerPage"] == got["Received"], got
+                assert got["PeerPage"] + through_manager == got["Fetched"] == got["Fetch"], got
+                assert fetched <= {SENT, DATA} and got["PeerPage"] * 2 >= got["Fetch"], got
     # the table: a write-protect (local upgrade) fault after every remote read fault
     totals = re.findall(r"^all\s+(\d+)\s+\d+\s+(\d+)", out, re.M)
     assert len(totals) == 3, out
