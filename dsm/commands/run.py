@@ -160,9 +160,16 @@ class Departure:
 
     def start(self, command: list[str], **popen: Any) -> subprocess.Popen:
         old_mask = self._old_mask
-        self.child = subprocess.Popen(
-            command, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask),
-            **popen)
+
+        def as_a_program_expects() -> None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            # the signals this process passes on must reach it, even if this process was started
+            # with them ignored (``cmd &`` in a script ignores SIGINT): a Python program installs
+            # its KeyboardInterrupt only over SIGINT's default
+            for signum in self.SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+
+        self.child = subprocess.Popen(command, preexec_fn=as_a_program_expects, **popen)
         self._take(self.SIGNALS)  # what came while it started is passed on
         return self.child
 
