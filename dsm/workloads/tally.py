@@ -51,6 +51,7 @@ def run(ctx: Context) -> dict[str, object]:
     stride = words_apart(ctx.size)
     slots = ctx.data_array("slots", (ctx.nodes * stride,), np.int64)
     mine = ctx.rank * stride
+    ctx.barrier("start").wait()  # all count at once: a node that came late would find no one
     for _ in range(ctx.iterations):
         slots[mine] += 1
         time.sleep(WORK_S)
