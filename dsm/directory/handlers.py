@@ -6,7 +6,8 @@ has decoded it and found the node's session (a Hello before that):
   ends the old incarnation), ends with its Bye or its death (``_declare_dead``: fenced, its pages
   here lost, every shard told);
 - locks and barriers go to the ``SyncTable``, their write notices to ``WriteNotices``: a release
-  hands its notices over first, every reply that ends an acquire (``ACQUIRES``) carries them;
+  hands its notices over first, every reply that ends an acquire carries them
+  (``SyncRequests``, ``syncrequests.py``, which the simulator serves through too);
 - an Alloc is answered once every shard knows a new array, a LostQuery or ForgetLost once every
   shard told its lost pages, and ``dsm top`` is told this process's view (``stats_report``).
 
@@ -26,11 +27,8 @@ from dsm import protocol as p
 from dsm.directory.allocations import Allocation
 from dsm.directory.pages import Send, page_handlers
 from dsm.directory.stats import report as stats_report
-from dsm.directory.sync import Reply, SyncStatus, node_of
-from dsm.errors import DsmError, ProtocolError
+from dsm.errors import DsmError
 
-#: the answers that end an acquire: they carry the write notices
-ACQUIRES = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.PASSED, SyncStatus.BROKEN)
 log = logging.getLogger(__name__)
 
 
@@ -47,17 +45,7 @@ class MessageHandlers:
             # the node knows we live, and learns our clock (dsm.clocksync)
             p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat(self.tracer.now_ns(), m.clock_ns))],
             p.Bye: self._on_bye,
-            p.LockAcquire: self._on_lock_acquire,
-            p.LockRelease: lambda n, m, d: self._released(n, m.notices) or self._replies(
-                self.sync.release(n, m.req, m.name, self._holder(n, m.holder))),
-            p.BarrierJoin: lambda n, m, d: self._replies(
-                self.sync.join(n, m.req, m.name, m.parties, self._holder(n, m.holder))),
-            p.BarrierWait: lambda n, m, d: self._released(n, m.notices) or self._replies(
-                self.sync.wait(n, m.req, m.name, m.parties, self._holder(n, m.holder),
-                               _deadline(m.timeout_ms))),
-            p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *self.sync.status(m.name)))],
-            p.Departed: lambda n, m, d: self._replies(
-                self.sync.depart(self._holder(n, m.prefix))),
+            **self.syncreq.handlers(),
             p.LostQuery: lambda n, m, d: self.role.lost(n, m.req, 0, self.layout.num_pages, None),
             p.ForgetLost: self._on_forget_lost,
             p.NodeReport: lambda n, m, d: self.node_reports.add(n, m) or [],
@@ -67,41 +55,11 @@ class MessageHandlers:
             p.Collective: lambda n, m, d: self.programs.collective(n, m),
         }
 
-    @staticmethod
-    def _holder(node: str, holder: str) -> str:
-        """Holders are named under the node that speaks for them: a node cannot act for another."""
-        if node_of(holder) != node:
-            raise ProtocolError(f"holder {holder!r} does not belong to node {node!r}")
-        return holder
-
-    def _released(self, node: str, notices: list[int]) -> None:
-        if len(notices) % 2:
-            raise ProtocolError(f"write notices must be (first, count) runs: {len(notices)} "
-                                "numbers")
-        for first, count in zip(notices[::2], notices[1::2]):
-            if count < 1:
-                raise ProtocolError(f"a write notice run of {count} pages from page {first}")
-            self.layout.check_page(first + count - 1)
-        self.notices.released(node, notices)
-
-    def _replies(self, replies: list[Reply]) -> list[Send]:
-        """The SyncReplies; an acquire (a grant, a departure) carries its write notices."""
-        return [Send(r.node, p.SyncReply(r.req, int(r.status), r.detail,
-                                         self.notices.take(r.node) if r.status in ACQUIRES
-                                         else []))
-                for r in replies]
-
-    def _on_lock_acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
-        holder = self._holder(node, msg.holder)
-        return self._replies(self.sync.acquire(node, msg.req, msg.name, holder,
-                                               _deadline(msg.timeout_ms)))
-
     def _node_gone(self, node: str, how: str) -> list[Send]:
         """``node`` left or died (``how``): what it held, waited for and was part of."""
         self.node_reports.forget(node)
-        self.notices.gone(node)
         out = self.pages.node_lost(node) + self.programs.node_gone(node, how)
-        return out + self._replies(self.sync.depart(node))
+        return out + self.syncreq.gone(node)
 
     def _reclaim(self, alloc: Allocation) -> list[Send]:
         """A freed array nobody holds: its pages become zeros everywhere, every shard is told,
@@ -120,7 +78,7 @@ class MessageHandlers:
         False: the coordinator told us)."""
         log.error("node %s declared dead: %s", node, why)
         session = self.sessions.end(node, f"node {node} was declared dead: {why}")
-        self._send_all(self._replies(self.sync.job_member_died(node, why)))  # its job's barriers
+        self._send_all(self.syncreq.replies(self.sync.job_member_died(node, why)))  # its job's
         self._send_all(self._node_gone(node, "died"))
         if session is not None:  # if it still listens, it learns why it is no longer served
             self._send_to(session.identity, p.Fenced(self.sessions.epoch,
@@ -171,7 +129,7 @@ class MessageHandlers:
         if msg.rank >= 0:
             self.sync.enroll(node, msg.job, msg.rank, msg.size)
         self.pages.node_joined(node, msg.endpoint)
-        self.notices.joined(node)
+        self.syncreq.joined(node)
         self.role.admitted(node, msg.incarnation)  # every shard hears it before the node
         return [Send(node, welcome)]
 
@@ -272,7 +230,3 @@ def _merged(runs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
             out.append((first, count, dead))
     return out
 
-
-def _deadline(timeout_ms: int) -> float | None:
-    """When a wait of ``timeout_ms`` (negative: forever) given now ends, on the table's clock."""
-    return None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000

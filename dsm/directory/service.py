@@ -37,8 +37,7 @@ from dsm.directory.programs import ProgramRequests
 from dsm.directory.sessions import Sessions, new_random_id
 from dsm.directory.shard.role import EXIT_SHARD_LOST, Role, check_shard
 from dsm.directory.stats import NodeReports
-from dsm.directory.notices import WriteNotices
-from dsm.directory.sync import SyncTable
+from dsm.directory.syncrequests import SyncRequests
 from dsm.errors import ConfigError, DsmError, ProtocolError
 from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
@@ -114,11 +113,11 @@ class DirectoryService(MessageHandlers):
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page,
                                    direct=self.manager.direct, migratory=migratory,
                                    is_release=self.allocations.is_release)
-        self.sync = SyncTable()
+        #: locks, barriers and write notices (``syncrequests.py``): their table, and the notices
+        self.syncreq = SyncRequests(layout, time.monotonic)
+        self.sync, self.notices = self.syncreq.sync, self.syncreq.notices
         #: array lifetimes, atomic arrays and collectives (``dsm/directory/programs.py``)
         self.programs = ProgramRequests(self.allocations, self.sync, self._reclaim)
-        #: release-consistency write notices, delivered with lock grants and barrier departures
-        self.notices = WriteNotices(layout.num_pages)
         self.node_timeout_s = node_timeout_s
         self.sessions = Sessions(new_random_id())
         #: each node's last counters, for ``dsm top``
@@ -201,7 +200,7 @@ class DirectoryService(MessageHandlers):
                     self.role.tick(now)
                     self._expire_silent_nodes()
                     self._expire_behind_links(now)
-                    self._send_all(self._replies(self.sync.expire(now)))
+                    self._send_all(self.syncreq.expire(now))
                     self._complain.flush()
         finally:
             linger_ms = self._tell_nodes_closing()

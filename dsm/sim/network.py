@@ -81,8 +81,8 @@ class NetworkSimulation:
         if handler is not None:
             out = handler(node, msg, data)
         elif isinstance(msg, rc.SYNC_MESSAGES) and d is self.directory:
-            for to, reply in self.coordinator.handle(node, msg):
-                self._send(shard, to, reply, None)
+            for send in self._sync_handlers[type(msg)](node, msg, data):
+                self._send(shard, send.node, send.message, None)
             return
         else:
             raise SimulationFailure(f"the model sends no {type(msg).__name__}")
@@ -169,6 +169,6 @@ class NetworkSimulation:
             for send in d.node_lost(name):
                 self._send(shard, send.node, send.message,
                            bytes(send.page) if send.page is not None else None)
-        for to, reply in self.coordinator.node_gone(name):  # its locks pass on, broken
-            self._send(self._shard_names[0], to, reply, None)
+        for send in self.coordinator.gone(name):  # its locks pass on, broken
+            self._send(self._shard_names[0], send.node, send.message, None)
         self.links.forget(name)  # its sessions end

@@ -1,11 +1,12 @@
 """Release consistency in the simulator (``World(release_pages=K)``): the coordinator's locks,
 barriers and write notices, the agent's twins and diffs, and the threads' synchronization.
 
-The coordinator (the directory, or shard 0 of a sharded manager) is wired as
-``dsm.directory.handlers`` wires it: a release (``LockRelease``, ``BarrierWait``) hands its write
-notices to ``WriteNotices`` before the ``SyncTable`` sees it, and every reply that ends an
-acquire (``ACQUIRES``) carries the notices the asking node has not taken yet. Lock and barrier
-messages travel on the same FIFO channels as the pages' (a node's one pipe to shard 0).
+The coordinator (the directory, or shard 0 of a sharded manager) is the directory's own
+``SyncRequests`` (``dsm/directory/syncrequests.py``), with its handler table: a release
+(``LockRelease``, ``BarrierWait``) hands its write notices over before the lock table sees it,
+and every reply that ends an acquire carries the notices the asking node has not taken yet.
+Lock and barrier messages travel on the same channels as the pages' (a node's one pipe to shard
+0), on its session.
 
 A thread's lock release or barrier arrival goes through ``NodeCore.release_sync`` (the diffs
 go home first); an answer's notices through ``NodeCore.acquire_sync``, and only then does the
@@ -28,9 +29,7 @@ from dsm.agent.twins import changed_bytes
 from dsm.core import actions as a
 from dsm.core.release import RELEASE
 from dsm.core.states import PageState
-from dsm.directory.notices import WriteNotices
-from dsm.directory.handlers import ACQUIRES
-from dsm.directory.sync import SyncStatus, SyncTable
+from dsm.directory.sync import SyncStatus
 from dsm.sim import programs
 from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure, slot_value
 
@@ -68,41 +67,6 @@ class Resume:
 
 #: the actions ``ReleaseSimulation._release_action`` carries out
 RELEASE_ACTIONS = (a.SendDiff, a.Twin, a.DropTwins, Resume)
-
-
-class Coordinator:
-    """Locks, barriers and write notices, as the directory's service serves them."""
-
-    def __init__(self, num_pages: int, clock):
-        self.sync = SyncTable(clock)
-        self.notices = WriteNotices(num_pages)
-
-    def joined(self, node: str) -> None:
-        self.notices.joined(node)
-
-    def node_gone(self, node: str) -> list[tuple[str, p.SyncReply]]:
-        """As the service's ``_node_gone``: its notices are forgotten, its locks pass on
-        (broken) and its barriers break."""
-        self.notices.gone(node)
-        return self._replies(self.sync.depart(node))
-
-    def handle(self, node: str, msg: p.Message) -> list[tuple[str, p.SyncReply]]:
-        if isinstance(msg, p.LockAcquire):
-            replies = self.sync.acquire(node, msg.req, msg.name, msg.holder, None)
-        elif isinstance(msg, p.LockRelease):
-            self.notices.released(node, msg.notices)
-            replies = self.sync.release(node, msg.req, msg.name, msg.holder)
-        elif isinstance(msg, p.BarrierWait):
-            self.notices.released(node, msg.notices)
-            replies = self.sync.wait(node, msg.req, msg.name, msg.parties, msg.holder)
-        else:
-            raise SimulationFailure(f"the coordinator serves no {type(msg).__name__}")
-        return self._replies(replies)
-
-    def _replies(self, replies) -> list[tuple[str, p.SyncReply]]:
-        return [(r.node, p.SyncReply(r.req, int(r.status), r.detail,
-                                     self.notices.take(r.node) if r.status in ACQUIRES else []))
-                for r in replies]
 
 
 def diff_against_twins(twins: dict[int, bytes], now: bytes, first: int, count: int,

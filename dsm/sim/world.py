@@ -44,6 +44,7 @@ from dsm.core.inputs import core_handlers
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
 from dsm.directory.pages import OnLoss, PageDirectory, page_handlers
+from dsm.directory.syncrequests import SyncRequests
 from dsm.layout import Layout
 from dsm.managers import Manager
 from dsm.sim import programs
@@ -97,7 +98,9 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         self._page_handlers = {name: page_handlers(d, PAGE_BYTES)
                                for name, d in self.directories.items()}
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
-        self.coordinator = rc.Coordinator(pages, lambda: self.clock)
+        self.coordinator = SyncRequests(self.layout, lambda: self.clock)
+        #: what the coordinator does with a lock or barrier message: the directory's own
+        self._sync_handlers = self.coordinator.handlers()
         self._programs = (programs.drf_programs(
             self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
             range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE), ops_per_thread,
