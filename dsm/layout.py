@@ -6,16 +6,16 @@ crosses a boundary is checked here.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
-from dsm import libc
 from dsm.errors import DsmError
 
 #: where the region is mapped in every process of the cluster; far from the heap (low addresses)
 #: and from where the kernel places mmaps and stacks (just below 0x7fff_ffff_ffff)
 DEFAULT_BASE_ADDRESS = 0x6000_0000_0000
 DEFAULT_REGION_BYTES = 1 << 30
-PAGE_SIZE = libc.PAGE_SIZE
+PAGE_SIZE = mmap.PAGESIZE
 
 
 class AddressError(DsmError):

@@ -23,9 +23,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgpack
 import numpy as np
-import zmq
 
-from dsm.directory.sync import SyncStatus
 from dsm.errors import ProtocolError
 from dsm.schema import I64, I64_MAX, U64, OneOf, Pid, Range, check_fields, field_checks
 
@@ -117,6 +115,19 @@ class Direction(enum.Flag):
 _DIRECTION_WORDS = {Direction.TO_DIRECTORY: "node -> directory",
                     Direction.TO_NODE: "directory -> node", Direction.BOTH: "both ways",
                     Direction.TO_PEER: "node -> node"}
+
+
+class SyncStatus(enum.IntEnum):
+    """How a lock or barrier request ended (``SyncReply``), as the directory's lock table
+    (``dsm.directory.sync``) decides."""
+
+    GRANTED = 1  #: the lock is yours
+    GRANTED_BROKEN = 2  #: the lock is yours; its previous holder died while holding it
+    TIMEOUT = 3  #: the deadline passed before the lock was granted
+    RELEASED = 4  #: the release is done
+    JOINED = 5  #: registered as a member of the barrier
+    PASSED = 6  #: every party arrived
+    BROKEN = 7  #: a member of the barrier departed: it will never complete
 
 
 class Payload(enum.IntEnum):
@@ -1061,7 +1072,7 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         raise ProtocolError("empty message: expected a header frame")
     first = frames[0]
     try:
-        header = msgpack.unpackb(first.bytes if isinstance(first, zmq.Frame) else first)
+        header = msgpack.unpackb(first)  # bytes, or a zmq.Frame received without a copy
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if type(header) is not list or not header:
@@ -1086,8 +1097,8 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         if len(frames) != 2:
             raise ProtocolError(f"{cls.__name__} with DATA needs 2 frames, got {len(frames)}")
         page = frames[1]
-        if isinstance(page, zmq.Frame):  # received without a copy: hand out its buffer
-            page = page.buffer
+        if type(page) is not bytes:  # a zmq.Frame received without a copy: hand out its buffer
+            page = memoryview(page)
         length = len(page)
         if cls is Diff:
             expected = msg.frame_bytes(page_size)

@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from dsm import local
-from dsm.directory.sync import SyncStatus
+from dsm.protocol import SyncStatus
 from dsm.errors import DsmError
 
 if TYPE_CHECKING:

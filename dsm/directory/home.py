@@ -8,25 +8,26 @@ never held data is sent as "zero" without any bytes.
 
 from __future__ import annotations
 
-import ctypes
-import weakref
+import mmap
 from typing import Any
 
 import numpy as np
 
-from dsm import libc
 from dsm.layout import Layout
 from dsm.protocol import Payload
+
+#: Linux's flag (x86-64, arm64) for a mapping that reserves no swap: Python 3.11's mmap module
+#: does not name it (3.12 does), and passes the flags through to mmap(2)
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 
 class HomeStore:
     def __init__(self, layout: Layout):
         self.page_size = layout.page_size
-        self._addr = libc.mmap_at(0, layout.size, libc.PROT_READ | libc.PROT_WRITE,
-                                  libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
-        self._view = memoryview((ctypes.c_char * layout.size).from_address(self._addr)).cast("B")
         # unmapped with the store (a simulator makes thousands of directories in one process)
-        weakref.finalize(self, libc.munmap, self._addr, layout.size)
+        self._memory = mmap.mmap(-1, layout.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                                 | MAP_NORESERVE)
+        self._view = memoryview(self._memory)
         self._has_data = np.zeros(layout.num_pages, dtype=bool)
 
     def _any_data(self, page: int, count: int) -> bool:
@@ -78,8 +79,7 @@ class HomeStore:
         """Forget ``count`` pages: they read as zero again and their memory is returned."""
         if not self._any_data(page, count):
             return
-        libc.madvise(self._addr + page * self.page_size, count * self.page_size,
-                     libc.MADV_DONTNEED)
+        self._memory.madvise(mmap.MADV_DONTNEED, page * self.page_size, count * self.page_size)
         self._has_data[page : page + count] = False
 
     def clear_pages(self, pages: list[int]) -> None:

@@ -33,27 +33,17 @@ most ``ORPHANED_BROKEN_KEPT`` are kept (the oldest forgotten first).
 from __future__ import annotations
 
 import bisect
-import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from dsm.errors import DsmError
+from dsm.protocol import SyncStatus
 
 
 class SyncError(DsmError):
     """A lock or barrier was used wrongly (release of a lock not held, parties mismatch, ...)."""
-
-
-class SyncStatus(enum.IntEnum):
-    GRANTED = 1  #: the lock is yours
-    GRANTED_BROKEN = 2  #: the lock is yours; its previous holder died while holding it
-    TIMEOUT = 3  #: the deadline passed before the lock was granted
-    RELEASED = 4  #: the release is done
-    JOINED = 5  #: registered as a member of the barrier
-    PASSED = 6  #: every party arrived
-    BROKEN = 7  #: a member of the barrier departed: it will never complete
 
 
 class Reply(NamedTuple):
