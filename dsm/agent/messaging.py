@@ -3,34 +3,32 @@ receives from them, what it sends them, and the node core's decisions carried ou
 
 Every message the directory's shards (``dsm/agent/links.py``) or a peer (``dsm/agent/peers.py``)
 sends is decoded, validated and handed to the node core (``dsm/core/node.py``), which decides;
-``carry_out`` does the actions it returns, in order, on the memfd, the uffds, the DEALERs and the
-peer endpoint. Answers to forwarded workload requests go back through the forwarder
-(``dsm/agent/forwarding.py``). Nothing the directory's side or a peer sends stops the agent: a
-message that is malformed, not expected, or names pages outside the region is dropped, with a
-rate-limited log line. What ends this node's service is the directory's: once it fences the node,
-or takes none of its messages for ``NODE_CUT_OFF_S``, the node is cut off (``cut_off``).
+``carry_out`` does the actions it returns, in order, through the runner the simulator runs too
+(``dsm/core/carryout.py``): on the memfd and the uffds (``dsm/agent/memory.py``), and sent from
+here to the DEALERs and the peer endpoint. Answers to forwarded workload requests go back
+through the forwarder (``dsm/agent/forwarding.py``). Nothing the directory's side or a peer
+sends stops the agent: a message that is malformed, not expected, or names pages outside the
+region is dropped, with a rate-limited log line. What ends this node's service is the
+directory's: once it fences the node, or takes none of its messages for ``NODE_CUT_OFF_S``, the
+node is cut off (``cut_off``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from typing import Any, Callable
 
 import zmq
 
-from dsm import libc
 from dsm import protocol as p
 from dsm.agent.forwarding import FORWARDED_ANSWERS
 from dsm.core.inputs import CHECKED_RUNS, core_handlers
 from dsm.agent.links import ShardLinks
-from dsm.agent.memory import NodeMemory
 from dsm.agent.peers import PeerEndpoint
-from dsm.agent.processes import thread_group_of
 from dsm.agent.twins import Twins
-from dsm.core import actions as act
+from dsm.core.carryout import ActionRunner
+from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.shards import shard_name
 from dsm.core.stats import NodeStats
@@ -45,7 +43,7 @@ log = logging.getLogger(__name__)
 
 class Messaging:
     def __init__(self, node: str, link: str, directory_endpoint: str, layout: Layout, *,
-                 links: ShardLinks, peers: PeerEndpoint | None, memory: NodeMemory,
+                 links: ShardLinks, peers: PeerEndpoint | None, kernel: KernelCalls,
                  core: NodeCore, twins: Twins, tracer: Tracer, stats: NodeStats,
                  answer: Callable[[p.Message], bool],
                  clock_sample: Callable[[float, int], None],
@@ -58,10 +56,9 @@ class Messaging:
         self.page_size = layout.page_size
         self.links = links
         self.peers = peers
-        self.memory = memory
         self.core = core
-        #: the twins of release-consistency pages written since the last release
-        self.twins = twins
+        #: the core's actions carried out on the memfd, the uffds and the twins, sent from here
+        self.runner = ActionRunner(kernel, twins, self)
         self.tracer = tracer
         self.stats = stats
         #: routes an answer to the workload request it answers (``Forwarder.answer``)
@@ -115,7 +112,8 @@ class Messaging:
                 name = shard_name(shard)
                 self.tracer.sent(self.link, name, name, msg, t)
 
-    def _send_peer(self, peer: tuple[str, str], msg: p.Message, data: Any) -> bool:
+    def send_peer(self, peer: tuple[str, str], msg: p.Message, data: Any) -> bool:
+        """To node ``peer`` (name, peer endpoint); whether it could be reached."""
         t = self.tracer.now() if self.tracer.enabled else None
         frames = p.encode(msg, data)
         if not self.peers.send(peer[0], peer[1], frames):
@@ -266,77 +264,6 @@ class Messaging:
 
     # --- the node core's actions -------------------------------------------------------------------
     def carry_out(self, actions: list) -> None:
-        """Do what the core decided, in order, on the memfd, the uffds and the DEALER."""
-        memory, size = self.memory, self.page_size
-        failed_txn = None  # a page send to a peer that failed: its pages go to the directory
-        taken: dict[tuple[int, int], bytes] = {}  # runs punched with their contents kept
-        for a in actions:
-            kind = type(a)
-            if kind is act.Send:
-                data = a.data
-                if a.pages is not None:
-                    data = taken.get(a.pages)
-                    if data is None:
-                        first, count = a.pages
-                        data = os.pread(memory.memfd, count * size, first * size)
-                msg = a.message
-                if a.peer is not None:
-                    if not self._send_peer(a.peer, msg, data):
-                        failed_txn = msg.txn
-                    continue
-                if (failed_txn is not None and type(msg) is p.Fetched and msg.txn == failed_txn
-                        and msg.payload == p.Payload.SENT):
-                    # as if the peer had been unreachable from the start (with the contents
-                    # read before the punch; or still here, a read copy kept)
-                    msg = p.Fetched(msg.txn, msg.page, msg.count, p.Payload.DATA, [])
-                    data = taken.get((msg.page, msg.count))
-                    if data is None:
-                        data = os.pread(memory.memfd, msg.count * size, msg.page * size)
-                self.send(msg, data)
-            elif kind is act.Install:
-                src = a.data if a.data is not None else memoryview(memory.zeros)[: a.count * size]
-                inst = a.installer
-                woke = memory.install(a.first, a.count, src, a.writable,
-                                      (inst.proc, inst.addr) if inst is not None else None)
-                for w in a.wake:  # UFFDIO_COPY woke the installer's own waiters
-                    if not (woke and w.proc is inst.proc and w.addr == inst.addr):
-                        memory.wake(w.proc, w.addr)
-            elif kind is act.Wake:
-                memory.wake(a.proc, a.addr)
-            elif kind is act.Upgrade:
-                memory.protect_everywhere(a.first, a.count, wp=False)  # wakes the writers
-            elif kind is act.Protect:
-                memory.protect_everywhere(a.first, a.count, wp=True)
-            elif kind is act.Unprotect:
-                if not a.proc.uffd.closed:
-                    memory.writeprotect(a.proc, a.page * size, size, wp=False)
-            elif kind is act.Twin:
-                self.twins.make(a.first, a.count)
-            elif kind is act.SendDiff:
-                encoding, changes, diff = self.twins.diff(a.first, a.count)
-                self.send(p.Diff(a.req, a.first, a.count, encoding, changes,
-                                 p.Payload.DATA if diff else p.Payload.NONE),
-                          diff if diff else None)
-            elif kind is act.DropTwins:
-                self.twins.drop(a.first, a.count)
-            elif kind is act.Punch:
-                if a.keep:
-                    taken[a.first, a.count] = os.pread(memory.memfd, a.count * size,
-                                                       a.first * size)
-                libc.punch_hole(memory.memfd, a.first * size, a.count * size)
-            elif kind is act.Poison:
-                memory.poison(a.waiter.proc, a.waiter.addr, a.waiter.thread_id)
-            elif kind is act.Kill:
-                self._kill_waiter(a.waiter, a.why)
-            else:
-                raise TypeError(f"the node core asked for an unknown action {a!r}")
-
-    def _kill_waiter(self, w: Any, why: str) -> None:
-        pid = w.proc.pid or thread_group_of(w.thread_id)
-        log.error("%s (directory %s): killing pid %s, which waits for it (SIGBUS)", why,
-                  self.directory_endpoint, pid)
-        if pid:
-            try:
-                os.kill(pid, signal.SIGBUS)
-            except ProcessLookupError:
-                pass
+        """Do what the core decided, in order (``dsm/core/carryout.py``): on the memfd and the
+        uffds (``NodeMemory``), the twins, and through the DEALERs and the peer endpoint."""
+        self.runner.carry_out(actions)

@@ -42,6 +42,7 @@ from dsm.agent.peers import (
 )
 # REMOVE_SETTLE_S is imported from here too (it was defined here before workloads.py)
 from dsm.agent.workloads import REMOVE_SETTLE_S as REMOVE_SETTLE_S, Workloads
+from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.readahead import ReadAhead
 from dsm.core.shards import shard_name
@@ -163,6 +164,8 @@ class Agent:
         self.procs: dict[int, WorkloadProcess] = {}  # uffd fd -> process
         self.memory = NodeMemory(node, self.layout, self.procs,
                                  lambda proc: self.workloads.forget(proc, give_back=False))
+        #: the kernel's answers handled, as the simulator handles them (``dsm/core/kernel.py``)
+        self.kernel = KernelCalls(self.memory)
         #: the node's coherence state and decisions (dsm/core): this loop only carries them out
         self.core = NodeCore(node, self.layout.num_pages, self.page_size,
                              ReadAhead(READAHEAD_MAX_PAGES), self.tracer, self.stats)
@@ -180,14 +183,14 @@ class Agent:
             self.poller.register(self._parent_pidfd, zmq.POLLIN)
         #: the directory's and the peers' messages in, the core's actions out
         self.messaging = Messaging(node, self.link, directory, self.layout, links=self.links,
-                                   peers=self.peers, memory=self.memory, core=self.core,
+                                   peers=self.peers, kernel=self.kernel, core=self.core,
                                    twins=self.twins, tracer=self.tracer, stats=self.stats,
                                    answer=lambda m: self.forwarder.answer(m),
                                    clock_sample=self._clock_sample, on_cut_off=self._fail)
         carry_out, send = self.messaging.carry_out, self.messaging.send
         #: the workload processes: their uffd events, their exits
         self.workloads = Workloads(node, self.layout, self.procs, self.poller, self.memory,
-                                   self.core, self.stats, carry_out, send)
+                                   self.kernel, self.core, self.stats, carry_out, send)
         self.forwarder = Forwarder(node, send, lambda c, m: self.clients.reply(c, m),
                                    self.workloads.watch_departures,
                                    release=lambda m: carry_out(self.core.release_sync(m)))

@@ -35,6 +35,7 @@ from dsm.agent.processes import (
     maps_file,
     thread_group_of,
 )
+from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.stats import NodeStats
 from dsm.layout import Layout
@@ -77,7 +78,8 @@ class Removal:
 
 class Workloads:
     def __init__(self, node: str, layout: Layout, procs: dict[int, WorkloadProcess],
-                 poller: zmq.Poller, memory: NodeMemory, core: NodeCore, stats: NodeStats,
+                 poller: zmq.Poller, memory: NodeMemory, kernel: KernelCalls, core: NodeCore,
+                 stats: NodeStats,
                  carry_out: Callable[[list], None], send: Callable[[p.Message], None]):
         self.node = node
         self.layout = layout
@@ -85,6 +87,8 @@ class Workloads:
         self.procs = procs  #: uffd fd -> process, the agent's (NodeMemory reads it too)
         self.poller = poller  #: the agent's: every uffd and pidfd of this module is polled there
         self.memory = memory
+        #: ioctls on the uffds, each answer handled as the simulator handles it
+        self.kernel = kernel
         self.core = core
         self.state = core.state  # page -> PageState, for the pages this node holds
         self.stats = stats
@@ -178,7 +182,7 @@ class Workloads:
         offset = proc.offset_of(page_addr)
         if offset is None:
             log.error("fault at %#x in pid %s outside the region: waking it", ev.addr, proc.pid)
-            self.memory.wake(proc, page_addr)
+            self.kernel.wake(proc, page_addr)
             return
         page = offset // self.page_size
         resident = True
@@ -203,7 +207,7 @@ class Workloads:
         self.add(child)
         self._unnamed_children[child] = time.monotonic() + FORK_LOOKUP_TIMEOUT_S
         self._name_children(time.monotonic())
-        self.memory.protect_read_copies(child, self.core.read_copies())
+        self.kernel.protect_read_copies(child, self.core.read_copies())
         log.info("pid %s forked: adopted the child's uffd %d (pid %s)", proc.pid,
                  ev.uffd.fileno(), child.pid)
 
@@ -274,8 +278,7 @@ class Workloads:
             return
         for removal in self._removals:
             if page in removal.pages and not removal.proc.uffd.closed:
-                self.memory.writeprotect(removal.proc, page * self.page_size, self.page_size,
-                                         wp=True)
+                self.kernel.writeprotect(removal.proc, page, 1, wp=True)
 
     def _removed_recently(self, page: int, now: float) -> bool:
         """Whether a Remove event of this node's processes named ``page`` within
@@ -293,7 +296,7 @@ class Workloads:
         for pg in removal.pages:  # DONTNEED: the pages stay; keep read copies protected
             st = self.state.get(pg)
             if st is not None and st.protected:
-                self.memory.writeprotect(removal.proc, pg * self.page_size, self.page_size, wp=True)
+                self.kernel.writeprotect(removal.proc, pg, 1, wp=True)
 
     # --- giving pages back -------------------------------------------------------------------------
     def _held_pages(self, ranges: list[tuple[int, int]]) -> set[int]:
@@ -324,7 +327,7 @@ class Workloads:
         """A workload process attached: serve its faults; it maps the whole region at the base."""
         proc = WorkloadProcess(uffd, pid, [Mapping(self.layout.base, self.layout.size, 0)])
         self.add(proc)
-        self.memory.protect_read_copies(proc, self.core.read_copies())
+        self.kernel.protect_read_copies(proc, self.core.read_copies())
 
     def add(self, proc: WorkloadProcess) -> None:
         self.procs[proc.uffd.fileno()] = proc
