@@ -12,6 +12,13 @@ contend, where a counter in a shared array would move its page (and a lock) for 
 Like ``std::atomic``, an atomic array is read and written through these operations only: it is
 not a numpy array (``to_numpy`` takes a copy, element by element, not as one snapshot).
 
+Under ``dsm run`` (and ``dsm launch``) without keys, a workload sends its atomics straight to the
+directory on a socket of its own (``DirectClient``): one round trip, not two more process hops
+through the agent. A request whose answer does not come in ``RETRY_S`` is sent again, and the
+directory does each request id of a client once (``ProgramRequests.atomic_direct``), so a lost
+message costs a retry, never a second increment. Elsewhere (keys, ``dsm.attach(directory=)``)
+they go through the agent.
+
 Ordering with the pages: an operation returns after the directory has done it, and pages are
 sequentially consistent, so what a process wrote before an operation is visible to whoever
 observes its effect. (For ``consistency="release"`` arrays, only locks and barriers publish
@@ -20,6 +27,9 @@ writes.)
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,10 +63,12 @@ class AtomicArray:
         if not -self.size <= index < self.size:
             raise IndexError(f"atomic array {self.name!r}: index {index} is out of range for "
                              f"{self.size} elements")
-        reply = self._node._request(local.AtomicRequest, name=self.name, size=self.size,
-                                    index=int(index) % self.size, op=int(op),
-                                    operand=_int64(operand), expected=_int64(expected))
-        return reply.value
+        fields = dict(name=self.name, size=self.size, index=int(index) % self.size, op=int(op),
+                      operand=_int64(operand), expected=_int64(expected))
+        direct = _direct_client()
+        if direct is not None:
+            return direct.call(fields)
+        return self._node._request(local.AtomicRequest, **fields).value
 
     def load(self, index: int = 0) -> int:
         return self._do(index, AtomicKind.LOAD)
@@ -122,3 +134,61 @@ def _int64(value: int) -> int:
     if not -(1 << 63) <= value < (1 << 63):
         raise OverflowError(f"{value} does not fit in an int64")
     return value
+
+
+# --- straight to the directory ------------------------------------------------------------------
+#: where the directory is, for a workload's atomics to go straight there: ``dsm run`` sets it
+#: (a cluster with keys leaves it unset: its workloads hold no keys, and go through the agent)
+ATOMICS_ENDPOINT_ENV = "DSM_ATOMICS_ENDPOINT"
+#: a request with no answer after this long is sent again (the directory answers a repeat of
+#: one it did from its cache: each request is done once)
+RETRY_S = 0.5
+#: how long an operation may take in all
+DIRECT_TIMEOUT_S = 15.0
+_clients: dict[tuple[int, int], "DirectClient"] = {}
+
+
+class DirectClient:
+    """One thread's own DEALER to the directory, for atomics: one round trip, no agent."""
+
+    def __init__(self, endpoint: str):
+        import zmq
+
+        self._zmq = zmq
+        self._ctx = zmq.Context()  # this process's own (a forked child makes a new one)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._next_req = 1
+
+    def call(self, fields: dict) -> int:
+        from dsm import protocol as p
+
+        req = self._next_req
+        self._next_req += 1
+        frames = p.encode(p.Atomic(req=req, **fields))
+        deadline = time.monotonic() + DIRECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self._sock.send_multipart(frames)
+            if not self._sock.poll(int(RETRY_S * 1000)):
+                continue
+            while self._sock.poll(0):
+                answer, _ = p.decode(self._sock.recv_multipart(), 4096, p.Direction.TO_NODE)
+                if getattr(answer, "req", None) != req:
+                    continue  # a late answer to a retry of an earlier request
+                if isinstance(answer, p.Error):
+                    raise DsmError(answer.message)
+                return answer.value
+        raise DsmError(f"the directory did not answer an atomic operation within "
+                       f"{DIRECT_TIMEOUT_S:g} s")
+
+
+def _direct_client() -> "DirectClient | None":
+    endpoint = os.environ.get(ATOMICS_ENDPOINT_ENV)
+    if not endpoint:
+        return None
+    key = (os.getpid(), threading.get_ident())
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = DirectClient(endpoint)
+    return client

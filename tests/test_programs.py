@@ -230,3 +230,30 @@ except dsm.DsmError as exc:
     assert "holders after free 0" in out and "listed after ['one.n']" in out, out
     assert "fresh sum 0.0" in out, out
     assert "missing: there is no array named 'one.missing'" in out, out
+
+
+def test_a_workloads_atomic_sent_again_straight_to_the_directory_is_done_once(tmp_path):
+    """The direct path (``dsm/atomics.py``): a request sent twice (its answer lost, say) gets
+    the same answer twice, and the counter moves once."""
+    import zmq
+
+    from dsm import protocol as p
+
+    directory = Directory(tmp_path)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    try:
+        sock.connect(directory.endpoint)
+        add = p.Atomic(1, "direct.n", 1, 0, int(p.AtomicKind.FETCH_ADD), 5)
+        answers = []
+        for _ in range(2):
+            sock.send_multipart(p.encode(add))
+            answers.append(p.decode(sock.recv_multipart(), 4096, p.Direction.TO_NODE)[0])
+        sock.send_multipart(p.encode(p.Atomic(2, "direct.n", 1, 0, int(p.AtomicKind.LOAD))))
+        load = p.decode(sock.recv_multipart(), 4096, p.Direction.TO_NODE)[0]
+    finally:
+        sock.close()
+        directory.kill()
+    assert answers == [p.AtomicResult(1, 0), p.AtomicResult(1, 0)]
+    assert load == p.AtomicResult(2, 5)

@@ -69,6 +69,8 @@ class Messaging:
         self._on_cut_off = on_cut_off
         #: False once the directory no longer serves this node (cut off, fenced)
         self.directory_alive = True
+        #: this node has said Bye (it is leaving): a Fenced for a late message is expected
+        self.said_bye = False
         #: why the directory said it is stopping (its Closing, ``dsm/clusterstop.py``); None
         #: while it has not
         self.directory_closing: str | None = None
@@ -81,8 +83,7 @@ class Messaging:
             **{kind: self._to_core for kind in self._core_handlers if kind is not p.PeerPage},
             **{answer: self._on_answer for answer in FORWARDED_ANSWERS},
             p.Error: self._on_answer,
-            p.Fenced: lambda m, d: self.cut_off(
-                f"the directory {self.directory_endpoint} refuses this node: {m.reason}"),
+            p.Fenced: self._on_fenced,
             p.Welcome: lambda m, d: None,
             p.Closing: self._on_closing,
             # the directory is alive (drain_directory noted it) and told its clock
@@ -215,6 +216,12 @@ class Messaging:
         """Whether an answer from the directory may still come: it neither cut this node off nor
         said it is stopping."""
         return self.directory_alive and self.directory_closing is None
+
+    def _on_fenced(self, msg: p.Fenced, _: Any) -> None:
+        if self.said_bye:  # a late message of ours reached a shard after our Bye: we left
+            log.debug("fenced after this node's Bye (%s): ignored", msg.reason)
+            return
+        self.cut_off(f"the directory {self.directory_endpoint} refuses this node: {msg.reason}")
 
     def _on_closing(self, msg: p.Closing, _: Any) -> None:
         # a node that is leaving stops waiting; one that is not carries on until the silence

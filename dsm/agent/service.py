@@ -282,6 +282,7 @@ class Agent:
                 if self.links.owns(item) or self.peers is not None and item is self.peers.router:
                     self._dispatch(item)
         self.messaging.carry_out(self.core.give_back(list(self.state)))
+        self.messaging.said_bye = True
         self.messaging.send(p.Bye())  # to every shard: each acknowledges it
         byes = 0
         while (byes < self.links.count and time.monotonic() < deadline

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import zmq
 
+from dsm.atomics import ATOMICS_ENDPOINT_ENV
 from dsm.keys import KEYS_ENV
 from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
 from dsm.trace import TRACE_ENV
@@ -129,6 +130,8 @@ class Worker(Driven):
         if trace_path is not None:
             env[TRACE_ENV] = str(trace_path)
         env.update(job or {})
+        if keys_dir is None:  # its atomics go straight to the directory, as under dsm run
+            env[ATOMICS_ENDPOINT_ENV] = directory
         super().__init__(f"node-{name}", [sys.executable, "-m", "dsm.bench.worker", directory,
                                           name], log_dir, env)
         self.node = name

@@ -32,6 +32,7 @@ from dsm.agent.service import EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED
 from dsm.commands.agent import add_directory_arguments, default_node_name
 from dsm.clusterstop import EXIT_CLUSTER_STOPPED, stopped_with_cluster
 from dsm.errors import ConfigError
+from dsm.atomics import ATOMICS_ENDPOINT_ENV
 from dsm.launchers import RUN_ENV, placement, workload_env
 
 #: how long the command may take to exit after the SIGTERM of a leave
@@ -285,5 +286,9 @@ def run(args: argparse.Namespace) -> int:
             if leave.requested == signal.SIGINT:
                 return 128 + signal.SIGINT
             return 0 if leave.requested is not None else 2
-        return run_attached(agent, command, leave, "dsm run", {**os.environ, **launcher_env},
-                            interrupted_status=True)
+        # the workload may reach the directory itself for atomics (dsm/atomics.py): where it is
+        env = {**os.environ, **launcher_env}
+        env.pop(ATOMICS_ENDPOINT_ENV, None)
+        if not args.keys:  # a workload holds no keys: with them, its atomics go via the agent
+            env[ATOMICS_ENDPOINT_ENV] = args.directory
+        return run_attached(agent, command, leave, "dsm run", env, interrupted_status=True)

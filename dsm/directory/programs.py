@@ -9,11 +9,13 @@ the other shards, the allocation table).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Callable
 
 from dsm import protocol as p
 from dsm.protocol import ATOMIC_META_KEY
 from dsm.collectives import CollectiveError
+from dsm.errors import DsmError
 from dsm.directory.allocations import Allocation, Allocations
 from dsm.directory.atomics import AtomicError, AtomicTable
 from dsm.directory.collectives import Answer, CollectiveTable, check_part
@@ -22,6 +24,9 @@ from dsm.directory.pages import Send
 from dsm.directory.sync import SyncTable
 
 log = logging.getLogger(__name__)
+
+#: the direct atomic clients whose last answer is kept for a retry (the oldest forgotten first)
+DIRECT_CLIENTS_KEPT = 4096
 
 
 class ProgramRequests:
@@ -33,6 +38,8 @@ class ProgramRequests:
         self.collectives = CollectiveTable()
         self._sync = sync
         self._reclaim = reclaim
+        #: each direct client's last request id and its answer (``atomic_direct``)
+        self._direct_answers: OrderedDict[bytes, tuple[int, p.Message]] = OrderedDict()
 
     # --- array lifetimes ---------------------------------------------------------------------
     def check_new_name(self, name: str) -> None:
@@ -71,6 +78,23 @@ class ProgramRequests:
         value = self.atomics.apply(msg.name, msg.size, msg.index, p.AtomicKind(msg.op),
                                    msg.operand, msg.expected)
         return [Send(node, p.AtomicResult(msg.req, value))]
+
+    def atomic_direct(self, client: bytes, msg: p.Atomic) -> p.Message:
+        """An atomic operation sent by a workload straight to the directory (no agent, no
+        session): done once per request id of that client, however often it is sent again
+        (a retry after a lost answer gets the answer it lost)."""
+        done = self._direct_answers.get(client)
+        if done is not None and done[0] == msg.req:
+            return done[1]
+        try:
+            answer: p.Message = self.atomic("", msg)[0].message
+        except DsmError as exc:
+            answer = p.Error(msg.req, str(exc))
+        self._direct_answers[client] = (msg.req, answer)
+        self._direct_answers.move_to_end(client)
+        while len(self._direct_answers) > DIRECT_CLIENTS_KEPT:
+            self._direct_answers.popitem(last=False)
+        return answer
 
     # --- collectives --------------------------------------------------------------------------
     def collective(self, node: str, msg: p.Collective) -> list[Send]:

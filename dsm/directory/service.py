@@ -250,6 +250,9 @@ class DirectoryService(MessageHandlers):
                 self.role.handle_peer(identity, msg, _user_id(frames[1]) if msg.TYPE ==
                                       p.MsgType.SHARD_HELLO else None)
                 return
+            if node is None and isinstance(msg, p.Atomic):  # a workload's own, no session
+                self._send_to(identity, self.programs.atomic_direct(identity, msg))
+                return
             if node is None:  # no session: never serve it as if it were a live node
                 if not isinstance(msg, p.Bye):
                     self._send_to(identity, p.Fenced(self.sessions.epoch,
