@@ -252,7 +252,11 @@ class Welcome(Message):
 class Acquire(Message):
     """Ask for ``page``, read access (a copy) or write access (exclusive ownership), and, as
     read-ahead, for up to ``count - 1`` pages after it that the directory can add without waiting.
-    ``have_copy``: the node holds a read copy of ``page`` and only needs the upgrade."""
+    ``have_copy``: the node holds a read copy of ``page`` and only needs the upgrade.
+    ``untouched``: a write's run of untouched pages: if nobody has been granted ``page`` since
+    its array was allocated (or freed), up to ``untouched`` pages from it that nobody has been
+    granted either are granted with it (zeros: a sequential writer's first touch of a fresh
+    array in one round trip); the node awaits ``max(count, untouched)`` pages."""
 
     TYPE = MsgType.ACQUIRE
     DIRECTION = Direction.TO_DIRECTORY
@@ -260,6 +264,7 @@ class Acquire(Message):
     count: PageCount
     write: bool
     have_copy: bool
+    untouched: PageCount = 1
 
 
 @dataclass(frozen=True)

@@ -314,3 +314,75 @@ def test_migratory_detection_can_be_turned_off():
     _turn(d, "b", 5, "a")
     d.acquire("b", 5, 1, True, True)
     assert not d.entry(5).migratory
+
+
+# --- runs of untouched pages: a fresh array's first touch ---------------------------------------
+def test_a_write_to_an_untouched_page_is_granted_with_the_untouched_pages_after_it(d):
+    sends = d.acquire("a", 0, 1, True, False, untouched=8)
+    assert len(sends) == 1 and sends[0].page is None  # zeros: no bytes travel
+    assert sends[0].message == Grant(0, 8, True, Payload.ZERO)
+    assert all(d.entry(q).owner == "a" and not d.entry(q).home_current for q in range(8))
+    assert d.peek(8).owner is None  # nothing past the run the node asked for
+    assert d.counters["untouched_runs"] == 1 and d.counters["untouched_run_pages"] == 8
+
+
+def test_an_untouched_run_never_takes_a_page_another_node_holds_or_has_held(d):
+    d.acquire("b", 5, 1, False, False)  # b holds a read copy of 5
+    assert only(d.acquire("a", 0, 1, True, False, untouched=8)) == Grant(0, 5, True, Payload.ZERO)
+    d.acquire("b", 13, 1, False, False)
+    d.drop("b", 13, 1)  # b held 13 and gave it up: zeros at home, no copies, yet not untouched
+    assert d.peek(13).owner is None and not d.peek(13).copyset
+    assert only(d.acquire("a", 10, 1, True, False, untouched=8)) == Grant(10, 3, True, Payload.ZERO)
+    d.acquire("b", 20, 1, True, False)  # b owns 20
+    assert only(d.acquire("a", 18, 1, True, False, untouched=8)) == Grant(18, 2, True, Payload.ZERO)
+    assert d.entry(20).owner == "b"
+
+
+def test_a_page_touched_before_is_not_granted_as_untouched(d):
+    d.acquire("b", 3, 1, False, False)
+    d.drop("b", 3, 1)
+    # the first page has been held: the ordinary rules, the read-ahead window alone
+    assert only(d.acquire("a", 3, 1, True, False, untouched=8)) == Grant(3, 1, True, Payload.ZERO)
+    assert d.counters["untouched_runs"] == 0
+
+
+def test_reads_are_never_granted_untouched_runs(d):
+    assert only(d.acquire("a", 0, 1, False, False, untouched=8)) == Grant(0, 1, False, Payload.ZERO)
+
+
+def test_an_untouched_run_stays_in_its_array_and_its_stripe():
+    allocs = Allocations(LAYOUT)
+    allocs.find_or_create("x", 3 * PAGE, {})
+    allocs.find_or_create("y", 20 * PAGE, {})  # pages 3..22
+    d = PageDirectory(LAYOUT, locate=allocs.locate_page)
+    assert only(d.acquire("a", 0, 1, True, False, untouched=16)) == Grant(0, 3, True, Payload.ZERO)
+    assert d.peek(3).owner is None  # y's first page: another array's
+    sharded = PageDirectory(LAYOUT, shards=2, stripe=8)
+    assert only(sharded.acquire("a", 2, 1, True, False, untouched=16)) == Grant(2, 6, True,
+                                                                                 Payload.ZERO)
+
+
+def test_an_untouched_run_is_bounded_by_its_constant(d):
+    from dsm.core.readahead import UNTOUCHED_RUN_PAGES
+
+    big = Layout(0x6000_0000_0000, 4 * UNTOUCHED_RUN_PAGES * PAGE)
+    d = PageDirectory(big)
+    grant = only(d.acquire("a", 0, 1, True, False, untouched=4 * UNTOUCHED_RUN_PAGES))
+    assert grant.count == UNTOUCHED_RUN_PAGES
+
+
+def test_release_pages_are_never_in_an_untouched_run():
+    d = PageDirectory(LAYOUT, is_release=lambda page: page >= 4)
+    assert only(d.acquire("a", 0, 1, True, False, untouched=8)) == Grant(0, 4, True, Payload.ZERO)
+
+
+def test_pages_of_a_freed_array_are_untouched_again_once_reclaimed(d):
+    d.acquire("a", 0, 1, True, False, untouched=4)  # a owns 0..3
+    d.acquire("b", 4, 1, False, False)  # b reads 4
+    invalidations = d.reclaim(0, 8)
+    assert {s.node for s in invalidations} == {"a", "b"}  # (an invalidation per page)
+    for s in invalidations:
+        d.invalidated(s.node, s.message.txn, s.message.page, s.message.count)
+    assert not d.granted[:8].any()
+    assert only(d.acquire("c", 0, 1, True, False, untouched=8)) == Grant(0, 8, True, Payload.ZERO)
+    assert all(d.entry(q).owner == "c" for q in range(8))

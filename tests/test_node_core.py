@@ -150,3 +150,47 @@ def test_pages_nobody_asked_for_are_refused_even_with_no_request_pending():
     assert [type(a) for a in out] == [act.Send]
     assert out[0].message == p.Received(5, 9, 1, False)
     assert 9 not in core.state
+
+
+# --- a writer in order asks for runs of untouched pages -----------------------------------------
+def _write_fault(core: NodeCore, page: int, thread_id: int = 1) -> list:
+    from dsm.uffd.events import Access, FaultKind
+
+    return core.fault("proc", page * PAGE_SIZE, page, Access.WRITE, FaultKind.MISSING, thread_id,
+                      0.0)
+
+
+def _acquires(out: list) -> list[p.Acquire]:
+    return [a.message for a in out if isinstance(a, act.Send) and isinstance(a.message, p.Acquire)]
+
+
+def test_a_writer_in_order_asks_for_a_run_of_untouched_pages_and_awaits_all_of_them():
+    from dsm.core.readahead import UNTOUCHED_RUN_PAGES
+
+    core = NodeCore("n", 4 * UNTOUCHED_RUN_PAGES, PAGE_SIZE, ReadAhead(256))
+    assert _acquires(_write_fault(core, 0)) == [p.Acquire(0, 1, True, False, 1)]  # one write
+    core.grant(p.Grant(0, 1, True, p.Payload.ZERO), None, 0.0)
+    # the second in order: the run (its window still one page)
+    assert _acquires(_write_fault(core, 1)) == [p.Acquire(1, 1, True, False, UNTOUCHED_RUN_PAGES)]
+    assert core.pending[UNTOUCHED_RUN_PAGES].first == 1  # awaited: another thread there waits
+    assert _write_fault(core, 500, thread_id=2) == []
+    # the directory granted fewer (page 301 was someone else's): installed writable, zeros;
+    # the waiter past them asks again
+    out = core.grant(p.Grant(1, 300, True, p.Payload.ZERO), None, 0.0)
+    install = out[first_index(out, act.Install)]
+    assert (install.first, install.count, install.data, install.writable) == (1, 300, None, True)
+    assert all(core.state[q] is PageState.EXCLUSIVE for q in range(1, 301))
+    assert _acquires(out) == [p.Acquire(500, 1, True, False, 1)]
+    assert 301 not in core.pending and 301 not in core.state
+
+
+def test_a_random_writer_and_a_reader_ask_for_no_untouched_run():
+    from dsm.uffd.events import Access, FaultKind
+
+    core = NodeCore("n", PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES))
+    for page in (9, 2, 12):
+        assert [a.untouched for a in _acquires(_write_fault(core, page))] == [1]
+    for page in (4, 5, 6):
+        out = core.fault("proc", page * PAGE_SIZE, page, Access.READ, FaultKind.MISSING, 1, 0.0)
+        assert all(a.untouched == 1 for a in _acquires(out))
+        core.grant(p.Grant(page, 1, False, p.Payload.ZERO), None, 0.0)

@@ -84,3 +84,20 @@ def test_extents_bound_read_ahead_to_the_array():
     assert ext.end_of(0) == 10 and ext.end_of(9) == 10
     assert ext.end_of(10) == 12 and ext.end_of(11) == 12
     assert ext.end_of(12) is None
+
+
+def test_a_writer_in_order_asks_for_untouched_runs_a_random_one_never():
+    from dsm.core.readahead import UNTOUCHED_AFTER_FAULTS, UNTOUCHED_RUN_PAGES
+
+    ra = ReadAhead(256)
+    for page in (40, 7, 300):
+        ra.on_fault("w", page)
+        assert ra.untouched_run("w") == 1
+    for page in range(1000, 1000 + UNTOUCHED_AFTER_FAULTS - 1):
+        ra.on_fault("s", page)
+        assert ra.untouched_run("s") == 1
+    ra.on_fault("s", 1000 + UNTOUCHED_AFTER_FAULTS - 1)
+    assert ra.untouched_run("s") == UNTOUCHED_RUN_PAGES
+    # the next fault past that run (granted whole) is still in order: a run again
+    ra.on_fault("s", 1000 + UNTOUCHED_AFTER_FAULTS - 1 + UNTOUCHED_RUN_PAGES)
+    assert ra.untouched_run("s") == UNTOUCHED_RUN_PAGES

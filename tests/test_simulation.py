@@ -224,3 +224,14 @@ def test_release_pages_replay_from_the_command_line():
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every invariant held" in out.stdout
+
+
+@pytest.mark.parametrize("manager", ["relay", "central"])
+def test_the_schedules_reach_runs_of_untouched_pages(manager):
+    runs = 0
+    for seed in range(15):
+        w = World(seed, nodes=4, pages=12, ops_per_thread=40, deaths=1, bands=True,
+                  manager=manager)
+        w.run()
+        runs += w.directory.counters["untouched_runs"]
+    assert runs  # bands written before they are read: first touches in order, granted in runs

@@ -163,28 +163,37 @@ class NodeCore:
             return out + self._request_upgrade(page, window, waiter, now)
         stream = (proc, write)
         window = self.readahead.on_fault(stream, page)
-        out += self._request(page, window, write, [waiter], stream, now)
+        untouched = self.readahead.untouched_run(stream) if write else 1
+        out += self._request(page, window, write, [waiter], stream, now, untouched)
         return out + self._request_ahead(stream, now)
 
     def _request(self, page: int, window: int, write: bool, waiters: list[Waiter],
-                 stream: Hashable | None, now: float) -> list[Action]:
+                 stream: Hashable | None, now: float, untouched: int = 1) -> list[Action]:
         """Ask for ``page`` and up to ``window - 1`` following pages this node neither holds nor
-        awaits (not past the end of the array)."""
-        count = 1
+        awaits (not past the end of the array); a writer also for up to ``untouched`` such pages
+        if nobody has touched them yet (``Acquire.untouched``: the directory grants only
+        those). The request awaits them all: a grant of fewer refaults the rest."""
         end = self.extents.end_of(page) or self.num_pages
-        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards,
-                               self.stripe)
-        while count < limit and page + count not in self.state and page + count not in self.pending:
-            count += 1
-        pend = Pending(page, count, write, now, stream, waiters)
-        for q in range(page, page + count):
+        count = self._free_run(page, min(window, end - page))
+        run = self._free_run(page, min(untouched, end - page)) if untouched > count else count
+        pend = Pending(page, run, write, now, stream, waiters)
+        for q in range(page, page + run):
             self.pending[q] = pend
         have_copy = self.state.get(page) is PageState.SHARED
         self.stats.count("requests")
         if self._tracing:
             self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
-                        "write" if write else "read", count=count)
-        return [Send(p.Acquire(page, count, write, have_copy))]
+                        "write" if write else "read", count=count, untouched=run)
+        return [Send(p.Acquire(page, count, write, have_copy, run if write else 1))]
+
+    def _free_run(self, page: int, most: int) -> int:
+        """``page`` and the following pages this node neither holds nor awaits, at most ``most``
+        (nor more than a message names, nor past the stripe)."""
+        limit = clip_to_stripe(page, min(most, p.MAX_BATCH_PAGES), self.shards, self.stripe)
+        count = 1
+        while count < limit and page + count not in self.state and page + count not in self.pending:
+            count += 1
+        return count
 
     def _clean_run(self, proc: Any, page: int) -> int:
         """How many pages from ``page`` to twin at once: as many CLEAN ones as the process's

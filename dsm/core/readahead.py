@@ -13,7 +13,12 @@ matrix is scanned in every pass, and each time the pages were invalidated in bet
 extent of every run of sequential faults that ended is remembered by its first page: a later
 fault at that page, starting a new stream, asks for the whole extent at once (one round trip for
 a 2-page halo row, not two; a rescan at full window from its first fault). Only what the same
-process faulted in sequence from that very page is ever asked for again."""
+process faulted in sequence from that very page is ever asked for again.
+
+A writer that writes in order also asks for a run of *untouched* pages (``untouched_run``): the
+directory grants, with the page, the following ones nobody has been granted since their array
+was allocated (zeros, at home, no copies), so a fresh array costs a round trip per run, not per
+window. Only a writer in order: a random one would take pages other nodes are about to write."""
 
 from __future__ import annotations
 
@@ -32,6 +37,14 @@ ASYNC_AHEAD_WINDOWS = 2
 #: ended runs remembered per stream (the oldest forgotten first): a stencil's halo rows and
 #: band edges, a few arrays' scans
 REMEMBERED_RUNS = 1024
+#: sequential write faults in a row after which a writer also asks for a run of untouched pages
+#: (``Acquire.untouched``): from its second, so that a random writer never takes pages of a
+#: fresh array that other nodes are about to write
+UNTOUCHED_AFTER_FAULTS = 2
+#: the longest run of untouched pages one write request is granted (4 MiB of 4 KiB pages, as
+#: many as one message may name): a fresh 32 MiB array written in order costs about 9 round
+#: trips, not one per page or per read-ahead window; the directory grants no longer run
+UNTOUCHED_RUN_PAGES = 1024
 
 
 @dataclass
@@ -90,6 +103,16 @@ class ReadAhead:
         first = s.next_page
         s.next_page += s.window
         return first, s.window
+
+    def untouched_run(self, key: Hashable) -> int:
+        """How many untouched pages a write fault of stream ``key`` (``on_fault`` first) asks
+        for from its page: ``UNTOUCHED_RUN_PAGES`` once it writes in order, else one. The
+        stream's next fault past them, should they come, is still in order."""
+        s = self._streams.get(key)
+        if s is None or s.hits < UNTOUCHED_AFTER_FAULTS:
+            return 1
+        s.next_page = max(s.next_page, s.last_fault + UNTOUCHED_RUN_PAGES)
+        return UNTOUCHED_RUN_PAGES
 
     def last_fault(self, key: Hashable) -> int:
         return self._streams[key].last_fault

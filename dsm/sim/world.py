@@ -57,6 +57,8 @@ from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
+#: how often a band's run of pages is written before it is read (``bands``)
+WRITTEN_FIRST = 0.5
 #: how many steps of the schedule a failure report shows
 REPORT_STEPS = 60
 #: a run that takes more steps than this per operation is taken to be livelocked
@@ -155,14 +157,17 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
 
     def _bands(self, n: int) -> list[tuple[str, int]]:
         """Reads of a run of pages in order, then writes of them in order (a stencil's band),
-        again and again: sequential faults open read-ahead and upgrade whole runs."""
+        again and again: sequential faults open read-ahead and upgrade whole runs. Now and
+        then the writes come first: a first touch of pages nobody has touched yet is granted
+        in runs of untouched pages (``Acquire.untouched``)."""
         out: list[tuple[str, int]] = []
         while len(out) < n:
             first = self.rng.randrange(self.num_pages)
             run = range(first, min(self.num_pages, first + self.rng.randint(2, 6)))
             slot = self.rng.randrange(SLOTS_PER_PAGE)
-            out += [("r", pg * SLOTS_PER_PAGE + slot) for pg in run]
-            out += [("w", pg * SLOTS_PER_PAGE + slot) for pg in run]
+            order = "wr" if self.rng.random() < WRITTEN_FIRST else "rw"
+            for kind in order:
+                out += [(kind, pg * SLOTS_PER_PAGE + slot) for pg in run]
         return out[:n]
 
     # --- the scheduler -------------------------------------------------------------------------------

@@ -11,6 +11,13 @@ also like. The directory adds the following pages that are in the same situation
 (same owner to fetch from, or at home with the same copies to invalidate) and not busy, so that a
 sequential scan moves many pages per message; a page it cannot add is simply not granted.
 
+Untouched pages: a page nobody has been granted since its array was allocated (or freed and
+reclaimed, ``reclaim``) is zeros at home, with no owner and no copies (``granted``). A write to
+one is granted at once together with the following untouched pages of the same array and stripe,
+up to the run the node asked for (``Acquire.untouched``: a node writing in order asks for
+``UNTOUCHED_RUN_PAGES``): a fresh array's first touch costs a round trip per run, and its grant
+carries no bytes. A page another node holds or has held is never in such a run.
+
 Every method takes one input and returns the messages to send, as ``Send(node, message, page)``;
 the ZeroMQ loop around it (``service.py``) only moves bytes.
 

@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any
 
 from dsm.core.shards import clip_to_stripe
-from dsm.directory.pages.state import Kind, Request, Send, Txn
+from dsm.directory.pages.state import RECLAIMER, Kind, Request, Send, Txn
 from dsm.directory.pages.transactions import PageTransactions
 from dsm.errors import ProtocolError
 from dsm.protocol import (Acquire, Diff, Dirtied, Drop, Fetched, Invalidated, Payload, Received,
@@ -20,15 +20,15 @@ from dsm.protocol import (Acquire, Diff, Dirtied, Drop, Fetched, Invalidated, Pa
 
 log = logging.getLogger(__name__)
 
-#: the requester of a freed array's DISCARDs: no node (every holder's copy is invalidated)
-RECLAIMER = ""
-
 
 class PageDirectory(PageTransactions):
     """The page-state machine (``dsm.directory.pages``): its transactions, and its inputs."""
 
     # --- inputs ------------------------------------------------------------------------------------
-    def acquire(self, node: str, page: int, count: int, write: bool, have_copy: bool) -> list[Send]:
+    def acquire(self, node: str, page: int, count: int, write: bool, have_copy: bool,
+                untouched: int = 1) -> list[Send]:
+        """A node asks for pages (``Acquire``); release-consistency pages are served by their
+        home, with their own rules (``untouched`` is for the others)."""
         if self.release.covers(page):  # the home copy, for reading and for writing alike
             self.layout.check_page(page)
             if page in self.lost:
@@ -43,7 +43,8 @@ class PageDirectory(PageTransactions):
                             else "READ", node, old, self.release.describe(page))
             return out
         kind = Kind.WRITE if write else Kind.READ
-        return self._submit(Request(kind, node, page, max(1, count), have_copy))
+        return self._submit(Request(kind, node, page, max(1, count), have_copy,
+                                    max(1, untouched)))
 
     def discard(self, node: str, page: int) -> list[Send]:
         if self.release.covers(page):  # zeros from now on; the others learn at their acquire
@@ -328,7 +329,8 @@ def page_handlers(pages: PageDirectory, page_size: int) -> dict[type, Any]:
     page data) -> the messages to send``. The one table the directory service and the simulator
     both deliver through."""
     return {
-        Acquire: lambda n, m, d: pages.acquire(n, m.page, m.count, m.write, m.have_copy),
+        Acquire: lambda n, m, d: pages.acquire(n, m.page, m.count, m.write, m.have_copy,
+                                               m.untouched),
         Fetched: lambda n, m, d: pages.fetched(n, m.txn, m.page, m.count, m.payload, d,
                                                m.not_held, m.unwritten),
         Invalidated: lambda n, m, d: pages.invalidated(n, m.txn, m.page, m.count),

@@ -34,6 +34,10 @@ class Kind(enum.Enum):
     DISCARD = "discard"
 
 
+#: the requester of a freed array's DISCARDs: no node (every holder's copy is invalidated)
+RECLAIMER = ""
+
+
 @dataclass
 class Request:
     kind: Kind
@@ -41,6 +45,8 @@ class Request:
     page: int
     count: int = 1  #: pages wanted from ``page``; only ``page`` itself is required
     have_copy: bool = False
+    #: a write: pages from ``page`` it takes if untouched (``Acquire.untouched``)
+    untouched: int = 1
 
 
 @dataclass
@@ -65,7 +71,7 @@ class Txn:
     refused: bool = False  #: the requester did not take the pages (it no longer wanted them)
 
 
-@dataclass
+@dataclass(slots=True)  # (slots: a fresh array's first touch makes thousands at once)
 class PageEntry:
     owner: str | None = None
     copyset: set[str] = field(default_factory=set)

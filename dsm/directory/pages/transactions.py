@@ -6,7 +6,9 @@ once (``_start``): granted from here, or a transaction that waits for nodes (a f
 owner, the invalidation acknowledgements) and covers the following pages in the same situation
 (read-ahead). When the last node it waits for has answered (``_maybe_finish``), the pages are
 granted (``_finish``: through here; ``_finish_direct``: they went node to node), and the
-requests queued behind them start. The answers themselves come in through ``PageDirectory``
+requests queued behind them start. A write to an untouched page (``granted``: never granted
+since its array was allocated or freed) is granted at once, with the run of untouched pages after
+it (``_grant_untouched``). The answers themselves come in through ``PageDirectory``
 (``inputs``), which builds on this class.
 """
 
@@ -16,11 +18,15 @@ import logging
 import time
 from typing import Callable
 
+import numpy as np
+
 from dsm import bugs
+from dsm.core.readahead import UNTOUCHED_RUN_PAGES
 from dsm.core.shards import STRIPE_PAGES, clip_to_stripe
 from dsm.directory.home import HomeStore
 from dsm.directory.pages.loss import UNKNOWN_NODE, LostPages
-from dsm.directory.pages.state import Kind, Locator, OnLoss, PageEntry, Request, Send, Tracer, Txn
+from dsm.directory.pages.state import (RECLAIMER, Kind, Locator, OnLoss, PageEntry, Request, Send,
+                                       Tracer, Txn)
 from dsm.directory.release import ReleaseHomes
 from dsm.layout import Layout
 from dsm.protocol import Fetch, Grant, Invalidate, Message, Payload
@@ -55,6 +61,10 @@ class PageTransactions:
         self.shard, self.shards, self.stripe = shard, shards, stripe
         self._clock = clock
         self._entries: dict[int, PageEntry] = {}
+        #: per page, whether it was granted to a node since its array was allocated or freed
+        #: (``reclaim``); a page never granted is *untouched*: zeros at home, nobody holds it
+        #: or has held it (a lookup per page, and a search of a run at once)
+        self.granted = np.zeros(layout.num_pages, dtype=bool)
         self.home = HomeStore(layout)
         #: the pages of release-consistency arrays: no owners, their home here merges diffs
         self.release = ReleaseHomes(self.home, is_release or (lambda page: False))
@@ -66,10 +76,12 @@ class PageTransactions:
         self._tracing = bool(getattr(tracer, "enabled", tracer is not None))
         self.counters = {"grants": 0, "pages_granted": 0, "fetches": 0, "invalidations": 0,
                          "writebacks": 0, "queued": 0, "pages_lost": 0, "lost_answers": 0,
-                         "fallbacks": 0, "migratory_grants": 0, "migratory_mispredictions": 0}
+                         "fallbacks": 0, "migratory_grants": 0, "migratory_mispredictions": 0,
+                         "untouched_runs": 0, "untouched_run_pages": 0}
+        #: page -> (its array's name, its index there): runs of untouched pages stay in one array
+        self._locate = locate or (lambda page: ("", page))
         self.losses = LostPages(layout, on_loss, self.home, self.entry, self.counters,
-                                locate or (lambda page: ("", page)),
-                                self._trace if self._tracing else None)
+                                self._locate, self._trace if self._tracing else None)
         #: lost page -> the node whose death lost it (the losses' own dict, read at every request)
         self.lost = self.losses.pages
 
@@ -80,6 +92,19 @@ class PageTransactions:
         if e is None:
             e = self._entries[page] = PageEntry()
         return e
+
+    def _entries_of(self, first: int, count: int) -> list[PageEntry]:
+        """The entries of ``count`` pages from ``first``, made where there are none (one range
+        check for them all: a run of untouched pages makes many at once)."""
+        self.layout.check_page(first + count - 1)
+        entries, found = self._entries, self._entries.get
+        out = []
+        for q in range(first, first + count):
+            e = found(q)
+            if e is None:
+                e = entries[q] = PageEntry()
+            out.append(e)
+        return out
 
     def peek(self, page: int) -> PageEntry:
         """The entry of ``page`` as it is, without creating one (read-only: ``dsm top``, and
@@ -109,6 +134,64 @@ class PageTransactions:
             n += 1
         return n
 
+    def _untouched_run(self, req: Request) -> int:
+        """A write to an untouched page: how many pages from it are granted at once. The
+        following untouched pages, up to the run the node asked for (``req.untouched``, or its
+        read-ahead window ``req.count``, at most ``UNTOUCHED_RUN_PAGES``), in the same array
+        and stripe, none with a request under way. Never a page another node holds or has
+        held."""
+        first = req.page
+        most = min(max(req.count, min(req.untouched, UNTOUCHED_RUN_PAGES)),
+                   self.layout.num_pages - first)
+        limit = self._within_array(first, clip_to_stripe(first, most, self.shards, self.stripe))
+        granted = self.granted[first + 1:first + limit]
+        if granted.any():
+            limit = 1 + int(granted.argmax())
+        n, found, covers = 1, self._entries.get, self.release.covers
+        while n < limit:  # (a page never granted has no owner, no copies, no lost contents)
+            e = found(first + n)
+            if e is not None and (e.busy is not None or e.queue) or covers(first + n):
+                break
+            n += 1
+        return n
+
+    def _grant_untouched(self, req: Request) -> list[Send]:
+        """Grant a write to an untouched page, with the run of untouched pages after it: zeros,
+        with no bytes; each page's entry is made at once (``_finish`` does the same for any
+        run, checking far more per page)."""
+        node, first, n = req.node, req.page, self._untouched_run(req)
+        entries = self._entries
+        for q in range(first, first + n):
+            e = entries.get(q)
+            if e is None:
+                entries[q] = PageEntry(node, home_current=False, last_writer=node)
+            else:  # reclaimed: no owner, no copies, nothing migratory
+                e.owner = e.last_writer = node
+                e.home_current = False
+        self.granted[first:first + n] = True
+        self.counters["grants"] += 1
+        self.counters["pages_granted"] += n
+        if n > req.count:
+            self.counters["untouched_runs"] += 1
+            self.counters["untouched_run_pages"] += n
+        if self._tracing:
+            self._trace(first, req.kind.name, node, "home{}", f"owned:{node}", count=n,
+                        untouched=True)
+        return [Send(node, Grant(first, n, True, Payload.ZERO))]
+
+    def _within_array(self, page: int, count: int) -> int:
+        """``count`` cut so that the run from ``page`` stays in ``page``'s array (arrays are
+        contiguous: a binary search for the last page still in it)."""
+        name, index = self._locate(page)
+        lo, hi = 1, count  # the run of lo pages is in the array; of hi + 1, not (or too long)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._locate(page + mid - 1) == (name, index + mid - 1):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def _start(self, req: Request) -> list[Send]:
         e = self.entry(req.page)
         node, owner = req.node, e.owner
@@ -134,6 +217,9 @@ class PageTransactions:
                 return self._begin_direct(req, n, owner, keep_copy=req.kind is Kind.READ)
             fetch = Fetch(0, req.page, n, req.kind is Kind.READ)
             return self._begin(req, n, {owner}, fetch, source=owner)
+        if req.kind is Kind.WRITE and not self.granted[req.page] and node not in self._dead:
+            # zeros nobody holds or has held: the run goes at once, with no bytes
+            return self._grant_untouched(req)
         if self.direct and not e.home_current:
             return self._start_from_copies(req, e)
         if req.kind is Kind.READ:
@@ -270,6 +356,7 @@ class PageTransactions:
                 e.owner = e.last_writer = node
             else:
                 e.copyset.add(node)
+        self.granted[first:first + n] = True  # (held by the source before, at least)
         if gone:  # what it was sent died with it (or was refused), unless a copy is left
             self._lose_orphans(first, n, node)
             if self._tracing:
@@ -295,13 +382,17 @@ class PageTransactions:
             for q in range(first, first + n):
                 self._entries[q].home_current = True
             held = frozenset(range(first, first + n)) - not_held if payload != Payload.NONE else held
-        entries = [self.entry(q) for q in range(first, first + n)]
+        entries = self._entries_of(first, n)
         if req.kind is Kind.DISCARD:
             for e in entries:
                 e.owner = None
                 e.copyset.clear()
                 e.home_current = True  # zeros
+                if req.node == RECLAIMER:  # its array was freed: untouched again
+                    e.last_writer, e.migratory = None, False
             self.home.clear(first, n)
+            if req.node == RECLAIMER:
+                self.granted[first:first + n] = False
             if self._tracing:
                 self._trace(first, "DISCARD", node, old, entries[0].describe())
             return []
@@ -338,6 +429,7 @@ class PageTransactions:
             if self._tracing:
                 self._trace(first, req.kind.name, node, old, "requester gone", count=n)
             return []
+        self.granted[first:first + n] = True
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
         if already_current:
