@@ -326,13 +326,16 @@ def summary_lines(stdout, labels):
 def test_bench_scan_streams_scans_and_reads_at_random(tmp_path, run_dsm_bench):
     out = tmp_path / "scan.json"
     proc = run_dsm_bench("scan", "--mib", "4", "--repeats", "2", "--random-pages", "30",
-                         "--round-trips", "30", "--json", str(out))
-    stream, scan, one, rand = summary_lines(proc.stdout, [
+                         "--round-trips", "30", "--first-touch-mib", "2", "--json", str(out))
+    stream, scan, one, rand, numpy_touch, touch = summary_lines(proc.stdout, [
         "zmq PUSH/PULL stream", "sequential read of 4 MiB", "1 page per 4 KiB round trip",
-        "random 4 KiB reads"])
+        "random 4 KiB reads", "numpy: zero-fill and write 2 MiB",
+        "first touch of a fresh 2 MiB array"])
     assert "MB/s" in stream and "baseline" in stream
     assert re.search(r"\d+\.\d\dx\s+>=0.4x\s+(ok|MISSED)$", scan), scan
     assert "pages/s" in rand and re.search(r"\d+\.\d\dx", rand), rand
+    assert "ms" in numpy_touch and "baseline" in numpy_touch
+    assert re.search(r"\d+\.\d\dx\s+<=3x\s+(ok|MISSED)$", touch), touch
     assert "repeat 2/2" in proc.stderr  # progress goes to stderr
     result = json.loads(out.read_text())
     s = result["samples"]
@@ -340,6 +343,10 @@ def test_bench_scan_streams_scans_and_reads_at_random(tmp_path, run_dsm_bench):
     assert len(s["random_ns"]) == 30 and len(s["rtt_ns"]) == 30
     assert result["scan_counters"]["pages_in"] >= 2 * 4 * 256  # every page came in
     assert result["scan_ratio"] > 0 and result["random_ratio"] > 0
+    from dsm.bench.scan import FIRST_TOUCH_REPEATS
+    assert len(s["first_touch_ms"]) == len(s["numpy_first_touch_ms"]) == FIRST_TOUCH_REPEATS
+    # 512 fresh pages written in order: a page, then a run of untouched pages, per array
+    assert all(0 < r <= 4 for r in result["first_touch_requests"]), result["first_touch_requests"]
 
 
 def test_bench_scan_with_keys_runs_the_cluster_keyed(tmp_path, run_dsm_bench):
@@ -348,7 +355,8 @@ def test_bench_scan_with_keys_runs_the_cluster_keyed(tmp_path, run_dsm_bench):
                    capture_output=True, timeout=30)
     out = tmp_path / "scan.json"
     proc = run_dsm_bench("scan", "--mib", "2", "--repeats", "1", "--random-pages", "10",
-                         "--round-trips", "10", "--keys", str(keys), "--json", str(out))
+                         "--round-trips", "10", "--first-touch-mib", "1", "--keys", str(keys),
+                         "--json", str(out))
     assert f"CurveZMQ keys {keys}" in proc.stdout
     result = json.loads(out.read_text())
     assert result["config"]["keys"] == str(keys)
@@ -450,6 +458,7 @@ def test_bench_suite_runs_everything_into_one_table_json_and_png(tmp_path, run_d
 
 def test_bench_new_benchmarks_reject_bad_arguments():
     for args in (["scan", "--mib", "0"], ["scan", "--random-pages", "0"],
+                 ["scan", "--first-touch-mib", "0"],
                  ["directory", "--clients", "0"], ["jacobi", "--size", "2"],
                  ["--only", "nosuch"], ["all", "--skip", ",".join(suite.NAMES)]):
         proc = subprocess.run([sys.executable, "-m", "dsm", "bench", *args],

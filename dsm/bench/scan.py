@@ -13,6 +13,10 @@ round trip         a bare pyzmq DEALER/ROUTER round trip of 4 KiB (as in ``dsm b
 random reads       C, which has not read the array, reads one word of each of ``--random-pages``
                    pages in random order (their home copy is at the directory since B's scan):
                    a page per round trip at best; pages/s beside 1 / the round trip's median
+numpy first touch  the baseline: A zero-fills a fresh numpy array of ``--first-touch-mib`` MiB
+                   and writes it in order (the kernel's zero pages as it goes); ms
+first touch        A writes a fresh DSM array of that size in order: the directory grants the
+                   untouched pages in runs (zeros, no bytes); ms, beside the numpy run just before
 =================  ==============================================================================
 
 Streams and scans alternate (``--repeats`` of each; every scan reads an array of its own, written
@@ -43,6 +47,12 @@ DEFAULT_REPEATS = 3
 DEFAULT_RANDOM_PAGES = 2000
 DEFAULT_ROUND_TRIPS = 1000
 DEFAULT_ROUNDS = 4
+#: the fresh array whose first touch is timed (32 MiB: the issue's figure), and how many times
+DEFAULT_FIRST_TOUCH_MIB = 32
+FIRST_TOUCH_REPEATS = 5
+#: target: the first touch's time over numpy's zero-fill and write of the same size
+FIRST_TOUCH_TARGET = 3.0
+NS_PER_MS = 1_000_000
 #: the streaming baseline's frame, and the round trip's message (one page)
 FRAME_BYTES = 64 << 10
 MESSAGE_BYTES = 4096
@@ -76,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round-trips", type=int, default=d["round_trips"],
                         help=f"bare 4 KiB round trips (default {d['round_trips']})")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random reads' order")
+    parser.add_argument("--first-touch-mib", type=int, default=DEFAULT_FIRST_TOUCH_MIB,
+                        help="MiB of the fresh array whose first touch is timed (default "
+                             f"{DEFAULT_FIRST_TOUCH_MIB})")
     add_keys_argument(parser, "the directory and the nodes use those CurveZMQ keys (the stream "
                               "baseline stays plain ZeroMQ: the ratio then shows CURVE's cost)")
 
@@ -83,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_output_arguments(parser)
 
 def check_arguments(args: argparse.Namespace) -> str | None:
-    for name in ("mib", "repeats", "random_pages", "round_trips"):
+    for name in ("mib", "repeats", "random_pages", "round_trips", "first_touch_mib"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
     if args.random_pages > args.mib * BYTES_PER_MIB // os.sysconf("SC_PAGE_SIZE"):
@@ -107,6 +120,7 @@ class ScanBench:
         self.rounds = min(DEFAULT_ROUNDS, args.random_pages, args.round_trips)
         self.transport = args.transport
         self.seed = args.seed
+        self.first_touch_mib = args.first_touch_mib
         self.progress = progress
         self.keys_dir = keys_dir_from(getattr(args, "keys", None))
         self.page_bytes = os.sysconf("SC_PAGE_SIZE")
@@ -115,7 +129,10 @@ class ScanBench:
         self.nodes: dict[str, Worker] = {}
         self.pids: dict[str, int | None] = {}
         self.samples: dict[str, list] = {"stream_mbps": [], "scan_mbps": [], "fill_mbps": [],
-                                         "rtt_ns": [], "random_ns": []}
+                                         "rtt_ns": [], "random_ns": [], "first_touch_ms": [],
+                                         "numpy_first_touch_ms": []}
+        #: node a's page requests per first touch of a fresh array
+        self.first_touch_requests: list[int] = []
         self.cpu_scan_ns: dict[str, int] = {}
         self.scan_ns = 0
         self.scan_counters: dict[str, int] = {}
@@ -129,7 +146,8 @@ class ScanBench:
     # --- the run -----------------------------------------------------------------------------------
     def run(self) -> dict:
         p = self.progress
-        region = self.repeats * self.mib * BYTES_PER_MIB + REGION_SPARE_BYTES
+        region = ((self.repeats * self.mib + FIRST_TOUCH_REPEATS * self.first_touch_mib)
+                  * BYTES_PER_MIB + REGION_SPARE_BYTES)
         p(f"starting a directory ({self.transport}, {region >> 20} MiB region), a PULL and an echo "
           "server, nodes a, b, c")
         log_dir = self.procs.log_dir
@@ -165,6 +183,7 @@ class ScanBench:
                 p(f"repeat {k + 1}/{self.repeats}: stream {self.samples['stream_mbps'][-1]:.0f} "
                   f"MB/s, scan {self.samples['scan_mbps'][-1]:.0f} MB/s")
             del data
+            self._first_touches()
             self._random(dealer)
         finally:
             push.close(0)
@@ -210,6 +229,26 @@ class ScanBench:
             nbytes = mib * BYTES_PER_MIB
             self.samples["fill_mbps"].append(nbytes / BYTES_PER_MB / (fill["ns"] / NS_PER_S))
             self.samples["scan_mbps"].append(nbytes / BYTES_PER_MB / (reply["ns"] / NS_PER_S))
+
+    def _first_touches(self) -> None:
+        """A writes fresh arrays in order, each beside a fresh numpy array of the same size."""
+        pages = self.first_touch_mib * BYTES_PER_MIB // self.page_bytes
+        timeout_s = self._move_timeout(self.first_touch_mib)
+        for k in range(FIRST_TOUCH_REPEATS):
+            self.progress(f"first touch {k + 1}/{FIRST_TOUCH_REPEATS}: a writes a fresh "
+                          f"{self.first_touch_mib} MiB numpy array, then a fresh DSM array")
+            self._node("a", "array", name=f"fresh{k}", pages=pages)
+            before = self._node("a", "stats")["stats"]["counters"].get("requests", 0)
+            for numpy in (True, False):
+                reply = self._node("a", "first_touch", timeout_s, value=self._value(k),
+                                   numpy=numpy)
+                if reply["n_bad"]:
+                    raise BenchError(f"node a's first touch of a fresh {'numpy' if numpy else 'DSM'} "
+                                     f"array left {reply['n_bad']} pages without the value written")
+                key = "numpy_first_touch_ms" if numpy else "first_touch_ms"
+                self.samples[key].append(reply["ns"] / NS_PER_MS)
+            after = self._node("a", "stats")["stats"]["counters"].get("requests", 0)
+            self.first_touch_requests.append(after - before)
 
     def _random(self, dealer: zmq.Socket) -> None:
         """C reads random pages of the first array, in rounds alternating with round trips."""
@@ -258,6 +297,11 @@ class ScanBench:
             "scan_cpu_cores": {k: v / NS_PER_S / scan_s for k, v in sorted(self.cpu_scan_ns.items())
                                if scan_s},
             "scan_counters": self.scan_counters,
+            "first_touch_mib": self.first_touch_mib,
+            "first_touch_ratio": (float(np.median(s["first_touch_ms"]))
+                                  / float(np.median(s["numpy_first_touch_ms"]))),
+            "first_touch_target": FIRST_TOUCH_TARGET,
+            "first_touch_requests": self.first_touch_requests,
             "samples": s,
         }
 
@@ -279,6 +323,22 @@ def summary(result: dict) -> list[dict]:
         common.summary_row("scan", "random", "random 4 KiB reads of that array (fresh node)",
                            "pages/s", US_PER_S / random_us, ratio=result["random_ratio"],
                            baseline="one_per_rtt"),
+    ] + _first_touch_rows(result)
+
+
+def _first_touch_rows(result: dict) -> list[dict]:
+    s = result["samples"]
+    if not s.get("first_touch_ms"):  # (a result from before the figure)
+        return []
+    mib = result["first_touch_mib"]
+    return [
+        common.summary_row("scan", "numpy_first_touch",
+                           f"numpy: zero-fill and write {mib} MiB in order", "ms",
+                           s["numpy_first_touch_ms"], is_baseline=True),
+        common.summary_row("scan", "first_touch",
+                           f"first touch of a fresh {mib} MiB array, one node, in order", "ms",
+                           s["first_touch_ms"], ratio=result["first_touch_ratio"],
+                           baseline="numpy_first_touch", at_most=result["first_touch_target"]),
     ]
 
 
@@ -300,6 +360,11 @@ def format_table(result: dict) -> str:
                f"{c.get('faults_missing_read', 0)} faults")
     out.append(f"a's writes of fresh pages (zero-filled by the directory): "
                f"{np.median(result['samples']['fill_mbps']):.0f} MB/s median")
+    if result.get("first_touch_requests"):
+        out.append(f"first touch of a fresh {result['first_touch_mib']} MiB array "
+                   f"({result['first_touch_mib'] * BYTES_PER_MIB // os.sysconf('SC_PAGE_SIZE')} "
+                   f"pages): node a's page requests per touch "
+                   f"{', '.join(map(str, result['first_touch_requests']))}")
     return "\n".join(out)
 
 

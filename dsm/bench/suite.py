@@ -34,7 +34,7 @@ BENCHMARKS: list[tuple[str, ModuleType, dict, dict]] = [
     ("sharing", sharing, {"operations": 500, "tasks": 300, "collectives": 100, "rounds": 3},
      {"operations": 20, "tasks": 20, "collectives": 10, "rounds": 1, "nodes": 2}),
     ("scan", scan, {"repeats": 3, "random_pages": 1000, "round_trips": 1000},
-     {"mib": 8, "repeats": 1, "random_pages": 40, "round_trips": 40}),
+     {"mib": 8, "repeats": 1, "random_pages": 40, "round_trips": 40, "first_touch_mib": 4}),
     ("directory", directory, {"requests": 4000, "rounds": 3},
      {"clients": 2, "requests": 200, "rounds": 1}),
     ("workloads", workloads, {},

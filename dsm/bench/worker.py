@@ -12,6 +12,11 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
     {"op": "fill", "value": V}                write the whole array in order, word i = V + i
     {"op": "scan", "value": V}                time one numpy pass over the whole array
                                               (``arr.sum()``), then check it held V + i
+    {"op": "first_touch", "value": V, "numpy": bool}
+                                              time writing V to every word of the array in order
+                                              (its first touch if it is fresh); with ``numpy``, of
+                                              a fresh numpy array of the same size instead, zero-
+                                              filled by the kernel as it is written
     {"op": "stats"}                           the node's counters (``node.stats()``)
     {"op": "lock", "name": L, "n": K, "parties": P, "counter": C}
                                               time K acquire/release pairs of lock L (P workers
@@ -124,6 +129,23 @@ class Worker:
             hi = min(lo + FILL_CHUNK_WORDS, len(arr))
             arr[lo:hi] = np.arange(lo + value, hi + value, dtype=np.int64)
         return {"ns": time.perf_counter_ns() - t0}
+
+    def op_first_touch(self, value: int, numpy: bool = False) -> dict:
+        """Time the first touch of a fresh array written in order: the DSM array (``array``
+        before; zeros granted by the directory), or a fresh numpy array of its size (``numpy``:
+        the baseline, zeros from the kernel); then check (untimed) the first word of each page."""
+        words = len(self.arr)
+        gc.disable()
+        try:
+            t0 = time.perf_counter_ns()
+            arr = np.zeros(words, dtype=np.int64) if numpy else self.arr
+            for lo in range(0, words, FILL_CHUNK_WORDS):
+                arr[lo:lo + FILL_CHUNK_WORDS] = value
+            ns = time.perf_counter_ns() - t0
+        finally:
+            gc.enable()
+        wrong = int(np.count_nonzero(arr[::self.words_per_page] != value))
+        return {"ns": ns, "n_bad": wrong}
 
     def op_scan(self, value: int) -> dict:
         """Time one sequential numpy pass over the whole array (``arr.sum()``), then check what it
