@@ -42,9 +42,8 @@ import msgpack
 from dsm.errors import DsmError, ProtocolError
 from dsm.protocol import (AtomicIndex, AtomicKind, AtomicSize, CollectiveKind, CreateMode,
                           MAX_JOB_SIZE, Parties, ReduceOp, Status)
-from typing import Annotated
 
-from dsm.schema import I64, U64, OneOf, Pid, Range, check_fields, field_checks
+from dsm.schema import I64, U64, Pid, check_fields, field_checks, one_of, ranged
 
 #: environment variable through which ``dsm run`` tells a workload where its agent listens
 AGENT_SOCKET_ENV = "DSM_AGENT_SOCKET"
@@ -234,7 +233,7 @@ class AllocRequest(Request):
     name: str
     nbytes: U64
     meta: dict[str, Any]
-    create: Annotated[int, OneOf(CreateMode)] = int(CreateMode.EITHER)
+    create: one_of(CreateMode) = int(CreateMode.EITHER)
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,7 @@ class AtomicRequest(Request):
     name: str
     size: AtomicSize
     index: AtomicIndex
-    op: Annotated[int, OneOf(AtomicKind)]
+    op: one_of(AtomicKind)
     operand: I64 = 0
     expected: I64 = 0
 
@@ -271,9 +270,9 @@ class CollectiveRequest(Request):
     TAG = "collective"
     ANSWER = CollectiveAnswer
     seq: U64
-    kind: Annotated[int, OneOf(CollectiveKind)]
-    root: Annotated[int, Range(0, MAX_JOB_SIZE - 1)]
-    op: Annotated[int, OneOf(ReduceOp)]
+    kind: one_of(CollectiveKind)
+    root: ranged(0, MAX_JOB_SIZE - 1)
+    op: one_of(ReduceOp)
     value: Any
 
 

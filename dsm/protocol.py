@@ -18,14 +18,15 @@ check (``Layout.check_page``): the protocol does not know the region.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Union
 
 import msgpack
+import msgspec
 import numpy as np
 
 from dsm.errors import ProtocolError
-from dsm.schema import I64, I64_MAX, U64, OneOf, Pid, Range, check_fields, field_checks
+from dsm.schema import (I64, I64_MAX, U64, Pid, check_fields, field_checks, field_names,
+                        one_of, ranged)
 
 
 #: the most pages one message may carry or name (4 MiB of 4 KiB pages)
@@ -142,16 +143,16 @@ class Payload(enum.IntEnum):
 #: a page number (whether it is in the region is for the receiver to check)
 PageNo = U64
 #: how many pages one message covers
-PageCount = Annotated[int, Range(1, MAX_BATCH_PAGES)]
+PageCount = ranged(1, MAX_BATCH_PAGES)
 #: an epoch or an incarnation (``dsm.directory.sessions.new_random_id``: 63 random bits)
-RandomId = Annotated[int, Range(0, I64_MAX)]
+RandomId = ranged(0, I64_MAX)
 #: a barrier's number of parties
-Parties = Annotated[int, Range(1, I64_MAX)]
+Parties = ranged(1, I64_MAX)
 #: a node's rank in its job (-1: none), and the job's size (0: no job)
-JobRank = Annotated[int, Range(-1, I64_MAX)]
-JobSize = Annotated[int, Range(0, I64_MAX)]
-PayloadKind = Annotated[int, OneOf(Payload)]
-Status = Annotated[int, OneOf(SyncStatus)]
+JobRank = ranged(-1, I64_MAX)
+JobSize = ranged(0, I64_MAX)
+PayloadKind = one_of(Payload)
+Status = one_of(SyncStatus)
 
 
 class CreateMode(enum.IntEnum):
@@ -194,25 +195,26 @@ ATOMIC_META_KEY = "atomic"
 MAX_ATOMIC_ELEMENTS = 1 << 20
 #: the most ranks a collective gathers from (a job's size)
 MAX_JOB_SIZE = 1 << 16
-AtomicIndex = Annotated[int, Range(0, MAX_ATOMIC_ELEMENTS - 1)]
-AtomicSize = Annotated[int, Range(1, MAX_ATOMIC_ELEMENTS)]
+AtomicIndex = ranged(0, MAX_ATOMIC_ELEMENTS - 1)
+AtomicSize = ranged(1, MAX_ATOMIC_ELEMENTS)
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A message travels as the msgpack array ``[type, field1, field2, ...]``: a msgspec
+    ``Struct`` tagged with its ``MsgType`` (``tag=``, which ``TYPE`` repeats as the enum), whose
+    decoder checks every field's type and bounds in C as it decodes (``dsm.schema``)."""
+
     TYPE: ClassVar[MsgType]
     DIRECTION: ClassVar[Direction]
     #: whether a DATA payload's page frame may follow the header
     CARRIES_PAGE: ClassVar[bool] = False
 
 
-@dataclass(frozen=True)
-class Hello(Message):
+class Hello(Message, tag=MsgType.HELLO.value):
     """A node joins: its name, its agent's pid (for the logs) and its incarnation, a number
     drawn at random when the agent starts (its ZeroMQ identity is ``identity(node,
     incarnation)``), so that a restarted agent is told apart from its predecessor."""
 
-    TYPE = MsgType.HELLO
     DIRECTION = Direction.TO_DIRECTORY
     node: str
     pid: Pid
@@ -228,11 +230,9 @@ class Hello(Message):
     size: JobSize = 0
 
 
-@dataclass(frozen=True)
-class Welcome(Message):
+class Welcome(Message, tag=MsgType.WELCOME.value):
     """The directory's answer to Hello: the region layout."""
 
-    TYPE = MsgType.WELCOME
     DIRECTION = Direction.TO_NODE
     base: U64
     size: U64
@@ -245,11 +245,10 @@ class Welcome(Message):
     #: the manager shards' endpoints, shard 0 (this coordinator) first; empty: one directory
     #: serves every page. A wildcard host (``tcp://0.0.0.0:P``) is the coordinator's host as the
     #: node reached it. The node says Hello to every shard (``dsm.agent.links``)
-    shards: list[str] = field(default_factory=list)
+    shards: list[str] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Acquire(Message):
+class Acquire(Message, tag=MsgType.ACQUIRE.value):
     """Ask for ``page``, read access (a copy) or write access (exclusive ownership), and, as
     read-ahead, for up to ``count - 1`` pages after it that the directory can add without waiting.
     ``have_copy``: the node holds a read copy of ``page`` and only needs the upgrade.
@@ -258,7 +257,6 @@ class Acquire(Message):
     granted either are granted with it (zeros: a sequential writer's first touch of a fresh
     array in one round trip); the node awaits ``max(count, untouched)`` pages."""
 
-    TYPE = MsgType.ACQUIRE
     DIRECTION = Direction.TO_DIRECTORY
     page: PageNo
     count: PageCount
@@ -267,12 +265,10 @@ class Acquire(Message):
     untouched: PageCount = 1
 
 
-@dataclass(frozen=True)
-class Grant(Message):
+class Grant(Message, tag=MsgType.GRANT.value):
     """Access granted to ``count`` pages from ``page``; the payload is their contents (or NONE
     for an upgrade)."""
 
-    TYPE = MsgType.GRANT
     DIRECTION = Direction.TO_NODE
     CARRIES_PAGE = True
     page: PageNo
@@ -284,8 +280,7 @@ class Grant(Message):
     release: bool = False
 
 
-@dataclass(frozen=True)
-class Fetch(Message):
+class Fetch(Message, tag=MsgType.FETCH.value):
     """Directory to a holder: send ``count`` pages from ``page``; keep read copies
     (``keep_copy``) or give them up. Relay manager (``to_node`` empty): send them to the
     directory (``Fetched`` with DATA). Central and distributed managers: send them straight to
@@ -293,7 +288,6 @@ class Fetch(Message):
     (``Fetched`` with SENT); a holder that cannot (it no longer holds them all, or the peer is
     unreachable) answers as to the relay manager."""
 
-    TYPE = MsgType.FETCH
     DIRECTION = Direction.TO_NODE
     txn: U64
     page: PageNo
@@ -303,13 +297,11 @@ class Fetch(Message):
     to_addr: str = ""
 
 
-@dataclass(frozen=True)
-class Fetched(Message):
+class Fetched(Message, tag=MsgType.FETCHED.value):
     """Owner to directory: the pages (payload DATA), or NONE when the node held none of them.
     ``not_held`` lists the pages it no longer held (a Writeback crossed the Fetch): their bytes
     in the frame are meaningless."""
 
-    TYPE = MsgType.FETCHED
     DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
     txn: U64
@@ -319,32 +311,26 @@ class Fetched(Message):
     not_held: list[PageNo]
     #: pages granted for writing at a read (migratory) that the node did not write: the
     #: prediction was wrong for them
-    unwritten: list[PageNo] = field(default_factory=list)
+    unwritten: list[PageNo] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Invalidate(Message):
-    TYPE = MsgType.INVALIDATE
+class Invalidate(Message, tag=MsgType.INVALIDATE.value):
     DIRECTION = Direction.TO_NODE
     txn: U64
     page: PageNo
     count: PageCount
 
 
-@dataclass(frozen=True)
-class Invalidated(Message):
-    TYPE = MsgType.INVALIDATED
+class Invalidated(Message, tag=MsgType.INVALIDATED.value):
     DIRECTION = Direction.TO_DIRECTORY
     txn: U64
     page: PageNo
     count: PageCount
 
 
-@dataclass(frozen=True)
-class Writeback(Message):
+class Writeback(Message, tag=MsgType.WRITEBACK.value):
     """A node gives ``count`` owned pages back with their contents (unmap, leave)."""
 
-    TYPE = MsgType.WRITEBACK
     DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
     page: PageNo
@@ -352,13 +338,11 @@ class Writeback(Message):
     payload: PayloadKind
 
 
-@dataclass(frozen=True)
-class Drop(Message):
+class Drop(Message, tag=MsgType.DROP.value):
     """A node gives up its read copies of ``count`` pages from ``page``. Under the central and
     distributed managers the copies go with it (DATA): the directory keeps no copy of a
     read-shared page, and the last holder's copy becomes the home copy."""
 
-    TYPE = MsgType.DROP
     DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
     page: PageNo
@@ -366,12 +350,10 @@ class Drop(Message):
     payload: PayloadKind = Payload.NONE
 
 
-@dataclass(frozen=True)
-class PeerPage(Message):
+class PeerPage(Message, tag=MsgType.PEER_PAGE.value):
     """Holder to requester, node to node: the pages of transaction ``txn`` the directory asked
     ``sender`` to send, for reading or (``write``) as the new owner."""
 
-    TYPE = MsgType.PEER_PAGE
     DIRECTION = Direction.TO_PEER
     CARRIES_PAGE = True
     txn: U64
@@ -382,14 +364,12 @@ class PeerPage(Message):
     sender: str
 
 
-@dataclass(frozen=True)
-class Received(Message):
+class Received(Message, tag=MsgType.RECEIVED.value):
     """Requester to directory: the pages of transaction ``txn`` came from their holder and are
     installed, or (``installed`` false, the answer to ``Withdrawn``) they never came. The
     directory ends a node-to-node transaction only on this, so that nothing it sends the
     requester later overtakes the pages."""
 
-    TYPE = MsgType.RECEIVED
     DIRECTION = Direction.TO_DIRECTORY
     txn: U64
     page: PageNo
@@ -397,13 +377,11 @@ class Received(Message):
     installed: bool
 
 
-@dataclass(frozen=True)
-class Withdrawn(Message):
+class Withdrawn(Message, tag=MsgType.WITHDRAWN.value):
     """Directory to requester: ``source``, which was to send the pages of ``txn``, is gone.
     The requester answers ``Received``: installed if they came, not installed (and it will
     ignore them from now on) if not; the directory then asks again elsewhere or answers Lost."""
 
-    TYPE = MsgType.WITHDRAWN
     DIRECTION = Direction.TO_NODE
     txn: U64
     page: PageNo
@@ -423,18 +401,16 @@ class DiffEncoding(enum.IntEnum):
     MASK = 1
 
 
-DiffEncodingKind = Annotated[int, OneOf(DiffEncoding)]
+DiffEncodingKind = one_of(DiffEncoding)
 
 
-@dataclass(frozen=True)
-class Diff(Message):
+class Diff(Message, tag=MsgType.DIFF.value):
     """A node's changes to ``count`` release-consistency pages from ``page`` since their twins,
     sent to the pages' manager (their home) at a release: ``changes`` says which bytes of the
     run changed, as ``encoding`` (``DiffEncoding``) tells; the page frame is those bytes, one
     after another (no frame, payload NONE, when nothing changed). Answered by DiffApplied under
     the same ``req``."""
 
-    TYPE = MsgType.DIFF
     DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
     req: U64
@@ -494,144 +470,118 @@ SPAN_DTYPE = np.dtype("<u4")
 SPAN_BYTES = 2 * SPAN_DTYPE.itemsize
 
 
-@dataclass(frozen=True)
-class DiffApplied(Message):
+class DiffApplied(Message, tag=MsgType.DIFF_APPLIED.value):
     """The manager applied the Diff ``req`` to the pages' home copy."""
 
-    TYPE = MsgType.DIFF_APPLIED
     DIRECTION = Direction.TO_NODE
     req: U64
     page: PageNo
 
 
-@dataclass(frozen=True)
-class Dirtied(Message):
+class Dirtied(Message, tag=MsgType.DIRTIED.value):
     """A node twinned ``count`` release-consistency pages from ``page`` and writes them: should
     it die before its Diff, the pages' newest contents die with it (they are lost, loudly)."""
 
-    TYPE = MsgType.DIRTIED
     DIRECTION = Direction.TO_DIRECTORY
     page: PageNo
     count: PageCount
 
 
-@dataclass(frozen=True)
-class Discard(Message):
+class Discard(Message, tag=MsgType.DISCARD.value):
     """A node discarded pages (MADV_REMOVE): they become zero everywhere."""
 
-    TYPE = MsgType.DISCARD
     DIRECTION = Direction.TO_DIRECTORY
     pages: list[PageNo]
 
 
-@dataclass(frozen=True)
-class Alloc(Message):
+class Alloc(Message, tag=MsgType.ALLOC.value):
     """Find or create the named allocation; ``meta`` describes it (shape, dtype) and must match."""
 
-    TYPE = MsgType.ALLOC
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     nbytes: U64
     meta: dict[str, Any]
-    create: Annotated[int, OneOf(CreateMode)] = int(CreateMode.EITHER)
+    create: one_of(CreateMode) = int(CreateMode.EITHER)
 
 
-@dataclass(frozen=True)
-class Free(Message):
+class Free(Message, tag=MsgType.FREE.value):
     """Free array (or atomic array) ``name``: the name is gone at once; the memory is reclaimed
     when no node holds it any more (``dsm/directory/lifetimes.py``). Answered by Freed."""
 
-    TYPE = MsgType.FREE
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
 
 
-@dataclass(frozen=True)
-class Freed(Message):
+class Freed(Message, tag=MsgType.FREED.value):
     """``holders``: how many other nodes still hold the freed array's memory (0: reclaimed)."""
 
-    TYPE = MsgType.FREED
     DIRECTION = Direction.TO_NODE
     req: U64
     holders: U64
 
 
-@dataclass(frozen=True)
-class ArraysQuery(Message):
+class ArraysQuery(Message, tag=MsgType.ARRAYS_QUERY.value):
     """Which arrays exist (answered by an ArrayList)."""
 
-    TYPE = MsgType.ARRAYS_QUERY
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
 
 
-@dataclass(frozen=True)
-class ArrayList(Message):
+class ArrayList(Message, tag=MsgType.ARRAY_LIST.value):
     """``arrays``: ``[name, nbytes, meta, holders]`` rows in address order; atomic arrays have
     ``meta["atomic"]`` true."""
 
-    TYPE = MsgType.ARRAY_LIST
     DIRECTION = Direction.TO_NODE
     req: U64
     arrays: list[tuple[str, U64, dict[str, Any], U64]]
 
 
-@dataclass(frozen=True)
-class Atomic(Message):
+class Atomic(Message, tag=MsgType.ATOMIC.value):
     """Do ``op`` on element ``index`` of atomic array ``name`` of ``size`` int64 elements (made,
     zero-filled, by its first use): ``operand`` is the value stored, added or exchanged,
     ``expected`` the value a COMPARE_EXCHANGE compares with. Answered by AtomicResult."""
 
-    TYPE = MsgType.ATOMIC
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     size: AtomicSize
     index: AtomicIndex
-    op: Annotated[int, OneOf(AtomicKind)]
+    op: one_of(AtomicKind)
     operand: I64 = 0
     expected: I64 = 0
 
 
-@dataclass(frozen=True)
-class AtomicResult(Message):
+class AtomicResult(Message, tag=MsgType.ATOMIC_RESULT.value):
     """The element's value before the operation (LOAD: its value)."""
 
-    TYPE = MsgType.ATOMIC_RESULT
     DIRECTION = Direction.TO_NODE
     req: U64
     value: I64
 
 
-@dataclass(frozen=True)
-class Collective(Message):
+class Collective(Message, tag=MsgType.COLLECTIVE.value):
     """This node's part of collective number ``seq`` of its job: ``kind``, the ``root`` rank
     (BCAST, GATHER), the reduction ``op`` (ALLREDUCE) and this rank's ``value`` (an
     ``dsm.collectives`` encoding). Answered by a CollectiveResult once every rank's part is in."""
 
-    TYPE = MsgType.COLLECTIVE
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     seq: U64
-    kind: Annotated[int, OneOf(CollectiveKind)]
-    root: Annotated[int, Range(0, MAX_JOB_SIZE - 1)]
-    op: Annotated[int, OneOf(ReduceOp)]
+    kind: one_of(CollectiveKind)
+    root: ranged(0, MAX_JOB_SIZE - 1)
+    op: one_of(ReduceOp)
     value: Any
 
 
-@dataclass(frozen=True)
-class CollectiveResult(Message):
-    TYPE = MsgType.COLLECTIVE_RESULT
+class CollectiveResult(Message, tag=MsgType.COLLECTIVE_RESULT.value):
     DIRECTION = Direction.TO_NODE
     req: U64
     value: Any
 
 
-@dataclass(frozen=True)
-class Allocated(Message):
-    TYPE = MsgType.ALLOCATED
+class Allocated(Message, tag=MsgType.ALLOCATED.value):
     DIRECTION = Direction.TO_NODE
     req: U64
     offset: U64
@@ -639,44 +589,36 @@ class Allocated(Message):
     meta: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Error(Message):
+class Error(Message, tag=MsgType.ERROR.value):
     """The request ``req`` (0 when there is none) failed; ``message`` says why."""
 
-    TYPE = MsgType.ERROR
     DIRECTION = Direction.TO_NODE
     req: U64
     message: str
 
 
-@dataclass(frozen=True)
-class Heartbeat(Message):
+class Heartbeat(Message, tag=MsgType.HEARTBEAT.value):
     """Node to directory every HEARTBEAT_INTERVAL_S; the directory answers each one, so that
     both sides notice the other's silence. ``clock_ns``: the sender's trace clock; in an answer,
     ``echo_ns`` is the ``clock_ns`` of the heartbeat answered (an NTP round trip,
     ``dsm.clocksync``; 0 when there is none)."""
 
-    TYPE = MsgType.HEARTBEAT
     DIRECTION = Direction.BOTH
     clock_ns: U64 = 0
     echo_ns: U64 = 0
 
 
-@dataclass(frozen=True)
-class Bye(Message):
+class Bye(Message, tag=MsgType.BYE.value):
     """A node leaves: it has already given back everything it held. The directory answers with
     a Bye of its own once it has processed everything the node sent before."""
 
-    TYPE = MsgType.BYE
     DIRECTION = Direction.BOTH
 
 
-@dataclass(frozen=True)
-class LockAcquire(Message):
+class LockAcquire(Message, tag=MsgType.LOCK_ACQUIRE.value):
     """Ask for lock ``name`` for ``holder`` ("node:pid:thread"); give up after ``timeout_ms``
     (negative: wait forever)."""
 
-    TYPE = MsgType.LOCK_ACQUIRE
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
@@ -684,25 +626,21 @@ class LockAcquire(Message):
     timeout_ms: I64
 
 
-@dataclass(frozen=True)
-class LockRelease(Message):
+class LockRelease(Message, tag=MsgType.LOCK_RELEASE.value):
     """Release lock ``name``. ``notices``: the release-consistency pages the node changed
     since its last release, as ``[first, count, ...]`` runs (their diffs are at their homes
     already): the write notices that every other node's next acquire invalidates."""
 
-    TYPE = MsgType.LOCK_RELEASE
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     holder: str
-    notices: list[U64] = field(default_factory=list)
+    notices: list[U64] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class BarrierJoin(Message):
+class BarrierJoin(Message, tag=MsgType.BARRIER_JOIN.value):
     """Register ``holder`` as a member of barrier ``name`` of ``parties``."""
 
-    TYPE = MsgType.BARRIER_JOIN
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
@@ -710,76 +648,64 @@ class BarrierJoin(Message):
     holder: str
 
 
-@dataclass(frozen=True)
-class BarrierWait(Message):
+class BarrierWait(Message, tag=MsgType.BARRIER_WAIT.value):
     """Arrive at barrier ``name`` (a release: ``notices`` as in LockRelease) and wait for the
     others (the departure is an acquire)."""
 
-    TYPE = MsgType.BARRIER_WAIT
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     parties: Parties
     holder: str
-    notices: list[U64] = field(default_factory=list)
+    notices: list[U64] = msgspec.field(default_factory=list)
     #: break the barrier if the others have not all arrived within this (negative: wait
     #: forever), as ``threading.Barrier.wait(timeout)`` does
     timeout_ms: I64 = -1
 
 
-@dataclass(frozen=True)
-class Departed(Message):
+class Departed(Message, tag=MsgType.DEPARTED.value):
     """A process ("node:pid") of the sender's node is gone: release its locks, break its
     barriers."""
 
-    TYPE = MsgType.DEPARTED
     DIRECTION = Direction.TO_DIRECTORY
     prefix: str
 
 
-@dataclass(frozen=True)
-class LockStatus(Message):
+class LockStatus(Message, tag=MsgType.LOCK_STATUS.value):
     """Who holds lock ``name`` and who waits for it, in order (to watch it, or to wait in a
     test until a request is queued)."""
 
-    TYPE = MsgType.LOCK_STATUS
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
 
 
-@dataclass(frozen=True)
-class LockInfo(Message):
-    TYPE = MsgType.LOCK_INFO
+class LockInfo(Message, tag=MsgType.LOCK_INFO.value):
     DIRECTION = Direction.TO_NODE
     req: U64
     holder: str
     waiting: list[str]
 
 
-@dataclass(frozen=True)
-class SyncReply(Message):
+class SyncReply(Message, tag=MsgType.SYNC_REPLY.value):
     """The answer to a lock or barrier request: a ``SyncStatus`` and a detail text. A grant or
     a barrier's departure (an acquire) carries the write notices of the other nodes' releases
     since this node's last acquire, as ``[first, count, ...]`` runs: the node invalidates its
     copies of those pages before the waiting process goes on."""
 
-    TYPE = MsgType.SYNC_REPLY
     DIRECTION = Direction.TO_NODE
     req: U64
     status: Status
     detail: str
-    notices: list[U64] = field(default_factory=list)
+    notices: list[U64] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Lost(Message):
+class Lost(Message, tag=MsgType.LOST.value):
     """Directory to a node that asked for ``count`` pages from ``page``: they are lost, their
     newest contents died with node ``dead_node``. ``array`` names the allocation they belong
     to ("" if none) and ``array_page`` is the index of ``page`` within it (for the log line).
     Every access to them fails until the program calls ``node.forget_lost``."""
 
-    TYPE = MsgType.LOST
     DIRECTION = Direction.TO_NODE
     page: PageNo
     count: PageCount
@@ -788,40 +714,34 @@ class Lost(Message):
     array_page: U64
 
 
-@dataclass(frozen=True)
-class Fenced(Message):
+class Fenced(Message, tag=MsgType.FENCED.value):
     """Directory to a peer it will not serve: declared dead, joined an earlier directory (its
     ``epoch`` differs), or a second live node under a name in use. ``reason`` says which."""
 
-    TYPE = MsgType.FENCED
     DIRECTION = Direction.TO_NODE
     epoch: RandomId
     reason: str
 
 
-@dataclass(frozen=True)
-class Closing(Message):
+class Closing(Message, tag=MsgType.CLOSING.value):
     """Directory to every live node, the last thing it sends: it is stopping (``reason``: on
     which signal). A node that is leaving stops waiting for its Bye's answer
     (``dsm/clusterstop.py``)."""
 
-    TYPE = MsgType.CLOSING
     DIRECTION = Direction.TO_NODE
     reason: str
 
 
 # --- between the manager shards (``dsm.directory.shard``) ----------------------------------------
 #: a shard index, or -1 in a ShardHello: any free one (a replica of a scaled service)
-ShardIndex = Annotated[int, Range(-1, I64_MAX)]
+ShardIndex = ranged(-1, I64_MAX)
 
 
-@dataclass(frozen=True)
-class ShardHello(Message):
+class ShardHello(Message, tag=MsgType.SHARD_HELLO.value):
     """A manager shard joins the coordinator (shard 0): the shard it means to be (-1: any free
     one) of how many (0: as many as the coordinator has), the endpoint nodes reach it at (a
     wildcard host: the coordinator's host as each node knows it), and its pid (for the logs)."""
 
-    TYPE = MsgType.SHARD_HELLO
     DIRECTION = Direction.TO_DIRECTORY
     shard: ShardIndex
     shards: U64
@@ -829,13 +749,11 @@ class ShardHello(Message):
     pid: Pid
 
 
-@dataclass(frozen=True)
-class ShardWelcome(Message):
+class ShardWelcome(Message, tag=MsgType.SHARD_WELCOME.value):
     """The coordinator's answer to ShardHello (a refusal is a Fenced): the shard's index among
     ``shards``, the region, the cluster's epoch, and how every shard serves (``manager``,
     ``on_loss``: ``dsm directory``'s flags, one truth for the whole cluster)."""
 
-    TYPE = MsgType.SHARD_WELCOME
     DIRECTION = Direction.TO_NODE
     shard: U64
     shards: U64
@@ -847,36 +765,30 @@ class ShardWelcome(Message):
     on_loss: str
 
 
-@dataclass(frozen=True)
-class NodeAdmitted(Message):
+class NodeAdmitted(Message, tag=MsgType.NODE_ADMITTED.value):
     """Coordinator to shard: incarnation ``incarnation`` of ``node`` has a session; the shard
     serves its Hello from now on (a Hello that came first waits for this)."""
 
-    TYPE = MsgType.NODE_ADMITTED
     DIRECTION = Direction.TO_NODE
     node: str
     incarnation: RandomId
 
 
-@dataclass(frozen=True)
-class NodeDead(Message):
+class NodeDead(Message, tag=MsgType.NODE_DEAD.value):
     """Incarnation ``incarnation`` of ``node`` is dead. From a shard that declared it so, to the
     coordinator; from the coordinator, to every shard, which ends its session (fences it) and
     loses the pages it owned there. ``why`` is for the logs."""
 
-    TYPE = MsgType.NODE_DEAD
     DIRECTION = Direction.BOTH
     node: str
     incarnation: RandomId
     why: str
 
 
-@dataclass(frozen=True)
-class ArrayAllocated(Message):
+class ArrayAllocated(Message, tag=MsgType.ARRAY_ALLOCATED.value):
     """Coordinator to shard: an array was allocated (the shards name pages by array in their
     Lost answers, logs and maps)."""
 
-    TYPE = MsgType.ARRAY_ALLOCATED
     DIRECTION = Direction.TO_NODE
     name: str
     offset: U64
@@ -887,12 +799,10 @@ class ArrayAllocated(Message):
     gather: U64 = 0
 
 
-@dataclass(frozen=True)
-class ArrayFreed(Message):
+class ArrayFreed(Message, tag=MsgType.ARRAY_FREED.value):
     """Coordinator to shard: array ``name`` at ``offset`` is freed and no node holds it: its
     pages here become zeros (every copy invalidated) and its memory free."""
 
-    TYPE = MsgType.ARRAY_FREED
     DIRECTION = Direction.TO_NODE
     name: str
     offset: U64
@@ -900,21 +810,17 @@ class ArrayFreed(Message):
     meta: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ArrayKnown(Message):
+class ArrayKnown(Message, tag=MsgType.ARRAY_KNOWN.value):
     """Shard to coordinator: the array of ArrayAllocated ``gather`` is known here."""
 
-    TYPE = MsgType.ARRAY_KNOWN
     DIRECTION = Direction.TO_DIRECTORY
     gather: U64
 
 
-@dataclass(frozen=True)
-class LostRunsQuery(Message):
+class LostRunsQuery(Message, tag=MsgType.LOST_RUNS_QUERY.value):
     """Coordinator to shard: which of ``count`` pages from ``first`` are lost (answered by
     LostRuns under the same ``gather``); ``forget``: forget them too (ForgetLost)."""
 
-    TYPE = MsgType.LOST_RUNS_QUERY
     DIRECTION = Direction.TO_NODE
     gather: U64
     first: PageNo
@@ -922,32 +828,26 @@ class LostRunsQuery(Message):
     forget: bool
 
 
-@dataclass(frozen=True)
-class LostRuns(Message):
+class LostRuns(Message, tag=MsgType.LOST_RUNS.value):
     """Shard to coordinator: its lost pages asked for, as ``[first, count, dead node]`` runs."""
 
-    TYPE = MsgType.LOST_RUNS
     DIRECTION = Direction.TO_DIRECTORY
     gather: U64
     runs: list[tuple[PageNo, U64, str]]
 
 
-@dataclass(frozen=True)
-class StatsRunsQuery(Message):
+class StatsRunsQuery(Message, tag=MsgType.STATS_RUNS_QUERY.value):
     """Coordinator to shard: its counters and the states of its pages of every array
     (answered by StatsRuns under the same ``gather``), for ``dsm top``."""
 
-    TYPE = MsgType.STATS_RUNS_QUERY
     DIRECTION = Direction.TO_NODE
     gather: U64
 
 
-@dataclass(frozen=True)
-class StatsRuns(Message):
+class StatsRuns(Message, tag=MsgType.STATS_RUNS.value):
     """Shard to coordinator: ``arrays`` as in StatsReport (the pages of other shards read as
     home), ``directory`` its counters."""
 
-    TYPE = MsgType.STATS_RUNS
     DIRECTION = Direction.TO_DIRECTORY
     gather: U64
     arrays: list[Any]
@@ -961,68 +861,56 @@ SHARD_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class LostQuery(Message):
+class LostQuery(Message, tag=MsgType.LOST_QUERY.value):
     """Which pages are lost, per array (answered by a LostReport)."""
 
-    TYPE = MsgType.LOST_QUERY
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
 
 
-@dataclass(frozen=True)
-class ForgetLost(Message):
+class ForgetLost(Message, tag=MsgType.FORGET_LOST.value):
     """The program gives up the lost pages of array ``name``: they read as zeros from now on
     (answered by a LostReport of the ranges forgotten)."""
 
-    TYPE = MsgType.FORGET_LOST
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
 
 
-@dataclass(frozen=True)
-class LostReport(Message):
+class LostReport(Message, tag=MsgType.LOST_REPORT.value):
     """Lost ranges: ``ranges`` holds ``[array, start_byte, end_byte, dead_node]`` lists, the
     bytes counted from the array's start."""
 
-    TYPE = MsgType.LOST_REPORT
     DIRECTION = Direction.TO_NODE
     req: U64
     ranges: list[tuple[str, U64, U64, str]]
 
 
-@dataclass(frozen=True)
-class NodeReport(Message):
+class NodeReport(Message, tag=MsgType.NODE_REPORT.value):
     """A node's counters and fault-latency histogram (``dsm.core.stats``), sent every
     STATS_REPORT_INTERVAL_S so that the directory can show the whole cluster (``dsm top``)."""
 
-    TYPE = MsgType.NODE_REPORT
     DIRECTION = Direction.TO_DIRECTORY
     counters: dict[str, U64]
     latency_counts: list[U64]
     processes: U64
 
 
-@dataclass(frozen=True)
-class StatsQuery(Message):
+class StatsQuery(Message, tag=MsgType.STATS_QUERY.value):
     """What is the cluster doing? Read-only: answered by a StatsReport to any peer, with or
     without a session."""
 
-    TYPE = MsgType.STATS_QUERY
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
 
 
-@dataclass(frozen=True)
-class StatsReport(Message):
+class StatsReport(Message, tag=MsgType.STATS_REPORT.value):
     """``nodes``: node -> {"counters", "latency_counts", "processes", "age_s"} (the node's last
     report, ``age_s`` seconds old); ``latency_buckets_us``: the histogram's upper bounds;
     ``arrays``: ``[name, first_page, pages, runs]``, ``runs`` the page states in order as
     ``[pages, kind, holders]`` (kind "owned", "shared", "home" or "lost"); ``directory``: its
     own counters."""
 
-    TYPE = MsgType.STATS_REPORT
     DIRECTION = Direction.TO_NODE
     req: U64
     nodes: dict[str, Any]
@@ -1031,28 +919,45 @@ class StatsReport(Message):
     directory: dict[str, U64]
 
 
-MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
-        Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
-        BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
-        LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
-        Received, Withdrawn, Diff, DiffApplied, Dirtied, Free, Freed, ArraysQuery, ArrayList,
-        Atomic, AtomicResult, Collective, CollectiveResult, Closing,
-    )
-}
-MESSAGE_CLASSES.update({cls.TYPE: cls for cls in SHARD_MESSAGES})
+_ALL_MESSAGES: tuple[type[Message], ...] = (
+    Hello, Welcome, Acquire, Grant, Fetch, Fetched, Invalidate, Invalidated, Writeback,
+    Drop, Discard, Alloc, Allocated, Error, Heartbeat, Bye, LockAcquire, LockRelease,
+    BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
+    LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
+    Received, Withdrawn, Diff, DiffApplied, Dirtied, Free, Freed, ArraysQuery, ArrayList,
+    Atomic, AtomicResult, Collective, CollectiveResult, Closing, *SHARD_MESSAGES,
+)
+for _cls in _ALL_MESSAGES:  # the tag as the enum, for the code that reads it
+    _cls.TYPE = MsgType(_cls.__struct_config__.tag)
+MESSAGE_CLASSES: dict[MsgType, type[Message]] = {cls.TYPE: cls for cls in _ALL_MESSAGES}
 
-_FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in MESSAGE_CLASSES.values()
-}
-#: every field's check (``dsm.schema``), compiled once from the annotations
+#: every field's check in Python (``dsm.schema``): it explains what msgspec's decoder refused
 _FIELD_CHECKS = {cls: field_checks(cls) for cls in MESSAGE_CLASSES.values()}
 #: each class's directions as a plain int (enum.Flag's ``&`` costs a microsecond per message)
 _DIRECTION_BITS = {cls: cls.DIRECTION.value for cls in MESSAGE_CLASSES.values()}
 #: message type number -> class
 _CLASS_OF: dict[int, type[Message]] = {int(t): cls for t, cls in MESSAGE_CLASSES.items()}
+#: the length of the header array of each class that has fields with defaults: its tag and every
+#: field (msgspec would fill in the ones left out; none may be)
+_HEADER_LENGTH = {cls: 1 + len(field_names(cls)) for cls in MESSAGE_CLASSES.values()
+                  if cls.__struct_defaults__}
+#: every message decodes through one decoder: msgspec picks the class by the array's first
+#: element and checks every field as it goes
+_DECODER = msgspec.msgpack.Decoder(Union[_ALL_MESSAGES])
+_ENCODER = msgspec.msgpack.Encoder()
+#: msgpack's array headers: fixarray holds its length in its low 4 bits; array16 and array32
+#: give it in the 2 and 4 bytes after their marker
+_FIXARRAY, _FIXARRAY_LAST, _ARRAY16 = 0x90, 0x9F, 0xDC
+
+
+def replace(msg: Message, **changes: Any) -> Message:
+    """A copy of ``msg`` with ``changes`` to its fields (messages are frozen)."""
+    return msgspec.structs.replace(msg, **changes)
+
+
+def field_values(msg: Message) -> dict[str, Any]:
+    """``msg``'s fields by name, in order."""
+    return {name: getattr(msg, name) for name in msg.__struct_fields__}
 
 
 def identity(node: str, incarnation: int) -> bytes:
@@ -1062,8 +967,7 @@ def identity(node: str, incarnation: int) -> bytes:
 
 def encode(msg: Message, page: Any = None) -> list[Any]:
     """The frames of ``msg``; ``page`` (a buffer) goes in its own frame for a DATA payload."""
-    cls = type(msg)
-    header = msgpack.packb([cls.TYPE, *(getattr(msg, n) for n in _FIELD_NAMES[cls])])
+    header = _ENCODER.encode(msg)
     if page is not None:
         return [header, page]
     return [header]
@@ -1077,26 +981,15 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         raise ProtocolError("empty message: expected a header frame")
     first = frames[0]
     try:
-        header = msgpack.unpackb(first)  # bytes, or a zmq.Frame received without a copy
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError(f"header is not valid msgpack: {exc}") from None
-    if type(header) is not list or not header:
-        raise ProtocolError(f"header must be a non-empty array, got {type(header).__name__}")
-    tag = header[0]
-    cls = _CLASS_OF.get(tag) if type(tag) is int else None
-    if cls is None:
-        raise ProtocolError(f"unknown message type {tag!r:.40}")
-    if not _DIRECTION_BITS[cls] & to.value:
-        raise ProtocolError(f"{cls.__name__} travels {_DIRECTION_WORDS[cls.DIRECTION]}: it is "
-                            f"not received {_DIRECTION_WORDS[to]}")
-    checks = _FIELD_CHECKS[cls]
-    if len(header) - 1 != len(checks):
-        raise ProtocolError(
-            f"{cls.__name__} needs {len(checks)} fields "
-            f"({', '.join(name for name, _ in checks)}), got {len(header) - 1}"
-        )
-    check_fields(cls, checks, header[1:])
-    msg = cls(*header[1:])
+        msg = _DECODER.decode(first)  # bytes, or a zmq.Frame received without a copy
+    except msgspec.DecodeError as exc:  # (a ValidationError is one)
+        raise _refusal(first, to, exc) from None
+    cls = type(msg)
+    if not _DIRECTION_BITS[cls] & to._value_:  # (``.value`` is a property: ten times slower)
+        raise _wrong_direction(cls, to)
+    length = _HEADER_LENGTH.get(cls)
+    if length is not None and _array_length(first) != length:
+        raise _refusal(first, to, None)
     page = None
     if cls.CARRIES_PAGE and msg.payload == Payload.DATA:
         if len(frames) != 2:
@@ -1121,3 +1014,46 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
     elif cls is Diff and msg.changes:
         raise ProtocolError("a Diff with changes needs the DATA payload and their bytes")
     return msg, page
+
+
+def _wrong_direction(cls: type[Message], to: Direction) -> ProtocolError:
+    return ProtocolError(f"{cls.__name__} travels {_DIRECTION_WORDS[cls.DIRECTION]}: it is "
+                         f"not received {_DIRECTION_WORDS[to]}")
+
+
+def _array_length(header: Any) -> int:
+    """The length of the msgpack array that ``header``, which msgspec decoded as one, holds."""
+    if type(header) is not bytes:
+        header = memoryview(header)  # a zmq.Frame
+    marker = header[0]
+    if marker <= _FIXARRAY_LAST:
+        return marker - _FIXARRAY
+    size = 2 if marker == _ARRAY16 else 4  # else array32
+    return int.from_bytes(header[1:1 + size], "big")
+
+
+def _refusal(header: Any, to: Direction, exc: Exception | None) -> ProtocolError:
+    """Why a header was refused, in the schema's words (``dsm.schema``): the slow path, run
+    only for a message that is wrong."""
+    try:
+        values = msgpack.unpackb(header)
+    except Exception as bad:  # msgpack raises several unrelated exception types
+        return ProtocolError(f"header is not valid msgpack: {bad}")
+    if type(values) is not list or not values:
+        return ProtocolError(f"header must be a non-empty array, got {type(values).__name__}")
+    tag = values[0]
+    cls = _CLASS_OF.get(tag) if type(tag) is int else None
+    if cls is None:
+        return ProtocolError(f"unknown message type {tag!r:.40}")
+    if not _DIRECTION_BITS[cls] & to.value:
+        return _wrong_direction(cls, to)
+    checks = _FIELD_CHECKS[cls]
+    if len(values) - 1 != len(checks):
+        return ProtocolError(f"{cls.__name__} needs {len(checks)} fields "
+                             f"({', '.join(name for name, _ in checks)}), got {len(values) - 1}")
+    try:
+        check_fields(cls, checks, values[1:])
+    except ProtocolError as explained:
+        return explained
+    # the schema finds nothing wrong that msgspec did: still refused, in msgspec's words
+    return ProtocolError(f"{cls.__name__}: {exc}")

@@ -5,15 +5,19 @@ A field's annotation says what it holds:
 
 - ``int``, ``bool``, ``str``, ``bytes``: exactly that type (a bool is not an int here; bytes
   are msgpack's bin);
-- ``Annotated[int, Range(lo, hi)]``: an int in ``lo..hi``; ``Annotated[int, OneOf(Enum)]``: the
-  value of a member of an ``IntEnum``;
+- ``ranged(lo, hi)``: an int in ``lo..hi``; ``one_of(Enum)``: the value of a member of an
+  ``IntEnum`` (each an ``Annotated[int, Range | OneOf, msgspec.Meta]``: see below);
 - ``list[T]``: a list whose every element is a ``T``;
 - ``tuple[A, B, ...]``: a fixed-shape row, which msgpack carries as an array of that many
   elements of those types;
 - ``dict[str, Any]``: a map with string keys; ``Any``: anything msgpack can carry.
 
-``compile_check`` turns an annotation into a check function once, when a protocol module is
-imported, so that decoding costs one call per field. A check returns None when the value fits
+Each constraint is said once and read by two checkers. The protocol's messages are msgspec
+``Struct`` types, and msgspec's decoder checks every field in C as it decodes (the ``Meta`` bounds
+that ``ranged`` and ``one_of`` put beside their marker): the hot path. ``compile_check`` turns an
+annotation into a check function in Python, once, when a protocol module is imported: the local
+protocol's messages (``dsm.local``) go through it, and a message msgspec refused goes through it
+again, to say which field was wrong in the words below. A check returns None when the value fits
 and otherwise a complaint that continues the field's name: ``" must be int, got str"``,
 ``" 5000 is outside 1..1024"``, ``"[3] must be int, got list"``.
 """
@@ -23,6 +27,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Callable, Union, get_args, get_origin, get_type_hints
+
+import msgspec
 
 from dsm.errors import ProtocolError
 
@@ -52,12 +58,28 @@ class OneOf:
     members: type[enum.IntEnum]
 
 
+def ranged(lo: int, hi: int) -> Any:
+    """An int field in ``lo..hi``. msgspec's bounds are int64s: an upper bound past I64_MAX is
+    msgpack's own (an unsigned 64-bit number), which no decoder can exceed."""
+    bounds = msgspec.Meta(ge=lo, le=hi) if hi <= I64_MAX else msgspec.Meta(ge=lo)
+    return Annotated[int, Range(lo, hi), bounds]
+
+
+def one_of(members: type[enum.IntEnum]) -> Any:
+    """An int field holding the value of a member of ``members``, whose values must be
+    consecutive (msgspec checks them as bounds)."""
+    values = sorted(m.value for m in members)
+    if values != list(range(values[0], values[-1] + 1)):
+        raise TypeError(f"{members.__name__}'s values are not consecutive: {values}")
+    return Annotated[int, OneOf(members), msgspec.Meta(ge=values[0], le=values[-1])]
+
+
 #: an unsigned 64-bit number (ids, offsets, sizes)
-U64 = Annotated[int, Range(0, U64_MAX)]
+U64 = ranged(0, U64_MAX)
 #: any 64-bit integer msgpack carries
-I64 = Annotated[int, Range(I64_MIN, I64_MAX)]
+I64 = ranged(I64_MIN, I64_MAX)
 #: a process id
-Pid = Annotated[int, Range(1, PID_MAX_LIMIT)]
+Pid = ranged(1, PID_MAX_LIMIT)
 
 
 def _got(value: Any) -> str:
@@ -156,8 +178,9 @@ def compile_check(hint: Any) -> Check:
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:
         base, *extras = args
+        extras = [e for e in extras if not isinstance(e, msgspec.Meta)]  # the fast checker's
         if base is not int or len(extras) != 1:
-            raise TypeError(f"only Annotated[int, Range | OneOf] is supported, not {hint}")
+            raise TypeError(f"only ranged() and one_of() are supported, not {hint}")
         (extra,) = extras
         if isinstance(extra, Range):
             return _in_range(extra.lo, extra.hi)
@@ -173,10 +196,18 @@ def compile_check(hint: Any) -> Check:
     raise TypeError(f"no check for a field annotated {hint!r}")
 
 
+def field_names(cls: type) -> tuple[str, ...]:
+    """The fields of a message class in order: a msgspec ``Struct`` or a dataclass."""
+    struct_fields = getattr(cls, "__struct_fields__", None)
+    if struct_fields is not None:
+        return tuple(struct_fields)
+    return tuple(f.name for f in fields(cls))
+
+
 def field_checks(cls: type) -> tuple[tuple[str, Check], ...]:
-    """(name, check) of every field of the dataclass ``cls``, in order."""
+    """(name, check) of every field of the message class ``cls``, in order."""
     hints = get_type_hints(cls, include_extras=True)
-    return tuple((f.name, compile_check(hints[f.name])) for f in fields(cls))
+    return tuple((name, compile_check(hints[name])) for name in field_names(cls))
 
 
 def check_fields(cls: type, checks: tuple[tuple[str, Check], ...], values: Any) -> None:

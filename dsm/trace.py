@@ -29,6 +29,8 @@ import os
 import time
 from typing import Any, TextIO
 
+from dsm.schema import field_names
+
 FLUSH_INTERVAL_S = 0.5
 #: the default of an agent's ``--trace`` (also for agents that ``dsm.attach`` starts)
 TRACE_ENV = "DSM_TRACE"
@@ -121,7 +123,8 @@ class Tracer:
                   "dir": direction,
                   "msg": type(msg).__name__ if msg is not None else "?", "id": f"{src}>{dst}:{n}"}
         if msg is not None:
-            for name, value in msg.__dict__.items():
+            for name in field_names(type(msg)):
+                value = getattr(msg, name)
                 if isinstance(value, list) and len(value) > MAX_TRACED_LIST_ITEMS:
                     value = f"[{len(value)} items]"
                 elif isinstance(value, bytes):  # packed numbers (a Diff's changes): their size

@@ -20,7 +20,6 @@ directory or an agent), of one of these kinds:
 from __future__ import annotations
 
 import random
-from dataclasses import fields
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import msgpack
@@ -28,7 +27,7 @@ import msgpack
 from dsm import local
 from dsm import protocol as p
 from dsm.errors import ProtocolError
-from dsm.schema import I64_MIN, U64_MAX, OneOf, Range
+from dsm.schema import I64_MIN, U64_MAX, OneOf, Range, field_names
 
 KINDS = ("random", "bitflip", "mutated", "misdirected", "huge", "frames", "outside", "valid")
 #: how often each kind is drawn
@@ -157,7 +156,7 @@ class FrameFuzzer:
     def valid(self, cls: type) -> tuple[list[Any], bytes | None]:
         """A valid message of ``cls``: its header values and its page frame (or None)."""
         hints = self._hints[cls]
-        values = [self.valid_value(cls, f.name, hints[f.name]) for f in fields(cls)]
+        values = [self.valid_value(cls, name, hints[name]) for name in field_names(cls)]
         page = None
         if cls.CARRIES_PAGE:
             msg = cls(*values)
@@ -189,9 +188,9 @@ class FrameFuzzer:
         return frames
 
     def _mutated(self) -> list[bytes]:
-        cls = self.rng.choice([c for c in self.classes if fields(c)])
+        cls = self.rng.choice([c for c in self.classes if field_names(c)])
         values, page = self.valid(cls)
-        names = [f.name for f in fields(cls)]
+        names = list(field_names(cls))
         i = self.rng.randrange(len(names))
         values[i] = self.wrong_value(self._hints[cls][names[i]])
         try:
@@ -204,9 +203,9 @@ class FrameFuzzer:
         return self._pack(cls, *self.valid(cls))
 
     def _huge(self) -> list[bytes]:
-        cls = self.rng.choice([c for c in self.classes if fields(c)])
+        cls = self.rng.choice([c for c in self.classes if field_names(c)])
         values, page = self.valid(cls)
-        names = [f.name for f in fields(cls)]
+        names = list(field_names(cls))
         for i, name in enumerate(names):
             if isinstance(values[i], list):
                 values[i] = [self.rng.randrange(self.num_pages)] * HUGE_LIST_LEN
@@ -230,7 +229,7 @@ class FrameFuzzer:
         cls = self.rng.choice([c for c in self.classes if "page" in self._hints[c]
                                or "pages" in self._hints[c]] or self.classes)
         values, page = self.valid(cls)
-        names = [f.name for f in fields(cls)]
+        names = list(field_names(cls))
         beyond = self.rng.choice((self.num_pages, self.num_pages + 1, self.num_pages * 2,
                                   2**63, U64_MAX - 1))
         if "page" in names:
@@ -279,13 +278,13 @@ class LocalFuzzer:
     def valid_body(self, cls: type) -> dict:
         hints = _hints(cls)
         body = {local.TAG_KEY: cls.TAG}
-        for f in fields(cls):
-            if f.name == "pid":
-                body[f.name] = self.pid
-            elif f.name == "name":
-                body[f.name] = "fuzz." + self.rng.choice(NAMES)
+        for name in field_names(cls):
+            if name == "pid":
+                body[name] = self.pid
+            elif name == "name":
+                body[name] = "fuzz." + self.rng.choice(NAMES)
             else:
-                body[f.name] = self._values.valid_value(cls, f.name, hints[f.name])
+                body[name] = self._values.valid_value(cls, name, hints[name])
         return body
 
     def _pack(self, body: Any) -> bytes:
@@ -305,16 +304,16 @@ class LocalFuzzer:
         return msgpack.packb({local.TAG_KEY: "stats", "pad": "x" * (local.MAX_MESSAGE_BYTES + 16)})
 
     def _mutated(self) -> bytes:
-        cls = self.rng.choice([c for c in self.to_agent if fields(c)])
+        cls = self.rng.choice([c for c in self.to_agent if field_names(c)])
         body = self.valid_body(cls)
-        name = self.rng.choice([f.name for f in fields(cls)] + [local.TAG_KEY])
+        name = self.rng.choice(list(field_names(cls)) + [local.TAG_KEY])
         body[name] = self._values.wrong_value(_hints(cls).get(name, str))
         return self._pack(body)
 
     def _missing(self) -> bytes:
-        cls = self.rng.choice([c for c in self.to_agent if fields(c)])
+        cls = self.rng.choice([c for c in self.to_agent if field_names(c)])
         body = self.valid_body(cls)
-        del body[self.rng.choice([f.name for f in fields(cls)])]
+        del body[self.rng.choice(list(field_names(cls)))]
         return self._pack(body)
 
     def _extra(self) -> bytes:

@@ -4,14 +4,13 @@ are wrong for a field, and anything msgpack can carry."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 from hypothesis import strategies as st
 
 from dsm import protocol as p
-from dsm.schema import I64_MIN, U64_MAX, OneOf, Range
+from dsm.schema import I64_MIN, U64_MAX, OneOf, Range, field_names
 
 #: sizes kept small: the properties are about shapes, not volume
 MAX_LIST = 6
@@ -65,7 +64,9 @@ def _bounded(lo: int, hi: int) -> st.SearchStrategy:
                      st.integers(lo, hi))
 
 
-def valid_value(hint: Any) -> st.SearchStrategy:
+def valid_value(hint: Any, rows: type = list) -> st.SearchStrategy:
+    """Valid values of a field annotated ``hint``; its fixed-shape rows as ``rows`` (the
+    protocol's msgspec messages decode them as tuples, the local protocol's as lists)."""
     if hint is Any:
         return _json_like()
     if hint is int:
@@ -84,11 +85,12 @@ def valid_value(hint: Any) -> st.SearchStrategy:
         if isinstance(extra, OneOf):
             return st.sampled_from([int(m) for m in extra.members])
     if origin is list:
-        return st.lists(valid_value(args[0]), max_size=MAX_LIST)
+        return st.lists(valid_value(args[0], rows), max_size=MAX_LIST)
     if origin is tuple:
-        return st.tuples(*(valid_value(a) for a in args)).map(list)
+        return st.tuples(*(valid_value(a, rows) for a in args)).map(rows)
     if origin is dict:
-        return st.dictionaries(valid_value(args[0]), valid_value(args[1]), max_size=MAX_LIST)
+        return st.dictionaries(valid_value(args[0], rows), valid_value(args[1], rows),
+                               max_size=MAX_LIST)
     raise TypeError(f"no strategy for {hint!r}")
 
 
@@ -118,7 +120,7 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
     """(message, page frame or None): a valid message of ``cls`` and, for a DATA payload, a
     page frame of the right length."""
     hints = get_type_hints(cls, include_extras=True)
-    values = {f.name: draw(valid_value(hints[f.name])) for f in fields(cls)}
+    values = {name: draw(valid_value(hints[name], tuple)) for name in field_names(cls)}
     if cls.CARRIES_PAGE and values["count"] > 4:  # valid, but cheap: a few pages
         values["count"] = draw(st.integers(1, 4))
     if cls is p.Diff:  # ascending ranges of the run, as spans or a mask; their bytes
@@ -143,7 +145,7 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
 
 
 def header_of(msg: Any) -> list:
-    return [int(type(msg).TYPE), *(getattr(msg, f.name) for f in fields(msg))]
+    return [int(type(msg).TYPE), *(getattr(msg, name) for name in field_names(type(msg)))]
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""The core install is what a node needs (pyzmq, msgpack, numpy); matplotlib, rich,
+"""The core install is what a node needs (pyzmq, msgpack, msgspec, numpy); matplotlib, rich,
 prometheus_client and PyYAML are extras (``pip install 'dsm-uffd[plot]'``, ...).
 
 Each check runs in a fresh interpreter whose import system refuses the optional libraries (a
@@ -154,7 +154,7 @@ def test_the_extras_in_pyproject_match_dsm_extras():
         return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
 
     core = {name(r) for r in project["dependencies"]}
-    assert core == {"pyzmq", "msgpack", "numpy"}
+    assert core == {"pyzmq", "msgpack", "msgspec", "numpy"}
     for package, extra in EXTRAS.values():
         assert package.lower() in {name(r) for r in optional[extra]}, (extra, optional[extra])
     every = {extra for _, extra in EXTRAS.values()}

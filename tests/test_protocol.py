@@ -1,10 +1,9 @@
 """The wire protocol: every message round-trips; malformed frames are errors that say what; and,
 property-based, no input at all makes ``decode`` fail with anything but a ProtocolError."""
 
-from dataclasses import fields
 
-import dataclasses
 import msgpack
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from dsm import protocol as p
 from dsm.errors import ProtocolError
+from dsm.schema import check_fields, field_names
 from tests.strategies import (
     any_value,
     frames_for,
@@ -37,7 +37,7 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.Closing("the directory is stopping on SIGTERM"), None),
     (p.LostQuery(1), None),
     (p.ForgetLost(1, "x"), None),
-    (p.LostReport(1, [["x", 0, 4096, "b"]]), None),
+    (p.LostReport(1, [("x", 0, 4096, "b")]), None),
     (p.Acquire(7, 1, True, False), None),
     (p.Grant(7, 2, False, p.Payload.DATA), b"a" * 2 * PAGE),
     (p.Grant(7, 1, True, p.Payload.ZERO), None),
@@ -69,7 +69,7 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.NodeDead("n1", 7, "silent for 5.1 s"), None),
     (p.ArrayAllocated("x", 0, 80, {"shape": [10], "dtype": "<i8"}), None),
     (p.LostRunsQuery(3, 0, 1 << 20, True), None),
-    (p.LostRuns(3, [[256, 2, "b"]]), None),
+    (p.LostRuns(3, [(256, 2, "b")]), None),
     (p.StatsRunsQuery(4), None),
     (p.StatsRuns(4, [["x", 0, 1, [[1, "home", []]]]], {"grants": 3}), None),
 ])
@@ -157,7 +157,7 @@ def test_every_message_meant_for_the_other_side_is_refused():
         if cls.DIRECTION is p.Direction.BOTH:
             continue
         other = p.Direction.BOTH & ~cls.DIRECTION
-        header = [int(cls.TYPE)] + [0] * len(fields(cls))
+        header = [int(cls.TYPE)] + [0] * len(field_names(cls))
         with pytest.raises(ProtocolError, match=f"{cls.__name__} travels"):
             p.decode([msgpack.packb(header)], PAGE, other)
 
@@ -187,7 +187,7 @@ def test_valid_messages_of_every_type_round_trip(data):
 @given(st.data())
 def test_random_values_for_every_field_and_wrong_field_counts(data):
     cls = data.draw(st.sampled_from(CLASSES))
-    n = len(fields(cls))
+    n = len(field_names(cls))
     count = data.draw(st.sampled_from([n, n, n, max(0, n - 1), n + 1, 0]))
     values = data.draw(st.lists(any_value(), min_size=count, max_size=count))
     frames = data.draw(frames_for(msgpack.packb([int(cls.TYPE), *values]), PAGE))
@@ -197,10 +197,10 @@ def test_random_values_for_every_field_and_wrong_field_counts(data):
 @FUZZ
 @given(st.data())
 def test_one_field_changed_is_refused_naming_the_field_or_still_valid(data):
-    cls = data.draw(st.sampled_from([c for c in CLASSES if fields(c)]))
+    cls = data.draw(st.sampled_from([c for c in CLASSES if field_names(c)]))
     msg, page = data.draw(valid_message(cls, PAGE))
     header = header_of(msg)
-    names = [f.name for f in fields(cls)]
+    names = list(field_names(cls))
     i = data.draw(st.integers(0, len(names) - 1))
     header[1 + i] = data.draw(wrong_value(cls, names[i]))
     frames = [msgpack.packb(header)] + ([page] if page is not None else [])
@@ -241,7 +241,7 @@ def test_no_message_field_shadows_a_trace_record_field():
     # record's own would overwrite it (a Hello field "peer" once unpaired every Hello)
     reserved = {"t", "who", "peer", "dir", "msg", "id", "ts"}
     for cls in CLASSES:
-        clash = reserved & {f.name for f in dataclasses.fields(cls)}
+        clash = reserved & set(field_names(cls))
         assert not clash, f"{cls.__name__} has fields {clash}"
 
 
@@ -265,3 +265,27 @@ def test_a_diff_is_sent_as_spans_or_as_a_mask_whichever_is_shorter_and_applies_e
         assert np.count_nonzero(msg.changed(PAGE)) == np.count_nonzero(was != now)
     assert len(changed_bytes(was, keys)[1]) == 2 * PAGE // 8
     assert len(changed_bytes(was, sparse)[1]) == 2 * p.SPAN_BYTES  # bytes 5-7, and 5000
+
+
+@FUZZ
+@given(st.data())
+def test_the_fast_check_and_the_explaining_check_agree_on_every_header(data):
+    """msgspec's decoder (the hot path, in C) and the schema's checks (which explain a refusal,
+    ``dsm.schema``) are two readings of one declaration: they accept exactly the same headers."""
+    cls = data.draw(st.sampled_from([c for c in CLASSES if field_names(c)]))
+    msg, _ = data.draw(valid_message(cls, PAGE))
+    header = header_of(msg)
+    names = list(field_names(cls))
+    for i in data.draw(st.lists(st.integers(0, len(names) - 1), max_size=2)):
+        header[1 + i] = data.draw(wrong_value(cls, names[i]))
+    raw = msgpack.packb(header)
+    try:
+        fast = type(p._DECODER.decode(raw)) is cls
+    except msgspec.ValidationError:
+        fast = False
+    try:
+        check_fields(cls, p._FIELD_CHECKS[cls], msgpack.unpackb(raw)[1:])
+        explained = True
+    except (ProtocolError, ValueError):  # (msgpack refuses a map with keys that are not text)
+        explained = False
+    assert fast == explained, f"msgspec {'accepts' if fast else 'refuses'} {header!r:.300}"

@@ -20,7 +20,7 @@ simulator pauses so, as the agent may be descheduled after a send.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from dsm import protocol as p
@@ -152,7 +152,7 @@ class ActionRunner:
                 continue
             msg = later.message
             if msg.txn == txn and msg.payload == p.Payload.SENT:
-                actions[i] = act.Send(replace(msg, payload=p.Payload.DATA),
+                actions[i] = act.Send(p.replace(msg, payload=p.Payload.DATA),
                                       pages=(msg.page, msg.count))
 
     def _send_diff(self, a: act.SendDiff, carrying: Carrying) -> None:

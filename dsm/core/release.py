@@ -20,7 +20,6 @@ is asked for again when it comes (what comes may predate the release).
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from typing import Callable, Iterable
 
@@ -100,7 +99,7 @@ class ReleasePages:
         """Flush every dirty page, then send ``msg`` with the write notices (at once, or when
         the diffs to other shards are applied)."""
         out = self._flush(sorted(self.dirty))
-        msg = dataclasses.replace(msg, notices=pack_runs(self.noticed))
+        msg = p.replace(msg, notices=pack_runs(self.noticed))
         self.noticed.clear()
         if self._unacked or self._held:
             self._held.append((msg, set(self._unacked)))

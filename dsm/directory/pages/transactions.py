@@ -29,7 +29,7 @@ from dsm.directory.pages.state import (RECLAIMER, Kind, Locator, OnLoss, PageEnt
                                        Tracer, Txn)
 from dsm.directory.release import ReleaseHomes
 from dsm.layout import Layout
-from dsm.protocol import Fetch, Grant, Invalidate, Message, Payload
+from dsm.protocol import Fetch, Grant, Invalidate, Message, Payload, replace
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ class PageTransactions:
     def _begin(self, req: Request, n: int, nodes: set[str], template: Message,
                source: str | None = None) -> list[Send]:
         txn = self._new_txn(req, n, nodes, source)
-        msg = type(template)(**{**template.__dict__, "txn": txn.id})
+        msg = replace(template, txn=txn.id)
         kind = "fetches" if isinstance(msg, Fetch) else "invalidations"
         self.counters[kind] += len(nodes)
         if self._tracing:
