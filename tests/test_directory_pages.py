@@ -386,3 +386,18 @@ def test_pages_of_a_freed_array_are_untouched_again_once_reclaimed(d):
     assert not d.granted[:8].any()
     assert only(d.acquire("c", 0, 1, True, False, untouched=8)) == Grant(0, 8, True, Payload.ZERO)
     assert all(d.entry(q).owner == "c" for q in range(8))
+
+
+def test_an_entry_made_for_a_writer_positionally_is_the_one_keywords_make():
+    from dsm.directory.pages import PageEntry
+
+    assert PageEntry.written_by("a") == PageEntry("a", home_current=False, last_writer="a")
+
+
+def test_the_pages_of_an_untouched_run_are_owned_like_any_other(d):
+    d.acquire("a", 0, 1, True, False, untouched=8)
+    fetch = only(d.acquire("b", 2, 4, False, False), "a")  # the owner serves the read-ahead
+    assert isinstance(fetch, Fetch) and (fetch.page, fetch.count, fetch.keep_copy) == (2, 4, True)
+    assert d.peek(7).owner == "a" and d.peek(8).owner is None
+    d.node_lost("a")  # what it owned died with it, the run's pages included
+    assert set(range(8)) <= set(d.lost)

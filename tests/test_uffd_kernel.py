@@ -448,6 +448,24 @@ def test_missing_faults_served_by_zeropage(spawn, mem):
     assert bytes.fromhex(child.response()["hex"]) == bytes(10)
 
 
+def test_zero_pages_put_in_a_shared_memfd_mapping_take_writes_without_a_second_fault(spawn):
+    """A run of untouched pages granted for writing is installed with UFFDIO_ZEROPAGE
+    (``dsm/agent/memory.py``): on a shared memfd mapping registered MISSING|WP the kernel maps
+    them writable, so the writer goes on with no write-protect fault, on every page of the run."""
+    child = spawn(mem="memfd", features=Feature.PAGEFAULT_FLAG_WP | Feature.WP_HUGETLBFS_SHMEM,
+                  mode=RegisterMode.MISSING | RegisterMode.WP)
+    child.request("write", off=PAGE + 8, byte=0x5A, len=4)
+    fault = _fault(child.uffd)
+    assert fault == Pagefault(FaultKind.MISSING, Access.WRITE, child.base + PAGE, 0)
+    assert child.uffd.zeropage(child.base + PAGE, 2 * PAGE) == 2 * PAGE
+    child.response()
+    child.request("write", off=2 * PAGE, byte=0x6B, len=PAGE)  # the run's next page
+    child.response()
+    _no_event(child.uffd)
+    assert os.pread(child.memfd, 2 * PAGE, PAGE) == bytes(8) + b"\x5a" * 4 + bytes(PAGE - 12) + (
+        b"\x6b" * PAGE)
+
+
 def test_exact_address_and_thread_id(spawn):
     child = spawn(features=Feature.EXACT_ADDRESS | Feature.THREAD_ID)
     child.request("read", off=PAGE + 123, len=1)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from dsm import libc
 from dsm.agent.processes import WorkloadProcess, thread_group_of
+from dsm.core.kernel import are_zeros
 from dsm.layout import Layout
 from dsm.uffd import PartiallyCopied, UffdError
 
@@ -73,6 +74,10 @@ class NodeMemory:
         if proc.uffd.closed:
             return 0, errno.EBADF
         try:
+            if not wp and are_zeros(data):
+                # the kernel clears fresh pages and maps them writable (on shmem, for a shared
+                # mapping: no zero page, no copy): a fresh array's first touch, run by run
+                return proc.uffd.zeropage(addr, len(data)), 0
             return proc.uffd.copy(addr, data, len(data), wp=wp), 0
         except PartiallyCopied as exc:
             return exc.done, errno.EAGAIN

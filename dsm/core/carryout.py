@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 
 from dsm import protocol as p
 from dsm.core import actions as act
-from dsm.core.kernel import KernelCalls
+from dsm.core.kernel import KernelCalls, zeros
 
 
 class Transport(Protocol):
@@ -162,7 +162,7 @@ class ActionRunner:
                             diff if diff else None)
 
     def _install(self, a: act.Install, carrying: Carrying) -> None:
-        data = a.data if a.data is not None else bytes(a.count * self.page_size)  # ZERO
+        data = a.data if a.data is not None else zeros(a.count * self.page_size)  # ZERO
         inst = a.installer
         woke = self.kernel.install(a.first, a.count, data, a.writable,
                                    (inst.proc, inst.addr) if inst is not None else None)

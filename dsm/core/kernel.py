@@ -38,6 +38,23 @@ TRANSIENT = (errno.EAGAIN, errno.ENOMEM)
 #: the answers that leave nothing to do in that process: unmapped meanwhile, forgotten already
 NOTHING_LEFT = (errno.ENOENT, errno.EBADF)
 
+#: the one buffer of zeros that ZERO grants are installed from (grown to the longest run asked,
+#: never written): a model of the kernel copies it, the agent's sees it (``are_zeros``) and has
+#: the kernel clear the pages instead of copying them (UFFDIO_ZEROPAGE: 5x faster for 4 MiB)
+_zeros = [b""]
+
+
+def zeros(length: int) -> memoryview:
+    """``length`` zero bytes, from the one buffer of zeros."""
+    if len(_zeros[0]) < length:
+        _zeros[0] = bytes(length)
+    return memoryview(_zeros[0])[:length]
+
+
+def are_zeros(data: memoryview) -> bool:
+    """Whether ``data`` is (a part of) the buffer of zeros (``zeros``)."""
+    return data.obj is _zeros[0]
+
 
 class Kernel(Protocol):
     """One call of the kernel per method; an ioctl answers its errno (0: done). ``proc`` is the

@@ -177,8 +177,7 @@ class NodeCore:
         count = self._free_run(page, min(window, end - page))
         run = self._free_run(page, min(untouched, end - page)) if untouched > count else count
         pend = Pending(page, run, write, now, stream, waiters)
-        for q in range(page, page + run):
-            self.pending[q] = pend
+        self.pending.update(dict.fromkeys(range(page, page + run), pend))  # (a run: 1,024 pages)
         have_copy = self.state.get(page) is PageState.SHARED
         self.stats.count("requests")
         if self._tracing:
@@ -301,8 +300,7 @@ class NodeCore:
                 self._unwritten.update(granted)
             out.append(Install(first, count, data, msg.write and not migratory, installer,
                                tuple(ready)))
-        for q in granted:
-            self.state[q] = new
+        self.state.update(dict.fromkeys(granted, new))
         if self._tracing:
             self._trace(first, "GRANT", self.node, _name(old), _name(new), count=count)
         for w in ready:

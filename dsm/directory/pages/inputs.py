@@ -60,6 +60,7 @@ class PageDirectory(PageTransactions):
         nothing of them lost or kept."""
         end = first + count
         touched = sorted({q for q in self._entries if first <= q < end}
+                         | {q for q in self._run_owners if first <= q < end}
                          | {q for q in self.lost if first <= q < end}
                          | {q for q in self.release.pages_held() if first <= q < end})
         out: list[Send] = []
@@ -249,6 +250,7 @@ class PageDirectory(PageTransactions):
         self.peers.pop(node, None)
         out: list[Send] = []
         lost = []
+        self._make_run_entries(node)  # its pages of runs of untouched pages, too
         for page, e in self._entries.items():
             e.copyset.discard(node)
             if e.queue:

@@ -84,6 +84,12 @@ class PageEntry:
     #: read, then written, by one node after another: reads are granted for writing
     migratory: bool = False
 
+    @classmethod
+    def written_by(cls, node: str) -> "PageEntry":
+        """The entry of a page just granted to ``node`` for writing (a run of untouched pages):
+        made positionally, in this field order, about twice as fast as with keywords."""
+        return cls(node, set(), None, deque(), False, node)
+
     def describe(self) -> str:
         if self.owner is not None:
             return f"owned:{self.owner}"

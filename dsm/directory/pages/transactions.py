@@ -61,6 +61,11 @@ class PageTransactions:
         self.shard, self.shards, self.stripe = shard, shards, stripe
         self._clock = clock
         self._entries: dict[int, PageEntry] = {}
+        #: page -> the node a run of untouched pages was granted to, for the pages of such runs
+        #: whose entry is not made yet: each is ``PageEntry.written_by(node)``, made at the first
+        #: look (``entry``, ``peek``, a node's loss, a reclaim), so that a grant of 1,024
+        #: untouched pages is a dict update, not 1,024 entries
+        self._run_owners: dict[int, str] = {}
         #: per page, whether it was granted to a node since its array was allocated or freed
         #: (``reclaim``); a page never granted is *untouched*: zeros at home, nobody holds it
         #: or has held it (a lookup per page, and a search of a run at once)
@@ -90,26 +95,42 @@ class PageTransactions:
         self.layout.check_page(page)
         e = self._entries.get(page)
         if e is None:
-            e = self._entries[page] = PageEntry()
+            e = self._entries[page] = self._new_entry(page)
         return e
+
+    def _new_entry(self, page: int) -> PageEntry:
+        """The entry of a page that has none yet: one of a run of untouched pages granted to a
+        node, or a page never asked for."""
+        node = self._run_owners.pop(page, None)
+        return PageEntry.written_by(node) if node is not None else PageEntry()
 
     def _entries_of(self, first: int, count: int) -> list[PageEntry]:
         """The entries of ``count`` pages from ``first``, made where there are none (one range
-        check for them all: a run of untouched pages makes many at once)."""
+        check for them all: a run of pages makes many at once)."""
         self.layout.check_page(first + count - 1)
         entries, found = self._entries, self._entries.get
         out = []
         for q in range(first, first + count):
             e = found(q)
             if e is None:
-                e = entries[q] = PageEntry()
+                e = entries[q] = self._new_entry(q)
             out.append(e)
         return out
 
     def peek(self, page: int) -> PageEntry:
         """The entry of ``page`` as it is, without creating one (read-only: ``dsm top``, and
         the runs a request may extend over)."""
-        return self._entries.get(page, _FREE)
+        e = self._entries.get(page)
+        if e is not None:
+            return e
+        node = self._run_owners.get(page)
+        return PageEntry.written_by(node) if node is not None else _FREE
+
+    def _make_run_entries(self, node: str) -> None:
+        """Make the entries of the pages of runs of untouched pages granted to ``node`` (a
+        node's loss looks at every page it owns)."""
+        for q in [q for q, owner in self._run_owners.items() if owner == node]:
+            self.entry(q)
 
     # --- transactions ------------------------------------------------------------------------------
     def _submit(self, request: Request) -> list[Send]:
@@ -157,17 +178,17 @@ class PageTransactions:
 
     def _grant_untouched(self, req: Request) -> list[Send]:
         """Grant a write to an untouched page, with the run of untouched pages after it: zeros,
-        with no bytes; each page's entry is made at once (``_finish`` does the same for any
-        run, checking far more per page)."""
+        with no bytes. The pages with no entry (most) get theirs at the first look
+        (``_run_owners``)."""
         node, first, n = req.node, req.page, self._untouched_run(req)
         entries = self._entries
-        for q in range(first, first + n):
-            e = entries.get(q)
-            if e is None:
-                entries[q] = PageEntry(node, home_current=False, last_writer=node)
-            else:  # reclaimed: no owner, no copies, nothing migratory
-                e.owner = e.last_writer = node
-                e.home_current = False
+        owners = dict.fromkeys(range(first, first + n), node)
+        for q in [q for q in owners if q in entries]:  # reclaimed: no owner, no copies
+            e = entries[q]
+            e.owner = e.last_writer = node
+            e.home_current = False
+            del owners[q]
+        self._run_owners.update(owners)
         self.granted[first:first + n] = True
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
