@@ -137,7 +137,6 @@ class Payload(enum.IntEnum):
     NONE = 0  #: no bytes: the receiver already has the current contents
     ZERO = 1  #: the page is all zeros (never written, or discarded): no frame is sent
     DATA = 2  #: the page bytes follow in frame 1
-    SENT = 3  #: no bytes here: they went straight to the requester, node to node (Fetched)
 
 
 #: a page number (whether it is in the region is for the receiver to check)
@@ -285,7 +284,8 @@ class Fetch(Message, tag=MsgType.FETCH.value):
     (``keep_copy``) or give them up. Relay manager (``to_node`` empty): send them to the
     directory (``Fetched`` with DATA). Central and distributed managers: send them straight to
     node ``to_node`` at its peer endpoint ``to_addr`` (``PeerPage``), then tell the directory
-    (``Fetched`` with SENT); a holder that cannot (it no longer holds them all, or the peer is
+    (``Fetched`` with ``sent``: with a copy of the pages when it keeps its own, so that the home
+    copy is current again); a holder that cannot (it no longer holds them all, or the peer is
     unreachable) answers as to the relay manager."""
 
     DIRECTION = Direction.TO_NODE
@@ -312,6 +312,11 @@ class Fetched(Message, tag=MsgType.FETCHED.value):
     #: pages granted for writing at a read (migratory) that the node did not write: the
     #: prediction was wrong for them
     unwritten: list[PageNo] = msgspec.field(default_factory=list)
+    #: the pages went straight to the requester (``PeerPage``). A DATA frame here is then a copy
+    #: of what it sent, from a holder that keeps a read copy (a read transfer): the directory's
+    #: home copy is current again, and later readers are granted it in 2 hops, not through a
+    #: keeper in 3. NONE: the holder gave them up (a write transfer)
+    sent: bool = False
 
 
 class Invalidate(Message, tag=MsgType.INVALIDATE.value):
@@ -1035,8 +1040,8 @@ def _array_length(header: Any) -> int:
 def _refusal(header: Any, to: Direction, exc: Exception | None) -> ProtocolError:
     """Why a header was refused, in the schema's words (``dsm.schema``): the slow path, run
     only for a message that is wrong."""
-    try:
-        values = msgpack.unpackb(header)
+    try:  # (maps inside ``Any`` fields may have keys of any kind, as msgspec decodes them)
+        values = msgpack.unpackb(header, strict_map_key=False)
     except Exception as bad:  # msgpack raises several unrelated exception types
         return ProtocolError(f"header is not valid msgpack: {bad}")
     if type(values) is not list or not values:

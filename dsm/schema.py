@@ -10,7 +10,7 @@ A field's annotation says what it holds:
 - ``list[T]``: a list whose every element is a ``T``;
 - ``tuple[A, B, ...]``: a fixed-shape row, which msgpack carries as an array of that many
   elements of those types;
-- ``dict[str, Any]``: a map with string keys; ``Any``: anything msgpack can carry.
+- ``dict[str, Any]``: a map with string keys; ``Any``: anything msgpack can carry (maps with keys of any kind).
 
 Each constraint is said once and read by two checkers. The protocol's messages are msgspec
 ``Struct`` types, and msgspec's decoder checks every field in C as it decodes (the ``Meta`` bounds

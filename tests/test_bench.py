@@ -477,7 +477,7 @@ def test_bench_per_manager_puts_each_manager_in_a_column_with_its_traffic(tmp_pa
                  if line.startswith("read fault, page owned by another node: messages per fault"))
     relay_messages, central_messages = (float(x) for x in owned.split()[-2:])
     # the relay manager's owned read is Acquire, Fetch, Fetched, Grant; the central one's
-    # Acquire, Fetch, PeerPage, Fetched (SENT), Received: the counts come from the agents
+    # Acquire, Fetch, PeerPage, Fetched (sent, with a copy), Received: the counts come from the agents
     assert relay_messages == pytest.approx(4, abs=0.5)
     assert central_messages == pytest.approx(5, abs=0.5)
     result = json.loads(out.read_text())

@@ -97,7 +97,7 @@ def _fetch_to_peer(txn: int) -> list:
     return [act.Protect(3, 1), act.Punch(3, 1, keep=True),
             act.Send(p.PeerPage(txn, 3, 1, True, p.Payload.DATA, "n0"), pages=(3, 1),
                      peer=("n1", "tcp://n1")),
-            act.Send(p.Fetched(txn, 3, 1, p.Payload.SENT, [], [3]))]
+            act.Send(p.Fetched(txn, 3, 1, p.Payload.NONE, [], [3], sent=True))]
 
 
 def test_pages_a_peer_could_not_take_go_home_as_the_punch_read_them():
@@ -107,6 +107,7 @@ def test_pages_a_peer_could_not_take_go_home_as_the_punch_read_them():
     assert rest is None and 3 not in kernel.memory
     [(to, msg, data)] = transport.sent
     assert to == "directory" and msg.payload == p.Payload.DATA and msg.unwritten == [3]
+    assert not msg.sent
     assert data == b"\x07" * PAGE
 
 

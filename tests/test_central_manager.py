@@ -36,7 +36,7 @@ def transfer(d, requester, page, write, source):
     fetch = only(d.acquire(requester, page, 1, write, False), source)
     assert fetch.to_node == requester and fetch.to_addr == d.peers[requester]
     assert fetch.keep_copy is (not write)
-    assert d.fetched(source, fetch.txn, page, 1, Payload.SENT, None, []) == []
+    assert d.fetched(source, fetch.txn, page, 1, Payload.NONE, None, [], sent=True) == []
     assert d.received(requester, fetch.txn, page, 1, True) == []
     return fetch
 
@@ -62,7 +62,7 @@ def test_the_transaction_ends_only_when_both_sides_answered(d):
     assert d.acquire("c", 2, 1, False, False) == []  # queued behind the transfer
     assert d.received("b", fetch.txn, 2, 1, True) == []
     assert d.entry(2).busy is not None  # the owner has not said it sent them
-    follow = only(d.fetched("a", fetch.txn, 2, 1, Payload.SENT, None, []), "b")
+    follow = only(d.fetched("a", fetch.txn, 2, 1, Payload.NONE, None, [], sent=True), "b")
     assert isinstance(follow, Fetch) and follow.to_node == "c"  # the new owner serves c
     assert d.entry(2).busy is not None
 
@@ -90,7 +90,7 @@ def test_a_write_to_a_page_held_by_one_copy_takes_that_copy_along(d):
     d.node_lost("a")  # b's copy is the only one left, and none is kept here
     fetch = only(d.acquire("c", 4, 1, True, False), "b")
     assert fetch.to_node == "c" and not fetch.keep_copy
-    d.fetched("b", fetch.txn, 4, 1, Payload.SENT, None, [])
+    d.fetched("b", fetch.txn, 4, 1, Payload.NONE, None, [], sent=True)
     d.received("c", fetch.txn, 4, 1, True)
     assert d.entry(4).owner == "c" and not d.entry(4).copyset and 4 not in d.lost
 
@@ -123,7 +123,7 @@ def test_a_copy_given_back_before_its_transfer_ended_keeps_the_page_when_its_sou
 def test_a_source_that_dies_mid_transfer_is_withdrawn_and_the_requester_decides(d):
     owned_by(d, "a", 6)
     fetch = only(d.acquire("b", 6, 1, False, False), "a")
-    d.fetched("a", fetch.txn, 6, 1, Payload.SENT, None, [])
+    d.fetched("a", fetch.txn, 6, 1, Payload.NONE, None, [], sent=True)
     # a dies: its pages may be on the wire, or may have died in its queue
     assert only(d.node_lost("a"), "b") == Withdrawn(fetch.txn, 6, 1, "a")
     assert 6 not in d.lost  # not decided yet
@@ -152,7 +152,7 @@ def test_a_write_transfer_to_a_requester_that_dies_loses_the_page_loudly(d):
     owned_by(d, "a", 9)
     fetch = only(d.acquire("b", 9, 1, True, False), "a")
     d.node_lost("b")
-    d.fetched("a", fetch.txn, 9, 1, Payload.SENT, None, [])  # a gave it up, to a dead node
+    d.fetched("a", fetch.txn, 9, 1, Payload.NONE, None, [], sent=True)  # a gave it up, to a dead node
     assert d.lost.get(9) == "b"
     assert isinstance(only(d.acquire("c", 9, 1, False, False), "c"), Lost)
 
@@ -202,7 +202,7 @@ def test_a_requester_without_a_peer_endpoint_gets_its_pages_through_the_director
 def test_a_requester_that_refuses_the_pages_is_left_out_and_nothing_starts_over(d):
     owned_by(d, "a", 14)
     fetch = only(d.acquire("b", 14, 1, False, False), "a")
-    d.fetched("a", fetch.txn, 14, 1, Payload.SENT, None, [])
+    d.fetched("a", fetch.txn, 14, 1, Payload.NONE, None, [], sent=True)
     assert d.received("b", fetch.txn, 14, 1, False) == []  # b no longer wanted them
     e = d.entry(14)
     assert e.busy is None and e.copyset == {"a"} and 14 not in d.lost
@@ -211,6 +211,6 @@ def test_a_requester_that_refuses_the_pages_is_left_out_and_nothing_starts_over(
 def test_a_refused_write_transfer_loses_the_page_loudly(d):
     owned_by(d, "a", 15)
     fetch = only(d.acquire("b", 15, 1, True, False), "a")
-    d.fetched("a", fetch.txn, 15, 1, Payload.SENT, None, [])  # a gave it up
+    d.fetched("a", fetch.txn, 15, 1, Payload.NONE, None, [], sent=True)  # a gave it up
     d.received("b", fetch.txn, 15, 1, False)
     assert d.lost.get(15) == "b"

@@ -105,7 +105,7 @@ def _header(cls, *values):
     ([_header(p.Grant, 1, 1, True, 2, False)], p.Direction.TO_NODE, "needs 2 frames"),
     ([_header(p.Grant, 1, 1, True, 2, False), b"x"], p.Direction.TO_NODE, "1 bytes, expected 4096"),
     ([_header(p.Invalidated, 1, 1, 1), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
-    ([_header(p.Fetched, 1, 1, 1, 0, [[1]], [])], p.Direction.TO_DIRECTORY,
+    ([_header(p.Fetched, 1, 1, 1, 0, [[1]], [], False)], p.Direction.TO_DIRECTORY,
      r"Fetched.not_held\[0\] must be int, got list"),
     ([_header(p.Discard, [1, "2"])], p.Direction.TO_DIRECTORY,
      r"Discard.pages\[1\] must be int, got str"),
@@ -117,8 +117,8 @@ def _header(cls, *values):
      r"LostReport.ranges\[0\]\[2\] must be int, got str"),
     ([_header(p.Alloc, 1, "x", 8, [1], -1)], p.Direction.TO_DIRECTORY,
      "Alloc.meta must be a map, got list"),
-    ([_header(p.Alloc, 1, "x", 8, {1: 2})], p.Direction.TO_DIRECTORY,
-     "not valid msgpack: int is not allowed for map key"),  # msgpack refuses those itself
+    ([_header(p.Alloc, 1, "x", 8, {1: 2}, -1)], p.Direction.TO_DIRECTORY,
+     "Alloc.meta key 1 must be str, got int"),
     ([_header(p.SyncReply, 1, 99, "", [])], p.Direction.TO_NODE, "SyncReply.status 99 is not a SyncStatus"),
     ([_header(p.Hello, "n", 0, 1, "", "", -1, 0)], p.Direction.TO_DIRECTORY,
      "Hello.pid 0 is outside 1.."),
@@ -284,8 +284,8 @@ def test_the_fast_check_and_the_explaining_check_agree_on_every_header(data):
     except msgspec.ValidationError:
         fast = False
     try:
-        check_fields(cls, p._FIELD_CHECKS[cls], msgpack.unpackb(raw)[1:])
+        check_fields(cls, p._FIELD_CHECKS[cls], msgpack.unpackb(raw, strict_map_key=False)[1:])
         explained = True
-    except (ProtocolError, ValueError):  # (msgpack refuses a map with keys that are not text)
+    except ProtocolError:
         explained = False
     assert fast == explained, f"msgspec {'accepts' if fast else 'refuses'} {header!r:.300}"

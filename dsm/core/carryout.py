@@ -8,9 +8,9 @@ What it decides, besides what ``KernelCalls`` does about the kernel's answers:
 
 - the pages a ``Send`` carries: those a ``Punch(keep=True)`` of its run read earlier in the same
   list (they left this node before anyone else can have them), else the node's memory now;
-- a page send to a peer that fails (the peer cannot be reached): its ``Fetched(SENT)`` to the
-  directory, later in the list, becomes a ``Fetched(DATA)`` with the pages, as if the peer had
-  been unreachable from the start (rewritten at once: what is left after a pause says so);
+- a page send to a peer that fails (the peer cannot be reached): its ``Fetched`` (``sent``) to
+  the directory, later in the list, becomes a ``Fetched(DATA)`` with the pages, as if the peer
+  had been unreachable from the start (rewritten at once: what is left after a pause says so);
 - the waiters of an ``Install`` woken by the install's own copy are not woken again.
 
 A ``pause`` hook, consulted after each send while actions are left, may stop the run: the rest
@@ -142,8 +142,8 @@ class ActionRunner:
 
     @staticmethod
     def _send_home_instead(carrying: Carrying, txn: int) -> None:
-        """Transaction ``txn``'s pages could not reach the peer: its ``Fetched(SENT)`` later in
-        the list becomes a ``Fetched(DATA)`` that carries them (as a punch read them, or as
+        """Transaction ``txn``'s pages could not reach the peer: its ``Fetched`` (``sent``) later
+        in the list becomes a ``Fetched(DATA)`` that carries them (as a punch read them, or as
         they are: a read copy kept), as if the peer had been unreachable from the start."""
         actions = carrying.actions
         for i in range(carrying.next, len(actions)):
@@ -151,8 +151,8 @@ class ActionRunner:
             if type(later) is not act.Send or type(later.message) is not p.Fetched:
                 continue
             msg = later.message
-            if msg.txn == txn and msg.payload == p.Payload.SENT:
-                actions[i] = act.Send(p.replace(msg, payload=p.Payload.DATA),
+            if msg.txn == txn and msg.sent:
+                actions[i] = act.Send(p.replace(msg, payload=p.Payload.DATA, sent=False),
                                       pages=(msg.page, msg.count))
 
     def _send_diff(self, a: act.SendDiff, carrying: Carrying) -> None:

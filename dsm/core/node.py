@@ -348,10 +348,13 @@ class NodeCore:
         if not msg.keep_copy:  # gone from here before the requester can have them
             out.append(Punch(first, count, keep=True))
         if msg.to_node and not not_held and reachable(msg.to_addr):
+            # a read copy kept: the directory gets a copy too (its home copy current again)
+            copy = p.Payload.DATA if msg.keep_copy else p.Payload.NONE
             out += [Send(p.PeerPage(msg.txn, first, count, not msg.keep_copy, p.Payload.DATA,
                                     self.node), pages=(first, count),
                          peer=(msg.to_node, msg.to_addr)),
-                    Send(p.Fetched(msg.txn, first, count, p.Payload.SENT, [], unwritten))]
+                    Send(p.Fetched(msg.txn, first, count, copy, [], unwritten, sent=True),
+                         pages=(first, count) if msg.keep_copy else None)]
         else:
             out.append(Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held, unwritten),
                             pages=(first, count)))

@@ -25,11 +25,14 @@ Two ways for pages to travel (``direct``). The relay manager moves every page th
 owner's pages come in a ``Fetched`` and leave in a ``Grant``, and the home copy of every
 read-shared page is kept here. The central manager (and each shard of the distributed one) moves
 pages node to node: a ``Fetch`` names the requester, the holder sends the pages straight to it
-(``PeerPage``) and says so (``Fetched`` with SENT), and the requester confirms (``Received``);
-the transaction ends on both, so that nothing sent to the requester afterwards overtakes its
-pages, and nothing is decided about a holder's pages before it has answered. A read-shared page's
-contents then live only in its copies (``home_current`` false): a read is served by one of them
-(the *keeper*), and the last copy given up comes back with its contents. A write to a page that
+(``PeerPage``) and says so (``Fetched`` with ``sent``), and the requester confirms
+(``Received``); the transaction ends on both, so that nothing sent to the requester afterwards
+overtakes its pages, and nothing is decided about a holder's pages before it has answered. A
+holder that keeps a read copy (a read) sends a copy of the pages with its ``Fetched``: the home
+copy is current again, and later readers are granted it in 2 hops. A page whose contents live
+only in read copies (``home_current`` false: the home copy was not refilled, as when the last
+copies came from a keeper that could not send one) is read from one of them (the *keeper*), and
+the last copy given up comes back with its contents. A write to a page that
 several other nodes share, by a node without a copy, first fetches a copy home (a rare case:
 then it is as under the relay manager), so that no invalidation can destroy the only copies.
 

@@ -94,7 +94,7 @@ class PageDirectory(PageTransactions):
         return []
 
     def fetched(self, node: str, txn_id: int, page: int, count: int, payload: int, data: Any,
-                not_held: list[int], unwritten: list[int] = ()) -> list[Send]:
+                not_held: list[int], unwritten: list[int] = (), sent: bool = False) -> list[Send]:
         if self.release.covers(page):  # a private release page, asked of its holder
             self.layout.check_page(page + count - 1)
             return [Send(*s) for s in self.release.fetched(node, page, count, payload, data)]
@@ -108,11 +108,13 @@ class PageDirectory(PageTransactions):
         if count != txn.count:
             log.warning("fetch answer from %s covers %d pages, asked %d: ignored", node, count, txn.count)
             return []
-        if payload == Payload.SENT:
+        if sent:
             if not txn.direct:
                 log.warning("fetch answer from %s says it sent txn %d's pages to the requester, "
                             "which it was not asked to: ignored", node, txn_id)
                 return []
+            if payload == Payload.DATA and txn.keep_copy:  # the home copy, at the end
+                txn.fetched = (payload, data, frozenset())
             txn.waiting.discard(node)  # the pages are on their way to the requester
             return self._maybe_finish(txn)
         if self.direct:
@@ -334,7 +336,7 @@ def page_handlers(pages: PageDirectory, page_size: int) -> dict[type, Any]:
         Acquire: lambda n, m, d: pages.acquire(n, m.page, m.count, m.write, m.have_copy,
                                                m.untouched),
         Fetched: lambda n, m, d: pages.fetched(n, m.txn, m.page, m.count, m.payload, d,
-                                               m.not_held, m.unwritten),
+                                               m.not_held, m.unwritten, m.sent),
         Invalidated: lambda n, m, d: pages.invalidated(n, m.txn, m.page, m.count),
         Writeback: lambda n, m, d: pages.writeback(n, m.page, m.count, m.payload, d),
         Drop: lambda n, m, d: pages.drop(n, m.page, m.count, m.payload, d),

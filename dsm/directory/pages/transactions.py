@@ -361,8 +361,13 @@ class PageTransactions:
         old = self.peek(first).describe() if self._tracing else ""
         gave_back = txn.requester_gave_back
         gone = node in self._dead or txn.refused  # the pages are not at the requester
+        if txn.fetched is not None:  # a read transfer's copy: current (nobody could write since)
+            payload, data, _ = txn.fetched
+            self.home.put(first, n, payload, data)
         for q in range(first, first + n):
             e = self._entries[q]
+            if txn.fetched is not None:
+                e.home_current = True
             if e.owner == source:
                 e.owner = None
             if write:
