@@ -1,7 +1,10 @@
 """``python -m dsm.sim --seed N [--nodes K ...] [--release] [--trace DIR]``: run (or replay) one
 simulated schedule and print it; exit status 1 if an invariant failed. ``--trace DIR`` writes the
 schedule as protocol traces (``DIR/directory.trace``, ``DIR/NODE.trace``), failing or not, for
-``dsm trace DIR/*.trace --html OUT`` to draw as it draws a real run."""
+``dsm trace DIR/*.trace --html OUT`` to draw as it draws a real run.
+
+``python -m dsm.sim --exhaustive [...]`` explores every schedule of a small scope instead
+(``dsm.sim.exhaustive``; ``--exhaustive --help`` for its options)."""
 
 from __future__ import annotations
 
@@ -9,12 +12,16 @@ import argparse
 import sys
 
 from dsm import bugs
+from dsm.sim import exhaustive
 from dsm.sim.links import Faults
 from dsm.sim.programs import DEFAULT_PHASES
 from dsm.sim.world import SimulationFailure, World
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--exhaustive" in argv:  # every schedule of a small scope: options of its own
+        return exhaustive.main(argv)
     parser = argparse.ArgumentParser(prog="python -m dsm.sim", description=__doc__)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--nodes", type=int, default=3)

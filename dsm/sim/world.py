@@ -63,6 +63,8 @@ WRITTEN_FIRST = 0.5
 REPORT_STEPS = 60
 #: a run that takes more steps than this per operation is taken to be livelocked
 MAX_STEPS_PER_OP = 200
+#: simulated seconds per step of the schedule (the sessions' timers count them)
+STEP_S = 0.001
 
 
 class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
@@ -70,7 +72,10 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
                  shards: int = 1, direct: bool | None = None, release_pages: int = 0,
-                 phases: int = programs.DEFAULT_PHASES, faults: Faults = NO_FAULTS):
+                 phases: int = programs.DEFAULT_PHASES, faults: Faults = NO_FAULTS,
+                 fixed_programs: list[list[tuple[str, int]]] | None = None):
+        """``fixed_programs``: each thread's operations, ``(kind, location)``, in the order of
+        the nodes and their threads, in place of drawn ones (``dsm.sim.explore`` fixes them)."""
         if release_pages > pages:
             raise ValueError(f"{release_pages} release pages of {pages}")
         self.seed = seed
@@ -142,7 +147,8 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
                 if release_pages:  # the programs join their barrier first: a death breaks it
                     self.coordinator.sync.join(name, 0, rc.BARRIER, self.parties,
                                                rc.holder(name, t + 1))
-                kinds_locs = (self._programs[i * threads_per_node + t] if self._programs
+                kinds_locs = (fixed_programs[i * threads_per_node + t] if fixed_programs
+                              else self._programs[i * threads_per_node + t] if self._programs
                               else self._bands(ops_per_thread) if bands else [
                                   (self.rng.choice("rw"), self.rng.randrange(pages * SLOTS_PER_PAGE))
                                   for _ in range(ops_per_thread)])
@@ -182,55 +188,67 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
             raise SimulationFailure(f"seed {self.seed}: {exc}\nlast {REPORT_STEPS} steps of "
                                     f"{len(self.schedule)}:\n  {tail}") from None
 
+    @property
+    def step_limit(self) -> int:
+        """The steps after which a run that has not come to rest is taken to be livelocked."""
+        return MAX_STEPS_PER_OP * max(1, self.ops_total)
+
     def _run(self) -> None:
-        limit = MAX_STEPS_PER_OP * max(1, self.ops_total)
-        for _ in range(limit):
-            self.clock += 0.001
-            reset = self.links.maybe_reset(self.channels, self._alive)
-            if reset is not None:
-                self._step(f"the connection {reset[0]}<->{reset[1]} resets")
-            choices: list = [pair for pair, q in self.channels.items() if q]
-            choices += [t for n in self.nodes.values() if n.alive for t in n.threads
-                        if t.runnable]
-            choices += [n for n in self.nodes.values() if n.alive and n.deferred]
-            if self.unnoticed_dead:
-                choices.append("notice")
-            if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
-                choices.append("kill")
-            if self.give_backs and any(not t.done for n in self.nodes.values() if n.alive
-                                       for t in n.threads):
-                choices.append("give back")
-            if not choices:
-                if not self.links.owed():
-                    self._check_finished()
-                    return
-                # nothing to do but wait for the sessions' timers: time passes to them
-                self.clock += ACK_TIMEOUT_S
-                self._step(f"{ACK_TIMEOUT_S:g} s pass")
-                self.links.due(self.channels, self._alive, self.clock)
-                continue
-            pick = self.rng.choice(choices)
-            self._touched: set[int] | None = set()  # the pages this step may change
-            if pick == "kill":
-                if self.rng.random() < 0.05:  # rare, so that most of a run has all its nodes
-                    self.deaths_left -= 1
-                    self._kill(self.rng.choice([n for n in self.nodes.values() if n.alive]))
-            elif pick == "give back":
-                if self.rng.random() < 0.1:
-                    self._give_back()
-            elif pick == "notice":
-                if self.rng.random() < 0.2:
-                    self._notice_death(self.rng.choice(self.unnoticed_dead))
-            elif isinstance(pick, Thread):
-                self._run_op(pick)
-            elif isinstance(pick, SimNode):
-                self._step(f"{pick.name} carries out the rest: {pick.deferred}")
-                self._finish(pick)
-            else:
-                self._deliver(pick)
-            self._check_invariants()
+        for _ in range(self.step_limit):
+            if not self.step():
+                return
+        raise SimulationFailure(f"no quiescence after {self.step_limit} steps (a livelock?)")
+
+    def step(self) -> bool:
+        """One step of the schedule, its invariants checked; False once the run has come to
+        rest (nothing in flight, every thread finished: checked). ``dsm.sim.explore`` drives the
+        world one step at a time."""
+        self.clock += STEP_S
+        reset = self.links.maybe_reset(self.channels, self._alive)
+        if reset is not None:
+            self._step(f"the connection {reset[0]}<->{reset[1]} resets")
+        choices: list = [pair for pair, q in self.channels.items() if q]
+        choices += [t for n in self.nodes.values() if n.alive for t in n.threads
+                    if t.runnable]
+        choices += [n for n in self.nodes.values() if n.alive and n.deferred]
+        if self.unnoticed_dead:
+            choices.append("notice")
+        if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
+            choices.append("kill")
+        if self.give_backs and any(not t.done for n in self.nodes.values() if n.alive
+                                   for t in n.threads):
+            choices.append("give back")
+        if not choices:
+            if not self.links.owed():
+                self._check_finished()
+                return False
+            # nothing to do but wait for the sessions' timers: time passes to them
+            self.clock += ACK_TIMEOUT_S
+            self._step(f"{ACK_TIMEOUT_S:g} s pass")
             self.links.due(self.channels, self._alive, self.clock)
-        raise SimulationFailure(f"no quiescence after {limit} steps (a livelock?)")
+            return True
+        pick = self.rng.choice(choices)
+        self._touched: set[int] | None = set()  # the pages this step may change
+        if pick == "kill":
+            if self.rng.random() < 0.05:  # rare, so that most of a run has all its nodes
+                self.deaths_left -= 1
+                self._kill(self.rng.choice([n for n in self.nodes.values() if n.alive]))
+        elif pick == "give back":
+            if self.rng.random() < 0.1:
+                self._give_back()
+        elif pick == "notice":
+            if self.rng.random() < 0.2:
+                self._notice_death(self.rng.choice(self.unnoticed_dead))
+        elif isinstance(pick, Thread):
+            self._run_op(pick)
+        elif isinstance(pick, SimNode):
+            self._step(f"{pick.name} carries out the rest: {pick.deferred}")
+            self._finish(pick)
+        else:
+            self._deliver(pick)
+        self._check_invariants()
+        self.links.due(self.channels, self._alive, self.clock)
+        return True
 
     def _touch(self, msg: p.Message) -> None:
         if self._touched is not None:

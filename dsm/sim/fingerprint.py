@@ -1,0 +1,142 @@
+"""A simulated world's state as one hashable value, so that the exhaustive exploration
+(``dsm.sim.explore``) visits each state once, however the schedule reached it.
+
+The fingerprint is a canonical walk of the whole world, not a list of fields: every attribute
+of every object reachable from the ``World`` (the nodes' memory, write protection and threads,
+the node cores, every shard's page directory and home copies, the coordinator's locks and
+notices, the channels' packets, every session) goes in, unless it is named below as not being
+state. A field someone adds later is thus counted by default: two states can only be merged
+wrongly by a name added to ``NOT_STATE``. The walk is pickle's (in C), with each object
+reduced to its class name and its state; the fingerprint is a 128-bit digest of it.
+
+What is left out, and why that is sound:
+
+- statistics and counters, tracers, the wiring (every callable: handler tables, clocks), the
+  world's schedule, its draws and its step counter: nothing the protocol decides reads them;
+- timestamps only deadlines read, which the simulator never drives (a waiter's fault time, a
+  request's sending time, a transaction's start, a lock wait's start: ``NOT_STATE``);
+- the clock itself: the sessions' timers are kept as their ages in steps, capped at their
+  thresholds (past it, any age behaves the same), and the acknowledgement timeout
+  (``ACK_TIMEOUT_S``, a thousand steps) as "expired or not" only: ``dsm.sim.explore`` stops
+  before a run could be long enough for steps alone to expire it; only a jump of the clock
+  (nothing else to do) does, and it expires every such timer at once;
+- the order of the world's channels and sessions (which pair is drawn next is a free choice of
+  the scheduler: the same pairs in another order offer the same choices).
+
+What the senders keep for replays is their sessions' unacknowledged frames, kept in full; the
+packets on a channel are their frames on the wire (the message objects beside them are
+decoded from those).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import mmap
+import pickle
+import types
+from typing import Any
+
+from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S
+from dsm.reliability import ACK_EVERY_BYTES, RESEND_HOLDOFF_S, ReliableLink
+from dsm.sim.links import Packet, SimLinks
+
+#: attributes that are not state (see the module's docstring): statistics, tracers, the world's
+#: record of its schedule and its draws, the handler tables (wiring), timestamps that only undriven deadlines read, a
+#: session's last acknowledgement sent (written, never read) and what the links keep only to
+#: name a replayed message (its frames are kept in the sessions)
+NOT_STATE = frozenset({
+    "stats", "counters", "_counters", "_latency_counts", "waits", "lock_waits_by_node",
+    "_trace", "_tracing", "schedule", "rng", "clock", "_touched", "seed",
+    "handlers", "_page_handlers", "_sync_handlers",
+    "t0", "sent_at", "started_s", "since",
+    "replayed", "duplicates", "gaps", "bare_acks", "_acked_to_peer", "_sent",
+})
+#: a session's timers: attribute -> its threshold in seconds (``dsm.reliability``)
+SHORT_TIMERS = {"_owed_since": ACK_DELAY_S, "_asked_resend_s": RESEND_HOLDOFF_S,
+                "_resent_s": RESEND_HOLDOFF_S}
+#: the session timer kept as "expired or not" (see the docstring)
+LONG_TIMERS = {"_progress_s": ACK_TIMEOUT_S}
+#: bytes of a fingerprint (128 bits: a collision is out of reach of any exploration)
+DIGEST_BYTES = 16
+#: what stands for every callable: the wiring (handler tables, clocks) is not state
+_CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+
+
+def _age_steps(since: float | None, now: float, threshold_s: float, step_s: float) -> int | None:
+    """A timer's age in whole steps, capped at its threshold (None: the timer is off)."""
+    if since is None:
+        return None
+    cap = math.ceil(threshold_s / step_s)
+    age = now - since
+    return cap if age >= threshold_s else min(cap, round(age / step_s))
+
+
+def _state(kind: str, *parts: Any) -> None:
+    """What a fingerprint names an object's state by (never called: only pickled)."""
+
+
+class _Canonical(pickle.Pickler):
+    """Pickles a world as its state: each object as its class name and the attributes that are
+    state (shared objects and cycles once, by pickle's memo), in C but for these objects."""
+
+    def __init__(self, out: io.BytesIO, now: float, step_s: float):
+        super().__init__(out, protocol=pickle.HIGHEST_PROTOCOL)
+        self.now = now
+        self.step_s = step_s
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) or obj is _state:
+            return NotImplemented  # a class (or what names the states): by name
+        if isinstance(obj, _CALLABLES):
+            return _state, ("callable",)
+        if isinstance(obj, Packet):  # its frames on the wire (the message is decoded from them)
+            return _state, ("packet", [bytes(f) for f in obj.frames])
+        if isinstance(obj, (memoryview, mmap.mmap)):
+            return bytes, (obj[:] if isinstance(obj, mmap.mmap) else obj.tobytes(),)
+        if isinstance(obj, ReliableLink):
+            return _state, ("session", self._link(obj))
+        if isinstance(obj, SimLinks):  # its sessions in the order of their pairs
+            return _state, ("links", obj.faults, sorted(obj._links.items()))
+        fields = getattr(obj, "__dict__", None)
+        if fields is None:
+            return NotImplemented  # a value pickle knows (an enum, an array, a message)
+        state = {}
+        for name, v in fields.items():
+            if name in NOT_STATE:
+                continue
+            if name == "channels":  # which pair delivers next is the scheduler's free choice
+                v = sorted((pair, q) for pair, q in v.items() if q)
+            state[name] = v
+        # the state after the object's name: pickle remembers the object first (cycles)
+        return _state, (type(obj).__qualname__,), state
+
+    def _link(self, link: ReliableLink) -> dict[str, Any]:
+        state = {}
+        for name, v in vars(link).items():
+            if name in NOT_STATE:
+                continue
+            if name in SHORT_TIMERS:
+                v = _age_steps(v, self.now, SHORT_TIMERS[name], self.step_s)
+            elif name in LONG_TIMERS:
+                v = self.now - v >= LONG_TIMERS[name]
+            elif name == "_owed_bytes":  # it matters only once it reaches its bound
+                v = v >= ACK_EVERY_BYTES
+            elif name == "_unacked":  # the frames kept for a replay, as bytes
+                v = [(seq, [bytes(f) for f in frames]) for seq, frames, _ in v]
+            state[name] = v
+        return state
+
+
+def canonical(world: Any, step_s: float, *extra: Any) -> bytes:
+    """``world``'s canonical state as bytes (and ``extra``: what the explorer adds, such as the
+    faults still allowed)."""
+    out = io.BytesIO()
+    _Canonical(out, world.clock, step_s).dump((world, extra))
+    return out.getvalue()
+
+
+def fingerprint(world: Any, step_s: float, *extra: Any) -> bytes:
+    """A digest of ``canonical``: equal for equal states."""
+    return hashlib.blake2b(canonical(world, step_s, *extra), digest_size=DIGEST_BYTES).digest()

@@ -1,0 +1,117 @@
+"""The exhaustive exploration of small scopes (``dsm/sim/explore.py``, ``python -m dsm.sim
+--exhaustive``): every schedule of the real world, states deduplicated by fingerprint; a bug
+switched on is found with a shortest schedule that replays to the same failure; a failing
+random seed replays the same failure and the same schedule tail from the command line."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from dsm import bugs
+from dsm.sim.explore import Scope, explore, replay
+from dsm.sim.world import SimulationFailure, World
+
+pytestmark = pytest.mark.timeout(120)
+
+#: fewer distinct states than this would mean the exploration hardly branched
+MIN_STATES = 1000
+#: the central manager's small scope is explored to this many steps in the suite (every
+#: schedule of the whole scope is .ci/explore's: well over 100,000 states)
+CENTRAL_DEPTH = 14
+#: the scopes with a lost message or a reset allowed are explored to this many steps here
+FAULT_DEPTH = 6
+#: the random seeds searched for one that fails with a bug on
+SEEDS = range(20)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_losses(caplog):
+    caplog.set_level(logging.CRITICAL)  # the simulated losses log loudly, as they should
+
+
+@pytest.fixture
+def switch():
+    yield bugs.switch_on
+    bugs.switch_on(None)
+
+
+def test_every_schedule_of_the_small_scope_holds_under_the_relay_manager():
+    found = explore(Scope(manager="relay", faults=0))
+    assert found.violation is None and not found.incomplete
+    assert found.states >= MIN_STATES and found.at_rest > 0, found
+    assert found.transitions > found.states  # states were reached along several schedules
+
+
+def test_every_short_schedule_of_the_small_scope_holds_under_the_central_manager():
+    found = explore(Scope(manager="central", faults=0), max_depth=CENTRAL_DEPTH)
+    assert found.violation is None and found.max_depth == CENTRAL_DEPTH
+    assert found.states >= MIN_STATES, found
+
+
+@pytest.mark.parametrize("manager", ["relay", "central"])
+def test_every_short_schedule_with_a_lost_message_or_a_reset_holds(manager):
+    with_fault = explore(Scope(manager=manager, faults=1), max_depth=FAULT_DEPTH)
+    without = explore(Scope(manager=manager, faults=0), max_depth=FAULT_DEPTH)
+    assert with_fault.violation is None and with_fault.max_depth == FAULT_DEPTH
+    # where the one fault strikes is enumerated: it multiplies the states
+    assert with_fault.states >= MIN_STATES > 10 * without.states, (with_fault, without)
+
+
+@pytest.mark.parametrize("bug,manager", [(bugs.EARLY_GRANT, "relay"),
+                                         (bugs.STALE_COPY, "central")])
+def test_a_bug_is_found_with_a_shortest_schedule_that_replays(bug, manager, switch):
+    switch(bug)
+    scope = Scope(manager=manager, faults=0)
+    found = explore(scope)
+    v = found.violation
+    assert v is not None and "while held by" in v.message, found
+    # breadth first: found at its level, and nothing shorter breaks an invariant
+    assert v.depth == found.max_depth == len(v.steps)
+    shorter = explore(scope, max_depth=v.depth - 1)
+    assert shorter.violation is None and shorter.incomplete
+    steps, failure = replay(scope, v.schedule)
+    assert failure == v.message and steps == v.steps
+
+
+def test_the_command_line_prints_a_violation_and_its_replay_fails_the_same_way():
+    run = [sys.executable, "-m", "dsm.sim", "--exhaustive", "--faults-allowed", "0",
+           "--bug", bugs.EARLY_GRANT]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("every schedule of 2 nodes, 2 pages, 2 operations per thread")
+    violation = next(line for line in lines if line.startswith("VIOLATION after "))
+    message = violation.split("): ", 1)[1]
+    command = next(line for line in lines if line.startswith("replay: ")).split(": ", 1)[1]
+    again = subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 1 and again.stdout.splitlines()[-1] == message, again.stdout
+
+
+def _failing_seed(bug: str) -> int:
+    bugs.switch_on(bug)
+    try:
+        for seed in SEEDS:
+            try:
+                World(seed).run()
+            except SimulationFailure:
+                return seed
+    finally:
+        bugs.switch_on(None)
+    raise AssertionError(f"{bug} failed no seed of {SEEDS}")
+
+
+def test_a_failing_random_seed_replays_the_same_failure_and_schedule_tail():
+    seed = _failing_seed(bugs.EARLY_GRANT)
+    run = [sys.executable, "-m", "dsm.sim", "--seed", str(seed), "--bug", bugs.EARLY_GRANT]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    second = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert first.returncode == second.returncode == 1, first.stdout + first.stderr
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith(f"seed {seed}: ") and "while held by" in first.stdout
+    assert "\nlast 60 steps of " in first.stdout  # the schedule's tail, the same both times
