@@ -82,8 +82,7 @@ def report(found: Exploration) -> str:
              f"{found.at_rest}, cut at the refault bound {found.cut}, "
              f"{found.seconds:.1f} s"]
     if found.incomplete:
-        lines.append(f"INCOMPLETE: stopped at {found.states} states (--max-states); no "
-                     "violation so far")
+        lines.append(f"INCOMPLETE: {found.stopped}; no violation so far")
     v = found.violation
     if v is None:
         if not found.incomplete:

@@ -243,9 +243,13 @@ class Exploration:
     max_depth: int = 0  #: the deepest step taken
     seconds: float = 0.0
     violation: Violation | None = None
-    #: whether it stopped at ``max_states`` or ``max_depth`` before the end
-    incomplete: bool = False
+    #: why it stopped before the end ("": it did not)
+    stopped: str = ""
     levels: list[int] = field(default_factory=list)  #: new states per depth
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.stopped)
 
 
 def explore(scope: Scope, max_states: int | None = None,
@@ -267,7 +271,7 @@ def explore(scope: Scope, max_states: int | None = None,
     while level and out.violation is None:
         depth = len(level[0][0]) + 1
         if max_depth is not None and depth > max_depth:
-            out.incomplete = True
+            out.stopped = f"every schedule of up to {max_depth} steps, not beyond (--max-depth)"
             break
         if depth > horizon:
             message = (f"no quiescence after {limit} steps (a livelock?)" if depth > limit else
@@ -292,8 +296,10 @@ def explore(scope: Scope, max_states: int | None = None,
                     keep = alive < LIVE_WORLDS
                     alive += keep
                     following.append((child, replay if keep else None))
-            if out.violation is not None or (max_states and len(seen) >= max_states):
-                out.incomplete = out.violation is None
+            if out.violation is not None:
+                break
+            if max_states and len(seen) >= max_states:
+                out.stopped = f"stopped at {len(seen)} states (--max-states)"
                 break
         out.levels.append(len(following))
         level = [] if out.incomplete else following

@@ -43,9 +43,9 @@ from dsm.reliability import ACK_EVERY_BYTES, RESEND_HOLDOFF_S, ReliableLink
 from dsm.sim.links import Packet, SimLinks
 
 #: attributes that are not state (see the module's docstring): statistics, tracers, the world's
-#: record of its schedule and its draws, the handler tables (wiring), timestamps that only undriven deadlines read, a
-#: session's last acknowledgement sent (written, never read) and what the links keep only to
-#: name a replayed message (its frames are kept in the sessions)
+#: record of its schedule and its draws, the handler tables (wiring), timestamps that only
+#: undriven deadlines read, a session's last acknowledgement sent (written, never read) and
+#: what the links keep only to name a replayed message (its frames are kept in the sessions)
 NOT_STATE = frozenset({
     "stats", "counters", "_counters", "_latency_counts", "waits", "lock_waits_by_node",
     "_trace", "_tracing", "schedule", "rng", "clock", "_touched", "seed",
