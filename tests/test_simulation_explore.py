@@ -14,6 +14,7 @@ import pytest
 
 from dsm import bugs
 from dsm.sim.explore import Scope, explore, replay
+from dsm.sim import world
 from dsm.sim.world import SimulationFailure, World
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,6 +77,17 @@ def test_a_bug_is_found_with_a_shortest_schedule_that_replays(bug, manager, swit
     assert shorter.violation is None and shorter.incomplete
     steps, failure = replay(scope, v.schedule)
     assert failure == v.message and steps == v.steps
+
+
+def test_a_run_longer_than_the_livelock_limit_is_a_violation(monkeypatch):
+    # a limit of a step per operation: no run of the scope comes to rest within it
+    monkeypatch.setattr(world, "MAX_STEPS_PER_OP", 1)
+    scope = Scope(manager="relay", faults=0)
+    found = explore(scope)
+    v = found.violation
+    limit = scope.nodes * scope.ops_per_thread
+    assert v is not None and v.message == f"no quiescence after {limit} steps (a livelock?)"
+    assert v.depth == limit == len(v.steps)
 
 
 def test_the_command_line_prints_a_violation_and_its_replay_fails_the_same_way():

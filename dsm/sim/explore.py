@@ -15,9 +15,10 @@ the next step's draws is run (an odometer over them): the first on the world tha
 state, kept alive (``LIVE_WORLDS``), the others each on a world rebuilt and replayed to it.
 Measured on the small scope: a deep copy of a world costs 1.4 ms (and must rebuild its
 closures and its home store's mapping), building one 0.13 ms and a step about 0.05 ms, so a
-replay of a 25-step prefix costs what a copy does, exactly. Each state reached is
-fingerprinted (``dsm.sim.fingerprint``, 0.25 ms) and explored only the first time, so the
-first violation found has a shortest schedule in steps: no schedule of fewer steps reaches one.
+replay of a 25-step prefix costs what a copy does, and is exact by construction. Each state
+reached is fingerprinted (``dsm.sim.fingerprint``, 0.25 ms) and explored only the first time,
+so the first violation found has a shortest schedule in steps: no schedule of fewer steps
+reaches one.
 
 Enumerated: which pair of parties delivers its next packet, which thread runs its next
 operation, whether an agent is descheduled after a send and when it goes on, and, for each
@@ -26,14 +27,16 @@ which connection, and how much of each direction's packets in flight it loses).
 Fixed by the scope: the threads' programs (``programs``: each node writes its own page, then
 reads another's, and so on: store buffering for 2 ops), the values written (unique per write),
 no node deaths and no pages given back; the faults are losses and resets (duplicates and swaps
-are the random mode's: ``--faults RATE``).
+are the random mode's: ``--faults RATE``); time as the world counts it (a millisecond a step).
+Bounded: an access that faults again more than ``Scope.refaults`` times (its page taken away
+each time before its thread retried: a ping-pong an adversarial scheduler keeps up for ever, so
+that without a bound the scope has no end) is cut there, and the cuts are counted.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from dsm.liveness import ACK_TIMEOUT_S
@@ -205,7 +208,7 @@ class Replay:
         """The draws of the last step."""
         return tuple(k for k, _ in self.draws.made)
 
-    def fingerprint(self) -> int:
+    def fingerprint(self) -> bytes:
         return fingerprint(self.world, STEP_S, self.faults.left, self.faulted)
 
 
@@ -282,20 +285,20 @@ def explore(scope: Scope, max_states: int | None = None,
         following: list[tuple[Schedule, Replay | None]] = []
         alive = 0
         for schedule, world in level:
-            for child, replay, rests in _successors(scope, schedule, world, out):
+            for child, run, rests in _successors(scope, schedule, world, out):
                 if out.violation is not None:
                     break
-                if replay.beyond_bound:
+                if run.beyond_bound:
                     out.cut += 1
                     continue
-                key = replay.fingerprint()
+                key = run.fingerprint()
                 if rests:  # (the state it rests in was seen: resting changes nothing)
                     rested.add(key)
                 elif key not in seen:
                     seen.add(key)
                     keep = alive < LIVE_WORLDS
                     alive += keep
-                    following.append((child, replay if keep else None))
+                    following.append((child, run if keep else None))
             if out.violation is not None:
                 break
             if max_states and len(seen) >= max_states:
