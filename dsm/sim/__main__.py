@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", type=float, default=0.0, metavar="RATE",
                         help="drop, duplicate and swap each message with this probability, and "
                              "reset a connection now and then (a tenth as often): the real "
-                             "session layer replays (dsm/sim/links.py)")
+                             "session layer replays (dsm/sim/links.py); fail the nodes' kernel "
+                             "calls (EAGAIN, ENOMEM, a forked child's ESRCH) and page sends to "
+                             "peers with it too (dsm/sim/agent.py)")
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
     parser.add_argument("--trace", metavar="DIR",
                         help="write the schedule as protocol traces into DIR (dsm trace draws them)")

@@ -11,8 +11,9 @@ reduced to its class name and its state; the fingerprint is a 128-bit digest of 
 
 What is left out, and why that is sound:
 
-- statistics and counters, tracers, the wiring (every callable: handler tables, clocks), the
-  world's schedule, its draws and its step counter: nothing the protocol decides reads them;
+- statistics and counters, tracers, the wiring (every callable: handler tables, clocks; the
+  agents' runners, ``dsm.sim.agent``), the world's schedule, its draws and its step counter:
+  nothing the protocol decides reads them;
 - timestamps only deadlines read, which the simulator never drives (a waiter's fault time, a
   request's sending time, a transaction's start, a lock wait's start: ``NOT_STATE``);
 - the clock itself: the sessions' timers are kept as their ages in steps, capped at their
@@ -43,13 +44,15 @@ from dsm.reliability import ACK_EVERY_BYTES, RESEND_HOLDOFF_S, ReliableLink
 from dsm.sim.links import Packet, SimLinks
 
 #: attributes that are not state (see the module's docstring): statistics, tracers, the world's
-#: record of its schedule and its draws, the handler tables (wiring), timestamps that only
-#: undriven deadlines read, a session's last acknowledgement sent (written, never read) and
-#: what the links keep only to name a replayed message (its frames are kept in the sessions)
+#: record of its schedule and its draws, the handler tables and the agents' runners (wiring: a
+#: runner's model of the kernel keeps only a forked child's protections besides, which nothing
+#: reads while the kernels' faults are not drawn), timestamps that only undriven deadlines read,
+#: a session's last acknowledgement sent (written, never read) and what the links keep only to
+#: name a replayed message (its frames are kept in the sessions)
 NOT_STATE = frozenset({
     "stats", "counters", "_counters", "_latency_counts", "waits", "lock_waits_by_node",
     "_trace", "_tracing", "schedule", "rng", "clock", "_touched", "seed",
-    "handlers", "_page_handlers", "_sync_handlers",
+    "handlers", "_page_handlers", "_sync_handlers", "runner",
     "t0", "sent_at", "started_s", "since",
     "replayed", "duplicates", "gaps", "bare_acks", "_acked_to_peer", "_sent",
 })

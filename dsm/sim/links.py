@@ -19,6 +19,8 @@ world's seeded generator, so that a seed replays exactly:
   session layer must survive it all the same: a gap, then a replay);
 - a connection reset: a suffix of both directions of a pair lost, then both ends reconnected.
 
+(The faults of the nodes' kernels and of their peers are drawn in ``dsm.sim.agent``.)
+
 Nothing here decides anything about pages: a message that the session layer delivers reaches the
 same handlers as without faults.
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from dsm import protocol as p
@@ -37,22 +39,29 @@ from dsm.sim.model import PAGE_BYTES
 
 @dataclass(frozen=True)
 class Faults:
-    """How often each fault strikes: per message sent (drop, duplicate, swap) or per step of the
-    schedule (a reset of a random pair with something in flight)."""
+    """How often each fault strikes: per message sent (drop, duplicate, swap), per step of the
+    schedule (a reset of a random pair with something in flight), per call of a node's kernel
+    (``dsm.sim.agent``: an ioctl answers EAGAIN or ENOMEM; a forked child has exited, ESRCH)
+    and per page send to a peer or question whether one can be reached (unreachable)."""
 
     drop: float = 0.0
     duplicate: float = 0.0
     swap: float = 0.0
     reset: float = 0.0
+    eagain: float = 0.0
+    enomem: float = 0.0
+    exit: float = 0.0
+    unreachable: float = 0.0
 
     @classmethod
     def everywhere(cls, rate: float) -> "Faults":
         """Every kind at ``rate`` (a reset a tenth as often: each costs a replay of the pair)."""
-        return cls(drop=rate, duplicate=rate, swap=rate, reset=rate / 10)
+        return cls(drop=rate, duplicate=rate, swap=rate, reset=rate / 10, eagain=rate,
+                   enomem=rate, exit=rate, unreachable=rate)
 
     @property
     def any(self) -> bool:
-        return bool(self.drop or self.duplicate or self.swap or self.reset)
+        return any(getattr(self, f.name) for f in fields(self))
 
 
 NO_FAULTS = Faults()
@@ -126,6 +135,13 @@ class SimLinks:
             return None
         msg, page = p.decode([bytes(f) for f in body], PAGE_BYTES, _direction(src, dst))
         return msg, bytes(page) if page is not None else None
+
+    def arrived(self, src: str, dst: str, packet: Packet) -> bool:
+        """Whether ``dst`` has taken the message ``packet`` carries from ``src`` (in order, now
+        or before); a bare acknowledgement carries none and counts as arrived."""
+        seq = parse(packet.frames[0])[0]
+        receiver = self._links.get((dst, src))
+        return not seq or receiver is not None and seq <= receiver.delivered
 
     # --- timers and faults -----------------------------------------------------------------------
     def due(self, channels: dict, alive: Any, now: float) -> None:

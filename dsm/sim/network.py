@@ -22,6 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from dsm import protocol as p
+from dsm.core.actions import Send
 from dsm.core.shards import shard_of
 from dsm.core.states import OWNED
 from dsm.sim import release as rc
@@ -63,6 +64,9 @@ class NetworkSimulation:
                 and src not in self.unnoticed_dead):
             return  # from a node whose sessions ended (what it carried was marked at its death)
         got = self.links.receive(src, dst, packet, self.clock)
+        if got is None and src in self.unnoticed_dead and not self.links.arrived(src, dst, packet):
+            # taken after a gap: the replay that would fill it will never come from the dead
+            self._mark_lost_with(packet.msg)
         if got is None:  # a duplicate, one after a gap, or an acknowledgement: no message
             self._step(f"session {src}->{dst} takes {type(packet.msg).__name__ if packet.msg else 'an ack'}"
                        " without delivering it")
@@ -110,7 +114,11 @@ class NetworkSimulation:
         self._step(f"kill {node.name}")
         self._touched = None
         node.alive = False
-        node.deferred, node.taken = [], {}  # what the agent had not done yet dies with it
+        if node.deferred is not None:  # what the agent had not sent yet dies with it
+            for act in node.deferred.left:
+                if isinstance(act, Send):
+                    self._mark_lost_with(act.message)
+        node.deferred = None
         for (src, dst), out in self.channels.items():
             if src == node.name and out:
                 keep = self.rng.randrange(len(out) + 1)

@@ -1,7 +1,8 @@
 """The simulated nodes (``dsm.sim.world``): each one's memory, write protection and threads, and
-its agent carrying out the core's actions on them as the real agent carries them out on the
-memfd and the uffds (installs, upgrades, protections, punches, wakes, poisons; a send goes out
-on the network, ``dsm.sim.network``).
+its agent carrying out the core's actions on them with the real agent's runner
+(``dsm.core.carryout``) over the model's kernel and network (``dsm.sim.agent``: the memory and
+the processes, which fail calls now and then with ``Faults``; a send goes out on the network,
+``dsm.sim.network``).
 
 The agent may be descheduled after a send (``DEFER_AFTER_SEND``): the receiver may act on the
 message before the agent carries out the rest, and this node's threads go on with what its
@@ -18,9 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dsm.core import actions as a
+from dsm.core.carryout import ActionRunner, Carrying
+from dsm.core.inputs import core_handlers
+from dsm.core.kernel import KernelCalls
 from dsm.sim import programs
 from dsm.sim import release as rc
+from dsm.sim.agent import SimKernel, SimTransport, SimTwins
 from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.uffd.events import Access, FaultKind
 
@@ -65,9 +69,7 @@ class SimNode:
     alive: bool = True
     #: actions the agent has yet to carry out after a send: the receiver may act on the
     #: message first, and this node's threads go on with what its memory holds meanwhile
-    deferred: list = field(default_factory=list)
-    #: runs punched with their contents kept, for the sends that follow (``Punch.keep``)
-    taken: dict = field(default_factory=dict)
+    deferred: Carrying | None = None
     #: release pages' twins: their bytes at their first write since the last release
     twins: dict[int, bytes] = field(default_factory=dict)
     #: lock and barrier requests sent, by request id: the thread waiting for the answer
@@ -83,81 +85,39 @@ class SimNode:
     twinned: set[int] = field(default_factory=set)
     #: what its agent does with each page message (``dsm.core.inputs``, as the real agent)
     handlers: dict = field(default_factory=dict)
+    #: how its agent carries out the core's actions (``dsm.core.carryout``, as the real agent)
+    runner: ActionRunner | None = None
 
 
 class NodeSimulation:
     """The nodes' part of ``dsm.sim.world.World`` (a mixin: it uses the world's network, truth
     and schedule)."""
 
-    # --- the kernel and the memory, as the agent would carry the actions out ------------------------
-    def _carry_out(self, node: SimNode, acts: list) -> None:
-        for i, act in enumerate(acts):
-            if isinstance(act, a.Send):
-                data = act.data
-                if act.pages is not None:
-                    data = node.taken.pop(act.pages, None)
-                    if data is None:
-                        data = self._read(node, *act.pages)
-                dst = (act.peer[0] if act.peer is not None
-                       else self._shard_names[0] if isinstance(act.message, rc.SYNC_MESSAGES)
-                       else self._shard_of(act.message.page))
-                self._send(node.name, dst, act.message, bytes(data) if data is not None else None)
-                if i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
-                    node.deferred = list(acts[i + 1:])
-                    return
-            elif isinstance(act, rc.RELEASE_ACTIONS):
-                sent = self._release_action(node, act)
-                if sent and i + 1 < len(acts) and self.rng.random() < DEFER_AFTER_SEND:
-                    node.deferred = list(acts[i + 1:])
-                    return
-            elif isinstance(act, a.Install):
-                for i in range(act.count):
-                    q = act.first + i
-                    chunk = (act.data[i * PAGE_BYTES:(i + 1) * PAGE_BYTES] if act.data is not None
-                             else bytes(PAGE_BYTES))
-                    node.memory[q] = bytearray(chunk)
-                    if not act.writable:
-                        node.wp.add(q)
-                    elif act.installer is not None:  # UFFDIO_COPY writable: no marker left
-                        node.wp.discard(q)
-                self._wake(node, [w.thread_id for w in act.wake])
-            elif isinstance(act, a.Upgrade):
-                pages = set(range(act.first, act.first + act.count))
-                node.wp -= pages
-                self._wake(node, [t.tid for t in node.threads if t.blocked_on in pages])
-            elif isinstance(act, a.Protect):
-                node.wp.update(range(act.first, act.first + act.count))
-            elif isinstance(act, a.Unprotect):
-                node.wp.discard(act.page)
-                self._wake(node, [t.tid for t in node.threads if t.blocked_on == act.page])
-            elif isinstance(act, a.Punch):
-                if act.keep:
-                    node.taken[act.first, act.count] = self._read(node, act.first, act.count)
-                for q in range(act.first, act.first + act.count):
-                    node.memory.pop(q, None)  # write-protect markers stay (shmem keeps them)
-            elif isinstance(act, a.Wake):
-                self._wake(node, [t.tid for t in node.threads if t.blocked_on == act.addr])
-            elif isinstance(act, a.Poison):
-                node.poisoned.add(act.waiter.page)
-                self._wake(node, [act.waiter.thread_id])
-            elif isinstance(act, a.Kill):
-                raise SimulationFailure(f"{node.name} killed a waiter: {act.why}")
+    # --- the agent: the shared runner over the model's kernel and network -------------------------
+    def _wire_agent(self, node: SimNode) -> None:
+        """The node's agent: the page messages through the real agent's table
+        (``dsm.core.inputs``), the core's actions through the real agent's runner
+        (``dsm.core.carryout``), over the model's kernel, twins and network (``dsm.sim.agent``)."""
+        faults = self.agent_faults
+        node.handlers = core_handlers(node.core, lambda: self.clock,
+                                      lambda fetch: lambda addr: not faults.unreachable())
+        kernel = SimKernel(self, node, faults)
+        node.runner = ActionRunner(KernelCalls(kernel), SimTwins(kernel),
+                                   SimTransport(self, node, faults),
+                                   model_actions={rc.Resume: lambda act: self._resume(node, act)})
 
-    @staticmethod
-    def _read(node: SimNode, first: int, count: int) -> bytes:
-        return b"".join(bytes(node.memory.get(q, bytes(PAGE_BYTES)))
-                        for q in range(first, first + count))
+    def _descheduled(self) -> bool:
+        return self.rng.random() < DEFER_AFTER_SEND
+
+    def _carry_out(self, node: SimNode, acts: list) -> None:
+        node.deferred = node.runner.carry_out(acts, self._descheduled)
 
     def _finish(self, node: SimNode) -> None:
         """The agent carries out what it had left to do (it may be descheduled again)."""
-        while node.deferred:
-            acts, node.deferred = node.deferred, []
-            self._carry_out(node, acts)
-
-    def _wake(self, node: SimNode, tids: list[int]) -> None:
-        for t in node.threads:
-            if t.tid in tids:
-                t.blocked_on = None
+        while node.deferred is not None:
+            carrying, node.deferred = node.deferred, None
+            if node.runner.carry_on(carrying, self._descheduled):
+                node.deferred = carrying
 
     # --- the workload --------------------------------------------------------------------------------
     def _run_op(self, t: Thread) -> None:
@@ -201,7 +161,7 @@ class NodeSimulation:
             return
         t.blocked_on = page
         self._finish(node)  # the fault waits in the uffd for the agent's loop
-        acts = node.core.fault(node, page, page, rw, fault, t.tid, self.clock,
+        acts = node.core.fault(node, page * PAGE_BYTES, page, rw, fault, t.tid, self.clock,
                                resident=page in node.memory)
         self._carry_out(node, acts)
 

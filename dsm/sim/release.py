@@ -1,5 +1,6 @@
 """Release consistency in the simulator (``World(release_pages=K)``): the coordinator's locks,
-barriers and write notices, the agent's twins and diffs, and the threads' synchronization.
+barriers and write notices, and the threads' synchronization (the agent's twins and diffs are
+the shared runner's, ``dsm.core.carryout``, over the model's memory, ``dsm.sim.agent``).
 
 The coordinator (the directory, or shard 0 of a sharded manager) is the directory's own
 ``SyncRequests`` (``dsm/directory/syncrequests.py``), with its handler table: a release
@@ -65,10 +66,6 @@ class Resume:
     tid: int
 
 
-#: the actions ``ReleaseSimulation._release_action`` carries out
-RELEASE_ACTIONS = (a.SendDiff, a.Twin, a.DropTwins, Resume)
-
-
 def diff_against_twins(twins: dict[int, bytes], now: bytes, first: int, count: int,
                        page_bytes: int) -> tuple[p.DiffEncoding, bytes, bytes]:
     """What the agent's ``Twins.diff`` computes, on the model's bytes: where ``now`` (the
@@ -87,29 +84,11 @@ class ReleaseSimulation:
     """The release-consistency part of ``dsm.sim.world.World`` (a mixin: it uses the world's
     network, nodes and schedule)."""
 
-    def _release_action(self, node: SimNode, act) -> bool:
-        """Carry out a twin, diff or resume as the agent would; whether it sent a message."""
-        if isinstance(act, a.SendDiff):
-            now = self._read(node, act.first, act.count)
-            encoding, changes, diff = diff_against_twins(node.twins, now, act.first, act.count,
-                                                         PAGE_BYTES)
-            self._send(node.name, self._shard_of(act.first),
-                       p.Diff(act.req, act.first, act.count, encoding, changes,
-                              p.Payload.DATA if diff else p.Payload.NONE),
-                       diff if diff else None)
-            return True
-        if isinstance(act, a.Twin):
-            for q in range(act.first, act.first + act.count):
-                node.twins[q] = self._read(node, q, 1)
-                node.twinned.add(q)
-        elif isinstance(act, a.DropTwins):
-            for q in range(act.first, act.first + act.count):
-                node.twins.pop(q, None)
-        elif isinstance(act, Resume):
-            for t in node.threads:
-                if t.tid == act.tid:
-                    t.waits_for = None
-        return False
+    def _resume(self, node: SimNode, act: Resume) -> None:
+        """The agent answers the thread's lock or barrier request: it goes on."""
+        for t in node.threads:
+            if t.tid == act.tid:
+                t.waits_for = None
 
     def _sync(self, t: Thread, kind: str, arg: int) -> None:
         """A lock acquire or release, or a barrier wait: the agent forwards it to the

@@ -40,7 +40,6 @@ from collections import deque
 
 from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
-from dsm.core.inputs import core_handlers
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
 from dsm.directory.pages import OnLoss, PageDirectory, page_handlers
@@ -49,6 +48,7 @@ from dsm.layout import Layout
 from dsm.managers import Manager
 from dsm.sim import programs
 from dsm.sim import release as rc
+from dsm.sim.agent import AgentFaults
 from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.liveness import ACK_TIMEOUT_S
 from dsm.sim.links import NO_FAULTS, Faults, SimLinks
@@ -117,6 +117,8 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         self.channels: dict[tuple[str, str], deque] = {}
         #: every pair's session (the real one) over channels with ``faults``
         self.links = SimLinks(self.rng, faults)
+        #: the nodes' kernels and peers, which fail calls now and then with ``faults``
+        self.agent_faults = AgentFaults(self.rng, faults)
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
         self.lost_locations: set[int] = set()
         #: release pages whose newest contents may have died with a node (``Dirtied``)
@@ -137,9 +139,7 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES))
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
-            # every peer is reachable in the model (its peer endpoints never refuse)
-            node.handlers = core_handlers(node.core, lambda: self.clock,
-                                          lambda fetch: lambda addr: True)
+            self._wire_agent(node)  # its agent: the real one's tables and runner
             for d in self.directories.values():
                 d.node_joined(name, peer=f"sim://{name}")
             self.coordinator.joined(name)
