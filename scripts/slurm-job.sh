@@ -61,8 +61,13 @@ echo "slurm-job: directory on tcp://$head:$port; $SLURM_NTASKS tasks run $worklo
 
 # word splitting of DSM_WORKLOAD_ARGS is intended: it holds the workload's flags
 # (srun in the background: a signal to this script is handled at once, not when srun ends)
+# DSM_TASK_OUTPUT, an srun --output pattern (e.g. dsm-%j-%t.out, on a file system every node
+# sees), gives each task's output a file of its own. Without it the tasks share the job's
+# output, into which srun forwards each task's in pieces of at most 1 KiB: a longer line (a
+# workload's DSM-DEMO-RESULT) may be cut in two by another task's lines.
 # shellcheck disable=SC2086
-srun --kill-on-bad-exit=1 dsm run --directory "tcp://$head:$port" -- \
+srun --kill-on-bad-exit=1 ${DSM_TASK_OUTPUT:+"--output=$DSM_TASK_OUTPUT"} \
+    dsm run --directory "tcp://$head:$port" -- \
     python3 -m "dsm.workloads.$workload" ${DSM_WORKLOAD_ARGS:-} &
 tasks=$!
 wait "$tasks"
