@@ -154,26 +154,33 @@ class DirectClient:
     def __init__(self, endpoint: str):
         import zmq
 
-        self._zmq = zmq
+        from dsm import protocol, wire
+
+        self._zmq, self._p, self._wire = zmq, protocol, wire
         self._ctx = zmq.Context()  # this process's own (a forked child makes a new one)
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # a blocking receive that gives up after RETRY_S: one call per answer, no poll first
+        # (the operation is one round trip: every call on the way shows in its latency)
+        self._sock.setsockopt(zmq.RCVTIMEO, int(RETRY_S * 1000))
         self._sock.connect(endpoint)
         self._next_req = 1
 
     def call(self, fields: dict) -> int:
-        from dsm import protocol as p
-
+        p = self._p
         req = self._next_req
         self._next_req += 1
         frames = p.encode(p.Atomic(req=req, **fields))
         deadline = time.monotonic() + DIRECT_TIMEOUT_S
         while time.monotonic() < deadline:
-            self._sock.send_multipart(frames)
-            if not self._sock.poll(int(RETRY_S * 1000)):
-                continue
-            while self._sock.poll(0):
-                answer, _ = p.decode(self._sock.recv_multipart(), 4096, p.Direction.TO_NODE)
+            self._wire.send_frames(self._sock, frames)
+            retry_at = time.monotonic() + RETRY_S
+            while time.monotonic() < retry_at:
+                try:
+                    reply = self._sock.recv_multipart()
+                except self._zmq.Again:
+                    break  # no answer within RETRY_S: send it again
+                answer, _ = p.decode(reply, 0, p.Direction.TO_NODE)
                 if getattr(answer, "req", None) != req:
                     continue  # a late answer to a retry of an earlier request
                 if isinstance(answer, p.Error):
