@@ -39,7 +39,10 @@ def percentile_us(counts: list[int], bounds: list[int], q: float) -> str:
 
 
 def node_table(now: dict, before: dict | None, elapsed_s: float) -> Table:
-    table = Table(title="nodes", title_justify="left", expand=False, box=None, pad_edge=False)
+    # one space between columns (collapse_padding): with two, the twelve columns need 81 of an
+    # 80-column terminal once the counts reach four digits, and a header folds ("local/" "s")
+    table = Table(title="nodes", title_justify="left", expand=False, box=None, pad_edge=False,
+                  collapse_padding=True)
     for name in COLUMNS:
         table.add_column(name, justify="left" if name == "node" else "right",
                          overflow="fold")

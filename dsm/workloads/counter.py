@@ -60,6 +60,9 @@ def run(ctx: Context) -> dict[str, np.ndarray]:
     locks = [ctx.lock(f"counter.{j}") for j in range(COUNTERS)]
     step = ctx.barrier("step")
     broken = 0
+    # every node starts counting together: one that started first would otherwise make many of
+    # its increments alone, and the counters would change hands a few times only
+    step.wait()
     for rnd in range(ctx.iterations):
         for i in range(ctx.size):
             j = (i + ctx.rank) % COUNTERS
