@@ -176,6 +176,10 @@ def test_a_node_killed_with_changes_it_never_released_loses_those_pages_loudly(d
     # whose only current copy is a's, as an owned sequential page's is)
     assert c.run(make, "int(x.sum())") == 4 * 512
     a.run("x[:512] = 2")  # page 0 changed and never released
+    # a round trip of a's agent to the directory, on the link its Dirtied went out on before
+    # the write went on: the directory knows page 0 has unreleased changes before a dies (a
+    # kill can otherwise beat the Dirtied out of a's socket: CI's run saw it)
+    a.run("node.arrays()")
     _kill_whole_node(a)
     c.kill()
     d = NodeProcess(directory.endpoint, "d", tmp_path)  # no copies of its own
