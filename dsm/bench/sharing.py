@@ -8,6 +8,8 @@ back: one round trip each.
 
 ==========================  ==========================================================================
 round trip                  the baseline: a bare pyzmq DEALER/ROUTER round trip of a small message
+round trip, contended       the same round trip by all N nodes at once (their workload
+                            processes): what the machine's cores allow N clients of one server
 atomic fetch_add            node a alone: one ``counter.fetch_add(0, 1)``
 contended fetch_add         all N nodes at once on one counter (target: <= 1.5x the round trip)
 work queue, lock            one task taken per the README's first version: lock, read and bump a
@@ -59,6 +61,7 @@ COLLECTIVES = {"allreduce": ("allreduce", 0, 1), "allreduce_1mib": ("allreduce",
 def rows_for(nodes: int) -> list[tuple[str, str]]:
     return [
         ("rtt", f"zmq DEALER/ROUTER round trip ({MESSAGE_BYTES} B)"),
+        ("rtt_contended", f"zmq round trip, {nodes} clients at once"),
         ("atomic", "atomic fetch_add (1 node)"),
         ("atomic_contended", f"atomic fetch_add, contended ({nodes} nodes)"),
         ("queue_lock", f"work queue per task: lock + shared int64 ({nodes} nodes)"),
@@ -117,6 +120,7 @@ class SharingBench:
         self.names = [chr(ord("a") + i) for i in range(args.nodes)]
         self.nodes: dict[str, Worker] = {}
         self.queues = 0
+        self.echo = ""  # the echo server's endpoint, once started
         self.profile: dict = {}
 
     def _endpoint(self, name: str) -> str:
@@ -140,7 +144,7 @@ class SharingBench:
         p(f"starting a directory ({a.transport}), an echo server and nodes "
           f"{', '.join(self.names)} (the ranks of one job)")
         directory = self.procs.start_directory(self._endpoint("directory"), 64 << 20)
-        echo = self.procs.start_echo(self._endpoint("echo"))
+        echo = self.echo = self.procs.start_echo(self._endpoint("echo"))
         self.nodes = self.procs.start_workers(directory, self.names, job="bench-sharing")
         first = self.nodes[self.names[0]]
         with common.echo_dealer(echo) as dealer:
@@ -160,6 +164,9 @@ class SharingBench:
         a, first = self.args, self.nodes[self.names[0]]
         n = self._share(a.operations, r)
         self.rows["rtt"].add(common.round_trips(dealer, payload, n, BASE_TIMEOUT_S))
+        echoes = self._all("echo", n, endpoint=self.echo, name=f"echo.{r}", n=n,
+                           parties=len(self.nodes), size=MESSAGE_BYTES)
+        self.rows["rtt_contended"].add([t for reply in echoes for t in reply["ns"]])
         alone = first.call("atomic", BASE_TIMEOUT_S + PER_OPERATION_TIMEOUT_S * n,
                            name=f"alone.{r}", n=n)
         self._check_counter(alone["value"], n, "alone")
@@ -221,12 +228,15 @@ def format_table(result: dict) -> str:
             f"{env['cpus']} cpus)")
     contended = next(r for r in result["rows"] if r["key"] == "atomic_contended")
     verdict = "ok" if contended["ratio"] <= CONTENDED_TARGET else "MISSED"
+    echoes = next((r for r in result["rows"] if r["key"] == "rtt_contended"), None)
+    floor = (f"; {contended['median_us'] / echoes['median_us']:.2f}x the round trip contended "
+             "the same way" if echoes and echoes["median_us"] else "")
     return "\n".join([head, common.text_table(
         ["measurement", "n", "median µs", "p90 µs", "p99 µs", "ratio"],
         [[r["label"], str(r["n"]), f"{r['median_us']:.1f}", f"{r['p90_us']:.1f}",
           f"{r['p99_us']:.1f}", f"{r['ratio']:.2f}x"] for r in result["rows"]]),
                       f"contended fetch_add: {contended['ratio']:.2f}x the round trip "
-                      f"(target <= {CONTENDED_TARGET:g}x: {verdict})"])
+                      f"(target <= {CONTENDED_TARGET:g}x: {verdict}){floor}"])
 
 
 def summary(result: dict) -> list[dict]:

@@ -25,6 +25,11 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
     {"op": "atomic", "name": A, "n": K, "parties": P}
                                               time K fetch_adds on atomic array A (P workers
                                               start together)
+    {"op": "echo", "endpoint": E, "name": B, "n": K, "parties": P, "size": S}
+                                              time K round trips of S bytes through the bare
+                                              echo server at E (P workers start together, at
+                                              barrier B): the round trip under the same
+                                              contention as the atomics'
     {"op": "queue", "name": Q, "tasks": T, "parties": P, "atomic": bool}
                                               take tasks 0..T-1 from a shared work queue with the
                                               P workers: the next task's number taken by an atomic
@@ -59,6 +64,8 @@ import dsm
 
 #: how long a forked child may take to answer a command
 FORK_TIMEOUT_S = 60.0
+#: how long the echo server may take to answer one round trip
+ECHO_TIMEOUT_S = 10.0
 #: words written per numpy call by ``fill`` (8 MiB of int64: fast, and no array-sized temporary)
 FILL_CHUNK_WORDS = 1 << 20
 
@@ -208,6 +215,24 @@ class Worker:
         if parties > 1:
             self.node.barrier(f"{name}.end", parties).wait()
         return {"ns": samples, "value": counter.load(0)}
+
+    def op_echo(self, endpoint: str, name: str, n: int, parties: int = 1,
+                size: int = 64) -> dict:
+        from dsm.bench import common
+
+        payload = os.urandom(size)
+        with common.echo_dealer(endpoint) as dealer:
+            common.round_trips(dealer, payload, 1, ECHO_TIMEOUT_S)  # connected before the start
+            if parties > 1:
+                self.node.barrier(f"{name}.start", parties).wait()
+            gc.disable()
+            try:
+                samples = common.round_trips(dealer, payload, n, ECHO_TIMEOUT_S)
+            finally:
+                gc.enable()
+        if parties > 1:
+            self.node.barrier(f"{name}.end", parties).wait()
+        return {"ns": samples}
 
     def op_queue(self, name: str, tasks: int, parties: int, atomic: bool) -> dict:
         """One run of a work queue (the README's first programs): each task is only taken."""
