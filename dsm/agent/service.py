@@ -453,7 +453,8 @@ def check_uffd() -> None:
     line otherwise. Checked before joining the directory: without it the node would join,
     and then every workload would fail at attach, each with a traceback."""
     from dsm.needs import OPTIONAL_WORKLOAD_FEATURES, WORKLOAD_FEATURES
-    from dsm.uffd import Uffd, UffdError
+    from dsm.uffd import UffdError
+    from dsm.uffd.uffd import Uffd  # not through dsm.uffd's lazy names: mypyc cannot
 
     try:
         Uffd.open(features=WORKLOAD_FEATURES | OPTIONAL_WORKLOAD_FEATURES,

@@ -166,7 +166,7 @@ class KernelCalls:
         is woken to take it); where the kernel refuses, kill the process with SIGBUS."""
         what = f"UFFDIO_POISON {addr:#x}"
         err = self._retried(proc, lambda: self.kernel.poison(proc, addr), what)
-        if err in (0, errno.ESRCH, *NOTHING_LEFT):
+        if err in (0, errno.ESRCH) + NOTHING_LEFT:
             self._settled(proc, err, what)
             return
         self.kernel.kill(proc, thread_id, f"{what} refused ({errno.errorcode.get(err, err)}): "
