@@ -185,3 +185,54 @@ def test_guards_of_another_shards_pages_are_fetched_at_a_fault(tmp_path):
         for n in nodes:
             n.kill()
         directory.kill()
+
+
+# --- the directory's side alone: SyncRequests with a carry that records what it was asked -----
+def _requests():
+    from dsm.directory.syncrequests import SyncRequests
+    from dsm.layout import DEFAULT_BASE_ADDRESS, PAGE_SIZE, Layout
+    asked = []
+
+    def carry(node, guards, broken):
+        asked.append((node, guards, broken))
+        return guards, b"\x07" * (PAGE_SIZE * sum(guards[1::2]))
+    layout = Layout(DEFAULT_BASE_ADDRESS, 64 * PAGE_SIZE, PAGE_SIZE)
+    return SyncRequests(layout, lambda: 0.0, carry), asked
+
+
+@pytest.mark.parametrize("guards, complaint", [
+    ([3], "guards must be [first, count, ...] runs: 1 numbers"),
+    ([3, 0], "has a run of no pages"),
+    ([0, 2000], "names 2000 pages; a lock guards at most 1024"),
+    ([60, 8], "67"),  # past the region's 64 pages: the page it names
+])
+def test_a_malformed_guards_list_is_refused_and_changes_nothing(guards, complaint):
+    from dsm import protocol as p
+    from dsm.errors import DsmError
+    requests, asked = _requests()
+    acquire = requests.handlers()[p.LockAcquire]
+    with pytest.raises(DsmError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
+        acquire("a", p.LockAcquire(1, "l", "a:1:1", -1, guards), None)
+    assert requests.sync.status("l") == ("", []) and not asked
+    # the lock is as free as before: a good request is granted, its guards carried
+    (grant,) = acquire("a", p.LockAcquire(2, "l", "a:1:1", -1, [5, 2]), None)
+    assert grant.message.guarded == [5, 2] and grant.message.payload == p.Payload.DATA
+    assert len(grant.page) == 2 * 4096 and asked == [("a", [5, 2], False)]
+
+
+def test_a_waiters_guards_are_carried_at_its_grant_and_forgotten_when_it_departs():
+    from dsm import protocol as p
+    requests, asked = _requests()
+    handlers = requests.handlers()
+    handlers[p.LockAcquire]("a", p.LockAcquire(1, "l", "a:1:1", -1, [1, 1]), None)
+    assert handlers[p.LockAcquire]("b", p.LockAcquire(1, "l", "b:1:1", -1, [1, 1]), None) == []
+    handlers[p.LockAcquire]("c", p.LockAcquire(1, "l", "c:1:1", -1, [2, 1]), None)
+    handlers[p.Departed]("b", p.Departed("b:1"), None)  # b's waiter goes, with its guards
+    released, granted = handlers[p.LockRelease]("a", p.LockRelease(2, "l", "a:1:1"), None)
+    assert granted.node == "c" and granted.message.guarded == [2, 1]
+    assert not released.message.guarded and asked[-1] == ("c", [2, 1], False)
+    assert not requests._guards
+    # a holder's death passes the lock on broken: the carry is told so
+    handlers[p.LockAcquire]("a", p.LockAcquire(3, "l", "a:1:1", -1, [1, 1]), None)
+    (broken,) = requests.gone("c")
+    assert broken.message.status == p.SyncStatus.GRANTED_BROKEN and asked[-1][2] is True
