@@ -284,12 +284,14 @@ class StatsRequest(Request):
 
 @dataclass(frozen=True)
 class LockRequest(Request):
-    """Acquire lock ``name``; give up after ``timeout_ms`` (negative: wait forever)."""
+    """Acquire lock ``name``; give up after ``timeout_ms`` (negative: wait forever).
+    ``guards``: the pages the lock guards, ``[first, count, ...]`` runs (``LockAcquire``)."""
 
     TAG = "lock"
     ANSWER = SyncAnswer
     name: str
     timeout_ms: I64
+    guards: list[U64]
 
 
 @dataclass(frozen=True)

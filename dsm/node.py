@@ -31,6 +31,7 @@ from dsm.protocol import ATOMIC_META_KEY, CollectiveKind, CreateMode, ReduceOp
 from dsm.consistency import CONSISTENCIES, META_KEY, Consistency
 from dsm.agent.launch import StartedAgent, start_agent
 from dsm.errors import ConfigError, DsmError, ProtocolError
+from dsm.guards import KnownArray, guard_runs
 from dsm.launchers import placement
 from dsm.layout import AddressError, Layout
 from dsm.sync import Barrier, Lock
@@ -101,6 +102,8 @@ class Node:
         #: how many collective operations this process has done: the n-th of every rank of the
         #: job is one operation
         self._collective_seq = 0
+        #: the arrays this process got from ``array``, by offset: what a lock may guard
+        self._arrays: dict[int, KnownArray] = {}
 
     # --- where this process stands in its job --------------------------------------------------
     @property
@@ -153,6 +156,7 @@ class Node:
                               create=int(mode[create]))
         offset = reply.offset
         self.layout.check_offset(offset, nbytes)
+        self._arrays[offset] = KnownArray(name, offset, nbytes, model)
         return np.ndarray(shape, dtype=dt, buffer=self.memoryview(), offset=offset)
 
     def free(self, name: str) -> int:
@@ -163,7 +167,9 @@ class Node:
         rank of a job may free the arrays it used. Returns how many other nodes still hold it.
         Using the array after freeing it is an error of the program, as using memory after
         ``munmap`` is: it may read another array's data."""
-        return self._request(local.FreeRequest, name=name).holders
+        holders = self._request(local.FreeRequest, name=name).holders
+        self._arrays = {off: a for off, a in self._arrays.items() if a.name != name}
+        return holders
 
     def arrays(self) -> list[ArrayInfo]:
         """The arrays of the cluster that a caller can find by name (freed ones are not
@@ -307,9 +313,14 @@ class Node:
         )
 
     # --- synchronization -------------------------------------------------------------------------
-    def lock(self, name: str) -> "Lock":
-        """The cluster-wide mutual-exclusion lock ``name`` (FIFO, not reentrant)."""
-        return Lock(self, name)
+    def lock(self, name: str, guards: Any = None) -> "Lock":
+        """The cluster-wide mutual-exclusion lock ``name`` (FIFO, not reentrant). ``guards``:
+        the data it protects, a numpy array or slice (or a list of them) of arrays made with
+        ``consistency="release"``: each grant brings their current contents with it, so that
+        the holder's accesses to them fault on nothing over the network (``dsm.guards``)."""
+        runs = (guard_runs(guards, self.layout, self._arrays.values(), name)
+                if guards is not None else [])
+        return Lock(self, name, runs)
 
     def barrier(self, name: str, parties: int) -> "Barrier":
         """The cluster-wide barrier ``name`` of ``parties`` (reusable)."""

@@ -31,6 +31,9 @@ from dsm.schema import (I64, I64_MAX, U64, Pid, check_fields, field_checks, fiel
 
 #: the most pages one message may carry or name (4 MiB of 4 KiB pages)
 MAX_BATCH_PAGES = 1024
+#: the most pages a lock may guard (``LockAcquire.guards``): its grant carries them all, in one
+#: frame, as a page message does at most
+MAX_GUARDED_PAGES = MAX_BATCH_PAGES
 
 
 class MsgType(enum.IntEnum):
@@ -622,13 +625,16 @@ class Bye(Message, tag=MsgType.BYE.value):
 
 class LockAcquire(Message, tag=MsgType.LOCK_ACQUIRE.value):
     """Ask for lock ``name`` for ``holder`` ("node:pid:thread"); give up after ``timeout_ms``
-    (negative: wait forever)."""
+    (negative: wait forever). ``guards``: the release-consistency pages the lock protects, as
+    ``[first, count, ...]`` runs (at most ``MAX_GUARDED_PAGES`` in all): the grant carries
+    their home copies (entry consistency, as Midway did)."""
 
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     holder: str
     timeout_ms: I64
+    guards: list[U64] = msgspec.field(default_factory=list)
 
 
 class LockRelease(Message, tag=MsgType.LOCK_RELEASE.value):
@@ -696,13 +702,40 @@ class SyncReply(Message, tag=MsgType.SYNC_REPLY.value):
     """The answer to a lock or barrier request: a ``SyncStatus`` and a detail text. A grant or
     a barrier's departure (an acquire) carries the write notices of the other nodes' releases
     since this node's last acquire, as ``[first, count, ...]`` runs: the node invalidates its
-    copies of those pages before the waiting process goes on."""
+    copies of those pages before the waiting process goes on. A grant of a lock acquired with
+    guards carries the home copies of the guarded pages it could (``guarded``, runs, in
+    order; payload DATA, their bytes one after another in the page frame): the node installs
+    them as clean copies before the process goes on."""
 
     DIRECTION = Direction.TO_NODE
+    CARRIES_PAGE = True
     req: U64
     status: Status
     detail: str
     notices: list[U64] = msgspec.field(default_factory=list)
+    guarded: list[U64] = msgspec.field(default_factory=list)
+    payload: PayloadKind = Payload.NONE
+
+    def frame_bytes(self, page_size: int) -> int:
+        """The page frame's length ``guarded`` calls for; ProtocolError unless it is runs of
+        at most ``MAX_GUARDED_PAGES`` pages in all."""
+        return guarded_pages(self.guarded, "SyncReply.guarded") * page_size
+
+
+def guarded_pages(runs: list[int], what: str) -> int:
+    """How many pages the ``[first, count, ...]`` runs ``runs`` name; ProtocolError unless they
+    are pairs of positive counts, at most ``MAX_GUARDED_PAGES`` pages in all. (Whether they
+    lie in the region is the receiver's to check.)"""
+    if len(runs) % 2:
+        raise ProtocolError(f"{what} must be [first, count, ...] runs: {len(runs)} numbers")
+    counts = runs[1::2]
+    if any(c < 1 for c in counts):
+        raise ProtocolError(f"{what} has a run of no pages: {runs[:8]!r:.80}")
+    total = sum(counts)
+    if total > MAX_GUARDED_PAGES:
+        raise ProtocolError(f"{what} names {total} pages; a lock guards at most "
+                            f"{MAX_GUARDED_PAGES} (they travel with every grant)")
+    return total
 
 
 class Lost(Message, tag=MsgType.LOST.value):
@@ -1003,10 +1036,12 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         if type(page) is not bytes:  # a zmq.Frame received without a copy: hand out its buffer
             page = memoryview(page)
         length = len(page)
-        if cls is Diff:
+        if cls is Diff or cls is SyncReply:
             expected = msg.frame_bytes(page_size)
             if length != expected:
-                raise ProtocolError(f"Diff frame is {length} bytes, its changes need {expected}")
+                raise ProtocolError(f"{cls.__name__} frame is {length} bytes, its "
+                                    f"{'changes' if cls is Diff else 'guarded pages'} need "
+                                    f"{expected}")
         else:
             expected = msg.count * page_size
             if length != expected:
@@ -1018,6 +1053,9 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         raise ProtocolError(f"{cls.__name__} needs 1 frame, got {len(frames)}")
     elif cls is Diff and msg.changes:
         raise ProtocolError("a Diff with changes needs the DATA payload and their bytes")
+    elif cls is SyncReply and msg.guarded:
+        raise ProtocolError("a SyncReply with guarded pages needs the DATA payload and their "
+                            "bytes")
     return msg, page
 
 

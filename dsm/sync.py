@@ -1,8 +1,10 @@
 """Cluster-wide locks and barriers for workloads (``node.lock(name)``, ``node.barrier(name, n)``).
 
 The directory serves them (``dsm/directory/sync.py``); these classes are the workload's handles.
-Memory ordering: pages are sequentially consistent, so everything written before a release or
-before arriving at a barrier is visible to whoever acquires next or leaves the barrier.
+Memory ordering: everything written before a release or before arriving at a barrier is visible
+to whoever acquires next or leaves the barrier (sequential pages are always current; release
+pages' changes go home at the release, and the acquire drops the copies others changed). A lock
+with ``guards`` brings the current contents of the data it protects with its grant.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ class LockUnanswered(DsmError):
 class Lock:
     """A FIFO mutual-exclusion lock shared by every process of the cluster. Not reentrant; owned
     by the thread that acquired it. After ``acquire``, ``previous_holder_died`` tells whether the
-    lock came from a holder that died holding it (the data it protects may be half-updated)."""
+    lock came from a holder that died holding it (the data it protects may be half-updated).
+    ``guards``: the pages of the data it protects (``dsm.guards``), which each grant carries."""
 
-    def __init__(self, node: "Node", name: str):
+    def __init__(self, node: "Node", name: str, guards: list[int] | None = None):
         if not name:
             raise DsmError("a lock needs a non-empty name")
         self._node = node
         self.name = name
+        self.guards = list(guards or [])
         self.previous_holder_died = False
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -61,7 +65,7 @@ class Lock:
         wait_s = None if timeout is None else timeout + LOCK_ANSWER_MARGIN_S
         try:
             reply = self._node._request(local.LockRequest, timeout_s=wait_s, name=self.name,
-                                        timeout_ms=timeout_ms)
+                                        timeout_ms=timeout_ms, guards=self.guards)
         except local.NoAnswer:
             raise LockUnanswered(
                 f"lock {self.name!r}: acquire(timeout={timeout:g}) expected the directory's "

@@ -105,6 +105,9 @@ class FrameFuzzer:
             return r.randint(1, 3 * self.page_size)
         if name == "timeout_ms":
             return r.choice((0, 5, 20, -1))
+        if name in ("guards", "guarded"):  # page runs within the fuzzed pages
+            first = r.randrange(self.pages.start, self.pages.stop - 4)
+            return [first, r.randint(1, 4)] if r.random() < 0.5 else []
         if name in ("pages", "not_held"):
             return [r.randrange(self.pages.start, self.pages.stop) for _ in range(r.randrange(4))]
         return self._by_hint(hint)
@@ -156,11 +159,17 @@ class FrameFuzzer:
     def valid(self, cls: type) -> tuple[list[Any], bytes | None]:
         """A valid message of ``cls``: its header values and its page frame (or None)."""
         hints = self._hints[cls]
-        values = [self.valid_value(cls, name, hints[name]) for name in field_names(cls)]
+        names = field_names(cls)
+        values = [self.valid_value(cls, name, hints[name]) for name in names]
         page = None
         if cls.CARRIES_PAGE:
             msg = cls(*values)
-            if msg.payload == p.Payload.DATA:
+            if cls is p.SyncReply:  # its frame holds the guarded pages, if it names any
+                values[names.index("payload")] = int(p.Payload.DATA if msg.guarded
+                                                     else p.Payload.NONE)
+                if msg.guarded:
+                    page = self.rng.randbytes(1) * msg.frame_bytes(self.page_size)
+            elif msg.payload == p.Payload.DATA:
                 page = self.rng.randbytes(1) * (msg.count * self.page_size)
         return values, page
 

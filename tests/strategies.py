@@ -121,7 +121,12 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
     page frame of the right length."""
     hints = get_type_hints(cls, include_extras=True)
     values = {name: draw(valid_value(hints[name], tuple)) for name in field_names(cls)}
-    if cls.CARRIES_PAGE and values["count"] > 4:  # valid, but cheap: a few pages
+    if cls is p.SyncReply:  # guarded pages: a few runs of a few pages, and their frame
+        counts = draw(st.lists(st.integers(1, 3), max_size=3))
+        values["guarded"] = [x for i, c in enumerate(counts) for x in (10 * i, c)]
+        values["payload"] = p.Payload.DATA if counts else draw(
+            st.sampled_from([p.Payload.NONE, p.Payload.ZERO]))
+    elif cls.CARRIES_PAGE and values["count"] > 4:  # valid, but cheap: a few pages
         values["count"] = draw(st.integers(1, 4))
     if cls is p.Diff:  # ascending ranges of the run, as spans or a mask; their bytes
         cuts = sorted(draw(st.sets(st.integers(0, values["count"] * page_size), max_size=6)))
@@ -137,7 +142,7 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
         values["payload"] = p.Payload.DATA if pairs else p.Payload.NONE
     msg = cls(**values)
     page = None
-    if cls is p.Diff and msg.changes:
+    if (cls is p.Diff and msg.changes) or (cls is p.SyncReply and msg.guarded):
         page = bytes([draw(st.integers(0, 255))]) * msg.frame_bytes(page_size)
     elif cls.CARRIES_PAGE and msg.payload == p.Payload.DATA:
         page = bytes([draw(st.integers(0, 255))]) * (msg.count * page_size)

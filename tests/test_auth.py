@@ -349,11 +349,11 @@ def test_a_client_claiming_another_pid_is_refused(agent):
         assert reply["type"] == "error" and "SO_PEERCRED" in reply["message"], reply
         assert f"claims pid {other.pid}" in reply["message"]
         reply = _ask(sock, {"type": "lock", "req": 7, "name": "l", "pid": other.pid, "tid": 1,
-                            "timeout_ms": 0})
+                            "timeout_ms": 0, "guards": []})
         assert reply["type"] == "error" and reply["req"] == 7 and "SO_PEERCRED" in reply["message"]
         # its own pid is served (the directory answers the lock)
         reply = _ask(sock, {"type": "lock", "req": 8, "name": "l", "pid": os.getpid(), "tid": 1,
-                            "timeout_ms": 0})
+                            "timeout_ms": 0, "guards": []})
         assert reply["type"] == "sync" and reply["req"] == 8, reply
     finally:
         other.kill()

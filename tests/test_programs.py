@@ -36,6 +36,10 @@ def _readme_example(mark: str) -> str:
 #: the README's programs
 README_WORK_QUEUE = _readme_example("work-queue")
 README_HISTOGRAM = _readme_example("histogram")
+README_GUARDED_LOCK = _readme_example("guarded-lock")
+#: the guarded-lock example's updates per rank, and its ranks
+GUARDED_UPDATES = 100
+GUARDED_RANKS = 3
 README_TASKS = 2000
 README_VALUES = 300_000
 
@@ -113,6 +117,19 @@ def test_the_readmes_histogram_matches_numpy_run_after_run(tmp_path):
             assert _line(done, "values").split() == [str(len(values)), "weighted",
                                                      str(int(hist @ np.arange(256))), "max",
                                                      str(values.max())]
+    finally:
+        directory.kill()
+
+
+def test_the_readmes_guarded_lock_counts_exactly_with_the_pages_in_the_grants(tmp_path):
+    directory = Directory(tmp_path)
+    try:
+        done = _launch(tmp_path, README_GUARDED_LOCK, directory)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        words = _line(done, "updates").split()
+        assert words[:4] == [str(GUARDED_RANKS * GUARDED_UPDATES), "rank", "sum",
+                             str(GUARDED_UPDATES * sum(range(GUARDED_RANKS)))], words
+        assert int(words[-1]) > 0, words  # the page came with rank 0's grants
     finally:
         directory.kill()
 

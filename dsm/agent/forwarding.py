@@ -80,7 +80,7 @@ class Forwarder:
         self._builders: dict[type[local.Request], Callable[[int, Any], p.Message]] = {
             local.AllocRequest: lambda req, m: p.Alloc(req, m.name, m.nbytes, m.meta, m.create),
             local.LockRequest: lambda req, m: p.LockAcquire(req, m.name, self._holder(m),
-                                                            m.timeout_ms),
+                                                            m.timeout_ms, list(m.guards)),
             local.UnlockRequest: lambda req, m: p.LockRelease(req, m.name, self._holder(m)),
             local.LockStatusRequest: lambda req, m: p.LockStatus(req, m.name),
             local.BarrierJoinRequest: lambda req, m: p.BarrierJoin(req, m.name, m.parties,

@@ -252,13 +252,16 @@ class Messaging:
         """ProtocolError unless ``flat`` holds (first, count) runs of the region's pages."""
         if len(flat) % 2 or any(count < 1 or first + count > self.layout.num_pages
                                 for first, count in zip(flat[::2], flat[1::2])):
-            raise ProtocolError(f"write notices {flat[:8]!r:.80} are not runs of the region's "
-                                f"{self.layout.num_pages} pages")
+            raise ProtocolError(f"page runs {flat[:8]!r:.80} (write notices or guarded pages) "
+                                f"are not runs of the region's {self.layout.num_pages} pages")
 
-    def _on_answer(self, msg: Any, _: Any) -> None:
-        if isinstance(msg, p.SyncReply) and msg.notices:  # an acquire: before the process goes on
+    def _on_answer(self, msg: Any, data: Any) -> None:
+        if isinstance(msg, p.SyncReply) and (msg.notices or msg.guarded):
+            # an acquire: before the process goes on, the copies others changed are dropped
+            # and the guarded pages the grant carries are installed
             self._check_runs(msg.notices)
-            self.carry_out(self.core.acquire_sync(msg.notices))
+            self._check_runs(msg.guarded)
+            self.carry_out(self.core.acquire_sync(msg.notices, msg.guarded, data))
         if isinstance(msg, p.Allocated):
             if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
                 msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"

@@ -14,6 +14,10 @@ atomic fetch_add            node a alone: one ``counter.fetch_add(0, 1)``
 contended fetch_add         all N nodes at once on one counter (target: <= 1.5x the round trip)
 work queue, lock            one task taken per the README's first version: lock, read and bump a
                             shared int64, unlock (wall time / tasks, all N nodes taking)
+... lock, release array     the same, the int64 in an array of consistency="release" (the grant's
+                            write notices drop it, a fault brings it back)
+... guarded lock            the same release array, the lock made with ``guards=`` it: its grant
+                            carries the counter's page (target: <= 3x the round trip, issue 24)
 work queue, atomic          the same queue, the task's number taken by one atomic fetch_add
 allreduce (scalar)          every rank's float summed, on every rank (N ranks)
 allreduce (1 MiB)           131,072 float64 summed element-wise (in chunks, one round trip each)
@@ -50,6 +54,12 @@ WARMUP = 50
 LARGE_ELEMENTS = (1 << 20) // 8
 #: the most a contended fetch_add may cost, as a ratio of the round trip (issue 21)
 CONTENDED_TARGET = 1.5
+#: the most a task taken under a guarded lock may cost, as a ratio of the round trip (issue 24)
+GUARDED_TARGET = 3.0
+#: the work queues under a lock: row key -> (the counter's consistency, guarded)
+LOCKED_QUEUES = {"queue_lock": ("sequential", False),
+                 "queue_lock_release": ("release", False),
+                 "queue_guarded": ("release", True)}
 #: a worker command's deadline: this much, plus PER_OPERATION_TIMEOUT_S for each operation
 BASE_TIMEOUT_S = 30.0
 PER_OPERATION_TIMEOUT_S = 0.05
@@ -65,6 +75,8 @@ def rows_for(nodes: int) -> list[tuple[str, str]]:
         ("atomic", "atomic fetch_add (1 node)"),
         ("atomic_contended", f"atomic fetch_add, contended ({nodes} nodes)"),
         ("queue_lock", f"work queue per task: lock + shared int64 ({nodes} nodes)"),
+        ("queue_lock_release", f"work queue per task: lock + release int64 ({nodes} nodes)"),
+        ("queue_guarded", f"work queue per task: lock guarding its int64 ({nodes} nodes)"),
         ("queue_atomic", f"work queue per task: atomic fetch_add ({nodes} nodes)"),
         ("allreduce", f"allreduce, scalar ({nodes} ranks)"),
         ("allreduce_1mib", f"allreduce, 1 MiB float64 ({nodes} ranks)"),
@@ -176,8 +188,8 @@ class SharingBench:
         self._check_counter(max(t["value"] for t in together), n * len(self.nodes),
                             "contended")
         self.rows["atomic_contended"].add([t for reply in together for t in reply["ns"]])
-        for atomic in (False, True):
-            self._queue(self._share(a.tasks, r), atomic)
+        for key in (*LOCKED_QUEUES, "queue_atomic"):
+            self._queue(self._share(a.tasks, r), key)
         for key, (kind, elements, divisor) in COLLECTIVES.items():
             k = max(1, self._share(a.collectives, r) // divisor)
             replies = self._all("collective", k, kind=kind, n=k, elements=elements)
@@ -188,15 +200,18 @@ class SharingBench:
             raise BenchError(f"the {what} atomic counter holds {value} after {expected} "
                              "fetch_adds")
 
-    def _queue(self, tasks: int, atomic: bool) -> None:
+    def _queue(self, tasks: int, key: str) -> None:
+        """A work queue of ``tasks`` taken by every node, the way row ``key`` says."""
         self.queues += 1
+        consistency, guarded = LOCKED_QUEUES.get(key, ("sequential", False))
         replies = self._all("queue", tasks, name=f"queue.{self.queues}", tasks=tasks,
-                            parties=len(self.nodes), atomic=atomic)
+                            parties=len(self.nodes), atomic=key == "queue_atomic",
+                            consistency=consistency, guarded=guarded)
         taken = sum(reply["taken"] for reply in replies)
         if taken != tasks:
-            raise BenchError(f"a work queue of {tasks} tasks handed out {taken}")
+            raise BenchError(f"a work queue of {tasks} tasks handed out {taken} ({key})")
         wall = max(reply["wall_ns"] for reply in replies)
-        self.rows["queue_atomic" if atomic else "queue_lock"].add([wall // tasks])
+        self.rows[key].add([wall // tasks])
 
     def _result(self) -> dict:
         base = self.rows["rtt"].stats()["median_us"]
@@ -231,12 +246,19 @@ def format_table(result: dict) -> str:
     echoes = next((r for r in result["rows"] if r["key"] == "rtt_contended"), None)
     floor = (f"; {contended['median_us'] / echoes['median_us']:.2f}x the round trip contended "
              "the same way" if echoes and echoes["median_us"] else "")
+    guarded = next((r for r in result["rows"] if r["key"] == "queue_guarded"), None)
+    unguarded = next((r for r in result["rows"] if r["key"] == "queue_lock_release"), None)
     return "\n".join([head, common.text_table(
         ["measurement", "n", "median µs", "p90 µs", "p99 µs", "ratio"],
         [[r["label"], str(r["n"]), f"{r['median_us']:.1f}", f"{r['p90_us']:.1f}",
           f"{r['p99_us']:.1f}", f"{r['ratio']:.2f}x"] for r in result["rows"]]),
                       f"contended fetch_add: {contended['ratio']:.2f}x the round trip "
-                      f"(target <= {CONTENDED_TARGET:g}x: {verdict}){floor}"])
+                      f"(target <= {CONTENDED_TARGET:g}x: {verdict}){floor}"]
+                     + ([f"a task under a guarded lock: {guarded['ratio']:.2f}x the round trip "
+                         f"(target <= {GUARDED_TARGET:g}x: "
+                         f"{'ok' if guarded['ratio'] <= GUARDED_TARGET else 'MISSED'}), "
+                         f"{unguarded['median_us'] / guarded['median_us']:.2f}x faster than "
+                         "without guards"] if guarded and unguarded else []))
 
 
 def summary(result: dict) -> list[dict]:
@@ -249,7 +271,8 @@ def summary(result: dict) -> list[dict]:
             rows.append(common.summary_row("sharing", "sharing_rtt", r["label"], "µs", samples,
                                            is_baseline=True))
             continue
-        target = CONTENDED_TARGET if r["key"] == "atomic_contended" else None
+        target = {"atomic_contended": CONTENDED_TARGET,
+                  "queue_guarded": GUARDED_TARGET}.get(r["key"])
         rows.append(common.summary_row("sharing", r["key"], r["label"], "µs", samples,
                                        ratio=r["ratio"], baseline="sharing_rtt", n=r["n"],
                                        at_most=target))

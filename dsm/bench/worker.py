@@ -30,7 +30,8 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
                                               echo server at E (P workers start together, at
                                               barrier B): the round trip under the same
                                               contention as the atomics'
-    {"op": "queue", "name": Q, "tasks": T, "parties": P, "atomic": bool}
+    {"op": "queue", "name": Q, "tasks": T, "parties": P, "atomic": bool,
+     "consistency": "sequential" or "release", "guarded": bool}
                                               take tasks 0..T-1 from a shared work queue with the
                                               P workers: the next task's number taken by an atomic
                                               fetch_add, or read and bumped in a shared int64
@@ -234,14 +235,17 @@ class Worker:
             self.node.barrier(f"{name}.end", parties).wait()
         return {"ns": samples}
 
-    def op_queue(self, name: str, tasks: int, parties: int, atomic: bool) -> dict:
-        """One run of a work queue (the README's first programs): each task is only taken."""
+    def op_queue(self, name: str, tasks: int, parties: int, atomic: bool,
+                 consistency: str = "sequential", guarded: bool = False) -> dict:
+        """One run of a work queue (the README's first programs): each task is only taken.
+        Under a lock, the counter is an array of ``consistency``; ``guarded``: the lock guards
+        it (its grant carries the counter's page)."""
         if atomic:
             counter = self.node.atomic(f"{name}.next")
             take = lambda: counter.fetch_add(0, 1)  # noqa: E731
         else:
-            lock = self.node.lock(f"{name}.lock")
-            shared = self.node.array(f"{name}.next", (1,), np.int64)
+            shared = self.node.array(f"{name}.next", (1,), np.int64, consistency=consistency)
+            lock = self.node.lock(f"{name}.lock", guards=shared if guarded else None)
 
             def take() -> int:
                 with lock:

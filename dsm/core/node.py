@@ -102,7 +102,7 @@ class NodeCore:
         self.stripe = STRIPE_PAGES  #: pages per stripe (fewer only in the simulator)
         #: the pages of release-consistency arrays: twins, diffs, write notices
         self.release = ReleasePages(node, num_pages, self.state, self.stats, self._trace,
-                                    self._tracing)
+                                    self._tracing, page_size)
         self.release.stripe = self.stripe
 
     def set_shards(self, shards: int, stripe: int = STRIPE_PAGES) -> None:
@@ -499,11 +499,16 @@ class NodeCore:
         """A lock release or barrier arrival: diffs home first, then ``msg``, with the notices."""
         return self.release.release(msg)
 
-    def acquire_sync(self, notices: list[int]) -> list[Action]:
-        """A lock grant or barrier departure: the pages other nodes' releases changed."""
+    def acquire_sync(self, notices: list[int], guarded: list[int] = (),
+                     data: Any = None) -> list[Action]:
+        """A lock grant or barrier departure: the pages other nodes' releases changed; a grant
+        of a lock with guards also carries the guarded pages' home copies (``guarded``, runs;
+        ``data``, their bytes)."""
         if bugs.ACTIVE == bugs.IGNORE_NOTICES:  # the bug switch (dsm/bugs.py)
+            notices = []
+        if not notices and not guarded:
             return []
-        return self.release.acquired(notices, list(self.pending)) if notices else []
+        return self.release.acquired(notices, self.pending, guarded, data)
 
     def diff_applied(self, msg: p.DiffApplied) -> list[Action]:
         return self.release.diff_applied(msg)

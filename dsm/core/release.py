@@ -7,6 +7,8 @@ A page's life on a node (``PageState``):
     CLEAN --first write: Twin, lift the protection, Dirtied to the home--> DIRTY (writable)
     DIRTY --release: protect, SendDiff (the bytes changed since the twin)--> CLEAN
     CLEAN or DIRTY --acquire naming it (write notice): [SendDiff], Punch--> invalid
+    invalid, or CLEAN named by a notice --a grant of a lock guarding it: the home copy
+        (SyncReply.guarded), Install write-protected--> CLEAN
 
 A **release** (a lock release, a barrier arrival) sends every dirty page's diff home first, then
 the release message itself, carrying the write notices: every page whose diff went home since
@@ -21,12 +23,13 @@ is asked for again when it comes (what comes may predate the release).
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable
+from typing import Any, Callable, Container
 
 import numpy as np
 
 from dsm import protocol as p
-from dsm.core.actions import Action, DropTwins, Protect, Punch, Send, SendDiff, Twin, Upgrade
+from dsm.core.actions import (Action, DropTwins, Install, Protect, Punch, Send, SendDiff, Twin,
+                              Upgrade)
 from dsm.core.shards import shard_of, split_at_stripes
 from dsm.core.states import PageState, pack_runs, runs
 from dsm.core.stats import NodeStats
@@ -41,9 +44,10 @@ RELEASE = (PageState.CLEAN, PageState.DIRTY)
 
 class ReleasePages:
     def __init__(self, node: str, num_pages: int, state: dict[int, PageState], stats: NodeStats,
-                 trace: Callable[..., None], tracing: bool):
+                 trace: Callable[..., None], tracing: bool, page_size: int):
         self.node = node
         self.num_pages = num_pages
+        self.page_size = page_size
         self.state = state  #: the node core's page states (shared)
         self.stats = stats
         self._trace, self._tracing = trace, tracing
@@ -114,26 +118,69 @@ class ReleasePages:
             out.append(Send(self._held.popleft()[0]))
         return out
 
-    def acquired(self, notices: list[int], pending: Iterable[int]) -> list[Action]:
+    def acquired(self, notices: list[int], pending: Container[int], guarded: list[int] = (),
+                 data: Any = None) -> list[Action]:
         """Another node's releases changed these pages: invalidate this node's copies (a dirty
         one sends its diff first: its writes are this node's, not lost). ``pending``: the pages
-        requests are out for."""
+        requests are out for. ``guarded`` (runs) and ``data``: the home copies a lock's grant
+        carried (``dsm.guards``), installed as clean copies where this node holds none or a
+        clean one the notices name (written over in place: never a moment without it); never
+        over a dirty page (its own unreleased writes are not in the home copy yet) nor where
+        a request is out (what it brings is handled as any grant)."""
         out: list[Action] = []
         # the notices as a mask, a slice per run: what costs is then the pages this node holds
         # or awaits, not how many the notices name (runs from a hostile peer may overlap)
         noticed = np.zeros(self.num_pages, dtype=bool)
         for first, count in zip(notices[::2], notices[1::2]):
             noticed[first:first + count] = True
+        installs = self._installable(guarded, noticed, pending)
         held = sorted(q for q, st in self.state.items() if st in RELEASE and noticed[q])
         out += self._flush([q for q in held if q in self.dirty])
-        for first, count in runs(held, p.MAX_BATCH_PAGES):
+        punched = [q for q in held if q not in installs]
+        for first, count in runs(punched, p.MAX_BATCH_PAGES):
             out.append(Punch(first, count))
             for q in range(first, first + count):
                 del self.state[q]
         self.stale_on_arrival.update(q for q in pending if noticed[q])
-        self.stats.count("notices_invalidated", len(held))
-        if self._tracing and held:
-            self._trace(held[0], "NOTICE", self.node, "held", "invalid", count=len(held))
+        self.stats.count("notices_invalidated", len(punched))
+        if self._tracing and punched:
+            self._trace(punched[0], "NOTICE", self.node, "held", "invalid", count=len(punched))
+        return out + self._install_guarded(guarded, installs, data)
+
+    def _installable(self, guarded: list[int], noticed: np.ndarray,
+                     pending: Container[int]) -> set[int]:
+        """The carried pages to install: held nowhere here, or as a clean copy the notices
+        name; no request out for them."""
+        out: set[int] = set()
+        for first, count in zip(guarded[::2], guarded[1::2]):
+            for q in range(first, first + count):
+                st = self.state.get(q)
+                if q not in pending and (st is None or (st is PageState.CLEAN and noticed[q])):
+                    out.add(q)
+        return out
+
+    def _install_guarded(self, guarded: list[int], installs: set[int],
+                         data: Any) -> list[Action]:
+        """Install the carried pages of ``installs``: write-protected, so that a write twins
+        them first, as a fault of a release page would have installed them."""
+        if not installs:
+            return []
+        size = self.page_size
+        view = memoryview(data)
+        out: list[Action] = []
+        offset = 0  # where each carried run's bytes start in the frame
+        for first, count in zip(guarded[::2], guarded[1::2]):
+            mine = [q for q in range(first, first + count) if q in installs]
+            for run_first, run_count in runs(mine, p.MAX_BATCH_PAGES):
+                at = offset + (run_first - first) * size
+                out.append(Install(run_first, run_count, view[at:at + run_count * size], False,
+                                   None, ()))
+                for q in range(run_first, run_first + run_count):
+                    self.state[q] = PageState.CLEAN
+            offset += count * size
+        self.stats.count("guarded_pages_in", len(installs))
+        if self._tracing:
+            self._trace(min(installs), "GUARDED", self.node, "", "clean", count=len(installs))
         return out
 
     # --- giving pages up -----------------------------------------------------------------------

@@ -60,7 +60,7 @@ class ReleaseHomes:
         self.fetching: dict[int, str] = {}
         self._next_txn = PRIVATE_FETCH_TXN_BASE
         self.counters = {"release_reads": 0, "private_grants": 0, "private_fetches": 0,
-                         "diffs": 0, "diff_bytes": 0}
+                         "diffs": 0, "diff_bytes": 0, "guarded_pages_carried": 0}
 
     def _kind(self, node: str, page: int) -> str:
         """How ``page`` is served to ``node``: "private", "shared", "fetch" (its private holder
@@ -148,6 +148,41 @@ class ReleaseHomes:
             out.append((node, Grant(pages[0], len(pages), private, payload, release=True),
                         data))
         return out
+
+    def carry(self, node: str, guards: list[int], usable: Callable[[int], bool],
+              broken: bool = False) -> tuple[list[int], bytes]:
+        """The home copies a lock's grant carries to ``node`` of the pages it guards
+        (``guards``, runs): as (runs carried, their bytes one after another). Carried are the
+        release pages (``covers``) that are ``usable`` (not lost) and whose home copy is
+        current: not another node's private page (its holder has the newest contents) and no
+        Fetch under way. A page ``node`` holds privately is not sent (it has it, writable).
+        The others are left to fault, as without guards. A grant that is ``broken`` (its last
+        holder died holding the lock) carries no page some node has unreleased changes to:
+        the dead holder's may be among them, and whether the page is lost is for a fault to
+        learn, as without guards. A carried page is shared from then on: its writers twin it
+        and send their diffs home at each release, which is what the next grant carries."""
+        named = {q for first, count in zip(guards[::2], guards[1::2])
+                 for q in range(first, first + count)}  # (runs may overlap: bounded in all)
+        pages = sorted(q for q in named if self.covers(q) and usable(q)
+                       and q not in self.waiting and q not in self.private
+                       and not (broken and q in self.dirty))
+        if not pages:
+            return [], b""
+        size = self.home.page_size
+        out = bytearray(len(pages) * size)
+        runs: list[int] = []
+        i = 0
+        for first, count in _consecutive(pages):
+            payload, data = self.home.get(first, count)
+            if data is not None:  # (ZERO: the buffer's zeros stand for it)
+                out[i * size:(i + count) * size] = data
+            i += count
+            runs += [first, count]
+            for q in range(first, first + count):
+                self.first.setdefault(q, node)
+                self.shared.add(q)
+        self.counters["guarded_pages_carried"] += len(pages)
+        return runs, bytes(out)
 
     def home_grant(self, page: int) -> tuple[Grant, Any]:
         payload, data = self.home.get(page, 1)
@@ -238,6 +273,17 @@ class ReleaseHomes:
         writers = self.dirty.get(page)
         return "release home" + ("{" + ",".join(sorted(writers)) + " writing}" if writers else "")
 
+
+
+def _consecutive(pages: list[int]) -> list[tuple[int, int]]:
+    """Ascending pages as (first, count) runs of consecutive ones."""
+    out: list[tuple[int, int]] = []
+    for q in pages:
+        if out and out[-1][0] + out[-1][1] == q:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((q, 1))
+    return out
 
 
 def _runs_by(grants: list[tuple[str, bool, int]]) -> list[tuple[tuple[str, bool], list[int]]]:

@@ -29,7 +29,7 @@ import zmq
 
 from dsm import protocol as p
 from dsm.clusterstop import CLOSING_LINGER_MS, closing_reason
-from dsm.core.shards import shard_name
+from dsm.core.shards import shard_name, shard_of
 from dsm.directory.allocations import Allocations
 from dsm.directory.handlers import MessageHandlers
 from dsm.directory.pages import OnLoss, PageDirectory, Send
@@ -114,7 +114,7 @@ class DirectoryService(MessageHandlers):
                                    direct=self.manager.direct, migratory=migratory,
                                    is_release=self.allocations.is_release)
         #: locks, barriers and write notices (``syncrequests.py``): their table, and the notices
-        self.syncreq = SyncRequests(layout, time.monotonic)
+        self.syncreq = SyncRequests(layout, time.monotonic, self._carry_guarded)
         self.sync, self.notices = self.syncreq.sync, self.syncreq.notices
         #: array lifetimes, atomic arrays and collectives (``dsm/directory/programs.py``)
         self.programs = ProgramRequests(self.allocations, self.sync, self._reclaim)
@@ -283,6 +283,15 @@ class DirectoryService(MessageHandlers):
             self.fail(f"the directory failed to handle a {type(msg).__name__} from {identity!r} "
                       f"({exc!r:.200}): it stops rather than serve from page states that may be "
                       "half-updated", EXIT_INTERNAL_ERROR)
+
+    def _carry_guarded(self, node: str, guards: list[int], broken: bool
+                       ) -> tuple[list[int], bytes]:
+        """The home copies of the guarded pages that a lock's grant carries to ``node``: those
+        this directory is the home of (with shards, the coordinator's stripes; the others are
+        fetched at a fault, as without guards), not lost."""
+        pages, shards, me = self.pages, self.role.count, self.role.index
+        return pages.release.carry(node, guards, lambda q: q not in pages.lost and (
+            shards == 1 or shard_of(q, shards) == me), broken)
 
     def _answer_error(self, identity: bytes, msg: Any, text: str) -> None:
         self._send_to(identity, p.Error(getattr(msg, "req", 0), text))

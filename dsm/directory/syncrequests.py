@@ -7,6 +7,12 @@ It owns the lock and barrier table (``SyncTable``) and the write notices (``Writ
 release (a LockRelease, a BarrierWait) hands its notices over first, and every reply that ends an
 acquire (``ACQUIRES``: a grant, a barrier's departure, a break) carries the notices of the other
 nodes' releases since the node's last acquire.
+
+A lock acquired with guards (``LockAcquire.guards``, ``dsm.guards``) is granted with the home
+copies of the guarded pages (``carry``: the release homes', ``ReleaseHomes.carry``), taken when
+the grant is made: after the previous holder's release, whose diffs came before it on the same
+pipe, so that they are in. The guards wait with the request, by (node, req), until it is
+granted, times out or its process or node departs.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, Callable
 from dsm import protocol as p
 from dsm.directory.notices import WriteNotices
 from dsm.directory.pages import Send
-from dsm.directory.sync import Reply, SyncStatus, SyncTable, node_of
+from dsm.directory.sync import Reply, SyncStatus, SyncTable, departed, node_of
 from dsm.errors import ProtocolError
 from dsm.layout import Layout
 
@@ -25,6 +31,11 @@ ACQUIRES = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.PASSED, Sy
 
 #: ``(node, message, page data) -> the messages to send``
 Handler = Callable[[str, Any, Any], list[Send]]
+#: ``(node, guarded page runs, broken) -> (the runs carried, their bytes)``: what a grant
+#: carries (``broken``: its last holder died holding the lock)
+Carry = Callable[[str, list[int], bool], tuple[list[int], bytes]]
+#: the answers that end a lock acquire (its guards are forgotten)
+_LOCK_ANSWERS = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.TIMEOUT)
 
 
 def check_holder(node: str, holder: str) -> str:
@@ -35,17 +46,20 @@ def check_holder(node: str, holder: str) -> str:
 
 
 class SyncRequests:
-    def __init__(self, layout: Layout, clock: Callable[[], float]):
+    def __init__(self, layout: Layout, clock: Callable[[], float], carry: Carry | None = None):
         self.layout = layout
         self._clock = clock
         self.sync = SyncTable(clock)
         self.notices = WriteNotices(layout.num_pages)
+        #: the guarded pages' home copies for a grant (None: guards are served by faults)
+        self._carry = carry
+        #: the guards of lock acquires not answered yet: (node, req) -> (holder, runs)
+        self._guards: dict[tuple[str, int], tuple[str, list[int]]] = {}
 
     def handlers(self) -> dict[type, Handler]:
         sync, h = self.sync, check_holder
         return {
-            p.LockAcquire: lambda n, m, d: self.replies(
-                sync.acquire(n, m.req, m.name, h(n, m.holder), self.deadline(m.timeout_ms))),
+            p.LockAcquire: self._acquire,
             p.LockRelease: lambda n, m, d: self._released(n, m.notices) or self.replies(
                 sync.release(n, m.req, m.name, h(n, m.holder))),
             p.BarrierJoin: lambda n, m, d: self.replies(
@@ -54,8 +68,29 @@ class SyncRequests:
                 sync.wait(n, m.req, m.name, m.parties, h(n, m.holder),
                           self.deadline(m.timeout_ms))),
             p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *sync.status(m.name)))],
-            p.Departed: lambda n, m, d: self.replies(sync.depart(h(n, m.prefix))),
+            p.Departed: lambda n, m, d: self._departed(h(n, m.prefix)),
         }
+
+    def _acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
+        holder = check_holder(node, msg.holder)
+        if msg.guards:  # checked before anything changes: a bad one is an Error answer
+            p.guarded_pages(msg.guards, f"LockAcquire of lock {msg.name!r}: guards")
+            for first, count in zip(msg.guards[::2], msg.guards[1::2]):
+                self.layout.check_page(first + count - 1)
+        deadline = self.deadline(msg.timeout_ms)
+        if msg.guards and self._carry is not None:
+            self._guards[node, msg.req] = (holder, list(msg.guards))
+        try:
+            return self.replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
+        except Exception:
+            self._guards.pop((node, msg.req), None)
+            raise
+
+    def _departed(self, prefix: str) -> list[Send]:
+        """A process (or a node) is gone: its waiting acquires' guards with it."""
+        self._guards = {key: g for key, g in self._guards.items()
+                        if not departed(g[0], prefix)}
+        return self.replies(self.sync.depart(prefix))
 
     def deadline(self, timeout_ms: int) -> float | None:
         """When a wait of ``timeout_ms`` (negative: forever) given now ends, on the table's
@@ -73,11 +108,22 @@ class SyncRequests:
         self.notices.released(node, notices)
 
     def replies(self, replies: list[Reply]) -> list[Send]:
-        """The SyncReplies; an acquire (a grant, a departure) carries its write notices."""
-        return [Send(r.node, p.SyncReply(r.req, int(r.status), r.detail,
-                                         self.notices.take(r.node) if r.status in ACQUIRES
-                                         else []))
-                for r in replies]
+        """The SyncReplies; an acquire (a grant, a departure) carries its write notices, and a
+        grant of a lock acquired with guards the guarded pages' home copies."""
+        out = []
+        for r in replies:
+            notices = self.notices.take(r.node) if r.status in ACQUIRES else []
+            guards = (self._guards.pop((r.node, r.req), None) if self._guards
+                      and r.status in _LOCK_ANSWERS else None)
+            if guards is not None and r.status is not SyncStatus.TIMEOUT:
+                runs, data = self._carry(r.node, guards[1],
+                                         r.status is SyncStatus.GRANTED_BROKEN)
+                if runs:
+                    out.append(Send(r.node, p.SyncReply(r.req, int(r.status), r.detail, notices,
+                                                        runs, p.Payload.DATA), data))
+                    continue
+            out.append(Send(r.node, p.SyncReply(r.req, int(r.status), r.detail, notices)))
+        return out
 
     # --- nodes coming and going ----------------------------------------------------------------
     def joined(self, node: str) -> None:
@@ -87,6 +133,7 @@ class SyncRequests:
         """``node`` left or died: its notices are forgotten, its locks pass on (broken), the
         barriers it belonged to break."""
         self.notices.gone(node)
+        self._guards = {key: g for key, g in self._guards.items() if key[0] != node}
         return self.replies(self.sync.depart(node))
 
     def expire(self, now: float) -> list[Send]:
