@@ -91,6 +91,12 @@ class NodeCore:
         self._answered_order: deque[tuple[int, int]] = deque()
         #: of those, the ones refused: their pages, should they still come, are ignored
         self._refused: set[tuple[int, int]] = set()
+        #: grants awaiting acknowledgements of invalidations, by (txn, first page): the grant,
+        #: its pages, and the holders not heard from yet (``Grant.acks``)
+        self._held: dict[tuple[int, int], tuple[p.Grant, Any, set[str]]] = {}
+        #: acknowledgements that came before their grant (another pair of sockets), by (txn,
+        #: first page): the holders (at most ANSWERED_TXNS_REMEMBERED transactions kept)
+        self._early_acks: dict[tuple[int, int], set[str]] = {}
         #: requests given up (REQUEST_TIMEOUT_S), by first page: a late answer to one is
         #: installed, never refused (the directory's transaction counts it as taken)
         self._given_up: dict[int, Pending] = {}
@@ -269,6 +275,56 @@ class NodeCore:
 
     # --- the directory's messages ------------------------------------------------------------------
     def grant(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        """Pages granted. A write granted while other nodes' copies are invalidated
+        (``msg.acks``) is installed only once each of those holders has acknowledged (it may
+        have already: ``invalidated``), then confirmed to the directory."""
+        if msg.acks:
+            key = (msg.txn, msg.page)
+            if key in self._answered or key in self._held:  # (a stray: never twice)
+                return []
+            waiting = set(msg.acks) - self._early_acks.pop(key, set())
+            if waiting:
+                self._held[key] = (msg, data, waiting)
+                if self._tracing:
+                    self._trace(msg.page, "GRANT", self.node, _name(self.state.get(msg.page)),
+                                "awaiting acks", count=msg.count, acks=sorted(waiting))
+                return []
+            return self._grant_acked(msg, data, now)
+        return self._install(msg, data, now)
+
+    def invalidated(self, msg: p.Invalidated, now: float) -> list[Action]:
+        """A holder's copies of a transaction's pages are gone (straight from it, or from the
+        directory: forwarded, or the holder died). Counted once per holder; the last one
+        releases the grant. One for a transaction finished here changes nothing; one before
+        its grant is kept for it."""
+        key = (msg.txn, msg.page)
+        if key in self._answered:  # late, or a duplicate
+            return []
+        held = self._held.get(key)
+        if held is None:
+            early = self._early_acks.get(key)
+            if early is None:
+                early = self._early_acks[key] = set()
+                while len(self._early_acks) > ANSWERED_TXNS_REMEMBERED:
+                    del self._early_acks[next(iter(self._early_acks))]
+            early.add(msg.holder)
+            return []
+        grant, data, waiting = held
+        waiting.discard(msg.holder)
+        if waiting:
+            return []
+        del self._held[key]
+        return self._grant_acked(grant, data, now)
+
+    def _grant_acked(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        """Every acknowledgement of ``msg`` came: install, then tell the directory, which ends
+        the transaction on it."""
+        key = (msg.txn, msg.page)
+        self._remember_answered(key)
+        return self._install(msg, data, now) + [Send(p.Received(msg.txn, msg.page, msg.count,
+                                                                True))]
+
+    def _install(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
         first, count = msg.page, msg.count
         pend = self._take_pending(first)
         if pend is None:
@@ -426,11 +482,20 @@ class NodeCore:
             self._answered.discard(old)
             self._refused.discard(old)
 
-    def invalidate(self, msg: p.Invalidate) -> list[Action]:
-        """Drop the run (read copies, or owned pages being discarded)."""
+    def invalidate(self, msg: p.Invalidate, reachable: Callable[[str], bool] = lambda addr: True
+                   ) -> list[Action]:
+        """Drop the run (read copies, or owned pages being discarded), then acknowledge: to the
+        writer the Invalidate names, if it can be reached (``reachable``: the loop's knowledge
+        of its peers), else to the directory (which forwards it)."""
         first, count = msg.page, msg.count
+        ack = p.Invalidated(msg.txn, first, count, self.node)
+        if msg.to_node and reachable(msg.to_addr):
+            # (the runner sends it to the directory instead if the send fails)
+            done = Send(ack, peer=(msg.to_node, msg.to_addr))
+        else:
+            done = Send(ack)
         if bugs.ACTIVE == bugs.STALE_COPY:  # the bug switch (dsm/bugs.py): keep the copy
-            return [Send(p.Invalidated(msg.txn, first, count))]
+            return [done]
         dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
         self._unwritten.difference_update(dropped)
         out: list[Action] = [Punch(first, count)] if dropped else []
@@ -438,7 +503,7 @@ class NodeCore:
         if self._tracing:
             self._trace(first, "INVALIDATE", self.node, "held" if dropped else "invalid", "invalid",
                         count=count)
-        return out + [Send(p.Invalidated(msg.txn, first, count))]
+        return out + [done]
 
     def allocated(self, offset: int, nbytes: int) -> None:
         self.extents.add(offset, nbytes)
@@ -489,6 +554,10 @@ class NodeCore:
                     self._trace(first, "GIVEBACK", self.node, "held", "invalid", count=count)
         return out
 
+    def grants_held(self) -> list[tuple[int, int]]:
+        """The runs granted for writing that await acknowledgements, as (first, count)."""
+        return [(g.page, g.count) for g, _, _ in self._held.values()]
+
     def read_copies(self) -> list[int]:
         """The pages write-protected in every local process (read copies, clean release
         copies)."""
@@ -535,6 +604,8 @@ class NodeCore:
         self.state.clear()
         self._unwritten.clear()
         self._given_up.clear()
+        self._held.clear()
+        self._early_acks.clear()
         self.release.clear()
 
 
