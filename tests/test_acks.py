@@ -194,7 +194,7 @@ def test_duplicated_and_late_acknowledgements_change_nothing():
     assert upgraded(out)
     for holder in "bc":  # late (replayed after a reset, or forwarded after a death)
         assert core.invalidated(p.Invalidated(7, 3, 1, holder), 1.0) == []
-    assert not core._early_acks  # nothing kept for a transaction that is over
+    assert not core.acks.early  # nothing kept for a transaction that is over
 
 
 def test_concurrent_transactions_count_their_own_acknowledgements():
@@ -214,7 +214,7 @@ def test_acknowledgements_kept_for_grants_that_never_come_are_bounded():
     core = writer()
     for txn in range(ANSWERED_TXNS_REMEMBERED + 10):
         core.invalidated(p.Invalidated(1000 + txn, 3, 1, "b"), 1.0)
-    assert len(core._early_acks) == ANSWERED_TXNS_REMEMBERED
+    assert core.acks.early == ANSWERED_TXNS_REMEMBERED
 
 
 @pytest.mark.parametrize("reachable", [True, False])

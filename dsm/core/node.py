@@ -19,6 +19,7 @@ from typing import Any, Callable, Hashable
 
 from dsm import bugs
 from dsm import protocol as p
+from dsm.core.acks import AwaitedAcks
 from dsm.core.extents import Extents
 from dsm.core.readahead import ReadAhead
 from dsm.core.release import RELEASE, ReleasePages
@@ -91,12 +92,8 @@ class NodeCore:
         self._answered_order: deque[tuple[int, int]] = deque()
         #: of those, the ones refused: their pages, should they still come, are ignored
         self._refused: set[tuple[int, int]] = set()
-        #: grants awaiting acknowledgements of invalidations, by (txn, first page): the grant,
-        #: its pages, and the holders not heard from yet (``Grant.acks``)
-        self._held: dict[tuple[int, int], tuple[p.Grant, Any, set[str]]] = {}
-        #: acknowledgements that came before their grant (another pair of sockets), by (txn,
-        #: first page): the holders (at most ANSWERED_TXNS_REMEMBERED transactions kept)
-        self._early_acks: dict[tuple[int, int], set[str]] = {}
+        #: writes granted while copies are invalidated, and the holders' acknowledgements
+        self.acks = AwaitedAcks(ANSWERED_TXNS_REMEMBERED)
         #: requests given up (REQUEST_TIMEOUT_S), by first page: a late answer to one is
         #: installed, never refused (the directory's transaction counts it as taken)
         self._given_up: dict[int, Pending] = {}
@@ -280,16 +277,15 @@ class NodeCore:
         have already: ``invalidated``), then confirmed to the directory."""
         if msg.acks:
             key = (msg.txn, msg.page)
-            if key in self._answered or key in self._held:  # (a stray: never twice)
+            if key in self._answered or self.acks.holds(key):  # (a stray: never twice)
                 return []
-            waiting = set(msg.acks) - self._early_acks.pop(key, set())
-            if waiting:
-                self._held[key] = (msg, data, waiting)
-                if self._tracing:
-                    self._trace(msg.page, "GRANT", self.node, _name(self.state.get(msg.page)),
-                                "awaiting acks", count=msg.count, acks=sorted(waiting))
-                return []
-            return self._grant_acked(msg, data, now)
+            if self.acks.granted(key, msg, data):
+                return self._grant_acked(msg, data, now)
+            if self._tracing:
+                self._trace(msg.page, "GRANT", self.node, _name(self.state.get(msg.page)),
+                            "awaiting acks", count=msg.count,
+                            acks=sorted(self.acks.waiting_for(key)))
+            return []
         return self._install(msg, data, now)
 
     def invalidated(self, msg: p.Invalidated, now: float) -> list[Action]:
@@ -300,21 +296,8 @@ class NodeCore:
         key = (msg.txn, msg.page)
         if key in self._answered:  # late, or a duplicate
             return []
-        held = self._held.get(key)
-        if held is None:
-            early = self._early_acks.get(key)
-            if early is None:
-                early = self._early_acks[key] = set()
-                while len(self._early_acks) > ANSWERED_TXNS_REMEMBERED:
-                    del self._early_acks[next(iter(self._early_acks))]
-            early.add(msg.holder)
-            return []
-        grant, data, waiting = held
-        waiting.discard(msg.holder)
-        if waiting:
-            return []
-        del self._held[key]
-        return self._grant_acked(grant, data, now)
+        done = self.acks.acknowledged(key, msg.holder)
+        return [] if done is None else self._grant_acked(*done, now)
 
     def _grant_acked(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
         """Every acknowledgement of ``msg`` came: install, then tell the directory, which ends
@@ -554,10 +537,6 @@ class NodeCore:
                     self._trace(first, "GIVEBACK", self.node, "held", "invalid", count=count)
         return out
 
-    def grants_held(self) -> list[tuple[int, int]]:
-        """The runs granted for writing that await acknowledgements, as (first, count)."""
-        return [(g.page, g.count) for g, _, _ in self._held.values()]
-
     def read_copies(self) -> list[int]:
         """The pages write-protected in every local process (read copies, clean release
         copies)."""
@@ -604,8 +583,7 @@ class NodeCore:
         self.state.clear()
         self._unwritten.clear()
         self._given_up.clear()
-        self._held.clear()
-        self._early_acks.clear()
+        self.acks.clear()
         self.release.clear()
 
 
