@@ -118,7 +118,8 @@ class Direction(enum.Flag):
 
 _DIRECTION_WORDS = {Direction.TO_DIRECTORY: "node -> directory",
                     Direction.TO_NODE: "directory -> node", Direction.BOTH: "both ways",
-                    Direction.TO_PEER: "node -> node"}
+                    Direction.TO_PEER: "node -> node",
+                    Direction.BOTH | Direction.TO_PEER: "every way"}
 
 
 class SyncStatus(enum.IntEnum):
@@ -269,7 +270,15 @@ class Acquire(Message, tag=MsgType.ACQUIRE.value):
 
 class Grant(Message, tag=MsgType.GRANT.value):
     """Access granted to ``count`` pages from ``page``; the payload is their contents (or NONE
-    for an upgrade)."""
+    for an upgrade).
+
+    A write granted while other nodes' read copies are being invalidated (``acks`` not empty):
+    the directory sent each of those holders an ``Invalidate`` naming this node at the same
+    time, and each acknowledges straight to it (``Invalidated``, node to node; or through the
+    directory, which forwards it, or tells that the holder died). The node installs the pages
+    only once every holder in ``acks`` has acknowledged transaction ``txn`` (in any order, the
+    grant first or last), then confirms to the directory (``Received``), which ends the
+    transaction only then: an upgrade takes 3 hops, not 4."""
 
     DIRECTION = Direction.TO_NODE
     CARRIES_PAGE = True
@@ -280,6 +289,10 @@ class Grant(Message, tag=MsgType.GRANT.value):
     #: pages of a release-consistency array (``dsm.core.release``): read copies the node may
     #: write after twinning them, never owned
     release: bool = False
+    #: the directory's transaction, when ``acks`` is not empty (0: none to confirm)
+    txn: U64 = 0
+    #: the nodes whose acknowledgements (``Invalidated``) must come before the pages are used
+    acks: list[str] = msgspec.field(default_factory=list)
 
 
 class Fetch(Message, tag=MsgType.FETCH.value):
@@ -323,17 +336,32 @@ class Fetched(Message, tag=MsgType.FETCHED.value):
 
 
 class Invalidate(Message, tag=MsgType.INVALIDATE.value):
+    """Directory to a holder: give up ``count`` pages from ``page`` and acknowledge
+    (``Invalidated``): straight to node ``to_node`` at its peer endpoint ``to_addr``, the
+    writer that was granted them already and waits for every acknowledgement; to the directory
+    when ``to_node`` is empty (a discard, a requester without a peer endpoint) or the holder
+    cannot reach it."""
+
     DIRECTION = Direction.TO_NODE
     txn: U64
     page: PageNo
     count: PageCount
+    to_node: str = ""
+    to_addr: str = ""
 
 
 class Invalidated(Message, tag=MsgType.INVALIDATED.value):
-    DIRECTION = Direction.TO_DIRECTORY
+    """``holder``'s copies of the pages of transaction ``txn`` are gone. From the holder to
+    the directory, or straight to the requester the ``Invalidate`` named (node to node); from
+    the directory to that requester when the holder could not reach it (forwarded) or died
+    before it acknowledged (its copy died with it). The requester counts each holder once:
+    a duplicate, or one for a transaction it finished, changes nothing."""
+
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
     txn: U64
     page: PageNo
     count: PageCount
+    holder: str = ""
 
 
 class Writeback(Message, tag=MsgType.WRITEBACK.value):
@@ -374,9 +402,10 @@ class PeerPage(Message, tag=MsgType.PEER_PAGE.value):
 
 class Received(Message, tag=MsgType.RECEIVED.value):
     """Requester to directory: the pages of transaction ``txn`` came from their holder and are
-    installed, or (``installed`` false, the answer to ``Withdrawn``) they never came. The
-    directory ends a node-to-node transaction only on this, so that nothing it sends the
-    requester later overtakes the pages."""
+    installed, or (``installed`` false, the answer to ``Withdrawn``) they never came; or, for a
+    ``Grant`` with ``acks``, every acknowledgement came and the pages are installed. The
+    directory ends such a transaction only on this, so that nothing it sends the requester
+    later overtakes the pages."""
 
     DIRECTION = Direction.TO_DIRECTORY
     txn: U64

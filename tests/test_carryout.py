@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 
+import pytest
+
 from dsm import protocol as p
 from dsm.core import actions as act
 from dsm.core.carryout import ActionRunner
@@ -109,6 +111,17 @@ def test_pages_a_peer_could_not_take_go_home_as_the_punch_read_them():
     assert to == "directory" and msg.payload == p.Payload.DATA and msg.unwritten == [3]
     assert not msg.sent
     assert data == b"\x07" * PAGE
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["to the writer", "through the directory"])
+def test_an_acknowledgement_goes_to_the_writer_or_else_to_the_directory(reachable):
+    kernel, transport = OneProcessKernel(), Recorder(reachable=reachable)
+    kernel.memory[3] = b"\x07" * PAGE
+    ack = p.Invalidated(9, 3, 1, "n0")
+    rest = _runner(kernel, transport).carry_out([act.Punch(3, 1),
+                                                 act.Send(ack, peer=("n1", "tcp://n1"))])
+    assert rest is None and 3 not in kernel.memory
+    assert transport.sent == [("n1" if reachable else "directory", ack, None)]
 
 
 def test_a_pause_after_a_send_hands_back_the_rest_rewritten():

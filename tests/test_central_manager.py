@@ -70,17 +70,21 @@ def test_the_transaction_ends_only_when_both_sides_answered(d):
 def test_a_write_to_a_page_one_other_node_shares_moves_its_copy(d):
     owned_by(d, "a", 3)
     transfer(d, "b", 3, write=False, source="a")
-    # c writes: copies at a and b, none here: a home fetch first, then invalidations
+    d.entry(3).home_current = False  # (as if a's copy for the manager never came)
+    # c writes: copies at a and b, none here: a home fetch first, then the grant from it and
+    # the invalidations at once, acknowledged to c
     fetch = only(d.acquire("c", 3, 1, True, False), "a")
     assert fetch.to_node == "" and fetch.keep_copy
     sends = d.fetched("a", fetch.txn, 3, 1, Payload.DATA, b"z" * PAGE, [])
-    assert sorted(s.node for s in sends) == ["a", "b"]
-    assert all(isinstance(s.message, Invalidate) for s in sends)
-    txn = sends[0].message.txn
-    d.invalidated("a", txn, 3, 1)
-    grant = d.invalidated("b", txn, 3, 1)[0]
-    assert grant.node == "c" and grant.message == Grant(3, 1, True, Payload.DATA)
+    invalidates = [s for s in sends if isinstance(s.message, Invalidate)]
+    assert sorted(s.node for s in invalidates) == ["a", "b"]
+    assert all(s.message.to_node == "c" for s in invalidates)
+    [grant] = [s for s in sends if isinstance(s.message, Grant)]
+    txn = invalidates[0].message.txn
+    assert grant.node == "c" and grant.message == Grant(3, 1, True, Payload.DATA, False, txn,
+                                                        ["a", "b"])
     assert grant.page == b"z" * PAGE
+    assert d.received("c", txn, 3, 1, True) == []  # every acknowledgement came to c
     assert d.entry(3).owner == "c"
 
 

@@ -118,6 +118,17 @@ def kinds(messages: list[dict]) -> Counter:
     return Counter(m["msg"] for m in messages)
 
 
+def upgrades(msgs: list[dict]) -> tuple[int, int, int]:
+    """Writes granted while copies were invalidated (``Grant.acks``) among ``msgs``: how many,
+    the acknowledgements their holders sent (straight to the writer, or to the manager) and
+    the writers' confirmations (``Received`` of those transactions)."""
+    acked = {m["txn"] for m in msgs if m["msg"] == "Grant" and m.get("acks")}
+    acks = sum(m["msg"] == "Invalidated" and m["txn"] in acked and m["src"] == m["holder"]
+               for m in msgs)  # (as its holder sent it: to the writer, or to the manager)
+    confirmed = sum(m["msg"] == "Received" and m["txn"] in acked for m in msgs)
+    return len(acked), acks, confirmed
+
+
 def result_line(out: str) -> str:
     lines = [line for line in out.splitlines() if line.startswith("result: ")]
     return "\n".join(lines)
@@ -188,15 +199,21 @@ def test_lab2_ping_pong_five_messages_per_change_of_owner_under_central(tmp_path
     counters = pages_of(arrays, ".counters")
     first = kinds(on_page(sent, counters[0]))
     assert 1 <= first["Fetch"] <= 55, first  # its 50 increments, both nodes write it
+    upgraded = 0  # the sheet's "find a Grant with acks"
     for page in counters:
         msgs = on_page(sent, page)
         got = kinds(msgs)
-        assert got["Fetch"] == got["PeerPage"] == got["Fetched"] == got["Received"] > 0, got
+        # (an upgrade that invalidated the other node's copy has a Received of its own)
+        written, acks, confirmed = upgrades(msgs)
+        assert written == confirmed and acks >= written, (written, acks, confirmed)
+        upgraded += written
+        assert got["Fetch"] == got["PeerPage"] == got["Fetched"] == got["Received"] - confirmed > 0, got
         # a write takes the page (no copy for the manager), a read leaves the owner a read copy
         # (and the manager a copy of it)
         assert {(m["payload"], m["sent"]) for m in msgs if m["msg"] == "Fetched"} <= {
             (NONE, True), (DATA, True)}
         assert {m["payload"] for m in msgs if m["msg"] == "PeerPage"} == {DATA}
+    assert upgraded > 0
     # dsm top, its output in a file: one snapshot, the columns and the bucket bound explained
     assert long_status == 0, top + top_err
     assert "result: MATCH (2 nodes, counter" in (tmp_path / "lab2-long.txt").read_text()
@@ -244,8 +261,12 @@ def test_lab5_managers_side_by_side(tmp_path):
             got = kinds(msgs)
             assert got["Fetch"] > 0, (manager, got)
             fetched = {m["payload"] for m in msgs if m["msg"] == "Fetched"}
+            # an upgrade that invalidated the other node's copy: the holder acknowledges to the
+            # writer, which confirms (a Received under every manager)
+            written, acks, confirmed = upgrades(msgs)
+            assert written == confirmed and acks >= written, (manager, written, acks, confirmed)
             if manager == "relay":  # the bytes go through the directory: two links
-                assert got["PeerPage"] == got["Received"] == 0, got
+                assert got["PeerPage"] == got["Received"] - confirmed == 0, got
                 assert fetched == {DATA} and got["Grant"] >= got["Fetch"], got
                 # most read faults are granted the page writable (a migratory page)
                 with_data = [m["write"] for m in msgs if m["msg"] == "Grant"
@@ -255,7 +276,7 @@ def test_lab5_managers_side_by_side(tmp_path):
                 # (a requester its owner could not reach at once, on a loaded machine, gets the
                 # bytes through the manager instead: a Fetched with DATA, then a Grant)
                 through_manager = sum(m["msg"] == "Fetched" and not m["sent"] for m in msgs)
-                assert got["PeerPage"] == got["Received"], got
+                assert got["PeerPage"] == got["Received"] - confirmed, got
                 assert got["PeerPage"] + through_manager == got["Fetched"] == got["Fetch"], got
                 assert fetched <= {NONE, DATA} and got["PeerPage"] * 2 >= got["Fetch"], got
     # the table: a write-protect (local upgrade) fault after (nearly) every remote read fault

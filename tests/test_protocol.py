@@ -45,6 +45,9 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.Fetched(3, 9, 1, p.Payload.DATA, []), b"b" * PAGE),
     (p.Invalidate(4, 1, 1), None),
     (p.Invalidated(4, 1, 1), None),
+    (p.Invalidated(4, 1, 1, "b"), None),
+    (p.Grant(7, 2, True, p.Payload.NONE, False, 9, ["b", "c"]), None),
+    (p.Invalidate(4, 1, 2, "a", "tcp://10.0.0.1:7401"), None),
     (p.Writeback(5, 1, p.Payload.DATA), b"c" * PAGE),
     (p.Drop(5, 1), None),
     (p.Drop(5, 1, p.Payload.DATA), b"\x07" * PAGE),
@@ -103,10 +106,15 @@ def _header(cls, *values):
      "Acquire.count 5000 is outside 1..1024"),
     ([_header(p.Acquire, 1, 1, 1, False, 1)], p.Direction.TO_DIRECTORY,
      "Acquire.write must be bool, got int"),
-    ([_header(p.Grant, 1, 1, True, 9, False)], p.Direction.TO_NODE, "Grant.payload 9 is not a Payload"),
-    ([_header(p.Grant, 1, 1, True, 2, False)], p.Direction.TO_NODE, "needs 2 frames"),
-    ([_header(p.Grant, 1, 1, True, 2, False), b"x"], p.Direction.TO_NODE, "1 bytes, expected 4096"),
-    ([_header(p.Invalidated, 1, 1, 1), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
+    ([_header(p.Grant, 1, 1, True, 9, False, 0, [])], p.Direction.TO_NODE,
+     "Grant.payload 9 is not a Payload"),
+    ([_header(p.Grant, 1, 1, True, 2, False, 0, [])], p.Direction.TO_NODE, "needs 2 frames"),
+    ([_header(p.Grant, 1, 1, True, 2, False, 0, []), b"x"], p.Direction.TO_NODE,
+     "1 bytes, expected 4096"),
+    ([_header(p.Grant, 1, 1, True, 0, False, 0, [7])], p.Direction.TO_NODE,
+     "Grant.acks"),
+    ([_header(p.Invalidated, 1, 1, 1, "b"), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
+    ([_header(p.Invalidated, 1, 1, 1, "b"), b"extra"], p.Direction.TO_PEER, "needs 1 frame"),
     ([_header(p.Fetched, 1, 1, 1, 0, [[1]], [], False)], p.Direction.TO_DIRECTORY,
      r"Fetched.not_held\[0\] must be int, got list"),
     ([_header(p.Discard, [1, "2"])], p.Direction.TO_DIRECTORY,
@@ -163,14 +171,18 @@ def test_every_message_declares_its_direction_and_heartbeat_bye_and_node_dead_go
     both = {cls for cls in CLASSES if cls.DIRECTION is p.Direction.BOTH}
     # NodeDead: a shard reports a death to the coordinator, which tells every shard
     assert both == {p.Heartbeat, p.Bye, p.NodeDead}
+    # Invalidated: a holder's acknowledgement goes to the directory or straight to the writer,
+    # and the directory forwards one to the writer (or says the holder died)
+    every_way = {cls for cls in CLASSES if cls.DIRECTION == p.Direction.BOTH | p.Direction.TO_PEER}
+    assert every_way == {p.Invalidated}
     for cls in CLASSES:
         assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH,
-                             p.Direction.TO_PEER)
+                                 p.Direction.TO_PEER, p.Direction.BOTH | p.Direction.TO_PEER)
 
 
 def test_every_message_meant_for_the_other_side_is_refused():
     for cls in CLASSES:
-        if cls.DIRECTION is p.Direction.BOTH:
+        if cls.DIRECTION & p.Direction.BOTH == p.Direction.BOTH:
             continue
         other = p.Direction.BOTH & ~cls.DIRECTION
         header = [int(cls.TYPE)] + [0] * len(field_names(cls))

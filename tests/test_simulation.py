@@ -54,8 +54,11 @@ def test_a_failing_seed_replays_exactly():
 class _ForgetfulCore(core_node.NodeCore):
     """A broken node: it acknowledges an invalidation but keeps its read copy."""
 
-    def invalidate(self, msg):
-        return [core_node.Send(core_node.p.Invalidated(msg.txn, msg.page, msg.count))]
+    def invalidate(self, msg, reachable=lambda addr: True):
+        ack = core_node.p.Invalidated(msg.txn, msg.page, msg.count, self.node)
+        # to the writer, as a real holder does (or to the directory: a discard)
+        return [core_node.Send(ack, peer=(msg.to_node, msg.to_addr)) if msg.to_node
+                else core_node.Send(ack)]
 
 
 @pytest.mark.parametrize("manager", ["relay", "central"])

@@ -15,8 +15,10 @@ import sys
 import pytest
 
 from dsm import protocol as p
+from dsm.core import node as core_node
 from dsm.core.carryout import ActionRunner
 from dsm.core.kernel import TRANSIENT, KernelCalls
+from dsm.directory.pages import PageDirectory
 from dsm.managers import Manager
 from dsm.reliability import ReliableLink
 from dsm.sim import nodes, world
@@ -91,6 +93,50 @@ def _first_failure(seeds, **kwargs) -> str | None:
         except SimulationFailure as exc:
             return str(exc)
     return None
+
+
+class _HastyCore(core_node.NodeCore):
+    """A broken writer: it uses a write granted while copies are invalidated at once, without
+    waiting for the holders' acknowledgements."""
+
+    def grant(self, msg, data, now):
+        if not msg.acks:
+            return super().grant(msg, data, now)
+        self._remember_answered((msg.txn, msg.page))
+        return self._install(msg, data, now) + [
+            core_node.Send(p.Received(msg.txn, msg.page, msg.count, True))]
+
+
+@pytest.mark.parametrize("manager", ["relay", "central"])
+def test_a_writer_that_does_not_wait_for_the_acknowledgements_is_caught(monkeypatch, manager):
+    monkeypatch.setattr(world, "NodeCore", _HastyCore)
+    failure = _first_failure(range(50), manager=manager)
+    assert failure is not None and ("owned by" in failure or "last write was" in failure), failure
+
+
+def test_a_dead_holder_not_told_to_its_writer_is_caught(monkeypatch):
+    real = PageDirectory.node_lost
+
+    def forgetful(self, node):  # the directory forgets that the writer waits for the dead one
+        for txn in self._txns.values():
+            txn.unacked.discard(node)
+        return real(self, node)
+
+    monkeypatch.setattr(PageDirectory, "node_lost", forgetful)
+    failure = _first_failure(range(100), manager="central", deaths=1, nodes=4)
+    assert failure is not None and "hangs" in failure, failure
+
+
+def test_a_directory_that_does_not_forward_an_acknowledgement_is_caught(monkeypatch):
+    real = PageDirectory.invalidated
+
+    def dropping(self, node, txn_id, page, count):  # one that could not reach its writer
+        txn = self._txns.get(txn_id)
+        return [] if txn is not None and txn.acked else real(self, node, txn_id, page, count)
+
+    monkeypatch.setattr(PageDirectory, "invalidated", dropping)
+    failure = _first_failure(range(50), manager="relay")
+    assert failure is not None and "hangs" in failure, failure
 
 
 def test_a_session_layer_that_never_replays_is_caught(monkeypatch):

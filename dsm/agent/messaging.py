@@ -90,7 +90,8 @@ class Messaging:
             p.Heartbeat: self._on_heartbeat,
         }
         #: what other nodes send (the peer endpoint)
-        self._peer_handlers: dict[type, Callable[[Any, Any], None]] = {p.PeerPage: self._to_core}
+        self._peer_handlers: dict[type, Callable[[Any, Any], None]] = {
+            p.PeerPage: self._to_core, p.Invalidated: self._to_core}
 
     # --- sending -----------------------------------------------------------------------------------
     def send(self, msg: p.Message, page: Any = None) -> None:
@@ -183,7 +184,8 @@ class Messaging:
             try:
                 msg, data = p.decode(frames, self.page_size, p.Direction.TO_PEER)
                 if self.tracer.enabled:
-                    self.tracer.received(msg.sender, self.node, msg.sender, msg)
+                    sender = msg.holder if type(msg) is p.Invalidated else msg.sender
+                    self.tracer.received(sender, self.node, sender, msg)
                 if self.wire is not None:
                     self.wire.count("received", msg, frames)
                 self.layout.check_page(msg.page + msg.count - 1)
@@ -236,10 +238,11 @@ class Messaging:
             self._clock_sample(msg.echo_ns / 1e9, msg.clock_ns)
 
     # the directory's answers and orders: the core decides, carry_out does
-    def _reachable(self, fetch: p.Fetch) -> Callable[[str], bool]:
-        """Whether the requester a Fetch names answers at an address (its peer endpoint)."""
+    def _reachable(self, msg: p.Fetch | p.Invalidate) -> Callable[[str], bool]:
+        """Whether the requester a Fetch or an Invalidate names answers at an address (its
+        peer endpoint)."""
         peers = self.peers
-        return lambda addr: peers is not None and peers.reachable(fetch.to_node, addr)
+        return lambda addr: peers is not None and peers.reachable(msg.to_node, addr)
 
     def _to_core(self, msg: Any, data: Any) -> None:
         """A page message: to the core (its pages checked against the region first), and what

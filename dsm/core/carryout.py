@@ -11,6 +11,8 @@ What it decides, besides what ``KernelCalls`` does about the kernel's answers:
 - a page send to a peer that fails (the peer cannot be reached): its ``Fetched`` (``sent``) to
   the directory, later in the list, becomes a ``Fetched(DATA)`` with the pages, as if the peer
   had been unreachable from the start (rewritten at once: what is left after a pause says so);
+  an acknowledgement (``Invalidated``) that cannot reach its requester goes to the directory,
+  which forwards it;
 - the waiters of an ``Install`` woken by the install's own copy are not woken again.
 
 A ``pause`` hook, consulted after each send while actions are left, may stop the run: the rest
@@ -138,7 +140,10 @@ class ActionRunner:
         if a.peer is None:
             self.transport.send(a.message, data)
         elif not self.transport.send_peer(a.peer, a.message, data):
-            self._send_home_instead(carrying, a.message.txn)
+            if type(a.message) is p.Invalidated:  # the directory forwards it to the requester
+                self.transport.send(a.message, None)
+            else:
+                self._send_home_instead(carrying, a.message.txn)
 
     @staticmethod
     def _send_home_instead(carrying: Carrying, txn: int) -> None:

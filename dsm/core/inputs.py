@@ -15,14 +15,18 @@ Handler = Callable[[Any, Any], list[Action]]
 
 
 def core_handlers(core: NodeCore, now: Callable[[], float],
-                  reachable: Callable[[p.Fetch], Callable[[str], bool]]) -> dict[type, Handler]:
-    """``now``: the clock (the requests' deadlines); ``reachable(fetch)``: whether the
-    requester a Fetch names can be reached at an address (the peer endpoint's answer)."""
+                  reachable: Callable[[p.Fetch | p.Invalidate], Callable[[str], bool]]
+                  ) -> dict[type, Handler]:
+    """``now``: the clock (the requests' deadlines); ``reachable(msg)``: whether the requester
+    a Fetch or an Invalidate names (``to_node``) can be reached at an address (the peer
+    endpoint's answer)."""
     return {
         p.Grant: lambda m, d: core.grant(m, d, now()),
         p.Lost: lambda m, d: core.lost(m, now()),
         p.Fetch: lambda m, d: core.fetch(m, reachable(m)),
-        p.Invalidate: lambda m, d: core.invalidate(m),
+        p.Invalidate: lambda m, d: core.invalidate(m, reachable(m)),
+        # from the holder (node to node) or the directory (forwarded, or the holder died)
+        p.Invalidated: lambda m, d: core.invalidated(m, now()),
         p.PeerPage: lambda m, d: core.peer_page(m, d, now()),
         p.Withdrawn: lambda m, d: core.withdrawn(m),
         p.DiffApplied: lambda m, d: core.diff_applied(m),
@@ -30,4 +34,4 @@ def core_handlers(core: NodeCore, now: Callable[[], float],
 
 
 #: the messages whose runs of pages the receiver checks against its region first
-CHECKED_RUNS = (p.Grant, p.Lost, p.Fetch, p.Invalidate)
+CHECKED_RUNS = (p.Grant, p.Lost, p.Fetch, p.Invalidate, p.Invalidated)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Hashable
 
 from dsm import bugs
 from dsm import protocol as p
+from dsm.core.acks import AwaitedAcks
 from dsm.core.extents import Extents
 from dsm.core.readahead import ReadAhead
 from dsm.core.release import RELEASE, ReleasePages
@@ -91,6 +92,8 @@ class NodeCore:
         self._answered_order: deque[tuple[int, int]] = deque()
         #: of those, the ones refused: their pages, should they still come, are ignored
         self._refused: set[tuple[int, int]] = set()
+        #: writes granted while copies are invalidated, and the holders' acknowledgements
+        self.acks = AwaitedAcks(ANSWERED_TXNS_REMEMBERED)
         #: requests given up (REQUEST_TIMEOUT_S), by first page: a late answer to one is
         #: installed, never refused (the directory's transaction counts it as taken)
         self._given_up: dict[int, Pending] = {}
@@ -269,6 +272,42 @@ class NodeCore:
 
     # --- the directory's messages ------------------------------------------------------------------
     def grant(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        """Pages granted. A write granted while other nodes' copies are invalidated
+        (``msg.acks``) is installed only once each of those holders has acknowledged (it may
+        have already: ``invalidated``), then confirmed to the directory."""
+        if msg.acks:
+            key = (msg.txn, msg.page)
+            if key in self._answered or self.acks.holds(key):  # (a stray: never twice)
+                return []
+            if self.acks.granted(key, msg, data):
+                return self._grant_acked(msg, data, now)
+            if self._tracing:
+                self._trace(msg.page, "GRANT", self.node, _name(self.state.get(msg.page)),
+                            "awaiting acks", count=msg.count,
+                            acks=sorted(self.acks.waiting_for(key)))
+            return []
+        return self._install(msg, data, now)
+
+    def invalidated(self, msg: p.Invalidated, now: float) -> list[Action]:
+        """A holder's copies of a transaction's pages are gone (straight from it, or from the
+        directory: forwarded, or the holder died). Counted once per holder; the last one
+        releases the grant. One for a transaction finished here changes nothing; one before
+        its grant is kept for it."""
+        key = (msg.txn, msg.page)
+        if key in self._answered:  # late, or a duplicate
+            return []
+        done = self.acks.acknowledged(key, msg.holder)
+        return [] if done is None else self._grant_acked(*done, now)
+
+    def _grant_acked(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        """Every acknowledgement of ``msg`` came: install, then tell the directory, which ends
+        the transaction on it."""
+        key = (msg.txn, msg.page)
+        self._remember_answered(key)
+        return self._install(msg, data, now) + [Send(p.Received(msg.txn, msg.page, msg.count,
+                                                                True))]
+
+    def _install(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
         first, count = msg.page, msg.count
         pend = self._take_pending(first)
         if pend is None:
@@ -426,11 +465,20 @@ class NodeCore:
             self._answered.discard(old)
             self._refused.discard(old)
 
-    def invalidate(self, msg: p.Invalidate) -> list[Action]:
-        """Drop the run (read copies, or owned pages being discarded)."""
+    def invalidate(self, msg: p.Invalidate, reachable: Callable[[str], bool] = lambda addr: True
+                   ) -> list[Action]:
+        """Drop the run (read copies, or owned pages being discarded), then acknowledge: to the
+        writer the Invalidate names, if it can be reached (``reachable``: the loop's knowledge
+        of its peers), else to the directory (which forwards it)."""
         first, count = msg.page, msg.count
+        ack = p.Invalidated(msg.txn, first, count, self.node)
+        if msg.to_node and reachable(msg.to_addr):
+            # (the runner sends it to the directory instead if the send fails)
+            done = Send(ack, peer=(msg.to_node, msg.to_addr))
+        else:
+            done = Send(ack)
         if bugs.ACTIVE == bugs.STALE_COPY:  # the bug switch (dsm/bugs.py): keep the copy
-            return [Send(p.Invalidated(msg.txn, first, count))]
+            return [done]
         dropped = [q for q in range(first, first + count) if self.state.pop(q, None) is not None]
         self._unwritten.difference_update(dropped)
         out: list[Action] = [Punch(first, count)] if dropped else []
@@ -438,7 +486,7 @@ class NodeCore:
         if self._tracing:
             self._trace(first, "INVALIDATE", self.node, "held" if dropped else "invalid", "invalid",
                         count=count)
-        return out + [Send(p.Invalidated(msg.txn, first, count))]
+        return out + [done]
 
     def allocated(self, offset: int, nbytes: int) -> None:
         self.extents.add(offset, nbytes)
@@ -540,6 +588,7 @@ class NodeCore:
         self.state.clear()
         self._unwritten.clear()
         self._given_up.clear()
+        self.acks.clear()
         self.release.clear()
 
 

@@ -143,6 +143,11 @@ class NetworkSimulation:
                 # home copy is left (a node dying as it asks to write may take the page along)
                 self.lost_locations.update(range(pend.first * SLOTS_PER_PAGE,
                                                  (pend.first + pend.count) * SLOTS_PER_PAGE))
+        for first, count in node.core.acks.runs():
+            # granted for writing, awaiting acknowledgements: the directory cannot tell whether
+            # it installed and wrote them (under every manager)
+            self.lost_locations.update(range(first * SLOTS_PER_PAGE,
+                                             (first + count) * SLOTS_PER_PAGE))
         others = [n for n in self.nodes.values() if n.alive]
         for page, st in node.core.state.items():
             if self.is_release(page):

@@ -3,8 +3,15 @@
 For every page it records the owner (a node holding the only, writable copy) or, when there is
 none, the home copy kept here plus the copy set of nodes holding read copies. Requests for one page
 are serialized: while a transaction on a page waits for a node (a fetch from the owner, the
-invalidation acknowledgements), later requests for that page queue behind it; other pages go on.
-A write is granted only after every read copy has acknowledged its invalidation.
+invalidation acknowledgements, a requester's confirmation), later requests for that page queue
+behind it; other pages go on. A write is used only after every read copy has acknowledged its
+invalidation: the directory grants it at once, naming the holders (``Grant.acks``), each holder
+acknowledges straight to the writer (``Invalidate.to_node``; through here if it cannot reach it:
+forwarded), and the writer installs once it has them all, then confirms (``Received``), which
+ends the transaction (3 hops, not 4). A holder that dies first is told to the writer as
+acknowledged (its copy died with it); a writer that dies before confirming may have written the
+pages: they are lost with it. A writer without a peer endpoint is granted once the
+acknowledgements came here.
 
 A request names the page that faulted and, as read-ahead, how many pages after it the node would
 also like. The directory adds the following pages that are in the same situation as the first

@@ -163,11 +163,17 @@ class PageDirectory(PageTransactions):
         txn = self._txn_waiting_for(txn_id, page, node)
         if txn is None:
             return []
-        if not txn.direct or node != txn.request.node:
+        if not (txn.direct or txn.acked) or node != txn.request.node:
             log.warning("Received from %s for txn %d, which it did not request: ignored",
                         node, txn_id)
             return []
         txn.waiting.discard(node)
+        if txn.acked:  # every acknowledgement came: the pages are installed
+            if not installed:  # (a node never says so: then it holds none of them)
+                log.warning("%s says txn %d's pages, granted to it, are not installed", node,
+                            txn_id)
+                txn.refused = True
+            return self._maybe_finish(txn)
         if not installed and txn.withdrawn:  # the source died before its pages came
             self._lose_orphans(txn.request.page, txn.count, txn.source)
             txn.restart = True
@@ -176,6 +182,16 @@ class PageDirectory(PageTransactions):
         return self._maybe_finish(txn)
 
     def invalidated(self, node: str, txn_id: int, page: int, count: int) -> list[Send]:
+        """A holder's copies are gone. For a write granted at its start (``Txn.acked``) the
+        holder could not reach the requester: forwarded to it, which counts it."""
+        txn = self._txns.get(txn_id)
+        if txn is not None and txn.acked and txn.request.page == page and txn.count == count:
+            if node not in txn.unacked:  # a duplicate, or not a holder of these pages
+                log.warning("unexpected acknowledgement from %s for txn %d page %d: ignored",
+                            node, txn_id, page)
+                return []
+            txn.unacked.discard(node)
+            return [Send(txn.request.node, Invalidated(txn.id, page, count, node))]
         txn = self._txn_waiting_for(txn_id, page, node)
         if txn is None:
             return []
@@ -284,6 +300,14 @@ class PageDirectory(PageTransactions):
                 txn.started_s = self._clock()  # the requester's own deadline to answer starts
                 out.append(Send(requester, Withdrawn(txn.id, txn.request.page, txn.count, node)))
                 continue
+            if txn.acked and node in txn.unacked:
+                # it may have acknowledged straight to the requester or not: either way its
+                # copy is gone with it, which the requester is told (once more is harmless)
+                txn.unacked.discard(node)
+                if requester not in self._dead:
+                    out.append(Send(requester, Invalidated(txn.id, txn.request.page, txn.count,
+                                                           node)))
+                continue
             if node not in txn.waiting:
                 continue
             txn.waiting.discard(node)
@@ -322,6 +346,11 @@ class PageDirectory(PageTransactions):
                 if txn.direct and txn.source in waiting:
                     # the requester waits on the source: the source is the silent one
                     waiting = {txn.source}
+                elif txn.acked and txn.unacked:
+                    # a live requester confirms as soon as its last acknowledgement comes:
+                    # the holders it may still wait for are the silent ones (each one's
+                    # death counts as its acknowledgement)
+                    waiting = txn.unacked
                 for node in waiting:
                     silent.setdefault(node, txn)
         return silent

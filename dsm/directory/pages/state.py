@@ -69,6 +69,13 @@ class Txn:
     requester_gave_back: set[int] = field(default_factory=set)
     withdrawn: bool = False  #: the source died and the requester was asked whether they came
     refused: bool = False  #: the requester did not take the pages (it no longer wanted them)
+    #: a write granted at its start, its invalidations acknowledged straight to the requester,
+    #: which confirms (``Received``) once it has them all: it waits for the requester only
+    acked: bool = False
+    #: of those holders, the ones whose acknowledgement this directory has not seen (one that
+    #: could not reach the requester sends it here; it is forwarded): told to the requester
+    #: as acknowledged if they die
+    unacked: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)  # (slots: a fresh array's first touch makes thousands at once)

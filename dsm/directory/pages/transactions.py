@@ -259,7 +259,7 @@ class PageTransactions:
         if bugs.ACTIVE == bugs.EARLY_GRANT:  # the bug switch (dsm/bugs.py): grant, then invalidate
             return self._finish(Txn(0, req, n, set())) + [
                 Send(o, Invalidate(0, req.page, n)) for o in sorted(others)]
-        return self._begin(req, n, others, Invalidate(0, req.page, n))
+        return self._begin_write(req, n, others)
 
     def _start_from_copies(self, req: Request, e: PageEntry) -> list[Send]:
         """Direct managers: a page whose contents live only in read copies."""
@@ -270,7 +270,7 @@ class PageTransactions:
             n = self._extend(req, lambda q: q.owner is None and q.copyset == e.copyset)
             if not others:
                 return self._finish(Txn(0, req, n, set()))
-            return self._begin(req, n, others, Invalidate(0, req.page, n))
+            return self._begin_write(req, n, others)
         if not others:  # no live copy: the loss rules should have caught it; fail loudly
             log.error("page %d has neither a current home copy nor a live copy: lost", req.page)
             self.losses.record(UNKNOWN_NODE, [req.page])
@@ -309,6 +309,37 @@ class PageTransactions:
         return [Send(source, Fetch(txn.id, req.page, n, keep_copy, req.node,
                                    self.peers[req.node]))]
 
+    def _begin_write(self, req: Request, n: int, holders: set[str]) -> list[Send]:
+        """A write once ``holders``' read copies are gone. The requester is granted at once,
+        told whose acknowledgements to await, and each holder acknowledges straight to it
+        (3 hops: Acquire, Invalidate, Invalidated); the requester confirms (``Received``),
+        which ends the transaction. A requester without a peer endpoint (behind NAT) is
+        granted once the acknowledgements came here (4 hops)."""
+        addr = self.peers.get(req.node)
+        if addr is None:
+            return self._begin(req, n, holders, Invalidate(0, req.page, n))
+        txn = self._new_txn(req, n, {req.node}, None)
+        txn.acked, txn.unacked = True, set(holders)
+        self.counters["invalidations"] += len(holders)
+        if self._tracing:
+            self._trace(req.page, req.kind.name, req.node, self.peek(req.page).describe(), "busy",
+                        count=n, acks=len(holders))
+        # the invalidations first: they are on the critical path, the grant is not
+        out = [Send(h, Invalidate(txn.id, req.page, n, req.node, addr)) for h in sorted(holders)]
+        return out + [self._grant_of(txn, acks=sorted(holders))]
+
+    def _grant_of(self, txn: Txn, acks: list[str] = ()) -> Send:
+        """The grant of ``txn``'s pages as they are now: NONE to a writer that holds them all
+        (an upgrade), else the home copy; naming the holders whose acknowledgements the
+        requester awaits (``acks``)."""
+        req, n = txn.request, txn.count
+        first, node, write = req.page, req.node, req.kind is Kind.WRITE
+        if write and req.have_copy and all(node in self._entries[q].copyset
+                                           for q in range(first, first + n)):
+            return Send(node, Grant(first, n, True, Payload.NONE, False, txn.id, list(acks)))
+        payload, data = self.home.get(first, n)
+        return Send(node, Grant(first, n, write, payload, False, txn.id, list(acks)), data)
+
     def _new_txn(self, req: Request, n: int, waiting: set[str], source: str | None) -> Txn:
         txn = Txn(self._next_txn, req, n, set(waiting), source, started_s=self._clock())
         self._next_txn += 1
@@ -340,6 +371,8 @@ class PageTransactions:
             out = [] if txn.request.node in self._dead else self._start(txn.request)
         elif txn.direct:
             out = self._finish_direct(txn)
+        elif txn.acked:  # granted at its start: the pages are the requester's now
+            out = self._finish(txn, granted=True)
         else:
             out = self._finish(txn)
         for q in range(first, first + txn.count):
@@ -397,7 +430,10 @@ class PageTransactions:
                         source=source)
         return []
 
-    def _finish(self, txn: Txn) -> list[Send]:
+    def _finish(self, txn: Txn, granted: bool = False) -> list[Send]:
+        """The pages of ``txn`` are the requester's: recorded, and granted unless ``granted``
+        (a write granted at its start, ``_begin_write``, whose requester has confirmed it
+        installed them, or died)."""
         req, n = txn.request, txn.count
         first, node = req.page, req.node
         old = ("busy" if txn.id else self.peek(first).describe()) if self._tracing else ""
@@ -422,7 +458,7 @@ class PageTransactions:
             if self._tracing:
                 self._trace(first, "DISCARD", node, old, entries[0].describe())
             return []
-        if self.lost:  # the owner fetched from died meanwhile: its pages are lost
+        if self.lost and not granted:  # the owner fetched from died meanwhile: its pages are lost
             lost_at = next((i for i in range(n) if first + i in self.lost), None)
             if lost_at == 0:
                 for q in range(first, first + n):
@@ -439,7 +475,7 @@ class PageTransactions:
                 e.owner = None
                 if not write and q in held:
                     e.copyset.add(txn.source)  # the old owner keeps a read copy
-            if node in self._dead:
+            if node in self._dead or txn.refused:
                 if write:  # the copies were invalidated for it all the same: none is left
                     e.copyset.clear()
                 continue
@@ -449,8 +485,11 @@ class PageTransactions:
                 e.home_current = False
             else:
                 e.copyset.add(node)
-        if node in self._dead:
-            if self.direct:  # an upgrade's only copy may have been its own
+        if node in self._dead or txn.refused:
+            if granted:  # it may have installed and written them: no current copy is left
+                for e in entries:
+                    e.home_current = False
+            if self.direct or granted:  # an upgrade's only copy may have been its own
                 self._lose_orphans(first, n, node)
             if self._tracing:
                 self._trace(first, req.kind.name, node, old, "requester gone", count=n)
@@ -458,6 +497,12 @@ class PageTransactions:
         self.granted[first:first + n] = True
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
+        if granted:
+            if write and self.on_loss is OnLoss.POISON:
+                self.home.clear(first, n)  # (as below)
+            if self._tracing:
+                self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)
+            return []
         if already_current:
             grant = Send(node, Grant(first, n, True, Payload.NONE))
         elif (txn.fetched is not None and txn.fetched[0] == Payload.DATA and not txn.fetched[2]
