@@ -18,6 +18,14 @@ client. The messages are ``dsm.local``'s and ``dsm.protocol``'s:
     any of them                              Error              ErrorAnswer
 
 An answer of another type than the request's is turned into an ErrorAnswer that says so.
+
+A lock release is answered here, at once, when the agent knows the thread holds the lock (the
+directory granted it and it was not released since) and the release went out to the directory
+(not held back behind diffs another shard has not acknowledged): the directory then has it
+before anything the thread asks next, on the same pipe, so the thread need not wait a round
+trip for it. The directory's own answer comes later and is dropped (an Error is logged). Any
+other release (of a lock the agent does not know held, or held back) waits for the directory,
+which says what was wrong.
 """
 
 from __future__ import annotations
@@ -67,8 +75,17 @@ class Forwarder:
     def __init__(self, node: str, send: Callable[[p.Message], None],
                  reply: Callable[[Any, local.LocalMessage], None],
                  watch_pid: Callable[[int], None],
-                 release: Callable[[p.Message], None] | None = None):
+                 release: Callable[[p.Message], None] | None = None,
+                 release_sent: Callable[[], bool] = lambda: False):
         self.node = node
+        #: whether the last release went out at once (not held back: ``NodeCore.releases_held``)
+        self._release_sent = release_sent
+        #: (id of the client, holder, lock name) of the locks the directory granted and that
+        #: were not released since: a release of one of them is answered here (a client is
+        #: forgotten, with its locks, before its id can name another)
+        self._held: set[tuple[int, str, str]] = set()
+        #: agent req of a LockAcquire -> its (id of the client, holder, lock name)
+        self._acquiring: dict[int, tuple[int, str, str]] = {}
         self._send = send
         #: how a release (LockRelease, BarrierWait) goes out: after the node's diffs
         self._release = release or send
@@ -112,17 +129,31 @@ class Forwarder:
         self._next_req += 1
         self._waiting[req] = (client, msg.req, _DIRECTORY_ANSWER[type(msg)])
         out = self._builders[type(msg)](req, msg)
+        if isinstance(out, p.LockAcquire):
+            self._acquiring[req] = (id(client), out.holder, out.name)
         if isinstance(out, (p.LockRelease, p.BarrierWait)):
+            held = (id(client), out.holder, out.name) if isinstance(out, p.LockRelease) else None
             self._release(out)
+            if held in self._held and self._release_sent():
+                self._held.discard(held)
+                self._waiting[req] = (None, 0, p.SyncReply)  # its answer: nobody waits for it
+                self._reply(client, local.SyncAnswer(msg.req, p.SyncStatus.RELEASED, ""))
         else:
             self._send(out)
 
     def answer(self, msg: p.Message) -> bool:
         """Route a directory answer to its client; False when no client waits for it."""
-        waiting = self._waiting.pop(getattr(msg, "req", 0), None)
+        req = getattr(msg, "req", 0)
+        waiting = self._waiting.pop(req, None)
+        acquiring = self._acquiring.pop(req, None)
         if waiting is None:
             return False
         client, client_req, expected = waiting
+        if client is None:  # a release answered already: only an Error is news
+            return not isinstance(msg, p.Error)
+        if acquiring is not None and isinstance(msg, p.SyncReply) and msg.status in (
+                p.SyncStatus.GRANTED, p.SyncStatus.GRANTED_BROKEN):
+            self._held.add(acquiring)
         body: local.LocalMessage
         if isinstance(msg, p.Error):
             body = local.ErrorAnswer(client_req, msg.message)
@@ -138,8 +169,13 @@ class Forwarder:
     def fail_all(self, message: str) -> None:
         """Answer every request still waiting with an error (the directory is gone)."""
         waiting, self._waiting = self._waiting, {}
+        self._acquiring.clear()
+        self._held.clear()
         for client, client_req, _ in waiting.values():
-            self._reply(client, local.ErrorAnswer(client_req, message))
+            if client is not None:
+                self._reply(client, local.ErrorAnswer(client_req, message))
 
     def forget_client(self, client: Any) -> None:
         self._waiting = {r: w for r, w in self._waiting.items() if w[0] is not client}
+        self._acquiring = {r: a for r, a in self._acquiring.items() if a[0] != id(client)}
+        self._held = {h for h in self._held if h[0] != id(client)}

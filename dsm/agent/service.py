@@ -193,7 +193,8 @@ class Agent:
                                    self.kernel, self.core, self.stats, carry_out, send)
         self.forwarder = Forwarder(node, send, lambda c, m: self.clients.reply(c, m),
                                    self.workloads.watch_departures,
-                                   release=lambda m: carry_out(self.core.release_sync(m)))
+                                   release=lambda m: carry_out(self.core.release_sync(m)),
+                                   release_sent=lambda: not self.core.releases_held())
         self.clients = ClientHub(socket_path, node, self.layout, self.memory.memfd, self.poller,
                                  self.forwarder, self.workloads.register,
                                  lambda: {"node": node, "processes": len(self.procs),

@@ -547,6 +547,10 @@ class NodeCore:
         """A lock release or barrier arrival: diffs home first, then ``msg``, with the notices."""
         return self.release.release(msg)
 
+    def releases_held(self) -> bool:
+        """Whether a release waits behind diffs another shard has not acknowledged yet."""
+        return self.release.holding()
+
     def acquire_sync(self, notices: list[int], guarded: list[int] = (),
                      data: Any = None) -> list[Action]:
         """A lock grant or barrier departure: the pages other nodes' releases changed; a grant

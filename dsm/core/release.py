@@ -111,6 +111,10 @@ class ReleasePages:
             out.append(Send(msg))
         return out
 
+    def holding(self) -> bool:
+        """Whether a release waits for diffs another shard has not acknowledged."""
+        return bool(self._held)
+
     def diff_applied(self, msg: p.DiffApplied) -> list[Action]:
         self._unacked.discard(msg.req)
         out: list[Action] = []
