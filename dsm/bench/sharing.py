@@ -2,9 +2,9 @@
 counters, a work queue taken the old way and with an atomic, and a job's collectives.
 
 One run starts a directory, a bare ZeroMQ echo server and N nodes (default 3), the ranks of one
-job, each a worker process attached with ``dsm.attach`` (its own agent). An atomic operation and
-a collective go from the workload to its agent (a Unix socket), to the directory (ZeroMQ) and
-back: one round trip each.
+job, each a worker process attached with ``dsm.attach`` (its own agent). An atomic operation goes
+from the workload straight to the directory (its thread's own DEALER) and back; a collective
+and a lock go through the node's agent (a Unix socket), to the directory (ZeroMQ) and back.
 
 ==========================  ==========================================================================
 round trip                  the baseline: a bare pyzmq DEALER/ROUTER round trip of a small message
