@@ -24,6 +24,10 @@ MIN_STATES = 1000
 #: the central manager's small scope is explored to this many steps in the suite (every
 #: schedule of the whole scope is .ci/explore's: well over 100,000 states)
 CENTRAL_DEPTH = 14
+#: the relay manager's, to this many (about 5,900 states, 15 s here); its whole scope, about
+#: 23,000 states and a minute, is .ci/explore-check's (acknowledgements that overtake their grant,
+#: and the writer's confirmation, tripled it from 7,138: too long for the suite's budget)
+RELAY_DEPTH = 24
 #: the scopes with a lost message or a reset allowed are explored to this many steps here
 FAULT_DEPTH = 6
 #: the random seeds searched for one that fails with a bug on
@@ -41,13 +45,10 @@ def switch():
     bugs.switch_on(None)
 
 
-#: the whole relay scope: about 23,000 states, a minute here (acknowledgements that overtake
-#: their grant, and the writer's confirmation, tripled it from 7,138)
-@pytest.mark.timeout(300)
-def test_every_schedule_of_the_small_scope_holds_under_the_relay_manager():
-    found = explore(Scope(manager="relay", faults=0))
-    assert found.violation is None and not found.incomplete
-    assert found.states >= MIN_STATES and found.at_rest > 0, found
+def test_every_short_schedule_of_the_small_scope_holds_under_the_relay_manager():
+    found = explore(Scope(manager="relay", faults=0), max_depth=RELAY_DEPTH)
+    assert found.violation is None and found.max_depth == RELAY_DEPTH
+    assert found.states >= MIN_STATES, found
     assert found.transitions > found.states  # states were reached along several schedules
 
 
