@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dsm.core.states import runs as page_runs
 from dsm.directory.home import HomeStore
 from dsm.protocol import MAX_BATCH_PAGES, DiffApplied, Fetch, Grant, Payload
 
@@ -172,7 +173,7 @@ class ReleaseHomes:
         out = bytearray(len(pages) * size)
         runs: list[int] = []
         i = 0
-        for first, count in _consecutive(pages):
+        for first, count in page_runs(pages, MAX_BATCH_PAGES):  # (a lock guards no more)
             payload, data = self.home.get(first, count)
             if data is not None:  # (ZERO: the buffer's zeros stand for it)
                 out[i * size:(i + count) * size] = data
@@ -273,17 +274,6 @@ class ReleaseHomes:
         writers = self.dirty.get(page)
         return "release home" + ("{" + ",".join(sorted(writers)) + " writing}" if writers else "")
 
-
-
-def _consecutive(pages: list[int]) -> list[tuple[int, int]]:
-    """Ascending pages as (first, count) runs of consecutive ones."""
-    out: list[tuple[int, int]] = []
-    for q in pages:
-        if out and out[-1][0] + out[-1][1] == q:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((q, 1))
-    return out
 
 
 def _runs_by(grants: list[tuple[str, bool, int]]) -> list[tuple[tuple[str, bool], list[int]]]:

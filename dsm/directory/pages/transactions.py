@@ -497,13 +497,10 @@ class PageTransactions:
         self.granted[first:first + n] = True
         self.counters["grants"] += 1
         self.counters["pages_granted"] += n
-        if granted:
-            if write and self.on_loss is OnLoss.POISON:
-                self.home.clear(first, n)  # (as below)
-            if self._tracing:
-                self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)
-            return []
-        if already_current:
+        grant: Send | None
+        if granted:  # (the requester has them already)
+            grant = None
+        elif already_current:
             grant = Send(node, Grant(first, n, True, Payload.NONE))
         elif (txn.fetched is not None and txn.fetched[0] == Payload.DATA and not txn.fetched[2]
               and n == txn.count):
@@ -518,7 +515,7 @@ class PageTransactions:
             self.home.clear(first, n)
         if self._tracing:
             self._trace(first, req.kind.name, node, old, entries[0].describe(), count=n)
-        return [grant]
+        return [] if grant is None else [grant]
 
     def _lose_orphans(self, first: int, count: int, dead: str | None) -> None:
         """Pages of a transaction that no live node holds any more, and whose home copy is not
