@@ -16,7 +16,9 @@ How each is caught (``tests/test_bugs.py`` proves it):
 - ``early-grant``: the simulator's "one writer or many readers" (on a real cluster its window is
   a few hundred microseconds: the litmus tests rarely land in it);
 - ``ignore-notices``: the simulator's DRF-SC check of release-consistency pages (a read after an
-  acquire returns an older value).
+  acquire returns an older value);
+- ``keep-removed``: the simulator with the kernel's events on (``python -m dsm.sim --events``):
+  a page MADV_REMOVE punched stays held with a hole, found when its Remove is told apart.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ BUG_ENV = "DSM_BUG"
 STALE_COPY = "stale-copy"
 EARLY_GRANT = "early-grant"
 IGNORE_NOTICES = "ignore-notices"
+KEEP_REMOVED = "keep-removed"
 
 #: name -> what goes wrong (one line each: ``dsm litmus --bug list``)
 BUGS = {
@@ -41,6 +44,8 @@ BUGS = {
                  "readers see the old value after the write, and two nodes hold the page",
     IGNORE_NOTICES: "an acquire ignores its write notices: a node keeps reading its stale copy "
                     "of a release-consistency page after a lock or barrier",
+    KEEP_REMOVED: "a Remove event's punched pages are never discarded: the node keeps holding "
+                  "a hole, and serves it as zeros while the others keep the old contents",
 }
 
 

@@ -23,6 +23,7 @@ import pytest
 from dsm import libc, local
 from dsm import protocol as p
 from dsm.agent.memory import NodeMemory
+from dsm.core.events import follow
 from dsm.core.kernel import MAX_KERNEL_RETRIES, KernelCalls
 from dsm.core.states import PageState
 from dsm.agent.processes import Mapping, WorkloadProcess
@@ -452,7 +453,8 @@ def test_a_remove_event_does_not_block_the_loop_and_its_pages_are_told_apart_lat
         with monkeypatch.context() as m:
             m.setattr(time, "sleep", no_sleep)
             t0 = time.monotonic()
-            here.workloads._on_remove(proc, Remove(base + 3 * PAGE, base + 5 * PAGE))
+            proc.events.extend(follow(proc, [Remove(base + 3 * PAGE, base + 5 * PAGE)]))
+            here.workloads.handle_events(proc)
             assert time.monotonic() - t0 < REMOVE_SETTLE_S
         assert set(here.state) == {3, 4}  # not told apart yet
         libc.punch_hole(here.memory.memfd, 4 * PAGE, PAGE)  # page 4 was MADV_REMOVEd
