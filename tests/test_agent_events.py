@@ -294,6 +294,43 @@ def test_a_page_existing_mid_run_leaves_the_installer_write_protected(tmp_path):
         memory.close()
 
 
+def test_a_protection_made_while_the_process_moves_the_page_is_made_where_it_went(tmp_path):
+    """A thread of this process mremaps page 2 of the region (the kernel holds it in mremap until
+    the Remap event is read) while the node write-protects it: the ioctl at the old address
+    finds events pending, reads the Remap, then finds nothing mapped there (ENOENT). The
+    protection must be made at the page's new address; the kernel's page map says whether it
+    was."""
+    layout = Layout(libc.PAGE_SIZE * 1024, 4 * PAGE)  # the base is only used for addresses
+    procs: dict[int, WorkloadProcess] = {}
+    memory = NodeMemory("enoent", layout, procs, lambda proc: None)
+    addr = libc.mmap_at(0, layout.size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED,
+                        memory.memfd)
+    spare = libc.mmap_at(0, PAGE, 0, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+    uffd = Uffd.open(features=WORKLOAD_FEATURES)
+    mover = threading.Thread(target=libc.mremap, daemon=True,
+                             args=(addr + 2 * PAGE, PAGE, PAGE,
+                                   libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, spare))
+    try:
+        uffd.register(addr, layout.size, REGION_REGISTER_MODE)
+        proc = WorkloadProcess(uffd, os.getpid(), [Mapping(addr, layout.size, 0)])
+        procs[uffd.fileno()] = proc
+        mover.start()
+        assert uffd.wait_readable(STEP_TIMEOUT_S), "the Remap event never came"
+        KernelCalls(memory).writeprotect(proc, 2, 1, wp=True)
+        mover.join(STEP_TIMEOUT_S)
+        assert not mover.is_alive(), "mremap still waits for its event to be read"
+        assert proc.addresses_of(2 * PAGE, PAGE) == [(spare, PAGE)]
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(spare // PAGE * PAGEMAP_ENTRY.size)
+            entry = PAGEMAP_ENTRY.unpack(pagemap.read(PAGEMAP_ENTRY.size))[0]
+        assert entry & PM_UFFD_WP, f"pagemap entry {entry:#x}: page 2 is not protected where it went"
+    finally:
+        uffd.close()
+        libc.munmap(addr, layout.size)
+        libc.munmap(spare, PAGE)
+        memory.close()
+
+
 @pytest.mark.timeout(20)
 def test_an_install_that_keeps_finding_events_pending_gives_up_with_an_error():
     layout = Layout(libc.PAGE_SIZE * 1024, 4 * PAGE)
