@@ -41,9 +41,6 @@ from dsm.core.events import (
     REMOVE_SETTLE_S as REMOVE_SETTLE_S,  # the agent's tests import it from here
     Forked,
     ProcessEvents,
-    Remapped,
-    Removed,
-    Unmapped,
     follow,
 )
 from dsm.core.kernel import KernelCalls
@@ -88,12 +85,10 @@ class Workloads:
                                     carry_out)
         #: forked children whose pid is not known yet -> until when to look for it
         self._unnamed_children: dict[WorkloadProcess, float] = {}
+        #: the loop's own events; the others are ``ProcessEvents``' (``dsm.core.events``)
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
             Pagefault: self._on_pagefault,
             Forked: self._on_fork,
-            Remapped: lambda proc, ev: self.events.remapped(ev),
-            Removed: lambda proc, ev: self.events.removed(proc, ev, time.monotonic()),
-            Unmapped: lambda proc, ev: self.events.unmapped(ev),
         }
 
     # --- what the loop polls -----------------------------------------------------------------------
@@ -150,7 +145,11 @@ class Workloads:
         while proc.events and not proc.uffd.closed:
             event = proc.events.popleft()
             try:
-                self._event_handlers[type(event)](proc, event)
+                handler = self._event_handlers.get(type(event))
+                if handler is not None:
+                    handler(proc, event)
+                else:
+                    self.events.handle(proc, event, time.monotonic())
             except ProcessGone:
                 self.forget(proc, give_back=True)
                 return
@@ -160,14 +159,7 @@ class Workloads:
             pid = thread_group_of(ev.thread_id)
             if pid is not None:
                 self._name_process(proc, pid)
-        page_addr = ev.addr - ev.addr % self.page_size
-        offset = proc.offset_of(page_addr)
-        if offset is None:
-            log.error("fault at %#x in pid %s outside the region: waking it", ev.addr, proc.pid)
-            self.kernel.wake(proc, page_addr)
-            return
-        self.events.fault(proc, page_addr, offset // self.page_size, ev.rw, ev.kind,
-                          ev.thread_id, time.monotonic())
+        self.events.fault(proc, ev.addr, ev.rw, ev.kind, ev.thread_id, time.monotonic())
 
     def _on_fork(self, proc: WorkloadProcess, ev: Forked) -> None:
         """Adopt the child's uffd (its read copies protected: ``ProcessEvents.forked``) and

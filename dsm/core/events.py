@@ -198,9 +198,8 @@ class ProcessEvents:
     """What a node does about its processes' events, and the faults that depend on them.
 
     ``holds(page)``: whether the node's memory holds the page's data (not a hole);
-    ``processes()``: the node's workload processes (each a ``RegionMappings``, with ``uffd``'s
-    ``closed`` telling whether it is still served); ``carry_out``: how the core's actions are
-    done."""
+    ``processes()``: the node's workload processes it serves (each a ``RegionMappings``);
+    ``carry_out``: how the core's actions are done."""
 
     def __init__(self, core: NodeCore, kernel: KernelCalls, holds: Callable[[int], bool],
                  processes: Callable[[], Iterable], carry_out: Callable[[list], None]):
@@ -215,14 +214,30 @@ class ProcessEvents:
         self._removals: list[Removal] = []
         #: pages Remove events named, until when a hole in them is explained (oldest first)
         self._explains: dict[int, float] = {}
+        #: what each event's record means (a Forked child is the loop's to adopt first)
+        self._handlers: dict[type, Callable[[Any, Any, float], None]] = {
+            Remapped: lambda proc, ev, now: self.core.stats.count("remaps"),
+            Removed: self.removed,
+            Unmapped: lambda proc, ev, now: self.unmapped(ev),
+        }
 
     # --- faults --------------------------------------------------------------------------------------
-    def fault(self, proc: Any, page_addr: int, page: int, rw: Access, kind: FaultKind,
-              thread_id: int, now: float) -> None:
-        """A fault of ``proc`` on ``page`` (at ``page_addr`` there), into the core. A page held
-        here, faulted as missing, was raised before it arrived, or punched: only a Remove event
-        of this node's processes may have punched it; it is told apart now (the core takes any
-        other hole for the invariant violation it is)."""
+    def fault(self, proc: Any, addr: int, rw: Access, kind: FaultKind, thread_id: int,
+              now: float) -> None:
+        """A fault of ``proc`` at ``addr``, into the core. A page held here, faulted as missing,
+        was raised before it arrived, or punched: only a Remove event of this node's processes
+        may have punched it; it is told apart now (the core takes any other hole for the
+        invariant violation it is). A fault outside the region (a range moved or unmapped since
+        the fault: its event was read after it) is woken: it faults again where the process
+        maps the page now, or fails."""
+        page_addr = addr - addr % self.page_size
+        offset = proc.offset_of(page_addr)
+        if offset is None:
+            log.warning("fault at %#x outside the region (moved or unmapped meanwhile): waking "
+                        "it", addr)
+            self.kernel.wake(proc, page_addr)
+            return
+        page = offset // self.page_size
         resident = True
         if kind is FaultKind.MISSING and page in self.state and page not in self.core.pending:
             if self._removals:
@@ -235,6 +250,10 @@ class ProcessEvents:
                                         resident))
 
     # --- the events ------------------------------------------------------------------------------------
+    def handle(self, proc: Any, record: Any, now: float) -> None:
+        """A Remapped, Removed or Unmapped record of ``proc``'s (``follow``)."""
+        self._handlers[type(record)](proc, record, now)
+
     def forked(self, child: Any) -> None:
         """Protect every read copy in a forked child (one installed since the fork is not)."""
         self.kernel.protect_read_copies(child, self.core.read_copies())
@@ -242,9 +261,6 @@ class ProcessEvents:
     def unmapped(self, ev: Unmapped) -> None:
         self.core.stats.count("unmaps")
         self.give_back_unmapped(ev.ranges)
-
-    def remapped(self, ev: Remapped) -> None:
-        self.core.stats.count("remaps")
 
     def removed(self, proc: Any, ev: Removed, now: float) -> None:
         """Tell the pages of ``ev`` apart ``REMOVE_SETTLE_S`` from ``now`` (the module's
@@ -282,7 +298,7 @@ class ProcessEvents:
         gone = [pg for pg in removal.pages if pg in self.state and not self._holds(pg)]
         if gone and bugs.ACTIVE != bugs.KEEP_REMOVED:  # the bug switch (dsm/bugs.py)
             self._discard(gone)
-        if removal.proc.uffd.closed:
+        if not self._served(removal.proc):
             return
         for pg in removal.pages:  # DONTNEED: the pages stay; keep read copies protected
             st = self.state.get(pg)
@@ -297,7 +313,7 @@ class ProcessEvents:
         if st is None or not st.protected:
             return
         for removal in self._removals:
-            if page in removal.pages and not removal.proc.uffd.closed:
+            if page in removal.pages and self._served(removal.proc):
                 self.kernel.writeprotect(removal.proc, page, 1, wp=True)
 
     def _removed_recently(self, page: int, now: float) -> bool:
@@ -306,6 +322,9 @@ class ProcessEvents:
         while self._explains and next(iter(self._explains.values())) < now:
             self._explains.pop(next(iter(self._explains)))
         return page in self._explains or any(page in r.pages for r in self._removals)
+
+    def _served(self, proc: Any) -> bool:
+        return any(pr is proc for pr in self._processes())
 
     # --- giving pages back -------------------------------------------------------------------------------
     def _held_pages(self, ranges: list[tuple[int, int]]) -> set[int]:
