@@ -13,7 +13,8 @@ What it decides, besides what ``KernelCalls`` does about the kernel's answers:
   had been unreachable from the start (rewritten at once: what is left after a pause says so);
   an acknowledgement (``Invalidated``) that cannot reach its requester goes to the directory,
   which forwards it;
-- the waiters of an ``Install`` woken by the install's own copy are not woken again.
+- the waiters of an ``Install`` woken by the install's own copy are not woken again, nor those
+  of an ``Upgrade`` that its lift of the protection woke (where their process maps the pages).
 
 A ``pause`` hook, consulted after each send while actions are left, may stop the run: the rest
 (``Carrying``, with what the earlier actions left for the later ones) is carried on later. The
@@ -88,8 +89,7 @@ class ActionRunner:
             act.Send: (self._send, True),
             act.SendDiff: (self._send_diff, True),
             act.Install: (self._install, False),
-            act.Upgrade: (lambda a, c: kernel.protect_everywhere(a.first, a.count, wp=False),
-                          False),  # lifting the protection wakes the writers
+            act.Upgrade: (self._upgrade, False),
             act.Protect: (lambda a, c: kernel.protect_everywhere(a.first, a.count, wp=True),
                           False),
             act.Unprotect: (lambda a, c: kernel.writeprotect(a.proc, a.page, 1, wp=False), False),
@@ -173,6 +173,16 @@ class ActionRunner:
                                    (inst.proc, inst.addr) if inst is not None else None)
         for w in a.wake:  # the installer's copy woke the threads waiting where it copied
             if not (woke and w.proc is inst.proc and w.addr == inst.addr):
+                self.kernel.wake(w.proc, w.addr)
+
+    def _upgrade(self, a: act.Upgrade, carrying: Carrying) -> None:
+        """Lift the protection (which wakes the writers where each process maps the pages),
+        then wake the waiters that faulted where their process no longer maps them: a writer
+        blocked where a range was before an mremap waits for a wake at that address."""
+        self.kernel.protect_everywhere(a.first, a.count, wp=False)
+        for w in a.wake:
+            where = self._raw.addresses(w.proc, a.first, a.count)
+            if not any(addr <= w.addr < addr + length for addr, length in where):
                 self.kernel.wake(w.proc, w.addr)
 
     def _punch(self, a: act.Punch, carrying: Carrying) -> None:

@@ -233,7 +233,7 @@ class ProcessEvents:
         page_addr = addr - addr % self.page_size
         offset = proc.offset_of(page_addr)
         if offset is None:
-            log.warning("fault at %#x outside the region (moved or unmapped meanwhile): waking "
+            log.info("fault at %#x outside the region (moved or unmapped meanwhile): waking "
                         "it", addr)
             self.kernel.wake(proc, page_addr)
             return

@@ -326,7 +326,7 @@ class NodeCore:
         out: list[Action] = []
         if msg.payload == p.Payload.NONE:  # an upgrade, or a page the node owns already
             self.stats.count("upgrades")
-            out.append(Upgrade(first, count))  # lifting the protection wakes the waiters
+            out.append(Upgrade(first, count, tuple(ready)))  # the lift wakes the waiters
             new = PageState.EXCLUSIVE
         else:
             self.stats.count("pages_in", count)

@@ -40,7 +40,6 @@ class MessageHandlers:
         the messages to send."""
         return {
             **page_handlers(self.pages, self.layout.page_size),
-            p.Discard: self._on_discard,
             p.Alloc: self._on_alloc,
             # the node knows we live, and learns our clock (dsm.clocksync)
             p.Heartbeat: lambda n, m, d: [Send(n, p.Heartbeat(self.tracer.now_ns(), m.clock_ns))],
@@ -139,14 +138,6 @@ class MessageHandlers:
         session = self.sessions.end(node, f"node {node} left the cluster")
         # the acknowledgement comes after everything the node sent before: all it handed back
         self._send_to(session.identity, p.Bye())
-        return out
-
-    def _on_discard(self, node: str, msg: p.Discard, _: Any) -> list[Send]:
-        for page in msg.pages:  # all of them first: a bad one must not leave half done
-            self.layout.check_page(page)
-        out: list[Send] = []
-        for page in msg.pages:
-            out += self.pages.discard(node, page)
         return out
 
     def _lost_ranges(self, runs: list[tuple[int, int, str]]) -> list[list]:
