@@ -262,3 +262,19 @@ def test_a_lift_or_a_poison_that_finds_the_range_gone_wakes_the_threads_blocked_
     kernel.woken.clear()
     calls.poison(kernel.proc, BASE, thread_id=1)
     assert kernel.woken == [BASE], "a waiter at the old address hangs"
+
+
+def test_an_upgrade_wakes_a_writer_blocked_where_its_page_was_before_a_move():
+    """A writer faults on read copy 3 at its address, then the process moves the page (the
+    Remap read meanwhile): lifting the protection at the new address wakes nobody blocked at
+    the old one, so the upgrade wakes it there; a writer the lift reaches is not woken twice."""
+    kernel = MovingKernel()
+    kernel.protected.update({1, 3})
+    moved = Waiter(kernel.proc, BASE + 3 * PAGE, 3, True, 1, 0.0)
+    stayed = Waiter(kernel.proc, BASE + PAGE, 1, True, 2, 0.0)
+    kernel.move(3, 1)
+    kernel.read_events(kernel.proc)
+    runner = _runner(kernel, Recorder(True))
+    runner.carry_out([act.Upgrade(3, 1, (moved,)), act.Upgrade(1, 1, (stayed,))])
+    assert kernel.protected == set()
+    assert kernel.woken == [ELSEWHERE, BASE + 3 * PAGE, BASE + PAGE]

@@ -83,5 +83,5 @@ def test_a_discard_naming_a_page_outside_the_region_changes_nothing(service):
     service.pages.acquire("other", 1, 1, False, False)  # a read copy elsewhere: a discard invalidates it
     before = dict(service.pages._txns), service.pages.entry(1).copyset.copy()
     with pytest.raises(AddressError, match=f"page {REGION_PAGES} is outside"):
-        service._on_discard("n", p.Discard([1, REGION_PAGES]), None)
+        service._handlers[p.Discard]("n", p.Discard([1, REGION_PAGES]), None)
     assert (dict(service.pages._txns), service.pages.entry(1).copyset) == before

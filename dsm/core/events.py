@@ -286,24 +286,30 @@ class ProcessEvents:
         return self._removals[0].deadline if self._removals else None
 
     def run_timers(self, now: float) -> list[int]:
-        """Tell apart the Removes due by ``now``; the pages they covered."""
+        """Tell apart the Removes due by ``now``; the pages told apart."""
         settled: list[int] = []
         while self._removals and self._removals[0].deadline <= now:
-            removal = self._removals.pop(0)
-            settled += removal.pages
-            self._settle(removal)
+            settled += self._settle(self._removals.pop(0), now)
         return settled
 
-    def _settle(self, removal: Removal) -> None:
-        gone = [pg for pg in removal.pages if pg in self.state and not self._holds(pg)]
+    def _settle(self, removal: Removal, now: float) -> list[int]:
+        """Discard the pages of ``removal`` that were punched; the pages told apart. A page a
+        request is out for (an upgrade of a read copy) waits for its answer, and is told apart
+        ``REMOVE_SETTLE_S`` later again: a Discard sent now would reach the directory after it
+        granted the request, and take the page from this node, which installs it."""
+        waiting = {pg for pg in removal.pages if pg in self.core.pending}
+        if waiting:
+            self._removals.append(Removal(removal.proc, waiting, now + REMOVE_SETTLE_S))
+        told = [pg for pg in removal.pages if pg not in waiting]
+        gone = [pg for pg in told if pg in self.state and not self._holds(pg)]
         if gone and bugs.ACTIVE != bugs.KEEP_REMOVED:  # the bug switch (dsm/bugs.py)
             self._discard(gone)
-        if not self._served(removal.proc):
-            return
-        for pg in removal.pages:  # DONTNEED: the pages stay; keep read copies protected
-            st = self.state.get(pg)
-            if st is not None and st.protected:
-                self.kernel.writeprotect(removal.proc, pg, 1, wp=True)
+        if self._served(removal.proc):
+            for pg in told:  # DONTNEED: the pages stay; keep read copies protected
+                st = self.state.get(pg)
+                if st is not None and st.protected:
+                    self.kernel.writeprotect(removal.proc, pg, 1, wp=True)
+        return told
 
     def _protect_kept(self, page: int) -> None:
         """A fault on a page of a Remove event not told apart yet, which the memory still holds:

@@ -180,19 +180,22 @@ class SimKernel:
     def read_events(self, proc: Any) -> None:
         """Read the events queued on ``proc``'s uffd (``dsm.sim.processes``): their mapping
         changes apply now (``follow``, the agent's); a madvise waiting for its event's read goes
-        on (MADV_REMOVE punches). Without kernel events, an EAGAIN was the fault itself."""
+        on once the agent's current operation is over (MADV_REMOVE punches). Without kernel
+        events, an EAGAIN was the fault itself."""
         if not proc.unread:
             return
         unread, proc.unread = proc.unread, []
         proc.events.extend(follow(proc, [event for event, _ in unread]))
-        for _, then in unread:
-            if then is not None:
-                then()
+        self.world.madvise_going_on += [then for _, then in unread if then is not None]
 
     def forget(self, proc: Any) -> None:
         if proc is self.node:
             raise SimulationFailure(f"{self.node.name}'s workload process was taken for gone")
         self.children.remove(proc)
+        if self.world.kernel_events.any:  # the agent adopts it at its Fork event
+            self.world._step(f"{self.node.name}'s forked child exited")
+            self.world._fork(self.node)
+            return
         self.world._step(f"{self.node.name}'s forked child exited; the workload forks another")
         self.children.append(self._child_now())
 
@@ -252,7 +255,8 @@ class SimTransport:
     def send(self, msg: p.Message, data: Any) -> None:
         world = self.world
         if type(msg) is p.Discard:  # one per shard, as the agent's links split it
-            world.discarding.update(msg.pages)  # zeros from the directory's discard on
+            # zeros from the directory's discard on (the truth model)
+            world.discarding.update(dict.fromkeys(msg.pages, self.node.name))
             by_shard: dict[str, list[int]] = {}
             for page in msg.pages:
                 by_shard.setdefault(world._shard_of(page), []).append(page)

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable
 
-from dsm.core.events import AddressSpace, Forked, Mapping, RegionMappings
+from dsm.core.events import AddressSpace, Forked, Mapping, RegionMappings, Removed
 from dsm.core.states import OWNED
 from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.uffd.events import Fork, Remap, Remove, Unmap
@@ -176,6 +176,8 @@ class ProcessSimulation:
         """MADV_REMOVE's punch, once its event is read: a write of zeros at once where the node
         owned the page; where it held a read copy, at the directory's discard (zeros or the old
         contents may be read until then)."""
+        if not node.alive:
+            return
         self._step(f"{node.name}: MADV_REMOVE punches pages {pages}")
         for pg in pages:
             if node.memory.pop(pg, None) is None:
@@ -220,8 +222,11 @@ class ProcessSimulation:
                         node.process_events.handle(proc, record, self.clock)
 
     def _run_event_timers(self) -> None:
-        """The agents' removal timers due now (between operations), then the check that every
-        punched page they told apart was discarded."""
+        """After a step: the madvise calls whose events were read go on (their punches), then
+        the agents' removal timers due now (between operations) run, and every punched page
+        they told apart must have been discarded."""
+        while self.madvise_going_on:
+            self.madvise_going_on.pop(0)()
         for node in self.nodes.values():
             deadline = node.process_events.next_deadline()
             if not node.alive or node.deferred is not None or deadline is None \
@@ -230,7 +235,13 @@ class ProcessSimulation:
             settled = node.process_events.run_timers(self.clock)
             if self._touched is not None:
                 self._touched.update(settled)
-            for pg in settled:
+            # a Remove read meanwhile (at an ioctl's EAGAIN) has not been handled yet: its own
+            # pages are told apart at its own deadline
+            later = {pg for proc in self._processes_of(node) for record in proc.events
+                     if type(record) is Removed
+                     for off, length in record.ranges
+                     for pg in range(off // PAGE_BYTES, (off + length) // PAGE_BYTES)}
+            for pg in set(settled) - later:
                 if pg in node.core.state and pg not in node.memory:
                     raise SimulationFailure(
                         f"{node.name} still holds page {pg} ({node.core.state[pg].value}) with a "
@@ -251,12 +262,20 @@ class ProcessSimulation:
             self.truth[loc] = 0
             self.lost_locations.discard(loc)
         self.zeros_allowed.discard(page)
-        self.discarding.discard(page)
+        self.discarding.pop(page, None)
 
     def _discarded(self, page: int) -> None:
         """The directory has discarded ``page`` (every copy invalidated): zeros everywhere."""
         self._step(f"the directory has discarded page {page}: zeros from now on")
         self._zeroed(page)
+
+    def _discards_died_with(self, node: SimNode) -> None:
+        """``node`` died: the pages it asked the directory to discard, not discarded yet, may
+        be lost (the directory may still take the dead node for their owner)."""
+        for page, discarder in self.discarding.items():
+            if discarder == node.name:
+                self.lost_locations.update(range(page * SLOTS_PER_PAGE,
+                                                 (page + 1) * SLOTS_PER_PAGE))
 
     def _check_read_copies_protected(self, node: SimNode, pages) -> None:
         """A read copy is write-protected in every process of its node that maps it (a write

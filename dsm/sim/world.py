@@ -131,8 +131,12 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self._remaps = 0  #: mremaps so far (each moves pages to fresh addresses)
         #: read copies punched by MADV_REMOVE: a read may return zeros until their discard
         self.zeros_allowed: set[int] = set()
-        #: pages a node has sent a Discard of, not yet discarded by the directory
-        self.discarding: set[int] = set()
+        #: madvise calls whose Remove event was read: they go on once the agent's operation is
+        #: over (a punch amid it would race the model's truth, not the agent: a page read after
+        #: it reads as zeros, which the removal wrote)
+        self.madvise_going_on: list = []
+        #: pages a node has sent a Discard of, not yet discarded by the directory -> that node
+        self.discarding: dict[int, str] = {}
         self.lost_locations: set[int] = set()
         #: release pages whose newest contents may have died with a node (``Dirtied``)
         self.maybe_lost_release_pages: set[int] = set()
