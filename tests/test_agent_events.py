@@ -476,8 +476,8 @@ def test_a_held_page_that_is_not_resident_is_not_discarded(here, monkeypatch):
 
 def test_a_remove_event_does_not_block_the_loop_and_its_pages_are_told_apart_later(here, monkeypatch):
     """The agent does not wait for MADV_REMOVE's punch inside the event's handler: it checks the
-    pages at a deadline. Then a punched page is discarded, a kept one (DONTNEED) stays, a read
-    copy write-protected again in the removing process."""
+    pages at a deadline. Then a punched page is zeroed (owned here), a kept one (DONTNEED) stays,
+    a read copy write-protected again in the removing process."""
     def no_sleep(seconds):
         raise AssertionError(f"the agent's loop slept {seconds} s handling a Remove event")
 
@@ -496,7 +496,10 @@ def test_a_remove_event_does_not_block_the_loop_and_its_pages_are_told_apart_lat
         assert set(here.state) == {3, 4}  # not told apart yet
         libc.punch_hole(here.memory.memfd, 4 * PAGE, PAGE)  # page 4 was MADV_REMOVEd
         here.workloads.run_timers(time.monotonic() + REMOVE_SETTLE_S)
-        assert here.state == {3: PageState.SHARED}
+        # an owned page is the only copy: it stays, zeros from now on (a read copy would be
+        # discarded cluster-wide)
+        assert here.state == {3: PageState.SHARED, 4: PageState.EXCLUSIVE}
+        assert os.pread(here.memory.memfd, PAGE, 4 * PAGE) == bytes(PAGE)
         assert here.stats.snapshot()["counters"].get("discards", 0) == 1
         assert ("writeprotect", base + 3 * PAGE, PAGE, True) in proc.uffd.calls
     finally:

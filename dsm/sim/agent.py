@@ -104,6 +104,11 @@ class SimKernel:
         return [off // PAGE_BYTES for a in range(addr, addr + length, PAGE_BYTES)
                 if (off := proc.space.offset_of(a)) is not None]
 
+    def _unmapped(self) -> int:
+        """The answer of an ioctl where the process maps nothing any more."""
+        self.world.event_counters["enoent"] += 1
+        return errno.ENOENT
+
     def _answer(self, proc: Any) -> int:
         if proc is self.node:
             return self.faults.ioctl()
@@ -120,7 +125,7 @@ class SimKernel:
             return errno.EAGAIN
         pages = self._mapped(proc, addr, length)
         if not pages:
-            return errno.ENOENT
+            return self._unmapped()
         if wp:
             proc.wp.update(pages)
         else:
@@ -136,7 +141,7 @@ class SimKernel:
         count = len(data) // PAGE_BYTES
         pages = self._mapped(proc, addr, len(data))
         if not pages or pages != list(range(pages[0], pages[0] + count)):
-            return 0, errno.ENOENT  # not one mapping of the run any more
+            return 0, self._unmapped()  # not one mapping of the run any more
         first = pages[0]
         if proc.unread:
             return 0, errno.EAGAIN
@@ -167,7 +172,7 @@ class SimKernel:
     def poison(self, proc: Any, addr: int) -> int:
         pages = self._mapped(proc, addr, PAGE_BYTES)
         if not pages:
-            return errno.ENOENT
+            return self._unmapped()
         err = self._answer(proc)
         if err:
             return err

@@ -115,6 +115,7 @@ class ProcessSimulation:
     def _fork(self, node: SimNode) -> None:
         child = ForkedChild(wp=set(node.wp), space=AddressSpace(node.space.copy_mappings()))
         node.unread.append((Fork(child), None))
+        self.event_counters["forks"] += 1
         self._step(f"{node.name}'s workload forks a child (its Fork event queued)")
 
     def _some_range(self, proc: SimProcess, pages: range) -> tuple[int, int] | None:
@@ -136,6 +137,7 @@ class ProcessSimulation:
         self._touched.update(self._pages_at(proc, addr, length))
         proc.space.unmap(addr, addr + length)
         proc.unread.append((Unmap(addr, addr + length), None))
+        self.event_counters["unmaps"] += 1
         self._step(f"{node.name}: a process unmaps {addr:#x}+{length:#x} (its Unmap queued)")
 
     def _remap(self, node: SimNode) -> None:
@@ -148,6 +150,7 @@ class ProcessSimulation:
         self._remaps += 1
         proc.space.remap(addr, to, length)
         proc.unread.append((Remap(addr, to, length), None))
+        self.event_counters["remaps"] += 1
         self._step(f"{node.name}: a process moves {addr:#x}+{length:#x} to {to:#x} (its Remap "
                    "queued)")
 
@@ -162,6 +165,7 @@ class ProcessSimulation:
         addr, length = where
         pages = [pg for pg in self._pages_at(node, addr, length) if not self.is_release(pg)]
         punch = self.rng.random() < PUNCH_SHARE
+        self.event_counters["removes"] += 1
         node.unread.append((Remove(addr, addr + length),
                             (lambda: self._punched(node, pages)) if punch else None))
         self._step(f"{node.name}: madvise({'MADV_REMOVE' if punch else 'MADV_DONTNEED'}) of "
@@ -182,6 +186,7 @@ class ProcessSimulation:
         for pg in pages:
             if node.memory.pop(pg, None) is None:
                 continue  # nothing there: nothing read of it changes
+            self.event_counters["punched"] += 1
             if self._touched is not None:
                 self._touched.add(pg)
             if node.core.state.get(pg) in OWNED:
@@ -267,6 +272,7 @@ class ProcessSimulation:
     def _discarded(self, page: int) -> None:
         """The directory has discarded ``page`` (every copy invalidated): zeros everywhere."""
         self._step(f"the directory has discarded page {page}: zeros from now on")
+        self.event_counters["discarded"] += 1
         self._zeroed(page)
 
     def _discards_died_with(self, node: SimNode) -> None:

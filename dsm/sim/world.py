@@ -129,6 +129,10 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         #: the kernel's events on the nodes' processes (``dsm.sim.processes``)
         self.kernel_events = kernel_events
         self._remaps = 0  #: mremaps so far (each moves pages to fresh addresses)
+        #: what the kernel's events did, for the report: events queued, pages punched and
+        #: discarded, ioctls answered ENOENT
+        self.event_counters = {"forks": 0, "unmaps": 0, "remaps": 0, "removes": 0, "punched": 0,
+                               "discarded": 0, "enoent": 0}
         #: read copies punched by MADV_REMOVE: a read may return zeros until their discard
         self.zeros_allowed: set[int] = set()
         #: madvise calls whose Remove event was read: they go on once the agent's operation is
