@@ -32,6 +32,8 @@ from dsm import protocol as p
 from dsm.sim import release as rc
 from dsm.sim.links import Faults
 from dsm.core.events import AddressSpace, follow
+from dsm.core.kernel import are_zeros
+from dsm.core.states import OWNED
 from dsm.sim.model import PAGE_BYTES, SimulationFailure
 from dsm.sim.processes import ForkedChild, SimProcess
 
@@ -214,8 +216,12 @@ class SimKernel:
 
     def write(self, offset: int, data: memoryview) -> None:
         first = offset // PAGE_BYTES
+        removal = are_zeros(data)  # (of a punched read copy the node owns now: zeros in place)
         for i in range(len(data) // PAGE_BYTES):
             self.node.memory[first + i] = bytearray(data[i * PAGE_BYTES:(i + 1) * PAGE_BYTES])
+            if removal and first + i in self.world.zeros_allowed \
+                    and self.node.core.state.get(first + i) in OWNED:
+                self.world._zeroed(first + i)  # the removal's write of zeros, done now
 
     def punch(self, first: int, count: int) -> None:
         for q in range(first, first + count):
