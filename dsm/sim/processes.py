@@ -192,7 +192,7 @@ class ProcessSimulation:
             if node.core.state.get(pg) in OWNED:
                 self._zeroed(pg)
             else:
-                self.zeros_allowed.add(pg)
+                self.zeros_allowed.setdefault(pg, set()).add(node.name)
 
     # --- the agent reads and handles them --------------------------------------------------------------
     def _has_events(self, node: SimNode) -> bool:
@@ -252,8 +252,10 @@ class ProcessSimulation:
                         f"{node.name} still holds page {pg} ({node.core.state[pg].value}) with a "
                         "hole after its Remove was told apart: MADV_REMOVE's punch was not "
                         "discarded")
-                if pg not in self.discarding:
-                    self.zeros_allowed.discard(pg)
+                if pg not in self.discarding and pg in self.zeros_allowed:
+                    self.zeros_allowed[pg].discard(node.name)  # its punch, told apart
+                    if not self.zeros_allowed[pg]:
+                        del self.zeros_allowed[pg]
 
     def _next_event_deadline(self) -> float | None:
         deadlines = [d for n in self.nodes.values() if n.alive
@@ -266,7 +268,7 @@ class ProcessSimulation:
         for loc in range(page * SLOTS_PER_PAGE, (page + 1) * SLOTS_PER_PAGE):
             self.truth[loc] = 0
             self.lost_locations.discard(loc)
-        self.zeros_allowed.discard(page)
+        self.zeros_allowed.pop(page, None)
         self.discarding.pop(page, None)
 
     def _discarded(self, page: int) -> None:

@@ -133,8 +133,9 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         #: discarded, ioctls answered ENOENT
         self.event_counters = {"forks": 0, "unmaps": 0, "remaps": 0, "removes": 0, "punched": 0,
                                "discarded": 0, "enoent": 0}
-        #: read copies punched by MADV_REMOVE: a read may return zeros until their discard
-        self.zeros_allowed: set[int] = set()
+        #: read copies punched by MADV_REMOVE, and the nodes that punched them: a read may return
+        #: zeros until their discard (or until the removal is told apart with no discard)
+        self.zeros_allowed: dict[int, set[str]] = {}
         #: madvise calls whose Remove event was read: they go on once the agent's operation is
         #: over (a punch amid it would race the model's truth, not the agent: a page read after
         #: it reads as zeros, which the removal wrote)
