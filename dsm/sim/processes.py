@@ -232,6 +232,15 @@ class ProcessSimulation:
         they told apart must have been discarded."""
         while self.madvise_going_on:
             self.madvise_going_on.pop(0)()
+        for page, punchers in list(self.zeros_allowed.items()):
+            for name in punchers:
+                node = self.nodes[name]
+                if node.alive and node.deferred is None and page not in node.memory \
+                        and node.core.state.get(page) in OWNED:
+                    # it owns its punched read copy now (an upgrade moves no data): the hole,
+                    # zeros, is the only copy
+                    self._zeroed(page)
+                    break
         for node in self.nodes.values():
             deadline = node.process_events.next_deadline()
             if not node.alive or node.deferred is not None or deadline is None \
