@@ -27,12 +27,12 @@ may return zeros or what it held.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from dsm.core.events import AddressSpace, Forked, Mapping, RegionMappings, Removed
 from dsm.core.states import OWNED
-from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure
+from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, Rates, SimulationFailure
 from dsm.uffd.events import Fork, Remap, Remove, Unmap
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ PUNCH_SHARE = 0.5
 
 
 @dataclass(frozen=True)
-class KernelEvents:
+class KernelEvents(Rates):
     """How often each event strikes a random live node, per step of the schedule."""
 
     fork: float = 0.0
@@ -59,10 +59,6 @@ class KernelEvents:
     @classmethod
     def everywhere(cls, rate: float) -> "KernelEvents":
         return cls(fork=rate, unmap=rate, remap=rate, remove=rate)
-
-    @property
-    def any(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self))
 
 
 NO_EVENTS = KernelEvents()
@@ -128,12 +124,16 @@ class ProcessSimulation:
     def _processes_of(self, node: SimNode) -> list[SimProcess]:
         return [node, *node.runner.kernel.kernel.children]
 
-    def _unmap(self, node: SimNode) -> None:
+    def _some_mapping(self, node: SimNode) -> tuple[SimProcess, int, int] | None:
+        """One of ``node``'s processes, and an address range where it maps a page or two."""
         proc = self.rng.choice(self._processes_of(node))
         where = self._some_range(proc, range(self.num_pages))
-        if where is None:
+        return (proc, *where) if where is not None else None
+
+    def _unmap(self, node: SimNode) -> None:
+        if (picked := self._some_mapping(node)) is None:
             return
-        addr, length = where
+        proc, addr, length = picked
         self._touched.update(self._pages_at(proc, addr, length))
         proc.space.unmap(addr, addr + length)
         proc.unread.append((Unmap(addr, addr + length), None))
@@ -141,11 +141,9 @@ class ProcessSimulation:
         self._step(f"{node.name}: a process unmaps {addr:#x}+{length:#x} (its Unmap queued)")
 
     def _remap(self, node: SimNode) -> None:
-        proc = self.rng.choice(self._processes_of(node))
-        where = self._some_range(proc, range(self.num_pages))
-        if where is None:
+        if (picked := self._some_mapping(node)) is None:
             return
-        addr, length = where
+        proc, addr, length = picked
         to = REMAP_BASE + self._remaps * self.num_pages * PAGE_BYTES
         self._remaps += 1
         proc.space.remap(addr, to, length)
