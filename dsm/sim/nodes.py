@@ -178,10 +178,11 @@ class NodeSimulation:
                                             f"the last write{order} was {self.truth[loc]}")
             t.next_op += 1
             return
-        t.blocked_on, t.blocked_at = page, where[0][0]
+        addr = where[0][0]
+        t.blocked_on, t.blocked_at = page, addr
         self._finish(node)  # the fault waits in the uffd for the agent's loop
         self._handle_read_events(node)  # (read before the fault, handled first)
-        node.process_events.fault(node, t.blocked_at, rw, fault, t.tid, self.clock)
+        node.process_events.fault(node, addr, rw, fault, t.tid, self.clock)
 
     def _give_back(self) -> None:
         """A node hands a page back, as at an unmap or a leave (owned ones with their contents;
