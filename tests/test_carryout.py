@@ -278,3 +278,24 @@ def test_an_upgrade_wakes_a_writer_blocked_where_its_page_was_before_a_move():
     runner.carry_out([act.Upgrade(3, 1, (moved,)), act.Upgrade(1, 1, (stayed,))])
     assert kernel.protected == set()
     assert kernel.woken == [ELSEWHERE, BASE + 3 * PAGE, BASE + PAGE]
+
+
+def test_a_downgrade_sends_the_peer_and_the_directory_the_same_bytes():
+    """A read copy sent to a peer, kept, and copied home: MADV_REMOVE punches the page between
+    the two sends (the kernel lets the madvise go on once its event is read, while the agent
+    works); the home copy must be what the peer got, not the hole's zeros."""
+    kernel = OneProcessKernel()
+    kernel.memory[3] = b"\x07" * PAGE
+
+    class PunchingRecorder(Recorder):
+        def send_peer(self, peer, msg, data):
+            kernel.punch(3, 1)  # the madvise goes on
+            return super().send_peer(peer, msg, data)
+
+    transport = PunchingRecorder(reachable=True)
+    _runner(kernel, transport).carry_out([
+        act.Protect(3, 1),
+        act.Send(p.PeerPage(9, 3, 1, False, p.Payload.DATA, "n0"), pages=(3, 1),
+                 peer=("n1", "tcp://n1")),
+        act.Send(p.Fetched(9, 3, 1, p.Payload.DATA, [], [], sent=True), pages=(3, 1))])
+    assert [data for _, _, data in transport.sent] == [b"\x07" * PAGE] * 2

@@ -7,7 +7,9 @@ passes its models of them (``dsm/sim/agent.py``).
 What it decides, besides what ``KernelCalls`` does about the kernel's answers:
 
 - the pages a ``Send`` carries: those a ``Punch(keep=True)`` of its run read earlier in the same
-  list (they left this node before anyone else can have them), else the node's memory now;
+  list (they left this node before anyone else can have them), or an earlier send of the run in
+  the list (every send of a run carries the same bytes: a downgrade's page to the peer and its
+  copy home, between which MADV_REMOVE may punch the pages), else the node's memory now;
 - a page send to a peer that fails (the peer cannot be reached): its ``Fetched`` (``sent``) to
   the directory, later in the list, becomes a ``Fetched(DATA)`` with the pages, as if the peer
   had been unreachable from the start (rewritten at once: what is left after a pause says so);
@@ -60,7 +62,8 @@ class Carrying:
     #: the actions (the runner's own copy: a failed peer send rewrites a later one)
     actions: list
     next: int = 0
-    #: runs punched with their contents kept, (first, count) -> the bytes, for the sends after
+    #: runs punched with their contents kept, or read for a send, (first, count) -> the bytes,
+    #: for the sends after
     taken: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
     @property
@@ -131,9 +134,12 @@ class ActionRunner:
 
     # --- the actions -------------------------------------------------------------------------------
     def _pages(self, carrying: Carrying, first: int, count: int) -> bytes:
-        """The bytes of a run a send carries: as a punch of it read them, else as they are."""
+        """The bytes of a run a send carries: as a punch of it or an earlier send read them,
+        else as they are now (kept for the sends after)."""
         data = carrying.taken.get((first, count))
-        return data if data is not None else self._raw.read(first, count)
+        if data is None:
+            data = carrying.taken[first, count] = self._raw.read(first, count)
+        return data
 
     def _send(self, a: act.Send, carrying: Carrying) -> None:
         data = a.data if a.pages is None else self._pages(carrying, *a.pages)
