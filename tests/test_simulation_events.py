@@ -24,17 +24,17 @@ pytestmark = pytest.mark.timeout(120)
 RATE = 0.05
 #: the kernel's and the links' faults in the configurations that have them
 FAULTS = 0.05
-#: (name, World keyword arguments, seeds): 320 seeds, a few seconds each configuration
+#: (name, World keyword arguments, seeds): 175 seeds, a few seconds each configuration
 CONFIGS = [
-    ("relay, give-backs", dict(manager="relay", give_backs=True), range(100)),
-    ("central, faults", dict(manager="central", faults=Faults.everywhere(FAULTS)), range(50)),
+    ("relay, give-backs", dict(manager="relay", give_backs=True), range(60)),
+    ("central, faults", dict(manager="central", faults=Faults.everywhere(FAULTS)), range(25)),
     ("distributed, 2 shards, faults", dict(manager="distributed", shards=2,
-                                           faults=Faults.everywhere(FAULTS)), range(50)),
+                                           faults=Faults.everywhere(FAULTS)), range(25)),
     ("relay, bands, 2 threads, faults", dict(bands=True, threads_per_node=2,
-                                             faults=Faults.everywhere(FAULTS)), range(30)),
+                                             faults=Faults.everywhere(FAULTS)), range(15)),
     ("central, a death, faults", dict(manager="central", deaths=1, nodes=4,
-                                      faults=Faults.everywhere(FAULTS)), range(50)),
-    ("relay, release pages", dict(release_pages=3), range(40)),
+                                      faults=Faults.everywhere(FAULTS)), range(25)),
+    ("relay, release pages", dict(release_pages=3), range(25)),
 ]
 
 
