@@ -16,7 +16,10 @@ How each is caught (``tests/test_bugs.py`` proves it):
 - ``early-grant``: the simulator's "one writer or many readers" (on a real cluster its window is
   a few hundred microseconds: the litmus tests rarely land in it);
 - ``ignore-notices``: the simulator's DRF-SC check of release-consistency pages (a read after an
-  acquire returns an older value).
+  acquire returns an older value);
+- ``keep-dead-locks``: the simulator, whose shards run the directory state machine
+  (``dsm.directory.machine``) and its own path for a death: a thread waits for ever at a
+  barrier a dead node was part of, or for a lock it held.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ BUG_ENV = "DSM_BUG"
 STALE_COPY = "stale-copy"
 EARLY_GRANT = "early-grant"
 IGNORE_NOTICES = "ignore-notices"
+KEEP_DEAD_LOCKS = "keep-dead-locks"
 
 #: name -> what goes wrong (one line each: ``dsm litmus --bug list``)
 BUGS = {
@@ -41,6 +45,8 @@ BUGS = {
                  "readers see the old value after the write, and two nodes hold the page",
     IGNORE_NOTICES: "an acquire ignores its write notices: a node keeps reading its stale copy "
                     "of a release-consistency page after a lock or barrier",
+    KEEP_DEAD_LOCKS: "the directory forgets to tell its lock table that a node is gone: a dead "
+                     "node's locks never pass on and its barriers never break",
 }
 
 
