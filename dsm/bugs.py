@@ -18,7 +18,10 @@ How each is caught (``tests/test_bugs.py`` proves it):
 - ``ignore-notices``: the simulator's DRF-SC check of release-consistency pages (a read after an
   acquire returns an older value);
 - ``keep-removed``: the simulator with the kernel's events on (``python -m dsm.sim --events``):
-  a page MADV_REMOVE punched stays held with a hole, found when its Remove is told apart.
+  a page MADV_REMOVE punched stays held with a hole, found when its Remove is told apart;
+- ``keep-dead-locks``: the simulator, whose shards run the directory state machine
+  (``dsm.directory.machine``) and its own path for a death: a thread waits for ever at a
+  barrier a dead node was part of, or for a lock it held.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ STALE_COPY = "stale-copy"
 EARLY_GRANT = "early-grant"
 IGNORE_NOTICES = "ignore-notices"
 KEEP_REMOVED = "keep-removed"
+KEEP_DEAD_LOCKS = "keep-dead-locks"
 
 #: name -> what goes wrong (one line each: ``dsm litmus --bug list``)
 BUGS = {
@@ -46,6 +50,8 @@ BUGS = {
                     "of a release-consistency page after a lock or barrier",
     KEEP_REMOVED: "a Remove event's punched pages are never discarded: the node keeps holding "
                   "a hole, and serves it as zeros while the others keep the old contents",
+    KEEP_DEAD_LOCKS: "the directory forgets to tell its lock table that a node is gone: a dead "
+                     "node's locks never pass on and its barriers never break",
 }
 
 

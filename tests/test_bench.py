@@ -327,14 +327,16 @@ def test_bench_scan_streams_scans_and_reads_at_random(tmp_path, run_dsm_bench):
     out = tmp_path / "scan.json"
     proc = run_dsm_bench("scan", "--mib", "4", "--repeats", "2", "--random-pages", "30",
                          "--round-trips", "30", "--first-touch-mib", "2", "--json", str(out))
-    stream, scan, one, rand, numpy_touch, touch = summary_lines(proc.stdout, [
+    stream, scan, one, rand, numpy_touch, memfd_touch, touch = summary_lines(proc.stdout, [
         "zmq PUSH/PULL stream", "sequential read of 4 MiB", "1 page per 4 KiB round trip",
         "random 4 KiB reads", "numpy: zero-fill and write 2 MiB",
+        "shared memfd (the region's backing, no uffd): write 2 MiB",
         "first touch of a fresh 2 MiB array"])
     assert "MB/s" in stream and "baseline" in stream
     assert re.search(r"\d+\.\d\dx\s+>=0.4x\s+(ok|MISSED)$", scan), scan
     assert "pages/s" in rand and re.search(r"\d+\.\d\dx", rand), rand
     assert "ms" in numpy_touch and "baseline" in numpy_touch
+    assert "ms" in memfd_touch and "baseline" in memfd_touch
     assert re.search(r"\d+\.\d\dx\s+<=3x\s+(ok|MISSED)$", touch), touch
     assert "repeat 2/2" in proc.stderr  # progress goes to stderr
     result = json.loads(out.read_text())
@@ -344,7 +346,10 @@ def test_bench_scan_streams_scans_and_reads_at_random(tmp_path, run_dsm_bench):
     assert result["scan_counters"]["pages_in"] >= 2 * 4 * 256  # every page came in
     assert result["scan_ratio"] > 0 and result["random_ratio"] > 0
     from dsm.bench.scan import FIRST_TOUCH_REPEATS
-    assert len(s["first_touch_ms"]) == len(s["numpy_first_touch_ms"]) == FIRST_TOUCH_REPEATS
+    assert (len(s["first_touch_ms"]) == len(s["numpy_first_touch_ms"])
+            == len(s["memfd_first_touch_ms"]) == FIRST_TOUCH_REPEATS)
+    assert result["first_touch_memfd_ratio"] > 0
+    assert "of a fresh shared memfd (the floor of the region's backing)" in proc.stdout
     # 512 fresh pages written in order: a page, then a run of untouched pages, per array
     assert all(0 < r <= 4 for r in result["first_touch_requests"]), result["first_touch_requests"]
 

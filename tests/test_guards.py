@@ -75,13 +75,14 @@ def test_the_directory_handles_every_message_it_may_receive(service):
     # them before the per-session handlers; the messages between shards go to the shard role
     # (a coordinator's: dsm/directory/shard/coordinator.py; ShardHello before its table)
     between_shards = received & set(p.SHARD_MESSAGES)
-    assert received - {p.Hello, p.StatsQuery} - between_shards == set(service._handlers)
+    assert received - {p.Hello, p.StatsQuery} - between_shards == service.directory.handled
     assert between_shards - {p.ShardHello} | {p.Heartbeat} == set(Coordinator(2)._handlers)
 
 
 def test_a_discard_naming_a_page_outside_the_region_changes_nothing(service):
-    service.pages.acquire("other", 1, 1, False, False)  # a read copy elsewhere: a discard invalidates it
-    before = dict(service.pages._txns), service.pages.entry(1).copyset.copy()
+    pages = service.directory.pages
+    pages.acquire("other", 1, 1, False, False)  # a read copy elsewhere: a discard invalidates it
+    before = dict(pages._txns), pages.entry(1).copyset.copy()
     with pytest.raises(AddressError, match=f"page {REGION_PAGES} is outside"):
-        service._handlers[p.Discard]("n", p.Discard([1, REGION_PAGES]), None)
-    assert (dict(service.pages._txns), service.pages.entry(1).copyset) == before
+        service.directory._on_discard("n", p.Discard([1, REGION_PAGES]), None)
+    assert (dict(pages._txns), pages.entry(1).copyset) == before

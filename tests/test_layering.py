@@ -28,6 +28,9 @@ STATE_MACHINE_MODULES = (
     "directory/allocations", "directory/atomics", "directory/collectives", "directory/home",
     "directory/lifetimes", "directory/notices", "directory/programs", "directory/release",
     "directory/sessions", "directory/sync", "directory/syncrequests",
+    # the directory state machine the ZeroMQ shell (directory/service) and the simulator run
+    "directory/machine", "directory/requests", "directory/stats", "directory/shard/role",
+    "directory/shard/coordinator",
 )
 #: what a state machine must not import itself: sockets, ZeroMQ, the libc, the uffd descriptor
 FORBIDDEN_IN_SOURCE = ("zmq", "socket", "select", "selectors", "ctypes", "fcntl", "dsm.libc",

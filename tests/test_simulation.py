@@ -238,3 +238,30 @@ def test_the_schedules_reach_runs_of_untouched_pages(manager):
         w.run()
         runs += w.directory.counters["untouched_runs"]
     assert runs  # bands written before they are read: first touches in order, granted in runs
+
+
+# --- the shards are the directory state machine (dsm.directory.machine) --------------------------
+def test_a_dead_nodes_late_message_reaches_its_shard_and_is_fenced_there():
+    """The shards run the processes' own machine: a message the dead node sent before the death
+    was noticed arrives after, and the machine's own check (no session) fences it."""
+    from dsm import protocol as p
+    from dsm.directory.machine import Directory
+    from dsm.sim.network import DIRECTORY, sim_identity
+
+    w = World(0, nodes=2, pages=2)
+    shard = w.machines[DIRECTORY]
+    assert isinstance(shard, Directory) and shard.pages is w.directory
+    sent: list[tuple[bytes, p.Message]] = []
+    forward = shard.transport.send
+    shard.transport.send = lambda identity, msg, page=None: (  # type: ignore[method-assign]
+        sent.append((identity, msg)) or forward(identity, msg, page))
+    w._send("n0", DIRECTORY, p.Acquire(1, 1, True, False), None)  # on its way as n0 dies
+    w.nodes["n0"].alive = False
+    w.unnoticed_dead.append("n0")
+    w._notice_death("n0")
+    assert shard.sessions.get("n0") is None
+    assert [type(m) for _, m in sent] == [p.Fenced]  # the death's own word, if it listens
+    sent.clear()
+    w._deliver(("n0", DIRECTORY))
+    assert [(i, type(m)) for i, m in sent] == [(sim_identity("n0"), p.Fenced)], sent
+    assert w.directory.peek(1).owner is None and not w.directory.peek(1).busy

@@ -18,6 +18,7 @@ from dsm import protocol as p
 from dsm.core import node as core_node
 from dsm.core.carryout import ActionRunner
 from dsm.core.kernel import TRANSIENT, KernelCalls
+from dsm.directory import machine
 from dsm.directory.pages import PageDirectory
 from dsm.managers import Manager
 from dsm.reliability import ReliableLink
@@ -146,7 +147,7 @@ def test_a_session_layer_that_never_replays_is_caught(monkeypatch):
 
 
 def test_a_delivery_table_with_two_fields_swapped_is_caught(monkeypatch):
-    real = world.page_handlers
+    real = machine.page_handlers  # the shards' table: the directory state machine's
 
     def swapped(pages, page_size):
         table = real(pages, page_size)
@@ -154,7 +155,7 @@ def test_a_delivery_table_with_two_fields_swapped_is_caught(monkeypatch):
         table[p.Invalidated] = lambda n, m, d: pages.invalidated(n, m.txn, m.count, m.page)
         return table
 
-    monkeypatch.setattr(world, "page_handlers", swapped)
+    monkeypatch.setattr(machine, "page_handlers", swapped)
     assert _first_failure(range(50)) is not None
 
 

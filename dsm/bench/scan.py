@@ -15,8 +15,12 @@ random reads       C, which has not read the array, reads one word of each of ``
                    a page per round trip at best; pages/s beside 1 / the round trip's median
 numpy first touch  the baseline: A zero-fills a fresh numpy array of ``--first-touch-mib`` MiB
                    and writes it in order (the kernel's zero pages as it goes); ms
+memfd first touch  the floor of the region's backing: A writes in order a fresh memfd of that
+                   size mapped shared, as the DSM region is, with no uffd (the kernel's shmem
+                   pages as it goes: several times numpy's anonymous ones); ms
 first touch        A writes a fresh DSM array of that size in order: the directory grants the
-                   untouched pages in runs (zeros, no bytes); ms, beside the numpy run just before
+                   untouched pages in runs (zeros, no bytes); ms, beside the numpy and memfd runs
+                   just before (its ratio to each)
 =================  ==============================================================================
 
 Streams and scans alternate (``--repeats`` of each; every scan reads an array of its own, written
@@ -52,6 +56,8 @@ DEFAULT_FIRST_TOUCH_MIB = 32
 FIRST_TOUCH_REPEATS = 5
 #: target: the first touch's time over numpy's zero-fill and write of the same size
 FIRST_TOUCH_TARGET = 3.0
+#: what each first touch is timed beside, just before it (``op_first_touch``'s baselines)
+FIRST_TOUCH_BASELINES = ("numpy", "memfd")
 NS_PER_MS = 1_000_000
 #: the streaming baseline's frame, and the round trip's message (one page)
 FRAME_BYTES = 64 << 10
@@ -130,7 +136,7 @@ class ScanBench:
         self.pids: dict[str, int | None] = {}
         self.samples: dict[str, list] = {"stream_mbps": [], "scan_mbps": [], "fill_mbps": [],
                                          "rtt_ns": [], "random_ns": [], "first_touch_ms": [],
-                                         "numpy_first_touch_ms": []}
+                                         "numpy_first_touch_ms": [], "memfd_first_touch_ms": []}
         #: node a's page requests per first touch of a fresh array
         self.first_touch_requests: list[int] = []
         self.cpu_scan_ns: dict[str, int] = {}
@@ -231,21 +237,22 @@ class ScanBench:
             self.samples["scan_mbps"].append(nbytes / BYTES_PER_MB / (reply["ns"] / NS_PER_S))
 
     def _first_touches(self) -> None:
-        """A writes fresh arrays in order, each beside a fresh numpy array of the same size."""
+        """A writes fresh arrays in order, each after a fresh numpy array and a fresh memfd of
+        the same size (the baselines)."""
         pages = self.first_touch_mib * BYTES_PER_MIB // self.page_bytes
         timeout_s = self._move_timeout(self.first_touch_mib)
         for k in range(FIRST_TOUCH_REPEATS):
             self.progress(f"first touch {k + 1}/{FIRST_TOUCH_REPEATS}: a writes a fresh "
-                          f"{self.first_touch_mib} MiB numpy array, then a fresh DSM array")
+                          f"{self.first_touch_mib} MiB numpy array, memfd, then DSM array")
             self._node("a", "array", name=f"fresh{k}", pages=pages)
             before = self._node("a", "stats")["stats"]["counters"].get("requests", 0)
-            for numpy in (True, False):
+            for baseline in FIRST_TOUCH_BASELINES + (None,):
                 reply = self._node("a", "first_touch", timeout_s, value=self._value(k),
-                                   numpy=numpy)
+                                   baseline=baseline)
                 if reply["n_bad"]:
-                    raise BenchError(f"node a's first touch of a fresh {'numpy' if numpy else 'DSM'} "
-                                     f"array left {reply['n_bad']} pages without the value written")
-                key = "numpy_first_touch_ms" if numpy else "first_touch_ms"
+                    raise BenchError(f"node a's first touch of a fresh {baseline or 'DSM'} array "
+                                     f"left {reply['n_bad']} pages without the value written")
+                key = f"{baseline}_first_touch_ms" if baseline else "first_touch_ms"
                 self.samples[key].append(reply["ns"] / NS_PER_MS)
             after = self._node("a", "stats")["stats"]["counters"].get("requests", 0)
             self.first_touch_requests.append(after - before)
@@ -301,6 +308,8 @@ class ScanBench:
             "first_touch_ratio": (float(np.median(s["first_touch_ms"]))
                                   / float(np.median(s["numpy_first_touch_ms"]))),
             "first_touch_target": FIRST_TOUCH_TARGET,
+            "first_touch_memfd_ratio": (float(np.median(s["first_touch_ms"]))
+                                        / float(np.median(s["memfd_first_touch_ms"]))),
             "first_touch_requests": self.first_touch_requests,
             "samples": s,
         }
@@ -335,6 +344,11 @@ def _first_touch_rows(result: dict) -> list[dict]:
         common.summary_row("scan", "numpy_first_touch",
                            f"numpy: zero-fill and write {mib} MiB in order", "ms",
                            s["numpy_first_touch_ms"], is_baseline=True),
+    ] + ([
+        common.summary_row("scan", "memfd_first_touch",
+                           f"shared memfd (the region's backing, no uffd): write {mib} MiB",
+                           "ms", s["memfd_first_touch_ms"], is_baseline=True),
+    ] if s.get("memfd_first_touch_ms") else []) + [
         common.summary_row("scan", "first_touch",
                            f"first touch of a fresh {mib} MiB array, one node, in order", "ms",
                            s["first_touch_ms"], ratio=result["first_touch_ratio"],
@@ -365,6 +379,9 @@ def format_table(result: dict) -> str:
                    f"({result['first_touch_mib'] * BYTES_PER_MIB // os.sysconf('SC_PAGE_SIZE')} "
                    f"pages): node a's page requests per touch "
                    f"{', '.join(map(str, result['first_touch_requests']))}")
+    if result.get("first_touch_memfd_ratio"):
+        out.append(f"first touch of a fresh DSM array / of a fresh shared memfd (the floor of "
+                   f"the region's backing): {result['first_touch_memfd_ratio']:.2f}x")
     return "\n".join(out)
 
 

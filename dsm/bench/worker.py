@@ -12,11 +12,13 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
     {"op": "fill", "value": V}                write the whole array in order, word i = V + i
     {"op": "scan", "value": V}                time one numpy pass over the whole array
                                               (``arr.sum()``), then check it held V + i
-    {"op": "first_touch", "value": V, "numpy": bool}
+    {"op": "first_touch", "value": V, "baseline": None|"numpy"|"memfd"}
                                               time writing V to every word of the array in order
-                                              (its first touch if it is fresh); with ``numpy``, of
-                                              a fresh numpy array of the same size instead, zero-
-                                              filled by the kernel as it is written
+                                              (its first touch if it is fresh); with a baseline,
+                                              of a fresh array of the same size instead, zero-
+                                              filled by the kernel as it is written: anonymous
+                                              memory (numpy's), or a shared mapping of a fresh
+                                              memfd (the DSM region's backing, without uffd)
     {"op": "stats"}                           the node's counters (``node.stats()``)
     {"op": "lock", "name": L, "n": K, "parties": P, "counter": C}
                                               time K acquire/release pairs of lock L (P workers
@@ -51,8 +53,10 @@ served wrong (say, zero) is reported, never silently timed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import mmap
 import os
 import select
 import sys
@@ -138,21 +142,36 @@ class Worker:
             arr[lo:hi] = np.arange(lo + value, hi + value, dtype=np.int64)
         return {"ns": time.perf_counter_ns() - t0}
 
-    def op_first_touch(self, value: int, numpy: bool = False) -> dict:
+    def op_first_touch(self, value: int, baseline: str | None = None) -> dict:
         """Time the first touch of a fresh array written in order: the DSM array (``array``
-        before; zeros granted by the directory), or a fresh numpy array of its size (``numpy``:
-        the baseline, zeros from the kernel); then check (untimed) the first word of each page."""
+        before; zeros granted by the directory), or a baseline of its size, zeros from the
+        kernel: ``numpy`` (anonymous memory) or ``memfd`` (a fresh memfd mapped shared, as the
+        DSM region is, with no uffd: what the region's backing costs by itself); then check
+        (untimed) the first word of each page."""
         words = len(self.arr)
-        gc.disable()
-        try:
-            t0 = time.perf_counter_ns()
-            arr = np.zeros(words, dtype=np.int64) if numpy else self.arr
-            for lo in range(0, words, FILL_CHUNK_WORDS):
-                arr[lo:lo + FILL_CHUNK_WORDS] = value
-            ns = time.perf_counter_ns() - t0
-        finally:
-            gc.enable()
-        wrong = int(np.count_nonzero(arr[::self.words_per_page] != value))
+        with contextlib.ExitStack() as stack:
+            if baseline == "memfd":
+                nbytes = words * self.arr.itemsize
+                fd = os.memfd_create("dsm-bench-first-touch", os.MFD_CLOEXEC)
+                stack.callback(os.close, fd)
+                os.ftruncate(fd, nbytes)
+                region = stack.enter_context(mmap.mmap(fd, nbytes, mmap.MAP_SHARED))
+            gc.disable()
+            try:
+                t0 = time.perf_counter_ns()
+                if baseline == "numpy":
+                    arr = np.zeros(words, dtype=np.int64)
+                elif baseline == "memfd":
+                    arr = np.frombuffer(region, dtype=np.int64)
+                else:
+                    arr = self.arr
+                for lo in range(0, words, FILL_CHUNK_WORDS):
+                    arr[lo:lo + FILL_CHUNK_WORDS] = value
+                ns = time.perf_counter_ns() - t0
+            finally:
+                gc.enable()
+            wrong = int(np.count_nonzero(arr[::self.words_per_page] != value))
+            del arr  # the mapping closes only once no array views it
         return {"ns": ns, "n_bad": wrong}
 
     def op_scan(self, value: int) -> dict:

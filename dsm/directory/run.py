@@ -123,11 +123,11 @@ def _serve(service: DirectoryService, what: str, ready_fd: int | None,
     if metrics_port is not None:  # serving before the endpoint is printed: ready when it is
         from dsm.metrics import DirectoryCollector, MessageCounts, serve
 
-        service.wire = MessageCounts()
+        d = service.directory
+        d.wire = MessageCounts()
         port = serve(metrics_port, DirectoryCollector(
-            lambda: dict(service.pages.counters), lambda: len(service.sessions.by_node),
-            service.wire, lambda: service.sync.waits,
-            lambda: dict(service.sync.lock_waits_by_node)))
+            lambda: dict(d.pages.counters), lambda: len(d.sessions.by_node),
+            d.wire, lambda: d.sync.waits, lambda: dict(d.sync.lock_waits_by_node)))
         log.info("%s metrics on port %d", what, port)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
@@ -138,7 +138,7 @@ def _serve(service: DirectoryService, what: str, ready_fd: int | None,
             os.write(ready_fd, service.endpoint.encode() + b"\n")
             os.close(ready_fd)
 
-    service.announce = announce
+    service.directory.announce = announce
     try:
         service.serve_forever()
     finally:

@@ -1,5 +1,5 @@
 """Locks, barriers and write notices as the directory serves them to nodes: each message in, the
-messages to send out, no sockets. The directory service (``handlers.py``) and the simulator's
+messages to send out, no sockets. The directory state machine (``machine.py``) and the simulator's
 coordinator (``dsm/sim/release.py``) both serve through this one object, so that a lock or a
 barrier behaves in simulation exactly as in the processes.
 

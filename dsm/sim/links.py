@@ -132,6 +132,17 @@ class SimLinks:
         msg, page = p.decode([bytes(f) for f in body], PAGE_BYTES, _direction(src, dst))
         return msg, bytes(page) if page is not None else None
 
+    def unsessioned(self, src: str, dst: str,
+                    packet: Packet) -> tuple[p.Message, bytes | None] | None:
+        """What ``dst`` handles of ``packet`` from ``src`` once their session is forgotten (the
+        sender's death was noticed): its header stripped and its numbers ignored, as for a peer
+        without one; None for an acknowledgement."""
+        body = strip(packet.frames)
+        if not body:
+            return None
+        msg, page = p.decode([bytes(f) for f in body], PAGE_BYTES, _direction(src, dst))
+        return msg, bytes(page) if page is not None else None
+
     def arrived(self, src: str, dst: str, packet: Packet) -> bool:
         """Whether ``dst`` has taken the message ``packet`` carries from ``src`` (in order, now
         or before); a bare acknowledgement carries none and counts as arrived."""

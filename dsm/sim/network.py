@@ -4,28 +4,32 @@ ZeroMQ, delivery to the directory's shards and to the node cores, and node death
 A message goes on its pair's channel (``channels``), encoded and behind its session's header
 (``dsm.sim.links``: the real session layer, and the faults); the world's scheduler picks which
 pair delivers next, so messages arrive in any order ZeroMQ allows — first in, first out per pair
-of sockets, nothing more. A delivery the session accepts is decoded and handed, through the
-processes' own tables (``page_handlers``, ``core_handlers``), to the shard's ``PageDirectory``
-(or the coordinator, ``dsm.sim.release``) or to the node's core, and the node's agent carries
-out what the core answers (``dsm.sim.nodes``).
+of sockets, nothing more. A delivery the session accepts is decoded and handed to the shard's
+directory state machine (``dsm.directory.machine.Directory``, the processes' own: its sessions,
+its handler table, its Error policy; its transport here is the simulated network,
+``SimTransport``) or, through the agent's own table (``core_handlers``), to the node's core, and
+the node's agent carries out what the core answers (``dsm.sim.nodes``). A shard that answers a
+node with an Error, or stops (an unexpected exception), fails the run.
 
 A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
-notices the death later (the scheduler picks when), fencing the dead node's messages on every
-shard. What a lost message carried, or what a dead node owned, may be lost: those locations are
-recorded (``lost_locations``), so that the world's invariant checks allow reads of them to fail
-loudly, never to return an older value or zeros.
+notices the death later (the scheduler picks when), through each shard's own ``declare_dead``
+(the path its silence deadline takes). Its messages still on their way to a shard arrive after
+that and are fenced there by the machine's own check (its session ended), never served. What a
+lost message carried, or what a dead node owned, may be lost: those locations are recorded
+(``lost_locations``), so that the world's invariant checks allow reads of them to fail loudly,
+never to return an older value or zeros.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dsm import protocol as p
 from dsm.core.actions import Send
 from dsm.core.shards import shard_of
 from dsm.core.states import OWNED
-from dsm.sim import release as rc
+from dsm.directory.machine import node_of_identity
 from dsm.sim.model import SLOTS_PER_PAGE, SimulationFailure
 
 if TYPE_CHECKING:
@@ -35,6 +39,32 @@ if TYPE_CHECKING:
 DIRECTORY = "directory"
 #: pages per shard stripe in the model (the real one, 256, would put every page on one shard)
 STRIPE_PAGES = 2
+#: the directory's epoch and every node's incarnation in the model (drawn at random by the
+#: processes; fixed here, so that a seed replays exactly)
+SIM_EPOCH = 1
+SIM_INCARNATION = 1
+
+
+def sim_identity(node: str) -> bytes:
+    """A model node's identity at the shards, as its agent's ZeroMQ identity is made."""
+    return p.identity(node, SIM_INCARNATION)
+
+
+class SimTransport:
+    """A shard's transport (``dsm.directory.machine.Transport``): its messages go onto the
+    model's channels, from ``shard`` to the node the identity names."""
+
+    def __init__(self, world: "NetworkSimulation", shard: str):
+        self.world = world
+        self.shard = shard
+
+    def send(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
+        node = node_of_identity(identity.decode(errors="surrogateescape"))
+        self.world._send(self.shard, node, message, bytes(page) if page is not None else None)
+        return True  # kept on its session, as to a peer with one
+
+    def forget(self, identity: bytes) -> None:
+        self.world.links.forget(node_of_identity(identity.decode(errors="surrogateescape")))
 
 
 class NetworkSimulation:
@@ -62,7 +92,8 @@ class NetworkSimulation:
             return
         if (src not in self.directories and not self.nodes[src].alive
                 and src not in self.unnoticed_dead):
-            return  # from a node whose sessions ended (what it carried was marked at its death)
+            self._from_the_fenced(src, dst, packet)
+            return
         got = self.links.receive(src, dst, packet, self.clock)
         if got is None and src in self.unnoticed_dead and not self.links.arrived(src, dst, packet):
             # taken after a gap: the replay that would fill it will never come from the dead
@@ -80,19 +111,23 @@ class NetworkSimulation:
             self._to_node(self.nodes[dst], msg, data)
 
     def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
-        d = self.directories[shard]
-        handler = self._page_handlers[shard].get(type(msg))  # the directory service's own
-        if handler is not None:
-            out = handler(node, msg, data)
-        elif isinstance(msg, rc.SYNC_MESSAGES) and d is self.directory:
-            for send in self._sync_handlers[type(msg)](node, msg, data):
-                self._send(shard, send.node, send.message, None)
+        """What the shard's machine does with ``msg`` (its sends go onto the channels)."""
+        machine = self.machines[shard]
+        machine.handle(sim_identity(node), msg, data)
+        if machine.failed is not None:
+            raise SimulationFailure(f"{shard} stopped: {machine.failed}")
+
+    def _from_the_fenced(self, src: str, dst: str, packet: Any) -> None:
+        """A message from a node whose death the shards noticed (what it carries was marked
+        lost then): a shard takes it without a session (its link ended with the death) and
+        fences it; a peer drops it."""
+        got = self.links.unsessioned(src, dst, packet) if dst in self.directories else None
+        if got is None:  # to a peer, which forgot the dead node; or an acknowledgement
+            self._step(f"{dst} drops a message from {src}, whose death was noticed")
             return
-        else:
-            raise SimulationFailure(f"the model sends no {type(msg).__name__}")
-        for send in out:
-            self._send(shard, send.node, send.message,
-                       bytes(send.page) if send.page is not None else None)
+        msg, data = got
+        self._step(f"deliver {type(msg).__name__} {src}->{dst} after {src}'s death: {msg}")
+        self._to_directory(dst, src, msg, data)
 
     def _shard_of(self, page: int) -> str:
         return self._shard_names[shard_of(page, self.shards, STRIPE_PAGES)]
@@ -104,6 +139,8 @@ class NetworkSimulation:
             acts = handler(msg, data)
         elif isinstance(msg, p.SyncReply):
             acts = self._sync_answered(node, msg)
+        elif isinstance(msg, (p.Error, p.Fenced)):  # the model's nodes send nothing refused
+            raise SimulationFailure(f"{node.name}, alive, was answered {msg}")
         else:
             raise SimulationFailure(f"the model's nodes get no {type(msg).__name__}")
         self._carry_out(node, acts)
@@ -173,16 +210,16 @@ class NetworkSimulation:
                                              (msg.page + msg.count) * SLOTS_PER_PAGE))
 
     def _notice_death(self, name: str) -> None:
+        """The shards declare ``name`` dead, each through its machine's own path (the one its
+        silence deadline takes: the session ends, what it held and waited for is released);
+        what was on its way to it dies with it."""
         self._step(f"directory notices {name} is dead")
         self._touched = None
         self.unnoticed_dead.remove(name)
-        for shard, d in self.directories.items():  # every shard learns it (the coordinator's
-            for pair in ((name, shard), (shard, name)):  # word), fencing its later messages
-                for packet in self.channels.pop(pair, ()):
-                    self._mark_lost_with(packet.msg)
-            for send in d.node_lost(name):
-                self._send(shard, send.node, send.message,
-                           bytes(send.page) if send.page is not None else None)
-        for send in self.coordinator.gone(name):  # its locks pass on, broken
-            self._send(self._shard_names[0], send.node, send.message, None)
+        for shard, machine in self.machines.items():
+            for packet in self.channels.pop((shard, name), ()):
+                self._mark_lost_with(packet.msg)
+            for packet in self.channels.get((name, shard), ()):  # to be fenced when they come
+                self._mark_lost_with(packet.msg)
+            machine.declare_dead(name, "the simulated schedule noticed it")
         self.links.forget(name)  # its sessions end

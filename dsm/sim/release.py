@@ -2,8 +2,9 @@
 barriers and write notices, and the threads' synchronization (the agent's twins and diffs are
 the shared runner's, ``dsm.core.carryout``, over the model's memory, ``dsm.sim.agent``).
 
-The coordinator (the directory, or shard 0 of a sharded manager) is the directory's own
-``SyncRequests`` (``dsm/directory/syncrequests.py``), with its handler table: a release
+The coordinator (the directory, or shard 0 of a sharded manager) is the directory state machine
+(``dsm.directory.machine``), which serves them through its ``SyncRequests``
+(``dsm/directory/syncrequests.py``) and that one's handler table: a release
 (``LockRelease``, ``BarrierWait``) hands its write notices over before the lock table sees it,
 and every reply that ends an acquire carries the notices the asking node has not taken yet.
 Lock and barrier messages travel on the same channels as the pages' (a node's one pipe to shard

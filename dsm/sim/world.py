@@ -1,6 +1,7 @@
 """A deterministic simulation of a cluster: the real node cores (``dsm.core.node``) and the real
-page directory (``dsm.directory.pages``) in one process, with a seeded scheduler in place of the
-network, the kernel and time.
+directory (``dsm.directory.machine``: its sessions, its handler table, its Error policy, its
+path for a death; the page directory, ``dsm.directory.pages``, within it) in one process, with a
+seeded scheduler in place of the network, the kernel and time.
 
 The scheduler delivers messages in any order ZeroMQ allows — first in, first out per pair of
 sockets, nothing more — interleaved with the workload threads' reads and writes, node deaths
@@ -42,8 +43,9 @@ from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
-from dsm.directory.pages import OnLoss, PageDirectory, page_handlers
-from dsm.directory.syncrequests import SyncRequests
+from dsm.directory.machine import Directory
+from dsm.directory.pages import OnLoss, PageDirectory
+from dsm.directory.shard.role import Role
 from dsm.layout import Layout
 from dsm.managers import Manager
 from dsm.sim import programs
@@ -52,7 +54,8 @@ from dsm.sim.agent import AgentFaults
 from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.liveness import ACK_TIMEOUT_S
 from dsm.sim.links import NO_FAULTS, Faults, SimLinks
-from dsm.sim.network import DIRECTORY, STRIPE_PAGES, NetworkSimulation
+from dsm.sim.network import (DIRECTORY, SIM_EPOCH, SIM_INCARNATION, STRIPE_PAGES,
+                             NetworkSimulation, SimTransport, sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
 
@@ -97,6 +100,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.release_pages = release_pages
         #: the manager's shards (one: the central or relay manager), by their network names
         self.shards = shards
+        #: each shard's page directory, by its network name
         self.directories = {
             (DIRECTORY if shards == 1 else f"{DIRECTORY}{k}"): PageDirectory(
                 self.layout, on_loss=on_loss, clock=lambda: self.clock, direct=direct,
@@ -107,13 +111,16 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         for d in self.directories.values():  # a discard is a write of zeros (the truth model)
             d.on_discarded = self._discarded
         self.directory = self.directories[self._shard_names[0]]
-        #: what each shard does with a page message: the directory service's table
-        self._page_handlers = {name: page_handlers(d, PAGE_BYTES)
-                               for name, d in self.directories.items()}
+        #: each shard's directory state machine, the processes' own (``dsm.directory.machine``),
+        #: serving its page directory: the simulated network delivers to it
+        self.machines = {name: Directory(self.layout, SimTransport(self, name),
+                                         lambda: self.clock, manager=manager,
+                                         role=Role(k, shards, STRIPE_PAGES), pages=d)
+                         for k, (name, d) in enumerate(self.directories.items())}
+        for m in self.machines.values():
+            m.sessions.epoch = SIM_EPOCH  # a seed replays exactly
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
-        self.coordinator = SyncRequests(self.layout, lambda: self.clock)
-        #: what the coordinator does with a lock or barrier message: the directory's own
-        self._sync_handlers = self.coordinator.handlers()
+        self.coordinator = self.machines[self._shard_names[0]].syncreq
         self._programs = (programs.drf_programs(
             self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
             range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE), ops_per_thread,
@@ -163,9 +170,9 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
             self._wire_agent(node)  # its agent: the real one's tables and runner
-            for d in self.directories.values():
-                d.node_joined(name, peer=f"sim://{name}")
-            self.coordinator.joined(name)
+            hello = p.Hello(name, rc.SIM_PID, SIM_INCARNATION, endpoint=f"sim://{name}")
+            for m in self.machines.values():  # the session a Hello starts, on every shard
+                m.admit(sim_identity(name), hello)
             for t in range(threads_per_node):
                 if release_pages:  # the programs join their barrier first: a death breaks it
                     self.coordinator.sync.join(name, 0, rc.BARRIER, self.parties,

@@ -15,7 +15,7 @@ from dsm.core.shards import clip_to_stripe
 from dsm.directory.pages.state import RECLAIMER, Kind, Request, Send, Txn
 from dsm.directory.pages.transactions import PageTransactions
 from dsm.errors import ProtocolError
-from dsm.protocol import (Acquire, Diff, Dirtied, Discard, Drop, Fetched, Invalidated, Payload, Received,
+from dsm.protocol import (Acquire, Diff, Dirtied, Drop, Fetched, Invalidated, Payload, Received,
                           Withdrawn, Writeback)
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,6 @@ class PageDirectory(PageTransactions):
         kind = Kind.WRITE if write else Kind.READ
         return self._submit(Request(kind, node, page, max(1, count), have_copy,
                                     max(1, untouched)))
-
-    def discard_pages(self, node: str, pages: list[int]) -> list[Send]:
-        """A node's processes removed ``pages`` (MADV_REMOVE): zeros everywhere."""
-        for page in pages:  # all of them first: a bad one must not leave half done
-            self.layout.check_page(page)
-        out: list[Send] = []
-        for page in pages:
-            out += self.discard(node, page)
-        return out
 
     def discard(self, node: str, page: int) -> list[Send]:
         if self.release.covers(page):  # zeros from now on; the others learn at their acquire
@@ -381,5 +372,4 @@ def page_handlers(pages: PageDirectory, page_size: int) -> dict[type, Any]:
         Received: lambda n, m, d: pages.received(n, m.txn, m.page, m.count, m.installed),
         Diff: lambda n, m, d: pages.diff(n, m.req, m.page, m.count, m.changed(page_size), d),
         Dirtied: lambda n, m, d: pages.dirtied(n, m.page, m.count),
-        Discard: lambda n, m, d: pages.discard_pages(n, m.pages),
     }

@@ -6,8 +6,8 @@ Page ``p`` is managed by shard ``shard_of(p, K)`` (``dsm.core.shards``: stripes 
 only, behind its own ROUTER, with its own sessions and heartbeats. Shard 0 is also the
 **coordinator**: the only one that knows the membership (it admits nodes, refuses name clashes),
 the allocations, the locks and barriers, and the only one nodes ask about lost pages. A
-directory process plays one of three roles, which its ZeroMQ loop
-(``dsm/directory/service.py``) consults:
+directory process plays one of three roles, which its state machine
+(``dsm/directory/machine.py``) consults:
 
 - ``Role`` itself: the one directory of a cluster (``--shards 1``), as before shards existed.
 - ``Coordinator``: shard 0 of K. The other shards join it (``ShardHello``: it answers with the
@@ -40,7 +40,7 @@ process stops loudly (exit status ``EXIT_SHARD_LOST``) and its nodes cut themsel
 
 The package's modules, each owning one thing:
 
-- ``role``: the shared base, ``Role`` (a directory alone, and the hooks the loop calls), which
+- ``role``: the shared base, ``Role`` (a directory alone, and the hooks the machine calls), which
   shard serves which message (``check_shard``, ``WrongShard``), and what the roles share;
 - ``coordinator``: ``Coordinator``, shard 0: the shards joining, what every shard must know,
   the questions put to every shard, the manager's timers;
@@ -57,7 +57,6 @@ from dsm.directory.shard.coordinator import (
     MISSING_SHARDS_LOG_INTERVAL_S,
     Coordinator,
 )
-from dsm.directory.shard.member import Member
 from dsm.directory.shard.role import (
     EXIT_SHARD_LOST,
     HELLO_HOLD_S,
@@ -67,6 +66,16 @@ from dsm.directory.shard.role import (
     WrongShard,
     check_shard,
 )
+
+
+def __getattr__(name: str):
+    """``Member`` runs on ZeroMQ (its DEALER to the coordinator): loaded only when asked for,
+    so that the state machine that imports ``role`` loads no sockets."""
+    if name == "Member":
+        from dsm.directory.shard.member import Member
+
+        return Member
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["EXIT_SHARD_LOST", "GATHER_TIMEOUT_S", "HELLO_HOLD_S", "MISSING_SHARDS_LOG_INTERVAL_S",
            "TO_EVERY_SHARD", "Coordinator", "Member", "Role", "ShardJoinError", "WrongShard",

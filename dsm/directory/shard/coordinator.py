@@ -72,7 +72,7 @@ class Coordinator(Role):
         self._last_missing_log_s = time.monotonic()
         self._handlers: dict[type, Callable[[_Peer, Any], None]] = {
             p.Heartbeat: lambda peer, m: self._send(peer, p.Heartbeat(
-                self.service.tracer.now_ns(), m.clock_ns)),
+                self.directory.tracer.now_ns(), m.clock_ns)),
             p.NodeDead: self._on_node_dead,
             p.LostRuns: self._on_part,
             p.StatsRuns: self._on_part,
@@ -86,8 +86,8 @@ class Coordinator(Role):
         return len(self._peers) == self.count - 1
 
     def _send(self, peer: _Peer, msg: p.Message) -> None:
-        if not self.service._send_to(peer.identity, msg):
-            self.service.fail(f"shard {peer.index} ({peer.endpoint}, pid {peer.pid}) could not "
+        if not self.directory.send_to(peer.identity, msg):
+            self.directory.fail(f"shard {peer.index} ({peer.endpoint}, pid {peer.pid}) could not "
                               f"be sent a {type(msg).__name__}: it is gone or stopped reading; "
                               "the distributed manager cannot serve its pages", EXIT_SHARD_LOST)
 
@@ -117,12 +117,12 @@ class Coordinator(Role):
         handler(peer, msg)
 
     def _refuse(self, identity: bytes, why: str) -> None:
-        self.service._complain(logging.ERROR, "refused a shard: %s", why)  # rate-limited
-        self.service._send_to(identity, p.Fenced(self.service.sessions.epoch, why))
+        self.directory.complain(logging.ERROR, "refused a shard: %s", why)  # rate-limited
+        self.directory.send_to(identity, p.Fenced(self.directory.sessions.epoch, why))
 
     def _on_shard_hello(self, identity: bytes, msg: p.ShardHello, user_id: str | None,
                         peer: _Peer | None) -> None:
-        svc = self.service
+        d = self.directory
         if self._peer_key is not None and user_id != self._peer_key:
             self._refuse(identity, "a shard must connect with the directory's own keypair "
                                    "(directory.key_secret of the cluster's keys)")
@@ -157,25 +157,25 @@ class Coordinator(Role):
         self._by_identity[identity] = peer
         log.info("shard %d of %d joined: %s (pid %d)", index, self.count, msg.endpoint, msg.pid)
         self._send(peer, self._welcome(index))
-        for alloc in svc.allocations.all():  # none, usually: shards join before nodes
+        for alloc in d.allocations.all():  # none, usually: shards join before nodes
             self._send(peer, _array_message(alloc))
-        for session in svc.sessions.by_node.values():
+        for session in d.sessions.by_node.values():
             self._send(peer, p.NodeAdmitted(session.node, session.incarnation))
         if self.ready:
             log.info("all %d shards have joined: serving nodes", self.count)
-            svc._announce_once()
+            d.announce_once()
             held, self._held = self._held, []
             for h in held:
-                svc._send_all(svc._on_hello(h.identity, h.hello))
+                d.send_all(d.on_hello(h.identity, h.hello))
 
     def _welcome(self, index: int) -> p.ShardWelcome:
-        svc = self.service
-        lay = svc.layout
+        d = self.directory
+        lay = d.layout
         return p.ShardWelcome(index, self.count, lay.base, lay.size, lay.page_size,
-                              svc.sessions.epoch, svc.manager.value, svc.pages.on_loss.value)
+                              d.sessions.epoch, d.manager.value, d.pages.on_loss.value)
 
     def welcome_shards(self) -> list[str]:
-        return [self.service.endpoint] + [self._peers[i].endpoint for i in range(1, self.count)]
+        return [self.directory.endpoint] + [self._peers[i].endpoint for i in range(1, self.count)]
 
     def hold_hello(self, identity: bytes, hello: p.Hello) -> bool:
         if self.ready:
@@ -228,9 +228,9 @@ class Coordinator(Role):
 
     def _on_node_dead(self, peer: _Peer, msg: p.NodeDead) -> None:
         why = f"shard {peer.index} declared it dead: {msg.why}"
-        session = self.service.sessions.get(msg.node)
+        session = self.directory.sessions.get(msg.node)
         if session is not None and session.incarnation == msg.incarnation:
-            self.service._declare_dead(msg.node, why)  # tells every shard
+            self.directory.declare_dead(msg.node, why)  # tells every shard
         else:  # gone here already (left, or dead): the shards that still serve it must hear
             self._to_all(p.NodeDead(msg.node, msg.incarnation, why))
 
@@ -255,36 +255,36 @@ class Coordinator(Role):
             g.done(g.parts)
 
     def lost(self, node: str, req: int, first: int, count: int, forget: str | None) -> list[Send]:
-        pages = self.service.pages
+        pages = self.directory.pages
         own = pages.forget_lost(first, count) if forget else pages.lost_runs(first, count)
 
         def done(parts: dict[int, Any]) -> None:
             runs = list(own)
             for part in parts.values():
                 runs += [tuple(r) for r in part.runs]
-            self.service._send_all(self.service.lost_answer(node, req, runs, forget))
+            self.directory.send_all(self.directory.requests.lost_answer(node, req, runs, forget))
 
         def failed(why: str) -> None:
-            self.service._send_all([Send(node, p.Error(req, why))])
+            self.directory.send_all([Send(node, p.Error(req, why))])
 
         self._ask_all(lambda gid: p.LostRunsQuery(gid, first, count, bool(forget)), done, failed)
         return []
 
     def stats(self, identity: bytes, req: int) -> None:
-        svc = self.service
+        d = self.directory
 
         def done(parts: dict[int, Any]) -> None:
-            report = svc.stats_report(req)
+            report = d.requests.stats_report(req)
             arrays = {0: report.arrays, **{i: m.arrays for i, m in parts.items()}}
             counters = dict(report.directory)
             for m in parts.values():
                 for k, v in m.directory.items():
                     counters[k] = counters.get(k, 0) + v
-            svc._send_to(identity, p.StatsReport(req, report.nodes, report.latency_buckets_us,
+            d.send_to(identity, p.StatsReport(req, report.nodes, report.latency_buckets_us,
                                                  stitch_arrays(arrays, self.count), counters))
 
         def failed(why: str) -> None:
-            svc._send_to(identity, p.Error(req, why))
+            d.send_to(identity, p.Error(req, why))
 
         self._ask_all(p.StatsRunsQuery, done, failed)
 
@@ -292,12 +292,12 @@ class Coordinator(Role):
     def tick(self, now: float) -> None:
         gone = self.local.exited() if self.local is not None else None
         if gone is not None:
-            self.service.fail(f"{gone}: the distributed manager cannot serve its pages",
+            self.directory.fail(f"{gone}: the distributed manager cannot serve its pages",
                               EXIT_SHARD_LOST)
             return
         for peer in list(self._peers.values()):
             if now - peer.last_seen_s > NODE_TIMEOUT_S:
-                self.service.fail(f"shard {peer.index} ({peer.endpoint}, pid {peer.pid}) has "
+                self.directory.fail(f"shard {peer.index} ({peer.endpoint}, pid {peer.pid}) has "
                                   f"been silent for {now - peer.last_seen_s:.1f} s: the "
                                   "distributed manager cannot serve its pages", EXIT_SHARD_LOST)
                 return
@@ -308,16 +308,16 @@ class Coordinator(Role):
                          f"coordinator within {GATHER_TIMEOUT_S:.0f} s")
         for h in [h for h in self._held if now - h.since_s >= HELLO_HOLD_S]:
             self._held.remove(h)
-            self.service._send_to(h.identity, p.Error(0, (
+            self.directory.send_to(h.identity, p.Error(0, (
                 f"not serving nodes yet: this coordinator (shard 0 of {self.count}) waits for "
                 f"shard(s) {self._missing()} to join (dsm directory --shard I --of {self.count} "
-                f"--coordinator {self.service.endpoint}; in compose, --scale manager="
+                f"--coordinator {self.directory.endpoint}; in compose, --scale manager="
                 f"{self.count - 1})")))
         if not self.ready and now - self._last_missing_log_s > MISSING_SHARDS_LOG_INTERVAL_S:
             self._last_missing_log_s = now
             log.warning("still waiting for shard(s) %s of %d to join (dsm directory --shard I "
                         "--of %d --coordinator %s): nodes are not served until they have",
-                        self._missing(), self.count, self.count, self.service.endpoint)
+                        self._missing(), self.count, self.count, self.directory.endpoint)
 
 
 def _array_message(alloc: Allocation, gather: int = 0) -> p.ArrayAllocated:

@@ -30,7 +30,7 @@ from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_TIMEOUT_S
 from dsm.wire import has_input
 
 if TYPE_CHECKING:
-    from dsm.directory.service import DirectoryService
+    from dsm.directory.machine import Directory
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,14 @@ class Member(Role):
             p.ArrayFreed: self._on_array_freed,
             p.LostRunsQuery: self._on_lost_query,
             p.StatsRunsQuery: self._on_stats_query,
-            p.Fenced: lambda m: self.service.fail(
+            p.Fenced: lambda m: self.directory.fail(
                 f"the coordinator {coordinator} refuses this shard: {m.reason}", EXIT_SHARD_LOST),
             p.Error: lambda m: log.error("the coordinator reported: %s", m.message),
         }
 
-    def attach(self, service: "DirectoryService") -> None:
-        super().attach(service)
-        service.sessions.epoch = self.welcome.epoch  # one epoch for the whole cluster
+    def attach(self, directory: "Directory") -> None:
+        super().attach(directory)
+        directory.sessions.epoch = self.welcome.epoch  # one epoch for the whole cluster
 
     def sockets(self) -> list[zmq.Socket]:
         return [self.dealer]
@@ -81,7 +81,7 @@ class Member(Role):
             self.session.send(p.encode(msg), now, sequenced=not isinstance(msg, p.Heartbeat),
                               nonblocking=True)
         except zmq.Again:
-            self.service.fail(f"the coordinator {self.coordinator_endpoint} takes no message "
+            self.directory.fail(f"the coordinator {self.coordinator_endpoint} takes no message "
                               "(gone, or not reading)", EXIT_SHARD_LOST)
             return
         self._last_sent_s = now
@@ -94,7 +94,7 @@ class Member(Role):
                 body = accept(self.session.link, frames, now)  # in order, once each
                 if body is None:
                     continue
-                msg, _ = p.decode(body, self.service.layout.page_size, p.Direction.TO_NODE)
+                msg, _ = p.decode(body, self.directory.layout.page_size, p.Direction.TO_NODE)
                 handler = self._handlers.get(type(msg))
                 if handler is None:
                     raise DsmError(f"a shard does not take a {type(msg).__name__}")
@@ -106,7 +106,7 @@ class Member(Role):
     def hold_hello(self, identity: bytes, hello: p.Hello) -> bool:
         if self._admitted.get(hello.node) == hello.incarnation:
             return False
-        if self.service.sessions.is_fenced(identity):
+        if self.directory.sessions.is_fenced(identity):
             return False  # answered with why
         self._held = [h for h in self._held if h.identity != identity]
         self._held.append(_Held(identity, hello, time.monotonic()))
@@ -118,44 +118,44 @@ class Member(Role):
                  and h.hello.incarnation == msg.incarnation]
         self._held = [h for h in self._held if h not in ready]
         for h in ready:
-            self.service._send_all(self.service._on_hello(h.identity, h.hello))
+            self.directory.send_all(self.directory.on_hello(h.identity, h.hello))
 
     def dead(self, node: str, incarnation: int, why: str, told: bool) -> None:
         if not told:
             self._send(p.NodeDead(node, incarnation, why))
 
     def _on_node_dead(self, msg: p.NodeDead) -> None:
-        svc = self.service
+        d = self.directory
         if self._admitted.get(msg.node) == msg.incarnation:
             del self._admitted[msg.node]
         identity = p.identity(msg.node, msg.incarnation)
-        session = svc.sessions.get(msg.node)
+        session = d.sessions.get(msg.node)
         if session is not None and session.incarnation == msg.incarnation:
-            svc._declare_dead(msg.node, f"the coordinator says: {msg.why}", report=False)
-        elif not svc.sessions.is_fenced(identity):  # never said Hello here: it will be fenced
-            svc.sessions.fence(identity, f"node {msg.node} was declared dead: {msg.why}")
+            d.declare_dead(msg.node, f"the coordinator says: {msg.why}", report=False)
+        elif not d.sessions.is_fenced(identity):  # never said Hello here: it will be fenced
+            d.sessions.fence(identity, f"node {msg.node} was declared dead: {msg.why}")
         for h in [h for h in self._held if h.identity == identity]:
             self._held.remove(h)
-            svc._send_to(identity, p.Fenced(svc.sessions.epoch, svc.sessions.why_fenced(identity)))
+            d.send_to(identity, p.Fenced(d.sessions.epoch, d.sessions.why_fenced(identity)))
 
     def _on_array(self, msg: p.ArrayAllocated) -> None:
         try:
-            alloc = self.service.allocations.place(msg.name, msg.offset, msg.nbytes, msg.meta)
+            alloc = self.directory.allocations.place(msg.name, msg.offset, msg.nbytes, msg.meta)
         except AllocationError as exc:
             raise DsmError(f"array {msg.name!r} from the coordinator: {exc}") from None
-        self.service.traced_array(alloc)
+        self.directory.requests.traced_array(alloc)
         if msg.gather:
             self._send(p.ArrayKnown(msg.gather))
 
     def _on_array_freed(self, msg: p.ArrayFreed) -> None:
-        alloc = self.service.allocations.at(msg.offset)
+        alloc = self.directory.allocations.at(msg.offset)
         if alloc is None or (alloc.name, alloc.offset) != (msg.name, msg.offset):
             raise DsmError(f"the coordinator freed array {msg.name!r} at {msg.offset:#x}, which "
                            "this shard does not have there: the allocation tables diverged")
-        self.service._send_all(self.service._reclaim(alloc))
+        self.directory.send_all(self.directory.requests.reclaim(alloc))
 
     def _on_lost_query(self, msg: p.LostRunsQuery) -> None:
-        pages = self.service.pages
+        pages = self.directory.pages
         first, count = msg.first, msg.count
         runs = pages.forget_lost(first, count) if msg.forget else pages.lost_runs(first, count)
         if msg.forget and runs:
@@ -164,34 +164,34 @@ class Member(Role):
         self._send(p.LostRuns(msg.gather, [list(r) for r in runs]))
 
     def _on_stats_query(self, msg: p.StatsRunsQuery) -> None:
-        report = self.service.stats_report(0)
+        report = self.directory.requests.stats_report(0)
         self._send(p.StatsRuns(msg.gather, report.arrays, report.directory))
 
     # --- timers ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         if now - self._last_sent_s > HEARTBEAT_INTERVAL_S:
-            self._send(p.Heartbeat(self.service.tracer.now_ns()))
+            self._send(p.Heartbeat(self.directory.tracer.now_ns()))
         self.session.flush(now)  # acknowledgements owed, replays due
         link = self.session.link
         if link.behind:
-            self.service.fail(f"the coordinator {self.coordinator_endpoint} left {link.unacked} "
+            self.directory.fail(f"the coordinator {self.coordinator_endpoint} left {link.unacked} "
                               "messages of this shard unacknowledged, past the session's bound",
                               EXIT_SHARD_LOST)
             return
         if now - self._last_heard_s > NODE_TIMEOUT_S:
-            self.service.fail(f"the coordinator {self.coordinator_endpoint} has been silent for "
+            self.directory.fail(f"the coordinator {self.coordinator_endpoint} has been silent for "
                               f"{now - self._last_heard_s:.1f} s: stopping this shard",
                               EXIT_SHARD_LOST)
             return
         if self._parent_pidfd is not None and _exited(self._parent_pidfd):
-            self.service.fail("the coordinator that started this shard exited: stopping",
+            self.directory.fail("the coordinator that started this shard exited: stopping",
                               EXIT_SHARD_LOST)
             return
         for h in [h for h in self._held if now - h.since_s > HELLO_HOLD_S]:
             self._held.remove(h)
             log.warning("node %s said Hello, but the coordinator did not admit incarnation %x "
                         "within %.0f s: refused", h.hello.node, h.hello.incarnation, HELLO_HOLD_S)
-            self.service._send_to(h.identity, p.Fenced(self.service.sessions.epoch, (
+            self.directory.send_to(h.identity, p.Fenced(self.directory.sessions.epoch, (
                 f"the coordinator {self.coordinator_endpoint} has not admitted this node: say "
                 "Hello to the coordinator first")))
 

@@ -1,6 +1,6 @@
 """The shared base of the manager shards' roles (the package's ``__init__`` says what a shard is):
-``Role``, the hooks the directory's ZeroMQ loop (``dsm/directory/service.py``) calls, as played by
-a directory alone; which shard serves which message (``check_shard``); and what both other roles
+``Role``, the hooks the directory state machine (``dsm/directory/machine.py``) calls, as played by
+a directory alone (or by a simulated shard, which the simulator tells the others' words); which shard serves which message (``check_shard``); and what both other roles
 use: their errors, the exit status of a lost shard, a Hello held back.
 
 The roles built on it: ``coordinator.py`` (``Coordinator``, shard 0 of K) and ``member.py``
@@ -10,9 +10,7 @@ The roles built on it: ``coordinator.py`` (``Coordinator``, shard 0 of K) and ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
-
-import zmq
+from typing import TYPE_CHECKING, Any, Callable
 
 from dsm import protocol as p
 from dsm.core.shards import STRIPE_PAGES, shard_of
@@ -21,7 +19,7 @@ from dsm.directory.pages import Send
 from dsm.errors import DsmError
 
 if TYPE_CHECKING:
-    from dsm.directory.service import DirectoryService
+    from dsm.directory.machine import Directory
 
 #: exit status of a shard process whose coordinator, or a coordinator whose shard, fell silent
 EXIT_SHARD_LOST = 3
@@ -53,22 +51,29 @@ class _Held:
 
 
 class Role:
-    """A directory alone (also the base of the other roles: the hooks the loop calls)."""
+    """A directory alone (also the base of the other roles: the hooks the machine calls).
+    ``index`` of ``count`` with stripes of ``stripe`` pages: a simulated shard, whose words to
+    the other shards the simulator carries itself."""
 
     index = 0
     count = 1
+    stripe = STRIPE_PAGES
     coordinator = True  #: whether this process serves memberships, allocations, locks
     ready = True  #: whether nodes are served yet (a coordinator waits for its shards)
 
-    def attach(self, service: "DirectoryService") -> None:
-        self.service = service
-        service.pages.shards = self.count
+    def __init__(self, index: int = 0, count: int = 1, stripe: int = STRIPE_PAGES):
+        self.index, self.count, self.stripe = index, count, stripe
+        self.coordinator = index == 0
 
-    def sockets(self) -> list[zmq.Socket]:
-        """Sockets of its own the loop polls (``drain`` when readable)."""
+    def attach(self, directory: "Directory") -> None:
+        self.directory = directory
+        directory.pages.shards = self.count
+
+    def sockets(self) -> list[Any]:
+        """Sockets of its own (ZeroMQ's) the shell's loop polls (``drain`` when readable)."""
         return []
 
-    def drain(self, sock: zmq.Socket) -> None:
+    def drain(self, sock: Any) -> None:
         pass
 
     def tick(self, now: float) -> None:
@@ -105,45 +110,45 @@ class Role:
 
     def handle_peer(self, identity: bytes, msg: p.Message, user_id: str | None) -> None:
         """A message between shards, or a ShardHello; a directory alone refuses it."""
-        self.service._send_to(identity, p.Fenced(self.service.sessions.epoch, (
+        self.directory.send_to(identity, p.Fenced(self.directory.sessions.epoch, (
             f"this directory is not a distributed manager's coordinator (it runs --manager "
-            f"{self.service.manager.value} with one shard): it takes no {type(msg).__name__}")))
+            f"{self.directory.manager.value} with one shard): it takes no {type(msg).__name__}")))
 
     def lost(self, node: str, req: int, first: int, count: int, forget: str | None) -> list[Send]:
         """Answer a LostQuery (``forget`` None) or a ForgetLost of array ``forget``."""
-        pages = self.service.pages
+        pages = self.directory.pages
         runs = pages.forget_lost(first, count) if forget else pages.lost_runs(first, count)
-        return self.service.lost_answer(node, req, runs, forget)
+        return self.directory.requests.lost_answer(node, req, runs, forget)
 
     def stats(self, identity: bytes, req: int) -> None:
-        self.service._send_to(identity, self.service.stats_report(req))
+        self.directory.send_to(identity, self.directory.requests.stats_report(req))
 
     def close(self) -> None:
         pass
 
 
-def check_shard(msg: p.Message, index: int, count: int) -> None:
+def check_shard(msg: p.Message, index: int, count: int, stripe: int = STRIPE_PAGES) -> None:
     """WrongShard unless shard ``index`` of ``count`` serves ``msg``: its pages are this shard's
     and within one stripe, or it is for every shard, or this is the coordinator."""
     page = getattr(msg, "page", None)
     if page is not None:
         n = getattr(msg, "count", 1)
-        owner = shard_of(page, count)
-        last_owner = shard_of(page + n - 1, count)
+        owner = shard_of(page, count, stripe)
+        last_owner = shard_of(page + n - 1, count, stripe)
         if owner != index or last_owner != owner:
             what = f"page {page}" if n == 1 else f"pages {page}..{page + n - 1}"
             raise WrongShard(
                 f"{type(msg).__name__} of {what} sent to shard {index} of {count}, but "
                 + (f"page {page} is managed by shard {owner}" if owner != index else
                    f"the run crosses into shard {last_owner}'s stripe")
-                + f" (stripes of {STRIPE_PAGES} pages: dsm.core.shards.shard_of); a node "
+                + f" (stripes of {stripe} pages: dsm.core.shards.shard_of); a node "
                 "sends each page message to its page's shard")
         return
     if isinstance(msg, p.Discard):
-        wrong = [q for q in msg.pages if shard_of(q, count) != index]
+        wrong = [q for q in msg.pages if shard_of(q, count, stripe) != index]
         if wrong:
             raise WrongShard(f"Discard sent to shard {index} of {count} names page {wrong[0]}, "
-                             f"which shard {shard_of(wrong[0], count)} manages")
+                             f"which shard {shard_of(wrong[0], count, stripe)} manages")
         return
     if index != 0 and not isinstance(msg, TO_EVERY_SHARD):
         raise WrongShard(f"{type(msg).__name__} sent to shard {index} of {count}: only the "

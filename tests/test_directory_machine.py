@@ -1,0 +1,129 @@
+"""The directory state machine (``dsm.directory.machine.Directory``) driven directly, with no
+sockets: a transport that records what it is asked to send and a clock the test moves. The
+sessions, the Error policy and the silence deadline, as the ZeroMQ shell and the simulator
+both run them."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dsm import protocol as p
+from dsm.directory.machine import EXIT_INTERNAL_ERROR, Directory
+from dsm.layout import DEFAULT_BASE_ADDRESS, PAGE_SIZE, Layout
+
+pytestmark = pytest.mark.timeout(30)
+
+#: pages of the test's region
+REGION_PAGES = 8
+#: the silence after which the test's directory declares a node dead
+NODE_TIMEOUT_S = 2.0
+
+
+class RecordingTransport:
+    """Sends nothing: records each message by identity; ``gone`` identities cannot be sent
+    to without a session (their connection closed)."""
+
+    def __init__(self):
+        self.sent: list[tuple[bytes, p.Message]] = []
+        self.gone: set[bytes] = set()
+        self.forgotten: list[bytes] = []
+
+    def send(self, identity: bytes, message: p.Message, page=None) -> bool:
+        if identity in self.gone:
+            return False
+        self.sent.append((identity, message))
+        return True
+
+    def forget(self, identity: bytes) -> None:
+        self.forgotten.append(identity)
+
+    def to(self, identity: bytes) -> list[p.Message]:
+        return [m for i, m in self.sent if i == identity]
+
+
+class Clock:
+    def __init__(self):
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def world():
+    transport, clock = RecordingTransport(), Clock()
+    directory = Directory(Layout(DEFAULT_BASE_ADDRESS, REGION_PAGES * PAGE_SIZE), transport,
+                          clock, node_timeout_s=NODE_TIMEOUT_S)
+    return directory, transport, clock
+
+
+def hello(directory: Directory, node: str, incarnation: int) -> bytes:
+    identity = p.identity(node, incarnation)
+    directory.handle(identity, p.Hello(node, 1, incarnation), None)
+    return identity
+
+
+def test_a_hello_starts_a_session_and_a_peer_without_one_is_fenced(world):
+    directory, transport, _ = world
+    a = hello(directory, "a", 1)
+    assert [type(m) for m in transport.to(a)] == [p.Welcome]
+    stranger = p.identity("b", 7)
+    directory.handle(stranger, p.Acquire(0, 1, False, False), None)
+    assert [type(m) for m in transport.to(stranger)] == [p.Fenced]
+    assert directory.pages.peek(0).copyset == set()  # never served
+
+
+def test_a_second_node_of_a_live_name_is_refused_and_a_restart_replaces_a_gone_one(world):
+    directory, transport, _ = world
+    first = hello(directory, "a", 1)
+    second = hello(directory, "a", 2)  # the first still answers: a name clash
+    assert [type(m) for m in transport.to(second)] == [p.Fenced]
+    assert directory.sessions.get("a").identity == first
+    transport.gone.add(first)  # the first's connection closed: the third is its restart
+    third = hello(directory, "a", 3)
+    assert directory.sessions.get("a").identity == third
+    assert directory.sessions.is_fenced(first)
+
+
+def test_a_malformed_message_is_answered_with_an_error_and_the_directory_goes_on(world, caplog):
+    directory, transport, _ = world
+    a = hello(directory, "a", 1)
+    with caplog.at_level(logging.WARNING):
+        directory.receive(a, [b"\xff not msgpack"])
+        directory.handle(a, p.Acquire(REGION_PAGES, 1, False, False), None)  # outside
+    assert [type(m) for m in transport.to(a)] == [p.Welcome, p.Error, p.Error]
+    assert directory.failed is None and directory.exit_status == 0
+
+
+def test_an_unexpected_failure_is_answered_and_stops_the_directory(world, monkeypatch, caplog):
+    directory, transport, _ = world
+    a = hello(directory, "a", 1)
+
+    def broken(*args):
+        raise KeyError("half-updated")
+
+    monkeypatch.setitem(directory._handlers, p.Acquire, broken)
+    with caplog.at_level(logging.CRITICAL):
+        directory.handle(a, p.Acquire(0, 1, False, False), None)
+    assert isinstance(transport.to(a)[-1], p.Error)
+    assert directory.exit_status == EXIT_INTERNAL_ERROR and "half-updated" in directory.failed
+
+
+def test_a_silent_node_is_declared_dead_by_the_tick_and_fenced_from_then_on(world, caplog):
+    directory, transport, clock = world
+    a = hello(directory, "a", 1)
+    b = hello(directory, "b", 1)
+    directory.handle(a, p.Acquire(0, 1, True, False), None)  # a owns page 0
+    clock.now_s += NODE_TIMEOUT_S / 2
+    directory.heard(b)  # b speaks; a stays silent
+    clock.now_s += NODE_TIMEOUT_S * 3 / 4
+    with caplog.at_level(logging.ERROR):
+        directory.tick(clock.now_s)
+    assert directory.sessions.get("a") is None and directory.sessions.get("b") is not None
+    assert isinstance(transport.to(a)[-1], p.Fenced)
+    assert 0 in directory.pages.lost  # what it owned died with it
+    directory.handle(a, p.Acquire(1, 1, False, False), None)  # its late word: fenced
+    assert isinstance(transport.to(a)[-1], p.Fenced)
+    assert directory.pages.peek(1).copyset == set()
