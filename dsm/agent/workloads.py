@@ -37,12 +37,7 @@ from dsm.agent.processes import (
     maps_file,
     thread_group_of,
 )
-from dsm.core.events import (
-    REMOVE_SETTLE_S as REMOVE_SETTLE_S,  # the agent's tests import it from here
-    Forked,
-    ProcessEvents,
-    follow,
-)
+from dsm.core.events import Forked, ProcessEvents, follow
 from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.stats import NodeStats
