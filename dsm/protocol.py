@@ -105,6 +105,13 @@ class MsgType(enum.IntEnum):
     CLOSING = 59
     # between the shards: a freed array's memory is reclaimed
     ARRAY_FREED = 54
+    # IVY's dynamic distributed manager (``dsm.core.dynamic``): requests along the probable
+    # owners, node to node, and the directory's repair of the chains when a node dies
+    PAGE_REQUEST = 60
+    SERVED = 61
+    TAKEN = 62
+    OWNER_DEAD = 63
+    OWNED_PAGES = 64
 
 
 class Direction(enum.Flag):
@@ -119,7 +126,9 @@ class Direction(enum.Flag):
 _DIRECTION_WORDS = {Direction.TO_DIRECTORY: "node -> directory",
                     Direction.TO_NODE: "directory -> node", Direction.BOTH: "both ways",
                     Direction.TO_PEER: "node -> node",
-                    Direction.BOTH | Direction.TO_PEER: "every way"}
+                    Direction.BOTH | Direction.TO_PEER: "every way",
+                    Direction.TO_NODE | Direction.TO_PEER: "directory or node -> node",
+                    Direction.TO_DIRECTORY | Direction.TO_PEER: "node -> directory or node"}
 
 
 class SyncStatus(enum.IntEnum):
@@ -249,6 +258,9 @@ class Welcome(Message, tag=MsgType.WELCOME.value):
     #: serves every page. A wildcard host (``tcp://0.0.0.0:P``) is the coordinator's host as the
     #: node reached it. The node says Hello to every shard (``dsm.agent.links``)
     shards: list[str] = msgspec.field(default_factory=list)
+    #: IVY's dynamic distributed manager: pages are asked of their probable owners, node to
+    #: node (``PageRequest``); the directory is the home of untouched pages and the fallback
+    dynamic: bool = False
 
 
 class Acquire(Message, tag=MsgType.ACQUIRE.value):
@@ -340,9 +352,11 @@ class Invalidate(Message, tag=MsgType.INVALIDATE.value):
     (``Invalidated``): straight to node ``to_node`` at its peer endpoint ``to_addr``, the
     writer that was granted them already and waits for every acknowledgement; to the directory
     when ``to_node`` is empty (a discard, a requester without a peer endpoint) or the holder
-    cannot reach it."""
+    cannot reach it. Under the dynamic manager, from the page's new owner itself (node to
+    node: ``txn`` is its request, ``to_node`` the owner, whom the holder takes as the page's
+    probable owner from then on)."""
 
-    DIRECTION = Direction.TO_NODE
+    DIRECTION = Direction.TO_NODE | Direction.TO_PEER
     txn: U64
     page: PageNo
     count: PageCount
@@ -424,6 +438,86 @@ class Withdrawn(Message, tag=MsgType.WITHDRAWN.value):
     page: PageNo
     count: PageCount
     source: str
+
+
+# --- IVY's dynamic distributed manager (``dsm.core.dynamic``, docs/architecture.md) -------------
+class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
+    """Request ``req`` of node ``requester`` (peer endpoint ``reply_to``) for ``page``: a read
+    copy, or (``write``) ownership. Sent to the page's probable owner (node to node), or to the
+    directory when the requester has none (the directory's hint) or after a death; a node that
+    does not own the page forwards it to its own probable owner, and the directory to the
+    last owner it knows. ``hops``: how many times it was forwarded (Li and Hudak bound it)."""
+
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
+    req: U64
+    page: PageNo
+    write: bool
+    requester: str
+    reply_to: str
+    hops: U64 = 0
+
+
+class Served(Message, tag=MsgType.SERVED.value):
+    """The owner of ``page`` (``sender``, at ``sender_addr``; or the directory, the home of
+    untouched pages) answers request ``req``: a read copy, or (``owner``) ownership, with the
+    copy set the new owner must invalidate (``copyset``: (node, peer endpoint) pairs, each
+    acknowledging straight to it) and the last request of each node served for the page
+    (``served``: ownership carries it, so that a request re-sent after a death is never served
+    twice). Payload NONE: the requester holds the current contents (it is in the copy set).
+    The requester confirms with ``Taken``."""
+
+    DIRECTION = Direction.TO_NODE | Direction.TO_PEER
+    CARRIES_PAGE = True
+    req: U64
+    page: PageNo
+    count: PageCount
+    owner: bool
+    payload: PayloadKind
+    sender: str
+    sender_addr: str = ""
+    copyset: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    served: list[tuple[str, U64]] = msgspec.field(default_factory=list)
+
+
+class Taken(Message, tag=MsgType.TAKEN.value):
+    """Requester to the node (or the directory) that served its request ``req`` for ``page``:
+    the read copy is installed (the owner serves the page's next request only then, so that
+    no invalidation overtakes the copy), or ownership arrived (the old owner stops counting
+    the page as on its way); ``installed`` false: a read copy nobody here asked for any more,
+    refused."""
+
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_PEER
+    req: U64
+    page: PageNo
+    requester: str
+    installed: bool
+
+
+class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):
+    """Directory to every live node: ``node`` is dead. Each forgets it as a probable owner
+    (the directory is the hint instead), stops counting it in copy sets and queues, ignores
+    whatever still comes from it, answers ``OwnedPages`` for ``gather``, then asks the
+    directory again for every page it awaits (the request may have died on a chain through
+    ``node``)."""
+
+    DIRECTION = Direction.TO_NODE
+    gather: U64
+    node: str
+
+
+class OwnedPages(Message, tag=MsgType.OWNED_PAGES.value):
+    """A node's answer to ``OwnerDead``: the pages it owns, or is handing to a live node
+    (``owned``: flat ``[first, count, ...]`` runs). A page handed out by the directory that
+    no live node reports is lost: its newest contents died with ``node``."""
+
+    DIRECTION = Direction.TO_DIRECTORY
+    gather: U64
+    node: str
+    owned: list[U64]
+
+
+#: the dynamic manager's messages (``dsm.core.dynamic``)
+DYNAMIC_MESSAGES = (PageRequest, Served, Taken, OwnerDead, OwnedPages)
 
 
 class DiffEncoding(enum.IntEnum):
@@ -992,7 +1086,8 @@ _ALL_MESSAGES: tuple[type[Message], ...] = (
     BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
     LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
     Received, Withdrawn, Diff, DiffApplied, Dirtied, Free, Freed, ArraysQuery, ArrayList,
-    Atomic, AtomicResult, Collective, CollectiveResult, Closing, *SHARD_MESSAGES,
+    Atomic, AtomicResult, Collective, CollectiveResult, Closing, PageRequest, Served, Taken,
+    OwnerDead, OwnedPages, *SHARD_MESSAGES,
 )
 for _cls in _ALL_MESSAGES:  # the tag as the enum, for the code that reads it
     _cls.TYPE = MsgType(_cls.__struct_config__.tag)
