@@ -446,7 +446,10 @@ class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
     copy, or (``write``) ownership. Sent to the page's probable owner (node to node), or to the
     directory when the requester has none (the directory's hint) or after a death; a node that
     does not own the page forwards it to its own probable owner, and the directory to the
-    last owner it knows. ``hops``: how many times it was forwarded (Li and Hudak bound it)."""
+    last owner it knows. ``hops``: how many times it was forwarded (Li and Hudak bound it).
+    ``have_copy``: the requester holds a read copy (a write to it: the owner sends no bytes if
+    the copy is still in its copy set; a node gives a read copy up without telling the owner,
+    whose invalidation of it is then acknowledged all the same)."""
 
     DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
     req: U64
@@ -455,6 +458,7 @@ class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
     requester: str
     reply_to: str
     hops: U64 = 0
+    have_copy: bool = False
 
 
 class Served(Message, tag=MsgType.SERVED.value):
@@ -464,9 +468,11 @@ class Served(Message, tag=MsgType.SERVED.value):
     acknowledging straight to it) and the last request of each node served for the page
     (``served``: ownership carries it, so that a request re-sent after a death is never served
     twice). Payload NONE: the requester holds the current contents (it is in the copy set).
-    The requester confirms with ``Taken``."""
+    The requester confirms with ``Taken``. An owner that gives a page back (an unmap, a leave)
+    hands ownership to the directory the same way (``req`` 0, no ``Taken``): the directory owns
+    the page again, with its copies and the requests served."""
 
-    DIRECTION = Direction.TO_NODE | Direction.TO_PEER
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
     CARRIES_PAGE = True
     req: U64
     page: PageNo
@@ -484,13 +490,17 @@ class Taken(Message, tag=MsgType.TAKEN.value):
     the read copy is installed (the owner serves the page's next request only then, so that
     no invalidation overtakes the copy), or ownership arrived (the old owner stops counting
     the page as on its way); ``installed`` false: a read copy nobody here asked for any more,
-    refused."""
+    refused. ``answered``: the gathers (``OwnerDead``) the requester had answered when it took
+    ownership: it did not report the page to them, so the old owner, if it has not answered
+    one of them yet, reports the page for it (else the page would be owned and reported by
+    nobody)."""
 
     DIRECTION = Direction.TO_DIRECTORY | Direction.TO_PEER
     req: U64
     page: PageNo
     requester: str
     installed: bool
+    answered: list[U64] = msgspec.field(default_factory=list)
 
 
 class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):
@@ -498,7 +508,8 @@ class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):
     (the directory is the hint instead), stops counting it in copy sets and queues, ignores
     whatever still comes from it, answers ``OwnedPages`` for ``gather``, then asks the
     directory again for every page it awaits (the request may have died on a chain through
-    ``node``)."""
+    ``node``). ``node`` empty: nobody died, but the directory lost track of a page's owner (its
+    probable owner forwarded a request back to it): each node answers ``OwnedPages`` only."""
 
     DIRECTION = Direction.TO_NODE
     gather: U64
@@ -506,14 +517,18 @@ class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):
 
 
 class OwnedPages(Message, tag=MsgType.OWNED_PAGES.value):
-    """A node's answer to ``OwnerDead``: the pages it owns, or is handing to a live node
-    (``owned``: flat ``[first, count, ...]`` runs). A page handed out by the directory that
-    no live node reports is lost: its newest contents died with ``node``."""
+    """A node's answer to ``OwnerDead``: the pages it owns (``owned``: flat ``[first, count,
+    ...]`` runs) and those whose ownership it sent and has no confirmation of (``handing``:
+    (page, the node it went to), dead ones included). A page handed out by the directory is
+    still owned if a live node owns it, or if it is on its way only to live nodes; else it
+    is lost: its newest contents died with ``node`` (or a node it was sent to: a page on its
+    way to a dead node may have been installed and written there)."""
 
     DIRECTION = Direction.TO_DIRECTORY
     gather: U64
     node: str
     owned: list[U64]
+    handing: list[tuple[U64, str]] = msgspec.field(default_factory=list)
 
 
 #: the dynamic manager's messages (``dsm.core.dynamic``)

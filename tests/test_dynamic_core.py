@@ -270,4 +270,6 @@ def test_ownership_handed_to_a_node_that_dies_is_not_reported_owned():
     nodes = owned_by(Cluster("a", "b"), "a")
     nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, True, "b", "tcp://b:7401"))
     out = nodes.deliver("a", p.OwnerDead(6, "b"))
-    assert out[0].message == p.OwnedPages(6, "b", [])  # lost with b: it may have written it
+    # on its way to b: lost with b (it may have written it) unless a live node owns it now
+    assert out[0].message == p.OwnedPages(6, "b", [], [(PAGE, "b")])
+    assert PAGE not in nodes.cores["a"].handing

@@ -77,13 +77,13 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.LostRuns(3, [(256, 2, "b")]), None),
     (p.StatsRunsQuery(4), None),
     # the dynamic manager's (dsm/core/dynamic.py)
-    (p.PageRequest(5, 9, True, "n1", "tcp://10.0.0.1:7401", 2), None),
+    (p.PageRequest(5, 9, True, "n1", "tcp://10.0.0.1:7401", 2, True), None),
     (p.Served(5, 9, 1, True, p.Payload.DATA, "n2", "tcp://10.0.0.2:7401",
               [("n3", "tcp://10.0.0.3:7401")], [("n1", 5)]), b"\x09" * PAGE),
     (p.Served(5, 9, 1, False, p.Payload.ZERO, ""), None),
     (p.Taken(5, 9, "n1", True), None),
     (p.OwnerDead(2, "n2"), None),
-    (p.OwnedPages(2, "n2", [9, 1, 40, 3]), None),
+    (p.OwnedPages(2, "n2", [9, 1, 40, 3], [(12, "n1"), (13, "n2")]), None),
     (p.StatsRuns(4, [["x", 0, 1, [[1, "home", []]]]], {"grants": 3}), None),
 ])
 def test_round_trip(msg, page):
@@ -181,13 +181,14 @@ def test_every_message_declares_its_direction_and_heartbeat_bye_and_node_dead_go
     assert both == {p.Heartbeat, p.Bye, p.NodeDead}
     # Invalidated: a holder's acknowledgement goes to the directory or straight to the writer,
     # and the directory forwards one to the writer (or says the holder died); PageRequest (the
-    # dynamic manager): to a probable owner, node or directory, which forwards it along
+    # dynamic manager): to a probable owner, node or directory, which forwards it along; Served
+    # (the dynamic manager): ownership from the owner or the directory, and given back to it
     every_way = {cls for cls in CLASSES if cls.DIRECTION == p.Direction.BOTH | p.Direction.TO_PEER}
-    assert every_way == {p.Invalidated, p.PageRequest}
-    # the dynamic manager's: pages and invalidations come from the owner or the directory (the
-    # home of untouched pages); confirmations go to either
+    assert every_way == {p.Invalidated, p.PageRequest, p.Served}
+    # the dynamic manager's: invalidations come from the owner or the directory (the home of
+    # untouched pages); confirmations go to either
     assert {cls for cls in CLASSES if cls.DIRECTION == p.Direction.TO_NODE | p.Direction.TO_PEER
-            } == {p.Served, p.Invalidate}
+            } == {p.Invalidate}
     assert {cls for cls in CLASSES
             if cls.DIRECTION == p.Direction.TO_DIRECTORY | p.Direction.TO_PEER} == {p.Taken}
     for cls in CLASSES:

@@ -22,12 +22,18 @@ from typing import Any, Callable, Hashable
 from dsm import protocol as p
 from dsm.core.actions import Action, Protect, Punch, Send
 from dsm.core.node import NodeCore, Pending, Waiter
+from dsm.core.release import RELEASE
 from dsm.core.states import PageState, pack_runs
 
 log = logging.getLogger(__name__)
 
 #: a peer: (node name, peer endpoint)
 Peer = tuple[str, str]
+#: the states of release-consistency pages: given back to their home as by any node core
+RELEASE_STATES = (*RELEASE, PageState.PRIVATE)
+#: the latest gathers a Taken names (a gather stays open for a round trip to every live node:
+#: older ones are long closed)
+ANSWERED_GATHERS_TOLD = 8
 
 
 @dataclass
@@ -69,6 +75,14 @@ class DynamicNodeCore(NodeCore):
         #: page -> the number of this node's request out for it
         self.req_of: dict[int, int] = {}
         self._next_req = first_req
+        #: node -> the last request of each (page, requester) forwarded to it: re-sent to the
+        #: directory if it dies (it may have died before handling them)
+        self.forwarded: dict[str, dict[tuple[int, str], p.PageRequest]] = {}
+        #: the gathers (``OwnerDead``) this node has answered, in order
+        self.answered: list[int] = []
+        #: gather -> {page: the node it was handed to}, taken by a node that had answered the
+        #: gather, this node not yet: reported to it as on its way (the taker did not report it)
+        self.late: dict[int, dict[int, str]] = {}
 
     def handlers(self, now: Callable[[], float]) -> dict[type, Callable[[Any, Any], list[Action]]]:
         """The dynamic manager's messages, for ``dsm.core.inputs.core_handlers``."""
@@ -89,7 +103,9 @@ class DynamicNodeCore(NodeCore):
         if self._tracing:
             self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
                         "write" if write else "read", count=1, to=self._hint_name(page))
-        return [self._to_hint(p.PageRequest(req, page, write, self.node, self.addr))]
+        have_copy = self.state.get(page) is PageState.SHARED  # a write to a read copy
+        return [self._to_hint(p.PageRequest(req, page, write, self.node, self.addr,
+                                            have_copy=have_copy))]
 
     def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
         return []  # no read-ahead yet: a run's pages may have as many owners
@@ -128,6 +144,8 @@ class DynamicNodeCore(NodeCore):
         if msg.requester in self.dead:
             return []
         page = msg.page
+        if msg.requester == self.node and self.req_of.get(page) != msg.req:
+            return []  # a copy of a request of its own answered already (re-sent at a death)
         own = self.owned.get(page)
         pend = self.pending.get(page)
         if own is not None:
@@ -142,7 +160,18 @@ class DynamicNodeCore(NodeCore):
         return self._forward(msg)
 
     def _forward(self, msg: p.PageRequest) -> list[Action]:
-        out = [self._to_hint(p.replace(msg, hops=msg.hops + 1))]
+        if msg.requester == self.node and msg.hops:
+            # its own request came back: the hints went round a cycle (a writer they named
+            # never became the owner: its request was answered Lost). The directory knows
+            self.hint.pop(msg.page, None)
+        fwd = p.replace(msg, hops=msg.hops + 1)
+        out = [self._to_hint(fwd)]
+        hint = self.hint.get(msg.page)
+        if hint is not None and msg.requester != self.node:
+            # kept until that node is known alive or dead: at its death, re-sent to the
+            # directory (the requester may have re-sent its own requests before this node
+            # forwarded it to the dead node)
+            self.forwarded.setdefault(hint[0], {})[msg.page, msg.requester] = fwd
         if msg.write and msg.requester != self.node:  # it will be the owner
             self.hint[msg.page] = (msg.requester, msg.reply_to)
         self.stats.count("forwards")
@@ -173,7 +202,8 @@ class DynamicNodeCore(NodeCore):
                                      self.addr), pages=(page, 1), peer=to))
             self._trace_serve(page, st, msg)
             return out
-        has_copy = requester in own.copyset
+        # (a copy given up since is still in the copy set: the requester says whether it holds one)
+        has_copy = msg.have_copy and requester in own.copyset
         others = sorted((n, a) for n, a in own.copyset.items() if n != requester)
         # gone from here before the requester can have it
         out.append(Punch(page, 1, keep=not has_copy))
@@ -188,6 +218,12 @@ class DynamicNodeCore(NodeCore):
         self.hint[page] = to
         self.stats.count("invalidations")
         self._trace_serve(page, st, msg)
+        queue = self.queued.get(page)
+        if queue and any(m.requester == self.node for m in queue):
+            # this node's own write, queued behind the transfer: out to the new owner first,
+            # then the others wait here for the ownership it brings back (Li and Hudak's lock)
+            self.queued[page] = deque(m for m in queue if m.requester != self.node)
+            out += [self._to_hint(m) for m in queue if m.requester == self.node]
         return out + self._drain(page, now)  # what waited here goes on to the new owner
 
     def _trace_serve(self, page: int, old: PageState | None, msg: p.PageRequest) -> None:
@@ -258,7 +294,8 @@ class DynamicNodeCore(NodeCore):
         back = (msg.sender, msg.sender_addr) if msg.sender else None
 
         def taken(installed: bool) -> Send:
-            return Send(p.Taken(msg.req, page, self.node, installed), peer=back)
+            return Send(p.Taken(msg.req, page, self.node, installed,
+                                list(self.answered[-ANSWERED_GATHERS_TOLD:])), peer=back)
 
         if not msg.owner:
             if not ours:  # a read copy nobody here waits for: never installed unseen
@@ -274,7 +311,8 @@ class DynamicNodeCore(NodeCore):
                         msg.sender or "the directory")
         self.hint.pop(page, None)
         own = self.owned[page] = Ownership(
-            {n: a for n, a in msg.copyset if n != self.node}, dict(msg.served))
+            {n: a for n, a in msg.copyset if n != self.node and n not in self.dead},
+            dict(msg.served))  # (a dead holder's copy died with it: no acknowledgement comes)
         own.served[self.node] = msg.req
         return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data, now)
 
@@ -289,6 +327,10 @@ class DynamicNodeCore(NodeCore):
             return self._drain(page, now)
         if self.handing.get(page) == (msg.requester, msg.req):
             del self.handing[page]
+            done = set(self.answered)
+            for gather in msg.answered:
+                if gather not in done:  # reported by nobody but here
+                    self.late.setdefault(gather, {})[page] = msg.requester
         return []
 
     def invalidate(self, msg: p.Invalidate, reachable: Callable[[str], bool] = lambda a: True
@@ -309,13 +351,51 @@ class DynamicNodeCore(NodeCore):
             out += self._drain(q, now)
         return out
 
+    # --- giving pages back ---------------------------------------------------------------------
+    def give_back(self, pages: list[int]) -> list[Action]:
+        """Hand pages back (an unmap, a leave). An owned page's ownership goes to the directory
+        (a ``Served`` to it) with the contents, the copy set and the requests served: the read
+        copies stay valid, and the next owner invalidates them. A read copy is dropped here
+        without a word: the owner's copy set still names this node, and its invalidation is
+        acknowledged all the same. Release pages as any node core. An owned page with a
+        transfer in flight or requests queued is kept: handing it away now would let a later
+        writer's invalidation overtake the copy in flight."""
+        release = [q for q in pages if self.state.get(q) in RELEASE_STATES]
+        out = super().give_back(release) if release else []
+        for page in pages:
+            st = self.state.get(page)
+            if page in self.pending or st in RELEASE_STATES:
+                continue
+            own = self.owned.get(page)
+            if own is not None:
+                if own.busy is not None or own.upgrading is not None or self.queued.get(page):
+                    continue
+                out += [Protect(page, 1), Punch(page, 1, keep=True),
+                        Send(p.Served(0, page, 1, True, p.Payload.DATA, self.node, self.addr,
+                                      sorted(own.copyset.items()), sorted(own.served.items())),
+                             pages=(page, 1))]
+                del self.owned[page]
+                self.hint.pop(page, None)  # the directory owns it
+                self.stats.count("writebacks")
+            elif st is PageState.SHARED:
+                out.append(Punch(page, 1))
+            else:
+                continue
+            del self.state[page]
+            self._unwritten.discard(page)
+            self.stats.count("givebacks")
+            if self._tracing:
+                self._trace(page, "GIVEBACK", self.node, _name(st), "invalid", count=1)
+        return out
+
     # --- deaths, time --------------------------------------------------------------------------
     def owner_dead(self, msg: p.OwnerDead, now: float) -> list[Action]:
         """``msg.node`` is dead: forget it everywhere, tell the directory what this node owns,
         then ask the directory again for every page awaited (the request may have died on a
         chain through the dead node; ownership's ``served`` drops a duplicate)."""
         dead = msg.node
-        self.dead.add(dead)
+        if dead:  # (none: the directory lost track of an owner and asks who owns what)
+            self.dead.add(dead)
         for page in [q for q, (n, _) in self.hint.items() if n == dead]:
             del self.hint[page]  # the directory repairs the chain
         for own in self.owned.values():
@@ -328,14 +408,27 @@ class DynamicNodeCore(NodeCore):
         out: list[Action] = []
         for txn, page in self.acks.waiting_on(dead):  # its copy died with it
             out += self.invalidated(p.Invalidated(txn, page, 1, dead), now)
+        # on its way, to whom: to the dead node, it may have been installed and written there
+        # (lost, unless a live node owns it now); taken by a node that had answered this
+        # gather already (``late``), reported here for it
+        handing = {q: n for q, (n, _) in self.handing.items()}
+        for q, to in self.late.pop(msg.gather, {}).items():
+            handing.setdefault(q, to)
         for page in [q for q, (n, _) in self.handing.items() if n == dead]:
-            del self.handing[page]  # it may have installed and written it: lost with it
-        owned = pack_runs(set(self.owned) | set(self.handing))
-        out.append(Send(p.OwnedPages(msg.gather, dead, owned)))
-        for page, req in self.req_of.items():
+            del self.handing[page]  # (the confirmation will never come)
+        self.answered.append(msg.gather)
+        out.append(Send(p.OwnedPages(msg.gather, dead, pack_runs(self.owned),
+                                     sorted(handing.items()))))
+        for page, req in self.req_of.items() if dead else ():
             if page not in self.owned:
                 out.append(Send(p.PageRequest(req, page, self.pending[page].write, self.node,
                                               self.addr)))
+        for (page, requester), fwd in self.forwarded.pop(dead, {}).items():
+            if requester not in self.dead:  # (a duplicate is dropped where it was served)
+                out.append(Send(fwd))
+        for forwarded in self.forwarded.values():
+            for key in [k for k in forwarded if k[1] == dead]:
+                del forwarded[key]
         for page in list(self.queued):
             out += self._drain(page, now)
         return out
@@ -353,6 +446,8 @@ class DynamicNodeCore(NodeCore):
         self.handing.clear()
         self.queued.clear()
         self.req_of.clear()
+        self.late.clear()
+        self.forwarded.clear()
 
 
 def _name(state: PageState | None) -> str:

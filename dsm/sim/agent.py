@@ -217,8 +217,9 @@ class SimTransport:
 
     def send(self, msg: p.Message, data: Any) -> None:
         world = self.world
-        shard = (world._shard_names[0] if isinstance(msg, rc.SYNC_MESSAGES)
-                 else world._shard_of(msg.page))
+        page = getattr(msg, "page", None)  # (an OwnedPages names none: one directory)
+        shard = (world._shard_names[0] if isinstance(msg, rc.SYNC_MESSAGES) or page is None
+                 else world._shard_of(page))
         world._send(self.node.name, shard, msg, bytes(data) if data is not None else None)
 
     def send_peer(self, peer: tuple[str, str], msg: p.Message, data: Any) -> bool:

@@ -18,6 +18,10 @@ invariants:
   sequential consistency itself), or fails loudly (a lost page), never an older value or zeros;
 - nothing hangs: once no message is in flight, every live thread has finished.
 
+With ``manager="dynamic"`` the nodes run IVY's dynamic distributed manager (their cores
+``dsm.core.dynamic``, the directory's side ``dsm.directory.pages.dynamic``): requests travel
+along probable owners, and a death is settled by a gather.
+
 With ``release_pages=K`` the first K pages are release-consistency pages (``dsm.sim.release``):
 data-race-free programs with locks and barriers run on them, each read checked against the last
 write before it in the schedule (DRF-SC), copies there may be stale until an acquire.
@@ -35,6 +39,7 @@ programs of ``dsm.sim.programs`` and the units of ``dsm.sim.model``).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
 
@@ -42,7 +47,9 @@ from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
+from dsm.core.dynamic import DynamicNodeCore
 from dsm.directory.pages import OnLoss, PageDirectory, page_handlers
+from dsm.directory.pages.dynamic import DynamicPages
 from dsm.directory.syncrequests import SyncRequests
 from dsm.layout import Layout
 from dsm.managers import Manager
@@ -65,6 +72,9 @@ REPORT_STEPS = 60
 MAX_STEPS_PER_OP = 200
 #: simulated seconds per step of the schedule (the sessions' timers count them)
 STEP_S = 0.001
+#: the simulator's name of IVY's dynamic distributed manager (``dsm.core.dynamic``,
+#: ``dsm.directory.pages.dynamic``): not one of ``Manager`` until the processes run it
+DYNAMIC = "dynamic"
 
 
 class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
@@ -87,8 +97,17 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         self.manager = manager
         #: nodes hand pages back now and then (unmaps, leaves)
         self.give_backs = give_backs
+        #: IVY's dynamic distributed manager: requests along the probable owners
+        self.dynamic = manager == DYNAMIC
+        if self.dynamic and (shards != 1 or release_pages or direct is False):
+            raise ValueError("the dynamic manager runs with one directory, no release pages "
+                             "and pages node to node")
+        if self.dynamic:
+            # its node-to-node messages (PageRequest, Served, Taken, Invalidate) have no way
+            # round an unreachable peer through the directory yet: peers are always reachable
+            faults = dataclasses.replace(faults, unreachable=0.0)
         # pages node to node: as the manager does, unless told (the cores support it sharded)
-        direct = Manager(manager).direct if direct is None else direct
+        direct = (True if self.dynamic else Manager(manager).direct) if direct is None else direct
         #: pages from 0 up to this one are release-consistency pages, the others sequential
         self.release_pages = release_pages
         #: the manager's shards (one: the central or relay manager), by their network names
@@ -101,9 +120,13 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
             for k in range(shards)}
         self._shard_names = list(self.directories)
         self.directory = self.directories[self._shard_names[0]]
+        #: the directory's side of the dynamic manager, over its page directory
+        self.dynamic_pages = DynamicPages(self.directory) if self.dynamic else None
         #: what each shard does with a page message: the directory service's table
         self._page_handlers = {name: page_handlers(d, PAGE_BYTES)
                                for name, d in self.directories.items()}
+        if self.dynamic_pages is not None:
+            self._page_handlers[self._shard_names[0]].update(self.dynamic_pages.handlers())
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
         self.coordinator = SyncRequests(self.layout, lambda: self.clock)
         #: what the coordinator does with a lock or barrier message: the directory's own
@@ -136,7 +159,9 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         for i in range(nodes):
             name = f"n{i}"
             node = SimNode(name, None)  # type: ignore[arg-type]
-            node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES))
+            node.core = (DynamicNodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
+                                         f"sim://{name}", 0) if self.dynamic else
+                         NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES)))
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
             self._wire_agent(node)  # its agent: the real one's tables and runner

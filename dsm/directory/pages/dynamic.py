@@ -1,0 +1,252 @@
+"""The directory's side of IVY's dynamic distributed manager (``--manager dynamic``; the node's
+side is ``dsm.core.dynamic``; docs/architecture.md, "The dynamic distributed manager").
+
+The directory is one node of the chains, off the fault's path once a page has an owner:
+
+- it owns every page nobody has been handed (untouched: zeros) or that was given back (its
+  home copy, with the read copies still out and the requests served, which the old owner sent
+  along with it). A request for such a page is answered with ownership, read or write alike:
+  the directory keeps no read copies' serialization of its own, and a reader handed ownership
+  installs it write-protected (as a migratory grant), so its read costs what it would;
+- for every other page it keeps a probable owner (``last_owner``: the node it last handed the
+  page to, or the writer it last forwarded a request of) and forwards requests to it, updating
+  it on a forwarded write as any node does;
+- a node's death starts a *gather*: every live node is told (``OwnerDead``) and answers with the
+  pages it owns (``OwnedPages``). Page requests reaching the directory meanwhile are held; once
+  every live node has answered, the owners learnt become the probable owners, and every page
+  handed out that no live node reports is lost (``LostPages``): its newest contents died with
+  the node, which owned it or was being handed it. The held requests go on after that.
+
+Release-consistency pages are not the dynamic manager's: a request for one is served by its
+home as an ``Acquire`` is (``PageDirectory.acquire``). ``DynamicPages`` is built on a
+``PageDirectory`` (its home copies, lost pages, live nodes and release homes) and adds its
+messages to the directory's table (``handlers``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsm import protocol as p
+from dsm.directory.pages.inputs import PageDirectory
+from dsm.directory.pages.loss import UNKNOWN_NODE
+from dsm.directory.pages.state import OnLoss, Send
+from dsm.core.states import runs as page_runs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gather:
+    """One death's gather: the live nodes yet to answer, and the pages they reported owning."""
+
+    id: int
+    dead: str
+    waiting: set[str]
+    #: page -> a node that owns it
+    owners: dict[int, str] = field(default_factory=dict)
+    #: page -> the nodes its ownership was sent to and not confirmed yet
+    handing: dict[int, set[str]] = field(default_factory=dict)
+
+
+class DynamicPages:
+    def __init__(self, pages: PageDirectory):
+        self.pages = pages
+        #: page -> the node the directory takes as its probable owner; absent: the directory
+        #: owns the page (untouched, or given back)
+        self.last_owner: dict[int, str] = {}
+        #: pages the directory owns with read copies out: node -> peer endpoint (the next owner
+        #: invalidates them)
+        self.copyset: dict[int, dict[str, str]] = {}
+        #: pages the directory owns: the last request of each node served (ownership carries it)
+        self.served: dict[int, dict[str, int]] = {}
+        self.gathers: dict[int, Gather] = {}
+        #: page requests that reached the directory while a gather was open, in order
+        self.held: deque[p.PageRequest] = deque()
+        self._next_gather = 1
+        for name in ("dynamic_served", "dynamic_forwards", "dynamic_given_back",
+                     "dynamic_gathers", "dynamic_max_hops"):
+            pages.counters.setdefault(name, 0)
+
+    def handlers(self) -> dict[type, Any]:
+        """The dynamic manager's messages from a node: ``(node, message, page data) -> the
+        messages to send``, beside ``page_handlers`` in the directory's table."""
+        return {
+            p.PageRequest: lambda n, m, d: self.page_request(m, n),
+            p.Served: lambda n, m, d: self.given_back(n, m, d),
+            p.Taken: lambda n, m, d: [],  # ownership arrived: nothing waits for it here
+            p.OwnedPages: lambda n, m, d: self.owned_pages(n, m),
+        }
+
+    # --- requests ------------------------------------------------------------------------------
+    def page_request(self, msg: p.PageRequest, sender: str = "") -> list[Send]:
+        """Serve it (the directory owns the page), forward it along the probable owner, or
+        hold it while a gather is open (the owners are not known yet). ``sender``: the node
+        it came from."""
+        pages = self.pages
+        requester, page = msg.requester, msg.page
+        pages.layout.check_page(page)
+        if requester in pages._dead:
+            return []
+        if self.gathers:
+            self.held.append(msg)
+            return []
+        counters = pages.counters
+        counters["dynamic_max_hops"] = max(counters["dynamic_max_hops"], msg.hops)
+        if page in pages.lost:
+            return [pages.losses.answer(requester, page, 1)]
+        if pages.release.covers(page):  # its home serves it, as an Acquire
+            return pages.acquire(requester, page, 1, msg.write, False)
+        owner = self.last_owner.get(page)
+        if owner is None:
+            return self._hand_over(msg)
+        if owner == requester:
+            # a request re-sent at a death, met here after the gather found the requester owning
+            # the page or ownership on its way to it (it answers the request): nothing to do.
+            # (Before any death the directory's probable owner of a page is never a node that
+            # asks it: a node asks the directory only knowing no better owner.)
+            log.info("page %d: request %d of %s, which owns it or is being handed it: dropped",
+                     page, msg.req, requester)
+            return []
+        if owner == sender:
+            # the node the directory takes as the owner sends the request back: it does not
+            # own the page and knows no better (a hint left by a re-sent request). Every live
+            # node is asked what it owns; the request waits for the answers
+            self.held.append(msg)
+            return self._start_gather("")
+        if msg.write:
+            self.last_owner[page] = requester  # it will be the owner
+        counters["dynamic_forwards"] += 1
+        if pages._tracing:
+            pages._trace(page, "FORWARD", requester, "", "", count=1, to=owner, hops=msg.hops + 1)
+        return [Send(owner, p.replace(msg, hops=msg.hops + 1))]
+
+    def _hand_over(self, msg: p.PageRequest) -> list[Send]:
+        """Ownership of a page the directory owns, with its home copy (none if the requester
+        holds a current read copy), the read copies to invalidate and the requests served."""
+        pages, page, requester = self.pages, msg.page, msg.requester
+        served = self.served.pop(page, {})
+        if served.get(requester, 0) >= msg.req:  # re-sent after a death, served already
+            self.served[page] = served
+            return []
+        served[requester] = msg.req
+        copies = self.copyset.pop(page, {})
+        has_copy = msg.have_copy and requester in copies
+        payload, data = (p.Payload.NONE, None) if has_copy else pages.home.get(page, 1)
+        others = sorted((n, a) for n, a in copies.items() if n != requester)
+        self.last_owner[page] = requester
+        pages.granted[page] = True
+        pages.counters["dynamic_served"] += 1
+        if pages._tracing:
+            pages._trace(page, "SERVE", "directory", "home", f"owned:{requester}", count=1,
+                         to=requester, write=msg.write, hops=msg.hops)
+        return [Send(requester, p.Served(msg.req, page, 1, True, payload, "", "", others,
+                                         sorted(served.items())), data)]
+
+    def given_back(self, node: str, msg: p.Served, data: Any) -> list[Send]:
+        """An owner hands a page back (an unmap, a leave): the directory owns it again, with
+        its contents, its read copies and the requests served."""
+        pages, page = self.pages, msg.page
+        pages.layout.check_page(page)
+        if not msg.owner or self.last_owner.get(page) is None and page not in self.served:
+            log.warning("page %d handed back by %s, which the directory did not hand out: "
+                        "ignored", page, node)
+            return []
+        pages.home.put(page, 1, msg.payload, data)
+        self.last_owner.pop(page, None)
+        self.copyset[page] = {n: a for n, a in msg.copyset if n not in pages._dead}
+        self.served[page] = {n: r for n, r in msg.served if n not in pages._dead}
+        pages.counters["dynamic_given_back"] += 1
+        if pages._tracing:
+            pages._trace(page, "WRITEBACK", node, f"owned:{node}", "home{}", count=1)
+        return []
+
+    # --- deaths --------------------------------------------------------------------------------
+    def node_lost(self, node: str) -> list[Send]:
+        """``node`` left or died: the page directory forgets it (release pages, live nodes),
+        then every live node is asked which pages it owns."""
+        pages = self.pages
+        out = pages.node_lost(node)
+        for copies in self.copyset.values():
+            copies.pop(node, None)
+        for served in self.served.values():
+            served.pop(node, None)
+        self.held = deque(m for m in self.held if m.requester != node)
+        asks = self._start_gather(node)  # first: the held requests wait for its answers too
+        return out + self._answered_all(node) + asks  # (it answers no open gather)
+
+    def _start_gather(self, dead: str) -> list[Send]:
+        """Ask every live node which pages it owns, after ``dead``'s death (none: the
+        directory lost track of an owner)."""
+        pages = self.pages
+        live = sorted(pages.peers)
+        gather = Gather(self._next_gather, dead, set(live))
+        self._next_gather += 1
+        pages.counters["dynamic_gathers"] += 1
+        if not live:
+            return self._close(gather)
+        self.gathers[gather.id] = gather
+        return [Send(n, p.OwnerDead(gather.id, dead)) for n in live]
+
+    def owned_pages(self, node: str, msg: p.OwnedPages) -> list[Send]:
+        gather = self.gathers.get(msg.gather)
+        if gather is None or node not in gather.waiting:
+            log.warning("OwnedPages from %s for gather %d, which does not wait for it: ignored",
+                        node, msg.gather)
+            return []
+        flat = msg.owned
+        for i in range(0, len(flat), 2):
+            for page in range(flat[i], flat[i] + flat[i + 1]):
+                gather.owners[page] = node
+        for page, to in msg.handing:
+            gather.handing.setdefault(page, set()).add(to)
+        return self._answered(gather, node)
+
+    def _answered_all(self, node: str) -> list[Send]:
+        out: list[Send] = []
+        for gather in [g for g in self.gathers.values() if node in g.waiting]:
+            out += self._answered(gather, node)
+        return out
+
+    def _answered(self, gather: Gather, node: str) -> list[Send]:
+        gather.waiting.discard(node)
+        if gather.waiting:
+            return []
+        del self.gathers[gather.id]
+        return self._close(gather)
+
+    def _close(self, gather: Gather) -> list[Send]:
+        """Every live node answered: a page handed out is owned by the live node that reports
+        owning it, or on its way to the live nodes reported (any of them leads to the owner);
+        on its way to a dead node and owned by none, or reported by none, it is lost. Then the
+        held requests go on."""
+        pages = self.pages
+        live = pages.peers
+        lost = []
+        for page in list(self.last_owner):
+            owner = gather.owners.get(page)
+            to = gather.handing.get(page, set())
+            if owner is not None and owner in live:
+                self.last_owner[page] = owner
+            elif to and to <= live.keys():
+                self.last_owner[page] = min(to)
+            elif page not in pages.lost:
+                del self.last_owner[page]
+                lost.append(page)
+        if lost:
+            pages.losses.record(gather.dead or UNKNOWN_NODE, lost)
+            if pages.on_loss is OnLoss.LAST_COPY:  # served from the home copy again
+                for page in lost:
+                    self.copyset.pop(page, None)
+            log.error("gather %d after %s's death: %d page(s) no live node owns (%s)", gather.id,
+                      gather.dead, len(lost), ", ".join(f"{f}+{c}" for f, c in
+                                                        page_runs(lost, 1 << 20)[:8]))
+        out: list[Send] = []
+        if not self.gathers:
+            held, self.held = self.held, deque()
+            for msg in held:
+                out += self.page_request(msg)
+        return out

@@ -1,0 +1,133 @@
+"""The directory's side of the dynamic manager alone (no sockets; dsm/directory/pages/dynamic.py):
+it hands out the pages it owns, forwards requests along its probable owner, owns a page again
+when its owner gives it back, and after a death gathers the live nodes' owned pages, holding
+the requests meanwhile, then declares the pages no live node owns lost."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dsm import protocol as p
+from dsm.directory.pages import PageDirectory
+from dsm.directory.pages.dynamic import DynamicPages
+from dsm.layout import Layout
+
+pytestmark = pytest.mark.timeout(30)
+
+PAGE_SIZE = 4096
+PAGES = 16
+LAYOUT = Layout(0x7000_0000_0000, PAGES * PAGE_SIZE, PAGE_SIZE)
+PAGE = 5
+NODES = ("a", "b", "c")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_losses(caplog):
+    caplog.set_level(logging.CRITICAL)  # a loss logs loudly, as it should
+
+
+def directory() -> DynamicPages:
+    pages = PageDirectory(LAYOUT, direct=True)
+    for n in NODES:
+        pages.node_joined(n, f"tcp://{n}:7401")
+    return DynamicPages(pages)
+
+
+def request(req: int, node: str, write: bool, page: int = PAGE, hops: int = 0,
+            have_copy: bool = False) -> p.PageRequest:
+    return p.PageRequest(req, page, write, node, f"tcp://{node}:7401", hops, have_copy)
+
+
+def deliver(d: DynamicPages, node: str, msg: p.Message, data=None) -> list:
+    return d.handlers()[type(msg)](node, msg, data)
+
+
+def test_an_untouched_page_is_handed_over_with_zeros_and_later_requests_are_forwarded():
+    d = directory()
+    out = deliver(d, "a", request(1, "a", write=False))
+    # ownership, read or write alike: the directory serializes no read copies of its own
+    assert [(s.node, s.message) for s in out] == [
+        ("a", p.Served(1, PAGE, 1, True, p.Payload.ZERO, "", "", [], [("a", 1)]))]
+    assert deliver(d, "a", p.Taken(1, PAGE, "a", True)) == []
+    out = deliver(d, "b", request(1, "b", write=False))
+    assert [(s.node, s.message) for s in out] == [("a", request(1, "b", False, hops=1))]
+    assert d.last_owner[PAGE] == "a"  # a read leaves the owner where it is
+    out = deliver(d, "c", request(1, "c", write=True))
+    assert [(s.node, s.message.hops) for s in out] == [("a", 1)]
+    assert d.last_owner[PAGE] == "c"  # a forwarded write: the requester will be the owner
+
+
+def test_a_page_given_back_is_owned_by_the_directory_with_its_copies_and_served_requests():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))
+    data = bytes([7]) * PAGE_SIZE
+    back = p.Served(0, PAGE, 1, True, p.Payload.DATA, "a", "tcp://a:7401",
+                    [("b", "tcp://b:7401")], [("a", 1), ("b", 4)])
+    assert deliver(d, "a", back, data) == []
+    assert PAGE not in d.last_owner
+    # b's request 4 was served already (re-sent at a death): dropped
+    assert deliver(d, "b", request(4, "b", write=True)) == []
+    out = deliver(d, "c", request(2, "c", write=True))
+    [send] = out
+    assert send.node == "c" and send.message.payload == p.Payload.DATA and send.page == data
+    # the new owner invalidates the copy the old owner left
+    assert send.message.copyset == [("b", "tcp://b:7401")]
+    assert dict(send.message.served) == {"a": 1, "b": 4, "c": 2}
+
+
+def test_a_writer_holding_a_copy_the_directory_knows_of_gets_no_bytes():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))
+    deliver(d, "a", p.Served(0, PAGE, 1, True, p.Payload.DATA, "a", "",
+                             [("b", "tcp://b:7401")], []), bytes(PAGE_SIZE))
+    [send] = deliver(d, "b", request(2, "b", write=True, have_copy=True))
+    assert send.message.payload == p.Payload.NONE and send.message.copyset == []
+
+
+def test_a_give_back_of_a_page_the_directory_owns_is_ignored():
+    d = directory()
+    assert deliver(d, "a", p.Served(0, PAGE, 1, True, p.Payload.DATA, "a", ""),
+                   bytes(PAGE_SIZE)) == []
+    assert d.pages.home.get(PAGE, 1)[0] == p.Payload.ZERO  # (untouched: zeros)
+
+
+def test_a_death_gathers_the_owners_holds_requests_and_loses_the_pages_nobody_owns():
+    d = directory()
+    for page, node in ((1, "a"), (2, "b"), (3, "c"), (4, "c"), (6, "c")):
+        deliver(d, node, request(1, node, write=True, page=page))
+    out = d.node_lost("c")
+    assert sorted((s.node, type(s.message)) for s in out) == [("a", p.OwnerDead),
+                                                              ("b", p.OwnerDead)]
+    gather = out[0].message.gather
+    # held until every live node has answered: the owners are not known yet
+    assert deliver(d, "a", request(2, "a", write=False, page=2)) == []
+    # a owns page 1 and has sent page 4 (c's once) on to b; page 6 was on its way to c
+    assert deliver(d, "a", p.OwnedPages(gather, "c", [1, 1], [(4, "b"), (6, "c")])) == []
+    out = deliver(d, "b", p.OwnedPages(gather, "c", [2, 1]))
+    assert d.last_owner == {1: "a", 2: "b", 4: "b"}
+    assert sorted(d.pages.lost) == [3, 6]
+    # the held request goes on, to the owner b reported
+    assert [(s.node, s.message.requester) for s in out] == [("b", "a")]
+    [lost] = deliver(d, "a", request(3, "a", write=False, page=3))
+    assert isinstance(lost.message, p.Lost) and lost.message.dead_node == "c"
+
+
+def test_a_node_dying_during_a_gather_counts_as_answered():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))
+    out = d.node_lost("c")
+    gather = out[0].message.gather
+    out = d.node_lost("b")  # b never answers the first gather
+    second = out[0].message.gather
+    assert deliver(d, "a", p.OwnedPages(gather, "c", [PAGE, 1])) == []  # the second is open
+    deliver(d, "a", p.OwnedPages(second, "b", [PAGE, 1]))
+    assert d.gathers == {} and d.last_owner == {PAGE: "a"} and not d.pages.lost
+
+
+def test_a_request_of_the_node_the_directory_takes_as_owner_is_dropped():
+    # re-sent at a death and met here after the gather found it owning the page
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))
+    assert deliver(d, "a", request(1, "a", write=True)) == []
