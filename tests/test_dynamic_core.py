@@ -273,3 +273,42 @@ def test_ownership_handed_to_a_node_that_dies_is_not_reported_owned():
     # on its way to b: lost with b (it may have written it) unless a live node owns it now
     assert out[0].message == p.OwnedPages(6, "b", [], [(PAGE, "b")])
     assert PAGE not in nodes.cores["a"].handing
+
+
+def test_an_owner_gives_a_shared_page_back_to_the_directory_with_its_copy_set():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    nodes.fault("b", PAGE, write=False)
+    nodes.deliver("a", nodes.to_directory.pop()[1])
+    nodes.run()
+    a = nodes.cores["a"]
+    assert a.state[PAGE] is PageState.SHARED
+    out = nodes.carry("a", a.give_back([PAGE]))
+    # stopped, taken out, then sent: the ownership, not a Drop that would lose it
+    assert [type(x) for x in out] == [act.Protect, act.Punch, act.Send]
+    assert out[1].keep and out[2].peer is None and out[2].pages == (PAGE, 1)
+    back = out[2].message
+    assert isinstance(back, p.Served) and back.owner and back.payload == p.Payload.DATA
+    assert back.copyset == [("b", "tcp://b:7401")]  # b's copy stays valid
+    assert PAGE not in a.owned and PAGE not in a.state and PAGE not in a.hint
+
+
+def test_a_read_copy_is_given_up_without_a_word_and_a_later_write_asks_for_the_bytes():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    nodes.fault("b", PAGE, write=False)
+    nodes.deliver("a", nodes.to_directory.pop()[1])
+    nodes.run()
+    b = nodes.cores["b"]
+    assert [type(x) for x in b.give_back([PAGE])] == [act.Punch]
+    nodes.fault("b", PAGE, write=True)
+    hops = nodes.run()
+    assert not hops[0][2].have_copy  # a's copy set still names b: the bytes must come
+    served = hops[1][2]
+    assert served.owner and served.payload == p.Payload.DATA
+
+
+def test_an_owner_with_a_transfer_in_flight_keeps_the_page():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    a = nodes.cores["a"]
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, False, "b", "tcp://b:7401"))
+    # b's copy is on its way: a later writer's invalidation could overtake it
+    assert a.give_back([PAGE]) == [] and PAGE in a.owned
