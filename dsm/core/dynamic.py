@@ -172,8 +172,12 @@ class DynamicNodeCore(NodeCore):
             # directory (the requester may have re-sent its own requests before this node
             # forwarded it to the dead node)
             self.forwarded.setdefault(hint[0], {})[msg.page, msg.requester] = fwd
-        if msg.write and msg.requester != self.node:  # it will be the owner
-            self.hint[msg.page] = (msg.requester, msg.reply_to)
+        # No path compression (Li and Hudak move the hint to a forwarded writer, who will be
+        # the owner): requests are re-sent at deaths, and a stale copy would point the hint
+        # at a node that never becomes the owner from it, which can close a cycle of hints
+        # between two nodes whose writes are out, each queueing the other's request. A hint
+        # moves only to a node that owned the page after the one it named (it served, was
+        # handed ownership, or invalidated): following hints reaches the owner.
         self.stats.count("forwards")
         if self._tracing:
             self._trace(msg.page, "FORWARD", msg.requester, "", "", count=1,

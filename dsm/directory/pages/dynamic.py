@@ -9,8 +9,7 @@ The directory is one node of the chains, off the fault's path once a page has an
   the directory keeps no read copies' serialization of its own, and a reader handed ownership
   installs it write-protected (as a migratory grant), so its read costs what it would;
 - for every other page it keeps a probable owner (``last_owner``: the node it last handed the
-  page to, or the writer it last forwarded a request of) and forwards requests to it, updating
-  it on a forwarded write as any node does;
+  page to, or that a gather found owning it) and forwards requests to it;
 - a node's death starts a *gather*: every live node is told (``OwnerDead``) and answers with the
   pages it owns (``OwnedPages``). Page requests reaching the directory meanwhile are held; once
   every live node has answered, the owners learnt become the probable owners, and every page
@@ -50,6 +49,8 @@ class Gather:
     owners: dict[int, str] = field(default_factory=dict)
     #: page -> the nodes its ownership was sent to and not confirmed yet
     handing: dict[int, set[str]] = field(default_factory=dict)
+    #: the death the lost pages are told of (the first of the gathers this one replaces)
+    blamed: str = ""
 
 
 class DynamicPages:
@@ -117,8 +118,7 @@ class DynamicPages:
             # node is asked what it owns; the request waits for the answers
             self.held.append(msg)
             return self._start_gather("")
-        if msg.write:
-            self.last_owner[page] = requester  # it will be the owner
+        # (no path compression on a forwarded write: see ``DynamicNodeCore._forward``)
         counters["dynamic_forwards"] += 1
         if pages._tracing:
             pages._trace(page, "FORWARD", requester, "", "", count=1, to=owner, hops=msg.hops + 1)
@@ -175,15 +175,22 @@ class DynamicPages:
         for served in self.served.values():
             served.pop(node, None)
         self.held = deque(m for m in self.held if m.requester != node)
-        asks = self._start_gather(node)  # first: the held requests wait for its answers too
-        return out + self._answered_all(node) + asks  # (it answers no open gather)
+        # a gather it has not answered cannot decide: the pages it would have reported (those
+        # it owned, or handed on to a node that had answered) are owned or lost for all that
+        # anyone else can tell. The new gather asks everyone again and decides for both
+        superseded = [g for g in self.gathers.values() if node in g.waiting]
+        for g in superseded:
+            del self.gathers[g.id]
+        first_dead = min((g.id, g.dead) for g in superseded)[1] if superseded else node
+        return out + self._start_gather(node, blamed=first_dead or node)
 
-    def _start_gather(self, dead: str) -> list[Send]:
+    def _start_gather(self, dead: str, blamed: str = "") -> list[Send]:
         """Ask every live node which pages it owns, after ``dead``'s death (none: the
-        directory lost track of an owner)."""
+        directory lost track of an owner); the pages it finds lost are ``blamed``'s (the
+        first death of the gathers it replaces)."""
         pages = self.pages
         live = sorted(pages.peers)
-        gather = Gather(self._next_gather, dead, set(live))
+        gather = Gather(self._next_gather, dead, set(live), blamed=blamed or dead)
         self._next_gather += 1
         pages.counters["dynamic_gathers"] += 1
         if not live:
@@ -204,12 +211,6 @@ class DynamicPages:
         for page, to in msg.handing:
             gather.handing.setdefault(page, set()).add(to)
         return self._answered(gather, node)
-
-    def _answered_all(self, node: str) -> list[Send]:
-        out: list[Send] = []
-        for gather in [g for g in self.gathers.values() if node in g.waiting]:
-            out += self._answered(gather, node)
-        return out
 
     def _answered(self, gather: Gather, node: str) -> list[Send]:
         gather.waiting.discard(node)
@@ -237,12 +238,12 @@ class DynamicPages:
                 del self.last_owner[page]
                 lost.append(page)
         if lost:
-            pages.losses.record(gather.dead or UNKNOWN_NODE, lost)
+            pages.losses.record(gather.blamed or UNKNOWN_NODE, lost)
             if pages.on_loss is OnLoss.LAST_COPY:  # served from the home copy again
                 for page in lost:
                     self.copyset.pop(page, None)
             log.error("gather %d after %s's death: %d page(s) no live node owns (%s)", gather.id,
-                      gather.dead, len(lost), ", ".join(f"{f}+{c}" for f, c in
+                      gather.blamed or "no", len(lost), ", ".join(f"{f}+{c}" for f, c in
                                                         page_runs(lost, 1 << 20)[:8]))
         out: list[Send] = []
         if not self.gathers:
