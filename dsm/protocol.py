@@ -483,6 +483,9 @@ class Served(Message, tag=MsgType.SERVED.value):
     sender_addr: str = ""
     copyset: list[tuple[str, str]] = msgspec.field(default_factory=list)
     served: list[tuple[str, U64]] = msgspec.field(default_factory=list)
+    #: ownership's version: one more at every transfer (the directory's first hand-out is 1),
+    #: so that a gather can order the reports of one page (``OwnedPages``)
+    version: U64 = 0
 
 
 class Taken(Message, tag=MsgType.TAKEN.value):
@@ -517,18 +520,21 @@ class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):
 
 
 class OwnedPages(Message, tag=MsgType.OWNED_PAGES.value):
-    """A node's answer to ``OwnerDead``: the pages it owns (``owned``: flat ``[first, count,
-    ...]`` runs) and those whose ownership it sent and has no confirmation of (``handing``:
-    (page, the node it went to), dead ones included). A page handed out by the directory is
-    still owned if a live node owns it, or if it is on its way only to live nodes; else it
-    is lost: its newest contents died with ``node`` (or a node it was sent to: a page on its
-    way to a dead node may have been installed and written there)."""
+    """A node's answer to ``OwnerDead``, each page with its ownership's version
+    (``Served.version``): the pages it owns (``owned``: (page, version)), those whose ownership
+    it sent and has no confirmation of (``handing``: (page, the node it went to, version), dead
+    ones included), and the last version of each page it handed on and had confirmed
+    (``passed``: (page, version)). Of a page's reports the newest version tells: owned by a
+    live node, or on its way to one, the page lives; on its way to a dead node, or confirmed
+    taken by a node that reports nothing newer (it died), it is lost: its newest contents may
+    have been written there. A page handed out by the directory that nobody reports is lost."""
 
     DIRECTION = Direction.TO_DIRECTORY
     gather: U64
     node: str
-    owned: list[U64]
-    handing: list[tuple[U64, str]] = msgspec.field(default_factory=list)
+    owned: list[tuple[U64, U64]]
+    handing: list[tuple[U64, str, U64]] = msgspec.field(default_factory=list)
+    passed: list[tuple[U64, U64]] = msgspec.field(default_factory=list)
 
 
 #: the dynamic manager's messages (``dsm.core.dynamic``)

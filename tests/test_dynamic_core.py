@@ -143,7 +143,7 @@ def test_the_owner_serves_one_transfer_at_a_time():
     punch = next(i for i, x in enumerate(out) if isinstance(x, act.Punch))
     assert punch < out.index(served) and out[punch].keep
     assert PAGE not in a.state and a.hint[PAGE] == ("c", "tcp://c:7401")
-    assert a.handing[PAGE] == ("c", FIRST_REQ + 1) and PAGE not in a.queued
+    assert a.handing[PAGE] == ("c", FIRST_REQ + 1, 1) and PAGE not in a.queued
 
 
 def test_the_new_owner_invalidates_the_copies_itself_and_installs_once_all_acknowledged():
@@ -245,7 +245,7 @@ def test_a_death_repairs_the_chains_reports_the_owned_pages_and_resends_the_requ
     b.state[PAGE + 1] = PageState.EXCLUSIVE
     out = nodes.deliver("b", p.OwnerDead(4, "a"))
     assert [m for m in out if isinstance(m.message, p.OwnedPages)][0].message == p.OwnedPages(
-        4, "a", [PAGE + 1, 1])
+        4, "a", [(PAGE + 1, 0)])
     assert PAGE not in b.hint  # the directory repairs the chain
     out = nodes.deliver("c", p.OwnerDead(4, "a"))
     assert [(x.peer, type(x.message)) for x in out] == [(None, p.OwnedPages),
@@ -273,8 +273,23 @@ def test_ownership_handed_to_a_node_that_dies_is_not_reported_owned():
     nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, True, "b", "tcp://b:7401"))
     out = nodes.deliver("a", p.OwnerDead(6, "b"))
     # on its way to b: lost with b (it may have written it) unless a live node owns it now
-    assert out[0].message == p.OwnedPages(6, "b", [], [(PAGE, "b")])
+    # (the test's directory handed a version 0: a hands b version 1)
+    assert out[0].message == p.OwnedPages(6, "b", [], [(PAGE, "b", 1)])
     assert PAGE not in nodes.cores["a"].handing
+
+
+def test_ownership_carries_its_version_and_a_gather_hears_the_last_one_handed_on():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    assert nodes.cores["a"].owned[PAGE].version == 0  # (the test's directory sends none)
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, True, "b", "tcp://b:7401"))
+    hops = nodes.run()
+    assert hops[0][2].version == 1 and nodes.cores["b"].owned[PAGE].version == 1
+    # a had its confirmation: it reports what it handed on, so that an older report of the
+    # page on its way (one whose confirmation is late) cannot pass for the newest
+    out = nodes.deliver("a", p.OwnerDead(7, "c"))
+    assert out[0].message == p.OwnedPages(7, "c", [], [], [(PAGE, 1)])
+    out = nodes.deliver("b", p.OwnerDead(7, "c"))
+    assert out[0].message == p.OwnedPages(7, "c", [(PAGE, 1)])
 
 
 def test_an_owner_gives_a_shared_page_back_to_the_directory_with_its_copy_set():

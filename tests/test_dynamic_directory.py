@@ -49,7 +49,7 @@ def test_an_untouched_page_is_handed_over_with_zeros_and_later_requests_are_forw
     out = deliver(d, "a", request(1, "a", write=False))
     # ownership, read or write alike: the directory serializes no read copies of its own
     assert [(s.node, s.message) for s in out] == [
-        ("a", p.Served(1, PAGE, 1, True, p.Payload.ZERO, "", "", [], [("a", 1)]))]
+        ("a", p.Served(1, PAGE, 1, True, p.Payload.ZERO, "", "", [], [("a", 1)], 1))]
     assert deliver(d, "a", p.Taken(1, PAGE, "a", True)) == []
     out = deliver(d, "b", request(1, "b", write=False))
     assert [(s.node, s.message) for s in out] == [("a", request(1, "b", False, hops=1))]
@@ -104,8 +104,10 @@ def test_a_death_gathers_the_owners_holds_requests_and_loses_the_pages_nobody_ow
     # held until every live node has answered: the owners are not known yet
     assert deliver(d, "a", request(2, "a", write=False, page=2)) == []
     # a owns page 1 and has sent page 4 (c's once) on to b; page 6 was on its way to c
-    assert deliver(d, "a", p.OwnedPages(gather, "c", [1, 1], [(4, "b"), (6, "c")])) == []
-    out = deliver(d, "b", p.OwnedPages(gather, "c", [2, 1]))
+    # (each handed out by the directory as version 1)
+    assert deliver(d, "a", p.OwnedPages(gather, "c", [(1, 1)], [(4, "b", 3), (6, "c", 3)])
+                   ) == []
+    out = deliver(d, "b", p.OwnedPages(gather, "c", [(2, 1)]))
     assert d.last_owner == {1: "a", 2: "b", 4: "b"}
     assert sorted(d.pages.lost) == [3, 6]
     # the held request goes on, to the owner b reported
@@ -122,16 +124,41 @@ def test_a_node_dying_before_it_answers_a_gather_has_it_replaced_by_the_next():
     first = out[0].message.gather
     # b dies before answering: it may have handed a page to a node that had answered, and
     # only its report would have said so. The first gather decides nothing
-    deliver(d, "a", p.OwnedPages(first, "c", [PAGE, 1]))
+    deliver(d, "a", p.OwnedPages(first, "c", [(PAGE, 1)]))
     out = d.node_lost("b")
     assert list(d.gathers) != [first] and [s.node for s in out] == ["a"]
     second = out[0].message.gather
     assert not d.pages.lost
-    deliver(d, "a", p.OwnedPages(second, "b", [PAGE, 1]))
+    deliver(d, "a", p.OwnedPages(second, "b", [(PAGE, 1)]))
     # b's page is lost, told as the first death's (whose gather found it out)
     assert d.gathers == {} and d.last_owner == {PAGE: "a"} and d.pages.lost == {PAGE + 1: "c"}
     # a late answer to the replaced gather changes nothing
     assert deliver(d, "a", p.OwnedPages(first, "c", [])) == []
+
+
+def test_the_newest_version_reported_tells_and_a_late_confirmation_does_not_mislead():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))  # version 1
+    [ask, _] = d.node_lost("c")
+    gather = ask.message.gather
+    # a handed version 2 to b and its confirmation is late; b handed version 3 on to c, now
+    # dead, and had it confirmed: the page may have been written there
+    deliver(d, "a", p.OwnedPages(gather, "c", [], [(PAGE, "b", 2)]))
+    deliver(d, "b", p.OwnedPages(gather, "c", [], [], [(PAGE, 3)]))
+    assert d.pages.lost == {PAGE: "c"} and PAGE not in d.last_owner
+
+
+def test_a_page_handed_out_that_nobody_reports_newer_is_lost():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))
+    deliver(d, "a", p.Served(0, PAGE, 1, True, p.Payload.DATA, "a", "", [], [], 4),
+            bytes(PAGE_SIZE))
+    deliver(d, "b", request(1, "b", write=True))  # version 5
+    [ask, _] = d.node_lost("c")
+    # (a report older than what the directory handed out: a stale one)
+    deliver(d, "a", p.OwnedPages(ask.message.gather, "c", [], [(PAGE, "b", 4)]))
+    deliver(d, "b", p.OwnedPages(ask.message.gather, "c", []))
+    assert PAGE in d.pages.lost
 
 
 def test_a_request_of_the_node_the_directory_takes_as_owner_is_dropped():

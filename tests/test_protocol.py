@@ -83,7 +83,7 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.Served(5, 9, 1, False, p.Payload.ZERO, ""), None),
     (p.Taken(5, 9, "n1", True), None),
     (p.OwnerDead(2, "n2"), None),
-    (p.OwnedPages(2, "n2", [9, 1, 40, 3], [(12, "n1"), (13, "n2")]), None),
+    (p.OwnedPages(2, "n2", [(9, 4), (40, 1)], [(12, "n1", 3), (13, "n2", 7)], [(14, 2)]), None),
     (p.StatsRuns(4, [["x", 0, 1, [[1, "home", []]]]], {"grants": 3}), None),
 ])
 def test_round_trip(msg, page):

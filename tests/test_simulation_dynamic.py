@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from dsm.sim.links import Faults
-from dsm.sim.world import SimulationFailure, World
+from dsm.sim.world import World
+from tests.test_simulation import CONFIGS as SIMULATION_CONFIGS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,6 +39,8 @@ CONFIGS = [
     ("4 nodes, 2 deaths", dict(nodes=4, deaths=2), range(0, 150)),
     ("a death, pages given back", dict(nodes=3, deaths=1, give_backs=True), range(0, 150)),
     ("5 nodes, 2 threads, a death", dict(nodes=5, threads_per_node=2, deaths=1), range(0, 60)),
+    ("everything at once", dict(nodes=3, threads_per_node=2, deaths=1, give_backs=True,
+                                faults=Faults.everywhere(0.05)), range(0, 100)),
     ("lossy links", dict(nodes=4, threads_per_node=2, faults=Faults.everywhere(0.05)),
      range(0, 60)),
     ("lossy links, a death", dict(nodes=3, deaths=1, faults=Faults.everywhere(0.05)),
@@ -71,11 +74,13 @@ def test_the_schedules_forward_serve_give_back_and_gather():
     assert all(counters.values()), counters
 
 
-@pytest.mark.xfail(strict=True, raises=SimulationFailure,
-                   reason="known (wip/dynamic): with several threads per node and a death, a "
-                          "node can be left waiting on a page with no message in flight")
-def test_a_death_among_nodes_of_several_threads():
-    World(67, nodes=5, threads_per_node=2, deaths=1, manager="dynamic").run()
+@pytest.mark.parametrize("name,kwargs,seeds", SIMULATION_CONFIGS,
+                         ids=[c[0] for c in SIMULATION_CONFIGS])
+def test_the_other_managers_configurations_hold_too(name, kwargs, seeds):
+    # the simulator's configurations for the relay and central managers (tests/test_simulation.py:
+    # up to 8 nodes and 3 deaths, 256 nodes), a third of their seeds each
+    for seed in seeds[::3]:
+        World(seed, manager="dynamic", **kwargs).run()
 
 
 def test_the_command_line_runs_the_dynamic_manager():

@@ -23,7 +23,7 @@ from dsm import protocol as p
 from dsm.core.actions import Action, Protect, Punch, Send
 from dsm.core.node import NodeCore, Pending, Waiter
 from dsm.core.release import RELEASE
-from dsm.core.states import PageState, pack_runs
+from dsm.core.states import PageState
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class Ownership:
     busy: tuple[str, int] | None = None
     #: this node's own upgrade, awaiting its copies' acknowledgements (its request)
     upgrading: int | None = None
+    #: ownership's version (``Served.version``): one more at every transfer
+    version: int = 0
 
 
 class DynamicNodeCore(NodeCore):
@@ -66,7 +68,10 @@ class DynamicNodeCore(NodeCore):
         self.owned: dict[int, Ownership] = {}
         #: ownership sent and not confirmed yet: page -> (new owner, its request). Reported to
         #: the directory at a death as owned here: it is owned by a live node either way
-        self.handing: dict[int, tuple[str, int]] = {}
+        self.handing: dict[int, tuple[str, int, int]] = {}  # (new owner, request, version)
+        #: page -> the last version of it handed on and confirmed (reported at a gather: the
+        #: newest version tells whether the page lives)
+        self.passed: dict[int, int] = {}
         #: requests that wait for this node: it owns the page and a transfer is in flight, or
         #: its own write request is out (it is about to own the page)
         self.queued: dict[int, deque[p.PageRequest]] = {}
@@ -82,7 +87,7 @@ class DynamicNodeCore(NodeCore):
         self.answered: list[int] = []
         #: gather -> {page: the node it was handed to}, taken by a node that had answered the
         #: gather, this node not yet: reported to it as on its way (the taker did not report it)
-        self.late: dict[int, dict[int, str]] = {}
+        self.late: dict[int, dict[int, tuple[str, int]]] = {}
 
     def handlers(self, now: Callable[[], float]) -> dict[type, Callable[[Any, Any], list[Action]]]:
         """The dynamic manager's messages, for ``dsm.core.inputs.core_handlers``."""
@@ -213,12 +218,12 @@ class DynamicNodeCore(NodeCore):
         out.append(Punch(page, 1, keep=not has_copy))
         out.append(Send(p.Served(msg.req, page, 1, True,
                                  p.Payload.NONE if has_copy else p.Payload.DATA, self.node,
-                                 self.addr, others, sorted(own.served.items())),
+                                 self.addr, others, sorted(own.served.items()), own.version + 1),
                         pages=None if has_copy else (page, 1), peer=to))
         del self.owned[page]
         self.state.pop(page, None)
         self._unwritten.discard(page)
-        self.handing[page] = (requester, msg.req)
+        self.handing[page] = (requester, msg.req, own.version + 1)
         self.hint[page] = to
         self.stats.count("invalidations")
         self._trace_serve(page, st, msg)
@@ -318,6 +323,7 @@ class DynamicNodeCore(NodeCore):
             {n: a for n, a in msg.copyset if n != self.node and n not in self.dead},
             dict(msg.served))  # (a dead holder's copy died with it: no acknowledgement comes)
         own.served[self.node] = msg.req
+        own.version = msg.version
         return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data, now)
 
     def taken(self, msg: p.Taken, now: float) -> list[Action]:
@@ -329,12 +335,14 @@ class DynamicNodeCore(NodeCore):
             if not msg.installed:
                 own.copyset.pop(msg.requester, None)
             return self._drain(page, now)
-        if self.handing.get(page) == (msg.requester, msg.req):
+        handing = self.handing.get(page)
+        if handing is not None and handing[:2] == (msg.requester, msg.req):
             del self.handing[page]
+            self.passed[page] = handing[2]
             done = set(self.answered)
             for gather in msg.answered:
                 if gather not in done:  # reported by nobody but here
-                    self.late.setdefault(gather, {})[page] = msg.requester
+                    self.late.setdefault(gather, {})[page] = (msg.requester, handing[2])
         return []
 
     def invalidate(self, msg: p.Invalidate, reachable: Callable[[str], bool] = lambda a: True
@@ -376,8 +384,9 @@ class DynamicNodeCore(NodeCore):
                     continue
                 out += [Protect(page, 1), Punch(page, 1, keep=True),
                         Send(p.Served(0, page, 1, True, p.Payload.DATA, self.node, self.addr,
-                                      sorted(own.copyset.items()), sorted(own.served.items())),
-                             pages=(page, 1))]
+                                      sorted(own.copyset.items()), sorted(own.served.items()),
+                                      own.version + 1), pages=(page, 1))]
+                self.passed[page] = own.version + 1  # (the directory has it before any report)
                 del self.owned[page]
                 self.hint.pop(page, None)  # the directory owns it
                 self.stats.count("writebacks")
@@ -415,14 +424,15 @@ class DynamicNodeCore(NodeCore):
         # on its way, to whom: to the dead node, it may have been installed and written there
         # (lost, unless a live node owns it now); taken by a node that had answered this
         # gather already (``late``), reported here for it
-        handing = {q: n for q, (n, _) in self.handing.items()}
-        for q, to in self.late.pop(msg.gather, {}).items():
-            handing.setdefault(q, to)
-        for page in [q for q, (n, _) in self.handing.items() if n == dead]:
+        handing = {q: (n, v) for q, (n, _, v) in self.handing.items()}
+        for q, (to, v) in self.late.pop(msg.gather, {}).items():
+            handing.setdefault(q, (to, v))
+        for page in [q for q, (n, _, _) in self.handing.items() if n == dead]:
             del self.handing[page]  # (the confirmation will never come)
         self.answered.append(msg.gather)
-        out.append(Send(p.OwnedPages(msg.gather, dead, pack_runs(self.owned),
-                                     sorted(handing.items()))))
+        out.append(Send(p.OwnedPages(
+            msg.gather, dead, sorted((q, own.version) for q, own in self.owned.items()),
+            sorted((q, n, v) for q, (n, v) in handing.items()), sorted(self.passed.items()))))
         for page, req in self.req_of.items() if dead else ():
             if page not in self.owned:
                 out.append(Send(p.PageRequest(req, page, self.pending[page].write, self.node,
@@ -451,6 +461,7 @@ class DynamicNodeCore(NodeCore):
         self.queued.clear()
         self.req_of.clear()
         self.late.clear()
+        self.passed.clear()
         self.forwarded.clear()
 
 

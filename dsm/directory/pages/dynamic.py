@@ -45,17 +45,25 @@ class Gather:
     id: int
     dead: str
     waiting: set[str]
-    #: page -> a node that owns it
-    owners: dict[int, str] = field(default_factory=dict)
-    #: page -> the nodes its ownership was sent to and not confirmed yet
-    handing: dict[int, set[str]] = field(default_factory=dict)
+    #: page -> its newest report: (version, what, node), ``what`` ranking the reports of one
+    #: version: OWNED (the node owns it), HANDING (on its way to the node), PASSED (the node
+    #: reporting handed it on and had it confirmed)
+    newest: dict[int, tuple[int, int, str]] = field(default_factory=dict)
     #: the death the lost pages are told of (the first of the gathers this one replaces)
     blamed: str = ""
+
+
+#: what a gather's report of a page says, ranked among reports of one version
+PASSED, HANDING, OWNED = 0, 1, 2
+#: no report of a page (older than any)
+NO_REPORT = (-1, PASSED, "")
 
 
 class DynamicPages:
     def __init__(self, pages: PageDirectory):
         self.pages = pages
+        #: page -> the newest version of its ownership the directory knows (``Served.version``)
+        self.version: dict[int, int] = {}
         #: page -> the node the directory takes as its probable owner; absent: the directory
         #: owns the page (untouched, or given back)
         self.last_owner: dict[int, str] = {}
@@ -138,13 +146,14 @@ class DynamicPages:
         payload, data = (p.Payload.NONE, None) if has_copy else pages.home.get(page, 1)
         others = sorted((n, a) for n, a in copies.items() if n != requester)
         self.last_owner[page] = requester
+        version = self.version[page] = self.version.get(page, 0) + 1
         pages.granted[page] = True
         pages.counters["dynamic_served"] += 1
         if pages._tracing:
             pages._trace(page, "SERVE", "directory", "home", f"owned:{requester}", count=1,
                          to=requester, write=msg.write, hops=msg.hops)
         return [Send(requester, p.Served(msg.req, page, 1, True, payload, "", "", others,
-                                         sorted(served.items())), data)]
+                                         sorted(served.items()), version), data)]
 
     def given_back(self, node: str, msg: p.Served, data: Any) -> list[Send]:
         """An owner hands a page back (an unmap, a leave): the directory owns it again, with
@@ -157,6 +166,7 @@ class DynamicPages:
             return []
         pages.home.put(page, 1, msg.payload, data)
         self.last_owner.pop(page, None)
+        self.version[page] = max(self.version.get(page, 0), msg.version)
         self.copyset[page] = {n: a for n, a in msg.copyset if n not in pages._dead}
         self.served[page] = {n: r for n, r in msg.served if n not in pages._dead}
         pages.counters["dynamic_given_back"] += 1
@@ -175,10 +185,12 @@ class DynamicPages:
         for served in self.served.values():
             served.pop(node, None)
         self.held = deque(m for m in self.held if m.requester != node)
-        # a gather it has not answered cannot decide: the pages it would have reported (those
-        # it owned, or handed on to a node that had answered) are owned or lost for all that
-        # anyone else can tell. The new gather asks everyone again and decides for both
-        superseded = [g for g in self.gathers.values() if node in g.waiting]
+        # an open gather cannot decide any more: if the node has not answered, the pages it
+        # would have reported (those it owned, or handed on to a node that had answered) are
+        # owned or lost for all anyone else can tell; if it has, it may have handed a page on
+        # since, to a node that had answered too. The new gather asks everyone again and
+        # decides for all of them
+        superseded = list(self.gathers.values())
         for g in superseded:
             del self.gathers[g.id]
         first_dead = min((g.id, g.dead) for g in superseded)[1] if superseded else node
@@ -204,12 +216,13 @@ class DynamicPages:
             log.warning("OwnedPages from %s for gather %d, which does not wait for it: ignored",
                         node, msg.gather)
             return []
-        flat = msg.owned
-        for i in range(0, len(flat), 2):
-            for page in range(flat[i], flat[i] + flat[i + 1]):
-                gather.owners[page] = node
-        for page, to in msg.handing:
-            gather.handing.setdefault(page, set()).add(to)
+        reports = [(page, (v, OWNED, node)) for page, v in msg.owned]
+        reports += [(page, (v, HANDING, to)) for page, to, v in msg.handing]
+        reports += [(page, (v, PASSED, node)) for page, v in msg.passed]
+        newest = gather.newest
+        for page, report in reports:
+            if page in self.last_owner and report > newest.get(page, NO_REPORT):
+                newest[page] = report
         return self._answered(gather, node)
 
     def _answered(self, gather: Gather, node: str) -> list[Send]:
@@ -220,20 +233,18 @@ class DynamicPages:
         return self._close(gather)
 
     def _close(self, gather: Gather) -> list[Send]:
-        """Every live node answered: a page handed out is owned by the live node that reports
-        owning it, or on its way to the live nodes reported (any of them leads to the owner);
-        on its way to a dead node and owned by none, or reported by none, it is lost. Then the
-        held requests go on."""
+        """Every live node answered. Of each page handed out, the newest version reported
+        tells: owned by a live node, or on its way to one, the page lives there; on its way to
+        a dead node, or handed on and confirmed with nothing newer reported (its taker died),
+        or reported by nobody, it is lost. Then the held requests go on."""
         pages = self.pages
         live = pages.peers
         lost = []
         for page in list(self.last_owner):
-            owner = gather.owners.get(page)
-            to = gather.handing.get(page, set())
-            if owner is not None and owner in live:
-                self.last_owner[page] = owner
-            elif to and to <= live.keys():
-                self.last_owner[page] = min(to)
+            version, what, node = gather.newest.get(page, NO_REPORT)
+            if what in (OWNED, HANDING) and node in live and version >= self.version.get(page, 0):
+                self.last_owner[page] = node
+                self.version[page] = version
             elif page not in pages.lost:
                 del self.last_owner[page]
                 lost.append(page)
