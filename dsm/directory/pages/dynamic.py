@@ -11,10 +11,12 @@ The directory is one node of the chains, off the fault's path once a page has an
 - for every other page it keeps a probable owner (``last_owner``: the node it last handed the
   page to, or that a gather found owning it) and forwards requests to it;
 - a node's death starts a *gather*: every live node is told (``OwnerDead``) and answers with the
-  pages it owns (``OwnedPages``). Page requests reaching the directory meanwhile are held; once
-  every live node has answered, the owners learnt become the probable owners, and every page
-  handed out that no live node reports is lost (``LostPages``): its newest contents died with
-  the node, which owned it or was being handed it. The held requests go on after that.
+  pages it owns, those on their way from it and the last versions it handed on
+  (``OwnedPages``; ownership's version grows by one at every transfer). Page requests reaching
+  the directory meanwhile are held; once every live node has answered, the newest version
+  reported of each page tells where it lives, and a page whose newest version no live node
+  holds or is receiving is lost (``LostPages``): its newest contents died with a node. A death
+  while gathers are open replaces them; the held requests go on once none is open.
 
 Release-consistency pages are not the dynamic manager's: a request for one is served by its
 home as an ``Acquire`` is (``PageDirectory.acquire``). ``DynamicPages`` is built on a
