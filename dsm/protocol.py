@@ -356,12 +356,15 @@ class Invalidate(Message, tag=MsgType.INVALIDATE.value):
     node: ``txn`` is its request, ``to_node`` the owner, whom the holder takes as the page's
     probable owner from then on)."""
 
-    DIRECTION = Direction.TO_NODE | Direction.TO_PEER
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
     txn: U64
     page: PageNo
     count: PageCount
     to_node: str = ""
     to_addr: str = ""
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
 
 
 class Invalidated(Message, tag=MsgType.INVALIDATED.value):
@@ -376,6 +379,9 @@ class Invalidated(Message, tag=MsgType.INVALIDATED.value):
     page: PageNo
     count: PageCount
     holder: str = ""
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
 
 
 class Writeback(Message, tag=MsgType.WRITEBACK.value):
@@ -459,6 +465,10 @@ class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
     reply_to: str
     hops: U64 = 0
     have_copy: bool = False
+    #: set by a sender that could not reach node ``relay_to``, its probable owner: sent to the
+    #: directory instead, which relays it there (not along its own probable owner, which may
+    #: be older: the hints would no longer lead to ever newer owners)
+    relay_to: str = ""
 
 
 class Served(Message, tag=MsgType.SERVED.value):
@@ -486,6 +496,9 @@ class Served(Message, tag=MsgType.SERVED.value):
     #: ownership's version: one more at every transfer (the directory's first hand-out is 1),
     #: so that a gather can order the reports of one page (``OwnedPages``)
     version: U64 = 0
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
 
 
 class Taken(Message, tag=MsgType.TAKEN.value):
@@ -498,12 +511,15 @@ class Taken(Message, tag=MsgType.TAKEN.value):
     one of them yet, reports the page for it (else the page would be owned and reported by
     nobody)."""
 
-    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_PEER
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
     req: U64
     page: PageNo
     requester: str
     installed: bool
     answered: list[U64] = msgspec.field(default_factory=list)
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
 
 
 class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):
@@ -539,6 +555,9 @@ class OwnedPages(Message, tag=MsgType.OWNED_PAGES.value):
 
 #: the dynamic manager's messages (``dsm.core.dynamic``)
 DYNAMIC_MESSAGES = (PageRequest, Served, Taken, OwnerDead, OwnedPages)
+#: the node-to-node messages a sender that cannot reach the peer sends to the directory, which
+#: relays them (``relay_to``)
+RELAYED_MESSAGES = (PageRequest, Served, Taken, Invalidate, Invalidated)
 
 
 class DiffEncoding(enum.IntEnum):

@@ -161,8 +161,39 @@ def test_a_page_handed_out_that_nobody_reports_newer_is_lost():
     assert PAGE in d.pages.lost
 
 
-def test_a_request_of_the_node_the_directory_takes_as_owner_is_dropped():
-    # re-sent at a death and met here after the gather found it owning the page
+def test_a_request_of_the_node_the_directory_takes_as_owner_waits_for_a_gather():
     d = directory()
     deliver(d, "a", request(1, "a", write=True))
-    assert deliver(d, "a", request(1, "a", write=True)) == []
+    # a handed the page on and could not reach its own probable owner, or the request is a
+    # copy re-sent at a death: a gather with no death tells
+    out = deliver(d, "a", request(2, "a", write=True))
+    assert sorted((s.node, s.message.node) for s in out) == [("a", ""), ("b", ""), ("c", "")]
+    gather = out[0].message.gather
+    deliver(d, "a", p.OwnedPages(gather, "", [], [], [(PAGE, 2)]))
+    deliver(d, "b", p.OwnedPages(gather, "", [(PAGE, 2)]))
+    out = deliver(d, "c", p.OwnedPages(gather, "", []))
+    assert [(s.node, s.message.requester) for s in out] == [("b", "a")]  # forwarded to b
+
+
+def test_a_request_of_the_owner_the_gather_confirms_is_dropped():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))
+    out = deliver(d, "a", request(1, "a", write=True))  # a copy, re-sent at a death
+    for s in out:
+        assert deliver(d, s.node, p.OwnedPages(s.message.gather, "",
+                                               [(PAGE, 1)] if s.node == "a" else [])) == []
+    assert d.last_owner == {PAGE: "a"} and not d.gathers
+
+
+def test_a_node_to_node_message_its_sender_could_not_deliver_is_relayed():
+    d = directory()
+    taken = p.Taken(3, PAGE, "b", True, [], "a")
+    assert [(s.node, s.message) for s in deliver(d, "b", taken)] == [
+        ("a", p.replace(taken, relay_to=""))]
+    data = bytes([1]) * PAGE_SIZE
+    served = p.Served(3, PAGE, 1, True, p.Payload.DATA, "a", "", [], [], 2, "b")
+    [send] = deliver(d, "a", served, data)
+    assert send.node == "b" and send.page == data and not send.message.relay_to
+    assert PAGE not in d.last_owner  # relayed, not given back
+    d.node_lost("c")
+    assert deliver(d, "a", p.Invalidate(4, PAGE, 1, "a", "", "c")) == []  # (gone)

@@ -121,8 +121,9 @@ def _header(cls, *values):
      "1 bytes, expected 4096"),
     ([_header(p.Grant, 1, 1, True, 0, False, 0, [7])], p.Direction.TO_NODE,
      "Grant.acks"),
-    ([_header(p.Invalidated, 1, 1, 1, "b"), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
-    ([_header(p.Invalidated, 1, 1, 1, "b"), b"extra"], p.Direction.TO_PEER, "needs 1 frame"),
+    ([_header(p.Invalidated, 1, 1, 1, "b", ""), b"extra"], p.Direction.TO_DIRECTORY,
+     "needs 1 frame"),
+    ([_header(p.Invalidated, 1, 1, 1, "b", ""), b"extra"], p.Direction.TO_PEER, "needs 1 frame"),
     ([_header(p.Fetched, 1, 1, 1, 0, [[1]], [], False)], p.Direction.TO_DIRECTORY,
      r"Fetched.not_held\[0\] must be int, got list"),
     ([_header(p.Discard, [1, "2"])], p.Direction.TO_DIRECTORY,
@@ -182,15 +183,14 @@ def test_every_message_declares_its_direction_and_heartbeat_bye_and_node_dead_go
     # Invalidated: a holder's acknowledgement goes to the directory or straight to the writer,
     # and the directory forwards one to the writer (or says the holder died); PageRequest (the
     # dynamic manager): to a probable owner, node or directory, which forwards it along; Served
-    # (the dynamic manager): ownership from the owner or the directory, and given back to it
+    # (the dynamic manager): ownership from the owner or the directory, and given back to it;
+    # the dynamic manager's node-to-node messages, and acknowledgements, go to the directory
+    # when their peer cannot be reached, which relays them (``relay_to``)
     every_way = {cls for cls in CLASSES if cls.DIRECTION == p.Direction.BOTH | p.Direction.TO_PEER}
-    assert every_way == {p.Invalidated, p.PageRequest, p.Served}
-    # the dynamic manager's: invalidations come from the owner or the directory (the home of
-    # untouched pages); confirmations go to either
-    assert {cls for cls in CLASSES if cls.DIRECTION == p.Direction.TO_NODE | p.Direction.TO_PEER
-            } == {p.Invalidate}
-    assert {cls for cls in CLASSES
-            if cls.DIRECTION == p.Direction.TO_DIRECTORY | p.Direction.TO_PEER} == {p.Taken}
+    assert every_way == {p.Invalidated, p.PageRequest, *p.RELAYED_MESSAGES}
+    assert not {cls for cls in CLASSES
+                if cls.DIRECTION in (p.Direction.TO_NODE | p.Direction.TO_PEER,
+                                     p.Direction.TO_DIRECTORY | p.Direction.TO_PEER)}
     for cls in CLASSES:
         assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH,
                                  p.Direction.TO_PEER, p.Direction.BOTH | p.Direction.TO_PEER,

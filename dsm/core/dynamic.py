@@ -352,7 +352,12 @@ class DynamicNodeCore(NodeCore):
             for q in range(msg.page, msg.page + msg.count):
                 if q not in self.owned:
                     self.hint[q] = (msg.to_node, msg.to_addr)
-        return super().invalidate(msg, reachable)
+        out = super().invalidate(msg, reachable)
+        if msg.to_node:  # a writer it cannot reach: the directory relays (it knows no txn)
+            out = [Send(p.replace(a.message, relay_to=msg.to_node))
+                   if isinstance(a, Send) and a.peer is None
+                   and isinstance(a.message, p.Invalidated) else a for a in out]
+        return out
 
     def lost(self, msg: p.Lost, now: float) -> list[Action]:
         """As any node core; what waited here for the lost pages goes to the directory."""

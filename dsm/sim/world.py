@@ -39,7 +39,6 @@ programs of ``dsm.sim.programs`` and the units of ``dsm.sim.model``).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import deque
 
@@ -102,10 +101,6 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         if self.dynamic and (shards != 1 or release_pages or direct is False):
             raise ValueError("the dynamic manager runs with one directory, no release pages "
                              "and pages node to node")
-        if self.dynamic:
-            # its node-to-node messages (PageRequest, Served, Taken, Invalidate) have no way
-            # round an unreachable peer through the directory yet: peers are always reachable
-            faults = dataclasses.replace(faults, unreachable=0.0)
         # pages node to node: as the manager does, unless told (the cores support it sharded)
         direct = (True if self.dynamic else Manager(manager).direct) if direct is None else direct
         #: pages from 0 up to this one are release-consistency pages, the others sequential

@@ -77,20 +77,39 @@ class DynamicPages:
         self.gathers: dict[int, Gather] = {}
         #: page requests that reached the directory while a gather was open, in order
         self.held: deque[p.PageRequest] = deque()
+        #: requests of the directory's probable owner held for a gather: (requester, request,
+        #: page). Met again after it with the same owner, they are answered already
+        self._gathered: set[tuple[str, int, int]] = set()
         self._next_gather = 1
         for name in ("dynamic_served", "dynamic_forwards", "dynamic_given_back",
-                     "dynamic_gathers", "dynamic_max_hops"):
+                     "dynamic_gathers", "dynamic_max_hops", "dynamic_relayed"):
             pages.counters.setdefault(name, 0)
 
     def handlers(self) -> dict[type, Any]:
         """The dynamic manager's messages from a node: ``(node, message, page data) -> the
         messages to send``, beside ``page_handlers`` in the directory's table."""
+        pages = self.pages
         return {
-            p.PageRequest: lambda n, m, d: self.page_request(m, n),
-            p.Served: lambda n, m, d: self.given_back(n, m, d),
-            p.Taken: lambda n, m, d: [],  # ownership arrived: nothing waits for it here
+            p.PageRequest: lambda n, m, d: (self._relay(m, d) if m.relay_to
+                                            else self.page_request(m, n)),
+            p.Served: lambda n, m, d: self._relay(m, d) if m.relay_to else self.given_back(n, m, d),
+            # ownership arrived: nothing waits for it here
+            p.Taken: lambda n, m, d: self._relay(m, d) if m.relay_to else [],
+            p.Invalidate: lambda n, m, d: self._relay(m, d),
+            p.Invalidated: lambda n, m, d: (self._relay(m, d) if m.relay_to else
+                                            pages.invalidated(n, m.txn, m.page, m.count)),
             p.OwnedPages: lambda n, m, d: self.owned_pages(n, m),
         }
+
+    def _relay(self, msg: Any, data: Any) -> list[Send]:
+        """A node-to-node message whose sender could not reach the node it names: relayed
+        (the directory reaches every live node)."""
+        to = msg.relay_to
+        if not to or to not in self.pages.peers:  # (dead meanwhile: what it carried died too)
+            log.info("%s for %s, which is gone: not relayed", type(msg).__name__, to or "nobody")
+            return []
+        self.pages.counters["dynamic_relayed"] += 1
+        return [Send(to, p.replace(msg, relay_to=""), data)]
 
     # --- requests ------------------------------------------------------------------------------
     def page_request(self, msg: p.PageRequest, sender: str = "") -> list[Send]:
@@ -115,17 +134,28 @@ class DynamicPages:
         if owner is None:
             return self._hand_over(msg)
         if owner == requester:
-            # a request re-sent at a death, met here after the gather found the requester owning
-            # the page or ownership on its way to it (it answers the request): nothing to do.
-            # (Before any death the directory's probable owner of a page is never a node that
-            # asks it: a node asks the directory only knowing no better owner.)
-            log.info("page %d: request %d of %s, which owns it or is being handed it: dropped",
-                     page, msg.req, requester)
-            return []
-        if owner == sender:
-            # the node the directory takes as the owner sends the request back: it does not
-            # own the page and knows no better (a hint left by a re-sent request). Every live
-            # node is asked what it owns; the request waits for the answers
+            # the directory's probable owner asks: it handed the page on since (no path
+            # compression here) and could not reach its own probable owner, or its request is
+            # a copy re-sent at a death while it owns the page or receives it. A gather tells;
+            # if it finds the requester owning or receiving the page, the request is answered
+            # already (or will be): dropped
+            key = (requester, msg.req, page)
+            if key in self._gathered:
+                self._gathered.discard(key)
+                log.info("page %d: request %d of %s, which owns it or is being handed it: "
+                         "dropped", page, msg.req, requester)
+                return []
+            self._gathered.add(key)
+            self.held.append(msg)
+            return self._start_gather("")
+        went_round = sender == requester and msg.hops > 0
+        if owner == sender or went_round and (requester, msg.req, page) not in self._gathered:
+            # the node the directory takes as the owner sends the request back (it does not
+            # own the page and knows no better), or the request came back to its requester
+            # (the hints went round a cycle). Every live node is asked what it owns; the
+            # request waits for the answers
+            if went_round:
+                self._gathered.add((requester, msg.req, page))
             self.held.append(msg)
             return self._start_gather("")
         # (no path compression on a forwarded write: see ``DynamicNodeCore._forward``)
