@@ -197,3 +197,34 @@ def test_a_node_to_node_message_its_sender_could_not_deliver_is_relayed():
     assert PAGE not in d.last_owner  # relayed, not given back
     d.node_lost("c")
     assert deliver(d, "a", p.Invalidate(4, PAGE, 1, "a", "", "c")) == []  # (gone)
+
+
+def test_ownership_relayed_to_a_dead_node_is_taken_by_the_directory_not_lost():
+    # (the simulator's seed 871: a's write was declared lost, though its bytes reached here)
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))  # version 1
+    [ask, _] = d.node_lost("c")
+    data = bytes([9]) * PAGE_SIZE
+    # a served c's write before it heard of the death, could not reach c, and relayed it
+    served = p.Served(7, PAGE, 1, True, p.Payload.DATA, "a", "", [("b", "tcp://b:7401")],
+                      [("a", 1), ("c", 7)], 2, "c")
+    assert deliver(d, "a", served, data) == []
+    # a reports the page on its way to c: the directory has it, nothing is lost
+    deliver(d, "a", p.OwnedPages(ask.message.gather, "c", [], [(PAGE, "c", 2)]))
+    deliver(d, "b", p.OwnedPages(ask.message.gather, "c", []))
+    assert not d.pages.lost and PAGE not in d.last_owner
+    [send] = deliver(d, "b", request(2, "b", write=True))
+    assert send.node == "b" and send.page == data and send.message.version == 3
+    assert send.message.copyset == []  # (b asks: its copy is the one it replaces)
+
+
+def test_ownership_relayed_to_a_dead_node_without_bytes_died_with_it():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))
+    [ask, _] = d.node_lost("c")
+    # c held the current copy, so a sent no bytes: the page's contents died with c
+    served = p.Served(7, PAGE, 1, True, p.Payload.NONE, "a", "", [], [("c", 7)], 2, "c")
+    assert deliver(d, "a", served) == []
+    deliver(d, "a", p.OwnedPages(ask.message.gather, "c", [], [(PAGE, "c", 2)]))
+    deliver(d, "b", p.OwnedPages(ask.message.gather, "c", []))
+    assert d.pages.lost == {PAGE: "c"}

@@ -63,6 +63,14 @@ def test_every_invariant_holds_on_every_seed(name, kwargs, seeds):
         assert hops <= hops_bound(nodes), f"seed {seed}: a request went {hops} hops"
 
 
+def test_ownership_relayed_to_a_node_that_died_is_not_lost():
+    # seed 871: an owner served a write of a node that had died and, unable to reach it,
+    # relayed ownership through the directory, which dropped it; the gather then declared the
+    # page lost though the directory had held its newest contents
+    World(871, threads_per_node=2, deaths=1, give_backs=True, faults=Faults.everywhere(0.05),
+          manager="dynamic").run()
+
+
 def test_the_schedules_forward_serve_give_back_and_gather():
     counters = {"dynamic_served": 0, "dynamic_forwards": 0, "dynamic_given_back": 0,
                 "dynamic_gathers": 0, "pages_lost": 0}

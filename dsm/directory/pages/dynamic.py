@@ -105,7 +105,18 @@ class DynamicPages:
         """A node-to-node message whose sender could not reach the node it names: relayed
         (the directory reaches every live node)."""
         to = msg.relay_to
-        if not to or to not in self.pages.peers:  # (dead meanwhile: what it carried died too)
+        if not to or to not in self.pages.peers:
+            if isinstance(msg, p.Served) and msg.owner and msg.payload != p.Payload.NONE:
+                # ownership on its way to a node that died: its sender gave the page up, and
+                # its newest contents are here, not with the dead node. The directory takes
+                # the page as it would one given back; relayed into the void, a live node's
+                # write would be declared lost by the gather (its sender reports the page
+                # handed to the dead node)
+                log.info("page %d: ownership for %s, which is gone, taken by the directory",
+                         msg.page, to or "nobody")
+                return self.given_back(msg.sender, msg, data)
+            # (anything else died with the node it was for: a read copy, an acknowledgement,
+            # or ownership whose contents the dead node held alone, payload NONE)
             log.info("%s for %s, which is gone: not relayed", type(msg).__name__, to or "nobody")
             return []
         self.pages.counters["dynamic_relayed"] += 1
