@@ -369,6 +369,19 @@ class DynamicNodeCore(NodeCore):
         return out
 
     # --- giving pages back ---------------------------------------------------------------------
+    def discard(self, pages: list[int]) -> list[Action]:
+        """Pages a workload removed (MADV_REMOVE): refused as a cluster-wide discard, which
+        this manager has not (no directory transaction covers a page the nodes own, and zeros
+        would have to reach its owner and every copy). The pages are handed back as an unmap
+        hands them, so that nothing here passes for a copy whose bytes are gone: an owned page
+        with what the memory holds now (zeros where the process punched it), a read copy
+        dropped; the other nodes' copies keep their contents."""
+        log.error("node %s: MADV_REMOVE of %d page(s) under the dynamic manager is not a "
+                  "cluster-wide discard (this manager has none): the pages are handed back "
+                  "as an unmap hands them, other nodes' copies are kept", self.node, len(pages))
+        self.stats.count("discards", len(pages))
+        return self.give_back(pages)
+
     def give_back(self, pages: list[int]) -> list[Action]:
         """Hand pages back (an unmap, a leave). An owned page's ownership goes to the directory
         (a ``Served`` to it) with the contents, the copy set and the requests served: the read

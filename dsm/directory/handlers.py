@@ -53,12 +53,14 @@ class MessageHandlers:
             p.ArraysQuery: lambda n, m, d: self.programs.arrays(n, m),
             p.Atomic: lambda n, m, d: self.programs.atomic(n, m),
             p.Collective: lambda n, m, d: self.programs.collective(n, m),
+            # the dynamic manager's messages, and what it refuses (dsm/directory/pages/dynamic.py)
+            **(self.dynamic.service_handlers(self._on_alloc) if self.dynamic else {}),
         }
 
     def _node_gone(self, node: str, how: str) -> list[Send]:
         """``node`` left or died (``how``): what it held, waited for and was part of."""
         self.node_reports.forget(node)
-        out = self.pages.node_lost(node) + self.programs.node_gone(node, how)
+        out = (self.dynamic or self.pages).node_lost(node) + self.programs.node_gone(node, how)
         return out + self.syncreq.gone(node)
 
     def _reclaim(self, alloc: Allocation) -> list[Send]:
@@ -96,7 +98,8 @@ class MessageHandlers:
             return []
         lay = self.layout
         welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
-                            self.tracer.now_ns(), self.pages.direct, self.role.welcome_shards())
+                            self.tracer.now_ns(), self.pages.direct, self.role.welcome_shards(),
+                            dynamic=self.dynamic is not None)
         old = self.sessions.get(node)
         if old is not None and old.identity == identity:  # a repeated Hello: answer it again
             return [Send(node, welcome)]

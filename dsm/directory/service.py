@@ -33,6 +33,7 @@ from dsm.core.shards import shard_name, shard_of
 from dsm.directory.allocations import Allocations
 from dsm.directory.handlers import MessageHandlers
 from dsm.directory.pages import OnLoss, PageDirectory, Send
+from dsm.directory.pages.dynamic import DynamicPages
 from dsm.directory.programs import ProgramRequests
 from dsm.directory.sessions import Sessions, new_random_id
 from dsm.directory.shard.role import EXIT_SHARD_LOST, Role, check_shard
@@ -113,6 +114,9 @@ class DirectoryService(MessageHandlers):
         self.pages = PageDirectory(layout, self.tracer, on_loss, self.allocations.locate_page,
                                    direct=self.manager.direct, migratory=migratory,
                                    is_release=self.allocations.is_release)
+        #: IVY's dynamic manager's side of the pages (``dsm/directory/pages/dynamic.py``): its
+        #: messages, a death's gather, what it refuses; None under the other managers
+        self.dynamic = DynamicPages(self.pages) if self.manager is Manager.DYNAMIC else None
         #: locks, barriers and write notices (``syncrequests.py``): their table, and the notices
         self.syncreq = SyncRequests(layout, time.monotonic, self._carry_guarded)
         self.sync, self.notices = self.syncreq.sync, self.syncreq.notices
