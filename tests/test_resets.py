@@ -40,6 +40,7 @@ MANAGERS = {
     "relay": ["--manager", "relay"],
     "central": ["--manager", "central"],
     "distributed": ["--manager", "distributed", "--shards", "2"],
+    "dynamic": ["--manager", "dynamic"],
 }
 
 

@@ -163,7 +163,11 @@ class FaultBench:
         # home: A writes, C reads (the directory fetches it and keeps the home copy)
         self._touch(a, s["home"], write=True, value=v["home"])
         self._touch(c, s["home"], expect=v["home"])
-        # owned: A writes and keeps it
+        # owned: A writes and keeps it; B read it once before A's last write (its copy
+        # invalidated): under the dynamic manager B knows A as the owner and asks it straight
+        # (2 hops), the others' directories fetch it from A as before (3 hops)
+        self._touch(a, s["owned"], write=True, value=v["owned"] - 1)
+        self._touch(b, s["owned"], expect=v["owned"] - 1)
         self._touch(a, s["owned"], write=True, value=v["owned"])
         # upgrade: A writes, B and C read: all three hold read copies
         self._touch(a, s["upgrade"], write=True, value=v["upgrade"])

@@ -71,9 +71,8 @@ REPORT_STEPS = 60
 MAX_STEPS_PER_OP = 200
 #: simulated seconds per step of the schedule (the sessions' timers count them)
 STEP_S = 0.001
-#: the simulator's name of IVY's dynamic distributed manager (``dsm.core.dynamic``,
-#: ``dsm.directory.pages.dynamic``): not one of ``Manager`` until the processes run it
-DYNAMIC = "dynamic"
+#: IVY's dynamic distributed manager (``dsm.core.dynamic``, ``dsm.directory.pages.dynamic``)
+DYNAMIC = Manager.DYNAMIC.value
 
 
 class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
