@@ -175,12 +175,25 @@ def test_the_new_owner_invalidates_the_copies_itself_and_installs_once_all_ackno
     assert not nodes.cores["a"].handing and not nodes.to_directory
 
 
-def test_the_owner_upgrades_its_shared_page_with_no_request():
+def shared_by_a_and_b() -> Cluster:
+    """a owns the page and b read it (its first request through the directory)."""
     nodes = owned_by(Cluster("a", "b"), "a")
     nodes.fault("b", PAGE, write=False)
     nodes.deliver("a", nodes.to_directory.pop()[1])
     nodes.run()
+    return nodes
+
+
+def upgrading_with_a_copy_out() -> Cluster:
+    """The page shared by a and b (``shared_by_a_and_b``), and a writes it: a's upgrade
+    awaits b's acknowledgement."""
+    nodes = shared_by_a_and_b()
     nodes.fault("a", PAGE, write=True, kind=FaultKind.WRITE_PROTECTED)
+    return nodes
+
+
+def test_the_owner_upgrades_its_shared_page_with_no_request():
+    nodes = upgrading_with_a_copy_out()
     hops = nodes.run()
     assert [(s, t, type(m)) for s, t, m in hops] == [("a", "b", p.Invalidate),
                                                      ("b", "a", p.Invalidated)]
@@ -257,11 +270,7 @@ def test_a_death_repairs_the_chains_reports_the_owned_pages_and_resends_the_requ
 
 
 def test_an_upgrade_waiting_on_a_dead_holder_completes():
-    nodes = owned_by(Cluster("a", "b"), "a")
-    nodes.fault("b", PAGE, write=False)
-    nodes.deliver("a", nodes.to_directory.pop()[1])
-    nodes.run()
-    nodes.fault("a", PAGE, write=True, kind=FaultKind.WRITE_PROTECTED)
+    nodes = upgrading_with_a_copy_out()
     nodes.wire.clear()  # b died before it acknowledged
     out = nodes.deliver("a", p.OwnerDead(5, "b"))
     assert any(isinstance(x, act.Upgrade) for x in out)
@@ -293,10 +302,7 @@ def test_ownership_carries_its_version_and_a_gather_hears_the_last_one_handed_on
 
 
 def test_an_owner_gives_a_shared_page_back_to_the_directory_with_its_copy_set():
-    nodes = owned_by(Cluster("a", "b"), "a")
-    nodes.fault("b", PAGE, write=False)
-    nodes.deliver("a", nodes.to_directory.pop()[1])
-    nodes.run()
+    nodes = shared_by_a_and_b()
     a = nodes.cores["a"]
     assert a.state[PAGE] is PageState.SHARED
     out = nodes.carry("a", a.give_back([PAGE]))
@@ -310,10 +316,7 @@ def test_an_owner_gives_a_shared_page_back_to_the_directory_with_its_copy_set():
 
 
 def test_a_read_copy_is_given_up_without_a_word_and_a_later_write_asks_for_the_bytes():
-    nodes = owned_by(Cluster("a", "b"), "a")
-    nodes.fault("b", PAGE, write=False)
-    nodes.deliver("a", nodes.to_directory.pop()[1])
-    nodes.run()
+    nodes = shared_by_a_and_b()
     b = nodes.cores["b"]
     assert [type(x) for x in b.give_back([PAGE])] == [act.Punch]
     nodes.fault("b", PAGE, write=True)
