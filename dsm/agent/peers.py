@@ -176,7 +176,7 @@ class PeerEndpoint:
             if stalled_s > PEER_GIVE_UP_S:
                 log.warning("node %s: %d messages to %s (%s) unacknowledged for %.0f s: given up "
                             "(the directory has ended their transactions)", self.node,
-                            link.link.unacked, link.link.peer, address, PEER_GIVE_UP_S)
+                            link.link.unacked, link.link.peer, address, stalled_s)
                 self._drop(address)
                 continue
             if stalled_s >= PEER_REOPEN_S:
