@@ -84,3 +84,15 @@ def test_release_arrays_are_refused_at_allocation_naming_the_manager(make_node):
     a = make_node("a")
     with pytest.raises(ClusterProcessError, match="manager dynamic"):
         a.run("node.array('r', (16,), np.int64, consistency='release')")
+
+
+def test_a_freed_arrays_memory_never_brings_its_bytes_to_a_new_array(make_node):
+    # the nodes keep owning a freed array's pages (no directory transaction zeroes them): its
+    # addresses are retired, so a new array finds zeros, not the old array's bytes
+    a, b = make_node("a"), make_node("b")
+    a.run(f"x = node.array('x', ({SLOTS},), np.int64); x[:] = 5")
+    assert b.run(f"x = node.array('x', ({SLOTS},), np.int64)", "int(x[1])") == 5
+    for n in (a, b):
+        n.run("node.free('x'); del x")
+    for n in (a, b):
+        assert n.run(f"y = node.array('y', ({SLOTS},), np.int64)", "int(y.sum())") == 0

@@ -115,8 +115,10 @@ class DirectoryService(MessageHandlers):
                                    direct=self.manager.direct, migratory=migratory,
                                    is_release=self.allocations.is_release)
         #: IVY's dynamic manager's side of the pages (``dsm/directory/pages/dynamic.py``): its
-        #: messages, a death's gather, what it refuses; None under the other managers
+        #: messages, a death's gather, what it refuses; None under the other managers. Its
+        #: owners keep a freed array's pages: their addresses are never reused
         self.dynamic = DynamicPages(self.pages) if self.manager is Manager.DYNAMIC else None
+        self.allocations.retire_freed = self.dynamic is not None
         #: locks, barriers and write notices (``syncrequests.py``): their table, and the notices
         self.syncreq = SyncRequests(layout, time.monotonic, self._carry_guarded)
         self.sync, self.notices = self.syncreq.sync, self.syncreq.notices
