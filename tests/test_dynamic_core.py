@@ -332,3 +332,27 @@ def test_an_owner_with_a_transfer_in_flight_keeps_the_page():
     nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, False, "b", "tcp://b:7401"))
     # b's copy is on its way: a later writer's invalidation could overtake it
     assert a.give_back([PAGE]) == [] and PAGE in a.owned
+
+
+def test_an_owners_discard_invalidates_its_copies_and_gives_the_zeros_back():
+    nodes = shared_by_a_and_b()
+    a = nodes.cores["a"]
+    out = nodes.carry("a", a.discard([PAGE]))
+    # b's copy goes (as for the owner's own write), then the page, punched here, goes home
+    assert [type(x) for x in out] == [act.Send, act.Protect, act.Punch, act.Send]
+    assert isinstance(out[0].message, p.Invalidate) and out[0].peer[0] == "b"
+    back = out[3].message
+    assert isinstance(back, p.Served) and back.owner and back.copyset == []
+    assert PAGE not in a.owned and PAGE not in a.state
+    hops = nodes.run()  # b drops its copy and acknowledges to a, which takes it as late
+    assert [(s, t, type(m)) for s, t, m in hops] == [("a", "b", p.Invalidate),
+                                                     ("b", "a", p.Invalidated)]
+    assert PAGE not in nodes.cores["b"].state and not a.acks.runs()
+
+
+def test_a_discard_of_a_read_copy_only_drops_it():
+    nodes = shared_by_a_and_b()
+    b = nodes.cores["b"]
+    assert [type(x) for x in nodes.carry("b", b.discard([PAGE]))] == [act.Punch]
+    assert PAGE not in b.state and not nodes.wire
+    assert nodes.cores["a"].state[PAGE] is PageState.SHARED  # the owner's contents stay

@@ -96,3 +96,22 @@ def test_a_freed_arrays_memory_never_brings_its_bytes_to_a_new_array(make_node):
         n.run("node.free('x'); del x")
     for n in (a, b):
         assert n.run(f"y = node.array('y', ({SLOTS},), np.int64)", "int(y.sum())") == 0
+
+
+def test_an_owners_madv_remove_reaches_the_other_nodes_as_zeros(make_node):
+    a, b = make_node("a"), make_node("b")
+    a.run(f"x = node.array('m', (3 * {SLOTS},), np.int64); x[:] = 9")
+    assert b.run(f"x = node.array('m', (3 * {SLOTS},), np.int64)", "int(x.sum())") == 9 * 3 * SLOTS
+    a.run(f"x[{SLOTS}:] = 3")  # a owns pages 1 and 2 alone, page 0 shared with b
+    a.run("libc.madvise(node.address_of(x), 2 * 4096, libc.MADV_REMOVE)")
+    # b's copy of page 0 is invalidated once a's agent has told the remove from a DONTNEED
+    # (before a touches the page again: its next owner would invalidate the copy too)
+    b.run(
+        "import time\n"
+        "deadline = time.monotonic() + 5\n"
+        f"while x[:{SLOTS}].any() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.001)\n"
+    )
+    assert b.run("", f"x[:2 * {SLOTS}].tolist()") == [0] * 2 * SLOTS
+    assert b.run("", f"int(x[2 * {SLOTS}:].sum())") == 3 * SLOTS
+    assert a.run("", f"x[:2 * {SLOTS}].tolist()") == [0] * 2 * SLOTS

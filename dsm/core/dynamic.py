@@ -370,17 +370,35 @@ class DynamicNodeCore(NodeCore):
 
     # --- giving pages back ---------------------------------------------------------------------
     def discard(self, pages: list[int]) -> list[Action]:
-        """Pages a workload removed (MADV_REMOVE): refused as a cluster-wide discard, which
-        this manager has not (no directory transaction covers a page the nodes own, and zeros
-        would have to reach its owner and every copy). The pages are handed back as an unmap
-        hands them, so that nothing here passes for a copy whose bytes are gone: an owned page
-        with what the memory holds now (zeros where the process punched it), a read copy
-        dropped; the other nodes' copies keep their contents."""
-        log.error("node %s: MADV_REMOVE of %d page(s) under the dynamic manager is not a "
-                  "cluster-wide discard (this manager has none): the pages are handed back "
-                  "as an unmap hands them, other nodes' copies are kept", self.node, len(pages))
+        """Pages a workload removed (MADV_REMOVE): zeros everywhere where this node owns the
+        page, as the owner's write of zeros: its copies are invalidated (each holder
+        acknowledges to nobody waiting: the acknowledgements are taken as late) and the page,
+        punched here, goes to the directory as an unmap hands it, zeros with no copy set. A
+        read copy is only dropped: this node cannot discard what it does not own without a
+        request this manager has not (the owner's contents stay, logged as refused); so is an
+        owned page whose transfer is in flight (kept, and logged)."""
+        out: list[Action] = []
+        refused = []
+        for page in pages:
+            own = self.owned.get(page)
+            if (own is None or page in self.pending or own.busy is not None
+                    or own.upgrading is not None or self.queued.get(page)):
+                refused.append(page)
+                continue
+            holders = sorted((n, a) for n, a in own.copyset.items() if n != self.node)
+            if holders:
+                txn = self._new_req()
+                self._remember_answered((txn, page))  # (their acknowledgements: late)
+                out += [Send(p.Invalidate(txn, page, 1, self.node, self.addr), peer=h)
+                        for h in holders]
+                own.copyset.clear()
+        if refused:
+            log.error("node %s: MADV_REMOVE of %d page(s) this node does not own (or whose "
+                      "transfer is in flight) is no cluster-wide discard under the dynamic "
+                      "manager: their copies here are dropped, the owners' contents stay",
+                      self.node, len(refused))
         self.stats.count("discards", len(pages))
-        return self.give_back(pages)
+        return out + self.give_back(pages)
 
     def give_back(self, pages: list[int]) -> list[Action]:
         """Hand pages back (an unmap, a leave). An owned page's ownership goes to the directory
