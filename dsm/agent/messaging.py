@@ -47,18 +47,6 @@ log = logging.getLogger(__name__)
 PEER_DYNAMIC = (p.PageRequest, p.Served, p.Taken, p.Invalidate)
 
 
-def peer_sender(msg: Any) -> str:
-    """The node a message from a peer names as the one that sent it, as the trace names the
-    link (a forwarded request names its requester: the forwarder is not in it)."""
-    if type(msg) is p.Invalidated:
-        return msg.holder
-    if type(msg) is p.Invalidate:
-        return msg.to_node
-    if type(msg) in (p.PageRequest, p.Taken):
-        return msg.requester
-    return msg.sender
-
-
 class Messaging:
     def __init__(self, node: str, link: str, directory_endpoint: str, layout: Layout, *,
                  links: ShardLinks, peers: PeerEndpoint | None, kernel: KernelCalls,
@@ -200,7 +188,7 @@ class Messaging:
     def drain_peers(self) -> None:
         """Pages other nodes sent here. As from the directory, nothing received stops the
         agent: a malformed or unexpected message is dropped with a rate-limited line."""
-        for frames in self.peers.receive():  # in order per sender, once each
+        for sender, frames in self.peers.receive():  # in order per sender, once each
             msg: Any = None
             try:
                 msg, data = p.decode(frames, self.page_size, p.Direction.TO_PEER)
@@ -208,8 +196,7 @@ class Messaging:
                 if handler is None:
                     raise ProtocolError(f"a {type(msg).__name__} from a peer, which this "
                                         "node's manager does not send node to node")
-                if self.tracer.enabled:
-                    sender = peer_sender(msg)
+                if self.tracer.enabled:  # (a forwarded request: from its forwarder)
                     self.tracer.received(sender, self.node, sender, msg)
                 if self.wire is not None:
                     self.wire.count("received", msg, frames)
