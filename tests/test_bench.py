@@ -485,6 +485,9 @@ def test_bench_per_manager_puts_each_manager_in_a_column_with_its_traffic(tmp_pa
     assert dynamic_messages == pytest.approx(3, abs=0.5)
     result = json.loads(out.read_text())
     assert set(result["managers"]) == {"relay", "central", "dynamic"}
+    # every access was the fault it was meant to be (the dynamic owner's upgrade sends no
+    # request: it invalidates its copies itself)
+    assert result["managers"]["dynamic"]["benchmarks"]["fault"]["warnings"] == []
     for m, res in result["managers"].items():
         rows = {r["key"]: r for r in res["benchmarks"]["fault"]["rows"]}
         assert rows["owned_read"]["traffic"]["bytes"] > 4096  # a page, at least

@@ -21,6 +21,7 @@ from dsm.bench.common import TRAFFIC_DIRECTIONS, BenchError, Progress, environme
 from dsm.bench.fault_rows import (CURVE_SUFFIX, FLOOR_KEYS, curve_cost, floor_of, new_rows,
                                   row_results)
 from dsm.bench.procs import Processes, Worker, children_of, cpu_ns
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV
 
 #: the measured pages are this far apart (no two of them neighbours)
 SET_STRIDE_PAGES = 2
@@ -57,7 +58,9 @@ class FaultBench:
         self.transport = transport
         self.message_bytes = message_bytes
         self.progress = progress
-        self.rows = new_rows(message_bytes, keyed=keys_dir is not None)
+        # the directories started here run $DSM_MANAGER (``dsm bench --manager`` sets it)
+        self.rows = new_rows(message_bytes, keyed=keys_dir is not None,
+                             manager=os.environ.get(MANAGER_ENV) or DEFAULT_MANAGER.value)
         self.warnings: list[str] = []
         rng = random.Random(seed)
         # one set of pages per measurement, each visited in random order, every other page (two
