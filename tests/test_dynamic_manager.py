@@ -4,6 +4,8 @@ owners; the directory hands out untouched pages and turns a death into a loud lo
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.cluster import ClusterProcessError, NodeProcess
@@ -115,3 +117,15 @@ def test_an_owners_madv_remove_reaches_the_other_nodes_as_zeros(make_node):
     assert b.run("", f"x[:2 * {SLOTS}].tolist()") == [0] * 2 * SLOTS
     assert b.run("", f"int(x[2 * {SLOTS}:].sum())") == 3 * SLOTS
     assert a.run("", f"x[:2 * {SLOTS}].tolist()") == [0] * 2 * SLOTS
+
+
+def test_a_node_without_a_peer_endpoint_refuses_to_start_naming_why(directory, tmp_path):
+    # never a silent fallback to another manager's core: the dynamic one needs a peer endpoint
+    node = NodeProcess(directory.endpoint, "a", tmp_path,
+                       env={**os.environ, "DSM_PEER_LISTEN": "none"}, wait=False)
+    try:
+        with pytest.raises(AssertionError):
+            node.wait_attached()
+        assert "needs a peer endpoint" in node.log_path.read_text()
+    finally:
+        node.kill()
