@@ -6,6 +6,10 @@
   serializes requests per page; the pages travel node to node (``dsm.directory.pages``).
 - ``distributed``: IVY's fixed distributed manager: the central algorithm split over shards by
   page stripes (``dsm.core.shards``), each shard its own process.
+- ``dynamic``: IVY's dynamic distributed manager: every node asks a page's probable owner
+  straight, node to node, and the owner serves the requester; the directory is the home of
+  untouched pages and the fallback after a death (``dsm.core.dynamic``,
+  ``dsm.directory.pages.dynamic``). No release-consistency arrays, no cluster-wide discard.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class Manager(enum.Enum):
     RELAY = "relay"
     CENTRAL = "central"
     DISTRIBUTED = "distributed"
+    DYNAMIC = "dynamic"
 
     @property
     def direct(self) -> bool:

@@ -105,6 +105,13 @@ class MsgType(enum.IntEnum):
     CLOSING = 59
     # between the shards: a freed array's memory is reclaimed
     ARRAY_FREED = 54
+    # IVY's dynamic distributed manager (``dsm.core.dynamic``): requests along the probable
+    # owners, node to node, and the directory's repair of the chains when a node dies
+    PAGE_REQUEST = 60
+    SERVED = 61
+    TAKEN = 62
+    OWNER_DEAD = 63
+    OWNED_PAGES = 64
 
 
 class Direction(enum.Flag):
@@ -119,7 +126,9 @@ class Direction(enum.Flag):
 _DIRECTION_WORDS = {Direction.TO_DIRECTORY: "node -> directory",
                     Direction.TO_NODE: "directory -> node", Direction.BOTH: "both ways",
                     Direction.TO_PEER: "node -> node",
-                    Direction.BOTH | Direction.TO_PEER: "every way"}
+                    Direction.BOTH | Direction.TO_PEER: "every way",
+                    Direction.TO_NODE | Direction.TO_PEER: "directory or node -> node",
+                    Direction.TO_DIRECTORY | Direction.TO_PEER: "node -> directory or node"}
 
 
 class SyncStatus(enum.IntEnum):
@@ -249,6 +258,9 @@ class Welcome(Message, tag=MsgType.WELCOME.value):
     #: serves every page. A wildcard host (``tcp://0.0.0.0:P``) is the coordinator's host as the
     #: node reached it. The node says Hello to every shard (``dsm.agent.links``)
     shards: list[str] = msgspec.field(default_factory=list)
+    #: IVY's dynamic distributed manager: pages are asked of their probable owners, node to
+    #: node (``PageRequest``); the directory is the home of untouched pages and the fallback
+    dynamic: bool = False
 
 
 class Acquire(Message, tag=MsgType.ACQUIRE.value):
@@ -340,14 +352,19 @@ class Invalidate(Message, tag=MsgType.INVALIDATE.value):
     (``Invalidated``): straight to node ``to_node`` at its peer endpoint ``to_addr``, the
     writer that was granted them already and waits for every acknowledgement; to the directory
     when ``to_node`` is empty (a discard, a requester without a peer endpoint) or the holder
-    cannot reach it."""
+    cannot reach it. Under the dynamic manager, from the page's new owner itself (node to
+    node: ``txn`` is its request, ``to_node`` the owner, whom the holder takes as the page's
+    probable owner from then on)."""
 
-    DIRECTION = Direction.TO_NODE
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
     txn: U64
     page: PageNo
     count: PageCount
     to_node: str = ""
     to_addr: str = ""
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
 
 
 class Invalidated(Message, tag=MsgType.INVALIDATED.value):
@@ -362,6 +379,9 @@ class Invalidated(Message, tag=MsgType.INVALIDATED.value):
     page: PageNo
     count: PageCount
     holder: str = ""
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
 
 
 class Writeback(Message, tag=MsgType.WRITEBACK.value):
@@ -424,6 +444,120 @@ class Withdrawn(Message, tag=MsgType.WITHDRAWN.value):
     page: PageNo
     count: PageCount
     source: str
+
+
+# --- IVY's dynamic distributed manager (``dsm.core.dynamic``, docs/architecture.md) -------------
+class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
+    """Request ``req`` of node ``requester`` (peer endpoint ``reply_to``) for ``page``: a read
+    copy, or (``write``) ownership. Sent to the page's probable owner (node to node), or to the
+    directory when the requester has none (the directory's hint) or after a death; a node that
+    does not own the page forwards it to its own probable owner, and the directory to the
+    last owner it knows. ``hops``: how many times it was forwarded (Li and Hudak bound it).
+    ``have_copy``: the requester holds a read copy (a write to it: the owner sends no bytes if
+    the copy is still in its copy set; a node gives a read copy up without telling the owner,
+    whose invalidation of it is then acknowledged all the same)."""
+
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
+    req: U64
+    page: PageNo
+    write: bool
+    requester: str
+    reply_to: str
+    hops: U64 = 0
+    have_copy: bool = False
+    #: set by a sender that could not reach node ``relay_to``, its probable owner: sent to the
+    #: directory instead, which relays it there (not along its own probable owner, which may
+    #: be older: the hints would no longer lead to ever newer owners)
+    relay_to: str = ""
+
+
+class Served(Message, tag=MsgType.SERVED.value):
+    """The owner of ``page`` (``sender``, at ``sender_addr``; or the directory, the home of
+    untouched pages) answers request ``req``: a read copy, or (``owner``) ownership, with the
+    copy set the new owner must invalidate (``copyset``: (node, peer endpoint) pairs, each
+    acknowledging straight to it) and the last request of each node served for the page
+    (``served``: ownership carries it, so that a request re-sent after a death is never served
+    twice). Payload NONE: the requester holds the current contents (it is in the copy set).
+    The requester confirms with ``Taken``. An owner that gives a page back (an unmap, a leave)
+    hands ownership to the directory the same way (``req`` 0, no ``Taken``): the directory owns
+    the page again, with its copies and the requests served."""
+
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
+    CARRIES_PAGE = True
+    req: U64
+    page: PageNo
+    count: PageCount
+    owner: bool
+    payload: PayloadKind
+    sender: str
+    sender_addr: str = ""
+    copyset: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    served: list[tuple[str, U64]] = msgspec.field(default_factory=list)
+    #: ownership's version: one more at every transfer (the directory's first hand-out is 1),
+    #: so that a gather can order the reports of one page (``OwnedPages``)
+    version: U64 = 0
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
+
+
+class Taken(Message, tag=MsgType.TAKEN.value):
+    """Requester to the node (or the directory) that served its request ``req`` for ``page``:
+    the read copy is installed (the owner serves the page's next request only then, so that
+    no invalidation overtakes the copy), or ownership arrived (the old owner stops counting
+    the page as on its way); ``installed`` false: a read copy nobody here asked for any more,
+    refused. ``answered``: the gathers (``OwnerDead``) the requester had answered when it took
+    ownership: it did not report the page to them, so the old owner, if it has not answered
+    one of them yet, reports the page for it (else the page would be owned and reported by
+    nobody)."""
+
+    DIRECTION = Direction.TO_DIRECTORY | Direction.TO_NODE | Direction.TO_PEER
+    req: U64
+    page: PageNo
+    requester: str
+    installed: bool
+    answered: list[U64] = msgspec.field(default_factory=list)
+    #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
+    #: the directory instead, which relays it there
+    relay_to: str = ""
+
+
+class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):
+    """Directory to every live node: ``node`` is dead. Each forgets it as a probable owner
+    (the directory is the hint instead), stops counting it in copy sets and queues, ignores
+    whatever still comes from it, answers ``OwnedPages`` for ``gather``, then asks the
+    directory again for every page it awaits (the request may have died on a chain through
+    ``node``). ``node`` empty: nobody died, but the directory lost track of a page's owner (its
+    probable owner forwarded a request back to it): each node answers ``OwnedPages`` only."""
+
+    DIRECTION = Direction.TO_NODE
+    gather: U64
+    node: str
+
+
+class OwnedPages(Message, tag=MsgType.OWNED_PAGES.value):
+    """A node's answer to ``OwnerDead``, each page with its ownership's version
+    (``Served.version``): the pages it owns (``owned``: (page, version)), those whose ownership
+    it sent and has no confirmation of (``handing``: (page, the node it went to, version), dead
+    ones included), and the last version of each page it handed on and had confirmed
+    (``passed``: (page, version)). Of a page's reports the newest version tells: owned by a
+    live node, or on its way to one, the page lives; on its way to a dead node, or confirmed
+    taken by a node that reports nothing newer (it died), it is lost: its newest contents may
+    have been written there. A page handed out by the directory that nobody reports is lost."""
+
+    DIRECTION = Direction.TO_DIRECTORY
+    gather: U64
+    node: str
+    owned: list[tuple[U64, U64]]
+    handing: list[tuple[U64, str, U64]] = msgspec.field(default_factory=list)
+    passed: list[tuple[U64, U64]] = msgspec.field(default_factory=list)
+
+
+#: the dynamic manager's messages (``dsm.core.dynamic``)
+DYNAMIC_MESSAGES = (PageRequest, Served, Taken, OwnerDead, OwnedPages)
+#: the node-to-node messages a sender that cannot reach the peer sends to the directory, which
+#: relays them (``relay_to``)
+RELAYED_MESSAGES = (PageRequest, Served, Taken, Invalidate, Invalidated)
 
 
 class DiffEncoding(enum.IntEnum):
@@ -992,7 +1126,8 @@ _ALL_MESSAGES: tuple[type[Message], ...] = (
     BarrierJoin, BarrierWait, Departed, SyncReply, LockStatus, LockInfo, Lost, Fenced,
     LostQuery, ForgetLost, LostReport, NodeReport, StatsQuery, StatsReport, PeerPage,
     Received, Withdrawn, Diff, DiffApplied, Dirtied, Free, Freed, ArraysQuery, ArrayList,
-    Atomic, AtomicResult, Collective, CollectiveResult, Closing, *SHARD_MESSAGES,
+    Atomic, AtomicResult, Collective, CollectiveResult, Closing, PageRequest, Served, Taken,
+    OwnerDead, OwnedPages, *SHARD_MESSAGES,
 )
 for _cls in _ALL_MESSAGES:  # the tag as the enum, for the code that reads it
     _cls.TYPE = MsgType(_cls.__struct_config__.tag)

@@ -147,6 +147,9 @@ class ReliableLink:
         self._resent_s = float("-inf")
         #: when the peer last acknowledged something new, or this side replayed or began to wait
         self._progress_s = now
+        #: a replay is due at once (the peer asked for it, or this side reconnected): apart from
+        #: ``_progress_s``, whose age tells how long the peer has made no progress
+        self._replay_due = False
         #: counters (``SESSION_COUNTERS``), for the node's stats and its metrics
         self.replayed = 0
         self.duplicates = 0
@@ -211,7 +214,7 @@ class ReliableLink:
         self._acknowledged(ack, now)
         if flags & FLAG_RESEND and now - self._resent_s >= RESEND_HOLDOFF_S:
             self._resent_s = float("-inf")  # due now: outgoing replays
-            self._progress_s = float("-inf")
+            self._replay_due = True
         if seq == UNSEQUENCED:
             return Verdict.DELIVER
         if seq == self.delivered + 1:
@@ -247,7 +250,7 @@ class ReliableLink:
         self._want_resend = True
         self._asked_resend_s = float("-inf")
         self._resent_s = float("-inf")
-        self._progress_s = float("-inf")
+        self._replay_due = True
 
     # --- what to send now --------------------------------------------------------------------
     def outgoing(self, now: float) -> list[list[Any]]:
@@ -264,8 +267,9 @@ class ReliableLink:
                                                or self._owed_bytes >= ACK_EVERY_BYTES):
             self.bare_acks += 1
             out.append([self._frame(UNSEQUENCED)])
-        if self._unacked and now - self._progress_s >= ACK_TIMEOUT_S:
+        if self._unacked and (self._replay_due or now - self._progress_s >= ACK_TIMEOUT_S):
             out.extend(self._replay(now))
+        self._replay_due = False  # (replayed, or nothing is kept to replay)
         return out
 
     def _replay(self, now: float) -> list[list[Any]]:

@@ -473,20 +473,26 @@ def test_bench_new_benchmarks_reject_bad_arguments():
 
 def test_bench_per_manager_puts_each_manager_in_a_column_with_its_traffic(tmp_path, run_dsm_bench):
     out = tmp_path / "managers.json"
-    proc = run_dsm_bench("--manager", "relay,central", "--only", "fault", "--quick",
+    proc = run_dsm_bench("--manager", "relay,central,dynamic", "--only", "fault", "--quick",
                          "--json", str(out))
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("measurement"))
-    assert header.split()[-2:] == ["relay", "central"]
+    assert header.split()[-3:] == ["relay", "central", "dynamic"]
     owned = next(line for line in lines
                  if line.startswith("read fault, page owned by another node: messages per fault"))
-    relay_messages, central_messages = (float(x) for x in owned.split()[-2:])
+    relay_messages, central_messages, dynamic_messages = (float(x) for x in owned.split()[-3:])
     # the relay manager's owned read is Acquire, Fetch, Fetched, Grant; the central one's
-    # Acquire, Fetch, PeerPage, Fetched (sent, with a copy), Received: the counts come from the agents
+    # Acquire, Fetch, PeerPage, Fetched (sent, with a copy), Received; the dynamic one's, from
+    # a node that knows the owner, PageRequest and Served (2 hops) and the Taken that follows:
+    # the counts come from the agents
     assert relay_messages == pytest.approx(4, abs=0.5)
     assert central_messages == pytest.approx(5, abs=0.5)
+    assert dynamic_messages == pytest.approx(3, abs=0.5)
     result = json.loads(out.read_text())
-    assert set(result["managers"]) == {"relay", "central"}
+    assert set(result["managers"]) == {"relay", "central", "dynamic"}
+    # every access was the fault it was meant to be (the dynamic owner's upgrade sends no
+    # request: it invalidates its copies itself)
+    assert result["managers"]["dynamic"]["benchmarks"]["fault"]["warnings"] == []
     for m, res in result["managers"].items():
         rows = {r["key"]: r for r in res["benchmarks"]["fault"]["rows"]}
         assert rows["owned_read"]["traffic"]["bytes"] > 4096  # a page, at least
@@ -494,10 +500,10 @@ def test_bench_per_manager_puts_each_manager_in_a_column_with_its_traffic(tmp_pa
 
 
 def test_bench_refuses_an_unknown_manager():
-    proc = subprocess.run([sys.executable, "-m", "dsm", "bench", "--manager", "dynamic",
+    proc = subprocess.run([sys.executable, "-m", "dsm", "bench", "--manager", "static",
                            "--only", "fault", "--quick"], capture_output=True, text=True,
                           timeout=60)
-    assert proc.returncode == 2 and "unknown manager(s) dynamic" in proc.stderr
+    assert proc.returncode == 2 and "unknown manager(s) static" in proc.stderr
 
 
 def test_bench_sharing_prints_every_row_and_checks_its_counters(tmp_path, run_dsm_bench):

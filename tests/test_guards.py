@@ -75,8 +75,25 @@ def test_the_directory_handles_every_message_it_may_receive(service):
     # them before the per-session handlers; the messages between shards go to the shard role
     # (a coordinator's: dsm/directory/shard/coordinator.py; ShardHello before its table)
     between_shards = received & set(p.SHARD_MESSAGES)
-    assert received - {p.Hello, p.StatsQuery} - between_shards == service.directory.handled
+    # the dynamic manager's are handled only by a directory that runs it (below): another
+    # refuses them as messages it has no handler for
+    dynamic = received & {*p.DYNAMIC_MESSAGES, *p.RELAYED_MESSAGES} - {p.Invalidated}
+    assert (received - {p.Hello, p.StatsQuery} - between_shards - dynamic
+            == service.directory.handled)
     assert between_shards - {p.ShardHello} | {p.Heartbeat} == set(Coordinator(2)._handlers)
+
+
+def test_a_dynamic_managers_directory_handles_its_messages_too(tmp_path):
+    svc = DirectoryService(f"ipc://{tmp_path}/d.ipc",
+                           Layout(DEFAULT_BASE_ADDRESS, REGION_PAGES * PAGE_SIZE),
+                           manager="dynamic")
+    try:
+        received = {c for c in p.MESSAGE_CLASSES.values()
+                    if c.DIRECTION & p.Direction.TO_DIRECTORY}
+        between_shards = received & set(p.SHARD_MESSAGES)
+        assert received - {p.Hello, p.StatsQuery} - between_shards == svc.directory.handled
+    finally:
+        svc.socket.close(0)
 
 
 def test_a_discard_naming_a_page_outside_the_region_changes_nothing(service):

@@ -68,6 +68,18 @@ def test_a_freed_release_arrays_pages_are_retired_not_reused():
     assert allocs.find_or_create("s", PAGE, {}).offset == r.offset + 2 * PAGE
 
 
+def test_under_retire_freed_every_freed_arrays_pages_are_retired():
+    # (the dynamic manager: the nodes that own a freed array's pages keep them, so a new
+    # array placed there would read the old one's bytes)
+    allocs = Allocations(LAYOUT)
+    allocs.retire_freed = True
+    x = allocs.find_or_create("x", PAGE, {})
+    allocs.unlink("x")
+    allocs.reclaim(x)
+    assert allocs.retired_bytes == PAGE
+    assert allocs.find_or_create("y", PAGE, {}).offset == x.offset + PAGE
+
+
 def test_a_shard_places_arrays_where_the_coordinator_did():
     coordinator, shard = Allocations(LAYOUT), Allocations(LAYOUT)
     made = [coordinator.find_or_create(n, PAGE * (i + 1), {}) for i, n in enumerate("abc")]

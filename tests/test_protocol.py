@@ -76,6 +76,14 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.LostRunsQuery(3, 0, 1 << 20, True), None),
     (p.LostRuns(3, [(256, 2, "b")]), None),
     (p.StatsRunsQuery(4), None),
+    # the dynamic manager's (dsm/core/dynamic.py)
+    (p.PageRequest(5, 9, True, "n1", "tcp://10.0.0.1:7401", 2, True), None),
+    (p.Served(5, 9, 1, True, p.Payload.DATA, "n2", "tcp://10.0.0.2:7401",
+              [("n3", "tcp://10.0.0.3:7401")], [("n1", 5)]), b"\x09" * PAGE),
+    (p.Served(5, 9, 1, False, p.Payload.ZERO, ""), None),
+    (p.Taken(5, 9, "n1", True), None),
+    (p.OwnerDead(2, "n2"), None),
+    (p.OwnedPages(2, "n2", [(9, 4), (40, 1)], [(12, "n1", 3), (13, "n2", 7)], [(14, 2)]), None),
     (p.StatsRuns(4, [["x", 0, 1, [[1, "home", []]]]], {"grants": 3}), None),
 ])
 def test_round_trip(msg, page):
@@ -113,8 +121,9 @@ def _header(cls, *values):
      "1 bytes, expected 4096"),
     ([_header(p.Grant, 1, 1, True, 0, False, 0, [7])], p.Direction.TO_NODE,
      "Grant.acks"),
-    ([_header(p.Invalidated, 1, 1, 1, "b"), b"extra"], p.Direction.TO_DIRECTORY, "needs 1 frame"),
-    ([_header(p.Invalidated, 1, 1, 1, "b"), b"extra"], p.Direction.TO_PEER, "needs 1 frame"),
+    ([_header(p.Invalidated, 1, 1, 1, "b", ""), b"extra"], p.Direction.TO_DIRECTORY,
+     "needs 1 frame"),
+    ([_header(p.Invalidated, 1, 1, 1, "b", ""), b"extra"], p.Direction.TO_PEER, "needs 1 frame"),
     ([_header(p.Fetched, 1, 1, 1, 0, [[1]], [], False)], p.Direction.TO_DIRECTORY,
      r"Fetched.not_held\[0\] must be int, got list"),
     ([_header(p.Discard, [1, "2"])], p.Direction.TO_DIRECTORY,
@@ -172,12 +181,21 @@ def test_every_message_declares_its_direction_and_heartbeat_bye_and_node_dead_go
     # NodeDead: a shard reports a death to the coordinator, which tells every shard
     assert both == {p.Heartbeat, p.Bye, p.NodeDead}
     # Invalidated: a holder's acknowledgement goes to the directory or straight to the writer,
-    # and the directory forwards one to the writer (or says the holder died)
+    # and the directory forwards one to the writer (or says the holder died); PageRequest (the
+    # dynamic manager): to a probable owner, node or directory, which forwards it along; Served
+    # (the dynamic manager): ownership from the owner or the directory, and given back to it;
+    # the dynamic manager's node-to-node messages, and acknowledgements, go to the directory
+    # when their peer cannot be reached, which relays them (``relay_to``)
     every_way = {cls for cls in CLASSES if cls.DIRECTION == p.Direction.BOTH | p.Direction.TO_PEER}
-    assert every_way == {p.Invalidated}
+    assert every_way == {p.Invalidated, p.PageRequest, *p.RELAYED_MESSAGES}
+    assert not {cls for cls in CLASSES
+                if cls.DIRECTION in (p.Direction.TO_NODE | p.Direction.TO_PEER,
+                                     p.Direction.TO_DIRECTORY | p.Direction.TO_PEER)}
     for cls in CLASSES:
         assert cls.DIRECTION in (p.Direction.TO_DIRECTORY, p.Direction.TO_NODE, p.Direction.BOTH,
-                                 p.Direction.TO_PEER, p.Direction.BOTH | p.Direction.TO_PEER)
+                                 p.Direction.TO_PEER, p.Direction.BOTH | p.Direction.TO_PEER,
+                                 p.Direction.TO_NODE | p.Direction.TO_PEER,
+                                 p.Direction.TO_DIRECTORY | p.Direction.TO_PEER)
 
 
 def test_every_message_meant_for_the_other_side_is_refused():

@@ -80,6 +80,24 @@ def test_what_is_unacknowledged_is_replayed_after_the_timeout_and_on_a_reconnect
     assert [parse(w[0])[0] for w in out[1:]] == [1]
 
 
+def test_a_replay_asked_for_or_due_to_a_reconnect_is_no_stall():
+    # a peer endpoint gives a link up once it has made no progress for long (dsm.agent.peers):
+    # a replay the peer asks for, or a reconnect, must not read as a link silent for ever
+    # (it did: the dynamic manager's requests on a link reset now and then were given up)
+    a, b = ReliableLink("b", 0.0), ReliableLink("a", 0.0)
+    a.sequenced([b"1"], 0.0)
+    later = a.sequenced([b"2"], 0.0)
+    assert _deliver(b, later, 0.0)[0] is Verdict.GAP
+    (ask,) = b.outgoing(0.0)
+    assert _deliver(a, ask, 0.1)[0] is Verdict.DELIVER
+    assert a.oldest_unacked_s(0.1) == pytest.approx(0.1)
+    assert [parse(w[0])[0] for w in a.outgoing(0.1)] == [1, 2]  # replayed at once
+    a.reconnected()
+    assert a.oldest_unacked_s(0.2) == pytest.approx(0.1)
+    assert [parse(w[0])[0] for w in a.outgoing(0.2)[1:]] == [1, 2]
+    assert a.outgoing(0.3) == []  # and not again before its timer
+
+
 def test_retract_takes_back_the_last_message():
     a = ReliableLink("b", 0.0)
     a.sequenced([b"kept"], 0.0)

@@ -222,7 +222,7 @@ def test_directory_flags_make_the_plan(monkeypatch):
     (["--shards", "2", "--of", "2"], {}, "--of goes with --shard"),
     (["--advertise", "tcp://x:1"], {}, "--advertise is for a shard"),
     ([], {cmd.SHARDS_ENV: "many"}, "DSM_SHARDS"),
-    ([], {cmd.MANAGER_ENV: "dynamic"}, "expected one of relay, central, distributed"),
+    ([], {cmd.MANAGER_ENV: "static"}, "expected one of relay, central, distributed, dynamic"),
 ])
 def test_directory_flags_that_disagree_are_refused_saying_why(monkeypatch, argv, env, complaint):
     with pytest.raises(ConfigError, match=complaint):

@@ -28,6 +28,7 @@ from dsm.agent.links import ShardLinks
 from dsm.agent.peers import PeerEndpoint
 from dsm.agent.twins import Twins
 from dsm.core.carryout import ActionRunner
+from dsm.core.dynamic import DynamicNodeCore
 from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.shards import shard_name
@@ -39,6 +40,11 @@ from dsm.logthrottle import ThrottledLog
 from dsm.trace import Tracer
 
 log = logging.getLogger(__name__)
+
+
+#: the dynamic manager's node-to-node messages a peer endpoint takes (``dsm.core.dynamic``;
+#: ``OwnerDead`` and ``OwnedPages`` are the directory's and to it)
+PEER_DYNAMIC = (p.PageRequest, p.Served, p.Taken, p.Invalidate)
 
 
 class Messaging:
@@ -89,9 +95,12 @@ class Messaging:
             # the directory is alive (drain_directory noted it) and told its clock
             p.Heartbeat: self._on_heartbeat,
         }
-        #: what other nodes send (the peer endpoint)
+        #: what other nodes send (the peer endpoint); under the dynamic manager, its
+        #: node-to-node messages too (requests, pages served, confirmations, invalidations)
         self._peer_handlers: dict[type, Callable[[Any, Any], None]] = {
-            p.PeerPage: self._to_core, p.Invalidated: self._to_core}
+            kind: self._to_core for kind in
+            ((p.PeerPage, p.Invalidated) + (PEER_DYNAMIC if isinstance(core, DynamicNodeCore)
+                                           else ()))}
 
     # --- sending -----------------------------------------------------------------------------------
     def send(self, msg: p.Message, page: Any = None) -> None:
@@ -179,17 +188,20 @@ class Messaging:
     def drain_peers(self) -> None:
         """Pages other nodes sent here. As from the directory, nothing received stops the
         agent: a malformed or unexpected message is dropped with a rate-limited line."""
-        for frames in self.peers.receive():  # in order per sender, once each
+        for sender, frames in self.peers.receive():  # in order per sender, once each
             msg: Any = None
             try:
                 msg, data = p.decode(frames, self.page_size, p.Direction.TO_PEER)
-                if self.tracer.enabled:
-                    sender = msg.holder if type(msg) is p.Invalidated else msg.sender
+                handler = self._peer_handlers.get(type(msg))
+                if handler is None:
+                    raise ProtocolError(f"a {type(msg).__name__} from a peer, which this "
+                                        "node's manager does not send node to node")
+                if self.tracer.enabled:  # (a forwarded request: from its forwarder)
                     self.tracer.received(sender, self.node, sender, msg)
                 if self.wire is not None:
                     self.wire.count("received", msg, frames)
-                self.layout.check_page(msg.page + msg.count - 1)
-                self._peer_handlers[type(msg)](msg, data)
+                self.layout.check_page(msg.page + getattr(msg, "count", 1) - 1)
+                handler(msg, data)
             except Exception as exc:
                 self._dropped(exc, msg, "a peer")
         if self.peers.incoming.gapped:  # a page lost on the way: ask for its replay at once
@@ -249,6 +261,8 @@ class Messaging:
         it decides carried out."""
         if isinstance(msg, CHECKED_RUNS):
             self.layout.check_page(msg.page + msg.count - 1)
+        elif isinstance(msg, (p.PageRequest, p.Taken)):  # (the dynamic manager's: one page)
+            self.layout.check_page(msg.page)
         self.carry_out(self._core_handlers[type(msg)](msg, data))
 
     def _check_runs(self, flat: list[int]) -> None:

@@ -151,19 +151,21 @@ class PeerEndpoint:
                        "connection is gone or full)", self.node, peer, address)
         return False
 
-    def receive(self) -> Iterator[list[Any]]:
+    def receive(self) -> Iterator[tuple[str, list[Any]]]:
         """The messages other nodes sent here that are to be handled, in order per sender and
-        once each (without the ROUTER's identity and the session header)."""
+        once each: (the sending node's name, as its DEALER's identity has it, and the frames
+        without the ROUTER's identity and the session header)."""
         router, incoming = self.router, self.incoming
         while has_input(router):
             frames = router.recv_multipart(copy=False)
+            identity = frames[0].bytes
             try:
-                body = incoming.accept(frames[0].bytes, frames[1:], time.monotonic())
+                body = incoming.accept(identity, frames[1:], time.monotonic())
             except ProtocolError as exc:
                 self._complain(logging.WARNING, "malformed message from a peer: %s", exc)
                 continue
             if body is not None:
-                yield body
+                yield identity.partition(b"#")[0].decode(errors="replace"), body
 
     def flush(self, now: float) -> None:
         """Acknowledge what came from peers; read their acknowledgements of what went to them,
@@ -176,7 +178,7 @@ class PeerEndpoint:
             if stalled_s > PEER_GIVE_UP_S:
                 log.warning("node %s: %d messages to %s (%s) unacknowledged for %.0f s: given up "
                             "(the directory has ended their transactions)", self.node,
-                            link.link.unacked, link.link.peer, address, PEER_GIVE_UP_S)
+                            link.link.unacked, link.link.peer, address, stalled_s)
                 self._drop(address)
                 continue
             if stalled_s >= PEER_REOPEN_S:

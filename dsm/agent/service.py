@@ -43,6 +43,7 @@ from dsm.agent.peers import (
 from dsm.agent.workloads import Workloads
 # REMOVE_SETTLE_S is imported from here too (it was defined here before dsm/core/events.py)
 from dsm.core.events import REMOVE_SETTLE_S as REMOVE_SETTLE_S
+from dsm.core.dynamic import DynamicNodeCore
 from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.readahead import ReadAhead
@@ -50,7 +51,7 @@ from dsm.core.shards import shard_name
 from dsm.agent.processes import WorkloadProcess
 from dsm.core.stats import NodeStats
 from dsm.directory.sessions import new_random_id
-from dsm.errors import DsmError, ProtocolError
+from dsm.errors import ConfigError, DsmError, ProtocolError
 from dsm.keys import ClientKeys, ServerKeys, keys_dir_from, load_client_keys, load_peer_keys
 from dsm.launchers import job_name, placement
 from dsm.layout import Layout
@@ -154,6 +155,7 @@ class Agent:
                       PeerEndpoint(self._ctx, node, directory, listen, advertise, peer_keys,
                                    p.identity(node, self.incarnation)))
         self._direct = False  # the directory's Welcome says
+        self._dynamic = False  # (and whether it runs IVY's dynamic manager)
         # a DEALER per manager shard (dsm/agent/links.py), the coordinator's first: CURVE with
         # this node's key, pinning the directory's (open without keys); a shard that takes no
         # message for NODE_CUT_OFF_S cuts the node off, rather than block the loop forever
@@ -168,8 +170,7 @@ class Agent:
         #: the kernel's answers handled, as the simulator handles them (``dsm/core/kernel.py``)
         self.kernel = KernelCalls(self.memory)
         #: the node's coherence state and decisions (dsm/core): this loop only carries them out
-        self.core = NodeCore(node, self.layout.num_pages, self.page_size,
-                             ReadAhead(READAHEAD_MAX_PAGES), self.tracer, self.stats)
+        self.core = self._new_core(node)
         self.core.direct = self._direct
         self.core.set_shards(self.links.count)  # its requests stop at stripe ends
         self.state = self.core.state  # page -> PageState, for the pages this node holds
@@ -204,6 +205,24 @@ class Agent:
         self._last_report = 0.0
         self._last_overdue_check = 0.0
         self._running = True
+
+    def _new_core(self, node: str) -> NodeCore:
+        """The node core the directory's Welcome calls for: IVY's dynamic manager's
+        (``dsm.core.dynamic``: pages asked of their probable owners at this node's peer
+        endpoint), or the one the other managers share. Never one for the other when asked
+        for the dynamic one: a node without a peer endpoint cannot take part."""
+        readahead = ReadAhead(READAHEAD_MAX_PAGES)
+        if not self._dynamic:
+            return NodeCore(node, self.layout.num_pages, self.page_size, readahead,
+                            self.tracer, self.stats)
+        if self.peers is None:
+            raise ConfigError(f"the directory {self.directory_endpoint} runs the dynamic "
+                              "manager, whose pages travel node to node: node "
+                              f"{node} needs a peer endpoint (not --peer-listen "
+                              f"{NO_PEER_ENDPOINT})")
+        # request numbers from the start time (ns): a later incarnation never reuses one
+        return DynamicNodeCore(node, self.layout.num_pages, self.page_size, readahead,
+                               self.peers.address, time.time_ns(), self.tracer, self.stats)
 
     # --- joining and leaving ---------------------------------------------------------------------
     def _join(self) -> Layout:
@@ -261,6 +280,7 @@ class Agent:
             raise ProtocolError(f"expected Welcome from the directory, got {type(msg).__name__}")
         self.epoch = msg.epoch
         self._direct = msg.direct
+        self._dynamic = msg.dynamic
         # the other manager shards, if any: the same Hello to each (dsm/agent/links.py)
         self.links.join_shards(msg.shards, hello_msg, msg.epoch, CONNECT_TIMEOUT_S,
                                self.tracer, self.link)

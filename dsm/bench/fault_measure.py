@@ -21,6 +21,7 @@ from dsm.bench.common import TRAFFIC_DIRECTIONS, BenchError, Progress, environme
 from dsm.bench.fault_rows import (CURVE_SUFFIX, FLOOR_KEYS, curve_cost, floor_of, new_rows,
                                   row_results)
 from dsm.bench.procs import Processes, Worker, children_of, cpu_ns
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV
 
 #: the measured pages are this far apart (no two of them neighbours)
 SET_STRIDE_PAGES = 2
@@ -57,7 +58,9 @@ class FaultBench:
         self.transport = transport
         self.message_bytes = message_bytes
         self.progress = progress
-        self.rows = new_rows(message_bytes, keyed=keys_dir is not None)
+        # the directories started here run $DSM_MANAGER (``dsm bench --manager`` sets it)
+        self.rows = new_rows(message_bytes, keyed=keys_dir is not None,
+                             manager=os.environ.get(MANAGER_ENV) or DEFAULT_MANAGER.value)
         self.warnings: list[str] = []
         rng = random.Random(seed)
         # one set of pages per measurement, each visited in random order, every other page (two
@@ -163,7 +166,11 @@ class FaultBench:
         # home: A writes, C reads (the directory fetches it and keeps the home copy)
         self._touch(a, s["home"], write=True, value=v["home"])
         self._touch(c, s["home"], expect=v["home"])
-        # owned: A writes and keeps it
+        # owned: A writes and keeps it; B read it once before A's last write (its copy
+        # invalidated): under the dynamic manager B knows A as the owner and asks it straight
+        # (2 hops), the others' directories fetch it from A as before (3 hops)
+        self._touch(a, s["owned"], write=True, value=v["owned"] - 1)
+        self._touch(b, s["owned"], expect=v["owned"] - 1)
         self._touch(a, s["owned"], write=True, value=v["owned"])
         # upgrade: A writes, B and C read: all three hold read copies
         self._touch(a, s["upgrade"], write=True, value=v["upgrade"])

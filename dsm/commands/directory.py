@@ -24,7 +24,8 @@ from dsm.units import check_home_copy, check_region, format_size, parse_size
 LISTEN_ENV = "DSM_LISTEN"
 DEFAULT_LISTEN = "tcp://0.0.0.0:7400"
 #: the managers that run one directory process
-ONE_DIRECTORY_MANAGERS = (Manager.RELAY.value, Manager.CENTRAL.value)
+ONE_DIRECTORY_MANAGERS = (Manager.RELAY.value, Manager.CENTRAL.value,
+                          Manager.DYNAMIC.value)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="serve Prometheus metrics over HTTP on this port (shard I of a "
                              "one-host manager: PORT+I)")
     shards = parser.add_argument_group(
-        "managers", "IVY's managers: 'relay' and 'central' run one directory; 'distributed' "
+        "managers", "IVY's managers: 'relay', 'central' and 'dynamic' run one directory; "
+                    "'distributed' "
                     "splits the pages among K shards (stripes of 256 pages), shard 0 being "
                     "also the coordinator (membership, allocations, locks, barriers, lost pages)")
     shards.add_argument("--manager", choices=[m.value for m in Manager], default=None,
@@ -64,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "shard): 'relay' moves every page through the directory (nodes need "
                              "no reachable address: NAT); 'central' knows owners and copy sets "
                              "and has pages sent node to node; 'distributed' is central split "
-                             "over shards")
+                             "over shards; 'dynamic' has each node ask a page's probable "
+                             "owner, node to node, with the directory off the fault's path "
+                             "(no release-consistency arrays)")
     shards.add_argument("--shards", type=_count, default=None, metavar="K",
                         help=f"run K shards on this host: this process is shard 0 and starts "
                              f"shards 1..K-1 on ports P+1..P+K-1 of --listen's port P (env "

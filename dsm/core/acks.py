@@ -66,6 +66,10 @@ class AwaitedAcks:
         held = self._held.get(key)
         return set(held[2]) if held is not None else set()
 
+    def waiting_on(self, holder: str) -> list[Key]:
+        """The kept grants that still wait for ``holder`` (it died: its copies with it)."""
+        return [key for key, (_, _, waiting) in self._held.items() if holder in waiting]
+
     def runs(self) -> list[tuple[int, int]]:
         """The runs granted that await acknowledgements, as (first, count)."""
         return [(g.page, g.count) for g, _, _ in self._held.values()]

@@ -14,7 +14,8 @@ What it decides, besides what ``KernelCalls`` does about the kernel's answers:
   the directory, later in the list, becomes a ``Fetched(DATA)`` with the pages, as if the peer
   had been unreachable from the start (rewritten at once: what is left after a pause says so);
   an acknowledgement (``Invalidated``) that cannot reach its requester goes to the directory,
-  which forwards it;
+  which forwards it, and so do the dynamic manager's node-to-node messages (``relay_to``: the
+  directory relays them);
 - the waiters of an ``Install`` woken by the install's own copy are not woken again, nor those
   of an ``Upgrade`` that its lift of the protection woke (where their process maps the pages).
 
@@ -146,8 +147,8 @@ class ActionRunner:
         if a.peer is None:
             self.transport.send(a.message, data)
         elif not self.transport.send_peer(a.peer, a.message, data):
-            if type(a.message) is p.Invalidated:  # the directory forwards it to the requester
-                self.transport.send(a.message, None)
+            if type(a.message) in p.RELAYED_MESSAGES:  # the directory relays it to the peer
+                self.transport.send(p.replace(a.message, relay_to=a.peer[0]), data)
             else:
                 self._send_home_instead(carrying, a.message.txn)
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from dsm import protocol as p
 from dsm.core.actions import Action
+from dsm.core.dynamic import DynamicNodeCore
 from dsm.core.node import NodeCore
 
 #: ``(message, page data) -> the core's actions``
@@ -19,8 +20,9 @@ def core_handlers(core: NodeCore, now: Callable[[], float],
                   ) -> dict[type, Handler]:
     """``now``: the clock (the requests' deadlines); ``reachable(msg)``: whether the requester
     a Fetch or an Invalidate names (``to_node``) can be reached at an address (the peer
-    endpoint's answer)."""
-    return {
+    endpoint's answer). A dynamic manager's core (``dsm.core.dynamic``) takes its own messages
+    too."""
+    handlers: dict[type, Handler] = {
         p.Grant: lambda m, d: core.grant(m, d, now()),
         p.Lost: lambda m, d: core.lost(m, now()),
         p.Fetch: lambda m, d: core.fetch(m, reachable(m)),
@@ -31,7 +33,10 @@ def core_handlers(core: NodeCore, now: Callable[[], float],
         p.Withdrawn: lambda m, d: core.withdrawn(m),
         p.DiffApplied: lambda m, d: core.diff_applied(m),
     }
+    if isinstance(core, DynamicNodeCore):
+        handlers.update(core.handlers(now))
+    return handlers
 
 
 #: the messages whose runs of pages the receiver checks against its region first
-CHECKED_RUNS = (p.Grant, p.Lost, p.Fetch, p.Invalidate, p.Invalidated)
+CHECKED_RUNS = (p.Grant, p.Lost, p.Fetch, p.Invalidate, p.Invalidated, p.Served)

@@ -9,7 +9,9 @@ new one), while the memory stays valid for the nodes that still hold it; the dir
 
 The pages of a freed release-consistency array are never handed out again (``retired``): a node
 may keep a stale copy of such a page mapped until its next acquire, and a new array placed there
-would read the old array's bytes instead of zeros. Their home copies are still cleared.
+would read the old array's bytes instead of zeros. Their home copies are still cleared. Under
+the dynamic manager every freed array's pages are retired (``retire_freed``): their owners and
+the copies they handed out keep them, and no directory transaction zeroes them.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Allocations:
         self._free: list[list[int]] = [[0, layout.size]]
         #: bytes of freed release-consistency arrays, never handed out again (module docstring)
         self.retired_bytes = 0
+        #: every freed array's pages are retired, not only release-consistency ones' (the
+        #: dynamic manager's: module docstring)
+        self.retire_freed = False
         #: per region page, whether a release-consistency array holds it (asked at every
         #: acquire: a lookup, not a search)
         self._release_pages = np.zeros(layout.num_pages, dtype=bool)
@@ -138,7 +143,8 @@ class Allocations:
 
     def reclaim(self, alloc: Allocation) -> None:
         """``alloc``'s memory is no longer used by anyone: it goes back to the free runs (a
-        release-consistency array's is retired instead, see the module docstring)."""
+        release-consistency array's, or any under ``retire_freed``, is retired instead, see the
+        module docstring)."""
         if self._by_name.get(alloc.name) is alloc:
             del self._by_name[alloc.name]
         i = bisect.bisect_left(self._offsets, alloc.offset)
@@ -146,7 +152,7 @@ class Allocations:
             return
         del self._offsets[i], self._by_offset[i]
         rounded = self._rounded(alloc.nbytes)
-        if alloc.release:
+        if alloc.release or self.retire_freed:
             self.retired_bytes += rounded
             return
         j = bisect.bisect_left([r[0] for r in self._free], alloc.offset)

@@ -37,6 +37,7 @@ from dsm import protocol as p
 from dsm.core.shards import shard_of
 from dsm.directory.allocations import Allocations
 from dsm.directory.pages import OnLoss, PageDirectory, Send, page_handlers
+from dsm.directory.pages.dynamic import DynamicPages
 from dsm.directory.programs import ProgramRequests
 from dsm.directory.requests import ArrayRequests
 from dsm.directory.sessions import Sessions, new_random_id
@@ -92,6 +93,11 @@ class Directory:
             layout, self.tracer, on_loss, self.allocations.locate_page, clock=clock,
             direct=self.manager.direct, migratory=migratory,
             is_release=self.allocations.is_release)
+        #: IVY's dynamic manager's side of the pages (``dsm/directory/pages/dynamic.py``): its
+        #: messages, a death's gather, what it refuses; None under the other managers. Its
+        #: owners keep a freed array's pages: their addresses are never reused
+        self.dynamic = DynamicPages(self.pages) if self.manager is Manager.DYNAMIC else None
+        self.allocations.retire_freed = self.dynamic is not None
         #: locks, barriers and write notices (``syncrequests.py``): their table, and the notices
         self.syncreq = SyncRequests(layout, clock, self._carry_guarded)
         self.sync, self.notices = self.syncreq.sync, self.syncreq.notices
@@ -138,6 +144,8 @@ class Directory:
             p.ArraysQuery: lambda n, m, d: self.programs.arrays(n, m),
             p.Atomic: lambda n, m, d: self.programs.atomic(n, m),
             p.Collective: lambda n, m, d: self.programs.collective(n, m),
+            # the dynamic manager's messages, and what it refuses (dsm/directory/pages/dynamic.py)
+            **(self.dynamic.service_handlers(r.on_alloc) if self.dynamic else {}),
         }
 
     @property
@@ -308,7 +316,8 @@ class Directory:
             return []
         lay = self.layout
         welcome = p.Welcome(lay.base, lay.size, lay.page_size, self.sessions.epoch,
-                            self.tracer.now_ns(), self.pages.direct, self.role.welcome_shards())
+                            self.tracer.now_ns(), self.pages.direct, self.role.welcome_shards(),
+                            dynamic=self.dynamic is not None)
         old = self.sessions.get(node)
         if old is not None and old.identity == identity:  # a repeated Hello: answer it again
             return [Send(node, welcome)]
@@ -366,7 +375,7 @@ class Directory:
     def _node_gone(self, node: str, how: str) -> list[Send]:
         """``node`` left or died (``how``): what it held, waited for and was part of."""
         self.node_reports.forget(node)
-        out = self.pages.node_lost(node) + self.programs.node_gone(node, how)
+        out = (self.dynamic or self.pages).node_lost(node) + self.programs.node_gone(node, how)
         if bugs.ACTIVE == bugs.KEEP_DEAD_LOCKS:  # the bug switch (dsm/bugs.py): locks kept
             return out
         return out + self.syncreq.gone(node)

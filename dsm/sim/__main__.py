@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads per node")
     parser.add_argument("--ops", type=int, default=12, help="operations per thread")
     parser.add_argument("--deaths", type=int, default=0, help="nodes that may be killed")
-    parser.add_argument("--manager", choices=("relay", "central", "distributed"), default="relay",
-                        help="pages through the directory (relay) or node to node (central)")
+    parser.add_argument("--manager", choices=("relay", "central", "distributed", "dynamic"),
+                        default="relay",
+                        help="pages through the directory (relay) or node to node (central); "
+                             "dynamic: IVY's dynamic distributed manager (probable owners)")
     parser.add_argument("--bands", action="store_true",
                         help="threads read runs of pages, then write them (read-ahead, upgrades)")
     parser.add_argument("--shards", type=int, default=1,

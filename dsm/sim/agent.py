@@ -274,8 +274,9 @@ class SimTransport:
             for shard, pages in by_shard.items():
                 world._send(self.node.name, shard, p.Discard(pages), None)
             return
-        shard = (world._shard_names[0] if isinstance(msg, rc.SYNC_MESSAGES)
-                 else world._shard_of(msg.page))
+        page = getattr(msg, "page", None)  # (an OwnedPages names none: one directory)
+        shard = (world._shard_names[0] if isinstance(msg, rc.SYNC_MESSAGES) or page is None
+                 else world._shard_of(page))
         world._send(self.node.name, shard, msg, bytes(data) if data is not None else None)
 
     def send_peer(self, peer: tuple[str, str], msg: p.Message, data: Any) -> bool:

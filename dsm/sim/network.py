@@ -186,6 +186,8 @@ class NetworkSimulation:
             # it installed and wrote them (under every manager)
             self.lost_locations.update(range(first * SLOTS_PER_PAGE,
                                              (first + count) * SLOTS_PER_PAGE))
+        for page in getattr(node.core, "owned", ()):  # the dynamic manager's: owned, shared
+            self.lost_locations.update(range(page * SLOTS_PER_PAGE, (page + 1) * SLOTS_PER_PAGE))
         others = [n for n in self.nodes.values() if n.alive]
         for page, st in node.core.state.items():
             if self.is_release(page):
@@ -205,7 +207,8 @@ class NetworkSimulation:
         lost, and so may those it granted for writing (the directory cannot tell whether the
         dead node wrote them)."""
         if (isinstance(msg, (p.Fetched, p.Writeback, p.Drop)) and msg.payload == p.Payload.DATA
-                or isinstance(msg, (p.Grant, p.PeerPage)) and msg.write):
+                or isinstance(msg, (p.Grant, p.PeerPage)) and msg.write
+                or isinstance(msg, p.Served) and msg.owner):  # (the dynamic manager's ownership)
             self.lost_locations.update(range(msg.page * SLOTS_PER_PAGE,
                                              (msg.page + msg.count) * SLOTS_PER_PAGE))
 

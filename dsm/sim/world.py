@@ -19,6 +19,10 @@ invariants:
   sequential consistency itself), or fails loudly (a lost page), never an older value or zeros;
 - nothing hangs: once no message is in flight, every live thread has finished.
 
+With ``manager="dynamic"`` the nodes run IVY's dynamic distributed manager (their cores
+``dsm.core.dynamic``, the directory's side ``dsm.directory.pages.dynamic``): requests travel
+along probable owners, and a death is settled by a gather.
+
 With ``release_pages=K`` the first K pages are release-consistency pages (``dsm.sim.release``):
 data-race-free programs with locks and barriers run on them, each read checked against the last
 write before it in the schedule (DRF-SC), copies there may be stale until an acquire.
@@ -46,6 +50,7 @@ from dsm.core.states import OWNED
 from dsm.directory.machine import Directory
 from dsm.directory.pages import OnLoss, PageDirectory
 from dsm.directory.shard.role import Role
+from dsm.core.dynamic import DynamicNodeCore
 from dsm.layout import Layout
 from dsm.managers import Manager
 from dsm.sim import programs
@@ -69,6 +74,8 @@ REPORT_STEPS = 60
 MAX_STEPS_PER_OP = 200
 #: simulated seconds per step of the schedule (the sessions' timers count them)
 STEP_S = 0.001
+#: IVY's dynamic distributed manager (``dsm.core.dynamic``, ``dsm.directory.pages.dynamic``)
+DYNAMIC = Manager.DYNAMIC.value
 
 
 class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimulation):
@@ -94,8 +101,13 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.manager = manager
         #: nodes hand pages back now and then (unmaps, leaves)
         self.give_backs = give_backs
+        #: IVY's dynamic distributed manager: requests along the probable owners
+        self.dynamic = manager == DYNAMIC
+        if self.dynamic and (shards != 1 or release_pages or direct is False):
+            raise ValueError("the dynamic manager runs with one directory, no release pages "
+                             "and pages node to node")
         # pages node to node: as the manager does, unless told (the cores support it sharded)
-        direct = Manager(manager).direct if direct is None else direct
+        direct = (True if self.dynamic else Manager(manager).direct) if direct is None else direct
         #: pages from 0 up to this one are release-consistency pages, the others sequential
         self.release_pages = release_pages
         #: the manager's shards (one: the central or relay manager), by their network names
@@ -119,6 +131,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                          for k, (name, d) in enumerate(self.directories.items())}
         for m in self.machines.values():
             m.sessions.epoch = SIM_EPOCH  # a seed replays exactly
+        #: the directory's side of the dynamic manager, the first shard's machine's own
+        self.dynamic_pages = self.machines[self._shard_names[0]].dynamic
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
         self.coordinator = self.machines[self._shard_names[0]].syncreq
         self._programs = (programs.drf_programs(
@@ -166,7 +180,9 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             name = f"n{i}"
             node = SimNode(name, None)  # type: ignore[arg-type]
             node.maps_whole(self.layout.size)
-            node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES))
+            node.core = (DynamicNodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES),
+                                         f"sim://{name}", 0) if self.dynamic else
+                         NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES)))
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
             self._wire_agent(node)  # its agent: the real one's tables and runner

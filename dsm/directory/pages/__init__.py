@@ -63,7 +63,9 @@ The package's modules, each owning one thing:
 - ``transactions``: the page entries and the transactions on them, from a request's start to
   its grant (``PageTransactions``);
 - ``inputs``: the messages in, node arrival and loss (``PageDirectory``, built on the former);
-- ``loss``: the pages a death lost, and what a request for one is told (``LostPages``).
+- ``loss``: the pages a death lost, and what a request for one is told (``LostPages``);
+- ``dynamic``: the directory's side of IVY's dynamic distributed manager (``DynamicPages``:
+  requests along probable owners, and the gathers that settle owners after a death).
 """
 
 from dsm.directory.pages.inputs import PageDirectory, page_handlers

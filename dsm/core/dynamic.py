@@ -1,0 +1,505 @@
+"""The node's side of IVY's dynamic distributed manager (``--manager dynamic``; Li and Hudak
+1989): every node keeps a probable owner per page and asks it directly; a node that does not own
+the page forwards the request along its own hint; the owner serves it straight to the requester.
+No manager on a fault's path: the directory is the home of untouched pages, the hint of a node
+that knows nothing better, and the fallback that repairs chains through a dead node
+(docs/architecture.md, "The dynamic distributed manager").
+
+``DynamicNodeCore`` is the node core (``dsm.core.node``) with requests sent to probable owners
+instead of the directory, and the owner's duties added: its copy set, the requests it has
+served, the one transfer of each page it lets be in flight. Release-consistency pages are asked
+of the directory as before (their home): it answers them with a ``Grant``, so their hint never
+changes. Requests name one page: the pages of a read-ahead run may have as many owners.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from dsm import protocol as p
+from dsm.core.actions import Action, Protect, Punch, Send
+from dsm.core.node import NodeCore, Pending, Waiter
+from dsm.core.release import RELEASE
+from dsm.core.states import PageState
+
+log = logging.getLogger(__name__)
+
+#: a peer: (node name, peer endpoint)
+Peer = tuple[str, str]
+#: the states of release-consistency pages: given back to their home as by any node core
+RELEASE_STATES = (*RELEASE, PageState.PRIVATE)
+#: the latest gathers a Taken names (a gather stays open for a round trip to every live node:
+#: older ones are long closed)
+ANSWERED_GATHERS_TOLD = 8
+
+
+@dataclass
+class Ownership:
+    """What this node knows as a page's owner."""
+
+    #: the nodes holding read copies, with their peer endpoints (each acknowledges to the writer)
+    copyset: dict[str, str] = field(default_factory=dict)
+    #: the last request of each node served for the page: ownership carries it, so that a
+    #: request re-sent after a death is never served twice
+    served: dict[str, int] = field(default_factory=dict)
+    #: a read copy sent and not confirmed yet (requester, request): the next request waits, so
+    #: that no later writer's Invalidate overtakes the copy
+    busy: tuple[str, int] | None = None
+    #: this node's own upgrade, awaiting its copies' acknowledgements (its request)
+    upgrading: int | None = None
+    #: ownership's version (``Served.version``): one more at every transfer
+    version: int = 0
+
+
+class DynamicNodeCore(NodeCore):
+    def __init__(self, node: str, num_pages: int, page_size: int, readahead: Any, addr: str,
+                 first_req: int, tracer: Any = None, stats: Any = None):
+        """``addr``: this node's peer endpoint (requesters and writers are answered there);
+        ``first_req``: its first request number (the agent passes its start time in ns, so
+        that a later incarnation of the same name never reuses one)."""
+        super().__init__(node, num_pages, page_size, readahead, tracer, stats)
+        self.direct = True
+        self.addr = addr
+        #: page -> probable owner; absent: the directory
+        self.hint: dict[int, Peer] = {}
+        self.owned: dict[int, Ownership] = {}
+        #: ownership sent and not confirmed yet: page -> (new owner, its request). Reported to
+        #: the directory at a death as owned here: it is owned by a live node either way
+        self.handing: dict[int, tuple[str, int, int]] = {}  # (new owner, request, version)
+        #: page -> the last version of it handed on and confirmed (reported at a gather: the
+        #: newest version tells whether the page lives)
+        self.passed: dict[int, int] = {}
+        #: requests that wait for this node: it owns the page and a transfer is in flight, or
+        #: its own write request is out (it is about to own the page)
+        self.queued: dict[int, deque[p.PageRequest]] = {}
+        #: nodes the directory declared dead: nothing from them is taken any more
+        self.dead: set[str] = set()
+        #: page -> the number of this node's request out for it
+        self.req_of: dict[int, int] = {}
+        self._next_req = first_req
+        #: node -> the last request of each (page, requester) forwarded to it: re-sent to the
+        #: directory if it dies (it may have died before handling them)
+        self.forwarded: dict[str, dict[tuple[int, str], p.PageRequest]] = {}
+        #: the gathers (``OwnerDead``) this node has answered, in order
+        self.answered: list[int] = []
+        #: gather -> {page: the node it was handed to}, taken by a node that had answered the
+        #: gather, this node not yet: reported to it as on its way (the taker did not report it)
+        self.late: dict[int, dict[int, tuple[str, int]]] = {}
+
+    def handlers(self, now: Callable[[], float]) -> dict[type, Callable[[Any, Any], list[Action]]]:
+        """The dynamic manager's messages, for ``dsm.core.inputs.core_handlers``."""
+        return {
+            p.PageRequest: lambda m, d: self.page_request(m, now()),
+            p.Served: lambda m, d: self.served(m, d, now()),
+            p.Taken: lambda m, d: self.taken(m, now()),
+            p.OwnerDead: lambda m, d: self.owner_dead(m, now()),
+        }
+
+    # --- this node's requests ------------------------------------------------------------------
+    def _request(self, page: int, window: int, write: bool, waiters: list[Waiter],
+                 stream: Hashable | None, now: float, untouched: int = 1) -> list[Action]:
+        """Ask the page's probable owner (one page: see the module's docstring)."""
+        self.pending[page] = Pending(page, 1, write, now, stream, waiters)
+        req = self.req_of[page] = self._new_req()
+        self.stats.count("requests")
+        if self._tracing:
+            self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
+                        "write" if write else "read", count=1, to=self._hint_name(page))
+        have_copy = self.state.get(page) is PageState.SHARED  # a write to a read copy
+        return [self._to_hint(p.PageRequest(req, page, write, self.node, self.addr,
+                                            have_copy=have_copy))]
+
+    def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
+        return []  # no read-ahead yet: a run's pages may have as many owners
+
+    def _request_upgrade(self, page: int, window: int, waiter: Waiter, now: float
+                         ) -> list[Action]:
+        """A write to a read copy: the owner invalidates its copy set itself (no request
+        leaves the node but the Invalidates); any other node asks the owner for ownership."""
+        own = self.owned.get(page)
+        if own is None:
+            return self._request(page, 1, True, [waiter], None, now)
+        self.pending[page] = Pending(page, 1, True, now, None, [waiter])
+        req = self.req_of[page] = self._new_req()
+        mine = p.PageRequest(req, page, True, self.node, self.addr)
+        if own.busy is not None or own.upgrading is not None:  # after the transfer in flight
+            self.queued.setdefault(page, deque()).append(mine)
+            return []
+        return self._upgrade_owned(page, req, own, now)
+
+    def _new_req(self) -> int:
+        self._next_req += 1
+        return self._next_req
+
+    def _to_hint(self, msg: p.PageRequest) -> Send:
+        hint = self.hint.get(msg.page)
+        return Send(msg) if hint is None else Send(msg, peer=hint)
+
+    def _hint_name(self, page: int) -> str:
+        hint = self.hint.get(page)
+        return hint[0] if hint is not None else "directory"
+
+    # --- requests that reach this node ---------------------------------------------------------
+    def page_request(self, msg: p.PageRequest, now: float) -> list[Action]:
+        """Serve it (the owner), queue it (a transfer of the page is in flight here, or this
+        node is about to own it), or forward it along this node's hint."""
+        if msg.requester in self.dead:
+            return []
+        page = msg.page
+        if msg.requester == self.node and self.req_of.get(page) != msg.req:
+            return []  # a copy of a request of its own answered already (re-sent at a death)
+        own = self.owned.get(page)
+        pend = self.pending.get(page)
+        if own is not None:
+            if own.busy is not None or own.upgrading is not None:
+                self.queued.setdefault(page, deque()).append(msg)
+                return []
+            return self._serve(msg, own, now)
+        if pend is not None and pend.write and msg.requester != self.node:
+            # Li and Hudak's locked page table entry: this node's write makes it the owner
+            self.queued.setdefault(page, deque()).append(msg)
+            return []
+        return self._forward(msg)
+
+    def _forward(self, msg: p.PageRequest) -> list[Action]:
+        if msg.requester == self.node and msg.hops:
+            # its own request came back: the hints went round a cycle (a writer they named
+            # never became the owner: its request was answered Lost). The directory knows
+            self.hint.pop(msg.page, None)
+        fwd = p.replace(msg, hops=msg.hops + 1)
+        out = [self._to_hint(fwd)]
+        hint = self.hint.get(msg.page)
+        if hint is not None and msg.requester != self.node:
+            # kept until that node is known alive or dead: at its death, re-sent to the
+            # directory (the requester may have re-sent its own requests before this node
+            # forwarded it to the dead node)
+            self.forwarded.setdefault(hint[0], {})[msg.page, msg.requester] = fwd
+        # No path compression (Li and Hudak move the hint to a forwarded writer, who will be
+        # the owner): requests are re-sent at deaths, and a stale copy would point the hint
+        # at a node that never becomes the owner from it, which can close a cycle of hints
+        # between two nodes whose writes are out, each queueing the other's request. A hint
+        # moves only to a node that owned the page after the one it named (it served, was
+        # handed ownership, or invalidated): following hints reaches the owner.
+        self.stats.count("forwards")
+        if self._tracing:
+            self._trace(msg.page, "FORWARD", msg.requester, "", "", count=1,
+                        to=self._hint_name(msg.page), hops=msg.hops + 1)
+        return out
+
+    def _serve(self, msg: p.PageRequest, own: Ownership, now: float) -> list[Action]:
+        page, requester = msg.page, msg.requester
+        if requester == self.node:  # its own upgrade, queued behind a transfer
+            return self._upgrade_owned(page, msg.req, own, now) if msg.write else []
+        if own.served.get(requester, 0) >= msg.req:  # re-sent after a death, served already
+            return []
+        own.served[requester] = msg.req
+        st = self.state.get(page)
+        # local writers stopped first: what is sent is what stays
+        out: list[Action] = [Protect(page, 1)] if st is PageState.EXCLUSIVE else []
+        to = (requester, msg.reply_to)
+        self.stats.count("pages_out")
+        if not msg.write:
+            self.state[page] = PageState.SHARED
+            self._unwritten.discard(page)
+            own.copyset[requester] = msg.reply_to
+            own.busy = (requester, msg.req)
+            self.stats.count("downgrades")
+            out.append(Send(p.Served(msg.req, page, 1, False, p.Payload.DATA, self.node,
+                                     self.addr), pages=(page, 1), peer=to))
+            self._trace_serve(page, st, msg)
+            return out
+        # (a copy given up since is still in the copy set: the requester says whether it holds one)
+        has_copy = msg.have_copy and requester in own.copyset
+        others = sorted((n, a) for n, a in own.copyset.items() if n != requester)
+        # gone from here before the requester can have it
+        out.append(Punch(page, 1, keep=not has_copy))
+        out.append(Send(p.Served(msg.req, page, 1, True,
+                                 p.Payload.NONE if has_copy else p.Payload.DATA, self.node,
+                                 self.addr, others, sorted(own.served.items()), own.version + 1),
+                        pages=None if has_copy else (page, 1), peer=to))
+        del self.owned[page]
+        self.state.pop(page, None)
+        self._unwritten.discard(page)
+        self.handing[page] = (requester, msg.req, own.version + 1)
+        self.hint[page] = to
+        self.stats.count("invalidations")
+        self._trace_serve(page, st, msg)
+        queue = self.queued.get(page)
+        if queue and any(m.requester == self.node for m in queue):
+            # this node's own write, queued behind the transfer: out to the new owner first,
+            # then the others wait here for the ownership it brings back (Li and Hudak's lock)
+            self.queued[page] = deque(m for m in queue if m.requester != self.node)
+            out += [self._to_hint(m) for m in queue if m.requester == self.node]
+        return out + self._drain(page, now)  # what waited here goes on to the new owner
+
+    def _trace_serve(self, page: int, old: PageState | None, msg: p.PageRequest) -> None:
+        if self._tracing:
+            self._trace(page, "SERVE", self.node, _name(old), _name(self.state.get(page)),
+                        count=1, to=msg.requester, write=msg.write, hops=msg.hops)
+
+    def _drain(self, page: int, now: float) -> list[Action]:
+        """The requests queued for ``page`` that can go now: served, or forwarded."""
+        queue = self.queued.get(page)
+        out: list[Action] = []
+        while queue:
+            own = self.owned.get(page)
+            if own is not None and (own.busy is not None or own.upgrading is not None):
+                break
+            pend = self.pending.get(page)
+            if own is None and pend is not None and pend.write and page in self.req_of:
+                break  # still about to own it
+            out += self.page_request(queue.popleft(), now)
+        if not queue:
+            self.queued.pop(page, None)
+        return out
+
+    # --- becoming the owner, and upgrades ------------------------------------------------------
+    def _upgrade_owned(self, page: int, req: int, own: Ownership, now: float) -> list[Action]:
+        """This node owns ``page`` and writes it: its copies are invalidated first."""
+        return self._invalidate_copies(page, req, own, p.Payload.NONE, None, now)
+
+    def _invalidate_copies(self, page: int, req: int, own: Ownership, payload: p.Payload,
+                           data: Any, now: float) -> list[Action]:
+        """Send each copy holder an Invalidate naming this node; install (``payload``,
+        ``data``) once every one has acknowledged (straight away with none)."""
+        holders = sorted((n, a) for n, a in own.copyset.items() if n != self.node)
+        own.copyset.clear()
+        grant = p.Grant(page, 1, True, payload, txn=req, acks=[n for n, _ in holders])
+        if not holders:
+            return self._grant_acked(grant, data, now)
+        own.upgrading = req
+        out: list[Action] = [Send(p.Invalidate(req, page, 1, self.node, self.addr), peer=h)
+                             for h in holders]
+        if self.acks.granted((req, page), grant, data):  # (never: nobody else names req)
+            out += self._grant_acked(grant, data, now)
+        return out
+
+    def _grant_acked(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        """Every copy is gone: install (or lift the protection), then serve what waited. No
+        confirmation to the directory: it is not in the transaction."""
+        page = msg.page
+        self._remember_answered((msg.txn, page))
+        if self.req_of.get(page) == msg.txn:
+            del self.req_of[page]
+        own = self.owned.get(page)
+        if own is not None:
+            own.upgrading = None
+        if page not in self.pending:  # ownership nobody here waits for any more: taken all the same
+            self.pending[page] = Pending(page, 1, True, now, None)
+        return self._install(msg, data, now) + self._drain(page, now)
+
+    # --- answers to this node's requests -------------------------------------------------------
+    def served(self, msg: p.Served, data: Any, now: float) -> list[Action]:
+        """A read copy (installed, then confirmed: the owner serves the next request only
+        then), or ownership (always taken: nobody else owns the page now; its copies are
+        invalidated before it is used)."""
+        if msg.sender in self.dead:
+            return []
+        page = msg.page
+        ours = page in self.pending and self.req_of.get(page) == msg.req
+        back = (msg.sender, msg.sender_addr) if msg.sender else None
+
+        def taken(installed: bool) -> Send:
+            return Send(p.Taken(msg.req, page, self.node, installed,
+                                list(self.answered[-ANSWERED_GATHERS_TOLD:])), peer=back)
+
+        if not msg.owner:
+            if not ours:  # a read copy nobody here waits for: never installed unseen
+                return [taken(False)]
+            del self.req_of[page]
+            if back is not None:
+                self.hint[page] = back
+            return self._install(p.Grant(page, 1, False, msg.payload), data, now) + [taken(True)]
+        if ours:
+            del self.req_of[page]
+        else:
+            log.warning("ownership of page %d came from %s unasked for: taken", page,
+                        msg.sender or "the directory")
+        self.hint.pop(page, None)
+        own = self.owned[page] = Ownership(
+            {n: a for n, a in msg.copyset if n != self.node and n not in self.dead},
+            dict(msg.served))  # (a dead holder's copy died with it: no acknowledgement comes)
+        own.served[self.node] = msg.req
+        own.version = msg.version
+        return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data, now)
+
+    def taken(self, msg: p.Taken, now: float) -> list[Action]:
+        """A requester confirmed what this node sent it."""
+        page = msg.page
+        own = self.owned.get(page)
+        if own is not None and own.busy == (msg.requester, msg.req):
+            own.busy = None
+            if not msg.installed:
+                own.copyset.pop(msg.requester, None)
+            return self._drain(page, now)
+        handing = self.handing.get(page)
+        if handing is not None and handing[:2] == (msg.requester, msg.req):
+            del self.handing[page]
+            self.passed[page] = handing[2]
+            done = set(self.answered)
+            for gather in msg.answered:
+                if gather not in done:  # reported by nobody but here
+                    self.late.setdefault(gather, {})[page] = (msg.requester, handing[2])
+        return []
+
+    def invalidate(self, msg: p.Invalidate, reachable: Callable[[str], bool] = lambda a: True
+                   ) -> list[Action]:
+        """As any node core; the writer it names is the pages' probable owner from now on."""
+        if msg.to_node and msg.to_node != self.node:
+            for q in range(msg.page, msg.page + msg.count):
+                if q not in self.owned:
+                    self.hint[q] = (msg.to_node, msg.to_addr)
+        out = super().invalidate(msg, reachable)
+        if msg.to_node:  # a writer it cannot reach: the directory relays (it knows no txn)
+            out = [Send(p.replace(a.message, relay_to=msg.to_node))
+                   if isinstance(a, Send) and a.peer is None
+                   and isinstance(a.message, p.Invalidated) else a for a in out]
+        return out
+
+    def lost(self, msg: p.Lost, now: float) -> list[Action]:
+        """As any node core; what waited here for the lost pages goes to the directory."""
+        out = super().lost(msg, now)
+        for q in range(msg.page, msg.page + msg.count):
+            self.req_of.pop(q, None)
+            self.hint.pop(q, None)
+            out += self._drain(q, now)
+        return out
+
+    # --- giving pages back ---------------------------------------------------------------------
+    def discard(self, pages: list[int]) -> list[Action]:
+        """Pages a workload removed (MADV_REMOVE): zeros everywhere where this node owns the
+        page, as the owner's write of zeros: its copies are invalidated (each holder
+        acknowledges to nobody waiting: the acknowledgements are taken as late) and the page,
+        punched here, goes to the directory as an unmap hands it, zeros with no copy set. A
+        read copy is only dropped: this node cannot discard what it does not own without a
+        request this manager has not (the owner's contents stay, logged as refused); so is an
+        owned page whose transfer is in flight (kept, and logged)."""
+        out: list[Action] = []
+        refused = []
+        for page in pages:
+            own = self.owned.get(page)
+            if (own is None or page in self.pending or own.busy is not None
+                    or own.upgrading is not None or self.queued.get(page)):
+                refused.append(page)
+                continue
+            holders = sorted((n, a) for n, a in own.copyset.items() if n != self.node)
+            if holders:
+                txn = self._new_req()
+                self._remember_answered((txn, page))  # (their acknowledgements: late)
+                out += [Send(p.Invalidate(txn, page, 1, self.node, self.addr), peer=h)
+                        for h in holders]
+                own.copyset.clear()
+        if refused:
+            log.error("node %s: MADV_REMOVE of %d page(s) this node does not own (or whose "
+                      "transfer is in flight) is no cluster-wide discard under the dynamic "
+                      "manager: their copies here are dropped, the owners' contents stay",
+                      self.node, len(refused))
+        self.stats.count("discards", len(pages))
+        return out + self.give_back(pages)
+
+    def give_back(self, pages: list[int]) -> list[Action]:
+        """Hand pages back (an unmap, a leave). An owned page's ownership goes to the directory
+        (a ``Served`` to it) with the contents, the copy set and the requests served: the read
+        copies stay valid, and the next owner invalidates them. A read copy is dropped here
+        without a word: the owner's copy set still names this node, and its invalidation is
+        acknowledged all the same. Release pages as any node core. An owned page with a
+        transfer in flight or requests queued is kept: handing it away now would let a later
+        writer's invalidation overtake the copy in flight."""
+        release = [q for q in pages if self.state.get(q) in RELEASE_STATES]
+        out = super().give_back(release) if release else []
+        for page in pages:
+            st = self.state.get(page)
+            if page in self.pending or st in RELEASE_STATES:
+                continue
+            own = self.owned.get(page)
+            if own is not None:
+                if own.busy is not None or own.upgrading is not None or self.queued.get(page):
+                    continue
+                out += [Protect(page, 1), Punch(page, 1, keep=True),
+                        Send(p.Served(0, page, 1, True, p.Payload.DATA, self.node, self.addr,
+                                      sorted(own.copyset.items()), sorted(own.served.items()),
+                                      own.version + 1), pages=(page, 1))]
+                self.passed[page] = own.version + 1  # (the directory has it before any report)
+                del self.owned[page]
+                self.hint.pop(page, None)  # the directory owns it
+                self.stats.count("writebacks")
+            elif st is PageState.SHARED:
+                out.append(Punch(page, 1))
+            else:
+                continue
+            del self.state[page]
+            self._unwritten.discard(page)
+            self.stats.count("givebacks")
+            if self._tracing:
+                self._trace(page, "GIVEBACK", self.node, _name(st), "invalid", count=1)
+        return out
+
+    # --- deaths, time --------------------------------------------------------------------------
+    def owner_dead(self, msg: p.OwnerDead, now: float) -> list[Action]:
+        """``msg.node`` is dead: forget it everywhere, tell the directory what this node owns,
+        then ask the directory again for every page awaited (the request may have died on a
+        chain through the dead node; ownership's ``served`` drops a duplicate)."""
+        dead = msg.node
+        if dead:  # (none: the directory lost track of an owner and asks who owns what)
+            self.dead.add(dead)
+        for page in [q for q, (n, _) in self.hint.items() if n == dead]:
+            del self.hint[page]  # the directory repairs the chain
+        for own in self.owned.values():
+            own.copyset.pop(dead, None)
+            own.served.pop(dead, None)
+            if own.busy is not None and own.busy[0] == dead:
+                own.busy = None
+        for page, queue in self.queued.items():
+            self.queued[page] = deque(m for m in queue if m.requester != dead)
+        out: list[Action] = []
+        for txn, page in self.acks.waiting_on(dead):  # its copy died with it
+            out += self.invalidated(p.Invalidated(txn, page, 1, dead), now)
+        # on its way, to whom: to the dead node, it may have been installed and written there
+        # (lost, unless a live node owns it now); taken by a node that had answered this
+        # gather already (``late``), reported here for it
+        handing = {q: (n, v) for q, (n, _, v) in self.handing.items()}
+        for q, (to, v) in self.late.pop(msg.gather, {}).items():
+            handing.setdefault(q, (to, v))
+        for page in [q for q, (n, _, _) in self.handing.items() if n == dead]:
+            del self.handing[page]  # (the confirmation will never come)
+        self.answered.append(msg.gather)
+        out.append(Send(p.OwnedPages(
+            msg.gather, dead, sorted((q, own.version) for q, own in self.owned.items()),
+            sorted((q, n, v) for q, (n, v) in handing.items()), sorted(self.passed.items()))))
+        for page, req in self.req_of.items() if dead else ():
+            if page not in self.owned:
+                out.append(Send(p.PageRequest(req, page, self.pending[page].write, self.node,
+                                              self.addr)))
+        for (page, requester), fwd in self.forwarded.pop(dead, {}).items():
+            if requester not in self.dead:  # (a duplicate is dropped where it was served)
+                out.append(Send(fwd))
+        for forwarded in self.forwarded.values():
+            for key in [k for k in forwarded if k[1] == dead]:
+                del forwarded[key]
+        for page in list(self.queued):
+            out += self._drain(page, now)
+        return out
+
+    def overdue(self, now: float, timeout_s: float) -> list[Action]:
+        out = super().overdue(now, timeout_s)
+        for page in [q for q in self.req_of if q not in self.pending]:
+            del self.req_of[page]  # given up: a late ownership is taken all the same
+        return out
+
+    def cut_off(self) -> None:
+        super().cut_off()
+        self.hint.clear()
+        self.owned.clear()
+        self.handing.clear()
+        self.queued.clear()
+        self.req_of.clear()
+        self.late.clear()
+        self.passed.clear()
+        self.forwarded.clear()
+
+
+def _name(state: PageState | None) -> str:
+    return state.value if state is not None else "invalid"

@@ -1,0 +1,358 @@
+"""The dynamic manager's node core alone (no sockets, no kernel; dsm/core/dynamic.py): requests
+go to probable owners and are forwarded along the hints, the owner serves straight to the
+requester one transfer at a time, ownership carries its copy set and the requests it served,
+and a death repairs the chains through the directory. The cores' messages are delivered by
+hand between them, through the table the agent and the simulator use; the test plays the
+directory."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from dsm import protocol as p
+from dsm.core import actions as act
+from dsm.core.dynamic import DynamicNodeCore
+from dsm.core.inputs import core_handlers
+from dsm.core.readahead import ReadAhead
+from dsm.core.states import PageState
+from dsm.libc import PAGE_SIZE
+from dsm.uffd.events import Access, FaultKind
+
+pytestmark = pytest.mark.timeout(30)
+
+PAGES = 16
+READAHEAD_PAGES = 4
+PAGE = 3
+#: each node's first request number (the agent passes its start time in ns)
+FIRST_REQ = 1000
+DIRECTORY = "directory"
+
+
+class Cluster:
+    """Dynamic node cores and the messages between them; what goes to the directory is kept
+    in ``to_directory`` for the test to answer."""
+
+    def __init__(self, *names: str):
+        self.cores = {n: DynamicNodeCore(n, PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES),
+                                         f"tcp://{n}:7401", FIRST_REQ) for n in names}
+        self.handlers = {n: core_handlers(c, lambda: 0.0, lambda m: (lambda a: True))
+                         for n, c in self.cores.items()}
+        #: (sender, receiver, message)
+        self.wire: deque[tuple[str, str, p.Message]] = deque()
+        self.to_directory: list[tuple[str, p.Message]] = []
+        self.actions: dict[str, list] = {n: [] for n in names}
+
+    def carry(self, node: str, out: list) -> list:
+        self.actions[node] += out
+        for a in out:
+            if isinstance(a, act.Send):
+                if a.peer is None:
+                    self.to_directory.append((node, a.message))
+                else:
+                    self.wire.append((node, a.peer[0], a.message))
+        return out
+
+    def fault(self, node: str, page: int, write: bool, kind=FaultKind.MISSING) -> list:
+        core = self.cores[node]
+        return self.carry(node, core.fault(node, page * PAGE_SIZE, page,
+                                           Access.WRITE if write else Access.READ, kind, 1, 0.0))
+
+    def deliver(self, node: str, msg: p.Message, sender: str = DIRECTORY) -> list:
+        return self.carry(node, self.handlers[node][type(msg)](msg, None))
+
+    def run(self) -> list[tuple[str, str, p.Message]]:
+        """Deliver every message between the nodes, in order; what was delivered."""
+        done = []
+        while self.wire:
+            sender, to, msg = self.wire.popleft()
+            done.append((sender, to, msg))
+            self.deliver(to, msg, sender)
+        return done
+
+    def directory_grants(self, node: str, page: int) -> None:
+        """The directory, owner of an untouched page, hands it to the request it holds."""
+        sender, req = self.to_directory.pop()
+        assert sender == node and isinstance(req, p.PageRequest) and req.page == page
+        self.deliver(node, p.Served(req.req, page, 1, True, p.Payload.ZERO, ""))
+        # ownership arrived: the directory stops counting it as on its way
+        assert self.to_directory.pop() == (node, p.Taken(req.req, page, node, True))
+
+
+def owned_by(nodes: Cluster, owner: str) -> Cluster:
+    nodes.fault(owner, PAGE, write=True)
+    nodes.directory_grants(owner, PAGE)
+    assert nodes.cores[owner].state[PAGE] is PageState.EXCLUSIVE
+    return nodes
+
+
+def test_an_untouched_page_is_asked_of_the_directory_and_owned_from_its_answer():
+    nodes = Cluster("a")
+    out = nodes.fault("a", PAGE, write=True)
+    assert [type(a) for a in out] == [act.Send] and out[0].peer is None
+    assert nodes.to_directory[-1][1] == p.PageRequest(FIRST_REQ + 1, PAGE, True, "a",
+                                                      "tcp://a:7401")
+    nodes.directory_grants("a", PAGE)
+    a = nodes.cores["a"]
+    installs = [x for x in nodes.actions["a"] if isinstance(x, act.Install)]
+    assert installs and installs[0].writable
+    assert PAGE in a.owned and PAGE not in a.pending and not nodes.to_directory
+
+
+def test_a_read_of_an_owned_page_is_served_straight_to_the_reader_and_then_takes_2_hops():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    nodes.fault("b", PAGE, write=False)
+    _, req = nodes.to_directory.pop()
+    # the directory forwards it to the last owner it knows
+    out = nodes.deliver("a", p.replace(req, hops=1))
+    assert nodes.actions["a"].index(next(x for x in out if isinstance(x, act.Protect))) < \
+        nodes.actions["a"].index(next(x for x in out if isinstance(x, act.Send)))
+    hops = nodes.run()
+    assert [type(m) for _, _, m in hops] == [p.Served, p.Taken]
+    b = nodes.cores["b"]
+    assert b.state[PAGE] is PageState.SHARED and b.hint[PAGE] == ("a", "tcp://a:7401")
+    assert nodes.cores["a"].state[PAGE] is PageState.SHARED  # the owner keeps a read copy
+    assert nodes.cores["a"].owned[PAGE].copyset == {"b": "tcp://b:7401"}
+    # the reader's copy invalidated, its next read goes straight to the owner: 2 hops
+    nodes.deliver("b", p.Invalidate(7, PAGE, 1, "a", "tcp://a:7401"))
+    nodes.wire.clear()
+    nodes.fault("b", PAGE, write=False)
+    hops = nodes.run()
+    assert [(s, t, type(m)) for s, t, m in hops] == [
+        ("b", "a", p.PageRequest), ("a", "b", p.Served), ("b", "a", p.Taken)]
+    assert not nodes.to_directory
+
+
+def test_the_owner_serves_one_transfer_at_a_time():
+    nodes = owned_by(Cluster("a", "b", "c"), "a")
+    a = nodes.cores["a"]
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, False, "b", "tcp://b:7401"))
+    # c's write must not be served before b has installed its copy: c's Invalidate to b
+    # could overtake the copy on another pair of sockets
+    assert nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, True, "c", "tcp://c:7401")) == []
+    assert len(a.queued[PAGE]) == 1
+    out = nodes.deliver("a", p.Taken(FIRST_REQ + 1, PAGE, "b", True))
+    served = next(x for x in out if isinstance(x, act.Send))
+    assert served.peer == ("c", "tcp://c:7401") and served.message.owner
+    assert served.message.copyset == [("b", "tcp://b:7401")]
+    # (with a's own request, which made it the owner)
+    assert dict(served.message.served) == {"a": FIRST_REQ + 1, "b": FIRST_REQ + 1,
+                                           "c": FIRST_REQ + 1}
+    # gone from here before it is sent, and the chain points at the new owner
+    punch = next(i for i, x in enumerate(out) if isinstance(x, act.Punch))
+    assert punch < out.index(served) and out[punch].keep
+    assert PAGE not in a.state and a.hint[PAGE] == ("c", "tcp://c:7401")
+    assert a.handing[PAGE] == ("c", FIRST_REQ + 1, 1) and PAGE not in a.queued
+
+
+def test_the_new_owner_invalidates_the_copies_itself_and_installs_once_all_acknowledged():
+    nodes = owned_by(Cluster("a", "b", "c"), "a")
+    nodes.fault("b", PAGE, write=False)
+    nodes.deliver("a", nodes.to_directory.pop()[1])
+    nodes.run()
+    nodes.cores["c"].hint[PAGE] = ("b", "tcp://b:7401")  # a stale hint: b only reads it
+    nodes.fault("c", PAGE, write=True)
+    hops = nodes.run()
+    assert [(s, t, type(m)) for s, t, m in hops] == [
+        ("c", "b", p.PageRequest),  # b forwards it along its hint
+        ("b", "a", p.PageRequest),
+        ("a", "c", p.Served),  # ownership, with b in its copy set
+        ("c", "a", p.Taken),
+        ("c", "b", p.Invalidate),  # naming c: b acknowledges straight to it
+        ("b", "c", p.Invalidated)]
+    c = nodes.cores["c"]
+    assert hops[1][2].hops == 1
+    installs = [x for x in nodes.actions["c"] if isinstance(x, act.Install)]
+    assert installs and installs[0].writable and c.state[PAGE] is PageState.EXCLUSIVE
+    # c installed only after b's acknowledgement
+    assert nodes.actions["c"].index(installs[0]) > max(
+        i for i, x in enumerate(nodes.actions["c"])
+        if isinstance(x, act.Send) and isinstance(x.message, p.Invalidate))
+    assert PAGE not in nodes.cores["b"].state
+    # every hint now leads to c
+    assert nodes.cores["b"].hint[PAGE][0] == "c" and nodes.cores["a"].hint[PAGE][0] == "c"
+    assert not nodes.cores["a"].handing and not nodes.to_directory
+
+
+def shared_by_a_and_b() -> Cluster:
+    """a owns the page and b read it (its first request through the directory)."""
+    nodes = owned_by(Cluster("a", "b"), "a")
+    nodes.fault("b", PAGE, write=False)
+    nodes.deliver("a", nodes.to_directory.pop()[1])
+    nodes.run()
+    return nodes
+
+
+def upgrading_with_a_copy_out() -> Cluster:
+    """The page shared by a and b (``shared_by_a_and_b``), and a writes it: a's upgrade
+    awaits b's acknowledgement."""
+    nodes = shared_by_a_and_b()
+    nodes.fault("a", PAGE, write=True, kind=FaultKind.WRITE_PROTECTED)
+    return nodes
+
+
+def test_the_owner_upgrades_its_shared_page_with_no_request():
+    nodes = upgrading_with_a_copy_out()
+    hops = nodes.run()
+    assert [(s, t, type(m)) for s, t, m in hops] == [("a", "b", p.Invalidate),
+                                                     ("b", "a", p.Invalidated)]
+    assert any(isinstance(x, act.Upgrade) for x in nodes.actions["a"])
+    assert nodes.cores["a"].state[PAGE] is PageState.EXCLUSIVE and not nodes.to_directory
+
+
+def test_a_node_about_to_own_a_page_queues_the_requests_forwarded_to_it():
+    nodes = owned_by(Cluster("a", "b", "c"), "a")
+    nodes.fault("b", PAGE, write=True)
+    b_req = nodes.to_directory.pop()[1]
+    # c's request reaches b before b's own write is served (b's hint is a's forward)
+    nodes.fault("c", PAGE, write=False)
+    c_req = p.replace(nodes.to_directory.pop()[1], hops=2)
+    assert nodes.deliver("b", c_req) == []
+    nodes.deliver("a", b_req)
+    hops = nodes.run()
+    assert [(s, t, type(m)) for s, t, m in hops] == [
+        ("a", "b", p.Served), ("b", "a", p.Taken), ("b", "c", p.Served), ("c", "b", p.Taken)]
+    assert nodes.cores["c"].state[PAGE] is PageState.SHARED
+    assert nodes.cores["b"].owned[PAGE].copyset == {"c": "tcp://c:7401"}
+
+
+def test_a_node_whose_read_is_out_forwards_requests_and_a_forwarded_write_leaves_its_hint():
+    nodes = owned_by(Cluster("a", "b", "c"), "a")
+    nodes.cores["b"].hint[PAGE] = ("a", "tcp://a:7401")
+    nodes.fault("b", PAGE, write=False)
+    out = nodes.deliver("b", p.PageRequest(FIRST_REQ + 1, PAGE, True, "c", "tcp://c:7401"))
+    assert [a.peer for a in out] == [("a", "tcp://a:7401")] and out[0].message.hops == 1
+    # no path compression: the request may be a stale copy, re-sent at a death, and c may
+    # never be the owner from it
+    assert nodes.cores["b"].hint[PAGE] == ("a", "tcp://a:7401")
+
+
+def test_a_request_the_owner_served_already_is_not_served_again():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    req = p.PageRequest(FIRST_REQ + 1, PAGE, False, "b", "tcp://b:7401")
+    nodes.deliver("a", req)
+    nodes.deliver("a", p.Taken(req.req, PAGE, "b", True))
+    assert nodes.deliver("a", req) == []  # re-sent after a death
+
+
+def test_a_read_copy_nobody_asked_for_is_refused_and_the_owner_forgets_the_copy():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 5, PAGE, False, "b", "tcp://b:7401"))
+    nodes.run()
+    assert PAGE not in nodes.cores["b"].state
+    assert nodes.cores["a"].owned[PAGE].copyset == {} and nodes.cores["a"].owned[PAGE].busy is None
+
+
+def test_a_death_repairs_the_chains_reports_the_owned_pages_and_resends_the_requests():
+    nodes = owned_by(Cluster("a", "b", "c"), "a")
+    b, c = nodes.cores["b"], nodes.cores["c"]
+    # b reads the page; c's write request is on its way through a, who dies with it
+    nodes.fault("b", PAGE, write=False)
+    nodes.deliver("a", nodes.to_directory.pop()[1])
+    nodes.run()
+    c.hint[PAGE] = ("a", "tcp://a:7401")
+    nodes.fault("c", PAGE, write=True)
+    nodes.wire.clear()
+    b.owned[PAGE + 1] = type(nodes.cores["a"].owned[PAGE])()  # b owns another page
+    b.state[PAGE + 1] = PageState.EXCLUSIVE
+    out = nodes.deliver("b", p.OwnerDead(4, "a"))
+    assert [m for m in out if isinstance(m.message, p.OwnedPages)][0].message == p.OwnedPages(
+        4, "a", [(PAGE + 1, 0)])
+    assert PAGE not in b.hint  # the directory repairs the chain
+    out = nodes.deliver("c", p.OwnerDead(4, "a"))
+    assert [(x.peer, type(x.message)) for x in out] == [(None, p.OwnedPages),
+                                                         (None, p.PageRequest)]
+    assert out[1].message.req == c.req_of[PAGE] and out[1].message.write
+    # whatever still comes from the dead node is not taken
+    assert nodes.deliver("c", p.Served(c.req_of[PAGE], PAGE, 1, True, p.Payload.DATA, "a")) == []
+    assert PAGE in c.pending
+
+
+def test_an_upgrade_waiting_on_a_dead_holder_completes():
+    nodes = upgrading_with_a_copy_out()
+    nodes.wire.clear()  # b died before it acknowledged
+    out = nodes.deliver("a", p.OwnerDead(5, "b"))
+    assert any(isinstance(x, act.Upgrade) for x in out)
+    assert nodes.cores["a"].state[PAGE] is PageState.EXCLUSIVE
+
+
+def test_ownership_handed_to_a_node_that_dies_is_not_reported_owned():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, True, "b", "tcp://b:7401"))
+    out = nodes.deliver("a", p.OwnerDead(6, "b"))
+    # on its way to b: lost with b (it may have written it) unless a live node owns it now
+    # (the test's directory handed a version 0: a hands b version 1)
+    assert out[0].message == p.OwnedPages(6, "b", [], [(PAGE, "b", 1)])
+    assert PAGE not in nodes.cores["a"].handing
+
+
+def test_ownership_carries_its_version_and_a_gather_hears_the_last_one_handed_on():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    assert nodes.cores["a"].owned[PAGE].version == 0  # (the test's directory sends none)
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, True, "b", "tcp://b:7401"))
+    hops = nodes.run()
+    assert hops[0][2].version == 1 and nodes.cores["b"].owned[PAGE].version == 1
+    # a had its confirmation: it reports what it handed on, so that an older report of the
+    # page on its way (one whose confirmation is late) cannot pass for the newest
+    out = nodes.deliver("a", p.OwnerDead(7, "c"))
+    assert out[0].message == p.OwnedPages(7, "c", [], [], [(PAGE, 1)])
+    out = nodes.deliver("b", p.OwnerDead(7, "c"))
+    assert out[0].message == p.OwnedPages(7, "c", [(PAGE, 1)])
+
+
+def test_an_owner_gives_a_shared_page_back_to_the_directory_with_its_copy_set():
+    nodes = shared_by_a_and_b()
+    a = nodes.cores["a"]
+    assert a.state[PAGE] is PageState.SHARED
+    out = nodes.carry("a", a.give_back([PAGE]))
+    # stopped, taken out, then sent: the ownership, not a Drop that would lose it
+    assert [type(x) for x in out] == [act.Protect, act.Punch, act.Send]
+    assert out[1].keep and out[2].peer is None and out[2].pages == (PAGE, 1)
+    back = out[2].message
+    assert isinstance(back, p.Served) and back.owner and back.payload == p.Payload.DATA
+    assert back.copyset == [("b", "tcp://b:7401")]  # b's copy stays valid
+    assert PAGE not in a.owned and PAGE not in a.state and PAGE not in a.hint
+
+
+def test_a_read_copy_is_given_up_without_a_word_and_a_later_write_asks_for_the_bytes():
+    nodes = shared_by_a_and_b()
+    b = nodes.cores["b"]
+    assert [type(x) for x in b.give_back([PAGE])] == [act.Punch]
+    nodes.fault("b", PAGE, write=True)
+    hops = nodes.run()
+    assert not hops[0][2].have_copy  # a's copy set still names b: the bytes must come
+    served = hops[1][2]
+    assert served.owner and served.payload == p.Payload.DATA
+
+
+def test_an_owner_with_a_transfer_in_flight_keeps_the_page():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    a = nodes.cores["a"]
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, False, "b", "tcp://b:7401"))
+    # b's copy is on its way: a later writer's invalidation could overtake it
+    assert a.give_back([PAGE]) == [] and PAGE in a.owned
+
+
+def test_an_owners_discard_invalidates_its_copies_and_gives_the_zeros_back():
+    nodes = shared_by_a_and_b()
+    a = nodes.cores["a"]
+    out = nodes.carry("a", a.discard([PAGE]))
+    # b's copy goes (as for the owner's own write), then the page, punched here, goes home
+    assert [type(x) for x in out] == [act.Send, act.Protect, act.Punch, act.Send]
+    assert isinstance(out[0].message, p.Invalidate) and out[0].peer[0] == "b"
+    back = out[3].message
+    assert isinstance(back, p.Served) and back.owner and back.copyset == []
+    assert PAGE not in a.owned and PAGE not in a.state
+    hops = nodes.run()  # b drops its copy and acknowledges to a, which takes it as late
+    assert [(s, t, type(m)) for s, t, m in hops] == [("a", "b", p.Invalidate),
+                                                     ("b", "a", p.Invalidated)]
+    assert PAGE not in nodes.cores["b"].state and not a.acks.runs()
+
+
+def test_a_discard_of_a_read_copy_only_drops_it():
+    nodes = shared_by_a_and_b()
+    b = nodes.cores["b"]
+    assert [type(x) for x in nodes.carry("b", b.discard([PAGE]))] == [act.Punch]
+    assert PAGE not in b.state and not nodes.wire
+    assert nodes.cores["a"].state[PAGE] is PageState.SHARED  # the owner's contents stay
