@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from dsm.liveness import ACK_TIMEOUT_S
 from dsm.sim.fingerprint import fingerprint
@@ -50,9 +51,6 @@ from dsm.sim.world import STEP_S, SimulationFailure, World
 SPARED, STRIKES = math.nextafter(1.0, 0.0), 0.0
 #: the probability the world is given for each allowed fault kind: any above 0 makes it draw
 FAULT_ODDS = 0.5
-#: worlds kept alive at each depth for their first next step (the others are replayed from
-#: the start; a world of the small scope holds about 100 KiB)
-LIVE_WORLDS = 1000
 #: the separators of a schedule written out: between steps, and between a step's draws
 STEP_SEP, DRAW_SEP = "/", "."
 
@@ -209,7 +207,8 @@ class Replay:
         return tuple(k for k, _ in self.draws.made)
 
     def fingerprint(self) -> bytes:
-        return fingerprint(self.world, STEP_S, self.faults.left, self.faulted)
+        return fingerprint(self.world, STEP_S, self.faults.left, self.faulted,
+                           faults_left=self.faults.left)
 
 
 def next_plan(made: list[tuple[int, int]]) -> tuple[int, ...] | None:
@@ -255,83 +254,69 @@ class Exploration:
         return bool(self.stopped)
 
 
-def explore(scope: Scope, max_states: int | None = None,
-            max_depth: int | None = None) -> Exploration:
+def explore(scope: Scope, max_states: int | None = None, max_depth: int | None = None,
+            progress: Callable[[Exploration], None] | None = None,
+            workers: int = 1) -> Exploration:
     """Every schedule of ``scope`` (of at most ``max_depth`` steps), breadth first, each state
-    once: the first violation, with a shortest schedule, or none."""
+    once: the first violation, with a shortest schedule, or none. ``progress`` is told the
+    exploration so far after each depth (its ``levels`` and ``seconds``); ``workers``
+    processes run the steps (``dsm.sim.frontier``)."""
+    from dsm.sim.frontier import Workers, balanced
+
     started = time.perf_counter()
     out = Exploration(scope)
     first = Replay(scope)
     seen = {first.fingerprint()}
     rested: set[bytes] = set()
-    # each state to explore: its schedule, and its world if kept alive (the first next step is
-    # taken on it, the others on worlds replayed to it)
-    level: list[tuple[Schedule, Replay | None]] = [((), first)]
     limit = first.world.step_limit
     # the fingerprint keeps the acknowledgement timeout as "expired or not": a run must stay
     # shorter than it in steps (only a jump of the clock expires it), as the livelock limit does
     horizon = min(limit, int(ACK_TIMEOUT_S / STEP_S))
-    while level and out.violation is None:
-        depth = len(level[0][0]) + 1
-        if max_depth is not None and depth > max_depth:
-            out.stopped = f"every schedule of up to {max_depth} steps, not beyond (--max-depth)"
-            break
-        if depth > horizon:
-            message = (f"no quiescence after {limit} steps (a livelock?)" if depth > limit else
-                       f"runs longer than {horizon} steps: the fingerprint's timers no longer hold")
-            out.violation = Violation(message, level[0][0], replay(scope, level[0][0])[0])
-            break
-        out.max_depth = depth
-        following: list[tuple[Schedule, Replay | None]] = []
-        alive = 0
-        for schedule, world in level:
-            for child, run, rests in _successors(scope, schedule, world, out):
-                if out.violation is not None:
-                    break
-                if run.beyond_bound:
-                    out.cut += 1
-                    continue
-                key = run.fingerprint()
-                if rests:  # (the state it rests in was seen: resting changes nothing)
-                    rested.add(key)
-                elif key not in seen:
-                    seen.add(key)
-                    keep = alive < LIVE_WORLDS
-                    alive += keep
-                    following.append((child, run if keep else None))
-            if out.violation is not None:
+    pool = Workers(scope, workers)
+    # each worker's states of the depth to explore (their schedules): the worlds it keeps
+    shares: list[list[Schedule]] = [[()]] + [[] for _ in range(workers - 1)]
+    try:
+        depth = 0
+        while any(shares) and out.violation is None:
+            depth += 1
+            if max_depth is not None and depth > max_depth:
+                out.stopped = f"every schedule of up to {max_depth} steps, not beyond (--max-depth)"
                 break
-            if max_states and len(seen) >= max_states:
-                out.stopped = f"stopped at {len(seen)} states (--max-states)"
+            if depth > horizon:
+                deepest = next(s for share in shares for s in share)
+                message = (f"no quiescence after {limit} steps (a livelock?)" if depth > limit
+                           else f"runs longer than {horizon} steps: the fingerprint's timers "
+                                "no longer hold")
+                out.violation = Violation(message, deepest, replay(scope, deepest)[0])
                 break
-        out.levels.append(len(following))
-        level = [] if out.incomplete else following
+            out.max_depth = depth
+            following: list[list[Schedule]] = [[] for _ in range(workers)]
+            for owner, found in enumerate(pool.expand(balanced(shares))):
+                out.transitions += found.transitions
+                for successor in found.successors:
+                    if successor.key is None:
+                        out.cut += 1
+                    elif successor.rests:  # (the state it rests in was seen: resting changes
+                        rested.add(successor.key)  # nothing)
+                    elif successor.key not in seen and not out.incomplete:
+                        seen.add(successor.key)
+                        following[owner].append(successor.schedule)
+                        if max_states and len(seen) >= max_states:
+                            out.stopped = f"stopped at {len(seen)} states (--max-states)"
+                if found.violation is not None and out.violation is None:
+                    out.violation = found.violation
+            out.levels.append(sum(map(len, following)))
+            shares = [[] for _ in range(workers)] if out.incomplete else following
+            pool.keep(shares)
+            if progress is not None:
+                out.states, out.seconds = len(seen), time.perf_counter() - started
+                progress(out)
+    finally:
+        pool.close()
     out.states = len(seen)
     out.at_rest = len(rested)
     out.seconds = time.perf_counter() - started
     return out
-
-
-def _successors(scope: Scope, schedule: Schedule, world: Replay | None, out: Exploration):
-    """Each next step from the state ``schedule`` reaches (``world``: one there already, or
-    None): (the longer schedule, the replay after it, whether the run came to rest); a
-    violation is put in ``out``."""
-    plan: tuple[int, ...] | None = ()
-    while plan is not None:
-        if world is not None:
-            replay, world = world, None
-        else:
-            replay = Replay(scope)
-            replay.follow(schedule)
-        out.transitions += 1
-        try:
-            rests = not replay.step(plan)
-        except SimulationFailure as exc:
-            out.violation = Violation(str(exc), schedule + (replay.taken,), replay.steps)
-            yield schedule + (replay.taken,), replay, False
-            return
-        yield schedule + (replay.taken,), replay, rests
-        plan = next_plan(replay.draws.made)
 
 
 def replay(scope: Scope, schedule: Schedule) -> tuple[list[list[str]], str | None]:
