@@ -35,13 +35,14 @@ that without a bound the scope has no end) is cut there, and the cuts are counte
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from dsm.liveness import ACK_TIMEOUT_S
-from dsm.sim.fingerprint import fingerprint
+from dsm.sim.fingerprint import DIGEST_BYTES, fingerprint
 from dsm.sim.links import NO_FAULTS, Faults
 from dsm.sim.model import SLOTS_PER_PAGE
 from dsm.sim.world import STEP_S, SimulationFailure, World
@@ -70,6 +71,9 @@ class Scope:
     #: times an access may fault again after its page came (taken away before the thread
     #: retried: a ping-pong an adversarial scheduler can repeat for ever, so it is bounded)
     refaults: int = 1
+    #: the resend timers leave the fingerprint once no gap can come (``dsm.sim.fingerprint``):
+    #: sound, and fewer states after a fault; False keeps them (to check it against)
+    reduction: bool = True
 
     def programs(self) -> list[list[tuple[str, int]]]:
         """Each node's one thread: writes at even steps, reads at odd ones, its k-th
@@ -168,6 +172,7 @@ class Replay:
         #: each thread's faults on its current operation
         self.faulted = [0] * len(self.threads)
         self.refaults = scope.refaults
+        self.reduction = scope.reduction
         #: the lines of the world's schedule each step wrote
         self.steps: list[list[str]] = []
 
@@ -208,7 +213,17 @@ class Replay:
 
     def fingerprint(self) -> bytes:
         return fingerprint(self.world, STEP_S, self.faults.left, self.faulted,
-                           faults_left=self.faults.left)
+                           faults_left=self.faults.left if self.reduction else None)
+
+    def outcome(self) -> bytes:
+        """What the run leaves that its programs could observe, once at rest: the last write
+        of each location, and each live node's pages, their states and bytes (the same
+        whatever the fingerprint leaves out)."""
+        pages = [(n.name, sorted((q, st.name) for q, st in n.core.state.items()),
+                  sorted((q, bytes(m)) for q, m in n.memory.items()))
+                 for n in self.world.nodes.values() if n.alive]
+        return hashlib.blake2b(repr((self.world.truth, pages)).encode(),
+                               digest_size=DIGEST_BYTES).digest()
 
 
 def next_plan(made: list[tuple[int, int]]) -> tuple[int, ...] | None:
@@ -240,6 +255,8 @@ class Exploration:
     transitions: int = 0
     #: distinct states in which the run came to rest (nothing in flight, every thread done)
     at_rest: int = 0
+    #: what the runs that came to rest left (``Replay.outcome``)
+    outcomes: set[bytes] = field(default_factory=set)
     #: steps not followed: an access faulted again more often than the scope allows
     cut: int = 0
     max_depth: int = 0  #: the deepest step taken
@@ -298,6 +315,7 @@ def explore(scope: Scope, max_states: int | None = None, max_depth: int | None =
                         out.cut += 1
                     elif successor.rests:  # (the state it rests in was seen: resting changes
                         rested.add(successor.key)  # nothing)
+                        out.outcomes.add(successor.outcome)
                     elif successor.key not in seen and not out.incomplete:
                         seen.add(successor.key)
                         following[owner].append(successor.schedule)

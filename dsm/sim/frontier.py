@@ -33,11 +33,13 @@ IMBALANCE = 0.1
 @dataclass
 class Successor:
     """One step from a state: its schedule, the fingerprint of the state it reached (None: cut
-    at the refault bound), whether the run came to rest there."""
+    at the refault bound), whether the run came to rest there, and then what it left
+    (``Replay.outcome``)."""
 
     schedule: tuple
     key: bytes | None
     rests: bool
+    outcome: bytes | None = None
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Expander:
                 return
             child = schedule + (run.taken,)
             key = None if run.beyond_bound else run.fingerprint()
-            yield Successor(child, key, rests), run
+            yield Successor(child, key, rests, run.outcome() if rests else None), run
             plan = next_plan(run.draws.made)
 
 
