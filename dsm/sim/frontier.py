@@ -3,8 +3,7 @@ the current one, on one process or spread over worker processes (``--workers``).
 
 An ``Expander`` takes the states of a depth (their schedules) and runs each one's next steps:
 the first on the world that reached the state, if it kept it alive, the others on worlds
-rebuilt and replayed to it (a world cannot be copied cheaply: a deep copy, or a pickle of it
-with its closures, costs as much as replaying 20 steps). It answers with each step's schedule,
+rebuilt and replayed to it (a world cannot be copied cheaply: ``dsm.sim.explore``). It answers with each step's schedule,
 fingerprint and whether the run came to rest or went beyond the refault bound, and keeps the
 worlds of the states not seen before, as the explorer tells it, for their next depth: up to
 ``LIVE_WORLDS`` of them (a world of the small scope holds about 80 KiB).
