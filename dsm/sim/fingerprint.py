@@ -32,8 +32,8 @@ What is left out, and why that is sound:
   channels: whatever is sent later, a new message or a replay of the unacknowledged ones,
   arrives after them and continues the run), no gap can come, so neither timer is read again:
   states that differ only in them have the same futures. (After a fault these timers' ages, up
-  to ``RESEND_HOLDOFF_S`` in steps, multiplied the states: 4,084 at the tenth step of the
-  relay's one-fault scope, 1,716 without them.)
+  to ``RESEND_HOLDOFF_S`` in steps, multiplied the states: the relay's one-fault scope reached
+  8,976 new states at its ninth step with them, 4,412 without.)
 
 What the senders keep for replays is their sessions' unacknowledged frames, kept in full; the
 packets on a channel are their frames on the wire (the message objects beside them are
