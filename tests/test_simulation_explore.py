@@ -14,7 +14,9 @@ import sys
 import pytest
 
 from dsm import bugs
-from dsm.sim.explore import Scope, explore, replay
+from dsm.sim.explore import Replay, Schedule, Scope, explore, next_plan, replay
+from dsm.sim.fingerprint import fingerprint
+from dsm.sim.world import STEP_S
 from dsm.sim import world
 from dsm.sim.world import SimulationFailure, World
 
@@ -79,6 +81,51 @@ def test_the_resend_timer_reduction_merges_states_and_keeps_every_outcome():
     assert reduced.violation is None and full.violation is None
     assert reduced.states < full.states, (reduced, full)  # it merged states
     assert reduced.outcomes == full.outcomes and reduced.outcomes, (reduced, full)
+
+
+def _keys(run: Replay) -> tuple[bytes, bytes]:
+    """A state's fingerprint with every resend timer, and with the reduction's."""
+    full = fingerprint(run.world, STEP_S, run.faults.left, run.faulted, faults_left=None)
+    return full, run.fingerprint()
+
+
+def _steps_from(scope: Scope, schedule: Schedule):
+    """Each next step from the state ``schedule`` reaches: (its schedule, the replay after it),
+    or a SimulationFailure."""
+    plan: tuple[int, ...] | None = ()
+    while plan is not None:
+        run = Replay(scope)
+        run.follow(schedule)
+        rests = not run.step(plan)
+        yield schedule + (run.taken,), run, rests
+        plan = next_plan(run.draws.made)
+
+
+def test_states_the_reduction_merges_have_the_same_next_states():
+    # every state of a one-node scope with a fault allowed (the full graph, each state by its
+    # fingerprint with every timer): wherever the reduction merges two states, their next
+    # steps reach the same merged states (a bisimulation, checked on the whole reachable graph)
+    scope = Scope(nodes=1, pages=2, ops_per_thread=2, faults=1)
+    first = Replay(scope)
+    full_key, reduced_key = _keys(first)
+    merged: dict[bytes, list[tuple[bytes, Schedule]]] = {reduced_key: [(full_key, ())]}
+    seen, level = {full_key}, [()]
+    while level:
+        following = []
+        for schedule in level:
+            for child, run, rests in _steps_from(scope, schedule):
+                full_key, reduced_key = _keys(run)
+                if not rests and full_key not in seen and not run.beyond_bound:
+                    seen.add(full_key)
+                    following.append(child)
+                    merged.setdefault(reduced_key, []).append((full_key, child))
+        level = following
+    classes = [states for states in merged.values() if len(states) > 1]
+    assert classes, "the reduction merged no states of this scope"
+    for states in classes:
+        nexts = {frozenset(_keys(run)[1] for _, run, _ in _steps_from(scope, schedule))
+                 for _, schedule in states}
+        assert len(nexts) == 1, f"states merged by the reduction part ways: {states}"
 
 
 @pytest.mark.parametrize("bug,manager", [(bugs.EARLY_GRANT, "relay"), (None, "relay")])
