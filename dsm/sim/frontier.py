@@ -3,10 +3,14 @@ the current one, on one process or spread over worker processes (``--workers``).
 
 An ``Expander`` takes the states of a depth (their schedules) and runs each one's next steps:
 the first on the world that reached the state, if it kept it alive, the others on worlds
-rebuilt and replayed to it (a world cannot be copied cheaply: ``dsm.sim.explore``). It answers with each step's schedule,
-fingerprint and whether the run came to rest or went beyond the refault bound, and keeps the
-worlds of the states not seen before, as the explorer tells it, for their next depth: up to
-``LIVE_WORLDS`` of them (a world of the small scope holds about 80 KiB).
+rebuilt and replayed to it (a world cannot be copied cheaply: ``dsm.sim.explore``). It answers
+with each step's schedule, fingerprint and whether the run came to rest or went beyond the
+refault bound, and keeps the worlds of the states not seen before, as the explorer tells it,
+for their next depth: up to ``LIVE_WORLDS`` of them (a world of the small scope holds about
+80 KiB).
+
+(``dsm.sim.explore`` imports this module when it explores, and this one its ``Replay`` when it
+runs steps: each needs the other, so neither imports the other at the top.)
 
 With workers, each is a forked process with its own ``Expander``; the explorer (one process,
 which holds the fingerprints seen) hands each worker the states whose worlds it keeps, so most
