@@ -5,6 +5,7 @@ random seed replays the same failure and the same schedule tail from the command
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import subprocess
@@ -13,7 +14,9 @@ import sys
 import pytest
 
 from dsm import bugs
-from dsm.sim.explore import Scope, explore, replay
+from dsm.sim.explore import Replay, Schedule, Scope, explore, next_plan, replay
+from dsm.sim.fingerprint import fingerprint
+from dsm.sim.world import STEP_S
 from dsm.sim import world
 from dsm.sim.world import SimulationFailure, World
 
@@ -30,6 +33,8 @@ CENTRAL_DEPTH = 14
 RELAY_DEPTH = 24
 #: the scopes with a lost message or a reset allowed are explored to this many steps here
 FAULT_DEPTH = 6
+#: the steps explored by one process and by two workers, to compare them
+WORKERS_DEPTH = 12
 #: the random seeds searched for one that fails with a bug on
 SEEDS = range(20)
 
@@ -64,7 +69,80 @@ def test_every_short_schedule_with_a_lost_message_or_a_reset_holds(manager):
     without = explore(Scope(manager=manager, faults=0), max_depth=FAULT_DEPTH)
     assert with_fault.violation is None and with_fault.max_depth == FAULT_DEPTH
     # where the one fault strikes is enumerated: it multiplies the states
-    assert with_fault.states >= MIN_STATES > 10 * without.states, (with_fault, without)
+    assert with_fault.states > 10 * without.states, (with_fault, without)
+
+
+def test_the_resend_timer_reduction_merges_states_and_keeps_every_outcome():
+    # one node, so that the whole scope with a fault allowed is a few hundred states both ways
+    scope = Scope(nodes=1, pages=1, ops_per_thread=2, faults=1)
+    reduced = explore(scope)
+    full = explore(dataclasses.replace(scope, reduction=False))
+    assert not reduced.incomplete and not full.incomplete
+    assert reduced.violation is None and full.violation is None
+    assert reduced.states < full.states, (reduced, full)  # it merged states
+    assert reduced.outcomes == full.outcomes and reduced.outcomes, (reduced, full)
+
+
+def _keys(run: Replay) -> tuple[bytes, bytes]:
+    """A state's fingerprint with every resend timer, and with the reduction's."""
+    full = fingerprint(run.world, STEP_S, run.faults.left, run.faulted, faults_left=None)
+    return full, run.fingerprint()
+
+
+def _steps_from(scope: Scope, schedule: Schedule):
+    """Each next step from the state ``schedule`` reaches: (its schedule, the replay after it),
+    or a SimulationFailure."""
+    plan: tuple[int, ...] | None = ()
+    while plan is not None:
+        run = Replay(scope)
+        run.follow(schedule)
+        rests = not run.step(plan)
+        yield schedule + (run.taken,), run, rests
+        plan = next_plan(run.draws.made)
+
+
+def test_states_the_reduction_merges_have_the_same_next_states():
+    # every state of a one-node scope with a fault allowed (the full graph, each state by its
+    # fingerprint with every timer): wherever the reduction merges two states, their next
+    # steps reach the same merged states (a bisimulation, checked on the whole reachable graph)
+    scope = Scope(nodes=1, pages=1, ops_per_thread=2, faults=1)
+    first = Replay(scope)
+    full_key, reduced_key = _keys(first)
+    merged: dict[bytes, list[tuple[bytes, Schedule]]] = {reduced_key: [(full_key, ())]}
+    seen, level = {full_key}, [()]
+    while level:
+        following = []
+        for schedule in level:
+            for child, run, rests in _steps_from(scope, schedule):
+                full_key, reduced_key = _keys(run)
+                if not rests and full_key not in seen and not run.beyond_bound:
+                    seen.add(full_key)
+                    following.append(child)
+                    merged.setdefault(reduced_key, []).append((full_key, child))
+        level = following
+    classes = [states for states in merged.values() if len(states) > 1]
+    assert classes, "the reduction merged no states of this scope"
+    for states in classes:
+        nexts = {frozenset(_keys(run)[1] for _, run, _ in _steps_from(scope, schedule))
+                 for _, schedule in states}
+        assert len(nexts) == 1, f"states merged by the reduction part ways: {states}"
+
+
+@pytest.mark.parametrize("bug,manager", [(bugs.EARLY_GRANT, "relay"), (None, "relay")])
+def test_two_workers_explore_what_one_process_does(bug, manager, switch):
+    switch(bug)
+    scope = Scope(manager=manager, faults=0)
+    one = explore(scope, max_depth=WORKERS_DEPTH)
+    two = explore(scope, max_depth=WORKERS_DEPTH, workers=2)
+    if bug is None:
+        assert (one.levels, one.transitions, one.cut) == (two.levels, two.transitions, two.cut)
+        return
+    # a violation at the same depth (each worker stops at its first: the depth's counts differ,
+    # and which of the depth's violations comes first may too)
+    assert one.violation is not None and two.violation is not None
+    assert one.levels[:-1] == two.levels[:-1]
+    assert one.violation.depth == two.violation.depth
+    assert replay(scope, two.violation.schedule)[1] == two.violation.message
 
 
 @pytest.mark.parametrize("bug,manager", [(bugs.EARLY_GRANT, "relay"),

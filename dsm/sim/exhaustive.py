@@ -44,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
                      help="stop after N states (the report says it is incomplete)")
     out.add_argument("--max-depth", type=int, default=None, metavar="STEPS",
                      help="explore schedules of at most STEPS steps")
+    out.add_argument("--no-reduction", action="store_true",
+                     help="keep the sessions' resend timers in every state's fingerprint, even "
+                          "once no gap can come (to check the reduction against: more states)")
+    out.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="processes that run the steps of each depth (dsm/sim/frontier.py)")
+    out.add_argument("--progress", action="store_true",
+                     help="print the new states and the time after each depth")
     out.add_argument("--replay", metavar="SCHEDULE",
                      help="run this one schedule of the scope (as a violation's report "
                           "writes it)")
@@ -53,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
 
 def scope_of(args: argparse.Namespace) -> Scope:
     return Scope(nodes=args.nodes, pages=args.pages, ops_per_thread=args.ops,
-                 manager=args.manager, faults=args.faults_allowed, refaults=args.refaults)
+                 manager=args.manager, faults=args.faults_allowed, refaults=args.refaults,
+                 reduction=not args.no_reduction)
 
 
 def describe_programs(scope: Scope) -> str:
@@ -77,10 +85,11 @@ def report(found: Exploration) -> str:
     scope = found.scope
     lines = [f"every schedule of {scope.describe()}",
              "  " + ENUMERATED, "  " + FIXED.format(programs=describe_programs(scope)),
-             f"states {found.states} (distinct, by fingerprint), transitions "
-             f"{found.transitions}, max depth {found.max_depth} steps, at rest "
-             f"{found.at_rest}, cut at the refault bound {found.cut}, "
-             f"{found.seconds:.1f} s"]
+             f"states {found.states} (distinct, by fingerprint"
+             f"{'' if scope.reduction else ', resend timers kept (--no-reduction)'}), "
+             f"transitions {found.transitions}, max depth {found.max_depth} steps, at rest "
+             f"{found.at_rest} ({len(found.outcomes)} distinct outcomes), cut at the refault "
+             f"bound {found.cut}, {found.seconds:.1f} s"]
     if found.incomplete:
         lines.append(f"INCOMPLETE: {found.stopped}; no violation so far")
     v = found.violation
@@ -95,6 +104,11 @@ def report(found: Exploration) -> str:
     return "\n".join(lines)
 
 
+def print_progress(found: Exploration) -> None:
+    print(f"  depth {found.max_depth}: {found.levels[-1]} new states, {found.states} in all, "
+          f"{found.transitions} transitions, {found.seconds:.0f} s", flush=True)
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     ended = bugs.from_arguments(args, "python -m dsm.sim --exhaustive")
@@ -106,6 +120,7 @@ def main(argv: list[str]) -> int:
         print("\n".join(format_steps(steps)))
         print(failure if failure is not None else "every invariant held")
         return 1 if failure is not None else 0
-    found = explore(scope, max_states=args.max_states, max_depth=args.max_depth)
+    found = explore(scope, max_states=args.max_states, max_depth=args.max_depth,
+                    progress=print_progress if args.progress else None, workers=args.workers)
     print(report(found))
     return 1 if found.violation is not None else 0

@@ -12,13 +12,22 @@ schedule is the list of each step's draws, so it replays exactly.
 
 The exploration is breadth first over steps: from each state at depth d, every combination of
 the next step's draws is run (an odometer over them): the first on the world that reached the
-state, kept alive (``LIVE_WORLDS``), the others each on a world rebuilt and replayed to it.
-Measured on the small scope: a deep copy of a world costs 1.4 ms (and must rebuild its
-closures and its home store's mapping), building one 0.13 ms and a step about 0.05 ms, so a
-replay of a 25-step prefix costs what a copy does, and is exact by construction. Each state
-reached is fingerprinted (``dsm.sim.fingerprint``, 0.25 ms) and explored only the first time,
-so the first violation found has a shortest schedule in steps: no schedule of fewer steps
-reaches one.
+state, kept alive, the others each on a world rebuilt and replayed to it (``dsm.sim.frontier``,
+which also spreads a depth over worker processes). Measured on the small scope 15 steps in
+(on a loaded machine): a copy of a world costs more than a replay to it (a deep copy 10 ms, a
+pickle that carries its closures 3 ms to save and 3 ms to load; building a world and replaying
+15 steps 4 ms), and a replay is exact by construction. Each state reached is fingerprinted (``dsm.sim.fingerprint``, about
+1 ms) and explored only the first time, so the first violation found has a shortest schedule
+in steps: no schedule of fewer steps reaches one.
+
+No partial-order reduction: two steps rarely lead to the same state in either order, because
+every step advances the clock by a millisecond and the sessions' timers are kept as ages in
+steps (an acknowledgement owed goes out ``ACK_DELAY_S`` after the delivery that owed it): a
+delivery taken a step later leaves a timer a step younger. Measured on the relay's fault-free
+scope (the first 14 steps, 60 states a depth): of the pairs of a delivery and a thread's step
+at disjoint parties, 28 of 121 commuted; of two deliveries (in the relay, every pair of them
+shares the directory), 7 of 82; only the two nodes' threads' steps always did (82 of 82), and
+a run has few of those (2 operations per node, and their retries) among its 40 steps.
 
 Enumerated: which pair of parties delivers its next packet, which thread runs its next
 operation, whether an agent is descheduled after a send and when it goes on, and, for each
@@ -35,12 +44,14 @@ that without a bound the scope has no end) is cut there, and the cuts are counte
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from dsm.liveness import ACK_TIMEOUT_S
-from dsm.sim.fingerprint import fingerprint
+from dsm.sim.fingerprint import DIGEST_BYTES, fingerprint
 from dsm.sim.links import NO_FAULTS, Faults
 from dsm.sim.model import SLOTS_PER_PAGE
 from dsm.sim.world import STEP_S, SimulationFailure, World
@@ -50,9 +61,6 @@ from dsm.sim.world import STEP_S, SimulationFailure, World
 SPARED, STRIKES = math.nextafter(1.0, 0.0), 0.0
 #: the probability the world is given for each allowed fault kind: any above 0 makes it draw
 FAULT_ODDS = 0.5
-#: worlds kept alive at each depth for their first next step (the others are replayed from
-#: the start; a world of the small scope holds about 100 KiB)
-LIVE_WORLDS = 1000
 #: the separators of a schedule written out: between steps, and between a step's draws
 STEP_SEP, DRAW_SEP = "/", "."
 
@@ -72,6 +80,9 @@ class Scope:
     #: times an access may fault again after its page came (taken away before the thread
     #: retried: a ping-pong an adversarial scheduler can repeat for ever, so it is bounded)
     refaults: int = 1
+    #: the resend timers leave the fingerprint once no gap can come (``dsm.sim.fingerprint``):
+    #: sound, and fewer states after a fault; False keeps them (to check it against)
+    reduction: bool = True
 
     def programs(self) -> list[list[tuple[str, int]]]:
         """Each node's one thread: writes at even steps, reads at odd ones, its k-th
@@ -170,6 +181,7 @@ class Replay:
         #: each thread's faults on its current operation
         self.faulted = [0] * len(self.threads)
         self.refaults = scope.refaults
+        self.reduction = scope.reduction
         #: the lines of the world's schedule each step wrote
         self.steps: list[list[str]] = []
 
@@ -209,7 +221,18 @@ class Replay:
         return tuple(k for k, _ in self.draws.made)
 
     def fingerprint(self) -> bytes:
-        return fingerprint(self.world, STEP_S, self.faults.left, self.faulted)
+        return fingerprint(self.world, STEP_S, self.faults.left, self.faulted,
+                           faults_left=self.faults.left if self.reduction else None)
+
+    def outcome(self) -> bytes:
+        """What the run leaves that its programs could observe, once at rest: the last write
+        of each location, and each live node's pages, their states and bytes (the same
+        whatever the fingerprint leaves out)."""
+        pages = [(n.name, sorted((q, st.name) for q, st in n.core.state.items()),
+                  sorted((q, bytes(m)) for q, m in n.memory.items()))
+                 for n in self.world.nodes.values() if n.alive]
+        return hashlib.blake2b(repr((self.world.truth, pages)).encode(),
+                               digest_size=DIGEST_BYTES).digest()
 
 
 def next_plan(made: list[tuple[int, int]]) -> tuple[int, ...] | None:
@@ -241,6 +264,8 @@ class Exploration:
     transitions: int = 0
     #: distinct states in which the run came to rest (nothing in flight, every thread done)
     at_rest: int = 0
+    #: what the runs that came to rest left (``Replay.outcome``)
+    outcomes: set[bytes] = field(default_factory=set)
     #: steps not followed: an access faulted again more often than the scope allows
     cut: int = 0
     max_depth: int = 0  #: the deepest step taken
@@ -255,83 +280,70 @@ class Exploration:
         return bool(self.stopped)
 
 
-def explore(scope: Scope, max_states: int | None = None,
-            max_depth: int | None = None) -> Exploration:
+def explore(scope: Scope, max_states: int | None = None, max_depth: int | None = None,
+            progress: Callable[[Exploration], None] | None = None,
+            workers: int = 1) -> Exploration:
     """Every schedule of ``scope`` (of at most ``max_depth`` steps), breadth first, each state
-    once: the first violation, with a shortest schedule, or none."""
+    once: the first violation, with a shortest schedule, or none. ``progress`` is told the
+    exploration so far after each depth (its ``levels`` and ``seconds``); ``workers``
+    processes run the steps (``dsm.sim.frontier``)."""
+    from dsm.sim.frontier import Workers, balanced
+
     started = time.perf_counter()
     out = Exploration(scope)
     first = Replay(scope)
     seen = {first.fingerprint()}
     rested: set[bytes] = set()
-    # each state to explore: its schedule, and its world if kept alive (the first next step is
-    # taken on it, the others on worlds replayed to it)
-    level: list[tuple[Schedule, Replay | None]] = [((), first)]
     limit = first.world.step_limit
     # the fingerprint keeps the acknowledgement timeout as "expired or not": a run must stay
     # shorter than it in steps (only a jump of the clock expires it), as the livelock limit does
     horizon = min(limit, int(ACK_TIMEOUT_S / STEP_S))
-    while level and out.violation is None:
-        depth = len(level[0][0]) + 1
-        if max_depth is not None and depth > max_depth:
-            out.stopped = f"every schedule of up to {max_depth} steps, not beyond (--max-depth)"
-            break
-        if depth > horizon:
-            message = (f"no quiescence after {limit} steps (a livelock?)" if depth > limit else
-                       f"runs longer than {horizon} steps: the fingerprint's timers no longer hold")
-            out.violation = Violation(message, level[0][0], replay(scope, level[0][0])[0])
-            break
-        out.max_depth = depth
-        following: list[tuple[Schedule, Replay | None]] = []
-        alive = 0
-        for schedule, world in level:
-            for child, run, rests in _successors(scope, schedule, world, out):
-                if out.violation is not None:
-                    break
-                if run.beyond_bound:
-                    out.cut += 1
-                    continue
-                key = run.fingerprint()
-                if rests:  # (the state it rests in was seen: resting changes nothing)
-                    rested.add(key)
-                elif key not in seen:
-                    seen.add(key)
-                    keep = alive < LIVE_WORLDS
-                    alive += keep
-                    following.append((child, run if keep else None))
-            if out.violation is not None:
+    pool = Workers(scope, workers)
+    # each worker's states of the depth to explore (their schedules): the worlds it keeps
+    shares: list[list[Schedule]] = [[()]] + [[] for _ in range(workers - 1)]
+    try:
+        depth = 0
+        while any(shares) and out.violation is None:
+            depth += 1
+            if max_depth is not None and depth > max_depth:
+                out.stopped = f"every schedule of up to {max_depth} steps, not beyond (--max-depth)"
                 break
-            if max_states and len(seen) >= max_states:
-                out.stopped = f"stopped at {len(seen)} states (--max-states)"
+            if depth > horizon:
+                deepest = next(s for share in shares for s in share)
+                message = (f"no quiescence after {limit} steps (a livelock?)" if depth > limit
+                           else f"runs longer than {horizon} steps: the fingerprint's timers "
+                                "no longer hold")
+                out.violation = Violation(message, deepest, replay(scope, deepest)[0])
                 break
-        out.levels.append(len(following))
-        level = [] if out.incomplete else following
+            out.max_depth = depth
+            following: list[list[Schedule]] = [[] for _ in range(workers)]
+            for owner, found in enumerate(pool.expand(balanced(shares))):
+                out.transitions += found.transitions
+                for successor in found.successors:
+                    if successor.key is None:
+                        out.cut += 1
+                    elif successor.rests:  # (the state it rests in was seen: resting changes
+                        rested.add(successor.key)  # nothing)
+                        out.outcomes.add(successor.outcome)
+                    elif successor.key not in seen and not out.incomplete:
+                        seen.add(successor.key)
+                        following[owner].append(successor.schedule)
+                        if max_states and len(seen) >= max_states:
+                            out.stopped = f"stopped at {len(seen)} states (--max-states)"
+                if found.violation is not None and out.violation is None:
+                    out.violation = found.violation
+            out.levels.append(sum(map(len, following)))
+            shares = [[] for _ in range(workers)] if out.incomplete else following
+            pool.keep(shares)
+            if progress is not None:
+                out.states, out.seconds = len(seen), time.perf_counter() - started
+                progress(out)
+    finally:
+        pool.close()
     out.states = len(seen)
     out.at_rest = len(rested)
     out.seconds = time.perf_counter() - started
     return out
-
-
-def _successors(scope: Scope, schedule: Schedule, world: Replay | None, out: Exploration):
-    """Each next step from the state ``schedule`` reaches (``world``: one there already, or
-    None): (the longer schedule, the replay after it, whether the run came to rest); a
-    violation is put in ``out``."""
-    plan: tuple[int, ...] | None = ()
-    while plan is not None:
-        if world is not None:
-            replay, world = world, None
-        else:
-            replay = Replay(scope)
-            replay.follow(schedule)
-        out.transitions += 1
-        try:
-            rests = not replay.step(plan)
-        except SimulationFailure as exc:
-            out.violation = Violation(str(exc), schedule + (replay.taken,), replay.steps)
-            yield schedule + (replay.taken,), replay, False
-            return
-        yield schedule + (replay.taken,), replay, rests
-        plan = next_plan(replay.draws.made)
 
 
 def replay(scope: Scope, schedule: Schedule) -> tuple[list[list[str]], str | None]:
