@@ -58,8 +58,6 @@ HOUSEKEEPING_INTERVAL_S = 0.005
 SEND_QUEUE_LIMIT_MESSAGES = 100_000
 #: the messages a peer reads before it has a session (it is joining, or refused): no session header
 BARE = (p.Welcome, p.Fenced, p.ShardWelcome)
-#: the messages never replayed after a reset (a later one says the same)
-UNSEQUENCED = (p.Heartbeat,)
 #: how often the sessions of peers that are gone (left, declared dead) are swept away
 LINK_SWEEP_INTERVAL_S = 1.0
 
@@ -201,7 +199,7 @@ class DirectoryService:
         frames = p.encode(message, page)
         kind = type(message)
         if not self.links.send(identity, frames, time.monotonic(),
-                               sequenced=kind not in UNSEQUENCED, bare=kind in BARE):
+                               sequenced=kind not in p.UNSEQUENCED, bare=kind in BARE):
             return False
         if self.directory.wire is not None:
             self.directory.wire.count("sent", message, frames)
