@@ -55,7 +55,7 @@ from dsm.launchers import job_name, placement
 from dsm.layout import Layout
 from dsm.reliability import add_counters
 from dsm.core.timers import AgentTimers
-from dsm.liveness import NODE_CUT_OFF_S
+from dsm.liveness import HOUSEKEEPING_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.trace import Tracer
 from dsm.wire import send_frames
@@ -70,9 +70,6 @@ JOIN_RETRY_S = 0.05
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
 POLL_INTERVAL_MS = 100
-#: while the loop is busy, heartbeats, the directory's silence, the counters' report and overdue
-#: requests are looked at this often, not after every wake-up (their intervals are seconds)
-HOUSEKEEPING_INTERVAL_S = 0.005
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
 #: how often the node's counters go to the directory (for dsm top)

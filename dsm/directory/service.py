@@ -37,7 +37,7 @@ from dsm.errors import ConfigError, ProtocolError
 from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
 from dsm.linkwire import RouterLinks
-from dsm.liveness import ACK_DELAY_S, NODE_TIMEOUT_S
+from dsm.liveness import ACK_DELAY_S, HOUSEKEEPING_INTERVAL_S, NODE_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.managers import DEFAULT_MANAGER
 from dsm.trace import Tracer
@@ -49,10 +49,6 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_MS = 200
 #: how many queued messages are handled before timers are looked at again
 MAX_MESSAGES_PER_WAKEUP = 1000
-#: while messages keep coming, the timers (silent nodes, lock deadlines, the shards' heartbeats)
-#: are looked at this often, not after every message: their deadlines are tenths of seconds
-#: and more, and looking costs a pass over the sessions and the locks
-HOUSEKEEPING_INTERVAL_S = 0.005
 #: messages queued for one node before it counts as not reading them (declared dead): far more
 #: than the protocol keeps in flight to a live node
 SEND_QUEUE_LIMIT_MESSAGES = 100_000

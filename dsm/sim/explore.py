@@ -39,7 +39,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from dsm.liveness import ACK_TIMEOUT_S
+from dsm.liveness import ACK_TIMEOUT_S, HEARTBEAT_INTERVAL_S
 from dsm.sim.fingerprint import fingerprint
 from dsm.sim.links import NO_FAULTS, Faults
 from dsm.sim.model import SLOTS_PER_PAGE
@@ -268,9 +268,10 @@ def explore(scope: Scope, max_states: int | None = None,
     # taken on it, the others on worlds replayed to it)
     level: list[tuple[Schedule, Replay | None]] = [((), first)]
     limit = first.world.step_limit
-    # the fingerprint keeps the acknowledgement timeout as "expired or not": a run must stay
-    # shorter than it in steps (only a jump of the clock expires it), as the livelock limit does
-    horizon = min(limit, int(ACK_TIMEOUT_S / STEP_S))
+    # the fingerprint keeps the acknowledgement timeout and the heartbeats' as "expired or not":
+    # a run must stay shorter than them in steps (only a jump of the clock expires them), as
+    # the livelock limit does
+    horizon = min(limit, int(min(ACK_TIMEOUT_S, HEARTBEAT_INTERVAL_S) / STEP_S))
     while level and out.violation is None:
         depth = len(level[0][0]) + 1
         if max_depth is not None and depth > max_depth:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from dsm import protocol as p
 from dsm.core.timers import AgentTimers
-from dsm.liveness import NODE_CUT_OFF_S, NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S
+from dsm.liveness import (HOUSEKEEPING_INTERVAL_S, NODE_CUT_OFF_S, NODE_TIMEOUT_S,
+                          TRANSACTION_TIMEOUT_S)
 from dsm.sim.model import SimulationFailure
 from dsm.sim.network import sim_identity
 
@@ -49,8 +50,10 @@ class SimTimers:
         #: (node, shard) -> when the node last sent the shard anything, and last heard from it
         self.last_sent_s = {(n, s): world.clock for n in world.nodes for s in world.machines}
         self.last_heard_s = dict(self.last_sent_s)
+        #: when the timers were last looked at (every HOUSEKEEPING_INTERVAL_S, as the loops do)
+        self._looked_s = world.clock
         #: how many sessions the shards keep (one fewer: a deadline ended one)
-        self._sessions = self._count_sessions()
+        self._sessions_kept = self._count_sessions()
         #: no timer of a node is due before this (each only moves later: a step looks at a
         #: node's only then, as a world of hundreds of nodes needs), nor any before the first
         self._due_s = {name: world.clock for name in world.nodes}
@@ -69,10 +72,15 @@ class SimTimers:
             self.world.machines[dst].heard(sim_identity(src))
 
     # --- the timers ----------------------------------------------------------------------------
-    def run(self) -> None:
-        """Every timer due at the world's clock: the live nodes' first (a node about to be
-        declared dead has cut itself off before), then the shards'."""
+    def run(self, idle: bool = False) -> None:
+        """Every timer due at the world's clock, looked at every HOUSEKEEPING_INTERVAL_S as the
+        processes' busy loops do, or at once by idle ones (``idle``: the clock jumped to a
+        timer): the live nodes' first (a node about to be declared dead has cut itself off
+        before), then the shards'."""
         world, now = self.world, self.world.clock
+        if not idle and now - self._looked_s < HOUSEKEEPING_INTERVAL_S:
+            return
+        self._looked_s = now
         if now >= self._first_due_s:
             for name, due_s in list(self._due_s.items()):
                 node = world.nodes[name]
@@ -128,7 +136,7 @@ class SimTimers:
         death is noticed by every shard (``World._notice_death``: in a real distributed
         manager the coordinator tells the other shards)."""
         world = self.world
-        if self._count_sessions() == self._sessions:
+        if self._count_sessions() == self._sessions_kept:
             return
         for name, node in world.nodes.items():
             ended = [shard for shard, m in world.machines.items() if m.sessions.get(name) is None]
@@ -143,7 +151,7 @@ class SimTimers:
                     f"the shards something {world.clock - heard:.2f} s ago")
             if name in world.unnoticed_dead:
                 world._notice_death(name)
-        self._sessions = self._count_sessions()
+        self._sessions_kept = self._count_sessions()
 
     def _count_sessions(self) -> int:
         return sum(len(m.sessions.by_node) for m in self.world.machines.values())

@@ -280,7 +280,7 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         self.clock = max(self.clock, until + self.step_s)
         self._step(f"time passes to {self.clock:.3f} s")
         self._touched = set()  # (a death declared checks every page: ``_notice_death``)
-        self.timers.run()
+        self.timers.run(idle=True)
         self._check_invariants()
         self.links.due(self.channels, self._alive, self.clock)
 
