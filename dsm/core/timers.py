@@ -28,13 +28,13 @@ class AgentTimers:
     def heartbeat_due(now: float, least_recent_send_s: float) -> bool:
         """Whether a heartbeat is due: some shard has been sent nothing for HEARTBEAT_INTERVAL_S
         (any message says the node is alive; every shard must hear from it)."""
-        if bugs.ACTIVE == bugs.SILENT_HEARTBEATS:  # the bug switch (dsm/bugs.py)
-            return False
-        return now - least_recent_send_s > HEARTBEAT_INTERVAL_S
+        return now > AgentTimers.heartbeat_due_at(least_recent_send_s)
 
     @staticmethod
     def heartbeat_due_at(least_recent_send_s: float) -> float:
-        """When ``heartbeat_due`` turns true (for a clock that jumps to its next timer)."""
+        """When a heartbeat is due (past it: ``heartbeat_due``)."""
+        if bugs.ACTIVE == bugs.SILENT_HEARTBEATS:  # the bug switch (dsm/bugs.py)
+            return float("inf")
         return least_recent_send_s + HEARTBEAT_INTERVAL_S
 
     @staticmethod

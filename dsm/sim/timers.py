@@ -187,5 +187,5 @@ class SimTimers:
             due += [s.last_seen_s + NODE_TIMEOUT_S for s in machine.sessions.by_node.values()]
             due += [txn.started_s + TRANSACTION_TIMEOUT_S
                     for txn in self._open_transactions(machine)]
-        # (a timer past due is one an agent did not act on: it is not the next)
-        return min((t for t in due if t > world.clock), default=None)
+        # (one past due has not been looked at yet: the jump is to now, and looks)
+        return min((t for t in due if t != float("inf")), default=None)
