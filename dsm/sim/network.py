@@ -12,8 +12,8 @@ the node's agent carries out what the core answers (``dsm.sim.nodes``). A shard 
 node with an Error, or stops (an unexpected exception), fails the run.
 
 A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
-notices the death later (the scheduler picks when), through each shard's own ``declare_dead``
-(the path its silence deadline takes). Its messages still on their way to a shard arrive after
+notices the death later, by its own silence deadline (``dsm.sim.timers``: the scheduler picks
+when time passes), and every shard then declares it dead through its own ``declare_dead``. Its messages still on their way to a shard arrive after
 that and are fenced there by the machine's own check (its session ended), never served. What a
 lost message carried, or what a dead node owned, may be lost: those locations are recorded
 (``lost_locations``), so that the world's invariant checks allow reads of them to fail loudly,

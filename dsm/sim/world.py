@@ -6,11 +6,13 @@ seeded scheduler in place of the network, the kernel and time.
 The scheduler delivers messages in any order ZeroMQ allows — first in, first out per pair of
 sockets, nothing more — interleaved with the workload threads' reads and writes, node deaths
 (a killed node's unsent messages are lost, a prefix of them may still arrive) and the
-directory's noticing them. Every message is encoded as the processes encode it and travels on
-its pair's session, the real one (``dsm.sim.links``); with ``faults`` the channels drop,
-duplicate and swap messages and reset connections, and the sessions replay on the simulated
-clock, which jumps to their timers when nothing else can happen. After every step it checks the
-invariants:
+liveness timers (``dsm.sim.timers``: the nodes' heartbeats, cut-offs and request timeouts, and
+the shards' deadlines, which notice a death). Every message is encoded as the processes encode
+it and travels on its pair's session, the real one (``dsm.sim.links``); with ``faults`` the
+channels drop, duplicate and swap messages and reset connections, and the sessions replay on the
+simulated clock, which jumps to their timers and the liveness ones when nothing else can happen
+(or when the scheduler lets time pass while a death waits to be noticed). After every step it
+checks the invariants (and ``dsm.sim.timers`` its own: no live node declared dead):
 
 - one writer or many readers: a page is EXCLUSIVE on at most one live node, and then held by
   no other;
