@@ -17,6 +17,8 @@ How each is caught (``tests/test_bugs.py`` proves it):
   a few hundred microseconds: the litmus tests rarely land in it);
 - ``ignore-notices``: the simulator's DRF-SC check of release-consistency pages (a read after an
   acquire returns an older value);
+- ``keep-removed``: the simulator with the kernel's events on (``python -m dsm.sim --events``):
+  a page MADV_REMOVE punched stays held with a hole, found when its Remove is told apart;
 - ``keep-dead-locks``: the simulator, whose shards run the directory state machine
   (``dsm.directory.machine``) and its own path for a death: a thread waits for ever at a
   barrier a dead node was part of, or for a lock it held;
@@ -39,6 +41,7 @@ BUG_ENV = "DSM_BUG"
 STALE_COPY = "stale-copy"
 EARLY_GRANT = "early-grant"
 IGNORE_NOTICES = "ignore-notices"
+KEEP_REMOVED = "keep-removed"
 KEEP_DEAD_LOCKS = "keep-dead-locks"
 SHORT_TRANSACTIONS = "short-transactions"
 SILENT_HEARTBEATS = "silent-heartbeats"
@@ -51,6 +54,8 @@ BUGS = {
                  "readers see the old value after the write, and two nodes hold the page",
     IGNORE_NOTICES: "an acquire ignores its write notices: a node keeps reading its stale copy "
                     "of a release-consistency page after a lock or barrier",
+    KEEP_REMOVED: "a Remove event's punched pages are never discarded: the node keeps holding "
+                  "a hole, and serves it as zeros while the others keep the old contents",
     KEEP_DEAD_LOCKS: "the directory forgets to tell its lock table that a node is gone: a dead "
                      "node's locks never pass on and its barriers never break",
     SHORT_TRANSACTIONS: "the directory gives a transaction's holder one heartbeat interval, not "

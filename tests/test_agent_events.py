@@ -23,6 +23,7 @@ import pytest
 from dsm import libc, local
 from dsm import protocol as p
 from dsm.agent.memory import NodeMemory
+from dsm.core.events import follow
 from dsm.core.kernel import MAX_KERNEL_RETRIES, KernelCalls
 from dsm.core.states import PageState
 from dsm.agent.processes import Mapping, WorkloadProcess
@@ -293,6 +294,43 @@ def test_a_page_existing_mid_run_leaves_the_installer_write_protected(tmp_path):
         memory.close()
 
 
+def test_a_protection_made_while_the_process_moves_the_page_is_made_where_it_went(tmp_path):
+    """A thread of this process mremaps page 2 of the region (the kernel holds it in mremap until
+    the Remap event is read) while the node write-protects it: the ioctl at the old address
+    finds events pending, reads the Remap, then finds nothing mapped there (ENOENT). The
+    protection must be made at the page's new address; the kernel's page map says whether it
+    was."""
+    layout = Layout(libc.PAGE_SIZE * 1024, 4 * PAGE)  # the base is only used for addresses
+    procs: dict[int, WorkloadProcess] = {}
+    memory = NodeMemory("enoent", layout, procs, lambda proc: None)
+    addr = libc.mmap_at(0, layout.size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED,
+                        memory.memfd)
+    spare = libc.mmap_at(0, PAGE, 0, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+    uffd = Uffd.open(features=WORKLOAD_FEATURES)
+    mover = threading.Thread(target=libc.mremap, daemon=True,
+                             args=(addr + 2 * PAGE, PAGE, PAGE,
+                                   libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, spare))
+    try:
+        uffd.register(addr, layout.size, REGION_REGISTER_MODE)
+        proc = WorkloadProcess(uffd, os.getpid(), [Mapping(addr, layout.size, 0)])
+        procs[uffd.fileno()] = proc
+        mover.start()
+        assert uffd.wait_readable(STEP_TIMEOUT_S), "the Remap event never came"
+        KernelCalls(memory).writeprotect(proc, 2, 1, wp=True)
+        mover.join(STEP_TIMEOUT_S)
+        assert not mover.is_alive(), "mremap still waits for its event to be read"
+        assert proc.addresses_of(2 * PAGE, PAGE) == [(spare, PAGE)]
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(spare // PAGE * PAGEMAP_ENTRY.size)
+            entry = PAGEMAP_ENTRY.unpack(pagemap.read(PAGEMAP_ENTRY.size))[0]
+        assert entry & PM_UFFD_WP, f"pagemap entry {entry:#x}: page 2 is not protected where it went"
+    finally:
+        uffd.close()
+        libc.munmap(addr, layout.size)
+        libc.munmap(spare, PAGE)
+        memory.close()
+
+
 @pytest.mark.timeout(20)
 def test_an_install_that_keeps_finding_events_pending_gives_up_with_an_error():
     layout = Layout(libc.PAGE_SIZE * 1024, 4 * PAGE)
@@ -438,8 +476,8 @@ def test_a_held_page_that_is_not_resident_is_not_discarded(here, monkeypatch):
 
 def test_a_remove_event_does_not_block_the_loop_and_its_pages_are_told_apart_later(here, monkeypatch):
     """The agent does not wait for MADV_REMOVE's punch inside the event's handler: it checks the
-    pages at a deadline. Then a punched page is discarded, a kept one (DONTNEED) stays, a read
-    copy write-protected again in the removing process."""
+    pages at a deadline. Then a punched page is zeroed (owned here), a kept one (DONTNEED) stays,
+    a read copy write-protected again in the removing process."""
     def no_sleep(seconds):
         raise AssertionError(f"the agent's loop slept {seconds} s handling a Remove event")
 
@@ -452,12 +490,16 @@ def test_a_remove_event_does_not_block_the_loop_and_its_pages_are_told_apart_lat
         with monkeypatch.context() as m:
             m.setattr(time, "sleep", no_sleep)
             t0 = time.monotonic()
-            here.workloads._on_remove(proc, Remove(base + 3 * PAGE, base + 5 * PAGE))
+            proc.events.extend(follow(proc, [Remove(base + 3 * PAGE, base + 5 * PAGE)]))
+            here.workloads.handle_events(proc)
             assert time.monotonic() - t0 < REMOVE_SETTLE_S
         assert set(here.state) == {3, 4}  # not told apart yet
         libc.punch_hole(here.memory.memfd, 4 * PAGE, PAGE)  # page 4 was MADV_REMOVEd
         here.workloads.run_timers(time.monotonic() + REMOVE_SETTLE_S)
-        assert here.state == {3: PageState.SHARED}
+        # an owned page is the only copy: it stays, zeros from now on (a read copy would be
+        # discarded cluster-wide)
+        assert here.state == {3: PageState.SHARED, 4: PageState.EXCLUSIVE}
+        assert os.pread(here.memory.memfd, PAGE, 4 * PAGE) == bytes(PAGE)
         assert here.stats.snapshot()["counters"].get("discards", 0) == 1
         assert ("writeprotect", base + 3 * PAGE, PAGE, True) in proc.uffd.calls
     finally:

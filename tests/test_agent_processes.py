@@ -36,5 +36,5 @@ def test_remap_moves_the_region_bytes_with_the_addresses():
 def test_forked_child_maps_what_the_parent_maps():
     p = proc()
     p.unmap(BASE, BASE + PAGE)
-    child = p.forked(FakeUffd())
+    child = p.forked(FakeUffd(), p.copy_mappings())
     assert child.mappings == p.mappings and child.mappings is not p.mappings

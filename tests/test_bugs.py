@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from dsm import bugs
+from dsm.sim.processes import KernelEvents
 from dsm.sim.world import SimulationFailure, World
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,6 +23,8 @@ CAUGHT_BY = {
     bugs.STALE_COPY: ({}, "while held by"),
     bugs.EARLY_GRANT: ({}, "while held by"),
     bugs.IGNORE_NOTICES: ({"release_pages": 6}, "the last write (happens-before"),
+    bugs.KEEP_REMOVED: ({"kernel_events": KernelEvents.everywhere(0.05)},
+                        "with a hole after its Remove was told apart"),
     # the shards' own path for a death (dsm.directory.machine), which the simulator runs
     bugs.KEEP_DEAD_LOCKS: ({"release_pages": 6, "deaths": 1}, "with no message in flight"),
     # the shards' deadlines and the nodes' timers (dsm.sim.timers), on the clock a death lets run

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from dsm import libc
 from dsm.agent.processes import WorkloadProcess, thread_group_of
+from dsm.core.events import follow
 from dsm.core.kernel import are_zeros
 from dsm.layout import Layout
 from dsm.uffd import PartiallyCopied, UffdError
@@ -96,8 +97,8 @@ class NodeMemory:
         which handles them once the current operation is over, never inside it (a handler's
         own ioctls would nest in this one's retry)."""
         events = proc.uffd.read_events(timeout_s=EVENT_PENDING_WAIT_S)
-        if events:
-            proc.events.extend(events)
+        if events:  # their mapping changes apply now: the retried ioctl goes where they say
+            proc.events.extend(follow(proc, events))
             self.shelved[proc] = None
 
     def forget(self, proc: WorkloadProcess) -> None:

@@ -1,5 +1,6 @@
 """The workload processes a node agent serves: each one's uffd, its pidfd, and where in its
-address space each part of the region is mapped (which Remap and Unmap events change)."""
+address space each part of the region is mapped (which Remap and Unmap events change:
+``dsm.core.events``)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,14 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 
+from dsm.core.events import Mapping, RegionMappings
 from dsm.uffd import Uffd
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Mapping:
-    """``length`` bytes of the region at region offset ``offset``, mapped at ``start``."""
-
-    start: int
-    length: int
-    offset: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
-
-
 @dataclass(eq=False)
-class WorkloadProcess:
+class WorkloadProcess(RegionMappings):
     uffd: Uffd
     pid: int | None
     mappings: list[Mapping] = field(default_factory=list)
@@ -56,70 +45,9 @@ class WorkloadProcess:
             os.close(self.pidfd)
             self.pidfd = None
 
-    # --- address translation ---------------------------------------------------------------------
-    def offset_of(self, addr: int) -> int | None:
-        for m in self.mappings:
-            if m.start <= addr < m.end:
-                return m.offset + (addr - m.start)
-        return None
-
-    def addresses_of(self, offset: int, length: int) -> list[tuple[int, int]]:
-        """Every (address, length) at which this process maps region bytes [offset, offset+length)."""
-        out = []
-        for m in self.mappings:
-            lo = max(offset, m.offset)
-            hi = min(offset + length, m.offset + m.length)
-            if lo < hi:
-                out.append((m.start + (lo - m.offset), hi - lo))
-        return out
-
-    def region_ranges(self, start: int, end: int) -> list[tuple[int, int]]:
-        """The region (offset, length) ranges that addresses [start, end) of this process map."""
-        out = []
-        for m in self.mappings:
-            lo, hi = max(start, m.start), min(end, m.end)
-            if lo < hi:
-                out.append((m.offset + (lo - m.start), hi - lo))
-        return out
-
-    def covers(self, offset: int) -> bool:
-        return any(m.offset <= offset < m.offset + m.length for m in self.mappings)
-
-    # --- events ------------------------------------------------------------------------------------
-    def unmap(self, start: int, end: int) -> list[tuple[int, int]]:
-        """Forget [start, end); returns the region (offset, length) ranges it covered."""
-        removed = self.region_ranges(start, end)
-        kept = []
-        for m in self.mappings:
-            lo, hi = max(start, m.start), min(end, m.end)
-            if lo >= hi:
-                kept.append(m)
-                continue
-            if m.start < lo:
-                kept.append(Mapping(m.start, lo - m.start, m.offset))
-            if hi < m.end:
-                kept.append(Mapping(hi, m.end - hi, m.offset + (hi - m.start)))
-        self.mappings = kept
-        return removed
-
-    def remap(self, from_: int, to: int, length: int) -> None:
-        """mremap moved [from_, from_+length) to ``to``: the region bytes follow the move."""
-        moved = []
-        for m in self.mappings:
-            lo, hi = max(from_, m.start), min(from_ + length, m.end)
-            if lo < hi:
-                moved.append(Mapping(to + (lo - from_), hi - lo, m.offset + (lo - m.start)))
-        # the destination's old contents are replaced; the source is gone
-        self.unmap(to, to + length)
-        self.unmap(from_, from_ + length)
-        self.mappings.extend(moved)
-
-    def forked(self, child_uffd: Uffd) -> "WorkloadProcess":
-        """The child of a fork maps the region where its parent did."""
-        return WorkloadProcess(
-            child_uffd, None, [Mapping(m.start, m.length, m.offset) for m in self.mappings],
-            parent=self,
-        )
+    def forked(self, child_uffd: Uffd, mappings: list[Mapping]) -> "WorkloadProcess":
+        """The child of a fork maps the region where its parent did then (``mappings``)."""
+        return WorkloadProcess(child_uffd, None, mappings, parent=self)
 
 
 def thread_group_of(tid: int) -> int | None:

@@ -40,8 +40,9 @@ from dsm.agent.memory import NodeMemory
 from dsm.agent.peers import (
     ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV, PeerEndpoint, default_listen,
 )
-# REMOVE_SETTLE_S is imported from here too (it was defined here before workloads.py)
-from dsm.agent.workloads import REMOVE_SETTLE_S as REMOVE_SETTLE_S, Workloads
+from dsm.agent.workloads import Workloads
+# REMOVE_SETTLE_S is imported from here too (it was defined here before dsm/core/events.py)
+from dsm.core.events import REMOVE_SETTLE_S as REMOVE_SETTLE_S
 from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.readahead import ReadAhead

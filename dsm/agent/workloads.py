@@ -3,15 +3,18 @@ userfaultfd events on their uffds, and their exits.
 
 A process attaches through the Unix socket (``dsm/agent/clients.py`` hands its uffd over) and maps
 the whole region at the base; a Fork event adopts a child's uffd, Remap and Unmap events move or
-drop parts of a process's mapping (``dsm/agent/processes.py``), a Remove event (madvise) may have
-discarded pages. What each event means for the node's pages is the node core's decision
-(``dsm/core/node.py``); this module feeds it the events and gives back the pages no local process
-maps any more. A process's pidfd tells when it exits; so does the pidfd of a process that used
-locks or barriers, whose exit the directory is told (``Departed``).
+drop parts of a process's mapping (applied as they are read: ``dsm.core.events.follow``), a
+Remove event (madvise) may have discarded pages. What each event means for the node's pages is
+decided without I/O in ``dsm/core/events.py`` (``ProcessEvents``, which the simulator runs too)
+and the node core (``dsm/core/node.py``); this module reads the events, keeps the pidfds, the
+/proc lookups and the poller, and feeds them in. A process's pidfd tells when it exits; so does
+the pidfd of a process that used locks or barriers, whose exit the directory is told
+(``Departed``).
 
 Two events cannot be finished when they are read, and the agent's loop must not block on them:
-a Remove's pages are told apart ``REMOVE_SETTLE_S`` later, and a forked child's pid is looked for
-every ``FORK_LOOKUP_INTERVAL_S``; ``next_timer_s`` and ``run_timers`` are the loop's side of that.
+a Remove's pages are told apart ``REMOVE_SETTLE_S`` later (``ProcessEvents``' timer), and a forked
+child's pid is looked for every ``FORK_LOOKUP_INTERVAL_S``; ``next_timer_s`` and ``run_timers``
+are the loop's side of that.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
@@ -35,45 +37,19 @@ from dsm.agent.processes import (
     maps_file,
     thread_group_of,
 )
+from dsm.core.events import Forked, ProcessEvents, follow
 from dsm.core.kernel import KernelCalls
 from dsm.core.node import NodeCore
 from dsm.core.stats import NodeStats
 from dsm.layout import Layout
-from dsm.uffd import (
-    FaultKind,
-    Fork,
-    Pagefault,
-    ProcessGone,
-    Remap,
-    Remove,
-    UffdError,
-    Uffd,
-    Unmap,
-)
+from dsm.uffd import Pagefault, ProcessGone, UffdError, Uffd
 
 log = logging.getLogger(__name__)
 
-#: how long after a Remove event its pages are checked for MADV_REMOVE's hole punch (DONTNEED
-#: never punches): the madvise caller punches right after the agent has read the event
-REMOVE_SETTLE_S = 0.02
-#: how long after a Remove event a hole in one of its pages is still explained by it (its madvise
-#: caller may be descheduled between the event and the punch): past it, a hole in a page the node
-#: holds is an invariant violation, never a guessed discard
-REMOVE_EXPLAINS_S = 1.0
 #: a forked child appears under /proc a moment after its Fork event is read (the parent is still
 #: in fork() then): how often, and for how long, to look for it before relying on its first fault
 FORK_LOOKUP_INTERVAL_S = 0.001
 FORK_LOOKUP_TIMEOUT_S = 1.0
-
-
-@dataclass
-class Removal:
-    """Pages a Remove event of ``proc`` covered, to be told apart at ``deadline``: punched
-    (MADV_REMOVE: discarded cluster-wide) or kept (DONTNEED)."""
-
-    proc: WorkloadProcess
-    pages: set[int]
-    deadline: float
 
 
 class Workloads:
@@ -99,18 +75,15 @@ class Workloads:
         self._pidfds: dict[int, WorkloadProcess] = {}
         #: pidfds of processes that used locks or barriers: their exit is told to the directory
         self._departure_pidfds: dict[int, int] = {}
-        #: Remove events whose pages are not yet told apart, oldest first
-        self._removals: list[Removal] = []
-        #: pages Remove events named, until when a hole in them is explained (oldest first)
-        self._explains: dict[int, float] = {}
+        #: what each event means for the node's pages (no I/O: the simulator runs it too)
+        self.events = ProcessEvents(core, kernel, memory.holds, lambda: self.procs.values(),
+                                    carry_out)
         #: forked children whose pid is not known yet -> until when to look for it
         self._unnamed_children: dict[WorkloadProcess, float] = {}
+        #: the loop's own events; the others are ``ProcessEvents``' (``dsm.core.events``)
         self._event_handlers: dict[type, Callable[[WorkloadProcess, Any], None]] = {
             Pagefault: self._on_pagefault,
-            Fork: self._on_fork,
-            Remap: self._on_remap,
-            Remove: self._on_remove,
-            Unmap: self._on_unmap,
+            Forked: self._on_fork,
         }
 
     # --- what the loop polls -----------------------------------------------------------------------
@@ -122,7 +95,7 @@ class Workloads:
         if fd in self.procs:
             proc = self.procs[fd]
             try:
-                proc.events.extend(proc.uffd.read_events())
+                proc.events.extend(follow(proc, proc.uffd.read_events()))
             except UffdError as exc:
                 log.warning("reading events of pid %s failed: %s", proc.pid, exc)
             self.handle_events(proc)
@@ -142,13 +115,13 @@ class Workloads:
         due_s = math.inf
         if self._unnamed_children:
             due_s = FORK_LOOKUP_INTERVAL_S
-        if self._removals:
-            due_s = min(due_s, self._removals[0].deadline - time.monotonic())
+        deadline = self.events.next_deadline()
+        if deadline is not None:
+            due_s = min(due_s, deadline - time.monotonic())
         return due_s
 
     def run_timers(self, now: float) -> None:
-        while self._removals and self._removals[0].deadline <= now:
-            self._settle_removal(self._removals.pop(0))
+        self.events.run_timers(now)
         if self._unnamed_children:
             self._name_children(now)
 
@@ -167,47 +140,30 @@ class Workloads:
         while proc.events and not proc.uffd.closed:
             event = proc.events.popleft()
             try:
-                self._event_handlers[type(event)](proc, event)
+                handler = self._event_handlers.get(type(event))
+                if handler is not None:
+                    handler(proc, event)
+                else:
+                    self.events.handle(proc, event, time.monotonic())
             except ProcessGone:
                 self.forget(proc, give_back=True)
                 return
 
     def _on_pagefault(self, proc: WorkloadProcess, ev: Pagefault) -> None:
-        now = time.monotonic()
         if proc.pid is None and ev.thread_id:
             pid = thread_group_of(ev.thread_id)
             if pid is not None:
                 self._name_process(proc, pid)
-        page_addr = ev.addr - ev.addr % self.page_size
-        offset = proc.offset_of(page_addr)
-        if offset is None:
-            log.error("fault at %#x in pid %s outside the region: waking it", ev.addr, proc.pid)
-            self.kernel.wake(proc, page_addr)
-            return
-        page = offset // self.page_size
-        resident = True
-        if ev.kind is FaultKind.MISSING and page in self.state and page not in self.core.pending:
-            # a page held here, faulted as missing: raised before it arrived, or punched. Only
-            # a Remove event of this node's processes may have punched it: tell those apart
-            # now; the core takes any other hole for the invariant violation it is
-            if self._removals:
-                self._protect_kept(page)  # a read copy DONTNEED unprotected, before the wake
-            resident = self.memory.holds(page)
-            if not resident and self._removed_recently(page, now):
-                self._discard([page])  # punched by MADV_REMOVE: zeros cluster-wide
-                resident = True  # no longer held: the core asks for it
-        self._carry_out(self.core.fault(proc, page_addr, page, ev.rw, ev.kind, ev.thread_id, now,
-                                        resident))
+        self.events.fault(proc, ev.addr, ev.rw, ev.kind, ev.thread_id, time.monotonic())
 
-    def _on_fork(self, proc: WorkloadProcess, ev: Fork) -> None:
-        """Adopt the child's uffd. Its page tables are the parent's at the fork, with their
-        write protection, but a read copy installed since (while this event waited, read in an
-        ioctl's retry) is not protected there: protect every read copy on the child's uffd."""
-        child = proc.forked(ev.uffd)
+    def _on_fork(self, proc: WorkloadProcess, ev: Forked) -> None:
+        """Adopt the child's uffd (its read copies protected: ``ProcessEvents.forked``) and
+        look for its pid."""
+        child = proc.forked(ev.uffd, ev.mappings)
         self.add(child)
         self._unnamed_children[child] = time.monotonic() + FORK_LOOKUP_TIMEOUT_S
         self._name_children(time.monotonic())
-        self.kernel.protect_read_copies(child, self.core.read_copies())
+        self.events.forked(child)
         log.info("pid %s forked: adopted the child's uffd %d (pid %s)", proc.pid,
                  ev.uffd.fileno(), child.pid)
 
@@ -246,82 +202,6 @@ class Workloads:
             self._pidfds[proc.pidfd] = proc
             self.poller.register(proc.pidfd, zmq.POLLIN)
 
-    def _on_remap(self, proc: WorkloadProcess, ev: Remap) -> None:
-        proc.remap(ev.from_, ev.to, ev.len)
-        self.stats.count("remaps")
-
-    def _on_unmap(self, proc: WorkloadProcess, ev: Unmap) -> None:
-        removed = proc.unmap(ev.start, ev.end)
-        self.stats.count("unmaps")
-        self._give_back_unmapped(removed)
-
-    def _on_remove(self, proc: WorkloadProcess, ev: Remove) -> None:
-        """madvise(MADV_REMOVE) punches the memfd right after this event is read, DONTNEED
-        does not (on shared memory it keeps the data); the event does not say which. Without
-        blocking the loop, check the pages the node holds REMOVE_SETTLE_S later (or at a fault on
-        one before that): those the memfd no longer holds were removed."""
-        self.stats.count("removes")
-        pages = self._held_pages(proc.region_ranges(ev.start, ev.end))
-        if pages:
-            now = time.monotonic()
-            self._removals.append(Removal(proc, pages, now + REMOVE_SETTLE_S))
-            for pg in pages:
-                self._explains.pop(pg, None)  # in order of expiry
-                self._explains[pg] = now + REMOVE_EXPLAINS_S
-
-    def _protect_kept(self, page: int) -> None:
-        """A fault on a page of a Remove event not told apart yet, which the memfd still holds:
-        if it is a read copy, DONTNEED may have zapped its protection with its entry in the
-        removing process; protect it there again before the fault is let through."""
-        st = self.state.get(page)
-        if st is None or not st.protected:
-            return
-        for removal in self._removals:
-            if page in removal.pages and not removal.proc.uffd.closed:
-                self.kernel.writeprotect(removal.proc, page, 1, wp=True)
-
-    def _removed_recently(self, page: int, now: float) -> bool:
-        """Whether a Remove event of this node's processes named ``page`` within
-        REMOVE_EXPLAINS_S (its hole is MADV_REMOVE's)."""
-        while self._explains and next(iter(self._explains.values())) < now:
-            self._explains.pop(next(iter(self._explains)))
-        return page in self._explains or any(page in r.pages for r in self._removals)
-
-    def _settle_removal(self, removal: Removal) -> None:
-        gone = [pg for pg in removal.pages if pg in self.state and not self.memory.holds(pg)]
-        if gone:
-            self._discard(gone)
-        if removal.proc.uffd.closed:
-            return
-        for pg in removal.pages:  # DONTNEED: the pages stay; keep read copies protected
-            st = self.state.get(pg)
-            if st is not None and st.protected:
-                self.kernel.writeprotect(removal.proc, pg, 1, wp=True)
-
-    # --- giving pages back -------------------------------------------------------------------------
-    def _held_pages(self, ranges: list[tuple[int, int]]) -> set[int]:
-        """The pages this node holds among the (region offset, length) ``ranges``."""
-        pages = set()
-        for offset, length in ranges:
-            first = offset // self.page_size
-            last = (offset + length - 1) // self.page_size
-            pages.update(pg for pg in range(first, last + 1) if pg in self.state)
-        return pages
-
-    def _discard(self, pages: list[int]) -> None:
-        for removal in self._removals:  # told apart already
-            removal.pages.difference_update(pages)
-        self._carry_out(self.core.discard(pages))
-
-    def _give_back_unmapped(self, ranges: list[tuple[int, int]]) -> None:
-        """Hand back the pages of ``ranges`` that no local process maps any more (not those a
-        request is out for): owned ones with their contents."""
-        unmapped = [
-            pg for pg in self._held_pages(ranges)
-            if not any(pr.covers(pg * self.page_size) for pr in self.procs.values())
-        ]
-        self._carry_out(self.core.give_back(unmapped))
-
     # --- attaching and leaving ---------------------------------------------------------------------
     def register(self, pid: int, uffd: Uffd) -> None:
         """A workload process attached: serve its faults; it maps the whole region at the base."""
@@ -349,11 +229,9 @@ class Workloads:
         ranges = [(m.offset, m.length) for m in proc.mappings]
         proc.mappings = []
         proc.close()
-        self.core.process_gone(proc)  # its waiters and read-ahead streams
         self.memory.shelved.pop(proc, None)
         self._unnamed_children.pop(proc, None)
-        if give_back:
-            self._give_back_unmapped(ranges)
+        self.events.gone(proc, ranges, give_back)  # its waiters, read-ahead streams, pages
 
     def close(self) -> None:
         """Stop serving every process, handing nothing back (and stop watching for the exits

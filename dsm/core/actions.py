@@ -45,10 +45,12 @@ class Install:
 @dataclass(frozen=True, slots=True)
 class Upgrade:
     """Read copies became owned: lift their write protection in every local process (which
-    wakes the writers waiting on it)."""
+    wakes the writers waiting where the process maps the pages), then wake those of ``wake``
+    that faulted where it no longer does (the range moved meanwhile: no lift reaches them)."""
 
     first: int
     count: int
+    wake: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)

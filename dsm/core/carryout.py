@@ -7,13 +7,16 @@ passes its models of them (``dsm/sim/agent.py``).
 What it decides, besides what ``KernelCalls`` does about the kernel's answers:
 
 - the pages a ``Send`` carries: those a ``Punch(keep=True)`` of its run read earlier in the same
-  list (they left this node before anyone else can have them), else the node's memory now;
+  list (they left this node before anyone else can have them), or an earlier send of the run in
+  the list (every send of a run carries the same bytes: a downgrade's page to the peer and its
+  copy home, between which MADV_REMOVE may punch the pages), else the node's memory now;
 - a page send to a peer that fails (the peer cannot be reached): its ``Fetched`` (``sent``) to
   the directory, later in the list, becomes a ``Fetched(DATA)`` with the pages, as if the peer
   had been unreachable from the start (rewritten at once: what is left after a pause says so);
   an acknowledgement (``Invalidated``) that cannot reach its requester goes to the directory,
   which forwards it;
-- the waiters of an ``Install`` woken by the install's own copy are not woken again.
+- the waiters of an ``Install`` woken by the install's own copy are not woken again, nor those
+  of an ``Upgrade`` that its lift of the protection woke (where their process maps the pages).
 
 A ``pause`` hook, consulted after each send while actions are left, may stop the run: the rest
 (``Carrying``, with what the earlier actions left for the later ones) is carried on later. The
@@ -59,7 +62,8 @@ class Carrying:
     #: the actions (the runner's own copy: a failed peer send rewrites a later one)
     actions: list
     next: int = 0
-    #: runs punched with their contents kept, (first, count) -> the bytes, for the sends after
+    #: runs punched with their contents kept, or read for a send, (first, count) -> the bytes,
+    #: for the sends after
     taken: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
     @property
@@ -88,8 +92,7 @@ class ActionRunner:
             act.Send: (self._send, True),
             act.SendDiff: (self._send_diff, True),
             act.Install: (self._install, False),
-            act.Upgrade: (lambda a, c: kernel.protect_everywhere(a.first, a.count, wp=False),
-                          False),  # lifting the protection wakes the writers
+            act.Upgrade: (self._upgrade, False),
             act.Protect: (lambda a, c: kernel.protect_everywhere(a.first, a.count, wp=True),
                           False),
             act.Unprotect: (lambda a, c: kernel.writeprotect(a.proc, a.page, 1, wp=False), False),
@@ -131,9 +134,12 @@ class ActionRunner:
 
     # --- the actions -------------------------------------------------------------------------------
     def _pages(self, carrying: Carrying, first: int, count: int) -> bytes:
-        """The bytes of a run a send carries: as a punch of it read them, else as they are."""
+        """The bytes of a run a send carries: as a punch of it or an earlier send read them,
+        else as they are now (kept for the sends after)."""
         data = carrying.taken.get((first, count))
-        return data if data is not None else self._raw.read(first, count)
+        if data is None:
+            data = carrying.taken[first, count] = self._raw.read(first, count)
+        return data
 
     def _send(self, a: act.Send, carrying: Carrying) -> None:
         data = a.data if a.pages is None else self._pages(carrying, *a.pages)
@@ -173,6 +179,16 @@ class ActionRunner:
                                    (inst.proc, inst.addr) if inst is not None else None)
         for w in a.wake:  # the installer's copy woke the threads waiting where it copied
             if not (woke and w.proc is inst.proc and w.addr == inst.addr):
+                self.kernel.wake(w.proc, w.addr)
+
+    def _upgrade(self, a: act.Upgrade, carrying: Carrying) -> None:
+        """Lift the protection (which wakes the writers where each process maps the pages),
+        then wake the waiters that faulted where their process no longer maps them: a writer
+        blocked where a range was before an mremap waits for a wake at that address."""
+        self.kernel.protect_everywhere(a.first, a.count, wp=False)
+        for w in a.wake:
+            where = self._raw.addresses(w.proc, a.first, a.count)
+            if not any(addr <= w.addr < addr + length for addr, length in where):
                 self.kernel.wake(w.proc, w.addr)
 
     def _punch(self, a: act.Punch, carrying: Carrying) -> None:

@@ -14,8 +14,19 @@ agent's is ``dsm/agent/memory.py`` (the memfd and the uffds), the simulator's
   ``MAX_KERNEL_RETRIES`` tries with an ``OSError``, not a ``DsmError``: the node's state may be
   half-updated, so it stops loudly (``dsm.errors``).
 - ESRCH: the process exited: the loop forgets it (``Kernel.forget``); nothing is left to do in it.
-- ENOENT: the process unmapped the range meanwhile (its Unmap or Remap event is queued behind
-  this operation); EBADF: the process was forgotten already (its uffd closed): nothing to do.
+- ENOENT: the process unmapped or moved (mremap) the range meanwhile. The event that says so
+  may not be read yet (UFFDIO_COPY and UFFDIO_POISON look the range up before they check for
+  pending events): read the pending events (``Kernel.read_events``, which applies their mapping
+  changes at once) and, if the process now maps the pages elsewhere, make the call there. A
+  write protection must follow the move: set at the old place only, a read copy would be
+  writable without a fault at the new one. A thread blocked at the old place (a writer waiting
+  for a lift, a waiter for a poison) is woken: its access faults again where the process maps
+  the page now, or fails there. EBADF: the process was forgotten already (its uffd closed):
+  nothing to do.
+- a range that moved while an ioctl was retried: UFFDIO_WRITEPROTECT on a range that is only
+  partly mapped succeeds on the mapped part and says nothing of the rest, so once events read at
+  an EAGAIN have changed the process's mappings, the protection is made again at their new
+  addresses (it is idempotent).
 - EEXIST from a copy: a page of the run is there already: the copy stops there and the rest is
   written through the node's memory (a stale fault).
 - a poison refused (EINVAL: Linux < 6.6 or the feature off; EEXIST: a page is there after all):
@@ -83,8 +94,10 @@ class Kernel(Protocol):
         """UFFDIO_POISON the page at ``addr``: an access raises SIGBUS."""
 
     def read_events(self, proc: Any) -> None:
-        """Read the events pending on ``proc``'s uffd (an ioctl answered EAGAIN), for the loop
-        to handle once the current operation is over."""
+        """Read the events pending on ``proc``'s uffd (an ioctl answered EAGAIN or ENOENT), for
+        the loop to handle once the current operation is over; their mapping changes (Unmap,
+        Remap) apply at once (``dsm.core.events.follow``): ``addresses`` answers where the
+        process maps the region now."""
 
     def forget(self, proc: Any) -> None:
         """``proc`` exited (an ioctl answered ESRCH): the loop stops serving it."""
@@ -136,14 +149,42 @@ class KernelCalls:
 
     # --- write protection -------------------------------------------------------------------------
     def writeprotect(self, proc: Any, first: int, count: int, wp: bool) -> None:
-        """Set or lift the protection of ``count`` pages from ``first`` in ``proc``."""
+        """Set or lift the protection of ``count`` pages from ``first`` in ``proc``, wherever it
+        maps them, following its mappings if they change meanwhile (the module's docstring)."""
         kernel = self.kernel
-        for addr, length in kernel.addresses(proc, first, count):
+        where = kernel.addresses(proc, first, count)
+        for _ in range(MAX_KERNEL_RETRIES):
+            moved = self._writeprotect_at(proc, where, first, count, wp)
+            if moved is None:
+                return
+            where = moved
+        raise OSError(errno.ENOENT, f"UFFDIO_WRITEPROTECT of pages {first}+{count}: the "
+                                    f"process's mappings still changed after "
+                                    f"{MAX_KERNEL_RETRIES} tries")
+
+    def _writeprotect_at(self, proc: Any, where: list[tuple[int, int]], first: int, count: int,
+                         wp: bool) -> list[tuple[int, int]] | None:
+        """Set or lift the protection at each of ``where``; the addresses to do it all again at
+        if the process's mappings changed meanwhile, else None."""
+        kernel = self.kernel
+        for addr, length in where:
             what = f"UFFDIO_WRITEPROTECT {addr:#x}+{length:#x} wp={wp}"
             err = self._retried(proc, lambda: kernel.writeprotect(proc, addr, length, wp), what)
-            if err == errno.ENOENT:  # this mapping went away: the others may not have
-                continue
-            if not self._settled(proc, err, what):
+            if err == errno.ENOENT:  # unmapped or moved: its event may not be read yet
+                kernel.read_events(proc)
+                if not wp:  # the writers blocked there wait for a lift that cannot come
+                    self._wake_range(proc, addr, length)
+            elif not self._settled(proc, err, what):
+                return None
+            now = kernel.addresses(proc, first, count)
+            if now != where:  # events read meanwhile moved or dropped some of the pages
+                return now
+        return None
+
+    def _wake_range(self, proc: Any, addr: int, length: int) -> None:
+        for page_addr in range(addr, addr + length, self.page_size):
+            if not self._settled(proc, self.kernel.wake(proc, page_addr),
+                                 f"UFFDIO_WAKE {page_addr:#x}"):
                 return
 
     def protect_everywhere(self, first: int, count: int, wp: bool) -> None:
@@ -166,6 +207,10 @@ class KernelCalls:
         is woken to take it); where the kernel refuses, kill the process with SIGBUS."""
         what = f"UFFDIO_POISON {addr:#x}"
         err = self._retried(proc, lambda: self.kernel.poison(proc, addr), what)
+        if err == errno.ENOENT:  # unmapped or moved: the thread refaults (or fails) if woken
+            self.kernel.read_events(proc)
+            self.wake(proc, addr)
+            return
         if err in (0, errno.ESRCH) + NOTHING_LEFT:
             self._settled(proc, err, what)
             return
@@ -195,6 +240,8 @@ class KernelCalls:
         if installer is not None:
             proc, addr = installer
             done, err = self._copy(proc, addr, view, length, wp=not writable)
+            if err == errno.ENOENT:  # unmapped or moved: the protection below follows the move
+                kernel.read_events(proc)
             if err != errno.EEXIST and not self._settled(proc, err, f"UFFDIO_COPY to {addr:#x}"):
                 installer = None  # gone or unmapped meanwhile: written below
         if done < length:

@@ -326,7 +326,7 @@ class NodeCore:
         out: list[Action] = []
         if msg.payload == p.Payload.NONE:  # an upgrade, or a page the node owns already
             self.stats.count("upgrades")
-            out.append(Upgrade(first, count))  # lifting the protection wakes the waiters
+            out.append(Upgrade(first, count, tuple(ready)))  # the lift wakes the waiters
             new = PageState.EXCLUSIVE
         else:
             self.stats.count("pages_in", count)
@@ -493,15 +493,24 @@ class NodeCore:
 
     # --- giving pages up ---------------------------------------------------------------------------
     def discard(self, pages: list[int]) -> list[Action]:
-        """Pages the workload removed (MADV_REMOVE): zeros everywhere."""
+        """Pages the workload removed (MADV_REMOVE): zeros everywhere. A page this node owns is
+        the only copy: it stays here, zeros from now on (the directory need not know; a Discard
+        of it would cross a Fetch of it, which the node, no longer holding it, would answer
+        with nothing, again and again). The others are discarded cluster-wide."""
         self._unwritten.difference_update(pages)
-        out = self.release.discarded(pages)
-        for pg in pages:
+        owned = {pg for pg in pages if self.state.get(pg) is PageState.EXCLUSIVE}
+        out: list[Action] = [Install(first, count, None, True, None, ())
+                             for first, count in runs(list(owned), p.MAX_BATCH_PAGES)]
+        self.stats.count("discards", len(pages))
+        rest = [pg for pg in pages if pg not in owned]
+        if not rest:
+            return out
+        out += self.release.discarded(rest)
+        for pg in rest:
             old = self.state.pop(pg, None)
             if self._tracing:
                 self._trace(pg, "DISCARD", self.node, _name(old), "invalid")
-        self.stats.count("discards", len(pages))
-        return out + [Send(p.Discard(sorted(pages)))]
+        return out + [Send(p.Discard(sorted(rest)))]
 
     def give_back(self, pages: list[int]) -> list[Action]:
         """Hand pages back (not those a request is out for): owned ones with their contents,

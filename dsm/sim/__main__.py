@@ -1,4 +1,4 @@
-"""``python -m dsm.sim --seed N [--nodes K ...] [--release] [--trace DIR]``: run (or replay) one
+"""``python -m dsm.sim --seed N [--nodes K ...] [--release] [--events RATE] [--trace DIR]``: run (or replay) one
 simulated schedule and print it; exit status 1 if an invariant failed. ``--trace DIR`` writes the
 schedule as protocol traces (``DIR/directory.trace``, ``DIR/NODE.trace``), failing or not, for
 ``dsm trace DIR/*.trace --html OUT`` to draw as it draws a real run.
@@ -14,6 +14,7 @@ import sys
 from dsm import bugs
 from dsm.sim import exhaustive
 from dsm.sim.links import Faults
+from dsm.sim.processes import KernelEvents
 from dsm.sim.programs import DEFAULT_PHASES
 from dsm.sim.world import SimulationFailure, World
 
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
                              "session layer replays (dsm/sim/links.py); fail the nodes' kernel "
                              "calls (EAGAIN, ENOMEM, a forked child's ESRCH) and page sends to "
                              "peers with it too (dsm/sim/agent.py)")
+    parser.add_argument("--events", type=float, default=0.0, metavar="RATE",
+                        help="the kernel's userfaultfd events on the nodes' processes, each kind "
+                             "with this probability per step: forks, unmaps and remaps of a "
+                             "page or two, and madvise removals (MADV_REMOVE or DONTNEED), "
+                             "handled by the agent's code (dsm/sim/processes.py)")
     parser.add_argument("--print", action="store_true", help="print the whole schedule")
     parser.add_argument("--trace", metavar="DIR",
                         help="write the schedule as protocol traces into DIR (dsm trace draws them)")
@@ -63,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                   manager=args.manager, bands=args.bands, give_backs=args.give_backs,
                   shards=args.shards, phases=args.phases,
                   release_pages=args.pages if args.release else args.release_pages,
-                  faults=Faults.everywhere(args.faults))
+                  faults=Faults.everywhere(args.faults),
+                  kernel_events=KernelEvents.everywhere(args.events))
     traces = None
     if args.trace:
         from dsm.sim.tracing import SimTrace

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dsm import protocol as p
 from dsm.reliability import ReliableLink, Verdict, parse, strip
-from dsm.sim.model import PAGE_BYTES
+from dsm.sim.model import PAGE_BYTES, Rates
 
 
 @dataclass(frozen=True)
-class Faults:
+class Faults(Rates):
     """How often each fault strikes: per message sent (drop, duplicate, swap), per step of the
     schedule (a reset of a random pair with something in flight), per call of a node's kernel
     (``dsm.sim.agent``: an ioctl answers EAGAIN or ENOMEM; a forked child has exited, ESRCH)
@@ -58,10 +58,6 @@ class Faults:
         """Every kind at ``rate`` (a reset a tenth as often: each costs a replay of the pair)."""
         return cls(drop=rate, duplicate=rate, swap=rate, reset=rate / 10, eagain=rate,
                    enomem=rate, exit=rate, unreachable=rate)
-
-    @property
-    def any(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self))
 
 
 NO_FAULTS = Faults()

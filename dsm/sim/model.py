@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import struct
 
 from dsm.layout import PAGE_SIZE
@@ -22,3 +24,12 @@ def slot_value(page: bytes | bytearray, slot: int) -> int:
 
 class SimulationFailure(AssertionError):
     pass
+
+
+class Rates:
+    """A mixin of frozen dataclasses of probabilities (the model's faults, its kernel's events)."""
+
+    @property
+    def any(self) -> bool:
+        """Whether any of them can strike."""
+        return any(getattr(self, f.name) for f in fields(self))

@@ -178,6 +178,7 @@ class NetworkSimulation:
         for msg in self.links.lost_with(node.name, self.channels):
             self._mark_lost_with(msg)
         self._release_node_died(node)
+        self._discards_died_with(node)
         for pend in node.core.pending.values():
             if pend.write and self.directory.direct and not self.is_release(pend.first):
                 # the copies may be invalidated for it already: under a direct manager no

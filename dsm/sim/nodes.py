@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dsm.core.carryout import ActionRunner, Carrying
+from dsm.core.events import ProcessEvents
 from dsm.core.inputs import core_handlers
 from dsm.core.kernel import KernelCalls
 from dsm.sim import programs
 from dsm.sim import release as rc
 from dsm.sim.agent import SimKernel, SimTransport, SimTwins
+from dsm.sim.processes import SimProcess
 from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.uffd.events import Access, FaultKind
 
@@ -43,6 +45,7 @@ class Thread:
     ops: list[tuple[str, int, int]]
     next_op: int = 0
     blocked_on: int | None = None  #: the page it faulted on
+    blocked_at: int | None = None  #: the address it faulted at (a wake there lets it retry)
     #: the lock or barrier request it waits for the answer to (its kind)
     waits_for: str | None = None
 
@@ -56,14 +59,14 @@ class Thread:
 
 
 @dataclass(eq=False)
-class SimNode:
-    """A node: its core, its memory (page -> bytes; absent is a hole), the pages write-protected
-    in its one workload process, its threads."""
+class SimNode(SimProcess):
+    """A node: its core, its memory (page -> bytes; absent is a hole), its threads; it is its
+    workload process too (``SimProcess``: its mappings, the pages write-protected in it, its
+    events)."""
 
     name: str
     core: NodeCore
     memory: dict[int, bytearray] = field(default_factory=dict)
-    wp: set[int] = field(default_factory=set)
     poisoned: set[int] = field(default_factory=set)
     threads: list[Thread] = field(default_factory=list)
     alive: bool = True
@@ -87,6 +90,9 @@ class SimNode:
     handlers: dict = field(default_factory=dict)
     #: how its agent carries out the core's actions (``dsm.core.carryout``, as the real agent)
     runner: ActionRunner | None = None
+    #: what its agent does about its processes' faults and events (``dsm.core.events``, as the
+    #: real agent)
+    process_events: ProcessEvents | None = None
 
 
 class NodeSimulation:
@@ -102,9 +108,16 @@ class NodeSimulation:
         node.handlers = core_handlers(node.core, lambda: self.clock,
                                       lambda fetch: lambda addr: not faults.unreachable())
         kernel = SimKernel(self, node, faults)
-        node.runner = ActionRunner(KernelCalls(kernel), SimTwins(kernel),
-                                   SimTransport(self, node, faults),
+        calls = KernelCalls(kernel)
+        node.runner = ActionRunner(calls, SimTwins(kernel), SimTransport(self, node, faults),
                                    model_actions={rc.Resume: lambda act: self._resume(node, act)})
+
+        def carry_out(acts: list) -> None:  # (the agent's are done at once: no pause between)
+            self._finish(node)
+            self._carry_out(node, acts)
+
+        node.process_events = ProcessEvents(node.core, calls, lambda page: page in node.memory,
+                                            kernel.processes, carry_out)
 
     def _descheduled(self) -> bool:
         return self.rng.random() < DEFER_AFTER_SEND
@@ -128,6 +141,11 @@ class NodeSimulation:
             return
         page, slot = divmod(loc, SLOTS_PER_PAGE)
         self._touched.add(page)
+        where = node.space.addresses_of(page * PAGE_BYTES, PAGE_BYTES)
+        if not where:  # the workload unmapped it: a real thread would crash there
+            self._step(f"{node.name}/t{t.tid} skips loc {loc}: page {page} is unmapped")
+            t.next_op += 1
+            return
         self._step(f"{node.name}/t{t.tid} {kind} loc {loc} (page {page})"
                    + (f" := {value}" if kind == "w" else ""))
         if page in node.poisoned:  # SIGBUS: the access fails, loudly
@@ -151,7 +169,8 @@ class NodeSimulation:
                     self._wrote_release(node, loc, value)
             else:
                 got = SLOT.unpack_from(mem, slot * SLOT_BYTES)[0]
-                if got != self.truth[loc] and got not in self.after_death.get(loc, ()):
+                if got != self.truth[loc] and got not in self.after_death.get(loc, ()) and not (
+                        got == 0 and page in self.zeros_allowed):
                     # on a release page the program is data-race free: the last write in the
                     # simulation's order is the last one in happens-before order (DRF-SC)
                     order = " (happens-before: a DRF program)" if self.is_release(page) else ""
@@ -159,11 +178,11 @@ class NodeSimulation:
                                             f"the last write{order} was {self.truth[loc]}")
             t.next_op += 1
             return
-        t.blocked_on = page
+        addr = where[0][0]
+        t.blocked_on, t.blocked_at = page, addr
         self._finish(node)  # the fault waits in the uffd for the agent's loop
-        acts = node.core.fault(node, page * PAGE_BYTES, page, rw, fault, t.tid, self.clock,
-                               resident=page in node.memory)
-        self._carry_out(node, acts)
+        self._handle_read_events(node)  # (read before the fault, handled first)
+        node.process_events.fault(node, addr, rw, fault, t.tid, self.clock)
 
     def _give_back(self) -> None:
         """A node hands a page back, as at an unmap or a leave (owned ones with their contents;

@@ -59,6 +59,7 @@ from dsm.sim.links import NO_FAULTS, Faults, SimLinks
 from dsm.sim.network import (DIRECTORY, SIM_EPOCH, SIM_INCARNATION, STRIPE_PAGES,
                              NetworkSimulation, SimTransport, sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
+from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
 from dsm.sim.timers import SimTimers
 from dsm.sim.tracing import SimTracer
 
@@ -79,15 +80,18 @@ STEP_S = 0.001
 PARALLEL_PARTIES = 8
 
 
-class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
+class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimulation):
     def __init__(self, seed: int, nodes: int = 3, pages: int = 6, threads_per_node: int = 1,
                  ops_per_thread: int = 12, deaths: int = 0, on_loss: OnLoss = OnLoss.POISON,
                  bands: bool = False, manager: str = "relay", give_backs: bool = False,
                  shards: int = 1, direct: bool | None = None, release_pages: int = 0,
                  phases: int = programs.DEFAULT_PHASES, faults: Faults = NO_FAULTS,
-                 fixed_programs: list[list[tuple[str, int]]] | None = None):
+                 fixed_programs: list[list[tuple[str, int]]] | None = None,
+                 kernel_events: KernelEvents = NO_EVENTS):
         """``fixed_programs``: each thread's operations, ``(kind, location)``, in the order of
-        the nodes and their threads, in place of drawn ones (``dsm.sim.explore`` fixes them)."""
+        the nodes and their threads, in place of drawn ones (``dsm.sim.explore`` fixes them).
+        ``kernel_events``: how often the nodes' processes fork, unmap, remap and remove pages
+        (``dsm.sim.processes``)."""
         if release_pages > pages:
             raise ValueError(f"{release_pages} release pages of {pages}")
         self.seed = seed
@@ -115,6 +119,8 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
                 is_release=self.is_release)
             for k in range(shards)}
         self._shard_names = list(self.directories)
+        for d in self.directories.values():  # a discard is a write of zeros (the truth model)
+            d.on_discarded = self._discarded
         self.directory = self.directories[self._shard_names[0]]
         #: each shard's directory state machine, the processes' own (``dsm.directory.machine``),
         #: serving its page directory: the simulated network delivers to it
@@ -141,6 +147,22 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         #: the nodes' kernels and peers, which fail calls now and then with ``faults``
         self.agent_faults = AgentFaults(self.rng, faults)
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
+        #: the kernel's events on the nodes' processes (``dsm.sim.processes``)
+        self.kernel_events = kernel_events
+        self._remaps = 0  #: mremaps so far (each moves pages to fresh addresses)
+        #: what the kernel's events did, for the report: events queued, pages punched and
+        #: discarded, ioctls answered ENOENT
+        self.event_counters = {"forks": 0, "unmaps": 0, "remaps": 0, "removes": 0, "punched": 0,
+                               "discarded": 0, "enoent": 0}
+        #: read copies punched by MADV_REMOVE, and the nodes that punched them: a read may return
+        #: zeros until their discard (or until the removal is told apart with no discard)
+        self.zeros_allowed: dict[int, set[str]] = {}
+        #: madvise calls whose Remove event was read: they go on once the agent's operation is
+        #: over (a punch amid it would race the model's truth, not the agent: a page read after
+        #: it reads as zeros, which the removal wrote)
+        self.madvise_going_on: list = []
+        #: pages a node has sent a Discard of, not yet discarded by the directory -> that node
+        self.discarding: dict[int, str] = {}
         self.lost_locations: set[int] = set()
         #: release pages whose newest contents may have died with a node (``Dirtied``)
         self.maybe_lost_release_pages: set[int] = set()
@@ -157,6 +179,7 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         for i in range(nodes):
             name = f"n{i}"
             node = SimNode(name, None)  # type: ignore[arg-type]
+            node.maps_whole(self.layout.size)
             node.core = NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES))
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
@@ -241,7 +264,20 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         if self.give_backs and any(not t.done for n in self.nodes.values() if n.alive
                                    for t in n.threads):
             choices.append("give back")
+        if self.kernel_events.any:
+            if any(not t.done for n in self.nodes.values() if n.alive for t in n.threads):
+                choices.append("kernel event")
+            choices += [("events", n) for n in self.nodes.values()
+                        if n.alive and self._has_events(n)]
         if not choices:
+            deadline = self._next_event_deadline()
+            if deadline is not None:  # nothing to do but an agent's timer: time passes to it
+                self.clock = max(self.clock, deadline)
+                self._step(f"time passes to {deadline:g} s (an agent's timer)")
+                self._touched = set()
+                self._run_event_timers()
+                self._check_invariants()
+                return True
             if self.links.owed():  # nothing to do but wait for the sessions' timers
                 self._pass_time(self.clock + ACK_TIMEOUT_S)
             elif self.timers.deadline_pending() and self.timers.next_due() is not None:
@@ -266,11 +302,17 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
                 return True
         elif isinstance(pick, Thread):
             self._run_op(pick)
+        elif pick == "kernel event":
+            self._kernel_event()
         elif isinstance(pick, SimNode):
             self._step(f"{pick.name} carries out the rest: {pick.deferred}")
             self._finish(pick)
+        elif pick[0] == "events":
+            self._handle_events(pick[1])
         else:
             self._deliver(pick)
+        if self.kernel_events.any:
+            self._run_event_timers()
         self.timers.run()
         self._check_invariants()
         self.links.due(self.channels, self._alive, self.clock)
@@ -298,6 +340,9 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
         """The invariants, on the pages the step may have changed (every page after a death)."""
         live = [n for n in self.nodes.values() if n.alive]
         pages = range(self.num_pages) if self._touched is None else self._touched
+        if self.kernel_events.any:
+            for n in live:
+                self._check_read_copies_protected(n, pages)
         for page in pages:
             if self.is_release(page):
                 continue  # copies may be stale until an acquire: the reads check them (DRF-SC)
@@ -309,10 +354,12 @@ class World(NetworkSimulation, NodeSimulation, rc.ReleaseSimulation):
             for n in live:
                 if n.core.state.get(page) is None or page not in n.memory:
                     continue
+                zeros_allowed = page in self.zeros_allowed
                 for slot in range(SLOTS_PER_PAGE):
                     loc = page * SLOTS_PER_PAGE + slot
                     got = SLOT.unpack_from(n.memory[page], slot * SLOT_BYTES)[0]
-                    if got != self.truth[loc] and loc not in self.lost_locations:
+                    if got != self.truth[loc] and loc not in self.lost_locations and not (
+                            got == 0 and zeros_allowed):
                         raise SimulationFailure(f"{n.name} holds page {page} with {got} at "
                                                 f"location {loc}; the last write was "
                                                 f"{self.truth[loc]}")

@@ -51,6 +51,9 @@ class PageTransactions:
                              "page, which only the relay manager keeps: use --manager relay")
         self.layout = layout
         self.on_loss = on_loss
+        #: told each page discarded, once every copy of it is invalidated (the simulator's truth
+        #: model: a discard is a write of zeros then)
+        self.on_discarded: Callable[[int], None] | None = None
         #: pages travel node to node (central, distributed) rather than through here (relay)
         self.direct = direct
         #: node -> its peer endpoint (direct managers send it with every Fetch)
@@ -446,6 +449,8 @@ class PageTransactions:
             held = frozenset(range(first, first + n)) - not_held if payload != Payload.NONE else held
         entries = self._entries_of(first, n)
         if req.kind is Kind.DISCARD:
+            if self.on_discarded is not None:
+                self.on_discarded(first)
             for e in entries:
                 e.owner = None
                 e.copyset.clear()
