@@ -21,7 +21,11 @@ How each is caught (``tests/test_bugs.py`` proves it):
   a page MADV_REMOVE punched stays held with a hole, found when its Remove is told apart;
 - ``keep-dead-locks``: the simulator, whose shards run the directory state machine
   (``dsm.directory.machine``) and its own path for a death: a thread waits for ever at a
-  barrier a dead node was part of, or for a lock it held.
+  barrier a dead node was part of, or for a lock it held;
+- ``short-transactions``: the simulator with faults, whose shards run their deadlines
+  (``Directory.tick``): a live node whose answer waits for a replay is declared dead;
+- ``silent-heartbeats``: the simulator with a death, whose clock then runs to the shards' silence
+  deadlines: a live node that has nothing else to say is declared dead.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ EARLY_GRANT = "early-grant"
 IGNORE_NOTICES = "ignore-notices"
 KEEP_REMOVED = "keep-removed"
 KEEP_DEAD_LOCKS = "keep-dead-locks"
+SHORT_TRANSACTIONS = "short-transactions"
+SILENT_HEARTBEATS = "silent-heartbeats"
 
 #: name -> what goes wrong (one line each: ``dsm litmus --bug list``)
 BUGS = {
@@ -52,7 +58,16 @@ BUGS = {
                   "a hole, and serves it as zeros while the others keep the old contents",
     KEEP_DEAD_LOCKS: "the directory forgets to tell its lock table that a node is gone: a dead "
                      "node's locks never pass on and its barriers never break",
+    SHORT_TRANSACTIONS: "the directory gives a transaction's holder one heartbeat interval, not "
+                        "the time a stalled link may take: a live node whose answer waits for a "
+                        "replay is declared dead",
+    SILENT_HEARTBEATS: "the agent never sends its heartbeats: a live node with nothing else to "
+                       "say is declared dead",
 }
+
+#: the transaction deadline ``short-transactions`` plants: one heartbeat interval, shorter than a
+#: single replay of a lost message (``dsm.liveness.ACK_TIMEOUT_S``)
+SHORT_TRANSACTION_TIMEOUT_S = 0.5
 
 
 class UnknownBug(ValueError):

@@ -15,6 +15,10 @@ earliest. ``CUT_OFF_MARGIN_S`` covers d, the agent's poll interval, and a busy a
 
 #: how often an agent tells the directory it is alive (and a shard its coordinator)
 HEARTBEAT_INTERVAL_S = 0.5
+#: while an agent's or the directory's loop is busy, its timers (heartbeats, silences, deadlines)
+#: are looked at this often, not after every message: the deadlines are tenths of seconds and
+#: more, and looking costs a pass over the sessions (the simulator looks as often)
+HOUSEKEEPING_INTERVAL_S = 0.005
 #: a link that has received messages and sent none back acknowledges them alone this soon
 #: (``dsm.reliability``): what it keeps unacknowledged stays small without a message per message
 ACK_DELAY_S = 0.01

@@ -1056,6 +1056,10 @@ class StatsRuns(Message, tag=MsgType.STATS_RUNS.value):
 
 
 #: the messages between the shards (registered beside the others below)
+#: the messages a session never replays after a reset (a later one says the same): sent
+#: unsequenced by the agent, the directory and the simulator's links alike
+UNSEQUENCED: tuple[type[Message], ...] = (Heartbeat,)
+
 SHARD_MESSAGES: tuple[type[Message], ...] = (
     ShardHello, ShardWelcome, NodeAdmitted, NodeDead, ArrayAllocated, ArrayKnown,
     LostRunsQuery, LostRuns, StatsRunsQuery, StatsRuns, ArrayFreed,

@@ -27,6 +27,9 @@ CAUGHT_BY = {
                         "with a hole after its Remove was told apart"),
     # the shards' own path for a death (dsm.directory.machine), which the simulator runs
     bugs.KEEP_DEAD_LOCKS: ({"release_pages": 6, "deaths": 1}, "with no message in flight"),
+    # the shards' deadlines and the nodes' timers (dsm.sim.timers), on the clock a death lets run
+    bugs.SHORT_TRANSACTIONS: ({"deaths": 1}, "alive, was declared dead"),
+    bugs.SILENT_HEARTBEATS: ({"deaths": 1}, "with nothing lost or on its way"),
 }
 
 

@@ -30,6 +30,9 @@ pytestmark = pytest.mark.timeout(120)
 
 #: every kind of fault at this rate per message (a reset a tenth as often, per step)
 RATE = 0.15
+#: what a transaction left stuck ends in: a thread that hangs once nothing is in flight, or,
+#: when time passes first, the transaction's deadline declaring a live node dead
+STUCK = ("hangs", "alive, was declared dead")
 #: (name, World keyword arguments, seeds): 1,100 seeds with every fault on
 CONFIGS = [
     ("relay, 3 nodes", dict(manager="relay"), range(200)),
@@ -125,7 +128,7 @@ def test_a_dead_holder_not_told_to_its_writer_is_caught(monkeypatch):
 
     monkeypatch.setattr(PageDirectory, "node_lost", forgetful)
     failure = _first_failure(range(100), manager="central", deaths=1, nodes=4)
-    assert failure is not None and "hangs" in failure, failure
+    assert failure is not None and any(s in failure for s in STUCK), failure
 
 
 def test_a_directory_that_does_not_forward_an_acknowledgement_is_caught(monkeypatch):
@@ -137,13 +140,13 @@ def test_a_directory_that_does_not_forward_an_acknowledgement_is_caught(monkeypa
 
     monkeypatch.setattr(PageDirectory, "invalidated", dropping)
     failure = _first_failure(range(50), manager="relay")
-    assert failure is not None and "hangs" in failure, failure
+    assert failure is not None and any(s in failure for s in STUCK), failure
 
 
 def test_a_session_layer_that_never_replays_is_caught(monkeypatch):
     monkeypatch.setattr(ReliableLink, "_replay", lambda self, now: [])
     failure = _first_failure(range(50))
-    assert failure is not None and ("hangs" in failure or "livelock" in failure), failure
+    assert failure is not None and any(s in failure for s in (*STUCK, "livelock")), failure
 
 
 def test_a_delivery_table_with_two_fields_swapped_is_caught(monkeypatch):
@@ -170,7 +173,7 @@ class _ForgetfulRunner(ActionRunner):
 def test_a_runner_that_forgets_the_pages_of_a_failed_peer_send_is_caught(monkeypatch):
     monkeypatch.setattr(nodes, "ActionRunner", _ForgetfulRunner)
     failure = _first_failure(range(50), manager="central")
-    assert failure is not None and "hangs" in failure, failure
+    assert failure is not None and any(s in failure for s in STUCK), failure
 
 
 class _HastyKernelCalls(KernelCalls):

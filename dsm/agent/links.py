@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
 #: the messages every shard gets
 TO_EVERY_SHARD = (p.Heartbeat, p.Bye)
-#: the messages never replayed after a reset (a later one says the same)
-UNSEQUENCED = (p.Heartbeat,)
 #: what ``send`` returns for a message to shard 0 alone
 COORDINATOR_ONLY = (0,)
 
@@ -212,7 +210,7 @@ class ShardLinks:
         """Send ``msg`` (encoded as ``frames``) to the shard it belongs to (see the module
         docstring); the shards it went to. zmq.Again if a shard's queue stayed full for the
         send timeout."""
-        sequenced = not isinstance(msg, UNSEQUENCED)
+        sequenced = not isinstance(msg, p.UNSEQUENCED)
         if len(self.dealers) == 1:
             self._send_to(0, frames, sequenced)
             return COORDINATOR_ONLY

@@ -56,7 +56,8 @@ from dsm.keys import ClientKeys, ServerKeys, keys_dir_from, load_client_keys, lo
 from dsm.launchers import job_name, placement
 from dsm.layout import Layout
 from dsm.reliability import add_counters
-from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S, REQUEST_TIMEOUT_S
+from dsm.core.timers import AgentTimers
+from dsm.liveness import HOUSEKEEPING_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.trace import Tracer
 from dsm.wire import send_frames
@@ -68,14 +69,9 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 #: how often a Hello that found no connection to queue on is tried again
 JOIN_RETRY_S = 0.05
-#: how often requests are looked at for REQUEST_TIMEOUT_S
-OVERDUE_CHECK_INTERVAL_S = 1.0
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
 POLL_INTERVAL_MS = 100
-#: while the loop is busy, heartbeats, the directory's silence, the counters' report and overdue
-#: requests are looked at this often, not after every wake-up (their intervals are seconds)
-HOUSEKEEPING_INTERVAL_S = 0.005
 #: the largest read-ahead window
 READAHEAD_MAX_PAGES = 256
 #: how often the node's counters go to the directory (for dsm top)
@@ -203,7 +199,9 @@ class Agent:
                                           **self.stats.snapshot()})
         self._last_clock_probe = 0.0
         self._last_report = 0.0
-        self._last_overdue_check = 0.0
+        #: when heartbeats are due, the directory's silence cuts the node off, requests are
+        #: overdue (socket-free: the simulator's nodes ask the same object, dsm.sim.timers)
+        self.timers = AgentTimers()
         self._running = True
 
     def _new_core(self, node: str) -> NodeCore:
@@ -361,7 +359,7 @@ class Agent:
     def _housekeeping(self, now: float) -> bool:
         """Heartbeats, the directory's silence, the counters' report, overdue requests; False
         once the directory is gone."""
-        if now - self.links.least_recent_send_s() > HEARTBEAT_INTERVAL_S or (
+        if self.timers.heartbeat_due(now, self.links.least_recent_send_s()) or (
                 self.tracer.enabled and now - self._last_clock_probe > CLOCK_PROBE_INTERVAL_S):
             self._last_clock_probe = now  # a heartbeat is also a clock round trip
             self.messaging.send(p.Heartbeat(self.tracer.now_ns()))
@@ -376,13 +374,13 @@ class Agent:
                 f"({link.unacked_bytes} bytes) of this node unacknowledged, past the bound: this "
                 "node is cut off from the cluster")
         silent_s, silent_endpoint = self.links.longest_silence(now)  # of any shard
-        if silent_s > NODE_CUT_OFF_S:
+        if self.timers.cut_off(silent_s):
             # this loop may have been busy (a release's diffs, the machine's load) while
             # the directory's answers queued: read them first (a Fenced among them says
             # if the directory gave this node up meanwhile)
             self.messaging.drain_directory()
             silent_s, silent_endpoint = self.links.longest_silence(time.monotonic())
-        if silent_s > NODE_CUT_OFF_S and self.messaging.directory_alive:
+        if self.timers.cut_off(silent_s) and self.messaging.directory_alive:
             self.messaging.cut_off(f"the directory {silent_endpoint} has not answered for "
                                    f"{silent_s:.1f} s: this node is cut off from the cluster")
         if not self.messaging.directory_alive:
@@ -393,7 +391,7 @@ class Agent:
             snap = self.stats.snapshot()
             self.messaging.send(p.NodeReport(snap["counters"], snap["latency_counts"],
                                              len(self.procs)))
-        self._fail_overdue_requests(now)
+        self.messaging.carry_out(self.timers.overdue(self.core, now))
         return True
 
     def _count_sessions(self) -> None:
@@ -455,14 +453,6 @@ class Agent:
         while pidfds and (left := deadline - time.monotonic()) > 0:
             ready, _, _ = select.select(pidfds, [], [], left)
             pidfds = [fd for fd in pidfds if fd not in ready]
-
-    def _fail_overdue_requests(self, now: float) -> None:
-        """Kill, loudly, the processes whose page request went unanswered too long (looked at
-        every OVERDUE_CHECK_INTERVAL_S: the deadline is seconds, the loop turns far faster)."""
-        if now - self._last_overdue_check < OVERDUE_CHECK_INTERVAL_S:
-            return
-        self._last_overdue_check = now
-        self.messaging.carry_out(self.core.overdue(now, REQUEST_TIMEOUT_S))
 
 
 class UffdUnavailable(DsmError):

@@ -253,10 +253,12 @@ class Directory:
         self.role.tick(now)
         for session in self.sessions.silent(now, self.node_timeout_s):
             self.declare_dead(session.node, f"silent for {now - session.last_seen_s:.1f} s")
-        for node, txn in self.pages.silent_nodes(TRANSACTION_TIMEOUT_S).items():
+        txn_timeout_s = (bugs.SHORT_TRANSACTION_TIMEOUT_S  # the bug switch (dsm/bugs.py)
+                         if bugs.ACTIVE == bugs.SHORT_TRANSACTIONS else TRANSACTION_TIMEOUT_S)
+        for node, txn in self.pages.silent_nodes(txn_timeout_s).items():
             if self.sessions.get(node) is not None:
                 self.declare_dead(node, f"it left transaction {txn.id} (page {txn.request.page}) "
-                                        f"unanswered for over {TRANSACTION_TIMEOUT_S:.0f} s")
+                                        f"unanswered for over {txn_timeout_s:g} s")
         self.send_all(self.syncreq.expire(now))
         self.complain.flush()
 

@@ -37,7 +37,7 @@ from dsm.errors import ConfigError, ProtocolError
 from dsm.keys import ServerKeys, serve
 from dsm.layout import Layout
 from dsm.linkwire import RouterLinks
-from dsm.liveness import ACK_DELAY_S, NODE_TIMEOUT_S
+from dsm.liveness import ACK_DELAY_S, HOUSEKEEPING_INTERVAL_S, NODE_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.managers import DEFAULT_MANAGER
 from dsm.trace import Tracer
@@ -49,17 +49,11 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_MS = 200
 #: how many queued messages are handled before timers are looked at again
 MAX_MESSAGES_PER_WAKEUP = 1000
-#: while messages keep coming, the timers (silent nodes, lock deadlines, the shards' heartbeats)
-#: are looked at this often, not after every message: their deadlines are tenths of seconds
-#: and more, and looking costs a pass over the sessions and the locks
-HOUSEKEEPING_INTERVAL_S = 0.005
 #: messages queued for one node before it counts as not reading them (declared dead): far more
 #: than the protocol keeps in flight to a live node
 SEND_QUEUE_LIMIT_MESSAGES = 100_000
 #: the messages a peer reads before it has a session (it is joining, or refused): no session header
 BARE = (p.Welcome, p.Fenced, p.ShardWelcome)
-#: the messages never replayed after a reset (a later one says the same)
-UNSEQUENCED = (p.Heartbeat,)
 #: how often the sessions of peers that are gone (left, declared dead) are swept away
 LINK_SWEEP_INTERVAL_S = 1.0
 
@@ -201,7 +195,7 @@ class DirectoryService:
         frames = p.encode(message, page)
         kind = type(message)
         if not self.links.send(identity, frames, time.monotonic(),
-                               sequenced=kind not in UNSEQUENCED, bare=kind in BARE):
+                               sequenced=kind not in p.UNSEQUENCED, bare=kind in BARE):
             return False
         if self.directory.wire is not None:
             self.directory.wire.count("sent", message, frames)

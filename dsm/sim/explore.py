@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dsm.liveness import ACK_TIMEOUT_S
+from dsm.liveness import ACK_TIMEOUT_S, HEARTBEAT_INTERVAL_S
 from dsm.sim.fingerprint import DIGEST_BYTES, fingerprint
 from dsm.sim.links import NO_FAULTS, Faults
 from dsm.sim.model import SLOTS_PER_PAGE
@@ -295,9 +295,10 @@ def explore(scope: Scope, max_states: int | None = None, max_depth: int | None =
     seen = {first.fingerprint()}
     rested: set[bytes] = set()
     limit = first.world.step_limit
-    # the fingerprint keeps the acknowledgement timeout as "expired or not": a run must stay
-    # shorter than it in steps (only a jump of the clock expires it), as the livelock limit does
-    horizon = min(limit, int(ACK_TIMEOUT_S / STEP_S))
+    # the fingerprint keeps the acknowledgement timeout and the heartbeats' as "expired or not":
+    # a run must stay shorter than them in steps (only a jump of the clock expires them), as
+    # the livelock limit does
+    horizon = min(limit, int(min(ACK_TIMEOUT_S, HEARTBEAT_INTERVAL_S) / STEP_S))
     pool = Workers(scope, workers)
     # each worker's states of the depth to explore (their schedules): the worlds it keeps
     shares: list[list[Schedule]] = [[()]] + [[] for _ in range(workers - 1)]

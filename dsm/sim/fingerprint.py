@@ -14,8 +14,15 @@ What is left out, and why that is sound:
 - statistics and counters, tracers, the wiring (every callable: handler tables, clocks; the
   agents' runners, ``dsm.sim.agent``), the world's schedule, its draws and its step counter:
   nothing the protocol decides reads them;
-- timestamps only deadlines read, which the simulator never drives (a waiter's fault time, a
-  request's sending time, a transaction's start, a lock wait's start: ``NOT_STATE``);
+- timestamps only the liveness deadlines read (a waiter's fault time, a request's sending time,
+  a transaction's start, a lock wait's start, when a shard last heard a node: ``NOT_STATE``),
+  and the nodes' heartbeat and cut-off timers kept as "expired or not" (``LIVENESS_TIMERS``):
+  ``dsm.sim.explore`` stops before steps alone could expire the shortest of them (a heartbeat,
+  ``HEARTBEAT_INTERVAL_S``, five hundred steps); a jump of the clock (``ACK_TIMEOUT_S``, twice
+  that) makes every heartbeat due at once, and the longer deadlines (a cut-off, a silence, a
+  transaction, a request) lie several jumps away, past what a scope with a fault or two
+  reaches: the explorer's scopes kill no node, and only a killed node's silence lets the clock
+  run on to them;
 - the clock itself: the sessions' timers are kept as their ages in steps, capped at their
   thresholds (past it, any age behaves the same), and the acknowledgement timeout
   (``ACK_TIMEOUT_S``, a thousand steps) as "expired or not" only: ``dsm.sim.explore`` stops
@@ -50,7 +57,7 @@ import pickle
 import types
 from typing import Any
 
-from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S
+from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
 from dsm.reliability import (ACK_EVERY_BYTES, FLAG_RESEND, RESEND_HOLDOFF_S, UNSEQUENCED,
                              ReliableLink, parse)
 from dsm.sim.links import Packet, SimLinks
@@ -72,7 +79,13 @@ NOT_STATE = frozenset({
     "t0", "sent_at", "started_s", "since",
     "replayed", "duplicates", "gaps", "bare_acks", "_acked_to_peer", "_sent",
     "transport", "tracer", "complain", "_handlers", "last_seen_s",
+    # the liveness timers' bookkeeping (``dsm.sim.timers``): when they were last looked at and
+    # when each node's are next due (derived), when a node's requests were last looked at
+    "_looked_s", "_due_s", "_first_due_s", "_sessions_kept", "last_overdue_check_s",
 })
+#: the simulated nodes' liveness timers (``dsm.sim.timers``): attribute -> (key -> timestamp),
+#: kept as "expired or not" against its threshold in seconds
+LIVENESS_TIMERS = {"last_sent_s": HEARTBEAT_INTERVAL_S, "last_heard_s": NODE_CUT_OFF_S}
 #: a session's timers: attribute -> its threshold in seconds (``dsm.reliability``)
 SHORT_TIMERS = {"_owed_since": ACK_DELAY_S, "_asked_resend_s": RESEND_HOLDOFF_S,
                 "_resent_s": RESEND_HOLDOFF_S}
@@ -132,6 +145,8 @@ class _Canonical(pickle.Pickler):
                 continue
             if name == "channels":  # which pair delivers next is the scheduler's free choice
                 v = sorted((pair, q) for pair, q in v.items() if q)
+            elif name in LIVENESS_TIMERS:
+                v = sorted((key, self.now - t > LIVENESS_TIMERS[name]) for key, t in v.items())
             state[name] = v
         # the state after the object's name: pickle remembers the object first (cycles)
         return _state, (type(obj).__qualname__,), state

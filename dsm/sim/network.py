@@ -12,8 +12,8 @@ the node's agent carries out what the core answers (``dsm.sim.nodes``). A shard 
 node with an Error, or stops (an unexpected exception), fails the run.
 
 A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
-notices the death later (the scheduler picks when), through each shard's own ``declare_dead``
-(the path its silence deadline takes). Its messages still on their way to a shard arrive after
+notices the death later, by its own silence deadline (``dsm.sim.timers``: the scheduler picks
+when time passes), and every shard then declares it dead through its own ``declare_dead``. Its messages still on their way to a shard arrive after
 that and are fenced there by the machine's own check (its session ended), never served. What a
 lost message carried, or what a dead node owned, may be lost: those locations are recorded
 (``lost_locations``), so that the world's invariant checks allow reads of them to fail loudly,
@@ -77,6 +77,7 @@ class NetworkSimulation:
             self._mark_lost_with(msg)  # what it carries dies with its receiver
             if dst not in self.unnoticed_dead:
                 return  # its sessions ended: nothing is sent to it any more
+        self.timers.sent(src, dst)
         # on the pair's session, as the processes send it (``dsm.sim.links``)
         self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg, data,
                         self.clock)
@@ -90,6 +91,7 @@ class NetworkSimulation:
         if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(packet.msg)
             return
+        self.timers.heard(src, dst)  # any frame says its sender is alive
         if (src not in self.directories and not self.nodes[src].alive
                 and src not in self.unnoticed_dead):
             self._from_the_fenced(src, dst, packet)
@@ -139,6 +141,8 @@ class NetworkSimulation:
             acts = handler(msg, data)
         elif isinstance(msg, p.SyncReply):
             acts = self._sync_answered(node, msg)
+        elif isinstance(msg, p.Heartbeat):  # the shard is alive (the agent samples its clock)
+            acts = []
         elif isinstance(msg, (p.Error, p.Fenced)):  # the model's nodes send nothing refused
             raise SimulationFailure(f"{node.name}, alive, was answered {msg}")
         else:
@@ -213,10 +217,11 @@ class NetworkSimulation:
                                              (msg.page + msg.count) * SLOTS_PER_PAGE))
 
     def _notice_death(self, name: str) -> None:
-        """The shards declare ``name`` dead, each through its machine's own path (the one its
-        silence deadline takes: the session ends, what it held and waited for is released);
+        """A shard's deadline declared ``name`` dead (``dsm.sim.timers``): every other shard
+        declares it too, through its machine's own path (in a real distributed manager the
+        coordinator tells them: the session ends, what it held and waited for is released);
         what was on its way to it dies with it."""
-        self._step(f"directory notices {name} is dead")
+        self._step(f"the shards have declared {name} dead")
         self._touched = None
         self.unnoticed_dead.remove(name)
         for shard, machine in self.machines.items():
@@ -224,5 +229,6 @@ class NetworkSimulation:
                 self._mark_lost_with(packet.msg)
             for packet in self.channels.get((name, shard), ()):  # to be fenced when they come
                 self._mark_lost_with(packet.msg)
-            machine.declare_dead(name, "the simulated schedule noticed it")
+            if machine.sessions.get(name) is not None:
+                machine.declare_dead(name, "another shard declared it dead")
         self.links.forget(name)  # its sessions end

@@ -6,11 +6,13 @@ seeded scheduler in place of the network, the kernel and time.
 The scheduler delivers messages in any order ZeroMQ allows — first in, first out per pair of
 sockets, nothing more — interleaved with the workload threads' reads and writes, node deaths
 (a killed node's unsent messages are lost, a prefix of them may still arrive) and the
-directory's noticing them. Every message is encoded as the processes encode it and travels on
-its pair's session, the real one (``dsm.sim.links``); with ``faults`` the channels drop,
-duplicate and swap messages and reset connections, and the sessions replay on the simulated
-clock, which jumps to their timers when nothing else can happen. After every step it checks the
-invariants:
+liveness timers (``dsm.sim.timers``: the nodes' heartbeats, cut-offs and request timeouts, and
+the shards' deadlines, which notice a death). Every message is encoded as the processes encode
+it and travels on its pair's session, the real one (``dsm.sim.links``); with ``faults`` the
+channels drop, duplicate and swap messages and reset connections, and the sessions replay on the
+simulated clock, which jumps to their timers and the liveness ones when nothing else can happen
+(or when the scheduler lets time pass while a death waits to be noticed). After every step it
+checks the invariants (and ``dsm.sim.timers`` its own: no live node declared dead):
 
 - one writer or many readers: a page is EXCLUSIVE on at most one live node, and then held by
   no other;
@@ -63,6 +65,8 @@ from dsm.sim.network import (DIRECTORY, SIM_EPOCH, SIM_INCARNATION, STRIPE_PAGES
                              NetworkSimulation, SimTransport, sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
+from dsm.sim.timers import SimTimers
+from dsm.sim.tracing import SimTracer
 
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
@@ -72,10 +76,15 @@ WRITTEN_FIRST = 0.5
 REPORT_STEPS = 60
 #: a run that takes more steps than this per operation is taken to be livelocked
 MAX_STEPS_PER_OP = 200
-#: simulated seconds per step of the schedule (the sessions' timers count them)
+#: simulated seconds per step of the schedule (the sessions' timers count them), in a world
+#: of at most PARALLEL_PARTIES nodes and shards
 STEP_S = 0.001
 #: IVY's dynamic distributed manager (``dsm.core.dynamic``, ``dsm.directory.pages.dynamic``)
 DYNAMIC = Manager.DYNAMIC.value
+#: a step is one party's event, and the parties of a cluster act at once: in a larger world a
+#: step takes that much less time, or its heartbeats alone (two messages per node and shard
+#: every HEARTBEAT_INTERVAL_S) would outrun the steps and its deadlines pass while it queues
+PARALLEL_PARTIES = 8
 
 
 class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimulation):
@@ -97,6 +106,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.layout = Layout(0x6000_0000_0000, pages * PAGE_BYTES, PAGE_BYTES)
         self.num_pages = pages
         self.clock = 0.0
+        #: simulated seconds per step in this world (``PARALLEL_PARTIES``)
+        self.step_s = STEP_S * min(1.0, PARALLEL_PARTIES / (nodes + shards))
         #: "relay": pages through the directory; "central": node to node (``PageDirectory``)
         self.manager = manager
         #: nodes hand pages back now and then (unmaps, leaves)
@@ -125,9 +136,12 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.directory = self.directories[self._shard_names[0]]
         #: each shard's directory state machine, the processes' own (``dsm.directory.machine``),
         #: serving its page directory: the simulated network delivers to it
+        #: (its trace clock is the simulated one: what it tells in a heartbeat's answer replays)
         self.machines = {name: Directory(self.layout, SimTransport(self, name),
                                          lambda: self.clock, manager=manager,
-                                         role=Role(k, shards, STRIPE_PAGES), pages=d)
+                                         role=Role(k, shards, STRIPE_PAGES), pages=d,
+                                         tracer=SimTracer(None, name, "manager",
+                                                          lambda: self.clock))
                          for k, (name, d) in enumerate(self.directories.items())}
         for m in self.machines.values():
             m.sessions.epoch = SIM_EPOCH  # a seed replays exactly
@@ -203,6 +217,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                 node.threads.append(Thread(node, t + 1, ops))
             self.nodes[name] = node
         self.ops_total = sum(len(t.ops) for n in self.nodes.values() for t in n.threads)
+        #: the nodes' heartbeats, cut-offs and request timeouts, and the shards' deadlines
+        self.timers = SimTimers(self)
 
     def is_release(self, page: int) -> bool:
         return page < self.release_pages
@@ -249,7 +265,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         """One step of the schedule, its invariants checked; False once the run has come to
         rest (nothing in flight, every thread finished: checked). ``dsm.sim.explore`` drives the
         world one step at a time."""
-        self.clock += STEP_S
+        self.clock += self.step_s
         reset = self.links.maybe_reset(self.channels, self._alive)
         if reset is not None:
             self._step(f"the connection {reset[0]}<->{reset[1]} resets")
@@ -257,8 +273,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         choices += [t for n in self.nodes.values() if n.alive for t in n.threads
                     if t.runnable]
         choices += [n for n in self.nodes.values() if n.alive and n.deferred]
-        if self.unnoticed_dead:
-            choices.append("notice")
+        if self.unnoticed_dead:  # the scheduler picks when the deadlines come
+            choices.append("time passes")
         if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
             choices.append("kill")
         if self.give_backs and any(not t.done for n in self.nodes.values() if n.alive
@@ -278,13 +294,13 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                 self._run_event_timers()
                 self._check_invariants()
                 return True
-            if not self.links.owed():
+            if self.links.owed():  # nothing to do but wait for the sessions' timers
+                self._pass_time(self.clock + ACK_TIMEOUT_S)
+            elif self.timers.deadline_pending() and self.timers.next_due() is not None:
+                self._pass_time(self.timers.next_due())  # or a liveness deadline (dsm.sim.timers)
+            else:
                 self._check_finished()
                 return False
-            # nothing to do but wait for the sessions' timers: time passes to them
-            self.clock += ACK_TIMEOUT_S
-            self._step(f"{ACK_TIMEOUT_S:g} s pass")
-            self.links.due(self.channels, self._alive, self.clock)
             return True
         pick = self.rng.choice(choices)
         self._touched: set[int] | None = set()  # the pages this step may change
@@ -295,9 +311,11 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         elif pick == "give back":
             if self.rng.random() < 0.1:
                 self._give_back()
-        elif pick == "notice":
-            if self.rng.random() < 0.2:
-                self._notice_death(self.rng.choice(self.unnoticed_dead))
+        elif pick == "time passes":
+            if (self.rng.random() < 0.2 and self.timers.jump_allowed()
+                    and self.timers.next_due() is not None):
+                self._pass_time(self.timers.next_due())
+                return True
         elif isinstance(pick, Thread):
             self._run_op(pick)
         elif pick == "kernel event":
@@ -311,12 +329,23 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             self._deliver(pick)
         if self.kernel_events.any:
             self._run_event_timers()
+        self.timers.run()
         self._check_invariants()
         self.links.due(self.channels, self._alive, self.clock)
         return True
 
+    def _pass_time(self, until: float) -> None:
+        """The clock jumps to ``until`` (a timer due then: strictly past it), and the timers
+        due then go off: the sessions' (replays), the liveness ones (``dsm.sim.timers``)."""
+        self.clock = max(self.clock, until + self.step_s)
+        self._step(f"time passes to {self.clock:.3f} s")
+        self._touched = set()  # (a death declared checks every page: ``_notice_death``)
+        self.timers.run(idle=True)
+        self._check_invariants()
+        self.links.due(self.channels, self._alive, self.clock)
+
     def _touch(self, msg: p.Message) -> None:
-        if self._touched is not None:
+        if self._touched is not None and not isinstance(msg, p.Heartbeat):  # (a word of life)
             first = getattr(msg, "page", None)
             if first is None:
                 self._touched = None  # all of them
