@@ -44,9 +44,10 @@ def parser() -> argparse.ArgumentParser:
                      help="stop after N states (the report says it is incomplete)")
     out.add_argument("--max-depth", type=int, default=None, metavar="STEPS",
                      help="explore schedules of at most STEPS steps")
-    out.add_argument("--no-reduction", action="store_true",
-                     help="keep the sessions' resend timers in every state's fingerprint, even "
-                          "once no gap can come (to check the reduction against: more states)")
+    out.add_argument("--reduction", action="store_true",
+                     help="drop the sessions' resend timers from a state's fingerprint once no "
+                          "gap can come (fewer states; NOT sound while the clock jumps to the "
+                          "liveness timers: two merged states may part ways)")
     out.add_argument("--workers", type=int, default=1, metavar="N",
                      help="processes that run the steps of each depth (dsm/sim/frontier.py)")
     out.add_argument("--progress", action="store_true",
@@ -61,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
 def scope_of(args: argparse.Namespace) -> Scope:
     return Scope(nodes=args.nodes, pages=args.pages, ops_per_thread=args.ops,
                  manager=args.manager, faults=args.faults_allowed, refaults=args.refaults,
-                 reduction=not args.no_reduction)
+                 reduction=args.reduction)
 
 
 def describe_programs(scope: Scope) -> str:
@@ -86,7 +87,7 @@ def report(found: Exploration) -> str:
     lines = [f"every schedule of {scope.describe()}",
              "  " + ENUMERATED, "  " + FIXED.format(programs=describe_programs(scope)),
              f"states {found.states} (distinct, by fingerprint"
-             f"{'' if scope.reduction else ', resend timers kept (--no-reduction)'}), "
+             f"{', resend timers merged once no gap can come (--reduction)' if scope.reduction else ''}), "
              f"transitions {found.transitions}, max depth {found.max_depth} steps, at rest "
              f"{found.at_rest} ({len(found.outcomes)} distinct outcomes), cut at the refault "
              f"bound {found.cut}, {found.seconds:.1f} s"]
