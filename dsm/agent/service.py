@@ -302,7 +302,7 @@ class Agent:
                 if self.links.owns(item) or self.peers is not None and item is self.peers.router:
                     self._dispatch(item)
         self.messaging.carry_out(self.core.give_back(list(self.state)))
-        self.messaging.said_bye = True
+        self.messaging.inbox.said_bye = True
         self.messaging.send(p.Bye())  # to every shard: each acknowledges it
         byes = 0
         while (byes < self.links.count and time.monotonic() < deadline
@@ -310,7 +310,7 @@ class Agent:
             if self.links.poll(POLL_INTERVAL_MS):
                 byes += self.messaging.drain_directory(until=p.Bye)
         acknowledged = byes == self.links.count
-        if not acknowledged and self.messaging.directory_closing is not None:
+        if not acknowledged and self.messaging.inbox.directory_closing is not None:
             log.info("the directory %s stopped as this node left: nothing to hand back to, "
                      "the cluster stopped", self.directory_endpoint)  # (dsm/clusterstop.py)
         elif not acknowledged and self.messaging.directory_alive:  # cut off: said when it was
@@ -530,7 +530,7 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
         zmq.Context.instance().destroy(linger=1000)
     if agent.orphaned:
         return EXIT_PARENT_GONE
-    if not acknowledged and agent.messaging.directory_closing is not None:
+    if not acknowledged and agent.messaging.inbox.directory_closing is not None:
         return EXIT_CLUSTER_STOPPED
     if not agent.messaging.directory_alive:
         return EXIT_CUT_OFF
