@@ -9,9 +9,9 @@ through the runner the simulator runs too (``dsm/core/carryout.py``): on the mem
 (``dsm/agent/memory.py``), and sent from here to the DEALERs and the peer endpoint. Answers to
 forwarded workload requests go back through the forwarder (``dsm/agent/forwarding.py``).
 Nothing the directory's side or a peer sends stops the agent: a message that is malformed, not
-expected, or names pages outside the region is dropped, with a rate-limited log line. What ends this node's service is the
-directory's: once it fences the node, or takes none of its messages for ``NODE_CUT_OFF_S``, the
-node is cut off (``cut_off``).
+expected, or names pages outside the region is dropped, with a rate-limited log line. What ends
+this node's service is the directory's: once it fences the node, or takes none of its messages
+for ``NODE_CUT_OFF_S``, the node is cut off (``cut_off``).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class Inbox:
             kind: self._to_core
             for kind in PEER_PAGES + (PEER_DYNAMIC if isinstance(core, DynamicNodeCore) else ())}
 
-    # --- what comes in -----------------------------------------------------------------------------
+    # --- what comes in ----------------------------------------------------------------------------
     def from_directory(self, shard: int, msg: Any, data: Any) -> None:
         """A message from the directory's shard ``shard``; ``ProtocolError`` (or another
         ``DsmError``), before anything changed, if it is not one to take now."""
