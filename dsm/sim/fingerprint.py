@@ -68,10 +68,11 @@ from dsm.sim.links import Packet, SimLinks
 
 #: attributes that are not state (see the module's docstring): statistics, tracers, the world's
 #: record of its schedule and its draws, the handler tables, the agents' inboxes (wiring: the
-#: simulated nodes never say Bye, and only a directory's process says Closing, as it stops), runners and event
-#: handling (wiring: a runner's model of the kernel keeps only a forked child's protections
-#: besides, which nothing reads while the kernels' faults are not drawn; the event handling's
-#: removals exist only while the kernel's events are drawn, which exploration does not),
+#: simulated nodes never say Bye, and only a directory's process says Closing, as it stops),
+#: runners and event handling (wiring: a runner's model of the kernel keeps only a forked
+#: child's protections besides, which nothing reads while the kernels' faults are not drawn;
+#: the event handling's removals exist only while the kernel's events are drawn, which
+#: exploration does not),
 #: timestamps that only undriven deadlines read, a session's last acknowledgement sent (written,
 #: never read), what the links keep only to name a replayed message (its frames are kept in the
 #: sessions), the directory machines' wiring (their transports, tracers and rate-limited logs)
