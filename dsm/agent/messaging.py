@@ -52,11 +52,9 @@ class Messaging:
         #: this node's end of the link to the directory, as trace message ids name it
         self.link = link
         self.directory_endpoint = directory_endpoint
-        self.layout = layout
         self.page_size = layout.page_size
         self.links = links
         self.peers = peers
-        self.core = core
         #: the core's actions carried out on the memfd, the uffds and the twins, sent from here
         self.runner = ActionRunner(kernel, twins, self)
         self.tracer = tracer
