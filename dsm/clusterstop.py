@@ -16,7 +16,7 @@ from __future__ import annotations
 import signal
 
 #: the agent's exit status when its leave met a directory that was stopping too (the agent's
-#: other statuses: ``dsm/agent/service.py``)
+#: other statuses: ``dsm/agent/run.py``)
 EXIT_CLUSTER_STOPPED = 6
 #: how long a stopping directory gives the Closing messages to its nodes to leave (ms)
 CLOSING_LINGER_MS = 1000

@@ -70,11 +70,10 @@ MAX_UNACKED_BYTES = 512 << 20
 SESSION_COUNTERS = ("replayed", "duplicates", "gaps", "bare_acks")
 
 
-def add_counters(totals: dict[str, int], link: "ReliableLink") -> None:
-    """Add ``link``'s SESSION_COUNTERS to ``totals`` (keys ``session_<name>``)."""
-    for name in SESSION_COUNTERS:
-        key = f"session_{name}"
-        totals[key] = totals.get(key, 0) + getattr(link, name)
+def session_totals(links: list["ReliableLink"]) -> dict[str, int]:
+    """The SESSION_COUNTERS of ``links``, summed (keys ``session_<name>``)."""
+    return {f"session_{name}": sum(getattr(link, name) for link in links)
+            for name in SESSION_COUNTERS}
 
 
 class Verdict(enum.Enum):

@@ -187,10 +187,10 @@ def test_a_fork_read_while_a_page_is_installed_adopts_and_protects_the_child(
         return hold_the_grant
 
     # the page comes from the directory (relay) or straight from b (central, distributed)
-    here.messaging._dir_handlers[p.Grant] = holding(here.messaging._dir_handlers[p.Grant])
+    here.messaging.inbox._dir_handlers[p.Grant] = holding(here.messaging.inbox._dir_handlers[p.Grant])
     if here.peers is not None:
-        here.messaging._peer_handlers[p.PeerPage] = holding(
-            here.messaging._peer_handlers[p.PeerPage])
+        here.messaging.inbox._peer_handlers[p.PeerPage] = holding(
+            here.messaging.inbox._peer_handlers[p.PeerPage])
     with serving(here):
         w = attach_here(here, directory, tmp_path, monkeypatch, "w")
         try:

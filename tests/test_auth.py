@@ -24,7 +24,7 @@ from dsm import keys as k
 from dsm import protocol as p
 from dsm.agent.clients import refuse_claim, refuse_uid
 from dsm.agent.launch import AgentStartError, start_agent
-from dsm.agent.service import CONNECT_TIMEOUT_S
+from dsm.agent.join import CONNECT_TIMEOUT_S
 from tests.cluster import Directory, NodeProcess
 
 pytestmark = pytest.mark.timeout(90)

@@ -48,7 +48,7 @@ BLOCKER = textwrap.dedent("""
 
 #: the node's path: what a node, its agent and the directory import
 NODE_MODULES = ["dsm", "dsm.cli", "dsm.node", "dsm.local", "dsm.protocol", "dsm.agent.service",
-                "dsm.agent.launch", "dsm.directory.service", "dsm.directory.run",
+                "dsm.agent.join", "dsm.agent.run", "dsm.agent.launch", "dsm.directory.service", "dsm.directory.run",
                 "dsm.programs.node", "dsm.programs.entrypoint", "dsm.commands.run",
                 "dsm.commands.launch", "dsm.commands.demo", "dsm.commands.directory",
                 "dsm.commands.agent"]

@@ -5,7 +5,9 @@ simulator drive the same code through their own transport, clock and kernel.
 Two checks: no module of the state machines names a socket, ZeroMQ, ctypes, fcntl or the
 kernel's userfaultfd descriptor in its source; and importing them all in a fresh interpreter
 loads none of those (what they import, transitively). ctypes itself is loaded by numpy, so the
-second check names dsm's own ctypes binding (``dsm.libc``) instead.
+second check names dsm's own ctypes binding (``dsm.libc``) instead. And one wiring of a node:
+the agent and the simulator deliver what reaches a node through the one inbox
+(``dsm/core/inbox.py``, a state machine), the only module that builds the core's handler table.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ FORBIDDEN_IN_SOURCE = ("zmq", "socket", "select", "selectors", "ctypes", "fcntl"
 #: what importing them all must not load (numpy brings ctypes: dsm's own binding stands for it)
 FORBIDDEN_LOADED = ("zmq", "socket", "select", "fcntl", "dsm.libc", "dsm.uffd.uffd", "dsm.agent",
                     "dsm.node")
+#: the one dispatch of what reaches a node, and the modules that deliver through it: the agent's
+#: (its sockets) and the simulator's nodes
+NODE_INBOX = "dsm.core.inbox"
+INBOX_USERS = ("agent/messaging", "sim/nodes")
+#: the node core's handler table, which only the inbox builds
+CORE_HANDLERS = "dsm.core.inputs.core_handlers"
 #: what the protocol, the one definition of every message, must not depend on
 SERVICES = ("dsm.directory", "dsm.agent", "dsm.node", "dsm.core", "dsm.sim")
 
@@ -102,3 +110,16 @@ def test_the_protocol_depends_on_none_of_the_services():
     loaded = loaded_by(["dsm.protocol"])
     bad = sorted(m for m in loaded if forbidden(m, SERVICES))
     assert not bad, f"dsm.protocol loads {bad}: the services build on it, not it on them"
+
+
+def test_the_node_inbox_is_one_of_the_state_machines():
+    assert PACKAGE / "core" / "inbox.py" in state_machine_files()
+
+
+def test_the_agent_and_the_simulator_deliver_to_a_node_through_the_one_inbox():
+    for user in INBOX_USERS:
+        assert f"{NODE_INBOX}.Inbox" in imported_names(PACKAGE / f"{user}.py"), (
+            f"dsm/{user}.py does not deliver through {NODE_INBOX}")
+    builders = sorted(module_name(f) for f in PACKAGE.rglob("*.py")
+                      if CORE_HANDLERS in imported_names(f))
+    assert builders == [NODE_INBOX], f"the core's handler table is built by {builders}"

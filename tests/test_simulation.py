@@ -185,7 +185,7 @@ def test_data_race_free_programs_see_sequential_consistency_on_release_pages(nam
 class _DeafCore(core_node.NodeCore):
     """A broken node: its acquires ignore the write notices (it keeps its stale copies)."""
 
-    def acquire_sync(self, notices):
+    def acquire_sync(self, notices, guarded=(), data=None):
         return []
 
 

@@ -3,8 +3,9 @@ swap and reset (``dsm/sim/links.py``), and nodes whose kernel fails calls (EAGAI
 forked child gone: ESRCH) and whose peers cannot always be reached (``dsm/sim/agent.py``): seeds
 across managers, shards, deaths and release pages keep every invariant; a session layer that
 does not replay, a delivery table with a swapped field, a runner that forgets to send a page
-home when its peer could not be reached, or a kernel call whose EAGAIN or ENOMEM is taken for
-done, is caught; a failing seed (a real one, with a bug switched on) replays exactly."""
+home when its peer could not be reached, a kernel call whose EAGAIN or ENOMEM is taken for
+done, or a node's inbox (the agent's own dispatch) that drops an acquire's write notices or
+checks a peer's pages off by one, is caught; a failing seed (a real one, with a bug switched on) replays exactly."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from dsm import protocol as p
 from dsm.core import node as core_node
 from dsm.core.carryout import ActionRunner
+from dsm.core.inbox import Inbox
 from dsm.core.kernel import TRANSIENT, KernelCalls
 from dsm.directory import machine
 from dsm.directory.pages import PageDirectory
@@ -188,6 +190,30 @@ class _HastyKernelCalls(KernelCalls):
 def test_a_kernel_call_that_failed_taken_for_done_is_caught(monkeypatch):
     monkeypatch.setattr(nodes, "KernelCalls", _HastyKernelCalls)
     assert _first_failure(range(50)) is not None
+
+
+def test_an_inbox_that_drops_an_acquires_notices_is_caught(monkeypatch):
+    real = Inbox._on_answer
+
+    def forgetful(self, msg, data):  # the copies other nodes' releases changed are kept
+        if type(msg) is p.SyncReply:
+            msg = p.replace(msg, notices=[])
+        return real(self, msg, data)
+
+    monkeypatch.setattr(Inbox, "_on_answer", forgetful)
+    failure = _first_failure(range(5), release_pages=3)
+    assert failure is not None and "the last write" in failure, failure
+
+
+def test_an_inbox_whose_check_of_a_peers_pages_is_off_by_one_is_caught(monkeypatch):
+    def strict(self, msg, data):  # a page message naming the region's last page is refused
+        deliver = self.expect_from_peer(msg)
+        self.layout.check_page(msg.page + getattr(msg, "count", 1))
+        deliver(msg, data)
+
+    monkeypatch.setattr(Inbox, "from_peer", strict)
+    failure = _first_failure(range(5), manager="central")
+    assert failure is not None and "refused a message" in failure, failure
 
 
 def test_a_real_failing_seed_replays_the_same_failure_from_the_command_line():

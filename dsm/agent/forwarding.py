@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from dsm import local
 from dsm import protocol as p
+from dsm.core.inbox import FORWARDED_ANSWERS
 
 
 def holder_name(node: str, request: local.Request) -> str:
@@ -56,8 +57,6 @@ _DIRECTORY_ANSWER: dict[type[local.Request], type[p.Message]] = {
     local.AtomicRequest: p.AtomicResult,
     local.CollectiveRequest: p.CollectiveResult,
 }
-#: the directory's answers to forwarded requests
-FORWARDED_ANSWERS = frozenset(_DIRECTORY_ANSWER.values())
 #: how each directory answer becomes the local answer (``client_req`` in place of ``req``)
 _LOCAL_ANSWER: dict[type[p.Message], Callable[[int, Any], local.LocalMessage]] = {
     p.Allocated: lambda r, m: local.AllocAnswer(r, m.offset, m.nbytes, m.meta),
@@ -115,7 +114,8 @@ class Forwarder:
                                                                  m.op, m.value),
         }
         assert self._builders.keys() == _DIRECTORY_ANSWER.keys()
-        assert set(_DIRECTORY_ANSWER.values()) == _LOCAL_ANSWER.keys()
+        # (the node's inbox passes on the answers it knows to be these: dsm.core.inbox)
+        assert set(_DIRECTORY_ANSWER.values()) == _LOCAL_ANSWER.keys() == FORWARDED_ANSWERS
 
     def _holder(self, msg: local.Request) -> str:
         return holder_name(self.node, msg)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import signal
 import time
 from typing import Any, Callable
@@ -255,6 +256,14 @@ class Workloads:
             return
         self._departure_pidfds[pidfd] = pid
         self.poller.register(pidfd, zmq.POLLIN)
+
+    def await_exits(self, timeout_s: float) -> None:
+        """Until every workload process with a pidfd has exited, for at most ``timeout_s``."""
+        pidfds = [proc.pidfd for proc in self.procs.values() if proc.pidfd is not None]
+        deadline = time.monotonic() + timeout_s
+        while pidfds and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(pidfds, [], [], left)
+            pidfds = [fd for fd in pidfds if fd not in ready]
 
     def kill_all(self, sig: int) -> None:
         """Send ``sig`` to every workload process of the node: the attached ones and their

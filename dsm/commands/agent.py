@@ -8,7 +8,7 @@ import socket
 
 from dsm.agent.launch import check_endpoint
 from dsm.agent.peers import ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV
-from dsm.agent.service import run_agent
+from dsm.agent.run import run_agent
 from dsm.errors import ConfigError
 from dsm.keys import add_keys_argument
 from dsm.trace import TRACE_ENV

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from dsm import local
 from dsm.agent.launch import AgentStartError, StartedAgent, python_env, start_agent
-from dsm.agent.service import EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED
+from dsm.agent.run import EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED
 from dsm.commands.agent import add_directory_arguments, default_node_name
 from dsm.clusterstop import EXIT_CLUSTER_STOPPED, stopped_with_cluster
 from dsm.errors import ConfigError

@@ -1,6 +1,7 @@
 """What a node core does with each message about pages that reaches its node: the one table the
-agent (``dsm/agent/messaging.py``) and the simulator (``dsm/sim/network.py``) both deliver
-through, so that a message reaches the same core method with the same arguments in both."""
+node's inbox (``dsm/core/inbox.py``) builds, which the agent (``dsm/agent/messaging.py``) and
+the simulator (``dsm/sim/network.py``) both deliver through, so that a message reaches the same
+core method with the same arguments in both."""
 
 from __future__ import annotations
 

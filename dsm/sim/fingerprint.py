@@ -67,10 +67,12 @@ from dsm.reliability import (ACK_EVERY_BYTES, FLAG_RESEND, RESEND_HOLDOFF_S, UNS
 from dsm.sim.links import Packet, SimLinks
 
 #: attributes that are not state (see the module's docstring): statistics, tracers, the world's
-#: record of its schedule and its draws, the handler tables and the agents' runners and event
-#: handling (wiring: a runner's model of the kernel keeps only a forked child's protections
-#: besides, which nothing reads while the kernels' faults are not drawn; the event handling's
-#: removals exist only while the kernel's events are drawn, which exploration does not),
+#: record of its schedule and its draws, the handler tables, the agents' inboxes (wiring: the
+#: simulated nodes never say Bye, and only a directory's process says Closing, as it stops),
+#: runners and event handling (wiring: a runner's model of the kernel keeps only a forked
+#: child's protections besides, which nothing reads while the kernels' faults are not drawn;
+#: the event handling's removals exist only while the kernel's events are drawn, which
+#: exploration does not),
 #: timestamps that only undriven deadlines read, a session's last acknowledgement sent (written,
 #: never read), what the links keep only to name a replayed message (its frames are kept in the
 #: sessions), the directory machines' wiring (their transports, tracers and rate-limited logs)
@@ -79,7 +81,7 @@ from dsm.sim.links import Packet, SimLinks
 NOT_STATE = frozenset({
     "stats", "counters", "_counters", "_latency_counts", "waits", "lock_waits_by_node",
     "_trace", "_tracing", "schedule", "rng", "clock", "_touched", "seed",
-    "handlers", "runner", "process_events",
+    "inbox", "runner", "process_events",
     "t0", "sent_at", "started_s", "since",
     "replayed", "duplicates", "gaps", "bare_acks", "_acked_to_peer", "_sent",
     "transport", "tracer", "complain", "_handlers", "last_seen_s",

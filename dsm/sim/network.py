@@ -7,9 +7,11 @@ pair delivers next, so messages arrive in any order ZeroMQ allows — first in, 
 of sockets, nothing more. A delivery the session accepts is decoded and handed to the shard's
 directory state machine (``dsm.directory.machine.Directory``, the processes' own: its sessions,
 its handler table, its Error policy; its transport here is the simulated network,
-``SimTransport``) or, through the agent's own table (``core_handlers``), to the node's core, and
-the node's agent carries out what the core answers (``dsm.sim.nodes``). A shard that answers a
-node with an Error, or stops (an unexpected exception), fails the run.
+``SimTransport``) or to the node's inbox (``dsm.core.inbox``, the agent's own dispatch: its
+checks, the core's handlers, the answers to the threads' requests, the Fenced that cuts a node
+off), and the node's agent carries out what the core answers (``dsm.sim.nodes``). A shard that
+answers a node with an Error or fences a live one, or stops (an unexpected exception), fails
+the run.
 
 A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
 notices the death later, by its own silence deadline (``dsm.sim.timers``: the scheduler picks
@@ -110,7 +112,7 @@ class NetworkSimulation:
         if dst in self.directories:
             self._to_directory(dst, src, msg, data)
         else:
-            self._to_node(self.nodes[dst], msg, data)
+            self._to_node(self.nodes[dst], src, msg, data)
 
     def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
         """What the shard's machine does with ``msg`` (its sends go onto the channels)."""
@@ -134,20 +136,14 @@ class NetworkSimulation:
     def _shard_of(self, page: int) -> str:
         return self._shard_names[shard_of(page, self.shards, STRIPE_PAGES)]
 
-    def _to_node(self, node: SimNode, msg: p.Message, data: bytes | None) -> None:
-        self._finish(node)  # one loop: it takes the next message when done with the last
-        handler = node.handlers.get(type(msg))  # the agent's own table
-        if handler is not None:
-            acts = handler(msg, data)
-        elif isinstance(msg, p.SyncReply):
-            acts = self._sync_answered(node, msg)
-        elif isinstance(msg, p.Heartbeat):  # the shard is alive (the agent samples its clock)
-            acts = []
-        elif isinstance(msg, (p.Error, p.Fenced)):  # the model's nodes send nothing refused
-            raise SimulationFailure(f"{node.name}, alive, was answered {msg}")
+    def _to_node(self, node: SimNode, src: str, msg: p.Message, data: bytes | None) -> None:
+        """What the node's agent does with ``msg`` from ``src``: what its inbox does
+        (``dsm.core.inbox``, the real agent's dispatch), as from a shard or from a peer."""
+        if src in self.directories:
+            shard = self._shard_names.index(src)
+            self._take(node, lambda: node.inbox.from_directory(shard, msg, data))
         else:
-            raise SimulationFailure(f"the model's nodes get no {type(msg).__name__}")
-        self._carry_out(node, acts)
+            self._take(node, lambda: node.inbox.from_peer(msg, data))
 
     # --- failures ------------------------------------------------------------------------------------
     def _kill(self, node: SimNode) -> None:

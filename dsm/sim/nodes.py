@@ -17,12 +17,13 @@ the release pages' twins, diffs and the threads' locks and barriers are in ``dsm
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from dsm.core.carryout import ActionRunner, Carrying
 from dsm.core.events import ProcessEvents
-from dsm.core.inputs import core_handlers
+from dsm.core.inbox import Inbox
 from dsm.core.kernel import KernelCalls
+from dsm.errors import DsmError
 from dsm.sim import programs
 from dsm.sim import release as rc
 from dsm.sim.agent import SimKernel, SimTransport, SimTwins
@@ -86,8 +87,12 @@ class SimNode(SimProcess):
     #: which loses them with this node unless their Diff came), and those of each release
     #: not answered yet (with ``releasing``)
     twinned: set[int] = field(default_factory=set)
-    #: what its agent does with each page message (``dsm.core.inputs``, as the real agent)
-    handlers: dict = field(default_factory=dict)
+    #: what its agent does with each message that reaches it (``dsm.core.inbox``, the real
+    #: agent's dispatch)
+    inbox: Inbox | None = None
+    #: what the inbox asked for while it takes a message: the core's actions and the model's
+    #: (``Resume``), carried out in order once it is done (``_take``)
+    taken: list = field(default_factory=list)
     #: how its agent carries out the core's actions (``dsm.core.carryout``, as the real agent)
     runner: ActionRunner | None = None
     #: what its agent does about its processes' faults and events (``dsm.core.events``, as the
@@ -101,12 +106,16 @@ class NodeSimulation:
 
     # --- the agent: the shared runner over the model's kernel and network -------------------------
     def _wire_agent(self, node: SimNode) -> None:
-        """The node's agent: the page messages through the real agent's table
-        (``dsm.core.inputs``), the core's actions through the real agent's runner
+        """The node's agent: the messages that reach it through the real agent's inbox
+        (``dsm.core.inbox``), the core's actions through the real agent's runner
         (``dsm.core.carryout``), over the model's kernel, twins and network (``dsm.sim.agent``)."""
         faults = self.agent_faults
-        node.handlers = core_handlers(node.core, lambda: self.clock,
-                                      lambda fetch: lambda addr: not faults.unreachable())
+        node.inbox = Inbox(node.core, self.layout, now=lambda: self.clock,
+                           reachable=lambda fetch: lambda addr: not faults.unreachable(),
+                           carry_out=node.taken.extend,
+                           answer=lambda msg: self._answered(node, msg),
+                           cut_off=lambda why: self._cut_off(node, why),
+                           clock_sample=lambda t0_s, clock_ns: None)  # (only a trace uses it)
         kernel = SimKernel(self, node, faults)
         calls = KernelCalls(kernel)
         node.runner = ActionRunner(calls, SimTwins(kernel), SimTransport(self, node, faults),
@@ -118,6 +127,24 @@ class NodeSimulation:
 
         node.process_events = ProcessEvents(node.core, calls, lambda page: page in node.memory,
                                             kernel.processes, carry_out)
+
+    def _take(self, node: SimNode, deliver: Callable[[], None]) -> None:
+        """The node's agent takes a message (``deliver``: through its inbox) once it is done
+        with the last, and carries out what the inbox asked for, in order (an acquire's
+        actions before its thread resumes). A message the inbox refuses fails the run: the
+        model's nodes and shards send none that the agent would drop."""
+        self._finish(node)  # one loop: it takes the next message when done with the last
+        try:
+            deliver()
+        except DsmError as exc:
+            raise SimulationFailure(f"{node.name}'s agent refused a message: {exc}") from None
+        acts, node.taken[:] = list(node.taken), []
+        self._carry_out(node, acts)
+
+    @staticmethod
+    def _cut_off(node: SimNode, why: str) -> None:
+        """The inbox cuts the node off (a Fenced): the model's live nodes are never refused."""
+        raise SimulationFailure(f"{node.name}, alive, was cut off: {why}")
 
     def _descheduled(self) -> bool:
         return self.rng.random() < DEFER_AFTER_SEND

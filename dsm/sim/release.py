@@ -11,8 +11,9 @@ Lock and barrier messages travel on the same channels as the pages' (a node's on
 0), on its session.
 
 A thread's lock release or barrier arrival goes through ``NodeCore.release_sync`` (the diffs
-go home first); an answer's notices through ``NodeCore.acquire_sync``, and only then does the
-thread go on (``Resume``), as the agent answers its process after carrying the actions out.
+go home first); an answer goes through the node's inbox (``dsm.core.inbox``, the agent's own),
+which hands its notices to ``NodeCore.acquire_sync``, and only then does the thread go on
+(``Resume``), as the agent answers its process after carrying the actions out.
 
 The programs (``dsm.sim.programs``) are data-race free, so each read is checked against the
 last write in the simulation's order (DRF-SC); at the end, after the last barrier, every home
@@ -115,9 +116,14 @@ class ReleaseSimulation:
             acts = node.core.release_sync(p.BarrierWait(req, BARRIER, self.parties, who))
         self._carry_out(node, acts)
 
-    def _sync_answered(self, node: SimNode, msg: p.SyncReply) -> list:
-        """The coordinator's answer: an acquire's notices invalidate pages before the waiting
-        thread goes on (as the agent does before it answers the process)."""
+    def _answered(self, node: SimNode, msg: p.Message) -> bool:
+        """The node's inbox answers a thread's request (``dsm.core.inbox``: an acquire's notices
+        went to the core first): the coordinator's answer to its lock or barrier request, and
+        it goes on once the agent carried out what the inbox asked before (``Resume``, after
+        those actions). The model's threads ask nothing else, and nothing of theirs is refused:
+        another answer, an Error, fails the run."""
+        if type(msg) is not p.SyncReply:
+            raise SimulationFailure(f"{node.name}, alive, was answered {msg}")
         t = node.sync_waiters.pop(msg.req, None)
         if t is None:
             raise SimulationFailure(f"{node.name}: an answer to no request: {msg}")
@@ -129,7 +135,8 @@ class ReleaseSimulation:
             raise SimulationFailure(f"{node.name}/t{t.tid}: {t.waits_for} answered "
                                     f"{SyncStatus(msg.status).name}, not one of "
                                     f"{[s.name for s in expected]}: {msg.detail}")
-        return node.core.acquire_sync(msg.notices) + [Resume(t.tid)]
+        node.taken.append(Resume(t.tid))
+        return True
 
     # --- deaths --------------------------------------------------------------------------------
     def _wrote_release(self, node: SimNode, loc: int, value: int) -> None:

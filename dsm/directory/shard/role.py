@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 EXIT_SHARD_LOST = 3
 #: how long a node's Hello waits for the shards to join (coordinator) or for the coordinator's
 #: admission (member) before it is answered with the reason: less than an agent waits for its
-#: Welcome (``dsm.agent.service.CONNECT_TIMEOUT_S``, 5 s), so that the node hears why
+#: Welcome (``dsm.agent.join.CONNECT_TIMEOUT_S``, 5 s), so that the node hears why
 HELLO_HOLD_S = 4.0
 #: the messages any shard serves; a message with a page goes to the page's shard, and every
 #: other message to the coordinator
