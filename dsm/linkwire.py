@@ -26,7 +26,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from dsm.reliability import ReliableLink, Verdict, has_session, parse, strip
-from dsm.wire import has_input, send_frames, stop_monitor
+from dsm.wire import has_input, recv_frames, send_frames, stop_monitor
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class DealerLink:
         for one whose session header is malformed: the others are still read after it)."""
         sock, link = self.socket, self.link
         while has_input(sock):
-            frames = sock.recv_multipart(copy=False)
+            frames = recv_frames(sock)
             body = accept(link, frames, now)
             if body is not None:
                 yield body

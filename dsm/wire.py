@@ -4,7 +4,10 @@ pyzmq's Python layer (``zmq.sugar``) turns flags and option values into ``enum``
 ``send_multipart`` ORs ``SNDMORE`` into its flags as an IntFlag, every ``get(zmq.EVENTS)`` builds a
 ``PollEvent``, a few microseconds each, several times per message on a path whose floor here is a
 couple of hundred. These call the Cython socket with plain ints instead (measured on this VM: a
-two-frame send 11.9 µs through ``send_multipart``, 7.7 µs here).
+two-frame send 11.9 µs through ``send_multipart``, 7.7 µs here). A receive reads each frame's
+``more`` flag off the frame itself rather than asking the socket for ``RCVMORE`` (each ``get``
+looks its option up as a ``SocketOption`` member): a three-frame message in 2.6 µs of CPU, against
+5.9 µs through ``recv_multipart(copy=False)``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 def send_frames(sock: zmq.Socket, frames: list[Any], nonblocking: bool = False) -> None:
@@ -28,6 +32,17 @@ def send_frames(sock: zmq.Socket, frames: list[Any], nonblocking: bool = False) 
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         _CSocket.send(sock, frame, flags | _SNDMORE if i < last else flags, False)
+
+
+def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
+    """Receive one whole message, each frame without a copy (what ``recv_multipart(copy=False)``
+    returns; ``zmq.Again`` and the other ``zmq.ZMQError`` as it raises them)."""
+    frame = _CSocket.recv(sock, 0, False)
+    frames = [frame]
+    while frame.more:
+        frame = _CSocket.recv(sock, 0, False)
+        frames.append(frame)
+    return frames
 
 
 def stop_monitor(sock: zmq.Socket, monitor: zmq.Socket) -> None:
@@ -42,3 +57,9 @@ def stop_monitor(sock: zmq.Socket, monitor: zmq.Socket) -> None:
 def has_input(sock: zmq.Socket) -> bool:
     """Whether a message is queued on ``sock`` (cheaper than a receive that raises Again)."""
     return bool(_CSocket.get(sock, _EVENTS) & _POLLIN)
+
+
+def can_send(sock: zmq.Socket) -> bool:
+    """Whether ``sock`` takes a message now without blocking (``poll(0, POLLOUT)`` without the
+    ``Poller`` that ``Socket.poll`` builds for each call)."""
+    return bool(_CSocket.get(sock, _EVENTS) & _POLLOUT)

@@ -9,12 +9,14 @@ import statistics
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from dsm.bench import suite
 from dsm.bench.fault import FAULT_ROWS, FLOOR_KEYS, FLOOR_OF, ROWS
+from dsm.bench.procs import sched_ns
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -165,6 +167,8 @@ def test_bench_fault_measures_its_floors_in_the_same_run(tmp_path, run_bench):
                    "floor_3hop": ("manager", "owner", "handler", "faulter")}[key]
         for party in parties:
             assert rows[key]["cpu_us_per_access"][f"{key} {party}"] > 0, (key, party)
+            # and its threads' time waiting for a CPU (none on an idle machine)
+            assert rows[key]["run_queue_wait_us_per_access"][f"{key} {party}"] >= 0, (key, party)
     for key, row in rows.items():
         floor = FLOOR_OF.get(key)
         if key in FLOOR_KEYS:
@@ -214,6 +218,17 @@ def test_bench_fault_with_keys_measures_a_keyed_cluster_beside_the_open_one(tmp_
             rows[key + "@curve"]["median_us"] / rows[floor]["median_us"])
     assert "CURVE's cost per fault" in proc.stdout
     assert result["warnings"] == [], result["warnings"]
+
+
+@pytest.mark.timeout(30)
+def test_sched_ns_counts_the_time_on_a_cpu_and_in_the_run_queue():
+    running, waiting = sched_ns(os.getpid())
+    busy_until = time.thread_time() + 0.05  # some CPU of this thread's own
+    while time.thread_time() < busy_until:
+        pass
+    running_after, waiting_after = sched_ns(os.getpid())
+    assert running_after - running >= 0.04e9 and waiting_after >= waiting >= 0
+    assert sched_ns(None) == (0, 0)
 
 
 def test_bench_fault_rejects_bad_sizes():

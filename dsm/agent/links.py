@@ -34,7 +34,7 @@ import zmq
 
 from dsm import protocol as p
 from dsm.linkwire import DealerLink, accept, reconnect_promptly
-from dsm.wire import has_input
+from dsm.wire import has_input, recv_frames
 from dsm.core.shards import shard_name, shard_of
 from dsm.errors import DsmError, ProtocolError
 from dsm.keys import ClientKeys, HandshakeWatch, configure_client
@@ -285,7 +285,7 @@ class ShardLinks:
             # ZMQ_EVENTS says whether a message is queued: cheaper than a receive that raises
             while has_input(dealer):
                 now = self.last_heard_s[shard] = time.monotonic()
-                frames = dealer.recv_multipart(copy=False)
+                frames = recv_frames(dealer)
                 try:
                     body = accept(link, frames, now)  # in order, each once; acks noted
                 except ProtocolError as exc:

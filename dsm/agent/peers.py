@@ -42,7 +42,7 @@ from dsm.linkwire import DealerLink, RouterLinks, reconnect_promptly
 from dsm.reliability import ReliableLink
 from dsm.liveness import ACK_TIMEOUT_S, NODE_TIMEOUT_S
 from dsm.logthrottle import ThrottledLog
-from dsm.wire import has_input
+from dsm.wire import can_send, has_input, recv_frames
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,10 @@ class PeerEndpoint:
             self._complain(logging.ERROR, "node %s cannot connect to node %s's peer endpoint "
                            "%r: %s", self.node, peer, address, exc)
             return False
-        wait_ms = 0 if known else int(PEER_FIRST_CONNECT_S * 1000)
-        if sock.socket.poll(wait_ms, zmq.POLLOUT):
+        # a known peer is asked without waiting, once per page sent: the socket's own events
+        # say it (Socket.poll would build a Poller each time); a new one gets time to connect
+        if can_send(sock.socket) if known else sock.socket.poll(
+                int(PEER_FIRST_CONNECT_S * 1000), zmq.POLLOUT):
             return True
         self._complain(logging.ERROR,
                        "node %s (peer endpoint %s) has no connection to node %s at %s: pages go "
@@ -157,7 +159,7 @@ class PeerEndpoint:
         without the ROUTER's identity and the session header)."""
         router, incoming = self.router, self.incoming
         while has_input(router):
-            frames = router.recv_multipart(copy=False)
+            frames = recv_frames(router)
             identity = frames[0].bytes
             try:
                 body = incoming.accept(identity, frames[1:], time.monotonic())

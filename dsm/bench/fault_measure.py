@@ -20,7 +20,7 @@ from dsm.bench import common, floor, profile
 from dsm.bench.common import TRAFFIC_DIRECTIONS, BenchError, Progress, environment
 from dsm.bench.fault_rows import (CURVE_SUFFIX, FLOOR_KEYS, curve_cost, floor_of, new_rows,
                                   row_results)
-from dsm.bench.procs import Processes, Worker, children_of, cpu_ns
+from dsm.bench.procs import Processes, Worker, children_of, sched_ns
 from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV
 
 #: the measured pages are this far apart (no two of them neighbours)
@@ -261,8 +261,9 @@ class FaultBench:
         row.add_cpu(cpu_before, self._cpu())
         row.add_samples(samples)
 
-    def _cpu(self) -> dict[str, int]:
-        return {name: cpu_ns(pid) for name, pid in self.pids.items()}
+    def _cpu(self) -> dict[str, tuple[int, int]]:
+        """Each process's time on a CPU and in the run queue so far (``sched_ns``)."""
+        return {name: sched_ns(pid) for name, pid in self.pids.items()}
 
     def _counters(self, node: str) -> dict[str, int]:
         return self._call(node, "stats")["stats"]["counters"]

@@ -21,6 +21,16 @@ TARGETS: dict[str, float] = {"home_read": 1.2, "owned_read": 1.8, "write_upgrade
                              "write_miss": 2.0}
 #: the keyed cluster's row-key suffix
 CURVE_SUFFIX = "@curve"
+#: the per-process times printed for every row: (the result's key, the title of its lines).
+#: The second says how long each process's woken threads waited for a CPU: on a shared machine
+#: that, more than the CPU, is what a fault's messages wait for (a thread per process and hop,
+#: and as many ZeroMQ I/O threads)
+PER_PROCESS_TIMES = (
+    ("cpu_us_per_access", "CPU µs per access, by process (all threads; includes the bench's "
+                          "own bookkeeping):"),
+    ("run_queue_wait_us_per_access", "run-queue wait µs per access, by process (all threads: "
+                                     "runnable, waiting for a CPU):"),
+)
 
 
 @dataclass
@@ -33,6 +43,8 @@ class Row:
     counter_deltas: dict[str, int] = field(default_factory=dict)
     #: CPU time each process spent during this row's accesses, in ns
     cpu_ns: dict[str, int] = field(default_factory=dict)
+    #: time each process's threads spent runnable but waiting for a CPU meanwhile, in ns
+    wait_ns: dict[str, int] = field(default_factory=dict)
     #: messages and bytes of every agent of the faulting node's cluster during the accesses
     #: (each message is one an agent sent or received: ``NodeStats.count_message``)
     messages: int = 0
@@ -45,9 +57,14 @@ class Row:
         if samples_ns:
             self.round_medians_us.append(float(np.median(samples_ns)) / 1e3)
 
-    def add_cpu(self, before: dict[str, int], after: dict[str, int]) -> None:
-        for name, t in after.items():
-            self.cpu_ns[name] = self.cpu_ns.get(name, 0) + t - before.get(name, t)
+    def add_cpu(self, before: dict[str, tuple[int, int]],
+                after: dict[str, tuple[int, int]]) -> None:
+        """Add what each process had of the CPUs between ``before`` and ``after`` (``sched_ns``
+        of each): its time on one, and its time waiting for one."""
+        for name, (cpu, wait) in after.items():
+            cpu0, wait0 = before.get(name, (cpu, wait))
+            self.cpu_ns[name] = self.cpu_ns.get(name, 0) + cpu - cpu0
+            self.wait_ns[name] = self.wait_ns.get(name, 0) + wait - wait0
 
     def stats(self) -> dict[str, float]:
         a = np.asarray(self.samples_ns, dtype=np.float64) / 1e3
@@ -140,6 +157,9 @@ def row_results(rows: dict[str, Row], warnings: list[str]) -> list[dict]:
                                          else None if floor_key is None else float("nan")),
             "cpu_us_per_access": {
                 name: t / n / 1e3 for name, t in sorted(row.cpu_ns.items()) if n
+            },
+            "run_queue_wait_us_per_access": {
+                name: t / n / 1e3 for name, t in sorted(row.wait_ns.items()) if n
             },
             #: per access: messages and bytes (every agent of the cluster), and the CPU of
             #: the manager (the directory and its shards)
@@ -247,12 +267,13 @@ def format_table(result: dict) -> str:
                        f"{c['curve_median_us']:7.1f} µs  ratio {c['ratio']:.2f}x  (median of the "
                        f"per-round ratios {c['median_round_ratio']:.2f}x)")
     out.append("")
-    out.append("CPU µs per access, by process (all threads; includes the bench's own bookkeeping):")
-    for r in result["rows"]:
-        busy = sorted(((t, name) for name, t in r["cpu_us_per_access"].items() if t >= 0.5),
-                      reverse=True)
-        cells = ", ".join(f"{name} {t:.1f}" for t, name in busy) or "-"
-        out.append(f"  {r['label'].ljust(widths[0])}  {cells}")
+    for key, title in PER_PROCESS_TIMES:
+        out.append(title)
+        for r in result["rows"]:
+            busy = sorted(((t, name) for name, t in r.get(key, {}).items() if t >= 0.5),
+                          reverse=True)
+            cells = ", ".join(f"{name} {t:.1f}" for t, name in busy) or "-"
+            out.append(f"  {r['label'].ljust(widths[0])}  {cells}")
     traffic = [r for r in result["rows"] if r.get("traffic")]
     if traffic:
         out.append("")

@@ -173,20 +173,28 @@ def children_of(pid: int) -> list[int]:
 
 def cpu_ns(pid: int | None) -> int:
     """CPU time used so far by every thread of ``pid`` (libzmq's I/O threads too), in ns."""
+    return sched_ns(pid)[0]
+
+
+def sched_ns(pid: int | None) -> tuple[int, int]:
+    """What every thread of ``pid`` (libzmq's I/O threads too) has had of the CPUs so far, in
+    ns: its time on a CPU, and its time runnable but waiting for one (the run queue: on a
+    loaded machine, each thread a message wakes waits there before it runs)."""
     if pid is None:
-        return 0
-    total = 0
+        return 0, 0
+    running = waiting = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
+        return 0, 0
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
+                on_cpu, queued = f.read().split()[:2]
+            running, waiting = running + int(on_cpu), waiting + int(queued)
+        except (OSError, ValueError):
             pass
-    return total
+    return running, waiting
 
 
 class Processes:

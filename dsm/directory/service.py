@@ -41,7 +41,7 @@ from dsm.liveness import ACK_DELAY_S, HOUSEKEEPING_INTERVAL_S, NODE_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
 from dsm.managers import DEFAULT_MANAGER
 from dsm.trace import Tracer
-from dsm.wire import has_input
+from dsm.wire import has_input, recv_frames
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class DirectoryService:
                     for _ in range(MAX_MESSAGES_PER_WAKEUP):
                         if not queued or d.failed is not None:
                             break
-                        self._handle(self.socket.recv_multipart(copy=False))
+                        self._handle(recv_frames(self.socket))
                         queued = has_input(self.socket)
                     for sock in ready:
                         if sock is not self.socket:

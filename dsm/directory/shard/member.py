@@ -27,7 +27,7 @@ from dsm.directory.shard.role import EXIT_SHARD_LOST, HELLO_HOLD_S, Role, _Held
 from dsm.errors import DsmError
 from dsm.linkwire import DealerLink, accept
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_TIMEOUT_S
-from dsm.wire import has_input
+from dsm.wire import has_input, recv_frames
 
 if TYPE_CHECKING:
     from dsm.directory.machine import Directory
@@ -88,7 +88,7 @@ class Member(Role):
 
     def drain(self, sock: zmq.Socket) -> None:
         while has_input(self.dealer):
-            frames = self.dealer.recv_multipart(copy=False)
+            frames = recv_frames(self.dealer)
             now = self._last_heard_s = time.monotonic()
             try:
                 body = accept(self.session.link, frames, now)  # in order, once each
