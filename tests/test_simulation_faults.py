@@ -61,6 +61,10 @@ REGRESSIONS = [
     # would deliver it never comes
     ("a dead node's message after a gap", 302, dict(manager="relay", nodes=5,
                                                    threads_per_node=2, deaths=1)),
+    # a node waiting at a barrier says nothing but its heartbeats while the directory replays an
+    # answer it lost the acknowledgement of: the clock jumped by the replay timer past every
+    # other heartbeat, and four lost in a row made a live node silent for 5 s
+    ("heartbeats skipped by a jump of the clock", 123, dict(release_pages=3)),
 ]
 
 
