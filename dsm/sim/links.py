@@ -214,11 +214,21 @@ class SimLinks:
         return any(link.owes() for key in self._maybe_owing
                    if (link := self._links.get(key)) is not None)
 
-    def forget(self, name: str) -> None:
-        """``name`` is gone: its links, and the others' links to it."""
-        for key in [k for k in self._links if name in k]:
+    def forget(self, name: str, keep: Any = ()) -> None:
+        """``name`` is gone: its links, and the others' links to it, but those with the parties
+        in ``keep`` (a shard that still serves it: ``forget_between`` once it no longer does)."""
+        def gone(a: str, b: str) -> bool:
+            return name in (a, b) and (b if a == name else a) not in keep
+
+        for key in [k for k in self._links if gone(*k)]:
             del self._links[key]
-        self._sent = {k: v for k, v in self._sent.items() if name not in k[:2]}
+        self._sent = {k: v for k, v in self._sent.items() if not gone(*k[:2])}
+
+    def forget_between(self, a: str, b: str) -> None:
+        """The link between ``a`` and ``b``, both ways, is gone."""
+        for key in ((a, b), (b, a)):
+            self._links.pop(key, None)
+        self._sent = {k: v for k, v in self._sent.items() if k[:2] not in ((a, b), (b, a))}
 
     def lost_with(self, name: str, channels: dict) -> list[p.Message]:
         """What dies with ``name``: every message to it that it had not received, and every
@@ -243,6 +253,8 @@ def _direction(src: str, dst: str) -> p.Direction:
     ``directory``...)."""
     from dsm.sim.network import DIRECTORY
 
+    if dst.startswith(DIRECTORY) and src.startswith(DIRECTORY):  # between shards
+        return p.Direction.TO_DIRECTORY if dst == f"{DIRECTORY}0" else p.Direction.TO_NODE
     if dst.startswith(DIRECTORY):
         return p.Direction.TO_DIRECTORY
     if src.startswith(DIRECTORY):

@@ -30,6 +30,7 @@ from dsm.core.actions import Send
 from dsm.core.shards import shard_of
 from dsm.core.states import OWNED
 from dsm.directory.machine import node_of_identity
+from dsm.directory.shard import Member
 from dsm.sim.model import SLOTS_PER_PAGE, SimulationFailure
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ class SimTransport:
 
     def send(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
         node = node_of_identity(identity.decode(errors="surrogateescape"))
+        if isinstance(message, p.ShardWelcome):  # the join's answer, before the run begins
+            self.world.shard_welcomes[node] = message
+            return True
         self.world._send(self.shard, node, message, bytes(page) if page is not None else None)
         return True  # kept on its session, as to a peer with one
 
@@ -77,7 +81,8 @@ class NetworkSimulation:
             self._mark_lost_with(msg)  # what it carries dies with its receiver
             if dst not in self.unnoticed_dead:
                 return  # its sessions ended: nothing is sent to it any more
-        self.timers.sent(src, dst)
+        if src not in self.directories:  # (the shards talk before the timers are built)
+            self.timers.sent(src, dst)
         # on the pair's session, as the processes send it (``dsm.sim.links``)
         self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg, data,
                         self.clock)
@@ -91,13 +96,16 @@ class NetworkSimulation:
         if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(packet.msg)
             return
+        between_shards = src in self.directories and dst in self.directories
         self.timers.heard(src, dst)  # any frame says its sender is alive
-        if (src not in self.directories and not self.nodes[src].alive
-                and src not in self.unnoticed_dead):
+        if between_shards:
+            self._shard_heard(dst)
+        dead = src not in self.directories and not self.nodes[src].alive
+        if dead and src not in self.unnoticed_dead and not self._served_at(src, dst):
             self._from_the_fenced(src, dst, packet)
             return
         got = self.links.receive(src, dst, packet, self.clock)
-        if got is None and src in self.unnoticed_dead and not self.links.arrived(src, dst, packet):
+        if got is None and dead and not self.links.arrived(src, dst, packet):
             # taken after a gap: the replay that would fill it will never come from the dead
             self._mark_lost_with(packet.msg)
         if got is None:  # a duplicate, one after a gap, or an acknowledgement: no message
@@ -107,10 +115,37 @@ class NetworkSimulation:
         msg, data = got  # decoded from the wire, as the receiving process decodes it
         self._touch(msg)
         self._step(f"deliver {type(msg).__name__} {src}->{dst}: {msg}")
-        if dst in self.directories:
+        if between_shards:
+            self._between_shards(src, dst, msg, data)
+        elif dst in self.directories:
             self._to_directory(dst, src, msg, data)
         else:
             self._to_node(self.nodes[dst], msg, data)
+
+    def _served_at(self, node: str, shard: str) -> bool:
+        """Whether ``shard`` still serves ``node`` (its death not told there yet): what the node
+        sent it still goes through their session."""
+        return shard in self.machines and self.machines[shard].sessions.get(node) is not None
+
+    def _between_shards(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
+        """A message one shard's session delivered to another (``dsm.sim.shards``): the
+        coordinator's machine takes it from the member's identity (its name), a member's role
+        from its coordinator."""
+        machine = self.machines[dst]
+        if isinstance(machine.role, Member):
+            machine.role.receive(msg)
+        else:
+            machine.handle(src.encode(), msg, data)
+        if machine.failed is not None:
+            raise SimulationFailure(f"{dst} stopped: {machine.failed}")
+
+    def _shard_heard(self, shard: str) -> None:
+        """A frame (any: an acknowledgement too) from another shard reached ``shard``: a member
+        hears its coordinator live (the coordinator hears a member by its messages, as the
+        processes do)."""
+        role = self.machines[shard].role
+        if isinstance(role, Member):
+            role.heard()
 
     def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
         """What the shard's machine does with ``msg`` (its sends go onto the channels)."""
@@ -217,11 +252,11 @@ class NetworkSimulation:
                                              (msg.page + msg.count) * SLOTS_PER_PAGE))
 
     def _notice_death(self, name: str) -> None:
-        """A shard's deadline declared ``name`` dead (``dsm.sim.timers``): every other shard
-        declares it too, through its machine's own path (in a real distributed manager the
-        coordinator tells them: the session ends, what it held and waited for is released);
-        what was on its way to it dies with it."""
-        self._step(f"the shards have declared {name} dead")
+        """A shard declared ``name`` dead (``dsm.sim.timers``): what was on its way to it dies
+        with it. The other shards hear of it through their roles (a member reports it to the
+        coordinator, which tells every shard: ``dsm.directory.shard``), each then ending the
+        session; until then what the node sent a shard still goes through their session."""
+        self._step(f"a shard has declared {name} dead")
         self._touched = None
         self.unnoticed_dead.remove(name)
         for shard, machine in self.machines.items():
@@ -229,6 +264,5 @@ class NetworkSimulation:
                 self._mark_lost_with(packet.msg)
             for packet in self.channels.get((name, shard), ()):  # to be fenced when they come
                 self._mark_lost_with(packet.msg)
-            if machine.sessions.get(name) is not None:
-                machine.declare_dead(name, "another shard declared it dead")
-        self.links.forget(name)  # its sessions end
+        # its sessions end: with the nodes, and with the shards that ended its session
+        self.links.forget(name, keep=[s for s in self.machines if self._served_at(name, s)])

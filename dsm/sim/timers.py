@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from dsm import protocol as p
 from dsm.core.timers import AgentTimers
+from dsm.directory.shard import Member
 from dsm.liveness import (HOUSEKEEPING_INTERVAL_S, NODE_CUT_OFF_S, NODE_TIMEOUT_S,
                           TRANSACTION_TIMEOUT_S)
 from dsm.sim.model import SimulationFailure
@@ -58,6 +59,8 @@ class SimTimers:
         #: node's only then, as a world of hundreds of nodes needs), nor any before the first
         self._due_s = {name: world.clock for name in world.nodes}
         self._first_due_s = world.clock
+        #: (node, shard) whose session the shard ended, their link forgotten
+        self._ended: set[tuple[str, str]] = set()
 
     # --- what the network tells ----------------------------------------------------------------
     def sent(self, src: str, dst: str) -> None:
@@ -151,6 +154,10 @@ class SimTimers:
                     f"the shards something {world.clock - heard:.2f} s ago")
             if name in world.unnoticed_dead:
                 world._notice_death(name)
+            for shard in ended:  # (the others told since: their sessions with it end too)
+                if (name, shard) not in self._ended:
+                    self._ended.add((name, shard))
+                    world.links.forget_between(name, shard)
         self._sessions_kept = self._count_sessions()
 
     def _count_sessions(self) -> int:
@@ -170,12 +177,18 @@ class SimTimers:
                 if machine.sessions.get(node) is not None]
 
     def jump_allowed(self) -> bool:
-        """Whether the scheduler may let time pass now: no live node's message to a shard is on
-        its way, and no agent is busy."""
+        """Whether the scheduler may let time pass now: no live node's message to a shard, nor
+        a shard's to another, is on its way, and no agent is busy."""
         world = self.world
         return not any(node.deferred is not None or any(
             world.channels.get((name, s)) for s in world.machines)
-            for name, node in world.nodes.items() if node.alive)
+            for name, node in world.nodes.items() if node.alive) and not any(
+            world.channels.get((a, b)) for a in world.machines for b in world.machines)
+
+    def shard_heartbeat_due(self) -> float:
+        """When a member shard's next heartbeat to its coordinator is due (never: one shard)."""
+        return min((m.role.heartbeat_due_s for m in self.world.machines.values()
+                    if isinstance(m.role, Member)), default=NEVER_S)
 
     def next_due(self) -> float | None:
         """When the next liveness timer is due: a live node's heartbeat, or a shard's deadline
@@ -183,6 +196,7 @@ class SimTimers:
         world = self.world
         due = [AgentTimers.heartbeat_due_at(self.last_sent_s[(name, s)])
                for name, node in world.nodes.items() if node.alive for s in world.machines]
+        due.append(self.shard_heartbeat_due())  # a member's heartbeat to the coordinator
         for machine in world.machines.values():
             due += [s.last_seen_s + NODE_TIMEOUT_S for s in machine.sessions.by_node.values()]
             due += [txn.started_s + TRANSACTION_TIMEOUT_S

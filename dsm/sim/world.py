@@ -49,9 +49,7 @@ from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
-from dsm.directory.machine import Directory
 from dsm.directory.pages import OnLoss, PageDirectory
-from dsm.directory.shard.role import Role
 from dsm.core.dynamic import DynamicNodeCore
 from dsm.layout import Layout
 from dsm.managers import Manager
@@ -61,12 +59,12 @@ from dsm.sim.agent import AgentFaults
 from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.liveness import ACK_TIMEOUT_S
 from dsm.sim.links import NO_FAULTS, Faults, SimLinks
-from dsm.sim.network import (DIRECTORY, SIM_EPOCH, SIM_INCARNATION, STRIPE_PAGES,
-                             NetworkSimulation, SimTransport, sim_identity)
+from dsm.sim.network import (DIRECTORY, SIM_INCARNATION, STRIPE_PAGES, NetworkSimulation,
+                             sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
+from dsm.sim.shards import build_shards, shard_name
 from dsm.sim.timers import SimTimers
-from dsm.sim.tracing import SimTracer
 
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
@@ -125,7 +123,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.shards = shards
         #: each shard's page directory, by its network name
         self.directories = {
-            (DIRECTORY if shards == 1 else f"{DIRECTORY}{k}"): PageDirectory(
+            shard_name(k, shards): PageDirectory(
                 self.layout, on_loss=on_loss, clock=lambda: self.clock, direct=direct,
                 shard=k, shards=shards, stripe=STRIPE_PAGES,
                 is_release=self.is_release)
@@ -134,17 +132,16 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         for d in self.directories.values():  # a discard is a write of zeros (the truth model)
             d.on_discarded = self._discarded
         self.directory = self.directories[self._shard_names[0]]
+        self.channels: dict[tuple[str, str], deque] = {}
+        #: every pair's session (the real one) over channels with ``faults``
+        self.links = SimLinks(self.rng, faults)
+        #: a joining shard's ShardWelcome, handed over at once (``dsm.sim.shards``)
+        self.shard_welcomes: dict[str, p.Message] = {}
         #: each shard's directory state machine, the processes' own (``dsm.directory.machine``),
-        #: serving its page directory: the simulated network delivers to it
-        #: (its trace clock is the simulated one: what it tells in a heartbeat's answer replays)
-        self.machines = {name: Directory(self.layout, SimTransport(self, name),
-                                         lambda: self.clock, manager=manager,
-                                         role=Role(k, shards, STRIPE_PAGES), pages=d,
-                                         tracer=SimTracer(None, name, "manager",
-                                                          lambda: self.clock))
-                         for k, (name, d) in enumerate(self.directories.items())}
-        for m in self.machines.values():
-            m.sessions.epoch = SIM_EPOCH  # a seed replays exactly
+        #: serving its page directory, with its role (``dsm.sim.shards``: the coordinator and
+        #: the members, the processes' own, joined over the simulated network): the simulated
+        #: network delivers to it
+        self.machines = build_shards(self, manager)
         #: the directory's side of the dynamic manager, the first shard's machine's own
         self.dynamic_pages = self.machines[self._shard_names[0]].dynamic
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
@@ -155,9 +152,6 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             phases) if release_pages else None)
         #: the barrier's parties: every thread
         self.parties = nodes * threads_per_node
-        self.channels: dict[tuple[str, str], deque] = {}
-        #: every pair's session (the real one) over channels with ``faults``
-        self.links = SimLinks(self.rng, faults)
         #: the nodes' kernels and peers, which fail calls now and then with ``faults``
         self.agent_faults = AgentFaults(self.rng, faults)
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
@@ -295,7 +289,9 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                 self._check_invariants()
                 return True
             if self.links.owed():  # nothing to do but wait for the sessions' timers
-                self._pass_time(self.clock + ACK_TIMEOUT_S)
+                # (not past a member's heartbeat: the coordinator hears one every interval)
+                self._pass_time(min(self.clock + ACK_TIMEOUT_S,
+                                    self.timers.shard_heartbeat_due()))
             elif self.timers.deadline_pending() and self.timers.next_due() is not None:
                 self._pass_time(self.timers.next_due())  # or a liveness deadline (dsm.sim.timers)
             else:

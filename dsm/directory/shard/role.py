@@ -69,13 +69,6 @@ class Role:
         self.directory = directory
         directory.pages.shards = self.count
 
-    def sockets(self) -> list[Any]:
-        """Sockets of its own (ZeroMQ's) the shell's loop polls (``drain`` when readable)."""
-        return []
-
-    def drain(self, sock: Any) -> None:
-        pass
-
     def tick(self, now: float) -> None:
         """Timers, looked at after every wake-up of the loop."""
 
