@@ -214,6 +214,12 @@ class SimLinks:
         return any(link.owes() for key in self._maybe_owing
                    if (link := self._links.get(key)) is not None)
 
+    def in_flight_between(self, parties: Any, channels: dict) -> bool:
+        """Whether anything is on its way among ``parties``: on a channel, or kept by a link
+        for a replay (it was lost on the way)."""
+        return any(channels.get((a, b)) or (link := self._links.get((a, b))) is not None
+                   and link.unacked for a in parties for b in parties if a != b)
+
     def forget(self, name: str, keep: Any = ()) -> None:
         """``name`` is gone: its links, and the others' links to it, but those with the parties
         in ``keep`` (a shard that still serves it: ``forget_between`` once it no longer does)."""

@@ -115,12 +115,25 @@ class NetworkSimulation:
         msg, data = got  # decoded from the wire, as the receiving process decodes it
         self._touch(msg)
         self._step(f"deliver {type(msg).__name__} {src}->{dst}: {msg}")
+        if isinstance(msg, p.Welcome):
+            self._welcomed(src, dst)
         if between_shards:
             self._between_shards(src, dst, msg, data)
         elif dst in self.directories:
             self._to_directory(dst, src, msg, data)
         else:
             self._to_node(self.nodes[dst], msg, data)
+
+    def _welcomed(self, shard: str, node: str) -> None:
+        """``shard``'s Welcome reached ``node`` (``dsm.sim.shards.join_nodes``): once every
+        shard's has, its workload starts."""
+        waiting = self.joining.get(node)
+        if waiting is None or shard not in waiting:
+            raise SimulationFailure(f"{node} was welcomed by {shard} again, or unasked")
+        waiting.discard(shard)
+        if not waiting:
+            del self.joining[node]
+            self._step(f"{node} has joined every shard")
 
     def _served_at(self, node: str, shard: str) -> bool:
         """Whether ``shard`` still serves ``node`` (its death not told there yet): what the node
@@ -176,8 +189,22 @@ class NetworkSimulation:
             acts = handler(msg, data)
         elif isinstance(msg, p.SyncReply):
             acts = self._sync_answered(node, msg)
+        elif isinstance(msg, p.Welcome):  # a shard's, as the node joins (``dsm.sim.shards``)
+            acts = []
+        elif isinstance(msg, p.LostReport):  # the coordinator's answer (``dsm.sim.shards``)
+            self.lost_queries.answer(node, msg)
+            acts = []
         elif isinstance(msg, p.Heartbeat):  # the shard is alive (the agent samples its clock)
             acts = []
+        elif isinstance(msg, p.Fenced) and node.name in self.joining and self.links.faults.any:
+            # a member holds a Hello for HELLO_HOLD_S, waiting for the coordinator's word,
+            # which the faults may keep away that long (each loss costs ACK_TIMEOUT_S): the
+            # agent's join fails loudly and it stops (without faults, a refusal fails the run)
+            self._step(f"{node.name} was refused as it joined ({msg.reason}): its agent stops")
+            del self.joining[node.name]
+            self.refused_joins += 1
+            self._kill(node)
+            return
         elif isinstance(msg, (p.Error, p.Fenced)):  # the model's nodes send nothing refused
             raise SimulationFailure(f"{node.name}, alive, was answered {msg}")
         else:
@@ -190,6 +217,7 @@ class NetworkSimulation:
         self._step(f"kill {node.name}")
         self._touched = None
         node.alive = False
+        self.lost_queries.died(node.name)
         if node.deferred is not None:  # what the agent had not sent yet dies with it
             for act in node.deferred.left:
                 if isinstance(act, Send):

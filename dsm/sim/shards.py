@@ -22,7 +22,9 @@ from dsm import protocol as p
 from dsm.directory.machine import Directory
 from dsm.directory.shard import Coordinator, Member, Role
 from dsm.sim.model import SimulationFailure
-from dsm.sim.network import DIRECTORY, SIM_EPOCH, STRIPE_PAGES, SimTransport
+from dsm.sim.network import (DIRECTORY, SIM_EPOCH, SIM_INCARNATION, STRIPE_PAGES, SimTransport,
+                             sim_identity)
+from dsm.sim.release import SIM_PID as SIM_NODE_PID
 from dsm.sim.tracing import SimTracer
 
 if TYPE_CHECKING:
@@ -84,3 +86,102 @@ def build_shards(world: "World", manager: str) -> dict[str, Directory]:
     if not coordinator.role.ready:
         raise SimulationFailure(f"the coordinator still waits for shards after {count - 1} joined")
     return machines
+
+
+def node_hello(node: str) -> p.Hello:
+    """A model node's Hello, as its agent says it to every shard."""
+    return p.Hello(node, SIM_NODE_PID, SIM_INCARNATION, endpoint=f"sim://{node}")
+
+
+def join_nodes(world: "World") -> dict[str, set[str]]:
+    """With several shards, every node says Hello to each (as its agent does once the
+    coordinator's Welcome named them): the coordinator admits it and tells every member
+    (``NodeAdmitted``, on the network between them), and a member holds its Hello until then.
+    Each node -> the shards whose Welcome it waits for (their Welcomes come on the network)."""
+    if world.shards == 1:
+        return {}
+    joining = {}
+    for name in world.nodes:
+        hello = node_hello(name)
+        for machine in world.machines.values():  # the coordinator's first
+            machine.handle(sim_identity(name), hello, None)
+        joining[name] = set(world.machines)
+    return joining
+
+
+class LostQueries:
+    """Nodes asking the coordinator which pages are lost (``LostQuery``, as a program does with
+    ``node.lost()`` after a SIGBUS), which it answers once every shard has told its lost runs (the
+    gather), and the check of each answer: every page that was lost at its shard when the node
+    asked and still is when the answer comes is in it (a page's loss ends only with a discard)."""
+
+    def __init__(self, world: "World"):
+        self.world = world
+        #: node -> its question's request id, and the pages lost at every shard when it asked
+        self.pending: dict[str, tuple[int, set[int]]] = {}
+        #: questions asked and answered, for the report
+        self.answered = 0
+        #: node -> the lost pages it last asked about (it asks again only once that changed)
+        self.asked_about: dict[str, set[int]] = {}
+
+    def lost_now(self) -> set[int]:
+        return {page for d in self.world.directories.values() for page in d.lost}
+
+    def askers(self) -> list:
+        """The live nodes that may ask now: with several shards (one directory answers alone),
+        once some page is lost, one question at a time, again only once the losses changed."""
+        world = self.world
+        lost = self.lost_now() if world.shards > 1 else set()
+        if not lost:
+            return []
+        return [n for n in world.nodes.values() if n.alive and n.name not in self.pending
+                and self.asked_about.get(n.name) != lost]
+
+    def ask(self, node) -> None:
+        world = self.world
+        req, node.next_req = node.next_req, node.next_req + 1
+        self.pending[node.name] = (req, self.lost_now())
+        self.asked_about[node.name] = self.lost_now()
+        world._step(f"{node.name} asks which pages are lost (request {req})")
+        world._send(node.name, world._shard_names[0], p.LostQuery(req), None)
+
+    def answer(self, node, msg: p.LostReport) -> None:
+        asked = self.pending.pop(node.name, None)
+        if asked is None or asked[0] != msg.req:
+            raise SimulationFailure(f"{node.name} was answered {msg}, which it did not ask "
+                                    f"(its question: {asked})")
+        page_bytes = self.world.layout.page_size
+        told = {page for _, start, end, _ in msg.ranges
+                for page in range(start // page_bytes, end // page_bytes)}
+        missing = (asked[1] & self.lost_now()) - told
+        if missing:
+            raise SimulationFailure(f"{node.name} was told pages {sorted(told)} are lost, but "
+                                    f"pages {sorted(missing)} were lost at their shards when it "
+                                    "asked and still are")
+        self.answered += 1
+
+    def died(self, name: str) -> None:
+        self.pending.pop(name, None)
+
+    def check_finished(self) -> None:
+        """At rest: every live node's question was answered."""
+        for name in self.pending:
+            raise SimulationFailure(f"{name}'s LostQuery was never answered, with no message in "
+                                    "flight")
+
+
+def check_deaths_told(world: "World") -> None:
+    """A death one shard declared reaches every shard through the coordinator (the package
+    docstring of ``dsm.directory.shard``: at most one coordinator round trip later): a shard that
+    still serves a node declared dead elsewhere while nothing is on its way between the shards,
+    nor kept for a replay, was never told."""
+    if world.shards == 1:
+        return
+    for name, node in world.nodes.items():
+        if node.alive or name in world.unnoticed_dead:
+            continue
+        serving = [s for s, m in world.machines.items() if m.sessions.get(name) is not None]
+        if not serving or world.links.in_flight_between(world.machines, world.channels):
+            continue
+        raise SimulationFailure(f"{serving} still serve {name}, which another shard declared "
+                                "dead, with nothing on its way between the shards")

@@ -104,6 +104,8 @@ class SimTimers:
 
     def _node_timers(self, node: SimNode, now: float) -> None:
         world, agent, name = self.world, self.agents[node.name], node.name
+        if name in world.joining:
+            return  # its agent has not joined every shard yet: its timers start after
         silent = min(world.machines, key=lambda s: self.last_heard_s[(name, s)])
         silent_s = now - self.last_heard_s[(name, silent)]
         if agent.cut_off(silent_s):
@@ -142,7 +144,10 @@ class SimTimers:
         if self._count_sessions() == self._sessions_kept:
             return
         for name, node in world.nodes.items():
-            ended = [shard for shard, m in world.machines.items() if m.sessions.get(name) is None]
+            # (a session that ended, not one a member never started: it refused the node's join,
+            # or has not admitted it yet)
+            ended = [shard for shard, m in world.machines.items() if m.sessions.get(name) is None
+                     and m.sessions.is_fenced(sim_identity(name))]
             if not ended:
                 continue
             if node.alive:

@@ -63,7 +63,8 @@ from dsm.sim.network import (DIRECTORY, SIM_INCARNATION, STRIPE_PAGES, NetworkSi
                              sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
-from dsm.sim.shards import build_shards, shard_name
+from dsm.sim.shards import (LostQueries, build_shards, check_deaths_told, join_nodes, node_hello,
+                            shard_name)
 from dsm.sim.timers import SimTimers
 
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
@@ -79,6 +80,9 @@ MAX_STEPS_PER_OP = 200
 STEP_S = 0.001
 #: IVY's dynamic distributed manager (``dsm.core.dynamic``, ``dsm.directory.pages.dynamic``)
 DYNAMIC = Manager.DYNAMIC.value
+#: how often a node that may ask which pages are lost does, when the scheduler picks it (rare:
+#: a program asks after a SIGBUS, not at every step)
+LOST_QUERY_ODDS = 0.1
 #: a step is one party's event, and the parties of a cluster act at once: in a larger world a
 #: step takes that much less time, or its heartbeats alone (two messages per node and shard
 #: every HEARTBEAT_INTERVAL_S) would outrun the steps and its deadlines pass while it queues
@@ -194,9 +198,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
             self._wire_agent(node)  # its agent: the real one's tables and runner
-            hello = p.Hello(name, rc.SIM_PID, SIM_INCARNATION, endpoint=f"sim://{name}")
-            for m in self.machines.values():  # the session a Hello starts, on every shard
-                m.admit(sim_identity(name), hello)
+            if shards == 1:  # the session a Hello starts (with shards: ``join_nodes`` below)
+                self.machines[DIRECTORY].admit(sim_identity(name), node_hello(name))
             for t in range(threads_per_node):
                 if release_pages:  # the programs join their barrier first: a death breaks it
                     self.coordinator.sync.join(name, 0, rc.BARRIER, self.parties,
@@ -210,9 +213,15 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                        for k, (kind, loc) in enumerate(kinds_locs)]
                 node.threads.append(Thread(node, t + 1, ops))
             self.nodes[name] = node
+        #: each node joining the shards -> those that have not welcomed it yet
+        self.joining: dict[str, set[str]] = join_nodes(self)
+        #: nodes whose join a shard refused (the faults held the coordinator's word back)
+        self.refused_joins = 0
         self.ops_total = sum(len(t.ops) for n in self.nodes.values() for t in n.threads)
         #: the nodes' heartbeats, cut-offs and request timeouts, and the shards' deadlines
         self.timers = SimTimers(self)
+        #: the nodes' questions about lost pages, answered by the coordinator's gather
+        self.lost_queries = LostQueries(self)
 
     def is_release(self, page: int) -> bool:
         return page < self.release_pages
@@ -264,6 +273,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         if reset is not None:
             self._step(f"the connection {reset[0]}<->{reset[1]} resets")
         choices: list = [pair for pair, q in self.channels.items() if q]
+        if self.joining:  # the nodes' workloads start once their agents have joined every shard
+            return self._joining_step(choices)
         choices += [t for n in self.nodes.values() if n.alive for t in n.threads
                     if t.runnable]
         choices += [n for n in self.nodes.values() if n.alive and n.deferred]
@@ -271,9 +282,11 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             choices.append("time passes")
         if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
             choices.append("kill")
-        if self.give_backs and any(not t.done for n in self.nodes.values() if n.alive
-                                   for t in n.threads):
+        working = any(not t.done for n in self.nodes.values() if n.alive for t in n.threads)
+        if self.give_backs and working:
             choices.append("give back")
+        if working:
+            choices += [("lost query", n) for n in self.lost_queries.askers()]
         if self.kernel_events.any:
             if any(not t.done for n in self.nodes.values() if n.alive for t in n.threads):
                 choices.append("kernel event")
@@ -321,10 +334,30 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             self._finish(pick)
         elif pick[0] == "events":
             self._handle_events(pick[1])
+        elif pick[0] == "lost query":
+            if self.rng.random() < LOST_QUERY_ODDS:
+                self.lost_queries.ask(pick[1])
         else:
             self._deliver(pick)
         if self.kernel_events.any:
             self._run_event_timers()
+        self.timers.run()
+        self._check_invariants()
+        self.links.due(self.channels, self._alive, self.clock)
+        return True
+
+    def _joining_step(self, deliveries: list) -> bool:
+        """A step while nodes join the shards: a delivery, or time passing to the sessions'
+        timers (a lost message is replayed)."""
+        self._touched = set()
+        if deliveries:
+            self._deliver(self.rng.choice(deliveries))
+        elif self.links.owed():
+            self._pass_time(self.clock + ACK_TIMEOUT_S)
+            return True
+        else:
+            raise SimulationFailure(f"nodes {sorted(self.joining)} were never welcomed by "
+                                    f"{sorted(set().union(*self.joining.values()))}")
         self.timers.run()
         self._check_invariants()
         self.links.due(self.channels, self._alive, self.clock)
@@ -350,6 +383,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
 
     def _check_invariants(self) -> None:
         """The invariants, on the pages the step may have changed (every page after a death)."""
+        check_deaths_told(self)
         live = [n for n in self.nodes.values() if n.alive]
         pages = range(self.num_pages) if self._touched is None else self._touched
         if self.kernel_events.any:
@@ -377,6 +411,12 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                                                 f"{self.truth[loc]}")
 
     def _check_finished(self) -> None:
+        self.lost_queries.check_finished()
+        for shard, machine in self.machines.items():  # a death reaches every shard
+            dead = [n for n in machine.sessions.by_node if not self.nodes[n].alive]
+            if dead:
+                raise SimulationFailure(f"{shard} still serves {dead}, declared dead elsewhere "
+                                        "(nothing in flight)")
         for n in self.nodes.values():
             if not n.alive:
                 continue
