@@ -51,7 +51,7 @@ def test_the_shards_are_the_real_roles_joined_and_talking_through_the_network():
         assert roles[1].welcome.epoch == w.machines["directory0"].sessions.epoch
         w.run()
         told += sum(line.startswith("deliver NodeDead") for line in w.schedule)
-        answered += w.lost_queries.answered
+        answered += w.lost_queries.answered_count
     assert told and answered  # deaths and lost-page questions went through the roles
 
 

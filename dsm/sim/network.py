@@ -9,12 +9,15 @@ directory state machine (``dsm.directory.machine.Directory``, the processes' own
 its handler table, its Error policy; its transport here is the simulated network,
 ``SimTransport``) or, through the agent's own table (``core_handlers``), to the node's core, and
 the node's agent carries out what the core answers (``dsm.sim.nodes``). A shard that answers a
-node with an Error, or stops (an unexpected exception), fails the run.
+node with an Error, or stops (an unexpected exception), fails the run. Between shards, a message
+goes to the coordinator's machine or to a member's role (``dsm.sim.shards``: the processes' own
+``Coordinator`` and ``Member``).
 
-A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
-notices the death later, by its own silence deadline (``dsm.sim.timers``: the scheduler picks
-when time passes), and every shard then declares it dead through its own ``declare_dead``. Its messages still on their way to a shard arrive after
-that and are fenced there by the machine's own check (its session ended), never served. What a
+A killed node's unsent messages are lost, but a prefix of them may still arrive; a shard notices
+the death later, by its own silence deadline (``dsm.sim.timers``: the scheduler picks when time
+passes), and the others hear of it through the coordinator (the roles' own path), or by their
+own deadlines. Its messages still on their way to a shard that has ended its session arrive
+after that and are fenced there by the machine's own check, never served. What a
 lost message carried, or what a dead node owned, may be lost: those locations are recorded
 (``lost_locations``), so that the world's invariant checks allow reads of them to fail loudly,
 never to return an older value or zeros.
@@ -205,6 +208,9 @@ class NetworkSimulation:
             self.refused_joins += 1
             self._kill(node)
             return
+        elif isinstance(msg, p.Error) and self.lost_queries.gave_up(node, msg):
+            self._step(f"{node.name}'s question about lost pages failed: {msg.message}")
+            acts = []
         elif isinstance(msg, (p.Error, p.Fenced)):  # the model's nodes send nothing refused
             raise SimulationFailure(f"{node.name}, alive, was answered {msg}")
         else:
@@ -217,6 +223,7 @@ class NetworkSimulation:
         self._step(f"kill {node.name}")
         self._touched = None
         node.alive = False
+        self.dead.append(node.name)
         self.lost_queries.died(node.name)
         if node.deferred is not None:  # what the agent had not sent yet dies with it
             for act in node.deferred.left:

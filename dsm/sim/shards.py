@@ -65,7 +65,7 @@ def build_shards(world: "World", manager: str) -> dict[str, Directory]:
         return d
 
     if count == 1:
-        only = machine(names[0], Role(0, 1, STRIPE_PAGES))
+        only = machine(names[0], Role())
         only.sessions.epoch = SIM_EPOCH  # a seed replays exactly
         return {names[0]: only}
     coordinator = machine(names[0], Coordinator(count, stripe=STRIPE_PAGES))
@@ -120,7 +120,9 @@ class LostQueries:
         #: node -> its question's request id, and the pages lost at every shard when it asked
         self.pending: dict[str, tuple[int, set[int]]] = {}
         #: questions asked and answered, for the report
-        self.answered = 0
+        self.answered_count = 0
+        #: questions the coordinator gave up on (a shard's part did not come in time)
+        self.gave_up_count = 0
         #: node -> the lost pages it last asked about (it asks again only once that changed)
         self.asked_about: dict[str, set[int]] = {}
 
@@ -158,7 +160,19 @@ class LostQueries:
             raise SimulationFailure(f"{node.name} was told pages {sorted(told)} are lost, but "
                                     f"pages {sorted(missing)} were lost at their shards when it "
                                     "asked and still are")
-        self.answered += 1
+        self.answered_count += 1
+
+    def gave_up(self, node, msg: p.Error) -> bool:
+        """Whether ``msg`` answers ``node``'s question with the coordinator's word that a shard
+        did not answer within GATHER_TIMEOUT_S: a loud failure the faults may cause (each
+        message they lose on the way between the shards costs a replay, ACK_TIMEOUT_S), never
+        without them."""
+        asked = self.pending.get(node.name)
+        if asked is None or asked[0] != msg.req or not self.world.links.faults.any:
+            return False
+        del self.pending[node.name]
+        self.gave_up_count += 1
+        return True
 
     def died(self, name: str) -> None:
         self.pending.pop(name, None)
@@ -177,8 +191,8 @@ def check_deaths_told(world: "World") -> None:
     nor kept for a replay, was never told."""
     if world.shards == 1:
         return
-    for name, node in world.nodes.items():
-        if node.alive or name in world.unnoticed_dead:
+    for name in world.dead:
+        if name in world.unnoticed_dead:
             continue
         serving = [s for s, m in world.machines.items() if m.sessions.get(name) is not None]
         if not serving or world.links.in_flight_between(world.machines, world.channels):

@@ -104,9 +104,11 @@ class SimTimers:
 
     def _node_timers(self, node: SimNode, now: float) -> None:
         world, agent, name = self.world, self.agents[node.name], node.name
-        if name in world.joining:
-            return  # its agent has not joined every shard yet: its timers start after
-        silent = min(world.machines, key=lambda s: self.last_heard_s[(name, s)])
+        # a node joining the shards keeps its timers with those that have welcomed it
+        shards = [s for s in world.machines if s not in world.joining.get(name, ())]
+        if not shards:
+            return
+        silent = min(shards, key=lambda s: self.last_heard_s[(name, s)])
         silent_s = now - self.last_heard_s[(name, silent)]
         if agent.cut_off(silent_s):
             if not world.links.faults.any and not world.channels.get((silent, name)):
@@ -120,9 +122,9 @@ class SimTimers:
             return
         if node.deferred is not None:
             return  # its agent is busy carrying out actions: its loop looks at timers after
-        if agent.heartbeat_due(now, min(self.last_sent_s[(name, s)] for s in world.machines)):
+        if agent.heartbeat_due(now, min(self.last_sent_s[(name, s)] for s in shards)):
             world._step(f"{name} sends its heartbeats")
-            for shard in world.machines:  # every shard keeps its own session of the node
+            for shard in shards:  # every shard keeps its own session of the node
                 world._send(name, shard, p.Heartbeat(), None)
         acts = agent.overdue(node.core, now)
         if acts:

@@ -32,6 +32,13 @@ write before it in the schedule (DRF-SC), copies there may be stale until an acq
 A failure raises ``SimulationFailure`` with the seed and the schedule's last steps; the same
 seed replays it exactly (``python -m dsm.sim --seed N``).
 
+With ``shards`` > 1 the shards are the processes' own roles (``dsm.sim.shards``): shard 0 the
+coordinator, the others members, talking on the simulated network with its faults; the nodes join
+through them (the workloads start once every shard has welcomed its node), ask the coordinator
+which pages are lost (its gather of every shard's lost runs: each answer is checked), and every
+shard hears of a death through the coordinator (a shard that still serves a node declared dead
+elsewhere, with nothing on its way between the shards, fails the run).
+
 This module owns the world: building the cluster (its nodes, threads and their programs, the
 directory's shards, the coordinator), the scheduler and the invariant checks after each step.
 ``World`` gathers the parts that the other modules own: the network, its deliveries and the
@@ -185,6 +192,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.writes: dict[int, list[tuple[int, str]]] = {}
         self.schedule: list[str] = []
         self.deaths_left = deaths
+        #: the nodes killed so far (or cut off), and those whose death no shard noticed yet
+        self.dead: list[str] = []
         self.unnoticed_dead: list[str] = []
         self.nodes: dict[str, SimNode] = {}
         self._touched: set[int] | None = None
