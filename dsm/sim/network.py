@@ -204,7 +204,6 @@ class NetworkSimulation:
             # which the faults may keep away that long (each loss costs ACK_TIMEOUT_S): the
             # agent's join fails loudly and it stops (without faults, a refusal fails the run)
             self._step(f"{node.name} was refused as it joined ({msg.reason}): its agent stops")
-            del self.joining[node.name]
             self.refused_joins += 1
             self._kill(node)
             return
@@ -224,6 +223,7 @@ class NetworkSimulation:
         self._touched = None
         node.alive = False
         self.dead.append(node.name)
+        self.joining.pop(node.name, None)
         self.lost_queries.died(node.name)
         if node.deferred is not None:  # what the agent had not sent yet dies with it
             for act in node.deferred.left:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from dsm import protocol as p
 from dsm.core.timers import AgentTimers
-from dsm.directory.shard import Member
+from dsm.directory.shard import HELLO_HOLD_S, Member
 from dsm.liveness import (HOUSEKEEPING_INTERVAL_S, NODE_CUT_OFF_S, NODE_TIMEOUT_S,
                           TRANSACTION_TIMEOUT_S)
 from dsm.sim.model import SimulationFailure
@@ -104,6 +104,16 @@ class SimTimers:
 
     def _node_timers(self, node: SimNode, now: float) -> None:
         world, agent, name = self.world, self.agents[node.name], node.name
+        if name in world.joining and now >= world.joined_by_s:
+            # a member refuses a Hello it held HELLO_HOLD_S, and the agent gives up its join
+            # soon after: what the faults held back that long fails it loudly (not without them)
+            if not world.links.faults.any:
+                raise SimulationFailure(f"{name} was not welcomed by {world.joining[name]} "
+                                        f"within {HELLO_HOLD_S:g} s, with no fault")
+            world._step(f"{name} gives up joining, not welcomed by {world.joining[name]}: its "
+                        "agent stops")
+            world._kill(node)
+            return
         # a node joining the shards keeps its timers with those that have welcomed it
         shards = [s for s in world.machines if s not in world.joining.get(name, ())]
         if not shards:
@@ -132,9 +142,12 @@ class SimTimers:
             world._carry_out(node, acts)
 
     def _node_due_s(self, node: SimNode) -> float:
-        """When the node's first timer is due: a heartbeat, the cut-off, the request timeout."""
+        """When the node's first timer is due: a heartbeat, the cut-off, the request timeout,
+        the end of its join."""
         shards, agent = self.world.machines, self.agents[node.name]
-        return min(AgentTimers.heartbeat_due_at(min(self.last_sent_s[(node.name, s)] for s in shards)),
+        join_s = self.world.joined_by_s if node.name in self.world.joining else NEVER_S
+        return min(join_s,
+                   AgentTimers.heartbeat_due_at(min(self.last_sent_s[(node.name, s)] for s in shards)),
                    min(self.last_heard_s[(node.name, s)] for s in shards) + NODE_CUT_OFF_S,
                    agent.overdue_due_at())
 

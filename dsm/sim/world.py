@@ -57,6 +57,7 @@ from dsm.core.readahead import ReadAhead
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
 from dsm.directory.pages import OnLoss, PageDirectory
+from dsm.directory.shard import HELLO_HOLD_S
 from dsm.core.dynamic import DynamicNodeCore
 from dsm.layout import Layout
 from dsm.managers import Manager
@@ -226,6 +227,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.joining: dict[str, set[str]] = join_nodes(self)
         #: nodes whose join a shard refused (the faults held the coordinator's word back)
         self.refused_joins = 0
+        #: when a node still joining gives up (``dsm.sim.timers``: a member refuses it then)
+        self.joined_by_s = self.clock + HELLO_HOLD_S
         self.ops_total = sum(len(t.ops) for n in self.nodes.values() for t in n.threads)
         #: the nodes' heartbeats, cut-offs and request timeouts, and the shards' deadlines
         self.timers = SimTimers(self)
