@@ -74,5 +74,30 @@ def test_a_coordinator_gather_that_answers_before_every_part_came_is_caught(monk
         done({})
 
     monkeypatch.setattr(Coordinator, "_ask_all", hasty)
-    failure = _first_failure(Faults.everywhere(RATE), **SHARDED)
+    # two deaths on four pages, half of them the member's: lost pages there, soon
+    failure = _first_failure(Faults.everywhere(RATE), **{**SHARDED, "pages": 4, "deaths": 2,
+                                                          "nodes": 5})
     assert failure is not None and "were lost at their shards" in failure, failure
+
+
+#: seeds on which the coordinator once stopped the whole manager: the answer to a shard's
+#: heartbeat could not be sent (its connection was down: the faults dropped it, which the ROUTER
+#: reports as EHOSTUNREACH), and the coordinator took the shard for gone (``test_resets`` saw it
+#: with real resets)
+HEARTBEAT_ANSWER_REGRESSIONS = (2, 3)
+
+
+@pytest.mark.parametrize("seed", HEARTBEAT_ANSWER_REGRESSIONS)
+def test_a_heartbeat_answer_a_shard_could_not_take_stops_nothing(seed):
+    World(seed, faults=Faults.everywhere(RATE), manager="distributed", shards=2, deaths=1,
+          nodes=4).run()
+
+
+def test_a_coordinator_that_takes_a_lost_heartbeat_answer_for_a_shard_gone_is_caught(monkeypatch):
+    def strict(self, peer, msg):  # the coordinator as it was: any send it is told failed is fatal
+        if not self.directory.send_to(peer.identity, msg):
+            self.directory.fail(f"shard {peer.index} could not be sent a {type(msg).__name__}", 3)
+
+    monkeypatch.setattr(Coordinator, "_send", strict)
+    failure = _first_failure(Faults.everywhere(RATE), **SHARDED)
+    assert failure is not None and "could not be sent a Heartbeat" in failure, failure

@@ -99,23 +99,26 @@ class SimLinks:
 
     # --- sending -------------------------------------------------------------------------------
     def send(self, channel: deque, src: str, dst: str, msg: p.Message, data: bytes | None,
-             now: float) -> None:
+             now: float) -> bool:
         """``msg`` from ``src`` to ``dst``, sequenced on their link, onto ``channel`` (or not:
-        the faults)."""
+        the faults). False for an unsequenced message the faults dropped: its sender is told,
+        as a ROUTER tells (EHOSTUNREACH) of a message to a peer whose connection is down; a
+        sequenced one is kept for the replay whatever happens to it."""
         link = self.link(src, dst, now)
         if isinstance(msg, p.UNSEQUENCED):  # never replayed, as the processes send it
-            self._put(channel, Packet(msg, data, link.unsequenced(p.encode(msg, data))))
-            return
+            return self._put(channel, Packet(msg, data, link.unsequenced(p.encode(msg, data))))
         frames = link.sequenced(p.encode(msg, data), now)
         seq = parse(frames[0])[0]
         self._sent[(src, dst, seq)] = (msg, data)
         self._put(channel, Packet(msg, data, frames))
+        return True
 
-    def _put(self, channel: deque, packet: Packet) -> None:
+    def _put(self, channel: deque, packet: Packet) -> bool:
+        """``packet`` onto ``channel``, or not (False: dropped), or twice, or swapped."""
         f, rng = self.faults, self.rng
         if f.drop and rng.random() < f.drop:
             self.counters["dropped"] += 1
-            return
+            return False
         channel.append(packet)
         if f.duplicate and rng.random() < f.duplicate:
             self.counters["duplicated"] += 1
@@ -123,6 +126,7 @@ class SimLinks:
         if f.swap and len(channel) > 1 and rng.random() < f.swap:
             self.counters["swapped"] += 1
             channel[-1], channel[-2] = channel[-2], channel[-1]
+        return True
 
     # --- receiving -----------------------------------------------------------------------------
     def receive(self, src: str, dst: str, packet: Packet,

@@ -67,8 +67,9 @@ class SimTransport:
         if isinstance(message, p.ShardWelcome):  # the join's answer, before the run begins
             self.world.shard_welcomes[node] = message
             return True
-        self.world._send(self.shard, node, message, bytes(page) if page is not None else None)
-        return True  # kept on its session, as to a peer with one
+        # kept on its session, as to a peer with one; an unsequenced one may be lost, and said
+        return self.world._send(self.shard, node, message,
+                                bytes(page) if page is not None else None)
 
     def forget(self, identity: bytes) -> None:
         self.world.links.forget(node_of_identity(identity.decode(errors="surrogateescape")))
@@ -79,16 +80,18 @@ class NetworkSimulation:
     directories and schedule)."""
 
     # --- the network -------------------------------------------------------------------------------
-    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
+    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> bool:
+        """``msg`` onto the pair's channel; False if it was not sent and its sender is told
+        (``SimLinks.send``)."""
         if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(msg)  # what it carries dies with its receiver
             if dst not in self.unnoticed_dead:
-                return  # its sessions ended: nothing is sent to it any more
+                return True  # its sessions ended: nothing is sent to it any more
         if src not in self.directories:  # (the shards talk before the timers are built)
             self.timers.sent(src, dst)
         # on the pair's session, as the processes send it (``dsm.sim.links``)
-        self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg, data,
-                        self.clock)
+        return self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg,
+                               data, self.clock)
 
     def _alive(self, name: str) -> bool:
         return name in self.directories or self.nodes[name].alive

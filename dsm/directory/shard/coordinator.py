@@ -95,7 +95,11 @@ class Coordinator(Role):
         return len(self._peers) == self.count - 1
 
     def _send(self, peer: _Peer, msg: p.Message) -> None:
-        if not self.directory.send_to(peer.identity, msg):
+        # a heartbeat's answer is never kept for a replay: one the shard's connection could not
+        # take now (reset a moment ago) is lost as on the wire, and the next heartbeat gets the
+        # next answer; the shard's silence deadline is the judge (a reset once stopped the whole
+        # manager here). What is numbered is kept by the shard's session: it is sent.
+        if not self.directory.send_to(peer.identity, msg) and not isinstance(msg, p.UNSEQUENCED):
             self.directory.fail(f"shard {peer.index} ({peer.endpoint}, pid {peer.pid}) could not "
                               f"be sent a {type(msg).__name__}: it is gone or stopped reading; "
                               "the distributed manager cannot serve its pages", EXIT_SHARD_LOST)
