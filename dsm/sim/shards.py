@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from dsm import protocol as p
 from dsm.directory.machine import Directory
 from dsm.directory.shard import Coordinator, Member, Role
+from dsm.liveness import ACK_TIMEOUT_S
 from dsm.sim.model import SimulationFailure
 from dsm.sim.network import (DIRECTORY, SIM_EPOCH, SIM_INCARNATION, STRIPE_PAGES, SimTransport,
                              sim_identity)
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 #: the process id a simulated shard says it has in its ShardHello (fixed: a seed replays exactly)
 SIM_SHARD_PID = 1
+#: how often a node that may ask which pages are lost does, when the scheduler picks it (rare:
+#: a program asks after a SIGBUS, not at every step)
+LOST_QUERY_ODDS = 0.1
 
 
 def shard_name(index: int, count: int) -> str:
@@ -109,6 +113,24 @@ def join_nodes(world: "World") -> dict[str, set[str]]:
     return joining
 
 
+def joining_step(world: "World", deliveries: list) -> bool:
+    """A step of the world while nodes join the shards: a delivery, or time passing to the
+    sessions' timers (a lost message is replayed)."""
+    world._touched = set()
+    if deliveries:
+        world._deliver(world.rng.choice(deliveries))
+    elif world.links.owed():
+        world._pass_time(world.clock + ACK_TIMEOUT_S)
+        return True
+    else:
+        raise SimulationFailure(f"nodes {sorted(world.joining)} were never welcomed by "
+                                f"{sorted(set().union(*world.joining.values()))}")
+    world.timers.run()
+    world._check_invariants()
+    world.links.due(world.channels, world._alive, world.clock)
+    return True
+
+
 class LostQueries:
     """Nodes asking the coordinator which pages are lost (``LostQuery``, as a program does with
     ``node.lost()`` after a SIGBUS), which it answers once every shard has told its lost runs (the
@@ -138,6 +160,11 @@ class LostQueries:
             return []
         return [n for n in world.nodes.values() if n.alive and n.name not in self.pending
                 and self.asked_about.get(n.name) != lost]
+
+    def maybe_ask(self, node) -> None:
+        """The scheduler picked ``node`` to ask: it does, now and then (LOST_QUERY_ODDS)."""
+        if self.world.rng.random() < LOST_QUERY_ODDS:
+            self.ask(node)
 
     def ask(self, node) -> None:
         world = self.world

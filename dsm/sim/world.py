@@ -71,8 +71,8 @@ from dsm.sim.network import (DIRECTORY, SIM_INCARNATION, STRIPE_PAGES, NetworkSi
                              sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
-from dsm.sim.shards import (LostQueries, build_shards, check_deaths_told, join_nodes, node_hello,
-                            shard_name)
+from dsm.sim.shards import (LostQueries, build_shards, check_deaths_told, join_nodes,
+                            joining_step, node_hello, shard_name)
 from dsm.sim.timers import SimTimers
 
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
@@ -88,9 +88,6 @@ MAX_STEPS_PER_OP = 200
 STEP_S = 0.001
 #: IVY's dynamic distributed manager (``dsm.core.dynamic``, ``dsm.directory.pages.dynamic``)
 DYNAMIC = Manager.DYNAMIC.value
-#: how often a node that may ask which pages are lost does, when the scheduler picks it (rare:
-#: a program asks after a SIGBUS, not at every step)
-LOST_QUERY_ODDS = 0.1
 #: a step is one party's event, and the parties of a cluster act at once: in a larger world a
 #: step takes that much less time, or its heartbeats alone (two messages per node and shard
 #: every HEARTBEAT_INTERVAL_S) would outrun the steps and its deadlines pass while it queues
@@ -286,7 +283,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             self._step(f"the connection {reset[0]}<->{reset[1]} resets")
         choices: list = [pair for pair, q in self.channels.items() if q]
         if self.joining:  # the nodes' workloads start once their agents have joined every shard
-            return self._joining_step(choices)
+            return joining_step(self, choices)
         choices += [t for n in self.nodes.values() if n.alive for t in n.threads
                     if t.runnable]
         choices += [n for n in self.nodes.values() if n.alive and n.deferred]
@@ -347,29 +344,11 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         elif pick[0] == "events":
             self._handle_events(pick[1])
         elif pick[0] == "lost query":
-            if self.rng.random() < LOST_QUERY_ODDS:
-                self.lost_queries.ask(pick[1])
+            self.lost_queries.maybe_ask(pick[1])
         else:
             self._deliver(pick)
         if self.kernel_events.any:
             self._run_event_timers()
-        self.timers.run()
-        self._check_invariants()
-        self.links.due(self.channels, self._alive, self.clock)
-        return True
-
-    def _joining_step(self, deliveries: list) -> bool:
-        """A step while nodes join the shards: a delivery, or time passing to the sessions'
-        timers (a lost message is replayed)."""
-        self._touched = set()
-        if deliveries:
-            self._deliver(self.rng.choice(deliveries))
-        elif self.links.owed():
-            self._pass_time(self.clock + ACK_TIMEOUT_S)
-            return True
-        else:
-            raise SimulationFailure(f"nodes {sorted(self.joining)} were never welcomed by "
-                                    f"{sorted(set().union(*self.joining.values()))}")
         self.timers.run()
         self._check_invariants()
         self.links.due(self.channels, self._alive, self.clock)
