@@ -24,15 +24,16 @@ pytestmark = pytest.mark.timeout(60)
 PACKAGE = Path(__file__).resolve().parent.parent / "dsm"
 
 #: the state machines: whole packages, and single modules of packages that also hold processes
-STATE_MACHINE_PACKAGES = ("core", "directory/pages")
+STATE_MACHINE_PACKAGES = ("core", "directory/pages",
+                          # the manager shards' roles: the coordinator and the members
+                          "directory/shard")
 STATE_MACHINE_MODULES = (
     "protocol", "schema", "reliability", "layout", "errors", "bugs",
     "directory/allocations", "directory/atomics", "directory/collectives", "directory/home",
     "directory/lifetimes", "directory/notices", "directory/programs", "directory/release",
     "directory/sessions", "directory/sync", "directory/syncrequests",
     # the directory state machine the ZeroMQ shell (directory/service) and the simulator run
-    "directory/machine", "directory/requests", "directory/stats", "directory/shard/role",
-    "directory/shard/coordinator",
+    "directory/machine", "directory/requests", "directory/stats",
 )
 #: what a state machine must not import itself: sockets, ZeroMQ, the libc, the uffd descriptor
 FORBIDDEN_IN_SOURCE = ("zmq", "socket", "select", "selectors", "ctypes", "fcntl", "dsm.libc",

@@ -229,6 +229,45 @@ def test_directory_flags_that_disagree_are_refused_saying_why(monkeypatch, argv,
         _plan(monkeypatch, *argv, env=env)
 
 
+# --- the link between the shards --------------------------------------------------------------
+#: how long a test waits for a message on a local socket
+RECEIVE_DEADLINE_MS = 5000
+
+
+def test_what_the_coordinator_tells_a_shard_after_its_welcome_is_numbered(tmp_path):
+    """The coordinator tells a shard that just joined the nodes it admits at once, before the
+    shard's first session header came: numbered on the shard's session (replayed after a reset),
+    not sent bare, which a reset there would lose silently."""
+    import zmq
+
+    from dsm.directory.service import DirectoryService
+    from dsm.directory.shard import Coordinator
+    from dsm.reliability import parse
+
+    service = DirectoryService(f"ipc://{tmp_path}/directory", LAYOUT, role=Coordinator(2))
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(service.endpoint)
+    try:
+        dealer.send_multipart(p.encode(p.ShardHello(1, 2, "ipc://shard1", 1)))
+        assert service.socket.poll(RECEIVE_DEADLINE_MS)
+        service._handle(service.socket.recv_multipart(copy=False))
+        service.directory.role.admitted("n0", 7)  # a node admitted before the shard speaks
+        assert dealer.poll(RECEIVE_DEADLINE_MS)
+        welcome = dealer.recv_multipart()
+        assert not has_session(welcome[0])  # the handshake: read before any session
+        assert isinstance(p.decode(welcome, PAGE_SIZE, p.Direction.TO_NODE)[0], p.ShardWelcome)
+        assert dealer.poll(RECEIVE_DEADLINE_MS)
+        told = dealer.recv_multipart()
+        assert has_session(told[0]) and parse(told[0])[0] == 1, told[0]
+        msg, _ = p.decode(strip(told), PAGE_SIZE, p.Direction.TO_NODE)
+        assert msg == p.NodeAdmitted("n0", 7)
+    finally:
+        dealer.close(0)
+        service.socket.close(0)
+        service.security.close()
+
+
 # --- dsm top over the shards ----------------------------------------------------------------------
 def test_the_map_of_an_array_takes_each_stripe_from_its_shard():
     first, pages = S - 2, 2 * S + 4  # from the end of stripe 0 to the start of stripe 3

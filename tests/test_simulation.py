@@ -259,8 +259,9 @@ def test_a_dead_nodes_late_message_reaches_its_shard_and_is_fenced_there():
     w._send("n0", DIRECTORY, p.Acquire(1, 1, True, False), None)  # on its way as n0 dies
     w.nodes["n0"].alive = False
     w.unnoticed_dead.append("n0")
-    w._notice_death("n0")
-    assert shard.sessions.get("n0") is None
+    shard.declare_dead("n0", "silent past its deadline")  # as its deadline does
+    w.timers.run(idle=True)  # which the world notices
+    assert shard.sessions.get("n0") is None and "n0" not in w.unnoticed_dead
     assert [type(m) for _, m in sent] == [p.Fenced]  # the death's own word, if it listens
     sent.clear()
     w._deliver(("n0", DIRECTORY))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import zmq
 
 from dsm import protocol as p
+from dsm.directory.memberlink import MemberLink
 from dsm.directory.pages import OnLoss
 from dsm.directory.service import DirectoryService, open_router
 from dsm.directory.shard import Coordinator, Member, Role
@@ -110,10 +111,13 @@ def _run_member(endpoint: str, trace_path: str | None, keys: ServerKeys | None,
     _name_shard_in_logs(welcome.shard, welcome.shards)
     log.info("shard %d of %d joined the coordinator %s; nodes reach it at %s", welcome.shard,
              welcome.shards, plan.coordinator, advertise)
-    role = Member(dealer, welcome, plan.coordinator, parent_pidfd)
+    link = MemberLink(dealer, plan.coordinator, parent_pidfd)
+    role = Member(welcome, plan.coordinator, link)
+    link.serve(role)
     service = DirectoryService(bound, Layout(welcome.base, welcome.size, welcome.page_size),
                                trace_path, on_loss=OnLoss(welcome.on_loss), keys=keys,
-                               manager=welcome.manager, role=role, router=router)
+                               manager=welcome.manager, role=role, router=router,
+                               coordinator_link=link)
     return _serve(service, f"shard {welcome.shard} of {welcome.shards}", None, metrics_port,
                   "" if advertise == bound else f" (nodes reach it at {advertise})")
 

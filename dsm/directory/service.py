@@ -91,7 +91,9 @@ class DirectoryService:
                  node_timeout_s: float = NODE_TIMEOUT_S, on_loss: OnLoss = OnLoss.POISON,
                  keys: ServerKeys | None = None, manager: str = DEFAULT_MANAGER.value,
                  role: Role | None = None, router: tuple[zmq.Socket, Any, str] | None = None,
-                 migratory: bool = True):
+                 migratory: bool = True, coordinator_link: Any = None):
+        """``coordinator_link``: a member shard's link to its coordinator
+        (``memberlink.MemberLink``), polled with the ROUTER."""
         role = role or Role()
         tracer = Tracer(trace_path, shard_name(role.index), role="manager")
         self._ctx = zmq.Context.instance()
@@ -103,6 +105,7 @@ class DirectoryService:
         self.directory.endpoint = self.endpoint
         #: a reliable session per live node and per shard (``dsm/linkwire.py``)
         self.links = RouterLinks(self.socket, self.directory.has_session)
+        self.coordinator_link = coordinator_link
         self._last_link_sweep_s = time.monotonic()
         self._running = True
         #: the signal that stopped it (stop()), if one did
@@ -129,7 +132,8 @@ class DirectoryService:
         throttle_module_logs("dsm.directory.shard", "refused shard messages")
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
-        for sock in d.role.sockets():  # a shard's link to its coordinator
+        side = self.coordinator_link  # a member shard's link to its coordinator
+        for sock in side.sockets() if side is not None else ():
             poller.register(sock, zmq.POLLIN)
         if d.role.ready:
             d.announce_once()
@@ -146,9 +150,8 @@ class DirectoryService:
                             break
                         self._handle(recv_frames(self.socket))
                         queued = has_input(self.socket)
-                    for sock in ready:
-                        if sock is not self.socket:
-                            d.role.drain(sock)
+                    if side is not None and any(sock is not self.socket for sock in ready):
+                        side.drain()
                 now = time.monotonic()
                 if self.links.gapped:  # a message was lost: ask for its replay at once
                     self.links.flush_gaps(now)
@@ -156,10 +159,14 @@ class DirectoryService:
                     last_housekeeping_s = now
                     self.links.flush(now)  # acknowledgements owed, replays due
                     d.tick(now)
+                    if side is not None:
+                        side.tick(now)
                     self._expire_behind_links(now)
         finally:
             linger_ms = self._tell_nodes_closing()
             d.role.close()
+            if side is not None:
+                side.close()
             d.tracer.close()
             self.socket.close(linger_ms)
 
@@ -194,9 +201,16 @@ class DirectoryService:
         after a reset). False if a message to a peer without one could not be delivered."""
         frames = p.encode(message, page)
         kind = type(message)
-        if not self.links.send(identity, frames, time.monotonic(),
-                               sequenced=kind not in p.UNSEQUENCED, bare=kind in BARE):
+        now = time.monotonic()
+        if not self.links.send(identity, frames, now, sequenced=kind not in p.UNSEQUENCED,
+                               bare=kind in BARE):
             return False
+        if kind is p.ShardWelcome:
+            # the shard's session starts with its welcome: what the coordinator tells it next
+            # (the nodes and arrays it must know) is numbered and replayed after a reset, though
+            # the shard's first session header has not come yet (without it, a reset there lost
+            # a NodeAdmitted silently, and the node's Hello to that shard was refused)
+            self.links.link(identity, now)
         if self.directory.wire is not None:
             self.directory.wire.count("sent", message, frames)
         return True

@@ -88,6 +88,8 @@ NOT_STATE = frozenset({
     # the liveness timers' bookkeeping (``dsm.sim.timers``): when they were last looked at and
     # when each node's are next due (derived), when a node's requests were last looked at
     "_looked_s", "_due_s", "_first_due_s", "_sessions_kept", "last_overdue_check_s",
+    # the shards' report counters (``dsm.sim.shards``)
+    "answered_count", "gave_up_count", "refused_joins",
 })
 #: the simulated nodes' liveness timers (``dsm.sim.timers``): attribute -> (key -> timestamp),
 #: kept as "expired or not" against its threshold in seconds

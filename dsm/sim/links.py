@@ -99,23 +99,26 @@ class SimLinks:
 
     # --- sending -------------------------------------------------------------------------------
     def send(self, channel: deque, src: str, dst: str, msg: p.Message, data: bytes | None,
-             now: float) -> None:
+             now: float) -> bool:
         """``msg`` from ``src`` to ``dst``, sequenced on their link, onto ``channel`` (or not:
-        the faults)."""
+        the faults). False for an unsequenced message the faults dropped: its sender is told,
+        as a ROUTER tells (EHOSTUNREACH) of a message to a peer whose connection is down; a
+        sequenced one is kept for the replay whatever happens to it."""
         link = self.link(src, dst, now)
         if isinstance(msg, p.UNSEQUENCED):  # never replayed, as the processes send it
-            self._put(channel, Packet(msg, data, link.unsequenced(p.encode(msg, data))))
-            return
+            return self._put(channel, Packet(msg, data, link.unsequenced(p.encode(msg, data))))
         frames = link.sequenced(p.encode(msg, data), now)
         seq = parse(frames[0])[0]
         self._sent[(src, dst, seq)] = (msg, data)
         self._put(channel, Packet(msg, data, frames))
+        return True
 
-    def _put(self, channel: deque, packet: Packet) -> None:
+    def _put(self, channel: deque, packet: Packet) -> bool:
+        """``packet`` onto ``channel``, or not (False: dropped), or twice, or swapped."""
         f, rng = self.faults, self.rng
         if f.drop and rng.random() < f.drop:
             self.counters["dropped"] += 1
-            return
+            return False
         channel.append(packet)
         if f.duplicate and rng.random() < f.duplicate:
             self.counters["duplicated"] += 1
@@ -123,6 +126,7 @@ class SimLinks:
         if f.swap and len(channel) > 1 and rng.random() < f.swap:
             self.counters["swapped"] += 1
             channel[-1], channel[-2] = channel[-2], channel[-1]
+        return True
 
     # --- receiving -----------------------------------------------------------------------------
     def receive(self, src: str, dst: str, packet: Packet,
@@ -214,11 +218,27 @@ class SimLinks:
         return any(link.owes() for key in self._maybe_owing
                    if (link := self._links.get(key)) is not None)
 
-    def forget(self, name: str) -> None:
-        """``name`` is gone: its links, and the others' links to it."""
-        for key in [k for k in self._links if name in k]:
+    def in_flight_between(self, parties: Any, channels: dict) -> bool:
+        """Whether anything is on its way among ``parties``: on a channel, or kept by a link
+        for a replay (it was lost on the way)."""
+        return any(channels.get((a, b)) or (link := self._links.get((a, b))) is not None
+                   and link.unacked for a in parties for b in parties if a != b)
+
+    def forget(self, name: str, keep: Any = ()) -> None:
+        """``name`` is gone: its links, and the others' links to it, but those with the parties
+        in ``keep`` (a shard that still serves it: ``forget_between`` once it no longer does)."""
+        def gone(a: str, b: str) -> bool:
+            return name in (a, b) and (b if a == name else a) not in keep
+
+        for key in [k for k in self._links if gone(*k)]:
             del self._links[key]
-        self._sent = {k: v for k, v in self._sent.items() if name not in k[:2]}
+        self._sent = {k: v for k, v in self._sent.items() if not gone(*k[:2])}
+
+    def forget_between(self, a: str, b: str) -> None:
+        """The link between ``a`` and ``b``, both ways, is gone."""
+        for key in ((a, b), (b, a)):
+            self._links.pop(key, None)
+        self._sent = {k: v for k, v in self._sent.items() if k[:2] not in ((a, b), (b, a))}
 
     def lost_with(self, name: str, channels: dict) -> list[p.Message]:
         """What dies with ``name``: every message to it that it had not received, and every
@@ -243,6 +263,8 @@ def _direction(src: str, dst: str) -> p.Direction:
     ``directory``...)."""
     from dsm.sim.network import DIRECTORY
 
+    if dst.startswith(DIRECTORY) and src.startswith(DIRECTORY):  # between shards
+        return p.Direction.TO_DIRECTORY if dst == f"{DIRECTORY}0" else p.Direction.TO_NODE
     if dst.startswith(DIRECTORY):
         return p.Direction.TO_DIRECTORY
     if src.startswith(DIRECTORY):

@@ -11,12 +11,14 @@ its handler table, its Error policy; its transport here is the simulated network
 checks, the core's handlers, the answers to the threads' requests, the Fenced that cuts a node
 off), and the node's agent carries out what the core answers (``dsm.sim.nodes``). A shard that
 answers a node with an Error or fences a live one, or stops (an unexpected exception), fails
-the run.
+the run. Between shards, a message goes to the coordinator's machine or to a member's role
+(``dsm.sim.shards``: the processes' own ``Coordinator`` and ``Member``).
 
-A killed node's unsent messages are lost, but a prefix of them may still arrive; the directory
-notices the death later, by its own silence deadline (``dsm.sim.timers``: the scheduler picks
-when time passes), and every shard then declares it dead through its own ``declare_dead``. Its messages still on their way to a shard arrive after
-that and are fenced there by the machine's own check (its session ended), never served. What a
+A killed node's unsent messages are lost, but a prefix of them may still arrive; a shard notices
+the death later, by its own silence deadline (``dsm.sim.timers``: the scheduler picks when time
+passes), and the others hear of it through the coordinator (the roles' own path), or by their
+own deadlines. Its messages still on their way to a shard that has ended its session arrive
+after that and are fenced there by the machine's own check, never served. What a
 lost message carried, or what a dead node owned, may be lost: those locations are recorded
 (``lost_locations``), so that the world's invariant checks allow reads of them to fail loudly,
 never to return an older value or zeros.
@@ -32,6 +34,7 @@ from dsm.core.actions import Send
 from dsm.core.shards import shard_of
 from dsm.core.states import OWNED
 from dsm.directory.machine import node_of_identity
+from dsm.directory.shard import Member
 from dsm.sim.model import SLOTS_PER_PAGE, SimulationFailure
 
 if TYPE_CHECKING:
@@ -62,8 +65,12 @@ class SimTransport:
 
     def send(self, identity: bytes, message: p.Message, page: Any = None) -> bool:
         node = node_of_identity(identity.decode(errors="surrogateescape"))
-        self.world._send(self.shard, node, message, bytes(page) if page is not None else None)
-        return True  # kept on its session, as to a peer with one
+        if isinstance(message, p.ShardWelcome):  # the join's answer, before the run begins
+            self.world.shard_welcomes[node] = message
+            return True
+        # kept on its session, as to a peer with one; an unsequenced one may be lost, and said
+        return self.world._send(self.shard, node, message,
+                                bytes(page) if page is not None else None)
 
     def forget(self, identity: bytes) -> None:
         self.world.links.forget(node_of_identity(identity.decode(errors="surrogateescape")))
@@ -74,15 +81,18 @@ class NetworkSimulation:
     directories and schedule)."""
 
     # --- the network -------------------------------------------------------------------------------
-    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
+    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> bool:
+        """``msg`` onto the pair's channel; False if it was not sent and its sender is told
+        (``SimLinks.send``)."""
         if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(msg)  # what it carries dies with its receiver
             if dst not in self.unnoticed_dead:
-                return  # its sessions ended: nothing is sent to it any more
-        self.timers.sent(src, dst)
+                return True  # its sessions ended: nothing is sent to it any more
+        if src not in self.directories:  # (the shards talk before the timers are built)
+            self.timers.sent(src, dst)
         # on the pair's session, as the processes send it (``dsm.sim.links``)
-        self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg, data,
-                        self.clock)
+        return self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg,
+                               data, self.clock)
 
     def _alive(self, name: str) -> bool:
         return name in self.directories or self.nodes[name].alive
@@ -93,13 +103,16 @@ class NetworkSimulation:
         if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(packet.msg)
             return
+        between_shards = src in self.directories and dst in self.directories
         self.timers.heard(src, dst)  # any frame says its sender is alive
-        if (src not in self.directories and not self.nodes[src].alive
-                and src not in self.unnoticed_dead):
+        if between_shards:
+            self._shard_heard(dst)
+        dead = src not in self.directories and not self.nodes[src].alive
+        if dead and src not in self.unnoticed_dead and not self._served_at(src, dst):
             self._from_the_fenced(src, dst, packet)
             return
         got = self.links.receive(src, dst, packet, self.clock)
-        if got is None and src in self.unnoticed_dead and not self.links.arrived(src, dst, packet):
+        if got is None and dead and not self.links.arrived(src, dst, packet):
             # taken after a gap: the replay that would fill it will never come from the dead
             self._mark_lost_with(packet.msg)
         if got is None:  # a duplicate, one after a gap, or an acknowledgement: no message
@@ -109,10 +122,50 @@ class NetworkSimulation:
         msg, data = got  # decoded from the wire, as the receiving process decodes it
         self._touch(msg)
         self._step(f"deliver {type(msg).__name__} {src}->{dst}: {msg}")
-        if dst in self.directories:
+        if isinstance(msg, p.Welcome):
+            self._welcomed(src, dst)
+        if between_shards:
+            self._between_shards(src, dst, msg, data)
+        elif dst in self.directories:
             self._to_directory(dst, src, msg, data)
         else:
             self._to_node(self.nodes[dst], src, msg, data)
+
+    def _welcomed(self, shard: str, node: str) -> None:
+        """``shard``'s Welcome reached ``node`` (``dsm.sim.shards.join_nodes``): once every
+        shard's has, its workload starts."""
+        waiting = self.joining.get(node)
+        if waiting is None or shard not in waiting:
+            raise SimulationFailure(f"{node} was welcomed by {shard} again, or unasked")
+        waiting.discard(shard)
+        if not waiting:
+            del self.joining[node]
+            self._step(f"{node} has joined every shard")
+
+    def _served_at(self, node: str, shard: str) -> bool:
+        """Whether ``shard`` still serves ``node`` (its death not told there yet): what the node
+        sent it still goes through their session."""
+        return shard in self.machines and self.machines[shard].sessions.get(node) is not None
+
+    def _between_shards(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> None:
+        """A message one shard's session delivered to another (``dsm.sim.shards``): the
+        coordinator's machine takes it from the member's identity (its name), a member's role
+        from its coordinator."""
+        machine = self.machines[dst]
+        if isinstance(machine.role, Member):
+            machine.role.receive(msg)
+        else:
+            machine.handle(src.encode(), msg, data)
+        if machine.failed is not None:
+            raise SimulationFailure(f"{dst} stopped: {machine.failed}")
+
+    def _shard_heard(self, shard: str) -> None:
+        """A frame (any: an acknowledgement too) from another shard reached ``shard``: a member
+        hears its coordinator live (the coordinator hears a member by its messages, as the
+        processes do)."""
+        role = self.machines[shard].role
+        if isinstance(role, Member):
+            role.heard()
 
     def _to_directory(self, shard: str, node: str, msg: p.Message, data: bytes | None) -> None:
         """What the shard's machine does with ``msg`` (its sends go onto the channels)."""
@@ -145,12 +198,40 @@ class NetworkSimulation:
         else:
             self._take(node, lambda: node.inbox.from_peer(msg, data))
 
+    def _node_answered(self, node: SimNode, msg: p.Message) -> bool:
+        """The inbox's answer port (the agent's forwarder's part): what the model's workload
+        asked the directory, answered: a lost-page question's report, or its failure once a
+        shard's part was held back past the gather's deadline (``dsm.sim.shards``), or a
+        thread's lock or barrier request (``dsm.sim.release``)."""
+        if isinstance(msg, p.LostReport):
+            self.lost_queries.answer(node, msg)
+            return True
+        if isinstance(msg, p.Error) and self.lost_queries.gave_up(node, msg):
+            self._step(f"{node.name}'s question about lost pages failed: {msg.message}")
+            return True
+        return self._answered(node, msg)
+
+    def _node_cut_off(self, node: SimNode, why: str) -> None:
+        """The inbox cuts the node off (a Fenced). A member holds a Hello for HELLO_HOLD_S,
+        waiting for the coordinator's word, which the faults may keep away that long (each loss
+        costs ACK_TIMEOUT_S): the agent's join fails loudly and it stops. Otherwise (and without
+        faults) the model's live nodes are never refused: the run fails."""
+        if node.name in self.joining and self.links.faults.any:
+            self._step(f"{node.name} was refused as it joined ({why}): its agent stops")
+            self.refused_joins += 1
+            self._kill(node)
+            return
+        raise SimulationFailure(f"{node.name}, alive, was cut off: {why}")
+
     # --- failures ------------------------------------------------------------------------------------
     def _kill(self, node: SimNode) -> None:
         """SIGKILL: the node's unsent messages are lost, but a prefix may be on the wire."""
         self._step(f"kill {node.name}")
         self._touched = None
         node.alive = False
+        self.dead.append(node.name)
+        self.joining.pop(node.name, None)
+        self.lost_queries.died(node.name)
         if node.deferred is not None:  # what the agent had not sent yet dies with it
             for act in node.deferred.left:
                 if isinstance(act, Send):
@@ -213,11 +294,11 @@ class NetworkSimulation:
                                              (msg.page + msg.count) * SLOTS_PER_PAGE))
 
     def _notice_death(self, name: str) -> None:
-        """A shard's deadline declared ``name`` dead (``dsm.sim.timers``): every other shard
-        declares it too, through its machine's own path (in a real distributed manager the
-        coordinator tells them: the session ends, what it held and waited for is released);
-        what was on its way to it dies with it."""
-        self._step(f"the shards have declared {name} dead")
+        """A shard declared ``name`` dead (``dsm.sim.timers``): what was on its way to it dies
+        with it. The other shards hear of it through their roles (a member reports it to the
+        coordinator, which tells every shard: ``dsm.directory.shard``), each then ending the
+        session; until then what the node sent a shard still goes through their session."""
+        self._step(f"a shard has declared {name} dead")
         self._touched = None
         self.unnoticed_dead.remove(name)
         for shard, machine in self.machines.items():
@@ -225,6 +306,5 @@ class NetworkSimulation:
                 self._mark_lost_with(packet.msg)
             for packet in self.channels.get((name, shard), ()):  # to be fenced when they come
                 self._mark_lost_with(packet.msg)
-            if machine.sessions.get(name) is not None:
-                machine.declare_dead(name, "another shard declared it dead")
-        self.links.forget(name)  # its sessions end
+        # its sessions end: with the nodes, and with the shards that ended its session
+        self.links.forget(name, keep=[s for s in self.machines if self._served_at(name, s)])

@@ -113,8 +113,8 @@ class NodeSimulation:
         node.inbox = Inbox(node.core, self.layout, now=lambda: self.clock,
                            reachable=lambda fetch: lambda addr: not faults.unreachable(),
                            carry_out=node.taken.extend,
-                           answer=lambda msg: self._answered(node, msg),
-                           cut_off=lambda why: self._cut_off(node, why),
+                           answer=lambda msg: self._node_answered(node, msg),
+                           cut_off=lambda why: self._node_cut_off(node, why),
                            clock_sample=lambda t0_s, clock_ns: None)  # (only a trace uses it)
         kernel = SimKernel(self, node, faults)
         calls = KernelCalls(kernel)
@@ -139,12 +139,9 @@ class NodeSimulation:
         except DsmError as exc:
             raise SimulationFailure(f"{node.name}'s agent refused a message: {exc}") from None
         acts, node.taken[:] = list(node.taken), []
+        if not node.alive:  # its agent stopped (a join refused): it carries nothing out
+            return
         self._carry_out(node, acts)
-
-    @staticmethod
-    def _cut_off(node: SimNode, why: str) -> None:
-        """The inbox cuts the node off (a Fenced): the model's live nodes are never refused."""
-        raise SimulationFailure(f"{node.name}, alive, was cut off: {why}")
 
     def _descheduled(self) -> bool:
         return self.rng.random() < DEFER_AFTER_SEND

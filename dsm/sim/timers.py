@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from dsm import protocol as p
 from dsm.core.timers import AgentTimers
+from dsm.directory.shard import HELLO_HOLD_S, Member
 from dsm.liveness import (HOUSEKEEPING_INTERVAL_S, NODE_CUT_OFF_S, NODE_TIMEOUT_S,
                           TRANSACTION_TIMEOUT_S)
 from dsm.sim.model import SimulationFailure
@@ -58,6 +59,8 @@ class SimTimers:
         #: node's only then, as a world of hundreds of nodes needs), nor any before the first
         self._due_s = {name: world.clock for name in world.nodes}
         self._first_due_s = world.clock
+        #: (node, shard) whose session the shard ended, their link forgotten
+        self._ended: set[tuple[str, str]] = set()
 
     # --- what the network tells ----------------------------------------------------------------
     def sent(self, src: str, dst: str) -> None:
@@ -101,7 +104,21 @@ class SimTimers:
 
     def _node_timers(self, node: SimNode, now: float) -> None:
         world, agent, name = self.world, self.agents[node.name], node.name
-        silent = min(world.machines, key=lambda s: self.last_heard_s[(name, s)])
+        if name in world.joining and now >= world.joined_by_s:
+            # a member refuses a Hello it held HELLO_HOLD_S, and the agent gives up its join
+            # soon after: what the faults held back that long fails it loudly (not without them)
+            if not world.links.faults.any:
+                raise SimulationFailure(f"{name} was not welcomed by {world.joining[name]} "
+                                        f"within {HELLO_HOLD_S:g} s, with no fault")
+            world._step(f"{name} gives up joining, not welcomed by {world.joining[name]}: its "
+                        "agent stops")
+            world._kill(node)
+            return
+        # a node joining the shards keeps its timers with those that have welcomed it
+        shards = [s for s in world.machines if s not in world.joining.get(name, ())]
+        if not shards:
+            return
+        silent = min(shards, key=lambda s: self.last_heard_s[(name, s)])
         silent_s = now - self.last_heard_s[(name, silent)]
         if agent.cut_off(silent_s):
             if not world.links.faults.any and not world.channels.get((silent, name)):
@@ -115,9 +132,9 @@ class SimTimers:
             return
         if node.deferred is not None:
             return  # its agent is busy carrying out actions: its loop looks at timers after
-        if agent.heartbeat_due(now, min(self.last_sent_s[(name, s)] for s in world.machines)):
+        if agent.heartbeat_due(now, min(self.last_sent_s[(name, s)] for s in shards)):
             world._step(f"{name} sends its heartbeats")
-            for shard in world.machines:  # every shard keeps its own session of the node
+            for shard in shards:  # every shard keeps its own session of the node
                 world._send(name, shard, p.Heartbeat(), None)
         acts = agent.overdue(node.core, now)
         if acts:
@@ -125,9 +142,12 @@ class SimTimers:
             world._carry_out(node, acts)
 
     def _node_due_s(self, node: SimNode) -> float:
-        """When the node's first timer is due: a heartbeat, the cut-off, the request timeout."""
+        """When the node's first timer is due: a heartbeat, the cut-off, the request timeout,
+        the end of its join."""
         shards, agent = self.world.machines, self.agents[node.name]
-        return min(AgentTimers.heartbeat_due_at(min(self.last_sent_s[(node.name, s)] for s in shards)),
+        join_s = self.world.joined_by_s if node.name in self.world.joining else NEVER_S
+        return min(join_s,
+                   AgentTimers.heartbeat_due_at(min(self.last_sent_s[(node.name, s)] for s in shards)),
                    min(self.last_heard_s[(node.name, s)] for s in shards) + NODE_CUT_OFF_S,
                    agent.overdue_due_at())
 
@@ -139,7 +159,10 @@ class SimTimers:
         if self._count_sessions() == self._sessions_kept:
             return
         for name, node in world.nodes.items():
-            ended = [shard for shard, m in world.machines.items() if m.sessions.get(name) is None]
+            # (a session that ended, not one a member never started: it refused the node's join,
+            # or has not admitted it yet)
+            ended = [shard for shard, m in world.machines.items() if m.sessions.get(name) is None
+                     and m.sessions.is_fenced(sim_identity(name))]
             if not ended:
                 continue
             if node.alive:
@@ -151,6 +174,10 @@ class SimTimers:
                     f"the shards something {world.clock - heard:.2f} s ago")
             if name in world.unnoticed_dead:
                 world._notice_death(name)
+            for shard in ended:  # (the others told since: their sessions with it end too)
+                if (name, shard) not in self._ended:
+                    self._ended.add((name, shard))
+                    world.links.forget_between(name, shard)
         self._sessions_kept = self._count_sessions()
 
     def _count_sessions(self) -> int:
@@ -170,12 +197,18 @@ class SimTimers:
                 if machine.sessions.get(node) is not None]
 
     def jump_allowed(self) -> bool:
-        """Whether the scheduler may let time pass now: no live node's message to a shard is on
-        its way, and no agent is busy."""
+        """Whether the scheduler may let time pass now: no live node's message to a shard, nor
+        a shard's to another, is on its way, and no agent is busy."""
         world = self.world
         return not any(node.deferred is not None or any(
             world.channels.get((name, s)) for s in world.machines)
-            for name, node in world.nodes.items() if node.alive)
+            for name, node in world.nodes.items() if node.alive) and not any(
+            world.channels.get((a, b)) for a in world.machines for b in world.machines)
+
+    def shard_heartbeat_due(self) -> float:
+        """When a member shard's next heartbeat to its coordinator is due (never: one shard)."""
+        return min((m.role.heartbeat_due_s for m in self.world.machines.values()
+                    if isinstance(m.role, Member)), default=NEVER_S)
 
     def next_due(self) -> float | None:
         """When the next liveness timer is due: a live node's heartbeat, or a shard's deadline
@@ -183,6 +216,7 @@ class SimTimers:
         world = self.world
         due = [AgentTimers.heartbeat_due_at(self.last_sent_s[(name, s)])
                for name, node in world.nodes.items() if node.alive for s in world.machines]
+        due.append(self.shard_heartbeat_due())  # a member's heartbeat to the coordinator
         for machine in world.machines.values():
             due += [s.last_seen_s + NODE_TIMEOUT_S for s in machine.sessions.by_node.values()]
             due += [txn.started_s + TRANSACTION_TIMEOUT_S

@@ -32,6 +32,13 @@ write before it in the schedule (DRF-SC), copies there may be stale until an acq
 A failure raises ``SimulationFailure`` with the seed and the schedule's last steps; the same
 seed replays it exactly (``python -m dsm.sim --seed N``).
 
+With ``shards`` > 1 the shards are the processes' own roles (``dsm.sim.shards``): shard 0 the
+coordinator, the others members, talking on the simulated network with its faults; the nodes join
+through them (the workloads start once every shard has welcomed its node), ask the coordinator
+which pages are lost (its gather of every shard's lost runs: each answer is checked), and every
+shard hears of a death through the coordinator (a shard that still serves a node declared dead
+elsewhere, with nothing on its way between the shards, fails the run).
+
 This module owns the world: building the cluster (its nodes, threads and their programs, the
 directory's shards, the coordinator), the scheduler and the invariant checks after each step.
 ``World`` gathers the parts that the other modules own: the network, its deliveries and the
@@ -49,9 +56,8 @@ from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
 from dsm.core.node import NodeCore
 from dsm.core.states import OWNED
-from dsm.directory.machine import Directory
 from dsm.directory.pages import OnLoss, PageDirectory
-from dsm.directory.shard.role import Role
+from dsm.directory.shard import HELLO_HOLD_S
 from dsm.core.dynamic import DynamicNodeCore
 from dsm.layout import Layout
 from dsm.managers import Manager
@@ -61,12 +67,13 @@ from dsm.sim.agent import AgentFaults
 from dsm.sim.model import PAGE_BYTES, SLOT, SLOT_BYTES, SLOTS_PER_PAGE, SimulationFailure
 from dsm.liveness import ACK_TIMEOUT_S
 from dsm.sim.links import NO_FAULTS, Faults, SimLinks
-from dsm.sim.network import (DIRECTORY, SIM_EPOCH, SIM_INCARNATION, STRIPE_PAGES,
-                             NetworkSimulation, SimTransport, sim_identity)
+from dsm.sim.network import (DIRECTORY, SIM_INCARNATION, STRIPE_PAGES, NetworkSimulation,
+                             sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
 from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
+from dsm.sim.shards import (LostQueries, build_shards, check_deaths_told, join_nodes,
+                            joining_step, node_hello, shard_name)
 from dsm.sim.timers import SimTimers
-from dsm.sim.tracing import SimTracer
 
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
@@ -125,7 +132,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.shards = shards
         #: each shard's page directory, by its network name
         self.directories = {
-            (DIRECTORY if shards == 1 else f"{DIRECTORY}{k}"): PageDirectory(
+            shard_name(k, shards): PageDirectory(
                 self.layout, on_loss=on_loss, clock=lambda: self.clock, direct=direct,
                 shard=k, shards=shards, stripe=STRIPE_PAGES,
                 is_release=self.is_release)
@@ -134,17 +141,16 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         for d in self.directories.values():  # a discard is a write of zeros (the truth model)
             d.on_discarded = self._discarded
         self.directory = self.directories[self._shard_names[0]]
+        self.channels: dict[tuple[str, str], deque] = {}
+        #: every pair's session (the real one) over channels with ``faults``
+        self.links = SimLinks(self.rng, faults)
+        #: a joining shard's ShardWelcome, handed over at once (``dsm.sim.shards``)
+        self.shard_welcomes: dict[str, p.Message] = {}
         #: each shard's directory state machine, the processes' own (``dsm.directory.machine``),
-        #: serving its page directory: the simulated network delivers to it
-        #: (its trace clock is the simulated one: what it tells in a heartbeat's answer replays)
-        self.machines = {name: Directory(self.layout, SimTransport(self, name),
-                                         lambda: self.clock, manager=manager,
-                                         role=Role(k, shards, STRIPE_PAGES), pages=d,
-                                         tracer=SimTracer(None, name, "manager",
-                                                          lambda: self.clock))
-                         for k, (name, d) in enumerate(self.directories.items())}
-        for m in self.machines.values():
-            m.sessions.epoch = SIM_EPOCH  # a seed replays exactly
+        #: serving its page directory, with its role (``dsm.sim.shards``: the coordinator and
+        #: the members, the processes' own, joined over the simulated network): the simulated
+        #: network delivers to it
+        self.machines = build_shards(self, manager)
         #: the directory's side of the dynamic manager, the first shard's machine's own
         self.dynamic_pages = self.machines[self._shard_names[0]].dynamic
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
@@ -155,9 +161,6 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             phases) if release_pages else None)
         #: the barrier's parties: every thread
         self.parties = nodes * threads_per_node
-        self.channels: dict[tuple[str, str], deque] = {}
-        #: every pair's session (the real one) over channels with ``faults``
-        self.links = SimLinks(self.rng, faults)
         #: the nodes' kernels and peers, which fail calls now and then with ``faults``
         self.agent_faults = AgentFaults(self.rng, faults)
         self.truth = [0] * (pages * SLOTS_PER_PAGE)  #: the last completed write per location
@@ -187,6 +190,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.writes: dict[int, list[tuple[int, str]]] = {}
         self.schedule: list[str] = []
         self.deaths_left = deaths
+        #: the nodes killed so far (or cut off), and those whose death no shard noticed yet
+        self.dead: list[str] = []
         self.unnoticed_dead: list[str] = []
         self.nodes: dict[str, SimNode] = {}
         self._touched: set[int] | None = None
@@ -200,9 +205,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
             self._wire_agent(node)  # its agent: the real one's tables and runner
-            hello = p.Hello(name, rc.SIM_PID, SIM_INCARNATION, endpoint=f"sim://{name}")
-            for m in self.machines.values():  # the session a Hello starts, on every shard
-                m.admit(sim_identity(name), hello)
+            if shards == 1:  # the session a Hello starts (with shards: ``join_nodes`` below)
+                self.machines[DIRECTORY].admit(sim_identity(name), node_hello(name))
             for t in range(threads_per_node):
                 if release_pages:  # the programs join their barrier first: a death breaks it
                     self.coordinator.sync.join(name, 0, rc.BARRIER, self.parties,
@@ -216,9 +220,17 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                        for k, (kind, loc) in enumerate(kinds_locs)]
                 node.threads.append(Thread(node, t + 1, ops))
             self.nodes[name] = node
+        #: each node joining the shards -> those that have not welcomed it yet
+        self.joining: dict[str, set[str]] = join_nodes(self)
+        #: nodes whose join a shard refused (the faults held the coordinator's word back)
+        self.refused_joins = 0
+        #: when a node still joining gives up (``dsm.sim.timers``: a member refuses it then)
+        self.joined_by_s = self.clock + HELLO_HOLD_S
         self.ops_total = sum(len(t.ops) for n in self.nodes.values() for t in n.threads)
         #: the nodes' heartbeats, cut-offs and request timeouts, and the shards' deadlines
         self.timers = SimTimers(self)
+        #: the nodes' questions about lost pages, answered by the coordinator's gather
+        self.lost_queries = LostQueries(self)
 
     def is_release(self, page: int) -> bool:
         return page < self.release_pages
@@ -270,6 +282,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         if reset is not None:
             self._step(f"the connection {reset[0]}<->{reset[1]} resets")
         choices: list = [pair for pair, q in self.channels.items() if q]
+        if self.joining:  # the nodes' workloads start once their agents have joined every shard
+            return joining_step(self, choices)
         choices += [t for n in self.nodes.values() if n.alive for t in n.threads
                     if t.runnable]
         choices += [n for n in self.nodes.values() if n.alive and n.deferred]
@@ -277,9 +291,11 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             choices.append("time passes")
         if self.deaths_left and sum(n.alive for n in self.nodes.values()) > 1:
             choices.append("kill")
-        if self.give_backs and any(not t.done for n in self.nodes.values() if n.alive
-                                   for t in n.threads):
+        working = any(not t.done for n in self.nodes.values() if n.alive for t in n.threads)
+        if self.give_backs and working:
             choices.append("give back")
+        if working:
+            choices += [("lost query", n) for n in self.lost_queries.askers()]
         if self.kernel_events.any:
             if any(not t.done for n in self.nodes.values() if n.alive for t in n.threads):
                 choices.append("kernel event")
@@ -296,9 +312,10 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                 return True
             if self.links.owed():  # nothing to do but wait for the sessions' timers
                 # (or a liveness timer due before them: a heartbeat skipped by the jump would
-                # halve the words of life a silent node's shards hear while replays go on)
+                # halve the words of life a silent node's shards hear while replays go on; nor
+                # past a member's heartbeat: the coordinator hears one every interval)
                 due = self.timers.next_due()
-                self._pass_time(min(self.clock + ACK_TIMEOUT_S,
+                self._pass_time(min(self.clock + ACK_TIMEOUT_S, self.timers.shard_heartbeat_due(),
                                     due if due is not None else float("inf")))
             elif self.timers.deadline_pending() and self.timers.next_due() is not None:
                 self._pass_time(self.timers.next_due())  # or a liveness deadline (dsm.sim.timers)
@@ -329,6 +346,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             self._finish(pick)
         elif pick[0] == "events":
             self._handle_events(pick[1])
+        elif pick[0] == "lost query":
+            self.lost_queries.maybe_ask(pick[1])
         else:
             self._deliver(pick)
         if self.kernel_events.any:
@@ -358,6 +377,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
 
     def _check_invariants(self) -> None:
         """The invariants, on the pages the step may have changed (every page after a death)."""
+        check_deaths_told(self)
         live = [n for n in self.nodes.values() if n.alive]
         pages = range(self.num_pages) if self._touched is None else self._touched
         if self.kernel_events.any:
@@ -385,6 +405,12 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                                                 f"{self.truth[loc]}")
 
     def _check_finished(self) -> None:
+        self.lost_queries.check_finished()
+        for shard, machine in self.machines.items():  # a death reaches every shard
+            dead = [n for n in machine.sessions.by_node if not self.nodes[n].alive]
+            if dead:
+                raise SimulationFailure(f"{shard} still serves {dead}, declared dead elsewhere "
+                                        "(nothing in flight)")
         for n in self.nodes.values():
             if not n.alive:
                 continue

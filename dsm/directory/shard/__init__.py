@@ -15,8 +15,9 @@ directory process plays one of three roles, which its state machine
   joined, then a node's Welcome lists every shard's endpoint. It tells every shard each node it
   admits (``NodeAdmitted``, before the node's Welcome), each array (``ArrayAllocated``) and each
   death (``NodeDead``).
-- ``Member``: shard I > 0. A DEALER to the coordinator, heartbeats on it; serves a node's Hello
-  only once the coordinator admitted that incarnation.
+- ``Member``: shard I > 0. A link to the coordinator (a DEALER in the processes,
+  ``dsm/directory/memberlink.py``), heartbeats on it; serves a node's Hello only once the
+  coordinator admitted that incarnation.
 
 **Deaths** are shared through the coordinator. Any shard that declares a node dead (silent for
 ``NODE_TIMEOUT_S`` to it, a transaction left unanswered, a message it could not deliver) fences
@@ -57,6 +58,7 @@ from dsm.directory.shard.coordinator import (
     MISSING_SHARDS_LOG_INTERVAL_S,
     Coordinator,
 )
+from dsm.directory.shard.member import CoordinatorLink, Member
 from dsm.directory.shard.role import (
     EXIT_SHARD_LOST,
     HELLO_HOLD_S,
@@ -68,15 +70,6 @@ from dsm.directory.shard.role import (
 )
 
 
-def __getattr__(name: str):
-    """``Member`` runs on ZeroMQ (its DEALER to the coordinator): loaded only when asked for,
-    so that the state machine that imports ``role`` loads no sockets."""
-    if name == "Member":
-        from dsm.directory.shard.member import Member
-
-        return Member
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = ["EXIT_SHARD_LOST", "GATHER_TIMEOUT_S", "HELLO_HOLD_S", "MISSING_SHARDS_LOG_INTERVAL_S",
-           "TO_EVERY_SHARD", "Coordinator", "Member", "Role", "ShardJoinError", "WrongShard",
-           "check_shard"]
+           "TO_EVERY_SHARD", "Coordinator", "CoordinatorLink", "Member", "Role", "ShardJoinError",
+           "WrongShard", "check_shard"]

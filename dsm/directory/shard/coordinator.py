@@ -13,17 +13,20 @@ of the arrays are put together for ``dsm top``: ``dsm/directory/stats.py``.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dsm import protocol as p
 from dsm.consistency import META_KEY, Consistency
+from dsm.core.shards import STRIPE_PAGES
 from dsm.directory.allocations import Allocation
 from dsm.directory.pages import Send
 from dsm.directory.shard.role import EXIT_SHARD_LOST, HELLO_HOLD_S, Role, _Held
 from dsm.directory.stats import stitch_arrays
 from dsm.liveness import NODE_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from dsm.directory.machine import Directory
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,13 @@ class _Gather:
 class Coordinator(Role):
     """Shard 0 of ``count``: see the module docstring, and the package's."""
 
-    def __init__(self, count: int, check_peer_key: bytes | None = None):
+    def __init__(self, count: int, check_peer_key: bytes | None = None,
+                 stripe: int = STRIPE_PAGES):
+        """``stripe``: pages per shard stripe (the simulator's are shorter)."""
         if count < 2:
             raise ValueError(f"a coordinator has other shards: count {count}")
         self.count = count
+        self.stripe = stripe
         #: the shard processes it started on this host (``shardprocs.LocalShards``), if any
         self.local: Any = None
         #: with keys: the public key (Z85) a shard must present, the directory's own
@@ -69,7 +75,6 @@ class Coordinator(Role):
         self._held: list[_Held] = []
         self._gathers: dict[int, _Gather] = {}
         self._next_gather = 1
-        self._last_missing_log_s = time.monotonic()
         self._handlers: dict[type, Callable[[_Peer, Any], None]] = {
             p.Heartbeat: lambda peer, m: self._send(peer, p.Heartbeat(
                 self.directory.tracer.now_ns(), m.clock_ns)),
@@ -81,12 +86,20 @@ class Coordinator(Role):
         #: release arrays some shard has not confirmed yet -> the Alloc answers waiting for it
         self._unknown_arrays: dict[str, list[Callable[[str | None], None]]] = {}
 
+    def attach(self, directory: "Directory") -> None:
+        super().attach(directory)
+        self._last_missing_log_s = directory.clock()
+
     @property
     def ready(self) -> bool:  # type: ignore[override]
         return len(self._peers) == self.count - 1
 
     def _send(self, peer: _Peer, msg: p.Message) -> None:
-        if not self.directory.send_to(peer.identity, msg):
+        # a heartbeat's answer is never kept for a replay: one the shard's connection could not
+        # take now (reset a moment ago) is lost as on the wire, and the next heartbeat gets the
+        # next answer; the shard's silence deadline is the judge (a reset once stopped the whole
+        # manager here). What is numbered is kept by the shard's session: it is sent.
+        if not self.directory.send_to(peer.identity, msg) and not isinstance(msg, p.UNSEQUENCED):
             self.directory.fail(f"shard {peer.index} ({peer.endpoint}, pid {peer.pid}) could not "
                               f"be sent a {type(msg).__name__}: it is gone or stopped reading; "
                               "the distributed manager cannot serve its pages", EXIT_SHARD_LOST)
@@ -108,7 +121,7 @@ class Coordinator(Role):
             log.warning("a %s from %r, which is not a shard: ignored", type(msg).__name__,
                         identity)
             return
-        peer.last_seen_s = time.monotonic()
+        peer.last_seen_s = self.directory.clock()
         handler = self._handlers.get(type(msg))
         if handler is None:
             log.warning("shard %d sent a %s, which the coordinator does not take: ignored",
@@ -152,7 +165,7 @@ class Coordinator(Role):
                                    f"{old.endpoint}); a shard cannot join twice: restart the "
                                    "whole directory")
             return
-        peer = _Peer(index, identity, msg.endpoint, msg.pid, time.monotonic())
+        peer = _Peer(index, identity, msg.endpoint, msg.pid, self.directory.clock())
         self._peers[index] = peer
         self._by_identity[identity] = peer
         log.info("shard %d of %d joined: %s (pid %d)", index, self.count, msg.endpoint, msg.pid)
@@ -181,7 +194,7 @@ class Coordinator(Role):
         if self.ready:
             return False
         self._held = [h for h in self._held if h.identity != identity]
-        self._held.append(_Held(identity, hello, time.monotonic()))
+        self._held.append(_Held(identity, hello, self.directory.clock()))
         log.info("node %s waits for its Welcome until every shard has joined (missing: %s)",
                  hello.node, self._missing())
         return True
@@ -240,7 +253,7 @@ class Coordinator(Role):
         gid = self._next_gather
         self._next_gather += 1
         self._gathers[gid] = _Gather(set(self._peers), done, failed,
-                                     time.monotonic() + GATHER_TIMEOUT_S)
+                                     self.directory.clock() + GATHER_TIMEOUT_S)
         self._to_all(make(gid))
 
     def _on_part(self, peer: _Peer, msg: Any) -> None:

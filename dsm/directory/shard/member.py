@@ -1,11 +1,16 @@
 """A member's role (``Member``): shard I > 0 of a distributed manager, joined to its coordinator.
 
-It keeps a DEALER to the coordinator and heartbeats on it; it serves a node's Hello only once
-the coordinator admitted that incarnation (``NodeAdmitted``); it reports the deaths it declares
-(``NodeDead``) and carries out those the coordinator tells it; it learns the arrays
-(``ArrayAllocated``) and answers the coordinator's questions about its lost pages and its
-``dsm top`` view (``LostRunsQuery``, ``StatsRunsQuery``); and it stops when the coordinator
-falls silent, refuses it, or (a shard it started) exits.
+It heartbeats to the coordinator; it serves a node's Hello only once the coordinator admitted that
+incarnation (``NodeAdmitted``); it reports the deaths it declares (``NodeDead``) and carries out
+those the coordinator tells it; it learns the arrays (``ArrayAllocated``) and answers the
+coordinator's questions about its lost pages and its ``dsm top`` view (``LostRunsQuery``,
+``StatsRunsQuery``); and it stops when the coordinator falls silent or refuses it.
+
+It has no socket: what it says to the coordinator goes through the link it is given
+(``CoordinatorLink``), and what the coordinator says comes in through ``receive`` (``heard`` for
+any frame, an acknowledgement too); time is its directory's clock. The processes' link is a
+DEALER with its session (``dsm/directory/memberlink.py``), the simulator's the simulated network
+(``dsm.sim``), so that both run this one role.
 
 What a shard is and what the shards tell each other: the package docstring (``__init__.py``).
 The base it builds on: ``role.py``; the coordinator's side: ``coordinator.py``. How a shard
@@ -15,19 +20,14 @@ joins its coordinator before it serves (``ShardHello``): ``dsm/directory/shardpr
 from __future__ import annotations
 
 import logging
-import os
-import time
-from typing import TYPE_CHECKING, Any, Callable
-
-import zmq
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from dsm import protocol as p
+from dsm.core.shards import STRIPE_PAGES
 from dsm.directory.allocations import AllocationError
 from dsm.directory.shard.role import EXIT_SHARD_LOST, HELLO_HOLD_S, Role, _Held
 from dsm.errors import DsmError
-from dsm.linkwire import DealerLink, accept
 from dsm.liveness import HEARTBEAT_INTERVAL_S, NODE_TIMEOUT_S
-from dsm.wire import has_input, recv_frames
 
 if TYPE_CHECKING:
     from dsm.directory.machine import Directory
@@ -35,28 +35,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class CoordinatorLink(Protocol):
+    """Where a member's messages to its coordinator go."""
+
+    def send(self, message: p.Message) -> bool:
+        """Send ``message`` without blocking (a heartbeat unnumbered, the rest kept on the
+        link's session until acknowledged); False if the coordinator takes no message."""
+
+
 class Member(Role):
-    """Shard ``index`` > 0: its DEALER to the coordinator (joined: ``welcome``)."""
+    """Shard ``index`` > 0, joined (``welcome``) to the coordinator at ``coordinator`` (for the
+    logs), which it talks to through ``link``; ``stripe``: pages per shard stripe (the
+    simulator's are shorter)."""
 
     coordinator = False
 
-    def __init__(self, dealer: zmq.Socket, welcome: p.ShardWelcome, coordinator: str,
-                 parent_pidfd: int | None = None):
+    def __init__(self, welcome: p.ShardWelcome, coordinator: str, link: CoordinatorLink,
+                 stripe: int = STRIPE_PAGES):
         self.index = welcome.shard
         self.count = welcome.shards
+        self.stripe = stripe
         self.welcome = welcome
-        self.dealer = dealer
-        #: the link's reliable session (dsm/linkwire.py): the coordinator welcomed this shard
-        self.session = DealerLink(dealer, "the coordinator", time.monotonic())
-        self.session.open(time.monotonic())
+        self.link = link
         self.coordinator_endpoint = coordinator
-        self._parent_pidfd = parent_pidfd
         #: node -> the incarnation the coordinator admitted last
         self._admitted: dict[str, int] = {}
         self._held: list[_Held] = []
-        self._last_heard_s = self._last_sent_s = time.monotonic()
         self._handlers: dict[type, Callable[[Any], None]] = {
-            p.Heartbeat: lambda m: None,  # the coordinator lives (noted on every message)
+            p.Heartbeat: lambda m: None,  # the coordinator lives (noted on every frame)
             p.NodeAdmitted: self._on_admitted,
             p.NodeDead: self._on_node_dead,
             p.ArrayAllocated: self._on_array,
@@ -71,36 +77,34 @@ class Member(Role):
     def attach(self, directory: "Directory") -> None:
         super().attach(directory)
         directory.sessions.epoch = self.welcome.epoch  # one epoch for the whole cluster
+        self._last_heard_s = self._last_sent_s = directory.clock()
 
-    def sockets(self) -> list[zmq.Socket]:
-        return [self.dealer]
-
+    # --- the link to the coordinator ---------------------------------------------------------
     def _send(self, msg: p.Message) -> None:
-        now = time.monotonic()
-        try:
-            self.session.send(p.encode(msg), now, sequenced=not isinstance(msg, p.Heartbeat),
-                              nonblocking=True)
-        except zmq.Again:
+        if not self.link.send(msg):
             self.directory.fail(f"the coordinator {self.coordinator_endpoint} takes no message "
-                              "(gone, or not reading)", EXIT_SHARD_LOST)
+                                "(gone, or not reading)", EXIT_SHARD_LOST)
             return
-        self._last_sent_s = now
+        self._last_sent_s = self.directory.clock()
 
-    def drain(self, sock: zmq.Socket) -> None:
-        while has_input(self.dealer):
-            frames = recv_frames(self.dealer)
-            now = self._last_heard_s = time.monotonic()
-            try:
-                body = accept(self.session.link, frames, now)  # in order, once each
-                if body is None:
-                    continue
-                msg, _ = p.decode(body, self.directory.layout.page_size, p.Direction.TO_NODE)
-                handler = self._handlers.get(type(msg))
-                if handler is None:
-                    raise DsmError(f"a shard does not take a {type(msg).__name__}")
-                handler(msg)
-            except DsmError as exc:
-                log.error("dropped a message from the coordinator: %s", exc)
+    def heard(self) -> None:
+        """A frame from the coordinator (any: an acknowledgement too): it lives."""
+        self._last_heard_s = self.directory.clock()
+
+    def receive(self, msg: p.Message) -> None:
+        """A message from the coordinator, delivered by the link's session (in order, once)."""
+        try:
+            handler = self._handlers.get(type(msg))
+            if handler is None:
+                raise DsmError(f"a shard does not take a {type(msg).__name__}")
+            handler(msg)
+        except DsmError as exc:
+            log.error("dropped a message from the coordinator: %s", exc)
+
+    @property
+    def heartbeat_due_s(self) -> float:
+        """When this member's next heartbeat to the coordinator is due (its directory's clock)."""
+        return self._last_sent_s + HEARTBEAT_INTERVAL_S
 
     # --- nodes -------------------------------------------------------------------------------
     def hold_hello(self, identity: bytes, hello: p.Hello) -> bool:
@@ -109,7 +113,7 @@ class Member(Role):
         if self.directory.sessions.is_fenced(identity):
             return False  # answered with why
         self._held = [h for h in self._held if h.identity != identity]
-        self._held.append(_Held(identity, hello, time.monotonic()))
+        self._held.append(_Held(identity, hello, self.directory.clock()))
         return True
 
     def _on_admitted(self, msg: p.NodeAdmitted) -> None:
@@ -171,20 +175,9 @@ class Member(Role):
     def tick(self, now: float) -> None:
         if now - self._last_sent_s > HEARTBEAT_INTERVAL_S:
             self._send(p.Heartbeat(self.directory.tracer.now_ns()))
-        self.session.flush(now)  # acknowledgements owed, replays due
-        link = self.session.link
-        if link.behind:
-            self.directory.fail(f"the coordinator {self.coordinator_endpoint} left {link.unacked} "
-                              "messages of this shard unacknowledged, past the session's bound",
-                              EXIT_SHARD_LOST)
-            return
         if now - self._last_heard_s > NODE_TIMEOUT_S:
             self.directory.fail(f"the coordinator {self.coordinator_endpoint} has been silent for "
                               f"{now - self._last_heard_s:.1f} s: stopping this shard",
-                              EXIT_SHARD_LOST)
-            return
-        if self._parent_pidfd is not None and _exited(self._parent_pidfd):
-            self.directory.fail("the coordinator that started this shard exited: stopping",
                               EXIT_SHARD_LOST)
             return
         for h in [h for h in self._held if now - h.since_s > HELLO_HOLD_S]:
@@ -194,15 +187,3 @@ class Member(Role):
             self.directory.send_to(h.identity, p.Fenced(self.directory.sessions.epoch, (
                 f"the coordinator {self.coordinator_endpoint} has not admitted this node: say "
                 "Hello to the coordinator first")))
-
-    def close(self) -> None:
-        self.session.close(0)
-        if self._parent_pidfd is not None:
-            os.close(self._parent_pidfd)
-
-
-def _exited(pidfd: int) -> bool:
-    import select
-
-    return bool(select.select([pidfd], [], [], 0)[0])
-

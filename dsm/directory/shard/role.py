@@ -1,10 +1,11 @@
 """The shared base of the manager shards' roles (the package's ``__init__`` says what a shard is):
 ``Role``, the hooks the directory state machine (``dsm/directory/machine.py``) calls, as played by
-a directory alone (or by a simulated shard, which the simulator tells the others' words); which shard serves which message (``check_shard``); and what both other roles
+a directory alone; which shard serves which message (``check_shard``); and what both other roles
 use: their errors, the exit status of a lost shard, a Hello held back.
 
 The roles built on it: ``coordinator.py`` (``Coordinator``, shard 0 of K) and ``member.py``
-(``Member``, shard I > 0).
+(``Member``, shard I > 0). The processes and the simulator (``dsm/sim/shards.py``) run the same
+three.
 """
 
 from __future__ import annotations
@@ -51,30 +52,17 @@ class _Held:
 
 
 class Role:
-    """A directory alone (also the base of the other roles: the hooks the machine calls).
-    ``index`` of ``count`` with stripes of ``stripe`` pages: a simulated shard, whose words to
-    the other shards the simulator carries itself."""
+    """A directory alone (also the base of the other roles: the hooks the machine calls)."""
 
     index = 0
     count = 1
-    stripe = STRIPE_PAGES
+    stripe = STRIPE_PAGES  #: pages per shard stripe
     coordinator = True  #: whether this process serves memberships, allocations, locks
     ready = True  #: whether nodes are served yet (a coordinator waits for its shards)
-
-    def __init__(self, index: int = 0, count: int = 1, stripe: int = STRIPE_PAGES):
-        self.index, self.count, self.stripe = index, count, stripe
-        self.coordinator = index == 0
 
     def attach(self, directory: "Directory") -> None:
         self.directory = directory
         directory.pages.shards = self.count
-
-    def sockets(self) -> list[Any]:
-        """Sockets of its own (ZeroMQ's) the shell's loop polls (``drain`` when readable)."""
-        return []
-
-    def drain(self, sock: Any) -> None:
-        pass
 
     def tick(self, now: float) -> None:
         """Timers, looked at after every wake-up of the loop."""
