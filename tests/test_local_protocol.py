@@ -12,7 +12,8 @@ from dsm.errors import ProtocolError
 from dsm.schema import field_names
 from tests.strategies import any_value, valid_value
 
-EXAMPLES = 200
+#: examples per property (the local socket's dozen request types, many times each)
+EXAMPLES = 120
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 CLASSES = list(local.LOCAL_MESSAGE_CLASSES)
