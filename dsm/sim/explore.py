@@ -92,11 +92,9 @@ class Scope:
     #: retried: a ping-pong an adversarial scheduler can repeat for ever, so it is bounded)
     refaults: int = 1
     #: the resend timers leave the fingerprint once no gap can come (``dsm.sim.fingerprint``):
-    #: fewer states after a fault, but off by default: since the simulator runs the liveness
-    #: timers, its clock jumps to the next timer of any kind, so two states that differ only in
-    #: resend timers can jump to different times and part ways (tests/test_simulation_explore.py
-    #: finds such a pair): not a sound merge until the jumps leave those timers out too
-    reduction: bool = False
+    #: fewer states after a fault (tests/test_simulation_explore.py checks on a small scope's
+    #: whole graph that the states it merges have the same next states)
+    reduction: bool = True
 
     def programs(self) -> list[list[tuple[str, int]]]:
         """Each node's one thread: writes at even steps, reads at odd ones, its k-th
