@@ -36,7 +36,7 @@ What is left out, and why that is sound:
   the simulator's agents do not). Kept, they made two states that the rest of the fingerprint
   merges (the same ages, another absolute time) part ways at the first heartbeat answered
   after a jump of the clock: tests/test_simulation_explore.py found such a pair;
-- with ``Scope.reduction`` (``--reduction``, the explorer's default), the sessions' resend timers
+- with ``Scope.reduction`` (the default; ``--no-reduction`` keeps them), the resend timers
   (``RESEND_TIMERS``) once no gap can ever be seen again (``gaps_ruled_out``). A link reads
   ``_asked_resend_s`` only while it wants a resend, which only a gap or a reset makes it want,
   and ``_resent_s`` only when a request for a resend arrives, which only a link that wants one
