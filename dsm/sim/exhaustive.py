@@ -44,10 +44,10 @@ def parser() -> argparse.ArgumentParser:
                      help="stop after N states (the report says it is incomplete)")
     out.add_argument("--max-depth", type=int, default=None, metavar="STEPS",
                      help="explore schedules of at most STEPS steps")
-    out.add_argument("--reduction", action="store_true",
-                     help="drop the sessions' resend timers from a state's fingerprint once no "
-                          "gap can come (fewer states; NOT sound while the clock jumps to the "
-                          "liveness timers: two merged states may part ways)")
+    out.add_argument("--no-reduction", dest="reduction", action="store_false",
+                     help="keep the sessions' resend timers in every state's fingerprint (by "
+                          "default they leave it once no gap can come: fewer states, the same "
+                          "futures; dsm/sim/fingerprint.py)")
     out.add_argument("--workers", type=int, default=1, metavar="N",
                      help="processes that run the steps of each depth (dsm/sim/frontier.py)")
     out.add_argument("--progress", action="store_true",
@@ -87,7 +87,7 @@ def report(found: Exploration) -> str:
     lines = [f"every schedule of {scope.describe()}",
              "  " + ENUMERATED, "  " + FIXED.format(programs=describe_programs(scope)),
              f"states {found.states} (distinct, by fingerprint"
-             f"{', resend timers merged once no gap can come (--reduction)' if scope.reduction else ''}), "
+             f"{', resend timers merged once no gap can come' if scope.reduction else ''}), "
              f"transitions {found.transitions}, max depth {found.max_depth} steps, at rest "
              f"{found.at_rest} ({len(found.outcomes)} distinct outcomes), cut at the refault "
              f"bound {found.cut}, {found.seconds:.1f} s"]

@@ -30,14 +30,18 @@ What is left out, and why that is sound:
   (nothing else to do) does, and it expires every such timer at once;
 - the order of the world's channels and sessions (which pair is drawn next is a free choice of
   the scheduler: the same pairs in another order offer the same choices);
-- only with ``Scope.reduction`` (``--reduction``, off by default), the sessions' resend timers
-  (``RESEND_TIMERS``) once no gap can ever be seen again (``gaps_ruled_out``). The argument
-  below held until the simulator ran the liveness timers; since then its clock jumps to the
-  next timer of any kind, resend timers included, so two states that differ only in them can
-  jump to different times, and tests/test_simulation_explore.py found two merged states whose
-  next states differ (a strict xfail). The argument, as it stood: a link reads ``_asked_resend_s`` only while it wants a resend, which
-  only a gap or a reset makes it want, and ``_resent_s`` only when a request for a resend
-  arrives, which only a link that wants one sends. With no fault left to strike (no loss, no
+- a heartbeat's two clocks, on a channel and among the frames kept for a replay (``_wire``):
+  a shard answers each heartbeat with its trace clock's reading, which is the absolute
+  simulated time, and only the agent's trace-clock sampling reads it (while it traces, which
+  the simulator's agents do not). Kept, they made two states that the rest of the fingerprint
+  merges (the same ages, another absolute time) part ways at the first heartbeat answered
+  after a jump of the clock: tests/test_simulation_explore.py found such a pair;
+- with ``Scope.reduction`` (the default; ``--no-reduction`` keeps them), the resend timers
+  (``RESEND_TIMERS``) once no gap can ever be seen again (``gaps_ruled_out``). A link reads
+  ``_asked_resend_s`` only while it wants a resend, which only a gap or a reset makes it want,
+  and ``_resent_s`` only when a request for a resend arrives, which only a link that wants one
+  sends; no jump of the clock reads either (it goes to a liveness timer, ``dsm.sim.timers``,
+  or ``ACK_TIMEOUT_S`` on, ``dsm.sim.world``). With no fault left to strike (no loss, no
   reset, no death), no link wanting a resend, no request for one in flight, and every message
   each sender has numbered beyond what its receiver delivered in flight, in order (FIFO
   channels: whatever is sent later, a new message or a replay of the unacknowledged ones,
@@ -61,9 +65,10 @@ import pickle
 import types
 from typing import Any
 
+from dsm import protocol as p
 from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NODE_CUT_OFF_S
-from dsm.reliability import (ACK_EVERY_BYTES, FLAG_RESEND, RESEND_HOLDOFF_S, UNSEQUENCED,
-                             ReliableLink, parse)
+from dsm.reliability import (ACK_EVERY_BYTES, FLAG_RESEND, RESEND_HOLDOFF_S,
+                             SESSION_HEADER_BYTES, UNSEQUENCED, ReliableLink, parse)
 from dsm.sim.links import Packet, SimLinks
 
 #: attributes that are not state (see the module's docstring): statistics, tracers, the world's
@@ -101,6 +106,9 @@ SHORT_TIMERS = {"_owed_since": ACK_DELAY_S, "_asked_resend_s": RESEND_HOLDOFF_S,
 LONG_TIMERS = {"_progress_s": ACK_TIMEOUT_S}
 #: a session's timers read only on the way to or after a gap (see the docstring)
 RESEND_TIMERS = frozenset({"_asked_resend_s", "_resent_s"})
+#: what a heartbeat's encoding begins with (the array of its fields, then its tag: no other
+#: message's does), before its two clocks (``_wire``)
+HEARTBEAT_PREFIX = p.encode(p.Heartbeat())[0][:2]
 #: bytes of a fingerprint (128 bits: a collision is out of reach of any exploration)
 DIGEST_BYTES = 16
 #: what stands for every callable: the wiring (handler tables, clocks) is not state
@@ -114,6 +122,16 @@ def _age_steps(since: float | None, now: float, threshold_s: float, step_s: floa
     cap = math.ceil(threshold_s / step_s)
     age = now - since
     return cap if age >= threshold_s else min(cap, round(age / step_s))
+
+
+def _wire(frames: list[Any], header_bytes: int) -> list[bytes]:
+    """A message's frames (behind a session header of ``header_bytes``: 0 for none) as bytes,
+    a heartbeat's clocks left out (see the module's docstring)."""
+    first = bytes(frames[0])
+    end = header_bytes + len(HEARTBEAT_PREFIX)
+    if first[header_bytes:end] == HEARTBEAT_PREFIX:
+        first = first[:end]
+    return [first, *(bytes(f) for f in frames[1:])]
 
 
 def _state(kind: str, *parts: Any) -> None:
@@ -137,7 +155,7 @@ class _Canonical(pickle.Pickler):
         if isinstance(obj, _CALLABLES):
             return _state, ("callable",)
         if isinstance(obj, Packet):  # its frames on the wire (the message is decoded from them)
-            return _state, ("packet", [bytes(f) for f in obj.frames])
+            return _state, ("packet", _wire(obj.frames, SESSION_HEADER_BYTES))
         if isinstance(obj, (memoryview, mmap.mmap)):
             return bytes, (obj[:] if isinstance(obj, mmap.mmap) else obj.tobytes(),)
         if isinstance(obj, ReliableLink):
@@ -171,7 +189,7 @@ class _Canonical(pickle.Pickler):
             elif name == "_owed_bytes":  # it matters only once it reaches its bound
                 v = v >= ACK_EVERY_BYTES
             elif name == "_unacked":  # the frames kept for a replay, as bytes
-                v = [(seq, [bytes(f) for f in frames]) for seq, frames, _ in v]
+                v = [(seq, _wire(frames, 0)) for seq, frames, _ in v]
             state[name] = v
         return state
 
