@@ -8,7 +8,7 @@ A page's life on a node (``PageState``):
     DIRTY --release: protect, SendDiff (the bytes changed since the twin)--> CLEAN
     CLEAN or DIRTY --acquire naming it (write notice): [SendDiff], Punch--> invalid
     invalid, or CLEAN named by a notice --a grant of a lock guarding it: the home copy
-        (SyncReply.guarded), Install write-protected--> CLEAN
+        (SyncReply.guarded), Install write-protected, then as a first write--> DIRTY
 
 A **release** (a lock release, a barrier arrival) sends every dirty page's diff home first, then
 the release message itself, carrying the write notices: every page whose diff went home since
@@ -165,13 +165,19 @@ class ReleasePages:
 
     def _install_guarded(self, guarded: list[int], installs: set[int],
                          data: Any) -> list[Action]:
-        """Install the carried pages of ``installs``: write-protected, so that a write twins
-        them first, as a fault of a release page would have installed them."""
+        """Install the carried pages of ``installs`` and twin them at once, writable: the
+        lock's holder is there to update what the lock guards, and a write fault per grant
+        (the workload stopped, the agent woken, the page twinned, the workload woken) would
+        cost about as much as the grant itself. Installed write-protected, twinned, then
+        lifted (``first_write``), so that a local process writing the page meanwhile (under
+        another lock guarding other bytes of it) has its write in the diff, not the twin. A
+        holder that only reads sends an empty Diff (payload NONE) at its release."""
         if not installs:
             return []
         size = self.page_size
         view = memoryview(data)
         out: list[Action] = []
+        twins: list[tuple[int, int]] = []  # the runs installed, to twin
         offset = 0  # where each carried run's bytes start in the frame
         for first, count in zip(guarded[::2], guarded[1::2]):
             mine = [q for q in range(first, first + count) if q in installs]
@@ -181,10 +187,13 @@ class ReleasePages:
                                    None, ()))
                 for q in range(run_first, run_first + run_count):
                     self.state[q] = PageState.CLEAN
+                twins.append((run_first, run_count))
             offset += count * size
         self.stats.count("guarded_pages_in", len(installs))
         if self._tracing:
             self._trace(min(installs), "GUARDED", self.node, "", "clean", count=len(installs))
+        for run_first, run_count in twins:
+            out += self.first_write(run_first, run_count)
         return out
 
     # --- giving pages up -----------------------------------------------------------------------
