@@ -12,8 +12,8 @@ A page's life on a node (``PageState``):
 
 A **release** (a lock release, a barrier arrival) sends every dirty page's diff home first, then
 the release message itself, carrying the write notices: every page whose diff went home since
-the last release. One directory gets both on one pipe, in order; a diff to another shard is
-answered (``DiffApplied``) before the release goes, so that whoever acquires next finds every
+the last release. One directory gets both on one pipe, in order (so it does not answer the
+diff); a diff to another shard is answered (``DiffApplied``), and awaited before the release goes, so that whoever acquires next finds every
 diff at its home. An **acquire** (a grant, a barrier departure) brings the notices of the other
 nodes' releases: those pages are punched (a dirty one sends its diff first), so the next access
 fetches the merged home copy. A page whose home copy is on its way at an acquire that names it
@@ -30,7 +30,7 @@ import numpy as np
 from dsm import protocol as p
 from dsm.core.actions import (Action, DropTwins, Install, Protect, Punch, Send, SendDiff, Twin,
                               Upgrade)
-from dsm.core.shards import shard_of, split_at_stripes
+from dsm.core.shards import COORDINATOR_SHARD, shard_of, split_at_stripes
 from dsm.core.states import PageState, pack_runs, runs
 from dsm.core.stats import NodeStats
 
@@ -87,7 +87,7 @@ class ReleasePages:
             req = self._next_req
             self._next_req += 1
             out += [Protect(first, count), SendDiff(req, first, count)]
-            if self.shards > 1 and shard_of(first, self.shards, self.stripe) != 0:
+            if self.shards > 1 and shard_of(first, self.shards, self.stripe) != COORDINATOR_SHARD:
                 self._unacked.add(req)
             for q in range(first, first + count):
                 self.state[q] = PageState.CLEAN

@@ -67,7 +67,8 @@ class Role:
 
     def attach(self, directory: "Directory") -> None:
         self.directory = directory
-        directory.pages.shards = self.count
+        # which shard its page directory is (a diff to the coordinator goes unanswered)
+        directory.pages.shard, directory.pages.shards = self.index, self.count
 
     def sockets(self) -> list[Any]:
         """Sockets of its own (ZeroMQ's) the shell's loop polls (``drain`` when readable)."""
