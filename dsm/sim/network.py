@@ -140,7 +140,7 @@ class NetworkSimulation:
         if handler is not None:
             acts = handler(msg, data)
         elif isinstance(msg, p.SyncReply):
-            acts = self._sync_answered(node, msg)
+            acts = self._sync_answered(node, msg, data)
         elif isinstance(msg, p.Heartbeat):  # the shard is alive (the agent samples its clock)
             acts = []
         elif isinstance(msg, (p.Error, p.Fenced)):  # the model's nodes send nothing refused

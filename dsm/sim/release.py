@@ -108,16 +108,18 @@ class ReleaseSimulation:
             node.releasing[req] = (node.unreleased, node.twinned)
             node.unreleased, node.twinned = set(), set()
         if kind == programs.LOCK:
-            acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS))]
+            acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS,
+                                         self.lock_guards.get(arg, [])))]
         elif kind == programs.UNLOCK:
             acts = node.core.release_sync(p.LockRelease(req, lock_name(arg), who))
         else:
             acts = node.core.release_sync(p.BarrierWait(req, BARRIER, self.parties, who))
         self._carry_out(node, acts)
 
-    def _sync_answered(self, node: SimNode, msg: p.SyncReply) -> list:
-        """The coordinator's answer: an acquire's notices invalidate pages before the waiting
-        thread goes on (as the agent does before it answers the process)."""
+    def _sync_answered(self, node: SimNode, msg: p.SyncReply, data: bytes | None) -> list:
+        """The coordinator's answer: an acquire's notices invalidate pages, and a guarded
+        lock's grant installs the pages it carries (``data``), before the waiting thread goes
+        on (as the agent does before it answers the process)."""
         t = node.sync_waiters.pop(msg.req, None)
         if t is None:
             raise SimulationFailure(f"{node.name}: an answer to no request: {msg}")
@@ -129,7 +131,7 @@ class ReleaseSimulation:
             raise SimulationFailure(f"{node.name}/t{t.tid}: {t.waits_for} answered "
                                     f"{SyncStatus(msg.status).name}, not one of "
                                     f"{[s.name for s in expected]}: {msg.detail}")
-        return node.core.acquire_sync(msg.notices) + [Resume(t.tid)]
+        return node.core.acquire_sync(msg.notices, msg.guarded, data) + [Resume(t.tid)]
 
     # --- deaths --------------------------------------------------------------------------------
     def _wrote_release(self, node: SimNode, loc: int, value: int) -> None:
