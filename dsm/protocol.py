@@ -805,13 +805,17 @@ class LockAcquire(Message, tag=MsgType.LOCK_ACQUIRE.value):
 class LockRelease(Message, tag=MsgType.LOCK_RELEASE.value):
     """Release lock ``name``. ``notices``: the release-consistency pages the node changed
     since its last release, as ``[first, count, ...]`` runs (their diffs are at their homes
-    already): the write notices that every other node's next acquire invalidates."""
+    already): the write notices that every other node's next acquire invalidates.
+    ``answered``: the node's agent told its thread the lock is released already (it knows the
+    thread holds it, and nothing holds the release back): the directory answers only a
+    release that fails (an Error), not the one that succeeds, which nobody waits for."""
 
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     holder: str
     notices: list[U64] = msgspec.field(default_factory=list)
+    answered: bool = False
 
 
 class BarrierJoin(Message, tag=MsgType.BARRIER_JOIN.value):

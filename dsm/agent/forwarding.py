@@ -23,9 +23,9 @@ A lock release is answered here, at once, when the agent knows the thread holds 
 directory granted it and it was not released since) and the release went out to the directory
 (not held back behind diffs another shard has not acknowledged): the directory then has it
 before anything the thread asks next, on the same pipe, so the thread need not wait a round
-trip for it. The directory's own answer comes later and is dropped (an Error is logged). Any
-other release (of a lock the agent does not know held, or held back) waits for the directory,
-which says what was wrong.
+trip for it. Such a release says so (``LockRelease.answered``), and the directory answers it
+only if it fails (an Error, logged here). Any other release (of a lock the agent does not know
+held, or held back) waits for the directory, which says what was wrong.
 """
 
 from __future__ import annotations
@@ -133,10 +133,13 @@ class Forwarder:
             self._acquiring[req] = (id(client), out.holder, out.name)
         if isinstance(out, (p.LockRelease, p.BarrierWait)):
             held = (id(client), out.holder, out.name) if isinstance(out, p.LockRelease) else None
+            if held in self._held:  # answered here unless held back (the core unmarks it then)
+                out = p.replace(out, answered=True)
             self._release(out)
             if held in self._held and self._release_sent():
                 self._held.discard(held)
-                self._waiting[req] = (None, 0, p.SyncReply)  # its answer: nobody waits for it
+                # the directory answers only a failure (an Error: logged, as nobody waits)
+                del self._waiting[req]
                 self._reply(client, local.SyncAnswer(msg.req, p.SyncStatus.RELEASED, ""))
         else:
             self._send(out)

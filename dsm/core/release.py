@@ -106,6 +106,8 @@ class ReleasePages:
         msg = p.replace(msg, notices=pack_runs(self.noticed))
         self.noticed.clear()
         if self._unacked or self._held:
+            if isinstance(msg, p.LockRelease):  # its thread waits for the directory's answer
+                msg = p.replace(msg, answered=False)
             self._held.append((msg, set(self._unacked)))
         else:
             out.append(Send(msg))
