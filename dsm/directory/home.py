@@ -19,8 +19,6 @@ from dsm.protocol import Payload
 #: Linux's flag (x86-64, arm64) for a mapping that reserves no swap: Python 3.11's mmap module
 #: does not name it (3.12 does), and passes the flags through to mmap(2)
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
-#: whether the home copies ask for transparent huge pages (``HomeStore``)
-HOME_HUGE_PAGES = True
 
 
 class HomeStore:
@@ -29,12 +27,6 @@ class HomeStore:
         # unmapped with the store (a simulator makes thousands of directories in one process)
         self._memory = mmap.mmap(-1, layout.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                                  | MAP_NORESERVE)
-        # transparent huge pages where the kernel allows them: a page transfer writes its run
-        # here, and a run that lands on fresh memory costs a fault per 4 KiB page otherwise
-        # (about 5x the copy itself for 4 MiB, the read-ahead's run: the directory's largest
-        # cost in a sequential scan). A sparse page costs up to a huge page of memory then
-        if HOME_HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE"):
-            self._memory.madvise(mmap.MADV_HUGEPAGE)
         self._view = memoryview(self._memory)
         self._has_data = np.zeros(layout.num_pages, dtype=bool)
 
