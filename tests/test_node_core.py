@@ -227,3 +227,21 @@ def test_a_release_held_back_behind_another_shards_diff_is_not_answered_by_the_a
     (sent,) = core.diff_applied(p.DiffApplied(diff.req, STRIPE))
     # its thread waits for the directory's answer: the release must not say it was answered
     assert isinstance(sent.message, p.LockRelease) and not sent.message.answered
+
+
+def test_a_guarded_grant_does_not_install_a_page_whose_diff_went_after_the_request():
+    """Another thread's writes to the page (under another lock guarding other bytes of it) went
+    home as a diff after this lock was asked for (given back): the grant's copy may predate
+    them, so the page is left to fault for the merged copy (seed 4 of the simulator's
+    '4 nodes, 2 threads, pages given back')."""
+    core = NodeCore("n", PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES))
+    core.acquire_sync([], [3, 1], bytes(PAGE_SIZE), req=1)  # twinned and writable: written
+    core.lock_requested(2)
+    give_back = core.give_back([3])
+    assert any(isinstance(a, act.SendDiff) for a in give_back) and 3 not in core.state
+    assert core.acquire_sync([], [3, 1], bytes(PAGE_SIZE), req=2) == []
+    assert 3 not in core.state
+    # a request that went after that diff gets it in its grant's copy: installed
+    core.lock_requested(3)
+    out = core.acquire_sync([], [3, 1], bytes(PAGE_SIZE), req=3)
+    assert isinstance(out[0], act.Install) and core.state[3] is PageState.DIRTY

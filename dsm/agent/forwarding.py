@@ -76,10 +76,13 @@ class Forwarder:
                  reply: Callable[[Any, local.LocalMessage], None],
                  watch_pid: Callable[[int], None],
                  release: Callable[[p.Message], None] | None = None,
-                 release_sent: Callable[[], bool] = lambda: False):
+                 release_sent: Callable[[], bool] = lambda: False,
+                 lock_requested: Callable[[int], None] = lambda req: None):
         self.node = node
         #: whether the last release went out at once (not held back: ``NodeCore.releases_held``)
         self._release_sent = release_sent
+        #: told each LockAcquire's req as it goes (``NodeCore.lock_requested``)
+        self._lock_requested = lock_requested
         #: (id of the client, holder, lock name) of the locks the directory granted and that
         #: were not released since: a release of one of them is answered here (a client is
         #: forgotten, with its locks, before its id can name another)
@@ -131,6 +134,7 @@ class Forwarder:
         out = self._builders[type(msg)](req, msg)
         if isinstance(out, p.LockAcquire):
             self._acquiring[req] = (id(client), out.holder, out.name)
+            self._lock_requested(req)
         if isinstance(out, (p.LockRelease, p.BarrierWait)):
             held = (id(client), out.holder, out.name) if isinstance(out, p.LockRelease) else None
             if held in self._held:  # answered here unless held back (the core unmarks it then)

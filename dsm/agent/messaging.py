@@ -278,7 +278,7 @@ class Messaging:
             # and the guarded pages the grant carries are installed
             self._check_runs(msg.notices)
             self._check_runs(msg.guarded)
-            self.carry_out(self.core.acquire_sync(msg.notices, msg.guarded, data))
+            self.carry_out(self.core.acquire_sync(msg.notices, msg.guarded, data, msg.req))
         if isinstance(msg, p.Allocated):
             if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
                 msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"

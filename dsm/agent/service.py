@@ -194,7 +194,8 @@ class Agent:
         self.forwarder = Forwarder(node, send, lambda c, m: self.clients.reply(c, m),
                                    self.workloads.watch_departures,
                                    release=lambda m: carry_out(self.core.release_sync(m)),
-                                   release_sent=lambda: not self.core.releases_held())
+                                   release_sent=lambda: not self.core.releases_held(),
+                                   lock_requested=lambda req: self.core.lock_requested(req))
         self.clients = ClientHub(socket_path, node, self.layout, self.memory.memfd, self.poller,
                                  self.forwarder, self.workloads.register,
                                  lambda: {"node": node, "processes": len(self.procs),

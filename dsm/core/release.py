@@ -63,6 +63,13 @@ class ReleasePages:
         self._held: deque[tuple[Release, set[int]]] = deque()
         #: pages asked for when an acquire named them: what comes may predate the release
         self.stale_on_arrival: set[int] = set()
+        #: diffs sent so far (runs), and per page the count when its last diff went: a lock's
+        #: grant carries home copies taken when its request came, so a page whose diff went
+        #: after the request may come without it (``lock_requested``, ``_installable``)
+        self._diffs_sent = 0
+        self._last_diff: dict[int, int] = {}
+        #: lock request (agent req) -> the diffs sent when it went
+        self._request_marks: dict[int, int] = {}
 
     # --- writes --------------------------------------------------------------------------------
     def first_write(self, page: int, count: int) -> list[Action]:
@@ -86,6 +93,8 @@ class ReleasePages:
                                              self.stripe):
             req = self._next_req
             self._next_req += 1
+            self._diffs_sent += 1
+            self._last_diff.update(dict.fromkeys(range(first, first + count), self._diffs_sent))
             out += [Protect(first, count), SendDiff(req, first, count)]
             if self.shards > 1 and shard_of(first, self.shards, self.stripe) != COORDINATOR_SHARD:
                 self._unacked.add(req)
@@ -124,22 +133,35 @@ class ReleasePages:
             out.append(Send(self._held.popleft()[0]))
         return out
 
+    def lock_requested(self, req: int) -> None:
+        """A lock request ``req`` goes to the coordinator now: the diffs sent before it are in
+        the home copies its grant carries (one pipe, in order); later ones may not be."""
+        self._request_marks[req] = self._diffs_sent
+
+    def request_mark(self, req: int | None) -> int:
+        """The diffs sent before request ``req`` went (forgotten now); none known: 0, so that
+        no page this node ever sent a diff of is taken from its grant."""
+        return self._request_marks.pop(req, 0) if req is not None else 0
+
     def acquired(self, notices: list[int], pending: Container[int], guarded: list[int] = (),
-                 data: Any = None) -> list[Action]:
+                 data: Any = None, mark: int = 0) -> list[Action]:
         """Another node's releases changed these pages: invalidate this node's copies (a dirty
         one sends its diff first: its writes are this node's, not lost). ``pending``: the pages
         requests are out for. ``guarded`` (runs) and ``data``: the home copies a lock's grant
         carried (``dsm.guards``), installed as clean copies where this node holds none or a
         clean one the notices name (written over in place: never a moment without it); never
-        over a dirty page (its own unreleased writes are not in the home copy yet) nor where
-        a request is out (what it brings is handled as any grant)."""
+        over a dirty page (its own unreleased writes are not in the home copy yet), nor where
+        a request is out (what it brings is handled as any grant), nor a page whose diff this
+        node sent after the lock request (``mark``: the diffs sent before it): the carried copy
+        may predate it (another thread's writes, under another lock guarding other bytes of
+        the page, given back meanwhile); a fault brings the merged copy then."""
         out: list[Action] = []
         # the notices as a mask, a slice per run: what costs is then the pages this node holds
         # or awaits, not how many the notices name (runs from a hostile peer may overlap)
         noticed = np.zeros(self.num_pages, dtype=bool)
         for first, count in zip(notices[::2], notices[1::2]):
             noticed[first:first + count] = True
-        installs = self._installable(guarded, noticed, pending)
+        installs = self._installable(guarded, noticed, pending, mark)
         held = sorted(q for q, st in self.state.items() if st in RELEASE and noticed[q])
         out += self._flush([q for q in held if q in self.dirty])
         punched = [q for q in held if q not in installs]
@@ -154,14 +176,16 @@ class ReleasePages:
         return out + self._install_guarded(guarded, installs, data)
 
     def _installable(self, guarded: list[int], noticed: np.ndarray,
-                     pending: Container[int]) -> set[int]:
+                     pending: Container[int], mark: int) -> set[int]:
         """The carried pages to install: held nowhere here, or as a clean copy the notices
-        name; no request out for them."""
+        name; no request out for them, and no diff of them sent after the request (``mark``)."""
         out: set[int] = set()
+        last_diff = self._last_diff
         for first, count in zip(guarded[::2], guarded[1::2]):
             for q in range(first, first + count):
                 st = self.state.get(q)
-                if q not in pending and (st is None or (st is PageState.CLEAN and noticed[q])):
+                if (q not in pending and last_diff.get(q, 0) <= mark
+                        and (st is None or (st is PageState.CLEAN and noticed[q]))):
                     out.add(q)
         return out
 

@@ -108,6 +108,7 @@ class ReleaseSimulation:
             node.releasing[req] = (node.unreleased, node.twinned)
             node.unreleased, node.twinned = set(), set()
         if kind == programs.LOCK:
+            node.core.lock_requested(req)  # (as the agent's forwarder tells it)
             acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS,
                                          self.lock_guards.get(arg, [])))]
         elif kind == programs.UNLOCK:
@@ -131,7 +132,7 @@ class ReleaseSimulation:
             raise SimulationFailure(f"{node.name}/t{t.tid}: {t.waits_for} answered "
                                     f"{SyncStatus(msg.status).name}, not one of "
                                     f"{[s.name for s in expected]}: {msg.detail}")
-        return node.core.acquire_sync(msg.notices, msg.guarded, data) + [Resume(t.tid)]
+        return node.core.acquire_sync(msg.notices, msg.guarded, data, msg.req) + [Resume(t.tid)]
 
     # --- deaths --------------------------------------------------------------------------------
     def _wrote_release(self, node: SimNode, loc: int, value: int) -> None:
