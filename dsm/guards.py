@@ -15,8 +15,12 @@ reason:
   which is what a grant can carry;
 - more than ``MAX_GUARDED_PAGES`` pages: every grant carries them all.
 
-Whole pages travel (the page of a guarded counter, not its 8 bytes): the node installs them as
-clean copies, which is what a fault of a release page would have installed.
+Whole pages travel (the page of a guarded counter, not its 8 bytes): the node installs them
+twinned and writable, as if the holder had written them already (``dsm.core.release``), so that
+its update takes no write fault; its release sends their diff (empty if it only read them). So
+the home hears at the grant that the holder may change them (``Dirtied``): should the holder's
+node die before its release, the pages it was carried are lost, loudly, whether it wrote them or
+not.
 """
 
 from __future__ import annotations

@@ -580,7 +580,8 @@ class Diff(Message, tag=MsgType.DIFF.value):
     sent to the pages' manager (their home) at a release: ``changes`` says which bytes of the
     run changed, as ``encoding`` (``DiffEncoding``) tells; the page frame is those bytes, one
     after another (no frame, payload NONE, when nothing changed). Answered by DiffApplied under
-    the same ``req``."""
+    the same ``req`` by a shard other than the coordinator only (the coordinator, or the one
+    directory, gets the node's release after it on the same pipe: nothing waits for it)."""
 
     DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
@@ -642,7 +643,8 @@ SPAN_BYTES = 2 * SPAN_DTYPE.itemsize
 
 
 class DiffApplied(Message, tag=MsgType.DIFF_APPLIED.value):
-    """The manager applied the Diff ``req`` to the pages' home copy."""
+    """The manager applied the Diff ``req`` to the pages' home copy (a shard other than the
+    coordinator: its node's release waits for it)."""
 
     DIRECTION = Direction.TO_NODE
     req: U64
@@ -803,13 +805,17 @@ class LockAcquire(Message, tag=MsgType.LOCK_ACQUIRE.value):
 class LockRelease(Message, tag=MsgType.LOCK_RELEASE.value):
     """Release lock ``name``. ``notices``: the release-consistency pages the node changed
     since its last release, as ``[first, count, ...]`` runs (their diffs are at their homes
-    already): the write notices that every other node's next acquire invalidates."""
+    already): the write notices that every other node's next acquire invalidates.
+    ``answered``: the node's agent told its thread the lock is released already (it knows the
+    thread holds it, and nothing holds the release back): the directory answers only a
+    release that fails (an Error), not the one that succeeds, which nobody waits for."""
 
     DIRECTION = Direction.TO_DIRECTORY
     req: U64
     name: str
     holder: str
     notices: list[U64] = msgspec.field(default_factory=list)
+    answered: bool = False
 
 
 class BarrierJoin(Message, tag=MsgType.BARRIER_JOIN.value):

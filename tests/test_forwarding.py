@@ -49,13 +49,14 @@ def granted(agent: Agent, client: Client) -> None:
     assert agent.replies.pop() == (client, local.SyncAnswer(1, p.SyncStatus.GRANTED, ""))
 
 
-def test_a_release_of_a_granted_lock_is_answered_at_once_and_the_directorys_answer_dropped():
+def test_a_release_of_a_granted_lock_is_answered_at_once_and_says_so_to_the_directory():
     agent, client = Agent(), Client()
     granted(agent, client)
     agent.unlock(client, 2)
     assert isinstance(agent.sent[-1], p.LockRelease) and agent.sent[-1].holder == f"a:{PID}:{TID}"
+    assert agent.sent[-1].answered  # the directory answers only a failure
     assert agent.replies == [(client, local.SyncAnswer(2, p.SyncStatus.RELEASED, ""))]
-    assert agent.directory_answers(p.SyncStatus.RELEASED)  # expected: nobody else is told
+    assert not agent.directory_answers(p.SyncStatus.RELEASED)  # nobody waits for one
     assert len(agent.replies) == 1
     # released: a second release is the directory's to refuse, and the thread waits for it
     agent.unlock(client, 3)

@@ -106,7 +106,7 @@ def test_guarded_data_comes_with_the_grant_without_a_fault_over_the_network(make
         # (the barriers' notices name the page; the lock's grant brings it back)
         assert delta.get("requests", 0) == 0, delta
         assert delta.get("guarded_pages_in", 0) >= TURNS // 2 - 1, delta
-        assert delta.get("twins", 0) >= TURNS // 2, delta  # written after its local fault
+        assert delta.get("twins", 0) >= TURNS // 2, delta  # twinned as they came
     assert a.run("", "counter[:%d].tolist()" % TURNS) == list(range(1, TURNS + 1))
 
 

@@ -185,8 +185,8 @@ def test_data_race_free_programs_see_sequential_consistency_on_release_pages(nam
 class _DeafCore(core_node.NodeCore):
     """A broken node: its acquires ignore the write notices (it keeps its stale copies)."""
 
-    def acquire_sync(self, notices, guarded=(), data=None):
-        return []
+    def acquire_sync(self, notices, guarded=(), data=None, req=None):
+        return []  # (nor does it install what a guarded lock's grant carries)
 
 
 @pytest.mark.parametrize("managed", list(RELEASE_MANAGERS))

@@ -23,9 +23,9 @@ A lock release is answered here, at once, when the agent knows the thread holds 
 directory granted it and it was not released since) and the release went out to the directory
 (not held back behind diffs another shard has not acknowledged): the directory then has it
 before anything the thread asks next, on the same pipe, so the thread need not wait a round
-trip for it. The directory's own answer comes later and is dropped (an Error is logged). Any
-other release (of a lock the agent does not know held, or held back) waits for the directory,
-which says what was wrong.
+trip for it. Such a release says so (``LockRelease.answered``), and the directory answers it
+only if it fails (an Error, logged here). Any other release (of a lock the agent does not know
+held, or held back) waits for the directory, which says what was wrong.
 """
 
 from __future__ import annotations
@@ -75,10 +75,13 @@ class Forwarder:
                  reply: Callable[[Any, local.LocalMessage], None],
                  watch_pid: Callable[[int], None],
                  release: Callable[[p.Message], None] | None = None,
-                 release_sent: Callable[[], bool] = lambda: False):
+                 release_sent: Callable[[], bool] = lambda: False,
+                 lock_requested: Callable[[int], None] = lambda req: None):
         self.node = node
         #: whether the last release went out at once (not held back: ``NodeCore.releases_held``)
         self._release_sent = release_sent
+        #: told each LockAcquire's req as it goes (``NodeCore.lock_requested``)
+        self._lock_requested = lock_requested
         #: (id of the client, holder, lock name) of the locks the directory granted and that
         #: were not released since: a release of one of them is answered here (a client is
         #: forgotten, with its locks, before its id can name another)
@@ -131,12 +134,16 @@ class Forwarder:
         out = self._builders[type(msg)](req, msg)
         if isinstance(out, p.LockAcquire):
             self._acquiring[req] = (id(client), out.holder, out.name)
+            self._lock_requested(req)
         if isinstance(out, (p.LockRelease, p.BarrierWait)):
             held = (id(client), out.holder, out.name) if isinstance(out, p.LockRelease) else None
+            if held in self._held:  # answered here unless held back (the core unmarks it then)
+                out = p.replace(out, answered=True)
             self._release(out)
             if held in self._held and self._release_sent():
                 self._held.discard(held)
-                self._waiting[req] = (None, 0, p.SyncReply)  # its answer: nobody waits for it
+                # the directory answers only a failure (an Error: logged, as nobody waits)
+                del self._waiting[req]
                 self._reply(client, local.SyncAnswer(msg.req, p.SyncStatus.RELEASED, ""))
         else:
             self._send(out)

@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
 POLL_INTERVAL_MS = 100
+#: the largest read-ahead window: as many pages as one message carries (4 MiB), so that a
+#: sequential scan costs one request, one transfer and one install per 4 MiB, not per MiB
+#: (each costs the agents and the directory about as much Python as moving a MiB costs copies)
+READAHEAD_MAX_PAGES = p.MAX_BATCH_PAGES
 #: how often the node's counters go to the directory (for dsm top)
 STATS_REPORT_INTERVAL_S = 1.0
 #: while tracing, a heartbeat (a clock round trip) at least this often, even when busy
@@ -142,7 +146,8 @@ class Agent:
         self.forwarder = Forwarder(node, send, lambda c, m: self.clients.reply(c, m),
                                    self.workloads.watch_departures,
                                    release=lambda m: carry_out(self.core.release_sync(m)),
-                                   release_sent=lambda: not self.core.releases_held())
+                                   release_sent=lambda: not self.core.releases_held(),
+                                   lock_requested=lambda req: self.core.lock_requested(req))
         self.clients = ClientHub(socket_path, node, self.layout, self.memory.memfd, self.poller,
                                  self.forwarder, self.workloads.register,
                                  lambda: {"node": node, "processes": len(self.procs),

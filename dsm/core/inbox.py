@@ -154,7 +154,7 @@ class Inbox:
             # and the guarded pages the grant carries are installed
             self._check_runs(msg.notices)
             self._check_runs(msg.guarded)
-            self._carry_out(self.core.acquire_sync(msg.notices, msg.guarded, data))
+            self._carry_out(self.core.acquire_sync(msg.notices, msg.guarded, data, msg.req))
         if isinstance(msg, p.Allocated):
             if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
                 msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"

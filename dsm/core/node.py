@@ -560,16 +560,21 @@ class NodeCore:
         """Whether a release waits behind diffs another shard has not acknowledged yet."""
         return self.release.holding()
 
+    def lock_requested(self, req: int) -> None:
+        """Lock request ``req`` goes to the coordinator now (``ReleasePages.lock_requested``)."""
+        self.release.lock_requested(req)
+
     def acquire_sync(self, notices: list[int], guarded: list[int] = (),
-                     data: Any = None) -> list[Action]:
+                     data: Any = None, req: int | None = None) -> list[Action]:
         """A lock grant or barrier departure: the pages other nodes' releases changed; a grant
         of a lock with guards also carries the guarded pages' home copies (``guarded``, runs;
-        ``data``, their bytes)."""
+        ``data``, their bytes), for lock request ``req``."""
+        mark = self.release.request_mark(req)
         if bugs.ACTIVE == bugs.IGNORE_NOTICES:  # the bug switch (dsm/bugs.py)
             notices = []
         if not notices and not guarded:
             return []
-        return self.release.acquired(notices, self.pending, guarded, data)
+        return self.release.acquired(notices, self.pending, guarded, data, mark)
 
     def diff_applied(self, msg: p.DiffApplied) -> list[Action]:
         return self.release.diff_applied(msg)

@@ -8,12 +8,12 @@ A page's life on a node (``PageState``):
     DIRTY --release: protect, SendDiff (the bytes changed since the twin)--> CLEAN
     CLEAN or DIRTY --acquire naming it (write notice): [SendDiff], Punch--> invalid
     invalid, or CLEAN named by a notice --a grant of a lock guarding it: the home copy
-        (SyncReply.guarded), Install write-protected--> CLEAN
+        (SyncReply.guarded), Install write-protected, then as a first write--> DIRTY
 
 A **release** (a lock release, a barrier arrival) sends every dirty page's diff home first, then
 the release message itself, carrying the write notices: every page whose diff went home since
-the last release. One directory gets both on one pipe, in order; a diff to another shard is
-answered (``DiffApplied``) before the release goes, so that whoever acquires next finds every
+the last release. One directory gets both on one pipe, in order (so it does not answer the
+diff); a diff to another shard is answered (``DiffApplied``), and awaited before the release goes, so that whoever acquires next finds every
 diff at its home. An **acquire** (a grant, a barrier departure) brings the notices of the other
 nodes' releases: those pages are punched (a dirty one sends its diff first), so the next access
 fetches the merged home copy. A page whose home copy is on its way at an acquire that names it
@@ -30,7 +30,7 @@ import numpy as np
 from dsm import protocol as p
 from dsm.core.actions import (Action, DropTwins, Install, Protect, Punch, Send, SendDiff, Twin,
                               Upgrade)
-from dsm.core.shards import shard_of, split_at_stripes
+from dsm.core.shards import COORDINATOR_SHARD, shard_of, split_at_stripes
 from dsm.core.states import PageState, pack_runs, runs
 from dsm.core.stats import NodeStats
 
@@ -63,6 +63,13 @@ class ReleasePages:
         self._held: deque[tuple[Release, set[int]]] = deque()
         #: pages asked for when an acquire named them: what comes may predate the release
         self.stale_on_arrival: set[int] = set()
+        #: diffs sent so far (runs), and per page the count when its last diff went: a lock's
+        #: grant carries home copies taken when its request came, so a page whose diff went
+        #: after the request may come without it (``lock_requested``, ``_installable``)
+        self._diffs_sent = 0
+        self._last_diff: dict[int, int] = {}
+        #: lock request (agent req) -> the diffs sent when it went
+        self._request_marks: dict[int, int] = {}
 
     # --- writes --------------------------------------------------------------------------------
     def first_write(self, page: int, count: int) -> list[Action]:
@@ -86,8 +93,10 @@ class ReleasePages:
                                              self.stripe):
             req = self._next_req
             self._next_req += 1
+            self._diffs_sent += 1
+            self._last_diff.update(dict.fromkeys(range(first, first + count), self._diffs_sent))
             out += [Protect(first, count), SendDiff(req, first, count)]
-            if self.shards > 1 and shard_of(first, self.shards, self.stripe) != 0:
+            if self.shards > 1 and shard_of(first, self.shards, self.stripe) != COORDINATOR_SHARD:
                 self._unacked.add(req)
             for q in range(first, first + count):
                 self.state[q] = PageState.CLEAN
@@ -106,6 +115,8 @@ class ReleasePages:
         msg = p.replace(msg, notices=pack_runs(self.noticed))
         self.noticed.clear()
         if self._unacked or self._held:
+            if isinstance(msg, p.LockRelease):  # its thread waits for the directory's answer
+                msg = p.replace(msg, answered=False)
             self._held.append((msg, set(self._unacked)))
         else:
             out.append(Send(msg))
@@ -122,22 +133,35 @@ class ReleasePages:
             out.append(Send(self._held.popleft()[0]))
         return out
 
+    def lock_requested(self, req: int) -> None:
+        """A lock request ``req`` goes to the coordinator now: the diffs sent before it are in
+        the home copies its grant carries (one pipe, in order); later ones may not be."""
+        self._request_marks[req] = self._diffs_sent
+
+    def request_mark(self, req: int | None) -> int:
+        """The diffs sent before request ``req`` went (forgotten now); none known: 0, so that
+        no page this node ever sent a diff of is taken from its grant."""
+        return self._request_marks.pop(req, 0) if req is not None else 0
+
     def acquired(self, notices: list[int], pending: Container[int], guarded: list[int] = (),
-                 data: Any = None) -> list[Action]:
+                 data: Any = None, mark: int = 0) -> list[Action]:
         """Another node's releases changed these pages: invalidate this node's copies (a dirty
         one sends its diff first: its writes are this node's, not lost). ``pending``: the pages
         requests are out for. ``guarded`` (runs) and ``data``: the home copies a lock's grant
         carried (``dsm.guards``), installed as clean copies where this node holds none or a
         clean one the notices name (written over in place: never a moment without it); never
-        over a dirty page (its own unreleased writes are not in the home copy yet) nor where
-        a request is out (what it brings is handled as any grant)."""
+        over a dirty page (its own unreleased writes are not in the home copy yet), nor where
+        a request is out (what it brings is handled as any grant), nor a page whose diff this
+        node sent after the lock request (``mark``: the diffs sent before it): the carried copy
+        may predate it (another thread's writes, under another lock guarding other bytes of
+        the page, given back meanwhile); a fault brings the merged copy then."""
         out: list[Action] = []
         # the notices as a mask, a slice per run: what costs is then the pages this node holds
         # or awaits, not how many the notices name (runs from a hostile peer may overlap)
         noticed = np.zeros(self.num_pages, dtype=bool)
         for first, count in zip(notices[::2], notices[1::2]):
             noticed[first:first + count] = True
-        installs = self._installable(guarded, noticed, pending)
+        installs = self._installable(guarded, noticed, pending, mark)
         held = sorted(q for q, st in self.state.items() if st in RELEASE and noticed[q])
         out += self._flush([q for q in held if q in self.dirty])
         punched = [q for q in held if q not in installs]
@@ -152,26 +176,34 @@ class ReleasePages:
         return out + self._install_guarded(guarded, installs, data)
 
     def _installable(self, guarded: list[int], noticed: np.ndarray,
-                     pending: Container[int]) -> set[int]:
+                     pending: Container[int], mark: int) -> set[int]:
         """The carried pages to install: held nowhere here, or as a clean copy the notices
-        name; no request out for them."""
+        name; no request out for them, and no diff of them sent after the request (``mark``)."""
         out: set[int] = set()
+        last_diff = self._last_diff
         for first, count in zip(guarded[::2], guarded[1::2]):
             for q in range(first, first + count):
                 st = self.state.get(q)
-                if q not in pending and (st is None or (st is PageState.CLEAN and noticed[q])):
+                if (q not in pending and last_diff.get(q, 0) <= mark
+                        and (st is None or (st is PageState.CLEAN and noticed[q]))):
                     out.add(q)
         return out
 
     def _install_guarded(self, guarded: list[int], installs: set[int],
                          data: Any) -> list[Action]:
-        """Install the carried pages of ``installs``: write-protected, so that a write twins
-        them first, as a fault of a release page would have installed them."""
+        """Install the carried pages of ``installs`` and twin them at once, writable: the
+        lock's holder is there to update what the lock guards, and a write fault per grant
+        (the workload stopped, the agent woken, the page twinned, the workload woken) would
+        cost about as much as the grant itself. Installed write-protected, twinned, then
+        lifted (``first_write``), so that a local process writing the page meanwhile (under
+        another lock guarding other bytes of it) has its write in the diff, not the twin. A
+        holder that only reads sends an empty Diff (payload NONE) at its release."""
         if not installs:
             return []
         size = self.page_size
         view = memoryview(data)
         out: list[Action] = []
+        twins: list[tuple[int, int]] = []  # the runs installed, to twin
         offset = 0  # where each carried run's bytes start in the frame
         for first, count in zip(guarded[::2], guarded[1::2]):
             mine = [q for q in range(first, first + count) if q in installs]
@@ -181,10 +213,13 @@ class ReleasePages:
                                    None, ()))
                 for q in range(run_first, run_first + run_count):
                     self.state[q] = PageState.CLEAN
+                twins.append((run_first, run_count))
             offset += count * size
         self.stats.count("guarded_pages_in", len(installs))
         if self._tracing:
             self._trace(min(installs), "GUARDED", self.node, "", "clean", count=len(installs))
+        for run_first, run_count in twins:
+            out += self.first_write(run_first, run_count)
         return out
 
     # --- giving pages up -----------------------------------------------------------------------

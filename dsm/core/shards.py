@@ -13,6 +13,9 @@ from typing import Iterable, Iterator
 
 #: consecutive pages one shard manages before the next shard's stripe begins
 STRIPE_PAGES = 256
+#: the shard that coordinates (locks, barriers, allocations), or the one directory: releases
+#: go to it, so a diff to it needs no answer before its node's release follows on the same pipe
+COORDINATOR_SHARD = 0
 
 
 def shard_of(page: int, shards: int, stripe: int = STRIPE_PAGES) -> int:
@@ -48,4 +51,4 @@ def split_at_stripes(runs: Iterable[tuple[int, int]], shards: int,
 def shard_name(index: int) -> str:
     """How shard ``index`` is named in traces and on their links ("directory" for shard 0, the
     coordinator, or the one directory)."""
-    return "directory" if index == 0 else f"directory.shard{index}"
+    return "directory" if index == COORDINATOR_SHARD else f"directory.shard{index}"

@@ -13,7 +13,8 @@ always the merge of every release so far:
   (``Fetch``, keeping a clean copy), and the page is shared from then on;
 - at a release (lock release, barrier arrival) a node sends the bytes it changed since its twin
   (``Diff``), which are written into the home copy in the order they arrive (the later release
-  wins where two wrote the same bytes), and answered ``DiffApplied``;
+  wins where two wrote the same bytes), and answered ``DiffApplied`` by a shard other than the
+  coordinator (the coordinator gets the release after the diff, on the same pipe);
 - a node that twins a page says so first (``Dirtied``): should it die before its Diff, the
   page's newest contents died with it, and the page is lost, loudly, as an owned page would be;
 - a Discard (MADV_REMOVE) zeroes the home copy at once.

@@ -60,8 +60,7 @@ class SyncRequests:
         sync, h = self.sync, check_holder
         return {
             p.LockAcquire: self._acquire,
-            p.LockRelease: lambda n, m, d: self._released(n, m.notices) or self.replies(
-                sync.release(n, m.req, m.name, h(n, m.holder))),
+            p.LockRelease: self._release,
             p.BarrierJoin: lambda n, m, d: self.replies(
                 sync.join(n, m.req, m.name, m.parties, h(n, m.holder))),
             p.BarrierWait: lambda n, m, d: self._released(n, m.notices) or self.replies(
@@ -70,6 +69,16 @@ class SyncRequests:
             p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *sync.status(m.name)))],
             p.Departed: lambda n, m, d: self._departed(h(n, m.prefix)),
         }
+
+    def _release(self, node: str, msg: p.LockRelease, _: Any) -> list[Send]:
+        """A lock released: its notices kept, the lock passed on. The releaser is answered
+        unless its agent has answered its thread already (``answered``): then only a failure
+        (raised here, an Error) goes back."""
+        self._released(node, msg.notices)
+        replies = self.sync.release(node, msg.req, msg.name, check_holder(node, msg.holder))
+        if msg.answered:
+            replies = [r for r in replies if (r.node, r.req) != (node, msg.req)]
+        return self.replies(replies)
 
     def _acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
         holder = check_holder(node, msg.holder)

@@ -99,3 +99,20 @@ def drf_programs(rng: random.Random, threads: int, release_locations: range,
             ops.append((WAIT, phase))
         programs.append(ops)
     return programs
+
+
+def guarded_locations(programs: list[list[tuple[str, int]]]) -> dict[int, list[int]]:
+    """The locations the even-numbered locks guard (``node.lock(..., guards=...)``: their
+    grants carry the pages): those the programs touch inside those locks' critical sections.
+    The odd-numbered ones guard nothing, so that both kinds of lock contend in one program."""
+    guarded: dict[int, set[int]] = {}
+    for ops in programs:
+        inside: int | None = None
+        for kind, arg in ops:
+            if kind == LOCK:
+                inside = arg if arg % 2 == 0 else None
+            elif kind == UNLOCK:
+                inside = None
+            elif inside is not None and kind in "rw":
+                guarded.setdefault(inside, set()).add(arg)
+    return {lock: sorted(locs) for lock, locs in guarded.items()}

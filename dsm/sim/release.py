@@ -109,7 +109,9 @@ class ReleaseSimulation:
             node.releasing[req] = (node.unreleased, node.twinned)
             node.unreleased, node.twinned = set(), set()
         if kind == programs.LOCK:
-            acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS))]
+            node.core.lock_requested(req)  # (as the agent's forwarder tells it)
+            acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS,
+                                         self.lock_guards.get(arg, [])))]
         elif kind == programs.UNLOCK:
             acts = node.core.release_sync(p.LockRelease(req, lock_name(arg), who))
         else:

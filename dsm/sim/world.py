@@ -55,7 +55,7 @@ from collections import deque
 from dsm import protocol as p
 from dsm.core.readahead import ReadAhead
 from dsm.core.node import NodeCore
-from dsm.core.states import OWNED
+from dsm.core.states import OWNED, pack_runs
 from dsm.directory.pages import OnLoss, PageDirectory
 from dsm.directory.shard import HELLO_HOLD_S
 from dsm.core.dynamic import DynamicNodeCore
@@ -159,6 +159,11 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
             self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
             range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE), ops_per_thread,
             phases) if release_pages else None)
+        #: lock -> the pages it guards (runs): its grant carries them (random programs only:
+        #: the exhaustive exploration's fixed ones keep their scope)
+        self.lock_guards = {lock: pack_runs({loc // SLOTS_PER_PAGE for loc in locs})
+                            for lock, locs in programs.guarded_locations(
+                                self._programs or []).items()}
         #: the barrier's parties: every thread
         self.parties = nodes * threads_per_node
         #: the nodes' kernels and peers, which fail calls now and then with ``faults``

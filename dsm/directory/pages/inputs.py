@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from dsm.core.shards import clip_to_stripe
+from dsm.core.shards import COORDINATOR_SHARD, clip_to_stripe
 from dsm.directory.pages.state import RECLAIMER, Kind, Request, Send, Txn
 from dsm.directory.pages.transactions import PageTransactions
 from dsm.errors import ProtocolError
@@ -75,7 +75,11 @@ class PageDirectory(PageTransactions):
     def diff(self, node: str, req: int, page: int, count: int, changed: Any,
              data: Any) -> list[Send]:
         """A node's changes to release pages (at its release): into their home copies
-        (``changed``: a bool per byte of the run, ``Diff.changed``, checked by the protocol)."""
+        (``changed``: a bool per byte of the run, ``Diff.changed``, checked by the protocol).
+        Answered (``DiffApplied``) only by a shard other than the coordinator: the release
+        that follows a diff to the coordinator (or the one directory) comes on the same pipe
+        after it, so it is applied before anyone can acquire; only a diff to another shard
+        must be known applied before the node's release goes."""
         self.layout.check_page(page + count - 1)
         for q in range(page, page + count):
             if not self.release.covers(q):
@@ -85,7 +89,7 @@ class PageDirectory(PageTransactions):
         if self._tracing:
             self._trace(page, "DIFF", node, "", self.release.describe(page), count=count,
                         bytes=len(data) if data is not None else 0)
-        return [Send(node, applied)]
+        return [Send(node, applied)] if self.shard != COORDINATOR_SHARD else []
 
     def dirtied(self, node: str, page: int, count: int) -> list[Send]:
         self.layout.check_page(page + count - 1)

@@ -69,6 +69,9 @@ class PageTransactions:
         #: look (``entry``, ``peek``, a node's loss, a reclaim), so that a grant of 1,024
         #: untouched pages is a dict update, not 1,024 entries
         self._run_owners: dict[int, str] = {}
+        #: node -> what ``peek`` shows of a page of a run granted to it with no entry yet
+        #: (read-only, never modified, as ``_FREE``)
+        self._run_views: dict[str, PageEntry] = {}
         #: per page, whether it was granted to a node since its array was allocated or freed
         #: (``reclaim``); a page never granted is *untouched*: zeros at home, nobody holds it
         #: or has held it (a lookup per page, and a search of a run at once)
@@ -127,7 +130,14 @@ class PageTransactions:
         if e is not None:
             return e
         node = self._run_owners.get(page)
-        return PageEntry.written_by(node) if node is not None else _FREE
+        if node is None:
+            return _FREE
+        # one shared view per owner, as _FREE is: a read of a run's pages (its transaction
+        # extends over each of them) would otherwise make an entry per page only to drop it
+        view = self._run_views.get(node)
+        if view is None:
+            view = self._run_views[node] = PageEntry.written_by(node)
+        return view
 
     def _make_run_entries(self, node: str) -> None:
         """Make the entries of the pages of runs of untouched pages granted to ``node`` (a
@@ -347,8 +357,8 @@ class PageTransactions:
         txn = Txn(self._next_txn, req, n, set(waiting), source, started_s=self._clock())
         self._next_txn += 1
         self._txns[txn.id] = txn
-        for q in range(req.page, req.page + n):
-            self.entry(q).busy = txn
+        for e in self._entries_of(req.page, n):
+            e.busy = txn
         return txn
 
     def _begin(self, req: Request, n: int, nodes: set[str], template: Message,

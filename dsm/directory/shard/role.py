@@ -62,7 +62,8 @@ class Role:
 
     def attach(self, directory: "Directory") -> None:
         self.directory = directory
-        directory.pages.shards = self.count
+        # which shard its page directory is (a diff to the coordinator goes unanswered)
+        directory.pages.shard, directory.pages.shards = self.index, self.count
 
     def tick(self, now: float) -> None:
         """Timers, looked at after every wake-up of the loop."""
