@@ -99,24 +99,27 @@ class SimLinks:
 
     # --- sending -------------------------------------------------------------------------------
     def send(self, channel: deque, src: str, dst: str, msg: p.Message, data: bytes | None,
-             now: float) -> bool:
+             now: float, copies: int = 1) -> bool:
         """``msg`` from ``src`` to ``dst``, sequenced on their link, onto ``channel`` (or not:
         the faults). False for an unsequenced message the faults dropped: its sender is told,
         as a ROUTER tells (EHOSTUNREACH) of a message to a peer whose connection is down; a
-        sequenced one is kept for the replay whatever happens to it."""
+        sequenced one is kept for the replay whatever happens to it. ``copies``: the message
+        stands for as many unsequenced ones sent alike (heartbeats), lost only if every one is."""
         link = self.link(src, dst, now)
         if isinstance(msg, p.UNSEQUENCED):  # never replayed, as the processes send it
-            return self._put(channel, Packet(msg, data, link.unsequenced(p.encode(msg, data))))
+            return self._put(channel, Packet(msg, data, link.unsequenced(p.encode(msg, data))),
+                             copies)
         frames = link.sequenced(p.encode(msg, data), now)
         seq = parse(frames[0])[0]
         self._sent[(src, dst, seq)] = (msg, data)
         self._put(channel, Packet(msg, data, frames))
         return True
 
-    def _put(self, channel: deque, packet: Packet) -> bool:
-        """``packet`` onto ``channel``, or not (False: dropped), or twice, or swapped."""
+    def _put(self, channel: deque, packet: Packet, copies: int = 1) -> bool:
+        """``packet`` onto ``channel``, or not (False: dropped; all its ``copies`` were), or
+        twice, or swapped. (One draw for the copies: the exploration's draws are its choices.)"""
         f, rng = self.faults, self.rng
-        if f.drop and rng.random() < f.drop:
+        if f.drop and rng.random() < f.drop ** copies:
             self.counters["dropped"] += 1
             return False
         channel.append(packet)

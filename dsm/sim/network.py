@@ -81,9 +81,10 @@ class NetworkSimulation:
     directories and schedule)."""
 
     # --- the network -------------------------------------------------------------------------------
-    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None) -> bool:
+    def _send(self, src: str, dst: str, msg: p.Message, data: bytes | None,
+              copies: int = 1) -> bool:
         """``msg`` onto the pair's channel; False if it was not sent and its sender is told
-        (``SimLinks.send``)."""
+        (``SimLinks.send``; ``copies``: as many sent alike, lost only if all are)."""
         if dst not in self.directories and not self.nodes[dst].alive:
             self._mark_lost_with(msg)  # what it carries dies with its receiver
             if dst not in self.unnoticed_dead:
@@ -92,7 +93,7 @@ class NetworkSimulation:
             self.timers.sent(src, dst)
         # on the pair's session, as the processes send it (``dsm.sim.links``)
         return self.links.send(self.channels.setdefault((src, dst), deque()), src, dst, msg,
-                               data, self.clock)
+                               data, self.clock, copies)
 
     def _alive(self, name: str) -> bool:
         return name in self.directories or self.nodes[name].alive

@@ -23,13 +23,14 @@ cut-off with none fails the run (its heartbeats did not go out, or were not answ
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from dsm import protocol as p
 from dsm.core.timers import AgentTimers
 from dsm.directory.shard import HELLO_HOLD_S, Member
-from dsm.liveness import (HOUSEKEEPING_INTERVAL_S, NODE_CUT_OFF_S, NODE_TIMEOUT_S,
-                          TRANSACTION_TIMEOUT_S)
+from dsm.liveness import (ACK_TIMEOUT_S, HEARTBEAT_INTERVAL_S, HOUSEKEEPING_INTERVAL_S,
+                          NODE_CUT_OFF_S, NODE_TIMEOUT_S, TRANSACTION_TIMEOUT_S)
 from dsm.sim.model import SimulationFailure
 from dsm.sim.network import sim_identity
 
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 #: the silence of a node's session that stands for "never": a transaction open since no time
 NEVER_S = float("inf")
 
+
+#: the most heartbeat intervals one heartbeat stands for after a jump of the clock: those of
+#: the longest idle jump, the sessions' replay timer
+HEARTBEATS_PER_JUMP = math.ceil(ACK_TIMEOUT_S / HEARTBEAT_INTERVAL_S)
 
 class SimTimers:
     """The world's liveness timers; ``run`` after every step, ``next_due`` to jump to."""
@@ -132,10 +137,19 @@ class SimTimers:
             return
         if node.deferred is not None:
             return  # its agent is busy carrying out actions: its loop looks at timers after
-        if agent.heartbeat_due(now, min(self.last_sent_s[(name, s)] for s in shards)):
-            world._step(f"{name} sends its heartbeats")
+        last_sent_s = min(self.last_sent_s[(name, s)] for s in shards)
+        if agent.heartbeat_due(now, last_sent_s):
+            # the clock may have jumped past several heartbeat intervals (the sessions' replay
+            # timer, ACK_TIMEOUT_S): the agent sent one each, and a shard hears the node if any
+            # of them arrives. One message stands for them (they say the same), lost only if
+            # every one is; at most HEARTBEATS_PER_JUMP, so that states the exploration's
+            # fingerprint merges (timers kept as expired or not) send alike
+            intervals = int((now - last_sent_s) / HEARTBEAT_INTERVAL_S)
+            copies = max(1, min(HEARTBEATS_PER_JUMP, intervals))
+            world._step(f"{name} sends its heartbeats" + (f" ({copies} intervals)" if copies > 1
+                                                          else ""))
             for shard in shards:  # every shard keeps its own session of the node
-                world._send(name, shard, p.Heartbeat(), None)
+                world._send(name, shard, p.Heartbeat(), None, copies)
         acts = agent.overdue(node.core, now)
         if acts:
             world._step(f"{name}'s requests are overdue: {acts}")

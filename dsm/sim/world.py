@@ -316,12 +316,9 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                 self._check_invariants()
                 return True
             if self.links.owed():  # nothing to do but wait for the sessions' timers
-                # (or a liveness timer due before them: a heartbeat skipped by the jump would
-                # halve the words of life a silent node's shards hear while replays go on; nor
-                # past a member's heartbeat: the coordinator hears one every interval)
-                due = self.timers.next_due()
-                self._pass_time(min(self.clock + ACK_TIMEOUT_S, self.timers.shard_heartbeat_due(),
-                                    due if due is not None else float("inf")))
+                # (not past a member's heartbeat: the coordinator hears one every interval; the
+                # nodes' heartbeats of the jump go out after it, ``dsm.sim.timers``)
+                self._pass_time(min(self.clock + ACK_TIMEOUT_S, self.timers.shard_heartbeat_due()))
             elif self.timers.deadline_pending() and self.timers.next_due() is not None:
                 self._pass_time(self.timers.next_due())  # or a liveness deadline (dsm.sim.timers)
             else:
