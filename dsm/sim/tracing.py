@@ -101,12 +101,12 @@ class SimTrace:
         send, deliver, kill, notice = (world._send, world._deliver, world._kill,
                                        world._notice_death)
 
-        def traced_send(src: str, dst: str, msg, data) -> bool:
+        def traced_send(src: str, dst: str, msg, data, copies: int = 1) -> bool:
             n = self._sent.get((src, dst), 0) + 1
             self._sent[(src, dst)] = n
             self._flying.setdefault((src, dst), deque()).append((msg, n))
             self.tracers[src].message("send", src, dst, dst, msg, n)
-            return send(src, dst, msg, data)
+            return send(src, dst, msg, data, copies)
 
         def traced_deliver(pair: tuple[str, str]) -> None:
             msg = world.channels[pair][0].msg
