@@ -25,7 +25,7 @@ def hops_bound(nodes: int) -> int:
 
 #: (name, World keyword arguments, seeds)
 CONFIGS = [
-    ("3 nodes", dict(nodes=3), range(0, 150)),
+    ("3 nodes", dict(nodes=3), range(0, 100)),
     ("5 nodes, 2 threads", dict(nodes=5, threads_per_node=2), range(0, 100)),
     ("3 nodes on 2 pages, 3 threads", dict(nodes=3, pages=2, threads_per_node=3,
                                            ops_per_thread=30), range(0, 50)),
@@ -35,9 +35,9 @@ CONFIGS = [
      dict(nodes=4, pages=4, threads_per_node=2, give_backs=True), range(0, 100)),
     ("bands of pages, given back, 4 nodes", dict(nodes=4, pages=12, ops_per_thread=40,
                                                  bands=True, give_backs=True), range(0, 50)),
-    ("a death", dict(nodes=3, deaths=1), range(0, 150)),
-    ("4 nodes, 2 deaths", dict(nodes=4, deaths=2), range(0, 150)),
-    ("a death, pages given back", dict(nodes=3, deaths=1, give_backs=True), range(0, 150)),
+    ("a death", dict(nodes=3, deaths=1), range(0, 100)),
+    ("4 nodes, 2 deaths", dict(nodes=4, deaths=2), range(0, 100)),
+    ("a death, pages given back", dict(nodes=3, deaths=1, give_backs=True), range(0, 100)),
     ("5 nodes, 2 threads, a death", dict(nodes=5, threads_per_node=2, deaths=1), range(0, 60)),
     ("everything at once", dict(nodes=3, threads_per_node=2, deaths=1, give_backs=True,
                                 faults=Faults.everywhere(0.05)), range(0, 100)),

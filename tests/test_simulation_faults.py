@@ -26,7 +26,8 @@ from dsm.directory import machine
 from dsm.directory.pages import PageDirectory
 from dsm.managers import Manager
 from dsm.reliability import ReliableLink
-from dsm.sim import nodes, world
+from dsm.liveness import NODE_TIMEOUT_S
+from dsm.sim import nodes, partitions, world
 from dsm.sim.links import Faults, SimLinks
 from dsm.sim.timers import HEARTBEATS_PER_JUMP
 from dsm.sim.world import SimulationFailure, World
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.timeout(120)
 
 #: every kind of fault at this rate per message (a reset a tenth as often, per step)
 RATE = 0.15
+#: partitions alone, per step: about one in each run of a few hundred steps
+PARTITION_RATE = 0.005
 #: what a transaction left stuck ends in: a thread that hangs once nothing is in flight, or,
 #: when time passes first, the transaction's deadline declaring a live node dead
 STUCK = ("hangs", "alive, was declared dead")
@@ -251,3 +254,28 @@ def test_a_heartbeat_after_a_jump_of_the_clock_stands_for_every_interval_it_skip
     links.rng = type("Draw", (), {"random": staticmethod(lambda: RATE ** 2 * 1.5)})()
     assert not links._put(deque(), None)
     assert links._put(deque(), None, copies=2)
+
+
+def test_a_node_partitioned_for_a_short_outage_loses_nothing_and_is_not_declared_dead():
+    # partitions alone, then with every other fault: each heals with its connections reset
+    struck = 0
+    for seed in range(12):
+        for faults in (Faults(partition=PARTITION_RATE), Faults.everywhere(RATE)):
+            w = World(seed, release_pages=2, deaths=0, faults=faults)
+            w.run()
+            struck += w.partitions.count
+    assert struck >= 6, struck  # the partitions did strike
+
+
+def test_a_partition_longer_than_the_cut_off_is_a_death_the_node_makes_itself(monkeypatch):
+    # the partition reaches the real timers: past NODE_CUT_OFF_S the node's agent cuts itself
+    # off (its workload stops, as a kill), its shards declare it dead once silent past
+    # NODE_TIMEOUT_S, and what it held is lost loudly, never read wrong
+    monkeypatch.setattr(partitions, "PARTITION_MIN_S", NODE_TIMEOUT_S + 1.0)
+    monkeypatch.setattr(partitions, "PARTITION_MAX_S", NODE_TIMEOUT_S + 2.0)
+    cut_off = 0
+    for seed in range(12):
+        w = World(seed, faults=Faults(partition=PARTITION_RATE))
+        w.run()
+        cut_off += any("cuts itself off" in step for step in w.schedule)
+    assert cut_off >= 3, cut_off

@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="barrier phases of the data-race-free programs")
     parser.add_argument("--faults", type=float, default=0.0, metavar="RATE",
                         help="drop, duplicate and swap each message with this probability, and "
-                             "reset a connection now and then (a tenth as often): the real "
-                             "session layer replays (dsm/sim/links.py); fail the nodes' kernel "
+                             "reset a connection now and then (a tenth as often), cut a node "
+                             "off from every other party for up to 2 s (a twentieth as often, "
+                             "dsm/sim/partitions.py): the real session layer replays "
+                             "(dsm/sim/links.py); fail the nodes' kernel "
                              "calls (EAGAIN, ENOMEM, a forked child's ESRCH) and page sends to "
                              "peers with it too (dsm/sim/agent.py)")
     parser.add_argument("--events", type=float, default=0.0, metavar="RATE",

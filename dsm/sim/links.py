@@ -48,6 +48,8 @@ class Faults(Rates):
     duplicate: float = 0.0
     swap: float = 0.0
     reset: float = 0.0
+    #: a live node cut off from every other party for a while (``dsm.sim.partitions``), per step
+    partition: float = 0.0
     eagain: float = 0.0
     enomem: float = 0.0
     exit: float = 0.0
@@ -55,9 +57,10 @@ class Faults(Rates):
 
     @classmethod
     def everywhere(cls, rate: float) -> "Faults":
-        """Every kind at ``rate`` (a reset a tenth as often: each costs a replay of the pair)."""
-        return cls(drop=rate, duplicate=rate, swap=rate, reset=rate / 10, eagain=rate,
-                   enomem=rate, exit=rate, unreachable=rate)
+        """Every kind at ``rate`` (a reset a tenth as often: each costs a replay of the pair; a
+        partition a twentieth: each lasts up to ``dsm.sim.partitions.PARTITION_MAX_S``)."""
+        return cls(drop=rate, duplicate=rate, swap=rate, reset=rate / 10, partition=rate / 20,
+                   eagain=rate, enomem=rate, exit=rate, unreachable=rate)
 
 
 NO_FAULTS = Faults()
@@ -203,6 +206,12 @@ class SimLinks:
         if not pairs:
             return None
         a, b = self.rng.choice(pairs)
+        self.reset_pair(a, b, channels)
+        return a, b
+
+    def reset_pair(self, a: str, b: str, channels: dict) -> None:
+        """The connection between ``a`` and ``b`` resets: a suffix of what is in flight each
+        way is lost, and both ends reconnect (and replay)."""
         for pair in ((a, b), (b, a)):
             channel = channels.get(pair)
             if channel:
@@ -214,7 +223,10 @@ class SimLinks:
                 link.reconnected()
                 self._maybe_owing[pair] = self._made[pair]
         self.counters["resets"] += 1
-        return a, b
+
+    def peers_of(self, name: str) -> list[str]:
+        """The parties ``name`` has a session with, in a fixed order."""
+        return sorted({peer for me, peer in self._links if me == name})
 
     def owed(self) -> bool:
         """Whether any link still waits for an acknowledgement or owes one."""

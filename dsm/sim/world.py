@@ -70,6 +70,7 @@ from dsm.sim.links import NO_FAULTS, Faults, SimLinks
 from dsm.sim.network import (DIRECTORY, SIM_INCARNATION, STRIPE_PAGES, NetworkSimulation,
                              sim_identity)
 from dsm.sim.nodes import NodeSimulation, SimNode, Thread
+from dsm.sim.partitions import Partitions
 from dsm.sim.processes import NO_EVENTS, KernelEvents, ProcessSimulation
 from dsm.sim.shards import (LostQueries, build_shards, check_deaths_told, join_nodes,
                             joining_step, node_hello, shard_name)
@@ -144,6 +145,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.channels: dict[tuple[str, str], deque] = {}
         #: every pair's session (the real one) over channels with ``faults``
         self.links = SimLinks(self.rng, faults)
+        #: a node cut off from every other party for a while (``Faults.partition``)
+        self.partitions = Partitions(self.links)
         #: a joining shard's ShardWelcome, handed over at once (``dsm.sim.shards``)
         self.shard_welcomes: dict[str, p.Message] = {}
         #: each shard's directory state machine, the processes' own (``dsm.directory.machine``),
@@ -286,7 +289,14 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         reset = self.links.maybe_reset(self.channels, self._alive)
         if reset is not None:
             self._step(f"the connection {reset[0]}<->{reset[1]} resets")
-        choices: list = [pair for pair, q in self.channels.items() if q]
+        self._heal_partition()
+        cut = None if self.joining else self.partitions.maybe_start(
+            [n.name for n in self.nodes.values() if n.alive], self.clock)
+        if cut is not None:
+            self._step(f"{cut} is cut off from every other party until "
+                       f"{self.partitions.until_s:.3f} s")
+        choices: list = [pair for pair, q in self.channels.items()
+                         if q and not self.partitions.cuts(pair)]
         if self.joining:  # the nodes' workloads start once their agents have joined every shard
             return joining_step(self, choices)
         choices += [t for n in self.nodes.values() if n.alive for t in n.threads
@@ -302,7 +312,9 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         if working:
             choices += [("lost query", n) for n in self.lost_queries.askers()]
         if self.kernel_events.any:
-            if any(not t.done for n in self.nodes.values() if n.alive for t in n.threads):
+            # (none new while a partition holds: the others' work waits behind it for up to
+            # PARTITION_MAX_S, thousands of steps, which new events would fill to the step limit)
+            if working and self.partitions.node is None:
                 choices.append("kernel event")
             choices += [("events", n) for n in self.nodes.values()
                         if n.alive and self._has_events(n)]
@@ -321,6 +333,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                 self._pass_time(min(self.clock + ACK_TIMEOUT_S, self.timers.shard_heartbeat_due()))
             elif self.timers.deadline_pending() and self.timers.next_due() is not None:
                 self._pass_time(self.timers.next_due())  # or a liveness deadline (dsm.sim.timers)
+            elif self.partitions.next_heal_s() is not None:  # or the end of a partition
+                self._pass_time(self.partitions.next_heal_s())
             else:
                 self._check_finished()
                 return False
@@ -364,10 +378,16 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         due then go off: the sessions' (replays), the liveness ones (``dsm.sim.timers``)."""
         self.clock = max(self.clock, until + self.step_s)
         self._step(f"time passes to {self.clock:.3f} s")
+        self._heal_partition()
         self._touched = set()  # (a death declared checks every page: ``_notice_death``)
         self.timers.run(idle=True)
         self._check_invariants()
         self.links.due(self.channels, self._alive, self.clock)
+
+    def _heal_partition(self) -> None:
+        healed = self.partitions.heal_due(self.clock, self.channels, self._alive)
+        if healed is not None:
+            self._step(f"{healed}'s link comes back: each of its connections resets")
 
     def _touch(self, msg: p.Message) -> None:
         if self._touched is not None and not isinstance(msg, p.Heartbeat):  # (a word of life)
