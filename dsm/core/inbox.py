@@ -149,12 +149,15 @@ class Inbox:
                                 f"are not runs of the region's {self.layout.num_pages} pages")
 
     def _on_answer(self, msg: Any, data: Any) -> None:
-        if isinstance(msg, p.SyncReply) and (msg.notices or msg.guarded):
+        if isinstance(msg, p.SyncReply):
             # an acquire: before the process goes on, the copies others changed are dropped
-            # and the guarded pages the grant carries are installed
+            # and the guarded pages the grant carries are installed (every answer, notices or
+            # not, ends its request: the core forgets the diffs it counted at the request)
             self._check_runs(msg.notices)
             self._check_runs(msg.guarded)
             self._carry_out(self.core.acquire_sync(msg.notices, msg.guarded, data, msg.req))
+        elif isinstance(msg, p.Error):  # a request refused (a lock's timeout): ended too
+            self.core.acquire_sync([], [], None, msg.req)
         if isinstance(msg, p.Allocated):
             if msg.offset + msg.nbytes > self.layout.size:  # the asking process gets an error
                 msg = p.Error(msg.req, f"the directory allocated bytes {msg.offset:#x}+"
