@@ -169,6 +169,8 @@ def test_bench_fault_measures_its_floors_in_the_same_run(tmp_path, run_bench):
             assert rows[key]["cpu_us_per_access"][f"{key} {party}"] > 0, (key, party)
             # and its threads' time waiting for a CPU (none on an idle machine)
             assert rows[key]["run_queue_wait_us_per_access"][f"{key} {party}"] >= 0, (key, party)
+            # each party waits for every message it handles: at least one wake-up per page
+            assert rows[key]["wakeups_per_access"][f"{key} {party}"] >= 1, (key, party)
     for key, row in rows.items():
         floor = FLOOR_OF.get(key)
         if key in FLOOR_KEYS:
@@ -221,14 +223,17 @@ def test_bench_fault_with_keys_measures_a_keyed_cluster_beside_the_open_one(tmp_
 
 
 @pytest.mark.timeout(30)
-def test_sched_ns_counts_the_time_on_a_cpu_and_in_the_run_queue():
-    running, waiting = sched_ns(os.getpid())
+def test_sched_ns_counts_the_time_on_a_cpu_in_the_run_queue_and_the_wake_ups():
+    running, waiting, slices = sched_ns(os.getpid())
     busy_until = time.thread_time() + 0.05  # some CPU of this thread's own
     while time.thread_time() < busy_until:
         pass
-    running_after, waiting_after = sched_ns(os.getpid())
+    for _ in range(3):
+        time.sleep(0.001)  # off the CPU and back on: a wake-up each
+    running_after, waiting_after, slices_after = sched_ns(os.getpid())
     assert running_after - running >= 0.04e9 and waiting_after >= waiting >= 0
-    assert sched_ns(None) == (0, 0)
+    assert slices_after - slices >= 3
+    assert sched_ns(None) == (0, 0, 0)
 
 
 def test_bench_fault_rejects_bad_sizes():

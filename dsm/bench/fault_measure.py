@@ -261,8 +261,9 @@ class FaultBench:
         row.add_cpu(cpu_before, self._cpu())
         row.add_samples(samples)
 
-    def _cpu(self) -> dict[str, tuple[int, int]]:
-        """Each process's time on a CPU and in the run queue so far (``sched_ns``)."""
+    def _cpu(self) -> dict[str, tuple[int, int, int]]:
+        """Each process's time on a CPU and in the run queue, and its wake-ups, so far
+        (``sched_ns``)."""
         return {name: sched_ns(pid) for name, pid in self.pids.items()}
 
     def _counters(self, node: str) -> dict[str, int]:

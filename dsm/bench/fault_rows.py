@@ -21,6 +21,8 @@ TARGETS: dict[str, float] = {"home_read": 1.2, "owned_read": 1.8, "write_upgrade
                              "write_miss": 2.0}
 #: the keyed cluster's row-key suffix
 CURVE_SUFFIX = "@curve"
+#: a process's figure per access below this is left out of the per-process lines (idle ones)
+MIN_SHOWN = 0.5
 #: the per-process times printed for every row: (the result's key, the title of its lines).
 #: The second says how long each process's woken threads waited for a CPU: on a shared machine
 #: that, more than the CPU, is what a fault's messages wait for (a thread per process and hop,
@@ -30,6 +32,7 @@ PER_PROCESS_TIMES = (
                           "own bookkeeping):"),
     ("run_queue_wait_us_per_access", "run-queue wait µs per access, by process (all threads: "
                                      "runnable, waiting for a CPU):"),
+    ("wakeups_per_access", "wake-ups per access, by process (all threads: times put on a CPU)"),
 )
 
 
@@ -45,6 +48,8 @@ class Row:
     cpu_ns: dict[str, int] = field(default_factory=dict)
     #: time each process's threads spent runnable but waiting for a CPU meanwhile, in ns
     wait_ns: dict[str, int] = field(default_factory=dict)
+    #: times each process's threads were put on a CPU meanwhile
+    wakeups: dict[str, int] = field(default_factory=dict)
     #: messages and bytes of every agent of the faulting node's cluster during the accesses
     #: (each message is one an agent sent or received: ``NodeStats.count_message``)
     messages: int = 0
@@ -57,14 +62,15 @@ class Row:
         if samples_ns:
             self.round_medians_us.append(float(np.median(samples_ns)) / 1e3)
 
-    def add_cpu(self, before: dict[str, tuple[int, int]],
-                after: dict[str, tuple[int, int]]) -> None:
+    def add_cpu(self, before: dict[str, tuple[int, int, int]],
+                after: dict[str, tuple[int, int, int]]) -> None:
         """Add what each process had of the CPUs between ``before`` and ``after`` (``sched_ns``
-        of each): its time on one, and its time waiting for one."""
-        for name, (cpu, wait) in after.items():
-            cpu0, wait0 = before.get(name, (cpu, wait))
+        of each): its time on one, its time waiting for one, and its wake-ups."""
+        for name, (cpu, wait, slices) in after.items():
+            cpu0, wait0, slices0 = before.get(name, (cpu, wait, slices))
             self.cpu_ns[name] = self.cpu_ns.get(name, 0) + cpu - cpu0
             self.wait_ns[name] = self.wait_ns.get(name, 0) + wait - wait0
+            self.wakeups[name] = self.wakeups.get(name, 0) + slices - slices0
 
     def stats(self) -> dict[str, float]:
         a = np.asarray(self.samples_ns, dtype=np.float64) / 1e3
@@ -160,6 +166,9 @@ def row_results(rows: dict[str, Row], warnings: list[str]) -> list[dict]:
             },
             "run_queue_wait_us_per_access": {
                 name: t / n / 1e3 for name, t in sorted(row.wait_ns.items()) if n
+            },
+            "wakeups_per_access": {
+                name: k / n for name, k in sorted(row.wakeups.items()) if n
             },
             #: per access: messages and bytes (every agent of the cluster), and the CPU of
             #: the manager (the directory and its shards)
@@ -270,7 +279,7 @@ def format_table(result: dict) -> str:
     for key, title in PER_PROCESS_TIMES:
         out.append(title)
         for r in result["rows"]:
-            busy = sorted(((t, name) for name, t in r.get(key, {}).items() if t >= 0.5),
+            busy = sorted(((t, name) for name, t in r.get(key, {}).items() if t >= MIN_SHOWN),
                           reverse=True)
             cells = ", ".join(f"{name} {t:.1f}" for t, name in busy) or "-"
             out.append(f"  {r['label'].ljust(widths[0])}  {cells}")

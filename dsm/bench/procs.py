@@ -176,25 +176,28 @@ def cpu_ns(pid: int | None) -> int:
     return sched_ns(pid)[0]
 
 
-def sched_ns(pid: int | None) -> tuple[int, int]:
-    """What every thread of ``pid`` (libzmq's I/O threads too) has had of the CPUs so far, in
-    ns: its time on a CPU, and its time runnable but waiting for one (the run queue: on a
-    loaded machine, each thread a message wakes waits there before it runs)."""
+def sched_ns(pid: int | None) -> tuple[int, int, int]:
+    """What every thread of ``pid`` (libzmq's I/O threads too) has had of the CPUs so far: its
+    time on a CPU and its time runnable but waiting for one (the run queue: on a loaded
+    machine, each thread a message wakes waits there before it runs), in ns, and how many times
+    a thread of it was put on a CPU (its wake-ups: each costs a context switch, and a message
+    through ZeroMQ wakes its I/O thread and then the receiving thread)."""
     if pid is None:
-        return 0, 0
-    running = waiting = 0
+        return 0, 0, 0
+    running = waiting = slices = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0, 0
+        return 0, 0, 0
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                on_cpu, queued = f.read().split()[:2]
+                on_cpu, queued, timeslices = f.read().split()[:3]
             running, waiting = running + int(on_cpu), waiting + int(queued)
+            slices += int(timeslices)
         except (OSError, ValueError):
             pass
-    return running, waiting
+    return running, waiting, slices
 
 
 class Processes:
