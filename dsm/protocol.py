@@ -581,7 +581,9 @@ class Diff(Message, tag=MsgType.DIFF.value):
     run changed, as ``encoding`` (``DiffEncoding``) tells; the page frame is those bytes, one
     after another (no frame, payload NONE, when nothing changed). Answered by DiffApplied under
     the same ``req`` by a shard other than the coordinator only (the coordinator, or the one
-    directory, gets the node's release after it on the same pipe: nothing waits for it)."""
+    directory, gets the node's release after it on the same pipe: nothing waits for it). A
+    release that goes at once carries the diffs of the coordinator's pages itself
+    (``LockRelease.diffs``): a Diff is what the others take."""
 
     DIRECTION = Direction.TO_DIRECTORY
     CARRIES_PAGE = True
@@ -597,41 +599,68 @@ class Diff(Message, tag=MsgType.DIFF.value):
         as ``frame_bytes`` checked it); None when nothing did (payload NONE)."""
         if self.payload != Payload.DATA:
             return None
-        size = self.count * page_size
-        if self.encoding == DiffEncoding.MASK:
-            return np.unpackbits(np.frombuffer(self.changes, dtype=np.uint8)).view(bool)
-        starts, lengths = self._spans()
-        # +1 where a span starts, -1 where it ends: the running sum is 1 inside spans
-        edges = np.zeros(size + 1, dtype=np.int8)
-        edges[starts] = 1
-        edges[starts + lengths] -= 1
-        return np.cumsum(edges[:-1], dtype=np.int8).view(bool)
+        return changed_of(self.count, self.encoding, self.changes, page_size)
 
     def frame_bytes(self, page_size: int) -> int:
         """The frame's length ``changes`` calls for; ProtocolError if it does not describe bytes
         of the run (spans not ascending, apart and within it; a mask of another length)."""
-        size = self.count * page_size
-        if self.encoding == DiffEncoding.MASK:
-            if len(self.changes) * 8 != size:
-                raise ProtocolError(f"Diff mask is {len(self.changes)} bytes: a run of "
-                                    f"{self.count} pages needs {size // 8}")
-            return int(_BITS_SET[np.frombuffer(self.changes, dtype=np.uint8)].sum())
-        if len(self.changes) % SPAN_BYTES:
-            raise ProtocolError(f"Diff spans are {len(self.changes)} bytes: not (start, length) "
-                                f"pairs of {SPAN_DTYPE} ({SPAN_BYTES} bytes each)")
-        starts, lengths = self._spans()
-        ends = starts + lengths
-        bad = (lengths == 0) | (ends > size)
-        bad[1:] |= starts[1:] < ends[:-1]
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ProtocolError(f"Diff span {i} ({starts[i]}+{lengths[i]}) is not an ascending, "
-                                f"non-empty range within the run's {size} bytes")
-        return int(lengths.sum())
+        return changed_bytes_of(self.count, self.encoding, self.changes, page_size, "Diff")
 
-    def _spans(self) -> tuple[np.ndarray, np.ndarray]:
-        spans = np.frombuffer(self.changes, dtype=SPAN_DTYPE).reshape(-1, 2).astype(np.int64)
-        return spans[:, 0], spans[:, 1]
+
+def changed_of(count: int, encoding: int, changes: bytes, page_size: int) -> np.ndarray:
+    """Which bytes of a run of ``count`` pages ``changes`` (as ``encoding`` says) names: a bool
+    array of ``count * page_size`` (``changes`` as ``changed_bytes_of`` checked it)."""
+    size = count * page_size
+    if encoding == DiffEncoding.MASK:
+        return np.unpackbits(np.frombuffer(changes, dtype=np.uint8)).view(bool)
+    starts, lengths = _spans(changes)
+    # +1 where a span starts, -1 where it ends: the running sum is 1 inside spans
+    edges = np.zeros(size + 1, dtype=np.int8)
+    edges[starts] = 1
+    edges[starts + lengths] -= 1
+    return np.cumsum(edges[:-1], dtype=np.int8).view(bool)
+
+
+def changed_bytes_of(count: int, encoding: int, changes: bytes, page_size: int,
+                     what: str) -> int:
+    """How many bytes of a run of ``count`` pages ``changes`` (as ``encoding`` says) names;
+    ProtocolError, naming ``what``, if it does not describe bytes of the run (spans not
+    ascending, apart and within it; a mask of another length)."""
+    size = count * page_size
+    if encoding == DiffEncoding.MASK:
+        if len(changes) * 8 != size:
+            raise ProtocolError(f"{what} mask is {len(changes)} bytes: a run of "
+                                f"{count} pages needs {size // 8}")
+        return int(_BITS_SET[np.frombuffer(changes, dtype=np.uint8)].sum())
+    if len(changes) % SPAN_BYTES:
+        raise ProtocolError(f"{what} spans are {len(changes)} bytes: not (start, length) "
+                            f"pairs of {SPAN_DTYPE} ({SPAN_BYTES} bytes each)")
+    starts, lengths = _spans(changes)
+    ends = starts + lengths
+    bad = (lengths == 0) | (ends > size)
+    bad[1:] |= starts[1:] < ends[:-1]
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ProtocolError(f"{what} span {i} ({starts[i]}+{lengths[i]}) is not an ascending, "
+                            f"non-empty range within the run's {size} bytes")
+    return int(lengths.sum())
+
+
+def _spans(changes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    spans = np.frombuffer(changes, dtype=SPAN_DTYPE).reshape(-1, 2).astype(np.int64)
+    return spans[:, 0], spans[:, 1]
+
+
+#: a diff a release carries (``LockRelease.diffs``): (page, count, encoding, changes) as a
+#: ``Diff`` has them; its bytes are in the release's page frame, after those of the diffs
+#: before it
+CarriedDiff = tuple[PageNo, PageCount, DiffEncodingKind, bytes]
+
+
+def carried_frame_bytes(diffs: list, page_size: int, what: str) -> int:
+    """The page frame's length the carried ``diffs`` call for (``changed_bytes_of`` each)."""
+    return sum(changed_bytes_of(count, encoding, changes, page_size, f"{what}[{i}]")
+               for i, (_, count, encoding, changes) in enumerate(diffs))
 
 
 #: how many bits each byte value has set (a mask's changed bytes, counted a byte at a time)
@@ -811,11 +840,23 @@ class LockRelease(Message, tag=MsgType.LOCK_RELEASE.value):
     release that fails (an Error), not the one that succeeds, which nobody waits for."""
 
     DIRECTION = Direction.TO_DIRECTORY
+    CARRIES_PAGE = True
     req: U64
     name: str
     holder: str
     notices: list[U64] = msgspec.field(default_factory=list)
     answered: bool = False
+    #: the diffs of the coordinator's pages, carried rather than sent ahead (one message, not
+    #: one per run): applied to their home copies before the release (payload DATA: their
+    #: bytes, one diff's after another's, in the page frame; a release that waited for another
+    #: shard's DiffApplied carries none, its diffs went ahead)
+    diffs: list[CarriedDiff] = msgspec.field(default_factory=list)
+    payload: PayloadKind = Payload.NONE
+
+    def frame_bytes(self, page_size: int) -> int:
+        """The page frame's length ``diffs`` calls for; ProtocolError if one of them does not
+        describe bytes of its run."""
+        return carried_frame_bytes(self.diffs, page_size, "LockRelease.diffs")
 
 
 class BarrierJoin(Message, tag=MsgType.BARRIER_JOIN.value):
@@ -833,6 +874,7 @@ class BarrierWait(Message, tag=MsgType.BARRIER_WAIT.value):
     others (the departure is an acquire)."""
 
     DIRECTION = Direction.TO_DIRECTORY
+    CARRIES_PAGE = True
     req: U64
     name: str
     parties: Parties
@@ -841,6 +883,13 @@ class BarrierWait(Message, tag=MsgType.BARRIER_WAIT.value):
     #: break the barrier if the others have not all arrived within this (negative: wait
     #: forever), as ``threading.Barrier.wait(timeout)`` does
     timeout_ms: I64 = -1
+    #: the diffs the arrival carries, as ``LockRelease.diffs``
+    diffs: list[CarriedDiff] = msgspec.field(default_factory=list)
+    payload: PayloadKind = Payload.NONE
+
+    def frame_bytes(self, page_size: int) -> int:
+        """As ``LockRelease.frame_bytes``."""
+        return carried_frame_bytes(self.diffs, page_size, "BarrierWait.diffs")
 
 
 class Departed(Message, tag=MsgType.DEPARTED.value):
@@ -1210,12 +1259,11 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
         if type(page) is not bytes:  # a zmq.Frame received without a copy: hand out its buffer
             page = memoryview(page)
         length = len(page)
-        if cls is Diff or cls is SyncReply:
+        if cls in _FRAME_OF_FIELDS:
             expected = msg.frame_bytes(page_size)
             if length != expected:
                 raise ProtocolError(f"{cls.__name__} frame is {length} bytes, its "
-                                    f"{'changes' if cls is Diff else 'guarded pages'} need "
-                                    f"{expected}")
+                                    f"{_FRAME_OF_FIELDS[cls]} need {expected}")
         else:
             expected = msg.count * page_size
             if length != expected:
@@ -1230,7 +1278,16 @@ def decode(frames: list[Any], page_size: int, to: Direction) -> tuple[Message, A
     elif cls is SyncReply and msg.guarded:
         raise ProtocolError("a SyncReply with guarded pages needs the DATA payload and their "
                             "bytes")
+    elif (cls is LockRelease or cls is BarrierWait) and msg.diffs:
+        raise ProtocolError(f"a {cls.__name__} carrying diffs needs the DATA payload and "
+                            "their bytes")
     return msg, page
+
+
+#: the messages whose page frame is what some of their fields describe (not ``count`` pages):
+#: those fields, as a refusal names them
+_FRAME_OF_FIELDS = {Diff: "changes", SyncReply: "guarded pages", LockRelease: "diffs",
+                    BarrierWait: "diffs"}
 
 
 def _wrong_direction(cls: type[Message], to: Direction) -> ProtocolError:

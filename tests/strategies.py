@@ -116,6 +116,21 @@ def wrong_value(cls: type, name: str) -> st.SearchStrategy:
 
 
 @st.composite
+def diff_changes(draw, count: int, page_size: int) -> tuple[int, bytes, list]:
+    """(encoding, changes, the changed ranges): ascending ranges of a run of ``count`` pages,
+    as spans or a mask (spans when none)."""
+    cuts = sorted(draw(st.sets(st.integers(0, count * page_size), max_size=6)))
+    pairs = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2])]
+    if draw(st.booleans()) and pairs:
+        mask = np.zeros(count * page_size, dtype=bool)
+        for start, length in pairs:
+            mask[start:start + length] = True
+        return p.DiffEncoding.MASK, np.packbits(mask).tobytes(), pairs
+    return (p.DiffEncoding.SPANS,
+            np.array(pairs, dtype=p.SPAN_DTYPE).reshape(-1, 2).tobytes(), pairs)
+
+
+@st.composite
 def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
     """(message, page frame or None): a valid message of ``cls`` and, for a DATA payload, a
     page frame of the right length."""
@@ -126,23 +141,25 @@ def valid_message(draw, cls: type, page_size: int) -> tuple[Any, Any]:
         values["guarded"] = [x for i, c in enumerate(counts) for x in (10 * i, c)]
         values["payload"] = p.Payload.DATA if counts else draw(
             st.sampled_from([p.Payload.NONE, p.Payload.ZERO]))
+    elif cls in (p.LockRelease, p.BarrierWait):  # a few carried diffs (payload DATA), or none
+        diffs = []
+        for i in range(draw(st.integers(0, 2))):
+            count = draw(st.integers(1, 2))
+            encoding, changes, _ = draw(diff_changes(count, page_size))
+            diffs.append((10 * i, count, encoding, changes))
+        values["diffs"] = diffs
+        values["payload"] = p.Payload.DATA if diffs else p.Payload.NONE
     elif cls.CARRIES_PAGE and values["count"] > 4:  # valid, but cheap: a few pages
         values["count"] = draw(st.integers(1, 4))
-    if cls is p.Diff:  # ascending ranges of the run, as spans or a mask; their bytes
-        cuts = sorted(draw(st.sets(st.integers(0, values["count"] * page_size), max_size=6)))
-        pairs = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2])]
-        if values["encoding"] == p.DiffEncoding.MASK and pairs:
-            mask = np.zeros(values["count"] * page_size, dtype=bool)
-            for start, length in pairs:
-                mask[start:start + length] = True
-            values["changes"] = np.packbits(mask).tobytes()
-        else:
-            values["encoding"] = p.DiffEncoding.SPANS
-            values["changes"] = np.array(pairs, dtype=p.SPAN_DTYPE).reshape(-1, 2).tobytes()
+    if cls is p.Diff:
+        values["encoding"], values["changes"], pairs = draw(diff_changes(values["count"],
+                                                                         page_size))
         values["payload"] = p.Payload.DATA if pairs else p.Payload.NONE
     msg = cls(**values)
     page = None
-    if (cls is p.Diff and msg.changes) or (cls is p.SyncReply and msg.guarded):
+    if cls in (p.LockRelease, p.BarrierWait) and msg.diffs:
+        page = bytes([draw(st.integers(0, 255))]) * msg.frame_bytes(page_size)
+    elif (cls is p.Diff and msg.changes) or (cls is p.SyncReply and msg.guarded):
         page = bytes([draw(st.integers(0, 255))]) * msg.frame_bytes(page_size)
     elif cls.CARRIES_PAGE and msg.payload == p.Payload.DATA:
         page = bytes([draw(st.integers(0, 255))]) * (msg.count * page_size)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 import pytest
 
 from dsm import protocol as p
@@ -127,3 +129,35 @@ def test_a_silent_node_is_declared_dead_by_the_tick_and_fenced_from_then_on(worl
     directory.handle(a, p.Acquire(1, 1, False, False), None)  # its late word: fenced
     assert isinstance(transport.to(a)[-1], p.Fenced)
     assert directory.pages.peek(1).copyset == set()
+
+
+def test_a_release_applies_the_diffs_it_carries_before_it_and_refuses_one_it_is_not_home_of(
+        world):
+    """A LockRelease carries the diffs of its node's release pages (one message where a Diff
+    per run and the release were): they are in the home copies before anyone can acquire; a
+    carried diff of a page that is not a release page is refused whole, nothing applied."""
+    from dsm.consistency import META_KEY, Consistency
+    directory, transport, _ = world
+    a, b = hello(directory, "a", 1), hello(directory, "b", 1)
+    directory.handle(a, p.Alloc(1, "x", 2 * PAGE_SIZE, {META_KEY: Consistency.RELEASE.value}),
+                     None)
+    (allocated,) = [m for m in transport.to(a) if isinstance(m, p.Allocated)]
+    first = allocated.offset // PAGE_SIZE
+    spans = np.array([[8, 3]], dtype=p.SPAN_DTYPE).tobytes()
+    directory.handle(a, p.LockAcquire(2, "l", "a:1:1", -1), None)
+    directory.handle(b, p.LockAcquire(1, "l", "b:1:1", -1), None)  # waits for a's release
+    bad = p.LockRelease(3, "l", "a:1:1", [first, 1], True,
+                        [(first, 1, int(p.DiffEncoding.SPANS), spans),
+                         (REGION_PAGES - 1, 1, int(p.DiffEncoding.SPANS), spans)],
+                        p.Payload.DATA)
+    directory.handle(a, bad, b"abcxyz")
+    refusal = transport.to(a)[-1]
+    assert isinstance(refusal, p.Error) and "not in a release" in refusal.message
+    _, home = directory.pages.release.home.get(first, 1)
+    assert home is None or bytes(home[8:11]) == bytes(3)  # nothing applied
+    good = p.replace(bad, diffs=bad.diffs[:1])
+    directory.handle(a, good, b"abc")
+    _, home = directory.pages.release.home.get(first, 1)
+    assert bytes(home[8:11]) == b"abc"
+    grant = transport.to(b)[-1]  # b's grant came after the diff was in, with a's notice
+    assert isinstance(grant, p.SyncReply) and grant.notices == [first, 1]

@@ -193,7 +193,7 @@ def _requests():
     from dsm.layout import DEFAULT_BASE_ADDRESS, PAGE_SIZE, Layout
     asked = []
 
-    def carry(node, guards, broken):
+    def carry(node, lock, guards, broken):
         asked.append((node, guards, broken))
         return guards, b"\x07" * (PAGE_SIZE * sum(guards[1::2]))
     layout = Layout(DEFAULT_BASE_ADDRESS, 64 * PAGE_SIZE, PAGE_SIZE)
@@ -236,3 +236,27 @@ def test_a_waiters_guards_are_carried_at_its_grant_and_forgotten_when_it_departs
     handlers[p.LockAcquire]("a", p.LockAcquire(3, "l", "a:1:1", -1, [1, 1]), None)
     (broken,) = requests.gone("c")
     assert broken.message.status == p.SyncStatus.GRANTED_BROKEN and asked[-1][2] is True
+
+
+@pytest.mark.timeout(30)
+def test_a_grant_dirties_the_pages_it_carries_until_their_diff_or_the_locks_release():
+    """The holder installs the carried pages twinned without a Dirtied each: the grant is their
+    Dirtied at the home. A death before their Diff or the lock's release loses them (loudly);
+    the release ends what the holder never twinned; a Dirtied of the holder's own outlives it."""
+    from dsm.directory.home import HomeStore
+    from dsm.directory.release import ReleaseHomes
+    from dsm.layout import DEFAULT_BASE_ADDRESS, PAGE_SIZE, Layout
+    homes = ReleaseHomes(HomeStore(Layout(DEFAULT_BASE_ADDRESS, 64 * PAGE_SIZE, PAGE_SIZE)),
+                         lambda q: True)
+    runs, data = homes.carry("a", "l", [1, 3], lambda q: True)
+    assert runs == [1, 3] and len(data) == 3 * PAGE_SIZE
+    assert all(homes.dirty[q] == {"a"} for q in (1, 2, 3))
+    homes.apply("a", 1, 1, 1, None, None)  # page 1's Diff: clean, whatever the lock does
+    homes.explicitly_dirtied("a", [2])  # a wrote page 2 itself: its Diff alone ends that
+    homes.released("a", "m")  # another lock's release changes nothing
+    assert set(homes.dirty) == {2, 3}
+    homes.released("a", "l")
+    assert homes.dirty == {2: {"a"}} and not homes.carried
+    homes.carry("b", "l", [5, 1], lambda q: True)
+    lost, _ = homes.node_lost("b")  # b dies holding the lock: what it carried is lost
+    assert lost == [5] and homes.dirty == {2: {"a"}} and not homes.carried

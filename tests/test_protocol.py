@@ -66,6 +66,14 @@ CLASSES = list(p.MESSAGE_CLASSES.values())
     (p.SyncReply(1, 1, ""), None),
     (p.SyncReply(1, 1, "", [3, 1], [7, 2], p.Payload.DATA), b"g" * (2 * PAGE)),
     (p.LockAcquire(1, "l", "n:1:2", -1, [7, 2]), None),
+    # a release carrying two diffs: 3 bytes of page 7, nothing of page 9 (it ends its dirtying)
+    (p.LockRelease(1, "l", "n:1:2", [7, 1], True,
+                   [(7, 1, int(p.DiffEncoding.SPANS),
+                     np.array([[8, 3]], dtype=p.SPAN_DTYPE).tobytes()),
+                    (9, 1, int(p.DiffEncoding.SPANS), b"")], p.Payload.DATA), b"abc"),
+    (p.BarrierWait(1, "b", 2, "n:1:2", [], -1, [(7, 1, int(p.DiffEncoding.MASK),
+                                                 b"\x80" + bytes(PAGE // 8 - 1))],
+                   p.Payload.DATA), b"z"),
     # a distributed manager's (dsm/directory/shard/)
     (p.Welcome(0x6000_0000_0000, 1 << 30, PAGE, 5, 9, True, ["tcp://d:7400", "tcp://0.0.0.0:7401"]),
      None),
@@ -171,6 +179,17 @@ def _header(cls, *values):
     ([_header(p.Diff, 1, 1, 1, int(p.DiffEncoding.SPANS),
               np.array([[4000, 200]], dtype=p.SPAN_DTYPE).tobytes(), 2), b"x" * 200],
      p.Direction.TO_DIRECTORY, r"Diff span 0 \(4000\+200\) is not an ascending"),
+    ([_header(p.LockRelease, 1, "l", "n:1:2", [], True,
+              [[7, 1, int(p.DiffEncoding.SPANS),
+                np.array([[8, 3]], dtype=p.SPAN_DTYPE).tobytes()]], 0)],
+     p.Direction.TO_DIRECTORY, "a LockRelease carrying diffs needs the DATA payload"),
+    ([_header(p.LockRelease, 1, "l", "n:1:2", [], True,
+              [[7, 1, int(p.DiffEncoding.SPANS),
+                np.array([[8, 3]], dtype=p.SPAN_DTYPE).tobytes()]], 2), b"ab"],
+     p.Direction.TO_DIRECTORY, "LockRelease frame is 2 bytes, its diffs need 3"),
+    ([_header(p.BarrierWait, 1, "b", 2, "n:1:2", [], -1,
+              [[7, 1, int(p.DiffEncoding.MASK), b"\xff"]], 2), b"x"],
+     p.Direction.TO_DIRECTORY, r"BarrierWait.diffs\[0\] mask is 1 bytes"),
 ])
 def test_malformed_frames_name_the_problem(frames, to, complaint):
     with pytest.raises(ProtocolError, match=complaint):

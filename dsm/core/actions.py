@@ -104,6 +104,17 @@ class SendDiff:
 
 
 @dataclass(frozen=True, slots=True)
+class SendRelease:
+    """Release consistency: send the release ``message`` (a LockRelease or a BarrierWait) to
+    the coordinator carrying the diffs of ``runs`` (``(req, first, count)`` each, as SendDiff
+    would send them; write-protected before), and drop their twins: one message where a Diff
+    per run and the release were."""
+
+    message: Any
+    runs: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DropTwins:
     """Release consistency: forget the twins of ``count`` pages from ``first`` (discarded)."""
 

@@ -92,6 +92,7 @@ class ActionRunner:
         self._table: dict[type, tuple[Callable[[Any, Carrying], None], bool]] = {
             act.Send: (self._send, True),
             act.SendDiff: (self._send_diff, True),
+            act.SendRelease: (self._send_release, True),
             act.Install: (self._install, False),
             act.Upgrade: (self._upgrade, False),
             act.Protect: (lambda a, c: kernel.protect_everywhere(a.first, a.count, wp=True),
@@ -172,6 +173,18 @@ class ActionRunner:
         self.transport.send(p.Diff(a.req, a.first, a.count, encoding, changes,
                                    p.Payload.DATA if diff else p.Payload.NONE),
                             diff if diff else None)
+
+    def _send_release(self, a: act.SendRelease, carrying: Carrying) -> None:
+        """The release with its diffs (payload DATA, their bytes one after another; a diff of
+        nothing changed is carried too: it ends the page's being dirtied at its home)."""
+        diffs, changed = [], []
+        for _, first, count in a.runs:
+            encoding, changes, diff = self.twins.diff(first, count)
+            diffs.append((first, count, int(encoding), changes))
+            if diff:
+                changed.append(diff)
+        self.transport.send(p.replace(a.message, diffs=diffs, payload=p.Payload.DATA),
+                            b"".join(changed))
 
     def _install(self, a: act.Install, carrying: Carrying) -> None:
         data = a.data if a.data is not None else zeros(a.count * self.page_size)  # ZERO

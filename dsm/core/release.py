@@ -5,10 +5,12 @@ A page's life on a node (``PageState``):
 
     invalid --fault: the home copy (Grant with release)--> CLEAN (write-protected)
     CLEAN --first write: Twin, lift the protection, Dirtied to the home--> DIRTY (writable)
-    DIRTY --release: protect, SendDiff (the bytes changed since the twin)--> CLEAN
+    DIRTY --release: protect, SendDiff (the bytes changed since the twin; carried by the
+        release itself, SendRelease, when it goes at once to the page's home)--> CLEAN
     CLEAN or DIRTY --acquire naming it (write notice): [SendDiff], Punch--> invalid
     invalid, or CLEAN named by a notice --a grant of a lock guarding it: the home copy
-        (SyncReply.guarded), Install write-protected, then as a first write--> DIRTY
+        (SyncReply.guarded), Install write-protected, then as a first write (no Dirtied: the
+        grant dirtied it at the home)--> DIRTY
 
 A **release** (a lock release, a barrier arrival) sends every dirty page's diff home first, then
 the release message itself, carrying the write notices: every page whose diff went home since
@@ -28,8 +30,8 @@ from typing import Any, Callable, Container
 import numpy as np
 
 from dsm import protocol as p
-from dsm.core.actions import (Action, DropTwins, Install, Protect, Punch, Send, SendDiff, Twin,
-                              Upgrade)
+from dsm.core.actions import (Action, DropTwins, Install, Protect, Punch, Send, SendDiff,
+                              SendRelease, Twin, Upgrade)
 from dsm.core.shards import COORDINATOR_SHARD, shard_of, split_at_stripes
 from dsm.core.states import PageState, pack_runs, runs
 from dsm.core.stats import NodeStats
@@ -72,10 +74,11 @@ class ReleasePages:
         self._request_marks: dict[int, int] = {}
 
     # --- writes --------------------------------------------------------------------------------
-    def first_write(self, page: int, count: int) -> list[Action]:
+    def first_write(self, page: int, count: int, announce: bool = True) -> list[Action]:
         """A write fault on a CLEAN page: twin it, and the ``count - 1`` CLEAN pages after it
         (a sequential writer's next ones: one fault and one message for the run), and let the
-        writers go on."""
+        writers go on. ``announce``: tell the home (Dirtied); not for the pages a lock's grant
+        carried, which the grant dirtied there (``ReleaseHomes.carry``)."""
         for q in range(page, page + count):
             self.state[q] = PageState.DIRTY
         self.dirty.update(range(page, page + count))
@@ -84,10 +87,14 @@ class ReleasePages:
             self._trace(page, "TWIN", self.node, "clean", "dirty", count=count)
         # the home hears of it before the write can land (should this node die unreleased,
         # the page is lost there, loudly)
-        return [Twin(page, count), Send(p.Dirtied(page, count)), Upgrade(page, count)]
+        told = [Send(p.Dirtied(page, count))] if announce else []
+        return [Twin(page, count), *told, Upgrade(page, count)]
 
-    def _flush(self, pages: list[int]) -> list[Action]:
-        """Send the diffs of dirty ``pages`` home (they stay as CLEAN copies)."""
+    def _flush(self, pages: list[int], carried: list[tuple[int, int, int]] | None = None
+               ) -> list[Action]:
+        """Send the diffs of dirty ``pages`` home (they stay as CLEAN copies). ``carried``: a
+        release's, which takes the coordinator's runs as ``(req, first, count)`` to carry
+        them itself (each still write-protected here)."""
         out: list[Action] = []
         for first, count in split_at_stripes(runs(pages, p.MAX_BATCH_PAGES), self.shards,
                                              self.stripe):
@@ -95,9 +102,14 @@ class ReleasePages:
             self._next_req += 1
             self._diffs_sent += 1
             self._last_diff.update(dict.fromkeys(range(first, first + count), self._diffs_sent))
-            out += [Protect(first, count), SendDiff(req, first, count)]
+            out.append(Protect(first, count))
             if self.shards > 1 and shard_of(first, self.shards, self.stripe) != COORDINATOR_SHARD:
                 self._unacked.add(req)
+                out.append(SendDiff(req, first, count))
+            elif carried is not None:
+                carried.append((req, first, count))
+            else:
+                out.append(SendDiff(req, first, count))
             for q in range(first, first + count):
                 self.state[q] = PageState.CLEAN
                 self.dirty.discard(q)
@@ -110,16 +122,20 @@ class ReleasePages:
     # --- synchronization -----------------------------------------------------------------------
     def release(self, msg: Release) -> list[Action]:
         """Flush every dirty page, then send ``msg`` with the write notices (at once, or when
-        the diffs to other shards are applied)."""
-        out = self._flush(sorted(self.dirty))
+        the diffs to other shards are applied). One that goes at once carries the diffs of the
+        coordinator's pages (``SendRelease``); one that waits sends them ahead: they are of
+        the pages as they are now, which its thread's next writes change."""
+        carried: list[tuple[int, int, int]] = []
+        out = self._flush(sorted(self.dirty), carried)
         msg = p.replace(msg, notices=pack_runs(self.noticed))
         self.noticed.clear()
         if self._unacked or self._held:
+            out += [SendDiff(*run) for run in carried]
             if isinstance(msg, p.LockRelease):  # its thread waits for the directory's answer
                 msg = p.replace(msg, answered=False)
             self._held.append((msg, set(self._unacked)))
         else:
-            out.append(Send(msg))
+            out.append(SendRelease(msg, tuple(carried)) if carried else Send(msg))
         return out
 
     def holding(self) -> bool:
@@ -197,7 +213,8 @@ class ReleasePages:
         cost about as much as the grant itself. Installed write-protected, twinned, then
         lifted (``first_write``), so that a local process writing the page meanwhile (under
         another lock guarding other bytes of it) has its write in the diff, not the twin. A
-        holder that only reads sends an empty Diff (payload NONE) at its release."""
+        holder that only reads sends an empty Diff (payload NONE) at its release. No Dirtied:
+        the grant dirtied the pages at their home (until their Diff, or the lock's release)."""
         if not installs:
             return []
         size = self.page_size
@@ -219,7 +236,7 @@ class ReleasePages:
         if self._tracing:
             self._trace(min(installs), "GUARDED", self.node, "", "clean", count=len(installs))
         for run_first, run_count in twins:
-            out += self.first_write(run_first, run_count)
+            out += self.first_write(run_first, run_count, announce=False)
         return out
 
     # --- giving pages up -----------------------------------------------------------------------

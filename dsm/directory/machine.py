@@ -99,7 +99,9 @@ class Directory:
         self.dynamic = DynamicPages(self.pages) if self.manager is Manager.DYNAMIC else None
         self.allocations.retire_freed = self.dynamic is not None
         #: locks, barriers and write notices (``syncrequests.py``): their table, and the notices
-        self.syncreq = SyncRequests(layout, clock, self._carry_guarded)
+        self.syncreq = SyncRequests(
+            layout, clock, self._carry_guarded, released=self.pages.release.released,
+            diffs=lambda n, diffs, d: self.pages.carried_diffs(n, diffs, d, self._homed_here))
         self.sync, self.notices = self.syncreq.sync, self.syncreq.notices
         #: the arrays' allocation and the lost-page questions (``requests.py``)
         self.requests = ArrayRequests(self)
@@ -398,14 +400,19 @@ class Directory:
             out += self.pages.discard(node, page)
         return out
 
-    def _carry_guarded(self, node: str, guards: list[int], broken: bool
+    def _carry_guarded(self, node: str, lock: str, guards: list[int], broken: bool
                        ) -> tuple[list[int], bytes]:
         """The home copies of the guarded pages that a lock's grant carries to ``node``: those
         this directory is the home of (with shards, the coordinator's stripes; the others are
         fetched at a fault, as without guards), not lost."""
-        pages, role = self.pages, self.role
-        return pages.release.carry(node, guards, lambda q: q not in pages.lost and (
-            role.count == 1 or shard_of(q, role.count, role.stripe) == role.index), broken)
+        pages = self.pages
+        return pages.release.carry(node, lock, guards,
+                                   lambda q: q not in pages.lost and self._homed_here(q), broken)
+
+    def _homed_here(self, page: int) -> bool:
+        """Whether this directory is ``page``'s home (with shards: its stripe's)."""
+        role = self.role
+        return role.count == 1 or shard_of(page, role.count, role.stripe) == role.index
 
 
 def node_of_identity(link: str) -> str:

@@ -17,6 +17,10 @@ always the merge of every release so far:
   coordinator (the coordinator gets the release after the diff, on the same pipe);
 - a node that twins a page says so first (``Dirtied``): should it die before its Diff, the
   page's newest contents died with it, and the page is lost, loudly, as an owned page would be;
+  the pages a lock's grant carries (``carry``) are dirtied by the grant itself, which the node
+  installs twinned and writable without a Dirtied each (one message less per locked update):
+  they stay dirtied until their Diff, or the release of that lock (every page the node twinned
+  sends its Diff before it, on the same pipe; one it did not install has nothing to send);
 - a Discard (MADV_REMOVE) zeroes the home copy at once.
 
 Why the manager is the home (rather than a node, as in HLRC's papers): it holds every page's
@@ -28,7 +32,7 @@ before any node can ask for one of its pages (``ArrayKnown``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -47,6 +51,10 @@ class ReleaseHomes:
         self.covers = is_release
         #: page -> the nodes that twinned it and have not sent their diff yet
         self.dirty: dict[int, set[str]] = {}
+        #: (node, lock) -> the pages that lock's grant carried to that node and dirtied there,
+        #: not dirtied since by a Dirtied of the node's own nor diffed: the lock's release
+        #: ends them (``released``)
+        self.carried: dict[tuple[str, str], set[int]] = {}
         #: page -> the first node that asked for it: while no other node does, it is that
         #: node's private page (granted writable, no twins, no diffs: ArgoDSM's private
         #: classification), and the home copy is not current while it holds it
@@ -151,7 +159,7 @@ class ReleaseHomes:
                         data))
         return out
 
-    def carry(self, node: str, guards: list[int], usable: Callable[[int], bool],
+    def carry(self, node: str, lock: str, guards: list[int], usable: Callable[[int], bool],
               broken: bool = False) -> tuple[list[int], bytes]:
         """The home copies a lock's grant carries to ``node`` of the pages it guards
         (``guards``, runs): as (runs carried, their bytes one after another). Carried are the
@@ -162,7 +170,9 @@ class ReleaseHomes:
         holder died holding the lock) carries no page some node has unreleased changes to:
         the dead holder's may be among them, and whether the page is lost is for a fault to
         learn, as without guards. A carried page is shared from then on: its writers twin it
-        and send their diffs home at each release, which is what the next grant carries."""
+        and send their diffs home at each release, which is what the next grant carries.
+        The carried pages are dirtied by ``node`` from now on (the grant is its Dirtied), until
+        their Diff or its release of ``lock``."""
         named = {q for first, count in zip(guards[::2], guards[1::2])
                  for q in range(first, first + count)}  # (runs may overlap: bounded in all)
         pages = sorted(q for q in named if self.covers(q) and usable(q)
@@ -183,6 +193,8 @@ class ReleaseHomes:
             for q in range(first, first + count):
                 self.first.setdefault(q, node)
                 self.shared.add(q)
+        self.dirtied(node, pages)
+        self.carried.setdefault((node, lock), set()).update(pages)
         self.counters["guarded_pages_carried"] += len(pages)
         return runs, bytes(out)
 
@@ -213,17 +225,42 @@ class ReleaseHomes:
         for q in pages:
             self.dirty.setdefault(q, set()).add(node)
 
+    def _not_carried(self, node: str, pages: Iterable[int]) -> None:
+        """``node`` said itself that it dirtied ``pages``, or diffed them: no lock's release
+        ends their being dirtied by it any more (their Diff does)."""
+        for (holder, _), carried in self.carried.items():
+            if holder == node:
+                carried.difference_update(pages)
+
+    def explicitly_dirtied(self, node: str, pages: list[int]) -> None:
+        """A Dirtied: ``node`` twinned ``pages`` itself (a write fault on a clean copy)."""
+        self.dirtied(node, pages)
+        if self.carried:
+            self._not_carried(node, pages)
+
+    def released(self, node: str, lock: str) -> None:
+        """``node`` released ``lock``: the pages its grant carried and dirtied are clean there
+        now (the node sent the Diff of every page it twinned before the release, on this pipe;
+        one it did not install it never twinned)."""
+        for q in self.carried.pop((node, lock), ()):
+            self._clean(node, q)
+
+    def _clean(self, node: str, q: int) -> None:
+        writers = self.dirty.get(q)
+        if writers is not None:
+            writers.discard(node)
+            if not writers:
+                del self.dirty[q]
+
     def apply(self, node: str, req: int, page: int, count: int, changed: np.ndarray | None,
               data: Any) -> DiffApplied:
         """Write ``node``'s diff (``changed``: a bool per byte of the run, ``Diff.changed``, None
         when nothing changed) into the home copies; its pages are no longer dirty there."""
         self.home.patch(page, count, changed, data)
         for q in range(page, page + count):
-            writers = self.dirty.get(q)
-            if writers is not None:
-                writers.discard(node)
-                if not writers:
-                    del self.dirty[q]
+            self._clean(node, q)
+        if self.carried:
+            self._not_carried(node, range(page, page + count))
         self.counters["diffs"] += 1
         self.counters["diff_bytes"] += len(data) if data is not None else 0
         return DiffApplied(req, page)
@@ -244,11 +281,14 @@ class ReleaseHomes:
         for table in (self.dirty, self.first, self.private, self.waiting, self.fetching):
             table.pop(page, None)
         self.shared.discard(page)
+        for carried in self.carried.values():
+            carried.discard(page)
 
     def node_lost(self, node: str) -> tuple[list[int], list[tuple[str, int]]]:
         """``node`` is gone: the pages it was changing and had not sent the diff of, and those
         it held privately (their newest contents died with it); and the requests that waited
         for its private pages, as (node, page)."""
+        self.carried = {key: pages for key, pages in self.carried.items() if key[0] != node}
         lost = {q for q, writers in self.dirty.items() if node in writers}
         for q in lost:
             self.dirty[q].discard(node)

@@ -31,9 +31,15 @@ ACQUIRES = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.PASSED, Sy
 
 #: ``(node, message, page data) -> the messages to send``
 Handler = Callable[[str, Any, Any], list[Send]]
-#: ``(node, guarded page runs, broken) -> (the runs carried, their bytes)``: what a grant
-#: carries (``broken``: its last holder died holding the lock)
-Carry = Callable[[str, list[int], bool], tuple[list[int], bytes]]
+#: ``(node, lock, guarded page runs, broken) -> (the runs carried, their bytes)``: what a
+#: grant carries (``broken``: its last holder died holding the lock); the pages carried are
+#: dirtied by the node until their Diff or its release of the lock
+Carry = Callable[[str, str, list[int], bool], tuple[list[int], bytes]]
+#: ``(node, lock)``: the node released the lock (the pages its grant carried are clean there)
+Released = Callable[[str, str], None]
+#: ``(node, diffs, page data) -> the messages to send``: the diffs a release carries, applied
+#: before it (``LockRelease.diffs``)
+CarriedDiffs = Callable[[str, list, Any], list[Send]]
 #: the answers that end a lock acquire (its guards are forgotten)
 _LOCK_ANSWERS = (SyncStatus.GRANTED, SyncStatus.GRANTED_BROKEN, SyncStatus.TIMEOUT)
 
@@ -46,15 +52,18 @@ def check_holder(node: str, holder: str) -> str:
 
 
 class SyncRequests:
-    def __init__(self, layout: Layout, clock: Callable[[], float], carry: Carry | None = None):
+    def __init__(self, layout: Layout, clock: Callable[[], float], carry: Carry | None = None,
+                 released: Released | None = None, diffs: CarriedDiffs | None = None):
         self.layout = layout
         self._clock = clock
         self.sync = SyncTable(clock)
         self.notices = WriteNotices(layout.num_pages)
         #: the guarded pages' home copies for a grant (None: guards are served by faults)
         self._carry = carry
-        #: the guards of lock acquires not answered yet: (node, req) -> (holder, runs)
-        self._guards: dict[tuple[str, int], tuple[str, list[int]]] = {}
+        self._lock_released = released
+        self._apply_diffs = diffs
+        #: the guards of lock acquires not answered yet: (node, req) -> (holder, lock, runs)
+        self._guards: dict[tuple[str, int], tuple[str, str, list[int]]] = {}
 
     def handlers(self) -> dict[type, Handler]:
         sync, h = self.sync, check_holder
@@ -63,22 +72,35 @@ class SyncRequests:
             p.LockRelease: self._release,
             p.BarrierJoin: lambda n, m, d: self.replies(
                 sync.join(n, m.req, m.name, m.parties, h(n, m.holder))),
-            p.BarrierWait: lambda n, m, d: self._released(n, m.notices) or self.replies(
-                sync.wait(n, m.req, m.name, m.parties, h(n, m.holder),
-                          self.deadline(m.timeout_ms))),
+            p.BarrierWait: lambda n, m, d: self._diffs(n, m, d) + (
+                self._released(n, m.notices) or self.replies(
+                    sync.wait(n, m.req, m.name, m.parties, h(n, m.holder),
+                              self.deadline(m.timeout_ms)))),
             p.LockStatus: lambda n, m, d: [Send(n, p.LockInfo(m.req, *sync.status(m.name)))],
             p.Departed: lambda n, m, d: self._departed(h(n, m.prefix)),
         }
 
-    def _release(self, node: str, msg: p.LockRelease, _: Any) -> list[Send]:
+    def _release(self, node: str, msg: p.LockRelease, data: Any) -> list[Send]:
         """A lock released: its notices kept, the lock passed on. The releaser is answered
         unless its agent has answered its thread already (``answered``): then only a failure
         (raised here, an Error) goes back."""
+        out = self._diffs(node, msg, data)
         self._released(node, msg.notices)
         replies = self.sync.release(node, msg.req, msg.name, check_holder(node, msg.holder))
+        if self._lock_released is not None:  # (a failed release raised: another may hold it)
+            self._lock_released(node, msg.name)
         if msg.answered:
             replies = [r for r in replies if (r.node, r.req) != (node, msg.req)]
-        return self.replies(replies)
+        return out + self.replies(replies)
+
+    def _diffs(self, node: str, msg: p.LockRelease | p.BarrierWait, data: Any) -> list[Send]:
+        """The diffs a release carries, into their home copies before it is handled."""
+        if not msg.diffs:
+            return []
+        if self._apply_diffs is None:
+            raise ProtocolError(f"a {type(msg).__name__} carries diffs to a directory that "
+                                "is the home of no page")
+        return self._apply_diffs(node, msg.diffs, data)
 
     def _acquire(self, node: str, msg: p.LockAcquire, _: Any) -> list[Send]:
         holder = check_holder(node, msg.holder)
@@ -88,7 +110,7 @@ class SyncRequests:
                 self.layout.check_page(first + count - 1)
         deadline = self.deadline(msg.timeout_ms)
         if msg.guards and self._carry is not None:
-            self._guards[node, msg.req] = (holder, list(msg.guards))
+            self._guards[node, msg.req] = (holder, msg.name, list(msg.guards))
         try:
             return self.replies(self.sync.acquire(node, msg.req, msg.name, holder, deadline))
         except Exception:
@@ -125,7 +147,7 @@ class SyncRequests:
             guards = (self._guards.pop((r.node, r.req), None) if self._guards
                       and r.status in _LOCK_ANSWERS else None)
             if guards is not None and r.status is not SyncStatus.TIMEOUT:
-                runs, data = self._carry(r.node, guards[1],
+                runs, data = self._carry(r.node, guards[1], guards[2],
                                          r.status is SyncStatus.GRANTED_BROKEN)
                 if runs:
                     out.append(Send(r.node, p.SyncReply(r.req, int(r.status), r.detail, notices,

@@ -87,6 +87,9 @@ class SimNode(SimProcess):
     #: which loses them with this node unless their Diff came), and those of each release
     #: not answered yet (with ``releasing``)
     twinned: set[int] = field(default_factory=set)
+    #: (thread, lock) -> the pages the grant of the thread's acquire of the lock (guards)
+    #: dirtied at their home, until its release (with ``releasing`` from then until answered)
+    carried_by_lock: dict[tuple[int, int], set[int]] = field(default_factory=dict)
     #: what its agent does with each message that reaches it (``dsm.core.inbox``, the real
     #: agent's dispatch)
     inbox: Inbox | None = None

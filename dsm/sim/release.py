@@ -106,12 +106,19 @@ class ReleaseSimulation:
         t.waits_for = kind
         t.next_op += 1
         if kind != programs.LOCK:  # a release: its writes are safe once it is answered
-            node.releasing[req] = (node.unreleased, node.twinned)
+            carried = (node.carried_by_lock.pop((t.tid, arg), set()) if kind == programs.UNLOCK
+                       else set())
+            node.releasing[req] = (node.unreleased, node.twinned | carried)
             node.unreleased, node.twinned = set(), set()
         if kind == programs.LOCK:
             node.core.lock_requested(req)  # (as the agent's forwarder tells it)
-            acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS,
-                                         self.lock_guards.get(arg, [])))]
+            guards = self.lock_guards.get(arg, [])
+            # the grant dirties the pages it carries at their home, until their Diff or this
+            # lock's release: lost with the node should it die before either
+            node.carried_by_lock[t.tid, arg] = {
+                q for first, count in zip(guards[::2], guards[1::2])
+                for q in range(first, first + count)}
+            acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS, guards))]
         elif kind == programs.UNLOCK:
             acts = node.core.release_sync(p.LockRelease(req, lock_name(arg), who))
         else:
@@ -152,7 +159,8 @@ class ReleaseSimulation:
         passed on broken: the data may be half-updated), or fail (the page lost, Dirtied)."""
         releasing = list(node.releasing.values())
         doubtful = set(node.unreleased).union(*(locs for locs, _ in releasing))
-        self.maybe_lost_release_pages.update(node.twinned, *(pages for _, pages in releasing))
+        self.maybe_lost_release_pages.update(node.twinned, *(pages for _, pages in releasing),
+                                             *node.carried_by_lock.values())
         # its private pages' only current copy was its own
         self.maybe_lost_release_pages.update(
             q for q, st in node.core.state.items() if st is PageState.PRIVATE)

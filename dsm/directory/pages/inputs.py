@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from dsm.core.shards import COORDINATOR_SHARD, clip_to_stripe
 from dsm.directory.pages.state import RECLAIMER, Kind, Request, Send, Txn
 from dsm.directory.pages.transactions import PageTransactions
 from dsm.errors import ProtocolError
 from dsm.protocol import (Acquire, Diff, Dirtied, Drop, Fetched, Invalidated, Payload, Received,
-                          Withdrawn, Writeback)
+                          Withdrawn, Writeback, changed_bytes_of, changed_of)
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,36 @@ class PageDirectory(PageTransactions):
                         bytes=len(data) if data is not None else 0)
         return [Send(node, applied)] if self.shard != COORDINATOR_SHARD else []
 
+    def carried_diffs(self, node: str, diffs: list, data: Any,
+                      homed_here: Callable[[int], bool]) -> list[Send]:
+        """The diffs a release carries (``LockRelease.diffs``), into their home copies before
+        the release is handled, each as its Diff would be; every one checked before any is
+        applied: release pages, and pages this directory is the home of (``homed_here``: with
+        shards, the coordinator's; the others' diffs go to them ahead)."""
+        page_size = self.layout.page_size
+        sizes = []
+        for i, (page, count, encoding, changes) in enumerate(diffs):
+            self.layout.check_page(page + count - 1)
+            for q in range(page, page + count):
+                if not self.release.covers(q):
+                    raise ProtocolError(f"a release carries a diff of page {q}, which is not in "
+                                        "a release-consistency array")
+                if not homed_here(q):
+                    raise ProtocolError(f"a release carries a diff of page {q}, whose home is "
+                                        "another shard (its Diff goes there)")
+            sizes.append(changed_bytes_of(count, encoding, changes, page_size, f"diffs[{i}]"))
+        out: list[Send] = []
+        view, at = (memoryview(data) if data is not None else None), 0
+        for (page, count, encoding, changes), size in zip(diffs, sizes):
+            changed = changed_of(count, encoding, changes, page_size) if size else None
+            out += self.diff(node, 0, page, count, changed, view[at:at + size] if size else None)
+            at += size
+        return out
+
     def dirtied(self, node: str, page: int, count: int) -> list[Send]:
         self.layout.check_page(page + count - 1)
-        self.release.dirtied(node, [q for q in range(page, page + count)
-                                    if self.release.covers(q)])
+        self.release.explicitly_dirtied(node, [q for q in range(page, page + count)
+                                               if self.release.covers(q)])
         return []
 
     def fetched(self, node: str, txn_id: int, page: int, count: int, payload: int, data: Any,
