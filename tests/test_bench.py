@@ -552,3 +552,15 @@ def test_bench_profile_keeps_a_flame_graph_per_process_and_names_the_busiest_fun
         assert (flames / f"{name.replace(' ', '-')}.speedscope.json").exists(), name
         assert functions and all(0 < f["share"] <= 1 for f in functions), (name, functions)
     assert "directory: busiest functions (own samples)" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_service_freezes_its_start_up_objects_and_collects_seldom():
+    """What the directory and the agents call once started (``dsm.collector``: a scan's page
+    entries made the collector walk them all again and again)."""
+    code = ("import gc; from dsm.collector import SERVICE_GC_THRESHOLDS, tune_for_service; "
+            "tune_for_service(); "
+            "print(gc.get_threshold() == SERVICE_GC_THRESHOLDS, gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=50, check=True).stdout.split()
+    assert out == ["True", "True"]

@@ -15,6 +15,7 @@ import sys
 
 import zmq
 
+from dsm.collector import tune_for_service
 from dsm.agent.peers import ADVERTISE_ENV, PEER_LISTEN_ENV
 from dsm.agent.service import Agent
 from dsm.clusterstop import EXIT_CLUSTER_STOPPED
@@ -118,6 +119,7 @@ def run_agent(directory: str, node: str, socket_path: str, trace_path: str | Non
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
     acknowledged = False
+    tune_for_service()
     try:
         agent.serve_forever()
     finally:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from dsm.collector import tune_for_service
 from dsm import protocol as p
 from dsm.directory.memberlink import MemberLink
 from dsm.directory.pages import OnLoss
@@ -143,6 +144,7 @@ def _serve(service: DirectoryService, what: str, ready_fd: int | None,
             os.close(ready_fd)
 
     service.directory.announce = announce
+    tune_for_service()
     try:
         service.serve_forever()
     finally:
