@@ -101,3 +101,20 @@ def test_a_writer_in_order_asks_for_untouched_runs_a_random_one_never():
     # the next fault past that run (granted whole) is still in order: a run again
     ra.on_fault("s", 1000 + UNTOUCHED_AFTER_FAULTS - 1 + UNTOUCHED_RUN_PAGES)
     assert ra.untouched_run("s") == UNTOUCHED_RUN_PAGES
+
+
+def test_the_agents_core_reads_ahead_as_many_pages_as_one_message_carries():
+    """A scan's windows grow to a message's most (4 MiB): one request, one transfer and one
+    install per 4 MiB. (The agent's split into join.py once left them at 256 pages: a quarter of
+    that, its scans at 0.2x the stream.)"""
+    from dsm import protocol as p
+    from dsm.agent.join import node_core
+    from dsm.core.stats import NodeStats
+    from dsm.layout import DEFAULT_BASE_ADDRESS, PAGE_SIZE, Layout
+    from dsm.trace import Tracer
+    layout = Layout(DEFAULT_BASE_ADDRESS, 4 * p.MAX_BATCH_PAGES * PAGE_SIZE, PAGE_SIZE)
+    welcome = p.Welcome(layout.base, layout.size, PAGE_SIZE, 1, direct=True)
+    core = node_core(welcome, "n", layout, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2",
+                     Tracer(None, "n"), NodeStats())
+    windows = [core.readahead.on_fault("scan", page) for page in range(2 * p.MAX_BATCH_PAGES)]
+    assert max(windows) == p.MAX_BATCH_PAGES

@@ -41,8 +41,10 @@ JOIN_RETRY_S = 0.05
 #: the coordinator's end of the link (shard 0, or the one directory), as trace message ids name
 #: it (its Tracer's ``who``): where the node joins, and the link clock samples are recorded on
 COORDINATOR_LINK = shard_name(0)
-#: the largest read-ahead window
-READAHEAD_MAX_PAGES = 256
+#: the largest read-ahead window: as many pages as one message carries (4 MiB), so that a
+#: sequential scan costs one request, one transfer and one install per 4 MiB, not per MiB
+#: (each costs the agents and the directory about as much Python as moving a MiB costs copies)
+READAHEAD_MAX_PAGES = p.MAX_BATCH_PAGES
 
 
 class DirectoryUnreachable(DsmError):

@@ -59,10 +59,6 @@ log = logging.getLogger(__name__)
 #: how long leaving may wait for requests in flight and for the directory's acknowledgement
 LEAVE_TIMEOUT_S = 5.0
 POLL_INTERVAL_MS = 100
-#: the largest read-ahead window: as many pages as one message carries (4 MiB), so that a
-#: sequential scan costs one request, one transfer and one install per 4 MiB, not per MiB
-#: (each costs the agents and the directory about as much Python as moving a MiB costs copies)
-READAHEAD_MAX_PAGES = p.MAX_BATCH_PAGES
 #: how often the node's counters go to the directory (for dsm top)
 STATS_REPORT_INTERVAL_S = 1.0
 #: while tracing, a heartbeat (a clock round trip) at least this often, even when busy
