@@ -169,6 +169,9 @@ class FrameFuzzer:
                                                      else p.Payload.NONE)
                 if msg.guarded:
                     page = self.rng.randbytes(1) * msg.frame_bytes(self.page_size)
+            elif cls in (p.LockRelease, p.BarrierWait):  # carried diffs: none, nor a frame
+                values[names.index("diffs")] = []
+                values[names.index("payload")] = int(p.Payload.NONE)
             elif msg.payload == p.Payload.DATA:
                 page = self.rng.randbytes(1) * (msg.count * self.page_size)
         return values, page

@@ -290,6 +290,10 @@ def test_lab5_managers_side_by_side(tmp_path):
         assert int(wp_wr) * 2 >= int(missing_rd) > 0, out
 
 
+#: the nodes of exercise 5's runs
+LAB5_NODES = 2
+
+
 def _dynamic_changes_of_owner(msgs: list[dict]) -> None:
     """Exercise 5's answer under the dynamic manager, on one counter page's messages: no
     manager on the path (requests straight to the owner), a read copy with the bytes then
@@ -304,7 +308,10 @@ def _dynamic_changes_of_owner(msgs: list[dict]) -> None:
     assert kinds(msgs)["Taken"] == len(served) - given_back > 0, got
     requests = [m for m in msgs if m["msg"] == "PageRequest"]
     straight = sum(m["src"] == m["requester"] and m["dst"] != "directory" for m in requests)
-    assert straight * 2 >= len(requests), (straight, len(requests))
+    # the others went to the directory: each node's first request for the page (it knew no
+    # owner yet) and one after the page was given back (the lab's 2 nodes); how many went
+    # straight depends on how often the page changed hands (a handful on a loaded machine)
+    assert 0 < straight and len(requests) - straight <= 2 * LAB5_NODES, (straight, len(requests))
     between_nodes = [m for m in served if "directory" not in (m["src"], m["dst"])]
     reads = [m for m in between_nodes if not m["owner"]]
     owned_after_read = [m for m in between_nodes if m["owner"] and m["payload"] == NONE]

@@ -27,8 +27,9 @@ OPS_UNDER_LOSS = {0.05: 1000, 0.10: 500, 0.20: 300}
 #: seconds at a time (retransmission backoff doubles from at least 200 ms); in 3 of 14 runs on
 #: this machine a stall outlasted the cut-off (3.5 s) and cut a node off (the directory silent to
 #: it that long), as the deadlines say it must. That rate runs on demand:
-#: DSM_TEST_LOSS_RATES=0.05,0.2
-LOSS_RATES = tuple(float(r) for r in os.environ.get("DSM_TEST_LOSS_RATES", "0.05,0.10").split(","))
+#: DSM_TEST_LOSS_RATES=0.05,0.2. The suite runs 10% only (5% as well took 13 s more of its
+#: 15-minute budget, and asks less of the links)
+LOSS_RATES = tuple(float(r) for r in os.environ.get("DSM_TEST_LOSS_RATES", "0.10").split(","))
 #: a lossy run's deadline: TCP backs off for seconds at a time at 20% loss
 LOSSY_RUN_TIMEOUT_S = 240.0
 #: of the operations, at least this share must have needed the network (the history would

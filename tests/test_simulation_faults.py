@@ -41,11 +41,11 @@ PARTITION_RATE = 0.005
 #: what a transaction left stuck ends in: a thread that hangs once nothing is in flight, or,
 #: when time passes first, the transaction's deadline declaring a live node dead
 STUCK = ("hangs", "alive, was declared dead")
-#: (name, World keyword arguments, seeds): 1,100 seeds with every fault on
+#: (name, World keyword arguments, seeds): 950 seeds with every fault on
 CONFIGS = [
-    ("relay, 3 nodes", dict(manager="relay"), range(200)),
-    ("central, 3 nodes", dict(manager="central"), range(200)),
-    ("distributed, 2 shards", dict(manager="distributed", shards=2), range(200)),
+    ("relay, 3 nodes", dict(manager="relay"), range(150)),
+    ("central, 3 nodes", dict(manager="central"), range(150)),
+    ("distributed, 2 shards", dict(manager="distributed", shards=2), range(150)),
     ("central, a death", dict(manager="central", deaths=1, nodes=4), range(150)),
     ("relay, release pages and a death", dict(release_pages=3, deaths=1), range(150)),
     ("central, bands, give-backs, 2 threads",
