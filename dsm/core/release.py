@@ -15,8 +15,9 @@ A page's life on a node (``PageState``):
 A **release** (a lock release, a barrier arrival) sends every dirty page's diff home first, then
 the release message itself, carrying the write notices: every page whose diff went home since
 the last release. One directory gets both on one pipe, in order (so it does not answer the
-diff); a diff to another shard is answered (``DiffApplied``), and awaited before the release goes, so that whoever acquires next finds every
-diff at its home. An **acquire** (a grant, a barrier departure) brings the notices of the other
+diff; a release that goes at once carries it); a diff to another shard is answered
+(``DiffApplied``), and awaited before the release goes, so that whoever acquires next finds
+every diff at its home. An **acquire** (a grant, a barrier departure) brings the notices of the other
 nodes' releases: those pages are punched (a dirty one sends its diff first), so the next access
 fetches the merged home copy. A page whose home copy is on its way at an acquire that names it
 is asked for again when it comes (what comes may predate the release).
@@ -213,7 +214,7 @@ class ReleasePages:
         cost about as much as the grant itself. Installed write-protected, twinned, then
         lifted (``first_write``), so that a local process writing the page meanwhile (under
         another lock guarding other bytes of it) has its write in the diff, not the twin. A
-        holder that only reads sends an empty Diff (payload NONE) at its release. No Dirtied:
+        holder that only reads sends an empty diff at its release. No Dirtied:
         the grant dirtied the pages at their home (until their Diff, or the lock's release)."""
         if not installs:
             return []

@@ -48,3 +48,10 @@ def pack_runs(pages) -> list[int]:
     """Pages (any order, no repeats) as flat ``[first, count, ...]`` runs, ascending."""
     return [x for first, count in runs(list(pages), PACKED_RUN_PAGES) for x in (first, count)]
 
+
+def unpack_runs(packed: list[int]) -> set[int]:
+    """The pages flat ``[first, count, ...]`` runs name (``pack_runs``'s inverse; runs may
+    overlap)."""
+    return {q for first, count in zip(packed[::2], packed[1::2])
+            for q in range(first, first + count)}
+

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dsm.core.states import runs as page_runs
+from dsm.core.states import runs as page_runs, unpack_runs
 from dsm.directory.home import HomeStore
 from dsm.protocol import MAX_BATCH_PAGES, DiffApplied, Fetch, Grant, Payload
 
@@ -173,8 +173,7 @@ class ReleaseHomes:
         and send their diffs home at each release, which is what the next grant carries.
         The carried pages are dirtied by ``node`` from now on (the grant is its Dirtied), until
         their Diff or its release of ``lock``."""
-        named = {q for first, count in zip(guards[::2], guards[1::2])
-                 for q in range(first, first + count)}  # (runs may overlap: bounded in all)
+        named = unpack_runs(guards)  # (runs may overlap: bounded in all)
         pages = sorted(q for q in named if self.covers(q) and usable(q)
                        and q not in self.waiting and q not in self.private
                        and not (broken and q in self.dirty))

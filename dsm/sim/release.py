@@ -31,7 +31,7 @@ from dsm import protocol as p
 from dsm.agent.twins import changed_bytes
 from dsm.core import actions as a
 from dsm.core.release import RELEASE
-from dsm.core.states import PageState
+from dsm.core.states import PageState, unpack_runs
 from dsm.directory.sync import SyncStatus
 from dsm.sim import programs
 from dsm.sim.model import PAGE_BYTES, SLOTS_PER_PAGE, SimulationFailure, slot_value
@@ -115,9 +115,7 @@ class ReleaseSimulation:
             guards = self.lock_guards.get(arg, [])
             # the grant dirties the pages it carries at their home, until their Diff or this
             # lock's release: lost with the node should it die before either
-            node.carried_by_lock[t.tid, arg] = {
-                q for first, count in zip(guards[::2], guards[1::2])
-                for q in range(first, first + count)}
+            node.carried_by_lock[t.tid, arg] = unpack_runs(guards)
             acts = [a.Send(p.LockAcquire(req, lock_name(arg), who, NO_TIMEOUT_MS, guards))]
         elif kind == programs.UNLOCK:
             acts = node.core.release_sync(p.LockRelease(req, lock_name(arg), who))
