@@ -469,6 +469,12 @@ class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
     #: directory instead, which relays it there (not along its own probable owner, which may
     #: be older: the hints would no longer lead to ever newer owners)
     relay_to: str = ""
+    #: ``page`` and the ``count - 1`` pages after it, none held or awaited by the requester (a
+    #: sequential run). Only the first one decides where the request goes; whoever serves it
+    #: may serve the following ones too, those it can in one answer (``Served.count``): the
+    #: directory a run of untouched pages, an owner a run of read copies of pages it owns.
+    #: The requester asks again for the rest it still needs
+    count: PageCount = 1
 
 
 class Served(Message, tag=MsgType.SERVED.value):
@@ -478,7 +484,10 @@ class Served(Message, tag=MsgType.SERVED.value):
     acknowledging straight to it) and the last request of each node served for the page
     (``served``: ownership carries it, so that a request re-sent after a death is never served
     twice). Payload NONE: the requester holds the current contents (it is in the copy set).
-    The requester confirms with ``Taken``. An owner that gives a page back (an unmap, a leave)
+    ``count`` pages from ``page`` (a run request's, ``PageRequest.count``): read copies of pages
+    the sender owns, or ownership of untouched pages from the directory (no copies, no request
+    served but this one, version 1: what it says holds for every page of the run). The
+    requester confirms with ``Taken``. An owner that gives a page back (an unmap, a leave)
     hands ownership to the directory the same way (``req`` 0, no ``Taken``): the directory owns
     the page again, with its copies and the requests served."""
 
@@ -520,6 +529,8 @@ class Taken(Message, tag=MsgType.TAKEN.value):
     #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
     #: the directory instead, which relays it there
     relay_to: str = ""
+    #: the pages confirmed: those of the ``Served`` answered (``Served.count``)
+    count: PageCount = 1
 
 
 class OwnerDead(Message, tag=MsgType.OWNER_DEAD.value):

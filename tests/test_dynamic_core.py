@@ -356,3 +356,79 @@ def test_a_discard_of_a_read_copy_only_drops_it():
     assert [type(x) for x in nodes.carry("b", b.discard([PAGE]))] == [act.Punch]
     assert PAGE not in b.state and not nodes.wire
     assert nodes.cores["a"].state[PAGE] is PageState.SHARED  # the owner's contents stay
+
+
+def _write_in_order(nodes: Cluster, node: str, pages: range) -> list[p.PageRequest]:
+    """``node`` writes ``pages`` in order, the directory handing over what each request asks
+    for (untouched pages); the requests."""
+    asked = []
+    for page in pages:
+        if page in nodes.cores[node].state:
+            continue
+        nodes.fault(node, page, write=True)
+        sender, req = nodes.to_directory.pop()
+        asked.append(req)
+        nodes.deliver(node, p.Served(req.req, page, req.count, True, p.Payload.ZERO, "", "",
+                                     [], [(node, req.req)], 1))
+        assert nodes.to_directory.pop() == (node, p.Taken(req.req, page, node, True,
+                                                          count=req.count))
+    return asked
+
+
+def test_a_writer_in_order_asks_for_the_untouched_run_and_owns_it_whole():
+    nodes = Cluster("a")
+    asked = _write_in_order(nodes, "a", range(PAGES))
+    # one page, then, the writes in order, the rest of the region in one request
+    assert [(r.page, r.count) for r in asked] == [(0, 1), (1, PAGES - 1)]
+    a = nodes.cores["a"]
+    assert sorted(a.owned) == list(range(PAGES)) and not a.pending and not a.req_of
+    assert all(a.state[q] is PageState.EXCLUSIVE for q in range(PAGES))
+    installs = [x for x in nodes.actions["a"] if isinstance(x, act.Install)]
+    assert (installs[-1].first, installs[-1].count, installs[-1].writable) == (1, PAGES - 1, True)
+
+
+def test_a_run_answered_in_part_asks_again_for_what_its_threads_still_wait_for():
+    nodes = Cluster("a")
+    _write_in_order(nodes, "a", range(1))
+    nodes.fault("a", 1, write=True)
+    _, req = nodes.to_directory.pop()
+    assert req.count == PAGES - 1
+    nodes.fault("a", 3, write=True)  # a second thread, on a page of the run: it waits for it
+    assert not nodes.to_directory
+    # the directory hands over pages 1-2 alone (page 3 was touched by another node)
+    out = nodes.deliver("a", p.Served(req.req, 1, 2, True, p.Payload.ZERO, "", "", [],
+                                      [("a", req.req)], 1))
+    again = [x.message for x in out if isinstance(x, act.Send)
+             and isinstance(x.message, p.PageRequest)]
+    assert [(r.page, r.count) for r in again] == [(3, 1)]
+    a = nodes.cores["a"]
+    # the run's other pages await nothing any more
+    assert set(a.pending) == {3} and set(a.req_of) == {3}
+
+
+def test_the_owner_serves_a_read_run_of_the_pages_it_owns_in_one_answer():
+    nodes = Cluster("a", "b")
+    _write_in_order(nodes, "a", range(PAGES))
+    b = nodes.cores["b"]
+    for page in range(3):  # b reads in order: its third fault asks for a run
+        nodes.fault("b", page, write=False)
+        _, req = nodes.to_directory.pop()
+        nodes.deliver("a", p.replace(req, hops=1))  # (the directory forwards it to a)
+        nodes.run()
+    assert req.count == READAHEAD_PAGES
+    a = nodes.cores["a"]
+    out = nodes.actions["a"]
+    served = [x for x in out if isinstance(x, act.Send) and isinstance(x.message, p.Served)]
+    assert [(s.message.page, s.message.count) for s in served] == [(0, 1), (1, 1), (2, 4)]
+    # every page of the run write-protected before the copy is read, then served as one
+    protect = [i for i, x in enumerate(out) if isinstance(x, act.Protect)]
+    assert protect[-1] < out.index(served[-1])
+    assert {(x.first, x.count) for x in out if isinstance(x, act.Protect)} >= {(2, 1), (3, 3)}
+    assert all(b.state[q] is PageState.SHARED and b.hint[q][0] == "a" for q in range(6))
+    assert all(a.owned[q].copyset == {"b": "tcp://b:7401"} and a.owned[q].busy is None
+               for q in range(6))  # the run's one Taken confirmed every copy
+    # a page with a transfer in flight ends the run: the next run stops before it
+    a.owned[8].busy = ("c", 1)
+    nodes.deliver("a", p.replace(p.PageRequest(FIRST_REQ + 9, 6, False, "b", "tcp://b:7401"),
+                                 count=4))
+    assert nodes.wire[-1][2].count == 2  # pages 6 and 7

@@ -228,3 +228,31 @@ def test_ownership_relayed_to_a_dead_node_without_bytes_died_with_it():
     deliver(d, "a", p.OwnedPages(ask.message.gather, "c", [], [(PAGE, "c", 2)]))
     deliver(d, "b", p.OwnedPages(ask.message.gather, "c", []))
     assert d.pages.lost == {PAGE: "c"}
+
+
+def test_a_run_request_is_handed_the_untouched_pages_from_its_first_to_the_first_touched():
+    d = directory()
+    deliver(d, "b", request(1, "b", write=True, page=PAGE + 3))  # b owns page 8
+    run = p.replace(request(2, "a", write=True, page=PAGE), count=6)
+    [send] = deliver(d, "a", run)
+    # pages 5-7, untouched: ownership of all three at once, zeros, nobody else served
+    assert send.node == "a" and send.message == p.Served(
+        2, PAGE, 3, True, p.Payload.ZERO, "", "", [], [("a", 2)], 1)
+    assert [d.last_owner[q] for q in range(PAGE, PAGE + 4)] == ["a", "a", "a", "b"]
+    assert all(d.version[q] == 1 for q in range(PAGE, PAGE + 3))
+    # a run whose first page has an owner goes to it, whole: the owner serves what it can
+    [fwd] = deliver(d, "c", p.replace(request(1, "c", write=False, page=PAGE), count=4))
+    assert fwd.node == "a" and fwd.message.count == 4 and fwd.message.hops == 1
+
+
+def test_a_run_request_stops_at_a_page_given_back_and_takes_one_page_given_back():
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True, page=PAGE + 2))
+    deliver(d, "a", p.Served(0, PAGE + 2, 1, True, p.Payload.DATA, "a", "", [], [("a", 1)], 1),
+            bytes([3]) * PAGE_SIZE)
+    [send] = deliver(d, "b", p.replace(request(1, "b", write=True, page=PAGE), count=4))
+    assert (send.message.page, send.message.count) == (PAGE, 2)  # not the page given back
+    # a run from a page given back: that page alone, with its contents and its history
+    [send] = deliver(d, "c", p.replace(request(1, "c", write=True, page=PAGE + 2), count=4))
+    assert (send.message.page, send.message.count, send.message.version) == (PAGE + 2, 1, 2)
+    assert send.page == bytes([3]) * PAGE_SIZE

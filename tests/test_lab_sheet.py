@@ -260,7 +260,7 @@ def test_lab5_managers_side_by_side(tmp_path):
             msgs = on_page(sent, page)
             got = kinds(msgs)
             if manager == "dynamic":
-                _dynamic_changes_of_owner(msgs)
+                _dynamic_changes_of_owner(msgs, page)
                 continue
             assert got["Fetch"] > 0, (manager, got)
             fetched = {m["payload"] for m in msgs if m["msg"] == "Fetched"}
@@ -294,7 +294,7 @@ def test_lab5_managers_side_by_side(tmp_path):
 LAB5_NODES = 2
 
 
-def _dynamic_changes_of_owner(msgs: list[dict]) -> None:
+def _dynamic_changes_of_owner(msgs: list[dict], page: int) -> None:
     """Exercise 5's answer under the dynamic manager, on one counter page's messages: no
     manager on the path (requests straight to the owner), a read copy with the bytes then
     ownership without them, and a Taken for every Served but the give-back."""
@@ -306,7 +306,9 @@ def _dynamic_changes_of_owner(msgs: list[dict]) -> None:
     served = [m for m in msgs if m["msg"] == "Served"]
     given_back = sum(m["dst"] == "directory" for m in served)
     assert kinds(msgs)["Taken"] == len(served) - given_back > 0, got
-    requests = [m for m in msgs if m["msg"] == "PageRequest"]
+    # (those that name it first: a run of untouched pages, a first touch in order, is asked
+    # for by its first page, and the directory hands it over whole)
+    requests = [m for m in msgs if m["msg"] == "PageRequest" and m["page"] == page]
     straight = sum(m["src"] == m["requester"] and m["dst"] != "directory" for m in requests)
     # the others went to the directory: each node's first request for the page (it knew no
     # owner yet) and one after the page was given back (the lab's 2 nodes); how many went

@@ -35,6 +35,11 @@ CONFIGS = [
      dict(nodes=4, pages=4, threads_per_node=2, give_backs=True), range(0, 100)),
     ("bands of pages, given back, 4 nodes", dict(nodes=4, pages=12, ops_per_thread=40,
                                                  bands=True, give_backs=True), range(0, 50)),
+    # runs of pages (PageRequest.count) handed over untouched and served as read copies, on
+    # lossy links, with a death
+    ("bands, 2 threads, a death, lossy links",
+     dict(nodes=4, pages=16, ops_per_thread=40, bands=True, threads_per_node=2, deaths=1,
+          give_backs=True, faults=Faults.everywhere(0.05)), range(0, 40)),
     ("a death", dict(nodes=3, deaths=1), range(0, 100)),
     ("4 nodes, 2 deaths", dict(nodes=4, deaths=2), range(0, 100)),
     ("a death, pages given back", dict(nodes=3, deaths=1, give_backs=True), range(0, 100)),

@@ -9,7 +9,14 @@ that knows nothing better, and the fallback that repairs chains through a dead n
 instead of the directory, and the owner's duties added: its copy set, the requests it has
 served, the one transfer of each page it lets be in flight. Release-consistency pages are asked
 of the directory as before (their home): it answers them with a ``Grant``, so their hint never
-changes. Requests name one page: the pages of a read-ahead run may have as many owners.
+changes.
+
+A sequential fault asks for a run (``PageRequest.count``: the read-ahead window, or a writer's
+untouched run) of pages this node neither holds, awaits nor knows an owner of but the first's.
+The first page alone routes it; the pages of a run may have as many owners, so whoever serves
+it serves what it can in one answer and no more: the directory a run of untouched pages (a
+fresh array's first touch: ownership of them all at once), an owner a run of read copies of
+pages it owns (a scan). The faulting threads of the pages left out ask again.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from dsm.core.actions import Action, Protect, Punch, Send
 from dsm.core.node import NodeCore, Pending, Waiter
 from dsm.core.release import RELEASE
 from dsm.core.states import PageState
+from dsm.core.states import runs as page_runs
+from dsm.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +110,52 @@ class DynamicNodeCore(NodeCore):
     # --- this node's requests ------------------------------------------------------------------
     def _request(self, page: int, window: int, write: bool, waiters: list[Waiter],
                  stream: Hashable | None, now: float, untouched: int = 1) -> list[Action]:
-        """Ask the page's probable owner (one page: see the module's docstring)."""
-        self.pending[page] = Pending(page, 1, write, now, stream, waiters)
-        req = self.req_of[page] = self._new_req()
+        """Ask the page's probable owner for it and, after a sequential fault, for the run of
+        pages after it this node knows nothing of (see the module's docstring)."""
+        have_copy = self.state.get(page) is PageState.SHARED  # a write to a read copy
+        count = 1 if have_copy else self._unknown_run(page, max(window, untouched))
+        pend = Pending(page, count, write, now, stream, waiters)
+        req = self._new_req()
+        if count == 1:
+            self.pending[page] = pend
+            self.req_of[page] = req
+        else:
+            run = range(page, page + count)
+            self.pending.update(dict.fromkeys(run, pend))
+            self.req_of.update(dict.fromkeys(run, req))
         self.stats.count("requests")
         if self._tracing:
             self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
-                        "write" if write else "read", count=1, to=self._hint_name(page))
-        have_copy = self.state.get(page) is PageState.SHARED  # a write to a read copy
+                        "write" if write else "read", count=count, to=self._hint_name(page))
         return [self._to_hint(p.PageRequest(req, page, write, self.node, self.addr,
-                                            have_copy=have_copy))]
+                                            have_copy=have_copy, count=count))]
+
+    def _unknown_run(self, page: int, most: int) -> int:
+        """``page`` and the pages after it (at most ``most``, within its array) that this node
+        neither holds nor awaits and knows no owner of: the probable owner of ``page`` may
+        serve them with it."""
+        if most <= 1:
+            return 1
+        end = self.extents.end_of(page) or self.num_pages
+        limit = min(most, p.MAX_BATCH_PAGES, end - page)
+        state, pending, hint = self.state, self.pending, self.hint
+        count = 1
+        while count < limit:
+            q = page + count
+            if q in state or q in pending or q in hint:
+                break
+            count += 1
+        return count
+
+    def _forget_run(self, pend: Pending | None, req: int) -> None:
+        """Request ``req`` (awaited as ``pend``) is answered: its pages no longer await it,
+        those served as those left out (their threads ask again)."""
+        if pend is None:
+            return
+        req_of = self.req_of
+        for q in range(pend.first, pend.first + pend.count):
+            if req_of.get(q) == req:
+                del req_of[q]
 
     def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
         return []  # no read-ahead yet: a run's pages may have as many owners
@@ -206,10 +251,16 @@ class DynamicNodeCore(NodeCore):
             self._unwritten.discard(page)
             own.copyset[requester] = msg.reply_to
             own.busy = (requester, msg.req)
-            self.stats.count("downgrades")
-            out.append(Send(p.Served(msg.req, page, 1, False, p.Payload.DATA, self.node,
-                                     self.addr), pages=(page, 1), peer=to))
-            self._trace_serve(page, st, msg)
+            if msg.count > 1:
+                more, protects = self._serve_run_after(msg)
+                count = 1 + more
+                out += protects
+            else:
+                count = 1
+            self.stats.count("downgrades", count)
+            out.append(Send(p.Served(msg.req, page, count, False, p.Payload.DATA, self.node,
+                                     self.addr), pages=(page, count), peer=to))
+            self._trace_serve(page, st, msg, count)
             return out
         # (a copy given up since is still in the copy set: the requester says whether it holds one)
         has_copy = msg.have_copy and requester in own.copyset
@@ -235,10 +286,37 @@ class DynamicNodeCore(NodeCore):
             out += [self._to_hint(m) for m in queue if m.requester == self.node]
         return out + self._drain(page, now)  # what waited here goes on to the new owner
 
-    def _trace_serve(self, page: int, old: PageState | None, msg: p.PageRequest) -> None:
+    def _serve_run_after(self, msg: p.PageRequest) -> tuple[int, list[Action]]:
+        """A read run's pages after its first (served): how many more this node serves in the
+        same answer, as it serves one: those it owns with no transfer in flight and nothing
+        queued, up to the first it cannot (each read copy is confirmed with the run's
+        ``Taken``); and the protection of those writable here (before the copy is read)."""
+        requester, req, addr = msg.requester, msg.req, msg.reply_to
+        owned, state, queued, pending = self.owned, self.state, self.queued, self.pending
+        exclusive: list[int] = []
+        n = 1
+        while n < msg.count:
+            q = msg.page + n
+            own = owned.get(q)
+            if (own is None or own.busy is not None or own.upgrading is not None
+                    or queued.get(q) or q in pending or own.served.get(requester, 0) >= req):
+                break
+            own.served[requester] = req
+            own.copyset[requester] = addr
+            own.busy = (requester, req)
+            if state.get(q) is PageState.EXCLUSIVE:
+                exclusive.append(q)
+            state[q] = PageState.SHARED
+            self._unwritten.discard(q)
+            n += 1
+        return n - 1, [Protect(first, count)
+                       for first, count in page_runs(exclusive, p.MAX_BATCH_PAGES)]
+
+    def _trace_serve(self, page: int, old: PageState | None, msg: p.PageRequest,
+                     count: int = 1) -> None:
         if self._tracing:
             self._trace(page, "SERVE", self.node, _name(old), _name(self.state.get(page)),
-                        count=1, to=msg.requester, write=msg.write, hops=msg.hops)
+                        count=count, to=msg.requester, write=msg.write, hops=msg.hops)
 
     def _drain(self, page: int, now: float) -> list[Action]:
         """The requests queued for ``page`` that can go now: served, or forwarded."""
@@ -262,12 +340,13 @@ class DynamicNodeCore(NodeCore):
         return self._invalidate_copies(page, req, own, p.Payload.NONE, None, now)
 
     def _invalidate_copies(self, page: int, req: int, own: Ownership, payload: p.Payload,
-                           data: Any, now: float) -> list[Action]:
+                           data: Any, now: float, count: int = 1) -> list[Action]:
         """Send each copy holder an Invalidate naming this node; install (``payload``,
-        ``data``) once every one has acknowledged (straight away with none)."""
+        ``data``) once every one has acknowledged (straight away with none). ``count``: a run
+        the directory handed over (untouched: no copies), ``own`` its last page's."""
         holders = sorted((n, a) for n, a in own.copyset.items() if n != self.node)
         own.copyset.clear()
-        grant = p.Grant(page, 1, True, payload, txn=req, acks=[n for n, _ in holders])
+        grant = p.Grant(page, count, True, payload, txn=req, acks=[n for n, _ in holders])
         if not holders:
             return self._grant_acked(grant, data, now)
         own.upgrading = req
@@ -287,9 +366,13 @@ class DynamicNodeCore(NodeCore):
         own = self.owned.get(page)
         if own is not None:
             own.upgrading = None
-        if page not in self.pending:  # ownership nobody here waits for any more: taken all the same
-            self.pending[page] = Pending(page, 1, True, now, None)
-        return self._install(msg, data, now) + self._drain(page, now)
+        pend = self.pending.get(page)
+        if pend is None:  # ownership nobody here waits for any more: taken all the same
+            pend = self.pending[page] = Pending(page, msg.count, True, now, None)
+        out = self._install(msg, data, now)
+        for q in range(page, page + max(msg.count, pend.count)):
+            out += self._drain(q, now)  # (a run's pages left out: what waited goes on)
+        return out
 
     # --- answers to this node's requests -------------------------------------------------------
     def served(self, msg: p.Served, data: Any, now: float) -> list[Action]:
@@ -298,43 +381,58 @@ class DynamicNodeCore(NodeCore):
         invalidated before it is used)."""
         if msg.sender in self.dead:
             return []
-        page = msg.page
-        ours = page in self.pending and self.req_of.get(page) == msg.req
+        page, count = msg.page, msg.count
+        if count > 1 and msg.owner and (msg.copyset or msg.payload == p.Payload.NONE):
+            raise ProtocolError(f"ownership of pages {page}+{count} with copies to invalidate "
+                                "or no contents: a run is handed over untouched, contents and all")
+        pend = self.pending.get(page)
+        ours = (pend is not None and pend.first == page and pend.count >= count
+                and self.req_of.get(page) == msg.req)
         back = (msg.sender, msg.sender_addr) if msg.sender else None
 
         def taken(installed: bool) -> Send:
             return Send(p.Taken(msg.req, page, self.node, installed,
-                                list(self.answered[-ANSWERED_GATHERS_TOLD:])), peer=back)
+                                list(self.answered[-ANSWERED_GATHERS_TOLD:]), count=count),
+                        peer=back)
 
         if not msg.owner:
             if not ours:  # a read copy nobody here waits for: never installed unseen
                 return [taken(False)]
-            del self.req_of[page]
+            self._forget_run(pend, msg.req)
             if back is not None:
-                self.hint[page] = back
-            return self._install(p.Grant(page, 1, False, msg.payload), data, now) + [taken(True)]
+                self.hint.update(dict.fromkeys(range(page, page + count), back))
+            return (self._install(p.Grant(page, count, False, msg.payload), data, now)
+                    + [taken(True)])
         if ours:
-            del self.req_of[page]
+            self._forget_run(pend, msg.req)
         else:
-            log.warning("ownership of page %d came from %s unasked for: taken", page,
+            log.warning("ownership of pages %d+%d came from %s unasked for: taken", page, count,
                         msg.sender or "the directory")
-        self.hint.pop(page, None)
-        own = self.owned[page] = Ownership(
-            {n: a for n, a in msg.copyset if n != self.node and n not in self.dead},
-            dict(msg.served))  # (a dead holder's copy died with it: no acknowledgement comes)
-        own.served[self.node] = msg.req
-        own.version = msg.version
-        return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data, now)
+        copyset = {n: a for n, a in msg.copyset if n != self.node and n not in self.dead}
+        for q in range(page, page + count):  # (a run: the directory's untouched pages)
+            self.hint.pop(q, None)
+            # (a dead holder's copy died with it: no acknowledgement comes)
+            own = self.owned[q] = Ownership(dict(copyset), dict(msg.served))
+            own.served[self.node] = msg.req
+            own.version = msg.version
+        return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data,
+                                                       now, count)
 
     def taken(self, msg: p.Taken, now: float) -> list[Action]:
         """A requester confirmed what this node sent it."""
         page = msg.page
         own = self.owned.get(page)
         if own is not None and own.busy == (msg.requester, msg.req):
-            own.busy = None
-            if not msg.installed:
-                own.copyset.pop(msg.requester, None)
-            return self._drain(page, now)
+            out: list[Action] = []
+            for q in range(page, page + msg.count):  # (a run of read copies)
+                own = self.owned.get(q)
+                if own is None or own.busy != (msg.requester, msg.req):
+                    continue
+                own.busy = None
+                if not msg.installed:
+                    own.copyset.pop(msg.requester, None)
+                out += self._drain(q, now)
+            return out
         handing = self.handing.get(page)
         if handing is not None and handing[:2] == (msg.requester, msg.req):
             del self.handing[page]
@@ -361,10 +459,14 @@ class DynamicNodeCore(NodeCore):
 
     def lost(self, msg: p.Lost, now: float) -> list[Action]:
         """As any node core; what waited here for the lost pages goes to the directory."""
+        pend = self.pending.get(msg.page)
+        if pend is not None and pend.first == msg.page:  # (the pages of its run left out too)
+            self._forget_run(pend, self.req_of.get(msg.page, -1))
         out = super().lost(msg, now)
         for q in range(msg.page, msg.page + msg.count):
             self.req_of.pop(q, None)
             self.hint.pop(q, None)
+        for q in range(msg.page, msg.page + max(msg.count, pend.count if pend else 1)):
             out += self._drain(q, now)
         return out
 
@@ -470,9 +572,10 @@ class DynamicNodeCore(NodeCore):
             msg.gather, dead, sorted((q, own.version) for q, own in self.owned.items()),
             sorted((q, n, v) for q, (n, v) in handing.items()), sorted(self.passed.items()))))
         for page, req in self.req_of.items() if dead else ():
-            if page not in self.owned:
-                out.append(Send(p.PageRequest(req, page, self.pending[page].write, self.node,
-                                              self.addr)))
+            pend = self.pending[page]
+            if page not in self.owned and pend.first == page:  # (a run: asked for as one)
+                out.append(Send(p.PageRequest(req, page, pend.write, self.node, self.addr,
+                                              count=pend.count)))
         for (page, requester), fwd in self.forwarded.pop(dead, {}).items():
             if requester not in self.dead:  # (a duplicate is dropped where it was served)
                 out.append(Send(fwd))

@@ -137,8 +137,6 @@ class Inbox:
         it decides carried out."""
         if isinstance(msg, CHECKED_RUNS):
             self.layout.check_page(msg.page + msg.count - 1)
-        elif isinstance(msg, (p.PageRequest, p.Taken)):  # (the dynamic manager's: one page)
-            self.layout.check_page(msg.page)
         self._carry_out(self._core_handlers[type(msg)](msg, data))
 
     def _check_runs(self, flat: list[int]) -> None:

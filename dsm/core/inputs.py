@@ -40,4 +40,5 @@ def core_handlers(core: NodeCore, now: Callable[[], float],
 
 
 #: the messages whose runs of pages the receiver checks against its region first
-CHECKED_RUNS = (p.Grant, p.Lost, p.Fetch, p.Invalidate, p.Invalidated, p.Served)
+CHECKED_RUNS = (p.Grant, p.Lost, p.Fetch, p.Invalidate, p.Invalidated, p.Served, p.PageRequest,
+                p.Taken)

@@ -206,6 +206,8 @@ class DynamicPages:
         """Ownership of a page the directory owns, with its home copy (none if the requester
         holds a current read copy), the read copies to invalidate and the requests served."""
         pages, page, requester = self.pages, msg.page, msg.requester
+        if msg.count > 1 and page not in self.version:
+            return self._hand_over_untouched(msg)
         served = self.served.pop(page, {})
         if served.get(requester, 0) >= msg.req:  # re-sent after a death, served already
             self.served[page] = served
@@ -224,6 +226,32 @@ class DynamicPages:
                          to=requester, write=msg.write, hops=msg.hops)
         return [Send(requester, p.Served(msg.req, page, 1, True, payload, "", "", others,
                                          sorted(served.items()), version), data)]
+
+    def _hand_over_untouched(self, msg: p.PageRequest) -> list[Send]:
+        """A run request whose first page nobody has touched: ownership of it and of the
+        untouched pages after it (never handed out: zeros, no copies, nobody served), up to the
+        run's end or the first page that is not, in one ``Served`` (a fresh array's first
+        touch costs a round trip a run, not a page)."""
+        pages, page, requester = self.pages, msg.page, msg.requester
+        pages.layout.check_page(page + msg.count - 1)
+        version, lost, covers = self.version, pages.lost, pages.release.covers
+        count = 1
+        while count < msg.count:
+            q = page + count
+            if q in version or q in lost or covers(q):
+                break
+            count += 1
+        run = range(page, page + count)
+        self.last_owner.update(dict.fromkeys(run, requester))
+        version.update(dict.fromkeys(run, 1))
+        pages.granted[page:page + count] = True
+        pages.counters["dynamic_served"] += 1
+        payload, data = pages.home.get(page, count)
+        if pages._tracing:
+            pages._trace(page, "SERVE", "directory", "home", f"owned:{requester}", count=count,
+                         to=requester, write=msg.write, hops=msg.hops)
+        return [Send(requester, p.Served(msg.req, page, count, True, payload, "", "", [],
+                                         [(requester, msg.req)], 1), data)]
 
     def given_back(self, node: str, msg: p.Served, data: Any) -> list[Send]:
         """An owner hands a page back (an unmap, a leave): the directory owns it again, with
