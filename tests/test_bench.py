@@ -455,6 +455,7 @@ def test_bench_jacobi_times_each_iteration_beside_numpy(tmp_path, run_dsm_bench)
     assert len(floor) == 3 and all(t > 0 for t in floor)
 
 
+@pytest.mark.slow
 def test_bench_suite_runs_everything_into_one_table_json_and_png(tmp_path, run_dsm_bench):
     from dsm.bench.suite import NAMES
 
@@ -491,6 +492,7 @@ def test_bench_new_benchmarks_reject_bad_arguments():
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
 
 
+@pytest.mark.slow
 def test_bench_per_manager_puts_each_manager_in_a_column_with_its_traffic(tmp_path, run_dsm_bench):
     out = tmp_path / "managers.json"
     proc = run_dsm_bench("--manager", "relay,central,dynamic", "--only", "fault", "--quick",

@@ -55,6 +55,12 @@ def shards(request):
     return request.param
 
 
+#: the shard counts of a test whose run waits out the deadlines (a death, a silence): 4 shards
+#: in .ci/slow-check only (the suite's 15 minutes)
+SHARDS_WAITING_OUT_DEADLINES = pytest.mark.parametrize(
+    "shards", [2, pytest.param(4, marks=pytest.mark.slow)], ids=lambda k: f"{k}-shards")
+
+
 @pytest.fixture
 def directory(tmp_path, shards):
     d = Directory(tmp_path, shards=shards)
@@ -199,6 +205,7 @@ def _wait_for_log(directory: Directory, predicate, what: str) -> str:
         time.sleep(0.2)
 
 
+@SHARDS_WAITING_OUT_DEADLINES
 def test_a_killed_node_is_declared_dead_by_every_shard_and_its_pages_are_lost_on_each(
         directory, tmp_path, shards):
     array = "shards.loss"
@@ -240,6 +247,7 @@ def test_a_killed_node_is_declared_dead_by_every_shard_and_its_pages_are_lost_on
         c.kill()
 
 
+@SHARDS_WAITING_OUT_DEADLINES
 def test_a_node_any_shard_declares_dead_is_fenced_by_all(directory, tmp_path, shards):
     """A peer that keeps heartbeating every shard but leaves one shard's Fetch unanswered: that
     shard declares it dead, and the coordinator makes every other shard fence it too."""
@@ -305,6 +313,7 @@ def test_a_page_message_to_the_wrong_shard_gets_an_error_naming_the_right_one(di
         raw.close()
 
 
+@SHARDS_WAITING_OUT_DEADLINES
 def test_a_node_is_cut_off_when_any_shard_falls_silent(directory, tmp_path, shards):
     node = NodeProcess(directory.endpoint, "n", tmp_path)
     silent = directory.shard_pids()[-1]  # the last shard
@@ -457,6 +466,7 @@ MANY_OPS = 100
 START_WAVE = 4
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_32_nodes_against_4_shards_keep_every_words_history_linearizable(tmp_path):
     directory = Directory(tmp_path, shards=MANY_SHARDS)
