@@ -157,9 +157,6 @@ class DynamicNodeCore(NodeCore):
             if req_of.get(q) == req:
                 del req_of[q]
 
-    def _request_ahead(self, stream: Hashable | None, now: float) -> list[Action]:
-        return []  # no read-ahead yet: a run's pages may have as many owners
-
     def _request_upgrade(self, page: int, window: int, waiter: Waiter, now: float
                          ) -> list[Action]:
         """A write to a read copy: the owner invalidates its copy set itself (no request
