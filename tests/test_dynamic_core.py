@@ -432,3 +432,44 @@ def test_the_owner_serves_a_read_run_of_the_pages_it_owns_in_one_answer():
     nodes.deliver("a", p.replace(p.PageRequest(FIRST_REQ + 9, 6, False, "b", "tcp://b:7401"),
                                  count=4))
     assert nodes.wire[-1][2].count == 2  # pages 6 and 7
+
+
+def test_a_page_this_node_read_then_wrote_is_owned_at_its_next_read_and_written_locally():
+    nodes = shared_by_a_and_b()
+    b = nodes.cores["b"]
+    assert PAGE not in b.migratory
+    nodes.fault("b", PAGE, write=True, kind=FaultKind.WRITE_PROTECTED)  # read, then written
+    assert PAGE in b.migratory
+    nodes.run()
+    assert PAGE in b.owned
+    nodes.fault("a", PAGE, write=False)  # a reads it: a read copy (a has not written it)
+    nodes.run()
+    assert PAGE in nodes.cores["a"].state and PAGE not in nodes.cores["a"].owned
+    nodes.deliver("b", p.Invalidate(9, PAGE, 1, "a", "tcp://a:7401"))  # (b loses its copy)
+    nodes.cores["a"].owned[PAGE] = nodes.cores["b"].owned.pop(PAGE)  # (a took it over)
+    nodes.cores["b"].hint[PAGE] = ("a", "tcp://a:7401")
+    nodes.cores["a"].state[PAGE] = PageState.EXCLUSIVE
+    nodes.wire.clear()
+    # b reads it again: it asks for ownership, and its write that follows sends nothing
+    nodes.fault("b", PAGE, write=False)
+    sender, to, req = nodes.wire[0]
+    assert (sender, to) == ("b", "a") and req.write and not b.pending[PAGE].write
+    nodes.run()
+    install = [x for x in nodes.actions["b"] if isinstance(x, act.Install)][-1]
+    assert PAGE in b.owned and not install.writable  # write-protected: the write tells
+    sent = len(nodes.wire) + len(nodes.to_directory)
+    out = nodes.fault("b", PAGE, write=True, kind=FaultKind.WRITE_PROTECTED)
+    assert [type(x) for x in out] == [act.Unprotect] and len(nodes.wire) + len(
+        nodes.to_directory) == sent
+
+
+def test_a_page_owned_at_a_read_and_handed_on_unwritten_is_no_longer_migratory():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    b = nodes.cores["b"]
+    b.migratory.add(PAGE)
+    nodes.fault("b", PAGE, write=False)
+    nodes.deliver("a", p.replace(nodes.to_directory.pop()[1], hops=1))
+    nodes.run()
+    assert PAGE in b.owned and PAGE in b._unwritten
+    nodes.deliver("b", p.PageRequest(FIRST_REQ + 7, PAGE, True, "a", "tcp://a:7401"))
+    assert PAGE not in b.migratory  # a wrong prediction: its next read asks for a copy

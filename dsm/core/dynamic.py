@@ -33,6 +33,7 @@ from dsm.core.release import RELEASE
 from dsm.core.states import PageState
 from dsm.core.states import runs as page_runs
 from dsm.errors import ProtocolError
+from dsm.uffd.events import Access, FaultKind
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class DynamicNodeCore(NodeCore):
         #: gather -> {page: the node it was handed to}, taken by a node that had answered the
         #: gather, this node not yet: reported to it as on its way (the taker did not report it)
         self.late: dict[int, dict[int, tuple[str, int]]] = {}
+        #: pages this node wrote after reading them (a read copy upgraded, or ownership taken
+        #: at a read and then written): its next read miss of one asks for ownership. One
+        #: handed on unwritten since is a wrong prediction: forgotten
+        self.migratory: set[int] = set()
 
     def handlers(self, now: Callable[[], float]) -> dict[type, Callable[[Any, Any], list[Action]]]:
         """The dynamic manager's messages, for ``dsm.core.inputs.core_handlers``."""
@@ -108,13 +113,25 @@ class DynamicNodeCore(NodeCore):
         }
 
     # --- this node's requests ------------------------------------------------------------------
+    def fault(self, proc: Any, addr: int, page: int, rw: Access, kind: FaultKind, thread_id: int,
+              now: float, resident: bool = True) -> list[Action]:
+        """As any node core; a write to a page owned since a read (installed write-protected)
+        makes the page migratory here."""
+        if (kind is FaultKind.WRITE_PROTECTED and rw is Access.WRITE
+                and page in self._unwritten):
+            self.migratory.add(page)
+        return super().fault(proc, addr, page, rw, kind, thread_id, now, resident)
+
     def _request(self, page: int, window: int, write: bool, waiters: list[Waiter],
                  stream: Hashable | None, now: float, untouched: int = 1) -> list[Action]:
         """Ask the page's probable owner for it and, after a sequential fault, for the run of
         pages after it this node knows nothing of (see the module's docstring)."""
         have_copy = self.state.get(page) is PageState.SHARED  # a write to a read copy
         count = 1 if have_copy else self._unknown_run(page, max(window, untouched))
-        pend = Pending(page, count, write, now, stream, waiters)
+        # a read of a page this node writes after reading it: ownership at once (installed
+        # write-protected, its write a local fault), not a read copy and then an upgrade
+        owning = not write and count == 1 and page in self.migratory
+        pend = Pending(page, count, write, now, stream, waiters, owning)
         req = self._new_req()
         if count == 1:
             self.pending[page] = pend
@@ -127,7 +144,9 @@ class DynamicNodeCore(NodeCore):
         if self._tracing:
             self._trace(page, "ACQUIRE", self.node, _name(self.state.get(page)),
                         "write" if write else "read", count=count, to=self._hint_name(page))
-        return [self._to_hint(p.PageRequest(req, page, write, self.node, self.addr,
+        if owning:
+            self.stats.count("migratory_requests")
+        return [self._to_hint(p.PageRequest(req, page, write or owning, self.node, self.addr,
                                             have_copy=have_copy, count=count))]
 
     def _unknown_run(self, page: int, most: int) -> int:
@@ -163,6 +182,7 @@ class DynamicNodeCore(NodeCore):
         leaves the node but the Invalidates); any other node asks the owner for ownership."""
         own = self.owned.get(page)
         if own is None:
+            self.migratory.add(page)  # read here, then written: its next read asks to own it
             return self._request(page, 1, True, [waiter], None, now)
         self.pending[page] = Pending(page, 1, True, now, None, [waiter])
         req = self.req_of[page] = self._new_req()
@@ -200,7 +220,7 @@ class DynamicNodeCore(NodeCore):
                 self.queued.setdefault(page, deque()).append(msg)
                 return []
             return self._serve(msg, own, now)
-        if pend is not None and pend.write and msg.requester != self.node:
+        if pend is not None and pend.owns and msg.requester != self.node:
             # Li and Hudak's locked page table entry: this node's write makes it the owner
             self.queued.setdefault(page, deque()).append(msg)
             return []
@@ -239,6 +259,8 @@ class DynamicNodeCore(NodeCore):
             return []
         own.served[requester] = msg.req
         st = self.state.get(page)
+        if page in self._unwritten:  # owned since a read, handed on unwritten: not migratory
+            self.migratory.discard(page)
         # local writers stopped first: what is sent is what stays
         out: list[Action] = [Protect(page, 1)] if st is PageState.EXCLUSIVE else []
         to = (requester, msg.reply_to)
@@ -324,7 +346,7 @@ class DynamicNodeCore(NodeCore):
             if own is not None and (own.busy is not None or own.upgrading is not None):
                 break
             pend = self.pending.get(page)
-            if own is None and pend is not None and pend.write and page in self.req_of:
+            if own is None and pend is not None and pend.owns and page in self.req_of:
                 break  # still about to own it
             out += self.page_request(queue.popleft(), now)
         if not queue:
@@ -530,6 +552,8 @@ class DynamicNodeCore(NodeCore):
             else:
                 continue
             del self.state[page]
+            if page in self._unwritten:
+                self.migratory.discard(page)
             self._unwritten.discard(page)
             self.stats.count("givebacks")
             if self._tracing:
@@ -571,7 +595,7 @@ class DynamicNodeCore(NodeCore):
         for page, req in self.req_of.items() if dead else ():
             pend = self.pending[page]
             if page not in self.owned and pend.first == page:  # (a run: asked for as one)
-                out.append(Send(p.PageRequest(req, page, pend.write, self.node, self.addr,
+                out.append(Send(p.PageRequest(req, page, pend.owns, self.node, self.addr,
                                               count=pend.count)))
         for (page, requester), fwd in self.forwarded.pop(dead, {}).items():
             if requester not in self.dead:  # (a duplicate is dropped where it was served)
@@ -599,6 +623,7 @@ class DynamicNodeCore(NodeCore):
         self.late.clear()
         self.passed.clear()
         self.forwarded.clear()
+        self.migratory.clear()
 
 
 def _name(state: PageState | None) -> str:

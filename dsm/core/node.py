@@ -67,6 +67,14 @@ class Pending:
     sent_at: float
     stream: Hashable | None  #: the read-ahead stream it belongs to
     waiters: list[Waiter] = field(default_factory=list)
+    #: a read that asks for ownership (the dynamic manager's migratory prediction: the page is
+    #: written after it is read here)
+    owning: bool = False
+
+    @property
+    def owns(self) -> bool:
+        """Whether the answer makes this node the pages' owner (a write, or an owning read)."""
+        return self.write or self.owning
 
 
 class NodeCore:
