@@ -473,3 +473,29 @@ def test_a_page_owned_at_a_read_and_handed_on_unwritten_is_no_longer_migratory()
     assert PAGE in b.owned and PAGE in b._unwritten
     nodes.deliver("b", p.PageRequest(FIRST_REQ + 7, PAGE, True, "a", "tcp://a:7401"))
     assert PAGE not in b.migratory  # a wrong prediction: its next read asks for a copy
+
+
+def test_the_owner_hands_over_a_write_run_of_the_pages_it_was_handed_together():
+    nodes = Cluster("a", "b")
+    _write_in_order(nodes, "a", range(PAGES))  # pages 1-15 handed to a in one run
+    a = nodes.cores["a"]
+    a.owned[9].copyset["c"] = "tcp://c:7401"  # a copy out: the run stops before page 9
+    out = nodes.deliver("a", p.replace(p.PageRequest(FIRST_REQ + 3, 4, True, "b",
+                                                     "tcp://b:7401"), count=8))
+    [served] = [x for x in out if isinstance(x, act.Send)]
+    assert (served.message.page, served.message.count, served.message.version) == (4, 5, 2)
+    assert served.pages == (4, 5) and served.message.copyset == []
+    # written here: write-protected, then taken out, before the bytes leave
+    kinds = [type(x) for x in out]
+    assert kinds.index(act.Protect) < kinds.index(act.Punch) < kinds.index(act.Send)
+    assert all(q not in a.owned and a.hint[q][0] == "b" for q in range(4, 9))
+    assert 9 in a.owned
+    nodes.carry("a", [])
+    nodes.deliver("b", served.message)
+    b = nodes.cores["b"]
+    assert all(q in b.owned and b.owned[q].version == 2 for q in range(4, 9))
+    # b's one Taken confirms the whole run: a reports none of it as on its way any more
+    _, _, taken = nodes.wire[-1]
+    assert taken.count == 5
+    nodes.run()
+    assert not a.handing and all(a.passed[q] == 2 for q in range(4, 9))

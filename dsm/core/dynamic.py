@@ -284,19 +284,24 @@ class DynamicNodeCore(NodeCore):
         # (a copy given up since is still in the copy set: the requester says whether it holds one)
         has_copy = msg.have_copy and requester in own.copyset
         others = sorted((n, a) for n, a in own.copyset.items() if n != requester)
+        count = 1
+        if msg.count > 1 and not others and not has_copy:
+            more, protects = self._hand_run_after(msg, own, to)
+            count += more
+            out += protects
         # gone from here before the requester can have it
-        out.append(Punch(page, 1, keep=not has_copy))
-        out.append(Send(p.Served(msg.req, page, 1, True,
+        out.append(Punch(page, count, keep=not has_copy))
+        out.append(Send(p.Served(msg.req, page, count, True,
                                  p.Payload.NONE if has_copy else p.Payload.DATA, self.node,
                                  self.addr, others, sorted(own.served.items()), own.version + 1),
-                        pages=None if has_copy else (page, 1), peer=to))
+                        pages=None if has_copy else (page, count), peer=to))
         del self.owned[page]
         self.state.pop(page, None)
         self._unwritten.discard(page)
         self.handing[page] = (requester, msg.req, own.version + 1)
         self.hint[page] = to
-        self.stats.count("invalidations")
-        self._trace_serve(page, st, msg)
+        self.stats.count("invalidations", count)
+        self._trace_serve(page, st, msg, count)
         queue = self.queued.get(page)
         if queue and any(m.requester == self.node for m in queue):
             # this node's own write, queued behind the transfer: out to the new owner first,
@@ -304,6 +309,39 @@ class DynamicNodeCore(NodeCore):
             self.queued[page] = deque(m for m in queue if m.requester != self.node)
             out += [self._to_hint(m) for m in queue if m.requester == self.node]
         return out + self._drain(page, now)  # what waited here goes on to the new owner
+
+    def _hand_run_after(self, msg: p.PageRequest, first: Ownership, to: Peer
+                        ) -> tuple[int, list[Action]]:
+        """A write run's pages after its first (handed over with no copies): how many more
+        this node hands over in the same ``Served``, which says one copy set (none), one
+        record of requests served and one version for them all: those it owns with no copies,
+        no transfer in flight, nothing queued, and the first's record and version (a run
+        handed out together, as a first touch's is), up to the first it cannot; and the
+        protection of those writable here (before they are read out)."""
+        requester, req = msg.requester, msg.req
+        owned, state, queued, pending = self.owned, self.state, self.queued, self.pending
+        served, version = first.served, first.version
+        exclusive: list[int] = []
+        n = 1
+        while n < msg.count:
+            q = msg.page + n
+            own = owned.get(q)
+            if (own is None or own.copyset or own.busy is not None or own.upgrading is not None
+                    or queued.get(q) or q in pending or own.version != version
+                    or {**own.served, requester: req} != served):
+                break
+            if state.get(q) is PageState.EXCLUSIVE:
+                exclusive.append(q)
+            if q in self._unwritten:  # owned since a read, handed on unwritten
+                self.migratory.discard(q)
+                self._unwritten.discard(q)
+            del owned[q]
+            state.pop(q, None)
+            self.handing[q] = (requester, req, version + 1)
+            self.hint[q] = to
+            n += 1
+        return n - 1, [Protect(first_page, count)
+                       for first_page, count in page_runs(exclusive, p.MAX_BATCH_PAGES)]
 
     def _serve_run_after(self, msg: p.PageRequest) -> tuple[int, list[Action]]:
         """A read run's pages after its first (served): how many more this node serves in the
@@ -452,14 +490,16 @@ class DynamicNodeCore(NodeCore):
                     own.copyset.pop(msg.requester, None)
                 out += self._drain(q, now)
             return out
-        handing = self.handing.get(page)
-        if handing is not None and handing[:2] == (msg.requester, msg.req):
-            del self.handing[page]
-            self.passed[page] = handing[2]
-            done = set(self.answered)
+        done = set(self.answered)
+        for q in range(page, page + msg.count):  # (a run handed over together)
+            handing = self.handing.get(q)
+            if handing is None or handing[:2] != (msg.requester, msg.req):
+                continue
+            del self.handing[q]
+            self.passed[q] = handing[2]
             for gather in msg.answered:
                 if gather not in done:  # reported by nobody but here
-                    self.late.setdefault(gather, {})[page] = (msg.requester, handing[2])
+                    self.late.setdefault(gather, {})[q] = (msg.requester, handing[2])
         return []
 
     def invalidate(self, msg: p.Invalidate, reachable: Callable[[str], bool] = lambda a: True
