@@ -472,7 +472,8 @@ class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
     #: ``page`` and the ``count - 1`` pages after it, none held or awaited by the requester (a
     #: sequential run). Only the first one decides where the request goes; whoever serves it
     #: may serve the following ones too, those it can in one answer (``Served.count``): the
-    #: directory a run of untouched pages, an owner a run of read copies of pages it owns.
+    #: directory a run of untouched pages, an owner a run of read copies of pages it owns or,
+    #: to a writer, of the pages it was handed together.
     #: The requester asks again for the rest it still needs
     count: PageCount = 1
 
@@ -485,8 +486,9 @@ class Served(Message, tag=MsgType.SERVED.value):
     (``served``: ownership carries it, so that a request re-sent after a death is never served
     twice). Payload NONE: the requester holds the current contents (it is in the copy set).
     ``count`` pages from ``page`` (a run request's, ``PageRequest.count``): read copies of pages
-    the sender owns, or ownership of untouched pages from the directory (no copies, no request
-    served but this one, version 1: what it says holds for every page of the run). The
+    the sender owns, or ownership with no copies: of untouched pages from the directory, or of
+    pages the sender was handed together (one record of requests served, one version: what it
+    says holds for every page of the run). The
     requester confirms with ``Taken``. An owner that gives a page back (an unmap, a leave)
     hands ownership to the directory the same way (``req`` 0, no ``Taken``): the directory owns
     the page again, with its copies and the requests served."""
