@@ -1,0 +1,110 @@
+"""Runs of pages under IVY's dynamic distributed manager (``dsm.core.dynamic``): which pages a
+sequential fault asks for with its page (``PageRequest.count``), and which of them an owner
+serves in the same answer (``Served.count``). The first page alone routes a run; its pages may
+have as many owners, so each side takes only what it can vouch for and the requester's threads
+ask again for the rest. ``DynamicRuns`` is mixed into ``DynamicNodeCore`` and works on its
+state (its pages held, awaited and hinted, and what it owns)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dsm import protocol as p
+from dsm.core.actions import Action, Protect
+from dsm.core.node import Pending
+from dsm.core.states import PageState
+from dsm.core.states import runs as page_runs
+
+if TYPE_CHECKING:
+    from dsm.core.dynamic import Ownership, Peer
+
+
+class DynamicRuns:
+    """The run logic of ``DynamicNodeCore`` (its attributes: ``state``, ``pending``, ``hint``,
+    ``req_of``, ``owned``, ``queued``, ``handing``, ``migratory``, ``_unwritten``)."""
+
+    def _unknown_run(self, page: int, most: int) -> int:
+        """``page`` and the pages after it (at most ``most``, within its array) that this node
+        neither holds nor awaits and knows no owner of: the probable owner of ``page`` may
+        serve them with it."""
+        if most <= 1:
+            return 1
+        end = self.extents.end_of(page) or self.num_pages
+        limit = min(most, p.MAX_BATCH_PAGES, end - page)
+        state, pending, hint = self.state, self.pending, self.hint
+        count = 1
+        while count < limit:
+            q = page + count
+            if q in state or q in pending or q in hint:
+                break
+            count += 1
+        return count
+
+    def _forget_run(self, pend: Pending | None, req: int) -> None:
+        """Request ``req`` (awaited as ``pend``) is answered: its pages no longer await it,
+        those served as those left out (their threads ask again)."""
+        if pend is None:
+            return
+        req_of = self.req_of
+        for q in range(pend.first, pend.first + pend.count):
+            if req_of.get(q) == req:
+                del req_of[q]
+
+    def _hand_run_after(self, msg: p.PageRequest, first: Ownership, to: Peer
+                        ) -> tuple[int, list[Action]]:
+        """A write run's pages after its first (handed over with no copies): how many more
+        this node hands over in the same ``Served``, which says one copy set (none), one
+        record of requests served and one version for them all: those it owns with no copies,
+        no transfer in flight, nothing queued, and the first's record and version (a run
+        handed out together, as a first touch's is), up to the first it cannot; and the
+        protection of those writable here (before they are read out)."""
+        requester, req = msg.requester, msg.req
+        owned, state, queued, pending = self.owned, self.state, self.queued, self.pending
+        served, version = first.served, first.version
+        exclusive: list[int] = []
+        n = 1
+        while n < msg.count:
+            q = msg.page + n
+            own = owned.get(q)
+            if (own is None or own.copyset or own.busy is not None or own.upgrading is not None
+                    or queued.get(q) or q in pending or own.version != version
+                    or {**own.served, requester: req} != served):
+                break
+            if state.get(q) is PageState.EXCLUSIVE:
+                exclusive.append(q)
+            if q in self._unwritten:  # owned since a read, handed on unwritten
+                self.migratory.discard(q)
+                self._unwritten.discard(q)
+            del owned[q]
+            state.pop(q, None)
+            self.handing[q] = (requester, req, version + 1)
+            self.hint[q] = to
+            n += 1
+        return n - 1, [Protect(first_page, count)
+                       for first_page, count in page_runs(exclusive, p.MAX_BATCH_PAGES)]
+
+    def _serve_run_after(self, msg: p.PageRequest) -> tuple[int, list[Action]]:
+        """A read run's pages after its first (served): how many more this node serves in the
+        same answer, as it serves one: those it owns with no transfer in flight and nothing
+        queued, up to the first it cannot (each read copy is confirmed with the run's
+        ``Taken``); and the protection of those writable here (before the copy is read)."""
+        requester, req, addr = msg.requester, msg.req, msg.reply_to
+        owned, state, queued, pending = self.owned, self.state, self.queued, self.pending
+        exclusive: list[int] = []
+        n = 1
+        while n < msg.count:
+            q = msg.page + n
+            own = owned.get(q)
+            if (own is None or own.busy is not None or own.upgrading is not None
+                    or queued.get(q) or q in pending or own.served.get(requester, 0) >= req):
+                break
+            own.served[requester] = req
+            own.copyset[requester] = addr
+            own.busy = (requester, req)
+            if state.get(q) is PageState.EXCLUSIVE:
+                exclusive.append(q)
+            state[q] = PageState.SHARED
+            self._unwritten.discard(q)
+            n += 1
+        return n - 1, [Protect(first, count)
+                       for first, count in page_runs(exclusive, p.MAX_BATCH_PAGES)]
