@@ -510,6 +510,10 @@ class Served(Message, tag=MsgType.SERVED.value):
     #: (the dynamic manager) set by a sender that could not reach node ``relay_to``: sent to
     #: the directory instead, which relays it there
     relay_to: str = ""
+    #: ownership whose ``copyset`` the sender has invalidated already, each ``Invalidate``
+    #: naming the requester (sent beside this answer, not after it: a hop less): the requester
+    #: sends none, and awaits the holders' acknowledgements
+    invalidated: bool = False
 
 
 class Taken(Message, tag=MsgType.TAKEN.value):

@@ -133,9 +133,13 @@ def test_the_owner_serves_one_transfer_at_a_time():
     assert nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, True, "c", "tcp://c:7401")) == []
     assert len(a.queued[PAGE]) == 1
     out = nodes.deliver("a", p.Taken(FIRST_REQ + 1, PAGE, "b", True))
-    served = next(x for x in out if isinstance(x, act.Send))
+    served = next(x for x in out if isinstance(x, act.Send) and isinstance(x.message, p.Served))
     assert served.peer == ("c", "tcp://c:7401") and served.message.owner
-    assert served.message.copyset == [("b", "tcp://b:7401")]
+    # b's copy invalidated from here, beside the transfer, naming c: b acknowledges to c
+    assert served.message.copyset == [("b", "tcp://b:7401")] and served.message.invalidated
+    [inval] = [x for x in out if isinstance(x, act.Send) and isinstance(x.message, p.Invalidate)]
+    assert inval.peer == ("b", "tcp://b:7401") and inval.message == p.Invalidate(
+        FIRST_REQ + 1, PAGE, 1, "c", "tcp://c:7401")
     # (with a's own request, which made it the owner)
     assert dict(served.message.served) == {"a": FIRST_REQ + 1, "b": FIRST_REQ + 1,
                                            "c": FIRST_REQ + 1}
@@ -146,7 +150,7 @@ def test_the_owner_serves_one_transfer_at_a_time():
     assert a.handing[PAGE] == ("c", FIRST_REQ + 1, 1) and PAGE not in a.queued
 
 
-def test_the_new_owner_invalidates_the_copies_itself_and_installs_once_all_acknowledged():
+def test_the_old_owner_invalidates_the_copies_beside_the_transfer_and_the_new_installs_once_all_acknowledged():
     nodes = owned_by(Cluster("a", "b", "c"), "a")
     nodes.fault("b", PAGE, write=False)
     nodes.deliver("a", nodes.to_directory.pop()[1])
@@ -157,18 +161,16 @@ def test_the_new_owner_invalidates_the_copies_itself_and_installs_once_all_ackno
     assert [(s, t, type(m)) for s, t, m in hops] == [
         ("c", "b", p.PageRequest),  # b forwards it along its hint
         ("b", "a", p.PageRequest),
-        ("a", "c", p.Served),  # ownership, with b in its copy set
-        ("c", "a", p.Taken),
-        ("c", "b", p.Invalidate),  # naming c: b acknowledges straight to it
-        ("b", "c", p.Invalidated)]
+        ("a", "b", p.Invalidate),  # naming c: b acknowledges straight to it
+        ("a", "c", p.Served),  # ownership, b in its copy set (invalidated already)
+        ("b", "c", p.Invalidated),  # (here before the ownership: kept for it)
+        ("c", "a", p.Taken)]
     c = nodes.cores["c"]
     assert hops[1][2].hops == 1
     installs = [x for x in nodes.actions["c"] if isinstance(x, act.Install)]
     assert installs and installs[0].writable and c.state[PAGE] is PageState.EXCLUSIVE
-    # c installed only after b's acknowledgement
-    assert nodes.actions["c"].index(installs[0]) > max(
-        i for i, x in enumerate(nodes.actions["c"])
-        if isinstance(x, act.Send) and isinstance(x.message, p.Invalidate))
+    assert not any(isinstance(x, act.Send) and isinstance(x.message, p.Invalidate)
+                   for x in nodes.actions["c"])
     assert PAGE not in nodes.cores["b"].state
     # every hint now leads to c
     assert nodes.cores["b"].hint[PAGE][0] == "c" and nodes.cores["a"].hint[PAGE][0] == "c"

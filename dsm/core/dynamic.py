@@ -263,11 +263,16 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
             more, protects = self._hand_run_after(msg, own, to)
             count += more
             out += protects
+        # the copies invalidated from here, beside the transfer: each holder acknowledges to
+        # the requester, which installs once all have (3 hops, not 4)
+        out += [Send(p.Invalidate(msg.req, page, 1, requester, msg.reply_to), peer=h)
+                for h in others]
         # gone from here before the requester can have it
         out.append(Punch(page, count, keep=not has_copy))
         out.append(Send(p.Served(msg.req, page, count, True,
                                  p.Payload.NONE if has_copy else p.Payload.DATA, self.node,
-                                 self.addr, others, sorted(own.served.items()), own.version + 1),
+                                 self.addr, others, sorted(own.served.items()), own.version + 1,
+                                 invalidated=bool(others)),
                         pages=None if has_copy else (page, count), peer=to))
         del self.owned[page]
         self.state.pop(page, None)
@@ -312,19 +317,21 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         return self._invalidate_copies(page, req, own, p.Payload.NONE, None, now)
 
     def _invalidate_copies(self, page: int, req: int, own: Ownership, payload: p.Payload,
-                           data: Any, now: float, count: int = 1) -> list[Action]:
-        """Send each copy holder an Invalidate naming this node; install (``payload``,
-        ``data``) once every one has acknowledged (straight away with none). ``count``: a run
-        the directory handed over (untouched: no copies), ``own`` its last page's."""
+                           data: Any, now: float, count: int = 1, sent: bool = False
+                           ) -> list[Action]:
+        """Send each copy holder an Invalidate naming this node (unless the old owner has:
+        ``sent``, ``Served.invalidated``); install (``payload``, ``data``) once every one has
+        acknowledged (straight away with none; some may have before the ownership came).
+        ``count``: a run handed over with no copies, ``own`` its last page's."""
         holders = sorted((n, a) for n, a in own.copyset.items() if n != self.node)
         own.copyset.clear()
         grant = p.Grant(page, count, True, payload, txn=req, acks=[n for n, _ in holders])
         if not holders:
             return self._grant_acked(grant, data, now)
         own.upgrading = req
-        out: list[Action] = [Send(p.Invalidate(req, page, 1, self.node, self.addr), peer=h)
-                             for h in holders]
-        if self.acks.granted((req, page), grant, data):  # (never: nobody else names req)
+        out: list[Action] = [] if sent else [
+            Send(p.Invalidate(req, page, 1, self.node, self.addr), peer=h) for h in holders]
+        if self.acks.granted((req, page), grant, data):  # (every one came before: done)
             out += self._grant_acked(grant, data, now)
         return out
 
@@ -388,7 +395,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
             own.served[self.node] = msg.req
             own.version = msg.version
         return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data,
-                                                       now, count)
+                                                       now, count, msg.invalidated)
 
     def taken(self, msg: p.Taken, now: float) -> list[Action]:
         """A requester confirmed what this node sent it."""
