@@ -38,8 +38,18 @@ def _quiet_losses(caplog):
     caplog.set_level(logging.CRITICAL)  # the simulated losses log loudly, as they should
 
 
+#: configurations this large (their heartbeats alone take seconds a seed) run in .ci/slow-check
+SLOW_NODES = 256
+
+
+def _marked(configs: list) -> list:
+    """``configs`` as parameters, the largest marked slow."""
+    return [pytest.param(*c, id=c[0], marks=[pytest.mark.slow]
+                         if c[1].get("nodes", 3) >= SLOW_NODES else []) for c in configs]
+
+
 @pytest.mark.parametrize("manager", ["relay", "central"])
-@pytest.mark.parametrize("name,kwargs,seeds", CONFIGS, ids=[c[0] for c in CONFIGS])
+@pytest.mark.parametrize("name,kwargs,seeds", _marked(CONFIGS))
 def test_every_invariant_holds_on_every_seed(name, kwargs, seeds, manager):
     for seed in seeds:
         World(seed, manager=manager, **kwargs).run()
@@ -131,7 +141,7 @@ SHARDED = [
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,seeds", SHARDED, ids=[c[0] for c in SHARDED])
+@pytest.mark.parametrize("name,kwargs,seeds", _marked(SHARDED))
 def test_every_invariant_holds_under_the_distributed_manager(name, kwargs, seeds):
     kwargs = {"shards": 3, **kwargs}
     spread = [0] * kwargs["shards"]
