@@ -501,3 +501,26 @@ def test_the_owner_hands_over_a_write_run_of_the_pages_it_was_handed_together():
     assert taken.count == 5
     nodes.run()
     assert not a.handing and all(a.passed[q] == 2 for q in range(4, 9))
+
+
+def test_invalidates_an_old_owner_sent_are_sent_again_by_the_new_one_if_it_dies():
+    nodes = shared_by_a_and_b()
+    nodes.cores["c"] = DynamicNodeCore("c", PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES),
+                                       "tcp://c:7401", FIRST_REQ)
+    nodes.handlers["c"] = core_handlers(nodes.cores["c"], lambda: 0.0, lambda m: (lambda a: True))
+    nodes.actions["c"] = []
+    nodes.cores["c"].hint[PAGE] = ("a", "tcp://a:7401")
+    nodes.fault("c", PAGE, write=True)
+    nodes.deliver("a", nodes.wire.popleft()[2])
+    # a sent b's Invalidate and c's ownership, then died: only the ownership got out
+    [(_, _, served)] = [m for m in nodes.wire if isinstance(m[2], p.Served)]
+    nodes.wire.clear()
+    nodes.deliver("c", served)
+    c = nodes.cores["c"]
+    assert c.acks.waiting_for((served.req, PAGE)) == {"b"} and PAGE not in c.state
+    out = nodes.deliver("c", p.OwnerDead(1, "a"))
+    assert [(x.peer, x.message) for x in out if isinstance(x, act.Send)
+            and isinstance(x.message, p.Invalidate)] == [
+        (("b", "tcp://b:7401"), p.Invalidate(served.req, PAGE, 1, "c", "tcp://c:7401"))]
+    nodes.run()  # b acknowledges to c, which installs
+    assert c.state[PAGE] is PageState.EXCLUSIVE and not c.invalidating

@@ -103,6 +103,10 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         #: at a read and then written): its next read miss of one asks for ownership. One
         #: handed on unwritten since is a wrong prediction: forgotten
         self.migratory: set[int] = set()
+        #: ownership awaiting acknowledgements of Invalidates its old owner sent
+        #: (``Served.invalidated``): (request, page) -> (that owner, the holders). Should it die,
+        #: they may never have left it: this node sends them again
+        self.invalidating: dict[tuple[int, int], tuple[str, list[Peer]]] = {}
 
     def handlers(self, now: Callable[[], float]) -> dict[type, Callable[[Any, Any], list[Action]]]:
         """The dynamic manager's messages, for ``dsm.core.inputs.core_handlers``."""
@@ -317,10 +321,10 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         return self._invalidate_copies(page, req, own, p.Payload.NONE, None, now)
 
     def _invalidate_copies(self, page: int, req: int, own: Ownership, payload: p.Payload,
-                           data: Any, now: float, count: int = 1, sent: bool = False
+                           data: Any, now: float, count: int = 1, sent_by: str = ""
                            ) -> list[Action]:
-        """Send each copy holder an Invalidate naming this node (unless the old owner has:
-        ``sent``, ``Served.invalidated``); install (``payload``, ``data``) once every one has
+        """Send each copy holder an Invalidate naming this node (unless the old owner
+        ``sent_by`` has: ``Served.invalidated``); install (``payload``, ``data``) once every one has
         acknowledged (straight away with none; some may have before the ownership came).
         ``count``: a run handed over with no copies, ``own`` its last page's."""
         holders = sorted((n, a) for n, a in own.copyset.items() if n != self.node)
@@ -329,10 +333,12 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         if not holders:
             return self._grant_acked(grant, data, now)
         own.upgrading = req
-        out: list[Action] = [] if sent else [
+        out: list[Action] = [] if sent_by else [
             Send(p.Invalidate(req, page, 1, self.node, self.addr), peer=h) for h in holders]
         if self.acks.granted((req, page), grant, data):  # (every one came before: done)
             out += self._grant_acked(grant, data, now)
+        elif sent_by:
+            self.invalidating[req, page] = (sent_by, holders)
         return out
 
     def _grant_acked(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
@@ -340,6 +346,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         confirmation to the directory: it is not in the transaction."""
         page = msg.page
         self._remember_answered((msg.txn, page))
+        self.invalidating.pop((msg.txn, page), None)
         if self.req_of.get(page) == msg.txn:
             del self.req_of[page]
         own = self.owned.get(page)
@@ -395,7 +402,8 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
             own.served[self.node] = msg.req
             own.version = msg.version
         return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data,
-                                                       now, count, msg.invalidated)
+                                                       now, count,
+                                                       msg.sender if msg.invalidated else "")
 
     def taken(self, msg: p.Taken, now: float) -> list[Action]:
         """A requester confirmed what this node sent it."""
@@ -540,6 +548,12 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         for page, queue in self.queued.items():
             self.queued[page] = deque(m for m in queue if m.requester != dead)
         out: list[Action] = []
+        for key, (sender, holders) in list(self.invalidating.items()):
+            if sender == dead:  # its Invalidates may have died with it: sent again from here
+                del self.invalidating[key]
+                waiting = self.acks.waiting_for(key)
+                out += [Send(p.Invalidate(key[0], key[1], 1, self.node, self.addr), peer=h)
+                        for h in holders if h[0] in waiting]
         for txn, page in self.acks.waiting_on(dead):  # its copy died with it
             out += self.invalidated(p.Invalidated(txn, page, 1, dead), now)
         # on its way, to whom: to the dead node, it may have been installed and written there
@@ -586,6 +600,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         self.passed.clear()
         self.forwarded.clear()
         self.migratory.clear()
+        self.invalidating.clear()
 
 
 def _name(state: PageState | None) -> str:
