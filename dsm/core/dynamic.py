@@ -198,8 +198,10 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
                 self.queued.setdefault(page, deque()).append(msg)
                 return []
             return self._serve(msg, own, now)
-        if pend is not None and pend.owns and msg.requester != self.node:
+        if (pend is not None and pend.owns and page in self.req_of
+                and msg.requester != self.node):
             # Li and Hudak's locked page table entry: this node's write makes it the owner
+            # (while its request is out: a run's page left out of the answer will not be)
             self.queued.setdefault(page, deque()).append(msg)
             return []
         return self._forward(msg)
