@@ -192,19 +192,24 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         if msg.requester == self.node and self.req_of.get(page) != msg.req:
             return []  # a copy of a request of its own answered already (re-sent at a death)
         own = self.owned.get(page)
-        pend = self.pending.get(page)
         if own is not None:
             if own.busy is not None or own.upgrading is not None:
                 self.queued.setdefault(page, deque()).append(msg)
                 return []
             return self._serve(msg, own, now)
-        if (pend is not None and pend.owns and page in self.req_of
-                and msg.requester != self.node):
+        if self._about_to_own(page) and msg.requester != self.node:
             # Li and Hudak's locked page table entry: this node's write makes it the owner
             # (while its request is out: a run's page left out of the answer will not be)
             self.queued.setdefault(page, deque()).append(msg)
             return []
         return self._forward(msg)
+
+    def _about_to_own(self, page: int) -> bool:
+        """This node's request for ownership of ``page`` is out: a request forwarded to it waits
+        until the page is installed. Not once the answer left the page out of a run: the node
+        will not own it then, and a queued request would wait (or re-queue) for ever."""
+        pend = self.pending.get(page)
+        return pend is not None and pend.owns and page in self.req_of
 
     def _forward(self, msg: p.PageRequest) -> list[Action]:
         if msg.requester == self.node and msg.hops:
@@ -309,9 +314,8 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
             own = self.owned.get(page)
             if own is not None and (own.busy is not None or own.upgrading is not None):
                 break
-            pend = self.pending.get(page)
-            if own is None and pend is not None and pend.owns and page in self.req_of:
-                break  # still about to own it
+            if own is None and self._about_to_own(page):
+                break
             out += self.page_request(queue.popleft(), now)
         if not queue:
             self.queued.pop(page, None)
