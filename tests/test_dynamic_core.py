@@ -436,6 +436,22 @@ def test_the_owner_serves_a_read_run_of_the_pages_it_owns_in_one_answer():
     assert nodes.wire[-1][2].count == 2  # pages 6 and 7
 
 
+def test_a_run_asked_for_is_of_the_pages_whose_probable_owner_is_the_first_pages():
+    nodes = Cluster("a", "b", "c")
+    b = nodes.cores["b"]
+    # a stencil's halo row: b read a's pages 0-3 before, a wrote them since (b's copies gone)
+    b.hint.update({q: ("a", "tcp://a:7401") for q in range(4)})
+    b.hint[4] = ("c", "tcp://c:7401")
+    assert b._run_to_ask(0, 8) == 4  # a's four pages, in one request to a; not c's
+    assert b._run_to_ask(0, 2) == 2
+    assert b._run_to_ask(5, 8) == 8  # nobody's known: the directory's to route
+    del b.hint[0]
+    assert b._run_to_ask(0, 8) == 1  # an owner known for the next page, not for this one
+    nodes.fault("b", 2, write=False)
+    [(_, to, req)] = list(nodes.wire)
+    assert to == "a" and req.page == 2
+
+
 def test_a_page_this_node_read_then_wrote_is_owned_at_its_next_read_and_written_locally():
     nodes = shared_by_a_and_b()
     b = nodes.cores["b"]

@@ -132,7 +132,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         """Ask the page's probable owner for it and, after a sequential fault, for the run of
         pages after it this node knows nothing of (see the module's docstring)."""
         have_copy = self.state.get(page) is PageState.SHARED  # a write to a read copy
-        count = 1 if have_copy else self._unknown_run(page, max(window, untouched))
+        count = 1 if have_copy else self._run_to_ask(page, max(window, untouched))
         # a read of a page this node writes after reading it: ownership at once (installed
         # write-protected, its write a local fault), not a read copy and then an upgrade
         owning = not write and count == 1 and page in self.migratory

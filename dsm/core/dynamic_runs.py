@@ -23,19 +23,21 @@ class DynamicRuns:
     """The run logic of ``DynamicNodeCore`` (its attributes: ``state``, ``pending``, ``hint``,
     ``req_of``, ``owned``, ``queued``, ``handing``, ``migratory``, ``_unwritten``)."""
 
-    def _unknown_run(self, page: int, most: int) -> int:
+    def _run_to_ask(self, page: int, most: int) -> int:
         """``page`` and the pages after it (at most ``most``, within its array) that this node
-        neither holds nor awaits and knows no owner of: the probable owner of ``page`` may
-        serve them with it."""
+        neither holds nor awaits, and whose probable owner is ``page``'s (or, like ``page``'s,
+        unknown): that node may serve them with it. A neighbour's halo row, read again in every
+        iteration of a stencil, is one request to its owner, not one per page."""
         if most <= 1:
             return 1
         end = self.extents.end_of(page) or self.num_pages
         limit = min(most, p.MAX_BATCH_PAGES, end - page)
         state, pending, hint = self.state, self.pending, self.hint
+        owner = hint.get(page)
         count = 1
         while count < limit:
             q = page + count
-            if q in state or q in pending or q in hint:
+            if q in state or q in pending or hint.get(q) != owner:
                 break
             count += 1
         return count
