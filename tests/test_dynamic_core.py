@@ -452,6 +452,31 @@ def test_a_run_asked_for_is_of_the_pages_whose_probable_owner_is_the_first_pages
     assert to == "a" and req.page == 2
 
 
+def test_a_writer_in_order_upgrades_the_run_of_its_pages_with_the_same_copies_at_once():
+    nodes = Cluster("a", "b")
+    _write_in_order(nodes, "a", range(PAGES))
+    for page in range(3):  # b reads pages 0-5 (its third fault asks for a run)
+        nodes.fault("b", page, write=False)
+        _, req = nodes.to_directory.pop()
+        nodes.deliver("a", p.replace(req, hops=1))
+        nodes.run()
+    a, b = nodes.cores["a"], nodes.cores["b"]
+    a.owned[5].copyset["c"] = "tcp://c:7401"  # (page 5 has another copy: not in the run)
+    invalidates = []
+    for page in (0, 2):  # a writes in order (its write stream's window is 2, then 4)
+        nodes.fault("a", page, write=True, kind=FaultKind.WRITE_PROTECTED)
+        invalidates += [m for _, _, m in nodes.run() if isinstance(m, p.Invalidate)]
+    # one Invalidate to b per run, each acknowledged once; page 5 (other copies) left out
+    assert [(m.page, m.count) for m in invalidates] == [(0, 2), (2, 3)]
+    upgrades = [(x.first, x.count) for x in nodes.actions["a"] if isinstance(x, act.Upgrade)]
+    assert upgrades[-2:] == [(0, 2), (2, 3)]
+    assert all(a.state[q] is PageState.EXCLUSIVE and not a.owned[q].copyset
+               and a.owned[q].upgrading is None for q in range(5))
+    assert not a.pending and not a.req_of and not nodes.to_directory
+    assert a.state[5] is PageState.SHARED and a.owned[5].copyset  # its copies untouched
+    assert all(q not in b.state and b.hint[q][0] == "a" for q in range(5))
+
+
 def test_a_page_this_node_read_then_wrote_is_owned_at_its_next_read_and_written_locally():
     nodes = shared_by_a_and_b()
     b = nodes.cores["b"]

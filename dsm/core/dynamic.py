@@ -162,13 +162,38 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         if own is None:
             self.migratory.add(page)  # read here, then written: its next read asks to own it
             return self._request(page, 1, True, [waiter], None, now)
-        self.pending[page] = Pending(page, 1, True, now, None, [waiter])
-        req = self.req_of[page] = self._new_req()
+        count = self._upgrade_run(page, window, own)
+        pend = Pending(page, count, True, now, None, [waiter])
+        req = self._new_req()
+        for q in range(page, page + count):
+            self.pending[q] = pend
+            self.req_of[q] = req
         mine = p.PageRequest(req, page, True, self.node, self.addr)
         if own.busy is not None or own.upgrading is not None:  # after the transfer in flight
             self.queued.setdefault(page, deque()).append(mine)
             return []
-        return self._upgrade_owned(page, req, own, now)
+        return self._upgrade_owned(page, req, own, now, count)
+
+    def _upgrade_run(self, page: int, window: int, own: Ownership) -> int:
+        """``page`` and the pages after it (at most the write stream's ``window``, within its
+        array) that this node owns as read-shared pages with exactly ``page``'s copies, and
+        where nothing is in flight: one upgrade invalidates them all (a band's edge row, read
+        by the neighbour in the last iteration, written again in this one: one round trip to
+        the neighbour, not one per page)."""
+        if window <= 1 or own.busy is not None or own.upgrading is not None:
+            return 1
+        end = self.extents.end_of(page) or self.num_pages
+        limit = min(window, p.MAX_BATCH_PAGES, end - page)
+        count = 1
+        while count < limit:
+            q = page + count
+            other = self.owned.get(q)
+            if (other is None or self.state.get(q) is not PageState.SHARED
+                    or other.copyset != own.copyset or other.busy is not None
+                    or other.upgrading is not None or q in self.pending or self.queued.get(q)):
+                break
+            count += 1
+        return count
 
     def _new_req(self) -> int:
         self._next_req += 1
@@ -322,9 +347,16 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         return out
 
     # --- becoming the owner, and upgrades ------------------------------------------------------
-    def _upgrade_owned(self, page: int, req: int, own: Ownership, now: float) -> list[Action]:
-        """This node owns ``page`` and writes it: its copies are invalidated first."""
-        return self._invalidate_copies(page, req, own, p.Payload.NONE, None, now)
+    def _upgrade_owned(self, page: int, req: int, own: Ownership, now: float, count: int = 1
+                       ) -> list[Action]:
+        """This node owns ``page`` (and the ``count - 1`` pages after it, with the same copies:
+        ``_upgrade_run``) and writes it: its copies are invalidated first, one Invalidate of
+        the run to each holder."""
+        for q in range(page + 1, page + count):
+            other = self.owned[q]
+            other.copyset.clear()
+            other.upgrading = req
+        return self._invalidate_copies(page, req, own, p.Payload.NONE, None, now, count)
 
     def _invalidate_copies(self, page: int, req: int, own: Ownership, payload: p.Payload,
                            data: Any, now: float, count: int = 1, sent_by: str = ""
@@ -332,7 +364,8 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         """Send each copy holder an Invalidate naming this node (unless the old owner
         ``sent_by`` has: ``Served.invalidated``); install (``payload``, ``data``) once every one has
         acknowledged (straight away with none; some may have before the ownership came).
-        ``count``: a run handed over with no copies, ``own`` its last page's."""
+        ``count``: a run handed over with no copies, ``own`` its last page's; or a run this node
+        upgrades, every page with ``own``'s copies."""
         holders = sorted((n, a) for n, a in own.copyset.items() if n != self.node)
         own.copyset.clear()
         grant = p.Grant(page, count, True, payload, txn=req, acks=[n for n, _ in holders])
@@ -340,7 +373,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
             return self._grant_acked(grant, data, now)
         own.upgrading = req
         out: list[Action] = [] if sent_by else [
-            Send(p.Invalidate(req, page, 1, self.node, self.addr), peer=h) for h in holders]
+            Send(p.Invalidate(req, page, count, self.node, self.addr), peer=h) for h in holders]
         if self.acks.granted((req, page), grant, data):  # (every one came before: done)
             out += self._grant_acked(grant, data, now)
         elif sent_by:
@@ -353,11 +386,15 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         page = msg.page
         self._remember_answered((msg.txn, page))
         self.invalidating.pop((msg.txn, page), None)
-        if self.req_of.get(page) == msg.txn:
-            del self.req_of[page]
         own = self.owned.get(page)
         if own is not None:
             own.upgrading = None
+        for q in range(page, page + msg.count):  # (an upgrade run's other pages too)
+            if self.req_of.get(q) == msg.txn:
+                del self.req_of[q]
+            other = self.owned.get(q)
+            if other is not None and other.upgrading == msg.txn:
+                other.upgrading = None
         pend = self.pending.get(page)
         if pend is None:  # ownership nobody here waits for any more: taken all the same
             pend = self.pending[page] = Pending(page, msg.count, True, now, None)
