@@ -325,7 +325,15 @@ def _dynamic_changes_of_owner(msgs: list[dict], page: int) -> None:
     # node took it between a read and its write, a wrong prediction: a handful on a loaded
     # machine; most are owned at the read on a quiet one)
     assert owned_after_read and len(owned_after_read) <= len(reads) + LAB5_NODES, between_nodes
-    assert owned_at_read, between_nodes
+    # once a node has read, then written, the page, its next read miss asks to own it: if the
+    # page came to such a node again (on a loaded machine a node may keep the lock, and the
+    # page, for most of the run: then it never does), it came owned at a read
+    predicted_from = {}
+    for m in owned_after_read:
+        predicted_from.setdefault(m["dst"], m["t"])
+    read_again = [m for m in reads + owned_at_read
+                  if m["dst"] in predicted_from and m["t"] > predicted_from[m["dst"]]]
+    assert owned_at_read or not read_again, between_nodes
 
 
 def test_lab6_release_twins_diffs_notices_and_the_relaxed_sb_outcome(tmp_path):
