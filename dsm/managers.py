@@ -9,7 +9,8 @@
 - ``dynamic``: IVY's dynamic distributed manager: every node asks a page's probable owner
   straight, node to node, and the owner serves the requester; the directory is the home of
   untouched pages and the fallback after a death (``dsm.core.dynamic``,
-  ``dsm.directory.pages.dynamic``). No release-consistency arrays, no cluster-wide discard.
+  ``dsm.directory.pages.dynamic``); release-consistency arrays have their home at the
+  directory, as under the other managers. No cluster-wide discard.
 """
 
 from __future__ import annotations

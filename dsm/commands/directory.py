@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "and has pages sent node to node; 'distributed' is central split "
                              "over shards; 'dynamic' has each node ask a page's probable "
                              "owner, node to node, with the directory off the fault's path "
-                             "(no release-consistency arrays)")
+                             "(release-consistency arrays at their home, the directory)")
     shards.add_argument("--shards", type=_count, default=None, metavar="K",
                         help=f"run K shards on this host: this process is shard 0 and starts "
                              f"shards 1..K-1 on ports P+1..P+K-1 of --listen's port P (env "

@@ -404,6 +404,19 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         return out
 
     # --- answers to this node's requests -------------------------------------------------------
+    def grant(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        """Pages of a release-consistency array, from their home: the directory serves those as
+        under the other managers (their pages have a home, not an owner), answering this node's
+        ``PageRequest`` with a ``Grant``. The request is no longer out, for any of its pages."""
+        pend = self.pending.get(msg.page)
+        req = self.req_of.get(msg.page)
+        if req is not None:
+            last = max(msg.page + msg.count, pend.first + pend.count if pend else 0)
+            for q in range(msg.page, last):
+                if self.req_of.get(q) == req:
+                    del self.req_of[q]
+        return super().grant(msg, data, now)
+
     def served(self, msg: p.Served, data: Any, now: float) -> list[Action]:
         """A read copy (installed, then confirmed: the owner serves the next request only
         then), or ownership (always taken: nobody else owns the page now; its copies are
@@ -612,8 +625,9 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
             msg.gather, dead, sorted((q, own.version) for q, own in self.owned.items()),
             sorted((q, n, v) for q, (n, v) in handing.items()), sorted(self.passed.items()))))
         for page, req in self.req_of.items() if dead else ():
-            pend = self.pending[page]
-            if page not in self.owned and pend.first == page:  # (a run: asked for as one)
+            pend = self.pending.get(page)
+            if pend is not None and page not in self.owned and pend.first == page:  # (a run:
+                # asked for as one; a page no longer pending was given up: ``overdue``)
                 out.append(Send(p.PageRequest(req, page, pend.owns, self.node, self.addr,
                                               count=pend.count)))
         for (page, requester), fwd in self.forwarded.pop(dead, {}).items():

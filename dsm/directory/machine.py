@@ -147,7 +147,7 @@ class Directory:
             p.Atomic: lambda n, m, d: self.programs.atomic(n, m),
             p.Collective: lambda n, m, d: self.programs.collective(n, m),
             # the dynamic manager's messages, and what it refuses (dsm/directory/pages/dynamic.py)
-            **(self.dynamic.service_handlers(r.on_alloc) if self.dynamic else {}),
+            **(self.dynamic.service_handlers() if self.dynamic else {}),
         }
 
     @property

@@ -122,9 +122,9 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.give_backs = give_backs
         #: IVY's dynamic distributed manager: requests along the probable owners
         self.dynamic = manager == DYNAMIC
-        if self.dynamic and (shards != 1 or release_pages or direct is False):
-            raise ValueError("the dynamic manager runs with one directory, no release pages "
-                             "and pages node to node")
+        if self.dynamic and (shards != 1 or direct is False):
+            raise ValueError("the dynamic manager runs with one directory and pages node to "
+                             "node")
         # pages node to node: as the manager does, unless told (the cores support it sharded)
         direct = (True if self.dynamic else Manager(manager).direct) if direct is None else direct
         #: pages from 0 up to this one are release-consistency pages, the others sequential

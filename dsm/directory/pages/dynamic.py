@@ -19,7 +19,8 @@ The directory is one node of the chains, off the fault's path once a page has an
   while gathers are open replaces them; the held requests go on once none is open.
 
 Release-consistency pages are not the dynamic manager's: a request for one is served by its
-home as an ``Acquire`` is (``PageDirectory.acquire``). ``DynamicPages`` is built on a
+home as an ``Acquire`` is (``PageDirectory.acquire``), and answered with a ``Grant``; their
+twins, diffs and write notices go as under the other managers. ``DynamicPages`` is built on a
 ``PageDirectory`` (its home copies, lost pages, live nodes and release homes) and adds its
 messages to the directory's table (``handlers``).
 """
@@ -32,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dsm import protocol as p
-from dsm.consistency import META_KEY, Consistency
 from dsm.directory.pages.inputs import PageDirectory
 from dsm.directory.pages.loss import UNKNOWN_NODE
 from dsm.directory.pages.state import OnLoss, Send
@@ -102,16 +102,13 @@ class DynamicPages:
             p.OwnedPages: lambda n, m, d: self.owned_pages(n, m),
         }
 
-    def service_handlers(self, alloc: Callable[[str, p.Alloc, Any], list[Send]]
-                         ) -> dict[type, Callable[[str, Any, Any], list[Send]]]:
+    def service_handlers(self) -> dict[type, Callable[[str, Any, Any], list[Send]]]:
         """The directory service's table under this manager: its messages (``handlers``), and
         what it refuses: a ``Discard`` (no directory transaction covers a page the nodes own:
-        the nodes hand the pages back instead, ``DynamicNodeCore.discard``) and an ``Alloc``
-        of a release-consistency array (``alloc``: the service's own, for any other)."""
+        the nodes hand the pages back instead, ``DynamicNodeCore.discard``)."""
         return {
             **self.handlers(),
             p.Discard: lambda n, m, d: self._refuse_discard(n, m),
-            p.Alloc: lambda n, m, d: self._refuse_release(n, m) or alloc(n, m, d),
         }
 
     def _refuse_discard(self, node: str, msg: p.Discard) -> list[Send]:
@@ -119,14 +116,6 @@ class DynamicPages:
                   "cluster-wide discard (its pages are owned by the nodes, not kept here): "
                   "ignored", node, len(msg.pages))
         return []
-
-    def _refuse_release(self, node: str, msg: p.Alloc) -> list[Send]:
-        if msg.meta.get(META_KEY) != Consistency.RELEASE.value:
-            return []
-        return [Send(node, p.Error(msg.req, f"array {msg.name!r}: release-consistency arrays "
-                                            f"are not served by --manager dynamic (their "
-                                            f"pages have a home, not an owner): use "
-                                            f"consistency='sequential', or another manager"))]
 
     def _relay(self, msg: Any, data: Any) -> list[Send]:
         """A node-to-node message whose sender could not reach the node it names: relayed
