@@ -182,18 +182,14 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         the neighbour, not one per page)."""
         if window <= 1 or own.busy is not None or own.upgrading is not None:
             return 1
-        end = self.extents.end_of(page) or self.num_pages
-        limit = min(window, p.MAX_BATCH_PAGES, end - page)
-        count = 1
-        while count < limit:
-            q = page + count
+
+        def fits(q: int) -> bool:
             other = self.owned.get(q)
-            if (other is None or self.state.get(q) is not PageState.SHARED
-                    or other.copyset != own.copyset or other.busy is not None
-                    or other.upgrading is not None or q in self.pending or self.queued.get(q)):
-                break
-            count += 1
-        return count
+            return (other is not None and self.state.get(q) is PageState.SHARED
+                    and other.copyset == own.copyset and other.busy is None
+                    and other.upgrading is None and q not in self.pending
+                    and not self.queued.get(q))
+        return self._run_from(page, window, fits)
 
     def _new_req(self) -> int:
         self._next_req += 1
@@ -408,13 +404,10 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         """Pages of a release-consistency array, from their home: the directory serves those as
         under the other managers (their pages have a home, not an owner), answering this node's
         ``PageRequest`` with a ``Grant``. The request is no longer out, for any of its pages."""
-        pend = self.pending.get(msg.page)
         req = self.req_of.get(msg.page)
         if req is not None:
-            last = max(msg.page + msg.count, pend.first + pend.count if pend else 0)
-            for q in range(msg.page, last):
-                if self.req_of.get(q) == req:
-                    del self.req_of[q]
+            self._forget_run(self.pending.get(msg.page), req)
+            self.req_of.pop(msg.page, None)  # (no pending: the request was given up)
         return super().grant(msg, data, now)
 
     def served(self, msg: p.Served, data: Any, now: float) -> list[Action]:

@@ -28,19 +28,12 @@ class DynamicRuns:
         neither holds nor awaits, and whose probable owner is ``page``'s (or, like ``page``'s,
         unknown): that node may serve them with it. A neighbour's halo row, read again in every
         iteration of a stencil, is one request to its owner, not one per page."""
-        if most <= 1:
+        if most <= 1:  # (no closure for a random fault)
             return 1
-        end = self.extents.end_of(page) or self.num_pages
-        limit = min(most, p.MAX_BATCH_PAGES, end - page)
         state, pending, hint = self.state, self.pending, self.hint
         owner = hint.get(page)
-        count = 1
-        while count < limit:
-            q = page + count
-            if q in state or q in pending or hint.get(q) != owner:
-                break
-            count += 1
-        return count
+        return self._run_from(page, most, lambda q: q not in state and q not in pending
+                              and hint.get(q) == owner)
 
     def _forget_run(self, pend: Pending | None, req: int) -> None:
         """Request ``req`` (awaited as ``pend``) is answered: its pages no longer await it,

@@ -211,24 +211,26 @@ class NodeCore:
         from a remembered run: a twinned page counts as changed until its release, and is lost
         if this node dies first, so only pages a sequential writer is going through are."""
         window = self.readahead.on_fault((proc, True), page, recall=False)
+        return self._run_from(page, window, lambda q: self.state.get(q) is PageState.CLEAN)
+
+    def _run_from(self, page: int, most: int, fits: Callable[[int], bool]) -> int:
+        """``page`` and the pages after it while ``fits(q)`` holds: at most ``most``, within
+        the page's array, as many as a message names, and not past the manager shard's stripe."""
+        if most <= 1:
+            return 1
         end = self.extents.end_of(page) or self.num_pages
-        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards,
+        limit = clip_to_stripe(page, min(most, p.MAX_BATCH_PAGES, end - page), self.shards,
                                self.stripe)
         count = 1
-        while count < limit and self.state.get(page + count) is PageState.CLEAN:
+        while count < limit and fits(page + count):
             count += 1
         return count
 
     def _request_upgrade(self, page: int, window: int, waiter: Waiter, now: float) -> list[Action]:
         """Ask to own ``page`` and up to ``window - 1`` following pages this node holds read
         copies of and awaits nothing for (a band read, then written, costs one round trip)."""
-        count = 1
-        end = self.extents.end_of(page) or self.num_pages
-        limit = clip_to_stripe(page, min(window, p.MAX_BATCH_PAGES, end - page), self.shards,
-                               self.stripe)
-        while (count < limit and self.state.get(page + count) is PageState.SHARED
-               and page + count not in self.pending):
-            count += 1
+        count = self._run_from(page, window, lambda q: self.state.get(q) is PageState.SHARED
+                               and q not in self.pending)
         pend = Pending(page, count, True, now, None, [waiter])
         for q in range(page, page + count):
             self.pending[q] = pend
