@@ -476,6 +476,12 @@ class PageRequest(Message, tag=MsgType.PAGE_REQUEST.value):
     #: to a writer, of the pages it was handed together.
     #: The requester asks again for the rest it still needs
     count: PageCount = 1
+    #: sent to a node the requester only guessed owns the page (it knows no probable owner of
+    #: it, and that node owned another page of its array last it heard): a node that does not
+    #: own the page forwards it at once, even while its own write of the page is out (a guess
+    #: may name a node whose own request went to the requester: were both to wait for the
+    #: other, neither would ever own the page). Cleared by the first forward
+    guessed: bool = False
 
 
 class Served(Message, tag=MsgType.SERVED.value):

@@ -314,7 +314,8 @@ def test_an_owner_gives_a_shared_page_back_to_the_directory_with_its_copy_set():
     back = out[2].message
     assert isinstance(back, p.Served) and back.owner and back.payload == p.Payload.DATA
     assert back.copyset == [("b", "tcp://b:7401")]  # b's copy stays valid
-    assert PAGE not in a.owned and PAGE not in a.state and PAGE not in a.hint
+    assert PAGE not in a.owned and PAGE not in a.state
+    assert a.hint[PAGE] is None  # the directory, known: no guess for its next request
 
 
 def test_a_read_copy_is_given_up_without_a_word_and_a_later_write_asks_for_the_bytes():
@@ -565,3 +566,80 @@ def test_invalidates_an_old_owner_sent_are_sent_again_by_the_new_one_if_it_dies(
         (("b", "tcp://b:7401"), p.Invalidate(served.req, PAGE, 1, "c", "tcp://c:7401"))]
     nodes.run()  # b acknowledges to c, which installs
     assert c.state[PAGE] is PageState.EXCLUSIVE and not c.invalidating
+
+
+# --- guesses: a page of an array whose owner this node learned ---------------------------------
+ARRAY_PAGES = 8
+
+
+def with_array(nodes: Cluster) -> Cluster:
+    """Every node's workloads allocated one array: pages 0 to ARRAY_PAGES - 1."""
+    for core in nodes.cores.values():
+        core.allocated(0, ARRAY_PAGES * PAGE_SIZE)
+    return nodes
+
+
+def test_a_page_this_node_knows_nothing_of_is_asked_of_the_owner_it_learned_for_its_array():
+    nodes = with_array(owned_by(Cluster("a", "b"), "a"))
+    a_addr = ("a", "tcp://a:7401")
+    nodes.fault("a", PAGE + 1, write=True)
+    nodes.directory_grants("a", PAGE + 1)
+    nodes.fault("b", PAGE, write=False)
+    nodes.deliver("a", p.replace(nodes.to_directory.pop()[1], hops=1))
+    nodes.run()
+    assert nodes.cores["b"].array_owner == {0: a_addr}
+    # b has never heard of PAGE + 1: asked of a, as a guess, and served in 2 hops
+    out = nodes.fault("b", PAGE + 1, write=False)
+    assert [(x.peer, x.message.guessed) for x in out] == [(a_addr, True)]
+    hops = nodes.run()
+    assert [(s, t, type(m)) for s, t, m in hops] == [
+        ("b", "a", p.PageRequest), ("a", "b", p.Served), ("b", "a", p.Taken)]
+    assert nodes.cores["b"].state[PAGE + 1] is PageState.SHARED
+    assert nodes.cores["b"].stats.counters["guessed_requests"] == 1
+    # outside the array: the directory, as before
+    out = nodes.fault("b", ARRAY_PAGES + 1, write=False)
+    assert [x.peer for x in out] == [None]
+
+
+def test_a_wrong_guess_goes_on_to_the_directory_not_along_hints_nor_queued():
+    nodes = with_array(owned_by(Cluster("a", "b", "c"), "a"))
+    c = nodes.cores["c"]
+    c.array_owner[0] = ("b", "tcp://b:7401")
+    # b does not own the page and its own write of it is out (it is about to own it): a
+    # request that followed hints would wait there; a guessed one goes to the directory
+    nodes.fault("b", PAGE, write=True)
+    nodes.to_directory.clear()
+    out = nodes.fault("c", PAGE, write=True)
+    assert out[0].peer == ("b", "tcp://b:7401") and out[0].message.guessed
+    nodes.run()
+    assert not nodes.cores["b"].queued
+    (sender, fwd), = nodes.to_directory
+    assert sender == "b" and fwd.requester == "c" and not fwd.guessed
+    assert fwd.hops == 0  # the chain starts at the directory: a guess is no hop of it
+    assert nodes.cores["b"].stats.counters["guesses_missed"] == 1
+
+
+def test_a_page_given_back_is_asked_of_the_directory_not_guessed():
+    nodes = with_array(owned_by(Cluster("a", "b"), "a"))
+    b = nodes.cores["b"]
+    b.array_owner[0] = ("a", "tcp://a:7401")
+    nodes.fault("b", PAGE + 1, write=True)
+    nodes.run()  # a guess: a forwards it to the directory, which grants it untouched
+    (_, fwd), = nodes.to_directory[-1:]
+    nodes.to_directory.clear()
+    nodes.deliver("b", p.Served(fwd.req, PAGE + 1, 1, True, p.Payload.ZERO, ""))
+    nodes.to_directory.clear()
+    nodes.carry("b", b.give_back([PAGE + 1]))
+    nodes.to_directory.clear()
+    # the next request follows the page it gave back (node to directory, in order): a guess
+    # could overtake it and find the directory not owning the page yet
+    out = nodes.fault("b", PAGE + 1, write=False)
+    assert [x.peer for x in out] == [None] and not out[0].message.guessed
+
+
+def test_a_dead_nodes_guesses_are_forgotten():
+    nodes = with_array(Cluster("a", "b"))
+    b = nodes.cores["b"]
+    b.array_owner[0] = ("a", "tcp://a:7401")
+    nodes.deliver("b", p.OwnerDead(1, "a"))
+    assert b.array_owner == {}

@@ -74,8 +74,15 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         super().__init__(node, num_pages, page_size, readahead, tracer, stats)
         self.direct = True
         self.addr = addr
-        #: page -> probable owner; absent: the directory
-        self.hint: dict[int, Peer] = {}
+        #: page -> probable owner; absent: the directory; None: the directory, known (this node
+        #: handed the page back: its next request goes there, after the page, not to a guess)
+        self.hint: dict[int, Peer | None] = {}
+        #: array (its first page) -> the node this node last learned owning one of its pages:
+        #: a page of it this node knows no probable owner of is asked of that node first, not
+        #: of the directory (arrays are owned in blocks: a node reading another's array learns
+        #: its owner once, not a page at a time through the directory). A guess: only this
+        #: node's own requests follow it (``PageRequest.guessed``), never a forwarded one
+        self.array_owner: dict[int, Peer] = {}
         self.owned: dict[int, Ownership] = {}
         #: ownership sent and not confirmed yet: page -> (new owner, its request). Reported to
         #: the directory at a death as owned here: it is owned by a live node either way
@@ -151,8 +158,15 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
                         "write" if write else "read", count=count, to=self._hint_name(page))
         if owning:
             self.stats.count("migratory_requests")
-        return [self._to_hint(p.PageRequest(req, page, write or owning, self.node, self.addr,
-                                            have_copy=have_copy, count=count))]
+        msg = p.PageRequest(req, page, write or owning, self.node, self.addr,
+                            have_copy=have_copy, count=count)
+        if page in self.hint:
+            return [self._to_hint(msg)]
+        guess = self._array_owner_of(page)
+        if guess is None:
+            return [Send(msg)]  # to the directory
+        self.stats.count("guessed_requests")
+        return [Send(p.replace(msg, guessed=True), peer=guess)]
 
     def _request_upgrade(self, page: int, window: int, waiter: Waiter, now: float
                          ) -> list[Action]:
@@ -200,8 +214,23 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         return Send(msg) if hint is None else Send(msg, peer=hint)
 
     def _hint_name(self, page: int) -> str:
-        hint = self.hint.get(page)
+        """Where this node's request for ``page`` goes."""
+        hint = self.hint[page] if page in self.hint else self._array_owner_of(page)
         return hint[0] if hint is not None else "directory"
+
+    def _array_owner_of(self, page: int) -> Peer | None:
+        """The node this node last learned owning a page of ``page``'s array (None: none, or
+        outside every array it knows)."""
+        start = self.extents.start_of(page)
+        return None if start is None else self.array_owner.get(start)
+
+    def _learn_owner(self, page: int, count: int, owner: Peer) -> None:
+        """``owner`` owns ``page`` and the ``count - 1`` pages after it now (or will): the
+        probable owner of each, and the guess for the rest of their array."""
+        self.hint.update(dict.fromkeys(range(page, page + count), owner))
+        start = self.extents.start_of(page)
+        if start is not None:
+            self.array_owner[start] = owner
 
     # --- requests that reach this node ---------------------------------------------------------
     def page_request(self, msg: p.PageRequest, now: float) -> list[Action]:
@@ -218,6 +247,12 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
                 self.queued.setdefault(page, deque()).append(msg)
                 return []
             return self._serve(msg, own, now)
+        if msg.guessed:
+            # a wrong guess: on to the directory, as if the requester had asked it (not along
+            # this node's hints, nor queued here while its own write is out: a guess is no
+            # hint, and hints and guesses together could lead two writers each to the other)
+            self.stats.count("guesses_missed")
+            return self._forward(msg, to_directory=True)
         if self._about_to_own(page) and msg.requester != self.node:
             # Li and Hudak's locked page table entry: this node's write makes it the owner
             # (while its request is out: a run's page left out of the answer will not be)
@@ -232,7 +267,13 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         pend = self.pending.get(page)
         return pend is not None and pend.owns and page in self.req_of
 
-    def _forward(self, msg: p.PageRequest) -> list[Action]:
+    def _forward(self, msg: p.PageRequest, to_directory: bool = False) -> list[Action]:
+        """Send ``msg`` on along this node's hint; or (``to_directory``: a wrong guess) to the
+        directory, as the requester's own first ask (no hop: Li and Hudak's chain starts there)."""
+        if to_directory:
+            fwd = p.replace(msg, guessed=False)
+            self._trace_forward(fwd, "directory")
+            return [Send(fwd)]
         if msg.requester == self.node and msg.hops:
             # its own request came back: the hints went round a cycle (a writer they named
             # never became the owner: its request was answered Lost). The directory knows
@@ -251,11 +292,13 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         # between two nodes whose writes are out, each queueing the other's request. A hint
         # moves only to a node that owned the page after the one it named (it served, was
         # handed ownership, or invalidated): following hints reaches the owner.
+        self._trace_forward(fwd, hint[0] if hint is not None else "directory")
+        return out
+
+    def _trace_forward(self, fwd: p.PageRequest, to: str) -> None:
         self.stats.count("forwards")
         if self._tracing:
-            self._trace(msg.page, "FORWARD", msg.requester, "", "", count=1,
-                        to=self._hint_name(msg.page), hops=msg.hops + 1)
-        return out
+            self._trace(fwd.page, "FORWARD", fwd.requester, "", "", count=1, to=to, hops=fwd.hops)
 
     def _serve(self, msg: p.PageRequest, own: Ownership, now: float) -> list[Action]:
         page, requester = msg.page, msg.requester
@@ -310,7 +353,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         self.state.pop(page, None)
         self._unwritten.discard(page)
         self.handing[page] = (requester, msg.req, own.version + 1)
-        self.hint[page] = to
+        self._learn_owner(page, 1, to)  # (a run's other pages: ``_hand_run_after``)
         self.stats.count("invalidations", count)
         self._trace_serve(page, st, msg, count)
         queue = self.queued.get(page)
@@ -435,7 +478,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
                 return [taken(False)]
             self._forget_run(pend, msg.req)
             if back is not None:
-                self.hint.update(dict.fromkeys(range(page, page + count), back))
+                self._learn_owner(page, count, back)
             return (self._install(p.Grant(page, count, False, msg.payload), data, now)
                     + [taken(True)])
         if ours:
@@ -487,7 +530,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         if msg.to_node and msg.to_node != self.node:
             for q in range(msg.page, msg.page + msg.count):
                 if q not in self.owned:
-                    self.hint[q] = (msg.to_node, msg.to_addr)
+                    self._learn_owner(q, 1, (msg.to_node, msg.to_addr))
         out = super().invalidate(msg, reachable)
         if msg.to_node:  # a writer it cannot reach: the directory relays (it knows no txn)
             out = [Send(p.replace(a.message, relay_to=msg.to_node))
@@ -564,7 +607,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
                                       own.version + 1), pages=(page, 1))]
                 self.passed[page] = own.version + 1  # (the directory has it before any report)
                 del self.owned[page]
-                self.hint.pop(page, None)  # the directory owns it
+                self.hint[page] = None  # the directory owns it (asked after it has the page)
                 self.stats.count("writebacks")
             elif st is PageState.SHARED:
                 out.append(Punch(page, 1))
@@ -587,8 +630,10 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         dead = msg.node
         if dead:  # (none: the directory lost track of an owner and asks who owns what)
             self.dead.add(dead)
-        for page in [q for q, (n, _) in self.hint.items() if n == dead]:
+        for page in [q for q, h in self.hint.items() if h is not None and h[0] == dead]:
             del self.hint[page]  # the directory repairs the chain
+        for start in [a for a, (n, _) in self.array_owner.items() if n == dead]:
+            del self.array_owner[start]
         for own in self.owned.values():
             own.copyset.pop(dead, None)
             own.served.pop(dead, None)
@@ -642,6 +687,7 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
     def cut_off(self) -> None:
         super().cut_off()
         self.hint.clear()
+        self.array_owner.clear()
         self.owned.clear()
         self.handing.clear()
         self.queued.clear()

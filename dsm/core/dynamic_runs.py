@@ -21,19 +21,22 @@ if TYPE_CHECKING:
 
 class DynamicRuns:
     """The run logic of ``DynamicNodeCore`` (its attributes: ``state``, ``pending``, ``hint``,
-    ``req_of``, ``owned``, ``queued``, ``handing``, ``migratory``, ``_unwritten``)."""
+    ``req_of``, ``owned``, ``queued``, ``handing``, ``migratory``, ``_unwritten``; and its
+    ``_array_owner_of``)."""
 
     def _run_to_ask(self, page: int, most: int) -> int:
         """``page`` and the pages after it (at most ``most``, within its array) that this node
         neither holds nor awaits, and whose probable owner is ``page``'s (or, like ``page``'s,
-        unknown): that node may serve them with it. A neighbour's halo row, read again in every
-        iteration of a stencil, is one request to its owner, not one per page."""
+        unknown: the array's guessed owner, or the directory): that node may serve them with it.
+        A neighbour's halo row, read again in every iteration of a stencil, is one request to its
+        owner, not one per page."""
         if most <= 1:  # (no closure for a random fault)
             return 1
         state, pending, hint = self.state, self.pending, self.hint
-        owner = hint.get(page)
+        guess = self._array_owner_of(page)
+        owner = hint.get(page, guess)
         return self._run_from(page, most, lambda q: q not in state and q not in pending
-                              and hint.get(q) == owner)
+                              and hint.get(q, guess) == owner)
 
     def _forget_run(self, pend: Pending | None, req: int) -> None:
         """Request ``req`` (awaited as ``pend``) is answered: its pages no longer await it,

@@ -22,8 +22,13 @@ class Extents:
 
     def end_of(self, page: int) -> int | None:
         """The end page of the extent holding ``page``; None outside every known extent."""
+        start = self.start_of(page)
+        return None if start is None else self._ends[start]
+
+    def start_of(self, page: int) -> int | None:
+        """The first page of the extent holding ``page``; None outside every known extent."""
         i = bisect.bisect_right(self._starts, page) - 1
         if i < 0:
             return None
-        end = self._ends[self._starts[i]]
-        return end if page < end else None
+        start = self._starts[i]
+        return start if page < self._ends[start] else None

@@ -85,11 +85,8 @@ class SimTrace:
     def attach(self) -> "SimTrace":
         world = self.world
         first_tracer = self.tracers[next(iter(world.directories))]
-        release = world.release_pages
-        if release:
-            first_tracer.array("release", 0, release)
-        if world.num_pages > release:
-            first_tracer.array("sequential", release, world.num_pages - release)
+        for name, first, count in world.arrays():
+            first_tracer.array(name, first, count)
         # the cores trace their steps as a real directory's and node's do
         for name, d in world.directories.items():
             d._trace, d._tracing = self.tracers[name], True

@@ -212,6 +212,8 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                          NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES)))
             node.core.direct = direct
             node.core.set_shards(shards, STRIPE_PAGES)
+            for _, first, count in self.arrays():  # its programs attached them (read-ahead
+                node.core.allocated(first * PAGE_BYTES, count * PAGE_BYTES)  # stops at their ends)
             self._wire_agent(node)  # its agent: the real one's tables and runner
             if shards == 1:  # the session a Hello starts (with shards: ``join_nodes`` below)
                 self.machines[DIRECTORY].admit(sim_identity(name), node_hello(name))
@@ -239,6 +241,14 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.timers = SimTimers(self)
         #: the nodes' questions about lost pages, answered by the coordinator's gather
         self.lost_queries = LostQueries(self)
+
+    def arrays(self) -> list[tuple[str, int, int]]:
+        """The region's arrays, as the programs allocated them: (name, first page, pages) of the
+        release-consistency one (its first ``release_pages``) and of the sequential one (the
+        rest), those that have pages."""
+        release = self.release_pages
+        named = [("release", 0, release), ("sequential", release, self.num_pages - release)]
+        return [(name, first, count) for name, first, count in named if count > 0]
 
     def is_release(self, page: int) -> bool:
         return page < self.release_pages
