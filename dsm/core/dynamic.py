@@ -47,7 +47,7 @@ RELEASE_STATES = (*RELEASE, PageState.PRIVATE)
 ANSWERED_GATHERS_TOLD = 8
 
 
-@dataclass
+@dataclass(slots=True)
 class Ownership:
     """What this node knows as a page's owner."""
 
@@ -438,8 +438,9 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         if pend is None:  # ownership nobody here waits for any more: taken all the same
             pend = self.pending[page] = Pending(page, msg.count, True, now, None)
         out = self._install(msg, data, now)
-        for q in range(page, page + max(msg.count, pend.count)):
-            out += self._drain(q, now)  # (a run's pages left out: what waited goes on)
+        end = page + max(msg.count, pend.count)  # (a run's pages left out: what waited goes on)
+        for q in sorted(q for q in self.queued if page <= q < end):
+            out += self._drain(q, now)
         return out
 
     # --- answers to this node's requests -------------------------------------------------------
@@ -486,13 +487,14 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         else:
             log.warning("ownership of pages %d+%d came from %s unasked for: taken", page, count,
                         msg.sender or "the directory")
+        # (a dead holder's copy died with it: no acknowledgement comes)
         copyset = {n: a for n, a in msg.copyset if n != self.node and n not in self.dead}
-        for q in range(page, page + count):  # (a run: the directory's untouched pages)
-            self.hint.pop(q, None)
-            # (a dead holder's copy died with it: no acknowledgement comes)
-            own = self.owned[q] = Ownership(dict(copyset), dict(msg.served))
-            own.served[self.node] = msg.req
-            own.version = msg.version
+        served = dict(msg.served)
+        served[self.node] = msg.req
+        hint, owned = self.hint, self.owned
+        for q in range(page, page + count):  # (a run: the directory's untouched pages, each
+            hint.pop(q, None)                 # a record of its own)
+            own = owned[q] = Ownership(copyset.copy(), served.copy(), version=msg.version)
         return [taken(True)] + self._invalidate_copies(page, msg.req, own, msg.payload, data,
                                                        now, count,
                                                        msg.sender if msg.invalidated else "")
