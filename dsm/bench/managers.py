@@ -24,6 +24,8 @@ from dsm.managers import MANAGER_ENV, SHARDS_ENV, Manager
 #: the shards of the distributed manager's pass unless DSM_SHARDS says otherwise
 DEFAULT_SHARDS = 2
 ALL = "all"
+#: the managers, in order, as ``--manager`` spells them
+NAMES = ",".join(m.value for m in Manager)
 
 
 def parse(text: str | None) -> list[str]:

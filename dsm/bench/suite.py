@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny sizes: the whole suite in seconds (for tests)")
     parser.add_argument("--manager", metavar="NAMES",
                         help="run the suite once per manager, a column each: 'all' or some of "
-                             "relay,central,distributed (default: the directory's default alone)")
+                             f"{managers.NAMES} (default: the directory's default alone)")
     parser.add_argument("--fail-on-target", action="store_true",
                         help="exit with status 3 when a measurement misses its target")
     common.add_transport_argument(parser)
