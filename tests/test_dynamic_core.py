@@ -643,3 +643,16 @@ def test_a_dead_nodes_guesses_are_forgotten():
     b.array_owner[0] = ("a", "tcp://a:7401")
     nodes.deliver("b", p.OwnerDead(1, "a"))
     assert b.array_owner == {}
+
+
+def test_a_leave_waits_for_an_owners_read_copy_in_flight():
+    nodes = owned_by(Cluster("a", "b"), "a")
+    a = nodes.cores["a"]
+    assert not a.in_flight()
+    nodes.deliver("a", p.PageRequest(FIRST_REQ + 1, PAGE, False, "b", "tcp://b:7401"))
+    assert a.in_flight()  # the copy is unconfirmed: give_back would keep the page
+    assert [type(x) for x in a.give_back([PAGE])] == []
+    nodes.run()  # b installs, confirms
+    assert not a.in_flight()
+    assert any(isinstance(x, act.Send) and isinstance(x.message, p.Served)
+               for x in a.give_back([PAGE]))

@@ -153,3 +153,18 @@ def test_a_node_without_a_peer_endpoint_refuses_to_start_naming_why(directory, t
         assert "needs a peer endpoint" in node.log_path.read_text()
     finally:
         node.kill()
+
+
+from dsm.managers import MANAGER_ENV  # noqa: E402
+from tests.test_netns_cluster import hosts, namespaces  # noqa: E402,F401 (fixtures)
+from tests.test_netns_cluster import (  # noqa: E402
+    test_node_leaving_on_sigterm_hands_its_pages_back as _leave_on_namespace_hosts)
+
+
+def test_a_node_leaving_waits_for_its_transfers_in_flight_and_loses_no_page(hosts, monkeypatch):
+    # the gather program's nodes share its "done" page: the leaver may still own it, a read
+    # copy of it on its way to a reader (unconfirmed) as it leaves. It hands the page back once
+    # the reader confirmed; before, it left with it and the page was declared lost (a late
+    # node's read of it: SIGBUS)
+    monkeypatch.setenv(MANAGER_ENV, "dynamic")
+    _leave_on_namespace_hosts(hosts)

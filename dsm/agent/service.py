@@ -160,11 +160,13 @@ class Agent:
         self._running = False
 
     def close(self) -> bool:
-        """Leave: let the requests in flight land, hand every page back (owned ones with their
+        """Leave: let the transactions in flight finish (its requests; as an owner, its transfers:
+        ``NodeCore.in_flight``), hand every page back (owned ones with their
         contents), say Bye and wait for the directory to acknowledge it (it answers in order, so
         the acknowledgement means every page handed back has arrived). False if it did not."""
         deadline = time.monotonic() + LEAVE_TIMEOUT_S
-        while self.pending and time.monotonic() < deadline and self.messaging.directory_serving:
+        while (self.core.in_flight() and time.monotonic() < deadline
+               and self.messaging.directory_serving):
             for item, _ in self.poller.poll(POLL_INTERVAL_MS):  # the shards' and the peers'
                 if self.links.owns(item) or self.peers is not None and item is self.peers.router:
                     self._dispatch(item)

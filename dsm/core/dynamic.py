@@ -554,6 +554,13 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         return out
 
     # --- giving pages back ---------------------------------------------------------------------
+    def in_flight(self) -> bool:
+        """As any node core's, and the owner's: a read copy not confirmed yet, an upgrade
+        awaiting acknowledgements, requests queued (``give_back`` keeps such a page: a node
+        that left with it would leave it lost)."""
+        return super().in_flight() or any(self.queued.values()) or any(
+            own.busy is not None or own.upgrading is not None for own in self.owned.values())
+
     def discard(self, pages: list[int]) -> list[Action]:
         """Pages a workload removed (MADV_REMOVE): zeros everywhere where this node owns the
         page, as the owner's write of zeros: its copies are invalidated (each holder

@@ -498,6 +498,11 @@ class NodeCore:
                         count=count)
         return out + [done]
 
+    def in_flight(self) -> bool:
+        """Whether a transaction of this node's is unfinished: a leave waits for them (to a
+        deadline) before it hands the pages back (``give_back`` keeps those they involve)."""
+        return bool(self.pending)
+
     def allocated(self, offset: int, nbytes: int) -> None:
         self.extents.add(offset, nbytes)
 
