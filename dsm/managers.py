@@ -10,7 +10,8 @@
   straight, node to node, and the owner serves the requester; the directory is the home of
   untouched pages and the fallback after a death (``dsm.core.dynamic``,
   ``dsm.directory.pages.dynamic``); release-consistency arrays have their home at the
-  directory, as under the other managers. No cluster-wide discard.
+  directory, as under the other managers. No cluster-wide discard of a page a node does not
+  own (release-consistency pages: as under the other managers).
 """
 
 from __future__ import annotations

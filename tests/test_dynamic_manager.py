@@ -100,7 +100,8 @@ def test_a_killed_owners_pages_are_lost_loudly_and_the_others_carry_on(directory
 # Release-consistency arrays have their home at the directory under this manager too: the
 # release tests' own programs, run here (this module's ``manager``): twins, diffs and write
 # notices; sequential pages beside them, node to node; a death losing unreleased changes loudly;
-# a lock's grant carrying the bytes it guards
+# a lock's grant carrying the bytes it guards; a fork, a MADV_REMOVE (zeros at the home) and an
+# unmap of release pages
 from tests.test_guarded_locks import (  # noqa: E402
     test_guarded_data_comes_with_the_grant_without_a_fault_over_the_network as
     test_release_guarded_data_comes_with_the_grant)
@@ -108,6 +109,8 @@ from tests.test_release import (  # noqa: E402
     test_a_counter_under_a_lock_counts_every_increment as test_release_counter_under_a_lock,
     test_a_node_killed_with_changes_it_never_released_loses_those_pages_loudly as
     test_release_changes_never_released_by_a_killed_node_are_lost_loudly,
+    test_fork_remove_and_unmap_work_on_release_arrays as
+    test_release_fork_remove_and_unmap,
     test_sequential_and_release_arrays_live_in_one_program as
     test_release_and_sequential_arrays_in_one_program)
 

@@ -568,8 +568,13 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
         punched here, goes to the directory as an unmap hands it, zeros with no copy set. A
         read copy is only dropped: this node cannot discard what it does not own without a
         request this manager has not (the owner's contents stay, logged as refused); so is an
-        owned page whose transfer is in flight (kept, and logged)."""
-        out: list[Action] = []
+        owned page whose transfer is in flight (kept, and logged). Release-consistency pages
+        held here as any node core (zeros here and at their home)."""
+        release = [q for q in pages if self.state.get(q) in RELEASE_STATES]
+        out: list[Action] = super().discard(release) if release else []
+        if release:
+            removed = set(release)
+            pages = [q for q in pages if q not in removed]
         refused = []
         for page in pages:
             own = self.owned.get(page)

@@ -104,18 +104,23 @@ class DynamicPages:
 
     def service_handlers(self) -> dict[type, Callable[[str, Any, Any], list[Send]]]:
         """The directory service's table under this manager: its messages (``handlers``), and
-        what it refuses: a ``Discard`` (no directory transaction covers a page the nodes own:
+        a ``Discard``: of release-consistency pages, as under the other managers (zeros at their
+        home); of the others, refused (no directory transaction covers a page the nodes own:
         the nodes hand the pages back instead, ``DynamicNodeCore.discard``)."""
         return {
             **self.handlers(),
-            p.Discard: lambda n, m, d: self._refuse_discard(n, m),
+            p.Discard: lambda n, m, d: self._discard(n, m),
         }
 
-    def _refuse_discard(self, node: str, msg: p.Discard) -> list[Send]:
-        log.error("node %s discarded %d page(s) (MADV_REMOVE): the dynamic manager has no "
-                  "cluster-wide discard (its pages are owned by the nodes, not kept here): "
-                  "ignored", node, len(msg.pages))
-        return []
+    def _discard(self, node: str, msg: p.Discard) -> list[Send]:
+        pages = self.pages
+        release = [q for q in msg.pages if pages.release.covers(q)]
+        refused = len(msg.pages) - len(release)
+        if refused:
+            log.error("node %s discarded %d page(s) (MADV_REMOVE): the dynamic manager has no "
+                      "cluster-wide discard (its pages are owned by the nodes, not kept here): "
+                      "ignored", node, refused)
+        return [s for q in release for s in pages.discard(node, q)]
 
     def _relay(self, msg: Any, data: Any) -> list[Send]:
         """A node-to-node message whose sender could not reach the node it names: relayed
