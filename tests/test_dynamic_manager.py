@@ -5,6 +5,8 @@ owners; the directory hands out untouched pages and turns a death into a loud lo
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -171,3 +173,23 @@ def test_a_node_leaving_waits_for_its_transfers_in_flight_and_loses_no_page(host
     # node's read of it: SIGBUS)
     monkeypatch.setenv(MANAGER_ENV, "dynamic")
     _leave_on_namespace_hosts(hosts)
+
+
+def test_dsm_top_shows_whom_the_directory_handed_each_page_to(make_node, directory):
+    from dsm.commands.top import StatsClient
+    from dsm.topview import DYNAMIC_LEGEND
+    a = make_node("a")
+    a.run(f"x = node.array('s', (8, {SLOTS}), np.int64); x[:] = 1")
+    client = StatsClient(directory.endpoint)
+    try:
+        report = client.query()
+    finally:
+        client.close()
+    [(name, first, count, runs)] = report["arrays"]
+    # a wrote every page: the directory handed them all to a (not "at home", as before)
+    assert name == "s" and runs == [[8, "owned", ["a"]]], runs
+    done = subprocess.run([sys.executable, "-m", "dsm", "top", "--directory", directory.endpoint,
+                           "--interval", "0.3"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert " ".join(DYNAMIC_LEGEND.split()) in " ".join(done.stdout.split()), done.stdout

@@ -118,7 +118,8 @@ class ArrayRequests:
         shards')."""
         d = self.directory
         return stats_report(req, d.node_reports, sorted(d.sessions.by_node), d.pages,
-                            d.allocations, d.layout.page_size)
+                            d.allocations, d.layout.page_size,
+                            d.dynamic.last_owner if d.dynamic is not None else None)
 
 
 def _merged(runs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:

@@ -44,12 +44,20 @@ class NodeReports:
         return out
 
 
-def page_runs(pages: PageDirectory, first: int, count: int) -> list[list]:
-    """The states of ``count`` pages from ``first`` as runs ``[pages, kind, holders]``."""
+def page_runs(pages: PageDirectory, first: int, count: int,
+              owners: dict[int, str] | None = None) -> list[list]:
+    """The states of ``count`` pages from ``first`` as runs ``[pages, kind, holders]``.
+    ``owners``: under the dynamic manager, the node the directory last handed each page to
+    (its ``last_owner``; ownership moves on node to node without it, and the copies are the
+    owners' to know): those pages are shown owned by it, the others at home (the directory
+    owns them)."""
     runs: list[list] = []
     for page in range(first, first + count):
         if page in pages.lost:
             state = ("lost", [])
+        elif owners is not None:
+            owner = owners.get(page)
+            state = ("owned", [owner]) if owner is not None else ("home", [])
         else:
             e = pages.peek(page)
             if e.owner is not None:
@@ -68,12 +76,14 @@ def page_runs(pages: PageDirectory, first: int, count: int) -> list[list]:
 
 
 def report(req: int, reports: NodeReports, live: list[str], pages: PageDirectory,
-           allocations: Allocations, page_size: int) -> p.StatsReport:
+           allocations: Allocations, page_size: int,
+           owners: dict[int, str] | None = None) -> p.StatsReport:
+    """``owners``: the dynamic manager's (``page_runs``)."""
     arrays = []
     for alloc in allocations.all():
         first = alloc.offset // page_size
         count = max(1, (alloc.nbytes + page_size - 1) // page_size)
-        arrays.append([alloc.name, first, count, page_runs(pages, first, count)])
+        arrays.append([alloc.name, first, count, page_runs(pages, first, count, owners)])
     return p.StatsReport(req, reports.snapshot(live), list(LATENCY_BUCKETS_US), arrays,
                          dict(pages.counters))
 
