@@ -518,7 +518,10 @@ def test_bench_per_manager_puts_each_manager_in_a_column_with_its_traffic(tmp_pa
     for m, res in result["managers"].items():
         rows = {r["key"]: r for r in res["benchmarks"]["fault"]["rows"]}
         assert rows["owned_read"]["traffic"]["bytes"] > 4096  # a page, at least
-        assert rows["owned_read"]["traffic"]["manager_cpu_us"] > 0
+        # measured for every manager; the dynamic one is not on an owned read's path at all:
+        # its directory's CPU in a --quick row (heartbeats) may round to nothing
+        cpu = rows["owned_read"]["traffic"]["manager_cpu_us"]
+        assert cpu >= 0 if m == "dynamic" else cpu > 0, (m, cpu)
 
 
 def test_bench_refuses_an_unknown_manager():
