@@ -318,11 +318,53 @@ class NodeCore:
                                                                 True))]
 
     def _install(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
-        first, count = msg.page, msg.count
-        pend = self._take_pending(first)
+        pend = self._take_pending(msg.page)
         if pend is None:
-            log.warning("grant of pages %d+%d that were not asked for: installed anyway", first, count)
-            pend = Pending(first, count, msg.write, now, None)
+            if msg.release:
+                return self._install_unasked(msg, data, now)
+            log.warning("grant of pages %d+%d that were not asked for: installed anyway",
+                        msg.page, msg.count)
+            pend = Pending(msg.page, msg.count, msg.write, now, None)
+        return self._install_answer(pend, msg, data, now)
+
+    def _install_unasked(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
+        """Release pages' home copies that answer no request of their own: pages of a request
+        answered apart (its home granted some of them when their private holder gave them
+        back, the rest after), or a late second answer. Installed only where this node holds
+        nothing, never over a copy of its own, which it may have written since (installing
+        would throw its writes away, and its diff would then carry the old bytes home); the
+        waiters on them are woken, and taken out of their request."""
+        size = self.page_size
+        view = memoryview(data) if data is not None else None  # (None: ZERO)
+        absent = [q for q in range(msg.page, msg.page + msg.count) if q not in self.state]
+        if len(absent) < msg.count:
+            log.warning("grant of release pages %d+%d answering no request: %d of them held here "
+                        "already, kept as they are", msg.page, msg.count, msg.count - len(absent))
+        out: list[Action] = []
+        for first, count in runs(absent, p.MAX_BATCH_PAGES):
+            part = Pending(first, count, msg.write, now, None, self._take_waiters(first, count))
+            at = (first - msg.page) * size
+            out += self._install_answer(part, p.replace(msg, page=first, count=count),
+                                        None if view is None else view[at:at + count * size],
+                                        now)
+        return out
+
+    def _take_waiters(self, first: int, count: int) -> list[Waiter]:
+        """Take the ``count`` pages from ``first`` out of the requests awaiting them: their
+        waiters, which those requests no longer wake."""
+        taken: list[Waiter] = []
+        for q in range(first, first + count):
+            pend = self.pending.pop(q, None)
+            if pend is not None:
+                taken += [w for w in pend.waiters if w.page == q]
+                pend.waiters = [w for w in pend.waiters if w.page != q]
+        return taken
+
+    def _install_answer(self, pend: Pending, msg: p.Grant, data: Any,
+                        now: float) -> list[Action]:
+        """Install the pages of ``msg`` answering request ``pend``, and ask again for the
+        pages its waiters still wait for."""
+        first, count = msg.page, msg.count
         granted = range(first, first + count)
         stale = self.release.stale_on_arrival
         if msg.release and stale and not stale.isdisjoint(granted):

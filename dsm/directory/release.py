@@ -32,7 +32,7 @@ before any node can ask for one of its pages (``ArrayKnown``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -43,6 +43,15 @@ from dsm.protocol import MAX_BATCH_PAGES, DiffApplied, Fetch, Grant, Payload
 
 #: the numbers of this manager's Fetches of private pages (apart from the page transactions')
 PRIVATE_FETCH_TXN_BASE = 1 << 62
+
+
+class Asker(NamedTuple):
+    """A node's request waiting for a private holder's contents: ``asked`` is the first page
+    it asked for, which its answer must start at (the node takes a grant as the answer to
+    the request for the grant's first page; one request is answered by one grant)."""
+    node: str
+    write: bool
+    asked: int
 
 
 class ReleaseHomes:
@@ -63,9 +72,8 @@ class ReleaseHomes:
         self.private: dict[int, str] = {}
         #: pages a second node asked for: shared from then on (twins and diffs)
         self.shared: set[int] = set()
-        #: page -> the nodes waiting for its private holder's contents (a Fetch is out), each
-        #: with whether it asked to write
-        self.waiting: dict[int, list[tuple[str, bool]]] = {}
+        #: page -> the requests waiting for its private holder's contents (a Fetch is out)
+        self.waiting: dict[int, list[Asker]] = {}
         #: page -> the holder that Fetch went to
         self.fetching: dict[int, str] = {}
         self._next_txn = PRIVATE_FETCH_TXN_BASE
@@ -95,7 +103,7 @@ class ReleaseHomes:
         owned sequential page does); a reader makes it shared."""
         kind = self._kind(node, page)
         if kind == "wait":
-            self.waiting[page].append((node, write))
+            self.waiting[page].append(Asker(node, write, page))
             return []
         if kind == "fetch":  # the run of pages it holds privately, in one Fetch
             holder = self.private[page]
@@ -107,7 +115,7 @@ class ReleaseHomes:
                 del self.private[q]
                 if not write:
                     self.shared.add(q)  # a second node reads it: shared from now on
-                self.waiting[q] = [(node, write)]
+                self.waiting[q] = [Asker(node, write, page)]
                 self.fetching[q] = holder
             self._next_txn += 1
             self.counters["private_fetches"] += 1
@@ -131,32 +139,45 @@ class ReleaseHomes:
         """The private holder's contents (it keeps a clean copy): home, then to the waiting."""
         if payload != Payload.NONE:  # NONE: it had given them back (its Writeback came first)
             self.home.put(page, count, payload, data)
-        grants: list[tuple[str, bool, int]] = []  # (node, private, page), in page order
+        grants: list[tuple[Asker, bool, int]] = []  # (request, private, page), in page order
         for q in range(page, page + count):
             if self.fetching.get(q) != node:
                 continue  # not asked of it (a stray answer): nothing waits on it
             grants += self._fetch_ended(q)
         return self._grant_runs(grants)
 
-    def _fetch_ended(self, q: int) -> list[tuple[str, bool, int]]:
+    def _fetch_ended(self, q: int) -> list[tuple[Asker, bool, int]]:
         """Page ``q``'s home copy is current again: the grants of those who waited for it."""
         del self.fetching[q]
         waiting = self.waiting.pop(q, [])
-        if len(waiting) == 1 and waiting[0][1] and q not in self.shared:
-            taker = waiting[0][0]  # one writer: the page is its private page now
+        if len(waiting) == 1 and waiting[0].write and q not in self.shared:
+            taker = waiting[0].node  # one writer: the page is its private page now
             self.first[q] = self.private[q] = taker
-            return [(taker, True, q)]
+            return [(waiting[0], True, q)]
         self.shared.add(q)
-        return [(w, False, q) for w, _ in waiting]
+        return [(w, False, q) for w in waiting]
 
-    def _grant_runs(self, grants: list[tuple[str, bool, int]]) -> list[tuple[str, Any, Any]]:
-        """One Grant per run of consecutive pages going to one node the same way."""
+    def _grant_runs(self, grants: list[tuple[Asker, bool, int]]) -> list[tuple[str, Any, Any]]:
+        """One Grant per request: its pages, from the first it asked for. Where some of them
+        would be that node's private pages and some shared, all are shared (always safe:
+        private only spares the twins): two grants would answer one request, and the second,
+        asked by nobody, could land on a page the node has written since."""
+        by_request: dict[Asker, list[tuple[bool, int]]] = {}
+        for asker, private, q in grants:
+            by_request.setdefault(asker, []).append((private, q))
         out = []
-        for (node, private), pages in _runs_by(grants):
-            payload, data = self.home.get(pages[0], len(pages))
-            self.counters["private_grants" if private else "release_reads"] += 1
-            out.append((node, Grant(pages[0], len(pages), private, payload, release=True),
-                        data))
+        for asker, pages in by_request.items():
+            private = all(priv for priv, _ in pages)
+            if not private:
+                for priv, q in pages:
+                    if priv:
+                        del self.private[q]
+                        self.shared.add(q)
+            for first, count in page_runs(sorted(q for _, q in pages), MAX_BATCH_PAGES):
+                payload, data = self.home.get(first, count)
+                self.counters["private_grants" if private else "release_reads"] += 1
+                out.append((asker.node, Grant(first, count, private, payload, release=True),
+                            data))
         return out
 
     def carry(self, node: str, lock: str, guards: list[int], usable: Callable[[int], bool],
@@ -208,7 +229,7 @@ class ReleaseHomes:
         Fetch that crossed the Writeback can only be answered NONE, after it: whoever waits
         for the page is served now, from the home copy (so that the holder's death before
         its answer loses nothing)."""
-        grants: list[tuple[str, bool, int]] = []
+        grants: list[tuple[Asker, bool, int]] = []
         for q in range(page, page + count):
             if self.private.get(q) == node or self.fetching.get(q) == node:
                 self.private.pop(q, None)
@@ -302,9 +323,9 @@ class ReleaseHomes:
         lost.update(held, fetched_from)
         waiting = []
         for q in fetched_from:
-            waiting += [(w, q) for w, _ in self.waiting.pop(q, []) if w != node]
+            waiting += [(w.node, q) for w in self.waiting.pop(q, []) if w.node != node]
         for q in list(self.waiting):  # a requester that died waits no more
-            self.waiting[q] = [(w, wr) for w, wr in self.waiting[q] if w != node]
+            self.waiting[q] = [w for w in self.waiting[q] if w.node != node]
         return sorted(lost), waiting
 
     def describe(self, page: int) -> str:
@@ -313,20 +334,3 @@ class ReleaseHomes:
             return f"private:{holder}"
         writers = self.dirty.get(page)
         return "release home" + ("{" + ",".join(sorted(writers)) + " writing}" if writers else "")
-
-
-
-def _runs_by(grants: list[tuple[str, bool, int]]) -> list[tuple[tuple[str, bool], list[int]]]:
-    """(node, private, page) triples as runs of consecutive pages per (node, private)."""
-    by_key: dict[tuple[str, bool], list[int]] = {}
-    for node, private, q in grants:
-        by_key.setdefault((node, private), []).append(q)
-    out = []
-    for key, pages in by_key.items():
-        pages.sort()
-        start = 0
-        for i in range(1, len(pages) + 1):
-            if i == len(pages) or pages[i] != pages[i - 1] + 1 or i - start >= MAX_BATCH_PAGES:
-                out.append((key, pages[start:i]))
-                start = i
-    return out
