@@ -1192,7 +1192,8 @@ class StatsReport(Message, tag=MsgType.STATS_REPORT.value):
     report, ``age_s`` seconds old); ``latency_buckets_us``: the histogram's upper bounds;
     ``arrays``: ``[name, first_page, pages, runs]``, ``runs`` the page states in order as
     ``[pages, kind, holders]`` (kind "owned", "shared", "home" or "lost"); ``directory``: its
-    own counters."""
+    own counters; ``manager``: which page manager it runs (``dsm.managers``: what "owned"
+    means differs)."""
 
     DIRECTION = Direction.TO_NODE
     req: U64
@@ -1200,6 +1201,7 @@ class StatsReport(Message, tag=MsgType.STATS_REPORT.value):
     latency_buckets_us: list[U64]
     arrays: list[Any]
     directory: dict[str, U64]
+    manager: str = ""
 
 
 _ALL_MESSAGES: tuple[type[Message], ...] = (

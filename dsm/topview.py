@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dsm.core.stats import quantile_text
+from dsm.managers import Manager
 
 #: (column, counters summed) of the fault-rate columns
 FAULT_KINDS = [
@@ -27,10 +28,8 @@ COLUMNS_LEGEND = ("faults: so far, local ones aside; per second: rd/wr a missing
                   "latency in µs, as the bound of its bucket (≤1024: at most 1024 µs)")
 #: in a plain-text snapshot a page owned by the k-th node (the table's order) shows this
 OWNER_MARKS = "0123456789abcdefghijklmnopqrstuvwxyz"
-#: the directory's counters under the dynamic manager begin so (``dsm.directory.pages.dynamic``)
-DYNAMIC_COUNTERS = "dynamic_"
-#: what the arrays' map means then: the directory knows only whom it handed a page to (it moves
-#: on node to node), and no copies
+#: what the arrays' map means under the dynamic manager: the directory knows only whom it handed
+#: a page to (it moves on node to node), and no copies
 DYNAMIC_LEGEND = ("  (dynamic manager: owned = the node the directory last handed the page "
                   "to; ownership moves on node to node, and the copies are the owners' to "
                   "know)")
@@ -122,7 +121,7 @@ def render(now: dict, before: dict | None, elapsed_s: float, endpoint: str, widt
     else:
         legend = Text("arrays: 0-9 owned by that node (0 the first in the table)  = read "
                       "copies  · at home  X lost", style="grey62")
-    if any(key.startswith(DYNAMIC_COUNTERS) for key in d):
+    if now.get("manager") == Manager.DYNAMIC.value:
         legend.append(DYNAMIC_LEGEND)
     return Group(header, columns, node_table(now, before, elapsed_s), legend,
                  *array_maps(now, width, plain=not live))

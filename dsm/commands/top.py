@@ -75,7 +75,8 @@ class StatsClient:
             msg, _ = p.decode(self.sock.recv_multipart(), 0, p.Direction.TO_NODE)
             if isinstance(msg, p.StatsReport) and msg.req == self._req:
                 return {"nodes": msg.nodes, "latency_buckets_us": msg.latency_buckets_us,
-                        "arrays": msg.arrays, "directory": msg.directory}
+                        "arrays": msg.arrays, "directory": msg.directory,
+                        "manager": msg.manager}
         self.sock.close(0)
         self._open()
         return None

@@ -118,7 +118,7 @@ class ArrayRequests:
         shards')."""
         d = self.directory
         return stats_report(req, d.node_reports, sorted(d.sessions.by_node), d.pages,
-                            d.allocations, d.layout.page_size,
+                            d.allocations, d.layout.page_size, d.manager.value,
                             d.dynamic.last_owner if d.dynamic is not None else None)
 
 

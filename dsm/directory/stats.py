@@ -76,16 +76,17 @@ def page_runs(pages: PageDirectory, first: int, count: int,
 
 
 def report(req: int, reports: NodeReports, live: list[str], pages: PageDirectory,
-           allocations: Allocations, page_size: int,
+           allocations: Allocations, page_size: int, manager: str,
            owners: dict[int, str] | None = None) -> p.StatsReport:
-    """``owners``: the dynamic manager's (``page_runs``)."""
+    """``manager``: the directory's page manager's name; ``owners``: the dynamic manager's
+    (``page_runs``)."""
     arrays = []
     for alloc in allocations.all():
         first = alloc.offset // page_size
         count = max(1, (alloc.nbytes + page_size - 1) // page_size)
         arrays.append([alloc.name, first, count, page_runs(pages, first, count, owners)])
     return p.StatsReport(req, reports.snapshot(live), list(LATENCY_BUCKETS_US), arrays,
-                         dict(pages.counters))
+                         dict(pages.counters), manager)
 
 
 # --- dsm top over the shards ------------------------------------------------------------------

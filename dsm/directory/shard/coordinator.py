@@ -294,7 +294,8 @@ class Coordinator(Role):
                 for k, v in m.directory.items():
                     counters[k] = counters.get(k, 0) + v
             d.send_to(identity, p.StatsReport(req, report.nodes, report.latency_buckets_us,
-                                                 stitch_arrays(arrays, self.count), counters))
+                                                 stitch_arrays(arrays, self.count), counters,
+                                                 report.manager))
 
         def failed(why: str) -> None:
             d.send_to(identity, p.Error(req, why))
