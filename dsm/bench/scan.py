@@ -62,8 +62,8 @@ NS_PER_MS = 1_000_000
 #: the streaming baseline's frame, and the round trip's message (one page)
 FRAME_BYTES = 64 << 10
 MESSAGE_BYTES = 4096
-#: target: the scan's MB/s over the stream's
-SCAN_TARGET = 0.4
+#: target: the scan's MB/s over the stream's (issue 24's: the scan was 0.47x the stream)
+SCAN_TARGET = 0.65
 #: the warm-up array and stream (every code path once, untimed)
 WARMUP_MIB = 4
 WARMUP_ROUND_TRIPS = 200
