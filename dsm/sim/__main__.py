@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="every page is a release-consistency page (--release-pages all)")
     parser.add_argument("--phases", type=int, default=DEFAULT_PHASES,
                         help="barrier phases of the data-race-free programs")
+    parser.add_argument("--sweeps", action="store_true",
+                        help="the release pages' programs sweep bands of pages in order "
+                             "(read-ahead runs of another node's private pages) rather than "
+                             "touch random locations")
+    parser.add_argument("--bursts", type=int, default=1, metavar="N",
+                        help="a thread the scheduler picks runs up to N operations in a row "
+                             "(ahead of the messages on their way to its node)")
     parser.add_argument("--faults", type=float, default=0.0, metavar="RATE",
                         help="drop, duplicate and swap each message with this probability, and "
                              "reset a connection now and then (a tenth as often), cut a node "
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                   shards=args.shards, phases=args.phases,
                   release_pages=args.pages if args.release else args.release_pages,
                   faults=Faults.everywhere(args.faults),
-                  kernel_events=KernelEvents.everywhere(args.events))
+                  kernel_events=KernelEvents.everywhere(args.events), sweeps=args.sweeps,
+                  bursts=args.bursts)
     traces = None
     if args.trace:
         from dsm.sim.tracing import SimTrace

@@ -27,7 +27,13 @@ along probable owners, and a death is settled by a gather.
 
 With ``release_pages=K`` the first K pages are release-consistency pages (``dsm.sim.release``):
 data-race-free programs with locks and barriers run on them, each read checked against the last
-write before it in the schedule (DRF-SC), copies there may be stale until an acquire.
+write before it in the schedule (DRF-SC), copies there may be stale until an acquire. With
+``sweeps`` the programs go through bands of those pages in order (``programs.sweep_programs``):
+runs of pages asked for at once, another node's private ones fetched while others ask for some.
+
+With ``bursts`` > 1 a thread the scheduler picks runs on for a few steps (``World._pick``): it
+faults again, or writes what it was just granted, before the messages on their way to its node
+arrive, a race a uniform pick seldom lets it win.
 
 A failure raises ``SimulationFailure`` with the seed and the schedule's last steps; the same
 seed replays it exactly (``python -m dsm.sim --seed N``).
@@ -102,9 +108,15 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                  shards: int = 1, direct: bool | None = None, release_pages: int = 0,
                  phases: int = programs.DEFAULT_PHASES, faults: Faults = NO_FAULTS,
                  fixed_programs: list[list[tuple[str, int]]] | None = None,
-                 kernel_events: KernelEvents = NO_EVENTS):
+                 kernel_events: KernelEvents = NO_EVENTS, sweeps: bool = False,
+                 bursts: int = 1):
         """``fixed_programs``: each thread's operations, ``(kind, location)``, in the order of
         the nodes and their threads, in place of drawn ones (``dsm.sim.explore`` fixes them).
+        ``sweeps``: the release pages' programs sweep bands of pages in order
+        (``programs.sweep_programs``: requests for runs of pages) rather than touch random
+        locations (the bands, not ``ops_per_thread``, say how many operations).
+        ``bursts``: a thread the scheduler picks may run up to this many operations in a row
+        (``_pick``).
         ``kernel_events``: how often the nodes' processes fork, unmap, remap and remove pages
         (``dsm.sim.processes``)."""
         if release_pages > pages:
@@ -158,10 +170,20 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self.dynamic_pages = self.machines[self._shard_names[0]].dynamic
         #: the coordinator's locks, barriers and write notices (shard 0, or the one directory)
         self.coordinator = self.machines[self._shard_names[0]].syncreq
-        self._programs = (programs.drf_programs(
-            self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
-            range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE), ops_per_thread,
-            phases) if release_pages else None)
+        #: the most operations a thread picked runs in a row, and the burst going on: its
+        #: thread and how many more steps it may take
+        self.bursts = bursts
+        self._burst: tuple[Thread, int] | None = None
+        sequential_locations = range(release_pages * SLOTS_PER_PAGE, pages * SLOTS_PER_PAGE)
+        if not release_pages:
+            self._programs = None
+        elif sweeps:
+            self._programs = programs.sweep_programs(self.rng, nodes * threads_per_node,
+                                                     release_pages, sequential_locations, phases)
+        else:
+            self._programs = programs.drf_programs(
+                self.rng, nodes * threads_per_node, range(release_pages * SLOTS_PER_PAGE),
+                sequential_locations, ops_per_thread, phases)
         #: lock -> the pages it guards (runs): its grant carries them (random programs only:
         #: the exhaustive exploration's fixed ones keep their scope)
         self.lock_guards = {lock: pack_runs({loc // SLOTS_PER_PAGE for loc in locs})
@@ -349,7 +371,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                 self._check_finished()
                 return False
             return True
-        pick = self.rng.choice(choices)
+        pick = self._pick(choices)
         self._touched: set[int] | None = set()  # the pages this step may change
         if pick == "kill":
             if self.rng.random() < 0.05:  # rare, so that most of a run has all its nodes
@@ -382,6 +404,23 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
         self._check_invariants()
         self.links.due(self.channels, self._alive, self.clock)
         return True
+
+    def _pick(self, choices: list) -> object:
+        """What the step does, drawn from ``choices``. With ``bursts``, a thread drawn takes the
+        next steps too (up to a drawn number), whenever it can go on, until another thread is
+        drawn: a thread that faults again, or writes what it was just granted, before the
+        messages already on their way to its node arrive, a race of a few steps against one
+        delivery that a uniform draw seldom lets it win (a grant answering no request
+        installed over a page written since: e2647af)."""
+        if self._burst is not None:
+            thread, left = self._burst
+            if left and any(c is thread for c in choices):
+                self._burst = (thread, left - 1)
+                return thread
+        pick = self.rng.choice(choices)
+        if self.bursts > 1 and isinstance(pick, Thread):
+            self._burst = (pick, self.rng.randrange(self.bursts))
+        return pick
 
     def _pass_time(self, until: float) -> None:
         """The clock jumps to ``until`` (a timer due then: strictly past it), and the timers
