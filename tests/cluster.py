@@ -3,6 +3,7 @@ deadline, each killed in teardown, with their logs printed when a test fails."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import select
@@ -10,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dsm.managers import MANAGER_ENV, SHARDS_ENV
+from dsm.managers import MANAGER_ENV, SHARDS_ENV, Manager
 
 WORKER = str(Path(__file__).with_name("node_worker.py"))
 START_TIMEOUT_S = 15.0
@@ -28,6 +29,20 @@ def environment_without_manager_defaults() -> dict[str, str]:
     """This environment without the suite's $DSM_MANAGER / $DSM_SHARDS defaults, for tests that
     give a cluster its own shape (its flags, or a compose project's own values)."""
     return {k: v for k, v in os.environ.items() if k not in (MANAGER_ENV, SHARDS_ENV)}
+
+
+def manager_of(flags: list[str] = ()) -> Manager:
+    """The manager a directory started with these ``dsm directory`` flags runs, decided as the
+    command decides it (so with the suite's $DSM_MANAGER / $DSM_SHARDS defaults): for a test
+    whose assertions name the messages or counters of the manager actually running."""
+    # imported here: the directory's modules take a fifth of a second, which only the tests
+    # that ask pay
+    from dsm.commands import directory as directory_command
+
+    parser = argparse.ArgumentParser()
+    directory_command.register(parser.add_subparsers())
+    manager, _ = directory_command.shard_plan(parser.parse_args(["directory", *flags]))
+    return Manager(manager)
 
 
 def _read_line(proc: subprocess.Popen, timeout_s: float, what: str) -> str:
@@ -55,6 +70,7 @@ class Directory:
         self.trace_path = tmp_path / f"{name}.trace"
         self.shards = shards
         manager = ["--manager", "distributed", "--shards", str(shards)] if shards > 1 else []
+        self._flags = [*manager, *extra]
         self.log = open(self.log_path, "w")
         # a session of its own: teardown kills the shards with it, whatever became of it
         self.proc = subprocess.Popen(
@@ -67,6 +83,12 @@ class Directory:
         # the shards start (and join) before the directory says it listens
         line = _read_line(self.proc, START_TIMEOUT_S + 5 * (shards - 1), "directory start")
         self.endpoint = line.strip().rsplit(" ", 1)[-1].replace("0.0.0.0", "127.0.0.1")
+
+    @property
+    def manager(self) -> Manager:
+        """The manager it runs: its flags', else the suite's default (asked only by the tests
+        that name a manager's messages: a test giving it flags to refuse never parses them)."""
+        return manager_of(self._flags)
 
     def shard_pids(self) -> list[int]:
         """The pids of shards 1..K-1 (the coordinator's children), in shard order."""
