@@ -186,17 +186,23 @@ def test_a_fork_read_while_a_page_is_installed_adopts_and_protects_the_child(
             handler(msg, data)
         return hold_the_grant
 
-    # the page comes from the directory (relay) or straight from b (central, distributed)
-    here.messaging.inbox._dir_handlers[p.Grant] = holding(here.messaging.inbox._dir_handlers[p.Grant])
+    # the page comes from the directory (relay) or straight from b (central, distributed);
+    # under the dynamic manager (whose node-to-node messages only it takes from peers) in b's
+    # Served, straight or relayed by the directory (b's first message to a node it has no
+    # connection to yet)
+    inbox = here.messaging.inbox
+    inbox._dir_handlers[p.Grant] = holding(inbox._dir_handlers[p.Grant])
     if here.peers is not None:
-        here.messaging.inbox._peer_handlers[p.PeerPage] = holding(
-            here.messaging.inbox._peer_handlers[p.PeerPage])
+        inbox._peer_handlers[p.PeerPage] = holding(inbox._peer_handlers[p.PeerPage])
+    if p.Served in inbox._peer_handlers:
+        for handlers in (inbox._peer_handlers, inbox._dir_handlers):
+            handlers[p.Served] = holding(handlers[p.Served])
     with serving(here):
         w = attach_here(here, directory, tmp_path, monkeypatch, "w")
         try:
             w.run(f"x = node.array('fk', (4 * {WORDS},), np.int64)")
-            w.run(READ_IN_A_THREAD.format(index=0))  # page 0, owned by b: a Grant will come
-            assert held.wait(STEP_TIMEOUT_S), "no grant of page 0 reached the agent"
+            w.run(READ_IN_A_THREAD.format(index=0))  # page 0, owned by b: its copy will come
+            assert held.wait(STEP_TIMEOUT_S), "no copy of page 0 reached the agent"
             w.send(
                 "pid = os.fork()\n"
                 "if pid == 0:\n"
