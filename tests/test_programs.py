@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cluster import Directory, environment_without_manager_defaults
+from dsm.managers import Manager
+from tests.cluster import Directory, environment_without_manager_defaults, manager_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -87,7 +88,13 @@ def _line(done: subprocess.CompletedProcess, word: str) -> str:
 
 @pytest.fixture(params=[1, 2], ids=["one manager", "2 shards"])
 def directory(request, tmp_path):
-    d = Directory(tmp_path, region_bytes=REGION_BYTES, shards=request.param)
+    """One manager (the suite's), or a distributed one of 2 shards. The dynamic manager does
+    not reuse a freed array's addresses (README, its limits: the owners of its pages keep them;
+    tests/test_dynamic_manager.py checks that no new array reads them): under it, the one
+    manager is the central one."""
+    pinned = (["--manager", Manager.CENTRAL.value]
+              if request.param == 1 and manager_of() is Manager.DYNAMIC else [])
+    d = Directory(tmp_path, region_bytes=REGION_BYTES, shards=request.param, extra=pinned)
     yield d
     d.kill()
 
