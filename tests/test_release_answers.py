@@ -33,6 +33,12 @@ def grants_to(sends: list, node: str) -> list[tuple[int, int, bool]]:
     return [(m.page, m.count, m.write) for n, m, _ in sends if n == node]
 
 
+def fetch_txn(sends: list) -> int:
+    (_, fetch, _), = sends
+    assert isinstance(fetch, p.Fetch), sends
+    return fetch.txn
+
+
 def test_a_request_whose_pages_end_up_private_and_shared_is_answered_by_one_grant():
     h = homes()
     assert grants_to(h.read("n0", 2, 2, usable, write=True), "n0") == [(2, 2, True)]
@@ -40,7 +46,7 @@ def test_a_request_whose_pages_end_up_private_and_shared_is_answered_by_one_gran
     (holder, fetch, _), = h.read("n2", 2, 2, usable, write=True)
     assert holder == "n0" and (fetch.page, fetch.count) == (2, 2)
     assert h.read("n1", 3, 1, usable) == []
-    sends = h.fetched("n0", 2, 2, p.Payload.DATA, bytes(2 * PAGE_SIZE))
+    sends = h.fetched("n0", fetch.txn, 2, 2, p.Payload.DATA, bytes(2 * PAGE_SIZE))
     # page 2 alone would be n2's private page, page 3 is shared: n2's one request gets one
     # grant of both, shared (two would answer it, the second one asked for by nobody)
     assert grants_to(sends, "n2") == [(2, 2, False)]
@@ -51,9 +57,9 @@ def test_a_request_whose_pages_end_up_private_and_shared_is_answered_by_one_gran
 def test_requests_of_one_node_for_neighbouring_pages_are_answered_apart():
     h = homes()
     h.read("n0", 2, 2, usable, write=True)
-    h.read("n1", 2, 2, usable, write=True)  # the Fetch of both
+    txn = fetch_txn(h.read("n1", 2, 2, usable, write=True))  # the Fetch of both
     assert h.read("n2", 2, 1, usable) == [] and h.read("n2", 3, 1, usable) == []
-    sends = h.fetched("n0", 2, 2, p.Payload.DATA, bytes(2 * PAGE_SIZE))
+    sends = h.fetched("n0", txn, 2, 2, p.Payload.DATA, bytes(2 * PAGE_SIZE))
     assert sorted(grants_to(sends, "n2")) == [(2, 1, False), (3, 1, False)]
     assert grants_to(sends, "n1") == [(2, 2, False)]
 
@@ -61,10 +67,56 @@ def test_requests_of_one_node_for_neighbouring_pages_are_answered_apart():
 def test_a_lone_writer_of_a_fetched_run_takes_it_over_privately():
     h = homes()
     h.read("n0", 2, 2, usable, write=True)
-    h.read("n2", 2, 2, usable, write=True)
-    sends = h.fetched("n0", 2, 2, p.Payload.DATA, bytes(2 * PAGE_SIZE))
+    txn = fetch_txn(h.read("n2", 2, 2, usable, write=True))
+    sends = h.fetched("n0", txn, 2, 2, p.Payload.DATA, bytes(2 * PAGE_SIZE))
     assert grants_to(sends, "n2") == [(2, 2, True)]
     assert h.private == {2: "n2", 3: "n2"}
+
+
+def test_a_node_asking_again_for_a_page_it_still_waits_for_gets_it_once():
+    """Seed 258 of the simulator's sweeps with pages given back: n3's request of pages 2-5
+    waited on their private holder; page 2 came first (given back), which answered it, and
+    n3 asked again from page 3. The home granted page 3 to both requests."""
+    h = homes()
+    h.read("n1", 2, 4, usable, write=True)
+    txn = fetch_txn(h.read("n3", 2, 4, usable, write=True))  # the Fetch of 2-5 from n1
+    assert grants_to(h.written_back("n1", 2, 1, p.Payload.DATA, bytes(PAGE_SIZE)),
+                     "n3") == [(2, 1, True)]
+    assert h.read("n3", 3, 4, usable, write=True) == []  # waits, in place of its first request
+    sends = h.fetched("n1", txn, 2, 4, p.Payload.DATA, bytes(4 * PAGE_SIZE), not_held=[2])
+    pages = [q for q0, n, _ in grants_to(sends, "n3") for q in range(q0, q0 + n)]
+    assert sorted(pages) == [3, 4, 5], sends
+
+
+def test_pages_their_holder_gave_back_meanwhile_keep_the_contents_it_gave_back():
+    h = homes()
+    h.read("n1", 2, 2, usable, write=True)
+    txn = fetch_txn(h.read("n3", 2, 2, usable, write=True))  # the Fetch of 2-3 from n1
+    given = bytes([7]) * PAGE_SIZE
+    h.written_back("n1", 3, 1, p.Payload.DATA, given)
+    h.fetched("n1", txn, 2, 2, p.Payload.DATA, bytes([9]) * PAGE_SIZE + bytes(PAGE_SIZE),
+              not_held=[3])
+    payload, data = h.home.get(2, 2)
+    assert bytes(data) == bytes([9]) * PAGE_SIZE + given
+
+
+def test_a_late_answer_to_an_earlier_fetch_from_the_same_holder_is_not_this_ones():
+    """Seed 131 of the sweeps with give-backs, a death and faults on every link: n2 gave its
+    private page back as a Fetch went to it, took it again and wrote it, and a second Fetch
+    went; the first one's late answer (nothing held) ended the second, and the waiting node
+    got the home copy without n2's write."""
+    h = homes()
+    h.read("n2", 0, 1, usable, write=True)
+    first = fetch_txn(h.read("n0", 0, 1, usable, write=True))
+    h.written_back("n2", 0, 1, p.Payload.DATA, bytes([1]) * PAGE_SIZE)  # n0 gets it
+    second = fetch_txn(h.read("n2", 0, 1, usable, write=True))  # n2 again: from n0
+    h.written_back("n0", 0, 1, p.Payload.DATA, bytes([1]) * PAGE_SIZE)  # n2 gets it
+    third = fetch_txn(h.read("n0", 0, 1, usable, write=True))  # n0 again: from n2
+    assert len({first, second, third}) == 3
+    assert h.fetched("n2", first, 0, 1, p.Payload.NONE, None) == []  # late: nothing ends
+    sends = h.fetched("n2", third, 0, 1, p.Payload.DATA, bytes([3]) * PAGE_SIZE)
+    assert grants_to(sends, "n0") == [(0, 1, True)]
+    assert bytes(h.home.get(0, 1)[1]) == bytes([3]) * PAGE_SIZE
 
 
 # --- the node ----------------------------------------------------------------------------------
@@ -116,12 +168,18 @@ def test_pages_of_a_request_granted_apart_wake_their_waiters_and_are_not_asked_a
     assert acquires(out) == [] and not core.pending  # page 3 is not asked for again
 
 
-def test_an_unasked_grant_installs_only_the_pages_the_node_does_not_hold():
+def test_an_unasked_grant_installs_only_the_pages_another_request_awaits():
+    """Pages held are never written over, and pages no request awaits are dropped: a late
+    answer's copy may predate what the node wrote since (seed 258 of the simulator's sweeps
+    with pages given back: a node read its own write as an older value)."""
     core = NodeCore("n", PAGES, PAGE_SIZE, ReadAhead(1))
     core.state[5] = PageState.DIRTY
     core.release.dirty.add(5)
+    on_6 = Waiter("proc", 6 * PAGE_SIZE, 6, False, 1, 0.0)
+    core._request(6, 1, False, [on_6], None, 0.0)
     data = page_data(3)
     out = core.grant(release_grant(4, 3), data, 0.0)
-    installs = [(a.first, a.count, bytes(a.data)) for a in out if isinstance(a, act.Install)]
-    assert installs == [(4, 1, data[:PAGE_SIZE]), (6, 1, data[2 * PAGE_SIZE:])]
-    assert core.state[5] is PageState.DIRTY
+    installs = [(a.first, a.count, bytes(a.data), a.wake) for a in out
+                if isinstance(a, act.Install)]
+    assert installs == [(6, 1, data[2 * PAGE_SIZE:], (on_6,))]
+    assert core.state[5] is PageState.DIRTY and 4 not in core.state and not core.pending

@@ -334,20 +334,24 @@ class NodeCore:
         return self._install_answer(pend, msg, data, now)
 
     def _install_unasked(self, msg: p.Grant, data: Any, now: float) -> list[Action]:
-        """Release pages' home copies that answer no request of their own: pages of a request
-        answered apart (its home granted some of them when their private holder gave them
-        back, the rest after), or a late second answer. Installed only where this node holds
-        nothing, never over a copy of its own, which it may have written since (installing
-        would throw its writes away, and its diff would then carry the old bytes home); the
-        waiters on them are woken, and taken out of their request."""
+        """Release pages' home copies that answer no request of their own. Pages another
+        request of this node awaits are a part of its answer, sent apart (their home granted
+        them when their private holder gave them back, the rest after): installed, and their
+        waiters woken and taken out of that request. The others are dropped: a late answer to
+        a request this node dropped (answered in part), whose copy may predate what this node
+        wrote since, installed over its copy (its writes thrown away, and its diff carrying the
+        old bytes home) or after it gave the page back (its own writes read as older ones).
+        Nothing is lost so: the page's home has it, and this node asks again when it faults."""
         size = self.page_size
         view = memoryview(data) if data is not None else None  # (None: ZERO)
-        absent = [q for q in range(msg.page, msg.page + msg.count) if q not in self.state]
-        if len(absent) < msg.count:
-            log.warning("grant of release pages %d+%d answering no request: %d of them held here "
-                        "already, kept as they are", msg.page, msg.count, msg.count - len(absent))
+        awaited = [q for q in range(msg.page, msg.page + msg.count)
+                   if q in self.pending and q not in self.state]
+        if len(awaited) < msg.count:
+            log.info("grant of release pages %d+%d answering no request: %d of them dropped "
+                     "(held here, or awaited by no request now)", msg.page, msg.count,
+                     msg.count - len(awaited))
         out: list[Action] = []
-        for first, count in runs(absent, p.MAX_BATCH_PAGES):
+        for first, count in runs(awaited, p.MAX_BATCH_PAGES):
             part = Pending(first, count, msg.write, now, None, self._take_waiters(first, count))
             at = (first - msg.page) * size
             out += self._install_answer(part, p.replace(msg, page=first, count=count),

@@ -74,8 +74,10 @@ class ReleaseHomes:
         self.shared: set[int] = set()
         #: page -> the requests waiting for its private holder's contents (a Fetch is out)
         self.waiting: dict[int, list[Asker]] = {}
-        #: page -> the holder that Fetch went to
-        self.fetching: dict[int, str] = {}
+        #: page -> the holder that Fetch went to, and the Fetch's number: an answer to an
+        #: earlier Fetch of the page from the same holder (late: it gave the page back, took it
+        #: again, and a new Fetch went) is not the answer to this one
+        self.fetching: dict[int, tuple[str, int]] = {}
         self._next_txn = PRIVATE_FETCH_TXN_BASE
         self.counters = {"release_reads": 0, "private_grants": 0, "private_fetches": 0,
                          "diffs": 0, "diff_bytes": 0, "guarded_pages_carried": 0}
@@ -103,6 +105,11 @@ class ReleaseHomes:
         owned sequential page does); a reader makes it shared."""
         kind = self._kind(node, page)
         if kind == "wait":
+            # an earlier request of this node for the page, still waiting here, was answered
+            # in part and dropped by the node, or it would not ask again: only this one is
+            # answered (two grants of one page, one of them answering nothing, and possibly
+            # arriving after the node wrote the page and gave it back)
+            self.waiting[page] = [w for w in self.waiting[page] if w.node != node]
             self.waiting[page].append(Asker(node, write, page))
             return []
         if kind == "fetch":  # the run of pages it holds privately, in one Fetch
@@ -111,13 +118,13 @@ class ReleaseHomes:
             while (n < count and self.covers(page + n) and usable(page + n)
                    and self.private.get(page + n) == holder and page + n not in self.waiting):
                 n += 1
+            self._next_txn += 1
             for q in range(page, page + n):
                 del self.private[q]
                 if not write:
                     self.shared.add(q)  # a second node reads it: shared from now on
                 self.waiting[q] = [Asker(node, write, page)]
-                self.fetching[q] = holder
-            self._next_txn += 1
+                self.fetching[q] = (holder, self._next_txn)
             self.counters["private_fetches"] += 1
             return [(holder, Fetch(self._next_txn, page, n, not write), None)]
         n = 1
@@ -134,15 +141,23 @@ class ReleaseHomes:
         self.counters["private_grants" if private else "release_reads"] += 1
         return [(node, Grant(page, n, private, payload, release=True), data)]
 
-    def fetched(self, node: str, page: int, count: int, payload: int,
-                data: Any) -> list[tuple[str, Any, Any]]:
-        """The private holder's contents (it keeps a clean copy): home, then to the waiting."""
-        if payload != Payload.NONE:  # NONE: it had given them back (its Writeback came first)
-            self.home.put(page, count, payload, data)
+    def fetched(self, node: str, txn: int, page: int, count: int, payload: int, data: Any,
+                not_held: Iterable[int] = ()) -> list[tuple[str, Any, Any]]:
+        """The private holder's contents (it keeps a clean copy), answering Fetch ``txn``:
+        home, then to the waiting. Only the pages that Fetch still waits for, and that the
+        holder still held, go home: one it gave back meanwhile (``not_held``: its bytes in the
+        answer are nothing) had its Writeback come first, on the same pipe, which put its
+        contents home and ended its fetch already."""
+        run = range(page, page + count)
+        asked = (node, txn)
+        stale = frozenset(q for q in run if self.fetching.get(q) != asked) | frozenset(
+            q for q in not_held if q in run)
+        if payload != Payload.NONE:  # NONE: it had given them all back
+            self.home.put(page, count, payload, data, skip=stale)
         grants: list[tuple[Asker, bool, int]] = []  # (request, private, page), in page order
-        for q in range(page, page + count):
-            if self.fetching.get(q) != node:
-                continue  # not asked of it (a stray answer): nothing waits on it
+        for q in run:
+            if self.fetching.get(q) != asked:
+                continue  # not asked of it (a stray or late answer): nothing waits on it
             grants += self._fetch_ended(q)
         return self._grant_runs(grants)
 
@@ -226,18 +241,20 @@ class ReleaseHomes:
     def written_back(self, node: str, page: int, count: int, payload: int,
                      data: Any) -> list[tuple[str, Any, Any]]:
         """A private holder gives its pages back (unmap, leave): the home copy is current. A
-        Fetch that crossed the Writeback can only be answered NONE, after it: whoever waits
-        for the page is served now, from the home copy (so that the holder's death before
-        its answer loses nothing)."""
+        Fetch that crossed the Writeback is answered after it, these pages not held (NONE when
+        it gave back the whole run; else ``fetched`` leaves them): whoever waits for the page
+        is served now, from the home copy (so that the holder's death before its answer loses
+        nothing)."""
         grants: list[tuple[Asker, bool, int]] = []
         for q in range(page, page + count):
-            if self.private.get(q) == node or self.fetching.get(q) == node:
+            fetched_from_it = self.fetching.get(q, ("",))[0] == node
+            if self.private.get(q) == node or fetched_from_it:
                 self.private.pop(q, None)
                 self.home.put(q, 1, payload,
                               None if data is None else
                               memoryview(data)[(q - page) * self.home.page_size:
                                                (q - page + 1) * self.home.page_size])
-                if self.fetching.get(q) == node:
+                if fetched_from_it:
                     grants += self._fetch_ended(q)
         return self._grant_runs(grants)
 
@@ -317,7 +334,7 @@ class ReleaseHomes:
         held = [q for q, holder in self.private.items() if holder == node]
         for q in held:
             del self.private[q]
-        fetched_from = [q for q, holder in self.fetching.items() if holder == node]
+        fetched_from = [q for q, (holder, _) in self.fetching.items() if holder == node]
         for q in fetched_from:
             del self.fetching[q]
         lost.update(held, fetched_from)

@@ -127,7 +127,8 @@ class PageDirectory(PageTransactions):
                 not_held: list[int], unwritten: list[int] = (), sent: bool = False) -> list[Send]:
         if self.release.covers(page):  # a private release page, asked of its holder
             self.layout.check_page(page + count - 1)
-            return [Send(*s) for s in self.release.fetched(node, page, count, payload, data)]
+            return [Send(*s) for s in self.release.fetched(node, txn_id, page, count, payload,
+                                                           data, not_held)]
         txn = self._txn_waiting_for(txn_id, page, node)
         if txn is None:
             return []
