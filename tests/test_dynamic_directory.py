@@ -256,3 +256,15 @@ def test_a_run_request_stops_at_a_page_given_back_and_takes_one_page_given_back(
     [send] = deliver(d, "c", p.replace(request(1, "c", write=True, page=PAGE + 2), count=4))
     assert (send.message.page, send.message.count, send.message.version) == (PAGE + 2, 1, 2)
     assert send.page == bytes([3]) * PAGE_SIZE
+
+
+def test_an_acquire_of_a_page_nodes_own_is_refused_and_hands_nothing_out():
+    """A peer that speaks the central manager's protocol (an Acquire of a sequential page)
+    was granted the page for writing, though another node owned it: two writers."""
+    from dsm.errors import ProtocolError
+
+    d = directory()
+    deliver(d, "a", request(1, "a", write=True))  # a owns the page
+    with pytest.raises(ProtocolError, match="PageRequest"):
+        d.service_handlers()[p.Acquire]("b", p.Acquire(PAGE, 1, True, False), None)
+    assert d.last_owner[PAGE] == "a"

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dsm import protocol as p
+from dsm.errors import ProtocolError
 from dsm.directory.pages.inputs import PageDirectory
 from dsm.directory.pages.loss import UNKNOWN_NODE
 from dsm.directory.pages.state import OnLoss, Send
@@ -106,11 +107,25 @@ class DynamicPages:
         """The directory service's table under this manager: its messages (``handlers``), and
         a ``Discard``: of release-consistency pages, as under the other managers (zeros at their
         home); of the others, refused (no directory transaction covers a page the nodes own:
-        the nodes hand the pages back instead, ``DynamicNodeCore.discard``)."""
+        the nodes hand the pages back instead, ``DynamicNodeCore.discard``); and an ``Acquire``,
+        of release pages only (their home serves them)."""
         return {
             **self.handlers(),
             p.Discard: lambda n, m, d: self._discard(n, m),
+            p.Acquire: lambda n, m, d: self._acquire(n, m),
         }
+
+    def _acquire(self, node: str, msg: p.Acquire) -> list[Send]:
+        """A release page asked of its home. Any other page is asked of its probable owner
+        (``PageRequest``): an ``Acquire`` of one is refused, as the central manager's
+        transactions it would start know nothing of who owns the page now (it would hand the
+        page to a second writer)."""
+        if not self.pages.release.covers(msg.page):
+            raise ProtocolError(f"Acquire of page {msg.page}, which is not in a release-"
+                                "consistency array: under the dynamic manager a node asks a "
+                                "page's probable owner for it (PageRequest)")
+        return self.pages.acquire(node, msg.page, msg.count, msg.write, msg.have_copy,
+                                  msg.untouched)
 
     def _discard(self, node: str, msg: p.Discard) -> list[Send]:
         pages = self.pages
