@@ -5,6 +5,8 @@ nobody dead and finishes within a bounded multiple of its reset-free time."""
 from __future__ import annotations
 
 
+import time
+
 import pytest
 
 from tests.cluster import Directory, NodeProcess, environment_without_manager_defaults
@@ -23,6 +25,9 @@ DYNAMIC_INCREMENTS = 60
 SLOWDOWN_BOUND = 3.0
 #: seconds every node's run may take, resets or not
 RUN_DEADLINE_S = 120.0
+#: how often the counters test resets the connections, and how long it waits for a reset
+RESET_PERIOD_S = 0.2
+RESET_WAIT_S = 30.0
 
 _WORKLOAD = (
     "import time\n"
@@ -159,13 +164,18 @@ def test_a_nodes_counters_and_metrics_say_what_the_sessions_did(tmp_path):
     try:
         nodes = [NodeProcess(directory.endpoint, f"c{i}", tmp_path, env=env) for i in range(2)]
         roots = lambda: [directory.proc.pid, *(n.proc.pid for n in nodes)]  # noqa: E731
-        with Resetter(roots, 0.2) as resetter:
-            for n in nodes:
-                n.send(_WORKLOAD.format(name="counted", counters=4, nodes=2, increments=150),
-                       "values")
-            for n in nodes:
-                assert n.wait(RUN_DEADLINE_S) == [300] * 4
-        assert resetter.resets >= 1
+        with Resetter(roots, RESET_PERIOD_S) as resetter:
+            # rounds of the workload until a reset came (one round can take less than a period)
+            deadline = time.monotonic() + RESET_WAIT_S
+            rounds = 0
+            while not resetter.resets and time.monotonic() < deadline:
+                for n in nodes:
+                    n.send(_WORKLOAD.format(name=f"counted{rounds}", counters=4, nodes=2,
+                                            increments=150), "values")
+                for n in nodes:
+                    assert n.wait(RUN_DEADLINE_S) == [300] * 4
+                rounds += 1
+        assert resetter.resets >= 1, f"no connection reset in {rounds} rounds"
         # the counters reach the node's stats with its next report (every second)
         counters = nodes[0].run("import time; time.sleep(1.5)", "node.stats()['counters']")
         assert counters.get("session_bare_acks", 0) > 0, counters
