@@ -109,33 +109,6 @@ def test_a_sequential_writer_is_never_asked_for_pages_it_has_not_faulted():
     assert len(faulted) < 2048 // 8  # the window still grows: few faults for the whole run
 
 
-def test_a_reader_faster_than_its_pages_keeps_its_read_ahead_going_when_it_catches_up():
-    """A scan reads faster than pages come: it catches up with its read-ahead and waits on a
-    page already asked for. That wait asks for the next windows, so that the reader never
-    reaches a page nobody asked for (and waits a whole window for it) once its window is
-    wide: the pipe stays full."""
-    from dsm.uffd.events import Access, FaultKind
-
-    pages, window = 8192, 256
-    core = NodeCore("n", pages, PAGE_SIZE, ReadAhead(window))
-    asked: list[p.Acquire] = []
-    unasked_faults = []  # pages faulted with no request out for them
-    page = 0
-    while page < pages - 4 * window:
-        if page not in core.pending:
-            unasked_faults.append(page)
-        out = core.fault("proc", page * PAGE_SIZE, page, Access.READ, FaultKind.MISSING, 1, 0.0)
-        asked += [a.message for a in out
-                  if isinstance(a, act.Send) and isinstance(a.message, p.Acquire)]
-        while page not in core.state:  # the pages come in order, as slowly as can be
-            acq = asked.pop(0)
-            core.grant(p.Grant(acq.page, acq.count, False, p.Payload.ZERO), None, 0.0)
-        page = next(q for q in range(page, pages) if q not in core.state)
-    assert asked, "the reader's read-ahead ran dry"
-    # once the window is wide, every fault finds its page asked for already
-    assert max(unasked_faults) < 2 * window, unasked_faults
-
-
 # --- the core never guesses ---------------------------------------------------------------------
 @pytest.mark.parametrize("state", [PageState.EXCLUSIVE, PageState.SHARED])
 def test_a_hole_in_a_held_page_no_remove_explains_fails_the_access_instead_of_zeroing(state):

@@ -75,17 +75,6 @@ def test_asynchronous_requests_only_for_a_wide_window_and_at_most_two_windows_ah
     assert ahead == [(page + w, w)]  # the request of the fault plus one more window
 
 
-def test_a_reader_waiting_on_its_read_ahead_asks_on_from_where_the_last_request_ended():
-    ra = ReadAhead(256)
-    page = 0
-    while (w := ra.on_fault("s", page)) < ASYNC_MIN_WINDOW_PAGES:
-        page += w
-    (ahead, count), = iter(lambda: ra.next_ahead("s"), None)
-    ra.on_wait("s", ahead)  # the reader reached the page asked for ahead, not there yet
-    nxt = ra.next_ahead("s")
-    assert nxt == (ahead + count, 2 * count)  # no hole, and the window grew
-
-
 def test_extents_bound_read_ahead_to_the_array():
     from dsm.core.extents import Extents
 

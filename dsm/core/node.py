@@ -167,12 +167,6 @@ class NodeCore:
             # a request for this page is on its way: wait for it (a writer behind a read request
             # refaults on the read copy and asks for the upgrade then)
             pend.waiters.append(waiter)
-            if not write and pend.stream == (proc, False):
-                # a sequential reader caught up with its own read-ahead (a scan reads faster
-                # than pages come): the next windows go now, or the pipe would drain until
-                # the reader faults past everything asked for, and wait a whole window then
-                self.readahead.on_wait(pend.stream, page)
-                out += self._request_ahead(pend.stream, now)
             return out
         if st is PageState.SHARED:  # an upgrade: of a run of read copies, for a sequential writer
             stream = (proc, True)

@@ -82,18 +82,6 @@ class ReadAhead:
         s.next_page = page + s.window
         return s.window
 
-    def on_wait(self, key: Hashable, page: int) -> None:
-        """A fault at ``page`` that a request of stream ``key`` is out for already: the reader
-        caught up with its read-ahead. A sequential hit, as a fault is (the window grows),
-        but what was asked for stays asked: the next request starts where the last one ended,
-        not a window past this fault (that would leave a hole)."""
-        s = self._streams.get(key)
-        if s is None or not s.last_fault < page <= s.next_page:
-            return
-        asked_up_to = s.next_page
-        self.on_fault(key, page)
-        s.next_page = asked_up_to
-
     def _remember(self, key: Hashable, s: Stream) -> None:
         """The extent of a run that ended: what it faulted, or what it asked for at once."""
         extent = s.window if s.hits == 1 else s.last_fault + 1 - s.first
