@@ -161,3 +161,17 @@ def test_a_release_applies_the_diffs_it_carries_before_it_and_refuses_one_it_is_
     assert bytes(home[8:11]) == b"abc"
     grant = transport.to(b)[-1]  # b's grant came after the diff was in, with a's notice
     assert isinstance(grant, p.SyncReply) and grant.notices == [first, 1]
+
+
+def test_the_dynamic_manager_refuses_a_node_without_a_peer_endpoint_and_says_why():
+    transport, clock = RecordingTransport(), Clock()
+    directory = Directory(Layout(DEFAULT_BASE_ADDRESS, REGION_PAGES * PAGE_SIZE), transport,
+                          clock, node_timeout_s=NODE_TIMEOUT_S, manager="dynamic")
+    alone = p.identity("a", 1)
+    directory.handle(alone, p.Hello("a", 1, 1), None)
+    [refusal] = transport.to(alone)
+    assert isinstance(refusal, p.Fenced) and "peer endpoint" in refusal.reason, refusal
+    assert directory.sessions.get("a") is None
+    served = p.identity("b", 2)
+    directory.handle(served, p.Hello("b", 1, 2, "tcp://b:7401"), None)
+    assert [type(m) for m in transport.to(served)] == [p.Welcome]

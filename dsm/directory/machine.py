@@ -328,6 +328,17 @@ class Directory:
         if self.sessions.is_fenced(identity):
             self.send_to(identity, p.Fenced(self.sessions.epoch, self.sessions.why_fenced(identity)))
             return []
+        if self.dynamic is not None and not msg.endpoint:
+            # the dynamic manager has no path through the directory for a node's pages: the
+            # others ask their owner straight, and it serves them straight (a real agent refuses
+            # to start so; a foreign or misbehaving one is told why here)
+            self.complain(logging.ERROR, "refused node %r (agent pid %d): it serves no peer "
+                          "endpoint, which the dynamic manager needs", node, msg.pid)
+            self.send_to(identity, p.Fenced(
+                self.sessions.epoch, f"node {node!r} needs a peer endpoint under the dynamic "
+                "manager, which serves every page node to node, and has none (--peer-listen "
+                "none): give it one, or use --manager relay or central"))
+            return []
         if old is not None and not self.role.coordinator:
             # the coordinator admitted this incarnation: it found the old one gone
             self.declare_dead(node, f"the coordinator admitted incarnation {msg.incarnation:x} "
