@@ -51,6 +51,10 @@ AGENT_SOCKET_ENV = "DSM_AGENT_SOCKET"
 MAX_MESSAGE_BYTES = 1 << 16
 #: the most file descriptors read with one message (more are refused; the kernel closes the rest)
 MAX_FDS = 4
+#: recvmsg's flags as plain ints: ``socket.MSG_TRUNC`` is an IntFlag, whose ``&`` goes through
+#: the enum machinery (a few microseconds per message on the lock path, each side)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 #: the key of a message's tag in its map
 TAG_KEY = "type"
 
@@ -414,9 +418,9 @@ def recv(sock: socket.socket, to: Direction) -> tuple[LocalMessage, list[int]]:
     try:
         if not data:
             raise AgentGone("the peer closed the connection")
-        if flags & socket.MSG_TRUNC:
+        if flags & _MSG_TRUNC:
             raise ProtocolError(f"local message is longer than {MAX_MESSAGE_BYTES} bytes")
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             raise ProtocolError(f"local message carries more than {MAX_FDS} file descriptors")
         return decode(data, len(fds), to), fds
     except BaseException:
