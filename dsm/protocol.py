@@ -18,6 +18,7 @@ check (``Layout.check_page``): the protocol does not know the region.
 from __future__ import annotations
 
 import enum
+import struct
 from typing import Annotated, Any, ClassVar, Union
 
 import msgpack
@@ -617,12 +618,12 @@ class Diff(Message, tag=MsgType.DIFF.value):
     changes: bytes
     payload: PayloadKind
 
-    def changed(self, page_size: int) -> np.ndarray | None:
-        """Which bytes of the run changed: a bool array of ``count * page_size`` (``changes``
-        as ``frame_bytes`` checked it); None when nothing did (payload NONE)."""
+    def changed(self, page_size: int) -> "Changed | None":
+        """Which bytes of the run changed (``changed_in``: ``changes`` as ``frame_bytes``
+        checked it); None when nothing did (payload NONE)."""
         if self.payload != Payload.DATA:
             return None
-        return changed_of(self.count, self.encoding, self.changes, page_size)
+        return changed_in(self.count, self.encoding, self.changes, page_size)
 
     def frame_bytes(self, page_size: int) -> int:
         """The frame's length ``changes`` calls for; ProtocolError if it does not describe bytes
@@ -644,6 +645,24 @@ def changed_of(count: int, encoding: int, changes: bytes, page_size: int) -> np.
     return np.cumsum(edges[:-1], dtype=np.int8).view(bool)
 
 
+#: which bytes of a run a diff changed, as ``changed_in`` gives them: a bool per byte of the run,
+#: or (start, length) spans in ascending order when they are few
+Changed = Union[np.ndarray, list[tuple[int, int]]]
+#: up to this many spans, a diff's spans are checked and applied one by one in Python: a lock's
+#: counter changes a few bytes, and numpy's calls on arrays that small cost more than the loop
+FEW_SPANS = 64
+_SPAN = struct.Struct("<II")
+
+
+def changed_in(count: int, encoding: int, changes: bytes, page_size: int) -> Changed:
+    """Which bytes of a run of ``count`` pages ``changes`` (as ``encoding`` says) names: its
+    spans when they are few (``FEW_SPANS``), else a bool array of ``count * page_size``
+    (``changes`` as ``changed_bytes_of`` checked it)."""
+    if encoding == DiffEncoding.SPANS and len(changes) <= FEW_SPANS * SPAN_BYTES:
+        return list(_SPAN.iter_unpack(changes))
+    return changed_of(count, encoding, changes, page_size)
+
+
 def changed_bytes_of(count: int, encoding: int, changes: bytes, page_size: int,
                      what: str) -> int:
     """How many bytes of a run of ``count`` pages ``changes`` (as ``encoding`` says) names;
@@ -658,6 +677,15 @@ def changed_bytes_of(count: int, encoding: int, changes: bytes, page_size: int,
     if len(changes) % SPAN_BYTES:
         raise ProtocolError(f"{what} spans are {len(changes)} bytes: not (start, length) "
                             f"pairs of {SPAN_DTYPE} ({SPAN_BYTES} bytes each)")
+    if len(changes) <= FEW_SPANS * SPAN_BYTES:
+        total, end = 0, 0
+        for i, (start, length) in enumerate(_SPAN.iter_unpack(changes)):
+            if length == 0 or start < end or start + length > size:
+                raise ProtocolError(f"{what} span {i} ({start}+{length}) is not an ascending, "
+                                    f"non-empty range within the run's {size} bytes")
+            end = start + length
+            total += length
+        return total
     starts, lengths = _spans(changes)
     ends = starts + lengths
     bad = (lengths == 0) | (ends > size)

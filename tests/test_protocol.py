@@ -1,6 +1,7 @@
 """The wire protocol: every message round-trips; malformed frames are errors that say what; and,
 property-based, no input at all makes ``decode`` fail with anything but a ProtocolError."""
 
+import struct
 
 import msgpack
 import msgspec
@@ -10,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsm import protocol as p
+from dsm.directory.home import HomeStore
+from dsm.layout import DEFAULT_BASE_ADDRESS, Layout
 from dsm.errors import ProtocolError
 from dsm.schema import check_fields, field_names
 from tests.strategies import (
@@ -327,12 +330,37 @@ def test_a_diff_is_sent_as_spans_or_as_a_mask_whichever_is_shorter_and_applies_e
         assert got is encoding
         frames = p.encode(p.Diff(1, 3, 2, got, changes, p.Payload.DATA), data)
         msg, frame = p.decode(frames, PAGE, p.Direction.TO_DIRECTORY)
+        mask = p.changed_of(msg.count, msg.encoding, msg.changes, PAGE)
         merged = was.copy()
-        merged[msg.changed(PAGE)] = np.frombuffer(frame, dtype=np.uint8)
+        merged[mask] = np.frombuffer(frame, dtype=np.uint8)
         assert np.array_equal(merged, now)
-        assert np.count_nonzero(msg.changed(PAGE)) == np.count_nonzero(was != now)
+        assert np.count_nonzero(mask) == np.count_nonzero(was != now)
+        # as the home copies apply it: a few spans one by one, else through the mask
+        assert type(msg.changed(PAGE)) is (list if encoding is p.DiffEncoding.SPANS
+                                           else np.ndarray)
+        home = HomeStore(Layout(DEFAULT_BASE_ADDRESS, 8 * PAGE, PAGE))
+        home.put(3, 2, p.Payload.DATA, was.tobytes())
+        home.patch(3, 2, msg.changed(PAGE), frame)
+        assert home.get(3, 2) == (p.Payload.DATA, now.tobytes())
     assert len(changed_bytes(was, keys)[1]) == 2 * PAGE // 8
     assert len(changed_bytes(was, sparse)[1]) == 2 * p.SPAN_BYTES  # bytes 5-7, and 5000
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 3 * PAGE), st.integers(0, 64)), max_size=12))
+def test_few_spans_are_checked_in_python_as_numpy_checks_many(spans):
+    changes = b"".join(struct.pack("<II", start, length) for start, length in spans)
+
+    def check() -> object:
+        try:
+            return p.changed_bytes_of(2, p.DiffEncoding.SPANS, changes, PAGE, "Diff")
+        except ProtocolError as exc:
+            return str(exc)
+
+    few = check()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(p, "FEW_SPANS", -1)  # every diff through numpy
+        assert check() == few
 
 
 @FUZZ

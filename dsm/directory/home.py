@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dsm.layout import Layout
-from dsm.protocol import Payload
+from dsm.protocol import Changed, Payload
 
 #: Linux's flag (x86-64, arm64) for a mapping that reserves no swap: Python 3.11's mmap module
 #: does not name it (3.12 does), and passes the flags through to mmap(2)
@@ -63,13 +63,20 @@ class HomeStore:
         else:
             self.clear(page, count)
 
-    def patch(self, page: int, count: int, changed: np.ndarray | None, data: Any) -> None:
+    def patch(self, page: int, count: int, changed: Changed | None, data: Any) -> None:
         """Write a diff into ``count`` pages from ``page``: ``changed`` says which bytes of the
-        run (a bool per byte, ``Diff.changed``; None: nothing changed), their new values one
-        after another in ``data``."""
+        run (``dsm.protocol.changed_in``: its spans, or a bool per byte; None: nothing
+        changed), their new values one after another in ``data``."""
         if changed is None:
             return
         size = self.page_size
+        if type(changed) is list:  # a few spans, ascending: each copied as it is
+            view, has_data, base, at = self._view, self._has_data, page * size, 0
+            for start, length in changed:
+                view[base + start:base + start + length] = data[at:at + length]
+                at += length
+                has_data[page + start // size:page + (start + length - 1) // size + 1] = True
+            return
         run = np.frombuffer(self._view[page * size:(page + count) * size], dtype=np.uint8)
         run[changed] = np.frombuffer(data, dtype=np.uint8)
         touched = np.flatnonzero(changed.reshape(count, size).any(axis=1))

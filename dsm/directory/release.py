@@ -34,11 +34,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, NamedTuple
 
-import numpy as np
-
 from dsm.core.states import runs as page_runs, unpack_runs
 from dsm.directory.home import HomeStore
-from dsm.protocol import MAX_BATCH_PAGES, DiffApplied, Fetch, Grant, Payload
+from dsm.protocol import MAX_BATCH_PAGES, Changed, DiffApplied, Fetch, Grant, Payload
 
 
 #: the numbers of this manager's Fetches of private pages (apart from the page transactions')
@@ -289,9 +287,9 @@ class ReleaseHomes:
             if not writers:
                 del self.dirty[q]
 
-    def apply(self, node: str, req: int, page: int, count: int, changed: np.ndarray | None,
+    def apply(self, node: str, req: int, page: int, count: int, changed: Changed | None,
               data: Any) -> DiffApplied:
-        """Write ``node``'s diff (``changed``: a bool per byte of the run, ``Diff.changed``, None
+        """Write ``node``'s diff (``changed``: which bytes of the run, ``Diff.changed``, None
         when nothing changed) into the home copies; its pages are no longer dirty there."""
         self.home.patch(page, count, changed, data)
         for q in range(page, page + count):

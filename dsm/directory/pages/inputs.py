@@ -16,7 +16,7 @@ from dsm.directory.pages.state import RECLAIMER, Kind, Request, Send, Txn
 from dsm.directory.pages.transactions import PageTransactions
 from dsm.errors import ProtocolError
 from dsm.protocol import (Acquire, Diff, Dirtied, Drop, Fetched, Invalidated, Payload, Received,
-                          Withdrawn, Writeback, changed_bytes_of, changed_of)
+                          Withdrawn, Writeback, changed_bytes_of, changed_in)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class PageDirectory(PageTransactions):
         out: list[Send] = []
         view, at = (memoryview(data) if data is not None else None), 0
         for (page, count, encoding, changes), size in zip(diffs, sizes):
-            changed = changed_of(count, encoding, changes, page_size) if size else None
+            changed = changed_in(count, encoding, changes, page_size) if size else None
             out += self.diff(node, 0, page, count, changed, view[at:at + size] if size else None)
             at += size
         return out
