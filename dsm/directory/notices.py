@@ -5,57 +5,78 @@ A release (``LockRelease``, ``BarrierWait``) names the pages its node changed si
 release; their diffs are at their homes before the release is sent. Every *other* node must
 invalidate its copies of those pages at its next acquire (a lock grant, a barrier departure),
 so that its next access fetches the merged home copy. Rather than vector timestamps (TreadMarks),
-each node has a mask of the pages noticed since its last acquire: an acquire takes them all,
+each node has the runs of pages noticed since its last acquire: an acquire takes them all,
 which is a superset of the releases that happen before it (invalidating more is always allowed:
-a page fetched again is the merge of every release so far). The masks are bounded by the
-region, not by time, and a node that never acquires costs one mask.
+a page fetched again is the merge of every release so far).
+
+The runs are kept as released and merged when taken: an acquire costs what was released since,
+not the region (a mask of the region's pages cost a millisecond per acquire in the default
+1 GiB region). A node that does not acquire for long has its runs merged every
+``MERGE_AFTER_RUNS``: what it keeps is bounded by the region's runs, not by time.
 """
 
 from __future__ import annotations
 
-import numpy as np
+#: a node's pending runs are merged once this many have been added since the last merge
+MERGE_AFTER_RUNS = 1024
 
 
-def runs_of(mask: np.ndarray) -> list[int]:
-    """The set entries of a boolean mask as flat ``[first, count, ...]`` runs."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).view(np.int8)))
-    out = np.empty(len(edges), dtype=np.int64)
-    out[0::2], out[1::2] = edges[0::2], edges[1::2] - edges[0::2]
-    return out.tolist()
+def merged_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``runs`` of pages as (first, count), sorted, with overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for first, count in sorted(runs):
+        end = first + count
+        if out and first <= out[-1][0] + out[-1][1]:
+            last_first, last_count = out[-1]
+            out[-1] = (last_first, max(last_first + last_count, end) - last_first)
+        else:
+            out.append((first, count))
+    return out
 
 
 class WriteNotices:
     def __init__(self, num_pages: int):
         self.num_pages = num_pages
-        #: node -> a mask of the pages other nodes released since its last acquire (a mask, so
-        #: that a release costs a slice per run and node, whatever the runs' lengths)
-        self.pending: dict[str, np.ndarray] = {}
+        #: node -> the runs of pages other nodes released since its last acquire, as released
+        #: (merged when taken, or when many)
+        self.pending: dict[str, list[tuple[int, int]]] = {}
+        #: node -> how many runs were added to its pending since they were last merged
+        self._added: dict[str, int] = {}
         self.counters = {"notices_released": 0, "notices_delivered": 0}
 
     def joined(self, node: str) -> None:
         if node not in self.pending:
-            self.pending[node] = np.zeros(self.num_pages, dtype=bool)
+            self.pending[node] = []
+            self._added[node] = 0
 
     def gone(self, node: str) -> None:
         self.pending.pop(node, None)
+        self._added.pop(node, None)
 
     def released(self, node: str, notices: list[int]) -> None:
         """``node`` released the pages of ``notices`` (runs, checked to lie in the region)."""
         if not notices:
             return
         self.joined(node)
-        for first, count in zip(notices[::2], notices[1::2]):
-            self.counters["notices_released"] += count
-            for other, pending in self.pending.items():
-                if other != node:
-                    pending[first:first + count] = True
+        runs = list(zip(notices[::2], notices[1::2]))
+        self.counters["notices_released"] += sum(count for _, count in runs)
+        for other, pending in self.pending.items():
+            if other == node:
+                continue
+            pending += runs
+            self._added[other] += len(runs)
+            if self._added[other] >= MERGE_AFTER_RUNS:
+                pending[:] = merged_runs(pending)
+                self._added[other] = 0
 
     def take(self, node: str) -> list[int]:
-        """What ``node``'s acquire must invalidate (runs), forgotten here."""
+        """What ``node``'s acquire must invalidate (runs, flat: ``[first, count, ...]``),
+        forgotten here."""
         pending = self.pending.get(node)
-        if pending is None or not pending.any():
+        if not pending:
             return []
-        out = runs_of(pending)
-        self.counters["notices_delivered"] += int(pending.sum())
-        pending[:] = False
-        return out
+        runs = merged_runs(pending)
+        pending.clear()
+        self._added[node] = 0
+        self.counters["notices_delivered"] += sum(count for _, count in runs)
+        return [x for run in runs for x in run]
