@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from dsm.extras import MissingExtra, check
+from dsm.layout import DEFAULT_REGION_BYTES
 
 #: percentiles shown in every table
 PERCENTILES = (50, 90, 99)
@@ -36,6 +37,10 @@ NS_PER_US = 1_000
 NS_PER_S = 1_000_000_000
 US_PER_S = 1_000_000
 BYTES_PER_MB = 1_000_000
+#: the region of the lock and sharing benchmarks: the one users get by default, so that a cost
+#: that grows with the region shows (the write notices once cost a millisecond per acquire at
+#: this size, and 44 us at the 64 MiB these benchmarks used)
+SYNC_REGION_BYTES = DEFAULT_REGION_BYTES
 BYTES_PER_MIB = 1 << 20
 #: what needs matplotlib, in the error when it is missing
 PLOT_FEATURE = "--plot"

@@ -156,7 +156,8 @@ class LockBench:
         p = self.progress
         p(f"starting a directory ({self.transport}), an echo server and nodes "
           f"{', '.join(self.names)}")
-        directory = self.procs.start_directory(self._endpoint("directory"), 64 << 20)
+        directory = self.procs.start_directory(self._endpoint("directory"),
+                                                 common.SYNC_REGION_BYTES)
         echo = self.procs.start_echo(self._endpoint("echo"))
         self.nodes = self.procs.start_workers(directory, self.names)
         with common.echo_dealer(echo) as dealer:

@@ -155,7 +155,8 @@ class SharingBench:
         p, a = self.progress, self.args
         p(f"starting a directory ({a.transport}), an echo server and nodes "
           f"{', '.join(self.names)} (the ranks of one job)")
-        directory = self.procs.start_directory(self._endpoint("directory"), 64 << 20)
+        directory = self.procs.start_directory(self._endpoint("directory"),
+                                                 common.SYNC_REGION_BYTES)
         echo = self.echo = self.procs.start_echo(self._endpoint("echo"))
         self.nodes = self.procs.start_workers(directory, self.names, job="bench-sharing")
         first = self.nodes[self.names[0]]
