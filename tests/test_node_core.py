@@ -248,3 +248,20 @@ def test_a_guarded_grant_does_not_install_a_page_whose_diff_went_after_the_reque
     core.lock_requested(3)
     out = core.acquire_sync([], [3, 1], bytes(PAGE_SIZE), req=3)
     assert isinstance(out[0], act.Install) and core.state[3] is PageState.DIRTY
+
+
+@pytest.mark.parametrize("notices", [
+    [3, 2, 9, 1],  # fewer pages than the node holds: found from the notices
+    [0, PAGES, 0, PAGES, 0, PAGES],  # overlapping, more than it holds: found from what it holds
+], ids=["few notices", "overlapping notices"])
+def test_an_acquire_drops_the_noticed_release_copies_and_keeps_the_rest(notices):
+    core = NodeCore("n", PAGES, PAGE_SIZE, ReadAhead(READAHEAD_PAGES))
+    for q in range(PAGES):  # sequential pages, and release copies on 3, 4, 8 and 9
+        core.state[q] = PageState.CLEAN if q in (3, 4, 8, 9) else PageState.EXCLUSIVE
+    out = core.acquire_sync(notices)
+    dropped = sorted(q for a in out if isinstance(a, act.Punch)
+                     for q in range(a.first, a.first + a.count))
+    expected = [3, 4, 9] if len(notices) == 4 else [3, 4, 8, 9]
+    assert dropped == expected
+    assert all(core.state.get(q) is None for q in expected)
+    assert sum(st is PageState.EXCLUSIVE for st in core.state.values()) == PAGES - 4

@@ -179,7 +179,7 @@ class ReleasePages:
         for first, count in zip(notices[::2], notices[1::2]):
             noticed[first:first + count] = True
         installs = self._installable(guarded, noticed, pending, mark)
-        held = sorted(q for q, st in self.state.items() if st in RELEASE and noticed[q])
+        held = self._held_noticed(notices, noticed)
         out += self._flush([q for q in held if q in self.dirty])
         punched = [q for q in held if q not in installs]
         for first, count in runs(punched, p.MAX_BATCH_PAGES):
@@ -191,6 +191,18 @@ class ReleasePages:
         if self._tracing and punched:
             self._trace(punched[0], "NOTICE", self.node, "held", "invalid", count=len(punched))
         return out + self._install_guarded(guarded, installs, data)
+
+    def _held_noticed(self, notices: list[int], noticed: np.ndarray) -> list[int]:
+        """The release pages this node holds that the notices name, in order: found from the
+        notices when they name fewer pages than this node holds (a node holding a large array
+        would otherwise look at every page of it at every acquire: 11 ms for 100,000 pages),
+        else from what it holds (runs from a hostile peer may overlap and name the region many
+        times over)."""
+        state = self.state
+        if sum(notices[1::2]) <= len(state):
+            return sorted({q for first, count in zip(notices[::2], notices[1::2])
+                           for q in range(first, first + count) if state.get(q) in RELEASE})
+        return sorted(q for q, st in state.items() if st in RELEASE and noticed[q])
 
     def _installable(self, guarded: list[int], noticed: np.ndarray,
                      pending: Container[int], mark: int) -> set[int]:
