@@ -347,6 +347,20 @@ def test_a_diff_is_sent_as_spans_or_as_a_mask_whichever_is_shorter_and_applies_e
 
 
 @FUZZ
+@given(st.lists(st.integers(0, 2 * PAGE - 1), max_size=40), st.integers(0, 1))
+def test_a_few_changed_bytes_are_diffed_in_python_as_numpy_diffs_many(changed, flip):
+    from dsm.agent import twins
+
+    was = np.zeros(2 * PAGE, dtype=np.uint8) + flip
+    now = was.copy()
+    now[changed] = 1 - flip
+    few = twins.changed_bytes(was, now)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(twins, "FEW_CHANGED_BYTES", -1)  # every diff the general way
+        assert twins.changed_bytes(was, now) == few
+
+
+@FUZZ
 @given(st.lists(st.tuples(st.integers(0, 3 * PAGE), st.integers(0, 64)), max_size=12))
 def test_few_spans_are_checked_in_python_as_numpy_checks_many(spans):
     changes = b"".join(struct.pack("<II", start, length) for start, length in spans)
