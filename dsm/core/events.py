@@ -335,11 +335,14 @@ class ProcessEvents:
     # --- giving pages back -------------------------------------------------------------------------------
     def _held_pages(self, ranges: list[tuple[int, int]]) -> set[int]:
         """The pages this node holds among the (region offset, length) ``ranges``."""
-        pages = set()
+        pages, state = set(), self.state
         for offset, length in ranges:
             first = offset // self.page_size
             last = (offset + length - 1) // self.page_size
-            pages.update(pg for pg in range(first, last + 1) if pg in self.state)
+            if last + 1 - first > len(state):  # (a whole region unmapped: 262,144 pages a GiB)
+                pages.update(pg for pg in state if first <= pg <= last)
+            else:
+                pages.update(pg for pg in range(first, last + 1) if pg in state)
         return pages
 
     def _discard(self, pages: list[int]) -> None:
