@@ -23,6 +23,9 @@ allreduce (scalar)          every rank's float summed, on every rank (N ranks)
 allreduce (1 MiB)           131,072 float64 summed element-wise (in chunks, one round trip each)
 bcast (scalar)              rank 0's float on every rank
 allgather (scalar)          every rank's float on every rank
+barrier                     a step of every rank: bump its own int64 of a release array (a page
+                            each), then wait at a barrier (its departure carries the others'
+                            write notices)
 ==========================  ==========================================================================
 
 Rounds interleave the measurements; each row is reported as a ratio of its median to the round
@@ -65,7 +68,8 @@ BASE_TIMEOUT_S = 30.0
 PER_OPERATION_TIMEOUT_S = 0.05
 #: the collectives measured: row key -> (kind, float64 elements, share of the collectives count)
 COLLECTIVES = {"allreduce": ("allreduce", 0, 1), "allreduce_1mib": ("allreduce", LARGE_ELEMENTS, 10),
-               "bcast": ("bcast", 0, 1), "allgather": ("allgather", 0, 1)}
+               "bcast": ("bcast", 0, 1), "allgather": ("allgather", 0, 1),
+               "barrier": ("barrier", 0, 1)}
 
 
 def rows_for(nodes: int) -> list[tuple[str, str]]:
@@ -82,6 +86,7 @@ def rows_for(nodes: int) -> list[tuple[str, str]]:
         ("allreduce_1mib", f"allreduce, 1 MiB float64 ({nodes} ranks)"),
         ("bcast", f"bcast, scalar ({nodes} ranks)"),
         ("allgather", f"allgather, scalar ({nodes} ranks)"),
+        ("barrier", f"barrier, each rank writing a release int64 first ({nodes} ranks)"),
     ]
 
 

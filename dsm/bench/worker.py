@@ -38,9 +38,12 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
                                               P workers: the next task's number taken by an atomic
                                               fetch_add, or read and bumped in a shared int64
                                               under a lock (the old way); wall time and tasks taken
-    {"op": "collective", "kind": "allreduce"|"bcast"|"allgather", "n": K, "elements": E}
+    {"op": "collective", "kind": "allreduce"|"bcast"|"allgather"|"barrier", "n": K,
+     "elements": E}
                                               time K collectives of this job's ranks on E float64
-                                              (0: a Python float)
+                                              (0: a Python float); a barrier's step writes the
+                                              rank's int64 of a release array first (a page
+                                              each), so that every departure carries notices
     {"op": "spawn"}                           fork a second local process of this node: a child
                                               that serves the same commands over a pipe
     {"op": "child", "command": {...}}         run a command in that child
@@ -282,12 +285,35 @@ class Worker:
 
     def op_collective(self, kind: str, n: int, elements: int) -> dict:
         value = float(self.node.rank or 0) if not elements else np.full(elements, 1.0)
+        expected = self.node.allreduce(1)  # the job's size, and everyone here
+        if kind == "barrier":
+            # every rank runs the same commands in the same order: the same names everywhere
+            self._barriers += 1
+            name = f"bench.barrier.{self._barriers}"
+            # a page each: the departures carry the others' notices, and no rank's own page is
+            # among them (what is measured is the barrier, not a page fetched at every step)
+            words_apart = self.node.layout.page_size // 8
+            cells = self.node.array(name, (expected * words_apart,), np.int64,
+                                    consistency="release")
+            barrier = self.node.barrier(name, expected)
+            mine = (self.node.rank or 0) * words_apart
+
+            def step() -> None:
+                cells[mine] += 1
+                barrier.wait()
         do = {"allreduce": lambda: self.node.allreduce(value),
               "bcast": lambda: self.node.bcast(value),
-              "allgather": lambda: self.node.allgather(value)}[kind]
-        expected = self.node.allreduce(1)  # the job's size, and everyone here
+              "allgather": lambda: self.node.allgather(value),
+              "barrier": lambda: step()}[kind]
         samples = _timed(n, do)
+        if kind == "barrier":  # each step's barrier brought every rank's write of it
+            seen = [int(cells[r * words_apart]) for r in range(expected)]
+            if seen != [n] * expected:
+                raise RuntimeError(f"after {n} barrier steps the ranks' int64s read {seen}")
         return {"ns": samples, "size": expected}
+
+    #: barriers measured so far (each run gets names of its own)
+    _barriers = 0
 
     # --- a second local process: a forked child that serves commands over a pipe ----------------
     _child: "ChildProcess | None" = None
