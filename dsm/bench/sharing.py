@@ -23,9 +23,10 @@ allreduce (scalar)          every rank's float summed, on every rank (N ranks)
 allreduce (1 MiB)           131,072 float64 summed element-wise (in chunks, one round trip each)
 bcast (scalar)              rank 0's float on every rank
 allgather (scalar)          every rank's float on every rank
-barrier                     a step of every rank: bump its own int64 of a release array (a page
-                            each), then wait at a barrier (its departure carries the others'
-                            write notices)
+barrier step                a step of every rank, as a halo exchange: bump its own int64 of a
+                            release array (a page each), wait at a barrier, read and check the
+                            neighbour's int64 (the departure's notice drops its copy: a fetch),
+                            wait again (the neighbour writes only once it was read)
 ==========================  ==========================================================================
 
 Rounds interleave the measurements; each row is reported as a ratio of its median to the round
@@ -86,7 +87,7 @@ def rows_for(nodes: int) -> list[tuple[str, str]]:
         ("allreduce_1mib", f"allreduce, 1 MiB float64 ({nodes} ranks)"),
         ("bcast", f"bcast, scalar ({nodes} ranks)"),
         ("allgather", f"allgather, scalar ({nodes} ranks)"),
-        ("barrier", f"barrier, each rank writing a release int64 first ({nodes} ranks)"),
+        ("barrier", f"barrier step: write, wait, read a neighbour's, wait ({nodes} ranks)"),
     ]
 
 

@@ -41,9 +41,9 @@ stdout (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``):
     {"op": "collective", "kind": "allreduce"|"bcast"|"allgather"|"barrier", "n": K,
      "elements": E}
                                               time K collectives of this job's ranks on E float64
-                                              (0: a Python float); a barrier's step writes the
-                                              rank's int64 of a release array first (a page
-                                              each), so that every departure carries notices
+                                              (0: a Python float); a barrier step writes the
+                                              rank's int64 of a release array (a page each),
+                                              waits, and reads and checks its neighbour's
     {"op": "spawn"}                           fork a second local process of this node: a child
                                               that serves the same commands over a pipe
     {"op": "child", "command": {...}}         run a command in that child
@@ -290,17 +290,25 @@ class Worker:
             # every rank runs the same commands in the same order: the same names everywhere
             self._barriers += 1
             name = f"bench.barrier.{self._barriers}"
-            # a page each: the departures carry the others' notices, and no rank's own page is
-            # among them (what is measured is the barrier, not a page fetched at every step)
+            # a page each, read by the next rank after every barrier (a halo, as Jacobi's):
+            # each departure carries the neighbour's notice, and the read fetches its page
             words_apart = self.node.layout.page_size // 8
             cells = self.node.array(name, (expected * words_apart,), np.int64,
                                     consistency="release")
             barrier = self.node.barrier(name, expected)
-            mine = (self.node.rank or 0) * words_apart
+            rank = self.node.rank or 0
+            mine, left = rank * words_apart, (rank - 1) % expected * words_apart
+            steps = [0]
 
             def step() -> None:
                 cells[mine] += 1
                 barrier.wait()
+                steps[0] += 1
+                seen = int(cells[left])
+                if seen != steps[0]:
+                    raise RuntimeError(f"barrier step {steps[0]}: rank {rank} read {seen} in "
+                                       "its neighbour's int64")
+                barrier.wait()  # (read before the neighbour's next write)
         do = {"allreduce": lambda: self.node.allreduce(value),
               "bcast": lambda: self.node.bcast(value),
               "allgather": lambda: self.node.allgather(value),
