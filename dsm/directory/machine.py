@@ -260,7 +260,8 @@ class Directory:
         for node, txn in self.pages.silent_nodes(txn_timeout_s).items():
             if self.sessions.get(node) is not None:
                 self.declare_dead(node, f"it left transaction {txn.id} (page {txn.request.page}) "
-                                        f"unanswered for over {txn_timeout_s:g} s")
+                                        f"unanswered for over {txn_timeout_s:g} s "
+                                        f"({txn.describe()})")
         self.send_all(self.syncreq.expire(now))
         self.complain.flush()
 

@@ -77,6 +77,18 @@ class Txn:
     #: as acknowledged if they die
     unacked: set[str] = field(default_factory=set)
 
+    def describe(self) -> str:
+        """What the transaction is and whom it waits for, for a log line that declares a node
+        dead over it (which message was left unanswered is what a reader needs to know)."""
+        req = self.request
+        what = f"a {req.kind.value} of pages {req.page}+{self.count} by {req.node or 'nobody'}"
+        if self.source is not None:
+            what += f", from {self.source}" + (" node to node" if self.direct else "")
+        if self.withdrawn:
+            what += ", its source gone"
+        waits = sorted(self.unacked if self.acked and self.unacked else self.waiting)
+        return f"{what}; waiting for {', '.join(waits) or 'nobody'}"
+
 
 @dataclass(slots=True)  # (slots: a fresh array's first touch makes thousands at once)
 class PageEntry:
