@@ -70,6 +70,15 @@ MAX_UNACKED_BYTES = 512 << 20
 SESSION_COUNTERS = ("replayed", "duplicates", "gaps", "bare_acks")
 
 
+def describe_session(link: "ReliableLink", now: float) -> str:
+    """Where a session stands, for a log line about its peer: what waits for its
+    acknowledgement, and what it has delivered here (whether a message reached the peer's
+    session at all tells a loss on the way from a peer that got it and did not answer)."""
+    waiting = (f"{link.unacked} sent unacknowledged for {link.oldest_unacked_s(now):.1f} s"
+               if link.unacked else "everything sent acknowledged")
+    return f"session: {waiting}, {link.delivered} received in order, {link.replayed} replayed"
+
+
 def session_totals(links: list["ReliableLink"]) -> dict[str, int]:
     """The SESSION_COUNTERS of ``links``, summed (keys ``session_<name>``)."""
     return {f"session_{name}": sum(getattr(link, name) for link in links)

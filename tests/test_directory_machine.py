@@ -41,6 +41,9 @@ class RecordingTransport:
     def forget(self, identity: bytes) -> None:
         self.forgotten.append(identity)
 
+    def describe_link(self, identity: bytes) -> str:
+        return "recorded session"
+
     def to(self, identity: bytes) -> list[p.Message]:
         return [m for i, m in self.sent if i == identity]
 

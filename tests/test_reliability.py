@@ -12,8 +12,8 @@ from hypothesis import given, settings, strategies as st
 from dsm.errors import ProtocolError
 from dsm.liveness import ACK_DELAY_S, ACK_TIMEOUT_S
 from dsm.reliability import (
-    FLAG_RESEND, SESSION_HEADER_BYTES, UNSEQUENCED, ReliableLink, Verdict, has_session, parse,
-    strip,
+    FLAG_RESEND, SESSION_HEADER_BYTES, UNSEQUENCED, ReliableLink, Verdict, describe_session,
+    has_session, parse, strip,
 )
 
 
@@ -188,3 +188,14 @@ def test_every_message_arrives_once_in_order_over_a_bad_channel(seed, loss, dup,
             break
     assert got == {"a": list(range(1, messages + 1)), "b": list(range(1, messages + 1))}
     assert all(e.unacked == 0 for e in ends.values())
+
+
+def test_a_session_described_says_what_waits_unacknowledged_and_what_came_in_order():
+    a, b = ReliableLink("b", 0.0), ReliableLink("a", 0.0)
+    assert describe_session(a, 0.0) == ("session: everything sent acknowledged, 0 received in "
+                                         "order, 0 replayed")
+    a.sequenced([b"one"], 1.0)
+    a.sequenced([b"two"], 1.0)  # neither reaches b
+    _deliver(a, b.sequenced([b"from b"], 1.5), 1.5)
+    assert describe_session(a, 3.5) == ("session: 2 sent unacknowledged for 2.5 s, 1 received "
+                                        "in order, 0 replayed")

@@ -70,6 +70,9 @@ class Transport(Protocol):
     def forget(self, identity: bytes) -> None:
         """Drop ``identity``'s session (it fell behind its bound: handled as a silent peer)."""
 
+    def describe_link(self, identity: bytes) -> str:
+        """Where ``identity``'s session stands, for a log line (``describe_session``)."""
+
 
 class Directory:
     """The directory state machine (see the module docstring)."""
@@ -258,10 +261,12 @@ class Directory:
         txn_timeout_s = (bugs.SHORT_TRANSACTION_TIMEOUT_S  # the bug switch (dsm/bugs.py)
                          if bugs.ACTIVE == bugs.SHORT_TRANSACTIONS else TRANSACTION_TIMEOUT_S)
         for node, txn in self.pages.silent_nodes(txn_timeout_s).items():
-            if self.sessions.get(node) is not None:
+            session = self.sessions.get(node)
+            if session is not None:
                 self.declare_dead(node, f"it left transaction {txn.id} (page {txn.request.page}) "
                                         f"unanswered for over {txn_timeout_s:g} s "
-                                        f"({txn.describe()})")
+                                        f"({txn.describe()}; "
+                                        f"{self.transport.describe_link(session.identity)})")
         self.send_all(self.syncreq.expire(now))
         self.complain.flush()
 

@@ -39,6 +39,7 @@ from dsm.layout import Layout
 from dsm.linkwire import RouterLinks
 from dsm.liveness import ACK_DELAY_S, HOUSEKEEPING_INTERVAL_S, NODE_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
+from dsm.reliability import describe_session
 from dsm.managers import DEFAULT_MANAGER
 from dsm.trace import Tracer
 from dsm.wire import has_input, recv_frames
@@ -217,6 +218,12 @@ class DirectoryService:
 
     def forget(self, identity: bytes) -> None:
         self.links.forget(identity)
+
+    def describe_link(self, identity: bytes) -> str:
+        link = self.links.links.get(identity)
+        if link is None:
+            return "no session"
+        return describe_session(link, time.monotonic())
 
     def _expire_behind_links(self, now: float) -> None:
         """A peer that has left more unacknowledged than its session's bound is handled as a

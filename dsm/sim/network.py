@@ -75,6 +75,9 @@ class SimTransport:
     def forget(self, identity: bytes) -> None:
         self.world.links.forget(node_of_identity(identity.decode(errors="surrogateescape")))
 
+    def describe_link(self, identity: bytes) -> str:
+        return "simulated session"
+
 
 class NetworkSimulation:
     """The network and deaths part of ``dsm.sim.world.World`` (a mixin: it uses the world's nodes,
