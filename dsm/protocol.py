@@ -651,7 +651,8 @@ Changed = Union[np.ndarray, list[tuple[int, int]]]
 #: up to this many spans, a diff's spans are checked and applied one by one in Python: a lock's
 #: counter changes a few bytes, and numpy's calls on arrays that small cost more than the loop
 FEW_SPANS = 64
-_SPAN = struct.Struct("<II")
+#: a span as ``SPAN_DTYPE`` lays it out, for the few-spans paths: (start, length)
+SPAN_STRUCT = struct.Struct("<II")
 
 
 def changed_in(count: int, encoding: int, changes: bytes, page_size: int) -> Changed:
@@ -659,7 +660,7 @@ def changed_in(count: int, encoding: int, changes: bytes, page_size: int) -> Cha
     spans when they are few (``FEW_SPANS``), else a bool array of ``count * page_size``
     (``changes`` as ``changed_bytes_of`` checked it)."""
     if encoding == DiffEncoding.SPANS and len(changes) <= FEW_SPANS * SPAN_BYTES:
-        return list(_SPAN.iter_unpack(changes))
+        return list(SPAN_STRUCT.iter_unpack(changes))
     return changed_of(count, encoding, changes, page_size)
 
 
@@ -679,7 +680,7 @@ def changed_bytes_of(count: int, encoding: int, changes: bytes, page_size: int,
                             f"pairs of {SPAN_DTYPE} ({SPAN_BYTES} bytes each)")
     if len(changes) <= FEW_SPANS * SPAN_BYTES:
         total, end = 0, 0
-        for i, (start, length) in enumerate(_SPAN.iter_unpack(changes)):
+        for i, (start, length) in enumerate(SPAN_STRUCT.iter_unpack(changes)):
             if length == 0 or start < end or start + length > size:
                 raise ProtocolError(f"{what} span {i} ({start}+{length}) is not an ascending, "
                                     f"non-empty range within the run's {size} bytes")

@@ -11,12 +11,8 @@ from dsm.directory.notices import WriteNotices, merged_runs
 
 pytestmark = pytest.mark.timeout(30)
 
-#: the default region's pages (1 GiB of 4 KiB pages)
-REGION_PAGES = 1 << 18
-
-
 def test_an_acquire_takes_the_others_releases_merged_and_forgets_them():
-    w = WriteNotices(REGION_PAGES)
+    w = WriteNotices()
     for node in "abc":
         w.joined(node)
     w.released("a", [10, 2, 40, 1])
@@ -29,7 +25,7 @@ def test_an_acquire_takes_the_others_releases_merged_and_forgets_them():
 
 
 def test_a_node_that_never_acquires_keeps_its_runs_merged_not_one_per_release():
-    w = WriteNotices(REGION_PAGES)
+    w = WriteNotices()
     w.joined("idle")
     for i in range(10 * n.MERGE_AFTER_RUNS):
         w.released("busy", [i % 8, 1])  # the same 8 pages, released again and again
@@ -38,7 +34,7 @@ def test_a_node_that_never_acquires_keeps_its_runs_merged_not_one_per_release():
 
 
 def test_a_node_gone_is_forgotten_and_one_joining_late_notices_from_then_on():
-    w = WriteNotices(REGION_PAGES)
+    w = WriteNotices()
     w.joined("a")
     w.released("b", [5, 1])  # b joins at its first release
     w.gone("a")

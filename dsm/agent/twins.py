@@ -10,15 +10,13 @@ synchronization points must both be merged, so a diff never carries an unchanged
 from __future__ import annotations
 
 import os
-import struct
 
 import numpy as np
 
-from dsm.protocol import SPAN_BYTES, SPAN_DTYPE, DiffEncoding
+from dsm.protocol import SPAN_BYTES, SPAN_DTYPE, SPAN_STRUCT, DiffEncoding
 
 #: a diff of at most this many changed bytes finds its spans in Python (``changed_bytes``)
 FEW_CHANGED_BYTES = 16
-_SPAN = struct.Struct("<II")  # a span as ``SPAN_DTYPE`` lays it out: (start, length)
 
 
 class Twins:
@@ -65,10 +63,14 @@ class Twins:
 def changed_bytes(was: np.ndarray, now: np.ndarray) -> tuple[DiffEncoding, bytes, bytes]:
     """Where ``now`` differs from ``was``, as a Diff says it (its encoding and ``changes``:
     spans or a mask, whichever is shorter), and those bytes of ``now`` one after another."""
-    where = np.flatnonzero(was != now)
-    if len(where) <= FEW_CHANGED_BYTES:
+    changed = np.empty(len(now) + 2, dtype=np.int8)
+    changed[0] = changed[-1] = 0
+    mask = changed[1:-1].view(bool)
+    np.not_equal(was, now, out=mask)
+    if np.count_nonzero(mask) <= FEW_CHANGED_BYTES:
         # a lock's counter, a few fields: the spans found in Python from the changed bytes'
-        # offsets cost three numpy calls, where the general way below costs a dozen
+        # offsets, where the general way below makes a dozen numpy calls
+        where = np.flatnonzero(mask)
         spans: list[list[int]] = []
         for i in where.tolist():
             if spans and spans[-1][0] + spans[-1][1] == i:
@@ -76,12 +78,8 @@ def changed_bytes(was: np.ndarray, now: np.ndarray) -> tuple[DiffEncoding, bytes
             else:
                 spans.append([i, 1])
         if len(spans) * SPAN_BYTES <= len(now) // 8:
-            return (DiffEncoding.SPANS, b"".join(_SPAN.pack(*span) for span in spans),
+            return (DiffEncoding.SPANS, b"".join(SPAN_STRUCT.pack(*span) for span in spans),
                     now[where].tobytes())
-    changed = np.empty(len(now) + 2, dtype=np.int8)
-    changed[0] = changed[-1] = 0
-    mask = changed[1:-1].view(bool)
-    np.not_equal(was, now, out=mask)
     data = now[mask].tobytes()
     # a span starts at every changed byte after an unchanged one (counted without listing them)
     span_count = int(mask[0]) + np.count_nonzero(mask[1:] > mask[:-1])

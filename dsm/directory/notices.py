@@ -35,8 +35,7 @@ def merged_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 class WriteNotices:
-    def __init__(self, num_pages: int):
-        self.num_pages = num_pages
+    def __init__(self) -> None:
         #: node -> the runs of pages other nodes released since its last acquire, as released
         #: (merged when taken, or when many)
         self.pending: dict[str, list[tuple[int, int]]] = {}

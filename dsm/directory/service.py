@@ -39,8 +39,8 @@ from dsm.layout import Layout
 from dsm.linkwire import RouterLinks
 from dsm.liveness import ACK_DELAY_S, HOUSEKEEPING_INTERVAL_S, NODE_TIMEOUT_S
 from dsm.logthrottle import throttle_module_logs
-from dsm.reliability import describe_session
 from dsm.managers import DEFAULT_MANAGER
+from dsm.reliability import describe_session
 from dsm.trace import Tracer
 from dsm.wire import has_input, recv_frames
 

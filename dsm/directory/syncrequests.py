@@ -57,7 +57,7 @@ class SyncRequests:
         self.layout = layout
         self._clock = clock
         self.sync = SyncTable(clock)
-        self.notices = WriteNotices(layout.num_pages)
+        self.notices = WriteNotices()
         #: the guarded pages' home copies for a grant (None: guards are served by faults)
         self._carry = carry
         self._lock_released = released
