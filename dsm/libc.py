@@ -28,6 +28,7 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "mincore": ([_c.c_void_p, _c.c_size_t, _c.c_char_p], _c.c_int),
     "syscall": (None, _c.c_long),  # variadic: arguments are passed as given
     "memset": ([_c.c_void_p, _c.c_int, _c.c_size_t], _c.c_void_p),
+    "mallopt": ([_c.c_int, _c.c_int], _c.c_int),
 }
 for _name, (_argtypes, _restype) in _SIGNATURES.items():
     _fn = getattr(_libc, _name)
@@ -130,6 +131,17 @@ def syscall(number: int, *args: int) -> int:
 def memset(addr: int, value: int, length: int) -> None:
     """Write through raw memory without holding the GIL (ctypes releases it)."""
     _libc.memset(addr, value, length)
+
+
+#: glibc's mallopt parameters <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def mallopt(param: int, value: int) -> bool:
+    """glibc's mallopt(3): whether it took the setting (it answers 1, or 0 for a value it
+    refuses; it sets no errno)."""
+    return _libc.mallopt(param, value) == 1
 
 
 def memmove(dst: int, src: int, length: int) -> None:

@@ -460,6 +460,23 @@ def test_the_node_holds_what_its_memfd_holds():
         memory.close()
 
 
+def test_pages_read_out_of_the_node_memory_are_a_copy_of_them_as_they_were():
+    """The agent reads the pages it sends through a mapping of its memfd: what it read stays
+    what it was after the page changes or is punched (a transfer reads, then punches)."""
+    layout = Layout(libc.PAGE_SIZE * 1024, 4 * PAGE)
+    memory = NodeMemory("reads", layout, {}, lambda proc: None)
+    try:
+        os.pwrite(memory.memfd, b"\x05" * PAGE + b"\x06" * PAGE, 1 * PAGE)
+        run = memory.read(1, 2)
+        assert run == b"\x05" * PAGE + b"\x06" * PAGE
+        libc.punch_hole(memory.memfd, 1 * PAGE, PAGE)
+        os.pwrite(memory.memfd, b"\x09" * PAGE, 2 * PAGE)
+        assert run == b"\x05" * PAGE + b"\x06" * PAGE  # a copy, not a view
+        assert memory.read(1, 2) == bytes(PAGE) + b"\x09" * PAGE  # the punch and the write
+    finally:
+        memory.close()
+
+
 def test_a_held_page_that_is_not_resident_is_not_discarded(here, monkeypatch):
     """A page the kernel swapped out is not resident (mincore says so) but the node holds it:
     a fault on it must find it, not discard it cluster-wide. This machine has no swap, so the

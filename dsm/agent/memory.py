@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import signal
 from typing import Any, Callable
@@ -40,12 +41,19 @@ class NodeMemory:
         self._on_process_gone = on_process_gone
         self.memfd = os.memfd_create(f"dsm-{name}", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, layout.size)
+        #: the memfd mapped read-only, to read pages out of: a copy out of a mapping takes a
+        #: third of ``pread``'s time, which looks every page up in the page cache (a 4 MiB run
+        #: in 0.4 ms, not 1 ms, on this VM). A hole read through it gets a page of zeros (the
+        #: bytes ``pread`` answers) and costs that page of memory; the core reads the pages
+        #: the node holds, which are there
+        self._pages = mmap.mmap(self.memfd, layout.size, prot=mmap.PROT_READ)
         #: processes with events read while an ioctl was retried, in the order they were read
         #: (a dict as an ordered set): the agent handles them once the current operation is over,
         #: never inside it, where a handler's own ioctls would nest in this one's retry
         self.shelved: dict[WorkloadProcess, None] = {}
 
     def close(self) -> None:
+        self._pages.close()
         os.close(self.memfd)
 
     def holds(self, page: int) -> bool:
@@ -114,7 +122,8 @@ class NodeMemory:
                 pass
 
     def read(self, first: int, count: int) -> bytes:
-        return os.pread(self.memfd, count * self.page_size, first * self.page_size)
+        start = first * self.page_size
+        return self._pages[start:start + count * self.page_size]
 
     def write(self, offset: int, data: memoryview) -> None:
         os.pwrite(self.memfd, data, offset)
