@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from dsm import protocol as p
 from dsm.core import node as core_node
 from dsm.sim import world
 from dsm.sim.world import SimulationFailure, World
@@ -252,6 +253,28 @@ def test_the_schedules_reach_runs_of_untouched_pages(manager):
         w.run()
         runs += w.directory.counters["untouched_runs"]
     assert runs  # bands written before they are read: first touches in order, granted in runs
+
+
+def test_the_schedules_reach_read_runs_sent_with_and_without_a_home_copy(monkeypatch):
+    """A read copy sent straight to its reader goes home too only for a short run
+    (``NodeCore.home_copy_most_pages``, low in the model): the invariants are checked both
+    ways, a home copy current and one whose read copies keep the pages."""
+    fetch = core_node.NodeCore.fetch
+    sent = {p.Payload.DATA: 0, p.Payload.NONE: 0}
+
+    def counted(self, msg, *args, **kwargs):
+        out = fetch(self, msg, *args, **kwargs)
+        for action in out:
+            m = getattr(action, "message", None)
+            if type(m) is p.Fetched and m.sent and msg.keep_copy:
+                sent[m.payload] += 1
+        return out
+
+    monkeypatch.setattr(core_node.NodeCore, "fetch", counted)
+    for seed in range(15):
+        World(seed, nodes=4, pages=12, ops_per_thread=40, deaths=1, bands=True,
+              manager="central").run()
+    assert sent[p.Payload.DATA] and sent[p.Payload.NONE], sent
 
 
 # --- the shards are the directory state machine (dsm.directory.machine) --------------------------

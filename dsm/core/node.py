@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 #: node-to-node transactions remembered as answered, so that a late Withdrawn for one of them
 #: is not taken for one still open (far more than the requests a node has in flight)
 ANSWERED_TXNS_REMEMBERED = 4096
+#: the longest run whose read copy, sent straight to a reader, also goes to the directory as
+#: the home copy (64 KiB). A home copy makes the next read of those pages 2 hops, not 3 through
+#: a keeper: worth a copy more of a page or a few. A longer run is a stream (the read-ahead's),
+#: its transfer longer than a hop; a second copy of it to the directory would double what the
+#: owner sends and have the directory receive and store it: during a scan under the central
+#: manager that was half the directory's CPU, the busiest process's
+HOME_COPY_MOST_PAGES = 16
 
 #: the counter of each kind of fault (named once: an f-string per fault costs)
 _FAULT_COUNTER = {(kind, rw): f"faults_{kind.value}_{rw.value}"
@@ -94,6 +101,9 @@ class NodeCore:
         #: pages travel node to node (the directory's Welcome says): Fetches name the
         #: requester, read copies are given back with their contents
         self.direct = False
+        #: the longest read run sent straight to a reader whose copy also goes home (the
+        #: simulator's nodes, whose runs are short, set theirs lower to check both ways)
+        self.home_copy_most_pages = HOME_COPY_MOST_PAGES
         #: node-to-node transactions answered (installed, or refused after a Withdrawn), as
         #: (txn, first page): a transaction number alone could be a stray's
         self._answered: set[tuple[int, int]] = set()
@@ -443,13 +453,15 @@ class NodeCore:
         if not msg.keep_copy:  # gone from here before the requester can have them
             out.append(Punch(first, count, keep=True))
         if msg.to_node and not not_held and reachable(msg.to_addr):
-            # a read copy kept: the directory gets a copy too (its home copy current again)
-            copy = p.Payload.DATA if msg.keep_copy else p.Payload.NONE
+            # a read copy kept: the directory gets a copy too (its home copy current again),
+            # unless the run is a stream's (the pages' copies here and there stay their keepers)
+            copy = (p.Payload.DATA if msg.keep_copy and count <= self.home_copy_most_pages
+                    else p.Payload.NONE)
             out += [Send(p.PeerPage(msg.txn, first, count, not msg.keep_copy, p.Payload.DATA,
                                     self.node), pages=(first, count),
                          peer=(msg.to_node, msg.to_addr)),
                     Send(p.Fetched(msg.txn, first, count, copy, [], unwritten, sent=True),
-                         pages=(first, count) if msg.keep_copy else None)]
+                         pages=(first, count) if copy == p.Payload.DATA else None)]
         else:
             out.append(Send(p.Fetched(msg.txn, first, count, p.Payload.DATA, not_held, unwritten),
                             pages=(first, count)))

@@ -84,6 +84,9 @@ from dsm.sim.timers import SimTimers
 
 #: the largest read-ahead window of the model's nodes (small: the pages are few)
 READAHEAD_PAGES = 4
+#: the longest read run whose copy also goes home (``NodeCore.home_copy_most_pages``): within
+#: the model's runs, so that both ways are taken
+HOME_COPY_MOST_PAGES = 2
 #: how often a band's run of pages is written before it is read (``bands``)
 WRITTEN_FIRST = 0.5
 #: how many steps of the schedule a failure report shows
@@ -233,6 +236,7 @@ class World(NetworkSimulation, NodeSimulation, ProcessSimulation, rc.ReleaseSimu
                                          f"sim://{name}", 0) if self.dynamic else
                          NodeCore(name, pages, PAGE_BYTES, ReadAhead(READAHEAD_PAGES)))
             node.core.direct = direct
+            node.core.home_copy_most_pages = HOME_COPY_MOST_PAGES
             node.core.set_shards(shards, STRIPE_PAGES)
             for _, first, count in self.arrays():  # its programs attached them (read-ahead
                 node.core.allocated(first * PAGE_BYTES, count * PAGE_BYTES)  # stops at their ends)
