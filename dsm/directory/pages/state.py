@@ -95,7 +95,9 @@ class PageEntry:
     owner: str | None = None
     copyset: set[str] = field(default_factory=set)
     busy: Txn | None = None
-    queue: deque[Request] = field(default_factory=deque)
+    #: requests waiting for the page: None until one does (a deque per page costs its making
+    #: and some 600 bytes, and a scan makes an entry for each of thousands of pages at once)
+    queue: deque[Request] | None = None
     #: the home copy is the page's current contents (zeros when never written); false while a
     #: node owns the page, and under a direct manager while only read copies hold it
     home_current: bool = True
@@ -107,7 +109,7 @@ class PageEntry:
     def written_by(cls, node: str) -> "PageEntry":
         """The entry of a page just granted to ``node`` for writing (a run of untouched pages):
         made positionally, in this field order, about twice as fast as with keywords."""
-        return cls(node, set(), None, deque(), False, node)
+        return cls(node, set(), None, None, False, node)
 
     def describe(self) -> str:
         if self.owner is not None:

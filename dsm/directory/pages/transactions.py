@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -150,6 +151,8 @@ class PageTransactions:
         self.layout.check_page(request.page)
         e = self.entry(request.page)
         if e.busy is not None:
+            if e.queue is None:
+                e.queue = deque()
             e.queue.append(request)
             self.counters["queued"] += 1
             return []
