@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections import deque
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dsm import protocol as p
 from dsm.core import actions as act
 from dsm.core.dynamic import DynamicNodeCore
 from dsm.core.inputs import core_handlers
 from dsm.core.readahead import ReadAhead
-from dsm.core.states import PageState
+from dsm.core.states import PageState, ascending_runs, runs
 from dsm.libc import PAGE_SIZE
 from dsm.uffd.events import Access, FaultKind
 
@@ -656,3 +658,11 @@ def test_a_leave_waits_for_an_owners_read_copy_in_flight():
     assert not a.in_flight()
     assert any(isinstance(x, act.Send) and isinstance(x.message, p.Served)
                for x in a.give_back([PAGE]))
+
+
+@given(st.sets(st.integers(0, 40)), st.integers(1, 12))
+def test_ascending_runs_are_the_runs_of_pages_in_order(pages, max_len):
+    """A run's pages collected in order skip the sort and the loop when they are consecutive;
+    the runs are the same either way."""
+    ordered = sorted(pages)
+    assert ascending_runs(ordered, max_len) == runs(ordered, max_len)

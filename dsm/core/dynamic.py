@@ -501,18 +501,20 @@ class DynamicNodeCore(DynamicRuns, NodeCore):
 
     def taken(self, msg: p.Taken, now: float) -> list[Action]:
         """A requester confirmed what this node sent it."""
-        page = msg.page
+        page, busy = msg.page, (msg.requester, msg.req)
         own = self.owned.get(page)
-        if own is not None and own.busy == (msg.requester, msg.req):
+        if own is not None and own.busy == busy:
             out: list[Action] = []
+            owned, queued = self.owned, self.queued
             for q in range(page, page + msg.count):  # (a run of read copies)
-                own = self.owned.get(q)
-                if own is None or own.busy != (msg.requester, msg.req):
+                own = owned.get(q)
+                if own is None or own.busy != busy:
                     continue
                 own.busy = None
                 if not msg.installed:
                     own.copyset.pop(msg.requester, None)
-                out += self._drain(q, now)
+                if q in queued:
+                    out += self._drain(q, now)
             return out
         done = set(self.answered)
         for q in range(page, page + msg.count):  # (a run handed over together)

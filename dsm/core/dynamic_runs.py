@@ -13,7 +13,7 @@ from dsm import protocol as p
 from dsm.core.actions import Action, Protect
 from dsm.core.node import Pending
 from dsm.core.states import PageState
-from dsm.core.states import runs as page_runs
+from dsm.core.states import ascending_runs
 
 if TYPE_CHECKING:
     from dsm.core.dynamic import Ownership, Peer
@@ -79,7 +79,7 @@ class DynamicRuns:
             self.hint[q] = to
             n += 1
         return n - 1, [Protect(first_page, count)
-                       for first_page, count in page_runs(exclusive, p.MAX_BATCH_PAGES)]
+                       for first_page, count in ascending_runs(exclusive, p.MAX_BATCH_PAGES)]
 
     def _serve_run_after(self, msg: p.PageRequest) -> tuple[int, list[Action]]:
         """A read run's pages after its first (served): how many more this node serves in the
@@ -88,21 +88,24 @@ class DynamicRuns:
         ``Taken``); and the protection of those writable here (before the copy is read)."""
         requester, req, addr = msg.requester, msg.req, msg.reply_to
         owned, state, queued, pending = self.owned, self.state, self.queued, self.pending
+        # (a scan serves runs of a thousand pages: the loop's names are bound once)
+        busy, unwritten, exclusive_state, shared = ((requester, req), self._unwritten,
+                                                    PageState.EXCLUSIVE, PageState.SHARED)
         exclusive: list[int] = []
-        n = 1
-        while n < msg.count:
-            q = msg.page + n
+        n, page, count = 1, msg.page, msg.count
+        while n < count:
+            q = page + n
             own = owned.get(q)
             if (own is None or own.busy is not None or own.upgrading is not None
                     or queued.get(q) or q in pending or own.served.get(requester, 0) >= req):
                 break
             own.served[requester] = req
             own.copyset[requester] = addr
-            own.busy = (requester, req)
-            if state.get(q) is PageState.EXCLUSIVE:
+            own.busy = busy
+            if state.get(q) is exclusive_state:
                 exclusive.append(q)
-            state[q] = PageState.SHARED
-            self._unwritten.discard(q)
+            state[q] = shared
+            unwritten.discard(q)
             n += 1
         return n - 1, [Protect(first, count)
-                       for first, count in page_runs(exclusive, p.MAX_BATCH_PAGES)]
+                       for first, count in ascending_runs(exclusive, p.MAX_BATCH_PAGES)]

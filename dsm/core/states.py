@@ -39,6 +39,14 @@ def runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
     return out
 
 
+def ascending_runs(pages: list[int], max_len: int) -> list[tuple[int, int]]:
+    """``runs`` of pages already in strictly ascending order (a run's pages collected in order):
+    one run when they are consecutive, found without a sort or a loop."""
+    if pages and pages[-1] - pages[0] + 1 == len(pages) <= max_len:
+        return [(pages[0], len(pages))]
+    return runs(pages, max_len)
+
+
 #: the longest run ``pack_runs`` makes (a message's page count bounds nothing here: the runs
 #: of write notices are numbers in a list)
 PACKED_RUN_PAGES = 1 << 20
