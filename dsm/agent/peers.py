@@ -145,8 +145,14 @@ class PeerEndpoint:
 
     def send(self, peer: str, address: str, frames: list[Any]) -> bool:
         """Send ``frames`` to ``peer``, kept until it acknowledges them; False (and not kept)
-        if no connection takes them now: the caller sends the pages another way."""
+        if no connection takes them now: the caller sends the pages another way. A peer not
+        sent to before gets the moment a first connection takes, as ``reachable`` gives it:
+        the sockets refuse what no connection takes (``IMMEDIATE``), so the dynamic manager's
+        first message to each peer went through the directory, logged as a connection gone."""
+        known = address in self._out
         link = self._socket(peer, address)
+        if not known:
+            link.socket.poll(int(PEER_FIRST_CONNECT_S * 1000), zmq.POLLOUT)
         if link.send_once(frames, time.monotonic()):
             return True
         self._complain(logging.ERROR, "node %s could not hand pages to node %s at %s (the "
