@@ -408,6 +408,28 @@ def test_bench_directory_measures_each_number_of_shards(tmp_path, run_dsm_bench)
     assert result["requests_per_s"] == result["by_shards"]["1"]["requests_per_s"]
 
 
+def test_bench_directory_says_the_dynamic_manager_has_no_page_requests_to_count():
+    proc = subprocess.run([sys.executable, "-m", "dsm", "bench", "directory", "--manager",
+                           "dynamic"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "its directory serves no page requests" in proc.stderr
+
+
+def test_bench_per_manager_measures_each_managers_directory_in_its_column(tmp_path,
+                                                                            run_dsm_bench):
+    """Each pass of the suite measures its own manager's directory (the passes share their
+    arguments: the first pass's manager was measured in every column), and the dynamic one's
+    column has none, saying why."""
+    out = tmp_path / "managers.json"
+    proc = run_dsm_bench("--manager", "relay,central,dynamic", "--only", "directory", "--quick",
+                         "--json", str(out))
+    result = json.loads(out.read_text())
+    directories = {m: res["benchmarks"].get("directory") for m, res in result["managers"].items()}
+    assert directories["relay"]["config"]["manager"] == "relay"
+    assert directories["central"]["config"]["manager"] == "central"
+    assert directories["dynamic"] is None
+    assert "directory: not run: --manager dynamic" in proc.stderr
+
+
 def test_bench_directory_refuses_shards_of_a_relay():
     proc = subprocess.run([sys.executable, "-m", "dsm", "bench", "directory", "--manager",
                            "relay", "--shards", "2"], capture_output=True, text=True, timeout=60)
@@ -417,8 +439,9 @@ def test_bench_directory_refuses_shards_of_a_relay():
 
 def test_bench_directory_counts_requests_per_second(tmp_path, run_dsm_bench):
     out = tmp_path / "directory.json"
+    # (the default manager's, named: a suite run under $DSM_MANAGER=dynamic has none to count)
     proc = run_dsm_bench("directory", "--clients", "2", "--requests", "100", "--rounds", "2",
-                         "--in-flight", "4", "--json", str(out))
+                         "--in-flight", "4", "--manager", "central", "--json", str(out))
     rate, latency = summary_lines(proc.stdout, ["directory page requests (2 clients x 4",
                                                 "directory request latency"])
     assert "req/s" in rate and ">=20,000" in rate

@@ -76,6 +76,9 @@ def test_array_clash_and_region_too_small_name_what_was_wrong(make_node):
     assert "huge" in err and "free" in err
 
 
+# (a raw client with no peer endpoint, which the dynamic manager refuses at its Hello: the suite
+# under $DSM_MANAGER=dynamic still runs this against the default manager)
+@pytest.mark.parametrize("manager", ["central"])
 def test_malformed_messages_to_the_directory_get_errors_and_it_stays_up(directory):
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)

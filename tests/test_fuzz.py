@@ -128,6 +128,9 @@ def _check_data_through(writer, reader, name: str) -> None:
 
 
 # --- the directory -------------------------------------------------------------------------------
+# (raw clients with no peer endpoint, which the dynamic manager refuses at their Hello: the suite
+# under $DSM_MANAGER=dynamic still runs this against the default manager)
+@pytest.mark.parametrize("manager", ["central"])
 def test_the_directory_survives_fuzzing_from_many_identities(directory, make_node, capsys):
     ctx = zmq.Context.instance()
     rng = random.Random(SEED)

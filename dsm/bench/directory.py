@@ -23,6 +23,10 @@ client with a DEALER per shard, every request sent to its page's shard; a client
 consecutive, so its requests move from shard to shard a stripe at a time), one row per K. The
 shards share the same cores as the clients: on 2 cores more shards add processes to schedule
 rather than CPU.
+
+Under ``--manager dynamic`` there is nothing to measure: its directory serves no page requests
+(the nodes ask each other) and admits no node without a peer endpoint, which these clients are.
+It says so; ``dsm bench --manager all`` leaves that column empty.
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from dsm.bench import common
-from dsm.bench.common import NS_PER_S, NS_PER_US, Progress
+from dsm.bench.common import NS_PER_S, NS_PER_US, BenchError, Progress
 from dsm.bench.procs import Driven, Processes, children_of, cpu_ns, run_with_processes
 from dsm.bench.managers import DEFAULT_SHARDS, SHARDS_ENV
-from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS
+from dsm.managers import DEFAULT_MANAGER, MANAGER_ENV, MANAGERS, Manager
 
 DEFAULT_CLIENTS = 4
 DEFAULT_IN_FLIGHT = 16
@@ -54,6 +58,10 @@ BASE_TIMEOUT_S = 30.0
 PER_REQUEST_TIMEOUT_S = 0.005
 #: region room beyond the pages the rounds ask for
 REGION_SPARE_PAGES = 1024
+#: why there is nothing to measure under the dynamic manager
+NOT_UNDER_DYNAMIC = ("--manager dynamic: its directory serves no page requests (the nodes ask "
+                     "each other, and it admits no node without a peer endpoint, which these "
+                     "clients are): measure relay, central or distributed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +104,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     manager = getattr(args, "manager", None)
     if max(counts) > 1 and manager not in (None, "distributed"):
         return f"--shards {args.shards}: several shards make --manager distributed, not {manager}"
+    if manager == Manager.DYNAMIC.value:
+        return NOT_UNDER_DYNAMIC
     return None
 
 
@@ -103,11 +113,15 @@ def measure(args: argparse.Namespace, progress: Progress, log_dir: Path) -> dict
     """Run the benchmark (its processes log into ``log_dir``), once per number of shards; its
     result (the first's, with every one's under ``by_shards``). Raises BenchError."""
     # the suite's pass of a manager (``dsm bench --manager``) names it, and its shards, in the
-    # environment every directory reads
+    # environment every directory reads (set on a copy: the suite hands the next manager's
+    # pass the same arguments, which measured the first pass's manager in every column)
+    args = argparse.Namespace(**vars(args))
     if getattr(args, "manager", None) is None and os.environ.get(MANAGER_ENV):
         args.manager = os.environ[MANAGER_ENV]
         if args.manager == "distributed" and getattr(args, "shards", "1") == "1":
             args.shards = os.environ.get(SHARDS_ENV, str(DEFAULT_SHARDS))
+    if args.manager == Manager.DYNAMIC.value:
+        raise BenchError(NOT_UNDER_DYNAMIC)
     counts = shard_counts(getattr(args, "shards", "1"))
     results = []
     for k in counts:
