@@ -361,13 +361,18 @@ _monitor_ids = itertools.count()
 
 class ServerGuard:
     """What ``serve`` started for one socket: the refusal monitor (and the ZAP handler it
-    configured). ``close()`` after the socket is closed, or before, idempotent."""
+    configured). ``close()`` after the socket is closed, or before, idempotent.
+
+    The monitor also asks for ``EVENT_MONITOR_STOPPED``: libzmq sends it, when the socket closes
+    or its monitor is disabled, only if the monitor's events include it. Without it the watching
+    thread slept out its poll (``REFUSAL_POLL_MS``), and every agent took a second to stop."""
 
     def __init__(self, socket: zmq.Socket, refusals: RefusalLog, server_keys: ServerKeys | None):
         self.refusals = refusals
         self._addr = f"inproc://dsm-refusals-{os.getpid()}-{next(_monitor_ids)}"
+        self._socket = socket
         self._ctx = socket.context
-        socket.monitor(self._addr, _HANDSHAKE_FAILED)
+        socket.monitor(self._addr, _HANDSHAKE_FAILED | zmq.EVENT_MONITOR_STOPPED)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="refused peers", daemon=True,
                                         args=(server_keys is not None,))
@@ -395,6 +400,11 @@ class ServerGuard:
 
     def close(self) -> None:
         self._stop.set()
+        if not self._socket.closed:  # (a closed socket's monitor has stopped: the thread knows)
+            try:
+                self._socket.disable_monitor()  # wakes the thread: EVENT_MONITOR_STOPPED
+            except zmq.ZMQError:
+                pass
         self._thread.join(REFUSAL_POLL_MS / 1000 * 2)
 
 

@@ -159,6 +159,34 @@ def test_refusal_log_is_rate_limited():
     assert len(lines) == 7
 
 
+@pytest.mark.parametrize("order", ["socket first", "guard first"])
+def test_the_refusal_watch_ends_when_its_socket_closes_not_at_its_poll_timeout(monkeypatch,
+                                                                              order):
+    # every agent's peer endpoint has one: its thread slept out a 1 s poll, so every agent took
+    # a second to stop (libzmq tells a monitor that it stopped only if asked to). With the
+    # poll made 20 s long, only the event can end the thread in time
+    monkeypatch.setattr(k, "REFUSAL_POLL_MS", 20_000)
+    monkeypatch.setattr(k, "warn_open", lambda what: None)
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.ROUTER)
+        guard = k.serve(sock, None, "a test endpoint")
+        sock.bind("tcp://127.0.0.1:*")
+        if order == "socket first":
+            sock.close(0)
+            guard._thread.join(10)
+            assert not guard._thread.is_alive(), "the watch outlived its socket"
+            guard.close()
+        else:
+            started = time.monotonic()
+            guard.close()
+            # (the poll's end would come at 20 s: half of it is the event's doing, not the poll's)
+            assert time.monotonic() - started < 10 and not guard._thread.is_alive()
+            sock.close(0)
+    finally:
+        ctx.term()
+
+
 # --- CurveZMQ, end to end -----------------------------------------------------------------------
 def test_accepted_keys_work_end_to_end(keyed, cluster_keys):
     directory, make = keyed
