@@ -32,16 +32,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 import zmq.auth
 import zmq.utils.z85
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from dsm.errors import ConfigError, DsmError
 from dsm.wire import stop_monitor
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +411,10 @@ class ServerGuard:
 
 
 def _authenticator(ctx: zmq.Context, keys: ServerKeys, refusals: RefusalLog) -> None:
+    # imported here: it imports asyncio, 0.1 s of every agent's and directory's start, and only a
+    # keyed server needs it
+    from zmq.auth.thread import ThreadAuthenticator
+
     with _authenticators_lock:
         auth = _authenticators.get(id(ctx))
         if auth is None:
