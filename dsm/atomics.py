@@ -36,6 +36,7 @@ import numpy as np
 
 from dsm import local
 from dsm.errors import DsmError
+from dsm.launchers import ATOMICS_ENDPOINT_ENV  # (dsm run sets it)
 from dsm.protocol import MAX_ATOMIC_ELEMENTS, AtomicKind
 
 if TYPE_CHECKING:
@@ -137,9 +138,6 @@ def _int64(value: int) -> int:
 
 
 # --- straight to the directory ------------------------------------------------------------------
-#: where the directory is, for a workload's atomics to go straight there: ``dsm run`` sets it
-#: (a cluster with keys leaves it unset: its workloads hold no keys, and go through the agent)
-ATOMICS_ENDPOINT_ENV = "DSM_ATOMICS_ENDPOINT"
 #: a request with no answer after this long is sent again (the directory answers a repeat of
 #: one it did from its cache: each request is done once)
 RETRY_S = 0.5

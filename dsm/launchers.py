@@ -30,6 +30,11 @@ RANK_ENV = "DSM_RANK"
 SIZE_ENV = "DSM_NODES"
 #: a run name for every node of a run (the workloads name their arrays after it)
 RUN_ENV = "DSM_RUN"
+#: environment variable through which ``dsm run`` tells a workload where its agent listens
+AGENT_SOCKET_ENV = "DSM_AGENT_SOCKET"
+#: where the directory is, for a workload's atomics to go straight there: ``dsm run`` sets it
+#: (a cluster with keys leaves it unset: its workloads hold no keys, and go through the agent)
+ATOMICS_ENDPOINT_ENV = "DSM_ATOMICS_ENDPOINT"
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,7 @@ from dsm.protocol import (AtomicIndex, AtomicKind, AtomicSize, CollectiveKind, C
 
 from dsm.schema import I64, U64, Pid, check_fields, field_checks, one_of, ranged
 
-#: environment variable through which ``dsm run`` tells a workload where its agent listens
-AGENT_SOCKET_ENV = "DSM_AGENT_SOCKET"
+from dsm.launchers import AGENT_SOCKET_ENV  # noqa: F401 (local.AGENT_SOCKET_ENV)
 #: the longest message either side reads; a longer one is refused (the socket truncates it)
 MAX_MESSAGE_BYTES = 1 << 16
 #: the most file descriptors read with one message (more are refused; the kernel closes the rest)

@@ -20,7 +20,7 @@ import zmq
 
 from dsm import protocol as p
 from dsm.agent.links import ShardLinks
-from dsm.agent.peers import NO_PEER_ENDPOINT
+from dsm.agent.launch import NO_PEER_ENDPOINT
 from dsm.core.dynamic import DynamicNodeCore
 from dsm.core.node import NodeCore
 from dsm.core.readahead import ReadAhead

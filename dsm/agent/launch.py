@@ -22,6 +22,20 @@ AGENT_EXIT_GRACE_S = 2.0
 AGENT_STOP_TIMEOUT_S = 10.0
 #: the most an agent writes on its ready pipe: "ready", or "error KIND: why it did not start"
 READY_LINE_MAX_BYTES = 4096
+#: where a node serves pages to the others, and the address they reach it at (``dsm agent
+#: --peer-listen``, ``--advertise``)
+PEER_LISTEN_ENV = "DSM_PEER_LISTEN"
+ADVERTISE_ENV = "DSM_ADVERTISE"
+#: the value of --peer-listen that serves no peer endpoint (relay manager only, e.g. behind NAT)
+NO_PEER_ENDPOINT = "none"
+#: exit statuses of an agent that could not leave cleanly (``dsm/agent/run.py``; here, where
+#: ``dsm run`` reads them without importing the agent)
+EXIT_CUT_OFF = 3
+EXIT_LEAVE_UNACKNOWLEDGED = 4
+#: ... or did not try: the process it belongs to (``--parent-pid``) died, so it died with it
+EXIT_PARENT_GONE = 5
+#: the exit status of an agent that could not start
+EXIT_NOT_STARTED = 2
 
 
 class AgentStartError(DsmError):

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from dsm.agent.launch import PEER_LISTEN_ENV
 from dsm.errors import ConfigError, DsmError
 from dsm.errors import ProtocolError
 from dsm.keys import ServerKeys, configure_client, peer_client_keys, serve
@@ -46,10 +47,6 @@ from dsm.wire import can_send, has_input, recv_frames
 
 log = logging.getLogger(__name__)
 
-PEER_LISTEN_ENV = "DSM_PEER_LISTEN"
-ADVERTISE_ENV = "DSM_ADVERTISE"
-#: the value of --peer-listen that serves no peer endpoint (relay manager only, e.g. behind NAT)
-NO_PEER_ENDPOINT = "none"
 #: how long the loop waits for a first connection to a peer (a LAN connects in well under a
 #: millisecond; a peer not connected by then gets this transfer through the directory)
 PEER_FIRST_CONNECT_S = 0.05

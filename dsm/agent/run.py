@@ -16,7 +16,8 @@ import sys
 import zmq
 
 from dsm.collector import tune_for_service
-from dsm.agent.peers import ADVERTISE_ENV, PEER_LISTEN_ENV
+from dsm.agent.launch import (ADVERTISE_ENV, EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED,
+                              EXIT_NOT_STARTED, EXIT_PARENT_GONE, PEER_LISTEN_ENV)
 from dsm.agent.service import Agent
 from dsm.clusterstop import EXIT_CLUSTER_STOPPED
 from dsm.errors import DsmError
@@ -24,13 +25,6 @@ from dsm.keys import keys_dir_from, load_client_keys, load_peer_keys
 
 log = logging.getLogger(__name__)
 
-#: exit statuses of an agent that could not leave cleanly
-EXIT_CUT_OFF = 3
-EXIT_LEAVE_UNACKNOWLEDGED = 4
-#: ... or did not try: the process it belongs to (``--parent-pid``) died, so it died with it
-EXIT_PARENT_GONE = 5
-#: the exit status of an agent that could not start
-EXIT_NOT_STARTED = 2
 #: how long ZeroMQ may go on sending what the agent queued as it left (ms)
 LINGER_AT_EXIT_MS = 1000
 

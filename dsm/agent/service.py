@@ -37,7 +37,8 @@ from dsm.agent.twins import Twins
 from dsm.agent.links import ShardLinks
 from dsm.agent.memory import NodeMemory
 from dsm.agent.join import COORDINATOR_LINK, hello, join, node_core
-from dsm.agent.peers import NO_PEER_ENDPOINT, PeerEndpoint, default_listen
+from dsm.agent.launch import NO_PEER_ENDPOINT
+from dsm.agent.peers import PeerEndpoint, default_listen
 from dsm.agent.workloads import Workloads
 # REMOVE_SETTLE_S is imported from here too (it was defined here before dsm/core/events.py)
 from dsm.core.events import REMOVE_SETTLE_S as REMOVE_SETTLE_S

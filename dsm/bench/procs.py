@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import zmq
 
-from dsm.atomics import ATOMICS_ENDPOINT_ENV
+from dsm.launchers import ATOMICS_ENDPOINT_ENV
 from dsm.keys import KEYS_ENV
 from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
 from dsm.trace import TRACE_ENV

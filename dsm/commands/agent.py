@@ -6,9 +6,7 @@ import argparse
 import os
 import socket
 
-from dsm.agent.launch import check_endpoint
-from dsm.agent.peers import ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV
-from dsm.agent.run import run_agent
+from dsm.agent.launch import ADVERTISE_ENV, NO_PEER_ENDPOINT, PEER_LISTEN_ENV, check_endpoint
 from dsm.errors import ConfigError
 from dsm.keys import add_keys_argument
 from dsm.trace import TRACE_ENV
@@ -69,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: ``dsm run`` and ``dsm launch`` take their arguments from this module, and
+    # need not load the agent (numpy, the protocol, the node core: 0.2-0.3 s of their start)
+    from dsm.agent.run import run_agent
+
     return run_agent(args.directory, args.node or default_node_name(), args.socket, args.trace,
                      args.ready_fd, args.parent_pid, args.keys, args.metrics,
                      args.peer_listen, args.advertise)

@@ -26,14 +26,13 @@ import sys
 import time
 from typing import Any, Callable
 
-from dsm import local
-from dsm.agent.launch import AgentStartError, StartedAgent, python_env, start_agent
-from dsm.agent.run import EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED
+from dsm.agent.launch import (EXIT_CUT_OFF, EXIT_LEAVE_UNACKNOWLEDGED, AgentStartError,
+                              StartedAgent, python_env, start_agent)
 from dsm.commands.agent import add_directory_arguments, default_node_name
 from dsm.clusterstop import EXIT_CLUSTER_STOPPED, stopped_with_cluster
 from dsm.errors import ConfigError
-from dsm.atomics import ATOMICS_ENDPOINT_ENV
-from dsm.launchers import RUN_ENV, placement, workload_env
+from dsm.launchers import (AGENT_SOCKET_ENV, ATOMICS_ENDPOINT_ENV, RUN_ENV, placement,
+                           workload_env)
 
 #: how long the command may take to exit after the SIGTERM of a leave
 COMMAND_STOP_TIMEOUT_S = 10.0
@@ -232,7 +231,7 @@ def run_attached(agent: StartedAgent, command: list[str], leave: Departure, prog
     try:
         if leave.requested is None:
             child_env = python_env({**(env if env is not None else os.environ),
-                                    local.AGENT_SOCKET_ENV: agent.socket_path})
+                                    AGENT_SOCKET_ENV: agent.socket_path})
             try:
                 leave.start(command, env=child_env)
             except OSError as exc:
