@@ -342,3 +342,18 @@ def test_a_node_cut_off_says_why_once(directory, tmp_path):
     assert "dsm watchdog" not in err, err  # it saw its process die before the agent went
     assert len(re.findall(r"^dsm run: \S+ was killed by SIGBUS \(status 135\)$", err,
                           re.MULTILINE)) == 1, err
+
+
+@pytest.mark.parametrize("command", ["run", "launch"])
+def test_a_node_s_first_process_does_not_load_the_agent(command):
+    # dsm run (and dsm launch, which starts dsm run) only starts processes: loading what the
+    # agent runs (numpy, the protocol, the node core) cost each node 0.2-0.3 s at start, before
+    # its agent, which loads them all again, could start
+    heavy = ("numpy", "dsm.protocol", "dsm.agent.service", "dsm.core.node")
+    code = ("import sys\nfrom dsm.cli import build_parser\n"
+            f"build_parser([{command!r}, '--help'])\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=PACKAGE_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"dsm {command} loads {done.stdout.strip()}"
