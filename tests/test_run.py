@@ -357,3 +357,21 @@ def test_a_node_s_first_process_does_not_load_the_agent(command):
                           timeout=60, cwd=PACKAGE_ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", f"dsm {command} loads {done.stdout.strip()}"
+
+
+def test_the_parser_of_one_subcommand_still_says_what_there_is():
+    # dsm COMMAND builds only COMMAND's parser: the global option before it still counts, and
+    # a command that does not exist is answered with the whole list
+    from dsm.cli import SUBCOMMAND_MODULES, build_parser
+
+    args = build_parser(["--log-level=INFO", "run", "--directory", "tcp://h:1", "--", "true"]
+                        ).parse_args(["--log-level=INFO", "run", "--directory", "tcp://h:1",
+                                      "--", "true"])
+    assert args.func.__module__ == "dsm.commands.run" and args.log_level == "INFO"
+    assert build_parser(["--log-level", "DEBUG", "agent"]).parse_args(
+        ["--log-level", "DEBUG", "agent", "--directory", "tcp://h:1", "--socket", "s"]
+    ).func.__module__ == "dsm.commands.agent"
+    done = subprocess.run([sys.executable, "-m", "dsm", "nosuch"], capture_output=True,
+                          text=True, timeout=60, cwd=PACKAGE_ROOT)
+    assert done.returncode == 2
+    assert all(f"'{name}'" in done.stderr for name in SUBCOMMAND_MODULES), done.stderr
