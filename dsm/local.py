@@ -40,12 +40,13 @@ from typing import Any, ClassVar
 import msgpack
 
 from dsm.errors import DsmError, ProtocolError
+# (where dsm run sets it, a light module: local.AGENT_SOCKET_ENV is the same name)
+from dsm.launchers import AGENT_SOCKET_ENV  # noqa: F401
 from dsm.protocol import (AtomicIndex, AtomicKind, AtomicSize, CollectiveKind, CreateMode,
                           MAX_JOB_SIZE, Parties, ReduceOp, Status)
 
 from dsm.schema import I64, U64, Pid, check_fields, field_checks, one_of, ranged
 
-from dsm.launchers import AGENT_SOCKET_ENV  # noqa: F401 (local.AGENT_SOCKET_ENV)
 #: the longest message either side reads; a longer one is refused (the socket truncates it)
 MAX_MESSAGE_BYTES = 1 << 16
 #: the most file descriptors read with one message (more are refused; the kernel closes the rest)

@@ -16,9 +16,8 @@ from typing import Any, Callable
 
 import zmq
 
-from dsm.launchers import ATOMICS_ENDPOINT_ENV
 from dsm.keys import KEYS_ENV
-from dsm.launchers import RANK_ENV, RUN_ENV, SIZE_ENV
+from dsm.launchers import ATOMICS_ENDPOINT_ENV, RANK_ENV, RUN_ENV, SIZE_ENV
 from dsm.trace import TRACE_ENV
 
 START_TIMEOUT_S = 20.0
